@@ -1,0 +1,103 @@
+"""The coordinator's HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlmodel import Session, select
+
+from farm import dispatch
+from farm.api import agents, artifacts, builds, reads
+from farm.api.deps import Farm, hash_secret, new_secret
+from farm.db import make_engine
+from farm.models import Build, Slice, Token
+from farm.pipeline import Outgoing
+from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE, get_broker
+from farm.settings import Settings
+from farm.states import BuildStage, SliceState
+from farm.store import ArtifactStore
+
+log = logging.getLogger("farm.coordinator")
+
+
+def ensure_admin_token(farm: Farm) -> str:
+    """The admin token lives in the data dir so the CLI on this machine finds it without setup."""
+    path = farm.settings.admin_token_file
+    if path.exists():
+        secret = path.read_text().strip()
+    else:
+        secret = new_secret()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secret + "\n")
+    with Session(farm.engine) as session:
+        if session.exec(select(Token).where(Token.secret_sha256 == hash_secret(secret))).first() is None:
+            session.add(Token(name="admin", role="admin", secret_sha256=hash_secret(secret)))
+            session.commit()
+    return secret
+
+
+def resend_unfinished(farm: Farm) -> int:
+    """After a restart, re-send work that may have been lost between commit and enqueue.
+
+    Workers treat a duplicate as a no-op (cad/start answers go=false; a slice result is taken once).
+    """
+    with Session(farm.engine) as session:
+        out = [Outgoing(CAD_QUEUE, CAD_ACTOR, (b.id,))
+               for b in session.exec(select(Build).where(Build.stage == BuildStage.QUEUED))]
+        out += [Outgoing(SLICE_QUEUE, SLICE_ACTOR, (s.id,))
+                for s in session.exec(select(Slice).where(Slice.state == SliceState.PENDING))]
+    builds.dispatch_outgoing(farm, out)
+    return len(out)
+
+
+async def _housekeeping(farm: Farm) -> None:
+    while True:
+        await asyncio.sleep(min(5.0, farm.settings.lease_s / 4))
+        try:
+            with Session(farm.engine) as session:
+                dispatch.expire_leases(session, farm.settings.lease_s)
+        except Exception:  # keep the loop alive; the next round retries
+            log.exception("lease expiry failed")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    farm = Farm(
+        settings=settings,
+        engine=make_engine(settings.db_url),
+        store=ArtifactStore(settings.artifacts_dir),
+        broker=get_broker(settings.redis_url) if settings.redis_url else None,
+    )
+    ensure_admin_token(farm)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if farm.broker is not None:
+            resent = resend_unfinished(farm)
+            if resent:
+                log.info("re-sent %d unfinished work items after start", resent)
+        task = asyncio.create_task(_housekeeping(farm))
+        yield
+        task.cancel()
+
+    app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
+    app.state.farm = farm
+    for module in (builds, agents, artifacts, reads):
+        app.include_router(module.router)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the coordinator log"}, 500)
+
+    @app.get("/api/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,106 @@
+"""The dial-out side of printer agents: register, heartbeat, claim, report."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Response
+from pydantic import BaseModel
+from sqlmodel import Session
+
+from farm import dispatch
+from farm.api.deps import FarmDep, SessionDep, require
+from farm.api.views import job_view
+from farm.models import Artifact, Job, Printer, Slice, Token
+from farm.states import InvalidMove, JobState
+
+router = APIRouter(prefix="/api/agents", tags=["agents"])
+AgentToken = Annotated[Token, Depends(require("agent"))]
+
+
+class Register(BaseModel):
+    printer: str
+    model: str
+    protocol: str
+    agent_version: str | None = None
+
+
+class Heartbeat(BaseModel):
+    printer: str
+    state: str
+    message: str | None = None
+    progress: float | None = None
+
+
+class Report(BaseModel):
+    printer: str
+    fence: int
+    state: JobState
+    progress: float | None = None
+    remaining_s: int | None = None
+    error: str | None = None
+
+
+def _printer(session: Session, token: Token, name: str) -> Printer:
+    if token.role == "agent" and token.printer != name:
+        raise HTTPException(403, f"this agent token is bound to printer '{token.printer}', not '{name}'")
+    printer = session.get(Printer, name)
+    if printer is None:
+        raise HTTPException(404, f"printer '{name}' is not registered; its agent registers it on start")
+    return printer
+
+
+def _claim_view(session: Session, job: Job) -> dict:
+    sl = session.get(Slice, job.slice_id) if job.slice_id else None
+    assert sl is not None and sl.gcode_sha256
+    art = session.get(Artifact, sl.gcode_sha256)
+    base = (art.name if art else "") or f"job{job.id}.gcode"
+    return {**job_view(job, sl), "fence": job.fence, "gcode": sl.gcode_sha256,
+            "gcode_name": f"job{job.id}-{base}"}
+
+
+@router.post("/register")
+def register(body: Register, token: AgentToken, session: SessionDep) -> dict:
+    if token.role == "agent" and token.printer != body.printer:
+        raise HTTPException(403, f"this agent token is bound to printer '{token.printer}'")
+    printer = session.get(Printer, body.printer) or Printer(name=body.printer, model=body.model,
+                                                             protocol=body.protocol)
+    printer.model, printer.protocol, printer.agent_version = body.model, body.protocol, body.agent_version
+    session.add(printer)
+    session.commit()
+    job = dispatch.bound_job(session, printer)
+    return {"printer": printer.name, "job": _claim_view(session, job) if job else None}
+
+
+@router.post("/heartbeat")
+def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep, session: SessionDep) -> dict:
+    printer = _printer(session, token, body.printer)
+    job = dispatch.heartbeat(session, printer, state=body.state, message=body.message,
+                             progress=body.progress, lease_s=farm.settings.lease_s)
+    return {"job": job.id if job else None, "fence": job.fence if job else None}
+
+
+@router.post("/claim", responses={204: {"description": "nothing to print"}})
+def claim(body: Heartbeat, token: AgentToken, farm: FarmDep, session: SessionDep) -> object:
+    printer = _printer(session, token, body.printer)
+    dispatch.heartbeat(session, printer, state=body.state, message=body.message, progress=body.progress,
+                       lease_s=farm.settings.lease_s)
+    job = dispatch.claim(session, printer, farm.settings.lease_s)
+    if job is None:
+        return Response(status_code=204)
+    return _claim_view(session, job)
+
+
+@router.post("/jobs/{job_id}/report")
+def report(job_id: int, body: Report, token: AgentToken, farm: FarmDep, session: SessionDep) -> dict:
+    printer = _printer(session, token, body.printer)
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    try:
+        job = dispatch.report(session, job, printer, fence=body.fence, state=body.state,
+                              lease_s=farm.settings.lease_s, progress=body.progress,
+                              remaining_s=body.remaining_s, error=body.error)
+    except (dispatch.StaleLease, InvalidMove) as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return job_view(job)

@@ -1,0 +1,158 @@
+"""Submitting designs and following them; the CAD and slicing workers' side of a build."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, UploadFile
+from pydantic import BaseModel, Field, ValidationError
+from sqlmodel import Session, col, select
+
+from farm import pipeline
+from farm.api.deps import Farm, FarmDep, SessionDep, require
+from farm.api.views import build_view, slice_view
+from farm.models import Artifact, Build, Job, Slice
+from farm.queue import send
+from farm.store import TooLarge
+
+router = APIRouter(prefix="/api", tags=["builds"])
+
+
+class SubmitOptions(BaseModel):
+    entry: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+    copies: int = Field(1, ge=1, le=100)
+    material: str = "PLA"
+    quality: str = "standard"
+    color: str | None = None
+    printer_model: str | None = None
+    priority: int = Field(0, ge=-100, le=100)
+
+
+class CadResult(BaseModel):
+    error: str | None = None
+    stl: str | None = None
+    threemf: str | None = None
+    bbox: list[list[float]] | None = None
+    seconds: float | None = None
+
+
+class SliceResult(BaseModel):
+    error: str | None = None
+    gcode: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    seconds: float | None = None
+
+
+def dispatch_outgoing(farm: Farm, out: list[pipeline.Outgoing]) -> None:
+    if not out:
+        return
+    if farm.broker is None:
+        raise HTTPException(503, "the coordinator has no queue: set FARM_REDIS_URL (farm up does this)")
+    for msg in out:
+        send(farm.broker, msg.queue, msg.actor, *msg.args)
+
+
+def load_build(session: Session, build_id: int) -> dict[str, Any]:
+    build = session.get(Build, build_id)
+    if build is None:
+        raise HTTPException(404, f"no build {build_id}")
+    jobs = session.exec(select(Job).where(Job.build_id == build_id).order_by(col(Job.id))).all()
+    slices = session.exec(select(Slice).where(Slice.build_id == build_id).order_by(col(Slice.id))).all()
+    return build_view(build, list(jobs), list(slices))
+
+
+@router.post("/builds", status_code=201, dependencies=[Depends(require("submitter"))])
+async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: str = Form("{}")) -> dict:
+    try:
+        opts = SubmitOptions.model_validate(json.loads(options))
+    except (ValueError, ValidationError) as exc:
+        raise HTTPException(422, f"bad submit options: {exc}") from exc
+    name = file.filename or "upload"
+    try:
+        pipeline.source_kind(name)
+    except pipeline.BadRequest as exc:
+        raise HTTPException(415, str(exc)) from exc
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        while chunk := await file.read(1 << 20):
+            yield chunk
+
+    try:
+        sha, size = await farm.store.put_stream(chunks(), farm.settings.max_upload_mb << 20)
+    except TooLarge as exc:
+        raise HTTPException(413, str(exc)) from exc
+    if size == 0:
+        raise HTTPException(422, f"'{name}' is empty")
+    if session.get(Artifact, sha) is None:
+        session.add(Artifact(sha256=sha, size=size, name=name))
+    build, _jobs, out = pipeline.create_build(
+        session, source_name=name, source_sha256=sha, **opts.model_dump(exclude={"entry", "params"}),
+        entry=opts.entry, params=opts.params,
+    )
+    session.commit()
+    dispatch_outgoing(farm, out)
+    return load_build(session, build.id)  # type: ignore[arg-type]
+
+
+@router.get("/builds/{build_id}", dependencies=[Depends(require("submitter", "worker"))])
+def get_build(build_id: int, session: SessionDep) -> dict:
+    return load_build(session, build_id)
+
+
+@router.get("/builds", dependencies=[Depends(require("submitter"))])
+def list_builds(session: SessionDep, limit: int = 50) -> list[dict]:
+    builds = session.exec(select(Build).order_by(col(Build.id).desc()).limit(limit)).all()
+    return [load_build(session, b.id) for b in builds]  # type: ignore[arg-type]
+
+
+@router.post("/builds/{build_id}/cad/start", dependencies=[Depends(require("worker"))])
+def cad_start(build_id: int, session: SessionDep) -> dict:
+    build = session.get(Build, build_id)
+    if build is None:
+        raise HTTPException(404, f"no build {build_id}")
+    go = pipeline.cad_started(session, build)
+    session.commit()
+    return {"go": go, "build": load_build(session, build_id)}
+
+
+@router.post("/builds/{build_id}/cad/result", dependencies=[Depends(require("worker"))])
+def cad_result(build_id: int, result: CadResult, farm: FarmDep, session: SessionDep) -> dict:
+    build = session.get(Build, build_id)
+    if build is None:
+        raise HTTPException(404, f"no build {build_id}")
+    for sha in (result.stl, result.threemf):
+        if sha and session.get(Artifact, sha) is None:
+            raise HTTPException(422, f"artifact {sha} was not uploaded")
+    out = pipeline.cad_finished(session, build, error=result.error, stl_sha256=result.stl,
+                                threemf_sha256=result.threemf, bbox=result.bbox, seconds=result.seconds)
+    session.commit()
+    dispatch_outgoing(farm, out)
+    return load_build(session, build_id)
+
+
+@router.get("/slices/{slice_id}", dependencies=[Depends(require("worker"))])
+def get_slice(slice_id: int, session: SessionDep) -> dict:
+    sl = session.get(Slice, slice_id)
+    if sl is None:
+        raise HTTPException(404, f"no slice {slice_id}")
+    build = session.get(Build, sl.build_id)
+    assert build is not None
+    return {**slice_view(sl), "build": build.id, "stl": build.stl_sha256, "source": build.source_name,
+            "kind": build.source_kind, "material": build.material, "quality": build.quality}
+
+
+@router.post("/slices/{slice_id}/result", dependencies=[Depends(require("worker"))])
+def slice_result(slice_id: int, result: SliceResult, session: SessionDep) -> dict:
+    sl = session.get(Slice, slice_id)
+    if sl is None:
+        raise HTTPException(404, f"no slice {slice_id}")
+    if result.gcode and session.get(Artifact, result.gcode) is None:
+        raise HTTPException(422, f"artifact {result.gcode} was not uploaded")
+    pipeline.slice_finished(session, sl, error=result.error, gcode_sha256=result.gcode,
+                            meta=result.meta, seconds=result.seconds)
+    session.commit()
+    return slice_view(sl)
+
+

@@ -1,0 +1,77 @@
+"""What every route needs: the farm's context, a DB session, and the caller's token."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from dramatiq.brokers.redis import RedisBroker
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from farm.models import Token
+from farm.settings import Settings
+from farm.store import ArtifactStore
+
+
+@dataclass
+class Farm:
+    settings: Settings
+    engine: Engine
+    store: ArtifactStore
+    broker: RedisBroker | None
+    _tokens: dict[str, Token] = field(default_factory=dict)  # secret hash -> token; tokens never change
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return "pf_" + secrets.token_urlsafe(24)
+
+
+def get_farm(request: Request) -> Farm:
+    return request.app.state.farm  # type: ignore[no-any-return]
+
+
+def get_session(farm: Annotated[Farm, Depends(get_farm)]) -> Iterator[Session]:
+    with Session(farm.engine, expire_on_commit=False) as session:
+        yield session
+
+
+def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)]) -> Token:
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise HTTPException(401, "missing token: send 'Authorization: Bearer <token>' (set FARM_TOKEN)")
+    digest = hash_secret(secret.strip())
+    token = farm._tokens.get(digest)
+    if token is None:
+        with Session(farm.engine) as session:
+            token = session.exec(select(Token).where(Token.secret_sha256 == digest)).first()
+        if token is None:
+            raise HTTPException(401, "unknown token: check FARM_TOKEN (farm up writes the admin token "
+                                     "to <data dir>/admin.token)")
+        farm._tokens[digest] = token
+    return token
+
+
+def require(*roles: str):  # type: ignore[no-untyped-def]
+    """A dependency that lets admins and the named roles through."""
+
+    def check(token: Annotated[Token, Depends(authenticate)]) -> Token:
+        if token.role != "admin" and token.role not in roles:
+            raise HTTPException(403, f"a {token.role} token cannot do this; it needs one of: "
+                                     f"{', '.join(('admin', *roles))}")
+        return token
+
+    return check
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+FarmDep = Annotated[Farm, Depends(get_farm)]

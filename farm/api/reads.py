@@ -1,0 +1,56 @@
+"""What people look at: jobs, printers and the farm's overall status."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fastapi import APIRouter, Depends, HTTPException
+from sqlmodel import Session, col, select
+
+from farm.api.deps import SessionDep, require
+from farm.api.views import job_view, printer_view
+from farm.models import Build, Job, Printer, Slice
+from farm.states import BuildStage, JobState
+
+router = APIRouter(prefix="/api", tags=["status"], dependencies=[Depends(require("submitter"))])
+
+
+def _job_rows(session: Session, jobs: list[Job]) -> list[dict]:
+    builds = {b.id: b for b in session.exec(select(Build).where(col(Build.id).in_({j.build_id for j in jobs})))}
+    slice_ids = {j.slice_id for j in jobs if j.slice_id}
+    slices = {s.id: s for s in session.exec(select(Slice).where(col(Slice.id).in_(slice_ids)))}
+    return [job_view(j, slices.get(j.slice_id), builds[j.build_id].source_name) for j in jobs]
+
+
+@router.get("/jobs")
+def list_jobs(session: SessionDep, state: JobState | None = None, limit: int = 200) -> list[dict]:
+    query = select(Job).order_by(col(Job.id).desc()).limit(limit)
+    if state:
+        query = query.where(Job.state == state)
+    return _job_rows(session, list(session.exec(query).all()))
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: int, session: SessionDep) -> dict:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    return _job_rows(session, [job])[0]
+
+
+@router.get("/printers")
+def list_printers(session: SessionDep) -> list[dict]:
+    return [printer_view(p) for p in session.exec(select(Printer).order_by(col(Printer.name))).all()]
+
+
+@router.get("/status")
+def status(session: SessionDep) -> dict:
+    builds = Counter(session.exec(select(Build.stage)).all())
+    jobs = Counter(session.exec(select(Job.state)).all())
+    printers = Counter(session.exec(select(Printer.state)).all())
+    return {
+        "builds": {str(s): builds.get(s, 0) for s in BuildStage},
+        "jobs": {str(s): jobs.get(s, 0) for s in JobState},
+        "printers": dict(sorted(printers.items())),
+        "printer_count": sum(printers.values()),
+    }

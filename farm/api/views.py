@@ -1,0 +1,88 @@
+"""The JSON shapes the API returns (and `--json` prints): plain dicts with stable keys."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from farm.models import Build, Job, Printer, Slice
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def job_view(job: Job, sl: Slice | None = None, source: str | None = None) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "build": job.build_id,
+        "source": source,
+        "copy": job.copy_index,
+        "state": job.state,
+        "printer": job.printer,
+        "printer_model": sl.printer_model if sl else job.printer_model,
+        "material": job.material,
+        "color": job.color,
+        "priority": job.priority,
+        "progress": job.progress,
+        "remaining_s": job.remaining_s,
+        "print_time_s": sl.print_time_s if sl else None,
+        "filament_g": sl.filament_g if sl else None,
+        "error": job.error,
+        "created_at": _ts(job.created_at),
+        "started_at": _ts(job.started_at),
+        "finished_at": _ts(job.finished_at),
+    }
+
+
+def slice_view(sl: Slice) -> dict[str, Any]:
+    return {
+        "id": sl.id,
+        "printer_model": sl.printer_model,
+        "state": sl.state,
+        "gcode": sl.gcode_sha256,
+        "print_time_s": sl.print_time_s,
+        "filament_g": sl.filament_g,
+        "filament_mm": sl.filament_mm,
+        "seconds": sl.slice_seconds,
+        "error": sl.error,
+    }
+
+
+def build_view(build: Build, jobs: list[Job], slices: list[Slice]) -> dict[str, Any]:
+    by_id = {s.id: s for s in slices}
+    return {
+        "id": build.id,
+        "source": build.source_name,
+        "kind": build.source_kind,
+        "source_sha256": build.source_sha256,
+        "entry": build.entry,
+        "params": json.loads(build.params_json),
+        "material": build.material,
+        "quality": build.quality,
+        "stage": build.stage,
+        "error": build.error,
+        "stl": build.stl_sha256,
+        "threemf": build.threemf_sha256,
+        "bbox": json.loads(build.bbox_json) if build.bbox_json else None,
+        "cad_seconds": build.cad_seconds,
+        "slices": [slice_view(s) for s in slices],
+        "jobs": [job_view(j, by_id.get(j.slice_id), build.source_name) for j in jobs],
+        "created_at": _ts(build.created_at),
+    }
+
+
+def printer_view(p: Printer) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "model": p.model,
+        "protocol": p.protocol,
+        "state": p.state,
+        "message": p.message,
+        "job": p.job_id,
+        "progress": p.progress,
+        "material": p.material,
+        "color": p.color,
+        "last_seen": _ts(p.last_seen),
+    }

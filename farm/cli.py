@@ -1,0 +1,293 @@
+"""The `farm` command. Heavy imports stay inside commands: `farm agent` must run on a Pi without them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from farm.client import FarmClient, FarmError
+from farm.settings import Settings, get_settings
+
+app = typer.Typer(help="printfarm: build123d code in, printed parts out.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+emulate_app = typer.Typer(help="Run a printer emulator that speaks a real printer protocol.",
+                          no_args_is_help=True)
+app.add_typer(emulate_app, name="emulate")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+TERMINAL = {"done", "failed", "cancelled"}
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def _die(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(code)
+
+
+def _client(settings: Settings | None = None) -> FarmClient:
+    s = settings or get_settings()
+    token = s.resolved_token()
+    if not token:
+        _die(f"no token: set FARM_TOKEN, or run this on the coordinator's machine "
+             f"(it reads {s.admin_token_file})")
+    return FarmClient(s.url, token)
+
+
+def _emit(data: Any) -> None:
+    typer.echo(json.dumps(data, default=str))
+
+
+def _wait_for_stop() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+# -- running the farm ---------------------------------------------------------------------------
+@app.command()
+def up(
+    sim: Annotated[int, typer.Option(help="How many simulated PrusaLink printers to run.")] = 2,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the farm keeps its state.")] = None,
+    port: Annotated[int, typer.Option(help="The coordinator's HTTP port.")] = 8000,
+    demo: Annotated[bool, typer.Option(help="Submit the examples once the farm is up.")] = False,
+    speed: Annotated[float, typer.Option(help="How much faster simulated printers print.")] = 120.0,
+) -> None:
+    """Run a whole farm on this machine: coordinator, Redis, CAD and slicing workers, printers.
+
+    Everything runs in the foreground; Ctrl-C stops all of it.
+    """
+    from farm.up import run_farm
+
+    _setup_logging()
+    settings = Settings(port=port, url=f"http://127.0.0.1:{port}",
+                        **({"data_dir": data_dir} if data_dir else {}))
+    sys.exit(run_farm(settings, sims=sim, demo=demo, speed=speed))
+
+
+@app.command()
+def server(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Run the coordinator (HTTP API) alone. Needs FARM_REDIS_URL."""
+    import uvicorn
+
+    from farm.api import create_app
+
+    _setup_logging()
+    s = get_settings()
+    s = s.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    if not s.redis_url:
+        _die("farm server needs FARM_REDIS_URL (or use `farm up`, which starts Redis for you)")
+    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="warning")
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues to serve: cad, slice.")] = "cad,slice",
+) -> None:
+    """Run a CAD and/or slicing worker. Needs FARM_REDIS_URL, FARM_URL and FARM_TOKEN."""
+    from workers.main import ALL_QUEUES, run
+
+    _setup_logging()
+    wanted = {q.strip() for q in queues.split(",") if q.strip()}
+    if not wanted or wanted - ALL_QUEUES:
+        _die(f"unknown queue(s) {', '.join(sorted(wanted - ALL_QUEUES)) or '(none)'}; "
+             f"choose from {', '.join(sorted(ALL_QUEUES))}")
+    run(get_settings(), wanted)
+
+
+@app.command()
+def agent(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The agent's TOML config file.")],
+) -> None:
+    """Run the agent for one printer: claim jobs, send them to the printer, report progress."""
+    from printers.agent import Agent
+    from printers.config import AgentConfig
+    from printers.drivers import make_driver
+
+    _setup_logging()
+    cfg = AgentConfig.load(config)
+    try:
+        driver = make_driver(cfg.printer)
+    except ValueError as exc:
+        _die(str(exc))
+    client = FarmClient(cfg.coordinator.url, cfg.coordinator.token)
+    Agent(cfg, client, driver).run(_wait_for_stop())
+
+
+@emulate_app.command("prusalink")
+def emulate_prusalink(
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+    password: Annotated[str, typer.Option(help="The PrusaLink password (user 'maker').")] = "maker",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    model: Annotated[str, typer.Option(help="The printer model it claims to be.")] = "MINI",
+    storage: Annotated[Path, typer.Option(help="Where received files are kept.")] = Path("emulator-usb"),
+    speed: Annotated[float, typer.Option(help="How much faster than the G-code's estimate it prints.")] = 60.0,
+) -> None:
+    """Emulate a Prusa printer's PrusaLink API (digest auth, uploads, jobs) over HTTP."""
+    from printers.emulators.prusalink import PrusaLinkEmulator
+
+    _setup_logging()
+    emu = PrusaLinkEmulator(host=host, port=port, password=password, model=model, storage_dir=storage,
+                            speed=speed)
+    emu.start()
+    typer.echo(f"PrusaLink {model} emulator on {emu.url} (user maker), files in {storage}", err=True)
+    _wait_for_stop().wait()
+    emu.stop()
+
+
+# -- using the farm -----------------------------------------------------------------------------
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            _die(f"--param takes NAME=VALUE, got '{pair}'", 2)
+        params[key.strip()] = value
+    return params
+
+
+@app.command()
+def submit(
+    path: Annotated[Path, typer.Argument(help="A build123d .py file, or an .stl / .3mf mesh.")],
+    artifact: Annotated[str | None, typer.Option(help="The function to build (default: the only one).")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="A parameter NAME=VALUE; repeat for more.")] = None,
+    copies: Annotated[int, typer.Option(min=1, max=100, help="How many to print.")] = 1,
+    material: Annotated[str, typer.Option(help="PLA, PETG, ASA, TPU.")] = "PLA",
+    quality: Annotated[str, typer.Option(help="draft, standard or fine.")] = "standard",
+    color: Annotated[str | None, typer.Option(help="Filament colour wanted.")] = None,
+    printer_model: Annotated[str | None, typer.Option(help="Print only on this model (e.g. MINI).")] = None,
+    priority: Annotated[int, typer.Option(help="Higher prints first.")] = 0,
+    wait: Annotated[bool, typer.Option(help="Wait until every job has ended.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a design to the farm. With --wait, follow it to the end (exit 1 if a job failed)."""
+    if not path.exists():
+        _die(f"{path} does not exist", 2)
+    if not path.is_file():
+        _die(f"{path} is not a file; submit a .py, .stl or .3mf file", 2)
+    options = {"entry": artifact, "params": _parse_params(param or []), "copies": copies,
+               "material": material, "quality": quality, "color": color,
+               "printer_model": printer_model, "priority": priority}
+    with _client() as client:
+        try:
+            build = client.submit(path, options)
+            if wait:
+                build = _follow(client, build, quiet=as_json)
+        except FarmError as exc:
+            _die(str(exc))
+    if as_json:
+        _emit(build)
+    else:
+        _print_build(build)
+    if wait and any(j["state"] != "done" for j in build["jobs"]):
+        raise typer.Exit(1)
+
+
+def _follow(client: FarmClient, build: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    def describe(b: dict[str, Any], j: dict[str, Any]) -> str:
+        where = f" on {j['printer']}" if j["printer"] else ""
+        state = b["stage"] if j["state"] == "waiting" else j["state"]
+        return f"job {j['id']} ({b['source']}): {state}{where}"
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                        TimeElapsedColumn(), console=Console(stderr=True), disable=quiet)
+    with progress:
+        tasks = {j["id"]: progress.add_task(describe(build, j), total=100) for j in build["jobs"]}
+        while True:
+            for j in build["jobs"]:
+                progress.update(tasks[j["id"]], description=describe(build, j), completed=j["progress"] or 0)
+            if all(j["state"] in TERMINAL for j in build["jobs"]):
+                return build
+            time.sleep(0.5)
+            build = client.get(f"/api/builds/{build['id']}")
+
+
+def _print_build(build: dict[str, Any]) -> None:
+    typer.echo(f"build {build['id']} ({build['source']}): {build['stage']}")
+    if build["error"]:
+        typer.secho(f"  error: {build['error']}", fg="red")
+    for j in build["jobs"]:
+        line = f"  job {j['id']}: {j['state']}"
+        if j["printer"]:
+            line += f" on {j['printer']}"
+        if j["error"] and j["error"] != build["error"]:
+            line += f" - {j['error']}"
+        typer.echo(line)
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*["" if v is None else str(v) for v in r])
+    Console().print(table)
+
+
+def _get(path: str) -> Any:
+    with _client() as client:
+        try:
+            return client.get(path)
+        except FarmError as exc:
+            _die(str(exc))
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Builds by stage, jobs by state and printers by state."""
+    data = _get("/api/status")
+    if as_json:
+        _emit(data)
+        return
+    for section in ("builds", "jobs", "printers"):
+        counts = ", ".join(f"{k} {v}" for k, v in data[section].items() if v) or "none"
+        typer.echo(f"{section:9} {counts}")
+
+
+@app.command()
+def jobs(as_json: JsonOpt = False) -> None:
+    """List jobs, newest first."""
+    data = _get("/api/jobs")
+    if as_json:
+        _emit(data)
+        return
+    _table("jobs", ["id", "source", "state", "printer", "progress", "error"],
+           [[j["id"], j["source"], j["state"], j["printer"],
+             f"{j['progress']:.0f}%" if j["progress"] is not None else "", j["error"]] for j in data])
+
+
+@app.command()
+def printers(as_json: JsonOpt = False) -> None:
+    """List printers and what they are doing."""
+    data = _get("/api/printers")
+    if as_json:
+        _emit(data)
+        return
+    _table("printers", ["name", "model", "protocol", "state", "job", "progress", "message"],
+           [[p["name"], p["model"], p["protocol"], p["state"], p["job"],
+             f"{p['progress']:.0f}%" if p["progress"] is not None else "", p["message"]] for p in data])
+
+
+def main() -> None:
+    app()

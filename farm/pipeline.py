@@ -1,0 +1,214 @@
+"""How a build moves from source to G-code: created, CAD result, slice results.
+
+Functions here change rows and return the queue messages to send; the caller sends them only
+after the commit, so a worker never receives work the database does not know about.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from farm.models import Build, Job, Printer, Slice, utcnow
+from farm.printer_models import DEFAULT_MODEL, MODELS, get_model
+from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
+from farm.states import BuildStage, JobState, SliceState, check_job_move
+
+CAD_SUFFIXES = {".py"}
+MESH_SUFFIXES = {".stl", ".3mf"}
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    queue: str
+    actor: str
+    args: tuple[Any, ...]
+
+
+class BadRequest(ValueError):
+    """The submission itself is wrong; the API answers 4xx with this message."""
+
+
+def source_kind(filename: str) -> str:
+    suffix = PurePath(filename).suffix.lower()
+    if suffix in CAD_SUFFIXES:
+        return "cad"
+    if suffix in MESH_SUFFIXES:
+        return "mesh"
+    raise BadRequest(
+        f"cannot build '{filename}': submit a build123d .py file or an .stl / .3mf mesh"
+    )
+
+
+def target_models(session: Session, requested: str | None) -> list[str]:
+    """The printer models to slice for: the one asked for, else every model in the farm."""
+    if requested:
+        model = get_model(requested)
+        return [model.name] if model else []
+    models = sorted({p.model for p in session.exec(select(Printer)).all() if p.model in MODELS})
+    return models or [DEFAULT_MODEL]
+
+
+def create_build(
+    session: Session,
+    *,
+    source_name: str,
+    source_sha256: str,
+    entry: str | None,
+    params: dict[str, str],
+    copies: int,
+    material: str,
+    quality: str,
+    color: str | None,
+    printer_model: str | None,
+    priority: int,
+) -> tuple[Build, list[Job], list[Outgoing]]:
+    kind = source_kind(source_name)
+    build = Build(
+        source_name=source_name,
+        source_sha256=source_sha256,
+        source_kind=kind,
+        entry=entry,
+        params_json=json.dumps(params),
+        material=material,
+        quality=quality,
+    )
+    session.add(build)
+    session.flush()
+    model = get_model(printer_model) if printer_model else None
+    jobs = [
+        Job(
+            build_id=build.id,  # type: ignore[arg-type]
+            copy_index=i + 1,
+            printer_model=model.name if model else printer_model,
+            material=material,
+            color=color,
+            priority=priority,
+        )
+        for i in range(copies)
+    ]
+    session.add_all(jobs)
+    session.flush()
+
+    out: list[Outgoing] = []
+    if printer_model and model is None:
+        known = ", ".join(sorted(MODELS))
+        _fail_build(session, build, f"unknown printer model '{printer_model}'; known models: {known}")
+    elif kind == "cad":
+        out.append(Outgoing(CAD_QUEUE, CAD_ACTOR, (build.id,)))
+    else:
+        build.stl_sha256 = source_sha256
+        out += _start_slicing(session, build, target_models(session, printer_model))
+    return build, jobs, out
+
+
+def cad_started(session: Session, build: Build) -> bool:
+    """A CAD worker takes the build. False: it is already past CAD (a duplicate message)."""
+    if build.stage not in (BuildStage.QUEUED, BuildStage.CAD):
+        return False
+    build.stage = BuildStage.CAD
+    build.updated_at = utcnow()
+    session.add(build)
+    return True
+
+
+def cad_finished(
+    session: Session,
+    build: Build,
+    *,
+    error: str | None,
+    stl_sha256: str | None,
+    threemf_sha256: str | None,
+    bbox: list[list[float]] | None,
+    seconds: float | None,
+) -> list[Outgoing]:
+    if build.stage != BuildStage.CAD:
+        return []  # a late duplicate: the first result stands
+    build.cad_seconds = seconds
+    if error or not stl_sha256:
+        _fail_build(session, build, error or "the CAD worker returned no mesh")
+        return []
+    build.stl_sha256 = stl_sha256
+    build.threemf_sha256 = threemf_sha256
+    build.bbox_json = json.dumps(bbox) if bbox else None
+    jobs = _jobs(session, build)
+    requested = next((j.printer_model for j in jobs if j.printer_model), None)
+    return _start_slicing(session, build, target_models(session, requested))
+
+
+def slice_finished(
+    session: Session,
+    sl: Slice,
+    *,
+    error: str | None,
+    gcode_sha256: str | None,
+    meta: dict[str, Any],
+    seconds: float | None,
+) -> None:
+    if sl.state != SliceState.PENDING:
+        return
+    build = session.get(Build, sl.build_id)
+    assert build is not None
+    sl.slice_seconds = seconds
+    if error or not gcode_sha256:
+        sl.state = SliceState.FAILED
+        sl.error = error or "the slicer produced no G-code"
+    else:
+        sl.state = SliceState.DONE
+        sl.gcode_sha256 = gcode_sha256
+        sl.print_time_s = meta.get("print_time_s")
+        sl.filament_g = meta.get("filament_g")
+        sl.filament_mm = meta.get("filament_mm")
+    session.add(sl)
+    session.flush()
+
+    slices = session.exec(select(Slice).where(Slice.build_id == build.id)).all()
+    if any(s.state == SliceState.DONE for s in slices):
+        build.stage = BuildStage.READY
+        for job in _jobs(session, build):
+            if job.state == JobState.WAITING:
+                move_job(session, job, JobState.READY)
+    elif all(s.state == SliceState.FAILED for s in slices):
+        _fail_build(session, build, "; ".join(f"{s.printer_model}: {s.error}" for s in slices))
+    build.updated_at = utcnow()
+    session.add(build)
+
+
+def _start_slicing(session: Session, build: Build, models: list[str]) -> list[Outgoing]:
+    build.stage = BuildStage.SLICING
+    build.updated_at = utcnow()
+    session.add(build)
+    out = []
+    for name in models:
+        sl = Slice(build_id=build.id, printer_model=name)  # type: ignore[arg-type]
+        session.add(sl)
+        session.flush()
+        out.append(Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)))
+    return out
+
+
+def _fail_build(session: Session, build: Build, error: str) -> None:
+    build.stage = BuildStage.FAILED
+    build.error = error
+    build.updated_at = utcnow()
+    session.add(build)
+    for job in _jobs(session, build):
+        if job.state in (JobState.WAITING, JobState.READY):
+            job.error = error
+            move_job(session, job, JobState.FAILED)
+
+
+def _jobs(session: Session, build: Build) -> list[Job]:
+    return list(session.exec(select(Job).where(Job.build_id == build.id).order_by(col(Job.id))).all())
+
+
+def move_job(session: Session, job: Job, new: JobState) -> None:
+    job.state = check_job_move(job.state, new)
+    job.updated_at = utcnow()
+    if new in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
+        job.finished_at = job.updated_at
+    session.add(job)

@@ -1,0 +1,92 @@
+"""The one Settings object. Sources, strongest first: arguments, FARM_* environment, .env, farm.toml."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "printfarm"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FARM_",
+        env_file=".env",
+        extra="ignore",
+        toml_file=os.environ.get("FARM_CONFIG", "farm.toml"),
+    )
+
+    # Where the CLI, workers and agents find the coordinator.
+    url: str = "http://127.0.0.1:8000"
+    token: str | None = None
+    data_dir: Path = _default_data_dir()
+
+    # Coordinator.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… accepted
+    max_upload_mb: int = 512
+    lease_s: float = 60.0  # how long a claim stays valid without a heartbeat
+
+    # Queue. Unset: `farm up` starts an embedded server.
+    redis_url: str | None = None
+
+    # Workers.
+    slicer_path: str | None = None
+    cad_cpu_s: int = 300
+    cad_wall_s: int = 600
+    cad_memory_mb: int = 4096
+    cad_output_mb: int = 512
+    worker_threads: int = 2
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "farm.db"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    def resolved_token(self) -> str | None:
+        """FARM_TOKEN, else the admin token `farm up` left in the data dir (same machine only)."""
+        if self.token:
+            return self.token
+        try:
+            return self.admin_token_file.read_text().strip() or None
+        except OSError:
+            return None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,74 @@
+"""Every state a build, a job and a printer can be in, and the only moves allowed between them.
+
+The API, the dispatcher, the workers' reports and the tests all go through `check_job_move`, so
+a job can never, say, go from `done` back to `printing` because a late report arrived.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class BuildStage(StrEnum):
+    """Where a submitted design is on its way to G-code."""
+
+    QUEUED = "queued"  # waiting for a CAD worker (meshes and G-code skip ahead)
+    CAD = "cad"  # a CAD worker is running the code
+    SLICING = "slicing"  # meshes exist; G-code is being made for each target printer model
+    READY = "ready"  # at least one printer model has G-code; its jobs can be printed
+    FAILED = "failed"  # nothing printable came out; `error` says why
+
+
+class SliceState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobState(StrEnum):
+    """One physical print of one copy."""
+
+    WAITING = "waiting"  # its build is still being made
+    READY = "ready"  # G-code exists; waiting for a matching idle printer
+    CLAIMED = "claimed"  # an agent holds a lease on it and is fetching the G-code
+    UPLOADING = "uploading"  # the agent is sending it to the printer
+    PRINTING = "printing"
+    DONE = "done"
+    FAILED = "failed"  # `error` says why
+    CANCELLED = "cancelled"
+
+
+TERMINAL_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+LEASED_JOB_STATES = frozenset({JobState.CLAIMED, JobState.UPLOADING, JobState.PRINTING})
+
+_JOB_MOVES: dict[JobState, frozenset[JobState]] = {
+    JobState.WAITING: frozenset({JobState.READY, JobState.FAILED, JobState.CANCELLED}),
+    JobState.READY: frozenset({JobState.CLAIMED, JobState.FAILED, JobState.CANCELLED}),
+    # A claim that never reached the printer may go back to the queue. Straight to printing: an agent
+    # that crashed after uploading finds, on restart, that the printer is already printing it.
+    JobState.CLAIMED: frozenset(
+        {JobState.UPLOADING, JobState.PRINTING, JobState.READY, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.UPLOADING: frozenset({JobState.PRINTING, JobState.READY, JobState.FAILED, JobState.CANCELLED}),
+    JobState.PRINTING: frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED}),
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset({JobState.READY}),  # an operator's retry
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class InvalidMove(ValueError):
+    pass
+
+
+def can_move(current: JobState | str, new: JobState | str) -> bool:
+    current, new = JobState(current), JobState(new)
+    return current == new or new in _JOB_MOVES[current]
+
+
+def check_job_move(current: JobState | str, new: JobState | str) -> JobState:
+    """Return the new state, or raise InvalidMove with a message fit for an API error."""
+    if not can_move(current, new):
+        raise InvalidMove(f"a job cannot go from {JobState(current)} to {JobState(new)}")
+    return JobState(new)
+

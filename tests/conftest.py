@@ -1,0 +1,115 @@
+"""Shared fixtures: real servers on free loopback ports, started and stopped by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis server (Debian's redis-server, installed by scripts/setup)."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing: run scripts/setup"
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_until(up, 10, "redis-server")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@dataclass
+class RunningFarm:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    printers: list[dict]
+
+    def cli(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "farm", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, cwd=REPO)
+
+    def cli_json(self, *args: str, timeout: float = 240) -> tuple[int, dict | list]:
+        done = self.cli(*args, "--json", timeout=timeout)
+        lines = done.stdout.strip().splitlines()
+        assert lines, f"no output from farm {' '.join(args)}; stderr:\n{done.stderr}"
+        return done.returncode, json.loads(lines[-1])
+
+    def received(self, printer: str) -> list[Path]:
+        usb = self.data_dir / "sim" / printer / "usb"
+        return sorted(usb.rglob("*.gcode")) if usb.exists() else []
+
+
+@pytest.fixture(scope="session")
+def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+    """`farm up --sim 2` with a fresh data dir: coordinator, worker, two simulated PrusaLink printers."""
+    data = tmp_path_factory.mktemp("farm")
+    port = free_port()
+    env = {**os.environ, "FARM_REDIS_URL": redis_url, "FARM_DATA_DIR": str(data),
+           "FARM_URL": f"http://127.0.0.1:{port}", "PYTHONUNBUFFERED": "1"}
+    env.pop("FARM_TOKEN", None)
+    log = (data / "farm-up.out").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "farm", "up", "--sim", "2", "--port", str(port),
+                             "--data-dir", str(data), "--speed", "600"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    state = data / "farm-up.json"
+    try:
+        wait_until(lambda: state.exists() or proc.poll() is not None, 120, "farm up")
+        assert proc.poll() is None, (data / "farm-up.out").read_text()
+        running = RunningFarm(env["FARM_URL"], data, env, proc, json.loads(state.read_text())["printers"])
+        token = (data / "admin.token").read_text().strip()
+        wait_until(lambda: len(httpx.get(f"{running.url}/api/printers",
+                                         headers={"Authorization": f"Bearer {token}"}).json()) == 2,
+                   60, "both agents to register")
+        yield running
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -1,0 +1,143 @@
+"""Claims, leases and fencing on a real SQLite database (WAL), as the coordinator runs them."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from farm import dispatch, pipeline
+from farm.db import make_engine
+from farm.models import Job, Printer, Slice, utcnow
+from farm.states import InvalidMove, JobState, SliceState, can_move, check_job_move
+
+
+@pytest.fixture
+def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+
+
+def add_printer(session: Session, name: str, model: str) -> Printer:
+    p = Printer(name=name, model=model, protocol="prusalink", state="idle", last_seen=utcnow())
+    session.add(p)
+    session.commit()
+    return p
+
+
+def ready_build(session: Session, *, models: list[str], copies: int = 1, priority: int = 0,
+                printer_model: str | None = None) -> list[Job]:
+    """A mesh build whose slices for `models` are done: its jobs are ready."""
+    build, jobs, _out = pipeline.create_build(
+        session, source_name="part.stl", source_sha256="0" * 64, entry=None, params={}, copies=copies,
+        material="PLA", quality="standard", color=None, printer_model=printer_model, priority=priority)
+    session.flush()
+    for sl in session.exec(select(Slice).where(Slice.build_id == build.id)).all():
+        if sl.printer_model in models:
+            pipeline.slice_finished(session, sl, error=None, gcode_sha256="1" * 64,
+                                    meta={"print_time_s": 60}, seconds=0.1)
+    session.commit()
+    return jobs
+
+
+def test_state_machine_refuses_impossible_moves() -> None:
+    assert can_move(JobState.READY, JobState.CLAIMED)
+    assert not can_move(JobState.DONE, JobState.PRINTING)
+    with pytest.raises(InvalidMove, match="done to printing"):
+        check_job_move(JobState.DONE, JobState.PRINTING)
+
+
+def test_claim_takes_priority_then_age_and_matches_the_model(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine, expire_on_commit=False) as s:
+        mini = add_printer(s, "mini", "MINI")
+        mk3 = add_printer(s, "mk3", "MK3S")
+        old = ready_build(s, models=["MINI"], printer_model="MINI")[0]
+        new_urgent = ready_build(s, models=["MINI"], printer_model="MINI", priority=5)[0]
+        newer = ready_build(s, models=["MINI"], printer_model="MINI")[0]
+        assert dispatch.claim(s, mk3, 60) is None  # only MINI G-code exists
+        order = []
+        for _ in range(3):
+            job = dispatch.claim(s, mini, 60)
+            assert job is not None
+            order.append(job.id)
+            dispatch.report(s, job, mini, fence=job.fence, state=JobState.FAILED, lease_s=60, error="x")
+        assert order == [new_urgent.id, old.id, newer.id]
+
+
+def test_racing_agents_never_share_a_job(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine, expire_on_commit=False) as s:
+        printers = [add_printer(s, f"p{i}", "MINI") for i in range(8)]
+        ready_build(s, models=["MINI"], copies=3)
+    won: list[tuple[str, int]] = []
+
+    def grab(p: Printer) -> None:
+        with Session(engine, expire_on_commit=False) as s:
+            job = dispatch.claim(s, s.get(Printer, p.name), 60)  # type: ignore[arg-type]
+            if job is not None:
+                won.append((p.name, job.id))  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=grab, args=(p,)) for p in printers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    job_ids = [j for _, j in won]
+    assert len(job_ids) == 3 and len(set(job_ids)) == 3
+
+
+def test_stale_fence_is_refused_and_lease_expiry_requeues(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine, expire_on_commit=False) as s:
+        a, b = add_printer(s, "a", "MINI"), add_printer(s, "b", "MINI")
+        ready_build(s, models=["MINI"])
+        job = dispatch.claim(s, a, lease_s=60)
+        assert job is not None and job.state == JobState.CLAIMED
+        first_fence = job.fence
+        # The agent goes silent before uploading: its claim lapses and the job returns to the queue.
+        job.lease_expires = utcnow() - timedelta(seconds=1)
+        s.add(job)
+        s.commit()
+        dispatch.expire_leases(s, lease_s=60)
+        s.refresh(job)
+        assert job.state == JobState.READY and job.printer is None
+        again = dispatch.claim(s, b, lease_s=60)
+        assert again is not None and again.id == job.id and again.fence == first_fence + 1
+        with pytest.raises(dispatch.StaleLease):
+            dispatch.report(s, again, a, fence=first_fence, state=JobState.UPLOADING, lease_s=60)
+        done = dispatch.report(s, again, b, fence=again.fence, state=JobState.UPLOADING, lease_s=60)
+        assert done.state == JobState.UPLOADING
+
+
+def test_a_job_on_a_printer_is_never_requeued_by_lease_expiry(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine, expire_on_commit=False) as s:
+        a = add_printer(s, "a", "MINI")
+        ready_build(s, models=["MINI"])
+        job = dispatch.claim(s, a, lease_s=60)
+        assert job is not None
+        dispatch.report(s, job, a, fence=job.fence, state=JobState.UPLOADING, lease_s=60)
+        dispatch.report(s, job, a, fence=job.fence, state=JobState.PRINTING, lease_s=60)
+        job.lease_expires = utcnow() - timedelta(seconds=1)
+        a.last_seen = utcnow() - timedelta(seconds=120)
+        s.add_all([job, a])
+        s.commit()
+        dispatch.expire_leases(s, lease_s=60)
+        s.refresh(job)
+        s.refresh(a)
+        assert job.state == JobState.PRINTING and job.printer == "a"
+        assert a.state == "offline"
+        # The restarted agent claims again and gets its own job back, not a new one.
+        assert dispatch.claim(s, a, lease_s=60).id == job.id  # type: ignore[union-attr]
+
+
+def test_failed_slices_fail_the_build_with_the_reason(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine, expire_on_commit=False) as s:
+        build, jobs, _ = pipeline.create_build(
+            s, source_name="big.stl", source_sha256="0" * 64, entry=None, params={}, copies=1,
+            material="PLA", quality="standard", color=None, printer_model="MINI", priority=0)
+        sl = s.exec(select(Slice).where(Slice.build_id == build.id)).one()
+        pipeline.slice_finished(s, sl, error="too big for the bed", gcode_sha256=None, meta={}, seconds=1)
+        s.commit()
+        s.refresh(jobs[0])
+        assert sl.state == SliceState.FAILED
+        assert jobs[0].state == JobState.FAILED and "too big for the bed" in (jobs[0].error or "")

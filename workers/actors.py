@@ -1,0 +1,120 @@
+"""The Dramatiq actors: a CAD build and a slice, each a round trip through the coordinator's API.
+
+Workers need only the Redis URL, the coordinator URL and a token: inputs are downloaded and outputs
+uploaded over HTTP, so a worker can run on any machine. A mistake in the user's design is reported
+as the build's error; only infrastructure trouble (the coordinator unreachable) raises, so that
+Dramatiq retries the message with back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from farm.client import FarmClient, FarmError
+from farm.printer_models import get_model
+from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
+from farm.settings import Settings
+from workers.slicer import SliceError, slice_mesh
+
+log = logging.getLogger("farm.worker")
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    client: FarmClient
+    cad: object | None = None  # workers.cad_runner.CadRunner, when this worker serves the CAD queue
+
+
+def _user_error(exc: FarmError) -> bool:
+    """4xx: our request was wrong and retrying will not help; anything else may pass."""
+    return exc.status is not None and 400 <= exc.status < 500
+
+
+def build_cad(ctx: WorkerContext, build_id: int) -> None:
+    from workers.cad_runner import CadError, CadRequest
+
+    started = ctx.client.post(f"/api/builds/{build_id}/cad/start")
+    if not started["go"]:
+        log.info("build %s is past CAD already; skipping a duplicate message", build_id)
+        return
+    build = started["build"]
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"farm-cad-{build_id}-") as tmp:
+        src = Path(tmp) / "src" / PurePath(build["source"]).name
+        ctx.client.download_artifact(build["source_sha256"], src)
+        outdir = Path(tmp) / "out"
+        outdir.mkdir()
+        request = CadRequest(source=src, outdir=outdir, entry=build["entry"], params=build["params"])
+        try:
+            result = ctx.cad.build(request)  # type: ignore[attr-defined]
+        except CadError as exc:
+            log.info("build %s failed: %s", build_id, exc)
+            ctx.client.post(f"/api/builds/{build_id}/cad/result",
+                            {"error": str(exc), "seconds": time.monotonic() - t0})
+            return
+        stem = PurePath(build["source"]).stem
+        stl = ctx.client.upload_artifact(result.stl, f"{stem}.stl")
+        threemf = ctx.client.upload_artifact(result.threemf, f"{stem}.3mf")
+    bbox = [list(result.bbox[0]), list(result.bbox[1])]
+    ctx.client.post(f"/api/builds/{build_id}/cad/result",
+                    {"stl": stl, "threemf": threemf, "bbox": bbox, "seconds": time.monotonic() - t0})
+    log.info("build %s meshed in %.2f s", build_id, time.monotonic() - t0)
+
+
+def slice_build(ctx: WorkerContext, slice_id: int) -> None:
+    sl = ctx.client.get(f"/api/slices/{slice_id}")
+    if sl["state"] != "pending":
+        return
+    t0 = time.monotonic()
+    model = get_model(sl["printer_model"])
+    if model is None:
+        ctx.client.post(f"/api/slices/{slice_id}/result",
+                        {"error": f"no slicing profile for printer model '{sl['printer_model']}'"})
+        return
+    suffix = PurePath(sl["source"]).suffix.lower() if sl["kind"] == "mesh" else ".stl"
+    stem = PurePath(sl["source"]).stem
+    with tempfile.TemporaryDirectory(prefix=f"farm-slice-{slice_id}-") as tmp:
+        mesh = ctx.client.download_artifact(sl["stl"], Path(tmp) / f"{stem}{suffix}")
+        out = Path(tmp) / f"{stem}_{model.name}.gcode"
+        try:
+            result = slice_mesh(mesh, model, out, material=sl["material"], quality=sl["quality"],
+                                slicer=Path(ctx.settings.slicer_path) if ctx.settings.slicer_path else None)
+        except SliceError as exc:
+            log.info("slice %s failed: %s", slice_id, exc)
+            ctx.client.post(f"/api/slices/{slice_id}/result",
+                            {"error": str(exc), "seconds": time.monotonic() - t0})
+            return
+        gcode = ctx.client.upload_artifact(result.gcode, out.name)
+    meta = {k: getattr(result.meta, k) for k in ("print_time_s", "filament_g", "filament_mm", "printer_model")}
+    ctx.client.post(f"/api/slices/{slice_id}/result",
+                    {"gcode": gcode, "meta": meta, "seconds": time.monotonic() - t0})
+    log.info("slice %s for %s done in %.2f s", slice_id, model.name, time.monotonic() - t0)
+
+
+def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:
+    """Declare the actors on this broker, bound to this worker's context."""
+    limit_ms = (ctx.settings.cad_wall_s + 120) * 1000
+
+    def _guard(fn, *args):  # type: ignore[no-untyped-def]
+        try:
+            fn(ctx, *args)
+        except FarmError as exc:
+            if _user_error(exc):
+                log.error("%s%s gave up: %s", fn.__name__, args, exc)
+                return
+            raise  # Dramatiq retries with back-off
+
+    if CAD_QUEUE in queues:
+        dramatiq.actor(lambda build_id: _guard(build_cad, build_id), actor_name=CAD_ACTOR,
+                       queue_name=CAD_QUEUE, broker=broker, max_retries=10, time_limit=limit_ms)
+    if SLICE_QUEUE in queues:
+        dramatiq.actor(lambda slice_id: _guard(slice_build, slice_id), actor_name=SLICE_ACTOR,
+                       queue_name=SLICE_QUEUE, broker=broker, max_retries=10, time_limit=limit_ms)
