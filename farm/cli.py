@@ -16,10 +16,15 @@ import typer
 from farm.client import FarmClient, FarmError
 from farm.settings import Settings, get_settings
 
-app = typer.Typer(help="printfarm: build123d code in, printed parts out.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-emulate_app = typer.Typer(help="Run a printer emulator that speaks a real printer protocol.",
-                          no_args_is_help=True)
+app = typer.Typer(
+    help="printfarm: build123d code in, printed parts out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+emulate_app = typer.Typer(
+    help="Run a printer emulator that speaks a real printer protocol.", no_args_is_help=True
+)
 app.add_typer(emulate_app, name="emulate")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
@@ -27,8 +32,9 @@ TERMINAL = {"done", "failed", "cancelled"}
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 def _die(message: str, code: int = 1) -> None:
@@ -40,8 +46,10 @@ def _client(settings: Settings | None = None) -> FarmClient:
     s = settings or get_settings()
     token = s.resolved_token()
     if not token:
-        _die(f"no token: set FARM_TOKEN, or run this on the coordinator's machine "
-             f"(it reads {s.admin_token_file})")
+        _die(
+            f"no token: set FARM_TOKEN, or run this on the coordinator's machine "
+            f"(it reads {s.admin_token_file})"
+        )
     return FarmClient(s.url, token)
 
 
@@ -72,8 +80,9 @@ def up(
     from farm.up import run_farm
 
     _setup_logging()
-    settings = Settings(port=port, url=f"http://127.0.0.1:{port}",
-                        **({"data_dir": data_dir} if data_dir else {}))
+    settings = Settings(
+        port=port, url=f"http://127.0.0.1:{port}", **({"data_dir": data_dir} if data_dir else {})
+    )
     sys.exit(run_farm(settings, sims=sim, demo=demo, speed=speed))
 
 
@@ -105,8 +114,10 @@ def worker(
     _setup_logging()
     wanted = {q.strip() for q in queues.split(",") if q.strip()}
     if not wanted or wanted - ALL_QUEUES:
-        _die(f"unknown queue(s) {', '.join(sorted(wanted - ALL_QUEUES)) or '(none)'}; "
-             f"choose from {', '.join(sorted(ALL_QUEUES))}")
+        _die(
+            f"unknown queue(s) {', '.join(sorted(wanted - ALL_QUEUES)) or '(none)'}; "
+            f"choose from {', '.join(sorted(ALL_QUEUES))}"
+        )
     run(get_settings(), wanted)
 
 
@@ -136,14 +147,17 @@ def emulate_prusalink(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     model: Annotated[str, typer.Option(help="The printer model it claims to be.")] = "MINI",
     storage: Annotated[Path, typer.Option(help="Where received files are kept.")] = Path("emulator-usb"),
-    speed: Annotated[float, typer.Option(help="How much faster than the G-code's estimate it prints.")] = 60.0,
+    speed: Annotated[
+        float, typer.Option(help="How much faster than the G-code's estimate it prints.")
+    ] = 60.0,
 ) -> None:
     """Emulate a Prusa printer's PrusaLink API (digest auth, uploads, jobs) over HTTP."""
     from printers.emulators.prusalink import PrusaLinkEmulator
 
     _setup_logging()
-    emu = PrusaLinkEmulator(host=host, port=port, password=password, model=model, storage_dir=storage,
-                            speed=speed)
+    emu = PrusaLinkEmulator(
+        host=host, port=port, password=password, model=model, storage_dir=storage, speed=speed
+    )
     emu.start()
     typer.echo(f"PrusaLink {model} emulator on {emu.url} (user maker), files in {storage}", err=True)
     _wait_for_stop().wait()
@@ -164,7 +178,9 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
 @app.command()
 def submit(
     path: Annotated[Path, typer.Argument(help="A build123d .py file, or an .stl / .3mf mesh.")],
-    artifact: Annotated[str | None, typer.Option(help="The function to build (default: the only one).")] = None,
+    artifact: Annotated[
+        str | None, typer.Option(help="The function to build (default: the only one).")
+    ] = None,
     param: Annotated[list[str] | None, typer.Option(help="A parameter NAME=VALUE; repeat for more.")] = None,
     copies: Annotated[int, typer.Option(min=1, max=100, help="How many to print.")] = 1,
     material: Annotated[str, typer.Option(help="PLA, PETG, ASA, TPU.")] = "PLA",
@@ -180,9 +196,16 @@ def submit(
         _die(f"{path} does not exist", 2)
     if not path.is_file():
         _die(f"{path} is not a file; submit a .py, .stl or .3mf file", 2)
-    options = {"entry": artifact, "params": _parse_params(param or []), "copies": copies,
-               "material": material, "quality": quality, "color": color,
-               "printer_model": printer_model, "priority": priority}
+    options = {
+        "entry": artifact,
+        "params": _parse_params(param or []),
+        "copies": copies,
+        "material": material,
+        "quality": quality,
+        "color": color,
+        "printer_model": printer_model,
+        "priority": priority,
+    }
     with _client() as client:
         try:
             build = client.submit(path, options)
@@ -207,8 +230,14 @@ def _follow(client: FarmClient, build: dict[str, Any], *, quiet: bool) -> dict[s
         state = b["stage"] if j["state"] == "waiting" else j["state"]
         return f"job {j['id']} ({b['source']}): {state}{where}"
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                        TimeElapsedColumn(), console=Console(stderr=True), disable=quiet)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+    )
     with progress:
         tasks = {j["id"]: progress.add_task(describe(build, j), total=100) for j in build["jobs"]}
         while True:
@@ -272,9 +301,21 @@ def jobs(as_json: JsonOpt = False) -> None:
     if as_json:
         _emit(data)
         return
-    _table("jobs", ["id", "source", "state", "printer", "progress", "error"],
-           [[j["id"], j["source"], j["state"], j["printer"],
-             f"{j['progress']:.0f}%" if j["progress"] is not None else "", j["error"]] for j in data])
+    _table(
+        "jobs",
+        ["id", "source", "state", "printer", "progress", "error"],
+        [
+            [
+                j["id"],
+                j["source"],
+                j["state"],
+                j["printer"],
+                f"{j['progress']:.0f}%" if j["progress"] is not None else "",
+                j["error"],
+            ]
+            for j in data
+        ],
+    )
 
 
 @app.command()
@@ -284,9 +325,22 @@ def printers(as_json: JsonOpt = False) -> None:
     if as_json:
         _emit(data)
         return
-    _table("printers", ["name", "model", "protocol", "state", "job", "progress", "message"],
-           [[p["name"], p["model"], p["protocol"], p["state"], p["job"],
-             f"{p['progress']:.0f}%" if p["progress"] is not None else "", p["message"]] for p in data])
+    _table(
+        "printers",
+        ["name", "model", "protocol", "state", "job", "progress", "message"],
+        [
+            [
+                p["name"],
+                p["model"],
+                p["protocol"],
+                p["state"],
+                p["job"],
+                f"{p['progress']:.0f}%" if p["progress"] is not None else "",
+                p["message"],
+            ]
+            for p in data
+        ],
+    )
 
 
 def main() -> None:

@@ -81,8 +81,13 @@ class FarmClient:
 
     # -- artifacts ------------------------------------------------------------------------
     def upload_artifact(self, path: Path, name: str = "") -> str:
-        resp = self.request("PUT", "/api/artifacts", params={"name": name or path.name},
-                            content=FileChunks(path), headers={"Content-Length": str(path.stat().st_size)})
+        resp = self.request(
+            "PUT",
+            "/api/artifacts",
+            params={"name": name or path.name},
+            content=FileChunks(path),
+            headers={"Content-Length": str(path.stat().st_size)},
+        )
         return str(resp.json()["sha256"])
 
     def download_artifact(self, sha256: str, dest: Path) -> Path:
@@ -111,8 +116,9 @@ class FarmClient:
     # -- builds ---------------------------------------------------------------------------
     def submit(self, path: Path, options: dict[str, Any]) -> dict[str, Any]:
         with path.open("rb") as f:
-            resp = self.request("POST", "/api/builds", files={"file": (path.name, f)},
-                                data={"options": json.dumps(options)})
+            resp = self.request(
+                "POST", "/api/builds", files={"file": (path.name, f)}, data={"options": json.dumps(options)}
+            )
         return resp.json()  # type: ignore[no-any-return]
 
 

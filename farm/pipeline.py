@@ -39,9 +39,7 @@ def source_kind(filename: str) -> str:
         return "cad"
     if suffix in MESH_SUFFIXES:
         return "mesh"
-    raise BadRequest(
-        f"cannot build '{filename}': submit a build123d .py file or an .stl / .3mf mesh"
-    )
+    raise BadRequest(f"cannot build '{filename}': submit a build123d .py file or an .stl / .3mf mesh")
 
 
 def target_models(session: Session, requested: str | None) -> list[str]:

@@ -71,4 +71,3 @@ def check_job_move(current: JobState | str, new: JobState | str) -> JobState:
     if not can_move(current, new):
         raise InvalidMove(f"a job cannot go from {JobState(current)} to {JobState(new)}")
     return JobState(new)
-

@@ -47,8 +47,14 @@ class Child:
 
     def start(self) -> None:
         # A session of its own: Ctrl-C reaches only `farm up`, which then stops children in order.
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self._pump = threading.Thread(target=self._copy_output, args=(self.proc.stdout,), daemon=True)
         self._pump.start()
 
@@ -122,8 +128,14 @@ class Farm:
         token = token_file.read_text().strip()
         redis_url = self.start_redis()
         url = self.settings.url
-        env = {**os.environ, "FARM_DATA_DIR": str(self.data), "FARM_URL": url, "FARM_REDIS_URL": redis_url,
-               "FARM_PORT": str(self.settings.port), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "FARM_DATA_DIR": str(self.data),
+            "FARM_URL": url,
+            "FARM_REDIS_URL": redis_url,
+            "FARM_PORT": str(self.settings.port),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.child("coordinator", "server", env=env)
         self.wait_healthy(url)
         self.child("worker", "worker", env={**env, "FARM_TOKEN": token})
@@ -140,12 +152,27 @@ class Farm:
         home = self.data / "sim" / name
         home.mkdir(parents=True, exist_ok=True)
         port, password = free_port(), f"pw-{name}"
-        self.child(f"emu-{name}", "emulate", "prusalink", "--port", str(port), "--password", password,
-                   "--model", model, "--storage", str(home / "usb"), "--speed", str(self.speed), env=env)
+        self.child(
+            f"emu-{name}",
+            "emulate",
+            "prusalink",
+            "--port",
+            str(port),
+            "--password",
+            password,
+            "--model",
+            model,
+            "--storage",
+            str(home / "usb"),
+            "--speed",
+            str(self.speed),
+            env=env,
+        )
         cfg = AgentConfig(
             coordinator=CoordinatorConfig(url=self.settings.url, token=token),
             printer=PrinterConfig(name=name, model=model, driver="prusalink", port=port, password=password),
-            poll_s=1.0, spool_dir=home / "spool",
+            poll_s=1.0,
+            spool_dir=home / "spool",
         )
         (home / "agent.toml").write_text(cfg.to_toml())
         self.child(f"agent-{name}", "agent", "--config", str(home / "agent.toml"), env=env)
@@ -153,18 +180,32 @@ class Farm:
 
     def print_banner(self, redis_url: str) -> None:
         embedded = " (embedded valkey)" if self.redis_server else ""
-        lines = ["", "printfarm is up",
-                 f"  coordinator  {self.settings.url}   token: {self.settings.admin_token_file}",
-                 f"  queue        {redis_url}{embedded}",
-                 f"  data         {self.data}"]
+        lines = [
+            "",
+            "printfarm is up",
+            f"  coordinator  {self.settings.url}   token: {self.settings.admin_token_file}",
+            f"  queue        {redis_url}{embedded}",
+            f"  data         {self.data}",
+        ]
         lines += [f"  printer      {n} ({m}, PrusaLink emulator on :{p})" for n, m, p in self.printers]
-        lines += [f"  submit       FARM_DATA_DIR={self.data} FARM_URL={self.settings.url} "
-                  "farm submit examples/bracket.py --wait", "  Ctrl-C stops everything.", ""]
+        lines += [
+            f"  submit       FARM_DATA_DIR={self.data} FARM_URL={self.settings.url} "
+            "farm submit examples/bracket.py --wait",
+            "  Ctrl-C stops everything.",
+            "",
+        ]
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
-        (self.data / "farm-up.json").write_text(json.dumps(
-            {"url": self.settings.url, "redis_url": redis_url, "pid": os.getpid(),
-             "printers": [{"name": n, "model": m, "port": p} for n, m, p in self.printers]}))
+        (self.data / "farm-up.json").write_text(
+            json.dumps(
+                {
+                    "url": self.settings.url,
+                    "redis_url": redis_url,
+                    "pid": os.getpid(),
+                    "printers": [{"name": n, "model": m, "port": p} for n, m, p in self.printers],
+                }
+            )
+        )
 
     def supervise(self, stop: threading.Event) -> None:
         """Restart a part that died (up to 5 times), so one crash does not take the farm down."""

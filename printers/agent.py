@@ -70,8 +70,10 @@ class Agent:
 
     def _register(self) -> None:
         p = self.config.printer
-        reply = self.client.post("/api/agents/register", {"printer": p.name, "model": p.model,
-                                                          "protocol": p.driver, "agent_version": VERSION})
+        reply = self.client.post(
+            "/api/agents/register",
+            {"printer": p.name, "model": p.model, "protocol": p.driver, "agent_version": VERSION},
+        )
         if reply.get("job"):
             self._reconcile(reply["job"])
 
@@ -80,8 +82,13 @@ class Agent:
         status = self.driver.status()
         current = CurrentJob(job["id"], job["fence"], job["gcode"], job["gcode_name"], time.monotonic())
         on_printer = _same_file(status.file, current.remote_name)
-        if on_printer and status.state in (PrinterState.PRINTING, PrinterState.PAUSED,
-                                           PrinterState.ATTENTION, PrinterState.FINISHED, PrinterState.FAILED):
+        if on_printer and status.state in (
+            PrinterState.PRINTING,
+            PrinterState.PAUSED,
+            PrinterState.ATTENTION,
+            PrinterState.FINISHED,
+            PrinterState.FAILED,
+        ):
             log.info("%s: adopting job %s, which the printer has (%s)", self.name, current.id, status.state)
             self.job = current
             if job["state"] != "printing":
@@ -110,8 +117,12 @@ class Agent:
             self.client.post("/api/agents/heartbeat", body)
 
     def _status_body(self, status: PrinterStatus) -> dict[str, Any]:
-        return {"printer": self.name, "state": str(status.state), "message": status.message,
-                "progress": status.progress}
+        return {
+            "printer": self.name,
+            "state": str(status.state),
+            "message": status.message,
+            "progress": status.progress,
+        }
 
     def _start(self, job: dict[str, Any]) -> None:
         current = CurrentJob(job["id"], job["fence"], job["gcode"], job["gcode_name"], time.monotonic())
@@ -139,7 +150,9 @@ class Agent:
 
     def _upload_progress(self, sent: int, total: int) -> None:
         now = time.monotonic()
-        if self.job is not None and now - self._last_report >= 2.0:  # also renews the lease during long uploads
+        if (
+            self.job is not None and now - self._last_report >= 2.0
+        ):  # also renews the lease during long uploads
             self._last_report = now
             self._report("uploading", progress=100.0 * sent / max(total, 1))
 

@@ -43,8 +43,11 @@ def redis_url() -> Iterator[str]:
     binary = shutil.which("redis-server")
     assert binary, "redis-server is missing: run scripts/setup"
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     url = f"redis://127.0.0.1:{port}/0"
 
     def up() -> bool:
@@ -70,8 +73,14 @@ class RunningFarm:
     printers: list[dict]
 
     def cli(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "farm", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout, cwd=REPO)
+        return subprocess.run(
+            [sys.executable, "-m", "farm", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+        )
 
     def cli_json(self, *args: str, timeout: float = 240) -> tuple[int, dict | list]:
         done = self.cli(*args, "--json", timeout=timeout)
@@ -89,22 +98,53 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     """`farm up --sim 2` with a fresh data dir: coordinator, worker, two simulated PrusaLink printers."""
     data = tmp_path_factory.mktemp("farm")
     port = free_port()
-    env = {**os.environ, "FARM_REDIS_URL": redis_url, "FARM_DATA_DIR": str(data),
-           "FARM_URL": f"http://127.0.0.1:{port}", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "FARM_REDIS_URL": redis_url,
+        "FARM_DATA_DIR": str(data),
+        "FARM_URL": f"http://127.0.0.1:{port}",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("FARM_TOKEN", None)
     log = (data / "farm-up.out").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "farm", "up", "--sim", "2", "--port", str(port),
-                             "--data-dir", str(data), "--speed", "600"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "farm",
+            "up",
+            "--sim",
+            "2",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--speed",
+            "600",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
     state = data / "farm-up.json"
     try:
         wait_until(lambda: state.exists() or proc.poll() is not None, 120, "farm up")
         assert proc.poll() is None, (data / "farm-up.out").read_text()
         running = RunningFarm(env["FARM_URL"], data, env, proc, json.loads(state.read_text())["printers"])
         token = (data / "admin.token").read_text().strip()
-        wait_until(lambda: len(httpx.get(f"{running.url}/api/printers",
-                                         headers={"Authorization": f"Bearer {token}"}).json()) == 2,
-                   60, "both agents to register")
+        wait_until(
+            lambda: (
+                len(
+                    httpx.get(
+                        f"{running.url}/api/printers", headers={"Authorization": f"Bearer {token}"}
+                    ).json()
+                )
+                == 2
+            ),
+            60,
+            "both agents to register",
+        )
         yield running
     finally:
         proc.send_signal(signal.SIGINT)

@@ -27,17 +27,34 @@ def add_printer(session: Session, name: str, model: str) -> Printer:
     return p
 
 
-def ready_build(session: Session, *, models: list[str], copies: int = 1, priority: int = 0,
-                printer_model: str | None = None) -> list[Job]:
+def ready_build(
+    session: Session,
+    *,
+    models: list[str],
+    copies: int = 1,
+    priority: int = 0,
+    printer_model: str | None = None,
+) -> list[Job]:
     """A mesh build whose slices for `models` are done: its jobs are ready."""
     build, jobs, _out = pipeline.create_build(
-        session, source_name="part.stl", source_sha256="0" * 64, entry=None, params={}, copies=copies,
-        material="PLA", quality="standard", color=None, printer_model=printer_model, priority=priority)
+        session,
+        source_name="part.stl",
+        source_sha256="0" * 64,
+        entry=None,
+        params={},
+        copies=copies,
+        material="PLA",
+        quality="standard",
+        color=None,
+        printer_model=printer_model,
+        priority=priority,
+    )
     session.flush()
     for sl in session.exec(select(Slice).where(Slice.build_id == build.id)).all():
         if sl.printer_model in models:
-            pipeline.slice_finished(session, sl, error=None, gcode_sha256="1" * 64,
-                                    meta={"print_time_s": 60}, seconds=0.1)
+            pipeline.slice_finished(
+                session, sl, error=None, gcode_sha256="1" * 64, meta={"print_time_s": 60}, seconds=0.1
+            )
     session.commit()
     return jobs
 
@@ -133,8 +150,18 @@ def test_a_job_on_a_printer_is_never_requeued_by_lease_expiry(engine) -> None:  
 def test_failed_slices_fail_the_build_with_the_reason(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
         build, jobs, _ = pipeline.create_build(
-            s, source_name="big.stl", source_sha256="0" * 64, entry=None, params={}, copies=1,
-            material="PLA", quality="standard", color=None, printer_model="MINI", priority=0)
+            s,
+            source_name="big.stl",
+            source_sha256="0" * 64,
+            entry=None,
+            params={},
+            copies=1,
+            material="PLA",
+            quality="standard",
+            color=None,
+            printer_model="MINI",
+            priority=0,
+        )
         sl = s.exec(select(Slice).where(Slice.build_id == build.id)).one()
         pipeline.slice_finished(s, sl, error="too big for the bed", gcode_sha256=None, meta={}, seconds=1)
         s.commit()

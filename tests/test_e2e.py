@@ -24,8 +24,9 @@ def gcode_for_job(farm: RunningFarm, job: dict) -> str:
 
 
 def test_python_part_prints_on_a_simulated_prusalink_printer(farm: RunningFarm) -> None:
-    code, build = farm.cli_json("submit", str(EXAMPLES / "bracket.py"), "--printer-model", "MINI",
-                                "--param", "length=50", "--wait")
+    code, build = farm.cli_json(
+        "submit", str(EXAMPLES / "bracket.py"), "--printer-model", "MINI", "--param", "length=50", "--wait"
+    )
     job = only_job(build)
     assert code == 0, build
     assert job["state"] == "done" and job["error"] is None
@@ -36,8 +37,11 @@ def test_python_part_prints_on_a_simulated_prusalink_printer(farm: RunningFarm) 
     estimate = re.search(r"^; estimated printing time \(normal mode\) = (.+)$", gcode, re.M)
     grams = re.search(r"^; total filament used \[g\] = ([\d.]+)$", gcode, re.M)
     assert estimate and grams and float(grams.group(1)) > 0
-    assert job["print_time_s"] and job["print_time_s"] > 60 and job["filament_g"] == pytest.approx(
-        float(grams.group(1)), rel=0.01)
+    assert (
+        job["print_time_s"]
+        and job["print_time_s"] > 60
+        and job["filament_g"] == pytest.approx(float(grams.group(1)), rel=0.01)
+    )
 
 
 def test_show_script_and_stl_print_on_any_model(farm: RunningFarm) -> None:
@@ -52,8 +56,9 @@ def test_show_script_and_stl_print_on_any_model(farm: RunningFarm) -> None:
 
 
 def test_copies_become_separate_jobs(farm: RunningFarm) -> None:
-    code, build = farm.cli_json("submit", str(EXAMPLES / "spacer.py"), "--copies", "2",
-                                "--printer-model", "MK3S", "--wait")
+    code, build = farm.cli_json(
+        "submit", str(EXAMPLES / "spacer.py"), "--copies", "2", "--printer-model", "MK3S", "--wait"
+    )
     assert code == 0
     assert [j["state"] for j in build["jobs"]] == ["done", "done"]
     assert all(j["printer"].startswith("sim-mk3s-") for j in build["jobs"])

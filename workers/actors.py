@@ -57,15 +57,18 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
             result = ctx.cad.build(request)  # type: ignore[attr-defined]
         except CadError as exc:
             log.info("build %s failed: %s", build_id, exc)
-            ctx.client.post(f"/api/builds/{build_id}/cad/result",
-                            {"error": str(exc), "seconds": time.monotonic() - t0})
+            ctx.client.post(
+                f"/api/builds/{build_id}/cad/result", {"error": str(exc), "seconds": time.monotonic() - t0}
+            )
             return
         stem = PurePath(build["source"]).stem
         stl = ctx.client.upload_artifact(result.stl, f"{stem}.stl")
         threemf = ctx.client.upload_artifact(result.threemf, f"{stem}.3mf")
     bbox = [list(result.bbox[0]), list(result.bbox[1])]
-    ctx.client.post(f"/api/builds/{build_id}/cad/result",
-                    {"stl": stl, "threemf": threemf, "bbox": bbox, "seconds": time.monotonic() - t0})
+    ctx.client.post(
+        f"/api/builds/{build_id}/cad/result",
+        {"stl": stl, "threemf": threemf, "bbox": bbox, "seconds": time.monotonic() - t0},
+    )
     log.info("build %s meshed in %.2f s", build_id, time.monotonic() - t0)
 
 
@@ -76,8 +79,10 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
     t0 = time.monotonic()
     model = get_model(sl["printer_model"])
     if model is None:
-        ctx.client.post(f"/api/slices/{slice_id}/result",
-                        {"error": f"no slicing profile for printer model '{sl['printer_model']}'"})
+        ctx.client.post(
+            f"/api/slices/{slice_id}/result",
+            {"error": f"no slicing profile for printer model '{sl['printer_model']}'"},
+        )
         return
     suffix = PurePath(sl["source"]).suffix.lower() if sl["kind"] == "mesh" else ".stl"
     stem = PurePath(sl["source"]).stem
@@ -85,17 +90,27 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
         mesh = ctx.client.download_artifact(sl["stl"], Path(tmp) / f"{stem}{suffix}")
         out = Path(tmp) / f"{stem}_{model.name}.gcode"
         try:
-            result = slice_mesh(mesh, model, out, material=sl["material"], quality=sl["quality"],
-                                slicer=Path(ctx.settings.slicer_path) if ctx.settings.slicer_path else None)
+            result = slice_mesh(
+                mesh,
+                model,
+                out,
+                material=sl["material"],
+                quality=sl["quality"],
+                slicer=Path(ctx.settings.slicer_path) if ctx.settings.slicer_path else None,
+            )
         except SliceError as exc:
             log.info("slice %s failed: %s", slice_id, exc)
-            ctx.client.post(f"/api/slices/{slice_id}/result",
-                            {"error": str(exc), "seconds": time.monotonic() - t0})
+            ctx.client.post(
+                f"/api/slices/{slice_id}/result", {"error": str(exc), "seconds": time.monotonic() - t0}
+            )
             return
         gcode = ctx.client.upload_artifact(result.gcode, out.name)
-    meta = {k: getattr(result.meta, k) for k in ("print_time_s", "filament_g", "filament_mm", "printer_model")}
-    ctx.client.post(f"/api/slices/{slice_id}/result",
-                    {"gcode": gcode, "meta": meta, "seconds": time.monotonic() - t0})
+    meta = {
+        k: getattr(result.meta, k) for k in ("print_time_s", "filament_g", "filament_mm", "printer_model")
+    }
+    ctx.client.post(
+        f"/api/slices/{slice_id}/result", {"gcode": gcode, "meta": meta, "seconds": time.monotonic() - t0}
+    )
     log.info("slice %s for %s done in %.2f s", slice_id, model.name, time.monotonic() - t0)
 
 
@@ -113,8 +128,20 @@ def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:
             raise  # Dramatiq retries with back-off
 
     if CAD_QUEUE in queues:
-        dramatiq.actor(lambda build_id: _guard(build_cad, build_id), actor_name=CAD_ACTOR,
-                       queue_name=CAD_QUEUE, broker=broker, max_retries=10, time_limit=limit_ms)
+        dramatiq.actor(
+            lambda build_id: _guard(build_cad, build_id),
+            actor_name=CAD_ACTOR,
+            queue_name=CAD_QUEUE,
+            broker=broker,
+            max_retries=10,
+            time_limit=limit_ms,
+        )
     if SLICE_QUEUE in queues:
-        dramatiq.actor(lambda slice_id: _guard(slice_build, slice_id), actor_name=SLICE_ACTOR,
-                       queue_name=SLICE_QUEUE, broker=broker, max_retries=10, time_limit=limit_ms)
+        dramatiq.actor(
+            lambda slice_id: _guard(slice_build, slice_id),
+            actor_name=SLICE_ACTOR,
+            queue_name=SLICE_QUEUE,
+            broker=broker,
+            max_retries=10,
+            time_limit=limit_ms,
+        )

@@ -28,8 +28,14 @@ def run(settings: Settings, queues: set[str]) -> None:
     if CAD_QUEUE in queues:
         from workers.cad_runner import CadLimits, CadRunner
 
-        ctx.cad = CadRunner(CadLimits(cpu_s=settings.cad_cpu_s, wall_s=settings.cad_wall_s,
-                                      memory_mb=settings.cad_memory_mb, output_mb=settings.cad_output_mb))
+        ctx.cad = CadRunner(
+            CadLimits(
+                cpu_s=settings.cad_cpu_s,
+                wall_s=settings.cad_wall_s,
+                memory_mb=settings.cad_memory_mb,
+                output_mb=settings.cad_output_mb,
+            )
+        )
         ctx.cad.start()  # pays the build123d import once, before the first job
     register(broker, ctx, queues)
 

@@ -48,10 +48,14 @@ def resend_unfinished(farm: Farm) -> int:
     Workers treat a duplicate as a no-op (cad/start answers go=false; a slice result is taken once).
     """
     with Session(farm.engine) as session:
-        out = [Outgoing(CAD_QUEUE, CAD_ACTOR, (b.id,))
-               for b in session.exec(select(Build).where(Build.stage == BuildStage.QUEUED))]
-        out += [Outgoing(SLICE_QUEUE, SLICE_ACTOR, (s.id,))
-                for s in session.exec(select(Slice).where(Slice.state == SliceState.PENDING))]
+        out = [
+            Outgoing(CAD_QUEUE, CAD_ACTOR, (b.id,))
+            for b in session.exec(select(Build).where(Build.stage == BuildStage.QUEUED))
+        ]
+        out += [
+            Outgoing(SLICE_QUEUE, SLICE_ACTOR, (s.id,))
+            for s in session.exec(select(Slice).where(Slice.state == SliceState.PENDING))
+        ]
     builds.dispatch_outgoing(farm, out)
     return len(out)
 
@@ -94,7 +98,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the coordinator log"}, 500)
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); see the coordinator log"}, 500
+        )
 
     @app.get("/api/health")
     def health() -> dict[str, str]:

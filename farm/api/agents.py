@@ -55,16 +55,21 @@ def _claim_view(session: Session, job: Job) -> dict:
     assert sl is not None and sl.gcode_sha256
     art = session.get(Artifact, sl.gcode_sha256)
     base = (art.name if art else "") or f"job{job.id}.gcode"
-    return {**job_view(job, sl), "fence": job.fence, "gcode": sl.gcode_sha256,
-            "gcode_name": f"job{job.id}-{base}"}
+    return {
+        **job_view(job, sl),
+        "fence": job.fence,
+        "gcode": sl.gcode_sha256,
+        "gcode_name": f"job{job.id}-{base}",
+    }
 
 
 @router.post("/register")
 def register(body: Register, token: AgentToken, session: SessionDep) -> dict:
     if token.role == "agent" and token.printer != body.printer:
         raise HTTPException(403, f"this agent token is bound to printer '{token.printer}'")
-    printer = session.get(Printer, body.printer) or Printer(name=body.printer, model=body.model,
-                                                             protocol=body.protocol)
+    printer = session.get(Printer, body.printer) or Printer(
+        name=body.printer, model=body.model, protocol=body.protocol
+    )
     printer.model, printer.protocol, printer.agent_version = body.model, body.protocol, body.agent_version
     session.add(printer)
     session.commit()
@@ -75,16 +80,28 @@ def register(body: Register, token: AgentToken, session: SessionDep) -> dict:
 @router.post("/heartbeat")
 def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep, session: SessionDep) -> dict:
     printer = _printer(session, token, body.printer)
-    job = dispatch.heartbeat(session, printer, state=body.state, message=body.message,
-                             progress=body.progress, lease_s=farm.settings.lease_s)
+    job = dispatch.heartbeat(
+        session,
+        printer,
+        state=body.state,
+        message=body.message,
+        progress=body.progress,
+        lease_s=farm.settings.lease_s,
+    )
     return {"job": job.id if job else None, "fence": job.fence if job else None}
 
 
 @router.post("/claim", responses={204: {"description": "nothing to print"}})
 def claim(body: Heartbeat, token: AgentToken, farm: FarmDep, session: SessionDep) -> object:
     printer = _printer(session, token, body.printer)
-    dispatch.heartbeat(session, printer, state=body.state, message=body.message, progress=body.progress,
-                       lease_s=farm.settings.lease_s)
+    dispatch.heartbeat(
+        session,
+        printer,
+        state=body.state,
+        message=body.message,
+        progress=body.progress,
+        lease_s=farm.settings.lease_s,
+    )
     job = dispatch.claim(session, printer, farm.settings.lease_s)
     if job is None:
         return Response(status_code=204)
@@ -98,9 +115,17 @@ def report(job_id: int, body: Report, token: AgentToken, farm: FarmDep, session:
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
     try:
-        job = dispatch.report(session, job, printer, fence=body.fence, state=body.state,
-                              lease_s=farm.settings.lease_s, progress=body.progress,
-                              remaining_s=body.remaining_s, error=body.error)
+        job = dispatch.report(
+            session,
+            job,
+            printer,
+            fence=body.fence,
+            state=body.state,
+            lease_s=farm.settings.lease_s,
+            progress=body.progress,
+            remaining_s=body.remaining_s,
+            error=body.error,
+        )
     except (dispatch.StaleLease, InvalidMove) as exc:
         raise HTTPException(409, str(exc)) from exc
     return job_view(job)

@@ -34,5 +34,6 @@ def download(sha256: str, farm: FarmDep, session: SessionDep) -> FileResponse:
     art = session.get(Artifact, sha256)
     if art is None or not farm.store.has(sha256):
         raise HTTPException(404, f"no artifact {sha256}")
-    return FileResponse(farm.store.path(sha256), filename=art.name or sha256,
-                        media_type="application/octet-stream")
+    return FileResponse(
+        farm.store.path(sha256), filename=art.name or sha256, media_type="application/octet-stream"
+    )

@@ -88,8 +88,12 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
     if session.get(Artifact, sha) is None:
         session.add(Artifact(sha256=sha, size=size, name=name))
     build, _jobs, out = pipeline.create_build(
-        session, source_name=name, source_sha256=sha, **opts.model_dump(exclude={"entry", "params"}),
-        entry=opts.entry, params=opts.params,
+        session,
+        source_name=name,
+        source_sha256=sha,
+        **opts.model_dump(exclude={"entry", "params"}),
+        entry=opts.entry,
+        params=opts.params,
     )
     session.commit()
     dispatch_outgoing(farm, out)
@@ -125,8 +129,15 @@ def cad_result(build_id: int, result: CadResult, farm: FarmDep, session: Session
     for sha in (result.stl, result.threemf):
         if sha and session.get(Artifact, sha) is None:
             raise HTTPException(422, f"artifact {sha} was not uploaded")
-    out = pipeline.cad_finished(session, build, error=result.error, stl_sha256=result.stl,
-                                threemf_sha256=result.threemf, bbox=result.bbox, seconds=result.seconds)
+    out = pipeline.cad_finished(
+        session,
+        build,
+        error=result.error,
+        stl_sha256=result.stl,
+        threemf_sha256=result.threemf,
+        bbox=result.bbox,
+        seconds=result.seconds,
+    )
     session.commit()
     dispatch_outgoing(farm, out)
     return load_build(session, build_id)
@@ -139,8 +150,15 @@ def get_slice(slice_id: int, session: SessionDep) -> dict:
         raise HTTPException(404, f"no slice {slice_id}")
     build = session.get(Build, sl.build_id)
     assert build is not None
-    return {**slice_view(sl), "build": build.id, "stl": build.stl_sha256, "source": build.source_name,
-            "kind": build.source_kind, "material": build.material, "quality": build.quality}
+    return {
+        **slice_view(sl),
+        "build": build.id,
+        "stl": build.stl_sha256,
+        "source": build.source_name,
+        "kind": build.source_kind,
+        "material": build.material,
+        "quality": build.quality,
+    }
 
 
 @router.post("/slices/{slice_id}/result", dependencies=[Depends(require("worker"))])
@@ -150,9 +168,8 @@ def slice_result(slice_id: int, result: SliceResult, session: SessionDep) -> dic
         raise HTTPException(404, f"no slice {slice_id}")
     if result.gcode and session.get(Artifact, result.gcode) is None:
         raise HTTPException(422, f"artifact {result.gcode} was not uploaded")
-    pipeline.slice_finished(session, sl, error=result.error, gcode_sha256=result.gcode,
-                            meta=result.meta, seconds=result.seconds)
+    pipeline.slice_finished(
+        session, sl, error=result.error, gcode_sha256=result.gcode, meta=result.meta, seconds=result.seconds
+    )
     session.commit()
     return slice_view(sl)
-
-

@@ -55,8 +55,10 @@ def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)]) -> 
         with Session(farm.engine) as session:
             token = session.exec(select(Token).where(Token.secret_sha256 == digest)).first()
         if token is None:
-            raise HTTPException(401, "unknown token: check FARM_TOKEN (farm up writes the admin token "
-                                     "to <data dir>/admin.token)")
+            raise HTTPException(
+                401,
+                "unknown token: check FARM_TOKEN (farm up writes the admin token to <data dir>/admin.token)",
+            )
         farm._tokens[digest] = token
     return token
 
@@ -66,8 +68,9 @@ def require(*roles: str):  # type: ignore[no-untyped-def]
 
     def check(token: Annotated[Token, Depends(authenticate)]) -> Token:
         if token.role != "admin" and token.role not in roles:
-            raise HTTPException(403, f"a {token.role} token cannot do this; it needs one of: "
-                                     f"{', '.join(('admin', *roles))}")
+            raise HTTPException(
+                403, f"a {token.role} token cannot do this; it needs one of: {', '.join(('admin', *roles))}"
+            )
         return token
 
     return check

@@ -16,7 +16,9 @@ router = APIRouter(prefix="/api", tags=["status"], dependencies=[Depends(require
 
 
 def _job_rows(session: Session, jobs: list[Job]) -> list[dict]:
-    builds = {b.id: b for b in session.exec(select(Build).where(col(Build.id).in_({j.build_id for j in jobs})))}
+    builds = {
+        b.id: b for b in session.exec(select(Build).where(col(Build.id).in_({j.build_id for j in jobs})))
+    }
     slice_ids = {j.slice_id for j in jobs if j.slice_id}
     slices = {s.id: s for s in session.exec(select(Slice).where(col(Slice.id).in_(slice_ids)))}
     return [job_view(j, slices.get(j.slice_id), builds[j.build_id].source_name) for j in jobs]

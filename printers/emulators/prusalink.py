@@ -1,0 +1,946 @@
+"""A PrusaLink v1 printer (Buddy firmware: MINI, MK4, XL, Core One) emulated over a real socket.
+
+Standard library only: it runs on an agent's Raspberry Pi next to the real printers. It follows
+what the Buddy firmware does (`lib/WUI/nhttp`, `lib/WUI/link_content`), not only the OpenAPI spec:
+digest auth with a 16-hex nonce of 32 random bits + a timestamp, `"<code>: <reason>\\n\\n<detail>\\n"`
+error pages, a 409 matrix keyed on the printer state, job-id gating, uploads that close the
+connection on error, and a model check that leaves the printer in ATTENTION ("warn" mode).
+
+Printing runs in accelerated time: the G-code's `estimated printing time (normal mode)` divided
+by `speed`. Job times (`time_printing`, `time_remaining`) are reported in wall-clock seconds of
+that accelerated print, so a farm scheduler sees durations it can actually wait for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+from urllib.parse import quote, unquote, urlsplit
+from urllib.request import parse_http_list, parse_keqv_list
+
+log = logging.getLogger(__name__)
+
+USERNAME = "maker"
+REALM = "Printer API"
+GCODE_EXTENSIONS = (".gcode", ".gc", ".g", ".gco", ".bgcode", ".bgc")
+CHUNK_BYTES = 64 * 1024
+MODEL_CHECK_BYTES = 64 * 1024  # the firmware only scans the start of the file for M862.x
+ESTIMATE_TAIL_BYTES = 256 * 1024  # PrusaSlicer writes the time estimate near the end
+FALLBACK_PRINT_S = 3.0  # a G-code without an estimate still "prints" for a moment
+MAX_PATH_BYTES = 255  # FAT long-name limit; the firmware's exact buffer size is not public API
+INVALID_NAME_CHARS = frozenset('\\:*?"<>|')
+READY_STATES = frozenset({"IDLE", "READY", "STOPPED", "FINISHED"})  # firmware `remote_print_ready`
+ACTIVE_STATES = frozenset({"PRINTING", "PAUSED", "ATTENTION"})
+AMBIENT_C = 24.8
+
+_MODEL_RE = re.compile(rb'^[ \t]*M862\.3[ \t]+P[ \t]*"?([^"\s;]+)"?', re.MULTILINE)
+_ESTIMATE_RE = re.compile(
+    rb"^;[ \t]*estimated printing time \(normal mode\)[ \t]*=[ \t]*([^\r\n]+)", re.MULTILINE
+)
+_DURATION_PART_RE = re.compile(r"(\d+)\s*([dhms])")
+_TEMP_RE = re.compile(rb"^[ \t]*M(104|109|140|190)\b[^;\r\n]*?\bS(\d+(?:\.\d+)?)", re.MULTILINE)
+_UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+AuthVerdict = Literal["ok", "stale", "denied"]
+
+
+class HttpError(Exception):
+    """An error page: the status and the detail line the firmware puts after the reason."""
+
+    def __init__(self, status: int, detail: str = "", *, close: bool = False) -> None:
+        super().__init__(f"{status} {detail}".strip())
+        self.status = status
+        self.detail = detail
+        self.close = close
+
+
+# --------------------------------------------------------------------------- G-code facts
+
+
+@dataclass(frozen=True)
+class GcodeFacts:
+    model: str | None  # from `M862.3 P "<model>"`
+    estimate_s: float | None  # from `; estimated printing time (normal mode) = ...`
+    nozzle_c: float
+    bed_c: float
+
+
+def parse_duration(text: str) -> float | None:
+    """`1d 2h 21m 13s` -> seconds; None if nothing recognisable."""
+    parts = _DURATION_PART_RE.findall(text)
+    return float(sum(int(n) * _UNIT_S[unit] for n, unit in parts)) if parts else None
+
+
+def inspect_gcode(path: Path) -> GcodeFacts:
+    """Read only the head (model check, temperatures) and the tail (estimate), never the whole file."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(MODEL_CHECK_BYTES)
+        f.seek(max(0, size - ESTIMATE_TAIL_BYTES))
+        tail = f.read(ESTIMATE_TAIL_BYTES)
+    model = _MODEL_RE.search(head)
+    estimates = _ESTIMATE_RE.findall(tail) or _ESTIMATE_RE.findall(head)
+    temps: dict[bytes, float] = {}
+    for code, value in _TEMP_RE.findall(head):
+        if float(value) > 0:
+            temps.setdefault(code, float(value))
+    return GcodeFacts(
+        model=model.group(1).decode("ascii", "replace") if model else None,
+        estimate_s=parse_duration(estimates[-1].decode("ascii", "replace")) if estimates else None,
+        nozzle_c=temps.get(b"104", temps.get(b"109", 215.0)),
+        bed_c=temps.get(b"140", temps.get(b"190", 60.0)),
+    )
+
+
+def short_name(name: str) -> str:
+    """An approximate FAT 8.3 name: Buddy reports it as `name` next to the long `display_name`."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    stem_c, ext_c = (re.sub(r"[^A-Z0-9_~!#$%&'()@^{}-]", "", s.upper()) for s in (stem, ext))
+    if stem_c == stem.upper() and ext_c == ext.upper() and len(stem) <= 8 and len(ext) <= 3:
+        return name.upper()
+    return f"{stem_c[:6]}~1" + (f".{ext_c[:3]}" if ext_c else "")
+
+
+# --------------------------------------------------------------------------- auth
+
+
+class DigestAuthority:
+    """Buddy's digest scheme: RFC 2069 (no qop), nonce = 32 random bits + a timestamp, short-lived."""
+
+    def __init__(self, password: str, nonce_lifetime_s: float) -> None:
+        self._password = password
+        self._lifetime_ms = int(nonce_lifetime_s * 1000)
+        self._random = secrets.randbits(32) | 1  # the firmware treats 0 as "not initialised"
+        self._epoch = time.monotonic()
+
+    def _now_ms(self) -> int:
+        # The firmware stamps seconds; milliseconds let tests use sub-second nonce lifetimes.
+        return int((time.monotonic() - self._epoch) * 1000) & 0xFFFFFFFF
+
+    def new_nonce(self) -> str:
+        return f"{self._random:08x}{self._now_ms():08x}"
+
+    def _nonce_valid(self, nonce: str) -> bool:
+        if len(nonce) != 16 or int(nonce[:8], 16) != self._random:
+            return False
+        age_ms = (self._now_ms() - int(nonce[8:], 16)) & 0xFFFFFFFF
+        return age_ms < self._lifetime_ms
+
+    def _digest(self, method: str, uri: str, nonce: str) -> str:
+        def md5(text: str) -> str:
+            return hashlib.md5(text.encode()).hexdigest()
+
+        return md5(f"{md5(f'{USERNAME}:{REALM}:{self._password}')}:{nonce}:{md5(f'{method}:{uri}')}")
+
+    def check(self, method: str, uri: str, authorization: str | None, api_key: str | None) -> AuthVerdict:
+        if api_key is not None:
+            return "ok" if hmac.compare_digest(api_key.encode(), self._password.encode()) else "denied"
+        scheme, _, params = (authorization or "").partition(" ")
+        if scheme.lower() != "digest":
+            return "denied"
+        try:
+            fields = parse_keqv_list(parse_http_list(params))
+            nonce = fields["nonce"]
+            int(nonce, 16)
+        except (KeyError, ValueError):
+            return "denied"
+        # Like the firmware, the digest is computed over this request's own method and URI; the
+        # username/realm/uri/algorithm fields the client sends are not consulted.
+        if not hmac.compare_digest(fields.get("response", "").lower(), self._digest(method, uri, nonce)):
+            return "denied"
+        # A correct digest over an old nonce means the client knows the password: ask it to retry.
+        return "ok" if self._nonce_valid(nonce) else "stale"
+
+
+# --------------------------------------------------------------------------- printer state
+
+
+@dataclass
+class Job:
+    id: int
+    usb_path: str  # "/usb/dir/name.gcode"
+    local: Path
+    size: int
+    duration_s: float
+    has_estimate: bool
+    nozzle_c: float
+    bed_c: float
+    state: str  # PRINTING, PAUSED, ATTENTION, FINISHED, STOPPED
+    elapsed_s: float = 0.0
+    running_since: float | None = None
+
+    def elapsed(self, now: float) -> float:
+        extra = now - self.running_since if self.running_since is not None else 0.0
+        return min(self.elapsed_s + extra, self.duration_s)
+
+    def run(self, now: float) -> None:
+        self.running_since = now
+
+    def halt(self, now: float) -> None:
+        self.elapsed_s = self.elapsed(now)
+        self.running_since = None
+
+
+@dataclass
+class Transfer:
+    id: int
+    usb_path: str
+    size: int
+    to_print: bool
+    started: float
+    transferred: int = 0
+
+
+class Printer:
+    """The printer's state machine and its USB stick (a directory). Thread-safe; no HTTP here."""
+
+    def __init__(self, *, root: Path, model: str, speed: float, max_print_s: float | None) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        self.root = root
+        self.model = model
+        self.speed = speed
+        self.max_print_s = max_print_s
+        self.received: list[Path] = []
+        self._lock = threading.RLock()
+        self._job: Job | None = None
+        self._transfer: Transfer | None = None
+        self._job_ids = 0
+        self._transfer_ids = 0
+
+    # -- helpers (call with the lock held)
+
+    def _refresh(self, now: float) -> Job | None:
+        job = self._job
+        if job and job.state == "PRINTING" and job.elapsed(now) >= job.duration_s:
+            job.halt(now)
+            job.state = "FINISHED"
+        return job
+
+    def _state(self, now: float) -> str:
+        job = self._refresh(now)
+        return job.state if job else "IDLE"
+
+    def _busy_file(self, usb_path: str) -> bool:
+        job = self._job
+        return job is not None and job.state in ACTIVE_STATES and job.usb_path == usb_path
+
+    def local_path(self, rel: str) -> Path:
+        return self.root.joinpath(*rel.split("/")) if rel else self.root
+
+    # -- job control
+
+    def start_print(self, rel: str) -> None:
+        """Start /usb/<rel>. HttpError 404 if it is missing, 409 if the printer is not ready."""
+        local = self.local_path(rel)
+        with self._lock:
+            if not rel or not local.is_file():
+                raise HttpError(404, close=True)
+            now = time.monotonic()
+            if self._state(now) not in READY_STATES:
+                raise HttpError(409, close=True)
+            facts = inspect_gcode(local)
+            duration = facts.estimate_s / self.speed if facts.estimate_s else FALLBACK_PRINT_S
+            if self.max_print_s is not None:
+                duration = min(duration, self.max_print_s)
+            # "warn" mode: a G-code sliced for another model waits for a person at the screen.
+            mismatch = facts.model is not None and facts.model != self.model
+            self._job_ids += 1
+            self._job = Job(
+                id=self._job_ids,
+                usb_path=f"/usb/{rel}",
+                local=local,
+                size=local.stat().st_size,
+                duration_s=max(duration, 0.001),
+                has_estimate=facts.estimate_s is not None,
+                nozzle_c=facts.nozzle_c,
+                bed_c=facts.bed_c,
+                state="ATTENTION" if mismatch else "PRINTING",
+            )
+            if not mismatch:
+                self._job.run(now)
+
+    def job_command(self, raw_id: str, command: str) -> None:
+        """`pause`, `resume` or `stop` job `raw_id`, gated like the firmware: 400, then 404, then 409."""
+        allowed = {"pause": {"PRINTING"}, "resume": {"PAUSED"}, "stop": ACTIVE_STATES}.get(command)
+        with self._lock:
+            try:
+                job_id = int(raw_id)
+            except ValueError:
+                raise HttpError(400) from None
+            now = time.monotonic()
+            job = self._refresh(now)
+            if job is None or job.id != job_id:
+                raise HttpError(404)
+            if allowed is None:
+                raise HttpError(400)
+            if job.state not in allowed:
+                raise HttpError(409)
+            if command == "resume":
+                job.state = "PRINTING"
+                job.run(now)
+            else:
+                job.halt(now)
+                job.state = "PAUSED" if command == "pause" else "STOPPED"
+
+    def press_continue(self) -> None:
+        with self._lock:
+            if self._job and self._job.state == "ATTENTION":
+                self._job.state = "PRINTING"
+                self._job.run(time.monotonic())
+
+    def dismiss(self) -> None:
+        with self._lock:
+            if self._state(time.monotonic()) in {"FINISHED", "STOPPED"}:
+                self._job = None
+
+    # -- files
+
+    def begin_upload(self, rel: str, length: int, *, overwrite: bool, to_print: bool) -> Transfer:
+        """The checks the firmware makes before reading the body; registers the one allowed transfer."""
+        local = self.local_path(rel)
+        usb_path = f"/usb/{rel}"
+        with self._lock:
+            if self._transfer is not None:
+                raise HttpError(409, "Another transfer in progress", close=True)
+            if local.exists() and not overwrite:
+                raise HttpError(409, "File already exists", close=True)
+            if overwrite and self._busy_file(usb_path):
+                raise HttpError(409, "File is busy", close=True)
+            self._transfer_ids += 1
+            self._transfer = Transfer(self._transfer_ids, usb_path, length, to_print, time.monotonic())
+            return self._transfer
+
+    def receive(self, transfer: Transfer, stream: BinaryIO) -> Path:
+        """Stream the body to disk chunk by chunk through a temp file, then move it into place."""
+        local = self.local_path(transfer.usb_path.removeprefix("/usb/"))
+        try:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{local.name}.{transfer.id}.tmp")
+            try:
+                with tmp.open("wb") as out:
+                    while transfer.transferred < transfer.size:
+                        chunk = _read_some(stream, min(CHUNK_BYTES, transfer.size - transfer.transferred))
+                        _write_all(out, chunk)
+                        transfer.transferred += len(chunk)
+                if local.is_dir():
+                    raise HttpError(409, "File already exists", close=True)
+                tmp.replace(local)
+            finally:
+                tmp.unlink(missing_ok=True)
+            with self._lock:
+                self.received.append(local)
+            return local
+        finally:
+            with self._lock:
+                self._transfer = None
+
+    def delete(self, rel: str) -> None:
+        local = self.local_path(rel)
+        usb_path = f"/usb/{rel}"
+        with self._lock:
+            self._refresh(time.monotonic())
+            if self._busy_file(usb_path):
+                raise HttpError(409, "File is busy")
+            if self._transfer and self._transfer.usb_path == usb_path:
+                raise HttpError(409, "File is being transferred")
+            try:
+                if local.is_dir():
+                    local.rmdir()
+                else:
+                    local.unlink()
+            except OSError:
+                raise HttpError(404) from None
+
+    # -- views
+
+    def state(self) -> str:
+        with self._lock:
+            return self._state(time.monotonic())
+
+    def is_printing_file(self, rel: str) -> bool:
+        with self._lock:
+            self._refresh(time.monotonic())
+            return self._busy_file(f"/usb/{rel}")
+
+    def status_json(self) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            job = self._refresh(now)
+            out: dict[str, Any] = {"storage": {"path": "/usb/", "name": "usb", "read_only": False}}
+            if job:
+                out["job"] = self._job_times(job, now)
+            if self._transfer:
+                out["transfer"] = self._transfer_summary(self._transfer, now)
+            out["printer"] = self._printer_json(job, now)
+            return out
+
+    def job_json(self) -> dict[str, Any] | None:
+        with self._lock:
+            now = time.monotonic()
+            job = self._refresh(now)
+            if job is None:
+                return None
+            parent = job.usb_path.rsplit("/", 1)[0]
+            return {
+                **self._job_times(job, now),
+                # The v1 API has no ATTENTION job state: a job waiting for a person reads as PAUSED.
+                "state": "PAUSED" if job.state == "ATTENTION" else job.state,
+                "file": {
+                    "name": short_name(job.local.name),
+                    "display_name": job.local.name,
+                    "path": parent,
+                    "display_path": parent,
+                    "size": job.size,
+                    "m_timestamp": int(job.local.stat().st_mtime) if job.local.exists() else 0,
+                    "refs": {"download": quote(job.usb_path)},
+                },
+            }
+
+    def transfer_json(self) -> dict[str, Any] | None:
+        with self._lock:
+            t = self._transfer
+            if t is None:
+                return None
+            return {
+                **self._transfer_summary(t, time.monotonic()),
+                "type": "FROM_CLIENT",
+                "display_name": t.usb_path.rsplit("/", 1)[-1],
+                "path": t.usb_path.rsplit("/", 1)[0],
+                "size": t.size,
+                "to_print": t.to_print,
+            }
+
+    @staticmethod
+    def _job_times(job: Job, now: float) -> dict[str, Any]:
+        elapsed = job.elapsed(now)
+        out: dict[str, Any] = {
+            "id": job.id,
+            "progress": round(100.0 * elapsed / job.duration_s, 2),
+            "time_printing": int(elapsed),
+        }
+        if job.has_estimate:  # without the slicer's estimate the firmware cannot tell
+            out["time_remaining"] = max(0, round(job.duration_s - elapsed))
+        return out
+
+    @staticmethod
+    def _transfer_summary(t: Transfer, now: float) -> dict[str, Any]:
+        return {
+            "id": t.id,
+            "time_transferring": int(now - t.started),
+            "progress": round(100.0 * t.transferred / t.size, 2) if t.size else 100.0,
+            "transferred": t.transferred,
+        }
+
+    @staticmethod
+    def _printer_json(job: Job | None, now: float) -> dict[str, Any]:
+        heating = job is not None and job.state in ACTIVE_STATES
+        nozzle_t, bed_t = (job.nozzle_c, job.bed_c) if job is not None and heating else (0.0, 0.0)
+        printing = job is not None and job.state == "PRINTING"
+        out: dict[str, Any] = {
+            "state": job.state if job else "IDLE",
+            "temp_nozzle": round(nozzle_t - 0.4, 1) if nozzle_t else AMBIENT_C,
+            "target_nozzle": nozzle_t,
+            "temp_bed": round(bed_t - 0.1, 1) if bed_t else AMBIENT_C,
+            "target_bed": bed_t,
+            "axis_z": round(0.2 + 40.0 * job.elapsed(now) / job.duration_s, 2) if job else 12.0,
+            "flow": 100,
+            "speed": 100,
+            "fan_hotend": 5200 if heating else 0,
+            "fan_print": 4800 if printing else 0,
+        }
+        if not printing:  # the firmware leaves x/y out while printing
+            out |= {"axis_x": 90.0, "axis_y": 90.0}
+        return out
+
+
+def _read_some(stream: BinaryIO, n: int) -> bytes:
+    try:
+        chunk = stream.read(n)
+    except OSError:  # timeout or reset: the client went away mid-body
+        chunk = b""
+    if not chunk:
+        raise HttpError(400, "Truncated body", close=True)
+    return chunk
+
+
+def _write_all(out: BinaryIO, chunk: bytes) -> None:
+    try:
+        out.write(chunk)
+    except OSError as exc:
+        detail = "USB drive full" if exc.errno == errno.ENOSPC else "USB write error or USB full"
+        raise HttpError(507, detail, close=True) from None
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    close: bool = False
+
+
+def json_response(status: int, data: Any, **headers: str) -> Response:
+    return Response(status, json.dumps(data).encode(), "application/json", dict(headers))
+
+
+RouteHandler = Callable[["_Handler", "re.Match[str]"], Response]
+
+# (path pattern, {method: handler method name}); a path that matches with another method is a 405.
+_ROUTES: list[tuple[re.Pattern[str], dict[str, str]]] = [
+    (re.compile(r"/api/version"), {"GET": "_get_version"}),
+    (re.compile(r"/api/v1/info"), {"GET": "_get_info"}),
+    (re.compile(r"/api/v1/status"), {"GET": "_get_status"}),
+    (re.compile(r"/api/v1/storage"), {"GET": "_get_storage"}),
+    (re.compile(r"/api/v1/transfer"), {"GET": "_get_transfer"}),
+    (re.compile(r"/api/v1/job"), {"GET": "_get_job"}),
+    (
+        re.compile(r"/api/v1/job/(?P<id>[^/]*)(?:/(?P<command>.*))?"),
+        {"PUT": "_job_put", "DELETE": "_job_delete"},
+    ),
+    (
+        re.compile(r"/api/v1/files(?P<rest>/.*)?"),
+        {"GET": "_file_get", "PUT": "_file_put", "POST": "_file_post", "DELETE": "_file_delete"},
+    ),
+]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], emulator: PrusaLinkEmulator) -> None:
+        self.emulator = emulator
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """A printer that goes away takes its keep-alive connections with it."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "PrusaLink"
+    sys_version = ""
+    timeout = 30  # idle keep-alive connections and stalled uploads give up eventually
+    server: _Server
+    _unread: int | None = None  # declared body bytes nobody has read yet
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PATCH(self) -> None:  # answered 405/404 like the firmware, not http.server's 501 page
+        self._handle("PATCH")
+
+    def do_OPTIONS(self) -> None:
+        self._handle("OPTIONS")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("prusalink emulator %s: " + format, self.address_string(), *args)
+
+    @property
+    def emulator(self) -> PrusaLinkEmulator:
+        return self.server.emulator
+
+    @property
+    def printer(self) -> Printer:
+        return self.server.emulator.printer
+
+    # -- plumbing
+
+    def _handle(self, method: str) -> None:
+        self._unread = self._declared_length()
+        try:
+            response = self._route(method)
+        except HttpError as exc:
+            response = self._error(exc.status, exc.detail, close=exc.close)
+        self._send(response, head=method == "HEAD")
+
+    def _declared_length(self) -> int | None:
+        try:
+            return max(0, int(self.headers["Content-Length"]))
+        except (TypeError, ValueError):
+            return None
+
+    def _route(self, method: str) -> Response:
+        path = urlsplit(self.path).path
+        if not path.startswith("/api/"):
+            raise HttpError(404)
+        verdict = self.emulator.auth.check(
+            method, self.path, self.headers.get("Authorization"), self.headers.get("X-Api-Key")
+        )
+        if verdict != "ok":
+            return self._unauthorized(stale=verdict == "stale")
+        for pattern, methods in _ROUTES:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            name = methods.get("GET" if method == "HEAD" else method)
+            if name is None:
+                raise HttpError(405, close=True)
+            handler: RouteHandler = getattr(type(self), name)
+            return handler(self, match)
+        raise HttpError(404)
+
+    def _unauthorized(self, *, stale: bool) -> Response:
+        nonce = self.emulator.auth.new_nonce()
+        response = self._error(401, "")
+        response.headers["WWW-Authenticate"] = (
+            f'Digest realm="{REALM}", nonce="{nonce}", stale={"true" if stale else "false"}'
+        )
+        return response
+
+    def _error(self, status: int, detail: str, *, close: bool = False) -> Response:
+        phrase = HTTPStatus(status).phrase
+        if status != 401 and "application/json" in self.headers.get("Accept", ""):
+            response = json_response(status, {"code": status, "title": phrase, "text": detail, "url": ""})
+        else:
+            response = Response(status, f"{status}: {phrase}\n\n{detail}\n".encode(), "text/plain")
+        response.close = close
+        return response
+
+    def _send(self, response: Response, *, head: bool) -> None:
+        self._drain()
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            if response.status != 204:
+                self.send_header("Content-Type", response.content_type or "text/plain")
+                self.send_header("Content-Length", str(len(response.body)))
+            if response.close or self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if response.body and not head and response.status != 204:
+                self.wfile.write(response.body)
+        except OSError:
+            self.close_connection = True
+
+    def _drain(self) -> None:
+        """Swallow an unread body so the client can finish sending and then read our answer."""
+        if self._unread is None:
+            if "Transfer-Encoding" in self.headers:
+                self.close_connection = True  # a chunked body we will not parse
+            return
+        try:
+            while self._unread > 0:
+                chunk = self.rfile.read(min(CHUNK_BYTES, self._unread))
+                if not chunk:
+                    break
+                self._unread -= len(chunk)
+        except OSError:
+            self.close_connection = True
+        self._unread = 0
+
+    # -- simple GETs
+
+    def _get_version(self, _: re.Match[str]) -> Response:
+        emu = self.emulator
+        return json_response(
+            200,
+            {
+                "api": "2.0.0",
+                "server": "2.1.2",
+                "nozzle_diameter": emu.nozzle_diameter,
+                "text": "PrusaLink",
+                "hostname": emu.hostname,
+                "capabilities": {"upload-by-put": True},
+            },
+        )
+
+    def _get_info(self, _: re.Match[str]) -> Response:
+        emu = self.emulator
+        return json_response(
+            200,
+            {
+                "nozzle_diameter": emu.nozzle_diameter,
+                "mmu": False,
+                "serial": emu.serial,
+                "hostname": emu.hostname,
+                "min_extrusion_temp": 170,
+            },
+        )
+
+    def _get_status(self, _: re.Match[str]) -> Response:
+        return json_response(200, self.printer.status_json())
+
+    def _get_storage(self, _: re.Match[str]) -> Response:
+        storage = {"path": "/usb/", "name": "usb", "type": "USB", "read_only": False, "available": True}
+        return json_response(200, {"storage_list": [storage]})
+
+    def _get_transfer(self, _: re.Match[str]) -> Response:
+        transfer = self.printer.transfer_json()
+        return json_response(200, transfer) if transfer else Response(204)
+
+    def _get_job(self, _: re.Match[str]) -> Response:
+        job = self.printer.job_json()
+        return json_response(200, job) if job else Response(204)
+
+    # -- job control
+
+    def _job_put(self, match: re.Match[str]) -> Response:
+        self.printer.job_command(match.group("id"), match.group("command") or "")
+        return Response(204)
+
+    def _job_delete(self, match: re.Match[str]) -> Response:
+        if match.group("command") is not None:
+            raise HttpError(404)
+        self.printer.job_command(match.group("id"), "stop")
+        return Response(204)
+
+    # -- files
+
+    def _usb_rel(self, match: re.Match[str]) -> str:
+        rest = unquote(match.group("rest") or "")
+        if rest != "/usb" and not rest.startswith("/usb/"):
+            raise HttpError(403)
+        parts = [p for p in rest.removeprefix("/usb").split("/") if p]  # the firmware dedups slashes
+        if any(p in (".", "..") for p in parts):
+            raise HttpError(404)
+        return "/".join(parts)
+
+    def _file_get(self, match: re.Match[str]) -> Response:
+        rel = self._usb_rel(match)
+        local = self.printer.local_path(rel)
+        if local.is_dir():
+            return json_response(200, self._folder_info(rel, local))
+        if not local.is_file():
+            raise HttpError(404)
+        printing = self.printer.is_printing_file(rel)
+        headers = {"Read-Only": "?0", "Currently-Printing": "?1" if printing else "?0"}
+        return json_response(200, self._file_info(rel, local), **headers)
+
+    def _file_put(self, match: re.Match[str]) -> Response:
+        rel = self._usb_rel(match)
+        if self._unread is None:
+            raise HttpError(411, close=True)
+        name = rel.rsplit("/", 1)[-1]
+        if len(f"/usb/{rel}".encode()) > MAX_PATH_BYTES:
+            raise HttpError(431, "File name too long", close=True)
+        if not name.lower().endswith(GCODE_EXTENSIONS):
+            raise HttpError(415, "Not a GCODE", close=True)
+        if any(c in INVALID_NAME_CHARS or ord(c) < 32 for c in rel):
+            raise HttpError(422, "Filename contains invalid characters", close=True)
+        to_print = _flag(self.headers.get("Print-After-Upload"))
+        overwrite = _flag(self.headers.get("Overwrite"))
+        transfer = self.printer.begin_upload(rel, self._unread, overwrite=overwrite, to_print=to_print)
+        self._unread = 0  # the body is ours from here on; a short one is a "Truncated body"
+        local = self.printer.receive(transfer, self.rfile)
+        if to_print:
+            try:
+                self.printer.start_print(rel)
+            except HttpError:
+                raise HttpError(409, "Can't print right now", close=True) from None
+        location = f"/api/v1/files/usb/{quote(rel)}"
+        response = json_response(201, self._file_info(rel, local), Location=location)
+        response.close = True  # the firmware always closes an upload connection
+        return response
+
+    def _file_post(self, match: re.Match[str]) -> Response:
+        self.printer.start_print(self._usb_rel(match))
+        return Response(204, close=True)  # the firmware closes rather than read the ignored body
+
+    def _file_delete(self, match: re.Match[str]) -> Response:
+        rel = self._usb_rel(match)
+        if not rel:
+            raise HttpError(404)
+        self.printer.delete(rel)
+        return Response(204)
+
+    @staticmethod
+    def _file_info(rel: str, local: Path) -> dict[str, Any]:
+        st = local.stat()
+        parent = "/usb/" + rel.rsplit("/", 1)[0] if "/" in rel else "/usb"
+        return {
+            "name": short_name(local.name),
+            "display_name": local.name,
+            "path": parent,
+            "display_path": parent,
+            "size": st.st_size,
+            "m_timestamp": int(st.st_mtime),
+            "type": "PRINT_FILE",
+            "read_only": False,
+            "refs": {"download": quote(f"/usb/{rel}")},
+        }
+
+    def _folder_info(self, rel: str, local: Path) -> dict[str, Any]:
+        children: list[dict[str, Any]] = []
+        for child in sorted(local.iterdir()):
+            if child.name.startswith("."):  # upload temp files
+                continue
+            if child.is_dir():
+                children.append(
+                    {"name": short_name(child.name), "display_name": child.name, "type": "FOLDER"}
+                )
+            else:
+                children.append(self._file_info(f"{rel}/{child.name}" if rel else child.name, child))
+        name = local.name if rel else "usb"
+        return {
+            "name": name,
+            "display_name": name,
+            "type": "FOLDER",
+            "read_only": False,
+            "children": children,
+        }
+
+
+def _flag(value: str | None) -> bool:
+    """An RFC 8941 boolean header; the firmware also takes a bare digit."""
+    return (value or "").strip() in ("?1", "1")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+class PrusaLinkEmulator:
+    """A PrusaLink printer on a real TCP port. `start()` serves in a daemon thread; `stop()` ends it."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        password: str,
+        model: str = "MINI",
+        storage_dir: Path,
+        speed: float = 60.0,
+        max_print_s: float | None = None,
+        nozzle_diameter: float = 0.4,
+        serial: str = "EMU-0000000001",
+        hostname: str | None = None,
+        nonce_lifetime_s: float = 5.0,
+    ) -> None:
+        self.host = host
+        self.nozzle_diameter = nozzle_diameter
+        self.serial = serial
+        self.hostname = hostname or f"prusa-{model.lower()}"
+        self.auth = DigestAuthority(password, nonce_lifetime_s)
+        storage_dir = Path(storage_dir)
+        storage_dir.mkdir(parents=True, exist_ok=True)
+        self.printer = Printer(root=storage_dir, model=model, speed=speed, max_print_s=max_print_s)
+        self._requested_port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def received(self) -> list[Path]:
+        """Every file an upload stored, in order (a path repeats if it was overwritten)."""
+        return self.printer.received
+
+    @property
+    def model(self) -> str:
+        return self.printer.model
+
+    @property
+    def state(self) -> str:
+        """The printer state as /api/v1/status reports it (IDLE, PRINTING, ATTENTION, ...)."""
+        return self.printer.state()
+
+    @property
+    def port(self) -> int:
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        if self._requested_port:
+            return self._requested_port
+        raise RuntimeError("the emulator is not started; port=0 is resolved by start()")
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> PrusaLinkEmulator:
+        if self._server is not None:
+            return self
+        self._stopped.clear()
+        self._server = _Server((self.host, self._requested_port), self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"prusalink-emulator-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("PrusaLink emulator (%s) listening on %s", self.printer.model, self.url)
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            self._requested_port = int(server.server_address[1])  # a restart comes back on this port
+            server.shutdown()
+            server.drop_connections()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """Start if needed and block until `stop()` is called from another thread."""
+        self.start()
+        while not self._stopped.wait(0.5):
+            pass
+
+    def press_continue(self) -> None:
+        """A person confirms the ATTENTION dialog on the screen: the print starts running."""
+        self.printer.press_continue()
+
+    def dismiss(self) -> None:
+        """A person closes the FINISHED/STOPPED screen: the printer is IDLE again."""
+        self.printer.dismiss()
+
+    def __enter__(self) -> PrusaLinkEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

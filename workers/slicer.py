@@ -1,0 +1,724 @@
+"""PrusaSlicer wrapper: a flat profile per printer model, a bed-fit check, the slice, its estimates.
+
+PrusaSlicer 2.5 (Debian bookworm) cannot select a named preset on the command line, and
+`--load`ing a vendor bundle silently falls back to the defaults. So each slice flattens the
+printer, print and filament presets of the model's bundle into one .ini, the way PrusaSlicer's
+own `flatten_configbundle_hierarchy()` does, and `--load`s that.
+
+No build123d and no numpy here: the coordinator imports the mesh and G-code readers too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import zipfile
+from array import array
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from xml.etree import ElementTree as ET
+
+from farm.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel
+
+# Project-shipped bundles (models the vendor bundle lacks) win over the slicer's own.
+PROJECT_PROFILE_DIR = Path(__file__).with_name("profiles")
+SYSTEM_PROFILE_DIR = Path("/usr/share/PrusaSlicer/profiles")
+BUNDLE_DIRS: tuple[Path, ...] = (PROJECT_PROFILE_DIR, SYSTEM_PROFILE_DIR)
+
+FIT_TOLERANCE_MM = 0.01  # float32 STL coordinates: a 180 mm part may read 180.00001
+HEAD_BYTES = 64 * 1024
+TAIL_BYTES = 256 * 1024
+MAX_TAIL_BYTES = 4 * 1024 * 1024
+
+# Bundle keys that describe the preset, not the print; PrusaSlicer drops them when flattening.
+NON_CONFIG_KEYS = frozenset(
+    {
+        "inherits",
+        "renamed_from",
+        "alias",
+        "compatible_printers",
+        "compatible_printers_condition",
+        "compatible_prints",
+        "compatible_prints_condition",
+    }
+)
+# post_process runs an arbitrary program on the worker: never from a job's overrides.
+FORBIDDEN_OVERRIDES = frozenset({"post_process"})
+
+BBox = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+class SliceError(Exception):
+    """Slicing cannot happen or failed. The message is written for the person who submitted."""
+
+
+@dataclass
+class GcodeMeta:
+    printer_model: str | None = None
+    print_time_s: int | None = None
+    filament_g: float | None = None
+    filament_mm: float | None = None
+    filament_cm3: float | None = None
+    layers: int | None = None
+    nozzle_diameter: float | None = None
+    filament_type: str | None = None
+
+
+@dataclass
+class SliceResult:
+    gcode: Path
+    meta: GcodeMeta
+
+
+# --------------------------------------------------------------------------- the binary
+
+
+def find_slicer(path: str | Path | None = None) -> Path:
+    """The PrusaSlicer binary: `path` if given (the `slicer_path` setting), else from PATH."""
+    if path:
+        p = Path(path).expanduser()
+        if p.is_file() and os.access(p, os.X_OK):
+            return p
+        on_path = None if p.parent != Path() else shutil.which(str(p))  # a bare name, e.g. "prusa-slicer"
+        if on_path:
+            return Path(on_path)
+        raise SliceError(f"the configured slicer {p} does not exist or is not executable")
+    found = shutil.which("prusa-slicer")
+    if not found:
+        raise SliceError(
+            "PrusaSlicer is not installed on this worker: install it (apt-get install prusa-slicer) "
+            "or set slicer_path"
+        )
+    return Path(found)
+
+
+@functools.cache
+def _help_text(slicer: Path, flag: str) -> str:
+    try:
+        proc = subprocess.run(
+            [str(slicer), flag], capture_output=True, text=True, errors="replace", env=_env(), timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SliceError(f"cannot run the slicer {slicer}: {exc}") from exc
+    return proc.stdout + proc.stderr
+
+
+def slicer_version(path: Path) -> str:
+    """The version PrusaSlicer reports, e.g. "2.5.0+UNKNOWN" (cached per binary)."""
+    m = re.search(r"^PrusaSlicer-(\S+)", _help_text(Path(path), "--help"), re.MULTILINE)
+    if not m:
+        raise SliceError(f"{path} does not look like PrusaSlicer (no version in its --help)")
+    return m.group(1)
+
+
+def _slicer_config_keys(slicer: Path) -> frozenset[str]:
+    """Config keys the binary accepts; an .ini key it does not know is ignored without a word."""
+    opts = re.findall(r"^ --([a-z0-9][a-z0-9-]*)", _help_text(slicer, "--help-fff"), re.MULTILINE)
+    return frozenset(o.replace("-", "_") for o in opts)
+
+
+def _env() -> dict[str, str]:
+    # With a display set, the GTK build may try to reach it; headless it works without one.
+    return {k: v for k, v in os.environ.items() if k not in {"DISPLAY", "WAYLAND_DISPLAY"}}
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def find_bundle(name: str, dirs: Sequence[Path] | None = None) -> Path:
+    """Resolve a bundle name from a PrinterModel: an absolute path, or the first match in `dirs`."""
+    if Path(name).is_absolute():
+        candidates = [Path(name)]
+    else:
+        candidates = [Path(d) / name for d in (BUNDLE_DIRS if dirs is None else dirs)]
+    for c in candidates:
+        if c.is_file():
+            return c
+    where = ", ".join(str(c.parent) for c in candidates)
+    raise SliceError(f"the slicer profile bundle {name} was not found (looked in {where})")
+
+
+def read_bundle(path: Path) -> dict[str, dict[str, str]]:
+    """Sections of a bundle, `"printer:Name" -> {key: value}`; cached until the file changes,
+    so treat the result as read-only."""
+    st = path.stat()
+    return _read_bundle_cached(path.resolve(), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_bundle_cached(path: Path, _mtime_ns: int, _size: int) -> dict[str, dict[str, str]]:
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            s = line.strip()
+            if not s or s[0] in "#;":
+                continue
+            if s[0] == "[" and s[-1] == "]":
+                current = sections.setdefault(s[1:-1], {})
+            elif current is not None and "=" in s:
+                key, value = s.split("=", 1)
+                current[key.strip()] = value.strip()
+    return sections
+
+
+def _flatten_preset(
+    sections: Mapping[str, Mapping[str, str]], kind: str, name: str, bundle: Path, _seen: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """One preset with its `inherits` chain resolved: own keys win, then the last parent, ..."""
+    key = f"{kind}:{name}"
+    own = sections.get(key)
+    if own is None:
+        raise SliceError(f"the profile bundle {bundle.name} has no [{key}] preset")
+    if key in _seen:
+        raise SliceError(f"the profile bundle {bundle.name} has an inheritance loop at [{key}]")
+    out = dict(own)
+    parents = [p.strip().strip('"') for p in own.get("inherits", "").split(";") if p.strip()]
+    for parent in reversed(parents):
+        for k, v in _flatten_preset(sections, kind, parent, bundle, (*_seen, key)).items():
+            out.setdefault(k, v)
+    return out
+
+
+def load_preset(bundle: Path, kind: str, name: str) -> dict[str, str]:
+    """A preset ("printer", "print" or "filament") with its inheritance resolved, including the
+    `compatible_*` conditions (useful to check a catalogue entry), minus `inherits`."""
+    flat = _flatten_preset(read_bundle(bundle), kind, name, bundle)
+    flat.pop("inherits", None)
+    return flat
+
+
+def _choose(kind: str, wanted: str, presets: Mapping[str, str], model: PrinterModel) -> str:
+    # Materials are upper case (PLA), qualities lower case (fine): accept either spelling.
+    for choice, preset in presets.items():
+        if choice.casefold() == wanted.strip().casefold():
+            return preset
+    raise SliceError(f"unknown {kind} '{wanted}' for the {model.name}; choose one of: {', '.join(presets)}")
+
+
+def _check_overrides(overrides: Mapping[str, str]) -> dict[str, str]:
+    clean: dict[str, str] = {}
+    for key, value in overrides.items():
+        if not re.fullmatch(r"[a-z0-9_]+", key):
+            raise SliceError(f"'{key}' is not a slicer setting name (lower case, digits and _ only)")
+        if key in FORBIDDEN_OVERRIDES:
+            raise SliceError(f"the slicer setting '{key}' cannot be set from a job")
+        text = str(value)
+        # A newline would smuggle extra keys into the flat .ini.
+        if "\n" in text or "\r" in text:
+            raise SliceError(f"the value of '{key}' must be one line; write line breaks as \\n")
+        clean[key] = text
+    return clean
+
+
+def flatten_profile(
+    model: PrinterModel,
+    material: str = DEFAULT_MATERIAL,
+    quality: str = DEFAULT_QUALITY,
+    overrides: Mapping[str, str] | None = None,
+    *,
+    bundle_dirs: Sequence[Path] | None = None,
+) -> dict[str, str]:
+    """The complete flat config for a model, material and quality; `overrides` win over presets."""
+    print_preset = _choose("quality", quality, model.print_presets, model)
+    filament_preset = _choose("material", material, model.filament_presets, model)
+    extra = _check_overrides(overrides or {})
+    bundle = find_bundle(model.bundle, bundle_dirs)
+    cfg: dict[str, str] = {}
+    for kind, name in (
+        ("printer", model.printer_preset),
+        ("print", print_preset),
+        ("filament", filament_preset),
+    ):
+        flat = load_preset(bundle, kind, name)
+        cfg.update((k, v) for k, v in flat.items() if k not in NON_CONFIG_KEYS)
+    # Recorded in the G-code's config block, so a file says which presets made it.
+    cfg["printer_settings_id"] = model.printer_preset
+    cfg["print_settings_id"] = print_preset
+    cfg["filament_settings_id"] = f'"{filament_preset}"'
+    cfg.update(extra)
+    return cfg
+
+
+def write_profile(cfg: Mapping[str, str], path: Path) -> Path:
+    """Write a flat config as PrusaSlicer's `key = value` .ini (sorted, so it diffs and hashes)."""
+    path = Path(path)
+    path.write_text("".join(f"{k} = {cfg[k]}\n" for k in sorted(cfg)), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- meshes
+
+
+def _bbox_of(mins: Sequence[float], maxs: Sequence[float]) -> BBox:
+    return (mins[0], mins[1], mins[2]), (maxs[0], maxs[1], maxs[2])
+
+
+def _stl_is_binary(path: Path, f: BinaryIO) -> tuple[bool, int]:
+    header = f.read(84)
+    if len(header) < 84:
+        return False, 0
+    (count,) = struct.unpack_from("<I", header, 80)
+    # Many binary STLs also start with "solid", so the size is the reliable test.
+    return path.stat().st_size == 84 + 50 * count, count
+
+
+_STL_CHUNK = 8192  # triangles per unpack: one C call per chunk keeps a 10 MB STL well under 1 s
+_STL_RECORD = "12x9f2x"  # skip the normal and the attribute word, keep the three vertices
+
+
+@functools.cache
+def _stl_struct(n: int) -> struct.Struct:
+    return struct.Struct("<" + _STL_RECORD * n)
+
+
+def _binary_stl_bbox(f: BinaryIO, count: int) -> tuple[list[float], list[float]]:
+    mins, maxs = [math.inf] * 3, [-math.inf] * 3
+    remaining = count
+    while remaining:
+        n = min(remaining, _STL_CHUNK)
+        values = _stl_struct(n).unpack(f.read(50 * n))
+        for axis in range(3):
+            coords = values[axis::3]
+            mins[axis] = min(mins[axis], min(coords))
+            maxs[axis] = max(maxs[axis], max(coords))
+        remaining -= n
+    return mins, maxs
+
+
+def _ascii_stl_bbox(f: BinaryIO) -> tuple[list[float], list[float]]:
+    mins, maxs = [math.inf] * 3, [-math.inf] * 3
+    for line in f:
+        parts = line.split()
+        if len(parts) >= 4 and parts[0] == b"vertex":
+            for axis in range(3):
+                v = float(parts[axis + 1])
+                mins[axis] = min(mins[axis], v)
+                maxs[axis] = max(maxs[axis], v)
+    return mins, maxs
+
+
+def _stl_bbox(path: Path) -> tuple[list[float], list[float]]:
+    if path.stat().st_size == 0:
+        raise SliceError(f"{path.name} is empty")
+    with path.open("rb") as f:
+        binary, count = _stl_is_binary(path, f)
+        if binary:
+            return _binary_stl_bbox(f, count)
+        f.seek(0)
+        if not f.read(5).lower().startswith(b"solid"):
+            raise SliceError(f"{path.name} is not an STL file (neither binary STL nor ASCII 'solid')")
+        f.seek(0)
+        return _ascii_stl_bbox(f)
+
+
+def _obj_bbox(path: Path) -> tuple[list[float], list[float]]:
+    mins, maxs = [math.inf] * 3, [-math.inf] * 3
+    with path.open("rb") as f:
+        for line in f:
+            if line.startswith(b"v "):
+                for axis, token in enumerate(line.split()[1:4]):
+                    v = float(token)
+                    mins[axis] = min(mins[axis], v)
+                    maxs[axis] = max(maxs[axis], v)
+    return mins, maxs
+
+
+# 3MF: a zip whose model XML lists mesh objects, objects made of components, and build items,
+# each placed by a 4x3 affine matrix "m00 m01 m02 m10 m11 m12 m20 m21 m22 m30 m31 m32" applied
+# to row vectors: x' = x*m00 + y*m10 + z*m20 + m30.
+Matrix = tuple[float, ...]
+IDENTITY: Matrix = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+_3MF_UNITS = {
+    "micron": 0.001,
+    "millimeter": 1.0,
+    "centimeter": 10.0,
+    "inch": 25.4,
+    "foot": 304.8,
+    "meter": 1000.0,
+}
+
+
+def _parse_matrix(text: str | None) -> Matrix:
+    if not text:
+        return IDENTITY
+    values = tuple(float(v) for v in text.split())
+    if len(values) != 12:
+        raise SliceError(f"a 3MF transform has {len(values)} numbers instead of 12")
+    return values
+
+
+def _compose(inner: Matrix, outer: Matrix) -> Matrix:
+    """The matrix that applies `inner`, then `outer`."""
+    a, b = inner, outer
+    out = []
+    for row in range(4):
+        r = (a[3 * row], a[3 * row + 1], a[3 * row + 2], 1.0 if row == 3 else 0.0)
+        for col in range(3):
+            out.append(r[0] * b[col] + r[1] * b[3 + col] + r[2] * b[6 + col] + r[3] * b[9 + col])
+    return tuple(out)
+
+
+@dataclass
+class _MeshObject:
+    vertices: array  # x0, y0, z0, x1, ... in model units
+    components: list[tuple[str, Matrix]]
+
+
+def _local_name(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _3mf_model_name(zf: zipfile.ZipFile) -> str:
+    """The model part the package's relationships name as its start part."""
+    try:
+        rels = ET.fromstring(zf.read("_rels/.rels"))
+    except (KeyError, ET.ParseError):
+        return "3D/3dmodel.model"
+    for rel in rels:
+        if rel.get("Type", "").endswith("/3dmodel") and rel.get("Target"):
+            return rel.get("Target", "").lstrip("/")
+    return "3D/3dmodel.model"
+
+
+def _read_3mf(path: Path) -> tuple[dict[str, _MeshObject], list[tuple[str, Matrix]], float]:
+    objects: dict[str, _MeshObject] = {}
+    items: list[tuple[str, Matrix]] = []
+    unit = 1.0
+    verts: array = array("d")
+    comps: list[tuple[str, Matrix]] = []
+    with zipfile.ZipFile(path) as zf, zf.open(_3mf_model_name(zf)) as stream:
+        # iterparse + clear(): a large mesh never sits in memory as an element tree.
+        for event, elem in ET.iterparse(stream, events=("start", "end")):
+            tag = _local_name(elem.tag)
+            if event == "start":
+                if tag == "model":
+                    unit = _3MF_UNITS.get(elem.get("unit", "millimeter"), 1.0)
+                continue
+            if tag == "vertex":
+                verts.extend((float(elem.get("x", 0)), float(elem.get("y", 0)), float(elem.get("z", 0))))
+                elem.clear()
+            elif tag == "triangle":
+                elem.clear()
+            elif tag == "component":
+                comps.append((elem.get("objectid", ""), _parse_matrix(elem.get("transform"))))
+            elif tag == "object":
+                objects[elem.get("id", "")] = _MeshObject(verts, comps)
+                verts, comps = array("d"), []
+                elem.clear()
+            elif tag == "item":
+                items.append((elem.get("objectid", ""), _parse_matrix(elem.get("transform"))))
+    return objects, items, unit
+
+
+def _placed_bbox(
+    objects: Mapping[str, _MeshObject],
+    object_id: str,
+    m: Matrix,
+    mins: list[float],
+    maxs: list[float],
+    depth: int = 0,
+) -> None:
+    obj = objects.get(object_id)
+    if obj is None or depth > 32:
+        raise SliceError(f"the 3MF refers to object {object_id!r}, which it does not define properly")
+    v = obj.vertices
+    if len(v) and all(m[i] == 0.0 for i in (1, 2, 3, 5, 6, 7)):
+        # Scale + translate only: the placed box is the mapped local box, no need to visit vertices.
+        for axis in range(3):
+            lo, hi = min(v[axis::3]), max(v[axis::3])
+            a, b = lo * m[4 * axis] + m[9 + axis], hi * m[4 * axis] + m[9 + axis]
+            mins[axis], maxs[axis] = min(mins[axis], a, b), max(maxs[axis], a, b)
+    else:
+        for i in range(0, len(v), 3):
+            x, y, z = v[i], v[i + 1], v[i + 2]
+            for axis in range(3):
+                c = x * m[axis] + y * m[3 + axis] + z * m[6 + axis] + m[9 + axis]
+                mins[axis], maxs[axis] = min(mins[axis], c), max(maxs[axis], c)
+    for child, cm in obj.components:
+        _placed_bbox(objects, child, _compose(cm, m), mins, maxs, depth + 1)
+
+
+def _3mf_bbox(path: Path) -> tuple[list[float], list[float]]:
+    try:
+        objects, items, unit = _read_3mf(path)
+    except (zipfile.BadZipFile, KeyError, ET.ParseError, ValueError) as exc:
+        raise SliceError(f"{path.name} is not a readable 3MF file: {exc}") from exc
+    mins, maxs = [math.inf] * 3, [-math.inf] * 3
+    # A package without build items still describes its objects; place them as they are.
+    for object_id, m in items or [(oid, IDENTITY) for oid in objects]:
+        _placed_bbox(objects, object_id, m, mins, maxs)
+    return [v * unit for v in mins], [v * unit for v in maxs]
+
+
+_BBOX_READERS = {".stl": _stl_bbox, ".3mf": _3mf_bbox, ".obj": _obj_bbox}
+
+
+def mesh_bbox(path: Path) -> BBox:
+    """Axis-aligned bounding box ((min x, y, z), (max x, y, z)) in mm of an STL, 3MF or OBJ."""
+    path = Path(path)
+    reader = _BBOX_READERS.get(path.suffix.lower())
+    if reader is None:
+        raise SliceError(f"cannot read {path.name}: supported meshes are {', '.join(_BBOX_READERS)}")
+    try:
+        mins, maxs = reader(path)
+    except (OSError, struct.error, ValueError) as exc:
+        raise SliceError(f"cannot read the mesh {path.name}: {exc}") from exc
+    if not all(math.isfinite(v) for v in (*mins, *maxs)):
+        raise SliceError(f"the mesh {path.name} has no vertices")
+    return _bbox_of(mins, maxs)
+
+
+def _mm(v: float) -> str:
+    return f"{v:g}"
+
+
+def check_fits(bbox: BBox, model: PrinterModel) -> None:
+    """Raise if the part's box is larger than the model's bed on any axis (no auto-rotation)."""
+    size = tuple(hi - lo for lo, hi in zip(*bbox, strict=True))
+    if all(s <= b + FIT_TOLERANCE_MM for s, b in zip(size, model.bed, strict=True)):
+        return
+    part = " x ".join(f"{s:.1f}" for s in size)
+    bed = " x ".join(_mm(b) for b in model.bed)
+    raise SliceError(
+        f"the part is {part} mm but the {model.name} bed is {bed} mm; scale the part down or choose "
+        "a printer model with a larger bed (farm profiles lists them)"
+    )
+
+
+# --------------------------------------------------------------------------- slicing
+
+
+def _is_noise(line: str) -> bool:
+    return (
+        not line
+        or "Initializing StaticPrintConfigs" in line
+        or re.match(r"\d+ => ", line) is not None  # progress
+        or line.startswith("terminate called after throwing")
+    )
+
+
+def _slicer_complaint(stdout: str, stderr: str) -> str:
+    """The last meaningful lines PrusaSlicer wrote: its [error] log lines, then stderr."""
+    lines = []
+    for line in stdout.splitlines():
+        m = re.match(r"\[[^\]]*\] \[[^\]]*\] \[(?:error|fatal)\]\s*(.*)", line)
+        if m:
+            lines.append(m.group(1).strip())
+    lines += [s.strip().removeprefix("what():").strip() for s in stderr.splitlines()]
+    meaningful = [s for s in lines if not _is_noise(s)]
+    return "; ".join(meaningful[-2:]) or "no message"
+
+
+def _run_slicer(cmd: list[str], cwd: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, errors="replace", env=_env(), cwd=cwd, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise SliceError(
+            f"the slicer did not finish within {_mm(timeout_s)} s; simplify the mesh or raise the timeout"
+        ) from exc
+    except OSError as exc:
+        raise SliceError(f"cannot run the slicer {cmd[0]}: {exc}") from exc
+
+
+def _check_known_keys(profile: Mapping[str, str], overrides: Mapping[str, str], slicer: Path) -> None:
+    known = _slicer_config_keys(slicer) | profile.keys()
+    for key in sorted(overrides):
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else "see `prusa-slicer --help-fff`"
+            raise SliceError(f"unknown slicer setting '{key}'; {hint}")
+
+
+def slice_mesh(
+    mesh: Path,
+    model: PrinterModel,
+    out: Path,
+    *,
+    material: str = DEFAULT_MATERIAL,
+    quality: str = DEFAULT_QUALITY,
+    overrides: Mapping[str, str] | None = None,
+    slicer: str | Path | None = None,
+    timeout_s: float = 600,
+    bundle_dirs: Sequence[Path] | None = None,
+) -> SliceResult:
+    """Slice `mesh` for `model` into the G-code file `out`; every failure is a SliceError."""
+    mesh, out = Path(mesh), Path(out)
+    binary = find_slicer(slicer)
+    if not mesh.is_file():
+        raise SliceError(f"the mesh {mesh} does not exist")
+    if mesh.suffix.lower() in _BBOX_READERS:
+        # Before the slicer: it would slice a part taller than the printer without complaint.
+        check_fits(mesh_bbox(mesh), model)
+    cfg = flatten_profile(model, material, quality, bundle_dirs=bundle_dirs)
+    extra = _check_overrides(overrides or {})
+    if extra:
+        _check_known_keys(cfg, extra, binary)
+        cfg.update(extra)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _discard(out)  # a failed run must not leave an older G-code looking like its result
+    try:
+        with tempfile.TemporaryDirectory(prefix="printfarm-slice-") as tmp:
+            profile = write_profile(cfg, Path(tmp) / "profile.ini")
+            cmd = [str(binary), "--loglevel", "1", "--load", str(profile), "--export-gcode"]
+            proc = _run_slicer([*cmd, "-o", str(out.resolve()), str(mesh.resolve())], Path(tmp), timeout_s)
+        _raise_for_failure(proc, mesh, model, out)
+        meta = parse_gcode_meta(out)
+        if meta.printer_model and meta.printer_model != model.name:
+            raise SliceError(
+                f"the {model.name} profile produced G-code for a {meta.printer_model}; "
+                f"its bundle {model.bundle} is inconsistent"
+            )
+    except SliceError:
+        _discard(out)
+        raise
+    return SliceResult(gcode=out, meta=meta)
+
+
+def _discard(out: Path) -> None:
+    out.unlink(missing_ok=True)
+    # PrusaSlicer writes "<out>.tmp" and renames it when done; a killed run leaves it behind.
+    out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+
+
+def _raise_for_failure(
+    proc: subprocess.CompletedProcess[str], mesh: Path, model: PrinterModel, out: Path
+) -> None:
+    complaint = _slicer_complaint(proc.stdout, proc.stderr)
+    if proc.returncode in (134, -6) and "could not fit on the bed" in proc.stderr:
+        bed = " x ".join(_mm(b) for b in model.bed)
+        raise SliceError(
+            f"{mesh.name} does not fit on the {model.name} bed ({bed} mm) once the slicer places it; "
+            "scale the part down or choose a printer model with a larger bed (farm profiles lists them)"
+        )
+    if proc.returncode != 0:
+        raise SliceError(f"the slicer failed on {mesh.name} (exit code {proc.returncode}): {complaint}")
+    if not out.is_file() or out.stat().st_size == 0:
+        raise SliceError(f"the slicer wrote no G-code for {mesh.name}: {complaint}")
+
+
+# --------------------------------------------------------------------------- G-code metadata
+
+_FOOTER_RE = re.compile(
+    r"^; (filament used \[mm\]|filament used \[cm3\]|filament used \[g\]|total filament used \[g\]"
+    r"|estimated printing time \(normal mode\)|estimated printing time \(silent mode\)"
+    r"|total layers count|printer_model|nozzle_diameter|filament_type) = (.*)$",
+    re.MULTILINE,
+)
+_MODEL_CHECK_RE = re.compile(rb'^M862\.3 P\s*"?([^"\s;]+)', re.MULTILINE)
+_LAYER_MARK = b"\n;LAYER_CHANGE\n"  # PrusaSlicer writes it once per layer, whatever the profile
+
+
+def parse_duration(text: str) -> int:
+    """`1d 2h 3m 4s` -> seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)\s*([dhms])", text))
+
+
+def _numbers(text: str) -> list[float]:
+    """`1.5` or the per-extruder `1.5, 2.0` / `0.4,0.4`."""
+    out = []
+    for part in re.split(r"[,;]", text):
+        try:
+            out.append(float(part))
+        except ValueError:
+            continue
+    return out
+
+
+def _read_head(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(HEAD_BYTES)
+
+
+def _read_tail(path: Path) -> str:
+    """The end of the file, enough to hold the estimates and the config block."""
+    size = path.stat().st_size
+    want = TAIL_BYTES
+    with path.open("rb") as f:
+        while True:
+            f.seek(max(0, size - want))
+            data = f.read()
+            # The estimates precede the config block, whose length varies with the custom G-code.
+            if b"; filament used [mm]" in data or want >= min(size, MAX_TAIL_BYTES):
+                return data.decode("utf-8", errors="replace")
+            want *= 4
+
+
+def count_layers(path: Path, chunk: int = 4 * 1024 * 1024) -> int:
+    """Count `;LAYER_CHANGE` markers in bounded memory (a chunked bytes.count: ~0.1 s per 100 MB)."""
+    count, carry = 0, b"\n"  # as if a newline preceded the first line
+    keep = len(_LAYER_MARK) - 1
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            data = carry + block
+            count += data.count(_LAYER_MARK)
+            # Keep a tail shorter than the marker, so a marker split across chunks counts once.
+            carry = data[-keep:]
+    return count
+
+
+def parse_gcode_meta(path: Path, *, layers: bool = True) -> GcodeMeta:
+    """Printer model and estimates of a PrusaSlicer G-code, read from its head and tail only.
+
+    `layers=False` skips the one full (streamed) pass, counting `;LAYER_CHANGE`, that 2.5 needs
+    because its footer has no layer count.
+    """
+    path = Path(path)
+    meta = GcodeMeta()
+    m = _MODEL_CHECK_RE.search(_read_head(path))
+    if m:
+        meta.printer_model = m.group(1).decode("ascii", errors="replace")
+    found = dict(_FOOTER_RE.findall(_read_tail(path)))
+    meta.printer_model = meta.printer_model or found.get("printer_model") or None
+    meta.filament_mm = _total(found.get("filament used [mm]"))
+    meta.filament_cm3 = _total(found.get("filament used [cm3]"))
+    meta.filament_g = _total(found.get("total filament used [g]") or found.get("filament used [g]"))
+    time_text = found.get("estimated printing time (normal mode)") or found.get(
+        "estimated printing time (silent mode)"
+    )
+    meta.print_time_s = parse_duration(time_text) if time_text else None
+    nozzles = _numbers(found.get("nozzle_diameter", ""))
+    meta.nozzle_diameter = nozzles[0] if nozzles else None
+    meta.filament_type = found.get("filament_type", "").strip().strip('"') or None
+    if "total layers count" in found:
+        meta.layers = int(_total(found["total layers count"]) or 0)
+    elif layers:
+        meta.layers = count_layers(path) or None
+    return meta
+
+
+def _total(text: str | None) -> float | None:
+    values = _numbers(text) if text else []
+    return round(sum(values), 4) if values else None
+
+
+__all__ = [
+    "BUNDLE_DIRS",
+    "GcodeMeta",
+    "SliceError",
+    "SliceResult",
+    "check_fits",
+    "count_layers",
+    "find_bundle",
+    "find_slicer",
+    "flatten_profile",
+    "load_preset",
+    "mesh_bbox",
+    "parse_duration",
+    "parse_gcode_meta",
+    "slice_mesh",
+    "slicer_version",
+    "write_profile",
+]
