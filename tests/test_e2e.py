@@ -7,9 +7,10 @@ import re
 import struct
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import EXAMPLES, RunningFarm
+from tests.conftest import EXAMPLES, RunningFarm, wait_until
 
 
 def only_job(build: dict) -> dict:
@@ -129,3 +130,22 @@ def test_farm_keeps_serving_after_bad_input(farm: RunningFarm, tmp_path: Path) -
     _failed(farm, str(bad))
     code, build = farm.cli_json("submit", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "--wait")
     assert code == 0 and only_job(build)["state"] == "done"
+
+
+def test_builds_submitted_together_all_print(farm: RunningFarm) -> None:
+    """The worker runs CAD builds in parallel threads; none may wait on another."""
+    ids = []
+    for name in ("knob.py", "bracket.py", "spacer.py"):
+        code, build = farm.cli_json("submit", str(EXAMPLES / name))
+        assert code == 0 and build["stage"] == "queued"
+        ids.append(build["id"])
+    token = (farm.data_dir / "admin.token").read_text().strip()
+
+    def all_done() -> bool:
+        builds = [
+            httpx.get(f"{farm.url}/api/builds/{i}", headers={"Authorization": f"Bearer {token}"}).json()
+            for i in ids
+        ]
+        return all(j["state"] == "done" for b in builds for j in b["jobs"])
+
+    wait_until(all_done, 180, "three builds submitted together to print")

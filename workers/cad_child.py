@@ -1,0 +1,573 @@
+"""The inside of one CAD build: a throwaway child forked from the warm fork server.
+
+`run_child` locks the process down (process group, resource limits, private cwd, bare environment),
+runs the user's script, finds what it built, writes the meshes and a small `result.json`, and exits.
+Everything the parent learns comes from that file or from the exit status; nothing is pickled back.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import ctypes
+import enum
+import faulthandler
+import gc
+import inspect
+import json
+import os
+import resource
+import signal
+import sys
+import traceback
+import types
+import typing
+import warnings
+from collections.abc import Callable, Iterator
+from multiprocessing import forkserver
+from pathlib import Path
+from typing import Any
+
+# Imported here so that the fork server pays for it once and every build starts warm.
+import build123d as bd
+
+KEEP_ENV = ("PATH", "HOME", "LANG")
+STL_TOLERANCE = 0.01
+ANGULAR_TOLERANCE = 0.1
+MAX_MESSAGE = 4000
+PR_SET_PDEATHSIG = 1
+# Frames in these files are ours or a library's, never the user's, even when the script sits nearby.
+_OWN_PATHS = (
+    os.path.realpath(os.path.dirname(__file__)),
+    os.path.realpath(sys.prefix),
+    os.path.realpath(sys.base_prefix),
+)
+# ocp_vscode names that scripts call for the viewer's sake; `from ocp_vscode import *` must find them.
+_OCP_VSCODE_NOOPS = (
+    "set_port",
+    "get_port",
+    "set_defaults",
+    "get_defaults",
+    "reset_defaults",
+    "reset_show",
+    "show_clear",
+    "set_viewer_config",
+    "save_screenshot",
+    "set_colormap",
+    "status",
+)
+
+Shown = list[tuple[Any, str | None]]
+
+
+class BuildFailure(Exception):
+    """A failure to report to the user; `kind` is one of syntax|entry|params|exception|empty|limit."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------------------
+# Process set-up
+
+
+def run_child(job: dict[str, Any]) -> None:
+    """Process target. `job` holds plain data only: paths, entry, params and limits."""
+    os.setpgrp()  # first: the parent's timeout kills this whole group, grandchildren included
+    _die_with_parent()
+    _release_forkserver()
+    _redirect_output(Path(job["log"]))
+    _enable_tracebacks(Path(job["trace"]), float(job["limits"]["wall_s"]))
+    _apply_limits(job["limits"])
+    os.chdir(job["workdir"])
+    for name in list(os.environ):
+        if name not in KEEP_ENV:
+            del os.environ[name]
+    try:
+        summary = build(
+            Path(job["source"]),
+            {"stl": Path(job["stl"]), "threemf": Path(job["threemf"])},
+            job.get("entry"),
+            dict(job.get("params") or {}),
+            memory_mb=int(job["limits"]["memory_mb"]),
+        )
+        result: dict[str, Any] = {"ok": True, **summary}
+    except BuildFailure as failure:
+        result = {"ok": False, "kind": failure.kind, "message": failure.message[:MAX_MESSAGE]}
+    _write_json(Path(job["result"]), result)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter shutdown: user atexit hooks and stray non-daemon threads must not hold the exit.
+    os._exit(0)
+
+
+def _die_with_parent() -> None:
+    # The fork server exits when the worker dies; this makes a still-running build follow it.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _release_forkserver() -> None:
+    # The fork server runs until every copy of its "alive" pipe is closed, and each child inherits
+    # one. Dropping ours lets the server exit when the worker dies, even while this build hangs,
+    # and the death signal above then takes this build with it.
+    server = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None
+
+
+def _redirect_output(log: Path) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _enable_tracebacks(trace: Path, wall_s: float) -> None:
+    """Dump the Python stack on a crash, at the CPU and file-size limits and before the wall-clock kill.
+
+    The parent reads the last dump to tell the user which line of their script was running.
+    """
+    stream = open(trace, "w")  # noqa: SIM115 - must stay open for faulthandler until the process ends
+    faulthandler.enable(file=stream, all_threads=False)
+    faulthandler.register(signal.SIGXCPU, file=stream, all_threads=False)
+    # Python ignores SIGXFSZ, and C++ exporters ignore failed writes: dying is the only reliable report.
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    faulthandler.register(signal.SIGXFSZ, file=stream, all_threads=False, chain=True)
+    faulthandler.dump_traceback_later(max(wall_s - 0.5, wall_s * 0.8), file=stream)
+
+
+def _apply_limits(limits: dict[str, Any]) -> None:
+    mb = 1024 * 1024
+    _set_limit(resource.RLIMIT_AS, int(limits["memory_mb"]) * mb)
+    # SIGXCPU at the soft limit only dumps the stack (see above); SIGKILL follows a second later.
+    _set_limit(resource.RLIMIT_CPU, int(limits["cpu_s"]), grace=1)
+    _set_limit(resource.RLIMIT_FSIZE, int(limits["output_mb"]) * mb)
+    _set_limit(resource.RLIMIT_CORE, 0)
+    if os.geteuid() != 0:  # root ignores RLIMIT_NPROC, and it counts every task of the real uid
+        _set_limit(resource.RLIMIT_NPROC, _tasks_of_uid(os.getuid()) + int(limits["procs"]))
+
+
+def _set_limit(which: int, soft: int, grace: int = 0) -> None:
+    _, hard = resource.getrlimit(which)
+    cap = hard if hard != resource.RLIM_INFINITY else soft + grace
+    resource.setrlimit(which, (min(soft, cap), min(soft + grace, cap)))
+
+
+def _tasks_of_uid(uid: int) -> int:
+    count = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                count += int(fields["Threads"])
+    return count
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)  # the parent never sees half a file
+
+
+# --------------------------------------------------------------------------------------------------
+# The build
+
+
+def build(
+    source: Path,
+    outputs: dict[str, Path],
+    entry: str | None,
+    params: dict[str, str],
+    memory_mb: int,
+) -> dict[str, Any]:
+    """Run the script, resolve what it built and export it. Raises BuildFailure."""
+    script = UserScript(source)
+    viewer = Viewer()
+    viewer.install()
+    with script.reporting_errors(memory_mb):
+        namespace = script.execute()
+        shown = resolve(script, namespace, viewer, entry, params)
+        shapes = to_shapes(shown, script.name)
+        return export(shapes, outputs, default_name=entry_name(entry) or source.stem)
+
+
+class UserScript:
+    """The user's file: compiling, running, and telling its frames apart from ours."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source.resolve()
+        self.root = self.source.parent
+        self.name = self.source.name
+
+    def execute(self) -> dict[str, Any]:
+        code = self._compile()
+        module = types.ModuleType("__main__")
+        module.__file__ = str(self.source)
+        # Installed as __main__ so dataclasses, pickle and `if __name__ == "__main__"` behave as in a shell.
+        sys.modules["__main__"] = module
+        sys.argv = [str(self.source)]
+        sys.path.insert(0, str(self.root))  # sibling imports
+        try:
+            exec(code, module.__dict__)
+        except SystemExit as stop:
+            if stop.code not in (None, 0):
+                raise
+        return module.__dict__
+
+    def _compile(self) -> types.CodeType:
+        # Compiled under its real filename so tracebacks and linecache point at the user's file.
+        text = self.source.read_bytes()
+        try:
+            return compile(text, str(self.source), "exec", dont_inherit=True)
+        except SyntaxError as error:
+            raise BuildFailure("syntax", self.describe_syntax_error(error)) from None
+
+    def owns(self, filename: str) -> bool:
+        path = os.path.realpath(filename)
+        inside = path.startswith(str(self.root) + os.sep)
+        return inside and not any(path == own or path.startswith(own + os.sep) for own in _OWN_PATHS)
+
+    def relative(self, filename: str) -> str:
+        return os.path.relpath(os.path.realpath(filename), self.root)
+
+    def describe_syntax_error(self, error: SyntaxError) -> str:
+        where = self.relative(error.filename) if error.filename else self.name
+        message = f"{where}, line {error.lineno}: {type(error).__name__}: {error.msg}"
+        if error.text and error.text.strip():
+            message += f"\n    {error.text.strip()}"
+        return message
+
+    def describe_exception(self, error: BaseException) -> str:
+        """`part.py, line 12, in bracket: ValueError: radius too large`, then the line and the callers."""
+        what = "".join(traceback.format_exception_only(type(error), error)).strip()
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if self.owns(f.filename)]
+        if not frames:
+            return what
+        last = frames[-1]
+        lines = [f"{self.relative(last.filename)}, line {last.lineno}, in {last.name}: {what}"]
+        if last.line:
+            lines.append(f"    {last.line}")
+        lines += [
+            f"  called from {self.relative(f.filename)}, line {f.lineno}, in {f.name}" for f in frames[-2::-1]
+        ]
+        return "\n".join(lines)
+
+    def where(self, error: BaseException) -> str:
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if self.owns(f.filename)]
+        if not frames:
+            return ""
+        last = frames[-1]
+        return f" (at {self.relative(last.filename)}, line {last.lineno}, in {last.name})"
+
+    @contextlib.contextmanager
+    def reporting_errors(self, memory_mb: int) -> Iterator[None]:
+        try:
+            yield
+        except BuildFailure:
+            raise
+        except SyntaxError as error:  # in a sibling module the script imports
+            raise BuildFailure("syntax", self.describe_syntax_error(error)) from None
+        except MemoryError as error:
+            message = f"the build used more than {memory_mb} MB of memory{self.where(error)}"
+            raise BuildFailure("limit", message) from None
+        except BaseException as error:  # user code may raise anything, even SystemExit(1)
+            raise BuildFailure("exception", self.describe_exception(error)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# show() and the ocp_vscode stand-in
+
+
+class Viewer:
+    """Captures what a script shows, standing in for `show`/`show_object` and the OCP viewer module."""
+
+    def __init__(self) -> None:
+        self.shown: Shown = []
+
+    def show(self, *objs: Any, names: list[str] | None = None, **_: Any) -> None:
+        names = list(names or [])
+        for i, obj in enumerate(objs):
+            self.shown.append((obj, names[i] if i < len(names) else None))
+
+    def show_object(self, obj: Any, name: str | None = None, **_: Any) -> None:
+        self.shown.append((obj, name))
+
+    def show_all(self, *_: Any, **__: Any) -> None:
+        caller = sys._getframe(1).f_locals
+        for name, obj in caller.items():
+            if not name.startswith("_") and isinstance(obj, bd.Shape | bd.BuildPart):
+                self.shown.append((obj, name))
+
+    def install(self) -> None:
+        builtins.show = self.show  # type: ignore[attr-defined]
+        builtins.show_object = self.show_object  # type: ignore[attr-defined]
+        builtins.show_all = self.show_all  # type: ignore[attr-defined]
+        # Shadows a real ocp_vscode too: there is no viewer to talk to in a worker.
+        sys.modules["ocp_vscode"] = self._ocp_vscode()
+
+    def _ocp_vscode(self) -> types.ModuleType:
+        module = types.ModuleType("ocp_vscode")
+        module.show = self.show  # type: ignore[attr-defined]
+        module.show_object = self.show_object  # type: ignore[attr-defined]
+        module.show_all = self.show_all  # type: ignore[attr-defined]
+        module.Camera = enum.Enum("Camera", "RESET CENTER KEEP ISO TOP BOTTOM LEFT RIGHT FRONT REAR")  # type: ignore[attr-defined]
+        module.Collapse = enum.Enum("Collapse", "NONE ROOT LEAVES ALL")  # type: ignore[attr-defined]
+        for name in _OCP_VSCODE_NOOPS:
+            setattr(module, name, _noop)
+        module.__getattr__ = _noop_attribute  # type: ignore[method-assign]
+        return module
+
+
+def _noop(*_: Any, **__: Any) -> None:
+    return None
+
+
+def _noop_attribute(name: str) -> Callable[..., None]:
+    # Any other viewer function is a no-op too; dunders stay missing (`import *` asks for __all__).
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return _noop
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points and parameters
+
+
+def entry_name(entry: str | None) -> str | None:
+    # "module:function" names the function inside a package; for a single file the module is implied.
+    return entry.rpartition(":")[2] if entry else None
+
+
+def resolve(
+    script: UserScript, namespace: dict[str, Any], viewer: Viewer, entry: str | None, params: dict[str, str]
+) -> Shown:
+    """What to build: the named function; else what was shown; else `result`; else the one function."""
+    functions = public_functions(script, namespace)
+    name = entry_name(entry)
+    if name:
+        if name not in functions:
+            available = ", ".join(functions) or "none"
+            raise BuildFailure("entry", f"no entry point {name!r} in {script.name}; available: {available}")
+        return call_entry(functions[name], params, viewer, script.name)
+    # Parameters only make sense for a function, so they skip the module-level results.
+    if not params and viewer.shown:
+        return viewer.shown
+    if not params and "result" in namespace and not inspect.isfunction(namespace["result"]):
+        return [(namespace["result"], None)]
+    candidates = [f for f in functions.values() if _accepts(f, params)]
+    if len(candidates) == 1:
+        return call_entry(candidates[0], params, viewer, script.name)
+    raise BuildFailure("entry", _no_single_entry(script.name, functions, candidates, params))
+
+
+def public_functions(script: UserScript, namespace: dict[str, Any]) -> dict[str, Callable[..., Any]]:
+    """Public functions defined in the script itself (not imported), in definition order."""
+    found = {}
+    for name, obj in namespace.items():
+        if name.startswith("_") or not inspect.isfunction(obj) or obj.__name__ != name:
+            continue
+        if os.path.realpath(inspect.unwrap(obj).__code__.co_filename) == str(script.source):
+            found[name] = obj
+    return found
+
+
+def _no_single_entry(
+    filename: str,
+    functions: dict[str, Callable[..., Any]],
+    candidates: list[Callable[..., Any]],
+    params: dict[str, str],
+) -> str:
+    if candidates:
+        names = ", ".join(f.__name__ for f in candidates)
+        return f"{filename} defines several entry points: {names}; choose one with --artifact NAME"
+    if params:
+        listing = ", ".join(f"{n}{inspect.signature(f)}" for n, f in functions.items()) or "none"
+        return f"no function in {filename} takes the parameters {', '.join(params)}; functions: {listing}"
+    if functions:
+        listing = ", ".join(f"{n}{inspect.signature(f)}" for n, f in functions.items())
+        return (
+            f"{filename} has no entry point that builds without parameters: {listing}; "
+            "choose one with --artifact NAME and give its values with --param NAME=VALUE"
+        )
+    return (
+        f"{filename} builds nothing: call show(part), assign `result = part`, "
+        "or define a function that returns the part"
+    )
+
+
+def _settable(func: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {n: p for n, p in inspect.signature(func).parameters.items() if p.kind in kinds}
+
+
+def _takes_any_keyword(func: Callable[..., Any]) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(func).parameters.values())
+
+
+def _required(func: Callable[..., Any]) -> set[str]:
+    return {
+        n
+        for n, p in inspect.signature(func).parameters.items()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def _accepts(func: Callable[..., Any], params: dict[str, str]) -> bool:
+    known = set(params) <= set(_settable(func)) or _takes_any_keyword(func)
+    return known and _required(func) <= set(params)
+
+
+def call_entry(func: Callable[..., Any], params: dict[str, str], viewer: Viewer, filename: str) -> Shown:
+    kwargs = convert_params(func, params)
+    missing = sorted(_required(func) - set(kwargs))
+    if missing:
+        needs = ", ".join(f"--param {n}=VALUE" for n in missing)
+        raise BuildFailure("params", f"{func.__name__}() in {filename} needs values: {needs}")
+    before = len(viewer.shown)
+    value = func(**kwargs)
+    if value is None and len(viewer.shown) > before:  # a function that shows instead of returning
+        return viewer.shown[before:]
+    return [(value, func.__name__)]
+
+
+def convert_params(func: Callable[..., Any], params: dict[str, str]) -> dict[str, Any]:
+    """Turn `--param k=v` strings into the types the function's defaults or annotations ask for."""
+    settable = _settable(func)
+    open_ended = _takes_any_keyword(func)
+    kwargs: dict[str, Any] = {}
+    for name, raw in params.items():
+        param = settable.get(name)
+        if param is None:
+            if open_ended:
+                kwargs[name] = raw
+                continue
+            available = ", ".join(settable) or "none"
+            raise BuildFailure(
+                "params", f"unknown parameter {name!r} for {func.__name__}(); available: {available}"
+            )
+        kwargs[name] = _convert(name, raw, param)
+    return kwargs
+
+
+_TYPE_NAMES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _annotated_type(annotation: Any) -> type | None:
+    if isinstance(annotation, str):  # `from __future__ import annotations`
+        parts = [p.strip() for p in annotation.split("|") if p.strip() != "None"]
+        return _TYPE_NAMES.get(parts[0]) if len(parts) == 1 else None
+    if annotation in _TYPE_NAMES.values():
+        return annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _annotated_type(args[0])
+    return None
+
+
+def _convert(name: str, raw: str, param: inspect.Parameter) -> Any:
+    target = _annotated_type(param.annotation) if param.annotation is not param.empty else None
+    from_default = target is None and type(param.default) in _TYPE_NAMES.values()
+    if from_default:
+        target = type(param.default)
+    try:
+        if target is bool:
+            return _to_bool(raw)
+        if target is int and from_default:
+            # `length=60` in a CAD script rarely means "integers only".
+            number = float(raw)
+            return int(number) if number.is_integer() else number
+        if target in (int, float):
+            return target(raw)
+    except ValueError:
+        expects = {bool: "true or false", int: "an integer", float: "a number"}[target]
+        raise BuildFailure("params", f"parameter {name!r} expects {expects}, got {raw!r}") from None
+    return raw
+
+
+def _to_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes and export
+
+
+def to_shapes(shown: Shown, filename: str) -> list[tuple[bd.Shape, str | None]]:
+    shapes: list[tuple[bd.Shape, str | None]] = []
+    for obj, name in shown:
+        _collect(obj, name, shapes)
+    if not shapes:
+        raise BuildFailure("empty", f"{filename} produced no shape (the result was empty or None)")
+    for shape, name in shapes:
+        if not shape.solids():
+            what = name or type(shape).__name__
+            raise BuildFailure("empty", f"{what} has no solid to print (it is a {type(shape).__name__})")
+    return shapes
+
+
+def _collect(obj: Any, name: str | None, out: list[tuple[bd.Shape, str | None]]) -> None:
+    if obj is None:
+        return
+    if isinstance(obj, bd.BuildPart):
+        _collect(obj.part, name, out)
+    elif isinstance(obj, bd.Shape):
+        out.append((obj, name))
+    elif isinstance(obj, list | tuple):
+        for item in obj:
+            _collect(item, None, out)
+    else:
+        raise BuildFailure(
+            "empty",
+            f"got a {type(obj).__name__}, not a build123d shape; "
+            "return or show a Part, a BuildPart, or a list of them",
+        )
+
+
+def export(
+    shapes: list[tuple[bd.Shape, str | None]], outputs: dict[str, Path], default_name: str
+) -> dict[str, Any]:
+    """One combined binary STL, one 3MF object per shape, and the summary for result.json."""
+    combined = shapes[0][0] if len(shapes) == 1 else bd.Compound([s for s, _ in shapes])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if not bd.export_stl(
+            combined, outputs["stl"], tolerance=STL_TOLERANCE, angular_tolerance=ANGULAR_TOLERANCE
+        ):
+            raise BuildFailure("exception", "writing the STL failed")
+        mesher = bd.Mesher(unit=bd.Unit.MM)
+        for i, (shape, name) in enumerate(shapes, start=1):
+            part_number = name or shape.label or (default_name if len(shapes) == 1 else f"{default_name}-{i}")
+            mesher.add_shape(
+                shape,
+                linear_deflection=STL_TOLERANCE,
+                angular_deflection=ANGULAR_TOLERANCE,
+                part_number=part_number,
+            )
+        mesher.write(str(outputs["threemf"]))
+    box = combined.bounding_box()
+    return {
+        "objects": len(shapes),
+        "bbox": [[box.min.X, box.min.Y, box.min.Z], [box.max.X, box.max.Y, box.max.Z]],
+        "volume": sum(shape.volume for shape, _ in shapes),
+        "warnings": sorted({str(w.message) for w in caught}),
+    }
+
+
+# Runs once, in the fork server, after the preloads: park build123d's ~10^6 objects in the permanent
+# generation. Otherwise a child's first full collection walks them all, dirtying every page it
+# shares with the server (~150 ms of copy-on-write at a random moment of the build).
+gc.collect()
+gc.freeze()

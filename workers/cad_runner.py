@@ -1,0 +1,482 @@
+"""Parent side of CAD builds: one sandboxed child per build, forked from a warm fork server.
+
+Importing build123d costs ~4 s and ~400 MB, so a fork server imports it once and every build forks
+from it. The parent imports no CAD code: it starts the child, enforces the wall clock, and turns the
+child's `result.json` or its exit status into a `CadResult` or a `CadError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from multiprocessing import forkserver, popen_forkserver, spawn, util
+from multiprocessing.connection import wait
+from multiprocessing.context import ForkServerProcess, reduction, set_spawning_popen
+from pathlib import Path
+from typing import Any
+
+PRELOAD = ["build123d", "workers.cad_runner", "workers.cad_child"]  # cad_child last: it freezes the gc
+SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+# OCCT meshes in parallel and glibc gives each thread its own 64 MB malloc arena of address space,
+# which on a many-core host alone would exhaust the memory limit. Set for the fork server only.
+FORKSERVER_ENV = {"MALLOC_ARENA_MAX": "2"}
+KILL_GRACE_S = 10.0
+WARM_UP_TIMEOUT_S = 120.0
+DYING_SERVER_WAIT_S = 5.0
+PF_EXITING = 0x4
+
+STL_NAME, THREEMF_NAME, RESULT_NAME, LOG_NAME = "model.stl", "model.3mf", "result.json", "build.log"
+
+Point = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class CadLimits:
+    cpu_s: int = 300
+    wall_s: float = 600
+    # Address space (RLIMIT_AS), not RSS: a fresh child already maps ~1 GB (OCP and friends; ~250 MB
+    # of it resident), so a build has ~3 GB to work with. Below ~1 GB even a plain box crashes.
+    memory_mb: int = 4096
+    output_mb: int = 512
+    procs: int = 128  # threads and processes beyond the uid's current ones; only enforced for non-root
+
+
+class CadError(Exception):
+    """A build that failed, with a message meant for the user.
+
+    kind: syntax | entry | params | exception | empty (the user's script) or limit | crash (the process).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass
+class CadResult:
+    stl: Path
+    threemf: Path
+    bbox: tuple[Point, Point]
+    volume: float
+    objects: int
+    log: Path | None = None  # what the script printed
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CadRequest:
+    source: Path
+    outdir: Path
+    entry: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+
+_server_lock = threading.Lock()
+_server_users = 0  # open runners share the one fork server; the last to close stops it
+
+
+class CadRunner:
+    """Runs builds; `build` may be called from several threads at once."""
+
+    def __init__(self, limits: CadLimits | None = None) -> None:
+        self.limits = limits or CadLimits()
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._lock = threading.Lock()
+        self._running: set[multiprocessing.process.BaseProcess] = set()
+        self._started = False
+        self._closed = False
+
+    def start(self) -> None:
+        """Start the fork server now (build123d import, ~4 s) rather than in the first build."""
+        global _server_users
+        with self._lock:
+            if self._started:
+                return
+            if self._closed:
+                raise RuntimeError("CadRunner is closed")
+            self._ctx.set_forkserver_preload(PRELOAD)
+            with _server_lock:
+                _ensure_forkserver()
+                _server_users += 1
+            try:
+                _warm_up()
+            except BaseException:
+                with _server_lock:
+                    _server_users -= 1
+                raise
+            self._started = True
+
+    def build(self, req: CadRequest, limits: CadLimits | None = None) -> CadResult:
+        """Build `req` in a fresh child. Raises CadError for anything the user should be told."""
+        self.start()
+        limits = limits or self.limits
+        source, outdir = req.source.resolve(), req.outdir.resolve()
+        if not source.is_file():
+            raise CadError("entry", f"no such script: {req.source}")
+        outdir.mkdir(parents=True, exist_ok=True)
+        for name in (STL_NAME, THREEMF_NAME, RESULT_NAME, LOG_NAME):
+            (outdir / name).unlink(missing_ok=True)  # never report a previous build's files
+        workdir = Path(tempfile.mkdtemp(prefix="cad-build-"))
+        try:
+            job = _job(source, outdir, workdir, req, limits)
+            exitcode, timed_out = self._run(job, limits)
+            return _outcome(job, exitcode, timed_out, limits, closed=self._closed)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop running builds and, if no other runner uses it, the fork server."""
+        global _server_users
+        with self._lock:
+            was_started, self._started, self._closed = self._started, False, True
+            running = list(self._running)
+        for proc in running:
+            _kill_group(proc.pid)
+        if was_started:
+            with _server_lock:
+                _server_users -= 1
+                if _server_users == 0:
+                    _stop_forkserver()
+
+    def _run(self, job: dict[str, Any], limits: CadLimits) -> tuple[int | None, bool]:
+        proc = _BuildProcess(target=_child_main, args=(job,), name="cad-build", daemon=True)
+        # Starting and reaping hold the lock: Process.start() polls every other live child, and two
+        # threads reading one child's exit status would leave one of them with a bogus 255.
+        with self._lock:
+            if self._closed:
+                raise CadError("crash", "the CAD runner was closed")
+            _start_process(proc)
+            self._running.add(proc)
+        try:
+            try:
+                timed_out = not wait([proc.sentinel], limits.wall_s)
+            except BaseException:  # e.g. Dramatiq's time limit, raised asynchronously in this thread
+                _kill_group(proc.pid)
+                raise
+            if timed_out:
+                _kill_group(proc.pid)
+                wait([proc.sentinel], KILL_GRACE_S)
+            else:
+                # Processes the script left behind are still in the group. The group keeps its id
+                # reserved while it has members, so this cannot hit an unrelated process group.
+                _kill_group(proc.pid, fallback_to_pid=False)
+            with self._lock:
+                proc.join(0)
+                return proc.exitcode, timed_out
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+            if proc.exitcode is not None:
+                proc.close()
+
+
+class _LeanPopen(popen_forkserver.Popen):
+    """The stock forkserver launch, minus re-running the parent's `__main__` in every child.
+
+    multiprocessing re-imports the main script in each child so that targets defined there unpickle.
+    Ours lives in this module, and re-running a worker's (or pytest's) main script per build would be
+    slow at best. A copy of `popen_forkserver.Popen._launch` (CPython 3.11-3.13) with two keys dropped.
+    """
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        _parent_w = os.dup(w)  # the child watches this to notice the parent is gone
+        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _BuildProcess(ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> _LeanPopen:
+        return _LeanPopen(process_obj)
+
+
+def _start_process(proc: _BuildProcess) -> None:
+    # A server that died between our check and the fork (a build can kill it) fails the
+    # connection; one retry goes through _ensure_forkserver(), which restarts it scrubbed.
+    for attempt in (1, 2):
+        with _server_lock:
+            _ensure_forkserver()
+        try:
+            proc.start()
+            return
+        except (OSError, EOFError) as error:
+            if attempt == 2:
+                raise CadError("crash", f"could not start the build process: {error!r}") from error
+
+
+def _child_main(job: dict[str, Any]) -> None:
+    # Pickled by reference instead of cad_child.run_child, so the parent never imports build123d.
+    from workers.cad_child import run_child
+
+    run_child(job)
+
+
+def _job(source: Path, outdir: Path, workdir: Path, req: CadRequest, limits: CadLimits) -> dict[str, Any]:
+    return {
+        "source": str(source),
+        "entry": req.entry,
+        "params": {str(k): str(v) for k, v in req.params.items()},
+        "workdir": str(workdir),
+        "stl": str(outdir / STL_NAME),
+        "threemf": str(outdir / THREEMF_NAME),
+        "result": str(outdir / RESULT_NAME),
+        "log": str(outdir / LOG_NAME),
+        "trace": str(workdir / ".faulthandler"),
+        "limits": asdict(limits),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The fork server
+
+
+def _ensure_forkserver() -> None:
+    """Start the fork server if it is not running, with the worker's secrets out of its environment.
+
+    Its environment is fixed at exec time and readable at /proc/<pid>/environ by every child, so the
+    secrets are removed from os.environ only for the instant it is started. Caller holds _server_lock.
+    """
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid is not None and _server_alive(pid):
+        return
+    with _scrubbed_environ():
+        forkserver.ensure_running()
+
+
+def _server_alive(pid: int) -> bool:
+    """Whether the fork server still serves; if it is dying, wait until ensure_running() can see it.
+
+    A build can kill the server. Its exit closes our status pipe before it becomes a zombie, and in
+    that window ensure_running() would still call it alive, then restart it unscrubbed on the next
+    fork. Waiting for the zombie (without reaping it) hands the restart to _ensure_forkserver().
+    """
+    deadline = time.monotonic() + DYING_SERVER_WAIT_S
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return False
+        except ChildProcessError:
+            return False
+        if not _exiting(pid) or time.monotonic() > deadline:
+            return True
+        time.sleep(0.005)
+
+
+def _exiting(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return bool(int(fields[6]) & PF_EXITING)  # fields[6] is field 9, the kernel's task flags
+
+
+def _warm_up() -> None:
+    """Wait until the fork server has imported build123d: it serves its first fork only after that."""
+    proc = _BuildProcess(target=_check_preloaded, name="cad-warm-up", daemon=True)
+    proc.start()
+    proc.join(WARM_UP_TIMEOUT_S)
+    if proc.exitcode != 0:
+        _kill_group(proc.pid)
+        raise RuntimeError(f"the CAD fork server could not import {', '.join(PRELOAD)}")
+    proc.close()
+
+
+def _check_preloaded() -> None:
+    # The fork server swallows ImportErrors of preloaded modules; builds would then import per child.
+    if not all(name in sys.modules for name in PRELOAD):
+        os._exit(1)
+
+
+def _stop_forkserver() -> None:
+    """Free the fork server's ~400 MB. Private API, so best effort."""
+    server = forkserver._forkserver
+    pid, stop = getattr(server, "_forkserver_pid", None), getattr(server, "_stop", None)
+    if pid is None or stop is None:
+        return
+    # _stop() alone waits for every holder of the server's "alive" pipe, which includes any
+    # process a build left behind; terminating the server first makes the wait short.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    stop()
+
+
+def _is_secret(name: str) -> bool:
+    upper = name.upper()
+    return upper.startswith("FARM_") or any(marker in upper for marker in SECRET_MARKERS)
+
+
+@contextlib.contextmanager
+def _scrubbed_environ() -> Iterator[None]:
+    # For the few milliseconds of the spawn, other threads of the worker do not see the secrets
+    # either; that happens at start-up and after a fork server death only.
+    saved = {name: value for name, value in os.environ.items() if _is_secret(name)}
+    added = {k: v for k, v in FORKSERVER_ENV.items() if k not in os.environ}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
+
+
+def _kill_group(pid: int | None, fallback_to_pid: bool = True) -> None:
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        if fallback_to_pid:  # killed before its setpgrp() ran
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    except PermissionError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the outcome
+
+
+def _outcome(
+    job: dict[str, Any], exitcode: int | None, timed_out: bool, limits: CadLimits, closed: bool
+) -> CadResult:
+    source, trace = Path(job["source"]), Path(job["trace"])
+    where = _last_user_frame(trace, source.parent)
+    cpu_dump = _has_cpu_dump(trace)
+    if timed_out:
+        message = f"the build ran longer than the {limits.wall_s:g} s wall-clock limit and was stopped"
+        raise CadError("limit", message + where)
+    result = _read_result(Path(job["result"]))
+    if result is not None and exitcode == 0:
+        if not result.get("ok"):
+            raise CadError(str(result.get("kind", "exception")), str(result.get("message", "")))
+        return CadResult(
+            stl=Path(job["stl"]),
+            threemf=Path(job["threemf"]),
+            bbox=(_point(result["bbox"][0]), _point(result["bbox"][1])),
+            volume=float(result["volume"]),
+            objects=int(result["objects"]),
+            log=Path(job["log"]),
+            warnings=list(result.get("warnings", [])),
+        )
+    if closed:
+        raise CadError("crash", "the build was stopped because the CAD runner closed")
+    raise _exit_error(exitcode, limits, where, cpu_dump, Path(job["log"]))
+
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _point(values: list[float]) -> Point:
+    x, y, z = (float(v) for v in values)
+    return (x, y, z)
+
+
+# What C/C++ code prints when an allocation fails under RLIMIT_AS before it aborts or exits.
+_OUT_OF_MEMORY = ("std::bad_alloc", "cannot allocate memory", "Standard_OutOfMemory")
+
+_SIGNAL_NAMES = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGBUS: "bus error",
+    signal.SIGABRT: "aborted",
+    signal.SIGFPE: "floating-point exception",
+    signal.SIGILL: "illegal instruction",
+}
+
+
+def _exit_error(exitcode: int | None, limits: CadLimits, where: str, cpu_dump: bool, log: Path) -> CadError:
+    if exitcode is None:
+        return CadError("crash", "the build could not be stopped")
+    if exitcode == -signal.SIGXCPU or (exitcode == -signal.SIGKILL and cpu_dump):
+        return CadError(
+            "limit", f"the build used more than {limits.cpu_s} s of CPU time and was stopped{where}"
+        )
+    if exitcode == -signal.SIGKILL:
+        return CadError("crash", f"the build was killed (SIGKILL); the host may be out of memory{where}")
+    if exitcode == -signal.SIGXFSZ:
+        return CadError("limit", f"the build wrote a file larger than the {limits.output_mb} MB limit{where}")
+    if any(marker in _tail(log) for marker in _OUT_OF_MEMORY):
+        return CadError("limit", f"the build used more than {limits.memory_mb} MB of memory{where}")
+    if exitcode < 0:
+        signum = -exitcode
+        name = _SIGNAL_NAMES.get(signum) or (signal.strsignal(signum) or "unknown signal").lower()
+        return CadError("crash", f"the build crashed (signal {signum}, {name}){where}")
+    return CadError("crash", f"the build exited with status {exitcode} without a result{where}")
+
+
+def _tail(path: Path, size: int = 65536) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+# faulthandler output: a dump starts with one of these lines, then `  File "...", line N in func`.
+_DUMP_START = re.compile(r"^(Fatal Python error|Timeout \(|Stack \()")
+_FRAME = re.compile(r'^\s+File "(?P<file>.+)", line (?P<line>\d+) in (?P<func>.+)$')
+
+
+def _last_user_frame(trace: Path, root: Path) -> str:
+    """` (at part.py, line 3, in loop)`: the innermost frame of the user's files in the last dump."""
+    lines = _tail(trace).splitlines()
+    starts = [i for i, line in enumerate(lines) if _DUMP_START.match(line)]
+    for line in lines[starts[-1] :] if starts else []:
+        frame = _FRAME.match(line)
+        if frame and _is_user_file(frame["file"], root):
+            relative = os.path.relpath(frame["file"], root)
+            return f" (at {relative}, line {frame['line']}, in {frame['func']})"
+    return ""
+
+
+def _is_user_file(filename: str, root: Path) -> bool:
+    path = os.path.realpath(filename)
+    library = (os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), os.path.dirname(__file__))
+    return path.startswith(f"{root}{os.sep}") and not any(
+        path.startswith(f"{lib}{os.sep}") for lib in library
+    )
+
+
+def _has_cpu_dump(trace: Path) -> bool:
+    # A bare "Stack (" dump comes from the SIGXCPU (or SIGXFSZ) handler; crash dumps open with
+    # "Fatal Python error". A SIGKILL after such a dump is the CPU hard limit, not the OOM killer.
+    lines = _tail(trace).splitlines()
+    return any(
+        line.startswith("Stack (")
+        and not any(p.startswith("Fatal Python error") for p in lines[max(0, i - 2) : i])
+        for i, line in enumerate(lines)
+    )
