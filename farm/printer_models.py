@@ -33,6 +33,20 @@ class PrinterModel:
     # Dicts are excluded from the hash so a model can still key a cache.
     print_presets: dict[str, str] = field(hash=False)  # quality -> print preset
     filament_presets: dict[str, str] = field(hash=False)  # material -> filament preset
+    # What the G-code itself calls the model (`; printer_model = …`) when that is not `name`:
+    # Bambu Studio writes "Bambu Lab X1 Carbon", so our Bambu profiles do too.
+    gcode_model: str = ""
+    bambu_model_id: str = ""  # `printer_model_id` of a Bambu .gcode.3mf (protocols.md A.1)
+
+    @property
+    def printer_model(self) -> str:
+        """The `printer_model` value of this model's profile and G-code."""
+        return self.gcode_model or self.name
+
+    @property
+    def output_suffix(self) -> str:
+        """Bambu printers start jobs from a plate-sliced 3MF; every other protocol takes G-code."""
+        return ".gcode.3mf" if self.protocol == "bambu" else ".gcode"
 
     @property
     def materials(self) -> tuple[str, ...]:
@@ -87,10 +101,85 @@ _MK3S = PrinterModel(
     },
 )
 
-MODELS: dict[str, PrinterModel] = {m.name: m for m in (_MINI, _MK3S)}
+# Models PrusaSlicer 2.5's vendor bundle lacks: project-shipped presets that inherit the MK3S
+# ones (workers/profiles/printfarm.ini), so print and filament presets are Prusa's own.
+_PROJECT_BUNDLE = "printfarm.ini"
+_MK3_PRINTS = {
+    "draft": "0.30mm DRAFT @MK3",
+    "standard": "0.20mm QUALITY @MK3",
+    "fine": "0.15mm QUALITY @MK3",
+}
+_MK3_FILAMENTS = dict(_MK3S.filament_presets)
+
+
+def _project(
+    name: str,
+    title: str,
+    bed: tuple[float, float, float],
+    protocol: str,
+    *,
+    gcode_model: str = "",
+    bambu_model_id: str = "",
+) -> PrinterModel:
+    return PrinterModel(
+        name=name,
+        title=title,
+        bed=bed,
+        nozzle=0.4,
+        protocol=protocol,
+        bundle=_PROJECT_BUNDLE,
+        printer_preset=title,
+        print_presets=dict(_MK3_PRINTS),
+        filament_presets=dict(_MK3_FILAMENTS),
+        gcode_model=gcode_model,
+        bambu_model_id=bambu_model_id,
+    )
+
+
+_PROJECT_MODELS = (
+    _project("MK4", "Original Prusa MK4", (250.0, 210.0, 220.0), "prusalink"),
+    _project("MK4S", "Original Prusa MK4S", (250.0, 210.0, 220.0), "prusalink"),
+    _project("XL", "Original Prusa XL", (360.0, 360.0, 360.0), "prusalink"),
+    _project("COREONE", "Prusa CORE One", (250.0, 220.0, 270.0), "prusalink"),
+    _project(
+        "X1C",
+        "Bambu Lab X1 Carbon",
+        (256.0, 256.0, 256.0),
+        "bambu",
+        gcode_model="Bambu Lab X1 Carbon",
+        bambu_model_id="BL-P001",
+    ),
+    _project(
+        "P1S",
+        "Bambu Lab P1S",
+        (256.0, 256.0, 256.0),
+        "bambu",
+        gcode_model="Bambu Lab P1S",
+        bambu_model_id="C12",
+    ),
+    _project(
+        "A1", "Bambu Lab A1", (256.0, 256.0, 256.0), "bambu", gcode_model="Bambu Lab A1", bambu_model_id="N2S"
+    ),
+    _project(
+        "A1MINI",
+        "Bambu Lab A1 mini",
+        (180.0, 180.0, 180.0),
+        "bambu",
+        gcode_model="Bambu Lab A1 mini",
+        bambu_model_id="N1",
+    ),
+)
+
+MODELS: dict[str, PrinterModel] = {m.name: m for m in (_MINI, _MK3S, *_PROJECT_MODELS)}
 
 
 def get_model(name: str) -> PrinterModel | None:
     """The model called `name` (case-insensitive: users type "mini"), or None."""
     wanted = name.strip().casefold()
     return next((m for key, m in MODELS.items() if key.casefold() == wanted), None)
+
+
+def model_for_gcode(printer_model: str) -> PrinterModel | None:
+    """The catalogue model whose G-code says `printer_model` ("MK4S", "Bambu Lab X1 Carbon")."""
+    wanted = printer_model.strip().strip('"').casefold()
+    return next((m for m in MODELS.values() if m.printer_model.casefold() == wanted), None)

@@ -189,10 +189,24 @@ def _flatten_preset(
     return out
 
 
+def bundle_sections(bundle: Path) -> dict[str, dict[str, str]]:
+    """The bundle's sections over those of its `[printfarm] base_bundle`, if it names one.
+
+    A project bundle thus inherits vendor presets by name ("Original Prusa i3 MK3S & MK3S+")
+    instead of copying hundreds of keys that then drift from the slicer's own.
+    """
+    own = read_bundle(bundle)
+    base = own.get("printfarm", {}).get("base_bundle", "").strip()
+    if not base:
+        return own
+    dirs = [d for d in (bundle.parent, *BUNDLE_DIRS) if (d / base).resolve() != bundle.resolve()]
+    return {**bundle_sections(find_bundle(base, dirs)), **own}
+
+
 def load_preset(bundle: Path, kind: str, name: str) -> dict[str, str]:
     """A preset ("printer", "print" or "filament") with its inheritance resolved, including the
     `compatible_*` conditions (useful to check a catalogue entry), minus `inherits`."""
-    flat = _flatten_preset(read_bundle(bundle), kind, name, bundle)
+    flat = _flatten_preset(bundle_sections(bundle), kind, name, bundle)
     flat.pop("inherits", None)
     return flat
 

@@ -1,0 +1,176 @@
+"""`farm build` and `farm inspect`: the CAD stage on this machine, no farm needed.
+
+`farm build` runs the worker's own sandbox (CadRunner) and cache (CadCache), so what builds here
+builds on the farm. Imports of `workers` stay inside the commands: `farm.cli` must import on an
+agent that has neither build123d nor the workers package's dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from workers.cad_runner import CadResult
+
+CACHE_DIR_NAME = "cad-cache"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `build` and `inspect` as top-level commands of `app`."""
+    app.command("build")(build)
+    app.command("inspect")(inspect)
+
+
+def build(
+    path: Annotated[Path, typer.Argument(help="A build123d .py script.")],
+    artifact: Annotated[
+        str | None, typer.Option(help="The function to build (default: the only one).")
+    ] = None,
+    param: Annotated[list[str] | None, typer.Option(help="A parameter NAME=VALUE; repeat for more.")] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write <name>.stl and <name>.3mf.")
+    ] = Path("."),
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Build even if the cache has it.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Build a script to STL and 3MF locally, in the same sandbox and cache as a CAD worker."""
+    from workers.cad_cache import CadCache, cached_build
+    from workers.cad_runner import CadError, CadRequest, CadRunner
+
+    _require_file(path)
+    params = _parse_params(param or [])
+    started = time.monotonic()
+    runner = CadRunner()  # starts its fork server (~4 s) only if the cache misses
+    try:
+        with _scratch_dir() as outdir:
+            request = CadRequest(source=path, outdir=outdir, entry=artifact, params=params)
+            result, hit = cached_build(runner, CadCache(_cache_root()), request, use_cache=not no_cache)
+    except CadError as exc:
+        _die(exc.message)
+    finally:
+        runner.close()
+    stl, threemf = _deliver(result, output, path.stem)
+    _report(result, stl, threemf, hit, time.monotonic() - started, as_json)
+
+
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A build123d .py script.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List a script's entry points with their parameters and defaults, without running it."""
+    from workers.entry_points import list_entry_points
+
+    _require_file(path)
+    try:
+        entries = list_entry_points(path)
+    except SyntaxError as exc:
+        _die(f"{path.name}, line {exc.lineno}: SyntaxError: {exc.msg}")
+    except (OSError, UnicodeDecodeError) as exc:
+        _die(f"cannot read {path}: {exc}")
+    if as_json:
+        typer.echo(json.dumps(entries, default=str))
+        return
+    if not entries:
+        typer.echo(f"{path.name} defines no entry point: no public function, show() or `result`")
+    for entry in entries:
+        typer.echo(_describe_entry(entry))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _die(message: str, code: int = 1) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(code)
+
+
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        _die(f"{path} does not exist", 2)
+    if not path.is_file():
+        _die(f"{path} is not a file", 2)
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            _die(f"--param takes NAME=VALUE, got '{pair}'", 2)
+        params[key.strip()] = value
+    return params
+
+
+def _cache_root() -> Path:
+    from farm.settings import get_settings
+
+    return get_settings().data_dir / CACHE_DIR_NAME
+
+
+def _scratch_dir() -> Any:
+    import tempfile
+
+    # The build writes here; cached_build then moves the result into the cache.
+    return tempfile.TemporaryDirectory(prefix="farm-build-")
+
+
+def _deliver(result: CadResult, output: Path, stem: str) -> tuple[Path, Path]:
+    output.mkdir(parents=True, exist_ok=True)
+    stl, threemf = output / f"{stem}.stl", output / f"{stem}.3mf"
+    shutil.copyfile(result.stl, stl)
+    shutil.copyfile(result.threemf, threemf)
+    return stl, threemf
+
+
+def _report(result: CadResult, stl: Path, threemf: Path, hit: bool, seconds: float, as_json: bool) -> None:
+    for warning in result.warnings:
+        typer.secho(f"warning: {warning}", err=True, fg="yellow")
+    if as_json:
+        data = {
+            "stl": str(stl),
+            "threemf": str(threemf),
+            "bbox": [list(result.bbox[0]), list(result.bbox[1])],
+            "size": list(_size(result)),
+            "volume": result.volume,
+            "objects": result.objects,
+            "cached": hit,
+            "seconds": round(seconds, 3),
+        }
+        typer.echo(json.dumps(data))
+        return
+    (x0, y0, z0), (x1, y1, z1) = result.bbox
+    sx, sy, sz = _size(result)
+    typer.echo(f"{stl}\n{threemf}")
+    typer.echo(
+        f"size {sx:g} x {sy:g} x {sz:g} mm, bbox ({x0:g}, {y0:g}, {z0:g}) .. ({x1:g}, {y1:g}, {z1:g}), "
+        f"volume {result.volume:.6g} mm3, {result.objects} object(s)"
+    )
+    typer.echo(f"{'cache hit' if hit else 'built'} in {seconds:.2f} s")
+
+
+def _size(result: CadResult) -> tuple[float, float, float]:
+    (x0, y0, z0), (x1, y1, z1) = result.bbox
+    return (round(x1 - x0, 6), round(y1 - y0, 6), round(z1 - z0, 6))
+
+
+def _describe_entry(entry: dict[str, Any]) -> str:
+    if entry["kind"] == "show":
+        return "show    (the script calls show() at module level; build without --artifact)"
+    if entry["kind"] == "result":
+        return "result  (the script assigns `result` at module level; build without --artifact)"
+    lines = [f"{entry['name']}  (line {entry['line']})"]
+    lines += [f"  {_describe_param(p)}" for p in entry["params"]] or ["  (no parameters)"]
+    return "\n".join(lines)
+
+
+def _describe_param(param: dict[str, Any]) -> str:
+    text = param["name"] + (f": {param['annotation']}" if param.get("annotation") else "")
+    if not param.get("has_default"):
+        return f"{text}  (required)"
+    if param.get("default") is None and param.get("default_source"):
+        return f"{text} = {param['default_source']}"
+    return f"{text} = {param['default']!r}"

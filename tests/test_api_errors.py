@@ -1,0 +1,55 @@
+"""Bad requests get a 4xx with a message that says what to fix; never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import EXAMPLES, RunningFarm
+
+
+@pytest.fixture
+def api(farm: RunningFarm) -> httpx.Client:
+    token = (farm.data_dir / "admin.token").read_text().strip()
+    with httpx.Client(base_url=farm.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+        yield c
+
+
+def test_no_or_wrong_token_is_401(farm: RunningFarm) -> None:
+    assert "FARM_TOKEN" in httpx.get(f"{farm.url}/api/jobs").json()["detail"]
+    bad = httpx.get(f"{farm.url}/api/jobs", headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and "unknown token" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "words"),
+    [
+        ({"file": ("part.docx", b"x")}, {}, 415, ".py"),
+        ({"file": ("part.stl", b"")}, {}, 422, "empty"),
+        ({"file": ("part.py", b"x=1")}, {"options": "{not json"}, 422, "options"),
+        ({"file": ("part.py", b"x=1")}, {"options": '{"copies": 0}'}, 422, "copies"),
+    ],
+)
+def test_bad_submissions(api: httpx.Client, files: dict, data: dict, status: int, words: str) -> None:
+    resp = api.post("/api/builds", files=files, data=data)
+    assert resp.status_code == status, resp.text
+    assert words in resp.json()["detail"]
+
+
+def test_unknown_things_are_404(api: httpx.Client) -> None:
+    for path in ("/api/builds/999999", "/api/jobs/999999"):
+        resp = api.get(path)
+        assert resp.status_code == 404 and "999999" in resp.json()["detail"]
+    assert api.get("/api/artifacts/xyz").status_code == 400
+    assert api.get("/api/artifacts/" + "0" * 64).status_code == 404
+
+
+def test_an_agent_cannot_report_on_a_job_it_does_not_hold(api: httpx.Client, farm: RunningFarm) -> None:
+    code, build = farm.cli_json("submit", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "--wait")
+    job = build["jobs"][0]
+    assert code == 0 and job["state"] == "done"
+    resp = api.post(
+        f"/api/agents/jobs/{job['id']}/report",
+        json={"printer": job["printer"], "fence": 0, "state": "printing"},
+    )
+    assert resp.status_code == 409 and "no longer held" in resp.json()["detail"]

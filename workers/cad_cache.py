@@ -1,0 +1,224 @@
+"""A content-addressed cache of CAD builds: the same inputs never mesh twice.
+
+The key covers everything that decides the meshes: the script's bytes (and name: it names the 3MF
+objects), the entry point, the parameters, the build123d and OCP versions and our own exporter. A hit
+returns paths inside the cache; nothing is copied. Entries are written to a temporary directory and
+renamed into place, so a reader never sees half an entry. Only successful builds are cached.
+
+This module imports no CAD code: the CLI and the coordinator can compute keys without build123d.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from workers.cad_runner import LOG_NAME, STL_NAME, THREEMF_NAME, CadRequest, CadResult, CadRunner
+
+log = logging.getLogger("farm.cad_cache")
+
+# Bump when the entry layout or the meaning of a key changes.
+CACHE_FORMAT = "1"
+META_NAME = "meta.json"
+# The exporter's tolerances and naming live in cad_child.py; hashing its bytes (without importing it,
+# which would import build123d) invalidates the cache whenever the way meshes are made changes.
+EXPORTER = Path(__file__).with_name("cad_child.py")
+OCP_DISTRIBUTIONS = ("cadquery-ocp", "cadquery-ocp-novtk")
+
+
+def cad_cache_key(
+    source: Path,
+    entry: str | None,
+    params: Mapping[str, str],
+    *,
+    packages: Iterable[str] = (),
+    versions: Mapping[str, str] | None = None,
+) -> str:
+    """The sha256 of everything that decides a build's meshes, as 64 hex digits.
+
+    `packages` are the script's declared requirements (none yet); `versions` defaults to the
+    installed build123d and OCP and is an argument so that tests can vary it.
+    """
+    digest = hashlib.sha256()
+
+    def field(name: str, value: bytes) -> None:
+        # Length-prefixed, so that no two different sets of fields hash the same byte stream.
+        for part in (name.encode(), value):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+
+    field("format", CACHE_FORMAT.encode())
+    for relative, file_digest in source_tree_digests(source):
+        field("file", f"{relative}\0{file_digest}".encode())
+    field("entry", (entry or "").encode())
+    field("params", _canonical(sorted((str(k), str(v)) for k, v in params.items())))
+    field("packages", _canonical(sorted(packages)))
+    field("versions", _canonical(sorted((versions if versions is not None else cad_versions()).items())))
+    field("exporter", _file_sha256(EXPORTER).encode())
+    return digest.hexdigest()
+
+
+def source_tree_digests(source: Path) -> list[tuple[str, str]]:
+    """(path relative to the project, sha256) for each file of the source, sorted by path.
+
+    A single script for now; a project folder will list each of its files here.
+    """
+    return [(source.name, _file_sha256(source))]
+
+
+@lru_cache
+def cad_versions() -> dict[str, str]:
+    """The installed build123d and OCP versions, from package metadata: no 4 s build123d import."""
+    return {"build123d": _version("build123d"), "OCP": _ocp_version()}
+
+
+def _ocp_version() -> str:
+    for name in OCP_DISTRIBUTIONS:
+        version = _version(name)
+        if version != "none":
+            return f"{name} {version}"
+    # Another OCP wheel: ask which distribution provides the module (slower: it scans them all).
+    for name in metadata.packages_distributions().get("OCP", []):
+        return f"{name} {_version(name)}"
+    return "none"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class CadCache:
+    """Entries live in `root/<key[:2]>/<key>/`: model.stl, model.3mf, build.log and meta.json."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def get(self, key: str) -> CadResult | None:
+        """The cached result, with paths inside the cache, or None."""
+        entry = self.entry_dir(key)
+        try:
+            meta = json.loads((entry / META_NAME).read_text())
+            result = _result_from_meta(entry, meta)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not (result.stl.is_file() and result.threemf.is_file()):
+            return None
+        return result
+
+    def put(self, key: str, result: CadResult) -> CadResult:
+        """Store `result` under `key` and return it as read back from the cache.
+
+        A concurrent put of the same key is fine: builds of one key are interchangeable, so the loser
+        of the rename just keeps the winner's entry. An existing entry is replaced (`--no-cache`).
+        """
+        entry = self.entry_dir(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=entry.parent))
+        try:
+            _write_entry(staging, result)
+            _swap_in(staging, entry)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        stored = self.get(key)
+        if stored is None:
+            raise OSError(f"the CAD cache entry {entry} vanished right after it was written")
+        return stored
+
+
+def _write_entry(folder: Path, result: CadResult) -> None:
+    shutil.copyfile(result.stl, folder / STL_NAME)
+    shutil.copyfile(result.threemf, folder / THREEMF_NAME)
+    if result.log is not None and result.log.is_file():
+        shutil.copyfile(result.log, folder / LOG_NAME)
+    meta = {
+        "bbox": [list(result.bbox[0]), list(result.bbox[1])],
+        "volume": result.volume,
+        "objects": result.objects,
+        "warnings": result.warnings,
+    }
+    # meta.json last: get() treats an entry without it as absent.
+    (folder / META_NAME).write_text(json.dumps(meta))
+
+
+def _swap_in(staging: Path, entry: Path) -> None:
+    """Rename `staging` to `entry`; an existing entry is first renamed aside, then removed."""
+    try:
+        os.rename(staging, entry)
+        return
+    except OSError:
+        if not entry.exists():
+            raise
+    old = Path(tempfile.mkdtemp(prefix=f".old-{entry.name[:12]}-", dir=entry.parent))
+    try:
+        os.rename(entry, old / "entry")
+    except FileNotFoundError:
+        pass  # another writer is replacing it right now
+    try:
+        os.rename(staging, entry)
+    except OSError:
+        if not entry.exists():  # a concurrent writer won: keep its entry
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _result_from_meta(entry: Path, meta: dict[str, Any]) -> CadResult:
+    low, high = meta["bbox"]
+    x0, y0, z0 = (float(v) for v in low)
+    x1, y1, z1 = (float(v) for v in high)
+    log_path = entry / LOG_NAME
+    return CadResult(
+        stl=entry / STL_NAME,
+        threemf=entry / THREEMF_NAME,
+        bbox=((x0, y0, z0), (x1, y1, z1)),
+        volume=float(meta["volume"]),
+        objects=int(meta["objects"]),
+        log=log_path if log_path.is_file() else None,
+        warnings=[str(w) for w in meta.get("warnings", [])],
+    )
+
+
+def cached_build(
+    runner: CadRunner, cache: CadCache, request: CadRequest, *, use_cache: bool = True
+) -> tuple[CadResult, bool]:
+    """Build `request` unless the cache has it; returns (result, whether it was a cache hit).
+
+    With use_cache=False the build always runs and its result replaces the entry. A CadError
+    propagates and caches nothing. A cache that cannot be written costs the cache, not the build.
+    """
+    key = cad_cache_key(request.source, request.entry, request.params)
+    if use_cache and (hit := cache.get(key)) is not None:
+        return hit, True
+    result = runner.build(request)
+    try:
+        return cache.put(key, result), False
+    except OSError as exc:
+        log.warning("could not store build %s in the CAD cache: %s", key[:12], exc)
+        return result, False
