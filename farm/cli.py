@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from farm.client import FarmClient, FarmError
+from farm.commands import cad, slicing
 from farm.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -26,6 +27,8 @@ emulate_app = typer.Typer(
     help="Run a printer emulator that speaks a real printer protocol.", no_args_is_help=True
 )
 app.add_typer(emulate_app, name="emulate")
+cad.register(app)
+slicing.register(app)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 TERMINAL = {"done", "failed", "cancelled"}

@@ -88,6 +88,7 @@ class Farm:
         self.children: list[Child] = []
         self.redis_server: object | None = None
         self.printers: list[tuple[str, str, int]] = []
+        self.redis_url = ""
 
     # -- parts ----------------------------------------------------------------------------
     def start_redis(self) -> str:
@@ -214,16 +215,21 @@ class Farm:
         ]
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
-        (self.data / "farm-up.json").write_text(
-            json.dumps(
-                {
-                    "url": self.settings.url,
-                    "redis_url": redis_url,
-                    "pid": os.getpid(),
-                    "printers": [{"name": n, "model": m, "port": p} for n, m, p in self.printers],
-                }
-            )
-        )
+        self.redis_url = redis_url
+        self.write_state()
+
+    def write_state(self) -> None:
+        """farm-up.json: what is running where, for scripts and tests."""
+        state = {
+            "url": self.settings.url,
+            "redis_url": self.redis_url,
+            "pid": os.getpid(),
+            "printers": [{"name": n, "model": m, "port": p} for n, m, p in self.printers],
+            "children": {c.name: c.proc.pid for c in self.children if c.proc is not None},
+        }
+        tmp = self.data / "farm-up.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.data / "farm-up.json")
 
     def supervise(self, stop: threading.Event) -> None:
         """Restart a part that died (up to 5 times), so one crash does not take the farm down."""
@@ -235,6 +241,7 @@ class Farm:
                     c.restarts += 1
                     log.warning("%s exited with code %s; restarting it", c.name, c.proc.returncode)
                     c.start()
+                    self.write_state()
 
     def stop(self) -> None:
         for c in reversed(self.children):  # agents first, the coordinator last

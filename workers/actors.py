@@ -21,6 +21,8 @@ from farm.client import FarmClient, FarmError
 from farm.printer_models import get_model
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
 from farm.settings import Settings
+from workers.cad_cache import CadCache, cached_build
+from workers.slice_cache import SliceCache
 from workers.slicer import SliceError, slice_mesh
 
 log = logging.getLogger("farm.worker")
@@ -31,6 +33,8 @@ class WorkerContext:
     settings: Settings
     client: FarmClient
     cad: object | None = None  # workers.cad_runner.CadRunner, when this worker serves the CAD queue
+    cad_cache: CadCache | None = None  # a rebuild of unchanged code, entry and params is a lookup
+    slice_cache: SliceCache | None = None  # one cached slice serves every printer of that model
 
 
 def _user_error(exc: FarmError) -> bool:
@@ -54,7 +58,7 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
         outdir.mkdir()
         request = CadRequest(source=src, outdir=outdir, entry=build["entry"], params=build["params"])
         try:
-            result = ctx.cad.build(request)  # type: ignore[attr-defined]
+            result, hit = cached_build(ctx.cad, ctx.cad_cache, request)  # type: ignore[arg-type]
         except CadError as exc:
             log.info("build %s failed: %s", build_id, exc)
             ctx.client.post(
@@ -69,7 +73,7 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
         f"/api/builds/{build_id}/cad/result",
         {"stl": stl, "threemf": threemf, "bbox": bbox, "seconds": time.monotonic() - t0},
     )
-    log.info("build %s meshed in %.2f s", build_id, time.monotonic() - t0)
+    log.info("build %s meshed in %.2f s%s", build_id, time.monotonic() - t0, " (cache hit)" if hit else "")
 
 
 def slice_build(ctx: WorkerContext, slice_id: int) -> None:
@@ -97,6 +101,7 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
                 material=sl["material"],
                 quality=sl["quality"],
                 slicer=Path(ctx.settings.slicer_path) if ctx.settings.slicer_path else None,
+                cache=ctx.slice_cache,
             )
         except SliceError as exc:
             log.info("slice %s failed: %s", slice_id, exc)
@@ -104,14 +109,20 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
                 f"/api/slices/{slice_id}/result", {"error": str(exc), "seconds": time.monotonic() - t0}
             )
             return
-        gcode = ctx.client.upload_artifact(result.gcode, out.name)
+        gcode = ctx.client.upload_artifact(result.gcode, result.gcode.name)  # .gcode.3mf for Bambu
     meta = {
         k: getattr(result.meta, k) for k in ("print_time_s", "filament_g", "filament_mm", "printer_model")
     }
     ctx.client.post(
         f"/api/slices/{slice_id}/result", {"gcode": gcode, "meta": meta, "seconds": time.monotonic() - t0}
     )
-    log.info("slice %s for %s done in %.2f s", slice_id, model.name, time.monotonic() - t0)
+    log.info(
+        "slice %s for %s done in %.2f s%s",
+        slice_id,
+        model.name,
+        time.monotonic() - t0,
+        " (cache hit)" if result.cached else "",
+    )
 
 
 def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:

@@ -10,6 +10,7 @@ This module imports no CAD code: the CLI and the coordinator can compute keys wi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,9 +21,9 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from workers.cad_runner import LOG_NAME, STL_NAME, THREEMF_NAME, CadRequest, CadResult, CadRunner
+from workers.cad_runner import LOG_NAME, STL_NAME, THREEMF_NAME, CadRequest, CadResult
 
 log = logging.getLogger("farm.cad_cache")
 
@@ -176,10 +177,8 @@ def _swap_in(staging: Path, entry: Path) -> None:
         if not entry.exists():
             raise
     old = Path(tempfile.mkdtemp(prefix=f".old-{entry.name[:12]}-", dir=entry.parent))
-    try:
+    with contextlib.suppress(FileNotFoundError):  # another writer is replacing it right now
         os.rename(entry, old / "entry")
-    except FileNotFoundError:
-        pass  # another writer is replacing it right now
     try:
         os.rename(staging, entry)
     except OSError:
@@ -205,8 +204,14 @@ def _result_from_meta(entry: Path, meta: dict[str, Any]) -> CadResult:
     )
 
 
+class Builder(Protocol):
+    """What cached_build needs of a runner: workers.cad_runner.CadRunner, or a wrapper of one."""
+
+    def build(self, req: CadRequest) -> CadResult: ...
+
+
 def cached_build(
-    runner: CadRunner, cache: CadCache, request: CadRequest, *, use_cache: bool = True
+    runner: Builder, cache: CadCache, request: CadRequest, *, use_cache: bool = True
 ) -> tuple[CadResult, bool]:
     """Build `request` unless the cache has it; returns (result, whether it was a cache hit).
 

@@ -12,6 +12,8 @@ from farm.client import FarmClient
 from farm.queue import CAD_QUEUE, SLICE_QUEUE, get_broker
 from farm.settings import Settings
 from workers.actors import WorkerContext, register
+from workers.cad_cache import CadCache
+from workers.slice_cache import SliceCache
 
 log = logging.getLogger("farm.worker")
 ALL_QUEUES = frozenset({CAD_QUEUE, SLICE_QUEUE})
@@ -37,6 +39,9 @@ def run(settings: Settings, queues: set[str]) -> None:
             )
         )
         ctx.cad.start()  # pays the build123d import once, before the first job
+        ctx.cad_cache = CadCache(settings.data_dir / "cad-cache")
+    if SLICE_QUEUE in queues:
+        ctx.slice_cache = SliceCache(settings.data_dir / "slice-cache")
     register(broker, ctx, queues)
 
     stop = threading.Event()

@@ -10,6 +10,7 @@ No build123d and no numpy here: the coordinator imports the mesh and G-code read
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import math
@@ -27,7 +28,8 @@ from pathlib import Path
 from typing import BinaryIO
 from xml.etree import ElementTree as ET
 
-from farm.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel
+from farm.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel, model_for_gcode
+from workers.slice_cache import SliceCache, cache_key
 
 # Project-shipped bundles (models the vendor bundle lacks) win over the slicer's own.
 PROJECT_PROFILE_DIR = Path(__file__).with_name("profiles")
@@ -71,12 +73,35 @@ class GcodeMeta:
     layers: int | None = None
     nozzle_diameter: float | None = None
     filament_type: str | None = None
+    # The part's box as placed on the bed (PrusaSlicer centres it); None for pre-sliced files.
+    bbox: BBox | None = None
+
+    @property
+    def filament_m(self) -> float | None:
+        return None if self.filament_mm is None else round(self.filament_mm / 1000, 3)
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = dataclasses.asdict(self)
+        data["filament_m"] = self.filament_m
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> GcodeMeta:
+        known = {f.name for f in dataclasses.fields(cls)}
+        meta = cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+        if meta.bbox is not None:
+            lo, hi = meta.bbox
+            meta.bbox = (tuple(lo), tuple(hi))  # type: ignore[assignment]
+        return meta
 
 
 @dataclass
 class SliceResult:
-    gcode: Path
+    gcode: Path  # the file to send to the printer: plain G-code, or a .gcode.3mf for Bambu
     meta: GcodeMeta
+    plain_gcode: Path | None = None  # the text G-code (the same file as `gcode` unless packaged)
+    cache_key: str | None = None
+    cached: bool = False  # True when the slicer did not run: the result came from the cache
 
 
 # --------------------------------------------------------------------------- the binary
@@ -263,10 +288,15 @@ def flatten_profile(
     return cfg
 
 
+def profile_text(cfg: Mapping[str, str]) -> str:
+    """A flat config as PrusaSlicer's `key = value` .ini text (sorted, so it diffs and hashes)."""
+    return "".join(f"{k} = {cfg[k]}\n" for k in sorted(cfg))
+
+
 def write_profile(cfg: Mapping[str, str], path: Path) -> Path:
-    """Write a flat config as PrusaSlicer's `key = value` .ini (sorted, so it diffs and hashes)."""
+    """Write a flat config as an .ini that `prusa-slicer --load` reads."""
     path = Path(path)
-    path.write_text("".join(f"{k} = {cfg[k]}\n" for k in sorted(cfg)), encoding="utf-8")
+    path.write_text(profile_text(cfg), encoding="utf-8")
     return path
 
 
@@ -555,6 +585,35 @@ def _check_known_keys(profile: Mapping[str, str], overrides: Mapping[str, str], 
             raise SliceError(f"unknown slicer setting '{key}'; {hint}")
 
 
+def output_paths(out: Path, model: PrinterModel) -> tuple[Path, Path]:
+    """(plain G-code, file to send) for `out`: the same file unless the model takes a .gcode.3mf,
+    which then sits next to the G-code (`x.gcode` -> `x.gcode.3mf`, and the reverse)."""
+    out = Path(out)
+    if model.output_suffix == ".gcode":
+        return out, out
+    if out.name.endswith(".gcode.3mf"):
+        return out.with_name(out.name.removesuffix(".3mf")), out
+    plain = out if out.name.endswith(".gcode") else out.with_name(out.name + ".gcode")
+    return plain, plain.with_name(plain.name + ".3mf")
+
+
+def _packaging(model: PrinterModel) -> str:
+    if model.output_suffix == ".gcode":
+        return "gcode"
+    from workers.bambu3mf import PACKAGE_FORMAT
+
+    return f"{PACKAGE_FORMAT}:{model.bambu_model_id}"
+
+
+def _placed_bbox_on_bed(bbox: BBox, model: PrinterModel) -> BBox:
+    """Where PrusaSlicer puts the part: centred on the bed in x and y, standing on z = 0."""
+    (x0, y0, z0), (x1, y1, z1) = bbox
+    cx, cy = model.bed[0] / 2, model.bed[1] / 2
+    sx, sy = (x1 - x0) / 2, (y1 - y0) / 2
+    r = functools.partial(round, ndigits=3)
+    return (r(cx - sx), r(cy - sy), 0.0), (r(cx + sx), r(cy + sy), r(z1 - z0))
+
+
 def slice_mesh(
     mesh: Path,
     model: PrinterModel,
@@ -566,25 +625,58 @@ def slice_mesh(
     slicer: str | Path | None = None,
     timeout_s: float = 600,
     bundle_dirs: Sequence[Path] | None = None,
+    cache: SliceCache | None = None,
 ) -> SliceResult:
-    """Slice `mesh` for `model` into the G-code file `out`; every failure is a SliceError."""
+    """Slice `mesh` for `model` into `out`; every failure is a SliceError.
+
+    For a Bambu model `result.gcode` is the `.gcode.3mf` beside `out` (see `output_paths`) and
+    `result.plain_gcode` the text G-code inside it. With a `cache`, an identical earlier slice
+    (same mesh bytes, flattened profile and slicer version) is copied instead of sliced.
+    """
     mesh, out = Path(mesh), Path(out)
     binary = find_slicer(slicer)
     if not mesh.is_file():
         raise SliceError(f"the mesh {mesh} does not exist")
+    bbox = None
     if mesh.suffix.lower() in _BBOX_READERS:
         # Before the slicer: it would slice a part taller than the printer without complaint.
-        check_fits(mesh_bbox(mesh), model)
+        bbox = mesh_bbox(mesh)
+        check_fits(bbox, model)
     cfg = flatten_profile(model, material, quality, bundle_dirs=bundle_dirs)
     extra = _check_overrides(overrides or {})
     if extra:
         _check_known_keys(cfg, extra, binary)
         cfg.update(extra)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    plain, send = output_paths(out, model)
+    send.parent.mkdir(parents=True, exist_ok=True)
+    text = profile_text(cfg)
+    key = None
+    if cache is not None:
+        key = cache_key(mesh, text, slicer_version(binary), extra=_packaging(model))
+        hit = cache.get(key)
+        if hit is not None and {"gcode", "send"} <= hit.files.keys():
+            return _from_cache(hit.files, hit.meta, plain, send, key)
+    try:
+        meta = _slice_to(binary, mesh, model, plain, text, timeout_s)
+        meta.bbox = _placed_bbox_on_bed(bbox, model) if bbox else None
+        if send != plain:
+            _package(plain, send, model, meta, cfg)
+    except SliceError:
+        _discard(send)
+        raise
+    if cache is not None and key is not None:
+        cache.put(key, {"gcode": plain, "send": send}, meta.to_json())
+    return SliceResult(gcode=send, meta=meta, plain_gcode=plain, cache_key=key)
+
+
+def _slice_to(
+    binary: Path, mesh: Path, model: PrinterModel, out: Path, text: str, timeout_s: float
+) -> GcodeMeta:
     _discard(out)  # a failed run must not leave an older G-code looking like its result
     try:
         with tempfile.TemporaryDirectory(prefix="printfarm-slice-") as tmp:
-            profile = write_profile(cfg, Path(tmp) / "profile.ini")
+            profile = Path(tmp) / "profile.ini"
+            profile.write_text(text, encoding="utf-8")
             cmd = [str(binary), "--loglevel", "1", "--load", str(profile), "--export-gcode"]
             proc = _run_slicer([*cmd, "-o", str(out.resolve()), str(mesh.resolve())], Path(tmp), timeout_s)
         _raise_for_failure(proc, mesh, model, out)
@@ -597,7 +689,42 @@ def slice_mesh(
     except SliceError:
         _discard(out)
         raise
-    return SliceResult(gcode=out, meta=meta)
+    return meta
+
+
+def _package(plain: Path, send: Path, model: PrinterModel, meta: GcodeMeta, cfg: Mapping[str, str]) -> None:
+    from workers.bambu3mf import PlateInfo, package_gcode
+
+    info = PlateInfo(
+        printer_model=model.printer_model,
+        printer_model_id=model.bambu_model_id,
+        nozzle_diameter=meta.nozzle_diameter,
+        print_time_s=meta.print_time_s,
+        filament_g=meta.filament_g,
+        filament_mm=meta.filament_mm,
+        filament_type=meta.filament_type,
+        layers=meta.layers,
+        max_z=meta.bbox[1][2] if meta.bbox else None,
+        bbox=meta.bbox,
+    )
+    try:
+        package_gcode(plain, send, info, cfg)
+    except OSError as exc:
+        raise SliceError(f"cannot write {send.name}: {exc}") from exc
+
+
+def _from_cache(
+    files: Mapping[str, Path], meta: Mapping[str, object], plain: Path, send: Path, key: str
+) -> SliceResult:
+    try:
+        shutil.copyfile(files["gcode"], plain)
+        if send != plain:
+            shutil.copyfile(files["send"], send)
+    except OSError as exc:
+        raise SliceError(f"cannot copy the cached slice to {send.parent}: {exc}") from exc
+    return SliceResult(
+        gcode=send, meta=GcodeMeta.from_json(meta), plain_gcode=plain, cache_key=key, cached=True
+    )
 
 
 def _discard(out: Path) -> None:
@@ -691,11 +818,16 @@ def parse_gcode_meta(path: Path, *, layers: bool = True) -> GcodeMeta:
     """
     path = Path(path)
     meta = GcodeMeta()
-    m = _MODEL_CHECK_RE.search(_read_head(path))
+    head = _read_head(path)
+    m = _MODEL_CHECK_RE.search(head)
     if m:
         meta.printer_model = m.group(1).decode("ascii", errors="replace")
     found = dict(_FOOTER_RE.findall(_read_tail(path)))
-    meta.printer_model = meta.printer_model or found.get("printer_model") or None
+    meta.printer_model = meta.printer_model or found.get("printer_model") or _config_model(head) or None
+    if meta.printer_model:
+        # "Bambu Lab X1 Carbon" -> "X1C": callers compare with the catalogue's names.
+        known = model_for_gcode(meta.printer_model)
+        meta.printer_model = known.name if known else meta.printer_model.strip('"')
     meta.filament_mm = _total(found.get("filament used [mm]"))
     meta.filament_cm3 = _total(found.get("filament used [cm3]"))
     meta.filament_g = _total(found.get("total filament used [g]") or found.get("filament used [g]"))
@@ -703,13 +835,54 @@ def parse_gcode_meta(path: Path, *, layers: bool = True) -> GcodeMeta:
         "estimated printing time (silent mode)"
     )
     meta.print_time_s = parse_duration(time_text) if time_text else None
+    _fill_from_bambu_header(meta, head)
     nozzles = _numbers(found.get("nozzle_diameter", ""))
     meta.nozzle_diameter = nozzles[0] if nozzles else None
     meta.filament_type = found.get("filament_type", "").strip().strip('"') or None
     if "total layers count" in found:
         meta.layers = int(_total(found["total layers count"]) or 0)
+    elif (n := re.search(rb"^; total layer number: (\d+)", head, re.MULTILINE)) is not None:
+        meta.layers = int(n.group(1))
     elif layers:
         meta.layers = count_layers(path) or None
+    return meta
+
+
+def _config_model(head: bytes) -> str | None:
+    """`; printer_model = …` of a Bambu-style CONFIG block at the top of the file."""
+    m = re.search(rb"^; printer_model = (.+?)\r?$", head, re.MULTILINE)
+    return m.group(1).decode("utf-8", errors="replace").strip() if m else None
+
+
+def _fill_from_bambu_header(meta: GcodeMeta, head: bytes) -> None:
+    """Bambu Studio puts its estimates in a HEADER block instead of PrusaSlicer's footer."""
+    text = head.decode("utf-8", errors="replace")
+    if meta.print_time_s is None and (m := re.search(r"total estimated time: ([^;\n]+)", text, re.M)):
+        meta.print_time_s = parse_duration(m.group(1))
+    if meta.filament_g is None and (m := re.search(r"^; total filament weight \[g\] : (.+)$", text, re.M)):
+        meta.filament_g = _total(m.group(1))
+    if meta.filament_mm is None and (m := re.search(r"^; total filament length \[mm\] : (.+)$", text, re.M)):
+        meta.filament_mm = _total(m.group(1))
+
+
+def parse_sliced_file(path: Path) -> GcodeMeta:
+    """Estimates and target model of a pre-sliced `.gcode` or `.gcode.3mf` (plate 1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SliceError(f"the file {path} does not exist")
+    if not path.name.lower().endswith(".3mf"):
+        return parse_gcode_meta(path)
+    from farm.printer_models import MODELS
+    from workers.bambu3mf import PackageError, extract_gcode
+
+    with tempfile.TemporaryDirectory(prefix="printfarm-presliced-") as tmp:
+        try:
+            gcode, model_id = extract_gcode(path, Path(tmp) / "plate.gcode")
+        except PackageError as exc:
+            raise SliceError(f"{path.name}: {exc}") from exc
+        meta = parse_gcode_meta(gcode)
+    if meta.printer_model is None and model_id:
+        meta.printer_model = next((m.name for m in MODELS.values() if m.bambu_model_id == model_id), model_id)
     return meta
 
 
@@ -723,6 +896,7 @@ __all__ = [
     "GcodeMeta",
     "SliceError",
     "SliceResult",
+    "bundle_sections",
     "check_fits",
     "count_layers",
     "find_bundle",
@@ -730,8 +904,11 @@ __all__ = [
     "flatten_profile",
     "load_preset",
     "mesh_bbox",
+    "output_paths",
     "parse_duration",
     "parse_gcode_meta",
+    "parse_sliced_file",
+    "profile_text",
     "slice_mesh",
     "slicer_version",
     "write_profile",

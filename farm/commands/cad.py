@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -48,8 +49,8 @@ def build(
     started = time.monotonic()
     runner = CadRunner()  # starts its fork server (~4 s) only if the cache misses
     try:
-        with _scratch_dir() as outdir:
-            request = CadRequest(source=path, outdir=outdir, entry=artifact, params=params)
+        with _scratch_dir() as scratch:
+            request = CadRequest(source=path, outdir=Path(scratch), entry=artifact, params=params)
             result, hit = cached_build(runner, CadCache(_cache_root()), request, use_cache=not no_cache)
     except CadError as exc:
         _die(exc.message)
@@ -111,10 +112,8 @@ def _cache_root() -> Path:
     return get_settings().data_dir / CACHE_DIR_NAME
 
 
-def _scratch_dir() -> Any:
-    import tempfile
-
-    # The build writes here; cached_build then moves the result into the cache.
+def _scratch_dir() -> tempfile.TemporaryDirectory[str]:
+    # The build writes here; cached_build then copies the result into the cache.
     return tempfile.TemporaryDirectory(prefix="farm-build-")
 
 

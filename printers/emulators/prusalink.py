@@ -276,6 +276,8 @@ class Printer:
             )
             if not mismatch:
                 self._job.run(now)
+            # The print history a real printer keeps; tests count starts in it to catch double prints.
+            log.info("job %d %s: %s", self._job.id, "waits for attention" if mismatch else "started", rel)
 
     def job_command(self, raw_id: str, command: str) -> None:
         """`pause`, `resume` or `stop` job `raw_id`, gated like the firmware: 400, then 404, then 409."""

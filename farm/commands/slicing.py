@@ -1,0 +1,104 @@
+"""`farm profiles` and `farm slice`: the slicing stage, run locally with the workers' wrapper."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _die(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(1)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "printfarm" / "slices"
+
+
+def profiles_command(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List the printer models the farm can slice for."""
+    from farm.printer_models import MODELS
+
+    rows = [
+        {
+            "model": m.name,
+            "title": m.title,
+            "bed_x": m.bed[0],
+            "bed_y": m.bed[1],
+            "bed_z": m.bed[2],
+            "nozzle": m.nozzle,
+            "protocol": m.protocol,
+            "output": m.output_suffix,
+            "materials": list(m.materials),
+            "qualities": list(m.qualities),
+        }
+        for m in MODELS.values()
+    ]
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        bed = f"{r['bed_x']:g} x {r['bed_y']:g} x {r['bed_z']:g} mm"
+        typer.echo(f"{r['model']:<8} {bed:<22} {r['protocol']:<10} {r['title']}")
+
+
+def slice_command(
+    mesh: Annotated[Path, typer.Argument(help="An .stl, .3mf or .obj mesh.")],
+    printer_model: Annotated[str, typer.Option("--printer-model", help="A model from `farm profiles`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The G-code (or .gcode.3mf) to write.")],
+    material: Annotated[str, typer.Option(help="PLA, PETG, ASA, TPU.")] = "PLA",
+    quality: Annotated[str, typer.Option(help="draft, standard or fine.")] = "standard",
+    setting: Annotated[list[str] | None, typer.Option(help="A slicer override KEY=VALUE; repeat.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Slice cache directory.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Always run the slicer.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Slice a mesh locally, with the same profiles and cache as the farm's workers."""
+    from farm.printer_models import get_model
+    from workers.slice_cache import SliceCache
+    from workers.slicer import SliceError, slice_mesh
+
+    model = get_model(printer_model)
+    if model is None:
+        _die(f"unknown printer model '{printer_model}'; `farm profiles` lists them")
+        return
+    overrides: dict[str, str] = {}
+    for pair in setting or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            _die(f"--setting wants KEY=VALUE, got '{pair}'")
+        overrides[key.strip()] = value
+    cache = None if no_cache else SliceCache(cache_dir or default_cache_dir())
+    try:
+        result = slice_mesh(
+            mesh, model, output, material=material, quality=quality, overrides=overrides, cache=cache
+        )
+    except SliceError as exc:
+        _die(str(exc))
+        return
+    except OSError as exc:
+        _die(f"cannot write the slice: {exc}")
+        return
+    doc = {"output": str(result.gcode), "cached": result.cached, **result.meta.to_json()}
+    if json_out:
+        typer.echo(json.dumps(doc))
+        return
+    m = result.meta
+    hit = " (from the cache)" if result.cached else ""
+    typer.echo(
+        f"{result.gcode}{hit}: {m.printer_model}, {m.layers} layers, {m.print_time_s} s, "
+        f"{m.filament_g} g / {m.filament_m} m of filament"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `profiles` and `slice` to the `farm` command."""
+    app.command("profiles")(profiles_command)
+    app.command("slice")(slice_command)
