@@ -182,7 +182,7 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
 
 @app.command()
 def submit(
-    path: Annotated[Path, typer.Argument(help="A build123d .py file, or an .stl / .3mf mesh.")],
+    path: Annotated[Path, typer.Argument(help="A build123d .py file, an .stl / .3mf mesh, or a ready .gcode / .gcode.3mf.")],
     artifact: Annotated[
         str | None, typer.Option(help="The function to build (default: the only one).")
     ] = None,

@@ -20,6 +20,8 @@ from farm.states import BuildStage, JobState, SliceState, check_job_move
 
 CAD_SUFFIXES = {".py"}
 MESH_SUFFIXES = {".stl", ".3mf"}
+GCODE_SUFFIXES = (".gcode", ".gcode.3mf")
+FROM_FILE = ""  # a pre-sliced file's slice learns its printer model from the file itself
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class BadRequest(ValueError):
 
 
 def source_kind(filename: str) -> str:
+    if filename.lower().endswith(GCODE_SUFFIXES):
+        return "gcode"
     suffix = PurePath(filename).suffix.lower()
     if suffix in CAD_SUFFIXES:
         return "cad"
@@ -98,6 +102,8 @@ def create_build(
         _fail_build(session, build, f"unknown printer model '{printer_model}'; known models: {known}")
     elif kind == "cad":
         out.append(Outgoing(CAD_QUEUE, CAD_ACTOR, (build.id,)))
+    elif kind == "gcode":
+        out += _start_slicing(session, build, [model.name if model else FROM_FILE])
     else:
         build.stl_sha256 = source_sha256
         out += _start_slicing(session, build, target_models(session, printer_model))
@@ -158,6 +164,8 @@ def slice_finished(
     else:
         sl.state = SliceState.DONE
         sl.gcode_sha256 = gcode_sha256
+        if sl.printer_model == FROM_FILE:
+            sl.printer_model = meta.get("printer_model") or FROM_FILE
         sl.print_time_s = meta.get("print_time_s")
         sl.filament_g = meta.get("filament_g")
         sl.filament_mm = meta.get("filament_mm")

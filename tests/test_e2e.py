@@ -149,3 +149,17 @@ def test_builds_submitted_together_all_print(farm: RunningFarm) -> None:
         return all(j["state"] == "done" for b in builds for j in b["jobs"])
 
     wait_until(all_done, 180, "three builds submitted together to print")
+
+
+def test_presliced_gcode_goes_only_to_its_model(farm: RunningFarm, tmp_path: Path) -> None:
+    gcode = tmp_path / "cube_mk3s.gcode"
+    sliced = farm.cli("slice", str(EXAMPLES / "cube.stl"), "--printer-model", "MK3S", "-o", str(gcode))
+    assert sliced.returncode == 0, sliced.stderr
+    code, build = farm.cli_json("submit", str(gcode), "--wait")
+    job = only_job(build)
+    assert code == 0 and job["state"] == "done" and job["printer"].startswith("sim-mk3s-"), build
+    assert job["print_time_s"] and job["print_time_s"] > 0
+    assert gcode_for_job(farm, job) == gcode.read_text()  # sent as it was, not re-sliced
+
+    job = _failed(farm, str(gcode), "--printer-model", "MINI")
+    assert "sliced for MK3S" in job["error"] and "--printer-model MK3S" in job["error"], job["error"]

@@ -23,7 +23,7 @@ from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
 from farm.settings import Settings
 from workers.cad_cache import CadCache, cached_build
 from workers.slice_cache import SliceCache
-from workers.slicer import SliceError, slice_mesh
+from workers.slicer import SliceError, parse_sliced_file, slice_mesh
 
 log = logging.getLogger("farm.worker")
 
@@ -81,6 +81,9 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
     if sl["state"] != "pending":
         return
     t0 = time.monotonic()
+    if sl["kind"] == "gcode":
+        _read_presliced(ctx, sl)
+        return
     model = get_model(sl["printer_model"])
     if model is None:
         ctx.client.post(
@@ -123,6 +126,43 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
         time.monotonic() - t0,
         " (cache hit)" if result.cached else "",
     )
+
+
+def _read_presliced(ctx: WorkerContext, sl: dict) -> None:
+    """A submitted .gcode / .gcode.3mf is not sliced: read which printer it is for and its estimates."""
+    t0 = time.monotonic()
+    name = PurePath(sl["source"]).name
+    with tempfile.TemporaryDirectory(prefix=f"farm-presliced-{sl['id']}-") as tmp:
+        path = ctx.client.download_artifact(sl["source_sha256"], Path(tmp) / name)
+        try:
+            meta = parse_sliced_file(path)
+        except SliceError as exc:
+            ctx.client.post(f"/api/slices/{sl['id']}/result", {"error": str(exc)})
+            return
+    error = None
+    if not meta.printer_model:
+        error = (
+            f"{name} does not say which printer it was sliced for (no M862.3 or '; printer_model'); "
+            "submit the mesh instead, or slice it with a printer profile"
+        )
+    elif sl["printer_model"] and meta.printer_model != sl["printer_model"]:
+        error = (
+            f"{name} was sliced for {meta.printer_model}, not {sl['printer_model']}; "
+            f"submit it with --printer-model {meta.printer_model} or slice the mesh again"
+        )
+    elif get_model(meta.printer_model) is None:
+        error = f"{name} was sliced for {meta.printer_model}, a printer model this farm does not know"
+    body = (
+        {"error": error}
+        if error
+        else {
+            "gcode": sl["source_sha256"],
+            "meta": {
+                k: getattr(meta, k) for k in ("print_time_s", "filament_g", "filament_mm", "printer_model")
+            },
+        }
+    )
+    ctx.client.post(f"/api/slices/{sl['id']}/result", {**body, "seconds": time.monotonic() - t0})
 
 
 def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:

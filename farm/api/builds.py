@@ -156,6 +156,7 @@ def get_slice(slice_id: int, session: SessionDep) -> dict:
         "stl": build.stl_sha256,
         "source": build.source_name,
         "kind": build.source_kind,
+        "source_sha256": build.source_sha256,
         "material": build.material,
         "quality": build.quality,
     }
