@@ -72,7 +72,12 @@ def _wait_for_stop() -> threading.Event:
 # -- running the farm ---------------------------------------------------------------------------
 @app.command()
 def up(
-    sim: Annotated[int, typer.Option(help="How many simulated PrusaLink printers to run.")] = 2,
+    sim: Annotated[
+        str,
+        typer.Option(
+            help="Simulated printers: a count of PrusaLink ones, or e.g. prusalink=2,octoprint=1,moonraker=1."
+        ),
+    ] = "2",
     data_dir: Annotated[Path | None, typer.Option(help="Where the farm keeps its state.")] = None,
     port: Annotated[int, typer.Option(help="The coordinator's HTTP port.")] = 8000,
     demo: Annotated[bool, typer.Option(help="Submit the examples once the farm is up.")] = False,
@@ -88,7 +93,13 @@ def up(
     settings = Settings(
         port=port, url=f"http://127.0.0.1:{port}", **({"data_dir": data_dir} if data_dir else {})
     )
-    sys.exit(run_farm(settings, sims=sim, demo=demo, speed=speed))
+    from farm.up import parse_sims
+
+    try:
+        sims = parse_sims(sim)
+    except ValueError as exc:
+        _die(str(exc), 2)
+    sys.exit(run_farm(settings, sims=sims, demo=demo, speed=speed))
 
 
 @app.command()
@@ -169,6 +180,58 @@ def emulate_prusalink(
     emu.stop()
 
 
+@emulate_app.command("octoprint")
+def emulate_octoprint(
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 5000,
+    api_key: Annotated[str, typer.Option(help="The API key clients must send as X-Api-Key.")] = "printfarm",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    storage: Annotated[Path, typer.Option(help="Where received files are kept.")] = Path(
+        "emulator-octoprint"
+    ),
+    speed: Annotated[
+        float, typer.Option(help="How much faster than the G-code's estimate it prints.")
+    ] = 60.0,
+) -> None:
+    """Emulate an OctoPrint server (REST API, uploads, job control) with a connected printer."""
+    from printers.emulators.octoprint import OctoPrintEmulator
+
+    _serve_emulator(
+        "OctoPrint",
+        OctoPrintEmulator(host=host, port=port, api_key=api_key, storage_dir=storage, speed=speed),
+        storage,
+    )
+
+
+@emulate_app.command("moonraker")
+def emulate_moonraker(
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 7125,
+    api_key: Annotated[str | None, typer.Option(help="Require this X-Api-Key (default: trust all).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    storage: Annotated[Path, typer.Option(help="Where received files are kept.")] = Path(
+        "emulator-moonraker"
+    ),
+    speed: Annotated[
+        float, typer.Option(help="How much faster than the G-code's estimate it prints.")
+    ] = 60.0,
+) -> None:
+    """Emulate Moonraker (the Klipper API server): uploads, print_stats, pause/resume/cancel."""
+    from printers.emulators.moonraker import MoonrakerEmulator
+
+    _serve_emulator(
+        "Moonraker",
+        MoonrakerEmulator(host=host, port=port, api_key=api_key, storage_dir=storage, speed=speed),
+        storage,
+    )
+
+
+def _serve_emulator(kind: str, emu: Any, storage: Path) -> None:
+    _setup_logging()
+    emu.start()
+    typer.echo(f"{kind} emulator on {emu.url}, files in {storage}", err=True)
+    _wait_for_stop().wait()
+    emu.stop()
+
+
 # -- using the farm -----------------------------------------------------------------------------
 def _parse_params(pairs: list[str]) -> dict[str, str]:
     params = {}
@@ -182,7 +245,10 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
 
 @app.command()
 def submit(
-    path: Annotated[Path, typer.Argument(help="A build123d .py file, an .stl / .3mf mesh, or a ready .gcode / .gcode.3mf.")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="A build123d .py file, an .stl / .3mf mesh, or a ready .gcode / .gcode.3mf."),
+    ],
     artifact: Annotated[
         str | None, typer.Option(help="The function to build (default: the only one).")
     ] = None,

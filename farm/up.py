@@ -27,7 +27,21 @@ from farm.settings import Settings
 
 log = logging.getLogger("farm.up")
 REPO = Path(__file__).resolve().parent.parent
-SIM_MODELS = ("MINI", "MK3S")  # simulated printers alternate, so the demo shows per-model slicing
+# Simulated PrusaLink printers alternate models, so the demo shows per-model slicing.
+SIM_MODELS = {"prusalink": ("MINI", "MK3S"), "octoprint": ("MK3S",), "moonraker": ("MK4S",)}
+
+
+def parse_sims(spec: str) -> list[str]:
+    """ "3" -> three PrusaLink printers; "prusalink=2,octoprint=1" -> one protocol name per printer."""
+    if spec.strip().isdigit():
+        return ["prusalink"] * int(spec)
+    sims: list[str] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        protocol, _, count = part.partition("=")
+        if protocol not in SIM_MODELS or not count.strip().isdigit():
+            raise ValueError(f"--sim takes a count or PROTOCOL=N,...; protocols: {', '.join(SIM_MODELS)}")
+        sims += [protocol] * int(count)
+    return sims
 
 
 def free_port() -> int:
@@ -80,14 +94,14 @@ class Child:
 
 
 class Farm:
-    def __init__(self, settings: Settings, *, sims: int, speed: float) -> None:
+    def __init__(self, settings: Settings, *, sims: list[str], speed: float) -> None:
         self.settings = settings
         self.sims = sims
         self.speed = speed
         self.data = settings.data_dir
         self.children: list[Child] = []
         self.redis_server: object | None = None
-        self.printers: list[tuple[str, str, int]] = []
+        self.printers: list[tuple[str, str, str, int]] = []
         self.redis_url = ""
 
     # -- parts ----------------------------------------------------------------------------
@@ -158,44 +172,49 @@ class Farm:
         self.child("coordinator", "server", env=env)
         self.wait_healthy(url)
         self.child("worker", "worker", env={**env, "FARM_TOKEN": token})
-        for i in range(self.sims):
-            self.start_sim(i, token, env)
+        counts: dict[str, int] = {}
+        for protocol in self.sims:
+            counts[protocol] = counts.get(protocol, 0) + 1
+            self.start_sim(protocol, counts[protocol] - 1, token, env)
         self.print_banner(redis_url)
 
-    def start_sim(self, i: int, token: str, env: dict[str, str]) -> None:
+    def start_sim(self, protocol: str, i: int, token: str, env: dict[str, str]) -> None:
         from printers.config import AgentConfig, CoordinatorConfig
         from printers.drivers.base import PrinterConfig
 
-        model = SIM_MODELS[i % len(SIM_MODELS)]
-        name = f"sim-{model.lower()}-{i // len(SIM_MODELS) + 1}"
+        models = SIM_MODELS[protocol]
+        model = models[i % len(models)]
+        name = f"sim-{model.lower()}-{i // len(models) + 1}"
+        if protocol != "prusalink":
+            name = f"sim-{protocol}-{i + 1}"
         home = self.data / "sim" / name
         home.mkdir(parents=True, exist_ok=True)
-        port, password = free_port(), f"pw-{name}"
-        self.child(
-            f"emu-{name}",
+        port, secret = free_port(), f"pw-{name}"
+        args = [
             "emulate",
-            "prusalink",
+            protocol,
             "--port",
             str(port),
-            "--password",
-            password,
-            "--model",
-            model,
             "--storage",
             str(home / "usb"),
             "--speed",
             str(self.speed),
-            env=env,
-        )
+        ]
+        if protocol == "prusalink":
+            args += ["--password", secret, "--model", model]
+        else:
+            args += ["--api-key", secret]
+        self.child(f"emu-{name}", *args, env=env)
+        auth = {"password": secret} if protocol == "prusalink" else {"api_key": secret}
         cfg = AgentConfig(
             coordinator=CoordinatorConfig(url=self.settings.url, token=token),
-            printer=PrinterConfig(name=name, model=model, driver="prusalink", port=port, password=password),
+            printer=PrinterConfig(name=name, model=model, driver=protocol, port=port, **auth),
             poll_s=1.0,
             spool_dir=home / "spool",
         )
         (home / "agent.toml").write_text(cfg.to_toml())
         self.child(f"agent-{name}", "agent", "--config", str(home / "agent.toml"), env=env)
-        self.printers.append((name, model, port))
+        self.printers.append((name, model, protocol, port))
 
     def print_banner(self, redis_url: str) -> None:
         embedded = " (embedded valkey)" if self.redis_server else ""
@@ -206,7 +225,7 @@ class Farm:
             f"  queue        {redis_url}{embedded}",
             f"  data         {self.data}",
         ]
-        lines += [f"  printer      {n} ({m}, PrusaLink emulator on :{p})" for n, m, p in self.printers]
+        lines += [f"  printer      {n} ({m}, {proto} emulator on :{p})" for n, m, proto, p in self.printers]
         lines += [
             f"  submit       FARM_DATA_DIR={self.data} FARM_URL={self.settings.url} "
             "farm submit examples/bracket.py --wait",
@@ -224,7 +243,7 @@ class Farm:
             "url": self.settings.url,
             "redis_url": self.redis_url,
             "pid": os.getpid(),
-            "printers": [{"name": n, "model": m, "port": p} for n, m, p in self.printers],
+            "printers": [{"name": n, "model": m, "protocol": pr, "port": p} for n, m, pr, p in self.printers],
             "children": {c.name: c.proc.pid for c in self.children if c.proc is not None},
         }
         tmp = self.data / "farm-up.json.tmp"
@@ -262,7 +281,7 @@ def submit_examples(settings: Settings) -> None:
                 log.info("demo: submitted %s as build %s", example.name, build["id"])
 
 
-def run_farm(settings: Settings, *, sims: int, demo: bool, speed: float) -> int:
+def run_farm(settings: Settings, *, sims: list[str], demo: bool, speed: float) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -93,11 +94,14 @@ class RunningFarm:
         return sorted(usb.rglob("*.gcode")) if usb.exists() else []
 
 
-@pytest.fixture(scope="session")
-def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    """`farm up --sim 2` with a fresh data dir: coordinator, worker, two simulated PrusaLink printers."""
-    data = tmp_path_factory.mktemp("farm")
+@contextlib.contextmanager
+def running_farm(redis_url: str, data: Path, sim: str, redis_db: int = 0) -> Iterator[RunningFarm]:
+    """`farm up --sim SIM` with a fresh data dir, stopped with Ctrl-C (SIGINT) at the end.
+
+    Farms sharing a Redis need separate databases, or one farm's workers take the other's messages.
+    """
     port = free_port()
+    redis_url = f"{redis_url.rsplit('/', 1)[0]}/{redis_db}"
     env = {
         **os.environ,
         "FARM_REDIS_URL": redis_url,
@@ -107,44 +111,33 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     }
     env.pop("FARM_TOKEN", None)
     log = (data / "farm-up.out").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "farm",
-            "up",
-            "--sim",
-            "2",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--speed",
-            "600",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
+    argv = [
+        sys.executable,
+        "-m",
+        "farm",
+        "up",
+        "--sim",
+        sim,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data),
+        "--speed",
+        "600",
+    ]
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     state = data / "farm-up.json"
     try:
         wait_until(lambda: state.exists() or proc.poll() is not None, 120, "farm up")
         assert proc.poll() is None, (data / "farm-up.out").read_text()
         running = RunningFarm(env["FARM_URL"], data, env, proc, json.loads(state.read_text())["printers"])
         token = (data / "admin.token").read_text().strip()
-        wait_until(
-            lambda: (
-                len(
-                    httpx.get(
-                        f"{running.url}/api/printers", headers={"Authorization": f"Bearer {token}"}
-                    ).json()
-                )
-                == 2
-            ),
-            60,
-            "both agents to register",
-        )
+
+        def registered() -> bool:
+            printers = httpx.get(f"{running.url}/api/printers", headers={"Authorization": f"Bearer {token}"})
+            return len(printers.json()) == len(running.printers)
+
+        wait_until(registered, 60, "every agent to register")
         yield running
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
@@ -156,3 +149,10 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
         log.close()
         assert code == 0, f"farm up did not stop cleanly on Ctrl-C (exit {code})"
         assert not (data / "farm-up.json").exists()
+
+
+@pytest.fixture(scope="session")
+def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+    """Coordinator, worker and two simulated PrusaLink printers (a MINI and an MK3S)."""
+    with running_farm(redis_url, tmp_path_factory.mktemp("farm"), "2") as running:
+        yield running

@@ -8,6 +8,8 @@ from printers.drivers.base import Driver, PrinterConfig
 
 DRIVERS = {
     "prusalink": "printers.drivers.prusalink:PrusaLinkDriver",
+    "octoprint": "printers.drivers.octoprint:OctoPrintDriver",
+    "moonraker": "printers.drivers.moonraker:MoonrakerDriver",
 }
 
 

@@ -1,0 +1,256 @@
+"""Moonraker driver: Klipper printers (Mainsail/Fluidd installs, Voron, Sovol, Creality K1 rooted...).
+
+Every answer is a `{"result": ...}` envelope or an `{"error": {"code", "message"}}` one. The API key
+is optional: Moonraker trusts clients by address unless `[authorization]` says otherwise.
+Klipper itself (Klippy) can be down while Moonraker answers, so status asks `/server/info` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from printers.drivers.base import (
+    Driver,
+    DriverError,
+    PrinterConfig,
+    PrinterState,
+    PrinterStatus,
+    ProgressCallback,
+)
+from printers.drivers.octoprint import UPLOAD_IO_TIMEOUT_S, ProgressFile
+
+DEFAULT_PORT = 7125
+KEY_HINT = (
+    "add this host to [authorization] trusted_clients in moonraker.conf, or configure the API key "
+    "(Mainsail/Fluidd: Settings > Authorization, or ~/printer_data/.moonraker.secrets)"
+)
+OBJECTS = "print_stats&virtual_sdcard&display_status&heater_bed&extruder"
+
+_STATES: dict[str, PrinterState] = {
+    "standby": PrinterState.IDLE,
+    "printing": PrinterState.PRINTING,
+    "paused": PrinterState.PAUSED,
+    "complete": PrinterState.FINISHED,
+    "cancelled": PrinterState.FAILED,
+    "error": PrinterState.FAILED,
+}
+# Klippy host states other than "ready" (`/server/info` klippy_state).
+_KLIPPY: dict[str, tuple[PrinterState, str]] = {
+    "startup": (PrinterState.BUSY, "Klipper is starting up"),
+    "shutdown": (PrinterState.ATTENTION, "Klipper shut down: fix the cause, then FIRMWARE_RESTART"),
+    "error": (PrinterState.ATTENTION, "Klipper reports an error: check printer.cfg and the MCU"),
+    "disconnected": (PrinterState.OFFLINE, "Moonraker is not connected to Klipper"),
+}
+# Klipper's PAUSE/RESUME/CANCEL macros answer "ok" even when they do nothing, so check first.
+_ALLOWED = {"pause": {"printing"}, "resume": {"paused"}, "cancel": {"printing", "paused"}}
+
+
+class MoonrakerDriver(Driver):
+    protocol = "moonraker"
+
+    def __init__(self, config: PrinterConfig) -> None:
+        super().__init__(config)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        self.base_url = f"http://{host}:{config.port or DEFAULT_PORT}"
+        headers = {"X-Api-Key": config.api_key} if config.api_key else {}
+        self._lock = threading.RLock()
+        self._client = httpx.Client(base_url=self.base_url, timeout=config.timeout_s, headers=headers)
+
+    # -- Driver interface
+
+    def status(self) -> PrinterStatus:
+        try:
+            with self._lock:
+                info = self._result("GET", "/server/info")
+                klippy = str(info.get("klippy_state", "disconnected"))
+                if klippy != "ready":
+                    state, message = _KLIPPY.get(klippy, (PrinterState.BUSY, f"Klipper is {klippy}"))
+                    return PrinterStatus(state, message=message)
+                status = self._result("GET", f"/printer/objects/query?{OBJECTS}").get("status") or {}
+        except httpx.TransportError as exc:
+            return PrinterStatus(PrinterState.OFFLINE, message=f"cannot reach {self.base_url}: {exc!r}")
+        return _to_status(status)
+
+    def upload(
+        self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
+    ) -> None:
+        folder, _, name = remote_name.strip("/").rpartition("/")
+        data = {"root": "gcodes", "print": "true" if start else "false"}
+        if folder:
+            data["path"] = folder
+        timeout = httpx.Timeout(UPLOAD_IO_TIMEOUT_S, connect=self.config.timeout_s)
+        try:
+            f = path.open("rb")
+            size = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise DriverError(f"cannot read {path}: {exc.strerror}") from exc
+        with f, self._reachable(f"upload {remote_name!r}"):
+            files = {"file": (name, ProgressFile(f, size, progress), "application/octet-stream")}
+            response = self._request("POST", "/server/files/upload", files=files, data=data, timeout=timeout)
+        if response.status_code != 201:
+            raise DriverError(_upload_error(remote_name, response))
+        result = _envelope(response)
+        if start and not result.get("print_started"):
+            queued = " (it was queued in the job queue)" if result.get("print_queued") else ""
+            raise DriverError(
+                f"uploaded {remote_name!r}, but the printer did not start it: it is busy{queued}"
+            )
+
+    def start(self, remote_name: str) -> None:
+        url = "/printer/print/start?filename=" + quote(remote_name.strip("/"))
+        response = self._send("POST", url)
+        detail = _detail(response).lower()
+        if response.status_code == 404 or "unable to open" in detail:  # Klipper's SDCARD_PRINT_FILE
+            raise DriverError(f"the printer has no file {remote_name!r} in its gcodes folder")
+        if "sd busy" in detail:
+            raise DriverError(f"the printer cannot start {remote_name!r} now: it is printing or paused")
+        _expect(response, f"start {remote_name!r}")
+
+    def pause(self) -> None:
+        self._job_command("pause")
+
+    def resume(self) -> None:
+        self._job_command("resume")
+
+    def cancel(self) -> None:
+        self._job_command("cancel")
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- HTTP
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        with self._lock:
+            response = self._client.request(method, url, **kwargs)
+        if response.status_code in (401, 403) and "loaded" not in _detail(response):
+            raise DriverError(f"Moonraker at {self.base_url} refused this client: {KEY_HINT}")
+        return response
+
+    @contextlib.contextmanager
+    def _reachable(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise DriverError(f"cannot {what}: no answer from {self.base_url} ({exc!r})") from exc
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        with self._reachable(f"{method} {url}"):
+            return self._request(method, url, **kwargs)
+
+    def _result(self, method: str, url: str) -> dict[str, Any]:
+        response = self._request(method, url)
+        _expect(response, f"read {url.split('?')[0]}")
+        return _envelope(response)
+
+    def _job_command(self, verb: str) -> None:
+        with self._lock, self._reachable(verb):
+            status = self._result("GET", "/printer/objects/query?print_stats").get("status") or {}
+            state = str((status.get("print_stats") or {}).get("state", "unknown"))
+            if state not in _ALLOWED[verb]:
+                raise DriverError(f"cannot {verb} the print: the printer is {state}")
+            _expect(self._request("POST", f"/printer/print/{verb}"), f"{verb} the print")
+
+
+def _envelope(response: httpx.Response) -> dict[str, Any]:
+    """The `result` of a success envelope (a dict for every endpoint read here, or "ok")."""
+    try:
+        data = response.json()
+    except json.JSONDecodeError as exc:
+        raise DriverError(f"Moonraker sent invalid JSON for {response.request.url.path}") from exc
+    result = data.get("result") if isinstance(data, dict) else None
+    if result == "ok":
+        return {}
+    if not isinstance(result, dict):
+        raise DriverError(f"Moonraker sent no result envelope for {response.request.url.path}")
+    return result
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return response.text.strip()[:200]
+    return str(error.get("message") or "") if isinstance(error, dict) else str(error)
+
+
+def _expect(response: httpx.Response, what: str) -> None:
+    if response.status_code == 503:
+        raise DriverError(f"cannot {what}: Klipper is not ready ({_detail(response)})")
+    if response.status_code not in (200, 201):
+        detail = _detail(response)
+        raise DriverError(
+            f"Moonraker refused to {what}: HTTP {response.status_code}" + (f" ({detail})" if detail else "")
+        )
+
+
+def _upload_error(name: str, response: httpx.Response) -> str:
+    code, detail = response.status_code, _detail(response)
+    if code == 403 and "loaded" in detail:
+        return f"cannot replace {name!r}: the printer is printing that file"
+    return f"upload of {name!r} failed: HTTP {code}" + (f" ({detail})" if detail else "")
+
+
+def _to_status(status: dict[str, Any]) -> PrinterStatus:
+    stats = status.get("print_stats") or {}
+    raw = str(stats.get("state", ""))
+    state = _STATES.get(raw, PrinterState.BUSY)
+    message = None
+    if raw == "cancelled":
+        message = "cancelled"
+    elif raw == "error":
+        message = f"print error: {stats.get('message') or 'see the Klipper console'}"
+    elif raw not in _STATES:
+        message = f"unknown print_stats state {raw!r}"
+    progress = _progress(status)
+    return PrinterStatus(
+        state=state,
+        progress=100.0 if raw == "complete" else progress,
+        remaining_s=_remaining(stats, progress, raw),
+        layer=_int((stats.get("info") or {}).get("current_layer")),
+        file=stats.get("filename") or None,
+        temperatures=_temperatures(status),
+        message=message,
+    )
+
+
+def _progress(status: dict[str, Any]) -> float | None:
+    """display_status follows M73 like the printer's screen, else the file position."""
+    for name in ("display_status", "virtual_sdcard"):
+        value = (status.get(name) or {}).get("progress")
+        if isinstance(value, int | float):
+            return round(100.0 * float(value), 2)
+    return None
+
+
+def _remaining(stats: dict[str, Any], progress: float | None, raw: str) -> int | None:
+    """Linear from print_duration (excludes pauses), as Mainsail's file-based estimate does."""
+    duration = stats.get("print_duration")
+    if raw == "complete":
+        return 0
+    if raw not in ("printing", "paused") or not progress or not isinstance(duration, int | float):
+        return None
+    return max(0, round(duration * (100.0 - progress) / progress))
+
+
+def _temperatures(status: dict[str, Any]) -> dict[str, float]:
+    pairs = {"nozzle": "extruder", "bed": "heater_bed"}
+    out: dict[str, float] = {}
+    for key, name in pairs.items():
+        value = (status.get(name) or {}).get("temperature")
+        if isinstance(value, int | float):
+            out[key] = float(value)
+    return out
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None

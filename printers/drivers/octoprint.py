@@ -1,0 +1,314 @@
+"""OctoPrint driver: any printer behind an OctoPrint server (OctoPi, a bare `octoprint serve`).
+
+OctoPrint has no FINISHED or STOPPED state: after a job it is "Operational" again, with
+`completion` 100 after a finished print and null after a cancelled one. So the driver remembers
+which file it saw printing, to tell a cancelled or lost job (FAILED) from an idle printer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+import httpx
+
+from printers.drivers.base import (
+    Driver,
+    DriverError,
+    PrinterConfig,
+    PrinterState,
+    PrinterStatus,
+    ProgressCallback,
+)
+
+DEFAULT_PORT = 80  # OctoPi serves OctoPrint on 80 through haproxy; a bare install uses 5000
+UPLOAD_IO_TIMEOUT_S = 120.0  # OctoPrint hashes and analyses a large upload before it answers
+KEY_HINT = "check the API key (OctoPrint Settings > Application Keys, or your user's API key)"
+
+_STATES: dict[str, PrinterState] = {
+    "Printing": PrinterState.PRINTING,
+    "Printing from SD": PrinterState.PRINTING,
+    "Starting": PrinterState.PRINTING,
+    "Starting print from SD": PrinterState.PRINTING,
+    "Finishing": PrinterState.PRINTING,
+    "Resuming": PrinterState.PRINTING,
+    "Pausing": PrinterState.PAUSED,  # the pause is accepted; OctoPrint waits for the buffer
+    "Paused": PrinterState.PAUSED,
+    "Cancelling": PrinterState.BUSY,
+    "Error": PrinterState.FAILED,
+    "Offline": PrinterState.OFFLINE,
+    "Closed": PrinterState.OFFLINE,
+    "Offline after error": PrinterState.OFFLINE,
+    "Closed with error": PrinterState.OFFLINE,
+}
+_ACTIVE = {PrinterState.PRINTING, PrinterState.PAUSED, PrinterState.BUSY}
+_DISCONNECTED = {"Offline", "Closed"}  # never connected, or disconnected on purpose: safe to connect
+
+
+class ProgressFile:
+    """A file object that reports how much httpx has read from it.
+
+    httpx streams a multipart file part by `read()`ing it in chunks, sizes it with `fileno()`,
+    and `seek(0)`s before every send, so a retried request re-reads from the start.
+    """
+
+    def __init__(self, f: BinaryIO, size: int, progress: ProgressCallback | None) -> None:
+        self._f = f
+        self._size = size
+        self._progress = progress
+        self._sent = 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._f.read(n)
+        self._sent += len(chunk)
+        if chunk and self._progress is not None:
+            self._progress(self._sent, self._size)
+        return chunk
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._sent = self._f.seek(offset, whence)
+        return self._sent
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+
+class OctoPrintDriver(Driver):
+    protocol = "octoprint"
+
+    def __init__(self, config: PrinterConfig) -> None:
+        super().__init__(config)
+        if not config.api_key:
+            raise DriverError(f"printer {config.name!r} has no OctoPrint API key configured: {KEY_HINT}")
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        self.base_url = f"http://{host}:{config.port or DEFAULT_PORT}"
+        self._lock = threading.RLock()
+        self._client = httpx.Client(
+            base_url=self.base_url, timeout=config.timeout_s, headers={"X-Api-Key": config.api_key}
+        )
+        # The file we last saw printing. Not set on start: right after a start OctoPrint can still
+        # read "Operational" with no progress, which must not look like a cancelled job.
+        self._job_file: str | None = None
+
+    # -- Driver interface
+
+    def status(self) -> PrinterStatus:
+        try:
+            with self._lock:
+                job = self._get_json("/api/job")
+                state_text = str(job.get("state") or "")
+                if state_text in _DISCONNECTED:
+                    return self._connect(state_text)
+                printer = self._get_printer()
+        except httpx.TransportError as exc:
+            return PrinterStatus(PrinterState.OFFLINE, message=f"cannot reach {self.base_url}: {exc!r}")
+        return self._to_status(state_text, job, printer)
+
+    def upload(
+        self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
+    ) -> None:
+        folder, _, name = remote_name.strip("/").rpartition("/")
+        data = {"print": "true" if start else "false"}
+        if folder:
+            data["path"] = folder
+        timeout = httpx.Timeout(UPLOAD_IO_TIMEOUT_S, connect=self.config.timeout_s)
+        try:
+            f = path.open("rb")
+            size = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise DriverError(f"cannot read {path}: {exc.strerror}") from exc
+        with f, self._reachable(f"upload {remote_name!r}"):
+            body = ProgressFile(f, size, progress)
+            files = {"file": (name, body, "application/octet-stream")}
+            response = self._request("POST", "/api/files/local", files=files, data=data, timeout=timeout)
+        if response.status_code != 201:
+            raise DriverError(_upload_error(remote_name, response))
+        if start and not _json(response).get("effectivePrint"):
+            raise DriverError(
+                f"uploaded {remote_name!r}, but OctoPrint did not start it: the printer is not ready "
+                "(printing, paused or not connected)"
+            )
+
+    def start(self, remote_name: str) -> None:
+        url = "/api/files/local/" + quote(remote_name.strip("/"))
+        response = self._send("POST", url, json={"command": "select", "print": True})
+        if response.status_code == 404:
+            raise DriverError(f"OctoPrint has no file {remote_name!r} in its local storage")
+        if response.status_code == 409:
+            raise DriverError(f"the printer cannot start {remote_name!r} now: {_detail(response)}")
+        _expect(response, 204, f"start {remote_name!r}")
+
+    def pause(self) -> None:
+        self._job_command({"command": "pause", "action": "pause"}, "pause")
+
+    def resume(self) -> None:
+        with self._lock:
+            self._wait_while("Pausing")  # OctoPrint ignores a resume until the pause has landed
+            self._job_command({"command": "pause", "action": "resume"}, "resume")
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.status()  # records the job's file, so the cancelled job reads FAILED afterwards
+            self._job_command({"command": "cancel"}, "cancel")
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- state
+
+    def _connect(self, state_text: str) -> PrinterStatus:
+        """OctoPrint is up but not talking to the printer: ask it to open the serial port."""
+        body: dict[str, Any] = {"command": "connect", "autoconnect": False}
+        if self.config.serial:
+            body["port"] = self.config.serial  # else OctoPrint's preferred port, or auto-detection
+        response = self._request("POST", "/api/connection", json=body)
+        port = self.config.serial or "auto"
+        if response.status_code != 204:
+            message = f"OctoPrint could not connect to the printer on port {port}: {_detail(response)}"
+        else:
+            message = f"OctoPrint was {state_text.lower()}: asked it to connect to the printer (port {port})"
+        return PrinterStatus(PrinterState.OFFLINE, message=message)
+
+    def _to_status(self, state_text: str, job: dict[str, Any], printer: dict[str, Any]) -> PrinterStatus:
+        progress = job.get("progress") or {}
+        completion = _float(progress.get("completion"))
+        file = (job.get("job") or {}).get("file") or {}
+        path = file.get("path") or file.get("name")
+        state = _STATES.get(state_text)
+        message = None
+        if state_text == "Operational":
+            state, message = self._finished_or_idle(path, completion)
+        elif state is None:
+            # "Opening serial connection", "Detecting baudrate", "Transferring file to SD", ...
+            state, message = PrinterState.BUSY, f"OctoPrint reports {state_text!r}"
+        elif state in (PrinterState.FAILED, PrinterState.OFFLINE):
+            # /api/printer answers 409 in Error states, so the reason is often only in the UI.
+            error = (printer.get("state") or {}).get("error") or "see the Terminal tab in OctoPrint"
+            message = f"OctoPrint reports {state_text!r}: {error}"
+        if state in _ACTIVE and state_text != "Cancelling" and path:
+            self._job_file = path
+        return PrinterStatus(
+            state=state,
+            progress=completion,
+            remaining_s=_int(progress.get("printTimeLeft")),
+            file=path,
+            temperatures=_temperatures(printer),
+            message=message,
+        )
+
+    def _finished_or_idle(
+        self, path: str | None, completion: float | None
+    ) -> tuple[PrinterState, str | None]:
+        if completion is not None and completion >= 100.0:
+            return PrinterState.FINISHED, None
+        if path and path == self._job_file:  # it was printing and came back without finishing
+            return PrinterState.FAILED, "cancelled"
+        return PrinterState.IDLE, None
+
+    def _wait_while(self, state_text: str) -> None:
+        """Poll /api/job for at most the request timeout until OctoPrint leaves `state_text`."""
+        deadline = time.monotonic() + self.config.timeout_s
+        with self._reachable("read /api/job"):
+            while self._get_json("/api/job").get("state") == state_text and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    def _job_command(self, body: dict[str, Any], verb: str) -> None:
+        response = self._send("POST", "/api/job", json=body)
+        if response.status_code == 409:
+            raise DriverError(f"cannot {verb} the print: {_detail(response)}")
+        _expect(response, 204, f"{verb} the print")
+
+    # -- HTTP
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        with self._lock:
+            response = self._client.request(method, url, **kwargs)
+        if response.status_code in (401, 403):
+            raise DriverError(f"OctoPrint at {self.base_url} refused the API key: {KEY_HINT}")
+        return response
+
+    @contextlib.contextmanager
+    def _reachable(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise DriverError(f"cannot {what}: no answer from {self.base_url} ({exc!r})") from exc
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        with self._reachable(f"{method} {url}"):
+            return self._request(method, url, **kwargs)
+
+    def _get_json(self, url: str) -> dict[str, Any]:
+        response = self._request("GET", url)
+        _expect(response, 200, f"read {url}")
+        return _json(response)
+
+    def _get_printer(self) -> dict[str, Any]:
+        response = self._request("GET", "/api/printer", params={"exclude": "sd"})
+        if response.status_code == 409:  # the connection dropped between the two reads
+            return {}
+        _expect(response, 200, "read /api/printer")
+        return _json(response)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except json.JSONDecodeError as exc:
+        raise DriverError(f"OctoPrint sent invalid JSON for {response.request.url.path}") from exc
+    if not isinstance(data, dict):
+        raise DriverError(f"OctoPrint sent unexpected JSON for {response.request.url.path}")
+    return data
+
+
+def _detail(response: httpx.Response) -> str:
+    """OctoPrint explains errors as `{"error": "..."}`."""
+    try:
+        return str(response.json().get("error") or "")
+    except (json.JSONDecodeError, AttributeError):
+        return response.text.strip()[:200]
+
+
+def _expect(response: httpx.Response, status: int, what: str) -> None:
+    if response.status_code != status:
+        detail = _detail(response)
+        raise DriverError(
+            f"OctoPrint refused to {what}: HTTP {response.status_code}" + (f" ({detail})" if detail else "")
+        )
+
+
+def _upload_error(name: str, response: httpx.Response) -> str:
+    code, detail = response.status_code, _detail(response)
+    if code == 409:
+        return f"cannot replace {name!r}: {detail or 'the printer is busy with it'}"
+    if code == 415:
+        return f"OctoPrint refused {name!r}: only G-code files (.gcode, .gco, .g) can be printed"
+    return f"upload of {name!r} failed: HTTP {code}" + (f" ({detail})" if detail else "")
+
+
+def _temperatures(printer: dict[str, Any]) -> dict[str, float]:
+    temps = printer.get("temperature") or {}
+    pairs = {"nozzle": "tool0", "bed": "bed"}
+    return {
+        key: float(temps[tool]["actual"])
+        for key, tool in pairs.items()
+        if isinstance(temps.get(tool), dict) and isinstance(temps[tool].get("actual"), int | float)
+    }
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None
