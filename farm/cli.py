@@ -137,11 +137,27 @@ def worker(
     run(get_settings(), wanted)
 
 
-@app.command()
+agent_app = typer.Typer(
+    help="Run the agent beside a printer (farm agent --config agent.toml), or set one up."
+)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.callback(invoke_without_command=True)
 def agent(
-    config: Annotated[Path, typer.Option("--config", "-c", help="The agent's TOML config file.")],
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="The agent's TOML config file.")
+    ] = None,
 ) -> None:
-    """Run the agent for one printer: claim jobs, send them to the printer, report progress."""
+    """Run the agent for one printer: claim jobs, send them to the printer, report progress.
+
+    `farm agent --config agent.toml` runs it; `farm agent check` and `farm agent print` help set it up.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if config is None:
+        _die("farm agent needs --config agent.toml (see the README: An agent beside a real printer)", 2)
     from printers.agent import Agent
     from printers.config import AgentConfig
     from printers.drivers import make_driver
@@ -389,22 +405,29 @@ def jobs(as_json: JsonOpt = False) -> None:
     )
 
 
-@app.command()
-def printers(as_json: JsonOpt = False) -> None:
+printers_app = typer.Typer(help="List printers (with no command), set what is loaded, clear beds.")
+app.add_typer(printers_app, name="printers")
+
+
+@printers_app.callback(invoke_without_command=True)
+def printers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List printers and what they are doing."""
+    if ctx.invoked_subcommand is not None:
+        return
     data = _get("/api/printers")
     if as_json:
         _emit(data)
         return
     _table(
         "printers",
-        ["name", "model", "protocol", "state", "job", "progress", "message"],
+        ["name", "model", "protocol", "state", "material", "job", "progress", "message"],
         [
             [
                 p["name"],
                 p["model"],
                 p["protocol"],
                 p["state"],
+                " ".join(filter(None, [p["material"], p["color"]])),
                 p["job"],
                 f"{p['progress']:.0f}%" if p["progress"] is not None else "",
                 p["message"],
@@ -412,6 +435,58 @@ def printers(as_json: JsonOpt = False) -> None:
             for p in data
         ],
     )
+
+
+def _send(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    with _client() as client:
+        try:
+            return client.request(method, path, json=body or {}).json()
+        except FarmError as exc:
+            _die(str(exc))
+
+
+@printers_app.command("clear")
+def printers_clear(
+    name: Annotated[str, typer.Argument(help="The printer whose bed is now empty.")], as_json: JsonOpt = False
+) -> None:
+    """Confirm a printer's bed is empty, so it takes the next job."""
+    data = _send("POST", f"/api/printers/{name}/clear")
+    _emit(data) if as_json else typer.echo(f"{name}: bed clear, ready for the next job")
+
+
+@printers_app.command("set")
+def printers_set(
+    name: Annotated[str, typer.Argument(help="The printer to change.")],
+    material: Annotated[str | None, typer.Option(help="The filament loaded: PLA, PETG, ASA, TPU.")] = None,
+    color: Annotated[str | None, typer.Option(help="Its colour ('' for any).")] = None,
+    auto_eject: Annotated[bool | None, typer.Option(help="Whether it clears its own bed.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Say what a printer has loaded: jobs go only to printers with their material and colour."""
+    body = {
+        k: v
+        for k, v in {"material": material, "color": color, "auto_eject": auto_eject}.items()
+        if v is not None
+    }
+    if not body:
+        _die("nothing to set: give --material, --color or --auto-eject/--no-auto-eject", 2)
+    data = _send("PATCH", f"/api/printers/{name}", body)
+    if as_json:
+        _emit(data)
+    else:
+        typer.echo(
+            f"{name}: {data['material']} {data['color'] or '(any colour)'}, "
+            f"auto-eject {'on' if data['auto_eject'] else 'off'}"
+        )
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[int, typer.Argument(help="The job to cancel.")], as_json: JsonOpt = False
+) -> None:
+    """Cancel a job: a queued one never prints; a printing one is stopped on its printer."""
+    data = _send("POST", f"/api/jobs/{job_id}/cancel")
+    _emit(data) if as_json else typer.echo(f"job {job_id}: cancelled")
 
 
 def main() -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
 from farm.models import Job, Printer, Slice, utcnow
 from farm.pipeline import move_job
-from farm.states import LEASED_JOB_STATES, TERMINAL_JOB_STATES, JobState, SliceState, can_move
+from farm.states import LEASED_JOB_STATES, TERMINAL_JOB_STATES, InvalidMove, JobState, SliceState, can_move
 
 assert can_move(JobState.READY, JobState.CLAIMED)  # the claim's UPDATE encodes this move
 
@@ -40,6 +40,8 @@ def claim(session: Session, printer: Printer, lease_s: float) -> Job | None:
         session.add(existing)
         session.commit()
         return existing
+    if not printer.bed_clear:
+        return None  # a finished part (or a failed one) is still on the bed
     candidates = session.exec(
         select(Job.id, Slice.id)
         .join(
@@ -51,6 +53,8 @@ def claim(session: Session, printer: Printer, lease_s: float) -> Job | None:
         .where(
             Job.state == JobState.READY,
             or_(col(Job.printer_model).is_(None), col(Job.printer_model) == printer.model),
+            func.upper(Job.material) == (printer.material or "").upper(),
+            or_(col(Job.color).is_(None), func.lower(Job.color) == (printer.color or "").lower()),
         )
         .order_by(col(Job.priority).desc(), col(Job.created_at), col(Job.id))
         .limit(20)
@@ -102,7 +106,10 @@ def report(
         raise StaleLease(f"job {job.id} is no longer held by {printer.name} under lease {fence}")
     if job.state in TERMINAL_JOB_STATES and state == job.state:
         return job
+    reached_printer = job.state == JobState.PRINTING  # an upload that failed left nothing on the bed
     move_job(session, job, state)
+    if state in TERMINAL_JOB_STATES and reached_printer:
+        end_on_bed(printer)
     job.progress = 100.0 if state == JobState.DONE else (progress if progress is not None else job.progress)
     job.remaining_s = 0 if state == JobState.DONE else remaining_s
     if error:
@@ -115,6 +122,30 @@ def report(
         if state == JobState.READY:  # released before it reached the printer: anyone may take it
             job.printer = None
     session.add_all([job, printer])
+    session.commit()
+    return job
+
+
+def end_on_bed(printer: Printer) -> None:
+    """A print ended on this printer: until someone clears the bed, it takes no new job."""
+    if not printer.auto_eject:
+        printer.bed_clear = False
+
+
+def cancel(session: Session, job: Job) -> Job:
+    """Cancel a job wherever it is. Its agent learns it from its next heartbeat and stops the print."""
+    if job.state in TERMINAL_JOB_STATES:
+        raise InvalidMove(f"job {job.id} has already ended ({job.state})")
+    printer = session.get(Printer, job.printer) if job.printer else None
+    if printer is not None:
+        if job.state in (JobState.UPLOADING, JobState.PRINTING):
+            end_on_bed(printer)
+        if printer.job_id == job.id:
+            printer.job_id = None
+        session.add(printer)
+    move_job(session, job, JobState.CANCELLED)
+    job.lease_expires = None
+    job.error = "cancelled by an operator"
     session.commit()
     return job
 

@@ -70,6 +70,7 @@ def create_build(
     priority: int,
 ) -> tuple[Build, list[Job], list[Outgoing]]:
     kind = source_kind(source_name)
+    material = material.upper()
     build = Build(
         source_name=source_name,
         source_sha256=source_sha256,

@@ -208,7 +208,10 @@ class Farm:
         auth = {"password": secret} if protocol == "prusalink" else {"api_key": secret}
         cfg = AgentConfig(
             coordinator=CoordinatorConfig(url=self.settings.url, token=token),
-            printer=PrinterConfig(name=name, model=model, driver=protocol, port=port, **auth),
+            # A simulated bed empties itself; real printers wait for `farm printers clear`.
+            printer=PrinterConfig(
+                name=name, model=model, driver=protocol, port=port, auto_eject=True, **auth
+            ),
             poll_s=1.0,
             spool_dir=home / "spool",
         )

@@ -20,8 +20,10 @@ from printers.drivers.base import Driver, DriverError, PrinterState, PrinterStat
 
 log = logging.getLogger("farm.agent")
 VERSION = "0.1.0"
-READY_FOR_WORK = (PrinterState.IDLE, PrinterState.FINISHED)
-IDLE_GRACE_S = 30.0  # a printer may report idle for a moment between upload and start
+# The coordinator decides whether the bed is clear; a stopped print's printer can take the next job.
+READY_FOR_WORK = (PrinterState.IDLE, PrinterState.FINISHED, PrinterState.FAILED)
+IDLE_GRACE_S = 30.0
+UPLOAD_FAILURE_REST_S = 30.0  # a printer may report idle for a moment between upload and start
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Agent:
         self.name = config.printer.name
         self.job: CurrentJob | None = None
         self._last_report = 0.0
+        self._resting_until = 0.0
         assert config.spool_dir is not None
         self.spool = config.spool_dir
         self.spool.mkdir(parents=True, exist_ok=True)
@@ -72,7 +75,13 @@ class Agent:
         p = self.config.printer
         reply = self.client.post(
             "/api/agents/register",
-            {"printer": p.name, "model": p.model, "protocol": p.driver, "agent_version": VERSION},
+            {
+                "printer": p.name,
+                "model": p.model,
+                "protocol": p.driver,
+                "agent_version": VERSION,
+                "auto_eject": p.auto_eject,
+            },
         )
         if reply.get("job"):
             self._reconcile(reply["job"])
@@ -109,7 +118,7 @@ class Agent:
             self._follow(status)
             return
         body = self._status_body(status)
-        if status.state in READY_FOR_WORK:
+        if status.state in READY_FOR_WORK and time.monotonic() >= self._resting_until:
             job = self.client.post("/api/agents/claim", body)
             if job:
                 self._start(job)
@@ -136,9 +145,14 @@ class Agent:
         try:
             self.driver.upload(path, current.remote_name, start=True, progress=self._upload_progress)
         except DriverError as exc:
-            log.warning("%s: job %s: upload failed: %s", self.name, current.id, exc)
-            self._report("failed", error=f"upload to {self.name} failed: {exc}")
+            # It never reached the printer: give it back to the queue, and rest before claiming again
+            # so that a printer in trouble does not take (and drop) every job in turn.
+            log.warning(
+                "%s: job %s: upload failed, returning it to the queue: %s", self.name, current.id, exc
+            )
+            self._report("ready", error=f"upload to {self.name} failed: {exc}")
             self.job = None
+            self._resting_until = time.monotonic() + UPLOAD_FAILURE_REST_S
             return
         current.started = time.monotonic()
         self.job = current  # the printer has it now, whatever happened to the lease meanwhile
@@ -159,7 +173,10 @@ class Agent:
     def _follow(self, status: PrinterStatus) -> None:
         job = self.job
         assert job is not None
-        self.client.post("/api/agents/heartbeat", self._status_body(status))
+        bound = self.client.post("/api/agents/heartbeat", self._status_body(status))
+        if bound.get("job") != job.id:
+            self._abandon(job, status)
+            return
         state = status.state
         mine = _same_file(status.file, job.remote_name) or status.file is None
         if state == PrinterState.FINISHED and mine:
@@ -175,6 +192,18 @@ class Agent:
             self._report("failed", error=f"{self.name} went idle without finishing the print")
             self.job = None
         # OFFLINE or BUSY: keep the job bound and wait; the heartbeat tells the coordinator why.
+
+    def _abandon(self, job: CurrentJob, status: PrinterStatus) -> None:
+        """The coordinator no longer gives us this job (an operator cancelled it): stop printing it."""
+        log.info("%s: job %s was cancelled; stopping it on the printer", self.name, job.id)
+        self.job = None
+        if status.state in (PrinterState.PRINTING, PrinterState.PAUSED, PrinterState.ATTENTION) and (
+            status.file is None or _same_file(status.file, job.remote_name)
+        ):
+            try:
+                self.driver.cancel()
+            except DriverError as exc:
+                log.warning("%s: could not stop job %s on the printer: %s", self.name, job.id, exc)
 
     def _report(self, state: str, **fields: Any) -> None:
         assert self.job is not None

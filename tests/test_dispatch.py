@@ -168,3 +168,64 @@ def test_failed_slices_fail_the_build_with_the_reason(engine) -> None:  # type: 
         s.refresh(jobs[0])
         assert sl.state == SliceState.FAILED
         assert jobs[0].state == JobState.FAILED and "too big for the bed" in (jobs[0].error or "")
+
+
+def test_material_and_colour_must_match(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine, expire_on_commit=False) as s:
+        pla = add_printer(s, "pla", "MINI")
+        petg = add_printer(s, "petg", "MINI")
+        petg.material, petg.color = "PETG", "Black"
+        s.add(petg)
+        s.commit()
+        build, jobs, _ = pipeline.create_build(
+            s,
+            source_name="part.stl",
+            source_sha256="0" * 64,
+            entry=None,
+            params={},
+            copies=1,
+            material="petg",
+            quality="standard",
+            color="black",
+            printer_model="MINI",
+            priority=0,
+        )
+        sl = s.exec(select(Slice).where(Slice.build_id == build.id)).one()
+        pipeline.slice_finished(s, sl, error=None, gcode_sha256="1" * 64, meta={}, seconds=0.1)
+        s.commit()
+        assert dispatch.claim(s, pla, 60) is None  # a PETG job never reaches a PLA printer
+        job = dispatch.claim(s, petg, 60)
+        assert job is not None and job.id == jobs[0].id
+
+
+def test_bed_must_be_cleared_unless_the_printer_ejects(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine, expire_on_commit=False) as s:
+        manual = add_printer(s, "manual", "MINI")
+        ready_build(s, models=["MINI"], copies=2)
+        job = dispatch.claim(s, manual, 60)
+        assert job is not None
+        for state in (JobState.UPLOADING, JobState.PRINTING, JobState.DONE):
+            dispatch.report(s, job, manual, fence=job.fence, state=state, lease_s=60)
+        assert not manual.bed_clear
+        assert dispatch.claim(s, manual, 60) is None  # the part is still on the bed
+        manual.bed_clear = True
+        assert dispatch.claim(s, manual, 60) is not None
+
+        ejector = add_printer(s, "ejector", "MINI")
+        ejector.auto_eject = True
+        ready_build(s, models=["MINI"])
+        job = dispatch.claim(s, ejector, 60)
+        assert job is not None
+        for state in (JobState.UPLOADING, JobState.PRINTING, JobState.DONE):
+            dispatch.report(s, job, ejector, fence=job.fence, state=state, lease_s=60)
+        assert ejector.bed_clear
+
+
+def test_cancel_a_queued_job_and_not_an_ended_one(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine, expire_on_commit=False) as s:
+        a = add_printer(s, "a", "MINI")
+        job = ready_build(s, models=["MINI"])[0]
+        assert dispatch.cancel(s, job).state == JobState.CANCELLED
+        assert dispatch.claim(s, a, 60) is None
+        with pytest.raises(InvalidMove, match="already ended"):
+            dispatch.cancel(s, job)

@@ -163,3 +163,48 @@ def test_presliced_gcode_goes_only_to_its_model(farm: RunningFarm, tmp_path: Pat
 
     job = _failed(farm, str(gcode), "--printer-model", "MINI")
     assert "sliced for MK3S" in job["error"] and "--printer-model MK3S" in job["error"], job["error"]
+
+
+def test_cancel_stops_the_print_on_the_printer(farm: RunningFarm) -> None:
+    code, build = farm.cli_json(
+        "submit",
+        str(EXAMPLES / "bracket.py"),
+        "--param",
+        "length=150",
+        "--param",
+        "width=80",
+        "--printer-model",
+        "MINI",
+    )
+    job_id = build["jobs"][0]["id"]
+
+    def job() -> dict:
+        return next(j for j in farm.cli_json("jobs")[1] if j["id"] == job_id)
+
+    printing = wait_until(lambda: (j := job())["state"] == "printing" and j, 180, "the job to print", 0.5)
+    code, cancelled = farm.cli_json("cancel", str(job_id))
+    assert code == 0 and cancelled["state"] == "cancelled"
+
+    def stopped() -> bool:
+        printer = next(p for p in farm.cli_json("printers")[1] if p["name"] == printing["printer"])
+        return printer["state"] != "printing"
+
+    wait_until(stopped, 30, "the agent to stop the print on the printer", 0.5)
+    log = (farm.data_dir / "logs" / f"emu-{printing['printer']}.log").read_text()
+    assert f"job{job_id}-" in log  # it had really started there
+    code, after = farm.cli_json("submit", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "--wait")
+    assert code == 0 and after["jobs"][0]["state"] == "done"  # the printer carries on
+
+
+def test_printers_set_material_routes_jobs(farm: RunningFarm) -> None:
+    code, printer = farm.cli_json("printers", "set", "sim-mini-1", "--material", "PETG", "--color", "red")
+    assert code == 0 and printer["material"] == "PETG" and printer["color"] == "red"
+    try:
+        code, build = farm.cli_json(
+            "submit", str(EXAMPLES / "cube.stl"), "--material", "PETG", "--color", "red", "--wait"
+        )
+        assert code == 0 and build["jobs"][0]["printer"] == "sim-mini-1", build
+    finally:
+        farm.cli_json("printers", "set", "sim-mini-1", "--material", "PLA", "--color", "")
+    bad = farm.cli("printers", "set", "sim-mini-1", "--material", "WOOD")
+    assert bad.returncode != 0 and "unknown material" in bad.stderr

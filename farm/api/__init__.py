@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session, select
 
 from farm import dispatch
-from farm.api import agents, artifacts, builds, reads
+from farm.api import agents, artifacts, builds, operate, reads
 from farm.api.deps import Farm, hash_secret, new_secret
 from farm.db import make_engine
 from farm.models import Build, Slice, Token
@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm
-    for module in (builds, agents, artifacts, reads):
+    for module in (builds, agents, artifacts, operate, reads):
         app.include_router(module.router)
 
     @app.exception_handler(Exception)

@@ -23,6 +23,7 @@ class Register(BaseModel):
     model: str
     protocol: str
     agent_version: str | None = None
+    auto_eject: bool = False
 
 
 class Heartbeat(BaseModel):
@@ -71,6 +72,7 @@ def register(body: Register, token: AgentToken, session: SessionDep) -> dict:
         name=body.printer, model=body.model, protocol=body.protocol
     )
     printer.model, printer.protocol, printer.agent_version = body.model, body.protocol, body.agent_version
+    printer.auto_eject = body.auto_eject
     session.add(printer)
     session.commit()
     job = dispatch.bound_job(session, printer)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from sqlmodel import Session, col, select
 
 from farm.api.deps import SessionDep, require
-from farm.api.views import job_view, printer_view
+from farm.api.views import job_view, printer_state, printer_view
 from farm.models import Build, Job, Printer, Slice
 from farm.states import BuildStage, JobState
 
@@ -49,7 +49,7 @@ def list_printers(session: SessionDep) -> list[dict]:
 def status(session: SessionDep) -> dict:
     builds = Counter(session.exec(select(Build.stage)).all())
     jobs = Counter(session.exec(select(Job.state)).all())
-    printers = Counter(session.exec(select(Printer.state)).all())
+    printers = Counter(printer_state(p) for p in session.exec(select(Printer)).all())
     return {
         "builds": {str(s): builds.get(s, 0) for s in BuildStage},
         "jobs": {str(s): jobs.get(s, 0) for s in JobState},

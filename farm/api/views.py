@@ -73,12 +73,21 @@ def build_view(build: Build, jobs: list[Job], slices: list[Slice]) -> dict[str, 
     }
 
 
+def printer_state(p: Printer) -> str:
+    """What the farm calls the printer's state: the printer's own, or `awaiting_clear` once idle."""
+    if not p.bed_clear and p.state in ("idle", "finished", "failed"):
+        return "awaiting_clear"
+    return p.state
+
+
 def printer_view(p: Printer) -> dict[str, Any]:
     return {
         "name": p.name,
         "model": p.model,
         "protocol": p.protocol,
-        "state": p.state,
+        "state": printer_state(p),
+        "bed_clear": p.bed_clear,
+        "auto_eject": p.auto_eject,
         "message": p.message,
         "job": p.job_id,
         "progress": p.progress,

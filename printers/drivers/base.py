@@ -50,6 +50,7 @@ class PrinterConfig(BaseModel):
     serial: str | None = None
     access_code: str | None = None
     timeout_s: float = 10.0
+    auto_eject: bool = False  # the printer clears its own bed (a belt printer, an ejection mod)
 
 
 class DriverError(Exception):

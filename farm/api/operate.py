@@ -1,0 +1,67 @@
+"""What operators do to jobs and printers: cancel, clear the bed, say what is loaded."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field
+
+from farm import dispatch
+from farm.api.deps import SessionDep, require
+from farm.api.views import job_view, printer_view
+from farm.models import Job, Printer
+from farm.printer_models import MATERIALS
+from farm.states import InvalidMove
+
+router = APIRouter(prefix="/api", tags=["operate"])
+
+
+class PrinterSettings(BaseModel):
+    material: str | None = Field(None, description=f"one of {', '.join(MATERIALS)}")
+    color: str | None = None
+    auto_eject: bool | None = None
+
+
+def _printer(session: SessionDep, name: str) -> Printer:
+    printer = session.get(Printer, name)
+    if printer is None:
+        raise HTTPException(404, f"no printer '{name}'; `farm printers` lists them")
+    return printer
+
+
+@router.post("/jobs/{job_id}/cancel", dependencies=[Depends(require("submitter"))])
+def cancel_job(job_id: int, session: SessionDep) -> dict:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    try:
+        return job_view(dispatch.cancel(session, job))
+    except InvalidMove as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.post("/printers/{name}/clear", dependencies=[Depends(require("submitter"))])
+def clear_bed(name: str, session: SessionDep) -> dict:
+    printer = _printer(session, name)
+    printer.bed_clear = True
+    session.add(printer)
+    session.commit()
+    return printer_view(printer)
+
+
+@router.patch("/printers/{name}", dependencies=[Depends(require())])
+def set_printer(name: str, body: PrinterSettings, session: SessionDep) -> dict:
+    printer = _printer(session, name)
+    if body.material is not None:
+        material = body.material.upper()
+        if material not in MATERIALS:
+            raise HTTPException(
+                422, f"unknown material '{body.material}'; choose from {', '.join(MATERIALS)}"
+            )
+        printer.material = material
+    if body.color is not None:
+        printer.color = body.color or None
+    if body.auto_eject is not None:
+        printer.auto_eject = body.auto_eject
+    session.add(printer)
+    session.commit()
+    return printer_view(printer)
