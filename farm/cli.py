@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from farm.client import FarmClient, FarmError
-from farm.commands import cad, slicing
+from farm.commands import agent_tools, cad, slicing
 from farm.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -141,6 +141,7 @@ agent_app = typer.Typer(
     help="Run the agent beside a printer (farm agent --config agent.toml), or set one up."
 )
 app.add_typer(agent_app, name="agent")
+agent_tools.register(agent_app)
 
 
 @agent_app.callback(invoke_without_command=True)

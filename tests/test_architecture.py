@@ -53,7 +53,8 @@ import farm.cli, printers.agent, printers.config, printers.drivers.prusalink, pr
 from printers.drivers import DRIVERS, make_driver
 from printers.drivers.base import PrinterConfig
 for name in DRIVERS:
-    make_driver(PrinterConfig(name="x", model="MINI", driver=name, password="pw", api_key="k"))
+    make_driver(PrinterConfig(name="x", model="MINI", driver=name, password="pw", api_key="k",
+                              serial="01S00A000000001", access_code="12345678"))
 sys.argv = ["farm", "agent", "--help"]
 farm.cli.main()
 """
