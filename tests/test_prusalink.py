@@ -21,12 +21,8 @@ from pyprusalink.types import Conflict, InvalidAuth, NotFound
 
 from printers.drivers.base import DriverError, PrinterConfig, PrinterState
 from printers.drivers.prusalink import PrusaLinkDriver
-from printers.emulators.prusalink import (
-    MODEL_CHECK_BYTES,
-    PrusaLinkEmulator,
-    inspect_gcode,
-    parse_duration,
-)
+from printers.emulators.common import MODEL_CHECK_BYTES, inspect_gcode, parse_duration
+from printers.emulators.prusalink import PrusaLinkEmulator
 
 pytestmark = pytest.mark.timeout(30)
 

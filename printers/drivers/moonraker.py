@@ -7,11 +7,8 @@ Klipper itself (Klippy) can be down while Moonraker answers, so status asks `/se
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -19,13 +16,13 @@ from urllib.parse import quote
 import httpx
 
 from printers.drivers.base import (
-    Driver,
     DriverError,
     PrinterConfig,
     PrinterState,
     PrinterStatus,
     ProgressCallback,
 )
+from printers.drivers.http import HttpDriver
 from printers.drivers.octoprint import UPLOAD_IO_TIMEOUT_S, ProgressFile
 
 DEFAULT_PORT = 7125
@@ -54,16 +51,18 @@ _KLIPPY: dict[str, tuple[PrinterState, str]] = {
 _ALLOWED = {"pause": {"printing"}, "resume": {"paused"}, "cancel": {"printing", "paused"}}
 
 
-class MoonrakerDriver(Driver):
+class MoonrakerDriver(HttpDriver):
     protocol = "moonraker"
+    default_port = DEFAULT_PORT
 
     def __init__(self, config: PrinterConfig) -> None:
-        super().__init__(config)
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        self.base_url = f"http://{host}:{config.port or DEFAULT_PORT}"
-        headers = {"X-Api-Key": config.api_key} if config.api_key else {}
-        self._lock = threading.RLock()
-        self._client = httpx.Client(base_url=self.base_url, timeout=config.timeout_s, headers=headers)
+        super().__init__(config, headers={"X-Api-Key": config.api_key} if config.api_key else {})
+
+    def _refused(self, response: httpx.Response) -> str | None:
+        # Klipper's own 403s ("... not loaded") are not about the key.
+        if response.status_code in (401, 403) and "loaded" not in _detail(response):
+            return f"Moonraker at {self.base_url} refused this client: {KEY_HINT}"
+        return None
 
     # -- Driver interface
 
@@ -124,28 +123,7 @@ class MoonrakerDriver(Driver):
     def cancel(self) -> None:
         self._job_command("cancel")
 
-    def close(self) -> None:
-        self._client.close()
-
     # -- HTTP
-
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        with self._lock:
-            response = self._client.request(method, url, **kwargs)
-        if response.status_code in (401, 403) and "loaded" not in _detail(response):
-            raise DriverError(f"Moonraker at {self.base_url} refused this client: {KEY_HINT}")
-        return response
-
-    @contextlib.contextmanager
-    def _reachable(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except httpx.TransportError as exc:
-            raise DriverError(f"cannot {what}: no answer from {self.base_url} ({exc!r})") from exc
-
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        with self._reachable(f"{method} {url}"):
-            return self._request(method, url, **kwargs)
 
     def _result(self, method: str, url: str) -> dict[str, Any]:
         response = self._request(method, url)

@@ -7,12 +7,9 @@ which file it saw printing, to tell a cancelled or lost job (FAILED) from an idl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -20,13 +17,13 @@ from urllib.parse import quote
 import httpx
 
 from printers.drivers.base import (
-    Driver,
     DriverError,
     PrinterConfig,
     PrinterState,
     PrinterStatus,
     ProgressCallback,
 )
+from printers.drivers.http import HttpDriver
 
 DEFAULT_PORT = 80  # OctoPi serves OctoPrint on 80 through haproxy; a bare install uses 5000
 UPLOAD_IO_TIMEOUT_S = 120.0  # OctoPrint hashes and analyses a large upload before it answers
@@ -83,19 +80,14 @@ class ProgressFile:
         return self._f.fileno()
 
 
-class OctoPrintDriver(Driver):
+class OctoPrintDriver(HttpDriver):
     protocol = "octoprint"
+    default_port = DEFAULT_PORT
 
     def __init__(self, config: PrinterConfig) -> None:
-        super().__init__(config)
         if not config.api_key:
             raise DriverError(f"printer {config.name!r} has no OctoPrint API key configured: {KEY_HINT}")
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        self.base_url = f"http://{host}:{config.port or DEFAULT_PORT}"
-        self._lock = threading.RLock()
-        self._client = httpx.Client(
-            base_url=self.base_url, timeout=config.timeout_s, headers={"X-Api-Key": config.api_key}
-        )
+        super().__init__(config, headers={"X-Api-Key": config.api_key})
         # The file we last saw printing. Not set on start: right after a start OctoPrint can still
         # read "Operational" with no progress, which must not look like a cancelled job.
         self._job_file: str | None = None
@@ -160,9 +152,6 @@ class OctoPrintDriver(Driver):
         with self._lock:
             self.status()  # records the job's file, so the cancelled job reads FAILED afterwards
             self._job_command({"command": "cancel"}, "cancel")
-
-    def close(self) -> None:
-        self._client.close()
 
     # -- state
 
@@ -230,23 +219,10 @@ class OctoPrintDriver(Driver):
 
     # -- HTTP
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        with self._lock:
-            response = self._client.request(method, url, **kwargs)
+    def _refused(self, response: httpx.Response) -> str | None:
         if response.status_code in (401, 403):
-            raise DriverError(f"OctoPrint at {self.base_url} refused the API key: {KEY_HINT}")
-        return response
-
-    @contextlib.contextmanager
-    def _reachable(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except httpx.TransportError as exc:
-            raise DriverError(f"cannot {what}: no answer from {self.base_url} ({exc!r})") from exc
-
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        with self._reachable(f"{method} {url}"):
-            return self._request(method, url, **kwargs)
+            return f"OctoPrint at {self.base_url} refused the API key: {KEY_HINT}"
+        return None
 
     def _get_json(self, url: str) -> dict[str, Any]:
         response = self._request("GET", url)

@@ -6,9 +6,7 @@ five seconds, so every request goes through one lock: interleaved requests would
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +15,13 @@ from urllib.parse import quote
 import httpx
 
 from printers.drivers.base import (
-    Driver,
     DriverError,
     PrinterConfig,
     PrinterState,
     PrinterStatus,
     ProgressCallback,
 )
+from printers.drivers.http import HttpDriver
 
 DEFAULT_USERNAME = "maker"
 CHUNK_BYTES = 64 * 1024
@@ -79,15 +77,16 @@ class _FileBody:
                     self._progress(sent, self._size)
 
 
-class PrusaLinkDriver(Driver):
+class PrusaLinkDriver(HttpDriver):
     protocol = "prusalink"
 
     def __init__(self, config: PrinterConfig) -> None:
-        super().__init__(config)
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        self.base_url = f"http://{host}:{config.port or 80}"
-        self._lock = threading.RLock()
-        self._client = httpx.Client(base_url=self.base_url, timeout=config.timeout_s, **_auth(config))
+        super().__init__(config, **_auth(config))
+
+    def _refused(self, response: httpx.Response) -> str | None:
+        if response.status_code == 401:
+            return f"the printer at {self.base_url} rejected the password: {PASSWORD_HINT}"
+        return None
 
     # -- Driver interface
 
@@ -143,29 +142,7 @@ class PrusaLinkDriver(Driver):
     def cancel(self) -> None:
         self._job_command("DELETE", None, "cancel")
 
-    def close(self) -> None:
-        self._client.close()
-
     # -- HTTP
-
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One request under the lock. A 401 is an operator error; transport errors pass through."""
-        with self._lock:
-            response = self._client.request(method, url, **kwargs)
-        if response.status_code == 401:
-            raise DriverError(f"the printer at {self.base_url} rejected the password: {PASSWORD_HINT}")
-        return response
-
-    @contextlib.contextmanager
-    def _reachable(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except httpx.TransportError as exc:
-            raise DriverError(f"cannot {what}: no answer from {self.base_url} ({exc!r})") from exc
-
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        with self._reachable(f"{method} {url}"):
-            return self._request(method, url, **kwargs)
 
     def _get_json(self, url: str) -> dict[str, Any]:
         response = self._request("GET", url)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from printers.emulators.common import FALLBACK_PRINT_S, EmulatorServer, inspect_gcode
 from printers.emulators.octoprint import (
-    EmulatorServer,
     EmulatorThread,
     HttpError,
     Job,
@@ -26,7 +26,6 @@ from printers.emulators.octoprint import (
     parse_multipart,
     safe_relpath,
 )
-from printers.emulators.prusalink import FALLBACK_PRINT_S, inspect_gcode
 
 GCODE_EXTENSIONS = (".gcode", ".g", ".gco", ".ufp")
 AMBIENT_C = 22.5

@@ -14,22 +14,20 @@ Printing runs in accelerated time: the slicer's estimate divided by `speed`, at 
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from printers.emulators.prusalink import FALLBACK_PRINT_S, inspect_gcode
+from printers.emulators.common import FALLBACK_PRINT_S, EmulatorServer, inspect_gcode
 
 log = logging.getLogger(__name__)
 
@@ -427,37 +425,6 @@ def _temp(target: float) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- HTTP
-
-
-class EmulatorServer(ThreadingHTTPServer):
-    """Tracks its connections, so a stopped emulator drops keep-alive clients like a dead host."""
-
-    daemon_threads = True
-
-    def __init__(
-        self, address: tuple[str, int], emulator: Any, handler: type[BaseHTTPRequestHandler]
-    ) -> None:
-        self.emulator = emulator
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        with self.connections_lock:
-            connections = list(self.connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
 
 
 class JsonHandler(BaseHTTPRequestHandler):

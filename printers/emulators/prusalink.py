@@ -13,7 +13,6 @@ that accelerated print, so a farm scheduler sees durations it can actually wait 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import hmac
@@ -21,17 +20,21 @@ import json
 import logging
 import re
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import parse_http_list, parse_keqv_list
+
+from printers.emulators.common import FALLBACK_PRINT_S, EmulatorServer, inspect_gcode
+from printers.emulators.common import (
+    parse_duration as parse_duration,  # re-export until bambu.py imports common
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +42,12 @@ USERNAME = "maker"
 REALM = "Printer API"
 GCODE_EXTENSIONS = (".gcode", ".gc", ".g", ".gco", ".bgcode", ".bgc")
 CHUNK_BYTES = 64 * 1024
-MODEL_CHECK_BYTES = 64 * 1024  # the firmware only scans the start of the file for M862.x
-ESTIMATE_TAIL_BYTES = 256 * 1024  # PrusaSlicer writes the time estimate near the end
-FALLBACK_PRINT_S = 3.0  # a G-code without an estimate still "prints" for a moment
 MAX_PATH_BYTES = 255  # FAT long-name limit; the firmware's exact buffer size is not public API
 INVALID_NAME_CHARS = frozenset('\\:*?"<>|')
 READY_STATES = frozenset({"IDLE", "READY", "STOPPED", "FINISHED"})  # firmware `remote_print_ready`
 ACTIVE_STATES = frozenset({"PRINTING", "PAUSED", "ATTENTION"})
 AMBIENT_C = 24.8
 
-_MODEL_RE = re.compile(rb'^[ \t]*M862\.3[ \t]+P[ \t]*"?([^"\s;]+)"?', re.MULTILINE)
-_ESTIMATE_RE = re.compile(
-    rb"^;[ \t]*estimated printing time \(normal mode\)[ \t]*=[ \t]*([^\r\n]+)", re.MULTILINE
-)
-_DURATION_PART_RE = re.compile(r"(\d+)\s*([dhms])")
-_TEMP_RE = re.compile(rb"^[ \t]*M(104|109|140|190)\b[^;\r\n]*?\bS(\d+(?:\.\d+)?)", re.MULTILINE)
-_UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 AuthVerdict = Literal["ok", "stale", "denied"]
 
@@ -67,44 +60,6 @@ class HttpError(Exception):
         self.status = status
         self.detail = detail
         self.close = close
-
-
-# --------------------------------------------------------------------------- G-code facts
-
-
-@dataclass(frozen=True)
-class GcodeFacts:
-    model: str | None  # from `M862.3 P "<model>"`
-    estimate_s: float | None  # from `; estimated printing time (normal mode) = ...`
-    nozzle_c: float
-    bed_c: float
-
-
-def parse_duration(text: str) -> float | None:
-    """`1d 2h 21m 13s` -> seconds; None if nothing recognisable."""
-    parts = _DURATION_PART_RE.findall(text)
-    return float(sum(int(n) * _UNIT_S[unit] for n, unit in parts)) if parts else None
-
-
-def inspect_gcode(path: Path) -> GcodeFacts:
-    """Read only the head (model check, temperatures) and the tail (estimate), never the whole file."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(MODEL_CHECK_BYTES)
-        f.seek(max(0, size - ESTIMATE_TAIL_BYTES))
-        tail = f.read(ESTIMATE_TAIL_BYTES)
-    model = _MODEL_RE.search(head)
-    estimates = _ESTIMATE_RE.findall(tail) or _ESTIMATE_RE.findall(head)
-    temps: dict[bytes, float] = {}
-    for code, value in _TEMP_RE.findall(head):
-        if float(value) > 0:
-            temps.setdefault(code, float(value))
-    return GcodeFacts(
-        model=model.group(1).decode("ascii", "replace") if model else None,
-        estimate_s=parse_duration(estimates[-1].decode("ascii", "replace")) if estimates else None,
-        nozzle_c=temps.get(b"104", temps.get(b"109", 215.0)),
-        bed_c=temps.get(b"140", temps.get(b"190", 60.0)),
-    )
 
 
 def short_name(name: str) -> str:
@@ -528,40 +483,12 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, str]]] = [
 ]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], emulator: PrusaLinkEmulator) -> None:
-        self.emulator = emulator
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        """A printer that goes away takes its keep-alive connections with it."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "PrusaLink"
     sys_version = ""
     timeout = 30  # idle keep-alive connections and stalled uploads give up eventually
-    server: _Server
+    server: EmulatorServer
     _unread: int | None = None  # declared body bytes nobody has read yet
 
     def do_GET(self) -> None:
@@ -869,7 +796,7 @@ class PrusaLinkEmulator:
         storage_dir.mkdir(parents=True, exist_ok=True)
         self.printer = Printer(root=storage_dir, model=model, speed=speed, max_print_s=max_print_s)
         self._requested_port = port
-        self._server: _Server | None = None
+        self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -904,7 +831,7 @@ class PrusaLinkEmulator:
         if self._server is not None:
             return self
         self._stopped.clear()
-        self._server = _Server((self.host, self._requested_port), self)
+        self._server = EmulatorServer((self.host, self._requested_port), self, _Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},

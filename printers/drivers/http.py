@@ -1,0 +1,52 @@
+"""What the HTTP drivers (PrusaLink, OctoPrint, Moonraker) share: one client, one lock, clear errors."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from printers.drivers.base import Driver, DriverError, PrinterConfig
+
+
+class HttpDriver(Driver):
+    """A printer behind an HTTP API. Subclasses say how the API refuses credentials (`_refused`)."""
+
+    default_port = 80
+
+    def __init__(self, config: PrinterConfig, **client_kwargs: Any) -> None:
+        super().__init__(config)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        self.base_url = f"http://{host}:{config.port or self.default_port}"
+        # Serialised: PrusaLink nonces live 5 s, and status reads must not interleave with commands.
+        self._lock = threading.RLock()
+        self._client = httpx.Client(base_url=self.base_url, timeout=config.timeout_s, **client_kwargs)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _refused(self, response: httpx.Response) -> str | None:
+        """The operator-facing message when `response` means the credentials are wrong, else None."""
+        return None
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request under the lock. Refused credentials are an operator error; transport errors pass."""
+        with self._lock:
+            response = self._client.request(method, url, **kwargs)
+        if (message := self._refused(response)) is not None:
+            raise DriverError(message)
+        return response
+
+    @contextlib.contextmanager
+    def _reachable(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise DriverError(f"cannot {what}: no answer from {self.base_url} ({exc!r})") from exc
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        with self._reachable(f"{method} {url}"):
+            return self._request(method, url, **kwargs)
