@@ -241,6 +241,39 @@ def emulate_moonraker(
     )
 
 
+@emulate_app.command("bambu")
+def emulate_bambu(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    mqtt_port: Annotated[int, typer.Option(help="MQTT over TLS port (8883 on a printer; 0: any).")] = 8883,
+    ftps_port: Annotated[int, typer.Option(help="Implicit FTPS port (990 on a printer; 0: any).")] = 990,
+    serial: Annotated[str, typer.Option(help="The printer's serial number.")] = "01S00A000000001",
+    access_code: Annotated[str, typer.Option(help="The LAN access code (user bblp).")] = "12345678",
+    model: Annotated[str, typer.Option(help="X1C, P1S, A1 or A1MINI.")] = "X1C",
+    storage: Annotated[Path, typer.Option(help="Where received files are kept.")] = Path("emulator-bambu"),
+    speed: Annotated[
+        float, typer.Option(help="How much faster than the G-code's estimate it prints.")
+    ] = 60.0,
+    developer_mode: Annotated[
+        bool, typer.Option(help="LAN-only Developer Mode (off: commands refused).")
+    ] = True,
+) -> None:
+    """Emulate a Bambu Lab printer in LAN mode: MQTT over TLS and implicit FTPS."""
+    from printers.emulators.bambu import BambuEmulator
+
+    emu = BambuEmulator(
+        host=host,
+        mqtt_port=mqtt_port,
+        ftps_port=ftps_port,
+        serial=serial,
+        access_code=access_code,
+        model=model,
+        storage_dir=storage,
+        speed=speed,
+        developer_mode=developer_mode,
+    )
+    _serve_emulator(f"Bambu {model}", emu, storage)
+
+
 def _serve_emulator(kind: str, emu: Any, storage: Path) -> None:
     _setup_logging()
     emu.start()

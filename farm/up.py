@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -28,11 +28,16 @@ from farm.settings import Settings
 log = logging.getLogger("farm.up")
 REPO = Path(__file__).resolve().parent.parent
 # Simulated PrusaLink printers alternate models, so the demo shows per-model slicing.
-SIM_MODELS = {"prusalink": ("MINI", "MK3S"), "octoprint": ("MK3S",), "moonraker": ("MK4S",)}
+SIM_MODELS = {
+    "prusalink": ("MINI", "MK3S"),
+    "octoprint": ("MK3S",),
+    "moonraker": ("MK4S",),
+    "bambu": ("X1C",),
+}
 
 
 def parse_sims(spec: str) -> list[str]:
-    """ "3" -> three PrusaLink printers; "prusalink=2,octoprint=1" -> one protocol name per printer."""
+    """`3`: three PrusaLink printers; `prusalink=2,octoprint=1`: one protocol name per printer."""
     if spec.strip().isdigit():
         return ["prusalink"] * int(spec)
     sims: list[str] = []
@@ -190,22 +195,30 @@ class Farm:
         home = self.data / "sim" / name
         home.mkdir(parents=True, exist_ok=True)
         port, secret = free_port(), f"pw-{name}"
-        args = [
-            "emulate",
-            protocol,
-            "--port",
-            str(port),
-            "--storage",
-            str(home / "usb"),
-            "--speed",
-            str(self.speed),
-        ]
+        args = ["emulate", protocol, "--storage", str(home / "usb"), "--speed", str(self.speed)]
+        auth: dict[str, Any]
         if protocol == "prusalink":
-            args += ["--password", secret, "--model", model]
+            args += ["--port", str(port), "--password", secret, "--model", model]
+            auth = {"password": secret}
+        elif protocol == "bambu":
+            ftps, serial, code = free_port(), f"01S00A{i + 1:09d}", secret[-8:].rjust(8, "0")
+            args += [
+                "--mqtt-port",
+                str(port),
+                "--ftps-port",
+                str(ftps),
+                "--serial",
+                serial,
+                "--access-code",
+                code,
+                "--model",
+                model,
+            ]
+            auth = {"serial": serial, "access_code": code, "ftps_port": ftps}
         else:
-            args += ["--api-key", secret]
+            args += ["--port", str(port), "--api-key", secret]
+            auth = {"api_key": secret}
         self.child(f"emu-{name}", *args, env=env)
-        auth = {"password": secret} if protocol == "prusalink" else {"api_key": secret}
         cfg = AgentConfig(
             coordinator=CoordinatorConfig(url=self.settings.url, token=token),
             # A simulated bed empties itself; real printers wait for `farm printers clear`.

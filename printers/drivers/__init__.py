@@ -10,6 +10,7 @@ DRIVERS = {
     "prusalink": "printers.drivers.prusalink:PrusaLinkDriver",
     "octoprint": "printers.drivers.octoprint:OctoPrintDriver",
     "moonraker": "printers.drivers.moonraker:MoonrakerDriver",
+    "bambu": "printers.drivers.bambu:BambuDriver",
 }
 
 

@@ -49,6 +49,8 @@ class PrinterConfig(BaseModel):
     api_key: str | None = None
     serial: str | None = None
     access_code: str | None = None
+    ftps_port: int | None = None  # Bambu: 990 unless given
+    cert_sha256: str | None = None  # Bambu: pin the printer's TLS certificate (it is self-signed)
     timeout_s: float = 10.0
     auto_eject: bool = False  # the printer clears its own bed (a belt printer, an ejection mod)
 

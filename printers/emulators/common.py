@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import threading
@@ -22,6 +23,8 @@ _ESTIMATE_RE = re.compile(
 _DURATION_PART_RE = re.compile(r"(\d+)\s*([dhms])")
 _TEMP_RE = re.compile(rb"^[ \t]*M(104|109|140|190)\b[^;\r\n]*?\bS(\d+(?:\.\d+)?)", re.MULTILINE)
 _UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,69 @@ class EmulatorServer(ThreadingHTTPServer):
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+
+
+class EmulatorThread:
+    """start/stop/serve_forever for an emulator's server, the same for every protocol."""
+
+    host: str
+    _requested_port: int
+    _server: EmulatorServer | None
+    _thread: threading.Thread | None
+    _stopped: threading.Event
+    name: str
+
+    def _make_server(self) -> EmulatorServer:
+        raise NotImplementedError
+
+    @property
+    def port(self) -> int:
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        if self._requested_port:
+            return self._requested_port
+        raise RuntimeError("the emulator is not started; port=0 is resolved by start()")
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> Any:
+        if self._server is not None:
+            return self
+        self._stopped.clear()
+        self._server = self._make_server()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"{self.name}-emulator-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("%s emulator listening on %s", self.name, self.url)
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            self._requested_port = int(server.server_address[1])  # a restart comes back on this port
+            server.shutdown()
+            server.drop_connections()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """Start if needed and block until `stop()` is called from another thread."""
+        self.start()
+        while not self._stopped.wait(0.5):
+            pass
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

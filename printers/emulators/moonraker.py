@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from printers.emulators.common import FALLBACK_PRINT_S, EmulatorServer, inspect_gcode
+from printers.emulators.common import FALLBACK_PRINT_S, EmulatorServer, EmulatorThread, inspect_gcode
 from printers.emulators.octoprint import (
-    EmulatorThread,
     HttpError,
     Job,
     JsonHandler,

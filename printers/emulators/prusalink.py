@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, Literal
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import parse_http_list, parse_keqv_list
 
-from printers.emulators.common import FALLBACK_PRINT_S, EmulatorServer, inspect_gcode
+from printers.emulators.common import FALLBACK_PRINT_S, EmulatorServer, EmulatorThread, inspect_gcode
 from printers.emulators.common import (
     parse_duration as parse_duration,  # re-export until bambu.py imports common
 )
@@ -769,8 +769,10 @@ def _flag(value: str | None) -> bool:
 # --------------------------------------------------------------------------- public API
 
 
-class PrusaLinkEmulator:
+class PrusaLinkEmulator(EmulatorThread):
     """A PrusaLink printer on a real TCP port. `start()` serves in a daemon thread; `stop()` ends it."""
+
+    name = "PrusaLink"
 
     def __init__(
         self,
@@ -814,52 +816,6 @@ class PrusaLinkEmulator:
         """The printer state as /api/v1/status reports it (IDLE, PRINTING, ATTENTION, ...)."""
         return self.printer.state()
 
-    @property
-    def port(self) -> int:
-        if self._server is not None:
-            return int(self._server.server_address[1])
-        if self._requested_port:
-            return self._requested_port
-        raise RuntimeError("the emulator is not started; port=0 is resolved by start()")
-
-    @property
-    def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"http://{host}:{self.port}"
-
-    def start(self) -> PrusaLinkEmulator:
-        if self._server is not None:
-            return self
-        self._stopped.clear()
-        self._server = EmulatorServer((self.host, self._requested_port), self, _Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"prusalink-emulator-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        log.info("PrusaLink emulator (%s) listening on %s", self.printer.model, self.url)
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            self._requested_port = int(server.server_address[1])  # a restart comes back on this port
-            server.shutdown()
-            server.drop_connections()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._stopped.set()
-
-    def serve_forever(self) -> None:
-        """Start if needed and block until `stop()` is called from another thread."""
-        self.start()
-        while not self._stopped.wait(0.5):
-            pass
-
     def press_continue(self) -> None:
         """A person confirms the ATTENTION dialog on the screen: the print starts running."""
         self.printer.press_continue()
@@ -868,8 +824,5 @@ class PrusaLinkEmulator:
         """A person closes the FINISHED/STOPPED screen: the printer is IDLE again."""
         self.printer.dismiss()
 
-    def __enter__(self) -> PrusaLinkEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _make_server(self) -> EmulatorServer:
+        return EmulatorServer((self.host, self._requested_port), self, _Handler)

@@ -1,0 +1,515 @@
+"""Bambu Lab driver (X1, P1, A1) for printers in LAN mode (protocols.md §A).
+
+MQTT over TLS (port 8883, user `bblp`, password = the LAN access code) carries status and
+commands; jobs are uploaded by implicit FTPS (port 990) and started with `project_file`.
+One MQTT connection per printer stays open (P1 serves a single client reliably); P1/A1 send
+only the changed keys, so the reports are deep-merged into one state.
+
+The printer's certificate is signed by Bambu's private CA, so it is not verified by default;
+`cert_sha256` pins the certificate's SHA-256 fingerprint instead (TOFU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ftplib
+import hashlib
+import json
+import socket
+import ssl
+import threading
+import time
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from printers.drivers.base import (
+    Driver,
+    DriverError,
+    PrinterConfig,
+    PrinterState,
+    PrinterStatus,
+    ProgressCallback,
+)
+
+MQTT_PORT = 8883
+FTPS_PORT = 990
+USERNAME = "bblp"
+SIGNATURE_REFUSED = 84033543  # 0x05024007 "mqtt message verify failed"
+CANCELLED = 50348044  # 0x0300400C, what `stop` leaves in print_error
+CHUNK_BYTES = 64 * 1024
+UPLOAD_MIN_TIMEOUT_S = 60.0
+UPLOAD_BYTES_PER_S = 25_000  # printers write slowly; a 226 can take 30 s+ on H2D (bambuddy)
+DEVELOPER_MODE_HINT = (
+    "the printer refused an unsigned command (err_code 84033543, 'mqtt message verify failed'): "
+    "enable LAN Only mode and then Developer Mode on the printer's screen "
+    "(Settings > Network / LAN Only Mode > Developer Mode)"
+)
+ACCESS_CODE_HINT = "the access code is shown on the printer's screen (Settings > Network / LAN Only Mode)"
+ONLY_3MF = "Bambu printers print only sliced .gcode.3mf packages"
+READY = ("IDLE", "FINISH", "FAILED")
+_STATES: dict[str, PrinterState] = {
+    "IDLE": PrinterState.IDLE,
+    "PREPARE": PrinterState.PRINTING,
+    "SLICING": PrinterState.PRINTING,
+    "RUNNING": PrinterState.PRINTING,
+    "PAUSE": PrinterState.PAUSED,
+    "FINISH": PrinterState.FINISHED,
+    "FAILED": PrinterState.FAILED,
+}
+
+
+def error_code(value: int) -> str:
+    """117473286 -> '0700_8006', the form Bambu's wiki and the printer's screen use."""
+    text = f"{value:08X}"
+    return f"{text[:4]}_{text[4:]}"
+
+
+def deep_merge(into: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Merge a P1/A1 partial report; nested objects merge, lists and scalars replace."""
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def tls_context(cert_sha256: str | None) -> ssl.SSLContext:
+    """TLS 1.2 (X1C/H2D refuse anything else), no CA check; optional fingerprint pin."""
+    ctx = _PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.pin = cert_sha256.replace(":", "").lower() if cert_sha256 else None
+    return ctx
+
+
+class _PinnedSocket(ssl.SSLSocket):
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        pin = getattr(self.context, "pin", None)
+        if pin is None:
+            return
+        der = self.getpeercert(binary_form=True) or b""
+        seen = hashlib.sha256(der).hexdigest()
+        if seen != pin:
+            message = f"the printer's TLS certificate has SHA-256 {seen}, not the pinned {pin}"
+            self.context.pin_error = message  # type: ignore[attr-defined]
+            raise ssl.SSLCertVerificationError(message)
+
+
+class _PinnedContext(ssl.SSLContext):
+    """Checks the pin in the handshake itself, before any password goes over the connection."""
+
+    sslsocket_class = _PinnedSocket
+    pin: str | None = None
+    pin_error: str | None = None
+
+
+class ImplicitFTPS(ftplib.FTP_TLS):
+    """FTPS with TLS from the first byte, and the data channel resuming the control session.
+
+    vsFTPd on the printer requires session reuse (`require_ssl_reuse`); plain FTP_TLS does not
+    resume, and the printer then drops the data connection."""
+
+    def connect(
+        self, host: str = "", port: int = 0, timeout: float = -999, source_address: Any = None
+    ) -> str:
+        self.host, self.port = host, port
+        if timeout != -999:
+            self.timeout = timeout
+        raw = socket.create_connection((host, port), self.timeout)
+        self.af = raw.family
+        self.sock = self.context.wrap_socket(raw, server_hostname=host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+    def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int | None]:
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:  # type: ignore[attr-defined]
+            session = self.sock.session  # type: ignore[union-attr]
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+        return conn, size
+
+
+class BambuDriver(Driver):
+    protocol = "bambu"
+
+    def __init__(
+        self, config: PrinterConfig, *, ftps_port: int | None = None, cert_sha256: str | None = None
+    ) -> None:
+        super().__init__(config)
+        if not config.serial or not config.access_code:
+            raise DriverError(
+                f"printer {config.name!r} needs `serial` and `access_code` for the Bambu driver: "
+                + ACCESS_CODE_HINT
+            )
+        self.serial: str = config.serial
+        self.access_code: str = config.access_code
+        self.mqtt_port = config.port or MQTT_PORT
+        self.ftps_port = ftps_port or config.ftps_port or FTPS_PORT
+        self._tls = tls_context(cert_sha256 or config.cert_sha256)
+        self._lock = threading.Condition()
+        self._state: dict[str, Any] = {}
+        self._acks: dict[str, dict[str, Any]] = {}
+        self._online = False
+        self._attempted = False
+        self._error: str | None = None
+        self._seq = int(time.time() * 1000) % 2_000_000_000
+        self._started_names: dict[str, str] = {}  # subtask_name -> remote name we started
+        self._client: mqtt.Client | None = None
+
+    # -- Driver interface
+
+    def status(self) -> PrinterStatus:
+        report = self._report()
+        if report is None:
+            return PrinterStatus(PrinterState.OFFLINE, message=self._offline_message())
+        return self._to_status(report)
+
+    def upload(
+        self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
+    ) -> None:
+        name = remote_name.lstrip("/")
+        if not name.endswith(".gcode.3mf"):
+            raise DriverError(f"cannot send {remote_name!r}: {ONLY_3MF}")
+        plate = _plate_entry(path)
+        md5 = self._ftps_store(path, name, progress)
+        if start:
+            self._start(name, plate, md5)
+
+    def start(self, remote_name: str) -> None:
+        self._start(remote_name.lstrip("/"), "Metadata/plate_1.gcode", "")
+
+    def pause(self) -> None:
+        self._control("pause", ("PREPARE", "RUNNING"), ("PAUSE",))
+
+    def resume(self) -> None:
+        self._control("resume", ("PAUSE",), ("RUNNING", "PREPARE"))
+
+    def cancel(self) -> None:
+        self._control("stop", ("PREPARE", "RUNNING", "PAUSE", "SLICING"), ("FAILED", "IDLE"))
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+
+    # -- MQTT connection
+
+    @property
+    def _report_topic(self) -> str:
+        return f"device/{self.serial}/report"
+
+    def _ensure_client(self) -> None:
+        if self._client is not None:
+            return
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"printfarm-{self.serial}-{id(self):x}",
+            protocol=mqtt.MQTTv311,
+        )
+        client.username_pw_set(USERNAME, self.access_code)
+        client.tls_set_context(self._tls)
+        client.tls_insecure_set(True)  # the CA is Bambu's private one; see `cert_sha256`
+        client.max_inflight_messages_set(1000)  # paho's 20 wedges Bambu's broker (bambuddy #1164)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.connect_async(self.config.host, self.mqtt_port, keepalive=30)
+        client.loop_start()
+        self._client = client
+
+    def _on_connect(self, client: mqtt.Client, _: Any, __: Any, rc: Any, ___: Any) -> None:
+        with self._lock:
+            self._attempted = True
+            if rc.is_failure:
+                self._online = False
+                self._error = (
+                    f"the printer refused the access code: {ACCESS_CODE_HINT}"
+                    if rc.value in (4, 5, 134, 135)
+                    else f"the printer refused the MQTT connection ({rc})"
+                )
+            else:
+                self._online, self._error = True, None
+            self._lock.notify_all()
+        if not rc.is_failure:
+            client.subscribe(self._report_topic, qos=0)
+            # one full snapshot after connecting; P1/A1 send only deltas after that
+            self._publish({"pushing": {"sequence_id": "0", "command": "pushall"}}, qos=0)
+
+    def _on_connect_fail(self, client: mqtt.Client, _: Any) -> None:
+        with self._lock:
+            self._attempted, self._online = True, False
+            self._error = self._tls.pin_error or "no MQTT answer (network down, printer off or wrong address)"
+            self._lock.notify_all()
+
+    def _on_disconnect(self, client: mqtt.Client, _: Any, __: Any, rc: Any, ___: Any) -> None:
+        with self._lock:
+            self._online = False
+            self._state.clear()  # a partial-report printer must be re-read in full
+            self._error = self._error or f"the MQTT connection was lost ({rc})"
+            self._lock.notify_all()
+
+    def _on_message(self, client: mqtt.Client, _: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            doc = json.loads(message.payload)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return
+        if not isinstance(doc, dict):
+            return
+        with self._lock:
+            for cls, body in doc.items():
+                if not isinstance(body, dict):
+                    continue
+                if cls == "print" and body.get("command") == "push_status":
+                    deep_merge(self._state, body)
+                elif body.get("sequence_id") is not None:
+                    self._acks[str(body["sequence_id"])] = body
+            self._lock.notify_all()
+
+    def _report(self) -> dict[str, Any] | None:
+        """The merged state; None when offline. Waits up to timeout_s for the first snapshot."""
+        self._ensure_client()
+        deadline = time.monotonic() + self.config.timeout_s
+        with self._lock:
+            self._lock.wait_for(
+                lambda: (
+                    (self._online and "gcode_state" in self._state) or (self._attempted and not self._online)
+                ),
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
+            if not self._online or "gcode_state" not in self._state:
+                return None
+            return json.loads(json.dumps(self._state))  # a copy the MQTT thread cannot change
+
+    def _offline_message(self) -> str:
+        where = f"{self.config.host}:{self.mqtt_port}"
+        if self._online:
+            return f"connected to {where} but the printer sent no status report"
+        return f"cannot reach the printer's MQTT at {where}: {self._error or 'no answer'}"
+
+    def _publish(self, payload: dict[str, Any], *, qos: int) -> None:
+        assert self._client is not None
+        self._client.publish(f"device/{self.serial}/request", json.dumps(payload), qos=qos)
+
+    def _next_seq(self) -> str:
+        with self._lock:
+            self._seq = self._seq % 2_000_000_000 + 1
+            return str(self._seq)
+
+    # -- commands
+
+    def _command(self, body: dict[str, Any], reached: Iterable[str]) -> None:
+        """Publish a `print` command; wait for its ack and for the state it leads to.
+
+        A success ack alone does not mean the state moved yet (and some firmwares do not ack
+        every command), so either the ack or the expected gcode_state ends the wait."""
+        seq = self._next_seq()
+        command = body["command"]
+        self._publish({"print": {"sequence_id": seq, **body}}, qos=1)
+        targets = set(reached)
+        deadline = time.monotonic() + self.config.timeout_s
+        with self._lock:
+
+            def done() -> bool:
+                ack = self._acks.get(seq)
+                failed = ack is not None and str(ack.get("result", "")).lower() in ("failed", "fail")
+                return failed or self._state.get("gcode_state") in targets or not self._online
+
+            self._lock.wait_for(done, timeout=max(0.0, deadline - time.monotonic()))
+            ack = self._acks.pop(seq, None)
+            state = self._state.get("gcode_state")
+        if ack is not None and str(ack.get("result", "")).lower() in ("failed", "fail"):
+            raise DriverError(_refusal(command, ack))
+        if state not in targets and ack is None:
+            raise DriverError(
+                f"the printer did not answer the {command!r} command within {self.config.timeout_s:g} s"
+            )
+
+    def _control(self, command: str, allowed: tuple[str, ...], reached: tuple[str, ...]) -> None:
+        verb = {"stop": "cancel"}.get(command, command)
+        report = self._report()
+        if report is None:
+            raise DriverError(f"cannot {verb}: {self._offline_message()}")
+        state = str(report.get("gcode_state", "UNKNOWN"))
+        if state not in allowed:
+            raise DriverError(f"cannot {verb} the print: the printer is {state.lower()}")
+        self._command({"command": command, "param": ""}, reached)
+
+    def _start(self, name: str, plate: str, md5: str) -> None:
+        report = self._report()
+        if report is None:
+            raise DriverError(f"cannot start {name!r}: {self._offline_message()}")
+        state = str(report.get("gcode_state", "UNKNOWN"))
+        if state not in READY:  # project_file while busy can cancel the running job (bambuddy #2598)
+            raise DriverError(f"cannot start {name!r} now: the printer is {state.lower()}")
+        subtask = name.rsplit("/", 1)[-1].removesuffix(".gcode.3mf")
+        job_id = str(int(time.time() * 1000) % 2_147_483_647 or 1)  # fresh per job, int32 for P1S
+        with self._lock:
+            self._started_names[subtask] = name
+        self._command(_project_file(name, plate, md5, subtask, job_id), ("PREPARE", "RUNNING"))
+
+    # -- FTPS
+
+    def _ftps_store(self, path: Path, name: str, progress: ProgressCallback | None) -> str:
+        """STOR `path` as `name`, streamed; returns its MD5. Returns only after the printer's 226."""
+        try:
+            size = path.stat().st_size
+            source = path.open("rb")
+        except OSError as exc:
+            raise DriverError(f"cannot read {path}: {exc.strerror}") from exc
+        where = f"{self.config.host}:{self.ftps_port}"
+        ftp = ImplicitFTPS(context=self._tls, timeout=self.config.timeout_s)
+        md5 = hashlib.md5()
+        try:
+            with source:
+                ftp.connect(self.config.host, self.ftps_port)
+                ftp.login(USERNAME, self.access_code)
+                ftp.prot_p()
+                ftp.voidcmd("TYPE I")
+                sent = 0
+                with contextlib.closing(ftp.transfercmd(f"STOR {name}")) as conn:
+                    while chunk := source.read(CHUNK_BYTES):
+                        conn.sendall(chunk)
+                        md5.update(chunk)
+                        sent += len(chunk)
+                        if progress is not None:
+                            progress(sent, size)
+                # no TLS close_notify (unwrap): some firmwares hang on it; then wait for the 226
+                ftp.sock.settimeout(max(UPLOAD_MIN_TIMEOUT_S, size / UPLOAD_BYTES_PER_S))  # type: ignore[union-attr]
+                ftp.voidresp()
+        except ftplib.error_perm as exc:
+            raise DriverError(_ftp_error(name, str(exc))) from exc
+        except ftplib.Error as exc:
+            raise DriverError(f"upload of {name!r} to {where} failed: {exc}") from exc
+        except (OSError, EOFError) as exc:
+            detail = self._tls.pin_error or repr(exc)
+            raise DriverError(f"cannot upload {name!r}: no FTPS answer from {where} ({detail})") from exc
+        finally:
+            if ftp.sock is not None:
+                with contextlib.suppress(OSError, EOFError, ftplib.Error):
+                    ftp.quit()
+            ftp.close()
+        return md5.hexdigest().upper()  # the stock plugin sends it upper-case
+
+    # -- status mapping
+
+    def _to_status(self, report: dict[str, Any]) -> PrinterStatus:
+        raw = str(report.get("gcode_state", "")).upper()
+        state = _STATES.get(raw, PrinterState.BUSY)
+        err = _int(report.get("print_error")) or 0
+        message = None
+        if raw not in _STATES:
+            message = f"the printer reports {raw or 'no state'}"
+        elif state == PrinterState.FAILED:
+            message = (
+                "cancelled"
+                if err in (0, CANCELLED)
+                else f"the print failed ({error_code(err)}): check the printer's screen"
+            )
+        remaining = _int(report.get("mc_remaining_time"))
+        return PrinterStatus(
+            state=state,
+            progress=_float(report.get("mc_percent")) if state != PrinterState.IDLE else None,
+            remaining_s=remaining * 60 if remaining is not None and state != PrinterState.IDLE else None,
+            layer=_int(report.get("layer_num")) if state != PrinterState.IDLE else None,
+            file=self._file(report),
+            temperatures=_temperatures(report),
+            error_code=error_code(err) if err and err != CANCELLED else None,
+            message=message,
+        )
+
+    def _file(self, report: dict[str, Any]) -> str | None:
+        """The job's 3MF name: X1 reports the plate path inside it, so fall back on the subtask."""
+        gcode_file = str(report.get("gcode_file") or "")
+        if gcode_file.endswith(".3mf"):
+            return gcode_file.rsplit("/", 1)[-1]
+        subtask = str(report.get("subtask_name") or "")
+        if not subtask:
+            return None
+        with self._lock:
+            return self._started_names.get(subtask, f"{subtask}.gcode.3mf")
+
+
+def _project_file(name: str, plate: str, md5: str, subtask: str, job_id: str) -> dict[str, Any]:
+    """§A.7: the union of what Bambu Studio's plugin and bambuddy send, for a printer without AMS."""
+    return {
+        "command": "project_file",
+        "param": plate,
+        "url": f"ftp:///{name}",
+        "file": name,
+        "md5": md5,
+        "subtask_name": subtask,
+        "project_id": job_id,
+        "profile_id": "0",
+        "task_id": job_id,
+        "subtask_id": job_id,
+        "bed_type": "auto",
+        "timelapse": False,
+        "bed_leveling": True,
+        "flow_cali": False,
+        "vibration_cali": True,
+        "layer_inspect": False,
+        "use_ams": False,  # use_ams without an AMS fails with 07FF_8012
+        "ams_mapping": [],
+        "ams_mapping2": [],
+        "auto_bed_leveling": 2,
+        "extrude_cali_flag": 2,
+        "nozzle_offset_cali": 0,
+        "cfg": "0",
+    }
+
+
+def _plate_entry(path: Path) -> str:
+    """The first plate G-code in the package; refuses anything that is not a plate-sliced 3MF."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            plates = sorted(
+                n for n in zf.namelist() if n.startswith("Metadata/plate_") and n.endswith(".gcode")
+            )
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DriverError(f"{path.name} is not a .gcode.3mf package ({exc}): {ONLY_3MF}") from exc
+    if not plates:
+        raise DriverError(f"{path.name} holds no Metadata/plate_N.gcode: slice the plate before sending it")
+    return plates[0]
+
+
+def _refusal(command: str, ack: dict[str, Any]) -> str:
+    err = _int(ack.get("err_code")) or 0
+    reason = str(ack.get("reason") or "")
+    if err == SIGNATURE_REFUSED or "verify failed" in reason:
+        return DEVELOPER_MODE_HINT
+    code = f" ({error_code(err)})" if err else ""
+    return f"the printer refused {command!r}{code}: {reason or 'no reason given'}"
+
+
+def _ftp_error(name: str, text: str) -> str:
+    if text.startswith("530"):
+        return f"the printer rejected the access code for FTPS: {ACCESS_CODE_HINT}"
+    if text.startswith(("553", "550")):
+        return f"the printer cannot store {name!r} ({text}): is its SD card inserted and not full?"
+    return f"the printer refused the upload of {name!r}: {text}"
+
+
+def _temperatures(report: dict[str, Any]) -> dict[str, float]:
+    pairs = {"nozzle": "nozzle_temper", "bed": "bed_temper", "chamber": "chamber_temper"}
+    return {key: float(report[f]) for key, f in pairs.items() if isinstance(report.get(f), int | float)}
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return int(value) if isinstance(value, int | float) else None
