@@ -225,8 +225,8 @@ class BambuDriver(Driver):
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.connect_async(self.config.host, self.mqtt_port, keepalive=30)
+        self._client = client  # before loop_start: on_connect may run at once
         client.loop_start()
-        self._client = client
 
     def _on_connect(self, client: mqtt.Client, _: Any, __: Any, rc: Any, ___: Any) -> None:
         with self._lock:
@@ -244,7 +244,11 @@ class BambuDriver(Driver):
         if not rc.is_failure:
             client.subscribe(self._report_topic, qos=0)
             # one full snapshot after connecting; P1/A1 send only deltas after that
-            self._publish({"pushing": {"sequence_id": "0", "command": "pushall"}}, qos=0)
+            client.publish(
+                f"device/{self.serial}/request",
+                json.dumps({"pushing": {"sequence_id": "0", "command": "pushall"}}),
+                qos=0,
+            )
 
     def _on_connect_fail(self, client: mqtt.Client, _: Any) -> None:
         with self._lock:
