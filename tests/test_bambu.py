@@ -127,7 +127,7 @@ def test_upload_start_print_to_finish(
     driver.start("cube.gcode.3mf")  # FINISH is a state a new job may start from
     assert driver.status().state == PrinterState.PRINTING
     with pytest.raises(
-        DriverError, match=r"cannot start 'cube\.gcode\.3mf' now: the printer is (prepare|running)"
+        DriverError, match=r"cannot start 'cube\.gcode\.3mf' now: the printer is busy \((prepare|running)\)"
     ):
         driver.start("cube.gcode.3mf")
 

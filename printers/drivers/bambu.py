@@ -170,7 +170,7 @@ class BambuDriver(Driver):
         report = self._report()
         if report is None:
             return PrinterStatus(PrinterState.OFFLINE, message=self._offline_message())
-        return self._to_status(report)
+        return self._unasked_pause(self._to_status(report))
 
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
@@ -188,12 +188,15 @@ class BambuDriver(Driver):
 
     def pause(self) -> None:
         self._control("pause", ("PREPARE", "RUNNING"), ("PAUSE",))
+        self.paused_by_farm = True
 
     def resume(self) -> None:
         self._control("resume", ("PAUSE",), ("RUNNING", "PREPARE"))
+        self.paused_by_farm = False
 
     def cancel(self) -> None:
         self._control("stop", ("PREPARE", "RUNNING", "PAUSE", "SLICING"), ("FAILED", "IDLE"))
+        self.paused_by_farm = False
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -355,11 +358,12 @@ class BambuDriver(Driver):
             raise DriverError(f"cannot start {name!r}: {self._offline_message()}")
         state = str(report.get("gcode_state", "UNKNOWN"))
         if state not in READY:  # project_file while busy can cancel the running job (bambuddy #2598)
-            raise DriverError(f"cannot start {name!r} now: the printer is {state.lower()}")
+            raise DriverError(f"cannot start {name!r} now: the printer is busy ({state.lower()})")
         subtask = name.rsplit("/", 1)[-1].removesuffix(".gcode.3mf")
         job_id = str(int(time.time() * 1000) % 2_147_483_647 or 1)  # fresh per job, int32 for P1S
         with self._lock:
             self._started_names[subtask] = name
+        self.paused_by_farm = False
         self._command(_project_file(name, plate, md5, subtask, job_id), ("PREPARE", "RUNNING"))
 
     # -- FTPS
@@ -374,13 +378,13 @@ class BambuDriver(Driver):
         where = f"{self.config.host}:{self.ftps_port}"
         ftp = ImplicitFTPS(context=self._tls, timeout=self.config.timeout_s)
         md5 = hashlib.md5()
+        sent = 0
         try:
             with source:
                 ftp.connect(self.config.host, self.ftps_port)
                 ftp.login(USERNAME, self.access_code)
                 ftp.prot_p()
                 ftp.voidcmd("TYPE I")
-                sent = 0
                 with contextlib.closing(ftp.transfercmd(f"STOR {name}")) as conn:
                     while chunk := source.read(CHUNK_BYTES):
                         conn.sendall(chunk)
@@ -397,6 +401,11 @@ class BambuDriver(Driver):
             raise DriverError(f"upload of {name!r} to {where} failed: {exc}") from exc
         except (OSError, EOFError) as exc:
             detail = self._tls.pin_error or repr(exc)
+            if sent:
+                raise DriverError(
+                    f"cannot upload {name!r}: the FTPS connection to {where} broke off after "
+                    f"{sent} of {size} bytes ({detail}); nothing was started"
+                ) from exc
             raise DriverError(f"cannot upload {name!r}: no FTPS answer from {where} ({detail})") from exc
         finally:
             if ftp.sock is not None:
@@ -420,6 +429,9 @@ class BambuDriver(Driver):
                 if err in (0, CANCELLED)
                 else f"the print failed ({error_code(err)}): check the printer's screen"
             )
+        elif state == PrinterState.PAUSED and err:  # the printer paused itself: runout, a jam, an HMS error
+            state = PrinterState.ATTENTION
+            message = f"the printer paused the print ({error_code(err)}): someone must fix it at the printer"
         remaining = _int(report.get("mc_remaining_time"))
         return PrinterStatus(
             state=state,

@@ -62,6 +62,12 @@ class DriverError(Exception):
 ProgressCallback = Callable[[int, int], None]  # (bytes_sent, bytes_total)
 
 
+PAUSED_AT_PRINTER = (
+    "the print was paused at the printer, not by the farm (filament runout, an M600 or a button): "
+    "fix it there and resume, or cancel the job"
+)
+
+
 class Driver(abc.ABC):
     """A printer reached over its LAN API. Sync: one agent drives one printer."""
 
@@ -69,6 +75,17 @@ class Driver(abc.ABC):
 
     def __init__(self, config: PrinterConfig) -> None:
         self.config = config
+        self.paused_by_farm = False  # set by pause(), cleared by resume/cancel/start
+
+    def _unasked_pause(self, status: PrinterStatus) -> PrinterStatus:
+        """A pause the farm did not ask for waits for a person: report it as ATTENTION.
+
+        Most protocols cannot say why a print paused; a runout, an M600 or a person at the
+        printer all need someone there before the job can go on."""
+        if status.state == PrinterState.PAUSED and not self.paused_by_farm:
+            status.state = PrinterState.ATTENTION
+            status.message = status.message or PAUSED_AT_PRINTER
+        return status
 
     @abc.abstractmethod
     def status(self) -> PrinterStatus:

@@ -44,8 +44,11 @@ class HttpDriver(Driver):
     def _reachable(self, what: str) -> Iterator[None]:
         try:
             yield
-        except httpx.TransportError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise DriverError(f"cannot {what}: no answer from {self.base_url} ({exc!r})") from exc
+        except httpx.TransportError as exc:  # connected, then the printer went away mid-request
+            reason = f"the connection to {self.base_url} broke off"
+            raise DriverError(f"cannot {what}: {reason} ({exc!r})") from exc
 
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         with self._reachable(f"{method} {url}"):

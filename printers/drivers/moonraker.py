@@ -77,12 +77,13 @@ class MoonrakerDriver(HttpDriver):
                 status = self._result("GET", f"/printer/objects/query?{OBJECTS}").get("status") or {}
         except httpx.TransportError as exc:
             return PrinterStatus(PrinterState.OFFLINE, message=f"cannot reach {self.base_url}: {exc!r}")
-        return _to_status(status)
+        return self._unasked_pause(_to_status(status))
 
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
     ) -> None:
         folder, _, name = remote_name.strip("/").rpartition("/")
+        self.paused_by_farm = self.paused_by_farm and not start
         data = {"root": "gcodes", "print": "true" if start else "false"}
         if folder:
             data["path"] = folder
@@ -106,6 +107,7 @@ class MoonrakerDriver(HttpDriver):
 
     def start(self, remote_name: str) -> None:
         url = "/printer/print/start?filename=" + quote(remote_name.strip("/"))
+        self.paused_by_farm = False
         response = self._send("POST", url)
         detail = _detail(response).lower()
         if response.status_code == 404 or "unable to open" in detail:  # Klipper's SDCARD_PRINT_FILE
@@ -116,12 +118,15 @@ class MoonrakerDriver(HttpDriver):
 
     def pause(self) -> None:
         self._job_command("pause")
+        self.paused_by_farm = True
 
     def resume(self) -> None:
         self._job_command("resume")
+        self.paused_by_farm = False
 
     def cancel(self) -> None:
         self._job_command("cancel")
+        self.paused_by_farm = False
 
     # -- HTTP
 
@@ -187,6 +192,8 @@ def _to_status(status: dict[str, Any]) -> PrinterStatus:
         message = "cancelled"
     elif raw == "error":
         message = f"print error: {stats.get('message') or 'see the Klipper console'}"
+    elif raw == "paused" and stats.get("message"):  # e.g. a runout sensor's PAUSE says why
+        message = f"paused: {stats['message']}"
     elif raw not in _STATES:
         message = f"unknown print_stats state {raw!r}"
     progress = _progress(status)

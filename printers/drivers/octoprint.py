@@ -104,12 +104,13 @@ class OctoPrintDriver(HttpDriver):
                 printer = self._get_printer()
         except httpx.TransportError as exc:
             return PrinterStatus(PrinterState.OFFLINE, message=f"cannot reach {self.base_url}: {exc!r}")
-        return self._to_status(state_text, job, printer)
+        return self._unasked_pause(self._to_status(state_text, job, printer))
 
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
     ) -> None:
         folder, _, name = remote_name.strip("/").rpartition("/")
+        self.paused_by_farm = self.paused_by_farm and not start
         data = {"print": "true" if start else "false"}
         if folder:
             data["path"] = folder
@@ -133,6 +134,7 @@ class OctoPrintDriver(HttpDriver):
 
     def start(self, remote_name: str) -> None:
         url = "/api/files/local/" + quote(remote_name.strip("/"))
+        self.paused_by_farm = False
         response = self._send("POST", url, json={"command": "select", "print": True})
         if response.status_code == 404:
             raise DriverError(f"OctoPrint has no file {remote_name!r} in its local storage")
@@ -142,16 +144,19 @@ class OctoPrintDriver(HttpDriver):
 
     def pause(self) -> None:
         self._job_command({"command": "pause", "action": "pause"}, "pause")
+        self.paused_by_farm = True
 
     def resume(self) -> None:
         with self._lock:
             self._wait_while("Pausing")  # OctoPrint ignores a resume until the pause has landed
             self._job_command({"command": "pause", "action": "resume"}, "resume")
+            self.paused_by_farm = False
 
     def cancel(self) -> None:
         with self._lock:
             self.status()  # records the job's file, so the cancelled job reads FAILED afterwards
             self._job_command({"command": "cancel"}, "cancel")
+            self.paused_by_farm = False
 
     # -- state
 
@@ -181,8 +186,9 @@ class OctoPrintDriver(HttpDriver):
             # "Opening serial connection", "Detecting baudrate", "Transferring file to SD", ...
             state, message = PrinterState.BUSY, f"OctoPrint reports {state_text!r}"
         elif state in (PrinterState.FAILED, PrinterState.OFFLINE):
-            # /api/printer answers 409 in Error states, so the reason is often only in the UI.
-            error = (printer.get("state") or {}).get("error") or "see the Terminal tab in OctoPrint"
+            # /api/printer answers 409 in Error states; /api/job's `error` (1.5+) carries the reason.
+            error = job.get("error") or (printer.get("state") or {}).get("error")
+            error = error or "see the Terminal tab in OctoPrint"
             message = f"OctoPrint reports {state_text!r}: {error}"
         if state in _ACTIVE and state_text != "Cancelling" and path:
             self._job_file = path

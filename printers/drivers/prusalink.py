@@ -97,7 +97,7 @@ class PrusaLinkDriver(HttpDriver):
                 job = self._get_job() if status.get("job") else None
         except httpx.TransportError as exc:
             return PrinterStatus(PrinterState.OFFLINE, message=f"cannot reach {self.base_url}: {exc!r}")
-        return _to_status(status, job)
+        return self._unasked_pause(_to_status(status, job))
 
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
@@ -106,6 +106,7 @@ class PrusaLinkDriver(HttpDriver):
             size = path.stat().st_size
         except OSError as exc:
             raise DriverError(f"cannot read {path}: {exc.strerror}") from exc
+        self.paused_by_farm = self.paused_by_farm and not start
         headers = {
             "Content-Length": str(size),
             "Content-Type": "application/octet-stream",
@@ -123,6 +124,7 @@ class PrusaLinkDriver(HttpDriver):
             raise DriverError(_upload_error(remote_name, response))
 
     def start(self, remote_name: str) -> None:
+        self.paused_by_farm = False
         response = self._send("POST", _file_url(remote_name))
         if response.status_code == 404:
             raise DriverError(f"the printer has no file {remote_name!r} on its USB drive")
@@ -135,12 +137,15 @@ class PrusaLinkDriver(HttpDriver):
 
     def pause(self) -> None:
         self._job_command("PUT", "pause", "pause")
+        self.paused_by_farm = True
 
     def resume(self) -> None:
         self._job_command("PUT", "resume", "resume")
+        self.paused_by_farm = False
 
     def cancel(self) -> None:
         self._job_command("DELETE", None, "cancel")
+        self.paused_by_farm = False
 
     # -- HTTP
 
@@ -244,6 +249,13 @@ def _to_status(status: dict[str, Any], job: dict[str, Any] | None) -> PrinterSta
     message = _MESSAGES.get(raw_state)
     if raw_state not in _STATES:
         message = f"unknown PrusaLink state {raw_state!r}"
+    problem = printer.get("status_printer") or {}
+    if isinstance(problem, dict) and problem.get("ok") is False and problem.get("message"):
+        message = (
+            f"the printer reports an error: {problem['message']} (check the printer's screen)"
+            if raw_state == "ERROR"
+            else str(problem["message"])
+        )
     job_summary = status.get("job") or {}
     return PrinterStatus(
         state=state,

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from printers.emulators.common import FALLBACK_PRINT_S, parse_duration
+from printers.emulators.common import FALLBACK_PRINT_S, LOCAL_PRINT_NAME, FaultSwitches, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ VERIFY_FAILED = "mqtt message verify failed"
 CANCELLED = 50348044  # 0x0300400C, reported after `stop`
 BUSY = 0x05004004  # "device busy, cannot start a new task"
 BAD_3MF = 0x0502403D  # "unable to process the 3MF"
+SD_ERROR = 0x0500C010  # "MicroSD read/write exception": a print that dies mid-way
+RUNOUT = 0x07FF8011  # the external spool ran out: the printer pauses and waits for a person
+STAGE_PAUSED_BY_USER, STAGE_RUNOUT = 16, 6  # stg_cur while paused (pybambu CURRENT_STAGE_IDS)
 PREPARE_S = 0.5  # PREPARE (download/unzip/heat) before RUNNING, in real seconds
 CANCEL_ERROR_S = 2.0  # how long print_error stays at CANCELLED after a stop
 AMBIENT_C = 25.0
@@ -168,6 +171,7 @@ class Printer:
         self.received: list[Path] = []
         self.job: Job | None = None
         self.print_error = 0
+        self.pause_stage = STAGE_PAUSED_BY_USER
         self._lock = threading.RLock()
         self._next_task = 1
 
@@ -230,6 +234,7 @@ class Printer:
             if self.job is None or self._state(now) not in ("PREPARE", "RUNNING"):
                 raise CommandError("no print to pause")
             self.job.paused_at = now
+            self.pause_stage = STAGE_PAUSED_BY_USER
 
     def resume(self) -> None:
         with self._lock:
@@ -238,6 +243,43 @@ class Printer:
                 raise CommandError("no paused print to resume")
             job.paused_total += time.monotonic() - job.paused_at
             job.paused_at = None
+            self.print_error = 0
+
+    # -- faults
+
+    def fail(self, code: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self.job is None or self._state(now) not in ("PREPARE", "RUNNING", "PAUSE"):
+                raise RuntimeError("fail_print needs a running print")
+            self.job.stopped_at = self.job.paused_at or now
+            self.print_error = code
+
+    def need_attention(self, code: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self.job is None or self._state(now) not in ("PREPARE", "RUNNING"):
+                raise RuntimeError("need_attention needs a running print")
+            self.job.paused_at = now
+            self.print_error, self.pause_stage = code, STAGE_RUNOUT
+
+    def start_local(self, name: str, seconds: float) -> None:
+        """A print started from the printer's screen: a file on its storage, not from the farm."""
+        with self._lock:
+            now = time.monotonic()
+            if self._state(now) not in ("IDLE", "FINISH", "FAILED"):
+                raise RuntimeError(f"the printer is {self._state(now)}, not ready for a local print")
+            self.print_error = 0
+            self.job = Job(
+                file=name,
+                subtask_name=Path(name).name.removesuffix(".gcode.3mf").removesuffix(".gcode"),
+                task_id=str(self._next_task),
+                estimate_s=seconds * self.speed,
+                duration_s=max(seconds, 0.001),
+                layers=10,
+                started=now,
+            )
+            self._next_task += 1
 
     def stop(self) -> None:
         with self._lock:
@@ -294,7 +336,7 @@ class Printer:
             # X1 reports the plate inside the unpacked job, P1/A1 the 3MF itself (pybambu models.py)
             "gcode_file": "/data/Metadata/plate_1.gcode" if self.model.upper().startswith("X1") else job.file,
             "gcode_file_prepare_percent": str(int(heat * 100)),
-            "stg_cur": {"PREPARE": 2, "RUNNING": 0, "PAUSE": 16}.get(state, 255),
+            "stg_cur": {"PREPARE": 2, "RUNNING": 0, "PAUSE": self.pause_stage}.get(state, 255),
             "mc_print_stage": "2" if busy else "1",
             "task_id": job.task_id,
             "subtask_id": job.task_id,
@@ -751,10 +793,14 @@ class FtpSession:
         if data is None:
             return
         tmp = path.with_name(f".{path.name}.part")
+        cut_after, self.server.emu.cut_upload_after = self.server.emu.cut_upload_after, None
         try:
             with data, tmp.open("wb") as out:
                 while chunk := data.recv(CHUNK_BYTES):
                     out.write(chunk)
+                    if cut_after is not None and out.tell() >= cut_after:  # abort_next_upload
+                        data.shutdown(socket.SHUT_RDWR)
+                        raise ConnectionAbortedError("upload cut by the fault switch")
                 _close_notify(data)
             tmp.replace(path)  # complete on disk before the 226 (§A.8: 0500_C010 otherwise)
         except (OSError, ssl.SSLError):
@@ -825,7 +871,7 @@ def _close_notify(data: socket.socket) -> None:
 # --------------------------------------------------------------------------- the emulator
 
 
-class BambuEmulator:
+class BambuEmulator(FaultSwitches):
     """A Bambu printer on two real TLS ports. `start()` serves in daemon threads; `stop()` ends them."""
 
     def __init__(
@@ -864,6 +910,7 @@ class BambuEmulator:
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         self.cert_sha256: str | None = None  # hex SHA-256 of the DER certificate, for pinning tests
+        self.cut_upload_after: int | None = None  # abort_next_upload
 
     @property
     def received(self) -> list[Path]:
@@ -973,6 +1020,29 @@ class BambuEmulator:
         self._threads.clear()
         self._mqtt_server = None
         self._stopped.set()
+
+    # -- fault switches (common.FaultSwitches)
+
+    def go_offline(self) -> None:
+        self.stop()
+
+    def come_back(self) -> None:
+        self.start()
+
+    def abort_next_upload(self, after_bytes: int = 64 * 1024) -> None:
+        self.cut_upload_after = after_bytes
+
+    def fail_print(self, message: str = "MicroSD read/write exception", code: int | None = None) -> None:
+        self.printer.fail(SD_ERROR if code is None else code)  # the report carries the code only
+
+    def start_local_print(self, name: str = LOCAL_PRINT_NAME, seconds: float = 600.0) -> None:
+        self.printer.start_local(name, seconds)
+
+    def need_attention(self, message: str = "Filament runout", code: int | None = None) -> None:
+        self.printer.need_attention(RUNOUT if code is None else code)
+
+    def attend(self) -> None:
+        self.printer.resume()
 
     def close(self) -> None:
         """Stop and remove the generated certificate."""

@@ -1,16 +1,19 @@
-"""What every protocol emulator shares: reading a G-code's facts, and an HTTP server that can vanish."""
+"""What every protocol emulator shares: reading a G-code's facts, the fault switches, and an HTTP
+server that can vanish."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import re
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MODEL_CHECK_BYTES = 64 * 1024  # the firmware only scans the start of the file for M862.x
 ESTIMATE_TAIL_BYTES = 256 * 1024  # PrusaSlicer writes the time estimate near the end
@@ -62,6 +65,76 @@ def inspect_gcode(path: Path) -> GcodeFacts:
     )
 
 
+LOCAL_PRINT_NAME = "started-at-the-printer.gcode"
+
+
+class FaultSwitches(abc.ABC):
+    """What goes wrong at real printers, switched the same way on every emulator.
+
+    tests/test_faults.py drives each protocol's driver through every switch; the same names work
+    on every emulator, so a demo or a test never needs to know the protocol to break a printer."""
+
+    @abc.abstractmethod
+    def go_offline(self) -> None:
+        """Drop off the network (Wi-Fi gone, unplugged cable); a running print carries on."""
+
+    @abc.abstractmethod
+    def come_back(self) -> None:
+        """Back on the network, on the same ports, with whatever the print did meanwhile."""
+
+    @abc.abstractmethod
+    def abort_next_upload(self, after_bytes: int = 64 * 1024) -> None:
+        """Cut the next upload's connection after `after_bytes` of its body; nothing of it is kept."""
+
+    @abc.abstractmethod
+    def fail_print(self, message: str, code: int | None = None) -> None:
+        """The running print stops with an error (`code` where the protocol carries one)."""
+
+    @abc.abstractmethod
+    def start_local_print(self, name: str = LOCAL_PRINT_NAME, seconds: float = 600.0) -> None:
+        """Someone starts a print at the printer itself: it is busy with a job the farm did not send."""
+
+    @abc.abstractmethod
+    def need_attention(self, message: str = "Filament runout") -> None:
+        """The running print stops and waits for a person at the printer."""
+
+    @abc.abstractmethod
+    def attend(self) -> None:
+        """The person at the printer fixes what `need_attention` asked for; the print goes on."""
+
+
+class UploadCutter:
+    """The `abort_next_upload` switch for emulators that read uploads from a socket."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._after: int | None = None
+
+    def arm(self, after_bytes: int) -> None:
+        with self._lock:
+            self._after = after_bytes
+
+    def wrap(self, stream: BinaryIO, conn: socket.socket) -> BinaryIO:
+        """`stream` as it is, or, when armed (once), a stream that drops `conn` after the limit."""
+        with self._lock:
+            after, self._after = self._after, None
+        return stream if after is None else _CutStream(stream, conn, after)  # type: ignore[return-value]
+
+
+class _CutStream:
+    def __init__(self, stream: BinaryIO, conn: socket.socket, after: int) -> None:
+        self._stream, self._conn, self._left = stream, conn, after
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            with contextlib.suppress(OSError):
+                self._conn.shutdown(socket.SHUT_RDWR)
+            raise ConnectionAbortedError("the emulator cut the upload (abort_next_upload)")
+        chunk = self._stream.read(self._left if n < 0 else min(n, self._left))
+        self._left -= len(chunk)
+        return chunk
+
+
 class EmulatorServer(ThreadingHTTPServer):
     """Tracks its connections, so a stopped emulator drops keep-alive clients like a dead host."""
 
@@ -84,6 +157,12 @@ class EmulatorServer(ThreadingHTTPServer):
         with self.connections_lock:
             self.connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # a client (or a fault switch) dropped the connection
+            log.debug("connection from %s dropped", client_address)
+            return
+        super().handle_error(request, client_address)
 
     def drop_connections(self) -> None:
         with self.connections_lock:
@@ -145,6 +224,12 @@ class EmulatorThread:
             self._thread.join(timeout=5)
             self._thread = None
         self._stopped.set()
+
+    def go_offline(self) -> None:
+        self.stop()
+
+    def come_back(self) -> None:
+        self.start()
 
     def serve_forever(self) -> None:
         """Start if needed and block until `stop()` is called from another thread."""

@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from printers.emulators.common import FALLBACK_PRINT_S, EmulatorServer, EmulatorThread, inspect_gcode
+from printers.emulators.common import (
+    FALLBACK_PRINT_S,
+    LOCAL_PRINT_NAME,
+    EmulatorServer,
+    EmulatorThread,
+    FaultSwitches,
+    UploadCutter,
+    inspect_gcode,
+)
 from printers.emulators.octoprint import (
     HttpError,
     Job,
@@ -28,6 +36,7 @@ from printers.emulators.octoprint import (
 
 GCODE_EXTENSIONS = (".gcode", ".g", ".gco", ".ufp")
 AMBIENT_C = 22.5
+MOVE_OUT_OF_RANGE = "Move out of range: 250.000 0.000 0.300 [0.000]"
 KLIPPY_STATES = ("ready", "startup", "shutdown", "error", "disconnected")
 _KLIPPY_MESSAGES = {
     "ready": "Printer is ready",
@@ -114,9 +123,39 @@ class Klipper:
             elif name == "resume" and job.state == "paused":
                 job.running_since = now
                 job.state = "printing"
+                self._message = ""
             elif name == "cancel" and job.state in ("printing", "paused"):
                 job.halt(now)
                 job.state = "cancelled"
+
+    def start_local(self, name: str, seconds: float) -> None:
+        """A print someone started from Mainsail/Fluidd or the printer's display."""
+        local = self.root / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text("; started from Mainsail\nG28\n")
+        with self._lock:
+            if self.loaded_file() is not None or self.klippy_state != "ready":
+                raise RuntimeError("the printer is not ready for a local print")
+            self._message = ""
+            self._job = Job(
+                path=name,
+                size=local.stat().st_size,
+                duration_s=max(seconds, 0.001),
+                has_estimate=True,
+                nozzle_c=215.0,
+                bed_c=60.0,
+                state="printing",
+                running_since=time.monotonic(),
+            )
+
+    def runout(self, message: str) -> None:
+        """A filament sensor runs PAUSE: print_stats goes to paused, Klipper says why."""
+        with self._lock:
+            job = self._refresh(time.monotonic())
+            if job is None or job.state != "printing":
+                raise RuntimeError("need_attention needs a running print")
+            self.macro("pause")
+            self._message = message
 
     def fail(self, message: str) -> None:
         with self._lock:
@@ -284,7 +323,8 @@ class _Handler(JsonHandler):
         try:
             body = self.take_body()
             try:
-                fields = parse_multipart(self.rfile, body.remaining, boundary, lambda _: tmp.open("wb"))
+                stream = self.emulator.cutter.wrap(self.rfile, self.connection)
+                fields = parse_multipart(stream, body.remaining, boundary, lambda _: tmp.open("wb"))
             except HttpError:
                 self.close_connection = True
                 raise
@@ -326,7 +366,7 @@ class _Handler(JsonHandler):
         return True
 
 
-class MoonrakerEmulator(EmulatorThread):
+class MoonrakerEmulator(EmulatorThread, FaultSwitches):
     """A Moonraker + Klipper printer on a real TCP port. `api_key=None` trusts every client."""
 
     name = "moonraker"
@@ -347,6 +387,7 @@ class MoonrakerEmulator(EmulatorThread):
         storage_dir.mkdir(parents=True, exist_ok=True)
         self.klipper = Klipper(root=storage_dir, speed=speed, max_print_s=max_print_s)
         self.received: list[Path] = []  # every file an upload stored, in order
+        self.cutter = UploadCutter()
         self._requested_port = port
         self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
@@ -360,9 +401,26 @@ class MoonrakerEmulator(EmulatorThread):
         """print_stats.state: standby, printing, paused, complete, cancelled or error."""
         return self.klipper.print_state()
 
-    def fail(self, message: str = "Move out of range: 250.000 0.000 0.300 [0.000]") -> None:
+    def fail(self, message: str = MOVE_OUT_OF_RANGE) -> None:
         """A G-code error stops the print: print_stats goes to `error` with Klipper's message."""
         self.klipper.fail(message)
+
+    # -- fault switches (common.FaultSwitches)
+
+    def abort_next_upload(self, after_bytes: int = 64 * 1024) -> None:
+        self.cutter.arm(after_bytes)
+
+    def fail_print(self, message: str = MOVE_OUT_OF_RANGE, code: int | None = None) -> None:
+        self.klipper.fail(message)  # Klipper has messages, not error codes
+
+    def start_local_print(self, name: str = LOCAL_PRINT_NAME, seconds: float = 600.0) -> None:
+        self.klipper.start_local(name, seconds)
+
+    def need_attention(self, message: str = "Filament Sensor runout_sensor: runout detected") -> None:
+        self.klipper.runout(message)
+
+    def attend(self) -> None:
+        self.klipper.macro("resume")
 
     def set_klippy_state(self, state: str) -> None:
         """Klipper's host state as /server/info reports it (ready, startup, shutdown, error, disconnected)."""

@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from printers.emulators.common import FALLBACK_PRINT_S, EmulatorServer, EmulatorThread, inspect_gcode
+from printers.emulators.common import (
+    FALLBACK_PRINT_S,
+    LOCAL_PRINT_NAME,
+    EmulatorServer,
+    EmulatorThread,
+    FaultSwitches,
+    UploadCutter,
+    inspect_gcode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +264,41 @@ class Printer:
             self._connected_at = None
             self._job = None
 
+    def firmware_pause(self) -> None:
+        """The firmware pauses by itself (`//action:paused` on a filament runout or an M600)."""
+        with self._lock:
+            now = time.monotonic()
+            job = self._refresh(now)
+            if job is None or job.state != "Printing":
+                raise RuntimeError("need_attention needs a running print")
+            job.halt(now)
+            job.state = "Paused"
+
+    def firmware_resume(self) -> None:
+        with self._lock:
+            job = self._refresh(time.monotonic())
+            if job is not None and job.state == "Paused":
+                job.running_since = time.monotonic()
+                job.state = "Printing"
+
+    def start_local(self, name: str, seconds: float) -> None:
+        """A print someone started from OctoPrint's own UI."""
+        local = self.root / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text("; started from OctoPrint's UI\nG28\n")
+        with self._lock:
+            if self.state_text() != "Operational":
+                raise RuntimeError(f"OctoPrint is {self.state_text()}, not ready for a local print")
+            self._job = Job(
+                path=name,
+                size=local.stat().st_size,
+                duration_s=max(seconds, 0.001),
+                has_estimate=True,
+                nozzle_c=215.0,
+                bed_c=60.0,
+                running_since=time.monotonic(),
+            )
+
     def fail(self, message: str) -> None:
         """The firmware reports an error (e.g. thermal runaway): the job dies, the state is Error."""
         with self._lock:
@@ -355,6 +398,7 @@ class Printer:
                 },
                 "progress": progress,
                 "state": state,
+                **({"error": self._error} if self._error is not None else {}),  # only while in Error
             }
 
     @staticmethod
@@ -578,7 +622,8 @@ class _Handler(JsonHandler):
         try:
             body = self.take_body()
             try:
-                fields = parse_multipart(self.rfile, body.remaining, boundary, lambda _: tmp.open("wb"))
+                stream = self.server.emulator.cutter.wrap(self.rfile, self.connection)
+                fields = parse_multipart(stream, body.remaining, boundary, lambda _: tmp.open("wb"))
             except HttpError:
                 self.close_connection = True  # the rest of the body is not worth reading
                 raise
@@ -626,7 +671,7 @@ class _Handler(JsonHandler):
 # --------------------------------------------------------------------------- public API
 
 
-class OctoPrintEmulator(EmulatorThread):
+class OctoPrintEmulator(EmulatorThread, FaultSwitches):
     """An OctoPrint server on a real TCP port. `start()` serves in a daemon thread; `stop()` ends it."""
 
     name = "octoprint"
@@ -648,6 +693,7 @@ class OctoPrintEmulator(EmulatorThread):
         storage_dir.mkdir(parents=True, exist_ok=True)
         self.printer = Printer(root=storage_dir, speed=speed, max_print_s=max_print_s, connected=connected)
         self.received: list[Path] = []  # every file an upload stored, in order
+        self.cutter = UploadCutter()
         self._requested_port = port
         self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
@@ -664,6 +710,23 @@ class OctoPrintEmulator(EmulatorThread):
     def fail(self, message: str = "Thermal Runaway") -> None:
         """The printer's firmware reports an error: the job stops and OctoPrint shows Error."""
         self.printer.fail(message)
+
+    # -- fault switches (common.FaultSwitches)
+
+    def abort_next_upload(self, after_bytes: int = 64 * 1024) -> None:
+        self.cutter.arm(after_bytes)
+
+    def fail_print(self, message: str = "Thermal Runaway", code: int | None = None) -> None:
+        self.printer.fail(message)  # OctoPrint reports the firmware's error text, no code
+
+    def start_local_print(self, name: str = LOCAL_PRINT_NAME, seconds: float = 600.0) -> None:
+        self.printer.start_local(name, seconds)
+
+    def need_attention(self, message: str = "Filament runout") -> None:
+        self.printer.firmware_pause()  # OctoPrint shows Paused; the reason stays on the printer
+
+    def attend(self) -> None:
+        self.printer.firmware_resume()
 
     def start(self) -> OctoPrintEmulator:
         return super().start()  # type: ignore[no-any-return]

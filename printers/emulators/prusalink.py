@@ -31,7 +31,15 @@ from typing import Any, BinaryIO, Literal
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import parse_http_list, parse_keqv_list
 
-from printers.emulators.common import FALLBACK_PRINT_S, EmulatorServer, EmulatorThread, inspect_gcode
+from printers.emulators.common import (
+    FALLBACK_PRINT_S,
+    LOCAL_PRINT_NAME,
+    EmulatorServer,
+    EmulatorThread,
+    FaultSwitches,
+    UploadCutter,
+    inspect_gcode,
+)
 from printers.emulators.common import (
     parse_duration as parse_duration,  # re-export until bambu.py imports common
 )
@@ -137,7 +145,7 @@ class Job:
     has_estimate: bool
     nozzle_c: float
     bed_c: float
-    state: str  # PRINTING, PAUSED, ATTENTION, FINISHED, STOPPED
+    state: str  # PRINTING, PAUSED, ATTENTION, FINISHED, STOPPED, ERROR
     elapsed_s: float = 0.0
     running_since: float | None = None
 
@@ -179,6 +187,7 @@ class Printer:
         self._transfer: Transfer | None = None
         self._job_ids = 0
         self._transfer_ids = 0
+        self._problem: str | None = None  # what the screen says in ERROR / ATTENTION (status_printer)
 
     # -- helpers (call with the lock held)
 
@@ -262,11 +271,57 @@ class Printer:
             if self._job and self._job.state == "ATTENTION":
                 self._job.state = "PRINTING"
                 self._job.run(time.monotonic())
+                self._problem = None
 
     def dismiss(self) -> None:
         with self._lock:
-            if self._state(time.monotonic()) in {"FINISHED", "STOPPED"}:
-                self._job = None
+            if self._state(time.monotonic()) in {"FINISHED", "STOPPED", "ERROR"}:
+                self._job, self._problem = None, None
+
+    # -- faults
+
+    def fail(self, message: str) -> None:
+        """A firmware error (thermal runaway, a crashed axis) ends the running job in ERROR."""
+        with self._lock:
+            now = time.monotonic()
+            job = self._refresh(now)
+            if job is None or job.state not in ACTIVE_STATES:
+                raise RuntimeError("fail_print needs a running print")
+            job.halt(now)
+            job.state, self._problem = "ERROR", message
+
+    def need_attention(self, message: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            job = self._refresh(now)
+            if job is None or job.state != "PRINTING":
+                raise RuntimeError("need_attention needs a running print")
+            job.halt(now)
+            job.state, self._problem = "ATTENTION", message
+
+    def start_local(self, name: str, seconds: float) -> None:
+        """A print started from the printer's own screen, from a file already on the USB drive."""
+        local = self.local_path(name)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text("; started from the printer's screen\nG28\n")
+        with self._lock:
+            now = time.monotonic()
+            if self._state(now) not in READY_STATES:
+                raise RuntimeError(f"the printer is {self._state(now)}, not ready for a local print")
+            self._job_ids += 1
+            self._job = Job(
+                id=self._job_ids,
+                usb_path=f"/usb/{name}",
+                local=local,
+                size=local.stat().st_size,
+                duration_s=max(seconds, 0.001),
+                has_estimate=True,
+                nozzle_c=215.0,
+                bed_c=60.0,
+                state="PRINTING",
+            )
+            self._job.run(now)
+            log.info("job %d started at the printer: %s", self._job.id, name)
 
     # -- files
 
@@ -347,6 +402,8 @@ class Printer:
             if self._transfer:
                 out["transfer"] = self._transfer_summary(self._transfer, now)
             out["printer"] = self._printer_json(job, now)
+            if self._problem is not None:  # the spec's optional status_printer, as Prusa-Link fills it
+                out["printer"]["status_printer"] = {"ok": False, "message": self._problem}
             return out
 
     def job_json(self) -> dict[str, Any] | None:
@@ -702,7 +759,7 @@ class _Handler(BaseHTTPRequestHandler):
         overwrite = _flag(self.headers.get("Overwrite"))
         transfer = self.printer.begin_upload(rel, self._unread, overwrite=overwrite, to_print=to_print)
         self._unread = 0  # the body is ours from here on; a short one is a "Truncated body"
-        local = self.printer.receive(transfer, self.rfile)
+        local = self.printer.receive(transfer, self.emulator.cutter.wrap(self.rfile, self.connection))
         if to_print:
             try:
                 self.printer.start_print(rel)
@@ -769,7 +826,7 @@ def _flag(value: str | None) -> bool:
 # --------------------------------------------------------------------------- public API
 
 
-class PrusaLinkEmulator(EmulatorThread):
+class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
     """A PrusaLink printer on a real TCP port. `start()` serves in a daemon thread; `stop()` ends it."""
 
     name = "PrusaLink"
@@ -797,6 +854,7 @@ class PrusaLinkEmulator(EmulatorThread):
         storage_dir = Path(storage_dir)
         storage_dir.mkdir(parents=True, exist_ok=True)
         self.printer = Printer(root=storage_dir, model=model, speed=speed, max_print_s=max_print_s)
+        self.cutter = UploadCutter()
         self._requested_port = port
         self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
@@ -821,8 +879,25 @@ class PrusaLinkEmulator(EmulatorThread):
         self.printer.press_continue()
 
     def dismiss(self) -> None:
-        """A person closes the FINISHED/STOPPED screen: the printer is IDLE again."""
+        """A person closes the FINISHED/STOPPED/ERROR screen: the printer is IDLE again."""
         self.printer.dismiss()
+
+    # -- fault switches (common.FaultSwitches)
+
+    def abort_next_upload(self, after_bytes: int = 64 * 1024) -> None:
+        self.cutter.arm(after_bytes)
+
+    def fail_print(self, message: str = "Thermal runaway", code: int | None = None) -> None:
+        self.printer.fail(message)  # PrusaLink's status carries a message, no error code
+
+    def start_local_print(self, name: str = LOCAL_PRINT_NAME, seconds: float = 600.0) -> None:
+        self.printer.start_local(name, seconds)
+
+    def need_attention(self, message: str = "Filament runout") -> None:
+        self.printer.need_attention(message)
+
+    def attend(self) -> None:
+        self.printer.press_continue()
 
     def _make_server(self) -> EmulatorServer:
         return EmulatorServer((self.host, self._requested_port), self, _Handler)
