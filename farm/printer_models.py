@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MATERIALS: tuple[str, ...] = ("PLA", "PETG", "ASA", "TPU")
+MATERIALS: tuple[str, ...] = ("PLA", "PETG", "ABS", "ASA", "TPU")
 QUALITIES: tuple[str, ...] = ("draft", "standard", "fine")
 DEFAULT_MODEL = "MINI"
 DEFAULT_MATERIAL = "PLA"
@@ -58,7 +58,10 @@ class PrinterModel:
 
 
 # Preset names are those of PrusaResearch.ini 1.5.1 (PrusaSlicer 2.5.0). The MINI needs the
-# "@MINI" filament variants: the generic PETG/ASA/FLEX presets exclude printer_model "MINI".
+# "@MINI" filament variants: the generic PETG/ABS/ASA/FLEX presets exclude printer_model "MINI".
+# Temperatures (nozzle first layer/other, bed first layer/other): PLA 215/215, 60/60; PETG
+# 240/250, 85/90; ABS 255/255, 100/110 (MINI 100/100); ASA 260/260, 105/110 (MINI 100/100);
+# TPU (Prusa's "FLEX") 240/240, 50/50, capped at 1.2-1.35 mm3/s (about 13 mm/s), so it prints slowly.
 _MINI = PrinterModel(
     name="MINI",
     title="Original Prusa MINI & MINI+",
@@ -75,6 +78,7 @@ _MINI = PrinterModel(
     filament_presets={
         "PLA": "Prusament PLA",
         "PETG": "Prusament PETG @MINI",
+        "ABS": "Generic ABS @MINI",
         "ASA": "Prusament ASA @MINI",
         "TPU": "Generic FLEX @MINI",
     },
@@ -96,6 +100,7 @@ _MK3S = PrinterModel(
     filament_presets={
         "PLA": "Prusament PLA",
         "PETG": "Prusament PETG",
+        "ABS": "Generic ABS",
         "ASA": "Prusament ASA",
         "TPU": "Generic FLEX",
     },

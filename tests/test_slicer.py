@@ -119,10 +119,9 @@ def test_get_model_is_case_insensitive() -> None:
 
 
 @pytest.mark.parametrize("model", MODELS.values(), ids=list(MODELS))
-def test_catalogue_offers_every_quality_and_known_materials(model: PrinterModel) -> None:
-    assert set(model.print_presets) == set(QUALITIES)
-    assert set(model.filament_presets) <= set(MATERIALS)
-    assert "PLA" in model.filament_presets
+def test_catalogue_offers_every_quality_and_material(model: PrinterModel) -> None:
+    assert model.qualities == QUALITIES
+    assert model.materials == MATERIALS
     assert model.name == model.name.upper()  # the string the firmware compares in M862.3
 
 
@@ -182,7 +181,7 @@ def test_catalogue_presets_exist_match_the_model_and_are_compatible(model: Print
     assert float(printer["max_print_height"]) == model.bed[2]
     assert float(printer["nozzle_diameter"].split(",")[0]) == model.nozzle
     assert printer["printer_model"] == model.printer_model
-    expected_type = {"PLA": "PLA", "PETG": "PETG", "ASA": "ASA", "TPU": "FLEX"}
+    expected_type = {"PLA": "PLA", "PETG": "PETG", "ABS": "ABS", "ASA": "ASA", "TPU": "FLEX"}
     for quality, name in model.print_presets.items():
         print_ = load_preset(bundle, "print", name)
         assert _compatible(print_, model.printer_preset, printer), (quality, name)

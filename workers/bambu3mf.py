@@ -1,8 +1,9 @@
 """Pack a plain G-code into the plate-sliced `.gcode.3mf` Bambu printers start jobs from.
 
-Layout per protocols.md §A.9 (what Bambu Studio writes, minus thumbnails): content types, rels,
-a small valid 3D/3dmodel.model, Metadata/plate_1.gcode with its MD5, slice_info.config,
-model_settings.config (+ rels) and plate_1.json. The G-code gets the HEADER and CONFIG comment
+Layout per protocols.md §A.9 (what Bambu Studio writes): content types, rels, a small valid
+3D/3dmodel.model, Metadata/plate_1.gcode with its MD5, slice_info.config, model_settings.config
+(+ rels), plate_1.json, and Metadata/plate_1.png when there is a preview (the printer's screen
+shows it). The G-code gets the HEADER and CONFIG comment
 blocks Bambu firmware looks for (without them a printer can hang on "Unzip").
 """
 
@@ -25,6 +26,7 @@ SLICE_INFO = "Metadata/slice_info.config"
 MODEL_SETTINGS = "Metadata/model_settings.config"
 MODEL_SETTINGS_RELS = "Metadata/_rels/model_settings.config.rels"
 PLATE_JSON = "Metadata/plate_1.json"
+PLATE_PNG = "Metadata/plate_1.png"
 REQUIRED_ENTRIES: tuple[str, ...] = (
     "[Content_Types].xml",
     "_rels/.rels",
@@ -35,7 +37,7 @@ REQUIRED_ENTRIES: tuple[str, ...] = (
     MODEL_SETTINGS_RELS,
     SLICE_INFO,
 )
-PACKAGE_FORMAT = "bambu3mf-1"  # part of the slice cache key: bump when the package changes
+PACKAGE_FORMAT = "bambu3mf-2"  # part of the slice cache key: bump when the package changes
 GCODE_REL_TYPE = "http://schemas.bambulab.com/package/2021/gcode"
 MODEL_REL_TYPE = "http://schemas.microsoft.com/3dmanufacturing/2013/01/3dmodel"
 # Copied into the CONFIG block: what Bambu Studio and the firmware read to know the job.
@@ -113,6 +115,7 @@ class PlateInfo:
     layers: int | None = None
     max_z: float | None = None
     bbox: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    thumbnail_png: bytes | None = None  # the plate preview, when the G-code or CAD stage made one
 
 
 def _duration(seconds: int) -> str:
@@ -170,13 +173,15 @@ def _slice_info(info: PlateInfo) -> str:
     )
 
 
-def _model_settings() -> str:
+def _model_settings(thumbnail: bool) -> str:
+    thumb = f'    <metadata key="thumbnail_file" value="{PLATE_PNG}"/>\n' if thumbnail else ""
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n<config>\n  <plate>\n'
         '    <metadata key="plater_id" value="1"/>\n'
         '    <metadata key="plater_name" value=""/>\n'
         '    <metadata key="locked" value="false"/>\n'
         f'    <metadata key="gcode_file" value="{PLATE_GCODE}"/>\n'
+        f"{thumb}"
         "  </plate>\n</config>\n"
     )
 
@@ -220,10 +225,12 @@ def package_gcode(gcode: Path, out: Path, info: PlateInfo, config: Mapping[str, 
                 dst.write(_EXECUTABLE_END)
             # Studio writes the digest in upper case; readers compare case-insensitively.
             zf.writestr(PLATE_MD5, md5.hexdigest().upper())
-            zf.writestr(MODEL_SETTINGS, _model_settings())
+            zf.writestr(MODEL_SETTINGS, _model_settings(info.thumbnail_png is not None))
             zf.writestr(MODEL_SETTINGS_RELS, _rels("/" + PLATE_GCODE, GCODE_REL_TYPE))
             zf.writestr(SLICE_INFO, _slice_info(info))
             zf.writestr(PLATE_JSON, _plate_json(info))
+            if info.thumbnail_png is not None:
+                zf.writestr(PLATE_PNG, info.thumbnail_png, compress_type=zipfile.ZIP_STORED)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -284,6 +291,7 @@ def extract_gcode(package: Path, dest: Path) -> tuple[Path, str | None]:
 __all__ = [
     "PACKAGE_FORMAT",
     "PLATE_GCODE",
+    "PLATE_PNG",
     "REQUIRED_ENTRIES",
     "PackageError",
     "PlateInfo",

@@ -10,6 +10,8 @@ No build123d and no numpy here: the coordinator imports the mesh and G-code read
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import difflib
 import functools
@@ -17,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
@@ -75,6 +78,8 @@ class GcodeMeta:
     filament_type: str | None = None
     # The part's box as placed on the bed (PrusaSlicer centres it); None for pre-sliced files.
     bbox: BBox | None = None
+    objects: int | None = None  # parts on the plate (copies included), from the object labels
+    thumbnails: list[str] | None = None  # sizes of the previews the file carries, e.g. ["220x124"]
 
     @property
     def filament_m(self) -> float | None:
@@ -539,7 +544,7 @@ def check_fits(bbox: BBox, model: PrinterModel) -> None:
     )
 
 
-# --------------------------------------------------------------------------- slicing
+# --------------------------------------------------------------------------- running the slicer
 
 
 def _is_noise(line: str) -> bool:
@@ -585,6 +590,39 @@ def _check_known_keys(profile: Mapping[str, str], overrides: Mapping[str, str], 
             raise SliceError(f"unknown slicer setting '{key}'; {hint}")
 
 
+SUPPORTS: tuple[str, ...] = ("none", "buildplate", "everywhere")
+
+
+def print_options(
+    *, infill: str | float | None = None, supports: str | None = None, brim: float | None = None
+) -> dict[str, str]:
+    """Slicer overrides for the everyday choices: infill density (`20` or `20%`), supports
+    (none / buildplate / everywhere, generated where the overhangs need them) and a brim width in mm."""
+    out: dict[str, str] = {}
+    if infill is not None:
+        text = str(infill).strip().removesuffix("%")
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 100:
+            raise SliceError(f"infill must be a percentage from 0 to 100, like 20 or 20%, not '{infill}'")
+        out["fill_density"] = f"{value:g}%"
+    if supports is not None:
+        choice = supports.strip().lower()
+        if choice not in SUPPORTS:
+            raise SliceError(f"supports must be one of {', '.join(SUPPORTS)}, not '{supports}'")
+        out["support_material"] = "0" if choice == "none" else "1"
+        out["support_material_auto"] = "1"
+        out["support_material_buildplate_only"] = "1" if choice == "buildplate" else "0"
+    if brim is not None:
+        if not 0 <= brim <= 50:
+            raise SliceError(f"the brim width is in mm, from 0 to 50, not {brim:g}")
+        out["brim_width"] = f"{brim:g}"
+        out["brim_type"] = "outer_only" if brim > 0 else "no_brim"
+    return out
+
+
 def output_paths(out: Path, model: PrinterModel) -> tuple[Path, Path]:
     """(plain G-code, file to send) for `out`: the same file unless the model takes a .gcode.3mf,
     which then sits next to the G-code (`x.gcode` -> `x.gcode.3mf`, and the reverse)."""
@@ -614,6 +652,143 @@ def _placed_bbox_on_bed(bbox: BBox, model: PrinterModel) -> BBox:
     return (r(cx - sx), r(cy - sy), 0.0), (r(cx + sx), r(cy + sy), r(z1 - z0))
 
 
+def _rounded(bbox: BBox) -> BBox:
+    (x0, y0, z0), (x1, y1, z1) = bbox
+    r = functools.partial(round, ndigits=3)
+    return (r(x0), r(y0), r(z0)), (r(x1), r(y1), r(z1))
+
+
+# --------------------------------------------------------------------------- copies on one plate
+
+
+class CopiesDontFit(SliceError):
+    """`copies` copies do not fit on one bed; `per_plate` of them do (at least 1)."""
+
+    def __init__(self, message: str, copies: int, per_plate: int) -> None:
+        super().__init__(message)
+        self.copies = copies
+        self.per_plate = per_plate
+
+    @property
+    def plates(self) -> list[int]:
+        return plates_for(self.copies, self.per_plate)
+
+
+def plates_for(copies: int, per_plate: int) -> list[int]:
+    """How `copies` split into plates of at most `per_plate`: 10 by 4 -> [4, 4, 2]."""
+    per_plate = max(1, per_plate)
+    full, rest = divmod(copies, per_plate)
+    return [per_plate] * full + ([rest] if rest else [])
+
+
+def _float(cfg: Mapping[str, str], key: str, default: float = 0.0) -> float:
+    values = _numbers(cfg.get(key, ""))
+    return values[0] if values else default
+
+
+def _arrange_margin(cfg: Mapping[str, str]) -> float:
+    """Room to keep free along the bed edges: PrusaSlicer 2.5 arranges the parts up to the edge
+    and then prints the skirt and brim around them, off the bed."""
+    skirt = 0.0
+    if _float(cfg, "skirts") > 0 and _float(cfg, "skirt_height", 1) > 0:
+        skirt = _float(cfg, "skirt_distance") + _float(cfg, "skirts") * 1.0  # 1 mm per loop, generous
+    return round(max(skirt, _float(cfg, "brim_width")) + 0.5, 2)
+
+
+def _arrange_profile(cfg: Mapping[str, str], model: PrinterModel) -> str:
+    m = _arrange_margin(cfg)
+    bx, by = model.bed[0] - m, model.bed[1] - m
+    return profile_text({**cfg, "bed_shape": f"{m:g}x{m:g},{bx:g}x{m:g},{bx:g}x{by:g},{m:g}x{by:g}"})
+
+
+def _arrange(binary: Path, mesh: Path, copies: int, arrange_ini: Path, out: Path, timeout_s: float) -> bool:
+    """Arrange `copies` copies with PrusaSlicer's own arranger into the 3MF `out`; False if they
+    do not fit on one bed. Fast: nothing is sliced."""
+    out.unlink(missing_ok=True)
+    cmd = [str(binary), "--loglevel", "1", "--load", str(arrange_ini), "--duplicate", str(copies)]
+    proc = _run_slicer([*cmd, "--export-3mf", "-o", str(out), str(mesh.resolve())], out.parent, timeout_s)
+    said = proc.stdout + proc.stderr
+    if "could not fit on the bed" in said:
+        return False
+    if proc.returncode != 0 or not out.is_file():
+        complaint = _slicer_complaint(proc.stdout, proc.stderr)
+        raise SliceError(f"the slicer could not arrange {copies} copies of {mesh.name}: {complaint}")
+    return True
+
+
+def _most_that_fit(
+    binary: Path, mesh: Path, copies: int, arrange_ini: Path, tmp: Path, timeout_s: float
+) -> int:
+    """The largest n < copies that fits, by bisection (each probe is one quick arrange)."""
+    lo, hi = 0, copies  # lo fits (or is 0), hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _arrange(binary, mesh, mid, arrange_ini, tmp / f"probe-{mid}.3mf", timeout_s):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _plate(
+    binary: Path,
+    mesh: Path,
+    model: PrinterModel,
+    cfg: Mapping[str, str],
+    copies: int,
+    bbox: BBox,
+    tmp: Path,
+    timeout_s: float,
+) -> Path:
+    """A 3MF holding `copies` copies of `mesh` arranged on the bed, or CopiesDontFit."""
+    arrange_ini = tmp / "arrange.ini"
+    arrange_ini.write_text(_arrange_profile(cfg, model), encoding="utf-8")
+    plate = tmp / "plate.3mf"
+    if _arrange(binary, mesh, copies, arrange_ini, plate, timeout_s):
+        return plate
+    fit = max(1, _most_that_fit(binary, mesh, copies, arrange_ini, tmp, timeout_s))
+    w, d = (bbox[1][i] - bbox[0][i] for i in range(2))
+    plates = plates_for(copies, fit)
+    bed = " x ".join(_mm(b) for b in model.bed[:2])
+    raise CopiesDontFit(
+        f"{copies} copies of {mesh.name} ({w:.1f} x {d:.1f} mm each) do not fit on one {model.name} bed "
+        f"({bed} mm): {fit} fit per plate, so print them as {len(plates)} plates "
+        f"({' + '.join(map(str, plates))} copies)",
+        copies,
+        fit,
+    )
+
+
+def copies_per_plate(
+    mesh: Path,
+    model: PrinterModel,
+    copies: int,
+    *,
+    material: str = DEFAULT_MATERIAL,
+    quality: str = DEFAULT_QUALITY,
+    overrides: Mapping[str, str] | None = None,
+    slicer: str | Path | None = None,
+    timeout_s: float = 120,
+) -> int:
+    """How many of `copies` copies of `mesh` fit on one bed of `model` (at least 1, at most
+    `copies`), using PrusaSlicer's arranger with the same profile a slice would use."""
+    mesh = Path(mesh)
+    binary = find_slicer(slicer)
+    bbox = mesh_bbox(mesh)
+    check_fits(bbox, model)
+    cfg = {**flatten_profile(model, material, quality, bundle_dirs=None), **_check_overrides(overrides or {})}
+    with tempfile.TemporaryDirectory(prefix="printfarm-arrange-") as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            _plate(binary, mesh, model, cfg, copies, bbox, tmp, timeout_s)
+        except CopiesDontFit as exc:
+            return exc.per_plate
+    return copies
+
+
+# --------------------------------------------------------------------------- slicing
+
+
 def slice_mesh(
     mesh: Path,
     model: PrinterModel,
@@ -622,6 +797,7 @@ def slice_mesh(
     material: str = DEFAULT_MATERIAL,
     quality: str = DEFAULT_QUALITY,
     overrides: Mapping[str, str] | None = None,
+    copies: int = 1,
     slicer: str | Path | None = None,
     timeout_s: float = 600,
     bundle_dirs: Sequence[Path] | None = None,
@@ -631,9 +807,13 @@ def slice_mesh(
 
     For a Bambu model `result.gcode` is the `.gcode.3mf` beside `out` (see `output_paths`) and
     `result.plain_gcode` the text G-code inside it. With a `cache`, an identical earlier slice
-    (same mesh bytes, flattened profile and slicer version) is copied instead of sliced.
+    (same mesh bytes, flattened profile, copies and slicer version) is copied instead of sliced.
+    `copies` > 1 arranges that many copies on one plate (one G-code); when they do not all fit,
+    CopiesDontFit (a SliceError) says how many do, so the caller can make several plates.
     """
     mesh, out = Path(mesh), Path(out)
+    if not 1 <= copies <= 1000:
+        raise SliceError(f"copies must be from 1 to 1000, not {copies}")
     binary = find_slicer(slicer)
     if not mesh.is_file():
         raise SliceError(f"the mesh {mesh} does not exist")
@@ -642,6 +822,9 @@ def slice_mesh(
         # Before the slicer: it would slice a part taller than the printer without complaint.
         bbox = mesh_bbox(mesh)
         check_fits(bbox, model)
+    elif copies > 1:
+        readable = ", ".join(_BBOX_READERS)
+        raise SliceError(f"copies need a mesh the farm can measure ({readable}), not {mesh.name}")
     cfg = flatten_profile(model, material, quality, bundle_dirs=bundle_dirs)
     extra = _check_overrides(overrides or {})
     if extra:
@@ -652,13 +835,23 @@ def slice_mesh(
     text = profile_text(cfg)
     key = None
     if cache is not None:
-        key = cache_key(mesh, text, slicer_version(binary), extra=_packaging(model))
+        packaging = _packaging(model) + (f";copies={copies}" if copies > 1 else "")
+        key = cache_key(mesh, text, slicer_version(binary), extra=packaging)
         hit = cache.get(key)
         if hit is not None and {"gcode", "send"} <= hit.files.keys():
             return _from_cache(hit.files, hit.meta, plain, send, key)
     try:
-        meta = _slice_to(binary, mesh, model, plain, text, timeout_s)
-        meta.bbox = _placed_bbox_on_bed(bbox, model) if bbox else None
+        with tempfile.TemporaryDirectory(prefix="printfarm-slice-") as tmp_name:
+            tmp = Path(tmp_name)
+            source, placed = mesh, _placed_bbox_on_bed(bbox, model) if bbox else None
+            if copies > 1:
+                assert bbox is not None
+                source = _plate(binary, mesh, model, cfg, copies, bbox, tmp, timeout_s)
+                placed = _rounded(mesh_bbox(source))
+            meta = _slice_to(
+                binary, source, mesh.name, model, plain, text, tmp, timeout_s, arranged=copies > 1
+            )
+        meta.bbox = placed
         if send != plain:
             _package(plain, send, model, meta, cfg)
     except SliceError:
@@ -670,16 +863,26 @@ def slice_mesh(
 
 
 def _slice_to(
-    binary: Path, mesh: Path, model: PrinterModel, out: Path, text: str, timeout_s: float
+    binary: Path,
+    mesh: Path,
+    name: str,
+    model: PrinterModel,
+    out: Path,
+    text: str,
+    tmp: Path,
+    timeout_s: float,
+    *,
+    arranged: bool = False,
 ) -> GcodeMeta:
     _discard(out)  # a failed run must not leave an older G-code looking like its result
     try:
-        with tempfile.TemporaryDirectory(prefix="printfarm-slice-") as tmp:
-            profile = Path(tmp) / "profile.ini"
-            profile.write_text(text, encoding="utf-8")
-            cmd = [str(binary), "--loglevel", "1", "--load", str(profile), "--export-gcode"]
-            proc = _run_slicer([*cmd, "-o", str(out.resolve()), str(mesh.resolve())], Path(tmp), timeout_s)
-        _raise_for_failure(proc, mesh, model, out)
+        profile = tmp / "profile.ini"
+        profile.write_text(text, encoding="utf-8")
+        cmd = [str(binary), "--loglevel", "1", "--load", str(profile), "--export-gcode"]
+        if arranged:
+            cmd.append("--dont-arrange")  # keep the plate's arrangement
+        proc = _run_slicer([*cmd, "-o", str(out.resolve()), str(mesh.resolve())], tmp, timeout_s)
+        _raise_for_failure(proc, name, model, out)
         meta = parse_gcode_meta(out)
         if meta.printer_model and meta.printer_model != model.name:
             raise SliceError(
@@ -695,6 +898,7 @@ def _slice_to(
 def _package(plain: Path, send: Path, model: PrinterModel, meta: GcodeMeta, cfg: Mapping[str, str]) -> None:
     from workers.bambu3mf import PlateInfo, package_gcode
 
+    thumbs = [t for t in gcode_thumbnails(plain) if t.format == "png"]
     info = PlateInfo(
         printer_model=model.printer_model,
         printer_model_id=model.bambu_model_id,
@@ -706,6 +910,7 @@ def _package(plain: Path, send: Path, model: PrinterModel, meta: GcodeMeta, cfg:
         layers=meta.layers,
         max_z=meta.bbox[1][2] if meta.bbox else None,
         bbox=meta.bbox,
+        thumbnail_png=max(thumbs, key=lambda t: t.width * t.height).data if thumbs else None,
     )
     try:
         package_gcode(plain, send, info, cfg)
@@ -733,20 +938,46 @@ def _discard(out: Path) -> None:
     out.with_name(out.name + ".tmp").unlink(missing_ok=True)
 
 
+_SUBSTITUTED_RE = re.compile(r'key = "([^"]+)"\s+loaded = "([^\t\n]*)\s+substituted = "([^"\n]*)"')
+_CONFIG_ERROR_RE = re.compile(r'Failed loading configuration file "[^"]*": (.+)')
+
+
 def _raise_for_failure(
-    proc: subprocess.CompletedProcess[str], mesh: Path, model: PrinterModel, out: Path
+    proc: subprocess.CompletedProcess[str], name: str, model: PrinterModel, out: Path
 ) -> None:
+    said = proc.stdout + proc.stderr
     complaint = _slicer_complaint(proc.stdout, proc.stderr)
-    if proc.returncode in (134, -6) and "could not fit on the bed" in proc.stderr:
+    if proc.returncode != 0 and "could not fit on the bed" in said:
         bed = " x ".join(_mm(b) for b in model.bed)
         raise SliceError(
-            f"{mesh.name} does not fit on the {model.name} bed ({bed} mm) once the slicer places it; "
+            f"{name} does not fit on the {model.name} bed ({bed} mm) once the slicer places it; "
             "scale the part down or choose a printer model with a larger bed (farm profiles lists them)"
         )
+    if proc.returncode < 0 or proc.returncode > 128:
+        # Killed by a signal: -N from the binary itself, 128+N through a wrapper script.
+        signum = -proc.returncode if proc.returncode < 0 else proc.returncode - 128
+        try:
+            signame = signal.Signals(signum).name
+        except ValueError:
+            signame = f"signal {signum}"
+        hint = (
+            "it was probably out of memory: simplify the mesh or give the worker more memory"
+            if signame == "SIGKILL"
+            else "the mesh may be broken: repair it (e.g. `prusa-slicer --repair`) or try another quality"
+        )
+        raise SliceError(
+            f"the slicer crashed ({signame}, exit code {proc.returncode}) on {name}: {complaint}; {hint}"
+        )
     if proc.returncode != 0:
-        raise SliceError(f"the slicer failed on {mesh.name} (exit code {proc.returncode}): {complaint}")
+        if m := _CONFIG_ERROR_RE.search(said):
+            raise SliceError(f"the slicer refused the settings: {m.group(1).strip()}")
+        raise SliceError(f"the slicer failed on {name} (exit code {proc.returncode}): {complaint}")
+    # An .ini value the slicer cannot parse is replaced by a default with only a warning.
+    swapped = [f"{k}={v.strip().strip(chr(34))} (it used {s})" for k, v, s in _SUBSTITUTED_RE.findall(said)]
+    if swapped:
+        raise SliceError(f"the slicer did not accept the setting {', '.join(swapped)}; fix the value")
     if not out.is_file() or out.stat().st_size == 0:
-        raise SliceError(f"the slicer wrote no G-code for {mesh.name}: {complaint}")
+        raise SliceError(f"the slicer wrote no G-code for {name}: {complaint}")
 
 
 # --------------------------------------------------------------------------- G-code metadata
@@ -817,17 +1048,29 @@ def parse_gcode_meta(path: Path, *, layers: bool = True) -> GcodeMeta:
     because its footer has no layer count.
     """
     path = Path(path)
-    meta = GcodeMeta()
     head = _read_head(path)
     m = _MODEL_CHECK_RE.search(head)
-    if m:
-        meta.printer_model = m.group(1).decode("ascii", errors="replace")
     found = dict(_FOOTER_RE.findall(_read_tail(path)))
-    meta.printer_model = meta.printer_model or found.get("printer_model") or _config_model(head) or None
-    if meta.printer_model:
+    model = (m.group(1).decode("ascii", errors="replace") if m else None) or found.get("printer_model")
+    meta = _meta_from_keys(found, model or _config_model(head))
+    _fill_from_bambu_header(meta, head)
+    bambu_layers = re.search(rb"^; total layer number: (\d+)", head, re.MULTILINE)
+    if meta.layers is None and bambu_layers is not None:
+        meta.layers = int(bambu_layers.group(1))
+    elif meta.layers is None and layers:
+        meta.layers = count_layers(path) or None
+    meta.objects = first_layer_objects(path)
+    meta.thumbnails = [f"{t.width}x{t.height}" for t in gcode_thumbnails(path)] or None
+    return meta
+
+
+def _meta_from_keys(found: Mapping[str, str], printer_model: str | None) -> GcodeMeta:
+    """The estimates under PrusaSlicer's key names (G-code footer or .bgcode metadata)."""
+    meta = GcodeMeta()
+    if printer_model:
         # "Bambu Lab X1 Carbon" -> "X1C": callers compare with the catalogue's names.
-        known = model_for_gcode(meta.printer_model)
-        meta.printer_model = known.name if known else meta.printer_model.strip('"')
+        known = model_for_gcode(printer_model)
+        meta.printer_model = known.name if known else printer_model.strip().strip('"')
     meta.filament_mm = _total(found.get("filament used [mm]"))
     meta.filament_cm3 = _total(found.get("filament used [cm3]"))
     meta.filament_g = _total(found.get("total filament used [g]") or found.get("filament used [g]"))
@@ -835,17 +1078,65 @@ def parse_gcode_meta(path: Path, *, layers: bool = True) -> GcodeMeta:
         "estimated printing time (silent mode)"
     )
     meta.print_time_s = parse_duration(time_text) if time_text else None
-    _fill_from_bambu_header(meta, head)
     nozzles = _numbers(found.get("nozzle_diameter", ""))
     meta.nozzle_diameter = nozzles[0] if nozzles else None
     meta.filament_type = found.get("filament_type", "").strip().strip('"') or None
     if "total layers count" in found:
         meta.layers = int(_total(found["total layers count"]) or 0)
-    elif (n := re.search(rb"^; total layer number: (\d+)", head, re.MULTILINE)) is not None:
-        meta.layers = int(n.group(1))
-    elif layers:
-        meta.layers = count_layers(path) or None
     return meta
+
+
+_OBJECT_LABEL_RE = re.compile(rb"^; printing object (.+?)\r?$", re.MULTILINE)
+_FIRST_LAYER_MAX_BYTES = 32 * 1024 * 1024
+
+
+def first_layer_objects(path: Path, chunk: int = 1024 * 1024) -> int | None:
+    """How many objects (copies included) the plate holds: the distinct `; printing object`
+    labels of the first layer (every object starts there). None without labels."""
+    labels: set[bytes] = set()
+    seen = b""
+    with Path(path).open("rb") as f:
+        while len(seen) < _FIRST_LAYER_MAX_BYTES and (block := f.read(chunk)):
+            seen += block
+            first = seen.find(_LAYER_MARK)
+            second = seen.find(_LAYER_MARK, first + 1) if first >= 0 else -1
+            if second >= 0:
+                seen = seen[:second]
+                break
+    labels.update(_OBJECT_LABEL_RE.findall(seen[max(0, seen.find(_LAYER_MARK)) :]))
+    return len(labels) or None
+
+
+@dataclass
+class GcodeThumbnail:
+    format: str  # "png", "jpg" or "qoi"
+    width: int
+    height: int
+    data: bytes
+
+
+_THUMB_RE = re.compile(
+    rb"^; thumbnail(?:_(JPG|QOI))? begin (\d+)x(\d+) \d+\r?\n(.*?)^; thumbnail(?:_(?:JPG|QOI))? end",
+    re.MULTILINE | re.DOTALL,
+)
+_THUMB_MAX_BYTES = 4 * 1024 * 1024
+
+
+def gcode_thumbnails(path: Path) -> list[GcodeThumbnail]:
+    """The `; thumbnail begin WxH len` blocks (base64 in comment lines) near the top of a G-code."""
+    with Path(path).open("rb") as f:
+        head = f.read(_THUMB_MAX_BYTES)
+    if b"; thumbnail" not in head:
+        return []
+    out = []
+    for fmt, w, h, body in _THUMB_RE.findall(head):
+        text = b"".join(line.removeprefix(b";").strip() for line in body.splitlines())
+        try:
+            data = base64.b64decode(text, validate=True)
+        except binascii.Error:
+            continue  # a damaged preview is not worth refusing the print for
+        out.append(GcodeThumbnail((fmt or b"PNG").decode().lower(), int(w), int(h), data))
+    return out
 
 
 def _config_model(head: bytes) -> str | None:
@@ -866,11 +1157,19 @@ def _fill_from_bambu_header(meta: GcodeMeta, head: bytes) -> None:
 
 
 def parse_sliced_file(path: Path) -> GcodeMeta:
-    """Estimates and target model of a pre-sliced `.gcode` or `.gcode.3mf` (plate 1)."""
+    """Estimates and target model of a pre-sliced `.gcode`, `.bgcode` or `.gcode.3mf` (plate 1)."""
     path = Path(path)
     if not path.is_file():
         raise SliceError(f"the file {path} does not exist")
-    if not path.name.lower().endswith(".3mf"):
+    name = path.name.lower()
+    with path.open("rb") as f:
+        binary = f.read(4) == b"GCDE"
+    if name.endswith(".bgcode") or binary:
+        if not name.endswith(".bgcode"):
+            # Printers pick the parser by the extension: binary content must be named .bgcode.
+            raise SliceError(f"{path.name} holds binary G-code; rename it to .bgcode")
+        return parse_bgcode_meta(path)
+    if not name.endswith(".3mf"):
         return parse_gcode_meta(path)
     from farm.printer_models import MODELS
     from workers.bambu3mf import PackageError, extract_gcode
@@ -886,6 +1185,36 @@ def parse_sliced_file(path: Path) -> GcodeMeta:
     return meta
 
 
+def parse_bgcode_meta(path: Path) -> GcodeMeta:
+    """Model and estimates of a Prusa binary G-code, from its metadata blocks; every block's
+    checksum is verified, so a damaged file is refused here rather than on the printer."""
+    from workers.bgcode import BgcodeError, read_bgcode
+
+    try:
+        bg = read_bgcode(path)
+    except BgcodeError as exc:
+        raise SliceError(f"{Path(path).name} is not a usable .bgcode: {exc}") from exc
+    except OSError as exc:
+        raise SliceError(f"cannot read {Path(path).name}: {exc}") from exc
+    # The printer block wins: it is what the firmware itself reads.
+    found = {**bg.slicer_metadata, **bg.print_metadata, **bg.printer_metadata}
+    meta = _meta_from_keys(found, found.get("printer_model"))
+    if meta.layers is None:
+        meta.layers = _layers_from_heights(found)
+    meta.thumbnails = [f"{t.width}x{t.height}" for t in bg.thumbnails] or None
+    return meta
+
+
+def _layers_from_heights(found: Mapping[str, str]) -> int | None:
+    """Layer count of a constant-height print: first layer, then (top - first) / layer height.
+    (The layer markers sit in compressed G-code blocks this reader does not decode.)"""
+    top, height = _total(found.get("max_layer_z")), _total(found.get("layer_height"))
+    first = _total(found.get("first_layer_height")) or height
+    if not (top and height and first) or top < first:
+        return None
+    return 1 + round((top - first) / height)
+
+
 def _total(text: str | None) -> float | None:
     values = _numbers(text) if text else []
     return round(sum(values), 4) if values else None
@@ -893,21 +1222,28 @@ def _total(text: str | None) -> float | None:
 
 __all__ = [
     "BUNDLE_DIRS",
+    "CopiesDontFit",
     "GcodeMeta",
     "SliceError",
     "SliceResult",
     "bundle_sections",
     "check_fits",
+    "copies_per_plate",
     "count_layers",
     "find_bundle",
     "find_slicer",
+    "first_layer_objects",
     "flatten_profile",
+    "gcode_thumbnails",
     "load_preset",
     "mesh_bbox",
     "output_paths",
+    "parse_bgcode_meta",
     "parse_duration",
     "parse_gcode_meta",
     "parse_sliced_file",
+    "plates_for",
+    "print_options",
     "profile_text",
     "slice_mesh",
     "slicer_version",

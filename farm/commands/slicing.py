@@ -53,9 +53,25 @@ def slice_command(
     mesh: Annotated[Path, typer.Argument(help="An .stl, .3mf or .obj mesh.")],
     printer_model: Annotated[str, typer.Option("--printer-model", help="A model from `farm profiles`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The G-code (or .gcode.3mf) to write.")],
-    material: Annotated[str, typer.Option(help="PLA, PETG, ASA, TPU.")] = "PLA",
+    material: Annotated[str, typer.Option(help="PLA, PETG, ABS, ASA or TPU.")] = "PLA",
     quality: Annotated[str, typer.Option(help="draft, standard or fine.")] = "standard",
-    setting: Annotated[list[str] | None, typer.Option(help="A slicer override KEY=VALUE; repeat.")] = None,
+    infill: Annotated[str | None, typer.Option(help="Infill density, e.g. 20 or 20%.")] = None,
+    supports: Annotated[
+        str | None, typer.Option(help="none, buildplate (only from the bed) or everywhere.")
+    ] = None,
+    brim: Annotated[float | None, typer.Option(help="Brim width in mm (0: none).")] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "--setting",
+            help="Any PrusaSlicer setting KEY=VALUE, e.g. --set layer_height=0.16; repeat. Wins over "
+            "--infill/--supports/--brim.",
+        ),
+    ] = None,
+    copies: Annotated[
+        int, typer.Option(min=1, max=1000, help="Copies arranged on one plate; says how many fit if not all.")
+    ] = 1,
     cache_dir: Annotated[Path | None, typer.Option(help="Slice cache directory.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Always run the slicer.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -63,23 +79,39 @@ def slice_command(
     """Slice a mesh locally, with the same profiles and cache as the farm's workers."""
     from farm.printer_models import get_model
     from workers.slice_cache import SliceCache
-    from workers.slicer import SliceError, slice_mesh
+    from workers.slicer import CopiesDontFit, SliceError, print_options, slice_mesh
 
     model = get_model(printer_model)
     if model is None:
         _die(f"unknown printer model '{printer_model}'; `farm profiles` lists them")
         return
-    overrides: dict[str, str] = {}
+    try:
+        overrides = print_options(infill=infill, supports=supports, brim=brim)
+    except SliceError as exc:
+        _die(str(exc))
+        return
     for pair in setting or []:
         key, sep, value = pair.partition("=")
-        if not sep:
-            _die(f"--setting wants KEY=VALUE, got '{pair}'")
-        overrides[key.strip()] = value
+        if not sep or not key.strip():
+            _die(f"--set wants KEY=VALUE, e.g. --set layer_height=0.16; got '{pair}'")
+        overrides[key.strip()] = value.strip()
     cache = None if no_cache else SliceCache(cache_dir or default_cache_dir())
     try:
         result = slice_mesh(
-            mesh, model, output, material=material, quality=quality, overrides=overrides, cache=cache
+            mesh,
+            model,
+            output,
+            material=material,
+            quality=quality,
+            overrides=overrides,
+            copies=copies,
+            cache=cache,
         )
+    except CopiesDontFit as exc:
+        if json_out:  # scripts (and the coordinator) get the split as data
+            typer.echo(json.dumps({"error": str(exc), "per_plate": exc.per_plate, "plates": exc.plates}))
+        _die(str(exc))
+        return
     except SliceError as exc:
         _die(str(exc))
         return
@@ -92,10 +124,22 @@ def slice_command(
         return
     m = result.meta
     hit = " (from the cache)" if result.cached else ""
+    size = ""
+    if m.bbox:
+        (x0, y0, z0), (x1, y1, z1) = m.bbox
+        size = f", {x1 - x0:.1f} x {y1 - y0:.1f} x {z1 - z0:.1f} mm"
+    objects = f"{m.objects} objects, " if m.objects and m.objects > 1 else ""
     typer.echo(
-        f"{result.gcode}{hit}: {m.printer_model}, {m.layers} layers, {m.print_time_s} s, "
-        f"{m.filament_g} g / {m.filament_m} m of filament"
+        f"{result.gcode}{hit}: {m.printer_model}, {objects}{m.layers} layers{size}, "
+        f"{_duration(m.print_time_s)}, {m.filament_g} g / {m.filament_m} m of {m.filament_type or 'filament'}"
     )
+
+
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "unknown time"
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h {rest // 60}m" if h else f"{rest // 60}m {rest % 60}s"
 
 
 def register(app: typer.Typer) -> None:
