@@ -20,7 +20,7 @@ from farm.states import BuildStage, JobState, SliceState, check_job_move
 
 CAD_SUFFIXES = {".py"}
 MESH_SUFFIXES = {".stl", ".3mf"}
-GCODE_SUFFIXES = (".gcode", ".gcode.3mf")
+GCODE_SUFFIXES = (".gcode", ".bgcode", ".gcode.3mf")  # pre-sliced: printed as they are
 FROM_FILE = ""  # a pre-sliced file's slice learns its printer model from the file itself
 
 
