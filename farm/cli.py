@@ -283,26 +283,39 @@ def _serve_emulator(kind: str, emu: Any, storage: Path) -> None:
 
 
 # -- using the farm -----------------------------------------------------------------------------
-def _parse_params(pairs: list[str]) -> dict[str, str]:
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            _die(f"--param takes NAME=VALUE, got '{pair}'", 2)
-        params[key.strip()] = value
-    return params
-
-
 @app.command()
 def submit(
-    path: Annotated[
-        Path,
-        typer.Argument(help="A build123d .py file, an .stl / .3mf mesh, or a ready .gcode / .gcode.3mf."),
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A build123d .py file (sent with its project: the nearest folder up with pyproject.toml, "
+            "requirements.txt or .git), an .stl / .3mf mesh, a ready .gcode / .gcode.3mf, or a git URL."
+        ),
     ],
+    file: Annotated[
+        str | None, typer.Option("--file", help="With a git URL: the .py file in the repository to build.")
+    ] = None,
+    ref: Annotated[
+        str | None,
+        typer.Option(help="With a git URL: the branch, tag or commit (default: its default branch)."),
+    ] = None,
     artifact: Annotated[
         str | None, typer.Option(help="The function to build (default: the only one).")
     ] = None,
     param: Annotated[list[str] | None, typer.Option(help="A parameter NAME=VALUE; repeat for more.")] = None,
+    params_file: Annotated[
+        Path | None, typer.Option("--params", help="Parameters from a JSON object file; --param overrides.")
+    ] = None,
+    matrix: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=A,B,C: one build per value; several make every combination."),
+    ] = None,
+    no_project: Annotated[
+        bool, typer.Option("--no-project", help="Send the .py file alone, without its project.")
+    ] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Rebuild even if the CAD cache has it.")
+    ] = False,
     copies: Annotated[int, typer.Option(min=1, max=100, help="How many to print.")] = 1,
     material: Annotated[str, typer.Option(help="PLA, PETG, ASA, TPU.")] = "PLA",
     quality: Annotated[str, typer.Option(help="draft, standard or fine.")] = "standard",
@@ -312,14 +325,21 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Wait until every job has ended.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Send a design to the farm. With --wait, follow it to the end (exit 1 if a job failed)."""
-    if not path.exists():
-        _die(f"{path} does not exist", 2)
-    if not path.is_file():
-        _die(f"{path} is not a file; submit a .py, .stl or .3mf file", 2)
+    """Send a design to the farm. With --wait, follow it to the end (exit 1 if a job failed).
+
+    With --matrix, --json prints a list of builds (one per parameter set) instead of one build.
+    """
+    import tempfile
+
+    from farm.commands.params import ParamError, combine
+
+    try:
+        param_sets = combine(param or [], params_file, matrix)
+    except ParamError as exc:
+        _die(str(exc), 2)
     options = {
         "entry": artifact,
-        "params": _parse_params(param or []),
+        "no_cache": no_cache,
         "copies": copies,
         "material": material,
         "quality": quality,
@@ -327,19 +347,50 @@ def submit(
         "printer_model": printer_model,
         "priority": priority,
     }
-    with _client() as client:
+    with tempfile.TemporaryDirectory(prefix="farm-submit-") as tmp, _client() as client:
+        upload = _prepare_upload(source, file, ref, no_project, Path(tmp), options)
         try:
-            build = client.submit(path, options)
+            builds = [client.submit(upload, {**options, "params": p}) for p in param_sets]
             if wait:
-                build = _follow(client, build, quiet=as_json)
+                builds = [_follow(client, b, quiet=as_json) for b in builds]
         except FarmError as exc:
             _die(str(exc))
     if as_json:
-        _emit(build)
+        _emit(builds if matrix else builds[0])
     else:
-        _print_build(build)
-    if wait and any(j["state"] != "done" for j in build["jobs"]):
+        for build in builds:
+            _print_build(build)
+    if wait and any(j["state"] != "done" for b in builds for j in b["jobs"]):
         raise typer.Exit(1)
+
+
+def _prepare_upload(
+    source: str, file: str | None, ref: str | None, no_project: bool, tmp: Path, options: dict[str, Any]
+) -> Path:
+    """The file to upload: the design itself, or its project (a local folder or a git commit) packed."""
+    from farm.project import ProjectError, is_git_url, pack_file, pack_git
+
+    try:
+        if is_git_url(source):
+            if not file:
+                _die("a git URL needs --file: the .py file in the repository to build", 2)
+            packed = pack_git(source, ref, file, tmp)
+            options["git"] = {"url": source, "ref": ref, "commit": packed.git_commit}
+        else:
+            if file or ref:
+                _die("--file and --ref go with a git URL", 2)
+            path = Path(source)
+            if not path.exists():
+                _die(f"{path} does not exist", 2)
+            if not path.is_file():
+                _die(f"{path} is not a file; submit a .py, .stl or .3mf file", 2)
+            packed = pack_file(path, tmp) if path.suffix == ".py" and not no_project else None
+            if packed is None:
+                return path
+    except ProjectError as exc:
+        _die(str(exc), 2)
+    options["entry_file"] = packed.entry
+    return packed.archive
 
 
 def _follow(client: FarmClient, build: dict[str, Any], *, quiet: bool) -> dict[str, Any]:

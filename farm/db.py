@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -25,10 +27,53 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        _write_locks[engine] = threading.Lock()
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        # Timestamps are stored without a zone: read and write them as UTC, as SQLite does.
+        connect_args = {"options": "-c timezone=UTC"} if url.startswith("postgresql") else {}
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, connect_args=connect_args)
     SQLModel.metadata.create_all(engine)
+    _add_new_columns(engine)
+    _add_new_indexes(engine)
     return engine
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Add columns that newer code declares to tables an older version created (a data dir kept
+    across upgrades). Only additions: each new column is nullable or has a plain default."""
+    existing = inspect(engine)
+    with engine.begin() as conn:
+        for table in SQLModel.metadata.sorted_tables:
+            have = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                default = column.default.arg if column.default is not None else None
+                clause = f" DEFAULT {int(default) if isinstance(default, bool) else default!r}"
+                if not isinstance(default, bool | int | float | str):
+                    clause = ""
+                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'))
+
+
+def _add_new_indexes(engine: Engine) -> None:
+    """create_all skips tables that exist: give a kept data dir the indexes newer code declares."""
+    for table in SQLModel.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
+
+
+# SQLite has one writer at a time and makes the others wait by sleeping and retrying (1, 2, 5,
+# 10, ... ms), which turns a busy moment into tens of ms of latency. Writers in this process
+# queue on a lock instead. PostgreSQL locks rows itself: no lock there.
+_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session for a short read-modify-write on a hot path (agents' calls, lease expiry)."""
+    with _write_locks.get(engine) or nullcontext(), Session(engine, expire_on_commit=False) as session:
+        yield session
 
 
 @contextmanager

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlmodel import Field, SQLModel
+from sqlalchemy import Index
+from sqlmodel import Field, SQLModel, col
 
 from farm.states import BuildStage, JobState, SliceState
 
@@ -36,6 +37,12 @@ class Build(SQLModel, table=True):
     source_name: str
     source_sha256: str
     source_kind: str  # "cad" | "mesh"
+    # A project: source_sha256 is a tar.gz of it and source_name the entry file's path inside.
+    project: bool = False
+    git_url: str | None = None  # a project checked out from git: where, which ref, which commit
+    git_ref: str | None = None
+    git_commit: str | None = None
+    use_cache: bool = True  # False: `submit --no-cache`, rebuild even if the CAD cache has it
     entry: str | None = None
     params_json: str = "{}"
     material: str = "PLA"
@@ -73,7 +80,14 @@ class Job(SQLModel, table=True):
     material: str = "PLA"
     color: str | None = None
     priority: int = 0
-    printer: str | None = None  # the printer it is bound to once claimed
+    printer: str | None = Field(default=None, index=True)  # the printer it is bound to once claimed
+    pinned_printer: str | None = None  # `submit --printer NAME`: only this printer may take it
+    nozzle: float | None = None  # mm; None: any nozzle
+    # Retry policy: a failed print goes back to the queue, after a back-off, for another printer.
+    max_attempts: int = 1
+    attempts: int = 0  # prints that failed so far
+    failed_on: str = ""  # ",name,name," of printers it failed on: they do not get it again
+    retry_at: datetime | None = None  # not claimable before this (back-off)
     slice_id: int | None = None
     fence: int = 0  # bumped on every claim; a report with an older value is refused
     lease_expires: datetime | None = None
@@ -86,6 +100,10 @@ class Job(SQLModel, table=True):
     finished_at: datetime | None = None
 
 
+# The claim's queue order (farm.dispatch): the first ready jobs come straight off this index.
+Index("ix_job_queue", col(Job.state), col(Job.priority).desc(), col(Job.created_at), col(Job.id))
+
+
 class Printer(SQLModel, table=True):
     name: str = Field(primary_key=True)
     model: str
@@ -96,6 +114,7 @@ class Printer(SQLModel, table=True):
     progress: float | None = None
     material: str = "PLA"  # what is loaded; the operator sets it (`farm printers set`)
     color: str | None = None
+    nozzle: float = 0.4  # mm, as fitted; the operator sets it (`farm printers set --nozzle 0.6`)
     auto_eject: bool = False  # clears its own bed: no one needs to confirm before the next job
     bed_clear: bool = True  # False from a print's end until someone confirms the bed is empty
     agent_version: str | None = None

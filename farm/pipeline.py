@@ -61,13 +61,19 @@ def create_build(
     source_name: str,
     source_sha256: str,
     entry: str | None,
-    params: dict[str, str],
+    params: dict[str, Any],
     copies: int,
     material: str,
     quality: str,
     color: str | None,
     printer_model: str | None,
     priority: int,
+    printer: str | None = None,
+    nozzle: float | None = None,
+    attempts: int = 1,
+    project: bool = False,
+    git: dict[str, Any] | None = None,
+    use_cache: bool = True,
 ) -> tuple[Build, list[Job], list[Outgoing]]:
     kind = source_kind(source_name)
     material = material.upper()
@@ -75,6 +81,11 @@ def create_build(
         source_name=source_name,
         source_sha256=source_sha256,
         source_kind=kind,
+        project=project,
+        git_url=git["url"] if git else None,
+        git_ref=git.get("ref") if git else None,
+        git_commit=git["commit"] if git else None,
+        use_cache=use_cache,
         entry=entry,
         params_json=json.dumps(params),
         material=material,
@@ -91,6 +102,9 @@ def create_build(
             material=material,
             color=color,
             priority=priority,
+            pinned_printer=printer,
+            nozzle=nozzle,
+            max_attempts=attempts,
         )
         for i in range(copies)
     ]

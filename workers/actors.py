@@ -52,13 +52,25 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
     build = started["build"]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"farm-cad-{build_id}-") as tmp:
-        src = Path(tmp) / "src" / PurePath(build["source"]).name
-        ctx.client.download_artifact(build["source_sha256"], src)
         outdir = Path(tmp) / "out"
         outdir.mkdir()
-        request = CadRequest(source=src, outdir=outdir, entry=build["entry"], params=build["params"])
+        if build.get("project"):  # an archive; the runner unpacks it in the build's private folder
+            archive = ctx.client.download_artifact(build["source_sha256"], Path(tmp) / "project.tar.gz")
+            source, project = Path(build["source"]), archive
+        else:
+            source = Path(tmp) / "src" / PurePath(build["source"]).name
+            ctx.client.download_artifact(build["source_sha256"], source)
+            project = None
+        request = CadRequest(
+            source=source, outdir=outdir, entry=build["entry"], params=build["params"], project=project
+        )
         try:
-            result, hit = cached_build(ctx.cad, ctx.cad_cache, request)  # type: ignore[arg-type]
+            result, hit = cached_build(
+                ctx.cad,  # type: ignore[arg-type]
+                ctx.cad_cache,  # type: ignore[arg-type]
+                request,
+                use_cache=build.get("use_cache", True),
+            )
         except CadError as exc:
             log.info("build %s failed: %s", build_id, exc)
             ctx.client.post(

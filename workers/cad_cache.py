@@ -1,7 +1,9 @@
 """A content-addressed cache of CAD builds: the same inputs never mesh twice.
 
 The key covers everything that decides the meshes: the script's bytes (and name: it names the 3MF
-objects), the entry point, the parameters, the build123d and OCP versions and our own exporter. A hit
+objects) or, for a project, every file of it and the entry file's path, the entry point, the
+parameters, the project's requirements (and the versions installed for them), the build123d and OCP
+versions and our own exporter. A hit
 returns paths inside the cache; nothing is copied. Entries are written to a temporary directory and
 renamed into place, so a reader never sees half an entry. Only successful builds are cached.
 
@@ -11,11 +13,13 @@ This module imports no CAD code: the CLI and the coordinator can compute keys wi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -30,6 +34,7 @@ log = logging.getLogger("farm.cad_cache")
 # Bump when the entry layout or the meaning of a key changes.
 CACHE_FORMAT = "1"
 META_NAME = "meta.json"
+ENVS_DIR = "envs"  # environments of projects' requirements (workers.cad_env), beside the entries
 # The exporter's tolerances and naming live in cad_child.py; hashing its bytes (without importing it,
 # which would import build123d) invalidates the cache whenever the way meshes are made changes.
 EXPORTER = Path(__file__).with_name("cad_child.py")
@@ -39,15 +44,17 @@ OCP_DISTRIBUTIONS = ("cadquery-ocp", "cadquery-ocp-novtk")
 def cad_cache_key(
     source: Path,
     entry: str | None,
-    params: Mapping[str, str],
+    params: Mapping[str, Any],
     *,
+    project: Path | None = None,
     packages: Iterable[str] = (),
     versions: Mapping[str, str] | None = None,
 ) -> str:
     """The sha256 of everything that decides a build's meshes, as 64 hex digits.
 
-    `packages` are the script's declared requirements (none yet); `versions` defaults to the
-    installed build123d and OCP and is an argument so that tests can vary it.
+    With `project` (a tar.gz), `source` is the entry file's path inside it. `packages` are the
+    declared requirements and what was installed for them; `versions` defaults to the installed
+    build123d and OCP and is an argument so that tests can vary it.
     """
     digest = hashlib.sha256()
 
@@ -58,22 +65,35 @@ def cad_cache_key(
             digest.update(part)
 
     field("format", CACHE_FORMAT.encode())
-    for relative, file_digest in source_tree_digests(source):
+    if project is not None:
+        field("entry file", source.as_posix().encode())
+    for relative, file_digest in source_tree_digests(source, project):
         field("file", f"{relative}\0{file_digest}".encode())
     field("entry", (entry or "").encode())
-    field("params", _canonical(sorted((str(k), str(v)) for k, v in params.items())))
+    field("params", _canonical(sorted((str(k), v) for k, v in params.items())))
     field("packages", _canonical(sorted(packages)))
     field("versions", _canonical(sorted((versions if versions is not None else cad_versions()).items())))
     field("exporter", _file_sha256(EXPORTER).encode())
     return digest.hexdigest()
 
 
-def source_tree_digests(source: Path) -> list[tuple[str, str]]:
+def source_tree_digests(source: Path, project: Path | None = None) -> list[tuple[str, str]]:
     """(path relative to the project, sha256) for each file of the source, sorted by path.
 
-    A single script for now; a project folder will list each of its files here.
+    The file itself, or each file in a project archive (its contents, not the archive's bytes).
     """
-    return [(source.name, _file_sha256(source))]
+    if project is None:
+        return [(source.name, _file_sha256(source))]
+    digests = []
+    with tarfile.open(project, "r:gz") as tar:
+        for member in tar:
+            reader = tar.extractfile(member) if member.isfile() else None
+            if reader is not None:
+                digest = hashlib.sha256()
+                for block in iter(lambda r=reader: r.read(1 << 20), b""):  # type: ignore[misc]
+                    digest.update(block)
+                digests.append((member.name, digest.hexdigest()))
+    return sorted(digests)
 
 
 @lru_cache
@@ -215,10 +235,22 @@ def cached_build(
 ) -> tuple[CadResult, bool]:
     """Build `request` unless the cache has it; returns (result, whether it was a cache hit).
 
-    With use_cache=False the build always runs and its result replaces the entry. A CadError
-    propagates and caches nothing. A cache that cannot be written costs the cache, not the build.
+    A project's requirements are installed first (outside the sandbox, into `cache.envs`), so
+    that the key covers what was installed. With use_cache=False the build always runs and its
+    result replaces the entry. A CadError propagates and caches nothing. A cache that cannot be
+    written costs the cache, not the build.
     """
-    key = cad_cache_key(request.source, request.entry, request.params)
+    packages: list[str] = []
+    if request.project is not None:
+        from workers.cad_env import EnvStore, read_requirements
+
+        declared = read_requirements(request.project)
+        env, installed = EnvStore(cache.root / ENVS_DIR).ensure(declared)
+        request = dataclasses.replace(request, env=env)
+        packages = declared + installed
+    key = cad_cache_key(
+        request.source, request.entry, request.params, project=request.project, packages=packages
+    )
     if use_cache and (hit := cache.get(key)) is not None:
         return hit, True
     result = runner.build(request)

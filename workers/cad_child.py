@@ -81,7 +81,8 @@ def run_child(job: dict[str, Any]) -> None:
     _redirect_output(Path(job["log"]))
     _enable_tracebacks(Path(job["trace"]), float(job["limits"]["wall_s"]))
     _apply_limits(job["limits"])
-    os.chdir(job["workdir"])
+    # A project runs from its root, so that relative paths in it mean what they mean at home.
+    os.chdir(job.get("project_root") or job["workdir"])
     for name in list(os.environ):
         if name not in KEEP_ENV:
             del os.environ[name]
@@ -92,6 +93,8 @@ def run_child(job: dict[str, Any]) -> None:
             job.get("entry"),
             dict(job.get("params") or {}),
             memory_mb=int(job["limits"]["memory_mb"]),
+            project_root=Path(job["project_root"]) if job.get("project_root") else None,
+            env=Path(job["env"]) if job.get("env") else None,
         )
         result: dict[str, Any] = {"ok": True, **summary}
     except BuildFailure as failure:
@@ -185,11 +188,13 @@ def build(
     source: Path,
     outputs: dict[str, Path],
     entry: str | None,
-    params: dict[str, str],
+    params: dict[str, Any],
     memory_mb: int,
+    project_root: Path | None = None,
+    env: Path | None = None,
 ) -> dict[str, Any]:
     """Run the script, resolve what it built and export it. Raises BuildFailure."""
-    script = UserScript(source)
+    script = UserScript(source, project_root, env)
     viewer = Viewer()
     viewer.install()
     with script.reporting_errors(memory_mb):
@@ -202,10 +207,11 @@ def build(
 class UserScript:
     """The user's file: compiling, running, and telling its frames apart from ours."""
 
-    def __init__(self, source: Path) -> None:
+    def __init__(self, source: Path, project_root: Path | None = None, env: Path | None = None) -> None:
         self.source = source.resolve()
-        self.root = self.source.parent
-        self.name = self.source.name
+        self.root = project_root.resolve() if project_root else self.source.parent
+        self.name = self.relative(str(self.source))
+        self.env = env
 
     def execute(self) -> dict[str, Any]:
         code = self._compile()
@@ -214,7 +220,10 @@ class UserScript:
         # Installed as __main__ so dataclasses, pickle and `if __name__ == "__main__"` behave as in a shell.
         sys.modules["__main__"] = module
         sys.argv = [str(self.source)]
-        sys.path.insert(0, str(self.root))  # sibling imports
+        # As `python path/to/entry.py` from the project root would: the script's folder first, then
+        # the root (local packages), then the project's installed requirements, then the worker's.
+        first = [str(self.source.parent), str(self.root), *([str(self.env)] if self.env else [])]
+        sys.path[0:0] = list(dict.fromkeys(first))
         try:
             exec(code, module.__dict__)
         except SystemExit as stop:
@@ -347,11 +356,15 @@ def entry_name(entry: str | None) -> str | None:
 
 
 def resolve(
-    script: UserScript, namespace: dict[str, Any], viewer: Viewer, entry: str | None, params: dict[str, str]
+    script: UserScript, namespace: dict[str, Any], viewer: Viewer, entry: str | None, params: dict[str, Any]
 ) -> Shown:
-    """What to build: the named function; else what was shown; else `result`; else the one function."""
+    """What to build: the named function; else what was shown; else `result`; else the one function.
+
+    In a MakerRepo file, only its `@artifact` and `@customizable` functions are entry points.
+    """
     functions = public_functions(script, namespace)
     name = entry_name(entry)
+    decorated = {n: f for n, f in functions.items() if _makerrepo_kinds(f)}
     if name:
         if name not in functions:
             available = ", ".join(functions) or "none"
@@ -362,10 +375,39 @@ def resolve(
         return viewer.shown
     if not params and "result" in namespace and not inspect.isfunction(namespace["result"]):
         return [(namespace["result"], None)]
-    candidates = [f for f in functions.values() if _accepts(f, params)]
+    offered = decorated or functions
+    candidates = [f for f in offered.values() if _accepts(f, params)]
+    customizables = [f for f in offered.values() if _model_param(f)]
+    if not candidates and params and len(customizables) == 1:
+        candidates = customizables  # its schema then says which parameter is wrong
     if len(candidates) == 1:
         return call_entry(candidates[0], params, viewer, script.name)
-    raise BuildFailure("entry", _no_single_entry(script.name, functions, candidates, params))
+    raise BuildFailure("entry", _no_single_entry(script.name, offered, candidates, params))
+
+
+def _makerrepo_kinds(func: Callable[..., Any]) -> set[str]:
+    """{"artifact", "customizable"}, as far as MakerRepo's decorators marked `func` (via venusian)."""
+    categories = getattr(func, "__venusian_callbacks__", None) or {}
+    return {kind for kind in ("artifact", "customizable") if _MAKERREPO_CATEGORIES[kind] in categories}
+
+
+_MAKERREPO_CATEGORIES = {"artifact": "mr_artifacts", "customizable": "mr_customizable"}
+
+
+def _model_param(func: Callable[..., Any]) -> tuple[str, Any] | None:
+    """(argument, model class) for a function taking one pydantic model, as a `@customizable` does."""
+    from pydantic import BaseModel
+
+    params = list(inspect.signature(func).parameters.values())
+    if len(params) != 1 or params[0].kind in (params[0].VAR_POSITIONAL, params[0].VAR_KEYWORD):
+        return None
+    try:
+        annotation = typing.get_type_hints(func).get(params[0].name)
+    except Exception:  # an annotation naming something undefined: not a model then
+        return None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return params[0].name, annotation
+    return None
 
 
 def public_functions(script: UserScript, namespace: dict[str, Any]) -> dict[str, Callable[..., Any]]:
@@ -420,13 +462,21 @@ def _required(func: Callable[..., Any]) -> set[str]:
     }
 
 
-def _accepts(func: Callable[..., Any], params: dict[str, str]) -> bool:
+def _accepts(func: Callable[..., Any], params: dict[str, Any]) -> bool:
+    if (model := _model_param(func)) is not None:
+        fields = model[1].model_fields
+        extra_ok = model[1].model_config.get("extra") == "allow"
+        required = {n for n, f in fields.items() if f.is_required()}
+        return (extra_ok or set(params) <= set(fields)) and required <= set(params)
     known = set(params) <= set(_settable(func)) or _takes_any_keyword(func)
     return known and _required(func) <= set(params)
 
 
-def call_entry(func: Callable[..., Any], params: dict[str, str], viewer: Viewer, filename: str) -> Shown:
-    kwargs = convert_params(func, params)
+def call_entry(func: Callable[..., Any], params: dict[str, Any], viewer: Viewer, filename: str) -> Shown:
+    if (model := _model_param(func)) is not None:
+        kwargs = {model[0]: _validate_model(func, model[1], params)}
+    else:
+        kwargs = convert_params(func, params)
     missing = sorted(_required(func) - set(kwargs))
     if missing:
         needs = ", ".join(f"--param {n}=VALUE" for n in missing)
@@ -438,7 +488,24 @@ def call_entry(func: Callable[..., Any], params: dict[str, str], viewer: Viewer,
     return [(value, func.__name__)]
 
 
-def convert_params(func: Callable[..., Any], params: dict[str, str]) -> dict[str, Any]:
+def _validate_model(func: Callable[..., Any], model: Any, params: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    from workers.param_schema import describe_errors
+
+    unknown = sorted(set(params) - set(model.model_fields))
+    if unknown and model.model_config.get("extra") != "allow":  # as the coordinator refuses them
+        fields = ", ".join(model.model_fields) or "none"
+        raise BuildFailure(
+            "params", f"{func.__name__}(): unknown parameter {unknown[0]!r}; its parameters: {fields}"
+        )
+    try:
+        return model.model_validate(params)
+    except ValidationError as error:
+        raise BuildFailure("params", describe_errors(func.__name__, error.errors())) from None
+
+
+def convert_params(func: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:
     """Turn `--param k=v` strings into the types the function's defaults or annotations ask for."""
     settable = _settable(func)
     open_ended = _takes_any_keyword(func)
@@ -472,7 +539,9 @@ def _annotated_type(annotation: Any) -> type | None:
     return None
 
 
-def _convert(name: str, raw: str, param: inspect.Parameter) -> Any:
+def _convert(name: str, raw: Any, param: inspect.Parameter) -> Any:
+    if not isinstance(raw, str):  # a typed value from --params file.json
+        return raw
     target = _annotated_type(param.annotation) if param.annotation is not param.empty else None
     from_default = target is None and type(param.default) in _TYPE_NAMES.values()
     if from_default:
@@ -523,6 +592,8 @@ def _collect(obj: Any, name: str | None, out: list[tuple[bd.Shape, str | None]])
         return
     if isinstance(obj, bd.BuildPart):
         _collect(obj.part, name, out)
+    elif type(obj).__module__.startswith("mr.") and hasattr(obj, "model"):  # MakerRepo's Result
+        _collect(obj.model, name, out)
     elif isinstance(obj, bd.Shape):
         out.append((obj, name))
     elif isinstance(obj, list | tuple):

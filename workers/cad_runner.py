@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -27,7 +28,8 @@ from multiprocessing.context import ForkServerProcess, reduction, set_spawning_p
 from pathlib import Path
 from typing import Any
 
-PRELOAD = ["build123d", "workers.cad_runner", "workers.cad_child"]  # cad_child last: it freezes the gc
+# mr (MakerRepo) and pydantic serve @artifact / @customizable projects. cad_child last: it freezes the gc.
+PRELOAD = ["build123d", "pydantic", "mr", "workers.cad_runner", "workers.cad_child"]
 SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
 # OCCT meshes in parallel and glibc gives each thread its own 64 MB malloc arena of address space,
 # which on a many-core host alone would exhaust the memory limit. Set for the fork server only.
@@ -78,10 +80,14 @@ class CadResult:
 
 @dataclass
 class CadRequest:
+    """One build. With `project` (a tar.gz of the project), `source` is the entry file's path inside it."""
+
     source: Path
     outdir: Path
     entry: str | None = None
-    params: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # str from --param, any JSON from --params
+    project: Path | None = None
+    env: Path | None = None  # site-packages of the project's requirements (workers.cad_env)
 
 
 _server_lock = threading.Lock()
@@ -123,15 +129,19 @@ class CadRunner:
         """Build `req` in a fresh child. Raises CadError for anything the user should be told."""
         self.start()
         limits = limits or self.limits
-        source, outdir = req.source.resolve(), req.outdir.resolve()
-        if not source.is_file():
+        outdir = req.outdir.resolve()
+        if req.project is None and not req.source.is_file():
             raise CadError("entry", f"no such script: {req.source}")
         outdir.mkdir(parents=True, exist_ok=True)
         for name in (STL_NAME, THREEMF_NAME, RESULT_NAME, LOG_NAME):
             (outdir / name).unlink(missing_ok=True)  # never report a previous build's files
         workdir = Path(tempfile.mkdtemp(prefix="cad-build-"))
         try:
-            job = _job(source, outdir, workdir, req, limits)
+            root = _unpack(req.project, workdir / "project", limits) if req.project else None
+            source = (root / req.source) if root else req.source.resolve()
+            if root and not source.is_file():
+                raise CadError("entry", f"no file {req.source} in the project")
+            job = _job(source, outdir, workdir, req, limits, root)
             exitcode, timed_out = self._run(job, limits)
             return _outcome(job, exitcode, timed_out, limits, closed=self._closed)
         finally:
@@ -237,11 +247,28 @@ def _child_main(job: dict[str, Any]) -> None:
     run_child(job)
 
 
-def _job(source: Path, outdir: Path, workdir: Path, req: CadRequest, limits: CadLimits) -> dict[str, Any]:
+def _unpack(archive: Path, dest: Path, limits: CadLimits) -> Path:
+    """Extract a project archive into the build's private folder; refuses links out and odd files."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            if sum(m.size for m in members) > limits.output_mb << 20:
+                raise CadError("limit", f"the project unpacks to more than {limits.output_mb} MB")
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise CadError("entry", f"the project archive cannot be unpacked: {exc}") from None
+    return dest.resolve()
+
+
+def _job(
+    source: Path, outdir: Path, workdir: Path, req: CadRequest, limits: CadLimits, root: Path | None
+) -> dict[str, Any]:
     return {
         "source": str(source),
+        "project_root": str(root) if root else None,
+        "env": str(req.env) if req.env else None,
         "entry": req.entry,
-        "params": {str(k): str(v) for k, v in req.params.items()},
+        "params": {str(k): v for k, v in req.params.items()},
         "workdir": str(workdir),
         "stl": str(outdir / STL_NAME),
         "threemf": str(outdir / THREEMF_NAME),
@@ -369,7 +396,7 @@ def _outcome(
     job: dict[str, Any], exitcode: int | None, timed_out: bool, limits: CadLimits, closed: bool
 ) -> CadResult:
     source, trace = Path(job["source"]), Path(job["trace"])
-    where = _last_user_frame(trace, source.parent)
+    where = _last_user_frame(trace, Path(job["project_root"] or source.parent))
     cpu_dump = _has_cpu_dump(trace)
     if timed_out:
         message = f"the build ran longer than the {limits.wall_s:g} s wall-clock limit and was stopped"

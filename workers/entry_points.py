@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 SHOW_NAMES = frozenset({"show", "show_object", "show_all"})
+MAKERREPO_KINDS = ("artifact", "customizable")
+# Reads another module of the project by its path from the project root ("pkg/params.py"), or None.
+ModuleReader = Callable[[str], str | None]
 
 
 @dataclass
@@ -28,6 +32,8 @@ class Function:
     name: str
     line: int
     params: list[Param] = field(default_factory=list)
+    kind: str = "function"  # or MakerRepo's "artifact" / "customizable"
+    model: str | None = None  # the parameter model's class, for a function taking one pydantic model
 
 
 @dataclass
@@ -35,45 +41,179 @@ class ScriptInfo:
     functions: list[Function] = field(default_factory=list)
     calls_show: bool = False
     has_result: bool = False
+    classes: dict[str, ast.ClassDef] = field(default_factory=dict)  # this file's and imported ones
+
+    def entry_points(self) -> list[Function]:
+        """What builds without --artifact may choose from: in a MakerRepo file, its decorated functions."""
+        decorated = [f for f in self.functions if f.kind in MAKERREPO_KINDS]
+        return decorated or self.functions
 
 
-def scan_source(source: Path) -> ScriptInfo:
+def scan_source(source: Path, read_module: ModuleReader | None = None, module_path: str = "") -> ScriptInfo:
     """Public module-level functions, and whether the script shows or assigns `result`.
 
-    Raises SyntaxError for a file that does not parse.
+    `read_module` lets a parameter model imported from another file of the project be found;
+    `module_path` is this file's path in the project. Raises SyntaxError for a file that does not parse.
     """
-    tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+    return scan_text(source.read_text(encoding="utf-8"), str(source), read_module, module_path)
+
+
+def scan_text(
+    text: str, filename: str, read_module: ModuleReader | None = None, module_path: str = ""
+) -> ScriptInfo:
+    tree = ast.parse(text, filename=filename)
     info = ScriptInfo()
+    info.classes = _classes(tree, read_module, module_path or PurePosixPath(filename).name)
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
-            info.functions.append(Function(node.name, node.lineno, _params(node.args)))
+            info.functions.append(_function(node, info.classes))
         elif _assigns_result(node):
             info.has_result = True
     info.calls_show = any(_is_show_call(node) for node in ast.walk(tree))
     return info
 
 
-def list_entry_points(source: Path) -> list[dict[str, Any]]:
+def list_entry_points(
+    source: Path, read_module: ModuleReader | None = None, module_path: str = ""
+) -> list[dict[str, Any]]:
     """Entry points as plain dicts, for the API and the CLI.
 
-    One `{"kind": "function", "name", "line", "params": [{"name", "default", ...}]}` per public
-    function, then `{"kind": "show"}` and/or `{"kind": "result"}` when the script builds at module level.
+    One `{"kind": "function" | "artifact" | "customizable", "name", "line", "params": [{"name",
+    "default", ...}]}` per entry point (a customizable's params are its model's fields), then
+    `{"kind": "show"}` and/or `{"kind": "result"}` when the script builds at module level.
     """
-    info = scan_source(source)
-    entries: list[dict[str, Any]] = [
-        {
-            "kind": "function",
-            "name": f.name,
-            "line": f.line,
-            "params": [vars(p).copy() for p in f.params],
-        }
-        for f in info.functions
-    ]
+    from workers.param_schema import build_model, field_listing
+
+    info = scan_source(source, read_module, module_path)
+    entries: list[dict[str, Any]] = []
+    for f in info.entry_points():
+        entry: dict[str, Any] = {"kind": f.kind, "name": f.name, "line": f.line}
+        if f.model:
+            entry["model"] = f.model
+            entry["params"] = field_listing(build_model(f.model, info.classes))
+        else:
+            entry["params"] = [vars(p).copy() for p in f.params]
+        entries.append(entry)
     if info.calls_show:
         entries.append({"kind": "show", "name": "show"})
     if info.has_result:
         entries.append({"kind": "result", "name": "result"})
     return entries
+
+
+def _function(node: ast.FunctionDef, classes: dict[str, ast.ClassDef]) -> Function:
+    from workers.param_schema import is_model_class
+
+    kinds = [k for k in map(_makerrepo_kind, node.decorator_list) if k]
+    func = Function(node.name, node.lineno, _params(node.args), kind=kinds[0] if kinds else "function")
+    args = node.args
+    single = args.posonlyargs + args.args + args.kwonlyargs
+    if len(single) == 1 and not args.vararg and not args.kwarg and single[0].annotation is not None:
+        name = _annotation_name(single[0].annotation)
+        if name in classes and is_model_class(classes[name], classes):
+            func.model = name
+    return func
+
+
+def _makerrepo_kind(decorator: ast.expr) -> str | None:
+    """ "artifact" for `@artifact`, `@mr.artifact`, `@artifact(sample=True)`; likewise customizable."""
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    name = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")
+    return name if name in MAKERREPO_KINDS else None
+
+
+def _annotation_name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # `from __future__ import annotations`
+        return node.value.strip()
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _classes(tree: ast.Module, read_module: ModuleReader | None, module_path: str) -> dict[str, ast.ClassDef]:
+    """Classes defined here, plus those named in `from x import Name` of the project's own modules."""
+    classes: dict[str, ast.ClassDef] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and read_module is not None:
+            for path in _module_paths(node, module_path):
+                text = read_module(path)
+                if text is None:
+                    continue
+                try:
+                    theirs = {n.name: n for n in ast.parse(text).body if isinstance(n, ast.ClassDef)}
+                except SyntaxError:
+                    break
+                for alias in node.names:
+                    if alias.name in theirs:
+                        classes[alias.asname or alias.name] = theirs[alias.name]
+                        classes.update({k: v for k, v in theirs.items() if k not in classes})
+                break
+        elif isinstance(node, ast.ClassDef):
+            classes[node.name] = node
+    return classes
+
+
+def _module_paths(node: ast.ImportFrom, module_path: str) -> list[str]:
+    """Where `from [.]a.b import X` may live in the project: beside this file, or from the root."""
+    parts = (node.module or "").split(".") if node.module else []
+    here = PurePosixPath(module_path).parent
+    bases = [here] if node.level else [here, PurePosixPath(".")]
+    for _ in range(max(node.level - 1, 0)):
+        bases = [b.parent for b in bases]
+    out = []
+    for base in dict.fromkeys(bases):
+        stem = base.joinpath(*parts) if parts else base
+        out += [f"{stem}.py".removeprefix("./"), str(stem / "__init__.py").removeprefix("./")]
+    return out
+
+
+def validate_params(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> str | None:
+    """What is wrong with `params` for the customizable they go to, or None (also when unsure).
+
+    Mirrors how the build picks its entry point; anything that cannot be decided statically is
+    left to the build.
+    """
+    from pydantic import ValidationError
+
+    from workers.param_schema import build_model, describe_errors
+
+    target = _target(info, entry, params)
+    if target is None or target.model is None:
+        return None
+    try:
+        model = build_model(target.model, info.classes)
+    except Exception:  # a model this reader cannot rebuild: the build validates it
+        return None
+    try:
+        model.model_validate(params)
+    except ValidationError as exc:
+        return describe_errors(target.name, exc.errors())
+    return None
+
+
+def _target(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> Function | None:
+    if entry:
+        name = entry.rpartition(":")[2]
+        return next((f for f in info.functions if f.name == name), None)
+    if not params:
+        return None
+    offered = info.entry_points()
+    candidates = [f for f in offered if _accepts(f, info, params)]
+    customizables = [f for f in offered if f.model]
+    if not candidates and len(customizables) == 1:
+        candidates = customizables
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _accepts(func: Function, info: ScriptInfo, params: dict[str, Any]) -> bool:
+    if func.model:
+        from workers.param_schema import build_model
+
+        try:
+            fields = build_model(func.model, info.classes).model_fields
+        except Exception:
+            return False
+        return set(params) <= set(fields) and {n for n, f in fields.items() if f.is_required()} <= set(params)
+    names = {p.name for p in func.params}
+    return set(params) <= names and {p.name for p in func.params if not p.has_default} <= set(params)
 
 
 def _params(args: ast.arguments) -> list[Param]:

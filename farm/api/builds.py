@@ -6,28 +6,42 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, UploadFile
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, JsonValue, ValidationError
 from sqlmodel import Session, col, select
 
 from farm import pipeline
 from farm.api.deps import Farm, FarmDep, SessionDep, require
+from farm.api.sources import check_cad_source
 from farm.api.views import build_view, slice_view
-from farm.models import Artifact, Build, Job, Slice
+from farm.models import Artifact, Build, Job, Printer, Slice
 from farm.queue import send
 from farm.store import TooLarge
 
 router = APIRouter(prefix="/api", tags=["builds"])
 
 
+class GitSource(BaseModel):
+    url: str
+    ref: str | None = None
+    commit: str
+
+
 class SubmitOptions(BaseModel):
     entry: str | None = None
-    params: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    # Set when the upload is a project archive (tar.gz): the .py file inside it to build.
+    entry_file: str | None = None
+    git: GitSource | None = None  # the project is this commit of a git repository
+    no_cache: bool = False
     copies: int = Field(1, ge=1, le=100)
     material: str = "PLA"
     quality: str = "standard"
     color: str | None = None
     printer_model: str | None = None
     priority: int = Field(0, ge=-100, le=100)
+    printer: str | None = None  # pin: only this printer may print it
+    nozzle: float | None = Field(None, gt=0.1, lt=2.0)
+    attempts: int | None = Field(None, ge=1, le=10)  # None: the farm's `job_attempts`
 
 
 class CadResult(BaseModel):
@@ -69,11 +83,22 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
         opts = SubmitOptions.model_validate(json.loads(options))
     except (ValueError, ValidationError) as exc:
         raise HTTPException(422, f"bad submit options: {exc}") from exc
-    name = file.filename or "upload"
+    name = opts.entry_file or file.filename or "upload"
     try:
         pipeline.source_kind(name)
     except pipeline.BadRequest as exc:
         raise HTTPException(415, str(exc)) from exc
+    if opts.git and not opts.entry_file:
+        raise HTTPException(422, "a git submission is a project archive: give entry_file")
+    if opts.printer:  # pinned: slice only for that printer's model
+        pinned = session.get(Printer, opts.printer)
+        if pinned is None:
+            raise HTTPException(422, f"no printer '{opts.printer}'; `farm printers` lists them")
+        if opts.printer_model and opts.printer_model.upper() != pinned.model.upper():
+            raise HTTPException(
+                422, f"printer '{pinned.name}' is a {pinned.model}, not a {opts.printer_model}"
+            )
+        opts.printer_model = pinned.model
 
     async def chunks():  # type: ignore[no-untyped-def]
         while chunk := await file.read(1 << 20):
@@ -85,15 +110,24 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
         raise HTTPException(413, str(exc)) from exc
     if size == 0:
         raise HTTPException(422, f"'{name}' is empty")
+    if pipeline.source_kind(name) == "cad":
+        # Read, never run: a customizable's parameters are checked against its model here.
+        problem = check_cad_source(farm.store.path(sha), opts.entry_file, opts.entry, opts.params)
+        if problem:
+            raise HTTPException(422, problem)
     if session.get(Artifact, sha) is None:
-        session.add(Artifact(sha256=sha, size=size, name=name))
+        session.add(Artifact(sha256=sha, size=size, name=file.filename or name))
     build, _jobs, out = pipeline.create_build(
         session,
         source_name=name,
         source_sha256=sha,
-        **opts.model_dump(exclude={"entry", "params"}),
+        **opts.model_dump(exclude={"entry", "params", "entry_file", "git", "no_cache", "attempts"}),
+        attempts=opts.attempts or farm.settings.job_attempts,
         entry=opts.entry,
         params=opts.params,
+        project=opts.entry_file is not None,
+        git=opts.git.model_dump() if opts.git else None,
+        use_cache=not opts.no_cache,
     )
     session.commit()
     dispatch_outgoing(farm, out)

@@ -34,23 +34,48 @@ def build(
         str | None, typer.Option(help="The function to build (default: the only one).")
     ] = None,
     param: Annotated[list[str] | None, typer.Option(help="A parameter NAME=VALUE; repeat for more.")] = None,
+    params_file: Annotated[
+        Path | None, typer.Option("--params", help="Parameters from a JSON object file; --param overrides.")
+    ] = None,
+    no_project: Annotated[
+        bool, typer.Option("--no-project", help="Build the .py file alone, without its project.")
+    ] = False,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write <name>.stl and <name>.3mf.")
     ] = Path("."),
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Build even if the cache has it.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Build a script to STL and 3MF locally, in the same sandbox and cache as a CAD worker."""
+    """Build a script to STL and 3MF locally, in the same sandbox and cache as a CAD worker.
+
+    A script inside a project is built as the farm builds it: the project packed (minus what
+    .gitignore excludes) and its requirements installed into a cached environment.
+    """
+    from farm.commands.params import ParamError, combine
+    from farm.project import ProjectError, pack_file
     from workers.cad_cache import CadCache, cached_build
     from workers.cad_runner import CadError, CadRequest, CadRunner
 
     _require_file(path)
-    params = _parse_params(param or [])
+    try:
+        params = combine(param or [], params_file)[0]
+    except ParamError as exc:
+        _die(str(exc), 2)
     started = time.monotonic()
     runner = CadRunner()  # starts its fork server (~4 s) only if the cache misses
     try:
         with _scratch_dir() as scratch:
-            request = CadRequest(source=path, outdir=Path(scratch), entry=artifact, params=params)
+            try:
+                packed = pack_file(path, Path(scratch)) if path.suffix == ".py" and not no_project else None
+            except ProjectError as exc:
+                _die(str(exc), 2)
+            request = CadRequest(
+                source=Path(packed.entry) if packed else path,
+                outdir=Path(scratch) / "out",
+                entry=artifact,
+                params=params,
+                project=packed.archive if packed else None,
+            )
             result, hit = cached_build(runner, CadCache(_cache_root()), request, use_cache=not no_cache)
     except CadError as exc:
         _die(exc.message)
@@ -64,12 +89,23 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="A build123d .py script.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """List a script's entry points with their parameters and defaults, without running it."""
+    """List a script's entry points with their parameters and defaults, without running it.
+
+    MakerRepo `@artifact` and `@customizable` functions are listed as such; a customizable's
+    parameters are its pydantic model's fields, with their constraints.
+    """
+    from farm.project import find_root
     from workers.entry_points import list_entry_points
 
     _require_file(path)
+    root = find_root(path) or path.resolve().parent
+
+    def read_module(relative: str) -> str | None:
+        module = root / relative
+        return module.read_text(encoding="utf-8") if module.is_file() else None
+
     try:
-        entries = list_entry_points(path)
+        entries = list_entry_points(path, read_module, path.resolve().relative_to(root).as_posix())
     except SyntaxError as exc:
         _die(f"{path.name}, line {exc.lineno}: SyntaxError: {exc.msg}")
     except (OSError, UnicodeDecodeError) as exc:
@@ -94,16 +130,6 @@ def _require_file(path: Path) -> None:
         _die(f"{path} does not exist", 2)
     if not path.is_file():
         _die(f"{path} is not a file", 2)
-
-
-def _parse_params(pairs: list[str]) -> dict[str, str]:
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            _die(f"--param takes NAME=VALUE, got '{pair}'", 2)
-        params[key.strip()] = value
-    return params
 
 
 def _cache_root() -> Path:
@@ -161,7 +187,12 @@ def _describe_entry(entry: dict[str, Any]) -> str:
         return "show    (the script calls show() at module level; build without --artifact)"
     if entry["kind"] == "result":
         return "result  (the script assigns `result` at module level; build without --artifact)"
-    lines = [f"{entry['name']}  (line {entry['line']})"]
+    what = f"line {entry['line']}"
+    if entry["kind"] != "function":
+        what = f"{entry['kind']}, {what}"
+    if entry.get("model"):
+        what += f", parameters from {entry['model']}"
+    lines = [f"{entry['name']}  ({what})"]
     lines += [f"  {_describe_param(p)}" for p in entry["params"]] or ["  (no parameters)"]
     return "\n".join(lines)
 
@@ -169,7 +200,13 @@ def _describe_entry(entry: dict[str, Any]) -> str:
 def _describe_param(param: dict[str, Any]) -> str:
     text = param["name"] + (f": {param['annotation']}" if param.get("annotation") else "")
     if not param.get("has_default"):
-        return f"{text}  (required)"
-    if param.get("default") is None and param.get("default_source"):
-        return f"{text} = {param['default_source']}"
-    return f"{text} = {param['default']!r}"
+        text += "  (required)"
+    elif param.get("default") is None and param.get("default_source"):
+        text += f" = {param['default_source']}"
+    else:
+        text += f" = {param['default']!r}"
+    if param.get("constraints"):
+        text += "  [" + ", ".join(f"{k} {v!r}" for k, v in param["constraints"].items()) + "]"
+    if param.get("description"):
+        text += f"  {param['description']}"
+    return text

@@ -1,0 +1,258 @@
+"""A customizable's pydantic parameter model, rebuilt from source with `ast`: no user code runs.
+
+The coordinator validates submitted parameters against it, so a wrong value is refused at submit
+time (a 4xx naming the field) instead of failing a build later. What can be read statically is
+rebuilt: field types (int, float, str, bool, lists, dicts, Literal, Optional, nested models and
+enums of the same file), literal defaults and literal `Field(...)` constraints (ge, le, pattern, ...).
+Anything else (validators, computed defaults, types from elsewhere) is left to the build itself,
+which validates against the real model.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+CONSTRAINTS = {
+    "ge",
+    "gt",
+    "le",
+    "lt",
+    "multiple_of",
+    "min_length",
+    "max_length",
+    "pattern",
+    "description",
+    "title",
+    "examples",
+    "strict",
+    "allow_inf_nan",
+    "max_digits",
+    "decimal_places",
+}
+SIMPLE_TYPES: dict[str, Any] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+    "bytes": bytes,
+    "Any": Any,
+    "None": None,
+}
+_UNKNOWN = object()
+
+
+def is_model_class(node: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> bool:
+    for base in node.bases:
+        name = _dotted(base) or ""
+        if name.rsplit(".", 1)[-1] == "BaseModel":
+            return True
+        if name in classes and name != node.name and is_model_class(classes[name], classes):
+            return True
+    return False
+
+
+def build_model(name: str, classes: dict[str, ast.ClassDef]) -> type[BaseModel]:
+    """The pydantic model for class `name` (a BaseModel subclass among `classes`)."""
+    return _Builder(classes).model(name)
+
+
+def describe_errors(function: str, errors: list[Any]) -> str:
+    """`box(): parameter 'width': Input should be greater than 0 (got -5)` for each error."""
+    parts = []
+    for error in errors:
+        field = ".".join(str(p) for p in error.get("loc", ())) or "(all)"
+        text = f"parameter {field!r}: {error.get('msg', 'invalid')}"
+        if error.get("type") not in ("missing", "extra_forbidden") and "input" in error:
+            text += f" (got {error['input']!r})"
+        parts.append(text)
+    return f"{function}(): " + "; ".join(parts)
+
+
+def field_listing(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """Each field as {name, annotation, has_default, default, required, constraints} for inspect."""
+    out = []
+    for name, info in model.model_fields.items():
+        constraints: dict[str, Any] = {}
+        for meta in info.metadata:
+            if dataclasses.is_dataclass(meta):
+                pairs = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta)}
+            else:
+                pairs = dict(getattr(meta, "__dict__", {}))
+            constraints.update({k: v for k, v in pairs.items() if v is not None})
+        required = info.is_required()
+        known = not required and info.default is not _UNKNOWN
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        out.append(
+            {
+                "name": name,
+                "annotation": _type_name(info.annotation),
+                "has_default": not required,
+                "default": info.default if known else None,
+                "default_source": None if known else extra.get("default_source"),
+                "required": required,
+                "constraints": constraints,
+                "description": info.description,
+            }
+        )
+    return out
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+class _Builder:
+    def __init__(self, classes: dict[str, ast.ClassDef]) -> None:
+        self.classes = classes
+        self.built: dict[str, type[BaseModel]] = {}
+
+    def model(self, name: str) -> type[BaseModel]:
+        if name in self.built:
+            return self.built[name]
+        node = self.classes[name]
+        fields: dict[str, Any] = {}
+        extra = "forbid"  # a misspelt parameter is a mistake, not something to ignore
+        for base in node.bases:
+            base_name = _dotted(base)
+            if base_name in self.classes and base_name != name:
+                parent = self.model(base_name)
+                fields.update({n: (f.annotation, f) for n, f in parent.model_fields.items()})
+                extra = parent.model_config.get("extra") or extra
+        for stmt in node.body:
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                class_var = _dotted(stmt.annotation) in ("ClassVar", "typing.ClassVar")
+                if stmt.target.id.startswith("_") or class_var:
+                    continue
+                fields[stmt.target.id] = self._field(stmt.annotation, stmt.value)
+            elif _assigns(stmt, "model_config"):
+                extra = _config_extra(stmt.value) or extra  # type: ignore[attr-defined]
+        model = create_model(name, __config__=ConfigDict(extra=extra), **fields)  # type: ignore[call-overload]
+        self.built[name] = model
+        return model
+
+    def _field(self, annotation: ast.expr, value: ast.expr | None) -> tuple[Any, Any]:
+        kind, info = self._annotation(annotation)
+        if value is None:
+            return kind, info if info is not None else ...
+        if isinstance(value, ast.Call) and _dotted(value.func) in ("Field", "pydantic.Field"):
+            return kind, self._field_call(value, info)
+        literal = _literal(value)
+        if literal is _UNKNOWN:  # e.g. `Color.RED`: optional, its value known only to the build
+            return kind, Field(default=_UNKNOWN, json_schema_extra={"default_source": ast.unparse(value)})
+        return kind, literal
+
+    def _field_call(self, call: ast.Call, info: Any) -> Any:
+        kwargs: dict[str, Any] = {}
+        if call.args:
+            kwargs["default"] = _literal(call.args[0])  # `...` stays `...`: required
+        for kw in call.keywords:
+            if kw.arg == "default":
+                kwargs["default"] = _literal(kw.value)
+            elif kw.arg == "default_factory":
+                kwargs["default"] = _UNKNOWN  # computed at run time: optional, value unknown here
+                kwargs["json_schema_extra"] = {"default_source": f"{ast.unparse(kw.value)}()"}
+            elif kw.arg in CONSTRAINTS and (v := _literal(kw.value)) is not _UNKNOWN:
+                kwargs[kw.arg] = v
+        return Field(**kwargs)
+
+    def _annotation(self, node: ast.expr) -> tuple[Any, Any]:
+        """(type, FieldInfo from Annotated[..., Field(...)] or None)."""
+        if isinstance(node, ast.Subscript) and _dotted(node.value) in ("Annotated", "typing.Annotated"):
+            items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            kind = self._type(items[0])
+            for extra in items[1:]:
+                if isinstance(extra, ast.Call) and _dotted(extra.func) in ("Field", "pydantic.Field"):
+                    return kind, self._field_call(extra, None)
+            return kind, None
+        return self._type(node), None
+
+    def _type(self, node: ast.expr) -> Any:
+        if isinstance(node, ast.Constant) and node.value is None:
+            return None
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a string annotation
+            try:
+                return self._type(ast.parse(node.value, mode="eval").body)
+            except SyntaxError:
+                return Any
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            return self._type(node.left) | self._type(node.right)  # type: ignore[operator]
+        name = _dotted(node.value if isinstance(node, ast.Subscript) else node)
+        short = (name or "").rsplit(".", 1)[-1]
+        if not isinstance(node, ast.Subscript):
+            if short in SIMPLE_TYPES:
+                return SIMPLE_TYPES[short]
+            if name in self.classes:
+                return self._class_type(name)
+            return Any
+        items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if short == "Literal":
+            values = [_literal(i) for i in items]
+            return Literal[tuple(values)] if _UNKNOWN not in values else Any  # type: ignore[valid-type]
+        if short == "Optional":
+            return Optional[self._type(items[0])]  # noqa: UP045 - built at run time
+        if short in ("list", "List", "set", "Set", "frozenset", "Sequence"):
+            return list[self._type(items[0])]  # type: ignore[misc]
+        if short in ("tuple", "Tuple"):
+            return tuple[tuple(self._type(i) for i in items)] if items else tuple  # type: ignore[misc]
+        if short in ("dict", "Dict", "Mapping") and len(items) == 2:
+            return dict[self._type(items[0]), self._type(items[1])]  # type: ignore[misc]
+        if short == "Union":
+            kinds = [self._type(i) for i in items]
+            result = kinds[0]
+            for kind in kinds[1:]:
+                result = result | kind
+            return result
+        if short == "Annotated":
+            return self._type(items[0])
+        return Any
+
+    def _class_type(self, name: str) -> Any:
+        node = self.classes[name]
+        if is_model_class(node, self.classes):
+            return self.model(name)
+        if any((_dotted(b) or "").rsplit(".", 1)[-1] in ("Enum", "StrEnum", "IntEnum") for b in node.bases):
+            values = [
+                _literal(s.value)
+                for s in node.body
+                if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+            ]
+            if values and _UNKNOWN not in values:
+                return Literal[tuple(values)]  # type: ignore[valid-type]
+        return Any
+
+
+def _config_extra(value: ast.expr) -> str | None:
+    if isinstance(value, ast.Call):
+        pairs = {kw.arg: kw.value for kw in value.keywords}
+    elif isinstance(value, ast.Dict):
+        pairs = {_literal(k): v for k, v in zip(value.keys, value.values, strict=True) if k is not None}
+    else:
+        return None
+    extra = _literal(pairs["extra"]) if "extra" in pairs else None
+    return extra if extra in ("allow", "ignore", "forbid") else None
+
+
+def _assigns(stmt: ast.stmt, name: str) -> bool:
+    if isinstance(stmt, ast.Assign):
+        return any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets)
+    return isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.target.id == name
+
+
+def _literal(node: ast.expr) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        return _UNKNOWN
+
+
+def _dotted(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = _dotted(node.value)
+        return f"{inner}.{node.attr}" if inner else None
+    return None
