@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import re
 import shutil
 import zipfile
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from farm.commands import slicing
-from farm.printer_models import MODELS, PrinterModel, model_for_gcode
+from farm.printer_models import MATERIALS, MODELS, QUALITIES, PrinterModel, model_for_gcode
 from tests.test_slicer import box_triangles, write_binary_stl
-from workers.bambu3mf import PLATE_GCODE
+from workers.bambu3mf import PLATE_GCODE, REQUIRED_ENTRIES
 from workers.slicer import flatten_profile, slice_mesh
 
 needs_slicer = pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="prusa-slicer not installed")
@@ -81,14 +84,65 @@ def _temps(text: str, codes: str) -> list[int]:
     return [int(t) for t in re.findall(rf"^M(?:{codes}) [SR](\d+)", text, re.MULTILINE)]
 
 
+# Sane ranges, whatever the preset: (nozzle min, max), (bed min, max) in degrees C.
+SANE_TEMPS = {
+    "PLA": ((200, 225), (55, 65)),
+    "PETG": ((230, 255), (80, 90)),
+    "ABS": ((245, 260), (95, 110)),
+    "ASA": ((250, 265), (95, 110)),
+    "TPU": ((220, 245), (40, 60)),
+}
+CASES = [(m, mat) for m in MODELS.values() for mat in MATERIALS]
+
+
+def _check_bambu_package(path: Path, model: PrinterModel) -> str:
+    """The package opens as a zip with every required entry and a correct MD5; returns the G-code."""
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None
+        assert set(REQUIRED_ENTRIES) <= set(zf.namelist()), sorted(zf.namelist())
+        gcode = zf.read(PLATE_GCODE)
+        assert zf.read(PLATE_GCODE + ".md5").decode().lower() == hashlib.md5(gcode).hexdigest()
+        info = ET.fromstring(zf.read("Metadata/slice_info.config"))
+        plate = {m.get("key"): m.get("value") for m in info.iter("metadata")}
+        assert plate["printer_model_id"] == model.bambu_model_id
+        settings = ET.fromstring(zf.read("Metadata/model_settings.config"))
+        assert any(m.get("value") == PLATE_GCODE for m in settings.iter("metadata"))
+    return gcode.decode()
+
+
+def _check_temperatures(text: str, cfg: dict[str, str], material: str) -> None:
+    first, later = int(cfg["first_layer_temperature"]), int(cfg["temperature"])
+    bed_first, bed_later = int(cfg["first_layer_bed_temperature"]), int(cfg["bed_temperature"])
+    (lo, hi), (blo, bhi) = SANE_TEMPS[material]
+    assert lo <= first <= hi and lo <= later <= hi, (material, first, later)
+    assert blo <= bed_first <= bhi and blo <= bed_later <= bhi, (material, bed_first, bed_later)
+    layer1 = text.index(";LAYER_CHANGE")
+    start, body = text[:layer1], text[layer1:]
+    # Heated and waited for before the first layer...
+    assert re.search(rf"^M109 S{first}\b", start, re.MULTILINE), "no wait for the nozzle temperature"
+    assert re.search(rf"^M190 S{bed_first}\b", start, re.MULTILINE), "no wait for the bed temperature"
+    # ...then the later-layer values once the first layer is down.
+    if later != first:
+        assert re.search(rf"^M104 S{later}\b", body, re.MULTILINE)
+    if bed_later != bed_first:
+        assert re.search(rf"^M140 S{bed_later}\b", body, re.MULTILINE)
+    # Nothing else: 170 is the Buddy start G-code's ooze-free probing temperature, 0 is off.
+    assert set(_temps(text, "104|109")) <= {0, 170, first, later}
+    assert set(_temps(text, "140|190")) <= {0, bed_first, bed_later}
+
+
 @needs_slicer
-@pytest.mark.parametrize("model", MODELS.values(), ids=list(MODELS))
+@pytest.mark.parametrize(("model", "material"), CASES, ids=[f"{m.name}-{mat}" for m, mat in CASES])
 def test_every_profile_slices_a_part_that_fits_its_printer(
-    model: PrinterModel, part: Path, tmp_path: Path
+    model: PrinterModel, material: str, part: Path, tmp_path: Path
 ) -> None:
-    result = slice_mesh(part, model, tmp_path / f"block_{model.name}.gcode")
+    result = slice_mesh(part, model, tmp_path / f"block_{model.name}.gcode", material=material)
     assert result.gcode.name.endswith(model.output_suffix)
-    text = _gcode_text(result.gcode)
+    if model.protocol == "bambu":
+        text = _check_bambu_package(result.gcode, model)
+        assert text == _gcode_text(result.gcode)
+    else:
+        text = result.gcode.read_text()
 
     # The model check the printer (or Bambu Studio) reads.
     if model.protocol == "bambu":
@@ -97,6 +151,8 @@ def test_every_profile_slices_a_part_that_fits_its_printer(
         assert "M862.3" not in text  # Bambu firmware does not know it
     else:
         assert f'M862.3 P "{model.name}" ; printer model check' in text
+        # and the nozzle check (the MINI's vendor start G-code has none)
+        assert "M862.1 P0.4" in text or model.name == "MINI"
 
     # Every move on the bed, nothing above the build height.
     bx, by, bz = model.bed
@@ -107,24 +163,54 @@ def test_every_profile_slices_a_part_that_fits_its_printer(
     first_layer = text.index(";LAYER_CHANGE")
     assert all(0 <= x <= bx and 0 <= y <= by for x, y, _ in _moves(text[first_layer:]))
 
-    # Temperatures of the PLA preset: bed 60, nozzle 215, nothing hotter.
-    cfg = flatten_profile(model, "PLA")
-    nozzle = set(_temps(text, "104|109")) - {0}
-    assert int(cfg["first_layer_temperature"]) in nozzle and max(nozzle) <= int(cfg["temperature"]) + 5
-    assert re.search(rf"^M190 S{cfg['first_layer_bed_temperature']}\b", text, re.MULTILINE)
-    assert set(_temps(text, "140|190")) <= {0, 60}
+    cfg = flatten_profile(model, material)
+    _check_temperatures(text, cfg, material)
 
     # The parsed estimates.
     meta = result.meta
     assert meta.printer_model == model.name
-    assert meta.layers == 15  # 3 mm at 0.2 mm
-    assert meta.print_time_s is not None and 60 < meta.print_time_s < 20 * 60
+    assert meta.filament_type == cfg["filament_type"]
+    assert meta.layers == 15 == text.count(";LAYER_CHANGE")  # 3 mm at 0.2 mm
+    assert meta.objects == 1
+    assert meta.print_time_s is not None and 60 < meta.print_time_s < 30 * 60
     assert meta.filament_g is not None and 0.2 < meta.filament_g < 1.5
     assert meta.filament_m is not None and meta.filament_m == pytest.approx(meta.filament_mm / 1000, abs=1e-3)
+    # The footer's own numbers, to the digit.
+    footer_g = re.search(r"^; total filament used \[g\] = ([\d.]+)", text, re.MULTILINE)
+    assert footer_g and meta.filament_g == float(footer_g.group(1))
     assert meta.bbox is not None
     assert [*meta.bbox[0], *meta.bbox[1]] == pytest.approx(
         [bx / 2 - 8, by / 2 - 5, 0, bx / 2 + 8, by / 2 + 5, 3]
     )
+
+
+@needs_slicer
+@pytest.mark.parametrize("model", MODELS.values(), ids=list(MODELS))
+def test_every_quality_prints_at_its_layer_height(model: PrinterModel, part: Path, tmp_path: Path) -> None:
+    layers = {}
+    for quality in QUALITIES:
+        result = slice_mesh(part, model, tmp_path / f"{quality}.gcode", quality=quality)
+        text = _gcode_text(result.gcode)
+        height = float(flatten_profile(model, "PLA", quality)["layer_height"])
+        assert f"; layer_height = {height:g}\n" in text
+        zs = [float(z) for z in re.findall(r"^;Z:([\d.]+)", text, re.MULTILINE)]
+        assert zs[0] == pytest.approx(0.2) and zs[-1] == pytest.approx(3.0, abs=height / 2 + 1e-6)
+        steps = {round(b - a, 3) for a, b in itertools.pairwise(zs[1:])}
+        assert max(steps) == pytest.approx(height, abs=0.011), (quality, steps)
+        assert result.meta.layers == len(zs)
+        layers[quality] = len(zs)
+    assert layers["draft"] < layers["standard"] < layers["fine"]
+
+
+@needs_slicer
+@pytest.mark.parametrize("name", ["MINI", "MK4S", "A1"])
+def test_tpu_prints_slowly(name: str, tmp_path: Path) -> None:
+    cube = write_binary_stl(tmp_path / "c.stl", box_triangles((20, 20, 10)))
+    times = {
+        mat: slice_mesh(cube, MODELS[name], tmp_path / f"{mat}.gcode", material=mat).meta.print_time_s or 0
+        for mat in ("PLA", "TPU")
+    }
+    assert times["TPU"] > 1.3 * times["PLA"], times
 
 
 @needs_slicer

@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from farm.printer_models import DEFAULT_MODEL, MATERIALS, MODELS, QUALITIES, PrinterModel, get_model
+from workers.slice_cache import SliceCache
 from workers.slicer import (
+    CopiesDontFit,
     GcodeMeta,
     SliceError,
     check_fits,
+    copies_per_plate,
     count_layers,
     find_bundle,
     find_slicer,
@@ -25,6 +28,8 @@ from workers.slicer import (
     mesh_bbox,
     parse_duration,
     parse_gcode_meta,
+    plates_for,
+    print_options,
     slice_mesh,
     slicer_version,
     write_profile,
@@ -496,3 +501,175 @@ def test_parse_gcode_meta_of_foreign_gcode(tmp_path: Path) -> None:
     path.write_text("G28\nG1 X10 Y10\n")
     assert parse_gcode_meta(path) == GcodeMeta()  # all unknown, and no exception
     assert parse_duration("2h 5s") == 7205
+
+
+# --------------------------------------------------------------------------- overrides, crashes
+
+
+def test_print_options_map_to_slicer_settings() -> None:
+    assert print_options(infill="20") == {"fill_density": "20%"}
+    assert print_options(infill="7.5%")["fill_density"] == "7.5%"
+    assert print_options(supports="buildplate") == {
+        "support_material": "1",
+        "support_material_auto": "1",
+        "support_material_buildplate_only": "1",
+    }
+    assert print_options(supports="None")["support_material"] == "0"
+    assert print_options(brim=5) == {"brim_width": "5", "brim_type": "outer_only"}
+    assert print_options(brim=0)["brim_type"] == "no_brim"
+    assert print_options() == {}
+    for kwargs, message in [
+        ({"infill": "lots"}, "infill must be a percentage"),
+        ({"infill": "120%"}, "infill must be a percentage"),
+        ({"supports": "tree"}, "supports must be one of none, buildplate, everywhere"),
+        ({"brim": -1.0}, "brim width is in mm"),
+    ]:
+        with pytest.raises(SliceError, match=message):
+            print_options(**kwargs)  # type: ignore[arg-type]
+
+
+def _first_layer_extent(text: str) -> tuple[float, float]:
+    """Width in x and y of what the first layer extrudes (skirt and brim included)."""
+    first = text.index(";LAYER_CHANGE")
+    layer = text[first : text.index(";LAYER_CHANGE", first + 1)]
+    xs, ys = [], []
+    x = y = 0.0
+    for line in layer.splitlines():
+        if line.startswith("G1 "):
+            code = line.split(";", 1)[0]
+            mx, my, me = (re.search(rf"{a}(-?[\d.]+)", code) for a in "XYE")
+            x, y = float(mx.group(1)) if mx else x, float(my.group(1)) if my else y
+            if me and float(me.group(1)) > 0 and (mx or my):
+                xs.append(x)
+                ys.append(y)
+    return max(xs) - min(xs), max(ys) - min(ys)
+
+
+@needs_slicer
+def test_supports_brim_and_set_reach_the_gcode(tmp_path: Path) -> None:
+    # A post with a 30 mm arm at the top: the arm overhangs and needs support.
+    tris = box_triangles((6, 6, 12), origin=(0, 0, 0)) + box_triangles((30, 6, 3), origin=(0, 0, 12))
+    mesh = write_binary_stl(tmp_path / "arm.stl", tris)
+    mini = MODELS["MINI"]
+    no_support = {**print_options(supports="none"), "layer_height": "0.16"}
+    plain = slice_mesh(mesh, mini, tmp_path / "plain.gcode", overrides=no_support)
+    text = plain.gcode.read_text()
+    assert ";TYPE:Support material" not in text and "; support_material = 0" in text
+    # --set layer_height=0.16: a 0.2 mm first layer, then 0.16 mm steps up to 15 mm.
+    assert "; layer_height = 0.16" in text
+    assert plain.meta.layers == 1 + round((15 - 0.2) / 0.16)
+    supported = slice_mesh(
+        mesh, mini, tmp_path / "sup.gcode", overrides=print_options(supports="everywhere", infill=40)
+    )
+    text = supported.gcode.read_text()
+    assert ";TYPE:Support material" in text
+    assert "; support_material = 1" in text and "; fill_density = 40%" in text
+    # The brim adds about 5 mm on every side of the first layer (skirt included in both).
+    with_brim = {**no_support, **print_options(brim=5)}
+    brim = slice_mesh(mesh, mini, tmp_path / "brim.gcode", overrides=with_brim)
+    assert "; brim_width = 5" in brim.gcode.read_text()
+    (w0, d0), (w1, d1) = (
+        _first_layer_extent(plain.gcode.read_text()),
+        _first_layer_extent(brim.gcode.read_text()),
+    )
+    assert w1 - w0 == pytest.approx(9, abs=2) and d1 - d0 == pytest.approx(9, abs=2)
+
+
+@needs_slicer
+def test_settings_the_slicer_refuses_are_named(cube20: Path, tmp_path: Path) -> None:
+    mini = MODELS["MINI"]
+    with pytest.raises(SliceError, match=r"refused the settings: Invalid value .* layer_height: abc"):
+        slice_mesh(cube20, mini, tmp_path / "a.gcode", overrides={"layer_height": "abc"})
+    # PrusaSlicer swaps an unreadable boolean for a default with only a warning; the wrapper does not.
+    with pytest.raises(SliceError, match=r"did not accept the setting support_material=maybe \(it used 0\)"):
+        slice_mesh(cube20, mini, tmp_path / "b.gcode", overrides={"support_material": "maybe"})
+    with pytest.raises(SliceError, match=r"exit code 1\): Layer height can't be greater than nozzle"):
+        slice_mesh(cube20, mini, tmp_path / "c.gcode", overrides={"layer_height": "5"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _crashing_slicer(tmp_path: Path, body: str) -> Path:
+    fake = tmp_path / "crashing-slicer"
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # The binary itself dies of a signal: Python sees -N.
+        ('echo "Segmentation fault" >&2\nkill -SEGV $$', r"crashed \(SIGSEGV, exit code -11\)"),
+        ("kill -KILL $$", r"crashed \(SIGKILL, exit code -9\).*out of memory"),
+        # Through a wrapper script (AppImage, flatpak): 128 + N.
+        ("echo 'what():  std::bad_alloc' >&2\nexit 134", r"crashed \(SIGABRT, exit code 134\) on cube20"),
+        ("echo 'No such file: x' >&2\nexit 1", r"failed on cube20\.stl \(exit code 1\): No such file: x"),
+    ],
+)
+def test_slicer_crashes_become_clear_errors(cube20: Path, tmp_path: Path, body: str, message: str) -> None:
+    fake = _crashing_slicer(tmp_path, body)
+    out = tmp_path / "o.gcode"
+    with pytest.raises(SliceError, match=message):
+        slice_mesh(cube20, MODELS["MINI"], out, slicer=fake)
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- copies
+
+
+def _labels(text: str) -> set[str]:
+    return set(re.findall(r"^; printing object (.+)$", text, re.MULTILINE))
+
+
+@needs_slicer
+@pytest.mark.parametrize("name", ["MINI", "X1C"])
+def test_copies_that_fit_share_one_plate(name: str, tmp_path: Path) -> None:
+    model = MODELS[name]
+    cube = write_binary_stl(tmp_path / "cube.stl", box_triangles((15, 15, 4)))
+    result = slice_mesh(cube, model, tmp_path / "four.gcode", copies=4)
+    text = result.plain_gcode.read_text() if result.plain_gcode else ""
+    assert result.meta.objects == 4 and len(_labels(text)) == 4
+    bx, by, _ = model.bed
+    first = text.index(";LAYER_CHANGE")
+    moves = [(x, y) for x, y, _ in _xy_moves(result.plain_gcode)[1]]  # type: ignore[arg-type]
+    assert all(0 <= x <= bx and 0 <= y <= by for x, y in moves)
+    assert text[first:].count(";LAYER_CHANGE") == result.meta.layers == 20
+    (x0, y0, z0), (x1, y1, z1) = result.meta.bbox or ((0, 0, 0), (0, 0, 0))
+    assert x0 > 0 and x1 < bx and y0 > 0 and y1 < by and (z0, z1) == (0, 4)
+    # Four 15 mm parts side by side, with the slicer's spacing between them.
+    assert (x1 - x0) * (y1 - y0) >= 4 * 15 * 15
+    single = slice_mesh(cube, model, tmp_path / "one.gcode")
+    assert result.meta.filament_g == pytest.approx(4 * (single.meta.filament_g or 0), rel=0.1)
+
+
+@needs_slicer
+def test_copies_that_do_not_fit_say_how_many_do(tmp_path: Path) -> None:
+    big = write_binary_stl(tmp_path / "big.stl", box_triangles((100, 70, 5)))
+    mini, xl = MODELS["MINI"], MODELS["XL"]
+    out = tmp_path / "o.gcode"
+    with pytest.raises(CopiesDontFit) as err:
+        slice_mesh(big, mini, out, copies=3)
+    assert err.value.per_plate == 2 and err.value.plates == [2, 1]
+    assert str(err.value) == (
+        "3 copies of big.stl (100.0 x 70.0 mm each) do not fit on one MINI bed (180 x 180 mm): "
+        "2 fit per plate, so print them as 2 plates (2 + 1 copies)"
+    )
+    assert not out.exists()
+    # The split is exact: the per-plate number fits, one more does not.
+    per_plate = copies_per_plate(big, xl, 20)
+    assert 1 < per_plate < 20
+    assert copies_per_plate(big, xl, per_plate) == per_plate
+    assert copies_per_plate(big, xl, per_plate + 1) == per_plate
+    result = slice_mesh(big, xl, tmp_path / "xl.gcode", copies=per_plate, quality="draft")
+    assert result.meta.objects == per_plate
+    assert plates_for(20, per_plate)[0] == per_plate and sum(plates_for(20, per_plate)) == 20
+
+
+@needs_slicer
+def test_copies_are_part_of_the_cache_key(cube20: Path, tmp_path: Path) -> None:
+    cache = SliceCache(tmp_path / "cache")
+    one = slice_mesh(cube20, MODELS["MINI"], tmp_path / "1.gcode", cache=cache)
+    two = slice_mesh(cube20, MODELS["MINI"], tmp_path / "2.gcode", copies=2, cache=cache)
+    again = slice_mesh(cube20, MODELS["MINI"], tmp_path / "3.gcode", copies=2, cache=cache)
+    assert not two.cached and again.cached and one.cache_key != two.cache_key
+    assert (one.meta.objects, two.meta.objects, again.meta.objects) == (1, 2, 2)
