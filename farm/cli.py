@@ -322,6 +322,11 @@ def submit(
     color: Annotated[str | None, typer.Option(help="Filament colour wanted.")] = None,
     printer_model: Annotated[str | None, typer.Option(help="Print only on this model (e.g. MINI).")] = None,
     priority: Annotated[int, typer.Option(help="Higher prints first.")] = 0,
+    printer: Annotated[str | None, typer.Option(help="Print only on this printer (by name).")] = None,
+    nozzle: Annotated[float | None, typer.Option(help="Only printers with this nozzle (mm).")] = None,
+    attempts: Annotated[
+        int | None, typer.Option(min=1, max=10, help="Prints to try before the job stays failed (default 2).")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until every job has ended.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -346,6 +351,9 @@ def submit(
         "color": color,
         "printer_model": printer_model,
         "priority": priority,
+        "printer": printer,
+        "nozzle": nozzle,
+        "attempts": attempts,
     }
     with tempfile.TemporaryDirectory(prefix="farm-submit-") as tmp, _client() as client:
         upload = _prepare_upload(source, file, ref, no_project, Path(tmp), options)
@@ -446,10 +454,10 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     Console().print(table)
 
 
-def _get(path: str) -> Any:
+def _get(path: str, **params: Any) -> Any:
     with _client() as client:
         try:
-            return client.get(path)
+            return client.get(path, **params)
         except FarmError as exc:
             _die(str(exc))
 
@@ -466,10 +474,20 @@ def status(as_json: JsonOpt = False) -> None:
         typer.echo(f"{section:9} {counts}")
 
 
-@app.command()
-def jobs(as_json: JsonOpt = False) -> None:
+jobs_app = typer.Typer(help="List jobs (with no command), retry failed ones, explain where they go.")
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.callback(invoke_without_command=True)
+def jobs(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state, e.g. ready or failed.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """List jobs, newest first."""
-    data = _get("/api/jobs")
+    if ctx.invoked_subcommand is not None:
+        return
+    data = _get("/api/jobs", **({"state": state} if state else {}))
     if as_json:
         _emit(data)
         return
@@ -488,6 +506,64 @@ def jobs(as_json: JsonOpt = False) -> None:
             for j in data
         ],
     )
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: Annotated[int, typer.Argument(help="The failed job to send back to the queue.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a failed job one more attempt, on any printer that can take it."""
+    data = _send("POST", f"/api/jobs/{job_id}/retry")
+    _emit(data) if as_json else typer.echo(f"job {job_id}: back in the queue ({data['state']})")
+
+
+@jobs_app.command("explain")
+def jobs_explain(
+    job_id: Annotated[int, typer.Argument(help="The job to explain.")], as_json: JsonOpt = False
+) -> None:
+    """Say why each printer would or would not take a job."""
+    data = _get(f"/api/jobs/{job_id}/explain")
+    if as_json:
+        _emit(data)
+        return
+    job = data["job"]
+    typer.echo(f"job {job_id} is {job['state']}" + (f" on {job['printer']}" if job["printer"] else ""))
+    for entry in data["printers"]:
+        if entry["eligible"]:
+            place = f", next in its queue at #{entry['position']}" if entry.get("position") else ""
+            typer.secho(f"  {entry['printer']}: can take it{place}", fg="green")
+        else:
+            typer.echo(f"  {entry['printer']}: " + "; ".join(entry["reasons"]))
+
+
+@app.command("job")
+def job(job_id: Annotated[int, typer.Argument(help="The job to show.")], as_json: JsonOpt = False) -> None:
+    """One job: its state, printer, progress, attempts and error."""
+    data = _get(f"/api/jobs/{job_id}")
+    if as_json:
+        _emit(data)
+        return
+    for key in ("id", "source", "state", "printer", "printer_model", "material", "color", "nozzle",
+                "priority", "progress", "remaining_s", "print_time_s", "filament_g", "attempts",
+                "max_attempts", "retry_at", "error", "created_at", "started_at", "finished_at"):  # fmt: skip
+        if data.get(key) not in (None, ""):
+            typer.echo(f"{key:14} {data[key]}")
+
+
+@app.command()
+def watch(
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    once: Annotated[bool, typer.Option(help="Draw once and exit (for scripts and tests).")] = False,
+) -> None:
+    """A live view of printers and active jobs, with progress bars and ETAs. Ctrl-C ends it."""
+    from farm.watch import run_watch
+
+    with _client() as client:
+        try:
+            run_watch(client, interval=interval, once=once)
+        except FarmError as exc:
+            _die(str(exc))
 
 
 printers_app = typer.Typer(help="List printers (with no command), set what is loaded, clear beds.")
@@ -544,23 +620,24 @@ def printers_set(
     name: Annotated[str, typer.Argument(help="The printer to change.")],
     material: Annotated[str | None, typer.Option(help="The filament loaded: PLA, PETG, ASA, TPU.")] = None,
     color: Annotated[str | None, typer.Option(help="Its colour ('' for any).")] = None,
+    nozzle: Annotated[float | None, typer.Option(help="The fitted nozzle's diameter in mm.")] = None,
     auto_eject: Annotated[bool | None, typer.Option(help="Whether it clears its own bed.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Say what a printer has loaded: jobs go only to printers with their material and colour."""
     body = {
         k: v
-        for k, v in {"material": material, "color": color, "auto_eject": auto_eject}.items()
+        for k, v in {"material": material, "color": color, "nozzle": nozzle, "auto_eject": auto_eject}.items()
         if v is not None
     }
     if not body:
-        _die("nothing to set: give --material, --color or --auto-eject/--no-auto-eject", 2)
+        _die("nothing to set: give --material, --color, --nozzle or --auto-eject/--no-auto-eject", 2)
     data = _send("PATCH", f"/api/printers/{name}", body)
     if as_json:
         _emit(data)
     else:
         typer.echo(
-            f"{name}: {data['material']} {data['color'] or '(any colour)'}, "
+            f"{name}: {data['material']} {data['color'] or '(any colour)'}, {data['nozzle']:g} mm nozzle, "
             f"auto-eject {'on' if data['auto_eject'] else 'off'}"
         )
 

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… accepted
     max_upload_mb: int = 512
     lease_s: float = 60.0  # how long a claim stays valid without a heartbeat
+    job_attempts: int = 2  # prints per job before it stays failed (`submit --attempts` overrides)
+    retry_backoff_s: float = 30.0  # wait before a failed job is offered again; doubles per attempt
+    starvation_s: float = 4 * 3600.0  # a job queued this long goes ahead of higher priorities
 
     # Queue. Unset: `farm up` starts an embedded server.
     redis_url: str | None = None

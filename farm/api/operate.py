@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from farm import dispatch
-from farm.api.deps import SessionDep, require
+from farm import dispatch, explain
+from farm.api.deps import FarmDep, SessionDep, require
 from farm.api.views import job_view, printer_view
 from farm.models import Job, Printer
 from farm.printer_models import MATERIALS
@@ -18,6 +18,7 @@ router = APIRouter(prefix="/api", tags=["operate"])
 class PrinterSettings(BaseModel):
     material: str | None = Field(None, description=f"one of {', '.join(MATERIALS)}")
     color: str | None = None
+    nozzle: float | None = Field(None, gt=0.1, lt=2.0, description="the fitted nozzle's diameter, mm")
     auto_eject: bool | None = None
 
 
@@ -37,6 +38,27 @@ def cancel_job(job_id: int, session: SessionDep) -> dict:
         return job_view(dispatch.cancel(session, job))
     except InvalidMove as exc:
         raise HTTPException(409, str(exc)) from exc
+
+
+@router.post("/jobs/{job_id}/retry", dependencies=[Depends(require("submitter"))])
+def retry_job(job_id: int, session: SessionDep) -> dict:
+    try:
+        return job_view(dispatch.retry(session, _job(session, job_id)))
+    except InvalidMove as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.get("/jobs/{job_id}/explain", dependencies=[Depends(require("submitter"))])
+def explain_job(job_id: int, session: SessionDep, farm: FarmDep) -> dict:
+    job = _job(session, job_id)
+    return {"job": job_view(job), "printers": explain.explain(session, job, farm.settings.starvation_s)}
+
+
+def _job(session: SessionDep, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}; `farm jobs` lists them")
+    return job
 
 
 @router.post("/printers/{name}/clear", dependencies=[Depends(require("submitter"))])
@@ -60,6 +82,8 @@ def set_printer(name: str, body: PrinterSettings, session: SessionDep) -> dict:
         printer.material = material
     if body.color is not None:
         printer.color = body.color or None
+    if body.nozzle is not None:
+        printer.nozzle = round(body.nozzle, 2)
     if body.auto_eject is not None:
         printer.auto_eject = body.auto_eject
     session.add(printer)

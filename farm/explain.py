@@ -1,0 +1,76 @@
+"""`farm jobs explain ID`: why each printer would, or would not, take a job.
+
+The dispatcher's claim query (farm/dispatch.py `_candidates`) decides; this says the same rules in
+words, one printer at a time. tests/test_dispatch.py checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from farm.api.views import printer_state
+from farm.dispatch import queue_for
+from farm.models import Job, Printer, Slice, utcnow
+from farm.states import JobState, SliceState
+
+READY_PRINTER_STATES = ("idle", "finished", "failed")  # what an agent claims from (printers/agent.py)
+QUEUE_DEPTH = 200  # how far down a printer's queue we look for the job's place
+
+
+def explain(session: Session, job: Job, starvation_s: float) -> list[dict[str, Any]]:
+    """One entry per printer: `eligible`, the `reasons` it is not, and the job's place in its queue."""
+    slices = {s.printer_model: s for s in session.exec(select(Slice).where(Slice.build_id == job.build_id))}
+    out = []
+    for printer in session.exec(select(Printer).order_by(col(Printer.name))).all():
+        reasons = _reasons(job, printer, slices)
+        entry: dict[str, Any] = {"printer": printer.name, "eligible": not reasons, "reasons": reasons}
+        if not reasons and job.state == JobState.READY:
+            queue = queue_for(session, printer, starvation_s, limit=QUEUE_DEPTH)
+            entry["position"] = queue.index(job.id) + 1 if job.id in queue else None
+        out.append(entry)
+    return out
+
+
+def _reasons(job: Job, printer: Printer, slices: dict[str, Slice]) -> list[str]:
+    name = printer.name
+    reasons = []
+    if job.printer == name and job.state in (JobState.CLAIMED, JobState.UPLOADING, JobState.PRINTING):
+        return []  # it has the job
+    state = printer_state(printer)
+    if state == "awaiting_clear":
+        reasons.append(f"its bed is not cleared yet: `farm printers clear {name}` once it is empty")
+    elif state not in READY_PRINTER_STATES:
+        reasons.append(f"it is {state}" + (f": {printer.message}" if printer.message else ""))
+    if printer.job_id is not None and printer.job_id != job.id:
+        reasons.append(f"it holds job {printer.job_id}")
+    if job.pinned_printer and job.pinned_printer != name:
+        reasons.append(f"the job is pinned to {job.pinned_printer}")
+    if job.printer_model and job.printer_model != printer.model:
+        reasons.append(f"the job is for a {job.printer_model}, this is a {printer.model}")
+    else:
+        sl = slices.get(printer.model)
+        if sl is None:
+            reasons.append(f"the job was not sliced for {printer.model}")
+        elif sl.state == SliceState.FAILED:
+            reasons.append(f"slicing for {printer.model} failed: {sl.error}")
+        elif sl.state != SliceState.DONE:
+            reasons.append(f"G-code for {printer.model} is not ready yet")
+    if (job.material or "").upper() != (printer.material or "").upper():
+        reasons.append(
+            f"it has {printer.material} loaded, the job needs {job.material}: "
+            f"`farm printers set {name} --material {job.material}`"
+        )
+    if job.color and job.color.lower() != (printer.color or "").lower():
+        reasons.append(f"it has {printer.color or 'no colour set'}, the job needs {job.color}")
+    if job.nozzle is not None and job.nozzle != printer.nozzle:
+        reasons.append(f"it has a {printer.nozzle:g} mm nozzle, the job needs {job.nozzle:g} mm")
+    if f",{name}," in (job.failed_on or ""):
+        reasons.append("the job failed on it before; retries go to another printer")
+    retry_at = job.retry_at and (job.retry_at if job.retry_at.tzinfo else job.retry_at.replace(tzinfo=UTC))
+    if retry_at is not None and retry_at > utcnow():  # SQLite hands datetimes back naive
+        until = retry_at.isoformat(timespec="seconds")
+        reasons.append(f"the job waits out its retry back-off until {until}")
+    return reasons

@@ -1,0 +1,82 @@
+"""`farm watch`: one screen with every printer, its job's progress bar and ETA, and the queue."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from farm.client import FarmClient
+
+BAR_WIDTH = 24
+STATE_STYLE = {
+    "printing": "green",
+    "idle": "cyan",
+    "finished": "blue",
+    "awaiting_clear": "yellow",
+    "attention": "bold red",
+    "failed": "red",
+    "offline": "dim",
+}
+
+
+def bar(progress: float | None) -> str:
+    if progress is None:
+        return ""
+    filled = round(BAR_WIDTH * max(0.0, min(progress, 100.0)) / 100)
+    return "█" * filled + "░" * (BAR_WIDTH - filled) + f" {progress:5.1f}%"
+
+
+def eta(remaining_s: int | None, now: datetime) -> str:
+    if remaining_s is None:
+        return ""
+    h, rest = divmod(int(remaining_s), 3600)
+    left = f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+    return f"{left} (at {(now + timedelta(seconds=remaining_s)):%H:%M})"
+
+
+def render(status: dict[str, Any], printers: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> Group:
+    now = datetime.now()
+    by_printer = {j["printer"]: j for j in jobs if j["printer"]}
+    table = Table(title=f"printfarm at {now:%H:%M:%S}", expand=True)
+    for column in ("printer", "model", "state", "job", "progress", "ETA", "message"):
+        table.add_column(column, no_wrap=column != "message")
+    for p in printers:
+        job = by_printer.get(p["name"])
+        table.add_row(
+            p["name"],
+            p["model"],
+            Text(p["state"], style=STATE_STYLE.get(p["state"], "")),
+            f"{job['id']} {job['source'] or ''}" if job else "",
+            bar(job["progress"] if job else p["progress"]),
+            eta(job["remaining_s"], now) if job else "",
+            p["message"] or "",
+        )
+    queue = ", ".join(f"{state} {n}" for state, n in status["jobs"].items() if n) or "no jobs"
+    builds = ", ".join(f"{stage} {n}" for stage, n in status["builds"].items() if n) or "no builds"
+    return Group(table, Text(f"jobs: {queue}\nbuilds: {builds}"))
+
+
+def snapshot(client: FarmClient) -> Group:
+    jobs = client.get("/api/jobs", limit=500)
+    active = [j for j in jobs if j["state"] in ("claimed", "uploading", "printing")]
+    return render(client.get("/api/status"), client.get("/api/printers"), active)
+
+
+def run_watch(client: FarmClient, *, interval: float, once: bool) -> None:
+    console = Console()
+    if once:
+        console.print(snapshot(client))
+        return
+    with Live(snapshot(client), console=console, refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(snapshot(client))
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,146 @@
+"""Which printer may take which job, retries, the starvation guard, and `jobs explain` agreeing with
+the dispatcher; on SQLite and PostgreSQL like tests/test_dispatch.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, select
+
+from farm import dispatch, explain, pipeline
+from farm.models import Job, Printer, Slice, utcnow
+from farm.states import InvalidMove, JobState, SliceState
+from tests.test_dispatch import add_printer, engine, postgres, ready_build  # noqa: F401 - fixtures
+
+
+def take(s: Session, printer: Printer) -> Job | None:
+    return dispatch.claim(s, printer, 60)
+
+
+def fail_print(s: Session, job: Job, printer: Printer) -> Job:
+    dispatch.report(s, job, printer, fence=job.fence, state=JobState.PRINTING, lease_s=60)
+    return dispatch.report(
+        s, job, printer, fence=job.fence, state=JobState.FAILED, lease_s=60, error="nozzle clog", backoff_s=30
+    )
+
+
+def test_nozzle_and_pinned_printer(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    with Session(engine, expire_on_commit=False) as s:
+        small, other = add_printer(s, "small-nozzle", "MINI"), add_printer(s, "other", "MINI")
+        job = ready_build(s, models=["MINI"])[0]
+        job.nozzle = 0.6
+        s.add(job)
+        s.commit()
+        assert take(s, small) is None and take(s, other) is None  # both have 0.4 mm
+        assert "needs 0.6 mm" in " ".join(_reasons(s, job, "small-nozzle"))
+        small.nozzle = 0.6
+        s.add(small)
+        s.commit()
+        assert take(s, small).id == job.id  # type: ignore[union-attr]
+
+        pinned = ready_build(s, models=["MINI"])[0]
+        pinned.pinned_printer = "small-nozzle"
+        s.add(pinned)
+        s.commit()
+        assert take(s, other) is None  # pinned elsewhere
+        assert "pinned to small-nozzle" in " ".join(_reasons(s, pinned, "other"))
+
+
+def test_a_part_too_big_for_a_bed_never_reaches_that_printer(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    with Session(engine, expire_on_commit=False) as s:
+        mini, mk4 = add_printer(s, "mini", "MINI"), add_printer(s, "mk4", "MK4")
+        job = ready_build(s, models=["MK4"])[0]  # MK4 sliced; the MINI slice is still pending
+        mini_slice = s.exec(
+            select(Slice).where(Slice.build_id == job.build_id, Slice.printer_model == "MINI")
+        ).one()
+        pipeline.slice_finished(
+            s, mini_slice, error="the part (200 x 200 mm) does not fit the MINI's 180 x 180 mm bed",
+            gcode_sha256=None, meta={}, seconds=0.1,
+        )  # fmt: skip
+        s.commit()
+        assert mini_slice.state == SliceState.FAILED
+        assert take(s, mini) is None
+        assert "does not fit the MINI" in " ".join(_reasons(s, job, "mini"))
+        assert take(s, mk4).id == job.id  # type: ignore[union-attr]
+
+
+def test_a_failed_print_retries_on_another_printer_after_a_back_off(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    with Session(engine, expire_on_commit=False) as s:
+        a, b = add_printer(s, "a", "MINI"), add_printer(s, "b", "MINI")
+        job = ready_build(s, models=["MINI"])[0]
+        job.max_attempts = 2
+        s.add(job)
+        s.commit()
+
+        job = take(s, a)
+        assert job is not None
+        job = fail_print(s, job, a)
+        assert (job.state, job.attempts, job.printer) == (JobState.READY, 1, None)
+        assert job.error == "attempt 1 of 2 failed on a: nozzle clog"
+        for p in (a, b):  # a had it fail, and a's bed needs clearing; b must wait out the back-off
+            p.bed_clear = True
+            s.add(p)
+        s.commit()
+        assert take(s, a) is None and take(s, b) is None
+        assert any("back-off" in r for r in _reasons(s, job, "b"))
+        assert any("failed on it before" in r for r in _reasons(s, job, "a"))
+
+        job.retry_at = utcnow() - timedelta(seconds=1)  # the back-off has passed
+        s.add(job)
+        s.commit()
+        assert take(s, a) is None
+        job = take(s, b)
+        assert job is not None and job.printer == "b"
+        job = fail_print(s, job, b)
+        assert (job.state, job.attempts) == (JobState.FAILED, 2)  # the last attempt: it stays failed
+
+        b.bed_clear = True
+        s.add(b)
+        s.commit()
+        job = dispatch.retry(s, job)  # `farm jobs retry`: one more attempt, on any printer
+        assert (job.state, job.max_attempts, job.failed_on) == (JobState.READY, 3, "")
+        assert take(s, a).id == job.id  # type: ignore[union-attr]
+        with pytest.raises(InvalidMove, match="only a failed job can be retried"):
+            dispatch.retry(s, job)
+
+
+def test_a_job_waiting_past_the_starvation_limit_goes_first(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    with Session(engine, expire_on_commit=False) as s:
+        p = add_printer(s, "p", "MINI")
+        old_low = ready_build(s, models=["MINI"], priority=-5)[0]
+        urgent = ready_build(s, models=["MINI"], priority=10)[0]
+        assert dispatch.queue_for(s, p, starvation_s=3600, limit=10) == [urgent.id, old_low.id]
+        old_low.created_at = utcnow() - timedelta(hours=2)
+        s.add(old_low)
+        s.commit()
+        assert dispatch.queue_for(s, p, starvation_s=3600, limit=10) == [old_low.id, urgent.id]
+
+
+def test_explain_agrees_with_the_dispatcher(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    with Session(engine, expire_on_commit=False) as s:
+        printers = [
+            add_printer(s, "good", "MINI"),
+            add_printer(s, "petg", "MINI"),
+            add_printer(s, "other-model", "MK3S"),
+            add_printer(s, "dirty-bed", "MINI"),
+        ]
+        printers[1].material = "PETG"
+        printers[3].bed_clear = False
+        s.add_all(printers)
+        s.commit()
+        job = ready_build(s, models=["MINI"], printer_model="MINI")[0]
+        verdicts = {e["printer"]: e for e in explain.explain(s, job, starvation_s=3600)}
+        assert verdicts["good"] == {"printer": "good", "eligible": True, "reasons": [], "position": 1}
+        assert "PETG loaded, the job needs PLA" in verdicts["petg"]["reasons"][0]
+        assert "for a MINI, this is a MK3S" in verdicts["other-model"]["reasons"][0]
+        assert "not cleared" in verdicts["dirty-bed"]["reasons"][0]
+        for p in printers:  # the dispatcher takes the job exactly where explain says it may
+            s.refresh(job)
+            claimed = take(s, p)
+            assert (claimed is not None) == verdicts[p.name]["eligible"], p.name
+
+
+def _reasons(s: Session, job: Job, printer: str) -> list[str]:
+    s.refresh(job)
+    return next(e["reasons"] for e in explain.explain(s, job, starvation_s=3600) if e["printer"] == printer)
