@@ -45,3 +45,48 @@ def test_agent_killed_mid_print_finishes_the_job_exactly_once(farm: RunningFarm)
     emulator_log = (farm.data_dir / "logs" / f"emu-{printing['printer']}.log").read_text()
     starts = [line for line in emulator_log.splitlines() if f"started: job{job_id}-" in line]
     assert len(starts) == 1, starts
+
+
+def test_coordinator_killed_mid_run_loses_no_job(farm: RunningFarm) -> None:
+    """SIGKILL the coordinator while builds are in CAD, slicing and printing; `farm up` restarts it.
+
+    Job state is in SQLite (WAL, committed per step) and messages wait in Redis, so every job must
+    still end done, each printed exactly once."""
+    token = (farm.data_dir / "admin.token").read_text().strip()
+    api = httpx.Client(base_url=farm.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    job_ids = []
+    for args in (
+        [str(EXAMPLES / "bracket.py"), "--param", "length=120", "--printer-model", "MINI"],
+        [str(EXAMPLES / "spacer.py"), "--printer-model", "MK3S"],
+        [str(EXAMPLES / "cube.stl"), "--copies", "2"],
+    ):
+        code, build = farm.cli_json("submit", *args)
+        assert code == 0, build
+        job_ids += [j["id"] for j in build["jobs"]]
+
+    def jobs() -> list[dict]:
+        try:
+            return [api.get(f"/api/jobs/{i}").json() for i in job_ids]
+        except httpx.HTTPError:
+            return []  # the coordinator is down or still starting
+
+    wait_until(lambda: any(j["state"] == "printing" for j in jobs()), 180, "a job to print")
+    state_file = farm.data_dir / "farm-up.json"
+    old_pid = json.loads(state_file.read_text())["children"]["coordinator"]
+    os.kill(old_pid, signal.SIGKILL)
+    wait_until(
+        lambda: json.loads(state_file.read_text())["children"]["coordinator"] != old_pid,
+        30,
+        "farm up to restart the coordinator",
+    )
+
+    final = wait_until(
+        lambda: (js := jobs()) and all(j["state"] in ("done", "failed", "cancelled") for j in js) and js,
+        300,
+        "every job to end",
+    )
+    assert [j["state"] for j in final] == ["done"] * len(job_ids), final
+    for j in final:
+        log = (farm.data_dir / "logs" / f"emu-{j['printer']}.log").read_text()
+        starts = [line for line in log.splitlines() if f"started: job{j['id']}-" in line]
+        assert len(starts) == 1, (j, starts)
