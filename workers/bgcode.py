@@ -104,7 +104,7 @@ def read_bgcode(path: Path) -> BgcodeFile:
         size = path.stat().st_size
         magic, version, checksum_type = FILE_HEADER.unpack(_read_exact(f, FILE_HEADER.size, "file header", 0))
         if magic != MAGIC:
-            raise BgcodeError("it is not a binary G-code file (it does not start with GCDE)")
+            raise BgcodeError("it does not start with GCDE (text G-code? name it .gcode)")
         if version != VERSION:
             raise BgcodeError(f"binary G-code version {version} is not supported (only {VERSION})")
         if checksum_type not in (CHECKSUM_NONE, CHECKSUM_CRC32):
