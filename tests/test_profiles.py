@@ -231,3 +231,36 @@ def test_farm_slice_uses_the_cache_and_reports_errors(part: Path, tmp_path: Path
     )
     assert bad.exit_code == 1 and "unknown printer model 'ender3'" in bad.stderr
     assert "Traceback" not in bad.output
+
+
+@needs_slicer
+def test_farm_slice_overrides_copies_and_json(tmp_path: Path) -> None:
+    runner, app = CliRunner(), _cli()
+    cube = write_binary_stl(tmp_path / "cube.stl", box_triangles((20, 20, 5)))
+    base = ["slice", str(cube), "--printer-model", "MK4S", "--no-cache", "--json"]
+    opts = ["--set", "layer_height=0.16", "--supports", "buildplate", "--brim", "3", "--infill", "30"]
+    ok = runner.invoke(app, [*base, *opts, "--copies", "3", "-o", str(tmp_path / "three.gcode")])
+    assert ok.exit_code == 0, ok.output
+    doc = json.loads(ok.stdout)
+    assert doc["objects"] == 3 and doc["layers"] == 1 + round((5 - 0.2) / 0.16)
+    assert doc["printer_model"] == "MK4S" and doc["filament_type"] == "PLA"
+    assert doc["print_time_s"] > 0 and doc["filament_g"] > 0 and doc["filament_m"] > 0
+    (x0, y0, z0), (x1, y1, z1) = doc["bbox"]
+    assert (z0, z1) == (0, 5) and (x1 - x0) * (y1 - y0) >= 3 * 20 * 20
+    assert "thumbnails" in doc
+    text = Path(doc["output"]).read_text()
+    for line in ("; layer_height = 0.16", "; brim_width = 3", "; fill_density = 30%"):
+        assert line in text
+    assert "; support_material_buildplate_only = 1" in text
+
+    split = runner.invoke(app, [*base, "--copies", "200", "-o", str(tmp_path / "many.gcode")])
+    assert split.exit_code == 1 and "Traceback" not in split.output
+    err = json.loads(split.stdout)
+    assert err["per_plate"] > 1 and sum(err["plates"]) == 200 and max(err["plates"]) == err["per_plate"]
+    assert f"{err['per_plate']} fit per plate" in err["error"] and "MK4S bed (250 x 210 mm)" in err["error"]
+    assert not (tmp_path / "many.gcode").exists()
+
+    bad = runner.invoke(app, [*base, "--set", "layer_height", "-o", str(tmp_path / "x.gcode")])
+    assert bad.exit_code == 1 and "--set wants KEY=VALUE" in bad.stderr
+    bad = runner.invoke(app, [*base, "--supports", "tree", "-o", str(tmp_path / "x.gcode")])
+    assert bad.exit_code == 1 and "supports must be one of none, buildplate, everywhere" in bad.stderr
