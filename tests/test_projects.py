@@ -1,0 +1,414 @@
+"""Projects on real parts: packing (with real git), requirements installed by real pip, MakerRepo
+entry points read with `ast`, and project builds in the real sandbox."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tarfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm import project
+from farm.project import ProjectError, find_root, pack_file, pack_git, project_files
+from workers.cad_cache import CadCache, cached_build, cad_cache_key
+from workers.cad_env import EnvStore, missing, read_requirements
+from workers.cad_runner import CadError, CadRequest, CadRunner
+from workers.entry_points import list_entry_points, scan_source, validate_params
+
+pytestmark = pytest.mark.timeout(300)
+
+REPO = Path(__file__).resolve().parent.parent
+MAKERREPO = REPO / "examples" / "makerrepo_project"
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def members(archive: Path) -> list[str]:
+    with tarfile.open(archive, "r:gz") as tar:
+        return sorted(tar.getnames())
+
+
+IGNORING = {
+    "requirements.txt": "",
+    ".gitignore": "secret.txt\nout/\n*.log\n!keep.log\n/top_only.py\n",
+    "main.py": "from lib import helper\n",
+    "lib/__init__.py": "",
+    "lib/helper.py": "X = 1\n",
+    "lib/top_only.py": "",  # `/top_only.py` is anchored to the root: this one is packed
+    "top_only.py": "",
+    "secret.txt": "password\n",
+    "out/model.stl": "solid\n",
+    "debug.log": "",
+    "keep.log": "",
+    "lib/.gitignore": "*.tmp\n",
+    "lib/scratch.tmp": "",
+}
+PACKED = [
+    ".gitignore",
+    "keep.log",
+    "lib/.gitignore",
+    "lib/__init__.py",
+    "lib/helper.py",
+    "lib/top_only.py",
+    "main.py",
+    "requirements.txt",
+]
+
+
+def test_gitignored_files_are_not_packed_without_git(tmp_path: Path) -> None:
+    root = write(tmp_path / "proj", IGNORING)
+    packed = pack_file(root / "main.py", tmp_path)
+    assert packed is not None and packed.root == root and packed.entry == "main.py"
+    assert members(packed.archive) == PACKED
+
+
+def test_gitignored_files_are_not_packed_in_a_git_work_tree(tmp_path: Path) -> None:
+    root = write(tmp_path / "proj", {**IGNORING, "untracked.py": ""})
+    git(root, "init", "-q")
+    git(root, "add", "main.py", "lib")
+    assert members(pack_file(root / "lib" / "helper.py", tmp_path).archive) == sorted(  # type: ignore[union-attr]
+        [*PACKED, "untracked.py"]
+    )
+    assert not any(".git/" in name for name in project_files(root))
+
+
+def test_the_nearest_marker_is_the_project_root(tmp_path: Path) -> None:
+    write(tmp_path / "outer", {"pyproject.toml": "", "inner/requirements.txt": "", "inner/deep/part.py": ""})
+    assert find_root(tmp_path / "outer" / "inner" / "deep" / "part.py") == tmp_path / "outer" / "inner"
+    assert find_root(tmp_path / "outer" / "x.py") == tmp_path / "outer"
+    lone = write(tmp_path / "lone", {"part.py": ""})
+    assert pack_file(lone / "part.py", tmp_path) is None  # no project: the file goes alone
+
+
+def test_a_project_too_large_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(project, "MAX_PROJECT_MB", 1)
+    root = write(tmp_path / "proj", {"requirements.txt": "", "main.py": ""})
+    (root / "scan.bin").write_bytes(b"\0" * (2 << 20))
+    with pytest.raises(ProjectError) as caught:
+        pack_file(root / "main.py", tmp_path)
+    assert "2.0 MB" in str(caught.value) and ".gitignore" in str(caught.value)
+
+
+def test_packing_is_deterministic(tmp_path: Path) -> None:
+    root = write(tmp_path / "proj", IGNORING)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = pack_file(root / "main.py", tmp_path / "a")
+    (root / "main.py").touch()  # a new mtime changes nothing
+    second = pack_file(root / "main.py", tmp_path / "b")
+    assert first and second and first.archive.read_bytes() == second.archive.read_bytes()
+
+
+@pytest.fixture
+def bare_repo(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A bare repository (reached by a file:// URL) with tag v1 and a later commit on main."""
+    work = write(tmp_path / "work", {"part.py": "from build123d import Box\n\nresult = Box(10, 10, 10)\n"})
+    git(work, "init", "-q", "-b", "main")
+    git(work, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    git(work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "v1")
+    git(work, "tag", "v1")
+    v1 = git(work, "rev-parse", "HEAD")
+    (work / "part.py").write_text("from build123d import Box\n\nresult = Box(30, 10, 10)\n")
+    git(work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "v2")
+    v2 = git(work, "rev-parse", "HEAD")
+    bare = tmp_path / "repo.git"
+    git(tmp_path, "clone", "-q", "--bare", str(work), str(bare))
+    return f"file://{bare}", {"v1": v1, "v2": v2}
+
+
+def test_a_git_ref_is_checked_out_and_its_commit_recorded(
+    bare_repo: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    url, commits = bare_repo
+    for ref, expected, size in (("v1", "v1", "10"), (None, "v2", "30"), (commits["v1"], "v1", "10")):
+        out = tmp_path / f"out-{ref}"
+        out.mkdir()
+        packed = pack_git(url, ref, "part.py", out)
+        assert packed.git_commit == commits[expected] and packed.git_ref == ref
+        with tarfile.open(packed.archive) as tar:
+            assert f"Box({size}," in tar.extractfile("part.py").read().decode()  # type: ignore[union-attr]
+    with pytest.raises(ProjectError, match="no branch, tag or commit 'v9'"):
+        pack_git(url, "v9", "part.py", tmp_path)
+    with pytest.raises(ProjectError, match=r"nope\.py is not a file.*part\.py"):
+        pack_git(url, "v1", "nope.py", tmp_path)
+
+
+# -- requirements ---------------------------------------------------------------------------------
+
+
+def archive_of(tmp_path: Path, files: dict[str, str]) -> Path:
+    root = write(tmp_path / "proj", {"main.py": "", **files})
+    packed = pack_file(root / "main.py", tmp_path)
+    assert packed is not None
+    return packed.archive
+
+
+def test_requirements_come_from_requirements_txt_and_pyproject(tmp_path: Path) -> None:
+    archive = archive_of(
+        tmp_path,
+        {
+            "requirements.txt": "# parts\nmore-itertools>=10  # a comment\n\nmakerrepo\n",
+            "pyproject.toml": '[project]\nname = "x"\ndependencies = ["pydantic>=2", "makerrepo"]\n',
+        },
+    )
+    assert read_requirements(archive) == ["makerrepo", "more-itertools>=10", "pydantic>=2"]
+    # What the worker has already is not installed again; a marker that does not apply is skipped.
+    assert missing(["makerrepo", "pydantic>=2", "build123d", 'foo; python_version < "3"']) == []
+    assert missing(["pydantic<1", "more-itertools>=10"]) == ["pydantic<1", "more-itertools>=10"]
+
+
+def test_unsupported_requirement_lines_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(CadError, match=re.escape("'-e .' is not supported")):
+        read_requirements(archive_of(tmp_path / "a", {"requirements.txt": "-e .\n"}))
+    with pytest.raises(CadError, match="URLs are not supported"):
+        read_requirements(archive_of(tmp_path / "b", {"requirements.txt": "x @ https://example.org/x.whl\n"}))
+
+
+def test_requirements_install_once_into_a_cached_environment(tmp_path: Path) -> None:
+    store = EnvStore(tmp_path / "envs")
+    assert store.ensure(["makerrepo", "pydantic>=2"]) == (None, [])  # all provided by the worker
+    site, installed = store.ensure(["more-itertools>=10", "pydantic>=2"])
+    assert site is not None and (site / "more_itertools" / "__init__.py").is_file()
+    assert [name.split("==")[0] for name in installed] == ["more-itertools"]
+    assert not (site / "pydantic").exists()  # the worker's pydantic was not installed again
+    stamp = (site / "more_itertools" / "__init__.py").stat().st_mtime_ns
+    assert store.ensure(["more-itertools>=10"]) == (site, installed)  # same set: the same environment
+    assert (site / "more_itertools" / "__init__.py").stat().st_mtime_ns == stamp
+
+
+def test_a_package_that_cannot_be_installed_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CadError) as caught:
+        EnvStore(tmp_path / "envs").ensure(["printfarm-no-such-package-4b1d"])
+    assert caught.value.kind == "requirements"
+    assert "could not install" in caught.value.message
+    assert "printfarm-no-such-package-4b1d" in caught.value.message
+    assert not list((tmp_path / "envs").glob("*/printfarm-env.json"))  # nothing half-made is kept
+
+
+# -- MakerRepo entry points, read without running -----------------------------------------------------
+
+MODEL = """\
+    from enum import Enum
+    from typing import Literal
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class Finish(str, Enum):
+        MATTE = "matte"
+        GLOSS = "gloss"
+
+    class Base(BaseModel):
+        height: float = Field(10, gt=0)
+
+    class Params(Base):
+        count: int = Field(3, ge=1, le=8, description="how many")
+        label: str | None = Field(None, max_length=5)
+        finish: Finish = Finish.MATTE
+        mode: Literal["a", "b"] = "a"
+        holes: list[float] = Field(default_factory=list)
+"""
+CUSTOM = """\
+    from build123d import Box
+    import mr
+    from mr import customizable
+    from params import Params
+
+    @mr.artifact
+    def plain():
+        return Box(1, 1, 1)
+
+    @customizable
+    def custom(params: Params):
+        return Box(params.count, 1, params.height)
+
+    def helper(size=1):
+        return Box(size, size, size)
+"""
+
+
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        ({"count": "9"}, "parameter 'count': Input should be less than or equal to 8 (got '9')"),
+        ({"count": "two"}, "parameter 'count': Input should be a valid integer"),
+        ({"height": "-1"}, "parameter 'height': Input should be greater than 0"),  # inherited
+        ({"label": "toolong"}, "parameter 'label': String should have at most 5 characters"),
+        ({"finish": "satin"}, "parameter 'finish': Input should be 'matte' or 'gloss'"),
+        ({"mode": "c"}, "parameter 'mode'"),
+        ({"holes": [1, "x"]}, "parameter 'holes.1'"),
+        ({"cuont": "3"}, "parameter 'cuont': Extra inputs are not permitted"),
+    ],
+)
+def test_customizable_parameters_are_checked_from_source(
+    tmp_path: Path, params: dict[str, object], problem: str
+) -> None:
+    root = write(tmp_path, {"params.py": MODEL, "main.py": CUSTOM})
+    info = scan_source(root / "main.py", lambda p: (root / p).read_text() if (root / p).exists() else None)
+    assert [(f.name, f.kind, f.model) for f in info.functions] == [
+        ("plain", "artifact", None),
+        ("custom", "customizable", "Params"),
+        ("helper", "function", None),
+    ]
+    message = validate_params(info, "custom", params)
+    assert message is not None and message.startswith("custom(): ") and problem in message, message
+    assert validate_params(info, None, params) == message  # the only customizable is the target
+    assert validate_params(info, "custom", {"count": "4", "finish": "gloss", "holes": [1.5]}) is None
+    assert validate_params(info, "helper", {"size": "x"}) is None  # plain functions: the build checks
+
+
+def test_inspect_lists_artifacts_and_customizables_with_their_fields() -> None:
+    root = MAKERREPO
+
+    def read(relative: str) -> str | None:
+        return (root / relative).read_text() if (root / relative).is_file() else None
+
+    entries = list_entry_points(root / "main.py", read, "main.py")
+    assert [(e["kind"], e["name"]) for e in entries] == [
+        ("artifact", "sample_tray"),
+        ("customizable", "custom_tray"),
+        ("artifact", "lid"),
+    ]
+    fields = {p["name"]: p for p in entries[1]["params"]}
+    assert fields["pockets"]["default"] == 4 and fields["pockets"]["constraints"] == {"ge": 1, "le": 12}
+    assert fields["pocket_diameter"]["annotation"] == "float"
+
+
+# -- project builds in the real sandbox -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[CadRunner]:
+    runner = CadRunner()
+    try:
+        runner.start()
+        yield runner
+    finally:
+        runner.close()
+
+
+PROJECT = {
+    "requirements.txt": "more-itertools>=10\n",
+    "data/sizes.txt": "12\n",
+    "parts/__init__.py": "",
+    "parts/shapes.py": """\
+        from pathlib import Path
+        from build123d import Box
+        from more_itertools import first
+        from pydantic import BaseModel, Field, field_validator
+
+        class Dims(BaseModel):
+            width: float = Field(10, gt=0)
+
+            @field_validator("width")
+            @classmethod
+            def not_thirteen(cls, value: float) -> float:
+                if value == 13:
+                    raise ValueError("13 is unlucky")
+                return value
+
+        def depth() -> float:
+            return first([float(Path("data/sizes.txt").read_text())])  # relative to the project root
+
+        def block(width: float):
+            return Box(width, depth(), 2)
+    """,
+    "cad/main.py": """\
+        from mr import customizable
+        from parts.shapes import Dims, block
+
+        @customizable
+        def plate(dims: Dims):
+            return block(dims.width)
+    """,
+    "cad/viewer.py": """\
+        from build123d import Box
+        from ocp_vscode import show
+        from parts.shapes import depth
+
+        show(Box(depth(), depth(), 1))
+    """,
+}
+
+
+def test_a_project_builds_with_local_imports_requirements_and_a_customizable(
+    runner: CadRunner, tmp_path: Path
+) -> None:
+    root = write(tmp_path / "proj", PROJECT)
+    cache = CadCache(tmp_path / "cache")
+    packed = pack_file(root / "cad" / "main.py", tmp_path)
+    assert packed is not None and packed.entry == "cad/main.py"
+
+    def build(params: dict[str, object], entry: str = "cad/main.py", use_cache: bool = True):  # type: ignore[no-untyped-def]
+        request = CadRequest(Path(entry), tmp_path / "out", params=params, project=packed.archive)
+        return cached_build(runner, cache, request, use_cache=use_cache)
+
+    result, hit = build({"width": "30"})
+    assert not hit and result.bbox[1][0] - result.bbox[0][0] == pytest.approx(30)
+    assert result.bbox[1][1] - result.bbox[0][1] == pytest.approx(12)  # data/sizes.txt was read
+    assert build({"width": "30"})[1]  # the same inputs: a cache hit
+    assert not build({"width": "30"}, use_cache=False)[1]
+    assert build({}, entry="cad/viewer.py")[0].bbox[1][2] == pytest.approx(0.5)  # show() in a project
+    with pytest.raises(CadError) as caught:
+        build({"width": "13"})  # a validator only the real model knows, reported by the build
+    assert caught.value.kind == "params" and "parameter 'width'" in caught.value.message
+    assert "13 is unlucky" in caught.value.message
+
+
+def test_the_cache_key_covers_every_file_of_the_project(tmp_path: Path) -> None:
+    root = write(tmp_path / "proj", PROJECT)
+
+    def key() -> str:
+        out = tmp_path / f"pack{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        packed = pack_file(root / "cad" / "main.py", out)
+        assert packed is not None
+        return cad_cache_key(Path(packed.entry), None, {}, project=packed.archive)
+
+    before = key()
+    assert key() == before
+    (root / "data" / "sizes.txt").write_text("13\n")  # not Python, not the entry file
+    assert key() != before
+
+
+def test_a_database_from_before_projects_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    from sqlmodel import Session
+
+    from farm.db import make_engine
+    from farm.models import Build
+
+    db = tmp_path / "farm.db"
+    with sqlite3.connect(db) as conn:  # the build table as the previous version created it
+        conn.execute(
+            "CREATE TABLE build (id INTEGER PRIMARY KEY, created_at DATETIME NOT NULL, updated_at DATETIME "
+            "NOT NULL, source_name VARCHAR NOT NULL, source_sha256 VARCHAR NOT NULL, source_kind VARCHAR "
+            "NOT NULL, entry VARCHAR, params_json VARCHAR NOT NULL, material VARCHAR NOT NULL, quality "
+            "VARCHAR NOT NULL, stage VARCHAR NOT NULL, error VARCHAR, stl_sha256 VARCHAR, threemf_sha256 "
+            "VARCHAR, bbox_json VARCHAR, cad_seconds FLOAT)"
+        )
+        conn.execute(
+            "INSERT INTO build VALUES (1, '2025-01-01', '2025-01-01', 'a.py', 'x', 'cad', NULL, '{}', "
+            "'PLA', 'standard', 'READY', NULL, NULL, NULL, NULL, NULL)"
+        )
+    engine = make_engine(f"sqlite:///{db}")
+    with Session(engine) as session:
+        old = session.get(Build, 1)
+        assert old is not None and old.project is False and old.use_cache is True and old.git_url is None
+        session.add(Build(source_name="b.py", source_sha256="y", source_kind="cad", git_url="file:///r"))
+        session.commit()
+    engine.dispose()
