@@ -642,6 +642,42 @@ def printers_set(
         )
 
 
+tokens_app = typer.Typer(help="Tokens for people, workers and agents (admin only).", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="A name to know it by, e.g. 'alice' or 'agent-mk4-1'.")],
+    role: Annotated[str, typer.Option(help="admin, submitter, worker or agent.")] = "submitter",
+    printer: Annotated[
+        str | None, typer.Option(help="For an agent token: the one printer it acts for.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a token. Its secret is printed once: give it to the person or machine as FARM_TOKEN."""
+    data = _send("POST", "/api/tokens", {"name": name, "role": role, "printer": printer})
+    if as_json:
+        _emit(data)
+        return
+    bound = f" for printer {data['printer']}" if data["printer"] else ""
+    typer.echo(f"{data['role']} token '{name}'{bound} (shown only now):\n{data['token']}")
+
+
+@tokens_app.command("list")
+def tokens_list(as_json: JsonOpt = False) -> None:
+    """List tokens (names and roles; secrets are never shown again)."""
+    data = _get("/api/tokens")
+    if as_json:
+        _emit(data)
+        return
+    _table(
+        "tokens",
+        ["name", "role", "printer", "created"],
+        [[t["name"], t["role"], t["printer"], t["created_at"]] for t in data],
+    )
+
+
 @app.command()
 def cancel(
     job_id: Annotated[int, typer.Argument(help="The job to cancel.")], as_json: JsonOpt = False

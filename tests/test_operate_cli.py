@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from tests.conftest import EXAMPLES, RunningFarm
 
 
@@ -43,3 +45,30 @@ def test_watch_once_shows_every_printer(farm: RunningFarm) -> None:
     for printer in farm.printers:
         assert printer["name"] in shown.stdout
     assert "jobs:" in shown.stdout and "builds:" in shown.stdout
+
+
+def test_tokens_have_roles_and_an_agent_token_acts_for_one_printer(farm: RunningFarm) -> None:
+    code, submitter = farm.cli_json("tokens", "create", "alice", "--role", "submitter")
+    assert code == 0 and submitter["role"] == "submitter" and submitter["token"].startswith("pf_")
+    code, agent = farm.cli_json(
+        "tokens", "create", "agent-mini", "--role", "agent", "--printer", "sim-mini-1"
+    )
+    assert code == 0 and agent["printer"] == "sim-mini-1"
+    unbound = farm.cli("tokens", "create", "loose-agent", "--role", "agent")
+    assert unbound.returncode != 0 and "bound to one printer" in unbound.stderr
+    code, listed = farm.cli_json("tokens", "list")
+    assert {"alice", "agent-mini"} <= {t["name"] for t in listed} and all("token" not in t for t in listed)
+
+    def as_(token: str) -> httpx.Client:
+        return httpx.Client(base_url=farm.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    with as_(submitter["token"]) as alice:
+        assert alice.get("/api/jobs").status_code == 200
+        refused = alice.post("/api/tokens", json={"name": "mallory", "role": "admin"})
+        assert refused.status_code == 403 and "needs one of: admin" in refused.json()["detail"]
+        beat = {"printer": "sim-mini-1", "state": "idle"}
+        assert alice.post("/api/agents/heartbeat", json=beat).status_code == 403
+    with as_(agent["token"]) as bound:
+        other = bound.post("/api/agents/claim", json={"printer": "sim-mk3s-1", "state": "idle"})
+        assert other.status_code == 403 and "bound to printer 'sim-mini-1'" in other.json()["detail"]
+        assert bound.get("/api/jobs").status_code == 403  # an agent reads only what its printer needs

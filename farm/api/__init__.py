@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session, select
 
 from farm import dispatch
-from farm.api import agents, artifacts, builds, operate, reads
+from farm.api import agents, artifacts, builds, operate, reads, tokens
 from farm.api.deps import Farm, hash_secret, new_secret
-from farm.db import make_engine
+from farm.db import make_engine, write_session
 from farm.models import Build, Slice, Token
 from farm.pipeline import Outgoing
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE, get_broker
@@ -60,12 +60,16 @@ def resend_unfinished(farm: Farm) -> int:
     return len(out)
 
 
+def _expire_leases(farm: Farm) -> None:
+    with write_session(farm.engine) as session:
+        dispatch.expire_leases(session, farm.settings.lease_s)
+
+
 async def _housekeeping(farm: Farm) -> None:
     while True:
         await asyncio.sleep(min(5.0, farm.settings.lease_s / 4))
-        try:
-            with Session(farm.engine) as session:
-                dispatch.expire_leases(session, farm.settings.lease_s)
+        try:  # in a thread: a database wait must not stall every request on the event loop
+            await asyncio.to_thread(_expire_leases, farm)
         except Exception:  # keep the loop alive; the next round retries
             log.exception("lease expiry failed")
 
@@ -92,7 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm
-    for module in (builds, agents, artifacts, operate, reads):
+    for module in (builds, agents, artifacts, operate, reads, tokens):
         app.include_router(module.router)
 
     @app.exception_handler(Exception)
