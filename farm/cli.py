@@ -324,6 +324,9 @@ def submit(
     priority: Annotated[int, typer.Option(help="Higher prints first.")] = 0,
     printer: Annotated[str | None, typer.Option(help="Print only on this printer (by name).")] = None,
     nozzle: Annotated[float | None, typer.Option(help="Only printers with this nozzle (mm).")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="Only printers with this tag (repeatable), e.g. enclosed.")
+    ] = None,
     attempts: Annotated[
         int | None, typer.Option(min=1, max=10, help="Prints to try before the job stays failed (default 2).")
     ] = None,
@@ -354,6 +357,7 @@ def submit(
         "printer": printer,
         "nozzle": nozzle,
         "attempts": attempts,
+        "tags": tag or [],
     }
     with tempfile.TemporaryDirectory(prefix="farm-submit-") as tmp, _client() as client:
         upload = _prepare_upload(source, file, ref, no_project, Path(tmp), options)
@@ -621,17 +625,32 @@ def printers_set(
     material: Annotated[str | None, typer.Option(help="The filament loaded: PLA, PETG, ASA, TPU.")] = None,
     color: Annotated[str | None, typer.Option(help="Its colour ('' for any).")] = None,
     nozzle: Annotated[float | None, typer.Option(help="The fitted nozzle's diameter in mm.")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="Its tags, replacing the old ones (repeatable); --tag '' clears.")
+    ] = None,
+    location: Annotated[str | None, typer.Option(help="Where it stands, e.g. 'shelf 2'.")] = None,
+    power_group: Annotated[
+        str | None, typer.Option(help="Its circuit: only so many printers of a group heat up at once.")
+    ] = None,
     auto_eject: Annotated[bool | None, typer.Option(help="Whether it clears its own bed.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Say what a printer has loaded: jobs go only to printers with their material and colour."""
     body = {
         k: v
-        for k, v in {"material": material, "color": color, "nozzle": nozzle, "auto_eject": auto_eject}.items()
+        for k, v in {
+            "material": material,
+            "color": color,
+            "nozzle": nozzle,
+            "tags": [t for t in tag if t] if tag is not None else None,
+            "location": location,
+            "power_group": power_group,
+            "auto_eject": auto_eject,
+        }.items()
         if v is not None
     }
     if not body:
-        _die("nothing to set: give --material, --color, --nozzle or --auto-eject/--no-auto-eject", 2)
+        _die("nothing to set: see `farm printers set --help` for what can be set", 2)
     data = _send("PATCH", f"/api/printers/{name}", body)
     if as_json:
         _emit(data)

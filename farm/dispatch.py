@@ -7,15 +7,20 @@ lost its lease (it was restarted, or the job was handed elsewhere) cannot move t
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import bindparam, case, func, or_, update
 from sqlmodel import Session, col, select
 
+from farm import tags
 from farm.models import Job, Printer, Slice, utcnow
 from farm.pipeline import move_job
 from farm.states import LEASED_JOB_STATES, TERMINAL_JOB_STATES, InvalidMove, JobState, SliceState, can_move
 
 assert can_move(JobState.READY, JobState.CLAIMED)  # the claim's UPDATE encodes this move
+
+
+CLAIM_ROUNDS = 5
 
 
 class StaleLease(Exception):
@@ -33,8 +38,77 @@ def bound_job(session: Session, printer: Printer) -> Job | None:
     ).first()
 
 
-def claim(session: Session, printer: Printer, lease_s: float) -> Job | None:
-    """Bind the best ready job this printer can print to it; None when nothing fits."""
+def queue_for(session: Session, printer: Printer, starvation_s: float, limit: int) -> list[int]:
+    """The ids of the ready jobs this printer would take, in the order it would take them."""
+    return [job_id for job_id, _ in _candidates(session, printer, starvation_s, limit)]
+
+
+def _candidates(
+    session: Session, printer: Printer, starvation_s: float, limit: int = 20
+) -> list[tuple[int, int]]:
+    """The first ready jobs this printer can print, best first, with the slice for its model.
+
+    farm/explain.py says the same in words, one printer at a time: keep the two in step."""
+    now = utcnow()
+    starving = case((col(Job.created_at) < now - timedelta(seconds=starvation_s), 1), else_=0)
+    return list(
+        session.exec(
+            select(Job.id, Slice.id)
+            .join(
+                Slice,
+                (col(Slice.build_id) == col(Job.build_id))
+                & (col(Slice.printer_model) == printer.model)
+                & (col(Slice.state) == SliceState.DONE),
+            )
+            .where(
+                Job.state == JobState.READY,
+                or_(col(Job.printer_model).is_(None), col(Job.printer_model) == printer.model),
+                func.upper(Job.material) == (printer.material or "").upper(),
+                or_(col(Job.color).is_(None), func.lower(Job.color) == (printer.color or "").lower()),
+                or_(col(Job.nozzle).is_(None), col(Job.nozzle) == printer.nozzle),
+                or_(col(Job.pinned_printer).is_(None), col(Job.pinned_printer) == printer.name),
+                or_(col(Job.retry_at).is_(None), col(Job.retry_at) <= now),
+                ~col(Job.failed_on).contains(f",{printer.name},"),
+                col(Job.tags).in_(tags.subsets(printer.tags)),
+            )
+            # Priority, then age; but a job that waited past the starvation limit goes first.
+            .order_by(starving.desc(), col(Job.priority).desc(), col(Job.created_at), col(Job.id))
+            .limit(limit)
+        ).all()  # type: ignore[arg-type]
+    )
+
+
+def heating_in_group(session: Session, printer: Printer, heatup_s: float) -> int:
+    """Other printers of this printer's power group that took a job within the heat-up time."""
+    if not printer.power_group:
+        return 0
+    since = utcnow() - timedelta(seconds=heatup_s)
+    return len(
+        session.exec(
+            select(Job.id)
+            .join(Printer, col(Printer.name) == col(Job.printer))
+            .where(
+                Printer.power_group == printer.power_group,
+                Printer.name != printer.name,
+                col(Job.state).in_(list(LEASED_JOB_STATES)),
+                col(Job.started_at) > since,
+            )
+        ).all()
+    )
+
+
+def claim(
+    session: Session,
+    printer: Printer,
+    lease_s: float,
+    *,
+    starvation_s: float = 4 * 3600.0,
+    heatup_s: float = 300.0,
+    heating_per_group: int = 1,
+) -> Job | None:
+    """Bind the best ready job this printer can print to it; None when nothing fits.
+
+    Staggered start: in a power group, at most `heating_per_group` printers heat up at once."""
     if (existing := bound_job(session, printer)) is not None:
         existing.lease_expires = lease_deadline(lease_s)
         session.add(existing)
@@ -42,49 +116,40 @@ def claim(session: Session, printer: Printer, lease_s: float) -> Job | None:
         return existing
     if not printer.bed_clear:
         return None  # a finished part (or a failed one) is still on the bed
-    candidates = session.exec(
-        select(Job.id, Slice.id)
-        .join(
-            Slice,
-            (col(Slice.build_id) == col(Job.build_id))
-            & (col(Slice.printer_model) == printer.model)
-            & (col(Slice.state) == SliceState.DONE),
-        )
-        .where(
-            Job.state == JobState.READY,
-            or_(col(Job.printer_model).is_(None), col(Job.printer_model) == printer.model),
-            func.upper(Job.material) == (printer.material or "").upper(),
-            or_(col(Job.color).is_(None), func.lower(Job.color) == (printer.color or "").lower()),
-        )
-        .order_by(col(Job.priority).desc(), col(Job.created_at), col(Job.id))
-        .limit(20)
-    ).all()
-    now = utcnow()
-    for job_id, slice_id in candidates:
-        # Conditional UPDATE: of two agents racing for one job, exactly one sees rowcount 1.
-        result = session.exec(  # type: ignore[call-overload]
-            update(Job)
-            .where(col(Job.id) == job_id, col(Job.state) == JobState.READY)
-            .values(
-                state=JobState.CLAIMED,
-                printer=printer.name,
-                slice_id=slice_id,
-                fence=Job.fence + 1,
-                lease_expires=lease_deadline(lease_s),
-                started_at=now,
-                updated_at=now,
-                progress=None,
-                error=None,
+    if heating_in_group(session, printer, heatup_s) >= heating_per_group:
+        return None  # the next start would trip the group's breaker; wait for one to heat up
+    # Racing claimers may take every candidate between our SELECT and our UPDATEs: look again
+    # then, so a deep queue never answers "nothing to print".
+    for _round in range(CLAIM_ROUNDS):
+        candidates = _candidates(session, printer, starvation_s)
+        if not candidates:
+            break
+        now = utcnow()
+        for job_id, slice_id in candidates:
+            # Conditional UPDATE: of two agents racing for one job, exactly one sees rowcount 1.
+            result = session.exec(  # type: ignore[call-overload]
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.state) == JobState.READY)
+                .values(
+                    state=JobState.CLAIMED,
+                    printer=printer.name,
+                    slice_id=slice_id,
+                    fence=Job.fence + 1,
+                    lease_expires=lease_deadline(lease_s),
+                    started_at=now,
+                    updated_at=now,
+                    progress=None,
+                    error=None,
+                )
             )
-        )
-        if result.rowcount == 1:
-            printer.job_id = job_id
-            session.add(printer)
-            session.commit()
-            job = session.get(Job, job_id)
-            assert job is not None
-            session.refresh(job)
-            return job
+            if result.rowcount == 1:
+                printer.job_id = job_id
+                session.add(printer)
+                session.commit()
+                job = session.get(Job, job_id)
+                assert job is not None
+                session.refresh(job)
+                return job
     session.rollback()
     return None
 
@@ -100,8 +165,12 @@ def report(
     progress: float | None = None,
     remaining_s: int | None = None,
     error: str | None = None,
+    backoff_s: float = 30.0,
 ) -> Job:
-    """An agent says where its job is. Idempotent: repeating the last report changes nothing."""
+    """An agent says where its job is. Idempotent: repeating the last report changes nothing.
+
+    A failed print with attempts left goes back to the queue (the retry policy): after a back-off
+    that doubles per attempt, and never again to a printer it failed on."""
     if job.printer != printer.name or job.fence != fence:
         raise StaleLease(f"job {job.id} is no longer held by {printer.name} under lease {fence}")
     if job.state in TERMINAL_JOB_STATES and state == job.state:
@@ -114,6 +183,17 @@ def report(
     job.remaining_s = 0 if state == JobState.DONE else remaining_s
     if error:
         job.error = error
+    if state == JobState.FAILED and reached_printer:
+        job.attempts += 1
+        job.failed_on = f"{job.failed_on or ','}{printer.name},"
+        if job.attempts < job.max_attempts:
+            move_job(session, job, JobState.READY)
+            job.retry_at = utcnow() + timedelta(seconds=backoff_s * 2 ** (job.attempts - 1))
+            job.finished_at = None
+            job.error = (
+                f"attempt {job.attempts} of {job.max_attempts} failed on {printer.name}: {error or 'failed'}"
+            )
+            state = JobState.READY
     if state in LEASED_JOB_STATES:
         job.lease_expires = lease_deadline(lease_s)
     else:
@@ -150,26 +230,76 @@ def cancel(session: Session, job: Job) -> Job:
     return job
 
 
+def retry(session: Session, job: Job) -> Job:
+    """An operator sends a failed job back to the queue: one more attempt, any printer again."""
+    if job.state != JobState.FAILED:
+        raise InvalidMove(f"job {job.id} is {job.state}; only a failed job can be retried")
+    move_job(session, job, JobState.READY)
+    job.max_attempts = job.attempts + 1
+    job.failed_on, job.retry_at = "", None
+    job.printer, job.slice_id, job.progress, job.remaining_s = None, None, None, None
+    job.error = f"retried by an operator after: {job.error}" if job.error else None
+    session.add(job)
+    session.commit()
+    return job
+
+
+class Beat(NamedTuple):
+    """What a heartbeat tells its agent: the job it holds (None: none) under which fence."""
+
+    job: int | None
+    fence: int | None
+
+
+_PRINTERS, _JOBS = Printer.__table__, Job.__table__  # type: ignore[attr-defined]
+# Built once: every agent sends a heartbeat every few seconds, so statement building would show.
+_BEAT_PRINTER = (
+    update(_PRINTERS)
+    .where(_PRINTERS.c.name == bindparam("b_name"))
+    .values(
+        state=bindparam("b_state"),
+        message=bindparam("b_message"),
+        progress=bindparam("b_progress"),
+        last_seen=bindparam("b_now"),
+    )
+)
+_BEAT_JOB = (
+    update(_JOBS)
+    .where(_JOBS.c.printer == bindparam("b_name"), or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)))
+    .values(lease_expires=bindparam("b_lease"))
+    .returning(_JOBS.c.id, _JOBS.c.fence)
+)
+
+
 def heartbeat(
     session: Session,
-    printer: Printer,
+    name: str,
     *,
     state: str,
     message: str | None,
     progress: float | None,
     lease_s: float,
-) -> Job | None:
-    printer.state = state
-    printer.message = message
-    printer.progress = progress
-    printer.last_seen = utcnow()
-    job = bound_job(session, printer)
-    if job is not None:
-        job.lease_expires = lease_deadline(lease_s)
-        session.add(job)
-    session.add(printer)
+) -> Beat | None:
+    """Note what the agent says about its printer and extend its job's lease; None: no such printer.
+
+    Every agent sends this every few seconds: two UPDATEs and one commit, with no rows loaded.
+    """
+    now = utcnow()
+    params = {
+        "b_name": name,
+        "b_state": state,
+        "b_message": message,
+        "b_progress": progress,
+        "b_now": now,
+        "b_lease": now + timedelta(seconds=lease_s),
+    }
+    conn = session.connection()
+    if not conn.execute(_BEAT_PRINTER, params).rowcount:
+        session.rollback()
+        return None
+    held = conn.execute(_BEAT_JOB, params).first()
     session.commit()
-    return job
+    return Beat(held[0], held[1]) if held else Beat(None, None)
 
 
 def expire_leases(session: Session, lease_s: float) -> None:

@@ -11,8 +11,9 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from farm import tags
 from farm.api.views import printer_state
-from farm.dispatch import queue_for
+from farm.dispatch import heating_in_group, queue_for
 from farm.models import Job, Printer, Slice, utcnow
 from farm.states import JobState, SliceState
 
@@ -20,12 +21,23 @@ READY_PRINTER_STATES = ("idle", "finished", "failed")  # what an agent claims fr
 QUEUE_DEPTH = 200  # how far down a printer's queue we look for the job's place
 
 
-def explain(session: Session, job: Job, starvation_s: float) -> list[dict[str, Any]]:
+def explain(
+    session: Session,
+    job: Job,
+    starvation_s: float,
+    *,
+    heatup_s: float = 300.0,
+    heating_per_group: int = 1,
+) -> list[dict[str, Any]]:
     """One entry per printer: `eligible`, the `reasons` it is not, and the job's place in its queue."""
     slices = {s.printer_model: s for s in session.exec(select(Slice).where(Slice.build_id == job.build_id))}
     out = []
     for printer in session.exec(select(Printer).order_by(col(Printer.name))).all():
         reasons = _reasons(job, printer, slices)
+        if job.state == JobState.READY and heating_in_group(session, printer, heatup_s) >= heating_per_group:
+            reasons.append(
+                f"power group {printer.power_group} already has {heating_per_group} printer(s) heating up"
+            )
         entry: dict[str, Any] = {"printer": printer.name, "eligible": not reasons, "reasons": reasons}
         if not reasons and job.state == JobState.READY:
             queue = queue_for(session, printer, starvation_s, limit=QUEUE_DEPTH)
@@ -67,6 +79,8 @@ def _reasons(job: Job, printer: Printer, slices: dict[str, Slice]) -> list[str]:
         reasons.append(f"it has {printer.color or 'no colour set'}, the job needs {job.color}")
     if job.nozzle is not None and job.nozzle != printer.nozzle:
         reasons.append(f"it has a {printer.nozzle:g} mm nozzle, the job needs {job.nozzle:g} mm")
+    if lacking := tags.missing(job.tags, printer.tags):
+        reasons.append(f"it lacks the tag(s) {', '.join(lacking)}: `farm printers set {name} --tag ...`")
     if f",{name}," in (job.failed_on or ""):
         reasons.append("the job failed on it before; retries go to another printer")
     retry_at = job.retry_at and (job.retry_at if job.retry_at.tzinfo else job.retry_at.replace(tzinfo=UTC))

@@ -82,6 +82,7 @@ class Job(SQLModel, table=True):
     priority: int = 0
     printer: str | None = Field(default=None, index=True)  # the printer it is bound to once claimed
     pinned_printer: str | None = None  # `submit --printer NAME`: only this printer may take it
+    tags: str = ""  # ",a,b," sorted: the printer must have every one (see farm/tags.py)
     nozzle: float | None = None  # mm; None: any nozzle
     # Retry policy: a failed print goes back to the queue, after a back-off, for another printer.
     max_attempts: int = 1
@@ -115,6 +116,9 @@ class Printer(SQLModel, table=True):
     material: str = "PLA"  # what is loaded; the operator sets it (`farm printers set`)
     color: str | None = None
     nozzle: float = 0.4  # mm, as fitted; the operator sets it (`farm printers set --nozzle 0.6`)
+    tags: str = ""  # ",a,b," sorted, e.g. ",enclosed,hardened,"
+    location: str | None = None
+    power_group: str | None = None  # printers on one circuit: only so many may heat up at once
     auto_eject: bool = False  # clears its own bed: no one needs to confirm before the next job
     bed_clear: bool = True  # False from a print's end until someone confirms the bed is empty
     agent_version: str | None = None

@@ -71,6 +71,7 @@ def create_build(
     printer: str | None = None,
     nozzle: float | None = None,
     attempts: int = 1,
+    tags: str = "",
     project: bool = False,
     git: dict[str, Any] | None = None,
     use_cache: bool = True,
@@ -104,6 +105,7 @@ def create_build(
             priority=priority,
             pinned_printer=printer,
             nozzle=nozzle,
+            tags=tags,
             max_attempts=attempts,
         )
         for i in range(copies)

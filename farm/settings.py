@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     job_attempts: int = 2  # prints per job before it stays failed (`submit --attempts` overrides)
     retry_backoff_s: float = 30.0  # wait before a failed job is offered again; doubles per attempt
     starvation_s: float = 4 * 3600.0  # a job queued this long goes ahead of higher priorities
+    heating_per_group: int = 1  # printers of one power group that may heat up at the same time
+    heatup_s: float = 300.0  # how long after a claim a printer counts as heating
 
     # Queue. Unset: `farm up` starts an embedded server.
     redis_url: str | None = None

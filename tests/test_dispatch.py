@@ -1,23 +1,48 @@
-"""Claims, leases and fencing on a real SQLite database (WAL), as the coordinator runs them."""
+"""Claims, leases and fencing on real SQLite (WAL) and real PostgreSQL, as the coordinator runs them."""
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from farm import dispatch, pipeline
 from farm.db import make_engine
 from farm.models import Job, Printer, Slice, utcnow
 from farm.states import InvalidMove, JobState, SliceState, can_move, check_job_move
+from tests.pgserver import PostgresUnavailable, throwaway_postgres
+
+_databases = itertools.count()
 
 
-@pytest.fixture
-def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
-    return make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    try:
+        with throwaway_postgres() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL cannot be installed or started here: {exc}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    else:
+        server = request.getfixturevalue("postgres")
+        name = f"t{next(_databases)}"
+        with sa.create_engine(server, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+        engine = make_engine(server.rsplit("/", 1)[0] + "/" + name)
+    yield engine
+    engine.dispose()
 
 
 def add_printer(session: Session, name: str, model: str) -> Printer:

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from farm import dispatch, explain, pipeline
+from farm import dispatch, explain, pipeline, tags
 from farm.models import Job, Printer, Slice, utcnow
 from farm.states import InvalidMove, JobState, SliceState
 from tests.test_dispatch import add_printer, engine, postgres, ready_build  # noqa: F401 - fixtures
@@ -144,3 +144,45 @@ def test_explain_agrees_with_the_dispatcher(engine) -> None:  # type: ignore[no-
 def _reasons(s: Session, job: Job, printer: str) -> list[str]:
     s.refresh(job)
     return next(e["reasons"] for e in explain.explain(s, job, starvation_s=3600) if e["printer"] == printer)
+
+
+def test_tags_a_job_needs_must_all_be_on_the_printer(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    with Session(engine, expire_on_commit=False) as s:
+        plain, enclosed = add_printer(s, "plain", "MINI"), add_printer(s, "enclosed", "MINI")
+        enclosed.tags = tags.canonical(["Enclosed", "hardened", "shelf-2"])
+        plain.tags = tags.canonical(["hardened"])
+        s.add_all([plain, enclosed])
+        job = ready_build(s, models=["MINI"])[0]
+        job.tags = tags.canonical(["hardened", "enclosed"])
+        s.add(job)
+        s.commit()
+        assert "lacks the tag(s) enclosed" in " ".join(_reasons(s, job, "plain"))
+        assert take(s, plain) is None
+        assert take(s, enclosed).id == job.id  # type: ignore[union-attr]
+        untagged = ready_build(s, models=["MINI"])[0]
+        assert take(s, plain).id == untagged.id  # type: ignore[union-attr]  # no tags: any printer
+    with pytest.raises(tags.BadTag, match="bad tag"):
+        tags.canonical(["no spaces please"])
+
+
+def test_a_power_group_heats_one_printer_at_a_time(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    with Session(engine, expire_on_commit=False) as s:
+        a, b, c = add_printer(s, "a", "MINI"), add_printer(s, "b", "MINI"), add_printer(s, "c", "MINI")
+        a.power_group = b.power_group = "circuit-1"
+        s.add_all([a, b])
+        s.commit()
+        ready_build(s, models=["MINI"], copies=3)
+        first = dispatch.claim(s, a, 60, heatup_s=300, heating_per_group=1)
+        assert first is not None
+        assert dispatch.claim(s, b, 60, heatup_s=300, heating_per_group=1) is None  # a is heating
+        verdict = next(e for e in explain.explain(s, first, 3600) if e["printer"] == "b")
+        assert verdict["printer"] == "b"  # explained for a ready job below
+        waiting = s.exec(select(Job).where(Job.state == JobState.READY)).first()
+        assert waiting is not None
+        reasons = next(e for e in explain.explain(s, waiting, 3600) if e["printer"] == "b")["reasons"]
+        assert "power group circuit-1 already has 1 printer(s) heating up" in reasons
+        assert dispatch.claim(s, c, 60, heatup_s=300, heating_per_group=1) is not None  # no group
+        first.started_at = utcnow() - timedelta(seconds=301)  # a has heated up
+        s.add(first)
+        s.commit()
+        assert dispatch.claim(s, b, 60, heatup_s=300, heating_per_group=1) is not None

@@ -9,8 +9,9 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from farm import dispatch
-from farm.api.deps import FarmDep, SessionDep, require
+from farm.api.deps import FarmDep, require
 from farm.api.views import job_view
+from farm.db import write_session
 from farm.models import Artifact, Job, Printer, Slice, Token
 from farm.states import InvalidMove, JobState
 
@@ -42,12 +43,20 @@ class Report(BaseModel):
     error: str | None = None
 
 
-def _printer(session: Session, token: Token, name: str) -> Printer:
+def _check_bound(token: Token, name: str) -> None:
     if token.role == "agent" and token.printer != name:
         raise HTTPException(403, f"this agent token is bound to printer '{token.printer}', not '{name}'")
+
+
+def _not_registered(name: str) -> HTTPException:
+    return HTTPException(404, f"printer '{name}' is not registered; its agent registers it on start")
+
+
+def _printer(session: Session, token: Token, name: str) -> Printer:
+    _check_bound(token, name)
     printer = session.get(Printer, name)
     if printer is None:
-        raise HTTPException(404, f"printer '{name}' is not registered; its agent registers it on start")
+        raise _not_registered(name)
     return printer
 
 
@@ -64,54 +73,74 @@ def _claim_view(session: Session, job: Job) -> dict:
     }
 
 
+# Every agent calls these every few seconds: each runs in one write_session (on SQLite, writers
+# queue on a lock rather than sleep in SQLite's busy handler).
+
+
 @router.post("/register")
-def register(body: Register, token: AgentToken, session: SessionDep) -> dict:
+def register(body: Register, token: AgentToken, farm: FarmDep) -> dict:
     if token.role == "agent" and token.printer != body.printer:
         raise HTTPException(403, f"this agent token is bound to printer '{token.printer}'")
-    printer = session.get(Printer, body.printer) or Printer(
-        name=body.printer, model=body.model, protocol=body.protocol
+    with write_session(farm.engine) as session:
+        printer = session.get(Printer, body.printer) or Printer(
+            name=body.printer, model=body.model, protocol=body.protocol
+        )
+        printer.model, printer.protocol = body.model, body.protocol
+        printer.agent_version, printer.auto_eject = body.agent_version, body.auto_eject
+        session.add(printer)
+        session.commit()
+        job = dispatch.bound_job(session, printer)
+        return {"printer": printer.name, "job": _claim_view(session, job) if job else None}
+
+
+def _beat(session: Session, body: Heartbeat, farm: FarmDep) -> dispatch.Beat:
+    beat = dispatch.heartbeat(
+        session,
+        body.printer,
+        state=body.state,
+        message=body.message,
+        progress=body.progress,
+        lease_s=farm.settings.lease_s,
     )
-    printer.model, printer.protocol, printer.agent_version = body.model, body.protocol, body.agent_version
-    printer.auto_eject = body.auto_eject
-    session.add(printer)
-    session.commit()
-    job = dispatch.bound_job(session, printer)
-    return {"printer": printer.name, "job": _claim_view(session, job) if job else None}
+    if beat is None:
+        raise _not_registered(body.printer)
+    return beat
 
 
 @router.post("/heartbeat")
-def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep, session: SessionDep) -> dict:
-    printer = _printer(session, token, body.printer)
-    job = dispatch.heartbeat(
-        session,
-        printer,
-        state=body.state,
-        message=body.message,
-        progress=body.progress,
-        lease_s=farm.settings.lease_s,
-    )
-    return {"job": job.id if job else None, "fence": job.fence if job else None}
+def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep) -> dict:
+    _check_bound(token, body.printer)
+    with write_session(farm.engine) as session:
+        beat = _beat(session, body, farm)
+    return {"job": beat.job, "fence": beat.fence}
 
 
 @router.post("/claim", responses={204: {"description": "nothing to print"}})
-def claim(body: Heartbeat, token: AgentToken, farm: FarmDep, session: SessionDep) -> object:
-    printer = _printer(session, token, body.printer)
-    dispatch.heartbeat(
-        session,
-        printer,
-        state=body.state,
-        message=body.message,
-        progress=body.progress,
-        lease_s=farm.settings.lease_s,
-    )
-    job = dispatch.claim(session, printer, farm.settings.lease_s)
-    if job is None:
-        return Response(status_code=204)
-    return _claim_view(session, job)
+def claim(body: Heartbeat, token: AgentToken, farm: FarmDep) -> object:
+    _check_bound(token, body.printer)
+    with write_session(farm.engine) as session:
+        _beat(session, body, farm)
+        printer = _printer(session, token, body.printer)
+        job = dispatch.claim(
+            session,
+            printer,
+            farm.settings.lease_s,
+            starvation_s=farm.settings.starvation_s,
+            heatup_s=farm.settings.heatup_s,
+            heating_per_group=farm.settings.heating_per_group,
+        )
+        if job is None:
+            return Response(status_code=204)
+        return _claim_view(session, job)
 
 
 @router.post("/jobs/{job_id}/report")
-def report(job_id: int, body: Report, token: AgentToken, farm: FarmDep, session: SessionDep) -> dict:
+def report(job_id: int, body: Report, token: AgentToken, farm: FarmDep) -> dict:
+    with write_session(farm.engine) as session:
+        return _report(session, job_id, body, token, farm)
+
+
+def _report(session: Session, job_id: int, body: Report, token: Token, farm: FarmDep) -> dict:
     printer = _printer(session, token, body.printer)
     job = session.get(Job, job_id)
     if job is None:
@@ -127,6 +156,7 @@ def report(job_id: int, body: Report, token: AgentToken, farm: FarmDep, session:
             progress=body.progress,
             remaining_s=body.remaining_s,
             error=body.error,
+            backoff_s=farm.settings.retry_backoff_s,
         )
     except (dispatch.StaleLease, InvalidMove) as exc:
         raise HTTPException(409, str(exc)) from exc

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, UploadFile
 from pydantic import BaseModel, Field, JsonValue, ValidationError
 from sqlmodel import Session, col, select
 
-from farm import pipeline
+from farm import pipeline, tags
 from farm.api.deps import Farm, FarmDep, SessionDep, require
 from farm.api.sources import check_cad_source
 from farm.api.views import build_view, slice_view
@@ -42,6 +42,7 @@ class SubmitOptions(BaseModel):
     printer: str | None = None  # pin: only this printer may print it
     nozzle: float | None = Field(None, gt=0.1, lt=2.0)
     attempts: int | None = Field(None, ge=1, le=10)  # None: the farm's `job_attempts`
+    tags: list[str] = Field(default_factory=list)  # the printer must have every one
 
 
 class CadResult(BaseModel):
@@ -90,6 +91,10 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
         raise HTTPException(415, str(exc)) from exc
     if opts.git and not opts.entry_file:
         raise HTTPException(422, "a git submission is a project archive: give entry_file")
+    try:
+        job_tags = tags.canonical(opts.tags)
+    except tags.BadTag as exc:
+        raise HTTPException(422, str(exc)) from exc
     if opts.printer:  # pinned: slice only for that printer's model
         pinned = session.get(Printer, opts.printer)
         if pinned is None:
@@ -121,7 +126,8 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
         session,
         source_name=name,
         source_sha256=sha,
-        **opts.model_dump(exclude={"entry", "params", "entry_file", "git", "no_cache", "attempts"}),
+        **opts.model_dump(exclude={"entry", "params", "entry_file", "git", "no_cache", "attempts", "tags"}),
+        tags=job_tags,
         attempts=opts.attempts or farm.settings.job_attempts,
         entry=opts.entry,
         params=opts.params,

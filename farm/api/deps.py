@@ -10,6 +10,7 @@ from typing import Annotated
 
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -35,7 +36,11 @@ def new_secret() -> str:
     return "pf_" + secrets.token_urlsafe(24)
 
 
-def get_farm(request: Request) -> Farm:
+# The dependencies below that need no I/O are `async def`: FastAPI runs a plain `def` dependency
+# in its thread pool, a thread hop per dependency per request.
+
+
+async def get_farm(request: Request) -> Farm:
     return request.app.state.farm  # type: ignore[no-any-return]
 
 
@@ -44,7 +49,12 @@ def get_session(farm: Annotated[Farm, Depends(get_farm)]) -> Iterator[Session]:
         yield session
 
 
-def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)]) -> Token:
+def _find_token(farm: Farm, digest: str) -> Token | None:
+    with Session(farm.engine) as session:
+        return session.exec(select(Token).where(Token.secret_sha256 == digest)).first()
+
+
+async def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)]) -> Token:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret:
@@ -52,8 +62,7 @@ def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)]) -> 
     digest = hash_secret(secret.strip())
     token = farm._tokens.get(digest)
     if token is None:
-        with Session(farm.engine) as session:
-            token = session.exec(select(Token).where(Token.secret_sha256 == digest)).first()
+        token = await run_in_threadpool(_find_token, farm, digest)
         if token is None:
             raise HTTPException(
                 401,
@@ -66,7 +75,7 @@ def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)]) -> 
 def require(*roles: str):  # type: ignore[no-untyped-def]
     """A dependency that lets admins and the named roles through."""
 
-    def check(token: Annotated[Token, Depends(authenticate)]) -> Token:
+    async def check(token: Annotated[Token, Depends(authenticate)]) -> Token:
         if token.role != "admin" and token.role not in roles:
             raise HTTPException(
                 403, f"a {token.role} token cannot do this; it needs one of: {', '.join(('admin', *roles))}"

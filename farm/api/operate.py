@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from farm import dispatch, explain
+from farm import dispatch, explain, tags
 from farm.api.deps import FarmDep, SessionDep, require
 from farm.api.views import job_view, printer_view
 from farm.models import Job, Printer
@@ -19,6 +19,9 @@ class PrinterSettings(BaseModel):
     material: str | None = Field(None, description=f"one of {', '.join(MATERIALS)}")
     color: str | None = None
     nozzle: float | None = Field(None, gt=0.1, lt=2.0, description="the fitted nozzle's diameter, mm")
+    tags: list[str] | None = Field(None, description="replaces its tags; [] removes them")
+    location: str | None = None
+    power_group: str | None = Field(None, description="'' for none")
     auto_eject: bool | None = None
 
 
@@ -51,7 +54,11 @@ def retry_job(job_id: int, session: SessionDep) -> dict:
 @router.get("/jobs/{job_id}/explain", dependencies=[Depends(require("submitter"))])
 def explain_job(job_id: int, session: SessionDep, farm: FarmDep) -> dict:
     job = _job(session, job_id)
-    return {"job": job_view(job), "printers": explain.explain(session, job, farm.settings.starvation_s)}
+    s = farm.settings
+    verdicts = explain.explain(
+        session, job, s.starvation_s, heatup_s=s.heatup_s, heating_per_group=s.heating_per_group
+    )
+    return {"job": job_view(job), "printers": verdicts}
 
 
 def _job(session: SessionDep, job_id: int) -> Job:
@@ -84,6 +91,17 @@ def set_printer(name: str, body: PrinterSettings, session: SessionDep) -> dict:
         printer.color = body.color or None
     if body.nozzle is not None:
         printer.nozzle = round(body.nozzle, 2)
+    if body.tags is not None:
+        try:
+            printer.tags = tags.canonical(body.tags)
+        except tags.BadTag as exc:
+            raise HTTPException(422, str(exc)) from exc
+        if len(tags.split(printer.tags)) > tags.MAX_PRINTER_TAGS:
+            raise HTTPException(422, f"a printer has at most {tags.MAX_PRINTER_TAGS} tags")
+    if body.location is not None:
+        printer.location = body.location or None
+    if body.power_group is not None:
+        printer.power_group = body.power_group or None
     if body.auto_eject is not None:
         printer.auto_eject = body.auto_eject
     session.add(printer)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from farm.models import Build, Job, Printer, Slice
+from farm.tags import split as split_tags
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -26,6 +27,7 @@ def job_view(job: Job, sl: Slice | None = None, source: str | None = None) -> di
         "color": job.color,
         "priority": job.priority,
         "nozzle": job.nozzle,
+        "tags": split_tags(job.tags),
         "pinned_printer": job.pinned_printer,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
@@ -104,5 +106,8 @@ def printer_view(p: Printer) -> dict[str, Any]:
         "material": p.material,
         "color": p.color,
         "nozzle": p.nozzle,
+        "tags": split_tags(p.tags),
+        "location": p.location,
+        "power_group": p.power_group,
         "last_seen": _ts(p.last_seen),
     }
