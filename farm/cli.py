@@ -289,7 +289,7 @@ def submit(
         str,
         typer.Argument(
             help="A build123d .py file (sent with its project: the nearest folder up with pyproject.toml, "
-            "requirements.txt or .git), an .stl / .3mf mesh, a ready .gcode / .gcode.3mf, or a git URL."
+            "requirements.txt or .git), an .stl/.3mf mesh, a ready .gcode/.bgcode/.gcode.3mf, or a git URL."
         ),
     ],
     file: Annotated[
@@ -317,7 +317,7 @@ def submit(
         bool, typer.Option("--no-cache", help="Rebuild even if the CAD cache has it.")
     ] = False,
     copies: Annotated[int, typer.Option(min=1, max=100, help="How many to print.")] = 1,
-    material: Annotated[str, typer.Option(help="PLA, PETG, ASA, TPU.")] = "PLA",
+    material: Annotated[str, typer.Option(help="PLA, PETG, ABS, ASA or TPU.")] = "PLA",
     quality: Annotated[str, typer.Option(help="draft, standard or fine.")] = "standard",
     color: Annotated[str | None, typer.Option(help="Filament colour wanted.")] = None,
     printer_model: Annotated[str | None, typer.Option(help="Print only on this model (e.g. MINI).")] = None,
@@ -622,7 +622,7 @@ def printers_clear(
 @printers_app.command("set")
 def printers_set(
     name: Annotated[str, typer.Argument(help="The printer to change.")],
-    material: Annotated[str | None, typer.Option(help="The filament loaded: PLA, PETG, ASA, TPU.")] = None,
+    material: Annotated[str | None, typer.Option(help="Loaded: PLA, PETG, ABS, ASA or TPU.")] = None,
     color: Annotated[str | None, typer.Option(help="Its colour ('' for any).")] = None,
     nozzle: Annotated[float | None, typer.Option(help="The fitted nozzle's diameter in mm.")] = None,
     tag: Annotated[

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, case, func, or_, update
+from sqlalchemy import bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
 from farm import tags
@@ -43,6 +43,15 @@ def queue_for(session: Session, printer: Printer, starvation_s: float, limit: in
     return [job_id for job_id, _ in _candidates(session, printer, starvation_s, limit)]
 
 
+def next_gcode(session: Session, printer: Printer, starvation_s: float) -> str | None:
+    """The G-code of the job this printer would take next (bed or power group permitting), so its
+    agent can download it while the bed waits to be cleared. A hint: the claim decides."""
+    for _job_id, slice_id in _candidates(session, printer, starvation_s, limit=1):
+        sl = session.get(Slice, slice_id)
+        return sl.gcode_sha256 if sl else None
+    return None
+
+
 def _candidates(
     session: Session, printer: Printer, starvation_s: float, limit: int = 20
 ) -> list[tuple[int, int]]:
@@ -50,32 +59,43 @@ def _candidates(
 
     farm/explain.py says the same in words, one printer at a time: keep the two in step."""
     now = utcnow()
-    starving = case((col(Job.created_at) < now - timedelta(seconds=starvation_s), 1), else_=0)
-    return list(
-        session.exec(
-            select(Job.id, Slice.id)
-            .join(
-                Slice,
-                (col(Slice.build_id) == col(Job.build_id))
-                & (col(Slice.printer_model) == printer.model)
-                & (col(Slice.state) == SliceState.DONE),
-            )
-            .where(
-                Job.state == JobState.READY,
-                or_(col(Job.printer_model).is_(None), col(Job.printer_model) == printer.model),
-                func.upper(Job.material) == (printer.material or "").upper(),
-                or_(col(Job.color).is_(None), func.lower(Job.color) == (printer.color or "").lower()),
-                or_(col(Job.nozzle).is_(None), col(Job.nozzle) == printer.nozzle),
-                or_(col(Job.pinned_printer).is_(None), col(Job.pinned_printer) == printer.name),
-                or_(col(Job.retry_at).is_(None), col(Job.retry_at) <= now),
-                ~col(Job.failed_on).contains(f",{printer.name},"),
-                col(Job.tags).in_(tags.subsets(printer.tags)),
-            )
-            # Priority, then age; but a job that waited past the starvation limit goes first.
-            .order_by(starving.desc(), col(Job.priority).desc(), col(Job.created_at), col(Job.id))
-            .limit(limit)
-        ).all()  # type: ignore[arg-type]
+    fits = (
+        select(Job.id, Slice.id)
+        .join(
+            Slice,
+            (col(Slice.build_id) == col(Job.build_id))
+            & (col(Slice.printer_model) == printer.model)
+            & (col(Slice.state) == SliceState.DONE),
+        )
+        .where(
+            Job.state == JobState.READY,
+            or_(col(Job.printer_model).is_(None), col(Job.printer_model) == printer.model),
+            func.upper(Job.material) == (printer.material or "").upper(),
+            or_(col(Job.color).is_(None), func.lower(Job.color) == (printer.color or "").lower()),
+            or_(col(Job.nozzle).is_(None), col(Job.nozzle) == printer.nozzle),
+            or_(col(Job.pinned_printer).is_(None), col(Job.pinned_printer) == printer.name),
+            or_(col(Job.retry_at).is_(None), col(Job.retry_at) <= now),
+            ~col(Job.failed_on).contains(f",{printer.name},"),
+            col(Job.tags).in_(tags.subsets(printer.tags)),
+        )
     )
+    # Priority, then age; but a job that waited past the starvation limit goes first. One ORDER BY
+    # with the starvation test in it would sort the whole queue on every claim, so: the starving
+    # first (looked for only when the ix_job_waiting index says there are any), then the rest,
+    # straight off ix_job_queue.
+    order = (col(Job.priority).desc(), col(Job.created_at), col(Job.id))
+    cutoff = now - timedelta(seconds=starvation_s)
+    starving: list[tuple[int, int]] = []
+    if session.exec(
+        select(Job.id).where(Job.state == JobState.READY, col(Job.created_at) < cutoff).limit(1)
+    ).first():
+        # coalesce() hides created_at from the planner: walking ix_job_queue in order stops after
+        # `limit` rows, where a range scan of ix_job_waiting would sort every starving job.
+        old = func.coalesce(Job.created_at, Job.created_at) < cutoff
+        starving = list(session.exec(fits.where(old).order_by(*order).limit(limit)))
+    rest = session.exec(fits.order_by(*order).limit(limit)).all()  # holds the starving it passes
+    seen = {job_id for job_id, _ in starving}
+    return [*starving, *(row for row in rest if row[0] not in seen)][:limit]  # type: ignore[misc]
 
 
 def heating_in_group(session: Session, printer: Printer, heatup_s: float) -> int:

@@ -24,6 +24,7 @@ VERSION = "0.1.0"
 READY_FOR_WORK = (PrinterState.IDLE, PrinterState.FINISHED, PrinterState.FAILED)
 IDLE_GRACE_S = 30.0
 UPLOAD_FAILURE_REST_S = 30.0  # a printer may report idle for a moment between upload and start
+PREFETCH_EVERY_S = 15.0  # while a finished print waits on the bed, ask what comes next this often
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Agent:
         self.job: CurrentJob | None = None
         self._last_report = 0.0
         self._resting_until = 0.0
+        self._next_prefetch = 0.0
         assert config.spool_dir is not None
         self.spool = config.spool_dir
         self.spool.mkdir(parents=True, exist_ok=True)
@@ -122,8 +124,21 @@ class Agent:
             job = self.client.post("/api/agents/claim", body)
             if job:
                 self._start(job)
+            elif status.state in (PrinterState.FINISHED, PrinterState.FAILED):
+                self._prefetch()  # a part is on the bed: fetch the next G-code while someone clears it
         else:
             self.client.post("/api/agents/heartbeat", body)
+
+    def _prefetch(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prefetch:
+            return
+        self._next_prefetch = now + PREFETCH_EVERY_S
+        hint = self.client.get("/api/agents/next", printer=self.name)
+        path = self.spool / f"{hint['gcode']}.gcode" if hint else None
+        if path is not None and not path.exists():
+            self.client.download_artifact(hint["gcode"], path)
+            log.info("%s: prefetched the next G-code (%s) while the bed waits", self.name, hint["gcode"][:12])
 
     def _status_body(self, status: PrinterStatus) -> dict[str, Any]:
         return {

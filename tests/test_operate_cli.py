@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import EXAMPLES, RunningFarm
+from tests.conftest import EXAMPLES, RunningFarm, wait_until
 
 
 def test_pinned_job_prints_on_its_printer_and_explain_says_why(farm: RunningFarm) -> None:
@@ -72,3 +72,37 @@ def test_tokens_have_roles_and_an_agent_token_acts_for_one_printer(farm: Running
         other = bound.post("/api/agents/claim", json={"printer": "sim-mk3s-1", "state": "idle"})
         assert other.status_code == 403 and "bound to printer 'sim-mini-1'" in other.json()["detail"]
         assert bound.get("/api/jobs").status_code == 403  # an agent reads only what its printer needs
+
+
+def test_next_gcode_is_fetched_while_the_bed_waits_to_be_cleared(farm: RunningFarm) -> None:
+    token = (farm.data_dir / "admin.token").read_text().strip()
+    api = httpx.Client(base_url=farm.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert api.patch("/api/printers/sim-mini-1", json={"auto_eject": False}).status_code == 200
+    try:
+        code, first = farm.cli_json("submit", str(EXAMPLES / "cube.stl"), "--printer", "sim-mini-1", "--wait")
+        assert code == 0 and first["jobs"][0]["state"] == "done", first
+        waiting = next(p for p in farm.cli_json("printers")[1] if p["name"] == "sim-mini-1")
+        assert waiting["state"] == "awaiting_clear", waiting
+
+        code, second = farm.cli_json("submit", str(EXAMPLES / "spacer.py"), "--printer", "sim-mini-1")
+        job_id = second["jobs"][0]["id"]
+
+        def gcode() -> str | None:
+            build = api.get(f"/api/builds/{second['id']}").json()
+            return next((s["gcode"] for s in build.get("slices", []) if s["gcode"]), None)
+
+        sha = wait_until(gcode, 180, "the second job's G-code")
+        spool = farm.data_dir / "sim" / "sim-mini-1" / "spool"
+        wait_until(lambda: (spool / f"{sha}.gcode").exists(), 60, "the agent to prefetch the G-code")
+        assert api.get(f"/api/jobs/{job_id}").json()["state"] == "ready"  # not printed on a full bed
+
+        assert farm.cli("printers", "clear", "sim-mini-1").returncode == 0
+        done = wait_until(
+            lambda: (j := api.get(f"/api/jobs/{job_id}").json())["state"] == "done" and j, 120, "the print"
+        )
+        assert done["printer"] == "sim-mini-1"
+        log = (farm.data_dir / "logs" / "agent-sim-mini-1.log").read_text()
+        assert "prefetched the next G-code" in log
+    finally:
+        api.patch("/api/printers/sim-mini-1", json={"auto_eject": True})
+        farm.cli("printers", "clear", "sim-mini-1")

@@ -9,9 +9,8 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from farm import dispatch
-from farm.api.deps import FarmDep, require
+from farm.api.deps import Farm, FarmDep, SessionDep, require, write
 from farm.api.views import job_view
-from farm.db import write_session
 from farm.models import Artifact, Job, Printer, Slice, Token
 from farm.states import InvalidMove, JobState
 
@@ -73,27 +72,30 @@ def _claim_view(session: Session, job: Job) -> dict:
     }
 
 
-# Every agent calls these every few seconds: each runs in one write_session (on SQLite, writers
-# queue on a lock rather than sleep in SQLite's busy handler).
+# Every agent calls these every few seconds. Each runs in one write session through deps.write:
+# on SQLite, on the event loop when no other writer is busy (cheaper than a thread hop).
 
 
 @router.post("/register")
-def register(body: Register, token: AgentToken, farm: FarmDep) -> dict:
+async def register(body: Register, token: AgentToken, farm: FarmDep) -> dict:
     if token.role == "agent" and token.printer != body.printer:
         raise HTTPException(403, f"this agent token is bound to printer '{token.printer}'")
-    with write_session(farm.engine) as session:
-        printer = session.get(Printer, body.printer) or Printer(
-            name=body.printer, model=body.model, protocol=body.protocol
-        )
-        printer.model, printer.protocol = body.model, body.protocol
-        printer.agent_version, printer.auto_eject = body.agent_version, body.auto_eject
-        session.add(printer)
-        session.commit()
-        job = dispatch.bound_job(session, printer)
-        return {"printer": printer.name, "job": _claim_view(session, job) if job else None}
+    return await write(farm, _register, body)
 
 
-def _beat(session: Session, body: Heartbeat, farm: FarmDep) -> dispatch.Beat:
+def _register(session: Session, body: Register) -> dict:
+    printer = session.get(Printer, body.printer) or Printer(
+        name=body.printer, model=body.model, protocol=body.protocol
+    )
+    printer.model, printer.protocol = body.model, body.protocol
+    printer.agent_version, printer.auto_eject = body.agent_version, body.auto_eject
+    session.add(printer)
+    session.commit()
+    job = dispatch.bound_job(session, printer)
+    return {"printer": printer.name, "job": _claim_view(session, job) if job else None}
+
+
+def _beat(session: Session, body: Heartbeat, farm: Farm) -> dispatch.Beat:
     beat = dispatch.heartbeat(
         session,
         body.printer,
@@ -108,39 +110,48 @@ def _beat(session: Session, body: Heartbeat, farm: FarmDep) -> dispatch.Beat:
 
 
 @router.post("/heartbeat")
-def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep) -> dict:
+async def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep) -> dict:
     _check_bound(token, body.printer)
-    with write_session(farm.engine) as session:
-        beat = _beat(session, body, farm)
+    beat = await write(farm, _beat, body, farm)
     return {"job": beat.job, "fence": beat.fence}
 
 
+@router.get("/next", responses={204: {"description": "nothing queued for this printer"}})
+def next_gcode(printer: str, token: AgentToken, farm: FarmDep, session: SessionDep) -> object:
+    """What this printer would print next: its agent downloads it while the bed waits."""
+    p = _printer(session, token, printer)
+    gcode = dispatch.next_gcode(session, p, farm.settings.starvation_s)
+    return {"gcode": gcode} if gcode else Response(status_code=204)
+
+
 @router.post("/claim", responses={204: {"description": "nothing to print"}})
-def claim(body: Heartbeat, token: AgentToken, farm: FarmDep) -> object:
+async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep) -> object:
     _check_bound(token, body.printer)
-    with write_session(farm.engine) as session:
-        _beat(session, body, farm)
-        printer = _printer(session, token, body.printer)
-        job = dispatch.claim(
-            session,
-            printer,
-            farm.settings.lease_s,
-            starvation_s=farm.settings.starvation_s,
-            heatup_s=farm.settings.heatup_s,
-            heating_per_group=farm.settings.heating_per_group,
-        )
-        if job is None:
-            return Response(status_code=204)
-        return _claim_view(session, job)
+    return await write(farm, _claim, body, token, farm)
+
+
+def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> object:
+    _beat(session, body, farm)
+    printer = _printer(session, token, body.printer)
+    job = dispatch.claim(
+        session,
+        printer,
+        farm.settings.lease_s,
+        starvation_s=farm.settings.starvation_s,
+        heatup_s=farm.settings.heatup_s,
+        heating_per_group=farm.settings.heating_per_group,
+    )
+    if job is None:
+        return Response(status_code=204)
+    return _claim_view(session, job)
 
 
 @router.post("/jobs/{job_id}/report")
-def report(job_id: int, body: Report, token: AgentToken, farm: FarmDep) -> dict:
-    with write_session(farm.engine) as session:
-        return _report(session, job_id, body, token, farm)
+async def report(job_id: int, body: Report, token: AgentToken, farm: FarmDep) -> dict:
+    return await write(farm, _report, job_id, body, token, farm)
 
 
-def _report(session: Session, job_id: int, body: Report, token: Token, farm: FarmDep) -> dict:
+def _report(session: Session, job_id: int, body: Report, token: Token, farm: Farm) -> dict:
     printer = _printer(session, token, body.printer)
     job = session.get(Job, job_id)
     if job is None:
