@@ -317,6 +317,18 @@ def submit(
         bool, typer.Option("--no-cache", help="Rebuild even if the CAD cache has it.")
     ] = False,
     copies: Annotated[int, typer.Option(min=1, max=100, help="How many to print.")] = 1,
+    per_plate: Annotated[
+        int, typer.Option(min=1, max=100, help="Copies arranged on one plate; one job per plate.")
+    ] = 1,
+    infill: Annotated[str | None, typer.Option(help="Infill density, e.g. 20 or 20%.")] = None,
+    supports: Annotated[
+        str | None, typer.Option(help="none, buildplate (only from the bed) or everywhere.")
+    ] = None,
+    brim: Annotated[float | None, typer.Option(help="Brim width in mm (0: none).")] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any PrusaSlicer setting KEY=VALUE, e.g. layer_height=0.16; repeatable."),
+    ] = None,
     material: Annotated[str, typer.Option(help="PLA, PETG, ABS, ASA or TPU.")] = "PLA",
     quality: Annotated[str, typer.Option(help="draft, standard or fine.")] = "standard",
     color: Annotated[str | None, typer.Option(help="Filament colour wanted.")] = None,
@@ -358,6 +370,11 @@ def submit(
         "nozzle": nozzle,
         "attempts": attempts,
         "tags": tag or [],
+        "per_plate": per_plate,
+        "infill": infill,
+        "supports": supports,
+        "brim": brim,
+        "settings": _settings(setting or []),
     }
     with tempfile.TemporaryDirectory(prefix="farm-submit-") as tmp, _client() as client:
         upload = _prepare_upload(source, file, ref, no_project, Path(tmp), options)
@@ -374,6 +391,16 @@ def submit(
             _print_build(build)
     if wait and any(j["state"] != "done" for b in builds for j in b["jobs"]):
         raise typer.Exit(1)
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            _die(f"--set wants KEY=VALUE, e.g. --set layer_height=0.16; got '{pair}'", 2)
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _prepare_upload(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, func, or_, update
+from sqlalchemy import Select, bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
 from farm import tags
@@ -21,6 +21,7 @@ assert can_move(JobState.READY, JobState.CLAIMED)  # the claim's UPDATE encodes 
 
 
 CLAIM_ROUNDS = 5
+_PRINTERS, _JOBS = Printer.__table__, Job.__table__  # type: ignore[attr-defined]
 
 
 class StaleLease(Exception):
@@ -52,6 +53,45 @@ def next_gcode(session: Session, printer: Printer, starvation_s: float) -> str |
     return None
 
 
+def _fits() -> Select:  # type: ignore[type-arg]
+    """Ready jobs that a printer (the p_* parameters) can print, with the slice for its model."""
+    return (
+        select(Job.id, Slice.id)
+        .join(
+            Slice,
+            (col(Slice.build_id) == col(Job.build_id))
+            & (col(Slice.printer_model) == bindparam("p_model"))
+            & (col(Slice.copies) == col(Job.copies))  # a plate of 4 needs the 4-copy G-code
+            & (col(Slice.state) == SliceState.DONE),
+        )
+        .where(
+            Job.state == JobState.READY,
+            or_(col(Job.printer_model).is_(None), col(Job.printer_model) == bindparam("p_model")),
+            func.upper(Job.material) == bindparam("p_material"),
+            or_(col(Job.color).is_(None), func.lower(Job.color) == bindparam("p_color")),
+            or_(col(Job.nozzle).is_(None), col(Job.nozzle) == bindparam("p_nozzle")),
+            or_(col(Job.pinned_printer).is_(None), col(Job.pinned_printer) == bindparam("p_name")),
+            or_(col(Job.retry_at).is_(None), col(Job.retry_at) <= bindparam("p_now")),
+            ~col(Job.failed_on).contains(bindparam("p_failed_on")),
+            col(Job.tags).in_(bindparam("p_tags", expanding=True)),
+        )
+    )
+
+
+# Priority, then age; but a job that waited past the starvation limit goes first. One ORDER BY with
+# the starvation test in it would sort the whole queue on every claim, so: the starving first
+# (looked for only when the ix_job_waiting index says there are any), then the rest, straight off
+# ix_job_queue. Built once with bound parameters: building this select costs more than running it.
+_ORDER = (col(Job.priority).desc(), col(Job.created_at), col(Job.id))
+_ANY_STARVING = select(Job.id).where(Job.state == JobState.READY, col(Job.created_at) < bindparam("p_cutoff"))
+# coalesce() hides created_at from the planner: walking ix_job_queue in order stops after `limit`
+# rows, where a range scan of ix_job_waiting would sort every starving job.
+_STARVING = (
+    _fits().where(func.coalesce(Job.created_at, Job.created_at) < bindparam("p_cutoff")).order_by(*_ORDER)
+)
+_QUEUE = _fits().order_by(*_ORDER)
+
+
 def _candidates(
     session: Session, printer: Printer, starvation_s: float, limit: int = 20
 ) -> list[tuple[int, int]]:
@@ -59,43 +99,24 @@ def _candidates(
 
     farm/explain.py says the same in words, one printer at a time: keep the two in step."""
     now = utcnow()
-    fits = (
-        select(Job.id, Slice.id)
-        .join(
-            Slice,
-            (col(Slice.build_id) == col(Job.build_id))
-            & (col(Slice.printer_model) == printer.model)
-            & (col(Slice.state) == SliceState.DONE),
-        )
-        .where(
-            Job.state == JobState.READY,
-            or_(col(Job.printer_model).is_(None), col(Job.printer_model) == printer.model),
-            func.upper(Job.material) == (printer.material or "").upper(),
-            or_(col(Job.color).is_(None), func.lower(Job.color) == (printer.color or "").lower()),
-            or_(col(Job.nozzle).is_(None), col(Job.nozzle) == printer.nozzle),
-            or_(col(Job.pinned_printer).is_(None), col(Job.pinned_printer) == printer.name),
-            or_(col(Job.retry_at).is_(None), col(Job.retry_at) <= now),
-            ~col(Job.failed_on).contains(f",{printer.name},"),
-            col(Job.tags).in_(tags.subsets(printer.tags)),
-        )
-    )
-    # Priority, then age; but a job that waited past the starvation limit goes first. One ORDER BY
-    # with the starvation test in it would sort the whole queue on every claim, so: the starving
-    # first (looked for only when the ix_job_waiting index says there are any), then the rest,
-    # straight off ix_job_queue.
-    order = (col(Job.priority).desc(), col(Job.created_at), col(Job.id))
-    cutoff = now - timedelta(seconds=starvation_s)
+    params = {
+        "p_model": printer.model,
+        "p_material": (printer.material or "").upper(),
+        "p_color": (printer.color or "").lower(),
+        "p_nozzle": printer.nozzle,
+        "p_name": printer.name,
+        "p_now": now,
+        "p_failed_on": f",{printer.name},",
+        "p_tags": tags.subsets(printer.tags),
+        "p_cutoff": now - timedelta(seconds=starvation_s),
+    }
+    conn = session.connection()
     starving: list[tuple[int, int]] = []
-    if session.exec(
-        select(Job.id).where(Job.state == JobState.READY, col(Job.created_at) < cutoff).limit(1)
-    ).first():
-        # coalesce() hides created_at from the planner: walking ix_job_queue in order stops after
-        # `limit` rows, where a range scan of ix_job_waiting would sort every starving job.
-        old = func.coalesce(Job.created_at, Job.created_at) < cutoff
-        starving = list(session.exec(fits.where(old).order_by(*order).limit(limit)))
-    rest = session.exec(fits.order_by(*order).limit(limit)).all()  # holds the starving it passes
+    if conn.execute(_ANY_STARVING.limit(1), params).first():
+        starving = [(a, b) for a, b in conn.execute(_STARVING.limit(limit), params)]
+    rest = conn.execute(_QUEUE.limit(limit), params).all()  # holds the starving it passes
     seen = {job_id for job_id, _ in starving}
-    return [*starving, *(row for row in rest if row[0] not in seen)][:limit]  # type: ignore[misc]
+    return [*starving, *((a, b) for a, b in rest if a not in seen)][:limit]
 
 
 def heating_in_group(session: Session, printer: Printer, heatup_s: float) -> int:
@@ -115,6 +136,23 @@ def heating_in_group(session: Session, printer: Printer, heatup_s: float) -> int
             )
         ).all()
     )
+
+
+_CLAIM = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("c_id"), _JOBS.c.state == JobState.READY)
+    .values(
+        state=JobState.CLAIMED,
+        printer=bindparam("c_printer"),
+        slice_id=bindparam("c_slice"),
+        fence=_JOBS.c.fence + 1,
+        lease_expires=bindparam("c_lease"),
+        started_at=bindparam("c_now"),
+        updated_at=bindparam("c_now"),
+        progress=None,
+        error=None,
+    )
+)
 
 
 def claim(
@@ -145,30 +183,16 @@ def claim(
         if not candidates:
             break
         now = utcnow()
+        params = {"c_printer": printer.name, "c_now": now, "c_lease": now + timedelta(seconds=lease_s)}
+        conn = session.connection()
         for job_id, slice_id in candidates:
             # Conditional UPDATE: of two agents racing for one job, exactly one sees rowcount 1.
-            result = session.exec(  # type: ignore[call-overload]
-                update(Job)
-                .where(col(Job.id) == job_id, col(Job.state) == JobState.READY)
-                .values(
-                    state=JobState.CLAIMED,
-                    printer=printer.name,
-                    slice_id=slice_id,
-                    fence=Job.fence + 1,
-                    lease_expires=lease_deadline(lease_s),
-                    started_at=now,
-                    updated_at=now,
-                    progress=None,
-                    error=None,
-                )
-            )
-            if result.rowcount == 1:
+            if conn.execute(_CLAIM, {**params, "c_id": job_id, "c_slice": slice_id}).rowcount == 1:
                 printer.job_id = job_id
                 session.add(printer)
                 session.commit()
-                job = session.get(Job, job_id)
+                job = session.get(Job, job_id, populate_existing=True)
                 assert job is not None
-                session.refresh(job)
                 return job
     session.rollback()
     return None
@@ -271,7 +295,6 @@ class Beat(NamedTuple):
     fence: int | None
 
 
-_PRINTERS, _JOBS = Printer.__table__, Job.__table__  # type: ignore[attr-defined]
 # Built once: every agent sends a heartbeat every few seconds, so statement building would show.
 _BEAT_PRINTER = (
     update(_PRINTERS)

@@ -30,7 +30,10 @@ def explain(
     heating_per_group: int = 1,
 ) -> list[dict[str, Any]]:
     """One entry per printer: `eligible`, the `reasons` it is not, and the job's place in its queue."""
-    slices = {s.printer_model: s for s in session.exec(select(Slice).where(Slice.build_id == job.build_id))}
+    slices = {
+        s.printer_model: s
+        for s in session.exec(select(Slice).where(Slice.build_id == job.build_id, Slice.copies == job.copies))
+    }
     out = []
     for printer in session.exec(select(Printer).order_by(col(Printer.name))).all():
         reasons = _reasons(job, printer, slices)

@@ -47,6 +47,7 @@ class Build(SQLModel, table=True):
     params_json: str = "{}"
     material: str = "PLA"
     quality: str = "standard"
+    overrides_json: str = "{}"  # slicer settings the submit chose (--infill, --set, ...)
     stage: BuildStage = Field(default=BuildStage.QUEUED, index=True)
     error: str | None = None
     stl_sha256: str | None = None
@@ -61,6 +62,7 @@ class Slice(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     build_id: int = Field(foreign_key="build.id", index=True)
     printer_model: str
+    copies: int = 1  # arranged on one plate
     state: SliceState = SliceState.PENDING
     gcode_sha256: str | None = None
     print_time_s: int | None = None
@@ -74,7 +76,8 @@ class Slice(SQLModel, table=True):
 class Job(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     build_id: int = Field(foreign_key="build.id", index=True)
-    copy_index: int = 1
+    copy_index: int = 1  # which plate of the build this is
+    copies: int = 1  # parts on its plate (`submit --copies 10 --per-plate 4`: 4, 4, 2)
     state: JobState = Field(default=JobState.WAITING, index=True)
     printer_model: str | None = None  # None: any model the build was sliced for
     material: str = "PLA"
@@ -101,8 +104,10 @@ class Job(SQLModel, table=True):
     finished_at: datetime | None = None
 
 
-# The claim's queue order (farm.dispatch): the first ready jobs come straight off this index.
+# The claim's queue order (farm.dispatch): the first ready jobs come straight off this index,
+# and the ones waiting past the starvation limit off the second.
 Index("ix_job_queue", col(Job.state), col(Job.priority).desc(), col(Job.created_at), col(Job.id))
+Index("ix_job_waiting", col(Job.state), col(Job.created_at))
 
 
 class Printer(SQLModel, table=True):

@@ -72,6 +72,8 @@ def create_build(
     nozzle: float | None = None,
     attempts: int = 1,
     tags: str = "",
+    per_plate: int = 1,
+    overrides: dict[str, str] | None = None,
     project: bool = False,
     git: dict[str, Any] | None = None,
     use_cache: bool = True,
@@ -91,6 +93,7 @@ def create_build(
         params_json=json.dumps(params),
         material=material,
         quality=quality,
+        overrides_json=json.dumps(overrides or {}, sort_keys=True),
     )
     session.add(build)
     session.flush()
@@ -99,6 +102,7 @@ def create_build(
         Job(
             build_id=build.id,  # type: ignore[arg-type]
             copy_index=i + 1,
+            copies=on_plate,
             printer_model=model.name if model else printer_model,
             material=material,
             color=color,
@@ -108,7 +112,7 @@ def create_build(
             tags=tags,
             max_attempts=attempts,
         )
-        for i in range(copies)
+        for i, on_plate in enumerate(plates(copies, per_plate))
     ]
     session.add_all(jobs)
     session.flush()
@@ -193,24 +197,37 @@ def slice_finished(
     if any(s.state == SliceState.DONE for s in slices):
         build.stage = BuildStage.READY
         for job in _jobs(session, build):
-            if job.state == JobState.WAITING:
+            mine = [s for s in slices if s.copies == job.copies]
+            if job.state == JobState.WAITING and any(s.state == SliceState.DONE for s in mine):
                 move_job(session, job, JobState.READY)
+            elif job.state == JobState.WAITING and all(s.state == SliceState.FAILED for s in mine):
+                job.error = "; ".join(f"{s.printer_model}: {s.error}" for s in mine)  # e.g. a full plate
+                move_job(session, job, JobState.FAILED)  # does not fit: its smaller sibling may
     elif all(s.state == SliceState.FAILED for s in slices):
         _fail_build(session, build, "; ".join(f"{s.printer_model}: {s.error}" for s in slices))
     build.updated_at = utcnow()
     session.add(build)
 
 
+def plates(copies: int, per_plate: int) -> list[int]:
+    """How many parts go on each plate: 10 copies, 4 per plate -> [4, 4, 2]."""
+    full, rest = divmod(copies, max(per_plate, 1))
+    return [per_plate] * full + ([rest] if rest else [])
+
+
 def _start_slicing(session: Session, build: Build, models: list[str]) -> list[Outgoing]:
+    """One slice per printer model and plate size: every printer of a model shares it."""
     build.stage = BuildStage.SLICING
     build.updated_at = utcnow()
     session.add(build)
+    sizes = sorted({j.copies for j in _jobs(session, build)}, reverse=True) or [1]
     out = []
     for name in models:
-        sl = Slice(build_id=build.id, printer_model=name)  # type: ignore[arg-type]
-        session.add(sl)
-        session.flush()
-        out.append(Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)))
+        for copies in sizes:
+            sl = Slice(build_id=build.id, printer_model=name, copies=copies)  # type: ignore[arg-type]
+            session.add(sl)
+            session.flush()
+            out.append(Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)))
     return out
 
 

@@ -186,3 +186,30 @@ def test_a_power_group_heats_one_printer_at_a_time(engine) -> None:  # type: ign
         s.add(first)
         s.commit()
         assert dispatch.claim(s, b, 60, heatup_s=300, heating_per_group=1) is not None
+
+
+def test_copies_per_plate_make_one_job_per_plate_and_a_full_plate_that_does_not_fit_fails_alone(
+    engine,  # type: ignore[no-untyped-def]  # noqa: F811
+) -> None:
+    assert pipeline.plates(10, 4) == [4, 4, 2] and pipeline.plates(3, 1) == [1, 1, 1]
+    with Session(engine, expire_on_commit=False) as s:
+        mini = add_printer(s, "mini", "MINI")
+        build, jobs, _out = pipeline.create_build(
+            s, source_name="part.stl", source_sha256="0" * 64, entry=None, params={}, copies=10,
+            material="PLA", quality="standard", color=None, printer_model="MINI", priority=0, per_plate=4,
+        )  # fmt: skip
+        s.commit()
+        assert [j.copies for j in jobs] == [4, 4, 2]
+        slices = {sl.copies: sl for sl in s.exec(select(Slice).where(Slice.build_id == build.id))}
+        assert sorted(slices) == [2, 4]  # one G-code per plate size, shared by every printer of the model
+        pipeline.slice_finished(
+            s, slices[4], error="4 copies do not fit the MINI's bed; 3 fit per plate",
+            gcode_sha256=None, meta={}, seconds=0.1,
+        )  # fmt: skip
+        pipeline.slice_finished(s, slices[2], error=None, gcode_sha256="2" * 64, meta={}, seconds=0.1)
+        s.commit()
+        states = [(j.copies, s.get(Job, j.id).state) for j in jobs]  # type: ignore[union-attr]
+        assert states == [(4, JobState.FAILED), (4, JobState.FAILED), (2, JobState.READY)]
+        assert "3 fit per plate" in (s.get(Job, jobs[0].id).error or "")  # type: ignore[union-attr]
+        claimed = take(s, mini)
+        assert claimed is not None and (claimed.id, claimed.slice_id) == (jobs[2].id, slices[2].id)

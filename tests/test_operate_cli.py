@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 
 from tests.conftest import EXAMPLES, RunningFarm, wait_until
@@ -106,3 +108,20 @@ def test_next_gcode_is_fetched_while_the_bed_waits_to_be_cleared(farm: RunningFa
     finally:
         api.patch("/api/printers/sim-mini-1", json={"auto_eject": True})
         farm.cli("printers", "clear", "sim-mini-1")
+
+
+def test_copies_on_one_plate_with_slicer_choices(farm: RunningFarm) -> None:
+    code, build = farm.cli_json(
+        "submit", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "--copies", "3", "--per-plate", "3",
+        "--infill", "35", "--set", "perimeters=3", "--wait",
+    )  # fmt: skip
+    assert code == 0 and len(build["jobs"]) == 1, build
+    job = build["jobs"][0]
+    assert (job["state"], job["copies"]) == ("done", 3), job
+    sent = [p for p in farm.received(job["printer"]) if p.name.startswith(f"job{job['id']}-")]
+    text = sent[0].read_text()
+    assert len(set(re.findall(r"^; printing object (.+)$", text, re.MULTILINE))) == 3  # three on one plate
+    assert "; fill_density = 35%" in text and "; perimeters = 3" in text
+
+    bad = farm.cli("submit", str(EXAMPLES / "cube.stl"), "--infill", "150")
+    assert bad.returncode != 0 and "infill must be a percentage" in bad.stderr

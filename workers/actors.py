@@ -115,6 +115,8 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
                 out,
                 material=sl["material"],
                 quality=sl["quality"],
+                overrides=sl.get("overrides") or {},
+                copies=sl.get("copies") or 1,
                 slicer=Path(ctx.settings.slicer_path) if ctx.settings.slicer_path else None,
                 cache=ctx.slice_cache,
             )

@@ -249,7 +249,7 @@ def _choose(kind: str, wanted: str, presets: Mapping[str, str], model: PrinterMo
     raise SliceError(f"unknown {kind} '{wanted}' for the {model.name}; choose one of: {', '.join(presets)}")
 
 
-def _check_overrides(overrides: Mapping[str, str]) -> dict[str, str]:
+def check_overrides(overrides: Mapping[str, str]) -> dict[str, str]:
     clean: dict[str, str] = {}
     for key, value in overrides.items():
         if not re.fullmatch(r"[a-z0-9_]+", key):
@@ -275,7 +275,7 @@ def flatten_profile(
     """The complete flat config for a model, material and quality; `overrides` win over presets."""
     print_preset = _choose("quality", quality, model.print_presets, model)
     filament_preset = _choose("material", material, model.filament_presets, model)
-    extra = _check_overrides(overrides or {})
+    extra = check_overrides(overrides or {})
     bundle = find_bundle(model.bundle, bundle_dirs)
     cfg: dict[str, str] = {}
     for kind, name in (
@@ -776,7 +776,7 @@ def copies_per_plate(
     binary = find_slicer(slicer)
     bbox = mesh_bbox(mesh)
     check_fits(bbox, model)
-    cfg = {**flatten_profile(model, material, quality, bundle_dirs=None), **_check_overrides(overrides or {})}
+    cfg = {**flatten_profile(model, material, quality, bundle_dirs=None), **check_overrides(overrides or {})}
     with tempfile.TemporaryDirectory(prefix="printfarm-arrange-") as tmp_name:
         tmp = Path(tmp_name)
         try:
@@ -826,7 +826,7 @@ def slice_mesh(
         readable = ", ".join(_BBOX_READERS)
         raise SliceError(f"copies need a mesh the farm can measure ({readable}), not {mesh.name}")
     cfg = flatten_profile(model, material, quality, bundle_dirs=bundle_dirs)
-    extra = _check_overrides(overrides or {})
+    extra = check_overrides(overrides or {})
     if extra:
         _check_known_keys(cfg, extra, binary)
         cfg.update(extra)

@@ -16,6 +16,7 @@ from farm.api.views import build_view, slice_view
 from farm.models import Artifact, Build, Job, Printer, Slice
 from farm.queue import send
 from farm.store import TooLarge
+from workers.slicer import SliceError, check_overrides, print_options
 
 router = APIRouter(prefix="/api", tags=["builds"])
 
@@ -43,6 +44,12 @@ class SubmitOptions(BaseModel):
     nozzle: float | None = Field(None, gt=0.1, lt=2.0)
     attempts: int | None = Field(None, ge=1, le=10)  # None: the farm's `job_attempts`
     tags: list[str] = Field(default_factory=list)  # the printer must have every one
+    per_plate: int = Field(1, ge=1, le=100)  # copies arranged on one plate (one job per plate)
+    # Slicer choices: the everyday ones, and any PrusaSlicer setting (`settings` wins).
+    infill: str | None = None
+    supports: str | None = None
+    brim: float | None = None
+    settings: dict[str, str] = Field(default_factory=dict)
 
 
 class CadResult(BaseModel):
@@ -93,8 +100,13 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
         raise HTTPException(422, "a git submission is a project archive: give entry_file")
     try:
         job_tags = tags.canonical(opts.tags)
-    except tags.BadTag as exc:
+        overrides = check_overrides(
+            print_options(infill=opts.infill, supports=opts.supports, brim=opts.brim) | opts.settings
+        )
+    except (tags.BadTag, SliceError) as exc:
         raise HTTPException(422, str(exc)) from exc
+    if opts.per_plate > 1 and pipeline.source_kind(name) == "gcode":
+        raise HTTPException(422, "a ready G-code cannot be rearranged: --per-plate needs a design or a mesh")
     if opts.printer:  # pinned: slice only for that printer's model
         pinned = session.get(Printer, opts.printer)
         if pinned is None:
@@ -126,8 +138,12 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
         session,
         source_name=name,
         source_sha256=sha,
-        **opts.model_dump(exclude={"entry", "params", "entry_file", "git", "no_cache", "attempts", "tags"}),
+        **opts.model_dump(include={"copies", "material", "quality", "color", "printer_model", "priority"}),
+        printer=opts.printer,
+        nozzle=opts.nozzle,
         tags=job_tags,
+        per_plate=opts.per_plate,
+        overrides=overrides,
         attempts=opts.attempts or farm.settings.job_attempts,
         entry=opts.entry,
         params=opts.params,
@@ -199,6 +215,7 @@ def get_slice(slice_id: int, session: SessionDep) -> dict:
         "source_sha256": build.source_sha256,
         "material": build.material,
         "quality": build.quality,
+        "overrides": json.loads(build.overrides_json or "{}"),
     }
 
 

@@ -20,6 +20,7 @@ def job_view(job: Job, sl: Slice | None = None, source: str | None = None) -> di
         "build": job.build_id,
         "source": source,
         "copy": job.copy_index,
+        "copies": job.copies,
         "state": job.state,
         "printer": job.printer,
         "printer_model": sl.printer_model if sl else job.printer_model,
@@ -47,6 +48,7 @@ def slice_view(sl: Slice) -> dict[str, Any]:
     return {
         "id": sl.id,
         "printer_model": sl.printer_model,
+        "copies": sl.copies,
         "state": sl.state,
         "gcode": sl.gcode_sha256,
         "print_time_s": sl.print_time_s,
