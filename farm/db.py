@@ -77,6 +77,20 @@ def write_session(engine: Engine) -> Iterator[Session]:
 
 
 @contextmanager
+def write_session_now(engine: Engine) -> Iterator[Session | None]:
+    """A write_session if one starts without waiting (SQLite, no other writer); else None."""
+    lock = _write_locks.get(engine)
+    if lock is None or not lock.acquire(blocking=False):
+        yield None
+        return
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            yield session
+    finally:
+        lock.release()
+
+
+@contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         yield session

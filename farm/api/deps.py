@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import Depends, HTTPException, Request
@@ -14,9 +14,12 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from farm.db import write_session, write_session_now
 from farm.models import Token
 from farm.settings import Settings
 from farm.store import ArtifactStore
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,6 +37,24 @@ def hash_secret(secret: str) -> str:
 
 def new_secret() -> str:
     return "pf_" + secrets.token_urlsafe(24)
+
+
+def _in_write_session(engine: Engine, work: Callable[..., T], *args: Any) -> T:
+    with write_session(engine) as session:
+        return work(session, *args)
+
+
+async def write(farm: Farm, work: Callable[..., T], *args: Any) -> T:
+    """`work(session, *args)` in a write_session, for the agents' calls that come every few seconds.
+
+    On SQLite with no other writer it runs right here on the event loop: it is a few local
+    statements, and a hop to the thread pool (and the GIL hand-offs between threads) costs more
+    than that. PostgreSQL waits on the network, and a busy SQLite on the lock: those go to the pool.
+    """
+    with write_session_now(farm.engine) as session:
+        if session is not None:
+            return work(session, *args)
+    return await run_in_threadpool(_in_write_session, farm.engine, work, *args)
 
 
 # The dependencies below that need no I/O are `async def`: FastAPI runs a plain `def` dependency
