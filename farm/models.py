@@ -54,6 +54,11 @@ class Build(SQLModel, table=True):
     threemf_sha256: str | None = None
     bbox_json: str | None = None
     cad_seconds: float | None = None
+    want_step: bool = False  # `submit --step`: the CAD worker also exports a STEP file
+    step_sha256: str | None = None
+    preview_sha256: str | None = None  # 256 x 256 PNG of the part (workers/mesh.py)
+    preview_small_sha256: str | None = None  # 96 x 96
+    objects: int | None = None  # objects on the plate; more than one: slice the 3MF, not the STL
 
 
 class Slice(SQLModel, table=True):
