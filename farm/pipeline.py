@@ -77,6 +77,7 @@ def create_build(
     project: bool = False,
     git: dict[str, Any] | None = None,
     use_cache: bool = True,
+    step: bool = False,
 ) -> tuple[Build, list[Job], list[Outgoing]]:
     kind = source_kind(source_name)
     material = material.upper()
@@ -89,6 +90,7 @@ def create_build(
         git_ref=git.get("ref") if git else None,
         git_commit=git["commit"] if git else None,
         use_cache=use_cache,
+        want_step=step and kind == "cad",
         entry=entry,
         params_json=json.dumps(params),
         material=material,
@@ -150,7 +152,9 @@ def cad_finished(
     threemf_sha256: str | None,
     bbox: list[list[float]] | None,
     seconds: float | None,
+    extras: dict[str, Any] | None = None,
 ) -> list[Outgoing]:
+    """`extras`: the other outputs, by Build column (step/preview/preview_small sha256, objects)."""
     if build.stage != BuildStage.CAD:
         return []  # a late duplicate: the first result stands
     build.cad_seconds = seconds
@@ -160,6 +164,8 @@ def cad_finished(
     build.stl_sha256 = stl_sha256
     build.threemf_sha256 = threemf_sha256
     build.bbox_json = json.dumps(bbox) if bbox else None
+    for column, value in (extras or {}).items():
+        setattr(build, column, value)
     jobs = _jobs(session, build)
     requested = next((j.printer_model for j in jobs if j.printer_model), None)
     return _start_slicing(session, build, target_models(session, requested))

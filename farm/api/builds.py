@@ -34,6 +34,7 @@ class SubmitOptions(BaseModel):
     entry_file: str | None = None
     git: GitSource | None = None  # the project is this commit of a git repository
     no_cache: bool = False
+    step: bool = False  # also export a STEP file (a .py design only)
     copies: int = Field(1, ge=1, le=100)
     material: str = "PLA"
     quality: str = "standard"
@@ -56,6 +57,10 @@ class CadResult(BaseModel):
     error: str | None = None
     stl: str | None = None
     threemf: str | None = None
+    step: str | None = None
+    preview: str | None = None  # 256 x 256 PNG
+    preview_small: str | None = None  # 96 x 96 PNG
+    objects: int | None = Field(None, ge=1)
     bbox: list[list[float]] | None = None
     seconds: float | None = None
 
@@ -98,6 +103,10 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
         raise HTTPException(415, str(exc)) from exc
     if opts.git and not opts.entry_file:
         raise HTTPException(422, "a git submission is a project archive: give entry_file")
+    if opts.step and pipeline.source_kind(name) != "cad":
+        raise HTTPException(
+            422, f"--step needs a build123d .py design; '{name}' has no CAD model to export as STEP"
+        )
     try:
         job_tags = tags.canonical(opts.tags)
         overrides = check_overrides(
@@ -150,6 +159,7 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
         project=opts.entry_file is not None,
         git=opts.git.model_dump() if opts.git else None,
         use_cache=not opts.no_cache,
+        step=opts.step,
     )
     session.commit()
     dispatch_outgoing(farm, out)
@@ -182,7 +192,7 @@ def cad_result(build_id: int, result: CadResult, farm: FarmDep, session: Session
     build = session.get(Build, build_id)
     if build is None:
         raise HTTPException(404, f"no build {build_id}")
-    for sha in (result.stl, result.threemf):
+    for sha in (result.stl, result.threemf, result.step, result.preview, result.preview_small):
         if sha and session.get(Artifact, sha) is None:
             raise HTTPException(422, f"artifact {sha} was not uploaded")
     out = pipeline.cad_finished(
@@ -193,6 +203,12 @@ def cad_result(build_id: int, result: CadResult, farm: FarmDep, session: Session
         threemf_sha256=result.threemf,
         bbox=result.bbox,
         seconds=result.seconds,
+        extras={
+            "step_sha256": result.step,
+            "preview_sha256": result.preview,
+            "preview_small_sha256": result.preview_small,
+            "objects": result.objects,
+        },
     )
     session.commit()
     dispatch_outgoing(farm, out)
@@ -210,6 +226,10 @@ def get_slice(slice_id: int, session: SessionDep) -> dict:
         **slice_view(sl),
         "build": build.id,
         "stl": build.stl_sha256,
+        # Several objects: the worker slices the 3MF, so the slicer places them as separate objects.
+        "threemf": build.threemf_sha256,
+        "objects": build.objects,
+        "preview": build.preview_sha256,  # the Bambu package's plate picture when the G-code has none
         "source": build.source_name,
         "kind": build.source_kind,
         "source_sha256": build.source_sha256,
