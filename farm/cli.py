@@ -316,6 +316,9 @@ def submit(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Rebuild even if the CAD cache has it.")
     ] = False,
+    step: Annotated[
+        bool, typer.Option("--step", help="Also export a STEP file (a .py design); listed on the build.")
+    ] = False,
     copies: Annotated[int, typer.Option(min=1, max=100, help="How many to print.")] = 1,
     per_plate: Annotated[
         int, typer.Option(min=1, max=100, help="Copies arranged on one plate; one job per plate.")
@@ -360,6 +363,7 @@ def submit(
     options = {
         "entry": artifact,
         "no_cache": no_cache,
+        "step": step,
         "copies": copies,
         "material": material,
         "quality": quality,
