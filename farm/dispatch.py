@@ -304,6 +304,9 @@ _BEAT_PRINTER = (
         message=bindparam("b_message"),
         progress=bindparam("b_progress"),
         last_seen=bindparam("b_now"),
+        # What the printer itself says is loaded (Bambu AMS / spool) wins; else the operator's word.
+        material=func.coalesce(bindparam("b_material"), _PRINTERS.c.material),
+        color=func.coalesce(bindparam("b_color"), _PRINTERS.c.color),
     )
 )
 _BEAT_JOB = (
@@ -322,6 +325,8 @@ def heartbeat(
     message: str | None,
     progress: float | None,
     lease_s: float,
+    material: str | None = None,
+    color: str | None = None,
 ) -> Beat | None:
     """Note what the agent says about its printer and extend its job's lease; None: no such printer.
 
@@ -333,6 +338,8 @@ def heartbeat(
         "b_state": state,
         "b_message": message,
         "b_progress": progress,
+        "b_material": material.upper() if material else None,
+        "b_color": color.lower() if color else None,
         "b_now": now,
         "b_lease": now + timedelta(seconds=lease_s),
     }

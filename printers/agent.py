@@ -146,6 +146,8 @@ class Agent:
             "state": str(status.state),
             "message": status.message,
             "progress": status.progress,
+            **({"material": status.material} if status.material else {}),
+            **({"color": status.color} if status.color else {}),
         }
 
     def _start(self, job: dict[str, Any]) -> None:

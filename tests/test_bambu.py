@@ -369,6 +369,31 @@ def test_bambulabs_api_uploads_and_tracks_a_print(make_emulator: MakeEmulator, t
         assert client.get_last_print_percentage() == 100
         assert client.current_layer_num() == 20
         assert client.get_file_name() == "api.gcode.3mf"
+        assert (client.vt_tray().tray_type, client.vt_tray().tray_color) == ("PLA", "FFFFFFFF")
+    finally:
+        client.stop()
+        client._client.disconnect()
+
+
+def test_loaded_filament_comes_from_the_ams_or_the_spool(
+    make_emulator: MakeEmulator, make_driver: MakeDriver
+) -> None:
+    spool = make_driver(make_emulator(spool=("PETG", "0A2989FF")))
+    status = wait_for(lambda: (s := spool.status()).state == PrinterState.IDLE and s, what="connect")
+    assert (status.material, status.color) == ("PETG", "blue")
+    ams = make_emulator(ams=[("PLA", "C12E1FFF"), ("ABS", "000000FF")], model="P1S")
+    fed = make_driver(ams)
+    status = wait_for(lambda: (s := fed.status()).state == PrinterState.IDLE and s, what="connect")
+    assert (status.material, status.color) == ("PLA", "red")  # tray_now 0 feeds, not the spool
+
+    client = PrinterMQTTClient("127.0.0.1", CODE, SERIAL, port=ams.mqtt_port)  # software no one here wrote
+    client.connect()
+    client.start()
+    try:
+        wait_for(client.ready, what="bambulabs-api to receive a report")
+        client.process_ams()
+        trays = client.ams_hub[0].filament_trays
+        assert (trays[0].tray_type, trays[1].tray_type, trays[1].tray_color) == ("PLA", "ABS", "000000FF")
     finally:
         client.stop()
         client._client.disconnect()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import EXAMPLES, RunningFarm, running_farm
+from tests.conftest import EXAMPLES, RunningFarm, running_farm, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +41,17 @@ def test_a_job_prints_through_each_protocol(mixed_farm: RunningFarm, model: str,
         "sim-moonraker-1": "moonraker",
         "sim-bambu-1": "bambu",
     }
+
+
+def test_a_bambu_printer_reports_what_is_loaded(mixed_farm: RunningFarm) -> None:
+    """The operator's word stands for printers that cannot tell; a Bambu printer's spool report wins."""
+
+    def bambu() -> dict:
+        return next(p for p in mixed_farm.cli_json("printers")[1] if p["name"] == "sim-bambu-1")
+
+    assert (bambu()["material"], bambu()["color"]) == ("PLA", "white")  # the emulator's spool
+    code, _ = mixed_farm.cli_json("printers", "set", "sim-bambu-1", "--material", "PETG")
+    assert code == 0
+    wait_until(lambda: bambu()["material"] == "PLA", 30, "the printer's own report to win")
+    octo = next(p for p in mixed_farm.cli_json("printers")[1] if p["name"] == "sim-octoprint-1")
+    assert octo["color"] is None  # nothing reported, nothing set

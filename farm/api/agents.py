@@ -31,6 +31,8 @@ class Heartbeat(BaseModel):
     state: str
     message: str | None = None
     progress: float | None = None
+    material: str | None = None  # only when the printer itself reports what is loaded
+    color: str | None = None
 
 
 class Report(BaseModel):
@@ -103,6 +105,8 @@ def _beat(session: Session, body: Heartbeat, farm: Farm) -> dispatch.Beat:
         message=body.message,
         progress=body.progress,
         lease_s=farm.settings.lease_s,
+        material=body.material,
+        color=body.color,
     )
     if beat is None:
         raise _not_registered(body.printer)

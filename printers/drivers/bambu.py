@@ -27,6 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from printers.colors import color_name
 from printers.drivers.base import (
     Driver,
     DriverError,
@@ -433,6 +434,7 @@ class BambuDriver(Driver):
             state = PrinterState.ATTENTION
             message = f"the printer paused the print ({error_code(err)}): someone must fix it at the printer"
         remaining = _int(report.get("mc_remaining_time"))
+        tray = _feeding_tray(report)
         return PrinterStatus(
             state=state,
             progress=_float(report.get("mc_percent")) if state != PrinterState.IDLE else None,
@@ -442,6 +444,8 @@ class BambuDriver(Driver):
             temperatures=_temperatures(report),
             error_code=error_code(err) if err and err != CANCELLED else None,
             message=message,
+            material=str(tray["tray_type"]).upper() if tray else None,
+            color=color_name(str(tray.get("tray_color") or "")) if tray else None,
         )
 
     def _file(self, report: dict[str, Any]) -> str | None:
@@ -514,6 +518,22 @@ def _ftp_error(name: str, text: str) -> str:
     if text.startswith(("553", "550")):
         return f"the printer cannot store {name!r} ({text}): is its SD card inserted and not full?"
     return f"the printer refused the upload of {name!r}: {text}"
+
+
+def _feeding_tray(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The filament slot that feeds the nozzle: the AMS tray `tray_now` names (global id =
+    unit * 4 + slot), or the external spool (`vt_tray`, tray_now 254) when there is no AMS."""
+    ams = report.get("ams") if isinstance(report.get("ams"), dict) else {}
+    units = ams.get("ams") or []
+    now = str(ams.get("tray_now", "254"))
+    tray: Any = None
+    if units and now.isdigit() and int(now) < 254:
+        unit_id, slot = divmod(int(now), 4)
+        unit = next((u for u in units if str(u.get("id")) == str(unit_id)), {})
+        tray = next((t for t in unit.get("tray") or [] if str(t.get("id")) == str(slot)), None)
+    elif not units or now == "254":
+        tray = report.get("vt_tray")
+    return tray if isinstance(tray, dict) and tray.get("tray_type") else None
 
 
 def _temperatures(report: dict[str, Any]) -> dict[str, float]:

@@ -34,6 +34,8 @@ class PrinterStatus:
     temperatures: dict[str, float] = field(default_factory=dict)  # e.g. {"nozzle": 215.0, "bed": 60.0}
     error_code: str | None = None
     message: str | None = None  # human-readable reason for FAILED / ATTENTION / OFFLINE
+    material: str | None = None  # what is loaded, where the printer can tell (Bambu: AMS / spool)
+    color: str | None = None  # a plain colour name (see printers/colors.py)
 
 
 class PrinterConfig(BaseModel):

@@ -161,10 +161,20 @@ class Printer:
     """The job state machine; every method takes the lock (FTPS threads and the MQTT loop share it)."""
 
     def __init__(
-        self, *, root: Path, model: str, speed: float, max_print_s: float | None, developer_mode: bool
+        self,
+        *,
+        root: Path,
+        model: str,
+        speed: float,
+        max_print_s: float | None,
+        developer_mode: bool,
+        spool: tuple[str, str] = ("PLA", "FFFFFFFF"),
+        ams: list[tuple[str, str]] | None = None,
     ) -> None:
         self.root = root
         self.model = model
+        self.spool = spool  # the external spool: (type, RGBA colour)
+        self.ams = ams  # one AMS unit's trays, the first one feeding; None: no AMS
         self.speed = speed
         self.max_print_s = max_print_s
         self.developer_mode = developer_mode
@@ -308,12 +318,22 @@ class Printer:
                 "spd_mag": 100,
                 "lights_report": [{"node": "chamber_light", "mode": "on"}],
                 "wifi_signal": "-42dBm",
+                "vt_tray": _tray("254", *self.spool),
+                "ams": self._ams_report(),
                 "chamber_temper": AMBIENT_C,
                 **self._job_fields(state, job, now),
             }
             if self.model.upper().startswith("X1"):
                 data["fun"] = FUN_DEV_MODE if self.developer_mode else FUN_SIGNED
             return data
+
+    def _ams_report(self) -> dict[str, Any]:
+        if not self.ams:
+            return {"ams": [], "ams_exist_bits": "0", "tray_exist_bits": "0", "tray_now": "254"}
+        trays = [_tray(str(i), kind, color) for i, (kind, color) in enumerate(self.ams[:4])]
+        unit = {"id": "0", "humidity": "4", "temp": "24.5", "tray": trays}
+        bits = f"{(1 << len(trays)) - 1:x}"
+        return {"ams": [unit], "ams_exist_bits": "1", "tray_exist_bits": bits, "tray_now": "0"}
 
     def _job_fields(self, state: str, job: Job | None, now: float) -> dict[str, Any]:
         if job is None:
@@ -344,6 +364,19 @@ class Printer:
             "profile_id": "0",
             **_temperatures(heat if busy else 0.0, 1.0 if busy else 0.0),
         }
+
+
+def _tray(tray_id: str, kind: str, color: str) -> dict[str, Any]:
+    """One filament slot as the printer reports it (every field bambulabs-api's FilamentTray reads)."""
+    hot = {"PLA": (190, 230), "PETG": (220, 260), "ABS": (240, 270), "ASA": (240, 270), "TPU": (200, 250)}
+    low, high = hot.get(kind.upper(), (190, 250))
+    return {
+        "id": tray_id, "k": 0.02, "n": 1, "tag_uid": "0000000000000000", "tray_id_name": "",
+        "tray_info_idx": "", "tray_type": kind, "tray_sub_brands": "", "tray_color": color,
+        "tray_weight": "1000", "tray_diameter": "1.75", "tray_temp": "0", "tray_time": "0",
+        "bed_temp_type": "0", "bed_temp": "0", "nozzle_temp_max": str(high), "nozzle_temp_min": str(low),
+        "xcam_info": "", "tray_uuid": "00000000000000000000000000000000", "remain": 80,
+    }  # fmt: skip
 
 
 def _temperatures(heat: float, target: float) -> dict[str, float]:
@@ -889,6 +922,8 @@ class BambuEmulator(FaultSwitches):
         developer_mode: bool = True,
         delta_reports: bool | None = None,
         report_interval_s: float = 0.5,
+        spool: tuple[str, str] = ("PLA", "FFFFFFFF"),
+        ams: list[tuple[str, str]] | None = None,
     ) -> None:
         self.host = host
         self.serial = serial
@@ -899,7 +934,13 @@ class BambuEmulator(FaultSwitches):
         storage_dir = Path(storage_dir)
         storage_dir.mkdir(parents=True, exist_ok=True)
         self.printer = Printer(
-            root=storage_dir, model=model, speed=speed, max_print_s=max_print_s, developer_mode=developer_mode
+            root=storage_dir,
+            model=model,
+            speed=speed,
+            max_print_s=max_print_s,
+            developer_mode=developer_mode,
+            spool=spool,
+            ams=ams,
         )
         self._requested = (mqtt_port, ftps_port)
         self._cert_dir: Path | None = None
