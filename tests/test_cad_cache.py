@@ -261,3 +261,33 @@ def test_farm_inspect_lists_entry_points_with_defaults(farm: CliRunnerCall, tmp_
         ("thick", 2),
     ]
     assert farm("inspect", tmp_path / "missing.py").exit_code == 2
+
+
+def test_farm_build_writes_the_preview_and_step_on_request(farm: CliRunnerCall, tmp_path: Path) -> None:
+    source = write(tmp_path, "plate.py", PLATE)
+    out = tmp_path / "parts"
+    plain = farm("build", source, "-o", out, "--json")
+    assert plain.exit_code == 0, plain.output
+    report = json.loads(plain.stdout.strip().splitlines()[-1])
+    assert report["preview"] == str(out / "plate.png") and report["step"] is None
+    assert (out / "plate.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert not (out / "plate.step").exists()
+    assert report["mesh"]["open_edges"] == 0 and report["mesh"]["triangles"] == 12
+    with_step = farm("build", source, "-o", out, "--step")
+    assert with_step.exit_code == 0, with_step.output
+    assert str(out / "plate.step") in with_step.stdout and "built in" in with_step.stdout
+    assert (out / "plate.step").read_text().startswith("ISO-10303-21;")
+    again = farm("build", source, "-o", out, "--step", "--json")
+    assert json.loads(again.stdout.strip().splitlines()[-1])["cached"] is True
+
+
+def test_farm_build_of_an_open_shell_says_what_is_wrong(farm: CliRunnerCall, tmp_path: Path) -> None:
+    source = write(
+        tmp_path,
+        "box.py",
+        "from build123d import Box, Shell, Solid\n\nresult = Solid(Shell(Box(10, 10, 10).faces()[:-1]))\n",
+    )
+    result = farm("build", source, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: the mesh has ") and "open edges" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "out" / "box.stl").exists()

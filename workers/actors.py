@@ -62,7 +62,12 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
             ctx.client.download_artifact(build["source_sha256"], source)
             project = None
         request = CadRequest(
-            source=source, outdir=outdir, entry=build["entry"], params=build["params"], project=project
+            source=source,
+            outdir=outdir,
+            entry=build["entry"],
+            params=build["params"],
+            project=project,
+            step=bool(build.get("step_requested")),
         )
         try:
             result, hit = cached_build(
@@ -78,12 +83,20 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
             )
             return
         stem = PurePath(build["source"]).stem
-        stl = ctx.client.upload_artifact(result.stl, f"{stem}.stl")
-        threemf = ctx.client.upload_artifact(result.threemf, f"{stem}.3mf")
+        outputs = {
+            "stl": (result.stl, f"{stem}.stl"),
+            "threemf": (result.threemf, f"{stem}.3mf"),
+            "step": (result.step, f"{stem}.step"),
+            "preview": (result.preview, f"{stem}.png"),
+            "preview_small": (result.preview_small, f"{stem}-96.png"),
+        }
+        uploaded = {
+            kind: ctx.client.upload_artifact(path, name) for kind, (path, name) in outputs.items() if path
+        }
     bbox = [list(result.bbox[0]), list(result.bbox[1])]
     ctx.client.post(
         f"/api/builds/{build_id}/cad/result",
-        {"stl": stl, "threemf": threemf, "bbox": bbox, "seconds": time.monotonic() - t0},
+        {**uploaded, "objects": result.objects, "bbox": bbox, "seconds": time.monotonic() - t0},
     )
     log.info("build %s meshed in %.2f s%s", build_id, time.monotonic() - t0, " (cache hit)" if hit else "")
 
@@ -104,9 +117,16 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
         )
         return
     suffix = PurePath(sl["source"]).suffix.lower() if sl["kind"] == "mesh" else ".stl"
+    mesh_sha = sl["stl"]
+    if sl["kind"] == "cad" and (sl.get("objects") or 1) > 1 and sl.get("threemf"):
+        # The STL is one mesh; the 3MF keeps the objects apart, so the slicer places each.
+        mesh_sha, suffix = sl["threemf"], ".3mf"
     stem = PurePath(sl["source"]).stem
     with tempfile.TemporaryDirectory(prefix=f"farm-slice-{slice_id}-") as tmp:
-        mesh = ctx.client.download_artifact(sl["stl"], Path(tmp) / f"{stem}{suffix}")
+        mesh = ctx.client.download_artifact(mesh_sha, Path(tmp) / f"{stem}{suffix}")
+        preview = None
+        if sl.get("preview") and model.output_suffix != ".gcode":  # a Bambu package shows it
+            preview = ctx.client.download_artifact(sl["preview"], Path(tmp) / "preview.png").read_bytes()
         out = Path(tmp) / f"{stem}_{model.name}.gcode"
         try:
             result = slice_mesh(
@@ -119,6 +139,7 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
                 copies=sl.get("copies") or 1,
                 slicer=Path(ctx.settings.slicer_path) if ctx.settings.slicer_path else None,
                 cache=ctx.slice_cache,
+                thumbnail_png=preview,
             )
         except SliceError as exc:
             log.info("slice %s failed: %s", slice_id, exc)

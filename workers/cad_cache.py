@@ -3,7 +3,9 @@
 The key covers everything that decides the meshes: the script's bytes (and name: it names the 3MF
 objects) or, for a project, every file of it and the entry file's path, the entry point, the
 parameters, the project's requirements (and the versions installed for them), the build123d and OCP
-versions and our own exporter. A hit
+versions and our own exporter (and mesh checks and preview renderer). A STEP file is not part of the
+key: it is made only on request, and an entry without one is a miss for a request that wants one;
+that build's entry, STEP included, then serves both kinds of request. A hit
 returns paths inside the cache; nothing is copied. Entries are written to a temporary directory and
 renamed into place, so a reader never sees half an entry. Only successful builds are cached.
 
@@ -27,17 +29,27 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
-from workers.cad_runner import LOG_NAME, STL_NAME, THREEMF_NAME, CadRequest, CadResult
+from workers.cad_runner import (
+    LOG_NAME,
+    PREVIEW_NAME,
+    PREVIEW_SMALL_NAME,
+    STEP_NAME,
+    STL_NAME,
+    THREEMF_NAME,
+    CadRequest,
+    CadResult,
+)
 
 log = logging.getLogger("farm.cad_cache")
 
 # Bump when the entry layout or the meaning of a key changes.
-CACHE_FORMAT = "1"
+CACHE_FORMAT = "2"  # 2: previews and mesh checks in every entry, STEP in some
 META_NAME = "meta.json"
 ENVS_DIR = "envs"  # environments of projects' requirements (workers.cad_env), beside the entries
-# The exporter's tolerances and naming live in cad_child.py; hashing its bytes (without importing it,
-# which would import build123d) invalidates the cache whenever the way meshes are made changes.
-EXPORTER = Path(__file__).with_name("cad_child.py")
+# The exporter's tolerances and naming live in cad_child.py, the checks and previews in mesh.py;
+# hashing their bytes (without importing them, which would import build123d) invalidates the cache
+# whenever the way meshes are made changes.
+EXPORTER = (Path(__file__).with_name("cad_child.py"), Path(__file__).with_name("mesh.py"))
 OCP_DISTRIBUTIONS = ("cadquery-ocp", "cadquery-ocp-novtk")
 
 
@@ -73,7 +85,8 @@ def cad_cache_key(
     field("params", _canonical(sorted((str(k), v) for k, v in params.items())))
     field("packages", _canonical(sorted(packages)))
     field("versions", _canonical(sorted((versions if versions is not None else cad_versions()).items())))
-    field("exporter", _file_sha256(EXPORTER).encode())
+    for exporter in EXPORTER:
+        field("exporter", _file_sha256(exporter).encode())
     return digest.hexdigest()
 
 
@@ -133,7 +146,8 @@ def _canonical(value: Any) -> bytes:
 
 
 class CadCache:
-    """Entries live in `root/<key[:2]>/<key>/`: model.stl, model.3mf, build.log and meta.json."""
+    """Entries live in `root/<key[:2]>/<key>/`: model.stl, model.3mf, the previews, build.log,
+    meta.json and, when a build asked for it, model.step."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -141,17 +155,21 @@ class CadCache:
     def entry_dir(self, key: str) -> Path:
         return self.root / key[:2] / key
 
-    def get(self, key: str) -> CadResult | None:
-        """The cached result, with paths inside the cache, or None."""
+    def get(self, key: str, *, step: bool = False) -> CadResult | None:
+        """The cached result, with paths inside the cache, or None (also when `step` is asked
+        for and the entry has none). The result names a STEP file only when asked for."""
         entry = self.entry_dir(key)
         try:
             meta = json.loads((entry / META_NAME).read_text())
             result = _result_from_meta(entry, meta)
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not (result.stl.is_file() and result.threemf.is_file()):
+        files = [result.stl, result.threemf, result.preview, result.preview_small]
+        if not all(path is not None and path.is_file() for path in files):
             return None
-        return result
+        if step and not (entry / STEP_NAME).is_file():
+            return None
+        return dataclasses.replace(result, step=entry / STEP_NAME if step else None)
 
     def put(self, key: str, result: CadResult) -> CadResult:
         """Store `result` under `key` and return it as read back from the cache.
@@ -167,7 +185,7 @@ class CadCache:
             _swap_in(staging, entry)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        stored = self.get(key)
+        stored = self.get(key, step=result.step is not None)
         if stored is None:
             raise OSError(f"the CAD cache entry {entry} vanished right after it was written")
         return stored
@@ -176,6 +194,11 @@ class CadCache:
 def _write_entry(folder: Path, result: CadResult) -> None:
     shutil.copyfile(result.stl, folder / STL_NAME)
     shutil.copyfile(result.threemf, folder / THREEMF_NAME)
+    for path, name in ((result.preview, PREVIEW_NAME), (result.preview_small, PREVIEW_SMALL_NAME)):
+        if path is not None:
+            shutil.copyfile(path, folder / name)
+    if result.step is not None:
+        shutil.copyfile(result.step, folder / STEP_NAME)
     if result.log is not None and result.log.is_file():
         shutil.copyfile(result.log, folder / LOG_NAME)
     meta = {
@@ -183,6 +206,7 @@ def _write_entry(folder: Path, result: CadResult) -> None:
         "volume": result.volume,
         "objects": result.objects,
         "warnings": result.warnings,
+        "mesh": result.mesh,
     }
     # meta.json last: get() treats an entry without it as absent.
     (folder / META_NAME).write_text(json.dumps(meta))
@@ -221,6 +245,9 @@ def _result_from_meta(entry: Path, meta: dict[str, Any]) -> CadResult:
         objects=int(meta["objects"]),
         log=log_path if log_path.is_file() else None,
         warnings=[str(w) for w in meta.get("warnings", [])],
+        preview=entry / PREVIEW_NAME,
+        preview_small=entry / PREVIEW_SMALL_NAME,
+        mesh=dict(meta.get("mesh") or {}),
     )
 
 
@@ -251,7 +278,7 @@ def cached_build(
     key = cad_cache_key(
         request.source, request.entry, request.params, project=request.project, packages=packages
     )
-    if use_cache and (hit := cache.get(key)) is not None:
+    if use_cache and (hit := cache.get(key, step=request.step)) is not None:
         return hit, True
     result = runner.build(request)
     try:

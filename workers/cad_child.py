@@ -19,6 +19,7 @@ import os
 import resource
 import signal
 import sys
+import time
 import traceback
 import types
 import typing
@@ -31,7 +32,11 @@ from typing import Any
 # Imported here so that the fork server pays for it once and every build starts warm.
 import build123d as bd
 
+from workers.mesh import MeshProblem, check_mesh, read_stl, write_previews
+
 KEEP_ENV = ("PATH", "HOME", "LANG")
+# What a build writes: paths in the job; "step" only when the submitter asked for it.
+OUTPUTS = ("stl", "threemf", "step", "preview", "preview_small")
 STL_TOLERANCE = 0.01
 ANGULAR_TOLERANCE = 0.1
 MAX_MESSAGE = 4000
@@ -61,7 +66,7 @@ Shown = list[tuple[Any, str | None]]
 
 
 class BuildFailure(Exception):
-    """A failure to report to the user; `kind` is one of syntax|entry|params|exception|empty|limit."""
+    """A failure to report to the user; `kind` is one of syntax|entry|params|exception|empty|mesh|limit."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -87,9 +92,10 @@ def run_child(job: dict[str, Any]) -> None:
         if name not in KEEP_ENV:
             del os.environ[name]
     try:
+        outputs = {name: Path(job[name]) for name in OUTPUTS if job.get(name)}
         summary = build(
             Path(job["source"]),
-            {"stl": Path(job["stl"]), "threemf": Path(job["threemf"])},
+            outputs,
             job.get("entry"),
             dict(job.get("params") or {}),
             memory_mb=int(job["limits"]["memory_mb"]),
@@ -587,6 +593,25 @@ def to_shapes(shown: Shown, filename: str) -> list[tuple[bd.Shape, str | None]]:
     return shapes
 
 
+def print_objects(shapes: list[tuple[bd.Shape, str | None]]) -> list[tuple[bd.Shape, str | None]]:
+    """The objects on the plate: each shape, and each solid of a compound holding several.
+
+    A Part with two disjoint boxes is two things to print; the slicer places them apart only when
+    the 3MF gives them as separate objects. A named compound's solids are named NAME-1, NAME-2, ...
+    """
+    out: list[tuple[bd.Shape, str | None]] = []
+    for shape, name in shapes:
+        solids = shape.solids() if isinstance(shape, bd.Compound) else [shape]
+        if len(solids) < 2:
+            out.append((shape, name))
+            continue
+        base = name or shape.label or None
+        out += [
+            (solid, solid.label or (f"{base}-{i}" if base else None)) for i, solid in enumerate(solids, 1)
+        ]
+    return out
+
+
 def _collect(obj: Any, name: str | None, out: list[tuple[bd.Shape, str | None]]) -> None:
     if obj is None:
         return
@@ -610,17 +635,25 @@ def _collect(obj: Any, name: str | None, out: list[tuple[bd.Shape, str | None]])
 def export(
     shapes: list[tuple[bd.Shape, str | None]], outputs: dict[str, Path], default_name: str
 ) -> dict[str, Any]:
-    """One combined binary STL, one 3MF object per shape, and the summary for result.json."""
+    """One combined binary STL, one 3MF object per printed object, STEP when asked, then the mesh
+    checks and the previews; returns the summary for result.json."""
     combined = shapes[0][0] if len(shapes) == 1 else bd.Compound([s for s, _ in shapes])
+    objects = print_objects(shapes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if not bd.export_stl(
             combined, outputs["stl"], tolerance=STL_TOLERANCE, angular_tolerance=ANGULAR_TOLERANCE
         ):
             raise BuildFailure("exception", "writing the STL failed")
+        # Checked before the 3MF: lib3mf refuses an open mesh with only "3mf mesh is invalid".
+        tris, mesh = _check(outputs["stl"])
         mesher = bd.Mesher(unit=bd.Unit.MM)
-        for i, (shape, name) in enumerate(shapes, start=1):
-            part_number = name or shape.label or (default_name if len(shapes) == 1 else f"{default_name}-{i}")
+        names = []
+        for i, (shape, name) in enumerate(objects, start=1):
+            part_number = (
+                name or shape.label or (default_name if len(objects) == 1 else f"{default_name}-{i}")
+            )
+            names.append(part_number)
             mesher.add_shape(
                 shape,
                 linear_deflection=STL_TOLERANCE,
@@ -628,13 +661,55 @@ def export(
                 part_number=part_number,
             )
         mesher.write(str(outputs["threemf"]))
+        if "step" in outputs:
+            _export_step(combined, objects, names, outputs["step"])
+    mesh.update(_previews(tris, outputs))
     box = combined.bounding_box()
     return {
-        "objects": len(shapes),
+        "objects": len(objects),
         "bbox": [[box.min.X, box.min.Y, box.min.Z], [box.max.X, box.max.Y, box.max.Z]],
         "volume": sum(shape.volume for shape, _ in shapes),
+        "mesh": mesh,
         "warnings": sorted({str(w.message) for w in caught}),
     }
+
+
+def _export_step(
+    combined: bd.Shape, objects: list[tuple[bd.Shape, str | None]], names: list[str], path: Path
+) -> None:
+    # Several objects go in as one compound whose children carry the 3MF's names.
+    if len(objects) > 1:
+        for (shape, _), name in zip(objects, names, strict=True):
+            shape.label = name
+        combined = bd.Compound(children=[shape for shape, _ in objects])
+    if not bd.export_step(combined, path):
+        raise BuildFailure("exception", "writing the STEP file failed")
+
+
+def _check(stl: Path) -> tuple[Any, dict[str, Any]]:
+    """The STL's triangles as written (what the slicer will read) and its report; BuildFailure if
+    it would not print."""
+    started = time.perf_counter()
+    tris = read_stl(stl)
+    try:
+        report = check_mesh(tris)
+    except MeshProblem as problem:
+        raise BuildFailure("mesh", str(problem)) from None
+    mesh = {**report.to_json(), "check_ms": round((time.perf_counter() - started) * 1000, 1)}
+    if report.nonmanifold_edges:
+        warnings.warn(
+            f"the mesh has {report.nonmanifold_edges} edges shared by more than two triangles: "
+            "solids touch along an edge; slicers print that, but it may come out weak there",
+            stacklevel=1,
+        )
+    return tris, mesh
+
+
+def _previews(tris: Any, outputs: dict[str, Path]) -> dict[str, Any]:
+    started = time.perf_counter()
+    sizes = {256: outputs.get("preview"), 96: outputs.get("preview_small")}
+    write_previews(tris, {size: path for size, path in sizes.items() if path is not None})
+    return {"preview_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
 # Runs once, in the fork server, after the preloads: park build123d's ~10^6 objects in the permanent

@@ -40,6 +40,8 @@ DYING_SERVER_WAIT_S = 5.0
 PF_EXITING = 0x4
 
 STL_NAME, THREEMF_NAME, RESULT_NAME, LOG_NAME = "model.stl", "model.3mf", "result.json", "build.log"
+STEP_NAME, PREVIEW_NAME, PREVIEW_SMALL_NAME = "model.step", "preview.png", "preview-96.png"
+OUTPUT_NAMES = (STL_NAME, THREEMF_NAME, STEP_NAME, PREVIEW_NAME, PREVIEW_SMALL_NAME, RESULT_NAME, LOG_NAME)
 
 Point = tuple[float, float, float]
 
@@ -58,7 +60,8 @@ class CadLimits:
 class CadError(Exception):
     """A build that failed, with a message meant for the user.
 
-    kind: syntax | entry | params | exception | empty (the user's script) or limit | crash (the process).
+    kind: syntax | entry | params | exception | empty | mesh (the user's script: mesh = it fails the
+    mesh checks) or limit | crash (the process).
     """
 
     def __init__(self, kind: str, message: str) -> None:
@@ -73,9 +76,13 @@ class CadResult:
     threemf: Path
     bbox: tuple[Point, Point]
     volume: float
-    objects: int
+    objects: int  # objects on the plate: one per shape shown or returned, one per solid of a compound
     log: Path | None = None  # what the script printed
     warnings: list[str] = field(default_factory=list)
+    step: Path | None = None  # only when the request asked for it
+    preview: Path | None = None  # 256 x 256 PNG, isometric
+    preview_small: Path | None = None  # 96 x 96 PNG
+    mesh: dict[str, Any] = field(default_factory=dict)  # workers.mesh.MeshReport, with check/preview ms
 
 
 @dataclass
@@ -88,6 +95,7 @@ class CadRequest:
     params: dict[str, Any] = field(default_factory=dict)  # str from --param, any JSON from --params
     project: Path | None = None
     env: Path | None = None  # site-packages of the project's requirements (workers.cad_env)
+    step: bool = False  # also export a STEP file
 
 
 _server_lock = threading.Lock()
@@ -133,7 +141,7 @@ class CadRunner:
         if req.project is None and not req.source.is_file():
             raise CadError("entry", f"no such script: {req.source}")
         outdir.mkdir(parents=True, exist_ok=True)
-        for name in (STL_NAME, THREEMF_NAME, RESULT_NAME, LOG_NAME):
+        for name in OUTPUT_NAMES:
             (outdir / name).unlink(missing_ok=True)  # never report a previous build's files
         workdir = Path(tempfile.mkdtemp(prefix="cad-build-"))
         try:
@@ -272,6 +280,9 @@ def _job(
         "workdir": str(workdir),
         "stl": str(outdir / STL_NAME),
         "threemf": str(outdir / THREEMF_NAME),
+        "step": str(outdir / STEP_NAME) if req.step else None,
+        "preview": str(outdir / PREVIEW_NAME),
+        "preview_small": str(outdir / PREVIEW_SMALL_NAME),
         "result": str(outdir / RESULT_NAME),
         "log": str(outdir / LOG_NAME),
         "trace": str(workdir / ".faulthandler"),
@@ -413,6 +424,10 @@ def _outcome(
             objects=int(result["objects"]),
             log=Path(job["log"]),
             warnings=list(result.get("warnings", [])),
+            step=Path(job["step"]) if job["step"] else None,
+            preview=Path(job["preview"]),
+            preview_small=Path(job["preview_small"]),
+            mesh=dict(result.get("mesh") or {}),
         )
     if closed:
         raise CadError("crash", "the build was stopped because the CAD runner closed")

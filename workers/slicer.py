@@ -15,6 +15,7 @@ import binascii
 import dataclasses
 import difflib
 import functools
+import hashlib
 import math
 import os
 import re
@@ -510,6 +511,23 @@ def _3mf_bbox(path: Path) -> tuple[list[float], list[float]]:
 
 
 _BBOX_READERS = {".stl": _stl_bbox, ".3mf": _3mf_bbox, ".obj": _obj_bbox}
+_3MF_ITEM = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?item[\s/>]")
+
+
+def count_3mf_items(path: Path) -> int:
+    """Build items (objects on the plate) in a 3MF, counted on the raw XML: no parse of the mesh."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(_3mf_model_name(zf)) as stream:
+            count, tail = 0, b""
+            while block := stream.read(1 << 20):
+                text = tail + block
+                count += len(_3MF_ITEM.findall(text))
+                cut = max(len(text) - 64, 0)  # a tag split across blocks is counted with the next one
+                count -= len(_3MF_ITEM.findall(text[cut:]))
+                tail = text[cut:]
+            return count + len(_3MF_ITEM.findall(tail))
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise SliceError(f"{path.name} is not a readable 3MF file: {exc}") from exc
 
 
 def mesh_bbox(path: Path) -> BBox:
@@ -802,6 +820,7 @@ def slice_mesh(
     timeout_s: float = 600,
     bundle_dirs: Sequence[Path] | None = None,
     cache: SliceCache | None = None,
+    thumbnail_png: bytes | None = None,
 ) -> SliceResult:
     """Slice `mesh` for `model` into `out`; every failure is a SliceError.
 
@@ -810,6 +829,8 @@ def slice_mesh(
     (same mesh bytes, flattened profile, copies and slicer version) is copied instead of sliced.
     `copies` > 1 arranges that many copies on one plate (one G-code); when they do not all fit,
     CopiesDontFit (a SliceError) says how many do, so the caller can make several plates.
+    A 3MF with several objects is arranged on the plate as separate objects. `thumbnail_png` (the
+    CAD preview) becomes a Bambu package's plate picture when the G-code carries no thumbnail.
     """
     mesh, out = Path(mesh), Path(out)
     if not 1 <= copies <= 1000:
@@ -833,9 +854,15 @@ def slice_mesh(
     plain, send = output_paths(out, model)
     send.parent.mkdir(parents=True, exist_ok=True)
     text = profile_text(cfg)
+    objects = count_3mf_items(mesh) if mesh.suffix.lower() == ".3mf" else 1
+    if send == plain:
+        thumbnail_png = None  # only a package carries a separate picture
     key = None
     if cache is not None:
         packaging = _packaging(model) + (f";copies={copies}" if copies > 1 else "")
+        packaging += f";objects={objects}" if objects > 1 else ""
+        if thumbnail_png:
+            packaging += f";preview={hashlib.sha256(thumbnail_png).hexdigest()}"
         key = cache_key(mesh, text, slicer_version(binary), extra=packaging)
         hit = cache.get(key)
         if hit is not None and {"gcode", "send"} <= hit.files.keys():
@@ -848,12 +875,14 @@ def slice_mesh(
                 assert bbox is not None
                 source = _plate(binary, mesh, model, cfg, copies, bbox, tmp, timeout_s)
                 placed = _rounded(mesh_bbox(source))
-            meta = _slice_to(
-                binary, source, mesh.name, model, plain, text, tmp, timeout_s, arranged=copies > 1
-            )
+            elif objects > 1:
+                source = _place_objects(binary, mesh, model, cfg, objects, tmp, timeout_s)
+                placed = _rounded(mesh_bbox(source))
+            arranged = copies > 1 or objects > 1
+            meta = _slice_to(binary, source, mesh.name, model, plain, text, tmp, timeout_s, arranged=arranged)
         meta.bbox = placed
         if send != plain:
-            _package(plain, send, model, meta, cfg)
+            _package(plain, send, model, meta, cfg, thumbnail_png)
     except SliceError:
         _discard(send)
         raise
@@ -895,7 +924,37 @@ def _slice_to(
     return meta
 
 
-def _package(plain: Path, send: Path, model: PrinterModel, meta: GcodeMeta, cfg: Mapping[str, str]) -> None:
+def _place_objects(
+    binary: Path,
+    mesh: Path,
+    model: PrinterModel,
+    cfg: Mapping[str, str],
+    objects: int,
+    tmp: Path,
+    timeout_s: float,
+) -> Path:
+    """A 3MF with the objects of `mesh` arranged apart on the bed (they may overlap as designed,
+    e.g. a lid on its box), as copies are; SliceError if they do not fit on one bed together."""
+    arrange_ini = tmp / "arrange.ini"
+    arrange_ini.write_text(_arrange_profile(cfg, model), encoding="utf-8")
+    plate = tmp / "objects.3mf"
+    if not _arrange(binary, mesh, 1, arrange_ini, plate, timeout_s):
+        bed = " x ".join(_mm(b) for b in model.bed[:2])
+        raise SliceError(
+            f"the {objects} objects of {mesh.name} do not fit side by side on one {model.name} bed "
+            f"({bed} mm); make them smaller, build them separately, or choose a larger printer model"
+        )
+    return plate
+
+
+def _package(
+    plain: Path,
+    send: Path,
+    model: PrinterModel,
+    meta: GcodeMeta,
+    cfg: Mapping[str, str],
+    fallback_png: bytes | None = None,
+) -> None:
     from workers.bambu3mf import PlateInfo, package_gcode
 
     thumbs = [t for t in gcode_thumbnails(plain) if t.format == "png"]
@@ -910,7 +969,7 @@ def _package(plain: Path, send: Path, model: PrinterModel, meta: GcodeMeta, cfg:
         layers=meta.layers,
         max_z=meta.bbox[1][2] if meta.bbox else None,
         bbox=meta.bbox,
-        thumbnail_png=max(thumbs, key=lambda t: t.width * t.height).data if thumbs else None,
+        thumbnail_png=max(thumbs, key=lambda t: t.width * t.height).data if thumbs else fallback_png,
     )
     try:
         package_gcode(plain, send, info, cfg)

@@ -41,12 +41,21 @@ def build(
         bool, typer.Option("--no-project", help="Build the .py file alone, without its project.")
     ] = False,
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write <name>.stl and <name>.3mf.")
+        Path,
+        typer.Option(
+            "--output", "-o", help="Where to write <name>.stl, <name>.3mf and the preview <name>.png."
+        ),
     ] = Path("."),
+    step: Annotated[
+        bool, typer.Option("--step", help="Also write <name>.step (B-rep, for other CAD).")
+    ] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Build even if the cache has it.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Build a script to STL and 3MF locally, in the same sandbox and cache as a CAD worker.
+    """Build a script to STL, 3MF and a PNG preview locally, in the same sandbox and cache as a CAD worker.
+
+    The mesh is checked (closed, not flat); several shapes (a list, show(a, b), a compound of
+    separate solids) become separate objects in the 3MF. --step adds a STEP file.
 
     A script inside a project is built as the farm builds it: the project packed (minus what
     .gitignore excludes) and its requirements installed into a cached environment.
@@ -75,14 +84,15 @@ def build(
                 entry=artifact,
                 params=params,
                 project=packed.archive if packed else None,
+                step=step,
             )
             result, hit = cached_build(runner, CadCache(_cache_root()), request, use_cache=not no_cache)
     except CadError as exc:
         _die(exc.message)
     finally:
         runner.close()
-    stl, threemf = _deliver(result, output, path.stem)
-    _report(result, stl, threemf, hit, time.monotonic() - started, as_json)
+    files = _deliver(result, output, path.stem)
+    _report(result, files, hit, time.monotonic() - started, as_json)
 
 
 def inspect(
@@ -143,21 +153,29 @@ def _scratch_dir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="farm-build-")
 
 
-def _deliver(result: CadResult, output: Path, stem: str) -> tuple[Path, Path]:
+def _deliver(result: CadResult, output: Path, stem: str) -> dict[str, Path]:
+    """Copy the outputs to `output` as <stem>.stl, .3mf, .png and (when built) .step."""
     output.mkdir(parents=True, exist_ok=True)
-    stl, threemf = output / f"{stem}.stl", output / f"{stem}.3mf"
-    shutil.copyfile(result.stl, stl)
-    shutil.copyfile(result.threemf, threemf)
-    return stl, threemf
+    wanted = {"stl": result.stl, "threemf": result.threemf, "preview": result.preview, "step": result.step}
+    suffixes = {"stl": ".stl", "threemf": ".3mf", "preview": ".png", "step": ".step"}
+    files = {}
+    for kind, source in wanted.items():
+        if source is not None:
+            files[kind] = output / f"{stem}{suffixes[kind]}"
+            shutil.copyfile(source, files[kind])
+    return files
 
 
-def _report(result: CadResult, stl: Path, threemf: Path, hit: bool, seconds: float, as_json: bool) -> None:
+def _report(result: CadResult, files: dict[str, Path], hit: bool, seconds: float, as_json: bool) -> None:
     for warning in result.warnings:
         typer.secho(f"warning: {warning}", err=True, fg="yellow")
     if as_json:
         data = {
-            "stl": str(stl),
-            "threemf": str(threemf),
+            "stl": str(files["stl"]),
+            "threemf": str(files["threemf"]),
+            "preview": str(files["preview"]) if "preview" in files else None,
+            "step": str(files["step"]) if "step" in files else None,
+            "mesh": result.mesh,
             "bbox": [list(result.bbox[0]), list(result.bbox[1])],
             "size": list(_size(result)),
             "volume": result.volume,
@@ -169,7 +187,7 @@ def _report(result: CadResult, stl: Path, threemf: Path, hit: bool, seconds: flo
         return
     (x0, y0, z0), (x1, y1, z1) = result.bbox
     sx, sy, sz = _size(result)
-    typer.echo(f"{stl}\n{threemf}")
+    typer.echo("\n".join(str(path) for path in files.values()))
     typer.echo(
         f"size {sx:g} x {sy:g} x {sz:g} mm, bbox ({x0:g}, {y0:g}, {z0:g}) .. ({x1:g}, {y1:g}, {z1:g}), "
         f"volume {result.volume:.6g} mm3, {result.objects} object(s)"
