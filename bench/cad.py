@@ -6,7 +6,9 @@
 CadRunner (cache bypassed, so the build runs) until the STL and 3MF are stored in the cache, against a
 fresh interpreter that imports build123d, builds the same part and exports both files with the same
 tolerances. (c) a cache hit against that cold path for the small part. Runs are interleaved so that
-drift on the machine hits both sides alike; medians are compared. The last line is one JSON object.
+drift on the machine hits both sides alike; medians are compared. (d) what the mesh checks and the
+two PNG previews cost inside each warm build (the child times them; the cold script does neither),
+as milliseconds and as a share of the warm build. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ class Case:
         self.warm: list[float] = []
         self.cold: list[float] = []
         self.hit: list[float] = []
+        self.check_ms: list[float] = []
+        self.preview_ms: list[float] = []
+        self.triangles = 0
         self.stl_bytes: dict[str, int] = {}
 
 
@@ -132,9 +137,17 @@ def measure(case: Case, runs: int, hit_runs: int, runner: CadRunner, cache: CadC
     from workers.cad_runner import CadRequest
 
     request = CadRequest(source=case.source, outdir=case.folder / "warm-out", entry="part")
+    built: list[CadResult] = []
+
+    def warm() -> None:
+        built.append(cached_build(runner, cache, request, use_cache=False)[0])
+
     for _ in range(runs):
         case.cold.append(timed(lambda: cold_run(case.cold_script, case.folder)))
-        case.warm.append(timed(lambda: cached_build(runner, cache, request, use_cache=False)))
+        case.warm.append(timed(warm))
+    case.check_ms = [float(result.mesh["check_ms"]) for result in built]
+    case.preview_ms = [float(result.mesh["preview_ms"]) for result in built]
+    case.triangles = int(built[0].mesh["triangles"])
     for _ in range(hit_runs):
         case.hit.append(timed(lambda: _expect_hit(cached_build(runner, cache, request))))
     warm_result, _ = cached_build(runner, cache, request)
@@ -169,6 +182,12 @@ def print_table(cases: list[Case], start_s: float) -> None:
             )
         same = "same" if case.stl_bytes["warm"] == case.stl_bytes["cold"] else "DIFFERENT"
         print(f"{'':<7}STL bytes warm {case.stl_bytes['warm']}, cold {case.stl_bytes['cold']} ({same})")
+        check, preview = statistics.median(case.check_ms), statistics.median(case.preview_ms)
+        share = (check + preview) / median_ms(case.warm)
+        print(
+            f"{'':<7}inside the warm build: mesh checks {check:.1f} ms, previews (256 + 96 px) "
+            f"{preview:.1f} ms for {case.triangles} triangles, {share:.1%} of the build"
+        )
 
 
 def figures(small: Case, heavy: Case) -> dict[str, object]:
@@ -187,7 +206,12 @@ def figures(small: Case, heavy: Case) -> dict[str, object]:
         for case in (small, heavy)
         for path in ("cold", "warm", "hit")
     }
-    return {**ratios, "targets_met": ok, **medians}
+    outputs = {
+        f"{case.name}_{what}_ms": round(statistics.median(getattr(case, f"{what}_ms")), 1)
+        for case in (small, heavy)
+        for what in ("check", "preview")
+    }
+    return {**ratios, "targets_met": ok, **medians, **outputs}
 
 
 def main() -> None:
