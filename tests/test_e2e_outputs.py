@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
-from tests.conftest import EXAMPLES, RunningFarm
+from tests.conftest import EXAMPLES, RunningFarm, running_farm
 
 BOX_AND_LID = """\
 from build123d import Box, Cylinder, Pos
@@ -63,3 +65,21 @@ def test_step_preview_and_two_objects_through_the_farm(farm: RunningFarm, tmp_pa
     refused = farm.cli("submit", str(EXAMPLES / "cube.stl"), "--step")
     assert refused.returncode != 0 and "--step needs a build123d .py design" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_a_bambu_package_shows_the_cad_preview(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """PrusaSlicer draws no thumbnail headless: the plate picture on the printer is the CAD preview."""
+    source = tmp_path / "box_and_lid.py"
+    source.write_text(BOX_AND_LID)
+    with running_farm(redis_url, tmp_path_factory.mktemp("bambu"), "bambu=1", redis_db=2) as farm:
+        code, build = farm.cli_json("submit", str(source), "--printer-model", "X1C", "--wait")
+        assert code == 0, build
+        (job,) = build["jobs"]
+        usb = farm.data_dir / "sim" / job["printer"] / "usb"
+        (package,) = [p for p in usb.rglob("*") if p.name.startswith(f"job{job['id']}-")]
+        with zipfile.ZipFile(package) as zf:
+            assert zf.read("Metadata/plate_1.png") == artifact(farm, build["preview"])
+            gcode = zf.read("Metadata/plate_1.gcode").decode()
+        assert len(set(re.findall(r"^; printing object .+? id:(\d+) copy 0$", gcode, re.M))) == 2
