@@ -183,13 +183,22 @@ def emulate_prusalink(
     speed: Annotated[
         float, typer.Option(help="How much faster than the G-code's estimate it prints.")
     ] = 60.0,
+    upload_kbps: Annotated[
+        float | None, typer.Option(help="Receive uploads at this many kB/s, like a real printer.")
+    ] = None,
 ) -> None:
     """Emulate a Prusa printer's PrusaLink API (digest auth, uploads, jobs) over HTTP."""
     from printers.emulators.prusalink import PrusaLinkEmulator
 
     _setup_logging()
     emu = PrusaLinkEmulator(
-        host=host, port=port, password=password, model=model, storage_dir=storage, speed=speed
+        host=host,
+        port=port,
+        password=password,
+        model=model,
+        storage_dir=storage,
+        speed=speed,
+        upload_bytes_per_s=upload_kbps * 1000 if upload_kbps else None,
     )
     emu.start()
     typer.echo(f"PrusaLink {model} emulator on {emu.url} (user maker), files in {storage}", err=True)
@@ -648,6 +657,16 @@ def printers_clear(
     """Confirm a printer's bed is empty, so it takes the next job."""
     data = _send("POST", f"/api/printers/{name}/clear")
     _emit(data) if as_json else typer.echo(f"{name}: bed clear, ready for the next job")
+
+
+@printers_app.command("remove")
+def printers_remove(
+    name: Annotated[str, typer.Argument(help="The printer to take out of the farm.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Take a printer out of the farm (its agent registers it again if it is still running)."""
+    data = _send("DELETE", f"/api/printers/{name}")
+    _emit(data) if as_json else typer.echo(f"{name}: removed")
 
 
 @printers_app.command("set")

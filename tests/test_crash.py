@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 
-from tests.conftest import EXAMPLES, RunningFarm, wait_until
+from printers.emulators.prusalink import PrusaLinkEmulator
+from tests.conftest import EXAMPLES, REPO, RunningFarm, wait_until
 
 
 def test_agent_killed_mid_print_finishes_the_job_exactly_once(farm: RunningFarm) -> None:
@@ -90,3 +94,69 @@ def test_coordinator_killed_mid_run_loses_no_job(farm: RunningFarm) -> None:
         log = (farm.data_dir / "logs" / f"emu-{j['printer']}.log").read_text()
         starts = [line for line in log.splitlines() if f"started: job{j['id']}-" in line]
         assert len(starts) == 1, (j, starts)
+
+
+def test_agent_killed_mid_upload_prints_the_job_exactly_once(farm: RunningFarm, tmp_path: Path) -> None:
+    """A printer that takes uploads slowly (as a MINI does), its agent SIGKILLed early in the body.
+
+    The G-code is padded to 24 MB so that the kernel's socket buffers (a few MB on loopback) cannot
+    hold the rest of it: the kill really cuts the upload."""
+    token = (farm.data_dir / "admin.token").read_text().strip()
+    api = httpx.Client(base_url=farm.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    emulator = PrusaLinkEmulator(
+        password="pw", model="MINI", storage_dir=tmp_path / "usb", speed=600, upload_bytes_per_s=4_000_000
+    ).start()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'poll_s = 0.5\nspool_dir = "{tmp_path / "spool"}"\n\n'
+        f'[coordinator]\nurl = "{farm.url}"\ntoken = "{token}"\n\n'
+        f'[printer]\nname = "slow-mini"\nmodel = "MINI"\ndriver = "prusalink"\nhost = "127.0.0.1"\n'
+        f'port = {emulator.port}\npassword = "pw"\nauto_eject = true\n'
+    )
+
+    def start_agent() -> subprocess.Popen[bytes]:
+        log = (tmp_path / "agent.log").open("ab")
+        argv = [sys.executable, "-m", "farm", "agent", "--config", str(config)]
+        return subprocess.Popen(argv, env=farm.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    agent = start_agent()
+    try:
+        wait_until(
+            lambda: any(p["name"] == "slow-mini" for p in api.get("/api/printers").json()), 60, "register"
+        )
+        gcode = tmp_path / "padded_mini.gcode"
+        sliced = farm.cli("slice", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "-o", str(gcode))
+        assert sliced.returncode == 0, sliced.stderr
+        text = gcode.read_text()
+        gcode.write_text(text + ("; padding " + "x" * 1014 + "\n") * 24_000)
+        code, build = farm.cli_json("submit", str(gcode), "--printer", "slow-mini")
+        assert code == 0, build
+        job_id = build["jobs"][0]["id"]
+
+        def transfer() -> dict | None:
+            return emulator.printer.transfer_json()
+
+        wait_until(
+            lambda: (t := transfer()) and t["transferred"] > 1_000_000, 240, "the upload to begin", 0.05
+        )
+        assert api.get(f"/api/jobs/{job_id}").json()["state"] == "uploading"
+        agent.kill()  # SIGKILL, mid-body
+        agent.wait(10)
+        wait_until(lambda: transfer() is None, 30, "the printer to drop the half upload")
+        assert emulator.received == [] and emulator.state == "IDLE"  # nothing was kept or started
+
+        agent = start_agent()  # it finds its job bound, the printer idle without it, and sends it again
+        final = wait_until(
+            lambda: (j := api.get(f"/api/jobs/{job_id}").json())["state"] in ("done", "failed") and j,
+            240,
+            "the job to end",
+        )
+        assert final["state"] == "done" and final["printer"] == "slow-mini", final
+        assert len(emulator.received) == 1
+        assert emulator.printer.history == [emulator.received[0].name]  # started once
+    finally:
+        agent.kill()
+        agent.wait(10)
+        emulator.stop()
+        removed = farm.cli("printers", "remove", "slow-mini")  # the other tests count the printers
+        assert removed.returncode == 0, removed.stderr

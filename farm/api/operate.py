@@ -77,6 +77,20 @@ def clear_bed(name: str, session: SessionDep) -> dict:
     return printer_view(printer)
 
 
+@router.delete("/printers/{name}", dependencies=[Depends(require())])
+def remove_printer(name: str, session: SessionDep) -> dict:
+    """Take a printer out of the farm. Refused while it holds a job: cancel or finish that first."""
+    printer = _printer(session, name)
+    held = dispatch.bound_job(session, printer)
+    if held is not None:
+        raise HTTPException(
+            409, f"printer '{name}' holds job {held.id} ({held.state}); let it end or `farm cancel {held.id}`"
+        )
+    session.delete(printer)
+    session.commit()
+    return {"removed": name}
+
+
 @router.patch("/printers/{name}", dependencies=[Depends(require())])
 def set_printer(name: str, body: PrinterSettings, session: SessionDep) -> dict:
     printer = _printer(session, name)

@@ -188,6 +188,8 @@ class Printer:
         self._job_ids = 0
         self._transfer_ids = 0
         self._problem: str | None = None  # what the screen says in ERROR / ATTENTION (status_printer)
+        self.upload_bytes_per_s: float | None = None  # None: as fast as the socket goes
+        self.history: list[str] = []  # every print started, by file: tests count double prints
 
     # -- helpers (call with the lock held)
 
@@ -241,6 +243,7 @@ class Printer:
             if not mismatch:
                 self._job.run(now)
             # The print history a real printer keeps; tests count starts in it to catch double prints.
+            self.history.append(rel)
             log.info("job %d %s: %s", self._job.id, "waits for attention" if mismatch else "started", rel)
 
     def job_command(self, raw_id: str, command: str) -> None:
@@ -352,6 +355,8 @@ class Printer:
                         chunk = _read_some(stream, min(CHUNK_BYTES, transfer.size - transfer.transferred))
                         _write_all(out, chunk)
                         transfer.transferred += len(chunk)
+                        if self.upload_bytes_per_s:  # a MINI takes uploads at a few hundred kB/s
+                            time.sleep(len(chunk) / self.upload_bytes_per_s)
                 if local.is_dir():
                     raise HttpError(409, "File already exists", close=True)
                 tmp.replace(local)
@@ -845,6 +850,7 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
         serial: str = "EMU-0000000001",
         hostname: str | None = None,
         nonce_lifetime_s: float = 5.0,
+        upload_bytes_per_s: float | None = None,
     ) -> None:
         self.host = host
         self.nozzle_diameter = nozzle_diameter
@@ -854,6 +860,7 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
         storage_dir = Path(storage_dir)
         storage_dir.mkdir(parents=True, exist_ok=True)
         self.printer = Printer(root=storage_dir, model=model, speed=speed, max_print_s=max_print_s)
+        self.printer.upload_bytes_per_s = upload_bytes_per_s
         self.cutter = UploadCutter()
         self._requested_port = port
         self._server: EmulatorServer | None = None
