@@ -124,9 +124,12 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
     stem = PurePath(sl["source"]).stem
     with tempfile.TemporaryDirectory(prefix=f"farm-slice-{slice_id}-") as tmp:
         mesh = ctx.client.download_artifact(mesh_sha, Path(tmp) / f"{stem}{suffix}")
+        # The slicer makes no thumbnail headless: the CAD preview stands in (a package's plate
+        # picture, or a small `; thumbnail` block in plain G-code for the printer's screen and web UI).
+        picture = sl.get("preview") if model.output_suffix != ".gcode" else sl.get("preview_small")
         preview = None
-        if sl.get("preview") and model.output_suffix != ".gcode":  # a Bambu package shows it
-            preview = ctx.client.download_artifact(sl["preview"], Path(tmp) / "preview.png").read_bytes()
+        if picture:
+            preview = ctx.client.download_artifact(picture, Path(tmp) / "preview.png").read_bytes()
         out = Path(tmp) / f"{stem}_{model.name}.gcode"
         try:
             result = slice_mesh(

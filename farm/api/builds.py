@@ -230,6 +230,7 @@ def get_slice(slice_id: int, session: SessionDep) -> dict:
         "threemf": build.threemf_sha256,
         "objects": build.objects,
         "preview": build.preview_sha256,  # the Bambu package's plate picture when the G-code has none
+        "preview_small": build.preview_small_sha256,  # embedded in plain G-code as its thumbnail
         "source": build.source_name,
         "kind": build.source_kind,
         "source_sha256": build.source_sha256,
