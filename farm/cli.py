@@ -15,6 +15,7 @@ import typer
 
 from farm.client import FarmClient, FarmError
 from farm.commands import agent_tools, cad, slicing
+from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 from farm.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -332,15 +333,10 @@ def submit(
     per_plate: Annotated[
         int, typer.Option(min=1, max=100, help="Copies arranged on one plate; one job per plate.")
     ] = 1,
-    infill: Annotated[str | None, typer.Option(help="Infill density, e.g. 20 or 20%.")] = None,
-    supports: Annotated[
-        str | None, typer.Option(help="none, buildplate (only from the bed) or everywhere.")
-    ] = None,
-    brim: Annotated[float | None, typer.Option(help="Brim width in mm (0: none).")] = None,
-    setting: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Any PrusaSlicer setting KEY=VALUE, e.g. layer_height=0.16; repeatable."),
-    ] = None,
+    infill: InfillOpt = None,
+    supports: SupportsOpt = None,
+    brim: BrimOpt = None,
+    setting: SetOpt = None,
     material: Annotated[str, typer.Option(help="PLA, PETG, ABS, ASA or TPU.")] = "PLA",
     quality: Annotated[str, typer.Option(help="draft, standard or fine.")] = "standard",
     color: Annotated[str | None, typer.Option(help="Filament colour wanted.")] = None,
@@ -387,7 +383,7 @@ def submit(
         "infill": infill,
         "supports": supports,
         "brim": brim,
-        "settings": _settings(setting or []),
+        "settings": parse_settings(setting),
     }
     with tempfile.TemporaryDirectory(prefix="farm-submit-") as tmp, _client() as client:
         upload = _prepare_upload(source, file, ref, no_project, Path(tmp), options)
@@ -404,16 +400,6 @@ def submit(
             _print_build(build)
     if wait and any(j["state"] != "done" for b in builds for j in b["jobs"]):
         raise typer.Exit(1)
-
-
-def _settings(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            _die(f"--set wants KEY=VALUE, e.g. --set layer_height=0.16; got '{pair}'", 2)
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _prepare_upload(

@@ -261,6 +261,6 @@ def test_farm_slice_overrides_copies_and_json(tmp_path: Path) -> None:
     assert not (tmp_path / "many.gcode").exists()
 
     bad = runner.invoke(app, [*base, "--set", "layer_height", "-o", str(tmp_path / "x.gcode")])
-    assert bad.exit_code == 1 and "--set wants KEY=VALUE" in bad.stderr
+    assert bad.exit_code == 2 and "--set wants KEY=VALUE" in bad.stderr  # a usage error
     bad = runner.invoke(app, [*base, "--supports", "tree", "-o", str(tmp_path / "x.gcode")])
     assert bad.exit_code == 1 and "supports must be one of none, buildplate, everywhere" in bad.stderr

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
+
 
 def _die(message: str) -> None:
     typer.secho(f"error: {message}", err=True, fg="red")
@@ -55,20 +57,10 @@ def slice_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="The G-code (or .gcode.3mf) to write.")],
     material: Annotated[str, typer.Option(help="PLA, PETG, ABS, ASA or TPU.")] = "PLA",
     quality: Annotated[str, typer.Option(help="draft, standard or fine.")] = "standard",
-    infill: Annotated[str | None, typer.Option(help="Infill density, e.g. 20 or 20%.")] = None,
-    supports: Annotated[
-        str | None, typer.Option(help="none, buildplate (only from the bed) or everywhere.")
-    ] = None,
-    brim: Annotated[float | None, typer.Option(help="Brim width in mm (0: none).")] = None,
-    setting: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            "--setting",
-            help="Any PrusaSlicer setting KEY=VALUE, e.g. --set layer_height=0.16; repeat. Wins over "
-            "--infill/--supports/--brim.",
-        ),
-    ] = None,
+    infill: InfillOpt = None,
+    supports: SupportsOpt = None,
+    brim: BrimOpt = None,
+    setting: SetOpt = None,
     copies: Annotated[
         int, typer.Option(min=1, max=1000, help="Copies arranged on one plate; says how many fit if not all.")
     ] = 1,
@@ -90,11 +82,7 @@ def slice_command(
     except SliceError as exc:
         _die(str(exc))
         return
-    for pair in setting or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            _die(f"--set wants KEY=VALUE, e.g. --set layer_height=0.16; got '{pair}'")
-        overrides[key.strip()] = value.strip()
+    overrides |= parse_settings(setting)
     cache = None if no_cache else SliceCache(cache_dir or default_cache_dir())
     try:
         result = slice_mesh(
