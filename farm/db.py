@@ -14,7 +14,10 @@ from sqlmodel import Session, SQLModel, create_engine
 from farm import models  # noqa: F401 - registers the tables
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
+    """`background_checkpoints`: SQLite commits never copy the WAL back into the database file
+    (a checkpoint, with an fsync, every ~1000 pages, inside whichever commit crosses the line):
+    the caller runs `checkpoint` on its own schedule, off the request path."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -25,6 +28,8 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            if background_checkpoints:
+                cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
 
         _write_locks[engine] = threading.Lock()
@@ -54,6 +59,13 @@ def _add_new_columns(engine: Engine) -> None:
                 if not isinstance(default, bool | int | float | str):
                     clause = ""
                 conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'))
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy what the SQLite WAL holds into the database file, without waiting on anyone (PASSIVE)."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _add_new_indexes(engine: Engine) -> None:

@@ -7,9 +7,9 @@ lost its lease (it was restarted, or the job was handed elsewhere) cannot move t
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import Select, bindparam, func, or_, update
+from sqlalchemy import Select, bindparam, func, or_, true, update
 from sqlmodel import Session, col, select
 
 from farm import tags
@@ -90,13 +90,20 @@ _STARVING = (
     _fits().where(func.coalesce(Job.created_at, Job.created_at) < bindparam("p_cutoff")).order_by(*_ORDER)
 )
 _QUEUE = _fits().order_by(*_ORDER)
+# For a claim on PostgreSQL: lock the job rows read, and skip the ones another claim has locked,
+# so racing claims take different jobs instead of queueing on one row's lock. (SQLite has one
+# writer at a time: no row locks, and SQLAlchemy leaves the clause out there.)
+_STARVING_LOCKED = _STARVING.with_for_update(of=_JOBS, skip_locked=True)
+_QUEUE_LOCKED = _QUEUE.with_for_update(of=_JOBS, skip_locked=True)
 
 
 def _candidates(
-    session: Session, printer: Printer, starvation_s: float, limit: int = 20
+    session: Session, printer: Printer, starvation_s: float, limit: int = 20, *, lock: bool = False
 ) -> list[tuple[int, int]]:
     """The first ready jobs this printer can print, best first, with the slice for its model.
 
+    `lock`: for a claim, lock what is returned and pass over jobs another claim holds (the first
+    row returned is then this claim's to take).
     farm/explain.py says the same in words, one printer at a time: keep the two in step."""
     now = utcnow()
     params = {
@@ -113,8 +120,12 @@ def _candidates(
     conn = session.connection()
     starving: list[tuple[int, int]] = []
     if conn.execute(_ANY_STARVING.limit(1), params).first():
-        starving = [(a, b) for a, b in conn.execute(_STARVING.limit(limit), params)]
-    rest = conn.execute(_QUEUE.limit(limit), params).all()  # holds the starving it passes
+        query = _STARVING_LOCKED if lock else _STARVING
+        starving = [(a, b) for a, b in conn.execute(query.limit(limit), params)]
+        if lock and len(starving) == limit:
+            return starving  # lock no more rows than it may take
+    query = _QUEUE_LOCKED if lock else _QUEUE
+    rest = conn.execute(query.limit(limit), params).all()  # holds the starving it passes
     seen = {job_id for job_id, _ in starving}
     return [*starving, *((a, b) for a, b in rest if a not in seen)][:limit]
 
@@ -177,9 +188,12 @@ def claim(
     if heating_in_group(session, printer, heatup_s) >= heating_per_group:
         return None  # the next start would trip the group's breaker; wait for one to heat up
     # Racing claimers may take every candidate between our SELECT and our UPDATEs: look again
-    # then, so a deep queue never answers "nothing to print".
+    # then, so a deep queue never answers "nothing to print". Where rows can be locked, one
+    # locked candidate is enough (SQLite has one writer at a time: it reads 20, no locks).
+    row_locks = session.get_bind().dialect.name != "sqlite"
+    claim_lookup: dict[str, Any] = {"limit": 1, "lock": True} if row_locks else {}
     for _round in range(CLAIM_ROUNDS):
-        candidates = _candidates(session, printer, starvation_s)
+        candidates = _candidates(session, printer, starvation_s, **claim_lookup)
         if not candidates:
             break
         now = utcnow()
@@ -315,6 +329,22 @@ _BEAT_JOB = (
     .values(lease_expires=bindparam("b_lease"))
     .returning(_JOBS.c.id, _JOBS.c.fence)
 )
+# PostgreSQL does both in one statement (UPDATEs in a WITH), sent in autocommit: one round trip
+# instead of four (BEGIN, two UPDATEs, COMMIT). One row when the printer exists, none otherwise.
+_BEAT_PRINTER_CTE = _BEAT_PRINTER.returning(_PRINTERS.c.name).cte("beat_printer")
+_BEAT_JOB_CTE = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.printer.in_(select(_BEAT_PRINTER_CTE.c.name)),
+        or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)),
+    )
+    .values(lease_expires=bindparam("b_lease"))
+    .returning(_JOBS.c.id, _JOBS.c.fence)
+    .cte("beat_job")
+)
+_BEAT_ONE_STATEMENT = select(_BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence).select_from(
+    _BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true())
+)
 
 
 def heartbeat(
@@ -330,7 +360,8 @@ def heartbeat(
 ) -> Beat | None:
     """Note what the agent says about its printer and extend its job's lease; None: no such printer.
 
-    Every agent sends this every few seconds: two UPDATEs and one commit, with no rows loaded.
+    Every agent sends this every few seconds: two UPDATEs and one commit (one statement on
+    PostgreSQL), with no rows loaded. Commits on its own, so it must come first in its session.
     """
     now = utcnow()
     params = {
@@ -343,6 +374,11 @@ def heartbeat(
         "b_now": now,
         "b_lease": now + timedelta(seconds=lease_s),
     }
+    if session.get_bind().dialect.name == "postgresql":
+        conn = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        row = conn.execute(_BEAT_ONE_STATEMENT, params).first()
+        session.commit()
+        return None if row is None else Beat(row[0], row[1])
     conn = session.connection()
     if not conn.execute(_BEAT_PRINTER, params).rowcount:
         session.rollback()

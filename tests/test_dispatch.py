@@ -151,6 +151,32 @@ def test_stale_fence_is_refused_and_lease_expiry_requeues(engine) -> None:  # ty
         assert done.state == JobState.UPLOADING
 
 
+def test_heartbeat_notes_the_printer_and_extends_its_lease(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine, expire_on_commit=False) as s:
+        a = add_printer(s, "a", "MINI")
+        ready_build(s, models=["MINI"])
+    with Session(engine, expire_on_commit=False) as s:
+        assert dispatch.heartbeat(s, "nobody", state="idle", message=None, progress=None, lease_s=60) is None
+    with Session(engine, expire_on_commit=False) as s:
+        beat = dispatch.heartbeat(s, "a", state="idle", message="ok", progress=None, lease_s=60)
+        assert beat == dispatch.Beat(None, None)
+        # The claim endpoint heartbeats and claims in one session.
+        job = dispatch.claim(s, s.get(Printer, "a"), lease_s=60)  # type: ignore[arg-type]
+        assert job is not None and job.lease_expires is not None
+        first_lease = job.lease_expires
+    with Session(engine, expire_on_commit=False) as s:
+        beat = dispatch.heartbeat(s, "a", state="busy", message="heating", progress=5.0, lease_s=600)
+        assert beat == dispatch.Beat(job.id, job.fence)
+    with Session(engine, expire_on_commit=False) as s:
+        a = s.get(Printer, "a")  # type: ignore[assignment]
+        held = s.get(Job, job.id)
+        assert a.state == "busy" and a.message == "heating" and a.progress == 5.0
+        assert held is not None and held.lease_expires is not None
+        assert held.lease_expires.replace(tzinfo=None) > first_lease.replace(tzinfo=None) + timedelta(
+            seconds=500
+        )
+
+
 def test_a_job_on_a_printer_is_never_requeued_by_lease_expiry(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
         a = add_printer(s, "a", "MINI")

@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from farm import dispatch
 from farm.api import agents, artifacts, builds, operate, reads, tokens
 from farm.api.deps import Farm, hash_secret, new_secret
-from farm.db import make_engine, write_session
+from farm.db import checkpoint, make_engine, write_session
 from farm.models import Build, Slice, Token
 from farm.pipeline import Outgoing
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE, get_broker
@@ -65,6 +65,16 @@ def _expire_leases(farm: Farm) -> None:
         dispatch.expire_leases(session, farm.settings.lease_s)
 
 
+async def _checkpoints(farm: Farm) -> None:
+    """SQLite: fold the WAL into the database file every second, in a thread (see make_engine)."""
+    while farm.engine.dialect.name == "sqlite":
+        await asyncio.sleep(1.0)
+        try:
+            await asyncio.to_thread(checkpoint, farm.engine)
+        except Exception:  # the next round retries
+            log.exception("WAL checkpoint failed")
+
+
 async def _housekeeping(farm: Farm) -> None:
     while True:
         await asyncio.sleep(min(5.0, farm.settings.lease_s / 4))
@@ -78,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     farm = Farm(
         settings=settings,
-        engine=make_engine(settings.db_url),
+        engine=make_engine(settings.db_url, background_checkpoints=True),
         store=ArtifactStore(settings.artifacts_dir),
         broker=get_broker(settings.redis_url) if settings.redis_url else None,
     )
@@ -91,8 +101,10 @@ def create_app(settings: Settings) -> FastAPI:
             if resent:
                 log.info("re-sent %d unfinished work items after start", resent)
         task = asyncio.create_task(_housekeeping(farm))
+        checkpoints = asyncio.create_task(_checkpoints(farm))
         yield
         task.cancel()
+        checkpoints.cancel()
 
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm
