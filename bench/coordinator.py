@@ -1,9 +1,9 @@
 """The coordinator under a fleet: N agents heartbeating every 2 s, some claiming from a deep queue.
 
 For each database (SQLite in WAL mode, then a throwaway PostgreSQL), the coordinator runs as
-`farm server` does (uvicorn, one process) on a free loopback port. The bench gives each of N
-printers an agent token bound to it, registers them through the API, and queues 10,000 ready jobs
-through the farm's own pipeline (create_build + slice_finished, as a mesh build would go).
+`farm server` does (uvicorn, one process) on a free loopback port. The bench makes an agent token
+for each of N printers (POST /api/tokens), registers them through the API, and queues 10,000 ready
+jobs through the farm's own pipeline (create_build + slice_finished, as a mesh build would go).
 
 Most agents hold a printing job (they claimed and reported it through the API before the run) and
 send `heartbeat`, which extends their job's lease. The rest (`--claim-fraction`) cycle like an agent
@@ -298,7 +298,7 @@ async def api_calls(port: int, calls: list[tuple[str, str, dict[str, Any]]], wid
         for i in todo:
             path, token, body = calls[i]
             status, data = await conn.request(post(port, path, token, body))
-            if status != 200:
+            if status not in (200, 201):
                 raise SystemExit(f"setup: POST {path} answered {status}: {data[:300]!r}")
             results[i] = json.loads(data)
         conn.close()
@@ -392,26 +392,6 @@ def machine_busy_seconds() -> float:
     return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def seed(db_url: str, names: list[str]) -> list[str]:
-    """Agent tokens bound to each printer, returned in order (the API has no token endpoint yet)."""
-    from sqlmodel import Session
-
-    from farm.api.deps import hash_secret, new_secret
-    from farm.db import make_engine
-    from farm.models import Token
-
-    engine = make_engine(db_url)
-    secrets_ = [new_secret() for _ in names]
-    with Session(engine) as session:
-        session.add_all(
-            Token(name=f"agent {n}", role="agent", secret_sha256=hash_secret(s), printer=n)
-            for n, s in zip(names, secrets_, strict=True)
-        )
-        session.commit()
-    engine.dispose()
-    return secrets_
-
-
 def queue_jobs(db_url: str, jobs: int) -> None:
     """Ready jobs as the pipeline makes them: mesh builds of 50 copies, sliced for every model.
 
@@ -489,7 +469,6 @@ def run_db(kind: str, db_url: str | None, redis_url: str, args: argparse.Namespa
         tmp = Path(tmp_name)
         url = db_url or f"sqlite:///{tmp / 'farm.db'}"
         t0 = time.perf_counter()
-        tokens = seed(url, names)
         port = free_port()
         env = {
             **os.environ,
@@ -509,6 +488,18 @@ def run_db(kind: str, db_url: str | None, redis_url: str, args: argparse.Namespa
             )
         try:
             wait_for(port, server, log)
+            # An agent token per printer, bound to it, from the admin token the server wrote.
+            admin = (tmp / "admin.token").read_text().strip()
+            made = asyncio.run(
+                api_calls(
+                    port,
+                    [
+                        ("/api/tokens", admin, {"name": f"agent {n}", "role": "agent", "printer": n})
+                        for n in names
+                    ],
+                )
+            )
+            tokens = [t["token"] for t in made]
             # Register through the API, then queue the jobs (so builds are sliced for these models).
             register = [
                 (
@@ -790,6 +781,7 @@ def main() -> None:
         "queued_before",
         "queued_after",
         "server_cpu",
+        "db_cpu",
         "load_cpu",
         "other_cpu",
     )

@@ -24,6 +24,7 @@ _databases = itertools.count()
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
+    pytest.importorskip("psycopg", reason="psycopg is missing: run scripts/setup (the dev extra has it)")
     try:
         with throwaway_postgres() as url:
             yield url
