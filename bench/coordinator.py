@@ -356,6 +356,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def with_children(pid: int) -> list[int]:
+    """A process and its children (`farm server --workers N` forks N uvicorn processes)."""
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *(int(k) for k in kids.read_text().split())] if kids.exists() else [pid]
+
+
 def cpu_of(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -480,7 +486,10 @@ def run_db(kind: str, db_url: str | None, redis_url: str, args: argparse.Namespa
         log = tmp / "server.log"
         with log.open("wb") as out:
             server = subprocess.Popen(
-                [sys.executable, "-m", "farm", "server", "--host", "127.0.0.1", "--port", str(port)],
+                [
+                    *(sys.executable, "-m", "farm", "server", "--host", "127.0.0.1", "--port", str(port)),
+                    *(("--workers", str(args.pg_workers)) if db_url else ()),
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -619,10 +628,11 @@ def run_load(
         proc.stdin.write(f"{start}\n")
         proc.stdin.flush()
     time.sleep(max(0.0, start - time.time()))
-    server0, busy0, wall0 = cpu_seconds(server_pid), machine_busy_seconds(), time.perf_counter()
+    servers = with_children(server_pid)
+    server0, busy0, wall0 = cpu_of(servers), machine_busy_seconds(), time.perf_counter()
     db0 = cpu_of(db_pids)
     time.sleep(args.duration)
-    server1, busy1, wall1 = cpu_seconds(server_pid), machine_busy_seconds(), time.perf_counter()
+    server1, busy1, wall1 = cpu_of(servers), machine_busy_seconds(), time.perf_counter()
     db1 = cpu_of(db_pids)
     for proc in procs:
         if proc.wait(TIMEOUT_S + 30) != 0:
@@ -734,6 +744,9 @@ def main() -> None:
     )
     parser.add_argument("--procs", type=int, default=1, help="load generator processes")
     parser.add_argument("--db", default="sqlite,postgresql", help="sqlite, postgresql or both")
+    parser.add_argument(
+        "--pg-workers", type=int, default=2, help="`farm server --workers` for PostgreSQL (SQLite: 1)"
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.agents + 512

@@ -107,8 +107,16 @@ def up(
 def server(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=64, help="Server processes. More than 1 pays with PostgreSQL; SQLite has one writer."
+        ),
+    ] = 1,
 ) -> None:
     """Run the coordinator (HTTP API) alone. Needs FARM_REDIS_URL."""
+    import os
+
     import uvicorn
 
     from farm.api import create_app
@@ -118,7 +126,13 @@ def server(
     s = s.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     if not s.redis_url:
         _die("farm server needs FARM_REDIS_URL (or use `farm up`, which starts Redis for you)")
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="warning")
+    if workers == 1:
+        uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="warning")
+        return
+    os.environ.update(FARM_HOST=s.host, FARM_PORT=str(s.port))  # each process reads its settings anew
+    uvicorn.run(
+        "farm.api:app_from_env", factory=True, workers=workers, host=s.host, port=s.port, log_level="warning"
+    )
 
 
 @app.command()

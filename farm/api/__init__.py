@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -18,7 +21,7 @@ from farm.db import checkpoint, make_engine, write_session
 from farm.models import Build, Slice, Token
 from farm.pipeline import Outgoing
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE, get_broker
-from farm.settings import Settings
+from farm.settings import Settings, get_settings
 from farm.states import BuildStage, SliceState
 from farm.store import ArtifactStore
 
@@ -75,13 +78,46 @@ async def _checkpoints(farm: Farm) -> None:
             log.exception("WAL checkpoint failed")
 
 
-async def _housekeeping(farm: Farm) -> None:
+class Housekeeper:
+    """With several server processes (`farm server --workers N`) one of them expires leases and
+    re-sends unfinished work: whichever holds a lock file in the data dir. If it dies, another takes
+    the lock on its next round."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "coordinator-housekeeper.lock"
+        self._file: IO[str] | None = None
+
+    def holds(self) -> bool:
+        if self._file is None:
+            f = self.path.open("a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                return False
+            self._file = f
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+
+async def _housekeeping(farm: Farm, keeper: Housekeeper) -> None:
     while True:
         await asyncio.sleep(min(5.0, farm.settings.lease_s / 4))
+        if not keeper.holds():
+            continue
         try:  # in a thread: a database wait must not stall every request on the event loop
             await asyncio.to_thread(_expire_leases, farm)
         except Exception:  # keep the loop alive; the next round retries
             log.exception("lease expiry failed")
+
+
+def app_from_env() -> FastAPI:
+    """The app for each of `farm server --workers N`'s processes (uvicorn imports it by name)."""
+    return create_app(get_settings())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -94,17 +130,20 @@ def create_app(settings: Settings) -> FastAPI:
     )
     ensure_admin_token(farm)
 
+    keeper = Housekeeper(settings.data_dir)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if farm.broker is not None:
+        if farm.broker is not None and keeper.holds():
             resent = resend_unfinished(farm)
             if resent:
                 log.info("re-sent %d unfinished work items after start", resent)
-        task = asyncio.create_task(_housekeeping(farm))
+        task = asyncio.create_task(_housekeeping(farm, keeper))
         checkpoints = asyncio.create_task(_checkpoints(farm))
         yield
         task.cancel()
         checkpoints.cancel()
+        keeper.release()
 
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm
