@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -134,6 +135,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Everything imported and built so far lives as long as the process: keep it out of the
+        # collector's full passes, which otherwise walk it all and stall every request.
+        gc.collect()
+        gc.freeze()
         if farm.broker is not None and keeper.holds():
             resent = resend_unfinished(farm)
             if resent:
