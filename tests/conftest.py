@@ -156,3 +156,17 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     """Coordinator, worker and two simulated PrusaLink printers (a MINI and an MK3S)."""
     with running_farm(redis_url, tmp_path_factory.mktemp("farm"), "2") as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def cad_runner():  # type: ignore[no-untyped-def]
+    """A warm CAD fork server (build123d imported once, 3-5 s and ~400 MB) shared by the CAD tests
+    that only build; the hostile-build tests keep runners of their own."""
+    from workers.cad_runner import CadRunner
+
+    runner = CadRunner()
+    try:
+        runner.start()
+        yield runner
+    finally:
+        runner.close()

@@ -41,14 +41,9 @@ class CountingRunner:
         return self.runner.build(req)
 
 
-@pytest.fixture(scope="module")
-def real_runner() -> Iterator[CadRunner]:
-    runner = CadRunner()
-    try:
-        runner.start()
-        yield runner
-    finally:
-        runner.close()
+@pytest.fixture
+def real_runner(cad_runner: CadRunner) -> CadRunner:
+    return cad_runner  # one warm fork server for the whole session (tests/conftest.py)
 
 
 @pytest.fixture

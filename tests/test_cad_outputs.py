@@ -7,7 +7,6 @@ import io
 import re
 import textwrap
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +65,9 @@ def tray():
 """
 
 
-@pytest.fixture(scope="module")
-def runner() -> Iterator[CadRunner]:
-    runner = CadRunner()
-    try:
-        runner.start()
-        yield runner
-    finally:
-        runner.close()
+@pytest.fixture
+def runner(cad_runner: CadRunner) -> CadRunner:
+    return cad_runner  # one warm fork server for the whole session (tests/conftest.py)
 
 
 def write(folder: Path, name: str, text: str) -> Path:

@@ -7,7 +7,6 @@ import re
 import subprocess
 import tarfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -290,14 +289,9 @@ def test_inspect_lists_artifacts_and_customizables_with_their_fields() -> None:
 # -- project builds in the real sandbox -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def runner() -> Iterator[CadRunner]:
-    runner = CadRunner()
-    try:
-        runner.start()
-        yield runner
-    finally:
-        runner.close()
+@pytest.fixture
+def runner(cad_runner: CadRunner) -> CadRunner:
+    return cad_runner  # one warm fork server for the whole session (tests/conftest.py)
 
 
 PROJECT = {

@@ -399,6 +399,11 @@ class BambuDriver(Driver):
         except ftplib.error_perm as exc:
             raise DriverError(_ftp_error(name, str(exc))) from exc
         except ftplib.Error as exc:
+            if str(exc).startswith("426"):  # the printer lost the data connection mid-transfer
+                raise DriverError(
+                    f"cannot upload {name!r}: the FTPS connection to {where} broke off ({exc}); "
+                    "nothing was started"
+                ) from exc
             raise DriverError(f"upload of {name!r} to {where} failed: {exc}") from exc
         except (OSError, EOFError) as exc:
             detail = self._tls.pin_error or repr(exc)
