@@ -181,6 +181,7 @@ class EmulatorThread:
     _thread: threading.Thread | None
     _stopped: threading.Event
     name: str
+    cutter: UploadCutter  # the HTTP handlers read uploads through it (abort_next_upload)
 
     def _make_server(self) -> EmulatorServer:
         raise NotImplementedError
@@ -227,6 +228,9 @@ class EmulatorThread:
 
     def go_offline(self) -> None:
         self.stop()
+
+    def abort_next_upload(self, after_bytes: int = 64 * 1024) -> None:
+        self.cutter.arm(after_bytes)
 
     def come_back(self) -> None:
         self.start()

@@ -407,9 +407,6 @@ class MoonrakerEmulator(EmulatorThread, FaultSwitches):
 
     # -- fault switches (common.FaultSwitches)
 
-    def abort_next_upload(self, after_bytes: int = 64 * 1024) -> None:
-        self.cutter.arm(after_bytes)
-
     def fail_print(self, message: str = MOVE_OUT_OF_RANGE, code: int | None = None) -> None:
         self.klipper.fail(message)  # Klipper has messages, not error codes
 

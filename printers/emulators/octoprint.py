@@ -713,9 +713,6 @@ class OctoPrintEmulator(EmulatorThread, FaultSwitches):
 
     # -- fault switches (common.FaultSwitches)
 
-    def abort_next_upload(self, after_bytes: int = 64 * 1024) -> None:
-        self.cutter.arm(after_bytes)
-
     def fail_print(self, message: str = "Thermal Runaway", code: int | None = None) -> None:
         self.printer.fail(message)  # OctoPrint reports the firmware's error text, no code
 

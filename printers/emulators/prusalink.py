@@ -891,9 +891,6 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
 
     # -- fault switches (common.FaultSwitches)
 
-    def abort_next_upload(self, after_bytes: int = 64 * 1024) -> None:
-        self.cutter.arm(after_bytes)
-
     def fail_print(self, message: str = "Thermal runaway", code: int | None = None) -> None:
         self.printer.fail(message)  # PrusaLink's status carries a message, no error code
 
