@@ -130,23 +130,11 @@ class Klipper:
 
     def start_local(self, name: str, seconds: float) -> None:
         """A print someone started from Mainsail/Fluidd or the printer's display."""
-        local = self.root / name
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_text("; started from Mainsail\nG28\n")
         with self._lock:
             if self.loaded_file() is not None or self.klippy_state != "ready":
                 raise RuntimeError("the printer is not ready for a local print")
             self._message = ""
-            self._job = Job(
-                path=name,
-                size=local.stat().st_size,
-                duration_s=max(seconds, 0.001),
-                has_estimate=True,
-                nozzle_c=215.0,
-                bed_c=60.0,
-                state="printing",
-                running_since=time.monotonic(),
-            )
+            self._job = Job.started_at_printer(self.root, name, seconds, "printing", "started from Mainsail")
 
     def runout(self, message: str) -> None:
         """A filament sensor runs PAUSE: print_stats goes to paused, Klipper says why."""

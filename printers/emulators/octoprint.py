@@ -194,6 +194,23 @@ class Job:
     running_since: float | None = None
     settle_at: float = 0.0  # when Pausing becomes Paused, Cancelling becomes cancelled
 
+    @classmethod
+    def started_at_printer(cls, root: Path, name: str, seconds: float, state: str, note: str) -> Job:
+        """A print someone started there (a fault switch): its file appears, it runs `seconds`."""
+        local = root / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(f"; {note}\nG28\n")
+        return cls(
+            path=name,
+            size=local.stat().st_size,
+            duration_s=max(seconds, 0.001),
+            has_estimate=True,
+            nozzle_c=215.0,
+            bed_c=60.0,
+            state=state,
+            running_since=time.monotonic(),
+        )
+
     def settle(self, state: str, now: float) -> None:
         """OctoPrint waits for the printer's buffer before a pause or cancel takes effect."""
         self.halt(now)
@@ -283,20 +300,11 @@ class Printer:
 
     def start_local(self, name: str, seconds: float) -> None:
         """A print someone started from OctoPrint's own UI."""
-        local = self.root / name
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_text("; started from OctoPrint's UI\nG28\n")
         with self._lock:
             if self.state_text() != "Operational":
                 raise RuntimeError(f"OctoPrint is {self.state_text()}, not ready for a local print")
-            self._job = Job(
-                path=name,
-                size=local.stat().st_size,
-                duration_s=max(seconds, 0.001),
-                has_estimate=True,
-                nozzle_c=215.0,
-                bed_c=60.0,
-                running_since=time.monotonic(),
+            self._job = Job.started_at_printer(
+                self.root, name, seconds, "Printing", "started from OctoPrint's UI"
             )
 
     def fail(self, message: str) -> None:
