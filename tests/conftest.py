@@ -170,3 +170,19 @@ def cad_runner():  # type: ignore[no-untyped-def]
         yield runner
     finally:
         runner.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """When a test on a running farm fails, show what each of the farm's parts logged last: a CI
+    run's temporary folders are gone by the time anyone reads its output."""
+    outcome = yield
+    report = outcome.get_result()
+    running = getattr(item, "funcargs", {}).get("farm")
+    if report.when != "call" or not report.failed or not isinstance(running, RunningFarm):
+        return
+    logs = sorted((running.data_dir / "logs").glob("*.log"))
+    for log in [running.data_dir / "farm-up.out", *logs]:
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-25:]
+            report.sections.append((f"farm log {log.name} (last lines)", "\n".join(tail)))
