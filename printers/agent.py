@@ -154,9 +154,16 @@ class Agent:
         current = CurrentJob(job["id"], job["fence"], job["gcode"], job["gcode_name"], time.monotonic())
         self.job = current
         path = self.spool / f"{job['gcode']}.gcode"
-        if not path.exists():
-            self.client.download_artifact(job["gcode"], path)
-        self._report("uploading", progress=0.0)
+        try:
+            if not path.exists():
+                self.client.download_artifact(job["gcode"], path)
+            self._report("uploading", progress=0.0)
+        except FarmError:
+            # The coordinator went away before anything reached the printer. We still hold the
+            # lease, and our next claim hands this same job back: start over then, rather than
+            # follow a print that never began.
+            self.job = None
+            raise
         if self.job is not current:
             return  # the lease was lost while downloading
         try:
@@ -185,7 +192,10 @@ class Agent:
             self.job is not None and now - self._last_report >= 2.0
         ):  # also renews the lease during long uploads
             self._last_report = now
-            self._report("uploading", progress=100.0 * sent / max(total, 1))
+            try:
+                self._report("uploading", progress=100.0 * sent / max(total, 1))
+            except FarmError as exc:  # a coordinator restart must not cut the upload to the printer
+                log.warning("%s: progress report failed, uploading on: %s", self.name, exc)
 
     def _follow(self, status: PrinterStatus) -> None:
         job = self.job

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -159,4 +164,116 @@ def test_agent_killed_mid_upload_prints_the_job_exactly_once(farm: RunningFarm, 
         agent.wait(10)
         emulator.stop()
         removed = farm.cli("printers", "remove", "slow-mini")  # the other tests count the printers
+        assert removed.returncode == 0, removed.stderr
+
+
+class FlakyLink:
+    """A TCP relay between an agent and the coordinator that can go down like a network (or a
+    coordinator restart): live connections are reset, new ones refused, until `restore()`."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.down = threading.Event()
+        self.tripped = threading.Event()
+        self.trip_after: int | None = None  # bytes of one reply from the coordinator
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.down.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.conns += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        moved = 0
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+                moved += len(data)
+                if downstream and self.trip_after is not None and moved > self.trip_after:
+                    self.trip_after = None
+                    self.tripped.set()
+                    self.cut()
+                    return
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        self.down.set()
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
+                c.close()
+
+    def restore(self) -> None:
+        self.down.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_coordinator_lost_mid_download_prints_the_job_once(farm: RunningFarm, tmp_path: Path) -> None:
+    """The link to the coordinator drops while the agent downloads a G-code, and comes back.
+
+    The agent still holds the lease: it must fetch the job again and print it, once, rather than
+    wait on a print that never began."""
+    token = (farm.data_dir / "admin.token").read_text().strip()
+    api = httpx.Client(base_url=farm.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    link = FlakyLink(int(farm.url.rsplit(":", 1)[1]))
+    emulator = PrusaLinkEmulator(password="pw", model="MINI", storage_dir=tmp_path / "usb", speed=600).start()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'poll_s = 0.5\nspool_dir = "{tmp_path / "spool"}"\n\n'
+        f'[coordinator]\nurl = "http://127.0.0.1:{link.port}"\ntoken = "{token}"\n\n'
+        f'[printer]\nname = "flaky-mini"\nmodel = "MINI"\ndriver = "prusalink"\nhost = "127.0.0.1"\n'
+        f'port = {emulator.port}\npassword = "pw"\nauto_eject = true\n'
+    )
+    log = (tmp_path / "agent.log").open("ab")
+    argv = [sys.executable, "-m", "farm", "agent", "--config", str(config)]
+    agent = subprocess.Popen(argv, env=farm.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_until(
+            lambda: any(p["name"] == "flaky-mini" for p in api.get("/api/printers").json()), 60, "register"
+        )
+        gcode = tmp_path / "padded_mini.gcode"
+        sliced = farm.cli("slice", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "-o", str(gcode))
+        assert sliced.returncode == 0, sliced.stderr
+        gcode.write_text(gcode.read_text() + ("; padding " + "x" * 1014 + "\n") * 16_000)
+        link.trip_after = 2_000_000  # only a G-code download is this big
+        code, build = farm.cli_json("submit", str(gcode), "--printer", "flaky-mini")
+        assert code == 0, build
+        job_id = build["jobs"][0]["id"]
+        assert link.tripped.wait(120), "the agent never downloaded the G-code"
+        time.sleep(3)  # the agent finds the coordinator gone for a few polls
+        link.restore()
+        final = wait_until(
+            lambda: (j := api.get(f"/api/jobs/{job_id}").json())["state"] in ("done", "failed") and j,
+            120,
+            "the job to end",
+        )
+        assert final["state"] == "done" and final["printer"] == "flaky-mini", final
+        assert len(emulator.printer.history) == 1, emulator.printer.history  # started once
+    finally:
+        agent.kill()
+        agent.wait(10)
+        link.close()
+        emulator.stop()
+        log.close()
+        removed = farm.cli("printers", "remove", "flaky-mini")  # the other tests count the printers
         assert removed.returncode == 0, removed.stderr
