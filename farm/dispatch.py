@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Select, bindparam, func, or_, true, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col, select
 
 from farm import tags
@@ -163,7 +164,9 @@ _CLAIM = (
         progress=None,
         error=None,
     )
+    .returning(*_JOBS.c)
 )
+_CLAIM_ORM = select(Job).from_statement(_CLAIM)  # the claimed job, without a round trip to read it back
 
 
 def claim(
@@ -174,11 +177,17 @@ def claim(
     starvation_s: float = 4 * 3600.0,
     heatup_s: float = 300.0,
     heating_per_group: int = 1,
+    beat: Beat | None = None,
 ) -> Job | None:
     """Bind the best ready job this printer can print to it; None when nothing fits.
 
+    `beat`: what this printer's heartbeat just found (its bound job, whose lease it extended), so
+    that the claim need not look again.
     Staggered start: in a power group, at most `heating_per_group` printers heat up at once."""
-    if (existing := bound_job(session, printer)) is not None:
+    if beat is not None:
+        if beat.job is not None:
+            return session.get(Job, beat.job)
+    elif (existing := bound_job(session, printer)) is not None:
         existing.lease_expires = lease_deadline(lease_s)
         session.add(existing)
         session.commit()
@@ -198,15 +207,17 @@ def claim(
             break
         now = utcnow()
         params = {"c_printer": printer.name, "c_now": now, "c_lease": now + timedelta(seconds=lease_s)}
-        conn = session.connection()
         for job_id, slice_id in candidates:
-            # Conditional UPDATE: of two agents racing for one job, exactly one sees rowcount 1.
-            if conn.execute(_CLAIM, {**params, "c_id": job_id, "c_slice": slice_id}).rowcount == 1:
+            # Conditional UPDATE: of two agents racing for one job, exactly one gets the row back.
+            job = session.scalars(
+                _CLAIM_ORM,
+                {**params, "c_id": job_id, "c_slice": slice_id},
+                execution_options={"populate_existing": True},
+            ).first()
+            if job is not None:
                 printer.job_id = job_id
                 session.add(printer)
                 session.commit()
-                job = session.get(Job, job_id, populate_existing=True)
-                assert job is not None
                 return job
     session.rollback()
     return None
@@ -347,6 +358,47 @@ _BEAT_ONE_STATEMENT = select(_BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence).select_f
 )
 
 
+def _beat_params(
+    name: str,
+    state: str,
+    message: str | None,
+    progress: float | None,
+    lease_s: float,
+    material: str | None,
+    color: str | None,
+) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "b_name": name,
+        "b_state": state,
+        "b_message": message,
+        "b_progress": progress,
+        "b_material": material.upper() if material else None,
+        "b_color": color.lower() if color else None,
+        "b_now": now,
+        "b_lease": now + timedelta(seconds=lease_s),
+    }
+
+
+async def heartbeat_pg(
+    engine: AsyncEngine,
+    name: str,
+    *,
+    state: str,
+    message: str | None,
+    progress: float | None,
+    lease_s: float,
+    material: str | None = None,
+    color: str | None = None,
+) -> Beat | None:
+    """`heartbeat` on PostgreSQL, for the event loop: one statement in autocommit, no session."""
+    params = _beat_params(name, state, message, progress, lease_s, material, color)
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = (await conn.execute(_BEAT_ONE_STATEMENT, params)).first()
+    return None if row is None else Beat(row[0], row[1])
+
+
 def heartbeat(
     session: Session,
     name: str,
@@ -363,17 +415,7 @@ def heartbeat(
     Every agent sends this every few seconds: two UPDATEs and one commit (one statement on
     PostgreSQL), with no rows loaded. Commits on its own, so it must come first in its session.
     """
-    now = utcnow()
-    params = {
-        "b_name": name,
-        "b_state": state,
-        "b_message": message,
-        "b_progress": progress,
-        "b_material": material.upper() if material else None,
-        "b_color": color.lower() if color else None,
-        "b_now": now,
-        "b_lease": now + timedelta(seconds=lease_s),
-    }
+    params = _beat_params(name, state, message, progress, lease_s, material, color)
     if session.get_bind().dialect.name == "postgresql":
         conn = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         row = conn.execute(_BEAT_ONE_STATEMENT, params).first()

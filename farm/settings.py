@@ -72,7 +72,12 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.sqlite_path}"
+        url = self.database_url or f"sqlite:///{self.sqlite_path}"
+        # The URL people copy from PostgreSQL's docs names no driver; psycopg (3) is the one installed.
+        for bare in ("postgresql://", "postgres://"):
+            if url.startswith(bare):
+                return "postgresql+psycopg://" + url.removeprefix(bare)
+        return url
 
     @property
     def artifacts_dir(self) -> Path:

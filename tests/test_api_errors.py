@@ -53,3 +53,48 @@ def test_an_agent_cannot_report_on_a_job_it_does_not_hold(api: httpx.Client, far
         json={"printer": job["printer"], "fence": 0, "state": "printing"},
     )
     assert resp.status_code == 409 and "no longer held" in resp.json()["detail"]
+
+
+def test_heartbeats_answer_like_the_route_whichever_way_they_are_served(
+    api: httpx.Client, farm: RunningFarm
+) -> None:
+    """farm/api/fastlane.py answers ordinary heartbeats itself and hands the rest to the route:
+    each case twice, since a token is only known to the fast lane after its first use."""
+    reg = {"printer": "lane-test", "model": "MINI", "protocol": "prusalink"}
+    assert api.post("/api/agents/register", json=reg).status_code == 200
+    code, agent = farm.cli_json("tokens", "create", "lane-agent", "--role", "agent", "--printer", "lane-test")
+    assert code == 0
+    as_agent = {"Authorization": f"Bearer {agent['token']}"}
+    try:
+        for _ in range(2):
+            ok = api.post("/api/agents/heartbeat", json={"printer": "lane-test", "state": "idle"})
+            assert ok.status_code == 200 and ok.json() == {"job": None, "fence": None}, ok.text
+            assert ok.headers["content-type"] == "application/json"
+            mine = api.post(
+                "/api/agents/heartbeat", json={"printer": "lane-test", "state": "idle"}, headers=as_agent
+            )
+            assert mine.status_code == 200 and mine.json() == {"job": None, "fence": None}, mine.text
+            other = api.post(
+                "/api/agents/heartbeat", json={"printer": "sim-mini-1", "state": "idle"}, headers=as_agent
+            )
+            assert other.status_code == 403 and "bound to printer 'lane-test'" in other.json()["detail"]
+            gone = api.post("/api/agents/heartbeat", json={"printer": "no-such", "state": "idle"})
+            assert gone.status_code == 404 and "not registered" in gone.json()["detail"]
+            bad = api.post("/api/agents/heartbeat", json={"printer": "lane-test"})
+            assert bad.status_code == 422 and "state" in bad.text
+            garbage = api.post(
+                "/api/agents/heartbeat", content=b"{not json", headers={"content-type": "application/json"}
+            )
+            assert garbage.status_code == 422
+            # Longer than the fast lane reads: the route gets the whole body all the same.
+            long = {"printer": "lane-test", "state": "attention", "message": "x" * 200_000}
+            assert api.post("/api/agents/heartbeat", json=long).status_code == 200
+            shown = api.get("/api/printers").json()
+            assert next(p for p in shown if p["name"] == "lane-test")["message"] == "x" * 200_000
+            nobody = httpx.post(
+                f"{farm.url}/api/agents/heartbeat", json={"printer": "lane-test", "state": "idle"}
+            )
+            assert nobody.status_code == 401 and "FARM_TOKEN" in nobody.json()["detail"]
+    finally:
+        removed = farm.cli("printers", "remove", "lane-test")
+        assert removed.returncode == 0, removed.stderr

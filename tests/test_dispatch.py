@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -14,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from farm import dispatch, pipeline
-from farm.db import make_engine
+from farm.db import make_async_engine, make_engine
 from farm.models import Job, Printer, Slice, utcnow
 from farm.states import InvalidMove, JobState, SliceState, can_move, check_job_move
 from tests.pgserver import PostgresUnavailable, throwaway_postgres
@@ -176,6 +178,50 @@ def test_heartbeat_notes_the_printer_and_extends_its_lease(engine) -> None:  # t
         assert held.lease_expires.replace(tzinfo=None) > first_lease.replace(tzinfo=None) + timedelta(
             seconds=500
         )
+
+
+def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -> None:  # type: ignore[no-untyped-def]
+    """On PostgreSQL the coordinator heartbeats through an async engine with no session
+    (dispatch.heartbeat_pg), and a claim trusts what that heartbeat found. SQLite has no such path."""
+    url = engine.url.render_as_string(hide_password=False)
+    if engine.dialect.name == "sqlite":
+        assert make_async_engine(url) is None
+        return
+    with Session(engine, expire_on_commit=False) as s:
+        add_printer(s, "a", "MINI")
+        ready_build(s, models=["MINI"], copies=2)
+
+    async def beat(name: str, **status: Any) -> dispatch.Beat | None:
+        async_engine = make_async_engine(url)
+        assert async_engine is not None
+        try:
+            return await dispatch.heartbeat_pg(async_engine, name, lease_s=600, **status)
+        finally:
+            await async_engine.dispose()
+
+    assert asyncio.run(beat("nobody", state="idle", message=None, progress=None)) is None
+    idle = asyncio.run(beat("a", state="idle", message="ok", progress=None, material="petg"))
+    assert idle == dispatch.Beat(None, None)
+    with Session(engine, expire_on_commit=False) as s:
+        a = s.get(Printer, "a")
+        assert a is not None and a.state == "idle" and a.material == "PETG"
+        a.material = "PLA"
+        s.add(a)
+        s.commit()
+        job = dispatch.claim(s, a, lease_s=60, beat=idle)
+        assert job is not None and job.state == JobState.CLAIMED and job.printer == "a"
+    held = asyncio.run(beat("a", state="busy", message="heating", progress=5.0))
+    assert held == dispatch.Beat(job.id, job.fence)
+    with Session(engine, expire_on_commit=False) as s:
+        # A claim after a heartbeat that found a bound job hands back that job, not another.
+        again = dispatch.claim(s, s.get(Printer, "a"), lease_s=60, beat=held)  # type: ignore[arg-type]
+        assert again is not None and (again.id, again.fence) == (job.id, job.fence)
+        stored = s.get(Job, job.id)
+        assert stored is not None and stored.lease_expires is not None
+        assert stored.lease_expires.replace(tzinfo=None) > utcnow().replace(tzinfo=None) + timedelta(
+            seconds=500
+        )
+        assert s.get(Printer, "a").message == "heating"  # type: ignore[union-attr]
 
 
 def test_a_job_on_a_printer_is_never_requeued_by_lease_expiry(engine) -> None:  # type: ignore[no-untyped-def]

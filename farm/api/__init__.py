@@ -18,7 +18,8 @@ from sqlmodel import Session, select
 from farm import dispatch
 from farm.api import agents, artifacts, builds, operate, reads, tokens
 from farm.api.deps import Farm, hash_secret, new_secret
-from farm.db import checkpoint, make_engine, write_session
+from farm.api.fastlane import HeartbeatFastLane
+from farm.db import checkpoint, make_async_engine, make_engine, write_session
 from farm.models import Build, Slice, Token
 from farm.pipeline import Outgoing
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE, get_broker
@@ -128,6 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
         engine=make_engine(settings.db_url, background_checkpoints=True),
         store=ArtifactStore(settings.artifacts_dir),
         broker=get_broker(settings.redis_url) if settings.redis_url else None,
+        async_engine=make_async_engine(settings.db_url),
     )
     ensure_admin_token(farm)
 
@@ -149,11 +151,14 @@ def create_app(settings: Settings) -> FastAPI:
         task.cancel()
         checkpoints.cancel()
         keeper.release()
+        if farm.async_engine is not None:
+            await farm.async_engine.dispose()
 
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm
     for module in (builds, agents, artifacts, operate, reads, tokens):
         app.include_router(module.router)
+    app.add_middleware(HeartbeatFastLane, farm=farm)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

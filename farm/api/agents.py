@@ -61,17 +61,28 @@ def _printer(session: Session, token: Token, name: str) -> Printer:
     return printer
 
 
-def _claim_view(session: Session, job: Job) -> dict:
-    sl = session.get(Slice, job.slice_id) if job.slice_id else None
-    assert sl is not None and sl.gcode_sha256
-    art = session.get(Artifact, sl.gcode_sha256)
-    base = (art.name if art else "") or f"job{job.id}.gcode"
+def _claim_view(session: Session, job: Job, farm: Farm) -> dict:
+    assert job.slice_id is not None
+    sl, name = farm.done_slices.get(job.slice_id) or _done_slice(session, job.slice_id, farm)
     return {
         **job_view(job, sl),
         "fence": job.fence,
         "gcode": sl.gcode_sha256,
-        "gcode_name": f"job{job.id}-{base}",
+        "gcode_name": f"job{job.id}-{name or f'job{job.id}.gcode'}",
     }
+
+
+def _done_slice(session: Session, slice_id: int, farm: Farm) -> tuple[Slice, str | None]:
+    """A finished slice and its G-code's file name. Neither changes once the slice is done, and
+    claims of the same build's copies ask again and again: kept, a few thousand at most."""
+    sl = session.get(Slice, slice_id)
+    assert sl is not None and sl.gcode_sha256
+    art = session.get(Artifact, sl.gcode_sha256)
+    found = (Slice(**sl.model_dump()), art.name if art else None)
+    if len(farm.done_slices) >= 4096:
+        farm.done_slices.clear()
+    farm.done_slices[slice_id] = found
+    return found
 
 
 # Every agent calls these every few seconds. Each runs in one write session through deps.write:
@@ -82,10 +93,10 @@ def _claim_view(session: Session, job: Job) -> dict:
 async def register(body: Register, token: AgentToken, farm: FarmDep) -> dict:
     if token.role == "agent" and token.printer != body.printer:
         raise HTTPException(403, f"this agent token is bound to printer '{token.printer}'")
-    return await write(farm, _register, body)
+    return await write(farm, _register, body, farm)
 
 
-def _register(session: Session, body: Register) -> dict:
+def _register(session: Session, body: Register, farm: Farm) -> dict:
     printer = session.get(Printer, body.printer) or Printer(
         name=body.printer, model=body.model, protocol=body.protocol
     )
@@ -94,7 +105,7 @@ def _register(session: Session, body: Register) -> dict:
     session.add(printer)
     session.commit()
     job = dispatch.bound_job(session, printer)
-    return {"printer": printer.name, "job": _claim_view(session, job) if job else None}
+    return {"printer": printer.name, "job": _claim_view(session, job, farm) if job else None}
 
 
 def _beat(session: Session, body: Heartbeat, farm: Farm) -> dispatch.Beat:
@@ -115,9 +126,29 @@ def _beat(session: Session, body: Heartbeat, farm: Farm) -> dispatch.Beat:
 
 @router.post("/heartbeat")
 async def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep) -> dict:
+    """Most heartbeats never reach this route: fastlane.py answers them. It comes here for the
+    ones that need an error message."""
     _check_bound(token, body.printer)
-    beat = await write(farm, _beat, body, farm)
-    return {"job": beat.job, "fence": beat.fence}
+    return await beat(farm, body)
+
+
+async def beat(farm: Farm, body: Heartbeat) -> dict:
+    if farm.async_engine is None:
+        found = await write(farm, _beat, body, farm)
+        return {"job": found.job, "fence": found.fence}
+    pg = await dispatch.heartbeat_pg(
+        farm.async_engine,
+        body.printer,
+        state=body.state,
+        message=body.message,
+        progress=body.progress,
+        lease_s=farm.settings.lease_s,
+        material=body.material,
+        color=body.color,
+    )
+    if pg is None:
+        raise _not_registered(body.printer)
+    return {"job": pg.job, "fence": pg.fence}
 
 
 @router.get("/next", responses={204: {"description": "nothing queued for this printer"}})
@@ -135,7 +166,7 @@ async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep) -> object:
 
 
 def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> object:
-    _beat(session, body, farm)
+    beat = _beat(session, body, farm)
     printer = _printer(session, token, body.printer)
     job = dispatch.claim(
         session,
@@ -144,10 +175,11 @@ def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> objec
         starvation_s=farm.settings.starvation_s,
         heatup_s=farm.settings.heatup_s,
         heating_per_group=farm.settings.heating_per_group,
+        beat=beat,
     )
     if job is None:
         return Response(status_code=204)
-    return _claim_view(session, job)
+    return _claim_view(session, job, farm)
 
 
 @router.post("/jobs/{job_id}/report")

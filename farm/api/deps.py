@@ -15,7 +15,10 @@ from dramatiq.brokers.redis import RedisBroker
 from fastapi import Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from farm.db import write_session, write_session_now
 from farm.models import Token
@@ -31,7 +34,10 @@ class Farm:
     engine: Engine
     store: ArtifactStore
     broker: RedisBroker | None
+    # PostgreSQL: the agents' calls run on the event loop through this (see `write`).
+    async_engine: AsyncEngine | None = None
     _tokens: dict[str, Token] = field(default_factory=dict)  # secret hash -> token; tokens never change
+    done_slices: dict[int, tuple[Any, str | None]] = field(default_factory=dict)  # agents._done_slice
 
 
 def hash_secret(secret: str) -> str:
@@ -42,8 +48,8 @@ def new_secret() -> str:
     return "pf_" + secrets.token_urlsafe(24)
 
 
-# The writers' own threads: a few are enough to overlap PostgreSQL's round trips and commits, and
-# fewer threads than the general pool's 40 means less contention for the GIL.
+# The writers' own threads (SQLite with a busy writer): a few, since fewer threads than the
+# general pool's 40 means less contention for the GIL.
 _WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="farm-write")
 
 
@@ -55,15 +61,33 @@ def _in_write_session(engine: Engine, work: Callable[..., T], *args: Any) -> T:
 async def write(farm: Farm, work: Callable[..., T], *args: Any) -> T:
     """`work(session, *args)` in a write_session, for the agents' calls that come every few seconds.
 
-    On SQLite with no other writer it runs right here on the event loop: it is a few local
-    statements, and a hop to the thread pool (and the GIL hand-offs between threads) costs more
-    than that. PostgreSQL waits on the network, and a busy SQLite on the lock: those go to the pool.
+    PostgreSQL: `work` runs on the event loop in a greenlet (SQLAlchemy's AsyncSession.run_sync),
+    which parks it at each network round trip and serves other requests meanwhile: no thread hop,
+    and no thread waiting on the GIL after each reply (a pool of threads doing round trips spent
+    more time in those hand-offs than in the queries). SQLite with no other writer: right here,
+    on the loop too (a few local statements). A busy SQLite waits on its lock, in a thread.
     """
+    if farm.async_engine is not None:
+        return await _write_async(farm.async_engine, work, *args)
     with write_session_now(farm.engine) as session:
         if session is not None:
             return work(session, *args)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_WRITERS, partial(_in_write_session, farm.engine, work, *args))
+
+
+async def _write_async(engine: AsyncEngine, work: Callable[..., T], *args: Any) -> T:
+    for attempt in (1, 2):
+        try:
+            async with AsyncSession(engine, expire_on_commit=False) as session:
+                return await session.run_sync(work, *args)
+        except DBAPIError as exc:
+            # No ping before each use (a round trip per request): a connection that died with a
+            # database restart fails once, the pool drops it and its peers, and the call runs
+            # again on a fresh one. Safe: each of these calls is idempotent for its agent.
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
 
 
 # The dependencies below that need no I/O are `async def`: FastAPI runs a plain `def` dependency
