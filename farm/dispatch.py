@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, bindparam, func, or_, true, update
+from sqlalchemy import Select, bindparam, exists, func, or_, true, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from farm import tags
@@ -106,18 +107,7 @@ def _candidates(
     `lock`: for a claim, lock what is returned and pass over jobs another claim holds (the first
     row returned is then this claim's to take).
     farm/explain.py says the same in words, one printer at a time: keep the two in step."""
-    now = utcnow()
-    params = {
-        "p_model": printer.model,
-        "p_material": (printer.material or "").upper(),
-        "p_color": (printer.color or "").lower(),
-        "p_nozzle": printer.nozzle,
-        "p_name": printer.name,
-        "p_now": now,
-        "p_failed_on": f",{printer.name},",
-        "p_tags": tags.subsets(printer.tags),
-        "p_cutoff": now - timedelta(seconds=starvation_s),
-    }
+    params = _candidate_params(printer, starvation_s)
     conn = session.connection()
     starving: list[tuple[int, int]] = []
     if conn.execute(_ANY_STARVING.limit(1), params).first():
@@ -129,6 +119,21 @@ def _candidates(
     rest = conn.execute(query.limit(limit), params).all()  # holds the starving it passes
     seen = {job_id for job_id, _ in starving}
     return [*starving, *((a, b) for a, b in rest if a not in seen)][:limit]
+
+
+def _candidate_params(printer: Printer, starvation_s: float) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "p_model": printer.model,
+        "p_material": (printer.material or "").upper(),
+        "p_color": (printer.color or "").lower(),
+        "p_nozzle": printer.nozzle,
+        "p_name": printer.name,
+        "p_now": now,
+        "p_failed_on": f",{printer.name},",
+        "p_tags": tags.subsets(printer.tags),
+        "p_cutoff": now - timedelta(seconds=starvation_s),
+    }
 
 
 def heating_in_group(session: Session, printer: Printer, heatup_s: float) -> int:
@@ -169,6 +174,63 @@ _CLAIM = (
 _CLAIM_ORM = select(Job).from_statement(_CLAIM)  # the claimed job, without a round trip to read it back
 
 
+def _claim_in_one(pick_query: Select) -> Any:  # type: ignore[type-arg]
+    """PostgreSQL: pick (locking, skipping what other claims hold), claim and bind the printer
+    in one statement: one round trip where the general path takes five."""
+    pick = pick_query.limit(1).cte("pick")
+    pick_job, pick_slice = list(pick.c)
+    claimed = (
+        update(_JOBS)
+        .where(_JOBS.c.id == pick_job, _JOBS.c.state == JobState.READY)
+        .values(
+            state=JobState.CLAIMED,
+            printer=bindparam("c_printer"),
+            slice_id=pick_slice,
+            fence=_JOBS.c.fence + 1,
+            lease_expires=bindparam("c_lease"),
+            started_at=bindparam("c_now"),
+            updated_at=bindparam("c_now"),
+            progress=None,
+            error=None,
+        )
+        .returning(*_JOBS.c)
+        .cte("claimed")
+    )
+    bind_printer = (
+        update(_PRINTERS)
+        .where(_PRINTERS.c.name == bindparam("c_printer"), exists(select(claimed.c.id)))
+        .values(job_id=select(claimed.c.id).scalar_subquery())
+        .cte("bind_printer")
+    )
+    return select(Job).from_statement(select(*claimed.c).add_cte(bind_printer))
+
+
+_CLAIM_STARVING_IN_ONE = _claim_in_one(_STARVING_LOCKED)
+_CLAIM_QUEUE_IN_ONE = _claim_in_one(_QUEUE_LOCKED)
+
+
+def _claim_postgresql(session: Session, printer: Printer, lease_s: float, starvation_s: float) -> Job | None:
+    now = utcnow()
+    params = {
+        **_candidate_params(printer, starvation_s),
+        "c_printer": printer.name,
+        "c_now": now,
+        "c_lease": now + timedelta(seconds=lease_s),
+    }
+    options = {"populate_existing": True}
+    statements = [_CLAIM_QUEUE_IN_ONE]
+    if session.connection().execute(_ANY_STARVING.limit(1), params).first():
+        statements.insert(0, _CLAIM_STARVING_IN_ONE)
+    for statement in statements:
+        job = session.scalars(statement, params, execution_options=options).first()
+        if job is not None:
+            set_committed_value(printer, "job_id", job.id)  # the statement stored it
+            session.commit()
+            return job
+    session.rollback()
+    return None
+
+
 def claim(
     session: Session,
     printer: Printer,
@@ -196,10 +258,13 @@ def claim(
         return None  # a finished part (or a failed one) is still on the bed
     if heating_in_group(session, printer, heatup_s) >= heating_per_group:
         return None  # the next start would trip the group's breaker; wait for one to heat up
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return _claim_postgresql(session, printer, lease_s, starvation_s)
     # Racing claimers may take every candidate between our SELECT and our UPDATEs: look again
     # then, so a deep queue never answers "nothing to print". Where rows can be locked, one
     # locked candidate is enough (SQLite has one writer at a time: it reads 20, no locks).
-    row_locks = session.get_bind().dialect.name != "sqlite"
+    row_locks = dialect != "sqlite"
     claim_lookup: dict[str, Any] = {"limit": 1, "lock": True} if row_locks else {}
     for _round in range(CLAIM_ROUNDS):
         candidates = _candidates(session, printer, starvation_s, **claim_lookup)

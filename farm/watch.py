@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from rich.text import Text
 from farm.client import FarmClient
 
 BAR_WIDTH = 24
+PIPE_WIDTH = 200
 STATE_STYLE = {
     "printing": "green",
     "idle": "cyan",
@@ -44,8 +46,12 @@ def render(status: dict[str, Any], printers: list[dict[str, Any]], jobs: list[di
     now = datetime.now()
     by_printer = {j["printer"]: j for j in jobs if j["printer"]}
     table = Table(title=f"printfarm at {now:%H:%M:%S}", expand=True)
+    # A narrow terminal (or a pipe: 80 columns) squeezes the other columns, never a printer's name.
+    widest = max((len(p["name"]) for p in printers), default=7)
     for column in ("printer", "model", "state", "job", "progress", "ETA", "message"):
-        table.add_column(column, no_wrap=column != "message")
+        table.add_column(
+            column, no_wrap=column != "message", min_width=widest if column == "printer" else None
+        )
     for p in printers:
         job = by_printer.get(p["name"])
         table.add_row(
@@ -69,7 +75,8 @@ def snapshot(client: FarmClient) -> Group:
 
 
 def run_watch(client: FarmClient, *, interval: float, once: bool) -> None:
-    console = Console()
+    # Piped output (a script, a log) has no width of its own: rich would assume 80 and cut words.
+    console = Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
     if once:
         console.print(snapshot(client))
         return

@@ -130,6 +130,9 @@ def test_racing_agents_never_share_a_job(engine) -> None:  # type: ignore[no-unt
         t.join()
     job_ids = [j for _, j in won]
     assert len(job_ids) == 3 and len(set(job_ids)) == 3
+    with Session(engine) as s:  # each winner's printer is bound to its job, and only the winners
+        bound = {p.name: p.job_id for p in s.exec(select(Printer)).all() if p.job_id is not None}
+        assert bound == dict(won)
 
 
 def test_stale_fence_is_refused_and_lease_expiry_requeues(engine) -> None:  # type: ignore[no-untyped-def]

@@ -162,7 +162,8 @@ def next_gcode(printer: str, token: AgentToken, farm: FarmDep, session: SessionD
 @router.post("/claim", responses={204: {"description": "nothing to print"}})
 async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep) -> object:
     _check_bound(token, body.printer)
-    return await write(farm, _claim, body, token, farm)
+    # Autocommit: on PostgreSQL the heartbeat and the claim are one statement each (dispatch.py).
+    return await write(farm, _claim, body, token, farm, autocommit=True)
 
 
 def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> object:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 from collections.abc import Callable, Iterator
@@ -58,7 +59,7 @@ def _in_write_session(engine: Engine, work: Callable[..., T], *args: Any) -> T:
         return work(session, *args)
 
 
-async def write(farm: Farm, work: Callable[..., T], *args: Any) -> T:
+async def write(farm: Farm, work: Callable[..., T], *args: Any, autocommit: bool = False) -> T:
     """`work(session, *args)` in a write_session, for the agents' calls that come every few seconds.
 
     PostgreSQL: `work` runs on the event loop in a greenlet (SQLAlchemy's AsyncSession.run_sync),
@@ -68,12 +69,20 @@ async def write(farm: Farm, work: Callable[..., T], *args: Any) -> T:
     on the loop too (a few local statements). A busy SQLite waits on its lock, in a thread.
     """
     if farm.async_engine is not None:
-        return await _write_async(farm.async_engine, work, *args)
+        engine = _autocommitting(farm.async_engine) if autocommit else farm.async_engine
+        return await _write_async(engine, work, *args)
     with write_session_now(farm.engine) as session:
         if session is not None:
             return work(session, *args)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_WRITERS, partial(_in_write_session, farm.engine, work, *args))
+
+
+@functools.cache
+def _autocommitting(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool, each statement its own transaction: for work whose every write is one
+    statement (a claim on PostgreSQL), BEGIN and COMMIT would be two of its few round trips."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def _write_async(engine: AsyncEngine, work: Callable[..., T], *args: Any) -> T:
