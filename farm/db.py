@@ -48,17 +48,33 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
 AGENT_CONNECTIONS = int(os.environ.get("FARM_DB_AGENT_CONNECTIONS", "4"))
 
 
-def make_async_engine(url: str) -> AsyncEngine | None:
-    """PostgreSQL: a second pool, for the agents' calls served on the event loop (api.deps.write).
-    The schema is the sync engine's business (make_engine runs first). SQLite: None."""
+def make_async_engine(url: str, *, durable: bool = True) -> AsyncEngine | None:
+    """PostgreSQL: a pool for the agents' calls served on the event loop (api.deps.write).
+    The schema is the sync engine's business (make_engine runs first). SQLite: None.
+
+    `durable=False`: commits return before the WAL reaches the disk (synchronous_commit=off), for
+    heartbeats only. A heartbeat lost in a database crash costs nothing (the next comes in
+    seconds, and what guards against printing twice, the claim's fence and the agent's reports,
+    stays durable), while waiting on the disk made every heartbeat stall for as long as a slow
+    fsync took: p99 602 ms, against 12 ms without the wait (bench/coordinator.py).
+    """
     if not url.startswith("postgresql"):
         return None
+    options = "-c timezone=UTC" + ("" if durable else " -c synchronous_commit=off")
     # Few connections: more requests in flight at once only queue inside PostgreSQL, and its
     # per-backend overhead takes CPU from the coordinator on a small machine (bench/coordinator.py:
     # 4 per server process gave p50 4 ms where 10 + 10 overflow gave 144 ms).
     return create_async_engine(
-        url, pool_size=AGENT_CONNECTIONS, max_overflow=0, connect_args={"options": "-c timezone=UTC"}
+        url, pool_size=AGENT_CONNECTIONS, max_overflow=0, connect_args={"options": options}
     )
+
+
+async def warm_up(engine: AsyncEngine) -> None:
+    """Open a pool's connections before the agents call: each first use would otherwise pay for a
+    connection and a PostgreSQL backend's start (the bench's first second: 184 answers over 50 ms)."""
+    connections = [await engine.connect() for _ in range(AGENT_CONNECTIONS)]
+    for connection in connections:
+        await connection.close()
 
 
 def _add_new_columns(engine: Engine) -> None:

@@ -195,13 +195,24 @@ def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -
         ready_build(s, models=["MINI"], copies=2)
 
     async def beat(name: str, **status: Any) -> dispatch.Beat | None:
-        async_engine = make_async_engine(url)
+        async_engine = make_async_engine(url, durable=False)
         assert async_engine is not None
         try:
             return await dispatch.heartbeat_pg(async_engine, name, lease_s=600, **status)
         finally:
             await async_engine.dispose()
 
+    async def synchronous_commit(durable: bool) -> str:
+        async_engine = make_async_engine(url, durable=durable)
+        assert async_engine is not None
+        try:
+            async with async_engine.connect() as conn:
+                return str((await conn.exec_driver_sql("SHOW synchronous_commit")).scalar())
+        finally:
+            await async_engine.dispose()
+
+    # Heartbeats do not wait for the disk; claims and reports (the fence) do.
+    assert (asyncio.run(synchronous_commit(False)), asyncio.run(synchronous_commit(True))) == ("off", "on")
     assert asyncio.run(beat("nobody", state="idle", message=None, progress=None)) is None
     idle = asyncio.run(beat("a", state="idle", message="ok", progress=None, material="petg"))
     assert idle == dispatch.Beat(None, None)

@@ -19,7 +19,7 @@ from farm import dispatch
 from farm.api import agents, artifacts, builds, operate, reads, tokens
 from farm.api.deps import Farm, hash_secret, new_secret
 from farm.api.fastlane import HeartbeatFastLane
-from farm.db import checkpoint, make_async_engine, make_engine, write_session
+from farm.db import checkpoint, make_async_engine, make_engine, warm_up, write_session
 from farm.models import Build, Slice, Token
 from farm.pipeline import Outgoing
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE, get_broker
@@ -130,6 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
         store=ArtifactStore(settings.artifacts_dir),
         broker=get_broker(settings.redis_url) if settings.redis_url else None,
         async_engine=make_async_engine(settings.db_url),
+        beat_engine=make_async_engine(settings.db_url, durable=False),
     )
     ensure_admin_token(farm)
 
@@ -137,6 +138,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        for engine in (farm.async_engine, farm.beat_engine):
+            if engine is not None:
+                await warm_up(engine)
         # Everything imported and built so far lives as long as the process: keep it out of the
         # collector's full passes, which otherwise walk it all and stall every request.
         gc.collect()
@@ -151,8 +155,9 @@ def create_app(settings: Settings) -> FastAPI:
         task.cancel()
         checkpoints.cancel()
         keeper.release()
-        if farm.async_engine is not None:
-            await farm.async_engine.dispose()
+        for engine in (farm.async_engine, farm.beat_engine):
+            if engine is not None:
+                await engine.dispose()
 
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm

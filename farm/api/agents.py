@@ -133,11 +133,11 @@ async def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep) -> dict:
 
 
 async def beat(farm: Farm, body: Heartbeat) -> dict:
-    if farm.async_engine is None:
+    if farm.beat_engine is None:
         found = await write(farm, _beat, body, farm)
         return {"job": found.job, "fence": found.fence}
     pg = await dispatch.heartbeat_pg(
-        farm.async_engine,
+        farm.beat_engine,
         body.printer,
         state=body.state,
         message=body.message,

@@ -35,8 +35,10 @@ class Farm:
     engine: Engine
     store: ArtifactStore
     broker: RedisBroker | None
-    # PostgreSQL: the agents' calls run on the event loop through this (see `write`).
+    # PostgreSQL: the agents' calls run on the event loop through these (see `write`); heartbeats
+    # through a pool that does not wait for the disk (db.make_async_engine).
     async_engine: AsyncEngine | None = None
+    beat_engine: AsyncEngine | None = None
     _tokens: dict[str, Token] = field(default_factory=dict)  # secret hash -> token; tokens never change
     done_slices: dict[int, tuple[Any, str | None]] = field(default_factory=dict)  # agents._done_slice
 
