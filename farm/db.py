@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -45,10 +44,7 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
     return engine
 
 
-AGENT_CONNECTIONS = int(os.environ.get("FARM_DB_AGENT_CONNECTIONS", "4"))
-
-
-def make_async_engine(url: str, *, durable: bool = True) -> AsyncEngine | None:
+def make_async_engine(url: str, connections: int, *, durable: bool = True) -> AsyncEngine | None:
     """PostgreSQL: a pool for the agents' calls served on the event loop (api.deps.write).
     The schema is the sync engine's business (make_engine runs first). SQLite: None.
 
@@ -64,15 +60,13 @@ def make_async_engine(url: str, *, durable: bool = True) -> AsyncEngine | None:
     # Few connections: more requests in flight at once only queue inside PostgreSQL, and its
     # per-backend overhead takes CPU from the coordinator on a small machine (bench/coordinator.py:
     # 4 per server process gave p50 4 ms where 10 + 10 overflow gave 144 ms).
-    return create_async_engine(
-        url, pool_size=AGENT_CONNECTIONS, max_overflow=0, connect_args={"options": options}
-    )
+    return create_async_engine(url, pool_size=connections, max_overflow=0, connect_args={"options": options})
 
 
 async def warm_up(engine: AsyncEngine) -> None:
     """Open a pool's connections before the agents call: each first use would otherwise pay for a
     connection and a PostgreSQL backend's start (the bench's first second: 184 answers over 50 ms)."""
-    connections = [await engine.connect() for _ in range(AGENT_CONNECTIONS)]
+    connections = [await engine.connect() for _ in range(engine.pool.size())]  # type: ignore[attr-defined]
     for connection in connections:
         await connection.close()
 

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     database_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… accepted
+    db_agent_connections: int = 4  # PostgreSQL: connections per server process for agents' calls (x2)
     max_upload_mb: int = 512
     lease_s: float = 60.0  # how long a claim stays valid without a heartbeat
     job_attempts: int = 2  # prints per job before it stays failed (`submit --attempts` overrides)

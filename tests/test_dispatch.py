@@ -188,14 +188,14 @@ def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -
     (dispatch.heartbeat_pg), and a claim trusts what that heartbeat found. SQLite has no such path."""
     url = engine.url.render_as_string(hide_password=False)
     if engine.dialect.name == "sqlite":
-        assert make_async_engine(url) is None
+        assert make_async_engine(url, 2) is None
         return
     with Session(engine, expire_on_commit=False) as s:
         add_printer(s, "a", "MINI")
         ready_build(s, models=["MINI"], copies=2)
 
     async def beat(name: str, **status: Any) -> dispatch.Beat | None:
-        async_engine = make_async_engine(url, durable=False)
+        async_engine = make_async_engine(url, 2, durable=False)
         assert async_engine is not None
         try:
             return await dispatch.heartbeat_pg(async_engine, name, lease_s=600, **status)
@@ -203,7 +203,7 @@ def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -
             await async_engine.dispose()
 
     async def synchronous_commit(durable: bool) -> str:
-        async_engine = make_async_engine(url, durable=durable)
+        async_engine = make_async_engine(url, 2, durable=durable)
         assert async_engine is not None
         try:
             async with async_engine.connect() as conn:

@@ -129,8 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
         engine=make_engine(settings.db_url, background_checkpoints=True),
         store=ArtifactStore(settings.artifacts_dir),
         broker=get_broker(settings.redis_url) if settings.redis_url else None,
-        async_engine=make_async_engine(settings.db_url),
-        beat_engine=make_async_engine(settings.db_url, durable=False),
+        async_engine=make_async_engine(settings.db_url, settings.db_agent_connections),
+        beat_engine=make_async_engine(settings.db_url, settings.db_agent_connections, durable=False),
     )
     ensure_admin_token(farm)
 
