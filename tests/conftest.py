@@ -178,9 +178,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     run's temporary folders are gone by the time anyone reads its output."""
     outcome = yield
     report = outcome.get_result()
-    running = getattr(item, "funcargs", {}).get("farm")
-    if report.when != "call" or not report.failed or not isinstance(running, RunningFarm):
+    farms = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, RunningFarm)]
+    if report.when != "call" or not report.failed or not farms:
         return
+    running = farms[0]
     logs = sorted((running.data_dir / "logs").glob("*.log"))
     for log in [running.data_dir / "farm-up.out", *logs]:
         if log.exists():

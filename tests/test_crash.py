@@ -12,12 +12,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from printers.emulators.prusalink import PrusaLinkEmulator
-from tests.conftest import EXAMPLES, REPO, RunningFarm, wait_until
+from tests.conftest import EXAMPLES, REPO, RunningFarm, running_farm, wait_until
 
 
 def test_agent_killed_mid_print_finishes_the_job_exactly_once(farm: RunningFarm) -> None:
@@ -56,11 +58,19 @@ def test_agent_killed_mid_print_finishes_the_job_exactly_once(farm: RunningFarm)
     assert len(starts) == 1, starts
 
 
-def test_coordinator_killed_mid_run_loses_no_job(farm: RunningFarm) -> None:
+@pytest.fixture(scope="module")
+def farm_to_crash(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+    """A farm of its own: the shared one must not inherit what a coordinator killed mid-run left."""
+    with running_farm(redis_url, tmp_path_factory.mktemp("crash"), "2", redis_db=5) as running:
+        yield running
+
+
+def test_coordinator_killed_mid_run_loses_no_job(farm_to_crash: RunningFarm) -> None:
     """SIGKILL the coordinator while builds are in CAD, slicing and printing; `farm up` restarts it.
 
     Job state is in SQLite (WAL, committed per step) and messages wait in Redis, so every job must
     still end done, each printed exactly once."""
+    farm = farm_to_crash
     token = (farm.data_dir / "admin.token").read_text().strip()
     api = httpx.Client(base_url=farm.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     job_ids = []
