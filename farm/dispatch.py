@@ -92,31 +92,24 @@ _STARVING = (
     _fits().where(func.coalesce(Job.created_at, Job.created_at) < bindparam("p_cutoff")).order_by(*_ORDER)
 )
 _QUEUE = _fits().order_by(*_ORDER)
-# For a claim on PostgreSQL: lock the job rows read, and skip the ones another claim has locked,
-# so racing claims take different jobs instead of queueing on one row's lock. (SQLite has one
-# writer at a time: no row locks, and SQLAlchemy leaves the clause out there.)
+# For a claim on PostgreSQL (_claim_in_one): lock the job row picked, and skip the ones another
+# claim has locked, so racing claims take different jobs instead of queueing on one row's lock.
 _STARVING_LOCKED = _STARVING.with_for_update(of=_JOBS, skip_locked=True)
 _QUEUE_LOCKED = _QUEUE.with_for_update(of=_JOBS, skip_locked=True)
 
 
 def _candidates(
-    session: Session, printer: Printer, starvation_s: float, limit: int = 20, *, lock: bool = False
+    session: Session, printer: Printer, starvation_s: float, limit: int = 20
 ) -> list[tuple[int, int]]:
     """The first ready jobs this printer can print, best first, with the slice for its model.
 
-    `lock`: for a claim, lock what is returned and pass over jobs another claim holds (the first
-    row returned is then this claim's to take).
     farm/explain.py says the same in words, one printer at a time: keep the two in step."""
     params = _candidate_params(printer, starvation_s)
     conn = session.connection()
     starving: list[tuple[int, int]] = []
     if conn.execute(_ANY_STARVING.limit(1), params).first():
-        query = _STARVING_LOCKED if lock else _STARVING
-        starving = [(a, b) for a, b in conn.execute(query.limit(limit), params)]
-        if lock and len(starving) == limit:
-            return starving  # lock no more rows than it may take
-    query = _QUEUE_LOCKED if lock else _QUEUE
-    rest = conn.execute(query.limit(limit), params).all()  # holds the starving it passes
+        starving = [(a, b) for a, b in conn.execute(_STARVING.limit(limit), params)]
+    rest = conn.execute(_QUEUE.limit(limit), params).all()  # holds the starving it passes
     seen = {job_id for job_id, _ in starving}
     return [*starving, *((a, b) for a, b in rest if a not in seen)][:limit]
 
@@ -258,16 +251,13 @@ def claim(
         return None  # a finished part (or a failed one) is still on the bed
     if heating_in_group(session, printer, heatup_s) >= heating_per_group:
         return None  # the next start would trip the group's breaker; wait for one to heat up
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         return _claim_postgresql(session, printer, lease_s, starvation_s)
-    # Racing claimers may take every candidate between our SELECT and our UPDATEs: look again
-    # then, so a deep queue never answers "nothing to print". Where rows can be locked, one
-    # locked candidate is enough (SQLite has one writer at a time: it reads 20, no locks).
-    row_locks = dialect != "sqlite"
-    claim_lookup: dict[str, Any] = {"limit": 1, "lock": True} if row_locks else {}
+    # SQLite (one writer at a time, no row locks): read 20 candidates, and look again should racing
+    # claimers take every one between our SELECT and our UPDATEs, so that a deep queue never
+    # answers "nothing to print".
     for _round in range(CLAIM_ROUNDS):
-        candidates = _candidates(session, printer, starvation_s, **claim_lookup)
+        candidates = _candidates(session, printer, starvation_s)
         if not candidates:
             break
         now = utcnow()

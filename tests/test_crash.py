@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -111,6 +111,37 @@ def test_coordinator_killed_mid_run_loses_no_job(farm_to_crash: RunningFarm) -> 
         assert len(starts) == 1, (j, starts)
 
 
+def mini_agent(
+    farm: RunningFarm, tmp_path: Path, name: str, printer_port: int, url: str | None = None
+) -> Callable[[], subprocess.Popen[bytes]]:
+    """An agent process for a MINI emulator outside the farm (`url`: the coordinator's, by default
+    the farm's); calling the result starts it, again after a kill."""
+    token = (farm.data_dir / "admin.token").read_text().strip()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'poll_s = 0.5\nspool_dir = "{tmp_path / "spool"}"\n\n'
+        f'[coordinator]\nurl = "{url or farm.url}"\ntoken = "{token}"\n\n'
+        f'[printer]\nname = "{name}"\nmodel = "MINI"\ndriver = "prusalink"\nhost = "127.0.0.1"\n'
+        f'port = {printer_port}\npassword = "pw"\nauto_eject = true\n'
+    )
+
+    def start() -> subprocess.Popen[bytes]:
+        log = (tmp_path / "agent.log").open("ab")
+        argv = [sys.executable, "-m", "farm", "agent", "--config", str(config)]
+        return subprocess.Popen(argv, env=farm.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    return start
+
+
+def padded_mini_gcode(farm: RunningFarm, tmp_path: Path, kib: int) -> Path:
+    """A cube sliced for the MINI, padded with comments to about `kib` KiB more."""
+    gcode = tmp_path / "padded_mini.gcode"
+    sliced = farm.cli("slice", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "-o", str(gcode))
+    assert sliced.returncode == 0, sliced.stderr
+    gcode.write_text(gcode.read_text() + ("; padding " + "x" * 1014 + "\n") * kib)
+    return gcode
+
+
 def test_agent_killed_mid_upload_prints_the_job_exactly_once(farm: RunningFarm, tmp_path: Path) -> None:
     """A printer that takes uploads slowly (as a MINI does), its agent SIGKILLed early in the body.
 
@@ -121,29 +152,13 @@ def test_agent_killed_mid_upload_prints_the_job_exactly_once(farm: RunningFarm, 
     emulator = PrusaLinkEmulator(
         password="pw", model="MINI", storage_dir=tmp_path / "usb", speed=600, upload_bytes_per_s=4_000_000
     ).start()
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'poll_s = 0.5\nspool_dir = "{tmp_path / "spool"}"\n\n'
-        f'[coordinator]\nurl = "{farm.url}"\ntoken = "{token}"\n\n'
-        f'[printer]\nname = "slow-mini"\nmodel = "MINI"\ndriver = "prusalink"\nhost = "127.0.0.1"\n'
-        f'port = {emulator.port}\npassword = "pw"\nauto_eject = true\n'
-    )
-
-    def start_agent() -> subprocess.Popen[bytes]:
-        log = (tmp_path / "agent.log").open("ab")
-        argv = [sys.executable, "-m", "farm", "agent", "--config", str(config)]
-        return subprocess.Popen(argv, env=farm.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-
+    start_agent = mini_agent(farm, tmp_path, "slow-mini", emulator.port)
     agent = start_agent()
     try:
         wait_until(
             lambda: any(p["name"] == "slow-mini" for p in api.get("/api/printers").json()), 60, "register"
         )
-        gcode = tmp_path / "padded_mini.gcode"
-        sliced = farm.cli("slice", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "-o", str(gcode))
-        assert sliced.returncode == 0, sliced.stderr
-        text = gcode.read_text()
-        gcode.write_text(text + ("; padding " + "x" * 1014 + "\n") * 24_000)
+        gcode = padded_mini_gcode(farm, tmp_path, 24_000)
         code, build = farm.cli_json("submit", str(gcode), "--printer", "slow-mini")
         assert code == 0, build
         job_id = build["jobs"][0]["id"]
@@ -247,24 +262,12 @@ def test_coordinator_lost_mid_download_prints_the_job_once(farm: RunningFarm, tm
     api = httpx.Client(base_url=farm.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     link = FlakyLink(int(farm.url.rsplit(":", 1)[1]))
     emulator = PrusaLinkEmulator(password="pw", model="MINI", storage_dir=tmp_path / "usb", speed=600).start()
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'poll_s = 0.5\nspool_dir = "{tmp_path / "spool"}"\n\n'
-        f'[coordinator]\nurl = "http://127.0.0.1:{link.port}"\ntoken = "{token}"\n\n'
-        f'[printer]\nname = "flaky-mini"\nmodel = "MINI"\ndriver = "prusalink"\nhost = "127.0.0.1"\n'
-        f'port = {emulator.port}\npassword = "pw"\nauto_eject = true\n'
-    )
-    log = (tmp_path / "agent.log").open("ab")
-    argv = [sys.executable, "-m", "farm", "agent", "--config", str(config)]
-    agent = subprocess.Popen(argv, env=farm.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    agent = mini_agent(farm, tmp_path, "flaky-mini", emulator.port, f"http://127.0.0.1:{link.port}")()
     try:
         wait_until(
             lambda: any(p["name"] == "flaky-mini" for p in api.get("/api/printers").json()), 60, "register"
         )
-        gcode = tmp_path / "padded_mini.gcode"
-        sliced = farm.cli("slice", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "-o", str(gcode))
-        assert sliced.returncode == 0, sliced.stderr
-        gcode.write_text(gcode.read_text() + ("; padding " + "x" * 1014 + "\n") * 16_000)
+        gcode = padded_mini_gcode(farm, tmp_path, 16_000)
         link.trip_after = 2_000_000  # only a G-code download is this big
         code, build = farm.cli_json("submit", str(gcode), "--printer", "flaky-mini")
         assert code == 0, build
@@ -284,6 +287,5 @@ def test_coordinator_lost_mid_download_prints_the_job_once(farm: RunningFarm, tm
         agent.wait(10)
         link.close()
         emulator.stop()
-        log.close()
         removed = farm.cli("printers", "remove", "flaky-mini")  # the other tests count the printers
         assert removed.returncode == 0, removed.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -12,43 +13,37 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from farm import pipeline
 from farm.db import make_engine
-from farm.models import Slice
 from tests.conftest import REPO, free_port, wait_until
-from tests.pgserver import PostgresUnavailable, throwaway_postgres
+from tests.test_dispatch import postgres, ready_build  # noqa: F401 - a fixture
 
 
 def children(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
 
 
-def test_several_server_processes_share_the_port_and_one_housekeeper(redis_url: str, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def two_server_processes(
+    env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`farm server --workers 2` on a free port until it answers; stopped with Ctrl-C at the end."""
     port = free_port()
-    env = {**os.environ, "FARM_DATA_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/3"}
     log = (tmp_path / "server.log").open("wb")
     argv = [sys.executable, "-m", "farm", "server", "--port", str(port), "--workers", "2"]
     server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base}/api/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
         wait_until(healthy, 60, "the coordinator")
-        wait_until(lambda: len(children(server.pid)) >= 2, 30, "two server processes")
-        token = (tmp_path / "admin.token").read_text().strip()
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"})
-        assert all(api.get("/api/status").status_code == 200 for _ in range(20))  # either process answers
-
-        lock = tmp_path / "coordinator-housekeeper.lock"
-        wait_until(lock.exists, 30, "a housekeeper")
-        with lock.open("a") as f, pytest.raises(BlockingIOError):
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by one of the server processes
+        yield server, base
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -58,64 +53,42 @@ def test_several_server_processes_share_the_port_and_one_housekeeper(redis_url: 
         log.close()
 
 
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    pytest.importorskip("psycopg", reason="psycopg is missing: run scripts/setup (the dev extra has it)")
-    try:
-        with throwaway_postgres() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL cannot be installed or started here: {exc}")
+def test_several_server_processes_share_the_port_and_one_housekeeper(redis_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "FARM_DATA_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/3"}
+    with two_server_processes(env, tmp_path) as (server, base):
+        wait_until(lambda: len(children(server.pid)) >= 2, 30, "two server processes")
+        token = (tmp_path / "admin.token").read_text().strip()
+        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+        assert all(api.get("/api/status").status_code == 200 for _ in range(20))  # either process answers
+
+        lock = tmp_path / "coordinator-housekeeper.lock"
+        wait_until(lock.exists, 30, "a housekeeper")
+        with lock.open("a") as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by one of the server processes
 
 
 def test_agents_claim_and_report_through_two_server_processes_on_postgresql(
-    redis_url: str, db_url: str, tmp_path: Path
+    redis_url: str,
+    postgres: str,  # noqa: F811 - the fixture
+    tmp_path: Path,
 ) -> None:
     """PostgreSQL, as production runs it: the agents' calls go through the event-loop path
     (async engine, heartbeat fast lane) of two server processes against one database."""
-    port = free_port()
     env = {
         **os.environ,
         "FARM_DATA_DIR": str(tmp_path),
-        "FARM_DATABASE_URL": db_url.replace("postgresql+psycopg://", "postgresql://"),  # as people write it
+        "FARM_DATABASE_URL": postgres.replace("postgresql+psycopg://", "postgresql://"),  # as people write it
         "FARM_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/4",
     }
-    log = (tmp_path / "server.log").open("wb")
-    argv = [sys.executable, "-m", "farm", "server", "--port", str(port), "--workers", "2"]
-    server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        base = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{base}/api/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, 60, "the coordinator")
+    with two_server_processes(env, tmp_path) as (_server, base):
         token = (tmp_path / "admin.token").read_text().strip()
         api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         for name in ("pa", "pb"):
             reg = {"printer": name, "model": "MINI", "protocol": "prusalink", "auto_eject": True}
             assert api.post("/api/agents/register", json=reg).status_code == 200
-        engine = make_engine(db_url)
+        engine = make_engine(postgres)
         with Session(engine) as session:  # two ready jobs, as a sliced mesh build leaves them
-            build, _jobs, _out = pipeline.create_build(
-                session,
-                source_name="part.stl",
-                source_sha256="0" * 64,
-                entry=None,
-                params={},
-                copies=2,
-                material="PLA",
-                quality="standard",
-                color=None,
-                printer_model=None,
-                priority=0,
-            )
-            for sl in session.exec(select(Slice).where(Slice.build_id == build.id)).all():
-                pipeline.slice_finished(session, sl, error=None, gcode_sha256="1" * 64, meta={}, seconds=1)
-            session.commit()
+            ready_build(session, models=["MINI"], copies=2)
         engine.dispose()
 
         idle = {"state": "idle", "message": None, "progress": None}
@@ -142,10 +115,3 @@ def test_agents_claim_and_report_through_two_server_processes_on_postgresql(
         assert (
             api.post("/api/agents/heartbeat", json={"printer": "pa", "state": "idle"}).json()["job"] is None
         )
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel
@@ -108,17 +108,20 @@ def _register(session: Session, body: Register, farm: Farm) -> dict:
     return {"printer": printer.name, "job": _claim_view(session, job, farm) if job else None}
 
 
+def _beat_fields(body: Heartbeat, farm: Farm) -> dict[str, Any]:
+    """What dispatch.heartbeat and heartbeat_pg take besides the printer's name."""
+    return {
+        "state": body.state,
+        "message": body.message,
+        "progress": body.progress,
+        "lease_s": farm.settings.lease_s,
+        "material": body.material,
+        "color": body.color,
+    }
+
+
 def _beat(session: Session, body: Heartbeat, farm: Farm) -> dispatch.Beat:
-    beat = dispatch.heartbeat(
-        session,
-        body.printer,
-        state=body.state,
-        message=body.message,
-        progress=body.progress,
-        lease_s=farm.settings.lease_s,
-        material=body.material,
-        color=body.color,
-    )
+    beat = dispatch.heartbeat(session, body.printer, **_beat_fields(body, farm))
     if beat is None:
         raise _not_registered(body.printer)
     return beat
@@ -134,21 +137,12 @@ async def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep) -> dict:
 
 async def beat(farm: Farm, body: Heartbeat) -> dict:
     if farm.beat_engine is None:
-        found = await write(farm, _beat, body, farm)
-        return {"job": found.job, "fence": found.fence}
-    pg = await dispatch.heartbeat_pg(
-        farm.beat_engine,
-        body.printer,
-        state=body.state,
-        message=body.message,
-        progress=body.progress,
-        lease_s=farm.settings.lease_s,
-        material=body.material,
-        color=body.color,
-    )
-    if pg is None:
+        found: dispatch.Beat | None = await write(farm, _beat, body, farm)
+    else:
+        found = await dispatch.heartbeat_pg(farm.beat_engine, body.printer, **_beat_fields(body, farm))
+    if found is None:
         raise _not_registered(body.printer)
-    return {"job": pg.job, "fence": pg.fence}
+    return {"job": found.job, "fence": found.fence}
 
 
 @router.get("/next", responses={204: {"description": "nothing queued for this printer"}})
