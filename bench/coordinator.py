@@ -192,6 +192,7 @@ class Stats:
         self.empty_claims = 0
         self.late = 0  # ticks sent > 100 ms after their time: the load generator fell behind
         self.slow: list[tuple[float, float]] = []  # (wall time sent, ms) of answers over 50 ms
+        self.slow_claims: list[tuple[float, float]] = []  # the same for claims over 20 ms (the target)
         self.reconnects = 0
         self.claimed: list[int] = []
         self.done: list[int] = []
@@ -232,6 +233,8 @@ async def run_agent(agent: Agent, start: float, interval: float, end: float, sta
             stats.latency[kind].append(ms)
             if ms > 50:
                 stats.slow.append((time.time() - ms / 1000, ms))
+            if kind == "claim" and ms > 20:
+                stats.slow_claims.append((time.time() - ms / 1000, ms))
             agent.took(kind, status, body, stats)
         tick += interval
 
@@ -266,6 +269,7 @@ async def load_main(spec: dict[str, Any]) -> dict[str, Any]:
         "empty_claims": stats.empty_claims,
         "late": stats.late,
         "slow": stats.slow,
+        "slow_claims": stats.slow_claims,
         "reconnects": stats.reconnects,
         "claimed": stats.claimed,
         "done": stats.done,
@@ -648,7 +652,7 @@ def run_load(
     }
     for key in ("errors", "empty_claims", "late", "reconnects", "cpu_s"):
         merged[key] = sum(o[key] for o in outs)
-    for key in ("messages", "claimed", "done", "slow"):
+    for key in ("messages", "claimed", "done", "slow", "slow_claims"):
         merged[key] = [v for o in outs for v in o[key]]
     return merged
 
@@ -705,6 +709,9 @@ def summarize(
         "slow_by_second": dict(
             sorted(Counter(int(t - r["start"]) for t, _ in r["slow"]).items())  # type: ignore[arg-type]
         ),
+        "slow_claims_by_second": dict(
+            sorted(Counter(int(t - r["start"]) for t, _ in r["slow_claims"]).items())  # type: ignore[arg-type]
+        ),
     }
 
 
@@ -729,6 +736,9 @@ def print_table(kind: str, s: dict[str, Any]) -> None:
     if s["slow_by_second"]:
         slow = ", ".join(f"{sec}s: {n}" for sec, n in s["slow_by_second"].items())
         print(f"  answers over 50 ms, by second of the run they were sent in: {slow}")
+    if s["slow_claims_by_second"]:
+        slow = ", ".join(f"{sec}s: {n}" for sec, n in s["slow_claims_by_second"].items())
+        print(f"  claims over 20 ms, by second: {slow}")
     for m in s["messages"]:
         print(f"  ! {m}")
 

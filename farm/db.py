@@ -49,10 +49,15 @@ def make_async_engine(url: str, connections: int, *, durable: bool = True) -> As
     The schema is the sync engine's business (make_engine runs first). SQLite: None.
 
     `durable=False`: commits return before the WAL reaches the disk (synchronous_commit=off), for
-    heartbeats only. A heartbeat lost in a database crash costs nothing (the next comes in
-    seconds, and what guards against printing twice, the claim's fence and the agent's reports,
-    stays durable), while waiting on the disk made every heartbeat stall for as long as a slow
-    fsync took: p99 602 ms, against 12 ms without the wait (bench/coordinator.py).
+    heartbeats and claims. Waiting on the disk made each of them stall as long as a slow fsync
+    took (heartbeat p99 602 ms against 12 ms without the wait, bench/coordinator.py). Safe:
+    - a heartbeat lost in a database crash is repeated seconds later;
+    - a claim lost in a crash hands nothing to a printer. Its agent reports "uploading" before it
+      sends anything to the printer, and that report waits for the disk: WAL is flushed in order,
+      so once the report is on disk, so is the claim before it. Had the crash taken the claim, the
+      report finds the job no longer held under that printer and fence, is refused (409), and the
+      agent drops the job (tests/test_crash_db.py).
+    Reports, cancels and everything else keep waiting for the disk.
     """
     if not url.startswith("postgresql"):
         return None

@@ -6,11 +6,13 @@ lost its lease (it was restarted, or the job was handed elsewhere) cannot move t
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import Select, bindparam, exists, func, or_, true, update
+from sqlalchemy import Select, bindparam, exists, func, or_, true, union_all, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
@@ -92,10 +94,6 @@ _STARVING = (
     _fits().where(func.coalesce(Job.created_at, Job.created_at) < bindparam("p_cutoff")).order_by(*_ORDER)
 )
 _QUEUE = _fits().order_by(*_ORDER)
-# For a claim on PostgreSQL (_claim_in_one): lock the job row picked, and skip the ones another
-# claim has locked, so racing claims take different jobs instead of queueing on one row's lock.
-_STARVING_LOCKED = _STARVING.with_for_update(of=_JOBS, skip_locked=True)
-_QUEUE_LOCKED = _QUEUE.with_for_update(of=_JOBS, skip_locked=True)
 
 
 def _candidates(
@@ -167,10 +165,19 @@ _CLAIM = (
 _CLAIM_ORM = select(Job).from_statement(_CLAIM)  # the claimed job, without a round trip to read it back
 
 
-def _claim_in_one(pick_query: Select) -> Any:  # type: ignore[type-arg]
+def _claim_in_one() -> Any:
     """PostgreSQL: pick (locking, skipping what other claims hold), claim and bind the printer
-    in one statement: one round trip where the general path takes five."""
-    pick = pick_query.limit(1).cte("pick")
+    in one statement: one round trip where the general path takes five.
+
+    The pick: the first starving job that fits, else the first of the queue. PostgreSQL runs the
+    starving branch only when the EXISTS (a one-time filter, off ix_job_waiting) finds one waiting
+    past the limit, and the queue branch only when the first yields no row. Each locks the row
+    it picks and skips those that racing claims hold: they take different jobs instead of
+    queueing on one row's lock."""
+    starving = _STARVING.where(exists(_ANY_STARVING)).limit(1).with_for_update(of=_JOBS, skip_locked=True)
+    queue = _QUEUE.limit(1).with_for_update(of=_JOBS, skip_locked=True)
+    first = union_all(select(*starving.subquery().c), select(*queue.subquery().c))
+    pick = first.limit(1).cte("pick")
     pick_job, pick_slice = list(pick.c)
     claimed = (
         update(_JOBS)
@@ -198,8 +205,7 @@ def _claim_in_one(pick_query: Select) -> Any:  # type: ignore[type-arg]
     return select(Job).from_statement(select(*claimed.c).add_cte(bind_printer))
 
 
-_CLAIM_STARVING_IN_ONE = _claim_in_one(_STARVING_LOCKED)
-_CLAIM_QUEUE_IN_ONE = _claim_in_one(_QUEUE_LOCKED)
+_CLAIM_IN_ONE = _claim_in_one()
 
 
 def _claim_postgresql(session: Session, printer: Printer, lease_s: float, starvation_s: float) -> Job | None:
@@ -210,18 +216,22 @@ def _claim_postgresql(session: Session, printer: Printer, lease_s: float, starva
         "c_now": now,
         "c_lease": now + timedelta(seconds=lease_s),
     }
-    options = {"populate_existing": True}
-    statements = [_CLAIM_QUEUE_IN_ONE]
-    if session.connection().execute(_ANY_STARVING.limit(1), params).first():
-        statements.insert(0, _CLAIM_STARVING_IN_ONE)
-    for statement in statements:
-        job = session.scalars(statement, params, execution_options=options).first()
-        if job is not None:
-            set_committed_value(printer, "job_id", job.id)  # the statement stored it
-            session.commit()
-            return job
-    session.rollback()
-    return None
+    job = session.scalars(_CLAIM_IN_ONE, params, execution_options={"populate_existing": True}).first()
+    if job is None:
+        session.rollback()
+        return None
+    set_committed_value(printer, "job_id", job.id)  # the statement stored it
+    session.commit()
+    return job
+
+
+def rehearse_claim(session: Session) -> None:
+    """A claim's heartbeat and claim statements for a printer that does not exist: they change
+    nothing, and leave the statements compiled, planned and prepared (psycopg prepares a statement
+    on its 5th use) on this session's connection. A restarted coordinator meets a thousand agents
+    at once; unrehearsed, its first claims took up to 10 times as long (bench/coordinator.py)."""
+    assert heartbeat(session, "", state="", message=None, progress=None, lease_s=0) is None
+    assert _claim_postgresql(session, Printer(name="", model="", protocol=""), 0, 0) is None
 
 
 def claim(
@@ -368,11 +378,14 @@ def retry(session: Session, job: Job) -> Job:
     return job
 
 
-class Beat(NamedTuple):
-    """What a heartbeat tells its agent: the job it holds (None: none) under which fence."""
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat tells its agent: the job it holds (None: none) under which fence.
+    In a session on PostgreSQL also the printer as the heartbeat left it, for a claim to use."""
 
     job: int | None
     fence: int | None
+    printer: Printer | None = field(default=None, compare=False, repr=False)
 
 
 # Built once: every agent sends a heartbeat every few seconds, so statement building would show.
@@ -397,7 +410,7 @@ _BEAT_JOB = (
 )
 # PostgreSQL does both in one statement (UPDATEs in a WITH), sent in autocommit: one round trip
 # instead of four (BEGIN, two UPDATEs, COMMIT). One row when the printer exists, none otherwise.
-_BEAT_PRINTER_CTE = _BEAT_PRINTER.returning(_PRINTERS.c.name).cte("beat_printer")
+_BEAT_PRINTER_CTE = _BEAT_PRINTER.returning(*_PRINTERS.c).cte("beat_printer")
 _BEAT_JOB_CTE = (
     update(_JOBS)
     .where(
@@ -409,6 +422,12 @@ _BEAT_JOB_CTE = (
     .cte("beat_job")
 )
 _BEAT_ONE_STATEMENT = select(_BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence).select_from(
+    _BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true())
+)
+# The same for a session (a claim's heartbeat), loading the printer as updated: the claim that
+# follows need not read it again.
+_BEATEN_PRINTER = aliased(Printer, _BEAT_PRINTER_CTE)
+_BEAT_LOADING_PRINTER = select(_BEATEN_PRINTER, _BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence).select_from(
     _BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true())
 )
 
@@ -472,10 +491,11 @@ def heartbeat(
     """
     params = _beat_params(name, state, message, progress, lease_s, material, color)
     if session.get_bind().dialect.name == "postgresql":
-        conn = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        row = conn.execute(_BEAT_ONE_STATEMENT, params).first()
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        options = {"populate_existing": True}
+        row = session.execute(_BEAT_LOADING_PRINTER, params, execution_options=options).first()
         session.commit()
-        return None if row is None else Beat(row[0], row[1])
+        return None if row is None else Beat(row[1], row[2], row[0])
     conn = session.connection()
     if not conn.execute(_BEAT_PRINTER, params).rowcount:
         session.rollback()

@@ -11,10 +11,13 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +59,63 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Cluster:
+    """A running throwaway cluster: its URL, and what a test needs to crash and restart it."""
+
+    url: str
+    data: Path
+    pg_ctl: list[str]
+    options: str
+    run_as: dict[str, Any]
+
+    def start(self) -> None:
+        log = self.data.parent / "server.log"
+        _run([*self.pg_ctl, "-w", "-t", "60", "-o", self.options, "start"], self.run_as, log)
+
+    def power_cut(self) -> None:
+        """What a power cut does to the database: whatever WAL is only in PostgreSQL's memory is
+        lost. The WAL writer is stopped first (left alone it hands commits that do not wait for the
+        disk to the OS within milliseconds, where a killed server would not lose them), then
+        every process of the cluster is killed."""
+        lock = self.data / "postmaster.pid"
+        postmaster = int(lock.read_text().split()[0])
+        os.kill(postmaster, signal.SIGSTOP)  # no new backends from here on
+        kids = [int(k) for k in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()]
+        for pid in kids:
+            if "walwriter" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGSTOP)
+        for pid in (postmaster, *kids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in (postmaster, *kids):
+            while _state(pid) not in ("gone", "Z"):
+                time.sleep(0.01)
+        # As after a reboot: no process holds the lock files (a zombie's PID would look alive).
+        for stale in (lock, *self.data.parent.glob(".s.PGSQL.*.lock")):
+            stale.unlink()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
 @contextlib.contextmanager
 def throwaway_postgres(settings: dict[str, str] | None = None) -> Iterator[str]:
     """Start a fresh cluster; yield its SQLAlchemy URL (database `postgres`, user `farm`, no password).
 
     `settings` are extra server settings (`-c name=value`), e.g. for a benchmark's tuning.
     """
+    with throwaway_cluster(settings) as cluster:
+        yield cluster.url
+
+
+@contextlib.contextmanager
+def throwaway_cluster(settings: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """throwaway_postgres, yielding the cluster itself."""
     bindir = install()
     run_as: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp(prefix="farm-pg-"))
@@ -80,9 +134,11 @@ def throwaway_postgres(settings: dict[str, str] | None = None) -> Iterator[str]:
         options = [f"-p {port}", "-c listen_addresses=127.0.0.1", f"-k {tmp}", "-c timezone=UTC"]
         options += [f"-c {k}={v}" for k, v in (settings or {}).items()]
         pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "server.log")]
-        _run([*pg_ctl, "-w", "-t", "60", "-o", " ".join(options), "start"], run_as, tmp / "server.log")
+        url = f"postgresql+psycopg://farm@127.0.0.1:{port}/postgres"
+        cluster = Cluster(url, data, pg_ctl, " ".join(options), run_as)
+        cluster.start()
         try:
-            yield f"postgresql+psycopg://farm@127.0.0.1:{port}/postgres"
+            yield cluster
         finally:
             subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, check=False, **run_as)
     finally:

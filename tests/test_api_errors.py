@@ -55,18 +55,44 @@ def test_an_agent_cannot_report_on_a_job_it_does_not_hold(api: httpx.Client, far
     assert resp.status_code == 409 and "no longer held" in resp.json()["detail"]
 
 
-def test_heartbeats_answer_like_the_route_whichever_way_they_are_served(
+def test_agent_calls_answer_like_the_routes_whichever_way_they_are_served(
     api: httpx.Client, farm: RunningFarm
 ) -> None:
-    """farm/api/fastlane.py answers ordinary heartbeats itself and hands the rest to the route:
-    each case twice, since a token is only known to the fast lane after its first use."""
+    """farm/api/fastlane.py answers ordinary heartbeats, claims and reports itself and hands the
+    rest to the routes. Each case twice: once with a token new to the coordinator process, once
+    with it known."""
     reg = {"printer": "lane-test", "model": "MINI", "protocol": "prusalink"}
     assert api.post("/api/agents/register", json=reg).status_code == 200
     code, agent = farm.cli_json("tokens", "create", "lane-agent", "--role", "agent", "--printer", "lane-test")
     assert code == 0
     as_agent = {"Authorization": f"Bearer {agent['token']}"}
+    nothing_loaded = {"printer": "lane-test", "state": "idle", "material": "PVB"}  # no job is PVB
+    answers: list[list[tuple[int, object]]] = []
+    fresh = [  # a token per call below
+        api.post("/api/tokens", json={"name": f"lane {i}", "role": "agent", "printer": "lane-test"}).json()
+        for i in range(8)
+    ]
     try:
         for _ in range(2):
+            calls = [
+                ("/api/agents/claim", nothing_loaded),
+                ("/api/agents/claim", {"printer": "sim-mini-1", "state": "idle"}),
+                ("/api/agents/claim", {"printer": "lane-test"}),
+                ("/api/agents/jobs/999999/report", {"printer": "lane-test", "fence": 1, "state": "printing"}),
+                ("/api/agents/jobs/999999/report", {"printer": "lane-test", "fence": 1, "state": "bogus"}),
+                ("/api/agents/jobs/9999999999/report", {"printer": "lane-test", "fence": 1, "state": "done"}),
+                ("/api/agents/jobs/0/report", {"printer": "lane-test", "fence": 1, "state": "done"}),
+                ("/api/agents/jobs/1/report", {"printer": "sim-mini-1", "fence": 1, "state": "done"}),
+            ]
+            got = [
+                api.post(path, json=body, headers={"Authorization": f"Bearer {t['token']}"})
+                for (path, body), t in zip(calls, fresh, strict=True)
+            ]
+            answers.append([(r.status_code, r.json() if r.content else None) for r in got])
+            assert [r.status_code for r in got] == [204, 403, 422, 404, 422, 422, 422, 403], answers[-1]
+            assert "bound to printer 'lane-test'" in got[1].json()["detail"]
+            assert got[3].json() == {"detail": "no job 999999"}
+            assert "bound to printer 'lane-test'" in got[7].json()["detail"]
             ok = api.post("/api/agents/heartbeat", json={"printer": "lane-test", "state": "idle"})
             assert ok.status_code == 200 and ok.json() == {"job": None, "fence": None}, ok.text
             assert ok.headers["content-type"] == "application/json"
@@ -95,6 +121,7 @@ def test_heartbeats_answer_like_the_route_whichever_way_they_are_served(
                 f"{farm.url}/api/agents/heartbeat", json={"printer": "lane-test", "state": "idle"}
             )
             assert nobody.status_code == 401 and "FARM_TOKEN" in nobody.json()["detail"]
+        assert answers[0] == answers[1]
     finally:
         removed = farm.cli("printers", "remove", "lane-test")
         assert removed.returncode == 0, removed.stderr

@@ -39,13 +39,16 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
         engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
     else:
-        server = request.getfixturevalue("postgres")
-        name = f"t{next(_databases)}"
-        with sa.create_engine(server, isolation_level="AUTOCOMMIT").connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-        engine = make_engine(server.rsplit("/", 1)[0] + "/" + name)
+        engine = fresh_database(request.getfixturevalue("postgres"))
     yield engine
     engine.dispose()
+
+
+def fresh_database(server: str) -> Engine:
+    name = f"t{next(_databases)}"
+    with sa.create_engine(server, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    return make_engine(server.rsplit("/", 1)[0] + "/" + name)
 
 
 def add_printer(session: Session, name: str, model: str) -> Printer:
@@ -211,7 +214,7 @@ def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -
         finally:
             await async_engine.dispose()
 
-    # Heartbeats do not wait for the disk; claims and reports (the fence) do.
+    # The nowait pool (heartbeats, claims) does not wait for the disk; the other (reports) does.
     assert (asyncio.run(synchronous_commit(False)), asyncio.run(synchronous_commit(True))) == ("off", "on")
     assert asyncio.run(beat("nobody", state="idle", message=None, progress=None)) is None
     idle = asyncio.run(beat("a", state="idle", message="ok", progress=None, material="petg"))
@@ -236,6 +239,33 @@ def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -
             seconds=500
         )
         assert s.get(Printer, "a").message == "heating"  # type: ignore[union-attr]
+
+
+def test_a_claim_on_postgresql_is_its_heartbeat_and_one_statement(postgres: str) -> None:
+    """Every round trip is a wait on a busy coordinator: the heartbeat loads the printer for the
+    claim, and the claim picks (a starving job first), claims and binds in one statement."""
+    engine = fresh_database(postgres)
+    with Session(engine, expire_on_commit=False) as s:
+        add_printer(s, "a", "MINI")
+        first, second = ready_build(s, models=["MINI"], copies=2)
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    for expected in (first, second):
+        statements.clear()
+        with Session(engine, expire_on_commit=False) as s:
+            beat = dispatch.heartbeat(s, "a", state="idle", message=None, progress=None, lease_s=60)
+            assert beat is not None and (beat.job, beat.fence) == (None, None)
+            printer = beat.printer
+            assert printer is not None and printer.state == "idle" and printer is s.get(Printer, "a")
+            job = dispatch.claim(s, printer, 60, beat=beat)
+            assert job is not None and job.id == expected.id and printer.job_id == job.id
+        assert len(statements) == 2, [line.split("\n")[0] for line in statements]
+        with Session(engine) as s:
+            assert s.get(Printer, "a").job_id == job.id  # type: ignore[union-attr]
+            s.get(Job, job.id).state = JobState.DONE  # type: ignore[union-attr]
+            s.get(Printer, "a").job_id = None  # type: ignore[union-attr]
+            s.commit()
+    engine.dispose()
 
 
 def test_a_job_on_a_printer_is_never_requeued_by_lease_expiry(engine) -> None:  # type: ignore[no-untyped-def]

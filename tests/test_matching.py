@@ -115,6 +115,12 @@ def test_a_job_waiting_past_the_starvation_limit_goes_first(engine) -> None:  # 
         s.add(old_low)
         s.commit()
         assert dispatch.queue_for(s, p, starvation_s=3600, limit=10) == [old_low.id, urgent.id]
+        # A printer that cannot take the starving job still gets the queue's first that fits.
+        other = add_printer(s, "other", "MK4S")
+        mk4s_job = ready_build(s, models=["MK4S"])[0]
+        assert dispatch.claim(s, other, 60, starvation_s=3600).id == mk4s_job.id  # type: ignore[union-attr]
+        assert dispatch.claim(s, p, 60, starvation_s=3600).id == old_low.id  # type: ignore[union-attr]
+        assert dispatch.claim(s, add_printer(s, "p2", "MINI"), 60, starvation_s=3600).id == urgent.id  # type: ignore[union-attr]
 
 
 def test_explain_agrees_with_the_dispatcher(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811

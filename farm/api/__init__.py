@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from farm import dispatch
 from farm.api import agents, artifacts, builds, operate, reads, tokens
 from farm.api.deps import Farm, hash_secret, new_secret
-from farm.api.fastlane import HeartbeatFastLane
+from farm.api.fastlane import AgentFastLane
 from farm.db import checkpoint, make_async_engine, make_engine, warm_up, write_session
 from farm.models import Build, Slice, Token
 from farm.pipeline import Outgoing
@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
         store=ArtifactStore(settings.artifacts_dir),
         broker=get_broker(settings.redis_url) if settings.redis_url else None,
         async_engine=make_async_engine(settings.db_url, settings.db_agent_connections),
-        beat_engine=make_async_engine(settings.db_url, settings.db_agent_connections, durable=False),
+        nowait_engine=make_async_engine(settings.db_url, settings.db_agent_connections, durable=False),
     )
     ensure_admin_token(farm)
 
@@ -138,9 +138,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        for engine in (farm.async_engine, farm.beat_engine):
+        for engine in (farm.async_engine, farm.nowait_engine):
             if engine is not None:
                 await warm_up(engine)
+        await agents.rehearse(farm)
         # Everything imported and built so far lives as long as the process: keep it out of the
         # collector's full passes, which otherwise walk it all and stall every request.
         gc.collect()
@@ -155,7 +156,7 @@ def create_app(settings: Settings) -> FastAPI:
         task.cancel()
         checkpoints.cancel()
         keeper.release()
-        for engine in (farm.async_engine, farm.beat_engine):
+        for engine in (farm.async_engine, farm.nowait_engine):
             if engine is not None:
                 await engine.dispose()
 
@@ -163,7 +164,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.farm = farm
     for module in (builds, agents, artifacts, operate, reads, tokens):
         app.include_router(module.router)
-    app.add_middleware(HeartbeatFastLane, farm=farm)
+    app.add_middleware(AgentFastLane, farm=farm)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from farm import dispatch
-from farm.api.deps import Farm, FarmDep, SessionDep, require, write
+from farm.api.deps import Farm, FarmDep, RowId, SessionDep, reconnecting, require, write
 from farm.api.views import job_view
 from farm.models import Artifact, Job, Printer, Slice, Token
 from farm.states import InvalidMove, JobState
@@ -136,10 +136,11 @@ async def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep) -> dict:
 
 
 async def beat(farm: Farm, body: Heartbeat) -> dict:
-    if farm.beat_engine is None:
+    if farm.nowait_engine is None:
         found: dispatch.Beat | None = await write(farm, _beat, body, farm)
     else:
-        found = await dispatch.heartbeat_pg(farm.beat_engine, body.printer, **_beat_fields(body, farm))
+        engine, fields = farm.nowait_engine, _beat_fields(body, farm)
+        found = await reconnecting(lambda: dispatch.heartbeat_pg(engine, body.printer, **fields))
     if found is None:
         raise _not_registered(body.printer)
     return {"job": found.job, "fence": found.fence}
@@ -153,16 +154,34 @@ def next_gcode(printer: str, token: AgentToken, farm: FarmDep, session: SessionD
     return {"gcode": gcode} if gcode else Response(status_code=204)
 
 
+async def rehearse(farm: Farm) -> None:
+    """PostgreSQL: run the heartbeat's and the claim's statements on each connection of their
+    pool before the agents call (dispatch.rehearse_claim)."""
+    if farm.nowait_engine is None:
+        return
+    for _ in range(6 * farm.nowait_engine.pool.size()):  # type: ignore[attr-defined]
+        await dispatch.heartbeat_pg(farm.nowait_engine, "", state="", message=None, progress=None, lease_s=0)
+        await write(farm, dispatch.rehearse_claim, autocommit=True, wait_for_disk=False)
+
+
 @router.post("/claim", responses={204: {"description": "nothing to print"}})
 async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep) -> object:
+    """Most claims are answered by fastlane.py; this route serves the rest and gives the errors."""
     _check_bound(token, body.printer)
+    found = await claim_next(farm, body, token)
+    return Response(status_code=204) if found is None else found
+
+
+async def claim_next(farm: Farm, body: Heartbeat, token: Token) -> dict | None:
+    """The job this printer should print next, with its lease; None: nothing to print."""
     # Autocommit: on PostgreSQL the heartbeat and the claim are one statement each (dispatch.py).
-    return await write(farm, _claim, body, token, farm, autocommit=True)
+    # Neither waits for the disk: the "uploading" report does, before the printer gets anything.
+    return await write(farm, _claim, body, token, farm, autocommit=True, wait_for_disk=False)
 
 
-def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> object:
+def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> dict | None:
     beat = _beat(session, body, farm)
-    printer = _printer(session, token, body.printer)
+    printer = beat.printer or _printer(session, token, body.printer)
     job = dispatch.claim(
         session,
         printer,
@@ -172,13 +191,16 @@ def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> objec
         heating_per_group=farm.settings.heating_per_group,
         beat=beat,
     )
-    if job is None:
-        return Response(status_code=204)
-    return _claim_view(session, job, farm)
+    return None if job is None else _claim_view(session, job, farm)
 
 
 @router.post("/jobs/{job_id}/report")
-async def report(job_id: int, body: Report, token: AgentToken, farm: FarmDep) -> dict:
+async def report(job_id: RowId, body: Report, token: AgentToken, farm: FarmDep) -> dict:
+    """Most reports are answered by fastlane.py; this route serves the rest and gives the errors."""
+    return await report_on(farm, job_id, body, token)
+
+
+async def report_on(farm: Farm, job_id: int, body: Report, token: Token) -> dict:
     return await write(farm, _report, job_id, body, token, farm)
 
 

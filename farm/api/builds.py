@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, JsonValue, ValidationError
 from sqlmodel import Session, col, select
 
 from farm import pipeline, tags
-from farm.api.deps import Farm, FarmDep, SessionDep, require
+from farm.api.deps import Farm, FarmDep, RowId, SessionDep, require
 from farm.api.sources import check_cad_source
 from farm.api.views import build_view, slice_view
 from farm.models import Artifact, Build, Job, Printer, Slice
@@ -167,7 +167,7 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
 
 
 @router.get("/builds/{build_id}", dependencies=[Depends(require("submitter", "worker"))])
-def get_build(build_id: int, session: SessionDep) -> dict:
+def get_build(build_id: RowId, session: SessionDep) -> dict:
     return load_build(session, build_id)
 
 
@@ -178,7 +178,7 @@ def list_builds(session: SessionDep, limit: int = 50) -> list[dict]:
 
 
 @router.post("/builds/{build_id}/cad/start", dependencies=[Depends(require("worker"))])
-def cad_start(build_id: int, session: SessionDep) -> dict:
+def cad_start(build_id: RowId, session: SessionDep) -> dict:
     build = session.get(Build, build_id)
     if build is None:
         raise HTTPException(404, f"no build {build_id}")
@@ -188,7 +188,7 @@ def cad_start(build_id: int, session: SessionDep) -> dict:
 
 
 @router.post("/builds/{build_id}/cad/result", dependencies=[Depends(require("worker"))])
-def cad_result(build_id: int, result: CadResult, farm: FarmDep, session: SessionDep) -> dict:
+def cad_result(build_id: RowId, result: CadResult, farm: FarmDep, session: SessionDep) -> dict:
     build = session.get(Build, build_id)
     if build is None:
         raise HTTPException(404, f"no build {build_id}")
@@ -216,7 +216,7 @@ def cad_result(build_id: int, result: CadResult, farm: FarmDep, session: Session
 
 
 @router.get("/slices/{slice_id}", dependencies=[Depends(require("worker"))])
-def get_slice(slice_id: int, session: SessionDep) -> dict:
+def get_slice(slice_id: RowId, session: SessionDep) -> dict:
     sl = session.get(Slice, slice_id)
     if sl is None:
         raise HTTPException(404, f"no slice {slice_id}")
@@ -241,7 +241,7 @@ def get_slice(slice_id: int, session: SessionDep) -> dict:
 
 
 @router.post("/slices/{slice_id}/result", dependencies=[Depends(require("worker"))])
-def slice_result(slice_id: int, result: SliceResult, session: SessionDep) -> dict:
+def slice_result(slice_id: RowId, result: SliceResult, session: SessionDep) -> dict:
     sl = session.get(Slice, slice_id)
     if sl is None:
         raise HTTPException(404, f"no slice {slice_id}")

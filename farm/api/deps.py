@@ -6,14 +6,14 @@ import asyncio
 import functools
 import hashlib
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
 from dramatiq.brokers.redis import RedisBroker
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -36,9 +36,9 @@ class Farm:
     store: ArtifactStore
     broker: RedisBroker | None
     # PostgreSQL: the agents' calls run on the event loop through these (see `write`); heartbeats
-    # through a pool that does not wait for the disk (db.make_async_engine).
+    # and claims through a pool whose commits do not wait for the disk (db.make_async_engine).
     async_engine: AsyncEngine | None = None
-    beat_engine: AsyncEngine | None = None
+    nowait_engine: AsyncEngine | None = None
     _tokens: dict[str, Token] = field(default_factory=dict)  # secret hash -> token; tokens never change
     done_slices: dict[int, tuple[Any, str | None]] = field(default_factory=dict)  # agents._done_slice
 
@@ -61,7 +61,9 @@ def _in_write_session(engine: Engine, work: Callable[..., T], *args: Any) -> T:
         return work(session, *args)
 
 
-async def write(farm: Farm, work: Callable[..., T], *args: Any, autocommit: bool = False) -> T:
+async def write(
+    farm: Farm, work: Callable[..., T], *args: Any, autocommit: bool = False, wait_for_disk: bool = True
+) -> T:
     """`work(session, *args)` in a write_session, for the agents' calls that come every few seconds.
 
     PostgreSQL: `work` runs on the event loop in a greenlet (SQLAlchemy's AsyncSession.run_sync),
@@ -69,9 +71,13 @@ async def write(farm: Farm, work: Callable[..., T], *args: Any, autocommit: bool
     and no thread waiting on the GIL after each reply (a pool of threads doing round trips spent
     more time in those hand-offs than in the queries). SQLite with no other writer: right here,
     on the loop too (a few local statements). A busy SQLite waits on its lock, in a thread.
+
+    `wait_for_disk=False`: on PostgreSQL, commit without waiting for the WAL to reach the disk
+    (db.make_async_engine says when that is safe).
     """
     if farm.async_engine is not None:
-        engine = _autocommitting(farm.async_engine) if autocommit else farm.async_engine
+        engine = farm.async_engine if wait_for_disk or farm.nowait_engine is None else farm.nowait_engine
+        engine = _autocommitting(engine) if autocommit else engine
         return await _write_async(engine, work, *args)
     with write_session_now(farm.engine) as session:
         if session is not None:
@@ -88,17 +94,25 @@ def _autocommitting(engine: AsyncEngine) -> AsyncEngine:
 
 
 async def _write_async(engine: AsyncEngine, work: Callable[..., T], *args: Any) -> T:
-    for attempt in (1, 2):
-        try:
-            async with AsyncSession(engine, expire_on_commit=False) as session:
-                return await session.run_sync(work, *args)
-        except DBAPIError as exc:
-            # No ping before each use (a round trip per request): a connection that died with a
-            # database restart fails once, the pool drops it and its peers, and the call runs
-            # again on a fresh one. Safe: each of these calls is idempotent for its agent.
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
-    raise AssertionError("unreachable")
+    async def run() -> T:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            return await session.run_sync(work, *args)
+
+    return await reconnecting(run)
+
+
+async def reconnecting(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()` on the async pools, once more if its connection had died.
+
+    No ping before each use (a round trip per request): a connection that died with a database
+    restart fails once, the pool drops it and its peers, and the call runs again on a fresh one.
+    Safe: the agents' calls are idempotent for their agent, and the rest only read."""
+    try:
+        return await call()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return await call()
 
 
 # The dependencies below that need no I/O are `async def`: FastAPI runs a plain `def` dependency
@@ -114,26 +128,46 @@ def get_session(farm: Annotated[Farm, Depends(get_farm)]) -> Iterator[Session]:
         yield session
 
 
-def _find_token(farm: Farm, digest: str) -> Token | None:
-    with Session(farm.engine) as session:
-        return session.exec(select(Token).where(Token.secret_sha256 == digest)).first()
+def _first(engine: Engine, query: Any) -> Any:
+    with Session(engine) as session:
+        return session.exec(query).first()
+
+
+async def find_token(farm: Farm, secret: str) -> Token | None:
+    """The token with this secret, or None. Each process looks a token up once; after a restart
+    a thousand agents' first calls come at once, so on PostgreSQL the lookup is a round trip on
+    the event loop rather than a thread hop (SQLite: in a thread, off the loop, since a read can
+    wait on a checkpoint)."""
+    digest = hash_secret(secret)
+    token = farm._tokens.get(digest)
+    if token is not None or not secret:
+        return token
+    query = select(Token).where(Token.secret_sha256 == digest)
+    if (engine := farm.async_engine) is not None:
+
+        async def lookup() -> Token | None:
+            async with AsyncSession(engine) as async_session:
+                return (await async_session.exec(query)).first()
+
+        token = await reconnecting(lookup)
+    else:
+        token = await run_in_threadpool(_first, farm.engine, query)
+    if token is not None:
+        farm._tokens[digest] = token
+    return token
 
 
 async def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)]) -> Token:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret:
+    if scheme.lower() != "bearer" or not secret.strip():
         raise HTTPException(401, "missing token: send 'Authorization: Bearer <token>' (set FARM_TOKEN)")
-    digest = hash_secret(secret.strip())
-    token = farm._tokens.get(digest)
+    token = await find_token(farm, secret.strip())
     if token is None:
-        token = await run_in_threadpool(_find_token, farm, digest)
-        if token is None:
-            raise HTTPException(
-                401,
-                "unknown token: check FARM_TOKEN (farm up writes the admin token to <data dir>/admin.token)",
-            )
-        farm._tokens[digest] = token
+        raise HTTPException(
+            401,
+            "unknown token: check FARM_TOKEN (farm up writes the admin token to <data dir>/admin.token)",
+        )
     return token
 
 
@@ -151,4 +185,6 @@ def require(*roles: str):  # type: ignore[no-untyped-def]
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+MAX_ID = 2**31 - 1  # the database's INTEGER: a larger id is a 422, not a database error
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 FarmDep = Annotated[Farm, Depends(get_farm)]

@@ -1,67 +1,104 @@
-"""The agents' heartbeat, served without FastAPI's per-request machinery.
+"""The agents' heartbeats, claims and reports, served without FastAPI's per-request machinery.
 
-Every agent sends a heartbeat every few seconds: with a thousand printers that is most of what
-the coordinator does, and routing, dependency solving and response building cost three times
-the database work (measured with py-spy under bench/coordinator.py). This ASGI wrapper answers
-the ordinary heartbeat (known token, valid body, registered printer) itself, with the same
-validation model, checks and reply as the route in agents.py. Anything else (a token not seen
-before, a body that does not validate, a wrong role) goes on to that route, which gives the
-usual error: one set of error messages, kept in one place.
+Every agent calls every few seconds: with a thousand printers that is most of what the
+coordinator does, and routing, dependency solving and response building cost three times the
+database work of a heartbeat (measured with py-spy under bench/coordinator.py). This ASGI wrapper
+answers the ordinary call (a valid token, a valid body, the token's own printer) itself, with the same
+validation models and the same functions as the routes in agents.py, so the answers and their
+errors are the routes'. Anything else (no such token, a body that does not validate, a wrong
+role or printer) goes on to the route, which says what is wrong: one set of error
+messages, kept in one place.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import HTTPException
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from farm.api.agents import Heartbeat, beat
-from farm.api.deps import Farm, hash_secret
+from farm.api.agents import Heartbeat, Report, beat, claim_next, report_on
+from farm.api.deps import MAX_ID, Farm, find_token
 from farm.models import Token
 
-PATH = "/api/agents/heartbeat"
-MAX_BODY = 64 * 1024  # a heartbeat is a few hundred bytes
+MAX_BODY = 64 * 1024  # these calls are a few hundred bytes
 _JSON = [(b"content-type", b"application/json")]
+_REPORT = re.compile(r"/api/agents/jobs/([1-9][0-9]{0,9})/report")
+
+Serve = Callable[[Farm, Any, Token, int], Awaitable[dict[str, Any] | None]]
 
 
-class HeartbeatFastLane:
+async def _beat(farm: Farm, body: Heartbeat, _token: Token, _job: int) -> dict[str, Any]:
+    return await beat(farm, body)
+
+
+async def _claim(farm: Farm, body: Heartbeat, token: Token, _job: int) -> dict[str, Any] | None:
+    return await claim_next(farm, body, token)
+
+
+async def _report(farm: Farm, body: Report, token: Token, job_id: int) -> dict[str, Any]:
+    return await report_on(farm, job_id, body, token)
+
+
+_EXACT: dict[str, tuple[type[BaseModel], Serve]] = {
+    "/api/agents/heartbeat": (Heartbeat, _beat),
+    "/api/agents/claim": (Heartbeat, _claim),
+}
+
+
+def _route(path: str) -> tuple[type[BaseModel], Serve, int] | None:
+    """What serves this path here (its body's model, the call, a job id), or None."""
+    if (exact := _EXACT.get(path)) is not None:
+        return (*exact, 0)
+    if (report := _REPORT.fullmatch(path)) is not None and int(report[1]) <= MAX_ID:
+        return Report, _report, int(report[1])
+    return None
+
+
+class AgentFastLane:
     def __init__(self, app: ASGIApp, farm: Farm) -> None:
         self.app = app
         self.farm = farm
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        lane = _route(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if lane is None:
             await self.app(scope, receive, send)
             return
-        token = self.farm._tokens.get(hash_secret(_bearer(scope)))
+        token = await find_token(self.farm, _bearer(scope))
         if token is None or token.role not in ("admin", "agent"):
             await self.app(scope, receive, send)  # the route explains a missing or wrong token
             return
         body, complete = await _read_body(receive)
-        answer = await self._answer(token, body) if complete else None
+        answer = await self._answer(lane, token, body) if complete else None
         if answer is None:  # not the ordinary case: the route says what is wrong
             await self.app(scope, _replay(body, complete, receive), send)
             return
         status, payload = answer
-        data = json.dumps(payload, separators=(",", ":")).encode()
-        headers = [*_JSON, (b"content-length", str(len(data)).encode())]
+        data = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        headers = [] if payload is None else [*_JSON, (b"content-length", str(len(data)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def _answer(self, token: Token, body: bytes) -> tuple[int, dict[str, Any]] | None:
+    async def _answer(
+        self, lane: tuple[type[BaseModel], Serve, int], token: Token, body: bytes
+    ) -> tuple[int, dict[str, Any] | None] | None:
+        model, serve, job_id = lane
         try:
-            heartbeat = Heartbeat.model_validate_json(body)
+            call = model.model_validate_json(body)
         except ValidationError:
             return None
-        if token.role == "agent" and token.printer != heartbeat.printer:
+        if token.role == "agent" and token.printer != call.printer:  # type: ignore[attr-defined]
             return None
         try:
-            return 200, await beat(self.farm, heartbeat)
-        except HTTPException as exc:  # the printer is not registered
+            answer = await serve(self.farm, call, token, job_id)
+        except HTTPException as exc:  # e.g. the printer is not registered, a stale lease
             return exc.status_code, {"detail": exc.detail}
+        return (204, None) if answer is None else (200, answer)
 
 
 def _bearer(scope: Scope) -> str:

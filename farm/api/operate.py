@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from farm import dispatch, explain, tags
-from farm.api.deps import FarmDep, SessionDep, require
+from farm.api.deps import FarmDep, RowId, SessionDep, require
 from farm.api.views import job_view, printer_view
 from farm.models import Job, Printer
 from farm.printer_models import MATERIALS
@@ -33,7 +33,7 @@ def _printer(session: SessionDep, name: str) -> Printer:
 
 
 @router.post("/jobs/{job_id}/cancel", dependencies=[Depends(require("submitter"))])
-def cancel_job(job_id: int, session: SessionDep) -> dict:
+def cancel_job(job_id: RowId, session: SessionDep) -> dict:
     job = session.get(Job, job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
@@ -44,7 +44,7 @@ def cancel_job(job_id: int, session: SessionDep) -> dict:
 
 
 @router.post("/jobs/{job_id}/retry", dependencies=[Depends(require("submitter"))])
-def retry_job(job_id: int, session: SessionDep) -> dict:
+def retry_job(job_id: RowId, session: SessionDep) -> dict:
     try:
         return job_view(dispatch.retry(session, _job(session, job_id)))
     except InvalidMove as exc:
@@ -52,7 +52,7 @@ def retry_job(job_id: int, session: SessionDep) -> dict:
 
 
 @router.get("/jobs/{job_id}/explain", dependencies=[Depends(require("submitter"))])
-def explain_job(job_id: int, session: SessionDep, farm: FarmDep) -> dict:
+def explain_job(job_id: RowId, session: SessionDep, farm: FarmDep) -> dict:
     job = _job(session, job_id)
     s = farm.settings
     verdicts = explain.explain(

@@ -7,7 +7,7 @@ from collections import Counter
 from fastapi import APIRouter, Depends, HTTPException
 from sqlmodel import Session, col, select
 
-from farm.api.deps import SessionDep, require
+from farm.api.deps import RowId, SessionDep, require
 from farm.api.views import job_view, printer_state, printer_view
 from farm.models import Build, Job, Printer, Slice
 from farm.states import BuildStage, JobState
@@ -33,7 +33,7 @@ def list_jobs(session: SessionDep, state: JobState | None = None, limit: int = 2
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: int, session: SessionDep) -> dict:
+def get_job(job_id: RowId, session: SessionDep) -> dict:
     job = session.get(Job, job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
