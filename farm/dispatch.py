@@ -6,13 +6,11 @@ lost its lease (it was restarted, or the job was handed elsewhere) cannot move t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Select, bindparam, exists, func, or_, true, union_all, update
+from sqlalchemy import Row, Select, bindparam, exists, func, or_, true, union_all, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
@@ -112,7 +110,8 @@ def _candidates(
     return [*starving, *((a, b) for a, b in rest if a not in seen)][:limit]
 
 
-def _candidate_params(printer: Printer, starvation_s: float) -> dict[str, Any]:
+def _candidate_params(printer: Any, starvation_s: float) -> dict[str, Any]:
+    """`printer`: a Printer, or a row of the printer table."""
     now = utcnow()
     return {
         "p_model": printer.model,
@@ -127,23 +126,28 @@ def _candidate_params(printer: Printer, starvation_s: float) -> dict[str, Any]:
     }
 
 
+_HEATING = (
+    select(func.count())
+    .select_from(_JOBS.join(_PRINTERS, _PRINTERS.c.name == _JOBS.c.printer))
+    .where(
+        _PRINTERS.c.power_group == bindparam("h_group"),
+        _PRINTERS.c.name != bindparam("h_name"),
+        _JOBS.c.state.in_(list(LEASED_JOB_STATES)),
+        _JOBS.c.started_at > bindparam("h_since"),
+    )
+)
+
+
+def _heating_params(printer: Any, heatup_s: float) -> dict[str, Any]:
+    since = utcnow() - timedelta(seconds=heatup_s)
+    return {"h_group": printer.power_group, "h_name": printer.name, "h_since": since}
+
+
 def heating_in_group(session: Session, printer: Printer, heatup_s: float) -> int:
     """Other printers of this printer's power group that took a job within the heat-up time."""
     if not printer.power_group:
         return 0
-    since = utcnow() - timedelta(seconds=heatup_s)
-    return len(
-        session.exec(
-            select(Job.id)
-            .join(Printer, col(Printer.name) == col(Job.printer))
-            .where(
-                Printer.power_group == printer.power_group,
-                Printer.name != printer.name,
-                col(Job.state).in_(list(LEASED_JOB_STATES)),
-                col(Job.started_at) > since,
-            )
-        ).all()
-    )
+    return int(session.connection().execute(_HEATING, _heating_params(printer, heatup_s)).scalar_one())
 
 
 _CLAIM = (
@@ -202,36 +206,33 @@ def _claim_in_one() -> Any:
         .values(job_id=select(claimed.c.id).scalar_subquery())
         .cte("bind_printer")
     )
-    return select(Job).from_statement(select(*claimed.c).add_cte(bind_printer))
+    return select(*claimed.c).add_cte(bind_printer)
 
 
 _CLAIM_IN_ONE = _claim_in_one()
+_CLAIM_IN_ONE_ORM = select(Job).from_statement(_CLAIM_IN_ONE)
 
 
-def _claim_postgresql(session: Session, printer: Printer, lease_s: float, starvation_s: float) -> Job | None:
+def _claim_in_one_params(printer: Any, lease_s: float, starvation_s: float) -> dict[str, Any]:
     now = utcnow()
-    params = {
+    return {
         **_candidate_params(printer, starvation_s),
         "c_printer": printer.name,
         "c_now": now,
         "c_lease": now + timedelta(seconds=lease_s),
     }
-    job = session.scalars(_CLAIM_IN_ONE, params, execution_options={"populate_existing": True}).first()
+
+
+def _claim_postgresql(session: Session, printer: Printer, lease_s: float, starvation_s: float) -> Job | None:
+    params = _claim_in_one_params(printer, lease_s, starvation_s)
+    options = {"populate_existing": True}
+    job = session.scalars(_CLAIM_IN_ONE_ORM, params, execution_options=options).first()
     if job is None:
         session.rollback()
         return None
     set_committed_value(printer, "job_id", job.id)  # the statement stored it
     session.commit()
     return job
-
-
-def rehearse_claim(session: Session) -> None:
-    """A claim's heartbeat and claim statements for a printer that does not exist: they change
-    nothing, and leave the statements compiled, planned and prepared (psycopg prepares a statement
-    on its 5th use) on this session's connection. A restarted coordinator meets a thousand agents
-    at once; unrehearsed, its first claims took up to 10 times as long (bench/coordinator.py)."""
-    assert heartbeat(session, "", state="", message=None, progress=None, lease_s=0) is None
-    assert _claim_postgresql(session, Printer(name="", model="", protocol=""), 0, 0) is None
 
 
 def claim(
@@ -378,14 +379,11 @@ def retry(session: Session, job: Job) -> Job:
     return job
 
 
-@dataclass(frozen=True)
-class Beat:
-    """What a heartbeat tells its agent: the job it holds (None: none) under which fence.
-    In a session on PostgreSQL also the printer as the heartbeat left it, for a claim to use."""
+class Beat(NamedTuple):
+    """What a heartbeat tells its agent: the job it holds (None: none) under which fence."""
 
     job: int | None
     fence: int | None
-    printer: Printer | None = field(default=None, compare=False, repr=False)
 
 
 # Built once: every agent sends a heartbeat every few seconds, so statement building would show.
@@ -424,12 +422,64 @@ _BEAT_JOB_CTE = (
 _BEAT_ONE_STATEMENT = select(_BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence).select_from(
     _BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true())
 )
-# The same for a session (a claim's heartbeat), loading the printer as updated: the claim that
-# follows need not read it again.
-_BEATEN_PRINTER = aliased(Printer, _BEAT_PRINTER_CTE)
-_BEAT_LOADING_PRINTER = select(_BEATEN_PRINTER, _BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence).select_from(
-    _BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true())
-)
+# A claim's heartbeat: also the printer row as updated, which the claim matches jobs against.
+_BEAT_WITH_PRINTER = select(
+    *_BEAT_PRINTER_CTE.c, _BEAT_JOB_CTE.c.id.label("held_job"), _BEAT_JOB_CTE.c.fence.label("held_fence")
+).select_from(_BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true()))
+
+
+class NoSuchPrinter(LookupError):
+    """A claim for a printer that is not registered."""
+
+
+async def claim_pg(
+    engine: AsyncEngine,
+    name: str,
+    beat: dict[str, Any],
+    *,
+    starvation_s: float,
+    heatup_s: float,
+    heating_per_group: int,
+) -> Row[Any] | None:
+    """`heartbeat` then `claim` on PostgreSQL, for the event loop: each one statement in
+    autocommit, on one connection, with no session or ORM (on a busy coordinator each await and
+    each loaded object is time a claim waits). `beat`: heartbeat's keyword arguments.
+
+    The job row bound to the printer (the one it held, or the one just claimed), or None when
+    nothing fits or the bed or power group says wait."""
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        printer = (await conn.execute(_BEAT_WITH_PRINTER, _beat_params(name, **beat))).first()
+        if printer is None:
+            raise NoSuchPrinter(name)
+        if printer.held_job is not None:
+            return (await conn.execute(select(_JOBS).where(_JOBS.c.id == printer.held_job))).first()
+        if not printer.bed_clear:
+            return None
+        if printer.power_group:
+            heating = (await conn.execute(_HEATING, _heating_params(printer, heatup_s))).scalar_one()
+            if heating >= heating_per_group:
+                return None
+        params = _claim_in_one_params(printer, beat["lease_s"], starvation_s)
+        return (await conn.execute(_CLAIM_IN_ONE, params)).first()
+
+
+async def rehearse_pg(engine: AsyncEngine) -> None:
+    """The agents' statements for a printer that does not exist, on each connection of `engine`:
+    they change nothing, and leave the statements compiled, planned and prepared (psycopg
+    prepares a statement on its 5th use). A restarted coordinator meets a thousand agents at once;
+    unrehearsed, its first claims took up to 10 times as long (bench/coordinator.py)."""
+    nobody = Printer(name="", model="", protocol="")
+    beat = _beat_params("", "", None, None, 0)
+    for _ in range(6 * engine.pool.size()):  # type: ignore[attr-defined]
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for statement, params in (
+                (_BEAT_ONE_STATEMENT, beat),
+                (_BEAT_WITH_PRINTER, beat),
+                (_CLAIM_IN_ONE, _claim_in_one_params(nobody, 0, 0)),
+            ):
+                assert (await conn.execute(statement, params)).first() is None
 
 
 def _beat_params(
@@ -438,8 +488,8 @@ def _beat_params(
     message: str | None,
     progress: float | None,
     lease_s: float,
-    material: str | None,
-    color: str | None,
+    material: str | None = None,
+    color: str | None = None,
 ) -> dict[str, Any]:
     now = utcnow()
     return {
@@ -491,11 +541,10 @@ def heartbeat(
     """
     params = _beat_params(name, state, message, progress, lease_s, material, color)
     if session.get_bind().dialect.name == "postgresql":
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        options = {"populate_existing": True}
-        row = session.execute(_BEAT_LOADING_PRINTER, params, execution_options=options).first()
+        conn = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        row = conn.execute(_BEAT_ONE_STATEMENT, params).first()
         session.commit()
-        return None if row is None else Beat(row[1], row[2], row[0])
+        return None if row is None else Beat(row[0], row[1])
     conn = session.connection()
     if not conn.execute(_BEAT_PRINTER, params).rowcount:
         session.rollback()

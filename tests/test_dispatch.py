@@ -241,30 +241,47 @@ def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -
         assert s.get(Printer, "a").message == "heating"  # type: ignore[union-attr]
 
 
-def test_a_claim_on_postgresql_is_its_heartbeat_and_one_statement(postgres: str) -> None:
-    """Every round trip is a wait on a busy coordinator: the heartbeat loads the printer for the
-    claim, and the claim picks (a starving job first), claims and binds in one statement."""
+def test_the_coordinators_event_loop_claim_is_its_heartbeat_and_one_statement(postgres: str) -> None:
+    """On PostgreSQL the coordinator claims with dispatch.claim_pg: each round trip is a wait on
+    a busy coordinator, so the heartbeat also returns the printer row, and the claim picks (a
+    starving job first), claims and binds in one statement. Its answers match `claim`'s."""
     engine = fresh_database(postgres)
+    url = engine.url.render_as_string(hide_password=False)
     with Session(engine, expire_on_commit=False) as s:
         add_printer(s, "a", "MINI")
         first, second = ready_build(s, models=["MINI"], copies=2)
-    statements: list[str] = []
-    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    for expected in (first, second):
-        statements.clear()
-        with Session(engine, expire_on_commit=False) as s:
-            beat = dispatch.heartbeat(s, "a", state="idle", message=None, progress=None, lease_s=60)
-            assert beat is not None and (beat.job, beat.fence) == (None, None)
-            printer = beat.printer
-            assert printer is not None and printer.state == "idle" and printer is s.get(Printer, "a")
-            job = dispatch.claim(s, printer, 60, beat=beat)
-            assert job is not None and job.id == expected.id and printer.job_id == job.id
-        assert len(statements) == 2, [line.split("\n")[0] for line in statements]
-        with Session(engine) as s:
-            assert s.get(Printer, "a").job_id == job.id  # type: ignore[union-attr]
-            s.get(Job, job.id).state = JobState.DONE  # type: ignore[union-attr]
-            s.get(Printer, "a").job_id = None  # type: ignore[union-attr]
-            s.commit()
+    status = {"state": "idle", "message": None, "progress": None, "lease_s": 60}
+    limits = {"starvation_s": 3600.0, "heatup_s": 300.0, "heating_per_group": 1}
+
+    async def claims() -> list[tuple[Any, int]]:
+        async_engine = make_async_engine(url, 2, durable=False)
+        assert async_engine is not None
+        statements: list[str] = []
+        sa.event.listen(async_engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        try:
+            await dispatch.rehearse_pg(async_engine)
+            got = []
+            for _ in range(3):  # a claim, the same again (the printer holds it), nothing fits
+                statements.clear()
+                got.append((await dispatch.claim_pg(async_engine, "a", status, **limits), len(statements)))
+                if got[-1][0] is not None and len(got) == 2:
+                    with Session(engine) as s:  # the print ends; the next claim takes the next job
+                        s.get(Job, got[-1][0].id).state = JobState.DONE  # type: ignore[union-attr]
+                        s.get(Printer, "a").job_id = None  # type: ignore[union-attr]
+                        s.commit()
+            with pytest.raises(dispatch.NoSuchPrinter):
+                await dispatch.claim_pg(async_engine, "nobody", status, **limits)
+            return got
+        finally:
+            await async_engine.dispose()
+
+    (one, n1), (again, n2), (two, n3) = asyncio.run(claims())
+    assert (one.id, one.state, one.printer, n1) == (first.id, JobState.CLAIMED, "a", 2)
+    assert (again.id, again.fence, n2) == (first.id, one.fence, 2)  # the heartbeat found it held
+    assert (two.id, n3) == (second.id, 2)
+    with Session(engine) as s:
+        assert s.get(Printer, "a").job_id == second.id  # type: ignore[union-attr]
+        assert s.get(Job, second.id).fence == two.fence  # type: ignore[union-attr]
     engine.dispose()
 
 

@@ -141,7 +141,8 @@ def create_app(settings: Settings) -> FastAPI:
         for engine in (farm.async_engine, farm.nowait_engine):
             if engine is not None:
                 await warm_up(engine)
-        await agents.rehearse(farm)
+        if farm.nowait_engine is not None:
+            await dispatch.rehearse_pg(farm.nowait_engine)
         # Everything imported and built so far lives as long as the process: keep it out of the
         # collector's full passes, which otherwise walk it all and stall every request.
         gc.collect()

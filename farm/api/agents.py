@@ -61,9 +61,9 @@ def _printer(session: Session, token: Token, name: str) -> Printer:
     return printer
 
 
-def _claim_view(session: Session, job: Job, farm: Farm) -> dict:
-    assert job.slice_id is not None
-    sl, name = farm.done_slices.get(job.slice_id) or _done_slice(session, job.slice_id, farm)
+def _claim_view(job: Any, done_slice: tuple[Slice, str | None]) -> dict:
+    """`job`: a Job, or a row of the job table (PostgreSQL's claims on the event loop)."""
+    sl, name = done_slice
     return {
         **job_view(job, sl),
         "fence": job.fence,
@@ -75,6 +75,8 @@ def _claim_view(session: Session, job: Job, farm: Farm) -> dict:
 def _done_slice(session: Session, slice_id: int, farm: Farm) -> tuple[Slice, str | None]:
     """A finished slice and its G-code's file name. Neither changes once the slice is done, and
     claims of the same build's copies ask again and again: kept, a few thousand at most."""
+    if (found := farm.done_slices.get(slice_id)) is not None:
+        return found
     sl = session.get(Slice, slice_id)
     assert sl is not None and sl.gcode_sha256
     art = session.get(Artifact, sl.gcode_sha256)
@@ -105,7 +107,10 @@ def _register(session: Session, body: Register, farm: Farm) -> dict:
     session.add(printer)
     session.commit()
     job = dispatch.bound_job(session, printer)
-    return {"printer": printer.name, "job": _claim_view(session, job, farm) if job else None}
+    if job is None:
+        return {"printer": printer.name, "job": None}
+    assert job.slice_id is not None
+    return {"printer": printer.name, "job": _claim_view(job, _done_slice(session, job.slice_id, farm))}
 
 
 def _beat_fields(body: Heartbeat, farm: Farm) -> dict[str, Any]:
@@ -154,16 +159,6 @@ def next_gcode(printer: str, token: AgentToken, farm: FarmDep, session: SessionD
     return {"gcode": gcode} if gcode else Response(status_code=204)
 
 
-async def rehearse(farm: Farm) -> None:
-    """PostgreSQL: run the heartbeat's and the claim's statements on each connection of their
-    pool before the agents call (dispatch.rehearse_claim)."""
-    if farm.nowait_engine is None:
-        return
-    for _ in range(6 * farm.nowait_engine.pool.size()):  # type: ignore[attr-defined]
-        await dispatch.heartbeat_pg(farm.nowait_engine, "", state="", message=None, progress=None, lease_s=0)
-        await write(farm, dispatch.rehearse_claim, autocommit=True, wait_for_disk=False)
-
-
 @router.post("/claim", responses={204: {"description": "nothing to print"}})
 async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep) -> object:
     """Most claims are answered by fastlane.py; this route serves the rest and gives the errors."""
@@ -174,14 +169,33 @@ async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep) -> object:
 
 async def claim_next(farm: Farm, body: Heartbeat, token: Token) -> dict | None:
     """The job this printer should print next, with its lease; None: nothing to print."""
-    # Autocommit: on PostgreSQL the heartbeat and the claim are one statement each (dispatch.py).
-    # Neither waits for the disk: the "uploading" report does, before the printer gets anything.
-    return await write(farm, _claim, body, token, farm, autocommit=True, wait_for_disk=False)
+    if (engine := farm.nowait_engine) is None:
+        return await write(farm, _claim, body, token, farm)
+    # PostgreSQL: on the event loop, through the pool that does not wait for the disk; the
+    # agent's "uploading" report does, before the printer gets anything (db.make_async_engine).
+    settings = farm.settings
+    try:
+        job = await reconnecting(
+            lambda: dispatch.claim_pg(
+                engine,
+                body.printer,
+                _beat_fields(body, farm),
+                starvation_s=settings.starvation_s,
+                heatup_s=settings.heatup_s,
+                heating_per_group=settings.heating_per_group,
+            )
+        )
+    except dispatch.NoSuchPrinter:
+        raise _not_registered(body.printer) from None
+    if job is None:
+        return None
+    done_slice = farm.done_slices.get(job.slice_id) or await write(farm, _done_slice, job.slice_id, farm)
+    return _claim_view(job, done_slice)
 
 
 def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> dict | None:
     beat = _beat(session, body, farm)
-    printer = beat.printer or _printer(session, token, body.printer)
+    printer = _printer(session, token, body.printer)
     job = dispatch.claim(
         session,
         printer,
@@ -191,7 +205,10 @@ def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> dict 
         heating_per_group=farm.settings.heating_per_group,
         beat=beat,
     )
-    return None if job is None else _claim_view(session, job, farm)
+    if job is None:
+        return None
+    assert job.slice_id is not None
+    return _claim_view(job, _done_slice(session, job.slice_id, farm))
 
 
 @router.post("/jobs/{job_id}/report")

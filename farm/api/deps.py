@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,7 +35,8 @@ class Farm:
     store: ArtifactStore
     broker: RedisBroker | None
     # PostgreSQL: the agents' calls run on the event loop through these (see `write`); heartbeats
-    # and claims through a pool whose commits do not wait for the disk (db.make_async_engine).
+    # and claims (dispatch.heartbeat_pg, claim_pg) through a pool whose commits do not wait for
+    # the disk (db.make_async_engine).
     async_engine: AsyncEngine | None = None
     nowait_engine: AsyncEngine | None = None
     _tokens: dict[str, Token] = field(default_factory=dict)  # secret hash -> token; tokens never change
@@ -61,9 +61,7 @@ def _in_write_session(engine: Engine, work: Callable[..., T], *args: Any) -> T:
         return work(session, *args)
 
 
-async def write(
-    farm: Farm, work: Callable[..., T], *args: Any, autocommit: bool = False, wait_for_disk: bool = True
-) -> T:
+async def write(farm: Farm, work: Callable[..., T], *args: Any) -> T:
     """`work(session, *args)` in a write_session, for the agents' calls that come every few seconds.
 
     PostgreSQL: `work` runs on the event loop in a greenlet (SQLAlchemy's AsyncSession.run_sync),
@@ -71,26 +69,14 @@ async def write(
     and no thread waiting on the GIL after each reply (a pool of threads doing round trips spent
     more time in those hand-offs than in the queries). SQLite with no other writer: right here,
     on the loop too (a few local statements). A busy SQLite waits on its lock, in a thread.
-
-    `wait_for_disk=False`: on PostgreSQL, commit without waiting for the WAL to reach the disk
-    (db.make_async_engine says when that is safe).
     """
     if farm.async_engine is not None:
-        engine = farm.async_engine if wait_for_disk or farm.nowait_engine is None else farm.nowait_engine
-        engine = _autocommitting(engine) if autocommit else engine
-        return await _write_async(engine, work, *args)
+        return await _write_async(farm.async_engine, work, *args)
     with write_session_now(farm.engine) as session:
         if session is not None:
             return work(session, *args)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_WRITERS, partial(_in_write_session, farm.engine, work, *args))
-
-
-@functools.cache
-def _autocommitting(engine: AsyncEngine) -> AsyncEngine:
-    """The same pool, each statement its own transaction: for work whose every write is one
-    statement (a claim on PostgreSQL), BEGIN and COMMIT would be two of its few round trips."""
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def _write_async(engine: AsyncEngine, work: Callable[..., T], *args: Any) -> T:
