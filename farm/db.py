@@ -45,7 +45,8 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
 
 
 def make_async_engine(url: str, connections: int, *, durable: bool = True) -> AsyncEngine | None:
-    """PostgreSQL: a pool for the agents' calls served on the event loop (api.deps.write).
+    """PostgreSQL: a pool for the agents' calls served on the event loop (api.deps.write,
+    dispatch.heartbeat_pg and claim_pg).
     The schema is the sync engine's business (make_engine runs first). SQLite: None.
 
     `durable=False`: commits return before the WAL reaches the disk (synchronous_commit=off), for
@@ -61,7 +62,8 @@ def make_async_engine(url: str, connections: int, *, durable: bool = True) -> As
     """
     if not url.startswith("postgresql"):
         return None
-    options = "-c timezone=UTC" + ("" if durable else " -c synchronous_commit=off")
+    # Explicit both ways: that reports wait for the disk is what makes claims safe not to.
+    options = "-c timezone=UTC -c synchronous_commit=" + ("on" if durable else "off")
     # Few connections: more requests in flight at once only queue inside PostgreSQL, and its
     # per-backend overhead takes CPU from the coordinator on a small machine (bench/coordinator.py:
     # 4 per server process gave p50 4 ms where 10 + 10 overflow gave 144 ms).

@@ -1,7 +1,10 @@
 """Handing ready jobs to printers: claims under a lease with a fencing token, and agents' reports.
 
-A claim bumps the job's `fence`. Every later report must carry that number, so an agent that
-lost its lease (it was restarted, or the job was handed elsewhere) cannot move the job.
+A claim binds the job to a printer and bumps its `fence`. Every later report must come for that
+printer and carry that number, so an agent that lost its lease (it was restarted, or the job was
+handed elsewhere) cannot move the job. Both checks matter: a claim lost in a PostgreSQL crash
+(claims do not wait for the disk, db.make_async_engine) leaves the fence where it was, and the
+job's next claim, by another printer, is given the same number again.
 """
 
 from __future__ import annotations
@@ -171,7 +174,7 @@ _CLAIM_ORM = select(Job).from_statement(_CLAIM)  # the claimed job, without a ro
 
 def _claim_in_one() -> Any:
     """PostgreSQL: pick (locking, skipping what other claims hold), claim and bind the printer
-    in one statement: one round trip where the general path takes five.
+    in one statement: one round trip where SQLite's path takes a read and a write per candidate.
 
     The pick: the first starving job that fits, else the first of the queue. PostgreSQL runs the
     starving branch only when the EXISTS (a one-time filter, off ix_job_waiting) finds one waiting
@@ -235,6 +238,13 @@ def _claim_postgresql(session: Session, printer: Printer, lease_s: float, starva
     return job
 
 
+def may_start(printer: Any, heating: int, heating_per_group: int) -> bool:
+    """Whether a printer may take a job now, `heating` others of its power group heating up."""
+    if not printer.bed_clear:
+        return False  # a finished part (or a failed one) is still on the bed
+    return heating < heating_per_group  # else the next start could trip the group's breaker
+
+
 def claim(
     session: Session,
     printer: Printer,
@@ -258,10 +268,8 @@ def claim(
         session.add(existing)
         session.commit()
         return existing
-    if not printer.bed_clear:
-        return None  # a finished part (or a failed one) is still on the bed
-    if heating_in_group(session, printer, heatup_s) >= heating_per_group:
-        return None  # the next start would trip the group's breaker; wait for one to heat up
+    if not may_start(printer, heating_in_group(session, printer, heatup_s), heating_per_group):
+        return None
     if session.get_bind().dialect.name == "postgresql":
         return _claim_postgresql(session, printer, lease_s, starvation_s)
     # SQLite (one writer at a time, no row locks): read 20 candidates, and look again should racing
@@ -306,7 +314,7 @@ def report(
 
     A failed print with attempts left goes back to the queue (the retry policy): after a back-off
     that doubles per attempt, and never again to a printer it failed on."""
-    if job.printer != printer.name or job.fence != fence:
+    if job.printer != printer.name or job.fence != fence:  # both: see the module's docstring
         raise StaleLease(f"job {job.id} is no longer held by {printer.name} under lease {fence}")
     if job.state in TERMINAL_JOB_STATES and state == job.state:
         return job
@@ -441,9 +449,10 @@ async def claim_pg(
     heatup_s: float,
     heating_per_group: int,
 ) -> Row[Any] | None:
-    """`heartbeat` then `claim` on PostgreSQL, for the event loop: each one statement in
-    autocommit, on one connection, with no session or ORM (on a busy coordinator each await and
-    each loaded object is time a claim waits). `beat`: heartbeat's keyword arguments.
+    """`heartbeat` then `claim` on PostgreSQL, for the event loop: one statement each (and one
+    more for a printer in a power group), in autocommit on one connection, with no session or ORM
+    (on a busy coordinator each await and each loaded object is time a claim waits). `beat`:
+    heartbeat's keyword arguments. tests/test_dispatch.py checks it against `claim`.
 
     The job row bound to the printer (the one it held, or the one just claimed), or None when
     nothing fits or the bed or power group says wait."""
@@ -454,12 +463,11 @@ async def claim_pg(
             raise NoSuchPrinter(name)
         if printer.held_job is not None:
             return (await conn.execute(select(_JOBS).where(_JOBS.c.id == printer.held_job))).first()
-        if not printer.bed_clear:
-            return None
+        heating = 0
         if printer.power_group:
             heating = (await conn.execute(_HEATING, _heating_params(printer, heatup_s))).scalar_one()
-            if heating >= heating_per_group:
-                return None
+        if not may_start(printer, heating, heating_per_group):
+            return None
         params = _claim_in_one_params(printer, beat["lease_s"], starvation_s)
         return (await conn.execute(_CLAIM_IN_ONE, params)).first()
 
@@ -469,8 +477,8 @@ async def rehearse_pg(engine: AsyncEngine) -> None:
     they change nothing, and leave the statements compiled, planned and prepared (psycopg
     prepares a statement on its 5th use). A restarted coordinator meets a thousand agents at once;
     unrehearsed, its first claims took up to 10 times as long (bench/coordinator.py)."""
-    nobody = Printer(name="", model="", protocol="")
-    beat = _beat_params("", "", None, None, 0)
+    nobody = Printer(name="", model="", protocol="")  # no printer has an empty name (agents.Register)
+    beat = _beat_params("", "", None, None, 60)
     for _ in range(6 * engine.pool.size()):  # type: ignore[attr-defined]
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -479,7 +487,7 @@ async def rehearse_pg(engine: AsyncEngine) -> None:
                 (_BEAT_WITH_PRINTER, beat),
                 (_CLAIM_IN_ONE, _claim_in_one_params(nobody, 0, 0)),
             ):
-                assert (await conn.execute(statement, params)).first() is None
+                await conn.execute(statement, params)
 
 
 def _beat_params(

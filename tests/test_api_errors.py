@@ -70,7 +70,7 @@ def test_agent_calls_answer_like_the_routes_whichever_way_they_are_served(
     answers: list[list[tuple[int, object]]] = []
     fresh = [  # a token per call below
         api.post("/api/tokens", json={"name": f"lane {i}", "role": "agent", "printer": "lane-test"}).json()
-        for i in range(8)
+        for i in range(9)
     ]
     try:
         for _ in range(2):
@@ -83,16 +83,24 @@ def test_agent_calls_answer_like_the_routes_whichever_way_they_are_served(
                 ("/api/agents/jobs/9999999999/report", {"printer": "lane-test", "fence": 1, "state": "done"}),
                 ("/api/agents/jobs/0/report", {"printer": "lane-test", "fence": 1, "state": "done"}),
                 ("/api/agents/jobs/1/report", {"printer": "sim-mini-1", "fence": 1, "state": "done"}),
+                (
+                    "/api/agents/jobs/7/report",
+                    {"printer": "lane-test", "fence": 1, "state": "printing", "remaining_s": 2**40},
+                ),
             ]
             got = [
                 api.post(path, json=body, headers={"Authorization": f"Bearer {t['token']}"})
                 for (path, body), t in zip(calls, fresh, strict=True)
             ]
             answers.append([(r.status_code, r.json() if r.content else None) for r in got])
-            assert [r.status_code for r in got] == [204, 403, 422, 404, 422, 422, 422, 403], answers[-1]
+            assert [r.status_code for r in got] == [204, 403, 422, 404, 422, 422, 422, 403, 422], answers[-1]
             assert "bound to printer 'lane-test'" in got[1].json()["detail"]
             assert got[3].json() == {"detail": "no job 999999"}
             assert "bound to printer 'lane-test'" in got[7].json()["detail"]
+            nan = b'{"printer": "lane-test", "state": "idle", "progress": NaN}'  # Python's json writes it
+            for path in ("/api/agents/heartbeat", "/api/agents/claim"):
+                refused = api.post(path, content=nan, headers={"content-type": "application/json"})
+                assert refused.status_code == 422 and "progress" in refused.text
             ok = api.post("/api/agents/heartbeat", json={"printer": "lane-test", "state": "idle"})
             assert ok.status_code == 200 and ok.json() == {"job": None, "fence": None}, ok.text
             assert ok.headers["content-type"] == "application/json"

@@ -285,6 +285,51 @@ def test_the_coordinators_event_loop_claim_is_its_heartbeat_and_one_statement(po
     engine.dispose()
 
 
+def test_the_event_loop_claim_keeps_the_bed_and_power_group_gates(postgres: str) -> None:
+    """claim_pg and claim decide alike: not while the bed holds a part, and not while another
+    printer of the power group heats up (at most `heating_per_group` at once)."""
+    engine = fresh_database(postgres)
+    url = engine.url.render_as_string(hide_password=False)
+    with Session(engine, expire_on_commit=False) as s:
+        a, b, c = (add_printer(s, n, "MINI") for n in ("a", "b", "c"))
+        a.power_group = b.power_group = "breaker-1"
+        c.bed_clear = False
+        s.add_all([a, b, c])
+        s.commit()
+        ready_build(s, models=["MINI"], copies=3)
+    status = {"state": "idle", "message": None, "progress": None, "lease_s": 60}
+
+    async def claims(*asks: tuple[str, int]) -> list[Any]:
+        async_engine = make_async_engine(url, 2, durable=False)
+        assert async_engine is not None
+        try:
+            return [
+                await dispatch.claim_pg(
+                    async_engine, name, status, starvation_s=3600, heatup_s=300, heating_per_group=limit
+                )
+                for name, limit in asks
+            ]
+        finally:
+            await async_engine.dispose()
+
+    with Session(engine, expire_on_commit=False) as s:  # what `claim` says, for comparison
+        assert dispatch.claim(s, s.get(Printer, "c"), 60) is None  # type: ignore[arg-type]
+    on_c, on_a, on_b, on_b_two = asyncio.run(claims(("c", 1), ("a", 1), ("b", 1), ("b", 2)))
+    assert on_c is None  # a part is still on c's bed
+    assert on_a is not None and on_a.printer == "a"
+    assert on_b is None  # a is heating up in the same power group
+    assert on_b_two is not None and on_b_two.printer == "b"  # two may heat at once
+    with Session(engine, expire_on_commit=False) as s:
+        cleared = s.get(Printer, "c")
+        assert cleared is not None
+        cleared.bed_clear = True
+        s.add(cleared)
+        s.commit()
+    (on_c,) = asyncio.run(claims(("c", 1)))
+    assert on_c is not None and on_c.printer == "c"  # not in a power group
+    engine.dispose()
+
+
 def test_a_job_on_a_printer_is_never_requeued_by_lease_expiry(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
         a = add_printer(s, "a", "MINI")

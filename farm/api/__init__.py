@@ -7,11 +7,14 @@ import contextlib
 import fcntl
 import gc
 import logging
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlmodel import Session, select
 
@@ -117,6 +120,16 @@ async def _housekeeping(farm: Farm, keeper: Housekeeper) -> None:
             log.exception("lease expiry failed")
 
 
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def app_from_env() -> FastAPI:
     """The app for each of `farm server --workers N`'s processes (uvicorn imports it by name)."""
     return create_app(get_settings())
@@ -166,6 +179,12 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (builds, agents, artifacts, operate, reads, tokens):
         app.include_router(module.router)
     app.add_middleware(AgentFastLane, farm=farm)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler, except that it echoes a NaN it was sent, which JSON cannot carry
+        # (that turned a 422 into a 500).
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

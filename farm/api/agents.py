@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from farm import dispatch
-from farm.api.deps import Farm, FarmDep, RowId, SessionDep, reconnecting, require, write
+from farm.api.deps import MAX_ID, Farm, FarmDep, RowId, SessionDep, reconnecting, require, write
 from farm.api.views import job_view
 from farm.models import Artifact, Job, Printer, Slice, Token
 from farm.states import InvalidMove, JobState
@@ -18,8 +18,12 @@ router = APIRouter(prefix="/api/agents", tags=["agents"])
 AgentToken = Annotated[Token, Depends(require("agent"))]
 
 
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]  # stored in an INTEGER: larger is a 422, not a 500
+Percent = Annotated[float, Field(allow_inf_nan=False)]  # NaN is not JSON
+
+
 class Register(BaseModel):
-    printer: str
+    printer: str = Field(min_length=1)
     model: str
     protocol: str
     agent_version: str | None = None
@@ -30,17 +34,17 @@ class Heartbeat(BaseModel):
     printer: str
     state: str
     message: str | None = None
-    progress: float | None = None
+    progress: Percent | None = None
     material: str | None = None  # only when the printer itself reports what is loaded
     color: str | None = None
 
 
 class Report(BaseModel):
     printer: str
-    fence: int
+    fence: Id
     state: JobState
-    progress: float | None = None
-    remaining_s: int | None = None
+    progress: Percent | None = None
+    remaining_s: Id | None = None
     error: str | None = None
 
 
@@ -87,8 +91,10 @@ def _done_slice(session: Session, slice_id: int, farm: Farm) -> tuple[Slice, str
     return found
 
 
-# Every agent calls these every few seconds. Each runs in one write session through deps.write:
-# on SQLite, on the event loop when no other writer is busy (cheaper than a thread hop).
+# Every agent calls these every few seconds, most of them through fastlane.py. SQLite: each runs
+# in one write session through deps.write, on the event loop when no other writer is busy
+# (cheaper than a thread hop). PostgreSQL: heartbeats and claims are dispatch.heartbeat_pg and
+# claim_pg on the event loop; the rest go through deps.write.
 
 
 @router.post("/register")

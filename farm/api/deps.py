@@ -62,7 +62,8 @@ def _in_write_session(engine: Engine, work: Callable[..., T], *args: Any) -> T:
 
 
 async def write(farm: Farm, work: Callable[..., T], *args: Any) -> T:
-    """`work(session, *args)` in a write_session, for the agents' calls that come every few seconds.
+    """`work(session, *args)` in a write_session, for the agents' calls that come every few seconds
+    (on PostgreSQL heartbeats and claims skip the session: dispatch.heartbeat_pg and claim_pg).
 
     PostgreSQL: `work` runs on the event loop in a greenlet (SQLAlchemy's AsyncSession.run_sync),
     which parks it at each network round trip and serves other requests meanwhile: no thread hop,

@@ -32,21 +32,21 @@ _REPORT = re.compile(r"/api/agents/jobs/([1-9][0-9]{0,9})/report")
 Serve = Callable[[Farm, Any, Token, int], Awaitable[dict[str, Any] | None]]
 
 
-async def _beat(farm: Farm, body: Heartbeat, _token: Token, _job: int) -> dict[str, Any]:
+async def _serve_beat(farm: Farm, body: Heartbeat, _token: Token, _job: int) -> dict[str, Any]:
     return await beat(farm, body)
 
 
-async def _claim(farm: Farm, body: Heartbeat, token: Token, _job: int) -> dict[str, Any] | None:
+async def _serve_claim(farm: Farm, body: Heartbeat, token: Token, _job: int) -> dict[str, Any] | None:
     return await claim_next(farm, body, token)
 
 
-async def _report(farm: Farm, body: Report, token: Token, job_id: int) -> dict[str, Any]:
+async def _serve_report(farm: Farm, body: Report, token: Token, job_id: int) -> dict[str, Any]:
     return await report_on(farm, job_id, body, token)
 
 
 _EXACT: dict[str, tuple[type[BaseModel], Serve]] = {
-    "/api/agents/heartbeat": (Heartbeat, _beat),
-    "/api/agents/claim": (Heartbeat, _claim),
+    "/api/agents/heartbeat": (Heartbeat, _serve_beat),
+    "/api/agents/claim": (Heartbeat, _serve_claim),
 }
 
 
@@ -55,7 +55,7 @@ def _route(path: str) -> tuple[type[BaseModel], Serve, int] | None:
     if (exact := _EXACT.get(path)) is not None:
         return (*exact, 0)
     if (report := _REPORT.fullmatch(path)) is not None and int(report[1]) <= MAX_ID:
-        return Report, _report, int(report[1])
+        return Report, _serve_report, int(report[1])
     return None
 
 
@@ -70,7 +70,7 @@ class AgentFastLane:
             await self.app(scope, receive, send)
             return
         token = await find_token(self.farm, _bearer(scope))
-        if token is None or token.role not in ("admin", "agent"):
+        if token is None or token.role not in ("admin", "agent") or not _sends_json(scope):
             await self.app(scope, receive, send)  # the route explains a missing or wrong token
             return
         body, complete = await _read_body(receive)
@@ -101,6 +101,13 @@ class AgentFastLane:
         return (204, None) if answer is None else (200, answer)
 
 
+def _sends_json(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return b"json" in value.lower()
+    return False
+
+
 def _bearer(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"authorization":
@@ -115,6 +122,8 @@ async def _read_body(receive: Receive) -> tuple[bytes, bool]:
     size = 0
     while True:
         message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            return b"".join(chunks), False
         chunk = message.get("body", b"")
         chunks.append(chunk)
         size += len(chunk)
