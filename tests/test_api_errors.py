@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import httpx
 import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
 
+from farm.api.deps import Farm, find_token, hash_secret, new_secret
+from farm.db import make_engine
+from farm.models import Token
+from farm.settings import Settings
+from farm.store import ArtifactStore
 from tests.conftest import EXAMPLES, RunningFarm
 
 
@@ -133,3 +143,32 @@ def test_agent_calls_answer_like_the_routes_whichever_way_they_are_served(
     finally:
         removed = farm.cli("printers", "remove", "lane-test")
         assert removed.returncode == 0, removed.stderr
+
+
+def test_a_token_miss_loads_every_token_once_and_wrong_tokens_cannot_force_reloads(tmp_path: Path) -> None:
+    """After a restart every agent's first call misses the token cache: the first miss loads all."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    farm = Farm(
+        settings=Settings(data_dir=tmp_path), engine=engine, store=ArtifactStore(tmp_path), broker=None
+    )
+    secrets = [new_secret() for _ in range(3)]
+    with Session(engine) as session:
+        session.add_all(
+            Token(name=f"t{i}", role="agent", printer=f"p{i}", secret_sha256=hash_secret(s))
+            for i, s in enumerate(secrets)
+        )
+        session.commit()
+    queries: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: queries.append(args[2]))
+    assert asyncio.run(find_token(farm, secrets[0])).name == "t0"  # type: ignore[union-attr]
+    assert [asyncio.run(find_token(farm, s)).name for s in secrets[1:]] == ["t1", "t2"]  # type: ignore[union-attr]
+    assert len(queries) == 1  # one load served all three
+    for _ in range(3):
+        assert asyncio.run(find_token(farm, "pf_wrong")) is None
+    assert len(queries) == 4 and all("WHERE" in q for q in queries[1:])  # one lookup each, no reload
+    late = new_secret()  # made after the load, e.g. by `farm tokens create`
+    with Session(engine) as session:
+        session.add(Token(name="late", role="agent", printer="p9", secret_sha256=hash_secret(late)))
+        session.commit()
+    assert asyncio.run(find_token(farm, late)).name == "late"  # type: ignore[union-attr]
+    engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ class Farm:
     # the disk (db.make_async_engine).
     async_engine: AsyncEngine | None = None
     nowait_engine: AsyncEngine | None = None
-    _tokens: dict[str, Token] = field(default_factory=dict)  # secret hash -> token; tokens never change
+    _tokens: dict[str, Token] = field(default_factory=dict)  # secret hash -> token (find_token)
+    _tokens_loaded_at: float = -1e9
     done_slices: dict[int, tuple[Any, str | None]] = field(default_factory=dict)  # agents._done_slice
 
 
@@ -115,33 +117,41 @@ def get_session(farm: Annotated[Farm, Depends(get_farm)]) -> Iterator[Session]:
         yield session
 
 
-def _first(engine: Engine, query: Any) -> Any:
+def _all(engine: Engine, query: Any) -> list[Any]:
     with Session(engine) as session:
-        return session.exec(query).first()
+        return list(session.exec(query).all())
+
+
+TOKEN_RELOAD_S = 5.0
 
 
 async def find_token(farm: Farm, secret: str) -> Token | None:
-    """The token with this secret, or None. Each process looks a token up once; after a restart
-    a thousand agents' first calls come at once, so on PostgreSQL the lookup is a round trip on
-    the event loop rather than a thread hop (SQLite: in a thread, off the loop, since a read can
-    wait on a checkpoint)."""
+    """The token with this secret, or None. Tokens never change, so each process keeps them.
+
+    After a restart a thousand agents' first calls come at once, each with a token this process
+    has not seen: a miss loads every token in one query (at most every TOKEN_RELOAD_S, so that
+    wrong tokens cannot make it load again and again; between loads, a miss looks up its one).
+    On PostgreSQL on the event loop; SQLite in a thread, since a read can wait on a checkpoint."""
     digest = hash_secret(secret)
     token = farm._tokens.get(digest)
     if token is not None or not secret:
         return token
-    query = select(Token).where(Token.secret_sha256 == digest)
+    now = time.monotonic()
+    reload = now - farm._tokens_loaded_at >= TOKEN_RELOAD_S
+    if reload:
+        farm._tokens_loaded_at = now
+    query = select(Token) if reload else select(Token).where(Token.secret_sha256 == digest)
     if (engine := farm.async_engine) is not None:
 
-        async def lookup() -> Token | None:
+        async def lookup() -> list[Token]:
             async with AsyncSession(engine) as async_session:
-                return (await async_session.exec(query)).first()
+                return list((await async_session.exec(query)).all())
 
-        token = await reconnecting(lookup)
+        found = await reconnecting(lookup)
     else:
-        token = await run_in_threadpool(_first, farm.engine, query)
-    if token is not None:
-        farm._tokens[digest] = token
-    return token
+        found = await run_in_threadpool(_all, farm.engine, query)
+    farm._tokens.update((t.secret_sha256, t) for t in found)
+    return farm._tokens.get(digest)
 
 
 async def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)]) -> Token:
