@@ -433,3 +433,75 @@ def test_cancel_a_queued_job_and_not_an_ended_one(engine) -> None:  # type: igno
         assert dispatch.claim(s, a, 60) is None
         with pytest.raises(InvalidMove, match="already ended"):
             dispatch.cancel(s, job)
+
+
+def test_the_agents_statements_stay_on_the_indexes_as_prepared_statements(postgres: str) -> None:
+    """psycopg prepares a statement on its 5th use, and PostgreSQL may then run it with a generic
+    plan, one that cannot see the parameters. The agents' statements must not read every job
+    there: the job table keeps every job the farm ever ran. (The claim's check for starving jobs
+    did, as an EXISTS: 1.4 ms a claim with 11,000 jobs, and growing.)"""
+    engine = fresh_database(postgres)
+    url = engine.url.render_as_string(hide_password=False)
+    with Session(engine, expire_on_commit=False) as s:
+        for name in ("a", "b"):
+            p = add_printer(s, name, "MINI")
+            p.power_group = "breaker-1"  # so that the heating check runs too
+            s.add(p)
+        s.commit()
+        ready_build(s, models=["MINI"], copies=40)
+    with engine.connect() as conn:  # twenty thousand jobs the farm printed before
+        columns = [c.name for c in Job.__table__.columns if c.name not in ("id", "state")]  # type: ignore[attr-defined]
+        listed = ", ".join(columns)
+        conn.execute(
+            sa.text(
+                f"INSERT INTO job ({listed}, state) SELECT {listed}, 'DONE' FROM job, generate_series(1, 500)"
+            )
+        )
+        conn.execute(sa.text("ANALYZE"))
+        conn.commit()
+    plans: list[str] = []
+
+    async def claims() -> list[Any]:
+        options = "-c timezone=UTC -c plan_cache_mode=force_generic_plan -c client_min_messages=log"
+        explained = " -c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=0"
+        async_engine = sa.ext.asyncio.create_async_engine(
+            url, pool_size=1, max_overflow=0, connect_args={"options": options + explained}
+        )
+
+        @sa.event.listens_for(async_engine.sync_engine, "connect")
+        def _notices(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.driver_connection.add_notice_handler(lambda d: plans.append(d.message_primary))
+
+        status = {"state": "idle", "message": None, "progress": None, "lease_s": 60}
+        limits = {"starvation_s": 3600.0, "heatup_s": 300.0, "heating_per_group": 40}
+        try:
+            await dispatch.rehearse_pg(async_engine)  # the 5 uses that get each statement prepared
+            got = []
+            for _ in range(6):  # so is the heating check, which the rehearsal skips
+                for name in ("a", "b"):
+                    got.append(await dispatch.claim_pg(async_engine, name, status, **limits))
+                    await dispatch.heartbeat_pg(async_engine, name, **status)
+            plans.clear()
+            for name in ("a", "b"):  # each holds its job: hand it back, then free the printer
+                await dispatch.claim_pg(async_engine, name, status, **limits)
+                with Session(engine) as s:
+                    s.get(Printer, name).job_id = None  # type: ignore[union-attr]
+                    s.exec(sa.update(Job).where(Job.printer == name).values(state=JobState.DONE))  # type: ignore[call-overload]
+                    s.commit()
+                got.append(await dispatch.claim_pg(async_engine, name, status, **limits))
+                await dispatch.heartbeat_pg(async_engine, name, **status)
+            return got
+        finally:
+            await async_engine.dispose()
+
+    got = asyncio.run(claims())
+    assert all(job is not None for job in got)
+    explained = [p for p in plans if "Query Text" in p]
+    generic = [p for p in explained if "$1" in p]  # a generic plan shows parameters, not values
+    assert any("WITH pick AS" in p for p in generic), explained  # the claim
+    assert any("min(job.created_at)" in p for p in generic)  # its starving check
+    assert any("count(*)" in p for p in generic)  # the heating check
+    assert any("beat_printer" in p for p in generic)  # the heartbeat
+    for plan in explained:
+        assert "Seq Scan on job" not in plan, plan
+    engine.dispose()

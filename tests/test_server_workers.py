@@ -96,6 +96,9 @@ def test_agents_claim_and_report_through_two_server_processes_on_postgresql(
         assert all(c.status_code == 200 for c in claims.values()), {n: c.text for n, c in claims.items()}
         jobs = {n: c.json() for n, c in claims.items()}
         assert jobs["pa"]["id"] != jobs["pb"]["id"]  # racing printers never share a job
+        for job in jobs.values():  # what the slice says, read on the claims' pool
+            assert (job["gcode"], job["print_time_s"], job["printer_model"]) == ("1" * 64, 60, "MINI")
+            assert job["gcode_name"].startswith(f"job{job['id']}-")
         assert api.post("/api/agents/claim", json={"printer": "pa", **idle}).json()["id"] == jobs["pa"]["id"]
         assert (
             api.post("/api/agents/claim", json={"printer": "pa", **idle}).json()["fence"]
