@@ -151,6 +151,12 @@ def _heating_params(printer: Any, heatup_s: float) -> dict[str, Any]:
     return {"h_group": printer.power_group, "h_name": printer.name, "h_since": since}
 
 
+# Claims in one power group take turns (PostgreSQL): else two could each count the others heating,
+# both see room, and both start. A transaction-scoped advisory lock: released at commit or rollback,
+# whatever happens to the caller. 0x6661726d ("farm") keeps it apart from other users' locks.
+_LOCK_GROUP = select(func.pg_advisory_xact_lock(0x6661726D, func.hashtext(bindparam("h_group"))))
+
+
 def heating_in_group(session: Session, printer: Printer, heatup_s: float) -> int:
     """Other printers of this printer's power group that took a job within the heat-up time."""
     if not printer.power_group:
@@ -273,6 +279,8 @@ def claim(
         session.add(existing)
         session.commit()
         return existing
+    if printer.power_group and session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(_LOCK_GROUP, {"h_group": printer.power_group})  # until commit
     if not may_start(printer, heating_in_group(session, printer, heatup_s), heating_per_group):
         return None
     if session.get_bind().dialect.name == "postgresql":
@@ -454,8 +462,9 @@ async def claim_pg(
     heatup_s: float,
     heating_per_group: int,
 ) -> Row[Any] | None:
-    """`heartbeat` then `claim` on PostgreSQL, for the event loop: one statement each (and one
-    more for a printer in a power group), in autocommit on one connection, with no session or ORM
+    """`heartbeat` then `claim` on PostgreSQL, for the event loop: one statement each, in
+    autocommit on one connection (a printer in a power group claims in a transaction that holds
+    the group's lock), with no session or ORM
     (on a busy coordinator each await and each loaded object is time a claim waits). `beat`:
     heartbeat's keyword arguments. tests/test_dispatch.py checks it against `claim`.
 
@@ -468,12 +477,18 @@ async def claim_pg(
             raise NoSuchPrinter(name)
         if printer.held_job is not None:
             return (await conn.execute(select(_JOBS).where(_JOBS.c.id == printer.held_job))).first()
-        heating = 0
-        if printer.power_group:
-            heating = (await conn.execute(_HEATING, _heating_params(printer, heatup_s))).scalar_one()
+        params = _claim_in_one_params(printer, beat["lease_s"], starvation_s)
+        if not printer.power_group:
+            if not may_start(printer, 0, heating_per_group):  # the bed
+                return None
+            return (await conn.execute(_CLAIM_IN_ONE, params)).first()
+    # A power group: count those heating and claim while holding the group's lock (_LOCK_GROUP),
+    # in a transaction, on a connection checked out after the first went back (no pool deadlock).
+    async with engine.begin() as conn:
+        await conn.execute(_LOCK_GROUP, {"h_group": printer.power_group})
+        heating = (await conn.execute(_HEATING, _heating_params(printer, heatup_s))).scalar_one()
         if not may_start(printer, heating, heating_per_group):
             return None
-        params = _claim_in_one_params(printer, beat["lease_s"], starvation_s)
         return (await conn.execute(_CLAIM_IN_ONE, params)).first()
 
 

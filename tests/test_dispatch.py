@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -504,4 +505,63 @@ def test_the_agents_statements_stay_on_the_indexes_as_prepared_statements(postgr
     assert any("beat_printer" in p for p in generic)  # the heartbeat
     for plan in explained:
         assert "Seq Scan on job" not in plan, plan
+    engine.dispose()
+
+
+@pytest.mark.parametrize("path", ["event loop", "session"])
+def test_a_power_group_claiming_at_once_starts_no_more_than_allowed(postgres: str, path: str) -> None:
+    """Staggered start holds when a group's printers claim at the same moment, as a farm's agents
+    do once a batch is sliced: each claim counts the others heating under the group's lock, so
+    two cannot both see room."""
+    engine = fresh_database(postgres)
+    url = engine.url.render_as_string(hide_password=False)
+    names = [f"p{i}" for i in range(6)]
+    with Session(engine, expire_on_commit=False) as s:
+        for name in names:
+            p = add_printer(s, name, "MINI")
+            p.power_group = "breaker-1"
+            s.add(p)
+        s.commit()
+        ready_build(s, models=["MINI"], copies=6)
+    status = {"state": "idle", "message": None, "progress": None, "lease_s": 60}
+    limits = {"starvation_s": 3600.0, "heatup_s": 300.0, "heating_per_group": 2}
+
+    async def on_the_event_loop() -> list[Any]:
+        async_engine = make_async_engine(url, len(names), durable=False)
+        assert async_engine is not None
+        try:
+            await dispatch.rehearse_pg(async_engine)
+            claims = (dispatch.claim_pg(async_engine, n, status, **limits) for n in names)
+            return await asyncio.gather(*claims)
+        finally:
+            await async_engine.dispose()
+
+    def in_sessions() -> list[Any]:
+        got: list[Any] = [None] * len(names)
+        start = threading.Barrier(len(names))
+
+        @sa.event.listens_for(engine, "after_cursor_execute")
+        def _dawdle(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            if "count(*)" in statement:  # between counting and claiming: where racers overtake
+                time.sleep(0.2)
+
+        def grab(i: int) -> None:
+            with Session(engine, expire_on_commit=False) as s:
+                printer = s.get(Printer, names[i])
+                start.wait()
+                got[i] = dispatch.claim(s, printer, 60, **limits)  # type: ignore[arg-type]
+
+        threads = [threading.Thread(target=grab, args=(i,)) for i in range(len(names))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return got
+
+    got = asyncio.run(on_the_event_loop()) if path == "event loop" else in_sessions()
+    started = [job for job in got if job is not None]
+    assert len(started) == 2, got  # heating_per_group, though six printers asked at once
+    with Session(engine) as s:
+        claimed = s.exec(select(Job).where(Job.state == JobState.CLAIMED)).all()
+        assert sorted(j.printer or "" for j in claimed) == sorted(j.printer for j in started)
     engine.dispose()
