@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     heating_per_group: int = 1  # printers of one power group that may heat up at the same time
     heatup_s: float = 300.0  # how long after a claim a printer counts as heating
 
-    # Queue. Unset: `farm up` starts an embedded server.
+    # Queue. Unset: `farm up` starts an embedded server. Two farms on one Redis server need a
+    # database each (redis://host:6379/1): on the same one, their workers take each other's messages.
     redis_url: str | None = None
 
     # Workers.

@@ -287,14 +287,26 @@ class Farm:
 
 
 def submit_examples(settings: Settings) -> None:
+    """Each file of examples/, and the MakerRepo project's customizable with its tall.json."""
+    import tempfile
+
     from farm.client import FarmClient
+    from farm.project import pack_file
 
     token = settings.admin_token_file.read_text().strip()
-    with FarmClient(settings.url, token) as client:
-        for example in sorted((REPO / "examples").glob("*")):
+    examples = REPO / "examples"
+    with FarmClient(settings.url, token) as client, tempfile.TemporaryDirectory() as tmp:
+        for example in sorted(examples.glob("*")):
             if example.suffix in (".py", ".stl"):
                 build = client.submit(example, {})
                 log.info("demo: submitted %s as build %s", example.name, build["id"])
+        project = examples / "makerrepo_project"
+        packed = pack_file(project / "main.py", Path(tmp))
+        assert packed is not None  # its requirements.txt makes it a project
+        params = json.loads((project / "tall.json").read_text())
+        options = {"entry_file": packed.entry, "entry": "custom_tray", "params": params}
+        build = client.submit(packed.archive, options)
+        log.info("demo: submitted %s (custom_tray, tall.json) as build %s", project.name, build["id"])
 
 
 def run_farm(settings: Settings, *, sims: list[str], demo: bool, speed: float) -> int:

@@ -38,6 +38,12 @@ def test_no_or_wrong_token_is_401(farm: RunningFarm) -> None:
         ({"file": ("part.stl", b"")}, {}, 422, "empty"),
         ({"file": ("part.py", b"x=1")}, {"options": "{not json"}, 422, "options"),
         ({"file": ("part.py", b"x=1")}, {"options": '{"copies": 0}'}, 422, "copies"),
+        (  # a plain function's parameter is typed at submit time, not in a failed build later
+            {"file": ("part.py", b"def plate(length=40):\n    pass\n")},
+            {"options": '{"params": {"length": "long"}}'},
+            422,
+            "parameter 'length' expects a number, got 'long'",
+        ),
     ],
 )
 def test_bad_submissions(api: httpx.Client, files: dict, data: dict, status: int, words: str) -> None:

@@ -221,6 +221,28 @@ def test_farm_build_writes_named_meshes_and_hits_the_cache_next_time(
     assert forced.exit_code == 0 and "built in" in forced.stdout
 
 
+def test_a_value_from_param_or_from_a_params_file_is_one_cache_entry(
+    farm: CliRunnerCall, tmp_path: Path
+) -> None:
+    """Both are typed by the signature before the key is made: `length: float` takes "44" and 44
+    as 44.0, `width=20` takes "12.0" and 12 as 12."""
+    source = write(tmp_path, "plate.py", PLATE)
+    out = tmp_path / "meshes"
+    first = farm("build", source, "--param", "length=44", "--param", "width=12.0", "-o", out, "--json")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout.strip().splitlines()[-1])["cached"] is False
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({"length": 44, "width": 12}))
+    second = farm("build", source, "--params", values, "-o", out, "--json")
+    assert second.exit_code == 0, second.output
+    report = json.loads(second.stdout.strip().splitlines()[-1])
+    assert report["cached"] is True and report["size"] == [44.0, 12.0, 2.0]
+
+    wrong = farm("build", source, "--param", "width=wide", "-o", out)
+    assert wrong.exit_code == 2 and "Traceback" not in wrong.output
+    assert wrong.stderr.strip() == "error: parameter 'width' expects a number, got 'wide'"
+
+
 def test_farm_build_reports_a_cad_error_without_a_traceback(farm: CliRunnerCall, tmp_path: Path) -> None:
     source = write(tmp_path, "plate.py", PLATE)
     result = farm("build", source, "--artifact", "nope", "-o", tmp_path / "out")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from farm import project
+from farm.api.sources import SourceProblem, check_cad_source
 from farm.project import ProjectError, find_root, pack_file, pack_git, project_files
 from workers.cad_cache import CadCache, cached_build, cad_cache_key
 from workers.cad_env import EnvStore, missing, read_requirements
@@ -220,6 +221,12 @@ MODEL = """\
         mode: Literal["a", "b"] = "a"
         holes: list[float] = Field(default_factory=list)
 """
+PART = """\
+    from build123d import Align
+
+    def part(n: int = 2, size: float | None = None, hole=True, label="x", angle=Align.MIN, width=30):
+        pass
+"""
 CUSTOM = """\
     from build123d import Box
     import mr
@@ -267,6 +274,20 @@ def test_customizable_parameters_are_checked_from_source(
     assert validate_params(info, None, params) == message  # the only customizable is the target
     assert validate_params(info, "custom", {"count": "4", "finish": "gloss", "holes": [1.5]}) is None
     assert validate_params(info, "helper", {"size": "x"}) is None  # plain functions: the build checks
+
+
+def test_a_plain_functions_parameters_are_typed_from_source(tmp_path: Path) -> None:
+    """As the build would type them, so that text from --param and JSON values make one build."""
+    write(tmp_path, {"part.py": PART})
+    part = tmp_path / "part.py"
+    typed = check_cad_source(
+        part, None, "part", {"n": "3", "size": 5, "hole": "no", "label": "7", "angle": "12", "width": "40.0"}
+    )
+    assert typed == {"n": 3, "size": 5.0, "hole": False, "label": "7", "angle": "12", "width": 40}
+    assert type(typed["size"]) is float and type(typed["width"]) is int
+    assert check_cad_source(part, None, None, {"n": 3, "size": "5"}) == {"n": 3, "size": 5.0}  # the only one
+    with pytest.raises(SourceProblem, match=re.escape("parameter 'n' expects an integer, got '3.5'")):
+        check_cad_source(part, None, "part", {"n": "3.5"})
 
 
 def test_inspect_lists_artifacts_and_customizables_with_their_fields() -> None:

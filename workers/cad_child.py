@@ -33,6 +33,7 @@ from typing import Any
 import build123d as bd
 
 from workers.mesh import MeshProblem, check_mesh, read_stl, write_previews
+from workers.param_values import ParamValueError, typed_value
 
 KEEP_ENV = ("PATH", "HOME", "LANG")
 # What a build writes: paths in the job; "step" only when the submitter asked for it.
@@ -526,54 +527,13 @@ def convert_params(func: Callable[..., Any], params: dict[str, Any]) -> dict[str
             raise BuildFailure(
                 "params", f"unknown parameter {name!r} for {func.__name__}(); available: {available}"
             )
-        kwargs[name] = _convert(name, raw, param)
+        annotation = None if param.annotation is param.empty else param.annotation
+        default = param.default if param.default is not param.empty else None
+        try:
+            kwargs[name] = typed_value(name, raw, annotation, default)
+        except ParamValueError as exc:
+            raise BuildFailure("params", str(exc)) from None
     return kwargs
-
-
-_TYPE_NAMES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
-
-
-def _annotated_type(annotation: Any) -> type | None:
-    if isinstance(annotation, str):  # `from __future__ import annotations`
-        parts = [p.strip() for p in annotation.split("|") if p.strip() != "None"]
-        return _TYPE_NAMES.get(parts[0]) if len(parts) == 1 else None
-    if annotation in _TYPE_NAMES.values():
-        return annotation
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        return _annotated_type(args[0])
-    return None
-
-
-def _convert(name: str, raw: Any, param: inspect.Parameter) -> Any:
-    if not isinstance(raw, str):  # a typed value from --params file.json
-        return raw
-    target = _annotated_type(param.annotation) if param.annotation is not param.empty else None
-    from_default = target is None and type(param.default) in _TYPE_NAMES.values()
-    if from_default:
-        target = type(param.default)
-    try:
-        if target is bool:
-            return _to_bool(raw)
-        if target is int and from_default:
-            # `length=60` in a CAD script rarely means "integers only".
-            number = float(raw)
-            return int(number) if number.is_integer() else number
-        if target in (int, float):
-            return target(raw)
-    except ValueError:
-        expects = {bool: "true or false", int: "an integer", float: "a number"}[target]
-        raise BuildFailure("params", f"parameter {name!r} expects {expects}, got {raw!r}") from None
-    return raw
-
-
-def _to_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(raw)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -189,6 +189,24 @@ def validate_params(info: ScriptInfo, entry: str | None, params: dict[str, Any])
     return None
 
 
+def typed_params(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` typed as the signature of the function they go to declares (param_values), where
+    that function can be told statically; others are left for the build to type.
+
+    Raises param_values.ParamValueError for a value its parameter cannot take.
+    """
+    from workers.param_values import typed_value
+
+    target = _target(info, entry, params)
+    if target is None or target.model is not None:
+        return params
+    declared = {p.name: p for p in target.params}
+    return {
+        name: typed_value(name, raw, p.annotation, p.default) if (p := declared.get(name)) else raw
+        for name, raw in params.items()
+    }
+
+
 def _target(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> Function | None:
     if entry:
         name = entry.rpartition(":")[2]

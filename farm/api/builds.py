@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from farm import pipeline, tags
 from farm.api.deps import Farm, FarmDep, RowId, SessionDep, require
-from farm.api.sources import check_cad_source
+from farm.api.sources import SourceProblem, check_cad_source
 from farm.api.views import build_view, slice_view
 from farm.models import Artifact, Build, Job, Printer, Slice
 from farm.queue import send
@@ -138,9 +138,10 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
         raise HTTPException(422, f"'{name}' is empty")
     if pipeline.source_kind(name) == "cad":
         # Read, never run: a customizable's parameters are checked against its model here.
-        problem = check_cad_source(farm.store.path(sha), opts.entry_file, opts.entry, opts.params)
-        if problem:
-            raise HTTPException(422, problem)
+        try:
+            opts.params = check_cad_source(farm.store.path(sha), opts.entry_file, opts.entry, opts.params)
+        except SourceProblem as exc:
+            raise HTTPException(422, str(exc)) from None
     if session.get(Artifact, sha) is None:
         session.add(Artifact(sha256=sha, size=size, name=file.filename or name))
     build, _jobs, out = pipeline.create_build(

@@ -9,16 +9,32 @@ from typing import Any
 MAX_SOURCE_BYTES = 4 << 20  # a .py file larger than this is not read for checks (the build still runs)
 
 
+class SourceProblem(ValueError):
+    """What is wrong with a submitted design, for a 4xx."""
+
+
 def check_cad_source(
     stored: Path, entry_file: str | None, entry: str | None, params: dict[str, Any]
-) -> str | None:
-    """What is wrong with the submission, for a 4xx, or None.
+) -> dict[str, Any]:
+    """The submission's parameters, typed as its entry function declares; raises SourceProblem.
 
     A project archive must be a tar.gz holding `entry_file`. Parameters going to a MakerRepo
     `@customizable` (or any function taking one pydantic model) are validated against the model
-    rebuilt from source. A syntax error is not reported here: the build reports it with its line.
+    rebuilt from source; those going to a plain function are typed by its annotations and
+    defaults, so that `--param width=40` and `{"width": 40}` in a --params file are one build.
+    A syntax error is not reported here: the build reports it with its line.
     """
-    from workers.entry_points import scan_text, validate_params
+    problem, typed = _read(stored, entry_file, entry, params)
+    if problem:
+        raise SourceProblem(problem)
+    return typed
+
+
+def _read(
+    stored: Path, entry_file: str | None, entry: str | None, params: dict[str, Any]
+) -> tuple[str | None, dict[str, Any]]:
+    from workers.entry_points import scan_text, typed_params, validate_params
+    from workers.param_values import ParamValueError
 
     if entry_file is None:
         text = _read_text(stored.read_bytes())
@@ -28,22 +44,25 @@ def check_cad_source(
         try:
             modules = _python_files(stored)
         except (tarfile.TarError, OSError, EOFError) as exc:
-            return f"the upload is not a project archive (tar.gz): {exc}"
+            return f"the upload is not a project archive (tar.gz): {exc}", params
         entry_file = PurePosixPath(entry_file).as_posix()
         if entry_file not in modules:
             listing = ", ".join(sorted(modules)[:20]) or "none"
-            return f"{entry_file} is not in the project; its .py files: {listing}"
+            return f"{entry_file} is not in the project; its .py files: {listing}", params
         text = _read_text(modules[entry_file])
         module_path = entry_file
     if text is None:
-        return None
+        return None, params
     try:
         info = scan_text(
             text, module_path or "source.py", lambda p: _read_text(modules.get(p, b"")), module_path
         )
     except (SyntaxError, ValueError, RecursionError):
-        return None
-    return validate_params(info, entry, params)
+        return None, params
+    try:
+        return validate_params(info, entry, params), typed_params(info, entry, params)
+    except ParamValueError as exc:
+        return str(exc), params
 
 
 def _python_files(archive: Path) -> dict[str, bytes]:

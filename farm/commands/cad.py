@@ -60,6 +60,7 @@ def build(
     A script inside a project is built as the farm builds it: the project packed (minus what
     .gitignore excludes) and its requirements installed into a cached environment.
     """
+    from farm.api.sources import SourceProblem, check_cad_source
     from farm.commands.params import ParamError, combine
     from farm.project import ProjectError, pack_file
     from workers.cad_cache import CadCache, cached_build
@@ -77,6 +78,12 @@ def build(
             try:
                 packed = pack_file(path, Path(scratch)) if path.suffix == ".py" and not no_project else None
             except ProjectError as exc:
+                _die(str(exc), 2)
+            try:  # typed as the farm types them, so that both share cache entries
+                params = check_cad_source(
+                    packed.archive if packed else path, packed.entry if packed else None, artifact, params
+                )
+            except SourceProblem as exc:
                 _die(str(exc), 2)
             request = CadRequest(
                 source=Path(packed.entry) if packed else path,
