@@ -487,15 +487,16 @@ def _print_build(build: dict[str, Any]) -> None:
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from farm.watch import stdout_console
 
     table = Table(title=title)
     for c in columns:
         table.add_column(c)
     for r in rows:
         table.add_row(*["" if v is None else str(v) for v in r])
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def _get(path: str, **params: Any) -> Any:

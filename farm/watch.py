@@ -74,9 +74,14 @@ def snapshot(client: FarmClient) -> Group:
     return render(client.get("/api/status"), client.get("/api/printers"), active)
 
 
+def stdout_console() -> Console:
+    """Piped output (a script, a log) has no width of its own: rich would assume 80 and cut
+    printer names."""
+    return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
+
+
 def run_watch(client: FarmClient, *, interval: float, once: bool) -> None:
-    # Piped output (a script, a log) has no width of its own: rich would assume 80 and cut words.
-    console = Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
+    console = stdout_console()
     if once:
         console.print(snapshot(client))
         return

@@ -49,6 +49,23 @@ def test_watch_once_shows_every_printer(farm: RunningFarm) -> None:
     assert "jobs:" in shown.stdout and "builds:" in shown.stdout
 
 
+def test_tables_piped_to_a_script_keep_whole_printer_names(farm: RunningFarm) -> None:
+    """A pipe has no width: rich would assume 80 columns and cut names to 'workshop-lef…'."""
+    name = "workshop-left-bench-prusa-mk3s-07"
+    reg = {"printer": name, "model": "MK3S", "protocol": "prusalink"}
+    headers = {"Authorization": f"Bearer {(farm.data_dir / 'admin.token').read_text().strip()}"}
+    assert httpx.post(f"{farm.url}/api/agents/register", json=reg, headers=headers).status_code == 200
+    try:
+        listed = farm.cli("printers")
+        assert listed.returncode == 0, listed.stderr
+        for printer in [*farm.printers, {"name": name}]:
+            assert f" {printer['name']} " in listed.stdout, listed.stdout
+        assert "…" not in listed.stdout
+    finally:
+        removed = farm.cli("printers", "remove", name)  # the other tests count the printers
+        assert removed.returncode == 0, removed.stderr
+
+
 def test_tokens_have_roles_and_an_agent_token_acts_for_one_printer(farm: RunningFarm) -> None:
     code, submitter = farm.cli_json("tokens", "create", "alice", "--role", "submitter")
     assert code == 0 and submitter["role"] == "submitter" and submitter["token"].startswith("pf_")
