@@ -17,7 +17,7 @@ from farm.project import ProjectError, find_root, pack_file, pack_git, project_f
 from workers.cad_cache import CadCache, cached_build, cad_cache_key
 from workers.cad_env import EnvStore, missing, read_requirements
 from workers.cad_runner import CadError, CadRequest, CadRunner
-from workers.entry_points import list_entry_points, scan_source, validate_params
+from workers.entry_points import list_entry_points, scan_source, typed_params, validate_params
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -274,6 +274,17 @@ def test_customizable_parameters_are_checked_from_source(
     assert validate_params(info, None, params) == message  # the only customizable is the target
     assert validate_params(info, "custom", {"count": "4", "finish": "gloss", "holes": [1.5]}) is None
     assert validate_params(info, "helper", {"size": "x"}) is None  # plain functions: the build checks
+
+
+def test_a_customizables_parameters_are_typed_by_its_model_from_source(tmp_path: Path) -> None:
+    """Text from --param and JSON from --params make one build: typed as the model types them."""
+    root = write(tmp_path, {"params.py": MODEL, "main.py": CUSTOM})
+    info = scan_source(root / "main.py", lambda p: (root / p).read_text() if (root / p).exists() else None)
+    as_text = typed_params(info, "custom", {"count": "4", "height": "12", "finish": "gloss"})
+    as_json = typed_params(info, None, {"count": 4, "height": 12, "finish": "gloss"})
+    assert as_text == as_json == {"count": 4, "height": 12.0, "finish": "gloss"}  # no defaults added
+    assert type(as_text["height"]) is float and type(as_json["count"]) is int
+    assert typed_params(info, "custom", {"count": "two"}) == {"count": "two"}  # validate_params says why
 
 
 def test_a_plain_functions_parameters_are_typed_from_source(tmp_path: Path) -> None:

@@ -190,21 +190,36 @@ def validate_params(info: ScriptInfo, entry: str | None, params: dict[str, Any])
 
 
 def typed_params(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> dict[str, Any]:
-    """`params` typed as the signature of the function they go to declares (param_values), where
-    that function can be told statically; others are left for the build to type.
+    """`params` typed as the function they go to declares (param_values; for a customizable, its
+    parameter model), where that function can be told statically; others are left to the build.
 
     Raises param_values.ParamValueError for a value its parameter cannot take.
     """
     from workers.param_values import typed_value
 
     target = _target(info, entry, params)
-    if target is None or target.model is not None:
+    if target is None:
         return params
+    if target.model is not None:
+        return _typed_by_model(target.model, info, params)
     declared = {p.name: p for p in target.params}
     return {
         name: typed_value(name, raw, p.annotation, p.default) if (p := declared.get(name)) else raw
         for name, raw in params.items()
     }
+
+
+def _typed_by_model(name: str, info: ScriptInfo, params: dict[str, Any]) -> dict[str, Any]:
+    """The values as the parameter model rebuilt from source types them ("16" for a float: 16.0),
+    the fields given only; as given when it cannot be rebuilt or refuses them (validate_params
+    reports that)."""
+    from workers.param_schema import build_model
+
+    try:
+        typed = build_model(name, info.classes).model_validate(params)
+    except Exception:
+        return params
+    return typed.model_dump(mode="json", exclude_unset=True)
 
 
 def _target(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> Function | None:
