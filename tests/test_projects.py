@@ -3,6 +3,7 @@ entry points read with `ast`, and project builds in the real sandbox."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tarfile
@@ -222,9 +223,13 @@ MODEL = """\
         holes: list[float] = Field(default_factory=list)
 """
 PART = """\
+    from typing import Optional
     from build123d import Align
 
-    def part(n: int = 2, size: float | None = None, hole=True, label="x", angle=Align.MIN, width=30):
+    def part(
+        n: int = 2, size: float | None = None, hole=True, label="x", angle=Align.MIN, width=30,
+        depth: Optional[float] = None,
+    ):
         pass
 """
 CUSTOM = """\
@@ -282,23 +287,71 @@ def test_a_customizables_parameters_are_typed_by_its_model_from_source(tmp_path:
     info = scan_source(root / "main.py", lambda p: (root / p).read_text() if (root / p).exists() else None)
     as_text = typed_params(info, "custom", {"count": "4", "height": "12", "finish": "gloss"})
     as_json = typed_params(info, None, {"count": 4, "height": 12, "finish": "gloss"})
-    assert as_text == as_json == {"count": 4, "height": 12.0, "finish": "gloss"}  # no defaults added
-    assert type(as_text["height"]) is float and type(as_json["count"]) is int
+    assert (
+        same(as_text) == same(as_json) == same({"count": 4, "height": 12.0, "finish": "gloss"})
+    )  # no defaults
     assert typed_params(info, "custom", {"count": "two"}) == {"count": "two"}  # validate_params says why
+
+
+def same(values: dict[str, object]) -> str:
+    """JSON, which tells 40 from 40.0 (== does not): what the cache key is made of."""
+    return json.dumps(values, sort_keys=True)
 
 
 def test_a_plain_functions_parameters_are_typed_from_source(tmp_path: Path) -> None:
     """As the build would type them, so that text from --param and JSON values make one build."""
     write(tmp_path, {"part.py": PART})
     part = tmp_path / "part.py"
-    typed = check_cad_source(
-        part, None, "part", {"n": "3", "size": 5, "hole": "no", "label": "7", "angle": "12", "width": "40.0"}
-    )
-    assert typed == {"n": 3, "size": 5.0, "hole": False, "label": "7", "angle": "12", "width": 40}
-    assert type(typed["size"]) is float and type(typed["width"]) is int
-    assert check_cad_source(part, None, None, {"n": 3, "size": "5"}) == {"n": 3, "size": 5.0}  # the only one
-    with pytest.raises(SourceProblem, match=re.escape("parameter 'n' expects an integer, got '3.5'")):
-        check_cad_source(part, None, "part", {"n": "3.5"})
+    as_text = {
+        "n": "3",
+        "size": "5",
+        "hole": "no",
+        "label": "7",
+        "angle": "12",
+        "width": "40.0",
+        "depth": "2",
+    }
+    as_json = {"n": 3, "size": 5, "hole": False, "label": "7", "angle": "12", "width": 40, "depth": 2}
+    expected = {"n": 3, "size": 5.0, "hole": False, "label": "7", "angle": "12", "width": 40, "depth": 2.0}
+    assert same(check_cad_source(part, None, "part", as_text)) == same(expected)
+    assert same(check_cad_source(part, None, "part", as_json)) == same(expected)
+    assert same(check_cad_source(part, None, None, {"n": 3, "size": "5"})) == same({"n": 3, "size": 5.0})
+    for wrong, says in [
+        ({"n": "3.5"}, "parameter 'n' expects an integer, got '3.5'"),
+        ({"size": "nan"}, "parameter 'size' expects a finite number, got 'nan'"),
+        ({"width": "1e999"}, "parameter 'width' expects a finite number, got '1e999'"),
+        ({"size": 10**400}, "parameter 'size' expects a number, got 1000"),
+    ]:
+        with pytest.raises(SourceProblem, match=re.escape(says)):
+            check_cad_source(part, None, "part", wrong)
+
+
+def test_parameters_are_typed_for_the_function_the_build_runs(tmp_path: Path) -> None:
+    """The last definition of a name; a **kwargs function takes any parameter; a function with a
+    positional-only parameter to fill takes none from --param."""
+    twice = "def box(width: int = 1):\n    pass\n\ndef box(width: float = 1.0):\n    pass\n"
+    open_ended = "def f(n, /, width: int = 1):\n    pass\n\ndef g(**kw):\n    pass\n"
+    write(tmp_path, {"twice.py": twice, "open.py": open_ended})
+    assert check_cad_source(tmp_path / "twice.py", None, "box", {"width": "40.5"}) == {"width": 40.5}
+    assert check_cad_source(tmp_path / "open.py", None, None, {"width": "2.5"}) == {"width": "2.5"}  # g
+
+
+def test_a_customizables_alias_or_extra_goes_on_as_given(tmp_path: Path) -> None:
+    """The rebuilt model knows no aliases; with extra="ignore" it would drop one the real model knows."""
+    model = """\
+        from pydantic import BaseModel, ConfigDict, Field
+
+        class P(BaseModel):
+            model_config = ConfigDict(extra="ignore")
+            width: float = Field(10, alias="w")
+            count: int = 1
+
+        def custom(params: P):
+            pass
+    """
+    write(tmp_path, {"m.py": model})
+    info = scan_source(tmp_path / "m.py")
+    assert same(typed_params(info, "custom", {"w": 30, "count": "2"})) == same({"w": 30, "count": 2})
 
 
 def test_inspect_lists_artifacts_and_customizables_with_their_fields() -> None:

@@ -34,6 +34,8 @@ class Function:
     params: list[Param] = field(default_factory=list)
     kind: str = "function"  # or MakerRepo's "artifact" / "customizable"
     model: str | None = None  # the parameter model's class, for a function taking one pydantic model
+    any_keyword: bool = False  # takes **kwargs
+    needs_positional: bool = False  # has a positional-only parameter without a default
 
 
 @dataclass
@@ -64,11 +66,13 @@ def scan_text(
     tree = ast.parse(text, filename=filename)
     info = ScriptInfo()
     info.classes = _classes(tree, read_module, module_path or PurePosixPath(filename).name)
+    by_name: dict[str, Function] = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
-            info.functions.append(_function(node, info.classes))
+            by_name[node.name] = _function(node, info.classes)  # a redefinition wins, as when run
         elif _assigns_result(node):
             info.has_result = True
+    info.functions = list(by_name.values())
     info.calls_show = any(_is_show_call(node) for node in ast.walk(tree))
     return info
 
@@ -107,6 +111,8 @@ def _function(node: ast.FunctionDef, classes: dict[str, ast.ClassDef]) -> Functi
     kinds = [k for k in map(_makerrepo_kind, node.decorator_list) if k]
     func = Function(node.name, node.lineno, _params(node.args), kind=kinds[0] if kinds else "function")
     args = node.args
+    func.any_keyword = args.kwarg is not None
+    func.needs_positional = len(args.posonlyargs) > len(args.defaults)  # defaults fill from the right
     single = args.posonlyargs + args.args + args.kwonlyargs
     if len(single) == 1 and not args.vararg and not args.kwarg and single[0].annotation is not None:
         name = _annotation_name(single[0].annotation)
@@ -216,10 +222,13 @@ def _typed_by_model(name: str, info: ScriptInfo, params: dict[str, Any]) -> dict
     from workers.param_schema import build_model
 
     try:
-        typed = build_model(name, info.classes).model_validate(params)
+        model = build_model(name, info.classes)
+        typed = model.model_validate(params).model_dump(mode="json", exclude_unset=True)
     except Exception:
         return params
-    return typed.model_dump(mode="json", exclude_unset=True)
+    # Only fields the rebuilt model knows by name: an alias or an extra goes on as given (a model
+    # that ignores extras would drop it here, and the real one may know it).
+    return {k: typed[k] if k in model.model_fields and k in typed else v for k, v in params.items()}
 
 
 def _target(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> Function | None:
@@ -245,8 +254,10 @@ def _accepts(func: Function, info: ScriptInfo, params: dict[str, Any]) -> bool:
         except Exception:
             return False
         return set(params) <= set(fields) and {n for n, f in fields.items() if f.is_required()} <= set(params)
-    names = {p.name for p in func.params}
-    return set(params) <= names and {p.name for p in func.params if not p.has_default} <= set(params)
+    # As the CAD child decides with the live signature (cad_child._accepts).
+    known = set(params) <= {p.name for p in func.params} or func.any_keyword
+    required = {p.name for p in func.params if not p.has_default}
+    return known and not func.needs_positional and required <= set(params)
 
 
 def _params(args: ast.arguments) -> list[Param]:

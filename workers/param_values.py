@@ -8,6 +8,8 @@ statically). No build123d here.
 
 from __future__ import annotations
 
+import math
+import re
 import types
 import typing
 from typing import Any
@@ -24,6 +26,8 @@ def annotated_type(annotation: Any) -> type | None:
     """int, float, bool or str from an annotation (a type, or its text under postponed annotations
     or when read with `ast`); None for anything else."""
     if isinstance(annotation, str):
+        if optional := re.fullmatch(r"(?:typing\.)?Optional\[(.+)\]", annotation.strip()):
+            annotation = optional.group(1)
         parts = [p.strip() for p in annotation.split("|") if p.strip() != "None"]
         return TYPE_NAMES.get(parts[0]) if len(parts) == 1 else None
     if annotation in TYPE_NAMES.values():
@@ -44,24 +48,31 @@ def typed_value(name: str, raw: Any, annotation: Any = None, default: Any = None
     from_default = target is None and type(default) in TYPE_NAMES.values()
     if from_default:
         target = type(default)
+    expects = "a number" if target is int and from_default else _EXPECTS.get(target, "")
+    try:
+        value = _typed(raw, target, from_default)
+    except (ValueError, OverflowError):
+        raise ParamValueError(f"parameter {name!r} expects {expects}, got {raw!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN or infinity
+        raise ParamValueError(f"parameter {name!r} expects a finite number, got {raw!r}")
+    return value
+
+
+def _typed(raw: Any, target: type | None, from_default: bool) -> Any:
     if not isinstance(raw, str):
         if target is float and type(raw) is int:
             return float(raw)
         if target is int and from_default and type(raw) is float and raw.is_integer():
             return int(raw)
         return raw
-    try:
-        if target is bool:
-            return _to_bool(raw)
-        if target is int and from_default:
-            # `length=60` in a CAD script rarely means "integers only".
-            number = float(raw)
-            return int(number) if number.is_integer() else number
-        if target in (int, float):
-            return target(raw)
-    except ValueError:
-        expects = "a number" if target is int and from_default else _EXPECTS[target]  # as above
-        raise ParamValueError(f"parameter {name!r} expects {expects}, got {raw!r}") from None
+    if target is bool:
+        return _to_bool(raw)
+    if target is int and from_default:
+        # `length=60` in a CAD script rarely means "integers only".
+        number = float(raw)
+        return int(number) if number.is_integer() else number
+    if target in (int, float):
+        return target(raw)
     return raw
 
 

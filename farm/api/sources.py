@@ -14,7 +14,7 @@ class SourceProblem(ValueError):
 
 
 def check_cad_source(
-    stored: Path, entry_file: str | None, entry: str | None, params: dict[str, Any]
+    stored: Path, entry_file: str | None, entry: str | None, params: dict[str, Any], *, validate: bool = True
 ) -> dict[str, Any]:
     """The submission's parameters, typed as its entry function declares; raises SourceProblem.
 
@@ -22,16 +22,17 @@ def check_cad_source(
     `@customizable` (or any function taking one pydantic model) are validated against the model
     rebuilt from source; those going to a plain function are typed by its annotations and
     defaults, so that `--param width=40` and `{"width": 40}` in a --params file are one build.
-    A syntax error is not reported here: the build reports it with its line.
+    A syntax error is not reported here: the build reports it with its line. validate=False:
+    the parameter model's checks are left to the build (which has the real model).
     """
-    problem, typed = _read(stored, entry_file, entry, params)
+    problem, typed = _read(stored, entry_file, entry, params, validate)
     if problem:
         raise SourceProblem(problem)
     return typed
 
 
 def _read(
-    stored: Path, entry_file: str | None, entry: str | None, params: dict[str, Any]
+    stored: Path, entry_file: str | None, entry: str | None, params: dict[str, Any], validate: bool
 ) -> tuple[str | None, dict[str, Any]]:
     from workers.entry_points import scan_text, typed_params, validate_params
     from workers.param_values import ParamValueError
@@ -60,7 +61,8 @@ def _read(
     except (SyntaxError, ValueError, RecursionError):
         return None, params
     try:
-        return validate_params(info, entry, params), typed_params(info, entry, params)
+        problem = validate_params(info, entry, params) if validate else None
+        return problem, typed_params(info, entry, params)
     except ParamValueError as exc:
         return str(exc), params
 

@@ -80,9 +80,8 @@ def build(
             except ProjectError as exc:
                 _die(str(exc), 2)
             try:  # typed as the farm types them, so that both share cache entries
-                params = check_cad_source(
-                    packed.archive if packed else path, packed.entry if packed else None, artifact, params
-                )
+                source, entry_file = (packed.archive, packed.entry) if packed else (path, None)
+                params = check_cad_source(source, entry_file, artifact, params, validate=False)
             except SourceProblem as exc:
                 _die(str(exc), 2)
             request = CadRequest(
