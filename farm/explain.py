@@ -64,7 +64,7 @@ def _reasons(job: Job, printer: Printer, slices: dict[str, Slice]) -> list[str]:
     if job.pinned_printer and job.pinned_printer != name:
         reasons.append(f"the job is pinned to {job.pinned_printer}")
     if job.printer_model and job.printer_model != printer.model:
-        reasons.append(f"the job is for a {job.printer_model}, this is a {printer.model}")
+        reasons.append(f"the job is for the {job.printer_model}; this is the {printer.model}")
     else:
         sl = slices.get(printer.model)
         if sl is None:
