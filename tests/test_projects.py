@@ -336,6 +336,79 @@ def test_parameters_are_typed_for_the_function_the_build_runs(tmp_path: Path) ->
     assert check_cad_source(tmp_path / "open.py", None, None, {"width": "2.5"}) == {"width": "2.5"}  # g
 
 
+RAW_INPUT = """\
+    import enum
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    class Size(enum.IntEnum):
+        SMALL = 1
+        LARGE = 2
+
+    class P(BaseModel):
+        model_config = ConfigDict(populate_by_name=True)
+        width: float = Field(10, alias="w", gt=0)
+        length: float = Field(20, gt=0)
+        size: Size = Size.SMALL
+
+        @field_validator("length", mode="before")
+        @classmethod
+        def millimetres(cls, v):
+            return float(str(v).removesuffix("mm"))
+
+    def custom(params: P):
+        pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("params", "typed"),
+    [
+        ({"length": "30mm"}, {"length": "30mm"}),  # a before validator's to convert
+        ({"w": "5"}, {"w": "5"}),  # an alias, left as given
+        ({"width": "5"}, {"width": 5.0}),  # by name too: populate_by_name
+        ({"size": "2"}, {"size": 2}),  # an IntEnum takes its value as text
+    ],
+)
+def test_the_model_from_source_accepts_what_the_real_model_accepts(
+    tmp_path: Path, params: dict[str, object], typed: dict[str, object]
+) -> None:
+    write(tmp_path, {"m.py": RAW_INPUT})
+    real: dict[str, object] = {}
+    exec(compile((tmp_path / "m.py").read_text(), "m.py", "exec", dont_inherit=True), real)  # pydantic only
+    real["P"].model_validate(params)  # type: ignore[attr-defined]
+    info = scan_source(tmp_path / "m.py")
+    assert validate_params(info, "custom", params) is None
+    assert same(typed_params(info, "custom", params)) == same(typed)
+    for wrong in ({"w": "-1"}, {"size": "3"}, {"length": "long"}):
+        with pytest.raises(ValueError):
+            real["P"].model_validate(wrong)  # type: ignore[attr-defined]
+        if wrong != {"length": "long"}:  # the validator's own error: only the build can say it
+            assert validate_params(info, "custom", wrong) is not None, wrong
+    fields = {f["name"]: f for f in list_entry_points(tmp_path / "m.py")[0]["params"]}
+    assert fields["length"]["annotation"] == "float" and fields["length"]["default"] == 20
+
+
+def test_a_model_validator_before_leaves_every_check_to_the_build(tmp_path: Path) -> None:
+    model = """\
+        from pydantic import BaseModel, Field, model_validator
+
+        class Q(BaseModel):
+            count: int = Field(1, ge=1)
+
+            @model_validator(mode="before")
+            @classmethod
+            def from_words(cls, data):
+                return {"count": {"two": 2}.get(data.get("count"), data.get("count"))}
+
+        def custom(params: Q):
+            pass
+    """
+    write(tmp_path, {"q.py": model})
+    info = scan_source(tmp_path / "q.py")
+    assert validate_params(info, "custom", {"count": "two"}) is None
+    assert typed_params(info, "custom", {"count": "two"}) == {"count": "two"}
+
+
 def test_a_customizables_alias_or_extra_goes_on_as_given(tmp_path: Path) -> None:
     """The rebuilt model knows no aliases; with extra="ignore" it would drop one the real model knows."""
     model = """\

@@ -3,18 +3,21 @@
 The coordinator validates submitted parameters against it, so a wrong value is refused at submit
 time (a 4xx naming the field) instead of failing a build later. What can be read statically is
 rebuilt: field types (int, float, str, bool, lists, dicts, Literal, Optional, nested models and
-enums of the same file), literal defaults and literal `Field(...)` constraints (ge, le, pattern, ...).
-Anything else (validators, computed defaults, types from elsewhere) is left to the build itself,
-which validates against the real model.
+enums of the same file), literal defaults, literal `Field(...)` constraints (ge, le, pattern, ...)
+and aliases. A field that a `mode="before"` or `"wrap"` validator may convert takes any value here.
+Anything else (the validators themselves, computed defaults, types from elsewhere) is left to the
+build itself, which validates against the real model.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import enum
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic_core import PydanticUndefined
 
 CONSTRAINTS = {
     "ge",
@@ -32,6 +35,15 @@ CONSTRAINTS = {
     "allow_inf_nan",
     "max_digits",
     "decimal_places",
+    "alias",
+    "validation_alias",
+}
+# Validators that see the raw input: the field's declared type says nothing about what they accept.
+_RAW_VALIDATORS = {
+    "field_validator": "mode",
+    "validator": "pre",
+    "model_validator": "mode",
+    "root_validator": "pre",
 }
 SIMPLE_TYPES: dict[str, Any] = {
     "int": int,
@@ -89,7 +101,7 @@ def field_listing(model: type[BaseModel]) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": name,
-                "annotation": _type_name(info.annotation),
+                "annotation": extra.get("annotation") or _type_name(info.annotation),
                 "has_default": not required,
                 "default": info.default if known else None,
                 "default_source": None if known else extra.get("default_source"),
@@ -115,13 +127,16 @@ class _Builder:
             return self.built[name]
         node = self.classes[name]
         fields: dict[str, Any] = {}
-        extra = "forbid"  # a misspelt parameter is a mistake, not something to ignore
+        config: dict[str, Any] = {
+            "extra": "forbid"
+        }  # a misspelt parameter is a mistake, not something to ignore
         for base in node.bases:
             base_name = _dotted(base)
             if base_name in self.classes and base_name != name:
                 parent = self.model(base_name)
                 fields.update({n: (f.annotation, f) for n, f in parent.model_fields.items()})
-                extra = parent.model_config.get("extra") or extra
+                config.update({k: v for k, v in parent.model_config.items() if k in _CONFIG_KEYS})
+        raw = _raw_validated(node)
         for stmt in node.body:
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
                 class_var = _dotted(stmt.annotation) in ("ClassVar", "typing.ClassVar")
@@ -129,8 +144,10 @@ class _Builder:
                     continue
                 fields[stmt.target.id] = self._field(stmt.annotation, stmt.value)
             elif _assigns(stmt, "model_config"):
-                extra = _config_extra(stmt.value) or extra  # type: ignore[attr-defined]
-        model = create_model(name, __config__=ConfigDict(extra=extra), **fields)  # type: ignore[call-overload]
+                config.update(_config(stmt.value))  # type: ignore[attr-defined]
+        for field in fields if "*" in raw else raw & set(fields):
+            fields[field] = _any_value(*fields[field])
+        model = create_model(name, __config__=ConfigDict(**config), **fields)  # type: ignore[call-overload]
         self.built[name] = model
         return model
 
@@ -221,19 +238,72 @@ class _Builder:
                 if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
             ]
             if values and _UNKNOWN not in values:
+                if any(
+                    (_dotted(b) or "").rsplit(".", 1)[-1] in ("IntEnum", "IntFlag", "int") for b in node.bases
+                ):  # as the real one, it takes "2" for 2 (a Literal would not)
+                    return enum.IntEnum(name, {f"m{i}": v for i, v in enumerate(values)})
                 return Literal[tuple(values)]  # type: ignore[valid-type]
         return Any
 
 
-def _config_extra(value: ast.expr) -> str | None:
+_CONFIG_KEYS = ("extra", "populate_by_name", "validate_by_name", "validate_by_alias")
+
+
+def _config(value: ast.expr) -> dict[str, Any]:
+    """What `model_config = ConfigDict(...)` (or a dict) says that decides which inputs are valid."""
     if isinstance(value, ast.Call):
         pairs = {kw.arg: kw.value for kw in value.keywords}
     elif isinstance(value, ast.Dict):
         pairs = {_literal(k): v for k, v in zip(value.keys, value.values, strict=True) if k is not None}
     else:
-        return None
-    extra = _literal(pairs["extra"]) if "extra" in pairs else None
-    return extra if extra in ("allow", "ignore", "forbid") else None
+        return {}
+    found = {key: _literal(pairs[key]) for key in _CONFIG_KEYS if key in pairs}
+    return {
+        key: v
+        for key, v in found.items()
+        if (v in ("allow", "ignore", "forbid") if key == "extra" else isinstance(v, bool))
+    }
+
+
+def _raw_validated(node: ast.ClassDef) -> set[str]:
+    """The fields that validators running before type validation see ("*": all of them)."""
+    names: set[str] = set()
+    for stmt in node.body:
+        if not isinstance(stmt, ast.FunctionDef):
+            continue
+        for decorator in stmt.decorator_list:
+            if not isinstance(decorator, ast.Call):
+                continue
+            kind = (_dotted(decorator.func) or "").rsplit(".", 1)[-1]
+            if kind not in _RAW_VALIDATORS:
+                continue
+            flag = next(
+                (_literal(k.value) for k in decorator.keywords if k.arg == _RAW_VALIDATORS[kind]), None
+            )
+            if flag not in ("before", "wrap", True):
+                continue
+            if kind in ("model_validator", "root_validator"):
+                return {"*"}
+            names |= {v for a in decorator.args if isinstance(v := _literal(a), str)}
+    return names
+
+
+def _any_value(annotation: Any, info: Any) -> tuple[Any, Any]:
+    """A field as any value, keeping its default, alias and description, and its declared type
+    for `farm inspect`."""
+    from pydantic.fields import FieldInfo
+
+    if not isinstance(info, FieldInfo):
+        info = FieldInfo(default=info)
+    default = info.default if info.default is not PydanticUndefined else ...
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return Any, Field(
+        default=default,
+        alias=info.alias,
+        validation_alias=info.validation_alias,
+        description=info.description,
+        json_schema_extra={**extra, "annotation": _type_name(annotation)},
+    )
 
 
 def _assigns(stmt: ast.stmt, name: str) -> bool:
