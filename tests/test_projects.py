@@ -9,6 +9,7 @@ import subprocess
 import tarfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -386,6 +387,96 @@ def test_the_model_from_source_accepts_what_the_real_model_accepts(
             assert validate_params(info, "custom", wrong) is not None, wrong
     fields = {f["name"]: f for f in list_entry_points(tmp_path / "m.py")[0]["params"]}
     assert fields["length"]["annotation"] == "float" and fields["length"]["default"] == 20
+
+
+UNUSUAL = """\
+    import enum
+    from typing import Annotated
+    from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+    from pydantic.alias_generators import to_camel
+
+    def mm(v):
+        return float(str(v).removesuffix("mm"))
+
+    class Size(enum.IntEnum):
+        _order_ = "SMALL LARGE"
+        SMALL = 1
+        LARGE = 2
+
+    class Base(BaseModel):
+        width: float = 10
+
+        @field_validator("width", mode="before")
+        @classmethod
+        def width_mm(cls, v):
+            return mm(v)
+
+    class P(Base):
+        width: float = 12  # re-declared: the parent's validator still sees it
+        depth: Annotated[float, BeforeValidator(mm)] = 5
+        height: Annotated[float, Field(alias="h")] = 3
+        count: int = Field(1, ge=1)
+        size: Size = Size.SMALL
+
+        @field_validator("count", mode="plain")
+        @classmethod
+        def count_words(cls, v):
+            return {"one": 1, "two": 2}.get(v, v)
+
+    class Camel(BaseModel):
+        model_config = ConfigDict(alias_generator=to_camel)
+        wall_width: float = 3
+
+    class Choices(BaseModel):
+        width: float = Field(10, validation_alias=AliasChoices("w", "wid"))
+
+    class ByKeyword(BaseModel, populate_by_name=True):
+        width: float = Field(10, alias="w")
+
+    def custom(params: P):
+        pass
+
+    def camel(params: Camel):
+        pass
+
+    def choices(params: Choices):
+        pass
+
+    def by_keyword(params: ByKeyword):
+        pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("entry", "params", "typed"),
+    [
+        ("custom", {"width": "5mm"}, {"width": "5mm"}),  # a parent's before validator
+        ("custom", {"depth": "5mm"}, {"depth": "5mm"}),  # Annotated[..., BeforeValidator(...)]
+        ("custom", {"h": "4"}, {"h": "4"}),  # an alias in Annotated, with a default
+        ("custom", {"count": "two"}, {"count": "two"}),  # a plain validator
+        ("custom", {"size": "2", "width": 7}, {"size": 2, "width": 7}),  # an IntEnum with _order_
+        ("custom", {"width": float("inf")}, {"width": float("inf")}),  # Any: not through JSON
+        ("camel", {"wallWidth": "5"}, {"wallWidth": "5"}),  # an alias generator: left to the build
+        ("choices", {"wid": "5"}, {"wid": "5"}),  # AliasChoices: left to the build
+        ("by_keyword", {"width": "5"}, {"width": 5.0}),  # populate_by_name as a class keyword
+    ],
+)
+def test_unusual_models_from_source_accept_what_the_real_ones_accept(
+    tmp_path: Path, entry: str, params: dict[str, object], typed: dict[str, object]
+) -> None:
+    write(tmp_path, {"u.py": UNUSUAL})
+    real: dict[str, Any] = {}
+    exec(compile((tmp_path / "u.py").read_text(), "u.py", "exec", dont_inherit=True), real)  # pydantic only
+    model = {"custom": "P", "camel": "Camel", "choices": "Choices", "by_keyword": "ByKeyword"}[entry]
+    info = scan_source(tmp_path / "u.py")
+    real[model].model_validate(params)
+    assert validate_params(info, entry, params) is None
+    assert typed_params(info, entry, params) == typed
+    real[model].model_validate(typed_params(info, entry, params))  # what the build will be given
+    listed = {e["name"]: e for e in list_entry_points(tmp_path / "u.py")}  # no crash on any of them
+    fields = {f["name"]: f for f in listed["custom"]["params"]}
+    assert fields["count"]["constraints"] == {"ge": 1} and fields["size"]["annotation"] == "Size"
+    assert fields["width"]["annotation"] == "float" and fields["depth"]["annotation"] == "float"
 
 
 def test_a_model_validator_before_leaves_every_check_to_the_build(tmp_path: Path) -> None:

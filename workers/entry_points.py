@@ -179,14 +179,16 @@ def validate_params(info: ScriptInfo, entry: str | None, params: dict[str, Any])
     """
     from pydantic import ValidationError
 
-    from workers.param_schema import build_model, describe_errors
+    from workers.param_schema import checkable_model, describe_errors
 
     target = _target(info, entry, params)
     if target is None or target.model is None:
         return None
     try:
-        model = build_model(target.model, info.classes)
+        model = checkable_model(target.model, info.classes)
     except Exception:  # a model this reader cannot rebuild: the build validates it
+        return None
+    if model is None:
         return None
     try:
         model.model_validate(params)
@@ -219,16 +221,21 @@ def _typed_by_model(name: str, info: ScriptInfo, params: dict[str, Any]) -> dict
     """The values as the parameter model rebuilt from source types them ("16" for a float: 16.0),
     the fields given only; as given when it cannot be rebuilt or refuses them (validate_params
     reports that)."""
-    from workers.param_schema import build_model
+    from workers.param_schema import checkable_model
 
     try:
-        model = build_model(name, info.classes)
+        model = checkable_model(name, info.classes)
+        if model is None:
+            return params
         typed = model.model_validate(params).model_dump(mode="json", exclude_unset=True)
     except Exception:
         return params
-    # Only fields the rebuilt model knows by name: an alias or an extra goes on as given (a model
-    # that ignores extras would drop it here, and the real one may know it).
-    return {k: typed[k] if k in model.model_fields and k in typed else v for k, v in params.items()}
+    # Only fields the rebuilt model knows by name and type: an alias or an extra goes on as given
+    # (a model that ignores extras would drop it here, and the real one may know it), and so does
+    # a value of a field typed Any (JSON would turn its NaN into null).
+    fields = model.model_fields
+    typed_here = {k for k, f in fields.items() if f.annotation is not Any}
+    return {k: typed[k] if k in typed_here and k in typed else v for k, v in params.items()}
 
 
 def _target(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> Function | None:
@@ -247,12 +254,15 @@ def _target(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> Func
 
 def _accepts(func: Function, info: ScriptInfo, params: dict[str, Any]) -> bool:
     if func.model:
-        from workers.param_schema import build_model
+        from workers.param_schema import checkable_model
 
         try:
-            fields = build_model(func.model, info.classes).model_fields
+            model = checkable_model(func.model, info.classes)
         except Exception:
             return False
+        if model is None:
+            return False
+        fields = model.model_fields
         return set(params) <= set(fields) and {n for n, f in fields.items() if f.is_required()} <= set(params)
     # As the CAD child decides with the live signature (cad_child._accepts).
     known = set(params) <= {p.name for p in func.params} or func.any_keyword

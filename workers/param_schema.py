@@ -17,6 +17,7 @@ import enum
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 CONSTRAINTS = {
@@ -45,6 +46,8 @@ _RAW_VALIDATORS = {
     "model_validator": "mode",
     "root_validator": "pre",
 }
+_RAW_MODES = ("before", "wrap", "plain", True)
+_ANNOTATED_VALIDATORS = {"BeforeValidator", "WrapValidator", "PlainValidator"}
 SIMPLE_TYPES: dict[str, Any] = {
     "int": int,
     "float": float,
@@ -68,8 +71,17 @@ def is_model_class(node: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> bool
 
 
 def build_model(name: str, classes: dict[str, ast.ClassDef]) -> type[BaseModel]:
-    """The pydantic model for class `name` (a BaseModel subclass among `classes`)."""
+    """The pydantic model for class `name` (a BaseModel subclass among `classes`), for listings."""
     return _Builder(classes).model(name)
+
+
+def checkable_model(name: str, classes: dict[str, ast.ClassDef]) -> type[BaseModel] | None:
+    """The model to check and type submitted values with; None when what decides validity cannot
+    be read from source (an alias generator, a v1 `class Config`, a computed alias or setting):
+    the build then checks them against the real model. Raises what build_model raises."""
+    builder = _Builder(classes)
+    model = builder.model(name)
+    return None if builder.unsure else model
 
 
 def describe_errors(function: str, errors: list[Any]) -> str:
@@ -88,16 +100,10 @@ def field_listing(model: type[BaseModel]) -> list[dict[str, Any]]:
     """Each field as {name, annotation, has_default, default, required, constraints} for inspect."""
     out = []
     for name, info in model.model_fields.items():
-        constraints: dict[str, Any] = {}
-        for meta in info.metadata:
-            if dataclasses.is_dataclass(meta):
-                pairs = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta)}
-            else:
-                pairs = dict(getattr(meta, "__dict__", {}))
-            constraints.update({k: v for k, v in pairs.items() if v is not None})
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        constraints = extra.get("constraints") or _constraints(info)
         required = info.is_required()
         known = not required and info.default is not _UNKNOWN
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         out.append(
             {
                 "name": name,
@@ -113,6 +119,17 @@ def field_listing(model: type[BaseModel]) -> list[dict[str, Any]]:
     return out
 
 
+def _constraints(info: Any) -> dict[str, Any]:
+    constraints: dict[str, Any] = {}
+    for meta in info.metadata:
+        if dataclasses.is_dataclass(meta):
+            pairs = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta)}
+        else:
+            pairs = dict(getattr(meta, "__dict__", {}))
+        constraints.update({k: v for k, v in pairs.items() if v is not None})
+    return constraints
+
+
 def _type_name(annotation: Any) -> str:
     return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
@@ -121,22 +138,27 @@ class _Builder:
     def __init__(self, classes: dict[str, ast.ClassDef]) -> None:
         self.classes = classes
         self.built: dict[str, type[BaseModel]] = {}
+        self.raw: dict[str, set[str]] = {}  # per model, the fields raw validators see
+        self.unsure = False  # something that decides validity could not be read
 
     def model(self, name: str) -> type[BaseModel]:
         if name in self.built:
             return self.built[name]
         node = self.classes[name]
         fields: dict[str, Any] = {}
-        config: dict[str, Any] = {
-            "extra": "forbid"
-        }  # a misspelt parameter is a mistake, not something to ignore
+        raw: set[str] = set()
+        config: dict[str, Any] = {"extra": "forbid"}  # a misspelt parameter is a mistake
         for base in node.bases:
             base_name = _dotted(base)
             if base_name in self.classes and base_name != name:
                 parent = self.model(base_name)
                 fields.update({n: (f.annotation, f) for n, f in parent.model_fields.items()})
                 config.update({k: v for k, v in parent.model_config.items() if k in _CONFIG_KEYS})
-        raw = _raw_validated(node)
+                raw |= self.raw[base_name]
+        raw |= _raw_validated(node)
+        config.update(
+            self._config({kw.arg: kw.value for kw in node.keywords if kw.arg})
+        )  # class P(BaseModel, k=v)
         for stmt in node.body:
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
                 class_var = _dotted(stmt.annotation) in ("ClassVar", "typing.ClassVar")
@@ -144,14 +166,34 @@ class _Builder:
                     continue
                 fields[stmt.target.id] = self._field(stmt.annotation, stmt.value)
             elif _assigns(stmt, "model_config"):
-                config.update(_config(stmt.value))  # type: ignore[attr-defined]
+                config.update(self._config(_pairs(stmt.value)))  # type: ignore[attr-defined]
+            elif isinstance(stmt, ast.ClassDef) and stmt.name == "Config":  # pydantic v1 style
+                self.unsure = True
         for field in fields if "*" in raw else raw & set(fields):
             fields[field] = _any_value(*fields[field])
         model = create_model(name, __config__=ConfigDict(**config), **fields)  # type: ignore[call-overload]
-        self.built[name] = model
+        self.built[name], self.raw[name] = model, raw
         return model
 
+    def _config(self, pairs: dict[str, ast.expr]) -> dict[str, Any]:
+        """What model settings say that decides which inputs are valid."""
+        if "alias_generator" in pairs:
+            self.unsure = True
+        config = {}
+        for key in _CONFIG_KEYS:
+            if key in pairs:
+                v = _literal(pairs[key])
+                if v in ("allow", "ignore", "forbid") if key == "extra" else isinstance(v, bool):
+                    config[key] = v
+                else:  # e.g. `Extra.allow`
+                    self.unsure = True
+        return config
+
     def _field(self, annotation: ast.expr, value: ast.expr | None) -> tuple[Any, Any]:
+        field = self._declared(annotation, value)
+        return _any_value(*field) if _validated_in(annotation) else field
+
+    def _declared(self, annotation: ast.expr, value: ast.expr | None) -> tuple[Any, Any]:
         kind, info = self._annotation(annotation)
         if value is None:
             return kind, info if info is not None else ...
@@ -159,8 +201,11 @@ class _Builder:
             return kind, self._field_call(value, info)
         literal = _literal(value)
         if literal is _UNKNOWN:  # e.g. `Color.RED`: optional, its value known only to the build
-            return kind, Field(default=_UNKNOWN, json_schema_extra={"default_source": ast.unparse(value)})
-        return kind, literal
+            default = Field(default=_UNKNOWN, json_schema_extra={"default_source": ast.unparse(value)})
+        else:
+            default = Field(default=literal)
+        # `x: Annotated[float, Field(alias="w")] = 3`: the alias and the default both count.
+        return kind, default if info is None else FieldInfo.merge_field_infos(info, default)
 
     def _field_call(self, call: ast.Call, info: Any) -> Any:
         kwargs: dict[str, Any] = {}
@@ -174,6 +219,8 @@ class _Builder:
                 kwargs["json_schema_extra"] = {"default_source": f"{ast.unparse(kw.value)}()"}
             elif kw.arg in CONSTRAINTS and (v := _literal(kw.value)) is not _UNKNOWN:
                 kwargs[kw.arg] = v
+            elif kw.arg in ("alias", "validation_alias"):  # e.g. AliasChoices(...): not rebuilt
+                self.unsure = True
         return Field(**kwargs)
 
     def _annotation(self, node: ast.expr) -> tuple[Any, Any]:
@@ -224,45 +271,50 @@ class _Builder:
                 result = result | kind
             return result
         if short == "Annotated":
-            return self._type(items[0])
+            return Any if _validated_in(node) else self._type(items[0])
         return Any
 
     def _class_type(self, name: str) -> Any:
         node = self.classes[name]
         if is_model_class(node, self.classes):
             return self.model(name)
-        if any((_dotted(b) or "").rsplit(".", 1)[-1] in ("Enum", "StrEnum", "IntEnum") for b in node.bases):
-            values = [
-                _literal(s.value)
+        bases = {(_dotted(b) or "").rsplit(".", 1)[-1] for b in node.bases}
+        if bases & {"Enum", "StrEnum", "IntEnum", "IntFlag"}:
+            members = {
+                s.targets[0].id: _literal(s.value)
                 for s in node.body
                 if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
-            ]
-            if values and _UNKNOWN not in values:
-                if any(
-                    (_dotted(b) or "").rsplit(".", 1)[-1] in ("IntEnum", "IntFlag", "int") for b in node.bases
-                ):  # as the real one, it takes "2" for 2 (a Literal would not)
-                    return enum.IntEnum(name, {f"m{i}": v for i, v in enumerate(values)})
-                return Literal[tuple(values)]  # type: ignore[valid-type]
+            }
+            values = [v for n, v in members.items() if not n.startswith("_")]  # not `_order_`
+            if not values or any(v is _UNKNOWN or isinstance(v, tuple) for v in values):
+                return Any  # a computed or labelled member (a custom __new__): its value is unknown here
+            if bases & {"IntEnum", "IntFlag", "int"}:
+                if not all(type(v) is int for v in values):
+                    return Any
+                # As the real one, it takes "2" for 2 (a Literal would not).
+                return enum.IntEnum(name, {f"m{i}": v for i, v in enumerate(values)})
+            return Literal[tuple(values)]  # type: ignore[valid-type]
         return Any
 
 
 _CONFIG_KEYS = ("extra", "populate_by_name", "validate_by_name", "validate_by_alias")
 
 
-def _config(value: ast.expr) -> dict[str, Any]:
-    """What `model_config = ConfigDict(...)` (or a dict) says that decides which inputs are valid."""
+def _pairs(value: ast.expr) -> dict[str, ast.expr]:
+    """The settings of `ConfigDict(...)` or a dict literal."""
     if isinstance(value, ast.Call):
-        pairs = {kw.arg: kw.value for kw in value.keywords}
-    elif isinstance(value, ast.Dict):
-        pairs = {_literal(k): v for k, v in zip(value.keys, value.values, strict=True) if k is not None}
-    else:
-        return {}
-    found = {key: _literal(pairs[key]) for key in _CONFIG_KEYS if key in pairs}
-    return {
-        key: v
-        for key, v in found.items()
-        if (v in ("allow", "ignore", "forbid") if key == "extra" else isinstance(v, bool))
-    }
+        return {kw.arg: kw.value for kw in value.keywords if kw.arg}
+    if isinstance(value, ast.Dict):
+        return {_literal(k): v for k, v in zip(value.keys, value.values, strict=True) if k is not None}
+    return {}
+
+
+def _validated_in(annotation: ast.expr) -> bool:
+    """Whether an `Annotated[...]` in the annotation carries a Before-, Wrap- or PlainValidator."""
+    return any(
+        isinstance(n, ast.Call) and (_dotted(n.func) or "").rsplit(".", 1)[-1] in _ANNOTATED_VALIDATORS
+        for n in ast.walk(annotation)
+    )
 
 
 def _raw_validated(node: ast.ClassDef) -> set[str]:
@@ -280,29 +332,31 @@ def _raw_validated(node: ast.ClassDef) -> set[str]:
             flag = next(
                 (_literal(k.value) for k in decorator.keywords if k.arg == _RAW_VALIDATORS[kind]), None
             )
-            if flag not in ("before", "wrap", True):
+            if flag not in (*_RAW_MODES, _UNKNOWN):  # unreadable: assume the worst
                 continue
             if kind in ("model_validator", "root_validator"):
                 return {"*"}
-            names |= {v for a in decorator.args if isinstance(v := _literal(a), str)}
+            fields = [_literal(a) for a in decorator.args]
+            if not all(isinstance(f, str) for f in fields):  # e.g. `*NAMES`
+                return {"*"}
+            names |= set(fields)
     return names
 
 
 def _any_value(annotation: Any, info: Any) -> tuple[Any, Any]:
     """A field as any value, keeping its default, alias and description, and its declared type
     for `farm inspect`."""
-    from pydantic.fields import FieldInfo
-
     if not isinstance(info, FieldInfo):
         info = FieldInfo(default=info)
     default = info.default if info.default is not PydanticUndefined else ...
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    shown = {"annotation": _type_name(annotation), "constraints": _constraints(info)}
     return Any, Field(
         default=default,
         alias=info.alias,
         validation_alias=info.validation_alias,
         description=info.description,
-        json_schema_extra={**extra, "annotation": _type_name(annotation)},
+        json_schema_extra={**shown, **extra},  # a parent's declared type, when it was made Any there
     )
 
 
