@@ -139,7 +139,7 @@ def test_explain_agrees_with_the_dispatcher(engine) -> None:  # type: ignore[no-
         verdicts = {e["printer"]: e for e in explain.explain(s, job, starvation_s=3600)}
         assert verdicts["good"] == {"printer": "good", "eligible": True, "reasons": [], "position": 1}
         assert "PETG loaded, the job needs PLA" in verdicts["petg"]["reasons"][0]
-        assert "for a MINI, this is a MK3S" in verdicts["other-model"]["reasons"][0]
+        assert "for the MINI; this is the MK3S" in verdicts["other-model"]["reasons"][0]
         assert "not cleared" in verdicts["dirty-bed"]["reasons"][0]
         for p in printers:  # the dispatcher takes the job exactly where explain says it may
             s.refresh(job)
