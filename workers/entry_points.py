@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from workers.param_values import ParamValueError, typed_value
+
 SHOW_NAMES = frozenset({"show", "show_object", "show_all"})
 MAKERREPO_KINDS = ("artifact", "customizable")
 # Reads another module of the project by its path from the project root ("pkg/params.py"), or None.
@@ -177,39 +179,30 @@ def validate_params(info: ScriptInfo, entry: str | None, params: dict[str, Any])
     Mirrors how the build picks its entry point; anything that cannot be decided statically is
     left to the build.
     """
-    from pydantic import ValidationError
-
-    from workers.param_schema import checkable_model, describe_errors
-
     target = _target(info, entry, params)
     if target is None or target.model is None:
         return None
     try:
-        model = checkable_model(target.model, info.classes)
-    except Exception:  # a model this reader cannot rebuild: the build validates it
-        return None
-    if model is None:
-        return None
-    try:
-        model.model_validate(params)
-    except ValidationError as exc:
-        return describe_errors(target.name, exc.errors())
+        _typed_by_model(target, info, params, validate=True)
+    except ParamValueError as exc:
+        return str(exc)
     return None
 
 
-def typed_params(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> dict[str, Any]:
+def typed_params(
+    info: ScriptInfo, entry: str | None, params: dict[str, Any], *, validate: bool = False
+) -> dict[str, Any]:
     """`params` typed as the function they go to declares (param_values; for a customizable, its
     parameter model), where that function can be told statically; others are left to the build.
 
-    Raises param_values.ParamValueError for a value its parameter cannot take.
+    Raises param_values.ParamValueError for a value its parameter cannot take and, with
+    `validate`, for values a customizable's model refuses (validate_params' message).
     """
-    from workers.param_values import typed_value
-
     target = _target(info, entry, params)
     if target is None:
         return params
     if target.model is not None:
-        return _typed_by_model(target.model, info, params)
+        return _typed_by_model(target, info, params, validate=validate)
     declared = {p.name: p for p in target.params}
     return {
         name: typed_value(name, raw, p.annotation, p.default) if (p := declared.get(name)) else raw
@@ -217,24 +210,31 @@ def typed_params(info: ScriptInfo, entry: str | None, params: dict[str, Any]) ->
     }
 
 
-def _typed_by_model(name: str, info: ScriptInfo, params: dict[str, Any]) -> dict[str, Any]:
+def _typed_by_model(
+    target: Function, info: ScriptInfo, params: dict[str, Any], *, validate: bool
+) -> dict[str, Any]:
     """The values as the parameter model rebuilt from source types them ("16" for a float: 16.0),
-    the fields given only; as given when it cannot be rebuilt or refuses them (validate_params
-    reports that)."""
-    from workers.param_schema import checkable_model
+    the fields given only; as given when it cannot be rebuilt or, without `validate`, refuses them."""
+    from pydantic import ValidationError
 
+    from workers.param_schema import checkable_model, describe_errors
+
+    assert target.model is not None
     try:
-        model = checkable_model(name, info.classes)
+        model = checkable_model(target.model, info.classes)
         if model is None:
             return params
         typed = model.model_validate(params).model_dump(mode="json", exclude_unset=True)
-    except Exception:
+    except ValidationError as exc:
+        if validate:
+            raise ParamValueError(describe_errors(target.name, exc.errors())) from None
+        return params
+    except Exception:  # a model this reader cannot rebuild: the build validates it
         return params
     # Only fields the rebuilt model knows by name and type: an alias or an extra goes on as given
     # (a model that ignores extras would drop it here, and the real one may know it), and so does
     # a value of a field typed Any (JSON would turn its NaN into null).
-    fields = model.model_fields
-    typed_here = {k for k, f in fields.items() if f.annotation is not Any}
+    typed_here = {k for k, f in model.model_fields.items() if f.annotation is not Any}
     return {k: typed[k] if k in typed_here and k in typed else v for k, v in params.items()}
 
 

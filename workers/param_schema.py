@@ -156,9 +156,8 @@ class _Builder:
                 config.update({k: v for k, v in parent.model_config.items() if k in _CONFIG_KEYS})
                 raw |= self.raw[base_name]
         raw |= _raw_validated(node)
-        config.update(
-            self._config({kw.arg: kw.value for kw in node.keywords if kw.arg})
-        )  # class P(BaseModel, k=v)
+        class_keywords = {kw.arg: kw.value for kw in node.keywords if kw.arg}  # class P(BaseModel, k=v)
+        config.update(self._config(class_keywords))
         for stmt in node.body:
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
                 class_var = _dotted(stmt.annotation) in ("ClassVar", "typing.ClassVar")

@@ -25,16 +25,7 @@ def check_cad_source(
     A syntax error is not reported here: the build reports it with its line. validate=False:
     the parameter model's checks are left to the build (which has the real model).
     """
-    problem, typed = _read(stored, entry_file, entry, params, validate)
-    if problem:
-        raise SourceProblem(problem)
-    return typed
-
-
-def _read(
-    stored: Path, entry_file: str | None, entry: str | None, params: dict[str, Any], validate: bool
-) -> tuple[str | None, dict[str, Any]]:
-    from workers.entry_points import scan_text, typed_params, validate_params
+    from workers.entry_points import scan_text, typed_params
     from workers.param_values import ParamValueError
 
     if entry_file is None:
@@ -45,26 +36,25 @@ def _read(
         try:
             modules = _python_files(stored)
         except (tarfile.TarError, OSError, EOFError) as exc:
-            return f"the upload is not a project archive (tar.gz): {exc}", params
+            raise SourceProblem(f"the upload is not a project archive (tar.gz): {exc}") from None
         entry_file = PurePosixPath(entry_file).as_posix()
         if entry_file not in modules:
             listing = ", ".join(sorted(modules)[:20]) or "none"
-            return f"{entry_file} is not in the project; its .py files: {listing}", params
+            raise SourceProblem(f"{entry_file} is not in the project; its .py files: {listing}")
         text = _read_text(modules[entry_file])
         module_path = entry_file
     if text is None:
-        return None, params
+        return params
     try:
         info = scan_text(
             text, module_path or "source.py", lambda p: _read_text(modules.get(p, b"")), module_path
         )
     except (SyntaxError, ValueError, RecursionError):
-        return None, params
+        return params
     try:
-        problem = validate_params(info, entry, params) if validate else None
-        return problem, typed_params(info, entry, params)
+        return typed_params(info, entry, params, validate=validate)
     except ParamValueError as exc:
-        return str(exc), params
+        raise SourceProblem(str(exc)) from None
 
 
 def _python_files(archive: Path) -> dict[str, bytes]:
