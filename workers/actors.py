@@ -9,6 +9,7 @@ Dramatiq retries the message with back-off.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
     build = started["build"]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"farm-cad-{build_id}-") as tmp:
+        os.chmod(tmp, 0o711)  # the build's own uid passes through to src/, cannot list
         outdir = Path(tmp) / "out"
         outdir.mkdir()
         if build.get("project"):  # an archive; the runner unpacks it in the build's private folder

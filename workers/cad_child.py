@@ -27,15 +27,16 @@ import warnings
 from collections.abc import Callable, Iterator
 from multiprocessing import forkserver
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 # Imported here so that the fork server pays for it once and every build starts warm.
 import build123d as bd
 
 from workers.mesh import MeshProblem, check_mesh, read_stl, write_previews
 from workers.param_values import ParamValueError, typed_value
+from workers.sandbox import Policy, SandboxError, View, enter
 
-KEEP_ENV = ("PATH", "HOME", "LANG")
+KEEP_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
 # What a build writes: paths in the job; "step" only when the submitter asked for it.
 OUTPUTS = ("stl", "threemf", "step", "preview", "preview_small")
 STL_TOLERANCE = 0.01
@@ -85,10 +86,18 @@ def run_child(job: dict[str, Any]) -> None:
     _die_with_parent()
     _release_forkserver()
     _redirect_output(Path(job["log"]))
-    _enable_tracebacks(Path(job["trace"]), float(job["limits"]["wall_s"]))
+    trace = open(job["trace"], "w")  # noqa: SIM115 - open for faulthandler until the process ends
     _apply_limits(job["limits"])
     # A project runs from its root, so that relative paths in it mean what they mean at home.
-    os.chdir(job.get("project_root") or job["workdir"])
+    cwd = job.get("project_root") or str(Path(job["source"]).parent)
+    try:
+        _enter_sandbox(job, cwd)
+    except (SandboxError, OSError) as error:
+        message = f"the build's sandbox could not be set up on this worker: {error}"
+        _write_json(Path(job["result"]), {"ok": False, "kind": "crash", "message": message})
+        os._exit(0)
+    # After the sandbox's forks: the wall-clock dump runs in a thread, and threads do not survive a fork.
+    _enable_tracebacks(trace, float(job["limits"]["wall_s"]))
     for name in list(os.environ):
         if name not in KEEP_ENV:
             del os.environ[name]
@@ -111,6 +120,15 @@ def run_child(job: dict[str, Any]) -> None:
     sys.stderr.flush()
     # Skip interpreter shutdown: user atexit hooks and stray non-daemon threads must not hold the exit.
     os._exit(0)
+
+
+def _enter_sandbox(job: dict[str, Any], cwd: str) -> None:
+    walls = job.get("sandbox")
+    if not walls:
+        os.chdir(cwd)
+        return
+    view = View(walls["read_only"], walls["writable"], cwd=cwd, scratch=walls["scratch"])
+    enter(Policy.from_dict(walls["policy"]), view)
 
 
 def _die_with_parent() -> None:
@@ -140,12 +158,11 @@ def _redirect_output(log: Path) -> None:
     os.close(fd)
 
 
-def _enable_tracebacks(trace: Path, wall_s: float) -> None:
+def _enable_tracebacks(stream: TextIO, wall_s: float) -> None:
     """Dump the Python stack on a crash, at the CPU and file-size limits and before the wall-clock kill.
 
     The parent reads the last dump to tell the user which line of their script was running.
     """
-    stream = open(trace, "w")  # noqa: SIM115 - must stay open for faulthandler until the process ends
     faulthandler.enable(file=stream, all_threads=False)
     faulthandler.register(signal.SIGXCPU, file=stream, all_threads=False)
     # Python ignores SIGXFSZ, and C++ exporters ignore failed writes: dying is the only reliable report.

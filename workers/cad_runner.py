@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tarfile
 import tempfile
@@ -27,6 +28,8 @@ from multiprocessing.connection import wait
 from multiprocessing.context import ForkServerProcess, reduction, set_spawning_popen
 from pathlib import Path
 from typing import Any
+
+from workers import sandbox
 
 # mr (MakerRepo) and pydantic serve @artifact / @customizable projects. cad_child last: it freezes the gc.
 PRELOAD = ["build123d", "pydantic", "mr", "workers.cad_runner", "workers.cad_child"]
@@ -105,8 +108,10 @@ _server_users = 0  # open runners share the one fork server; the last to close s
 class CadRunner:
     """Runs builds; `build` may be called from several threads at once."""
 
-    def __init__(self, limits: CadLimits | None = None) -> None:
+    def __init__(self, limits: CadLimits | None = None, policy: sandbox.Policy | None = None) -> None:
         self.limits = limits or CadLimits()
+        self.policy = policy or sandbox.Policy()
+        self.sandbox: sandbox.Report | None = None
         self._ctx = multiprocessing.get_context("forkserver")
         self._lock = threading.Lock()
         self._running: set[multiprocessing.process.BaseProcess] = set()
@@ -121,6 +126,9 @@ class CadRunner:
                 return
             if self._closed:
                 raise RuntimeError("CadRunner is closed")
+            self.sandbox = sandbox.probe(self.policy)
+            if not self.sandbox.usable:
+                raise sandbox.Unavailable(self.sandbox)
             self._ctx.set_forkserver_preload(PRELOAD)
             with _server_lock:
                 _ensure_forkserver()
@@ -143,15 +151,34 @@ class CadRunner:
         outdir.mkdir(parents=True, exist_ok=True)
         for name in OUTPUT_NAMES:
             (outdir / name).unlink(missing_ok=True)  # never report a previous build's files
+        # The build sees only its own folder: the project (or the lone script's folder) read-only,
+        # out/ and tmp/ writable. Its outputs are moved to `outdir` afterwards, after checks.
         workdir = Path(tempfile.mkdtemp(prefix="cad-build-"))
+        os.chmod(workdir, 0o711)  # a build running under its own uid may pass through, not list
+        buildout, scratch = workdir / "out", workdir / "tmp"
+        buildout.mkdir()
+        scratch.mkdir()
         try:
-            root = _unpack(req.project, workdir / "project", limits) if req.project else None
-            source = (root / req.source) if root else req.source.resolve()
-            if root and not source.is_file():
-                raise CadError("entry", f"no file {req.source} in the project")
-            job = _job(source, outdir, workdir, req, limits, root)
+            if req.project:
+                root = _unpack(req.project, workdir / "project", limits)
+                source = (root / req.source).resolve()
+                if not source.is_file() or not source.is_relative_to(root):
+                    raise CadError("entry", f"no file {req.source} in the project")
+            else:
+                root = None
+                source = _copy_lone_script(req.source.resolve(), workdir / "src", limits)
+            job = _job(source, buildout, workdir, req, limits, root)
+            visible = [root or source.parent, *([req.env] if req.env else [])]
+            job["sandbox"] = {
+                "policy": {**asdict(self.policy), "procs": limits.procs, "tmp_mb": 2 * limits.output_mb},
+                "read_only": sandbox.read_only_paths(visible),
+                "writable": [str(buildout), str(scratch)],
+                "scratch": str(workdir),
+            }
             exitcode, timed_out = self._run(job, limits)
-            return _outcome(job, exitcode, timed_out, limits, closed=self._closed)
+            _collect(buildout, outdir)
+            return _outcome(_job(source, outdir, workdir, req, limits, root), exitcode, timed_out, limits,
+                            closed=self._closed)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -266,6 +293,44 @@ def _unpack(archive: Path, dest: Path, limits: CadLimits) -> Path:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise CadError("entry", f"the project archive cannot be unpacked: {exc}") from None
     return dest.resolve()
+
+
+def _copy_lone_script(script: Path, dest: Path, limits: CadLimits) -> Path:
+    """A script without a project brings the plain files beside it (its helper modules), no folders.
+
+    Copied rather than shown in place: the folder may be one the build's uid cannot enter.
+    """
+    dest.mkdir()
+    budget = limits.output_mb << 20
+    siblings = sorted(p for p in script.parent.iterdir() if p.is_file() and not p.is_symlink())
+    siblings = [p for p in siblings if p != script]
+    for path in [script, *siblings]:
+        size = path.stat().st_size
+        if path != script and size > budget:
+            continue
+        budget -= size
+        shutil.copyfile(path, dest / path.name)
+    return dest / script.name
+
+
+def _collect(buildout: Path, outdir: Path) -> None:
+    """Move what the build wrote to `outdir`: regular files only, owned by us again.
+
+    The build's uid owns its out/ folder and could leave a link there (to /etc/shadow, say) for the
+    worker to upload; a name that is not a plain file is dropped.
+    """
+    for name in OUTPUT_NAMES:
+        path = buildout / name
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            path.unlink()
+            continue
+        shutil.move(path, outdir / name)
+        if info.st_uid != os.geteuid():
+            os.chown(outdir / name, os.geteuid(), os.getegid(), follow_symlinks=False)
 
 
 def _job(
@@ -436,8 +501,8 @@ def _outcome(
 
 def _read_result(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(_tail(path, 1 << 20))
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -481,11 +546,15 @@ def _exit_error(exitcode: int | None, limits: CadLimits, where: str, cpu_dump: b
 
 def _tail(path: Path, size: int = 65536) -> str:
     try:
-        with path.open("rb") as f:
-            f.seek(max(0, path.stat().st_size - size))
-            return f.read().decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return ""
+    with open(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return ""
+        f.seek(max(0, info.st_size - size))
+        return f.read(size).decode("utf-8", "replace")
 
 
 # faulthandler output: a dump starts with one of these lines, then `  File "...", line N in func`.
