@@ -218,7 +218,6 @@ def require(*roles: str):  # type: ignore[no-untyped-def]
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-TokenDep = Annotated[Token, Depends(authenticate)]
 MAX_ID = 2**31 - 1  # the database's INTEGER: a larger id is a 422, not a database error
 RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 FarmDep = Annotated[Farm, Depends(get_farm)]
