@@ -272,3 +272,5 @@ def test_an_expired_token_is_refused_and_says_so(coord: Coordinator) -> None:
         assert resp.status_code == 422 and words in resp.text, resp.text
     resp = coord.call(coord.admin, "POST", "/api/tokens", json={"name": "x", "role": "guest"})
     assert resp.status_code == 422 and "viewer" in resp.text
+    resp = coord.call(coord.admin, "POST", "/api/tokens", json={"name": "a/b", "role": "viewer"})
+    assert resp.status_code == 422 and "name" in resp.text  # it could never be revoked by name

@@ -28,7 +28,8 @@ Role = Literal["admin", "submitter", "viewer", "worker", "agent"]
 
 
 class NewToken(BaseModel):
-    name: str = Field(min_length=1, max_length=100)
+    # No '/': `DELETE /api/tokens/{name}` must be able to name it.
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^/]+$")
     role: Role
     printer: str | None = Field(None, description="an agent token acts only for this printer")
     expires_at: AwareDatetime | NaiveDatetime | None = Field(
