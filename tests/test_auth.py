@@ -64,7 +64,7 @@ def coord(tmp_path: Path, redis_url: str) -> Iterator[Coordinator]:
 
 
 @dataclass
-class Farm:
+class Fleet:
     """Two printers (pa, a MINI; pb, an MK3S), each with its agent token; alice's and bob's builds."""
 
     agent_a: str
@@ -81,7 +81,7 @@ class Farm:
 
 
 @pytest.fixture
-def farm(coord: Coordinator) -> Farm:
+def fleet(coord: Coordinator) -> Fleet:
     agents = {}
     for name, model in (("pa", "MINI"), ("pb", "MK3S")):
         agents[name] = coord.token(f"agent-{name}", "agent", printer=name)
@@ -94,7 +94,7 @@ def farm(coord: Coordinator) -> Farm:
     cad = coord.submit(alice, "part.py", b"def part():\n    pass\n")
     gcode_a = coord.slice_as_worker(worker, build_a, b"G28 ; sliced for pa\n")
     gcode_b = coord.slice_as_worker(worker, build_b, b"G28 ; sliced for pb\n")
-    return Farm(
+    return Fleet(
         agents["pa"], agents["pb"], alice, bob, worker, viewer, build_a, build_b, cad, gcode_a, gcode_b
     )
 
@@ -104,14 +104,14 @@ def _artifact(coord: Coordinator, token: str, sha: str) -> tuple[int, str]:
     return resp.status_code, resp.text
 
 
-def test_an_agent_reads_only_the_gcode_of_its_own_printers_jobs(coord: Coordinator, farm: Farm) -> None:
-    a, b = farm.agent_a, farm.agent_b
+def test_an_agent_reads_only_the_gcode_of_its_own_printers_jobs(coord: Coordinator, fleet: Fleet) -> None:
+    a, b = fleet.agent_a, fleet.agent_b
     # Before any claim: pa may prefetch what it would print next (the agent does, while a bed waits).
     assert coord.call(a, "GET", "/api/agents/next", params={"printer": "pa"}).json() == {
-        "gcode": farm.gcode_a
+        "gcode": fleet.gcode_a
     }
-    assert _artifact(coord, a, farm.gcode_a)[0] == 200
-    status, text = _artifact(coord, b, farm.gcode_a)
+    assert _artifact(coord, a, fleet.gcode_a)[0] == 200
+    status, text = _artifact(coord, b, fleet.gcode_a)
     assert status == 403 and "printer ('pb')" in text
 
     claimed = {}
@@ -119,76 +119,76 @@ def test_an_agent_reads_only_the_gcode_of_its_own_printers_jobs(coord: Coordinat
         resp = coord.call(token, "POST", "/api/agents/claim", json={"printer": name, "state": "idle"})
         assert resp.status_code == 200, resp.text
         claimed[name] = resp.json()
-    assert (claimed["pa"]["gcode"], claimed["pb"]["gcode"]) == (farm.gcode_a, farm.gcode_b)
+    assert (claimed["pa"]["gcode"], claimed["pb"]["gcode"]) == (fleet.gcode_a, fleet.gcode_b)
 
-    assert _artifact(coord, a, farm.gcode_a) == (200, "G28 ; sliced for pa\n")
-    assert _artifact(coord, a, farm.gcode_b)[0] == 403  # printer pb's G-code
-    assert _artifact(coord, a, farm.cad["source_sha256"])[0] == 403  # a submitter's source
-    assert _artifact(coord, a, farm.build_a["source_sha256"])[0] == 403  # its own job's source
+    assert _artifact(coord, a, fleet.gcode_a) == (200, "G28 ; sliced for pa\n")
+    assert _artifact(coord, a, fleet.gcode_b)[0] == 403  # printer pb's G-code
+    assert _artifact(coord, a, fleet.cad["source_sha256"])[0] == 403  # a submitter's source
+    assert _artifact(coord, a, fleet.build_a["source_sha256"])[0] == 403  # its own job's source
 
     # Once its job has ended, the printer holds it no more: its G-code is no longer pa's to read.
     job = claimed["pa"]
     for state in ("uploading", "printing", "done"):
         body = {"printer": "pa", "fence": job["fence"], "state": state}
         assert coord.call(a, "POST", f"/api/agents/jobs/{job['id']}/report", json=body).status_code == 200
-    assert _artifact(coord, a, farm.gcode_a)[0] == 403
+    assert _artifact(coord, a, fleet.gcode_a)[0] == 403
 
 
-def test_people_read_the_artifacts_their_role_allows(coord: Coordinator, farm: Farm) -> None:
-    source = farm.cad["source_sha256"]
-    assert _artifact(coord, farm.alice, source) == (200, "def part():\n    pass\n")
-    assert _artifact(coord, farm.alice, farm.gcode_a)[0] == 200
-    status, text = _artifact(coord, farm.bob, source)
+def test_people_read_the_artifacts_their_role_allows(coord: Coordinator, fleet: Fleet) -> None:
+    source = fleet.cad["source_sha256"]
+    assert _artifact(coord, fleet.alice, source) == (200, "def part():\n    pass\n")
+    assert _artifact(coord, fleet.alice, fleet.gcode_a)[0] == 200
+    status, text = _artifact(coord, fleet.bob, source)
     assert status == 403 and "not from a build of 'bob's" in text
-    assert _artifact(coord, farm.bob, farm.gcode_a)[0] == 403
-    assert _artifact(coord, farm.viewer, farm.gcode_a)[0] == 200  # what a build made
-    status, text = _artifact(coord, farm.viewer, source)
+    assert _artifact(coord, fleet.bob, fleet.gcode_a)[0] == 403
+    assert _artifact(coord, fleet.viewer, fleet.gcode_a)[0] == 200  # what a build made
+    status, text = _artifact(coord, fleet.viewer, source)
     assert status == 403 and "not sources" in text
-    assert _artifact(coord, farm.worker, source)[0] == 200  # a CAD worker builds it
+    assert _artifact(coord, fleet.worker, source)[0] == 200  # a CAD worker builds it
     assert _artifact(coord, coord.admin, source)[0] == 200
 
 
 def test_builds_and_jobs_have_owners_and_only_they_or_an_admin_act_on_them(
-    coord: Coordinator, farm: Farm
+    coord: Coordinator, fleet: Fleet
 ) -> None:
-    shown = coord.call(farm.viewer, "GET", f"/api/builds/{farm.cad['id']}").json()
+    shown = coord.call(fleet.viewer, "GET", f"/api/builds/{fleet.cad['id']}").json()
     assert shown["owner"] == "alice" and [j["owner"] for j in shown["jobs"]] == ["alice"]
-    listed = {j["id"]: j["owner"] for j in coord.call(farm.bob, "GET", "/api/jobs").json()}
-    job_a, job_b, job_cad = (b["jobs"][0]["id"] for b in (farm.build_a, farm.build_b, farm.cad))
+    listed = {j["id"]: j["owner"] for j in coord.call(fleet.bob, "GET", "/api/jobs").json()}
+    job_a, job_b, job_cad = (b["jobs"][0]["id"] for b in (fleet.build_a, fleet.build_b, fleet.cad))
     assert (listed[job_a], listed[job_b], listed[job_cad]) == ("alice", "bob", "alice")
 
     # Bob's job fails on pb (one attempt), so there is something to retry.
     claim = coord.call(
-        farm.agent_b, "POST", "/api/agents/claim", json={"printer": "pb", "state": "idle"}
+        fleet.agent_b, "POST", "/api/agents/claim", json={"printer": "pb", "state": "idle"}
     ).json()
     failed = {"printer": "pb", "fence": claim["fence"], "state": "failed", "error": "spaghetti"}
     assert (
-        coord.call(farm.agent_b, "POST", f"/api/agents/jobs/{job_b}/report", json=failed).status_code == 200
+        coord.call(fleet.agent_b, "POST", f"/api/agents/jobs/{job_b}/report", json=failed).status_code == 200
     )
 
     for action in ("retry", "cancel"):
-        refused = coord.call(farm.alice, "POST", f"/api/jobs/{job_b}/{action}")
+        refused = coord.call(fleet.alice, "POST", f"/api/jobs/{job_b}/{action}")
         assert refused.status_code == 403, refused.text
         assert f"job {job_b} belongs to 'bob'" in refused.json()["detail"]
-    assert coord.call(farm.bob, "POST", f"/api/jobs/{job_b}/retry").json()["state"] == "ready"
-    assert coord.call(farm.bob, "POST", f"/api/jobs/{job_cad}/cancel").status_code == 403
-    assert coord.call(farm.alice, "POST", f"/api/jobs/{job_cad}/cancel").json()["state"] == "cancelled"
+    assert coord.call(fleet.bob, "POST", f"/api/jobs/{job_b}/retry").json()["state"] == "ready"
+    assert coord.call(fleet.bob, "POST", f"/api/jobs/{job_cad}/cancel").status_code == 403
+    assert coord.call(fleet.alice, "POST", f"/api/jobs/{job_cad}/cancel").json()["state"] == "cancelled"
     assert coord.call(coord.admin, "POST", f"/api/jobs/{job_b}/cancel").json()["state"] == "cancelled"
-    assert coord.call(farm.bob, "POST", "/api/jobs/999999/cancel").status_code == 404
+    assert coord.call(fleet.bob, "POST", "/api/jobs/999999/cancel").status_code == 404
 
 
-def test_a_viewer_reads_everything_and_changes_nothing(coord: Coordinator, farm: Farm) -> None:
-    job = farm.build_a["jobs"][0]["id"]
+def test_a_viewer_reads_everything_and_changes_nothing(coord: Coordinator, fleet: Fleet) -> None:
+    job = fleet.build_a["jobs"][0]["id"]
     for path in (
         "/api/status",
         "/api/jobs",
         f"/api/jobs/{job}",
         f"/api/jobs/{job}/explain",
         "/api/builds",
-        f"/api/builds/{farm.build_a['id']}",
+        f"/api/builds/{fleet.build_a['id']}",
         "/api/printers",
     ):
-        assert coord.call(farm.viewer, "GET", path).status_code == 200, path
+        assert coord.call(fleet.viewer, "GET", path).status_code == 200, path
     writes = [
         ("POST", "/api/builds", {"files": {"file": ("x.stl", b"solid x")}}),
         ("POST", f"/api/jobs/{job}/cancel", {}),
@@ -201,12 +201,12 @@ def test_a_viewer_reads_everything_and_changes_nothing(coord: Coordinator, farm:
         ("DELETE", "/api/tokens/alice", {}),
         ("PUT", "/api/artifacts", {"content": b"x"}),
         ("POST", "/api/agents/heartbeat", {"json": {"printer": "pa", "state": "idle"}}),
-        ("POST", f"/api/builds/{farm.cad['id']}/cad/start", {}),
+        ("POST", f"/api/builds/{fleet.cad['id']}/cad/start", {}),
     ]
     for method, path, kwargs in writes:
-        resp = coord.call(farm.viewer, method, path, **kwargs)
+        resp = coord.call(fleet.viewer, method, path, **kwargs)
         assert resp.status_code == 403 and "a viewer token cannot do this" in resp.json()["detail"], path
-    assert coord.call(farm.viewer, "GET", "/api/jobs").json()[0]["state"] != "cancelled"
+    assert coord.call(fleet.viewer, "GET", "/api/jobs").json()[0]["state"] != "cancelled"
 
 
 def test_a_revoked_token_is_refused_at_once_and_its_name_can_be_given_again(coord: Coordinator) -> None:
