@@ -17,10 +17,12 @@ def utcnow() -> datetime:
 class Token(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str
-    role: str = "admin"  # admin | submitter | worker | agent
+    role: str = "admin"  # admin | submitter | viewer | worker | agent (farm/api/tokens.py)
     secret_sha256: str = Field(index=True, unique=True)
     printer: str | None = None  # an agent token acts only for this printer
     created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None  # refused from then on; None: never expires
+    revoked_at: datetime | None = None  # kept, not deleted: builds still name it as their owner
 
 
 class Artifact(SQLModel, table=True):
@@ -59,6 +61,7 @@ class Build(SQLModel, table=True):
     preview_sha256: str | None = None  # 256 x 256 PNG of the part (workers/mesh.py)
     preview_small_sha256: str | None = None  # 96 x 96
     objects: int | None = None  # objects on the plate; more than one: slice the 3MF, not the STL
+    owner: str | None = None  # the submitting token's name; None: submitted before owners existed
 
 
 class Slice(SQLModel, table=True):
@@ -107,6 +110,7 @@ class Job(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    owner: str | None = None  # its build's owner: who may cancel or retry it (farm/api/access.py)
 
 
 # The claim's queue order (farm.dispatch): the first ready jobs come straight off this index,

@@ -78,6 +78,7 @@ def create_build(
     git: dict[str, Any] | None = None,
     use_cache: bool = True,
     step: bool = False,
+    owner: str | None = None,
 ) -> tuple[Build, list[Job], list[Outgoing]]:
     kind = source_kind(source_name)
     material = material.upper()
@@ -96,6 +97,7 @@ def create_build(
         material=material,
         quality=quality,
         overrides_json=json.dumps(overrides or {}, sort_keys=True),
+        owner=owner,
     )
     session.add(build)
     session.flush()
@@ -113,6 +115,7 @@ def create_build(
             nozzle=nozzle,
             tags=tags,
             max_attempts=attempts,
+            owner=owner,
         )
         for i, on_plate in enumerate(plates(copies, per_plate))
     ]

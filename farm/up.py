@@ -176,14 +176,28 @@ class Farm:
         }
         self.child("coordinator", "server", env=env)
         self.wait_healthy(url)
-        self.child("worker", "worker", env={**env, "FARM_TOKEN": token})
+        worker_token = self.issue_token(token, "worker-farm-up", "worker")
+        self.child("worker", "worker", env={**env, "FARM_TOKEN": worker_token})
         counts: dict[str, int] = {}
         for protocol in self.sims:
             counts[protocol] = counts.get(protocol, 0) + 1
             self.start_sim(protocol, counts[protocol] - 1, token, env)
         self.print_banner(redis_url)
 
-    def start_sim(self, protocol: str, i: int, token: str, env: dict[str, str]) -> None:
+    def issue_token(self, admin: str, name: str, role: str, printer: str | None = None) -> str:
+        """A token of its own for one part, so that no part but the operator's CLI holds the admin
+        token. A restart on the same data dir revokes the last run's and issues a new one."""
+        body = {"name": name, "role": role, "printer": printer}
+        headers = {"Authorization": f"Bearer {admin}"}
+        with httpx.Client(base_url=self.settings.url, headers=headers, timeout=30) as api:
+            resp = api.post("/api/tokens", json=body)
+            if resp.status_code == 409:
+                api.delete(f"/api/tokens/{name}").raise_for_status()
+                resp = api.post("/api/tokens", json=body)
+            resp.raise_for_status()
+            return str(resp.json()["token"])
+
+    def start_sim(self, protocol: str, i: int, admin: str, env: dict[str, str]) -> None:
         from printers.config import AgentConfig, CoordinatorConfig
         from printers.drivers.base import PrinterConfig
 
@@ -220,7 +234,10 @@ class Farm:
             auth = {"api_key": secret}
         self.child(f"emu-{name}", *args, env=env)
         cfg = AgentConfig(
-            coordinator=CoordinatorConfig(url=self.settings.url, token=token),
+            # An agent token bound to this printer: it acts, and reads G-code, for this one only.
+            coordinator=CoordinatorConfig(
+                url=self.settings.url, token=self.issue_token(admin, f"agent-{name}", "agent", name)
+            ),
             # A simulated bed empties itself; real printers wait for `farm printers clear`.
             printer=PrinterConfig(
                 name=name, model=model, driver=protocol, port=port, auto_eject=True, **auth

@@ -17,8 +17,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from farm import dispatch, pipeline
+from farm.api import access
 from farm.db import make_async_engine, make_engine
-from farm.models import Job, Printer, Slice, utcnow
+from farm.models import Job, Printer, Slice, Token, utcnow
 from farm.states import InvalidMove, JobState, SliceState, can_move, check_job_move
 from tests.pgserver import PostgresUnavailable, throwaway_postgres
 
@@ -565,3 +566,35 @@ def test_a_power_group_claiming_at_once_starts_no_more_than_allowed(postgres: st
         claimed = s.exec(select(Job).where(Job.state == JobState.CLAIMED)).all()
         assert sorted(j.printer or "" for j in claimed) == sorted(j.printer for j in started)
     engine.dispose()
+
+
+def test_a_kept_database_gains_owners_and_token_expiry_and_the_artifact_rules_run_on_it(engine) -> None:  # type: ignore[no-untyped-def]
+    """A data dir from before owners and revocation: make_engine adds the columns (nullable), and
+    the artifact rules' queries (farm/api/access.py) run on the upgraded database."""
+    new = {"token": ("expires_at", "revoked_at"), "build": ("owner",), "job": ("owner",)}
+    with engine.begin() as conn:
+        for table, columns in new.items():
+            for column in columns:
+                conn.execute(sa.text(f'ALTER TABLE "{table}" DROP COLUMN "{column}"'))
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()
+    upgraded = make_engine(url)
+    try:
+        have = {t: {c["name"] for c in sa.inspect(upgraded).get_columns(t)} for t in new}
+        assert all(set(columns) <= have[t] for t, columns in new.items()), have
+        with Session(upgraded) as session:
+            printer = add_printer(session, "p1", "MINI")
+            ready_build(session, models=["MINI"])  # made before owners: it has none
+            assert dispatch.claim(session, printer, 60) is not None
+            gcode = "1" * 64
+
+            def reads(role: str, **fields: str) -> bool:
+                token = Token(name=fields.pop("name", "t"), role=role, secret_sha256="x", **fields)
+                return access.may_read_artifact(session, token, gcode, 3600)
+
+            assert reads("agent", printer="p1") and not reads("agent", printer="p2")
+            assert reads("viewer") and not reads("submitter", name="alice")  # nobody's build
+            session.add(Token(name="old", role="viewer", secret_sha256="y", revoked_at=utcnow()))
+            session.commit()
+    finally:
+        upgraded.dispose()

@@ -1,11 +1,14 @@
-"""What an operator types, against a running farm: pin, nozzle, job, jobs explain, jobs retry, watch."""
+"""What an operator types, against a running farm: pin, nozzle, job, jobs explain, jobs retry, watch,
+tokens."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from printers.config import AgentConfig
 from tests.conftest import EXAMPLES, RunningFarm, wait_until
 
 
@@ -90,6 +93,39 @@ def test_tokens_have_roles_and_an_agent_token_acts_for_one_printer(farm: Running
         other = bound.post("/api/agents/claim", json={"printer": "sim-mk3s-1", "state": "idle"})
         assert other.status_code == 403 and "bound to printer 'sim-mini-1'" in other.json()["detail"]
         assert bound.get("/api/jobs").status_code == 403  # an agent reads only what its printer needs
+
+    code, dora = farm.cli_json("tokens", "create", "dora", "--role", "viewer", "--expires", "30d")
+    left = datetime.fromisoformat(dora["expires_at"]) - datetime.now(UTC)
+    assert code == 0 and timedelta(days=29, hours=23) < left <= timedelta(days=30), dora
+    bad = farm.cli("tokens", "create", "dora2", "--role", "viewer", "--expires", "soon")
+    assert bad.returncode != 0 and "neither a duration" in bad.stderr
+    with as_(dora["token"]) as viewer:
+        assert viewer.get("/api/status").status_code == 200
+        assert viewer.post("/api/jobs/1/cancel").status_code == 403
+        revoked = farm.cli("tokens", "revoke", "dora")
+        assert revoked.returncode == 0 and "revoked" in revoked.stdout, revoked.stderr
+        refused = viewer.get("/api/status")
+        assert refused.status_code == 401 and "token 'dora' was revoked" in refused.json()["detail"]
+    again = farm.cli("tokens", "revoke", "dora")
+    assert again.returncode != 0 and "already revoked" in again.stderr
+    listed = {t["name"]: t for t in farm.cli_json("tokens", "list")[1]}
+    assert listed["dora"]["revoked_at"] and listed["dora"]["expires_at"]
+
+
+def test_farm_up_gives_each_part_its_own_token_not_the_admin_one(farm: RunningFarm) -> None:
+    admin = (farm.data_dir / "admin.token").read_text().strip()
+    tokens = {t["name"]: t for t in farm.cli_json("tokens", "list")[1] if not t["revoked_at"]}
+    assert tokens["worker-farm-up"]["role"] == "worker"
+    for printer in farm.printers:
+        name = printer["name"]
+        config = AgentConfig.load(farm.data_dir / "sim" / name / "agent.toml")
+        assert config.coordinator.token != admin
+        assert (tokens[f"agent-{name}"]["role"], tokens[f"agent-{name}"]["printer"]) == ("agent", name)
+        others = [p["name"] for p in farm.printers if p["name"] != name]
+        beat = {"printer": others[0], "state": "idle"}
+        headers = {"Authorization": f"Bearer {config.coordinator.token}"}
+        refused = httpx.post(f"{farm.url}/api/agents/heartbeat", json=beat, headers=headers)
+        assert refused.status_code == 403 and f"bound to printer '{name}'" in refused.json()["detail"]
 
 
 def test_next_gcode_is_fetched_while_the_bed_waits_to_be_cleared(farm: RunningFarm) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 
+from farm.api.access import may_read_artifact
 from farm.api.deps import FarmDep, SessionDep, require
-from farm.models import Artifact
+from farm.models import Artifact, Token
 from farm.store import TooLarge
 
 router = APIRouter(prefix="/api/artifacts", tags=["artifacts"])
@@ -27,13 +29,41 @@ async def upload(request: Request, farm: FarmDep, session: SessionDep, name: str
     return {"sha256": sha, "size": size}
 
 
-@router.get("/{sha256}", dependencies=[Depends(require("worker", "agent", "submitter"))])
-def download(sha256: str, farm: FarmDep, session: SessionDep) -> FileResponse:
+@router.get("/{sha256}")
+def download(
+    sha256: str,
+    farm: FarmDep,
+    session: SessionDep,
+    token: Annotated[Token, Depends(require("worker", "agent", "submitter", "viewer"))],
+) -> FileResponse:
+    """An artifact, to whoever needs it and no one else (a 403 says so):
+
+    - admin: any; worker: any (it builds and slices every build's sources and meshes);
+    - agent: only G-code, of a job its printer holds (claimed, uploading, printing) or of the job
+      it would take next (`/api/agents/next`, fetched while the bed waits);
+    - submitter: what its own builds were submitted as or made (source, meshes, STEP, previews,
+      G-code);
+    - viewer: what any build made (meshes, STEP, previews, G-code), never a source: a submitted
+      design or project may be private code.
+    """
     if not SHA_RE.match(sha256):
         raise HTTPException(400, "an artifact id is a 64-character lowercase sha256")
     art = session.get(Artifact, sha256)
     if art is None or not farm.store.has(sha256):
         raise HTTPException(404, f"no artifact {sha256}")
+    if not may_read_artifact(session, token, sha256, farm.settings.starvation_s):
+        raise HTTPException(403, _refusal(token, sha256))
     return FileResponse(
         farm.store.path(sha256), filename=art.name or sha256, media_type="application/octet-stream"
     )
+
+
+def _refusal(token: Token, sha256: str) -> str:
+    if token.role == "agent":
+        return (
+            f"an agent token reads only the G-code of a job its printer ('{token.printer}') holds "
+            f"or takes next; artifact {sha256} is not one"
+        )
+    if token.role == "viewer":
+        return f"a viewer token reads only what builds made, not sources; artifact {sha256} is not one"
+    return f"artifact {sha256} is not from a build of '{token.name}'s; a submitter reads only its own"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, UploadFile
 from pydantic import BaseModel, Field, JsonValue, ValidationError
@@ -13,12 +13,13 @@ from farm import pipeline, tags
 from farm.api.deps import Farm, FarmDep, RowId, SessionDep, require
 from farm.api.sources import SourceProblem, check_cad_source
 from farm.api.views import build_view, slice_view
-from farm.models import Artifact, Build, Job, Printer, Slice
+from farm.models import Artifact, Build, Job, Printer, Slice, Token
 from farm.queue import send
 from farm.store import TooLarge
 from workers.slicer import SliceError, check_overrides, print_options
 
 router = APIRouter(prefix="/api", tags=["builds"])
+Submitter = Annotated[Token, Depends(require("submitter"))]  # the build is its name's
 
 
 class GitSource(BaseModel):
@@ -90,8 +91,10 @@ def load_build(session: Session, build_id: int) -> dict[str, Any]:
     return build_view(build, list(jobs), list(slices))
 
 
-@router.post("/builds", status_code=201, dependencies=[Depends(require("submitter"))])
-async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: str = Form("{}")) -> dict:
+@router.post("/builds", status_code=201)
+async def submit(
+    farm: FarmDep, session: SessionDep, token: Submitter, file: UploadFile, options: str = Form("{}")
+) -> dict:
     try:
         opts = SubmitOptions.model_validate(json.loads(options))
     except (ValueError, ValidationError) as exc:
@@ -161,18 +164,19 @@ async def submit(farm: FarmDep, session: SessionDep, file: UploadFile, options: 
         git=opts.git.model_dump() if opts.git else None,
         use_cache=not opts.no_cache,
         step=opts.step,
+        owner=token.name,
     )
     session.commit()
     dispatch_outgoing(farm, out)
     return load_build(session, build.id)  # type: ignore[arg-type]
 
 
-@router.get("/builds/{build_id}", dependencies=[Depends(require("submitter", "worker"))])
+@router.get("/builds/{build_id}", dependencies=[Depends(require("submitter", "viewer", "worker"))])
 def get_build(build_id: RowId, session: SessionDep) -> dict:
     return load_build(session, build_id)
 
 
-@router.get("/builds", dependencies=[Depends(require("submitter"))])
+@router.get("/builds", dependencies=[Depends(require("submitter", "viewer"))])
 def list_builds(session: SessionDep, limit: int = 50) -> list[dict]:
     builds = session.exec(select(Build).order_by(col(Build.id).desc()).limit(limit)).all()
     return [load_build(session, b.id) for b in builds]  # type: ignore[arg-type]

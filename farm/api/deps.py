@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -126,18 +127,23 @@ TOKEN_RELOAD_S = 5.0
 
 
 async def find_token(farm: Farm, secret: str) -> Token | None:
-    """The token with this secret, or None. Tokens never change, so each process keeps them.
+    """The token with this secret (revoked and expired ones too: see token_problem), or None.
 
-    After a restart a thousand agents' first calls come at once, each with a token this process
-    has not seen: a miss loads every token in one query (at most every TOKEN_RELOAD_S, so that
-    wrong tokens cannot make it load again and again; between loads, a miss looks up its one).
+    Each process keeps the tokens, and reloads them all when its copy is TOKEN_RELOAD_S old and
+    a call comes: that bounds how long another coordinator process (`farm server --workers N`)
+    accepts a token after it was revoked; the process that revoked it refuses it at once
+    (remember_revoked). After a restart a thousand agents' first calls come at once, each with a
+    token this process has not seen: the first miss loads every token in one query (so wrong
+    tokens cannot make it load more often; between loads, a miss looks up its one).
     On PostgreSQL on the event loop; SQLite in a thread, since a read can wait on a checkpoint."""
+    if not secret:
+        return None
     digest = hash_secret(secret)
     token = farm._tokens.get(digest)
-    if token is not None or not secret:
-        return token
     now = time.monotonic()
     reload = now - farm._tokens_loaded_at >= TOKEN_RELOAD_S
+    if token is not None and not reload:
+        return token
     if reload:
         farm._tokens_loaded_at = now
     query = select(Token) if reload else select(Token).where(Token.secret_sha256 == digest)
@@ -150,8 +156,36 @@ async def find_token(farm: Farm, secret: str) -> Token | None:
         found = await reconnecting(lookup)
     else:
         found = await run_in_threadpool(_all, farm.engine, query)
-    farm._tokens.update((t.secret_sha256, t) for t in found)
+    fresh = {t.secret_sha256: t for t in found}
+    if reload:
+        # A revocation is for good: one this process made stays, even if this load began before it.
+        kept = {d: t for d, t in farm._tokens.items() if t.revoked_at is not None and d in fresh}
+        farm._tokens = fresh | kept
+    else:
+        farm._tokens.update(fresh)
     return farm._tokens.get(digest)
+
+
+def remember_revoked(farm: Farm, token: Token) -> None:
+    """This process refuses the token from now on; the others when they next reload (find_token)."""
+    farm._tokens[token.secret_sha256] = token
+
+
+def as_utc(value: datetime) -> datetime:
+    """Timestamps come back from the database without a zone; they are UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def token_problem(token: Token) -> str | None:
+    """Why this token may not be used (revoked, expired), or None."""
+    if token.revoked_at is not None:
+        return f"token '{token.name}' was revoked; ask an admin for a new one"
+    if token.expires_at is not None and as_utc(token.expires_at) <= datetime.now(UTC):
+        return (
+            f"token '{token.name}' expired at {as_utc(token.expires_at).isoformat(timespec='seconds')}; "
+            "ask an admin for a new one"
+        )
+    return None
 
 
 async def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)]) -> Token:
@@ -165,6 +199,8 @@ async def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)
             401,
             "unknown token: check FARM_TOKEN (farm up writes the admin token to <data dir>/admin.token)",
         )
+    if (problem := token_problem(token)) is not None:
+        raise HTTPException(401, problem)
     return token
 
 

@@ -5,9 +5,9 @@ coordinator does, and routing, dependency solving and response building cost thr
 database work of a heartbeat (measured with py-spy under bench/coordinator.py). This ASGI wrapper
 answers the ordinary call (a valid token, a valid body, the token's own printer) itself, with the same
 validation models and the same functions as the routes in agents.py, so the answers and their
-errors are the routes'. Anything else (no such token, a body that does not validate, a wrong
-role or printer) goes on to the route, which says what is wrong: one set of error
-messages, kept in one place.
+errors are the routes'. Anything else (no such token, a revoked or expired one, a body that does
+not validate, a wrong role or printer) goes on to the route, which says what is wrong: one set of
+error messages, kept in one place.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farm.api.agents import Heartbeat, Report, beat, claim_next, report_on
-from farm.api.deps import MAX_ID, Farm, find_token
+from farm.api.deps import MAX_ID, Farm, find_token, token_problem
 from farm.models import Token
 
 MAX_BODY = 64 * 1024  # these calls are a few hundred bytes
@@ -70,8 +70,9 @@ class AgentFastLane:
             await self.app(scope, receive, send)
             return
         token = await find_token(self.farm, _bearer(scope))
-        if token is None or token.role not in ("admin", "agent") or not _sends_json(scope):
-            await self.app(scope, receive, send)  # the route explains a missing or wrong token
+        refused = token is None or token_problem(token) is not None or token.role not in ("admin", "agent")
+        if refused or token is None or not _sends_json(scope):
+            await self.app(scope, receive, send)  # the route explains a missing, wrong or revoked token
             return
         body, complete = await _read_body(receive)
         answer = await self._answer(lane, token, body) if complete else None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from farm import dispatch, explain, tags
+from farm.api.access import check_owner
 from farm.api.deps import FarmDep, RowId, SessionDep, require
 from farm.api.views import job_view, printer_view
-from farm.models import Job, Printer
+from farm.models import Job, Printer, Token
 from farm.printer_models import MATERIALS
 from farm.states import InvalidMove
 
@@ -32,26 +35,32 @@ def _printer(session: SessionDep, name: str) -> Printer:
     return printer
 
 
-@router.post("/jobs/{job_id}/cancel", dependencies=[Depends(require("submitter"))])
-def cancel_job(job_id: RowId, session: SessionDep) -> dict:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+Submitter = Annotated[Token, Depends(require("submitter"))]
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: RowId, session: SessionDep, token: Submitter) -> dict:
+    """Cancel a job: a submitter its own, an admin any."""
+    job = _job(session, job_id)
+    check_owner(token, job.owner, f"job {job_id}")
     try:
         return job_view(dispatch.cancel(session, job))
     except InvalidMove as exc:
         raise HTTPException(409, str(exc)) from exc
 
 
-@router.post("/jobs/{job_id}/retry", dependencies=[Depends(require("submitter"))])
-def retry_job(job_id: RowId, session: SessionDep) -> dict:
+@router.post("/jobs/{job_id}/retry")
+def retry_job(job_id: RowId, session: SessionDep, token: Submitter) -> dict:
+    """Send a failed job back to the queue: a submitter its own, an admin any."""
+    job = _job(session, job_id)
+    check_owner(token, job.owner, f"job {job_id}")
     try:
-        return job_view(dispatch.retry(session, _job(session, job_id)))
+        return job_view(dispatch.retry(session, job))
     except InvalidMove as exc:
         raise HTTPException(409, str(exc)) from exc
 
 
-@router.get("/jobs/{job_id}/explain", dependencies=[Depends(require("submitter"))])
+@router.get("/jobs/{job_id}/explain", dependencies=[Depends(require("submitter", "viewer"))])
 def explain_job(job_id: RowId, session: SessionDep, farm: FarmDep) -> dict:
     job = _job(session, job_id)
     s = farm.settings

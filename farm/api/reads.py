@@ -12,7 +12,7 @@ from farm.api.views import job_view, printer_state, printer_view
 from farm.models import Build, Job, Printer, Slice
 from farm.states import BuildStage, JobState
 
-router = APIRouter(prefix="/api", tags=["status"], dependencies=[Depends(require("submitter"))])
+router = APIRouter(prefix="/api", tags=["status"], dependencies=[Depends(require("submitter", "viewer"))])
 
 
 def _job_rows(session: Session, jobs: list[Job]) -> list[dict]:

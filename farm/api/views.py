@@ -18,6 +18,7 @@ def job_view(job: Job, sl: Slice | None = None, source: str | None = None) -> di
     return {
         "id": job.id,
         "build": job.build_id,
+        "owner": job.owner,
         "source": source,
         "copy": job.copy_index,
         "copies": job.copies,
@@ -63,6 +64,7 @@ def build_view(build: Build, jobs: list[Job], slices: list[Slice]) -> dict[str, 
     by_id = {s.id: s for s in slices}
     return {
         "id": build.id,
+        "owner": build.owner,
         "source": build.source_name,
         "kind": build.source_kind,
         "source_sha256": build.source_sha256,
