@@ -140,10 +140,41 @@ def server(
 @app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues to serve: cad, slice.")] = "cad,slice",
+    check_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--check-sandbox",
+            help="Try each layer of the CAD sandbox on this host, print which hold, and exit: "
+            "1 if this worker would refuse CAD work.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Run a CAD and/or slicing worker. Needs FARM_REDIS_URL, FARM_URL and FARM_TOKEN."""
-    from workers.main import ALL_QUEUES, run
+    """Run a CAD and/or slicing worker. Needs FARM_REDIS_URL, FARM_URL and FARM_TOKEN.
 
+    CAD builds run strangers' code, so each runs walled in (no network, a file system of its own, an
+    unprivileged uid); a host that cannot isolate them gets no CAD work. FARM_CAD_SANDBOX=off lifts
+    that, for designs you trust.
+    """
+    from workers.main import ALL_QUEUES, run
+    from workers.main import check_sandbox as probe_sandbox
+
+    if check_sandbox:
+        report = probe_sandbox(get_settings())
+        if as_json:
+            _emit(report.to_dict())
+        else:
+            for layer in report.layers:
+                typer.echo(f"{layer.name:9} {'on ' if layer.active else 'off'}  {layer.detail}")
+            typer.echo(f"network   {'isolated' if report.network_isolated else 'NOT isolated'}")
+            typer.echo(f"files     {'isolated' if report.filesystem_isolated else 'NOT isolated'}")
+            if not report.enabled:
+                typer.echo("FARM_CAD_SANDBOX=off: CAD builds run unsandboxed (only for trusted designs)")
+            elif report.usable:
+                typer.echo("CAD work: accepted")
+            else:
+                typer.echo("CAD work: REFUSED (this worker would not take CAD builds)")
+        raise typer.Exit(0 if report.usable else 1)
     _setup_logging()
     wanted = {q.strip() for q in queues.split(",") if q.strip()}
     if not wanted or wanted - ALL_QUEUES:
@@ -519,6 +550,11 @@ def status(as_json: JsonOpt = False) -> None:
     for section in ("builds", "jobs", "printers"):
         counts = ", ".join(f"{k} {v}" for k, v in data[section].items() if v) or "none"
         typer.echo(f"{section:9} {counts}")
+    for worker in data.get("workers", []):
+        walls = {"isolated": "sandboxed", "off": "UNSANDBOXED (FARM_CAD_SANDBOX=off)", "none": "no CAD"}
+        queues = "+".join(worker["queues"])
+        walled = walls.get(worker["sandbox"], worker["sandbox"])
+        typer.echo(f"{'worker':9} {worker['name']} ({queues}): {walled}")
 
 
 jobs_app = typer.Typer(help="List jobs (with no command), retry failed ones, explain where they go.")

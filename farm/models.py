@@ -137,3 +137,13 @@ class Printer(SQLModel, table=True):
     bed_clear: bool = True  # False from a print's end until someone confirms the bed is empty
     agent_version: str | None = None
     last_seen: datetime | None = None
+
+
+class Worker(SQLModel, table=True):
+    """A CAD or slicing worker as it last announced itself: what it serves and how it walls builds in."""
+
+    name: str = Field(primary_key=True)  # host:pid
+    queues: str = ""  # comma-separated
+    sandbox: str = "isolated"  # isolated | off (FARM_CAD_SANDBOX=off) | none (serves no CAD queue)
+    layers: str = ""  # the active sandbox layers, comma-separated
+    seen_at: datetime = Field(default_factory=utcnow)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import (
     BaseSettings,
@@ -56,6 +57,10 @@ class Settings(BaseSettings):
     cad_memory_mb: int = 4096
     cad_output_mb: int = 512
     worker_threads: int = 2
+    # CAD builds run in a sandbox (workers/sandbox.py); a worker without one refuses CAD work.
+    # "off" runs strangers' code with the worker's rights: only for designs you trust.
+    cad_sandbox: Literal["on", "off"] = "on"
+    cad_sandbox_disable: str = ""  # layers forced off, comma-separated: namespaces,landlock,seccomp,identity
 
     @classmethod
     def settings_customise_sources(

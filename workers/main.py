@@ -3,20 +3,55 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 
 import dramatiq
+import httpx
 
-from farm.client import FarmClient
+from farm.client import FarmClient, FarmError
 from farm.queue import CAD_QUEUE, SLICE_QUEUE, get_broker
 from farm.settings import Settings
+from workers import sandbox
 from workers.actors import WorkerContext, register
 from workers.cad_cache import CadCache
 from workers.slice_cache import SliceCache
 
 log = logging.getLogger("farm.worker")
 ALL_QUEUES = frozenset({CAD_QUEUE, SLICE_QUEUE})
+SANDBOX_OFF_WARNING = (
+    "FARM_CAD_SANDBOX=off: CAD builds run with this worker's rights, network and files. "
+    "Only for designs you trust; `farm worker --check-sandbox` says what this host can isolate."
+)
+
+
+def sandbox_policy(settings: Settings) -> sandbox.Policy:
+    disabled = tuple(name.strip() for name in settings.cad_sandbox_disable.split(",") if name.strip())
+    unknown = set(disabled) - set(sandbox.SWITCHES)
+    if unknown:
+        raise SystemExit(
+            f"FARM_CAD_SANDBOX_DISABLE: unknown layer(s) {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(sandbox.SWITCHES)}"
+        )
+    return sandbox.Policy(enabled=settings.cad_sandbox != "off", disabled=disabled)
+
+
+def check_sandbox(settings: Settings) -> sandbox.Report:
+    """What `farm worker --check-sandbox` reports: each layer tried on this host, in a throwaway build."""
+    return sandbox.probe(sandbox_policy(settings))
+
+
+def _announce(ctx: WorkerContext, queues: set[str], walls: str) -> None:
+    report = getattr(ctx.cad, "sandbox", None)
+    layers = [layer.name for layer in report.layers if layer.active] if report else []
+    body = {"name": f"{socket.gethostname()}:{os.getpid()}", "queues": sorted(queues), "sandbox": walls,
+            "layers": layers}
+    try:
+        ctx.client.post("/api/workers", body)
+    except (FarmError, httpx.HTTPError) as error:  # status just will not list this worker
+        log.warning("could not announce this worker to the coordinator: %s", error)
 
 
 def run(settings: Settings, queues: set[str]) -> None:
@@ -27,6 +62,7 @@ def run(settings: Settings, queues: set[str]) -> None:
         raise SystemExit("farm worker needs FARM_TOKEN (a worker or admin token)")
     broker = get_broker(settings.redis_url)
     ctx = WorkerContext(settings=settings, client=FarmClient(settings.url, token, timeout=120))
+    walls = "none"
     if CAD_QUEUE in queues:
         from workers.cad_runner import CadLimits, CadRunner
 
@@ -36,10 +72,18 @@ def run(settings: Settings, queues: set[str]) -> None:
                 wall_s=settings.cad_wall_s,
                 memory_mb=settings.cad_memory_mb,
                 output_mb=settings.cad_output_mb,
-            )
+            ),
+            policy=sandbox_policy(settings),
         )
-        ctx.cad.start()  # pays the build123d import once, before the first job
+        if settings.cad_sandbox == "off":
+            log.warning(SANDBOX_OFF_WARNING)
+        try:
+            ctx.cad.start()  # pays the build123d import once, before the first job
+        except sandbox.Unavailable as refused:
+            raise SystemExit(f"farm worker: {refused}") from None
+        walls = "off" if settings.cad_sandbox == "off" else "isolated"
         ctx.cad_cache = CadCache(settings.data_dir / "cad-cache")
+    _announce(ctx, queues, walls)
     if SLICE_QUEUE in queues:
         ctx.slice_cache = SliceCache(settings.data_dir / "slice-cache")
     register(broker, ctx, queues)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session, select
 
 from farm import dispatch
-from farm.api import agents, artifacts, builds, operate, reads, tokens
+from farm.api import agents, artifacts, builds, operate, reads, tokens, workers
 from farm.api.deps import Farm, hash_secret, new_secret
 from farm.api.fastlane import AgentFastLane
 from farm.db import checkpoint, make_async_engine, make_engine, warm_up, write_session
@@ -176,7 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm
-    for module in (builds, agents, artifacts, operate, reads, tokens):
+    for module in (builds, agents, artifacts, operate, reads, tokens, workers):
         app.include_router(module.router)
     app.add_middleware(AgentFastLane, farm=farm)
 

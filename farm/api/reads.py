@@ -9,6 +9,7 @@ from sqlmodel import Session, col, select
 
 from farm.api.deps import RowId, SessionDep, require
 from farm.api.views import job_view, printer_state, printer_view
+from farm.api.workers import recent_workers
 from farm.models import Build, Job, Printer, Slice
 from farm.states import BuildStage, JobState
 
@@ -55,4 +56,5 @@ def status(session: SessionDep) -> dict:
         "jobs": {str(s): jobs.get(s, 0) for s in JobState},
         "printers": dict(sorted(printers.items())),
         "printer_count": sum(printers.values()),
+        "workers": recent_workers(session),
     }
