@@ -35,6 +35,7 @@ import build123d as bd
 from workers.mesh import MeshProblem, check_mesh, read_stl, write_previews
 from workers.param_values import ParamValueError, typed_value
 from workers.sandbox import Policy, SandboxError, View, enter
+from workers.threemf import MeshObject, split_by_object, write_3mf
 
 KEEP_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
 # What a build writes: paths in the job; "step" only when the submitter asked for it.
@@ -616,28 +617,19 @@ def export(
     checks and the previews; returns the summary for result.json."""
     combined = shapes[0][0] if len(shapes) == 1 else bd.Compound([s for s, _ in shapes])
     objects = print_objects(shapes)
+    names = [
+        name or shape.label or (default_name if len(objects) == 1 else f"{default_name}-{i}")
+        for i, (shape, name) in enumerate(objects, start=1)
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if not bd.export_stl(
             combined, outputs["stl"], tolerance=STL_TOLERANCE, angular_tolerance=ANGULAR_TOLERANCE
         ):
             raise BuildFailure("exception", "writing the STL failed")
-        # Checked before the 3MF: lib3mf refuses an open mesh with only "3mf mesh is invalid".
-        tris, mesh = _check(outputs["stl"])
-        mesher = bd.Mesher(unit=bd.Unit.MM)
-        names = []
-        for i, (shape, name) in enumerate(objects, start=1):
-            part_number = (
-                name or shape.label or (default_name if len(objects) == 1 else f"{default_name}-{i}")
-            )
-            names.append(part_number)
-            mesher.add_shape(
-                shape,
-                linear_deflection=STL_TOLERANCE,
-                angular_deflection=ANGULAR_TOLERANCE,
-                part_number=part_number,
-            )
-        mesher.write(str(outputs["threemf"]))
+        # Checked before the 3MF, object by object, so that a broken solid is named.
+        tris, blocks, mesh = _check(outputs["stl"], objects)
+        _export_3mf(objects, names, blocks if blocks is not None else [tris], outputs["threemf"])
         if "step" in outputs:
             _export_step(combined, objects, names, outputs["step"])
     mesh.update(_previews(tris, outputs))
@@ -649,6 +641,42 @@ def export(
         "mesh": mesh,
         "warnings": sorted({str(w.message) for w in caught}),
     }
+
+
+def _export_3mf(
+    objects: list[tuple[bd.Shape, str | None]], names: list[str], blocks: list[Any], path: Path
+) -> None:
+    """The 3MF through build123d's Mesher (lib3mf); where lib3mf refuses a mesh that the checks
+    passed (a solid touching itself along an edge), the same package written from the STL's
+    triangles, `blocks` (one per object, or one for all when the STL could not be split)."""
+    mesher = bd.Mesher(unit=bd.Unit.MM)
+    try:
+        for (shape, _), part_number in zip(objects, names, strict=True):
+            mesher.add_shape(
+                shape,
+                linear_deflection=STL_TOLERANCE,
+                angular_deflection=ANGULAR_TOLERANCE,
+                part_number=part_number,
+            )
+    except RuntimeError as error:
+        if "3mf mesh is invalid" not in str(error):
+            raise
+    else:
+        mesher.write(str(path))
+        return
+    if len(blocks) == len(objects):
+        written = [
+            MeshObject(block, part_number, shape.label or None, _rgba(shape))
+            for block, (shape, _), part_number in zip(blocks, objects, names, strict=True)
+        ]
+    else:
+        written = [MeshObject(blocks[0], names[0] if len(objects) == 1 else None)]
+    write_3mf(path, written)
+
+
+def _rgba(shape: bd.Shape) -> tuple[float, float, float, float] | None:
+    color = getattr(shape, "color", None)
+    return None if color is None else tuple(color)  # type: ignore[return-value]
 
 
 def _export_step(
@@ -663,11 +691,20 @@ def _export_step(
         raise BuildFailure("exception", "writing the STEP file failed")
 
 
-def _check(stl: Path) -> tuple[Any, dict[str, Any]]:
-    """The STL's triangles as written (what the slicer will read) and its report; BuildFailure if
-    it would not print."""
+def _check(
+    stl: Path, objects: list[tuple[bd.Shape, str | None]]
+) -> tuple[Any, list[Any] | None, dict[str, Any]]:
+    """The STL's triangles as written (what the slicer will read), the same cut into one block per
+    object (None if they cannot be), and the report; BuildFailure, naming the solid, if it would
+    not print."""
     started = time.perf_counter()
     tris = read_stl(stl)
+    blocks = split_by_object(tris, [shape for shape, _ in objects])
+    for i, block in enumerate(blocks or [], start=1):
+        try:
+            check_mesh(block)
+        except MeshProblem as problem:
+            raise BuildFailure("mesh", f"{_which_solid(objects, i)}: {problem}") from None
     try:
         report = check_mesh(tris)
     except MeshProblem as problem:
@@ -679,7 +716,23 @@ def _check(stl: Path) -> tuple[Any, dict[str, Any]]:
             "solids touch along an edge; slicers print that, but it may come out weak there",
             stacklevel=1,
         )
-    return tris, mesh
+    return tris, blocks, mesh
+
+
+def _which_solid(objects: list[tuple[bd.Shape, str | None]], index: int) -> str:
+    """`solid 2 of 3 ("lid", x 0 to 10, y -5 to 5, z 0 to 2 mm)`: which object, and where."""
+    shape, name = objects[index - 1]
+    label = name or shape.label
+    try:
+        box = shape.bounding_box()
+        where = ", ".join(
+            f"{axis} {lo:.4g} to {hi:.4g}" for axis, lo, hi in zip("xyz", box.min, box.max, strict=True)
+        )
+        where += " mm"
+    except Exception:  # a shape too broken to measure: its index still says which
+        where = "no bounding box"
+    named = f'"{label}", ' if label else ""
+    return f"solid {index} of {len(objects)} ({named}{where})"
 
 
 def _previews(tris: Any, outputs: dict[str, Path]) -> dict[str, Any]:

@@ -1,0 +1,203 @@
+"""A 3MF package written from meshes the build already has, for when lib3mf refuses them.
+
+build123d's Mesher hands each object to lib3mf, which refuses a mesh whose edges are not each shared
+by exactly two triangles ("3mf mesh is invalid"). A solid that touches itself along an edge (two
+blocks drawn as one outline, meeting at a corner, then extruded) is such a mesh, and PrusaSlicer
+prints it. This module writes the 3MF itself, following the 3MF core specification: an OPC zip with
+[Content_Types].xml, _rels/.rels and 3D/3dmodel.model, one <object> per printed object, each a
+<mesh> of vertices and triangles in millimetres, and a <build> with one <item> per object.
+
+The triangles come from the STL the build wrote (see `split_by_object`): the same tessellation,
+welded into indexed meshes. Where lumps of one object meet along an edge, each lump gets its own
+copies of the vertices there, so that every edge of the written mesh has exactly two triangles, as
+the specification asks of a model object.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+CORE_NS = "http://schemas.microsoft.com/3dmanufacturing/core/2015/02"
+MODEL_PATH = "3D/3dmodel.model"
+CONTENT_TYPES = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+    '<Default Extension="model" ContentType="application/vnd.ms-package.3dmanufacturing-3dmodel+xml"/>'
+    "</Types>\n"
+)
+RELS = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+    f'<Relationship Target="/{MODEL_PATH}" Id="rel0" '
+    'Type="http://schemas.microsoft.com/3dmanufacturing/2013/01/3dmodel"/>'
+    "</Relationships>\n"
+)
+
+
+@dataclass
+class MeshObject:
+    """One object of the package: (n, 3, 3) triangles as the STL has them, wound outward."""
+
+    triangles: np.ndarray
+    part_number: str | None = None
+    name: str | None = None
+    color: tuple[float, float, float, float] | None = None  # RGBA, 0..1
+
+
+# --------------------------------------------------------------------------------------------------
+# The STL's triangles, object by object
+
+
+def face_triangle_counts(shape: Any) -> list[int]:
+    """Triangles of each face of `shape` in the order OCCT's STL writer visits them (0 where a face
+    has no triangulation). The shape must have been meshed, as export_stl does."""
+    from OCP.BRep import BRep_Tool
+    from OCP.TopAbs import TopAbs_FACE
+    from OCP.TopExp import TopExp_Explorer
+    from OCP.TopLoc import TopLoc_Location
+    from OCP.TopoDS import TopoDS
+
+    as_face = getattr(TopoDS, "Face_s", None) or TopoDS.Face  # OCP renamed static methods once
+    counts = []
+    explorer = TopExp_Explorer(shape.wrapped, TopAbs_FACE)
+    while explorer.More():
+        poly = BRep_Tool.Triangulation_s(as_face(explorer.Current()), TopLoc_Location())
+        counts.append(0 if poly is None else poly.NbTriangles())
+        explorer.Next()
+    return counts
+
+
+def split_by_object(stl_triangles: np.ndarray, objects: Sequence[Any]) -> list[np.ndarray] | None:
+    """The STL's triangles cut into one block per object, or None when they do not add up.
+
+    The STL of a compound holds its faces in explorer order, which is each object's faces in turn
+    when the compound was made of the objects in order (see cad_child.export)."""
+    counts = [sum(face_triangle_counts(shape)) for shape in objects]
+    if sum(counts) != len(stl_triangles):
+        return None
+    edges = np.cumsum([0, *counts])
+    return [stl_triangles[a:b] for a, b in itertools.pairwise(edges)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Indexed meshes
+
+
+def weld(triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices (k, 3) float32, faces (m, 3) int64): bit-equal corners merged, triangles that lose
+    their area in the merge dropped. Faces keep the triangles' winding."""
+    tris = np.ascontiguousarray(np.asarray(triangles, dtype=np.float32).reshape(-1, 3, 3)) + np.float32(0)
+    if len(tris) == 0:
+        return np.zeros((0, 3), dtype=np.float32), np.zeros((0, 3), dtype=np.int64)
+    flat = tris.reshape(-1, 3)
+    keys = flat.view(np.dtype((np.void, 12))).ravel()
+    _, first, index = np.unique(keys, return_index=True, return_inverse=True)
+    faces = index.reshape(-1, 3).astype(np.int64)
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
+    return flat[first], faces[keep]
+
+
+def _edge_keys(faces: np.ndarray, nverts: int) -> np.ndarray:
+    """(m, 3) undirected key of each triangle's edges a-b, b-c, c-a."""
+    a, b = faces, faces[:, [1, 2, 0]]
+    return np.minimum(a, b) * nverts + np.maximum(a, b)
+
+
+def separate_lumps(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Give each lump its own vertices where lumps meet along an edge of more than two triangles.
+
+    Triangles are joined across edges that have exactly two; each group so joined gets its own
+    copy of every vertex it uses. A mesh without such edges is returned as it is.
+    """
+    if len(faces) == 0:
+        return vertices, faces
+    keys = _edge_keys(faces, len(vertices))
+    _, inverse, counts = np.unique(keys.ravel(), return_inverse=True, return_counts=True)
+    if not (counts > 2).any():
+        return vertices, faces
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    tri_of = np.repeat(np.arange(len(faces)), 3)
+    paired = counts[inverse] == 2
+    order = np.argsort(inverse[paired], kind="stable")
+    pairs = tri_of[paired][order].reshape(-1, 2)  # the two triangles of each two-triangle edge
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(faces),) * 2)
+    _, lump = connected_components(graph, directed=False)
+    keyed = lump[:, None].astype(np.int64) * len(vertices) + faces
+    used, new_faces = np.unique(keyed.ravel(), return_inverse=True)
+    return vertices[used % len(vertices)], new_faces.reshape(-1, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# The package
+
+
+def _color_hex(rgba: tuple[float, float, float, float]) -> str:
+    return "#" + "".join(f"{round(min(max(c, 0.0), 1.0) * 255):02X}" for c in rgba)
+
+
+def _mesh_xml(vertices: np.ndarray, faces: np.ndarray) -> str:
+    # repr of a float32 as float64 would print 0.1f as 0.10000000149011612; %.9g round-trips float32.
+    coords = vertices.astype(np.float64).tolist()
+    lines = ["<mesh><vertices>"]
+    lines += [f'<vertex x="{x:.9g}" y="{y:.9g}" z="{z:.9g}"/>' for x, y, z in coords]
+    lines.append("</vertices><triangles>")
+    lines += [f'<triangle v1="{a}" v2="{b}" v3="{c}"/>' for a, b, c in faces.tolist()]
+    lines.append("</triangles></mesh>")
+    return "\n".join(lines)
+
+
+def model_xml(objects: Sequence[MeshObject]) -> str:
+    """3D/3dmodel.model: one mesh object per MeshObject, each placed once by a build item."""
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n',
+        f'<model unit="millimeter" xml:lang="en-US" xmlns="{CORE_NS}">\n',
+        '<metadata name="Application">printfarm</metadata>\n<resources>\n',
+    ]
+    colors = [obj.color for obj in objects if obj.color is not None]
+    next_id = 1
+    material_id = None
+    if colors:
+        material_id = next_id
+        next_id += 1
+        bases = "".join(
+            f"<base name={quoteattr(_color_hex(c))} displaycolor={quoteattr(_color_hex(c))}/>" for c in colors
+        )
+        parts.append(f'<basematerials id="{material_id}">{bases}</basematerials>\n')
+    ids = []
+    color_index = 0
+    for obj in objects:
+        vertices, faces = separate_lumps(*weld(obj.triangles))
+        attrs = f'id="{next_id}" type="model"'
+        if obj.name:
+            attrs += f" name={quoteattr(obj.name)}"
+        if obj.part_number:
+            attrs += f" partnumber={quoteattr(obj.part_number)}"
+        if obj.color is not None:
+            attrs += f' pid="{material_id}" pindex="{color_index}"'
+            color_index += 1
+        parts += [f"<object {attrs}>\n", _mesh_xml(vertices, faces), "\n</object>\n"]
+        ids.append(next_id)
+        next_id += 1
+    parts.append("</resources>\n<build>\n")
+    parts += [f'<item objectid="{i}"/>\n' for i in ids]
+    parts.append("</build>\n</model>\n")
+    return "".join(parts)
+
+
+def write_3mf(path: Path, objects: Sequence[MeshObject]) -> None:
+    """Write a 3MF package holding `objects` to `path`."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("[Content_Types].xml", CONTENT_TYPES)
+        zf.writestr("_rels/.rels", RELS)
+        zf.writestr(MODEL_PATH, model_xml(objects))
