@@ -627,9 +627,9 @@ def export(
             combined, outputs["stl"], tolerance=STL_TOLERANCE, angular_tolerance=ANGULAR_TOLERANCE
         ):
             raise BuildFailure("exception", "writing the STL failed")
-        # Checked before the 3MF, object by object, so that a broken solid is named.
-        tris, blocks, mesh = _check(outputs["stl"], objects)
-        _export_3mf(objects, names, blocks if blocks is not None else [tris], outputs["threemf"])
+        # Checked before the 3MF: lib3mf says only "3mf mesh is invalid"; a failed check names the solid.
+        tris, mesh = _check(outputs["stl"], objects)
+        _export_3mf(objects, names, tris, outputs["threemf"])
         if "step" in outputs:
             _export_step(combined, objects, names, outputs["step"])
     mesh.update(_previews(tris, outputs))
@@ -643,12 +643,10 @@ def export(
     }
 
 
-def _export_3mf(
-    objects: list[tuple[bd.Shape, str | None]], names: list[str], blocks: list[Any], path: Path
-) -> None:
+def _export_3mf(objects: list[tuple[bd.Shape, str | None]], names: list[str], tris: Any, path: Path) -> None:
     """The 3MF through build123d's Mesher (lib3mf); where lib3mf refuses a mesh that the checks
     passed (a solid touching itself along an edge), the same package written from the STL's
-    triangles, `blocks` (one per object, or one for all when the STL could not be split)."""
+    triangles `tris`, cut into the objects (all in one if the STL cannot be cut)."""
     mesher = bd.Mesher(unit=bd.Unit.MM)
     try:
         for (shape, _), part_number in zip(objects, names, strict=True):
@@ -664,13 +662,14 @@ def _export_3mf(
     else:
         mesher.write(str(path))
         return
-    if len(blocks) == len(objects):
+    blocks = split_by_object(tris, [shape for shape, _ in objects])
+    if blocks is not None:
         written = [
             MeshObject(block, part_number, shape.label or None, _rgba(shape))
             for block, (shape, _), part_number in zip(blocks, objects, names, strict=True)
         ]
     else:
-        written = [MeshObject(blocks[0], names[0] if len(objects) == 1 else None)]
+        written = [MeshObject(tris, names[0] if len(objects) == 1 else None)]
     write_3mf(path, written)
 
 
@@ -691,23 +690,20 @@ def _export_step(
         raise BuildFailure("exception", "writing the STEP file failed")
 
 
-def _check(
-    stl: Path, objects: list[tuple[bd.Shape, str | None]]
-) -> tuple[Any, list[Any] | None, dict[str, Any]]:
-    """The STL's triangles as written (what the slicer will read), the same cut into one block per
-    object (None if they cannot be), and the report; BuildFailure, naming the solid, if it would
-    not print."""
+def _check(stl: Path, objects: list[tuple[bd.Shape, str | None]]) -> tuple[Any, dict[str, Any]]:
+    """The STL's triangles as written (what the slicer will read) and its report; BuildFailure if
+    it would not print, naming the solid at fault where the STL can be cut into its objects."""
     started = time.perf_counter()
     tris = read_stl(stl)
-    blocks = split_by_object(tris, [shape for shape, _ in objects])
-    for i, block in enumerate(blocks or [], start=1):
-        try:
-            check_mesh(block)
-        except MeshProblem as problem:
-            raise BuildFailure("mesh", f"{_which_solid(objects, i)}: {problem}") from None
     try:
         report = check_mesh(tris)
     except MeshProblem as problem:
+        # Only now, object by object: which one is at fault (the first, if several are).
+        for i, block in enumerate(split_by_object(tris, [shape for shape, _ in objects]) or [], start=1):
+            try:
+                check_mesh(block)
+            except MeshProblem as own:
+                raise BuildFailure("mesh", f"{_which_solid(objects, i)}: {own}") from None
         raise BuildFailure("mesh", str(problem)) from None
     mesh = {**report.to_json(), "check_ms": round((time.perf_counter() - started) * 1000, 1)}
     if report.nonmanifold_edges:
@@ -716,7 +712,7 @@ def _check(
             "solids touch along an edge; slicers print that, but it may come out weak there",
             stacklevel=1,
         )
-    return tris, blocks, mesh
+    return tris, mesh
 
 
 def _which_solid(objects: list[tuple[bd.Shape, str | None]], index: int) -> str:
