@@ -95,6 +95,36 @@ DESIGNS = {
 }
 
 
+DESIGNS["a profile of two triangles meeting at a point, revolved: two rings touching along a circle"] = (
+    """\
+    from build123d import Axis, BuildPart, BuildSketch, Plane, Polygon, revolve
+
+    with BuildPart() as p:
+        with BuildSketch(Plane.XZ):
+            Polygon((5, 0), (15, 0), (10, 5), (15, 10), (5, 10), (10, 5), align=None)
+        revolve(axis=Axis.Z)
+    result = p.part
+    """,
+    1,
+    True,
+)
+# One lump, not two: a plate whose triangular hole touches its outer edge at a corner.
+DESIGNS["a plate touching itself along an edge"] = (
+    """\
+    from build123d import Align, BuildPart, BuildSketch, Mode, Polygon, Rectangle, extrude
+
+    with BuildPart() as p:
+        with BuildSketch():
+            Rectangle(30, 30, align=Align.MIN)
+            Polygon((15, 0), (20, 10), (10, 10), align=None, mode=Mode.SUBTRACT)
+        extrude(amount=5)
+    result = p.part
+    """,
+    1,
+    True,
+)
+
+
 @pytest.fixture
 def runner(cad_runner: CadRunner) -> CadRunner:
     return cad_runner  # one warm fork server for the whole session (tests/conftest.py)
@@ -251,7 +281,9 @@ def test_lumps_meeting_along_an_edge_get_their_own_vertices() -> None:
         np.sort(split_vertices[split_faces].reshape(-1, 9), axis=0),
         np.sort(vertices[faces].reshape(-1, 9), axis=0),
     )
-    # A mesh without such edges is left as it is.
+    # Meeting at a corner only: that vertex is split too; a mesh with neither is left as it is.
+    corner = np.concatenate([tetrahedron(), -tetrahedron()[:, ::-1]])
+    assert len(weld(corner)[0]) == 7 and len(separate_lumps(*weld(corner))[0]) == 8
     plain = weld(tetrahedron())
     assert separate_lumps(*plain) is not None and len(separate_lumps(*plain)[0]) == 4
 

@@ -106,36 +106,78 @@ def weld(triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat[first], faces[keep]
 
 
-def _edge_keys(faces: np.ndarray, nverts: int) -> np.ndarray:
-    """(m, 3) undirected key of each triangle's edges a-b, b-c, c-a."""
-    a, b = faces, faces[:, [1, 2, 0]]
-    return np.minimum(a, b) * nverts + np.maximum(a, b)
+def _pair_around_edges(
+    vertices: np.ndarray, faces: np.ndarray, order: np.ndarray, starts: np.ndarray
+) -> np.ndarray:
+    """(p, 2) half-edges (face * 3 + corner) that face each other across the same solid material.
+
+    `order` sorts the half-edges by edge; `starts` are where each edge's run begins. An edge of two
+    triangles pairs them. Around an edge of more (solids or lumps meeting there), the triangles are
+    taken in turn about the edge: the material lies between a triangle running against the edge's
+    direction and the next one counter-clockwise, running with it, so those two are paired.
+    """
+    counts = np.diff(np.append(starts, len(order)))
+    twos = starts[counts == 2]
+    pairs = [np.stack([order[twos], order[twos + 1]], axis=1)]
+    for start, count in zip(starts[counts > 2], counts[counts > 2], strict=True):
+        half = order[start : start + count]
+        f, k = half // 3, half % 3
+        u, w, o = faces[f, k], faces[f, (k + 1) % 3], faces[f, (k + 2) % 3]
+        a, b = int(min(u[0], w[0])), int(max(u[0], w[0]))
+        axis = vertices[b].astype(np.float64) - vertices[a]
+        axis /= np.linalg.norm(axis)
+        out = vertices[o].astype(np.float64) - vertices[a]
+        out -= np.outer(out @ axis, axis)
+        x = out[0] / (np.linalg.norm(out[0]) or 1.0)
+        y = np.cross(axis, x)
+        turn = np.argsort(np.arctan2(out @ y, out @ x), kind="stable")
+        half, along = half[turn], (u == a)[turn]
+        against = np.flatnonzero(~along)
+        shift = int(against[0]) if len(against) else 0
+        half, along = np.roll(half, -shift), np.roll(along, -shift)
+        # Closed, outward-wound solids alternate against/along about the edge; anything else (a
+        # surface turned inside out) is paired in turn, which still leaves the edges two by two.
+        pairs.append(half[: count - count % 2].reshape(-1, 2))
+    return np.concatenate(pairs)
 
 
 def separate_lumps(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Give each lump its own vertices where lumps meet along an edge of more than two triangles.
+    """Give each lump its own vertices where solid material meets itself at an edge or a point.
 
-    Triangles are joined across edges that have exactly two; each group so joined gets its own
-    copy of every vertex it uses. A mesh without such edges is returned as it is.
+    Triangles are paired across each edge (see `_pair_around_edges`); the corners of triangles so
+    paired share a vertex, and every other corner at the same point gets a copy of its own. After
+    that each edge has exactly two triangles, as the 3MF core specification asks of a mesh object,
+    and every triangle is where it was.
     """
     if len(faces) == 0:
         return vertices, faces
-    keys = _edge_keys(faces, len(vertices))
-    _, inverse, counts = np.unique(keys.ravel(), return_inverse=True, return_counts=True)
-    if not (counts > 2).any():
-        return vertices, faces
+    a, b = faces, faces[:, [1, 2, 0]]
+    keys = (np.minimum(a, b) * len(vertices) + np.maximum(a, b)).ravel()
+    order = np.argsort(keys, kind="stable")
+    starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
+    pairs = _pair_around_edges(vertices, faces, order, starts)
+    # Half-edge f*3+k runs from corner f*3+k to corner f*3+(k+1)%3: join the corners of a pair
+    # that sit at the same vertex (start with end when the two run opposite ways, as they should).
+    ends = (pairs // 3) * 3 + (pairs % 3 + 1) % 3
+    corner_vertex = faces.ravel()
+    opposite = corner_vertex[pairs[:, 0]] == corner_vertex[ends[:, 1]]
+    join = np.concatenate(
+        [
+            np.stack([pairs[:, 0], np.where(opposite, ends[:, 1], pairs[:, 1])], axis=1),
+            np.stack([ends[:, 0], np.where(opposite, pairs[:, 1], ends[:, 1])], axis=1),
+        ]
+    )
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    tri_of = np.repeat(np.arange(len(faces)), 3)
-    paired = counts[inverse] == 2
-    order = np.argsort(inverse[paired], kind="stable")
-    pairs = tri_of[paired][order].reshape(-1, 2)  # the two triangles of each two-triangle edge
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(faces),) * 2)
-    _, lump = connected_components(graph, directed=False)
-    keyed = lump[:, None].astype(np.int64) * len(vertices) + faces
-    used, new_faces = np.unique(keyed.ravel(), return_inverse=True)
-    return vertices[used % len(vertices)], new_faces.reshape(-1, 3)
+    n = len(corner_vertex)
+    graph = coo_matrix((np.ones(len(join)), (join[:, 0], join[:, 1])), shape=(n, n))
+    count, group = connected_components(graph, directed=False)
+    if count == len(vertices):
+        return vertices, faces
+    new_vertices = np.zeros((count, 3), dtype=vertices.dtype)
+    new_vertices[group] = vertices[corner_vertex]
+    return new_vertices, group.reshape(-1, 3).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------------
