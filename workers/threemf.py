@@ -189,14 +189,16 @@ def _color_hex(rgba: tuple[float, float, float, float]) -> str:
 
 
 def _mesh_xml(vertices: np.ndarray, faces: np.ndarray) -> str:
-    # repr of a float32 as float64 would print 0.1f as 0.10000000149011612; %.9g round-trips float32.
-    coords = vertices.astype(np.float64).tolist()
-    lines = ["<mesh><vertices>"]
-    lines += [f'<vertex x="{x:.9g}" y="{y:.9g}" z="{z:.9g}"/>' for x, y, z in coords]
-    lines.append("</vertices><triangles>")
-    lines += [f'<triangle v1="{a}" v2="{b}" v3="{c}"/>' for a, b, c in faces.tolist()]
-    lines.append("</triangles></mesh>")
-    return "\n".join(lines)
+    # The STL's float32 coordinates; 9 significant digits give each one back exactly.
+    coords = tuple(vertices.astype(np.float64).ravel().tolist())
+    corners = tuple(faces.ravel().tolist())
+    return (
+        "<mesh><vertices>\n"
+        + ('<vertex x="%.9g" y="%.9g" z="%.9g"/>\n' * len(vertices)) % coords
+        + "</vertices><triangles>\n"
+        + ('<triangle v1="%d" v2="%d" v3="%d"/>\n' * len(faces)) % corners
+        + "</triangles></mesh>"
+    )
 
 
 def model_xml(objects: Sequence[MeshObject]) -> str:
