@@ -300,3 +300,20 @@ def test_a_written_package_reads_back_in_lib3mf_and_prusaslicer(tmp_path: Path) 
     assert printer is not None
     sliced = slice_mesh(path, printer, tmp_path / "pair.gcode")
     assert sliced.meta.bbox is not None and sliced.meta.bbox[1][2] == pytest.approx(10, abs=0.01)
+
+
+def test_colours_are_shared_and_empty_objects_left_out() -> None:
+    red, blue = (1.0, 0.0, 0.0, 1.0), (0.0, 0.0, 1.0, 0.5)
+    model = model_xml(
+        [
+            MeshObject(tetrahedron(), "a", color=red),
+            MeshObject(np.zeros((0, 3, 3), dtype=np.float32), "empty", color=blue),
+            MeshObject(tetrahedron() + 5, "b", color=red),
+        ]
+    )
+    assert '<basematerials id="1"><base name="#FF0000FF" displaycolor="#FF0000FF"/></basematerials>' in model
+    assert re.findall(r'<object id="(\d+)"[^>]*partnumber="(\w+)" pid="1" pindex="(\d+)"', model) == [
+        ("2", "a", "0"),
+        ("3", "b", "0"),
+    ]
+    assert re.findall(r'<item objectid="(\d+)"/>', model) == ["2", "3"]

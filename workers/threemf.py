@@ -8,9 +8,9 @@ prints it. This module writes the 3MF itself, following the 3MF core specificati
 <mesh> of vertices and triangles in millimetres, and a <build> with one <item> per object.
 
 The triangles come from the STL the build wrote (see `split_by_object`): the same tessellation,
-welded into indexed meshes. Where lumps of one object meet along an edge, each lump gets its own
-copies of the vertices there, so that every edge of the written mesh has exactly two triangles, as
-the specification asks of a model object.
+welded into indexed meshes. Where lumps of one object meet along an edge or at a point, each lump
+gets its own copies of the vertices there, so that every edge of the written mesh has exactly two
+triangles, as the specification asks of a model object.
 """
 
 from __future__ import annotations
@@ -202,37 +202,30 @@ def _mesh_xml(vertices: np.ndarray, faces: np.ndarray) -> str:
 
 
 def model_xml(objects: Sequence[MeshObject]) -> str:
-    """3D/3dmodel.model: one mesh object per MeshObject, each placed once by a build item."""
+    """3D/3dmodel.model: one mesh object per MeshObject, each placed once by a build item. An object
+    with no triangles left after welding is left out, as lib3mf's writer leaves it."""
+    meshes = [(obj, separate_lumps(*weld(obj.triangles))) for obj in objects]
+    meshes = [(obj, mesh) for obj, mesh in meshes if len(mesh[1])]
     parts = [
         '<?xml version="1.0" encoding="UTF-8"?>\n',
         f'<model unit="millimeter" xml:lang="en-US" xmlns="{CORE_NS}">\n',
         '<metadata name="Application">printfarm</metadata>\n<resources>\n',
     ]
-    colors = [obj.color for obj in objects if obj.color is not None]
-    next_id = 1
-    material_id = None
-    if colors:
-        material_id = next_id
-        next_id += 1
-        bases = "".join(
-            f"<base name={quoteattr(_color_hex(c))} displaycolor={quoteattr(_color_hex(c))}/>" for c in colors
-        )
-        parts.append(f'<basematerials id="{material_id}">{bases}</basematerials>\n')
+    colors = list(dict.fromkeys(_color_hex(obj.color) for obj, _ in meshes if obj.color is not None))
+    if colors:  # resource 1; the objects follow
+        bases = "".join(f"<base name={quoteattr(c)} displaycolor={quoteattr(c)}/>" for c in colors)
+        parts.append(f'<basematerials id="1">{bases}</basematerials>\n')
     ids = []
-    color_index = 0
-    for obj in objects:
-        vertices, faces = separate_lumps(*weld(obj.triangles))
-        attrs = f'id="{next_id}" type="model"'
+    for obj, (vertices, faces) in meshes:
+        ids.append(len(ids) + 1 + bool(colors))
+        attrs = f'id="{ids[-1]}" type="model"'
         if obj.name:
             attrs += f" name={quoteattr(obj.name)}"
         if obj.part_number:
             attrs += f" partnumber={quoteattr(obj.part_number)}"
         if obj.color is not None:
-            attrs += f' pid="{material_id}" pindex="{color_index}"'
-            color_index += 1
+            attrs += f' pid="1" pindex="{colors.index(_color_hex(obj.color))}"'
         parts += [f"<object {attrs}>\n", _mesh_xml(vertices, faces), "\n</object>\n"]
-        ids.append(next_id)
-        next_id += 1
     parts.append("</resources>\n<build>\n")
     parts += [f'<item objectid="{i}"/>\n' for i in ids]
     parts.append("</build>\n</model>\n")
