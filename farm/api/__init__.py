@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 from farm import dispatch
 from farm.api import agents, artifacts, builds, operate, reads, tokens, workers
 from farm.api.deps import Farm, hash_secret, new_secret
+from farm.api.errors import document_body_errors
 from farm.api.fastlane import AgentFastLane
 from farm.db import checkpoint, make_async_engine, make_engine, warm_up, write_session
 from farm.models import Build, Slice, Token
@@ -196,5 +197,14 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/api/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    openapi = app.openapi
+
+    def documented() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_body_errors(openapi())
+        return app.openapi_schema
+
+    app.openapi = documented  # type: ignore[method-assign]
 
     return app
