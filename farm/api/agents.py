@@ -14,6 +14,7 @@ from farm import dispatch
 from farm.api.deps import (
     MAX_ID,
     MAX_NAME,
+    NAME_PATTERN,
     Farm,
     FarmDep,
     RowId,
@@ -35,7 +36,7 @@ Id = Annotated[int, Field(ge=0, le=MAX_ID)]  # stored in an INTEGER: larger is a
 Percent = Annotated[float, Field(allow_inf_nan=False)]  # NaN is not JSON
 
 
-PrinterName = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+PrinterName = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)]
 
 
 class Register(BaseModel):
@@ -200,7 +201,7 @@ async def beat(farm: Farm, body: Heartbeat) -> dict:
 
 @router.get("/next", responses={204: {"description": "nothing queued for this printer"}, **errors(404)})
 def next_gcode(
-    printer: Annotated[str, Query(min_length=1, max_length=MAX_NAME)],
+    printer: Annotated[str, Query(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)],
     token: AgentToken,
     farm: FarmDep,
     session: SessionDep,

@@ -19,7 +19,17 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field, NaiveDatetime
 from sqlmodel import Session, col, select
 
-from farm.api.deps import FarmDep, SessionDep, as_utc, hash_secret, new_secret, remember_revoked, require
+from farm.api.deps import (
+    MAX_NAME,
+    NAME_PATTERN,
+    FarmDep,
+    SessionDep,
+    as_utc,
+    hash_secret,
+    new_secret,
+    remember_revoked,
+    require,
+)
 from farm.api.errors import AUTH, errors
 from farm.api.paging import MAX_LIMIT, Cursor, Limit, after_id, page, paged
 from farm.models import Token
@@ -34,7 +44,12 @@ class NewToken(BaseModel):
     # No '/': `DELETE /api/tokens/{name}` must be able to name it.
     name: str = Field(min_length=1, max_length=100, pattern=r"^[^/]+$")
     role: Role
-    printer: str | None = Field(None, description="an agent token acts only for this printer")
+    printer: str | None = Field(
+        None,
+        max_length=MAX_NAME,
+        pattern=NAME_PATTERN,
+        description="an agent token acts only for this printer",
+    )
     expires_at: AwareDatetime | NaiveDatetime | None = Field(
         None, description="refused from then on (no zone: UTC); none: it lasts until revoked"
     )
