@@ -23,6 +23,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -37,6 +38,7 @@ from farm.api.deps import hash_secret, new_secret
 from farm.models import Token
 from farm.settings import Settings
 from tests.conftest import EXAMPLES
+from tests.pgserver import PostgresUnavailable, throwaway_postgres
 
 MAX_EXAMPLES = 100
 CHECKS = [
@@ -85,15 +87,27 @@ def _seed(app: Any, data: Path) -> None:
         SEEDED.ids["build_id"] = [build["id"]]
         SEEDED.ids["job_id"] = [j["id"] for j in build["jobs"]]
         SEEDED.ids["slice_id"] = [s["id"] for s in build["slices"]]
-        SEEDED.sha256.append(hashlib.sha256(stl).hexdigest())
+        SEEDED.sha256[:] = [hashlib.sha256(stl).hexdigest()]
 
 
 @pytest.fixture(scope="module")
-def api_schema(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def postgres() -> Iterator[str]:
+    try:
+        with throwaway_postgres() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL cannot be installed or started here: {exc}")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api_schema(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     data = tmp_path_factory.mktemp("schemathesis")
+    database = request.getfixturevalue("postgres") if request.param == "postgresql" else None
     # A database of its own on the shared Redis: no other test's workers take these messages.
     queue = f"{redis_url.rsplit('/', 1)[0]}/14"
-    app = create_app(Settings(data_dir=data, redis_url=queue, max_upload_mb=1))
+    app = create_app(Settings(data_dir=data, redis_url=queue, max_upload_mb=1, database_url=database))
     _seed(app, data)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     schema.config.generation.update(
@@ -101,6 +115,7 @@ def api_schema(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     )
     schema.config.phases.update(phases=["examples", "coverage", "fuzzing"])
     yield schema
+    asgi.shutdown_lifespans()  # the app's background tasks, started by schemathesis' first request
     app.state.farm.engine.dispose()
     shutil.rmtree(data, ignore_errors=True)
 

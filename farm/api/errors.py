@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DataError
 
 
 class Problem(BaseModel):
@@ -49,6 +50,19 @@ def document_body_errors(openapi: dict[str, Any]) -> dict[str, Any]:
                     },
                 )
     return openapi
+
+
+def nul_in_text(exc: BaseException) -> bool:
+    """PostgreSQL's refusal of a NUL character (which SQLite stores): the caller's input, not a
+    fault of the farm's."""
+    return isinstance(exc, DataError) and "NUL (0x00)" in str(exc.orig)
+
+
+# As FastAPI's validation errors are (a list of problems), so that every route that takes input
+# documents it already.
+NUL_IN_TEXT = [
+    {"loc": ["request"], "msg": "text cannot contain NUL (\\u0000) characters", "type": "string_nul"}
+]
 
 
 # Every route behind a token: on the routers, so that routes added later are documented too.
