@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
@@ -162,3 +163,32 @@ def test_every_route_answers_as_documented(case: Any) -> None:
     _seeded_values(case)
     for role in ("admin", "submitter", "agent"):
         case.call_and_validate(headers={"Authorization": f"Bearer {SEEDED.tokens[role]}"}, checks=CHECKS)
+
+
+def test_nul_in_text_is_a_422_on_postgresql(postgres: str, tmp_path: Path) -> None:
+    """SQLite stores a NUL character; PostgreSQL refuses it. Either way no 500, whether the agents'
+    fast lane (farm/api/fastlane.py) or a route serves the call."""
+    with sa.create_engine(postgres, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(sa.text("CREATE DATABASE nul_test"))
+    app = create_app(Settings(data_dir=tmp_path, database_url=postgres.rsplit("/", 1)[0] + "/nul_test"))
+    token = (tmp_path / "admin.token").read_text().strip()
+    try:
+        with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
+            reg = {"printer": "p", "model": "MINI", "protocol": "prusalink"}
+            assert client.post("/api/agents/register", json=reg).status_code == 200
+            calls = [
+                ("/api/agents/register", {**reg, "model": "MINI\x00"}),
+                ("/api/agents/heartbeat", {"printer": "p", "state": "idle", "color": "\x00"}),
+                ("/api/agents/claim", {"printer": "p", "state": "idle\x00"}),
+                ("/api/tokens", {"name": "a\x00", "role": "submitter"}),
+            ]
+            for path, body in calls:
+                resp = client.post(path, json=body)
+                assert resp.status_code == 422, (path, resp.text)
+                assert "NUL" in resp.json()["detail"][0]["msg"]
+            assert (
+                client.post("/api/agents/heartbeat", json={"printer": "p", "state": "idle"}).status_code
+                == 200
+            )
+    finally:
+        app.state.farm.engine.dispose()
