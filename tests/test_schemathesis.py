@@ -2,7 +2,7 @@
 
 Schemathesis reads app.openapi(), so routes added later are covered without touching this file.
 Each generated request goes to the real app (with its lifespan, middleware and a real Redis as its
-queue) three times: as the admin, a submitter and a printer's agent, against a farm seeded with a
+queue) four times: as the admin, a submitter, a viewer and a printer's agent, against a farm seeded with a
 printer, a build, its slice and jobs. Path ids and printer names are often swapped for the seeded
 ones so that routes run past their 404. Every answer must be below 500 and conform to the
 document: its status code listed, its content type, headers and body as declared.
@@ -50,6 +50,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 PRINTERS = ["st-mini", "st-mk3s"]
+ROLES = ("admin", "submitter", "viewer", "agent")  # each generated request is sent as each
 
 
 class Seeded:
@@ -67,7 +68,7 @@ def _seed(app: Any, data: Path) -> None:
     SEEDED.tokens["admin"] = admin
     engine = app.state.farm.engine
     with Session(engine) as session:
-        for role, printer in (("submitter", None), ("agent", PRINTERS[0]), ("worker", None)):
+        for role, printer in (("submitter", None), ("viewer", None), ("agent", PRINTERS[0])):
             secret = new_secret()
             digest = hash_secret(secret)
             session.add(Token(name=f"st-{role}", role=role, printer=printer, secret_sha256=digest))
@@ -161,7 +162,7 @@ def _seeded_values(case: Any) -> None:
 )
 def test_every_route_answers_as_documented(case: Any) -> None:
     _seeded_values(case)
-    for role in ("admin", "submitter", "agent"):
+    for role in ROLES:
         case.call_and_validate(headers={"Authorization": f"Bearer {SEEDED.tokens[role]}"}, checks=CHECKS)
 
 
