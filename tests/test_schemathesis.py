@@ -1,14 +1,14 @@
 """Every route of the coordinator, fed requests generated from its own OpenAPI document.
 
 Schemathesis reads app.openapi(), so routes added later are covered without touching this file.
-Each generated request goes to the real app (with its lifespan, middleware and a real Redis as its
-queue) four times: as the admin, a submitter, a viewer and a printer's agent, against a farm seeded with a
-printer, a build, its slice and jobs. Path ids and printer names are often swapped for the seeded
-ones so that routes run past their 404. Every answer must be below 500 and conform to the
+Each generated request goes to the real app (its lifespan, middleware, a real Redis as its queue,
+SQLite and then a throwaway PostgreSQL) once per role in ROLES, against a farm seeded with
+printers, a build, its slice and jobs. Path ids and printer names are often swapped for the
+seeded ones so that routes run past their 404. Every answer must be below 500 and conform to the
 document: its status code listed, its content type, headers and body as declared.
 
-Bounded and deterministic: a fixed number of examples per operation, derandomized, no example
-database, so CI runs the same requests every time.
+Bounded and deterministic: at most MAX_EXAMPLES generated per operation, derandomized, no
+example database, so CI sends the same requests every time (about 100 s for both databases).
 """
 
 from __future__ import annotations
