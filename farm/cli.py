@@ -540,6 +540,16 @@ def _get(path: str, **params: Any) -> Any:
             _die(str(exc))
 
 
+def _get_all(path: str, most: int | None = None, **params: Any) -> list[Any]:
+    """Every item of a list endpoint (or the first `most`), following its pages."""
+    with _client() as client:
+        try:
+            return client.get_all(path, most=most, **params)
+        except FarmError as exc:
+            _die(str(exc))
+    return []  # not reached: _die exits
+
+
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """Builds by stage, jobs by state and printers by state."""
@@ -565,12 +575,15 @@ app.add_typer(jobs_app, name="jobs")
 def jobs(
     ctx: typer.Context,
     state: Annotated[str | None, typer.Option(help="Only jobs in this state, e.g. ready or failed.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the newest this many jobs (default: every one).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    data = _get("/api/jobs", **({"state": state} if state else {}))
+    data = _get_all("/api/jobs", most=limit, **({"state": state} if state else {}))
     if as_json:
         _emit(data)
         return
@@ -658,7 +671,7 @@ def printers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List printers and what they are doing."""
     if ctx.invoked_subcommand is not None:
         return
-    data = _get("/api/printers")
+    data = _get_all("/api/printers")
     if as_json:
         _emit(data)
         return
@@ -808,7 +821,7 @@ def tokens_create(
 @tokens_app.command("list")
 def tokens_list(as_json: JsonOpt = False) -> None:
     """List tokens (names and roles; secrets are never shown again)."""
-    data = _get("/api/tokens")
+    data = _get_all("/api/tokens")
     if as_json:
         _emit(data)
         return

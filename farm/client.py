@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 
 CHUNK = 1 << 20
+PAGE = 1000  # the most a list endpoint gives per page
+NEXT_CURSOR = "X-Next-Cursor"  # where the next page starts (farm/api/paging.py)
 
 
 class FarmError(Exception):
@@ -74,6 +76,20 @@ class FarmClient:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params).json()
+
+    def get_all(self, path: str, *, most: int | None = None, **params: Any) -> list[Any]:
+        """Every item of a list endpoint (or the first `most`), page after page: each page's
+        X-Next-Cursor header says where the next one starts."""
+        items: list[Any] = []
+        page_size = PAGE if most is None else max(1, min(PAGE, most))
+        cursor: str | None = None
+        while True:
+            at = {"cursor": cursor} if cursor else {}
+            resp = self.request("GET", path, params={**params, "limit": page_size, **at})
+            items += resp.json()
+            cursor = resp.headers.get(NEXT_CURSOR)
+            if not cursor or (most is not None and len(items) >= most):
+                return items if most is None else items[:most]
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         resp = self.request("POST", path, json=body or {})

@@ -68,10 +68,13 @@ def render(status: dict[str, Any], printers: list[dict[str, Any]], jobs: list[di
     return Group(table, Text(f"jobs: {queue}\nbuilds: {builds}"))
 
 
+ACTIVE = ("claimed", "uploading", "printing")
+
+
 def snapshot(client: FarmClient) -> Group:
-    jobs = client.get("/api/jobs", limit=500)
-    active = [j for j in jobs if j["state"] in ("claimed", "uploading", "printing")]
-    return render(client.get("/api/status"), client.get("/api/printers"), active)
+    # Only the jobs on printers, each state by itself: however many jobs are queued or done.
+    active = [j for state in ACTIVE for j in client.get_all("/api/jobs", state=state)]
+    return render(client.get("/api/status"), client.get_all("/api/printers"), active)
 
 
 def stdout_console() -> Console:

@@ -16,11 +16,13 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from sqlmodel import Session, select
 
 from farm import dispatch
 from farm.api import agents, artifacts, builds, operate, reads, tokens, workers
 from farm.api.deps import Farm, hash_secret, new_secret
+from farm.api.errors import NUL_IN_TEXT, document_body_errors, nul_in_text
 from farm.api.fastlane import AgentFastLane
 from farm.db import checkpoint, make_async_engine, make_engine, warm_up, write_session
 from farm.models import Build, Slice, Token
@@ -193,8 +195,23 @@ def create_app(settings: Settings) -> FastAPI:
             {"detail": f"internal error ({type(exc).__name__}); see the coordinator log"}, 500
         )
 
+    @app.exception_handler(DataError)
+    async def _refused_data(request: Request, exc: DataError) -> JSONResponse:
+        if nul_in_text(exc):  # PostgreSQL; SQLite stores it
+            return JSONResponse({"detail": NUL_IN_TEXT}, 422)
+        return await _unexpected(request, exc)
+
     @app.get("/api/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    openapi = app.openapi
+
+    def documented() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_body_errors(openapi())
+        return app.openapi_schema
+
+    app.openapi = documented  # type: ignore[method-assign]
 
     return app

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col
 
 from farm import dispatch
-from farm.api.deps import MAX_ID, Farm, FarmDep, RowId, SessionDep, reconnecting, require, write
+from farm.api.deps import (
+    MAX_ID,
+    MAX_NAME,
+    NAME_PATTERN,
+    Farm,
+    FarmDep,
+    RowId,
+    SessionDep,
+    reconnecting,
+    require,
+    write,
+)
+from farm.api.errors import AUTH, errors
 from farm.api.views import job_view
 from farm.models import Artifact, Job, Printer, Slice, Token
 from farm.states import InvalidMove, JobState
 
-router = APIRouter(prefix="/api/agents", tags=["agents"])
+router = APIRouter(prefix="/api/agents", tags=["agents"], responses=AUTH)
 AgentToken = Annotated[Token, Depends(require("agent"))]
 
 
@@ -24,8 +36,11 @@ Id = Annotated[int, Field(ge=0, le=MAX_ID)]  # stored in an INTEGER: larger is a
 Percent = Annotated[float, Field(allow_inf_nan=False)]  # NaN is not JSON
 
 
+PrinterName = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)]
+
+
 class Register(BaseModel):
-    printer: str = Field(min_length=1)
+    printer: PrinterName
     model: str
     protocol: str
     agent_version: str | None = None
@@ -33,7 +48,7 @@ class Register(BaseModel):
 
 
 class Heartbeat(BaseModel):
-    printer: str
+    printer: PrinterName
     state: str
     message: str | None = None
     progress: Percent | None = None
@@ -42,7 +57,7 @@ class Heartbeat(BaseModel):
 
 
 class Report(BaseModel):
-    printer: str
+    printer: PrinterName
     fence: Id
     state: JobState
     progress: Percent | None = None
@@ -165,7 +180,7 @@ def _beat(session: Session, body: Heartbeat, farm: Farm) -> dispatch.Beat:
     return beat
 
 
-@router.post("/heartbeat")
+@router.post("/heartbeat", responses=errors(404))
 async def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep) -> dict:
     """Most heartbeats never reach this route: fastlane.py answers them. It comes here for the
     ones that need an error message."""
@@ -184,15 +199,20 @@ async def beat(farm: Farm, body: Heartbeat) -> dict:
     return {"job": found.job, "fence": found.fence}
 
 
-@router.get("/next", responses={204: {"description": "nothing queued for this printer"}})
-def next_gcode(printer: str, token: AgentToken, farm: FarmDep, session: SessionDep) -> object:
+@router.get("/next", responses={204: {"description": "nothing queued for this printer"}, **errors(404)})
+def next_gcode(
+    printer: Annotated[str, Query(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)],
+    token: AgentToken,
+    farm: FarmDep,
+    session: SessionDep,
+) -> object:
     """What this printer would print next: its agent downloads it while the bed waits."""
     p = _printer(session, token, printer)
     gcode = dispatch.next_gcode(session, p, farm.settings.starvation_s)
     return {"gcode": gcode} if gcode else Response(status_code=204)
 
 
-@router.post("/claim", responses={204: {"description": "nothing to print"}})
+@router.post("/claim", responses={204: {"description": "nothing to print"}, **errors(404)})
 async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep) -> object:
     """Most claims are answered by fastlane.py; this route serves the rest and gives the errors."""
     _check_bound(token, body.printer)
@@ -244,7 +264,7 @@ def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> dict 
     return _claim_view(job, _done_slice(session, job.slice_id, farm))
 
 
-@router.post("/jobs/{job_id}/report")
+@router.post("/jobs/{job_id}/report", responses=errors(404, 409))
 async def report(job_id: RowId, body: Report, token: AgentToken, farm: FarmDep) -> dict:
     """Most reports are answered by fastlane.py; this route serves the rest and gives the errors."""
     return await report_on(farm, job_id, body, token)

@@ -5,20 +5,28 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 
 from farm.api.access import may_read_artifact
 from farm.api.deps import FarmDep, SessionDep, require
+from farm.api.errors import AUTH, errors
 from farm.models import Artifact, Token
 from farm.store import TooLarge
 
-router = APIRouter(prefix="/api/artifacts", tags=["artifacts"])
+router = APIRouter(prefix="/api/artifacts", tags=["artifacts"], responses=AUTH)
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-@router.put("", dependencies=[Depends(require("worker", "submitter"))])
-async def upload(request: Request, farm: FarmDep, session: SessionDep, name: str = "") -> dict[str, object]:
+@router.put(
+    "",
+    dependencies=[Depends(require("worker", "submitter"))],
+    responses=errors(413),
+    openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {}}}}},
+)
+async def upload(
+    request: Request, farm: FarmDep, session: SessionDep, name: Annotated[str, Query(max_length=255)] = ""
+) -> dict[str, object]:
     try:
         sha, size = await farm.store.put_stream(request.stream(), farm.settings.max_upload_mb << 20)
     except TooLarge as exc:
@@ -29,7 +37,11 @@ async def upload(request: Request, farm: FarmDep, session: SessionDep, name: str
     return {"sha256": sha, "size": size}
 
 
-@router.get("/{sha256}")
+@router.get(
+    "/{sha256}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **errors(400, 404)},
+)
 def download(
     sha256: str,
     farm: FarmDep,

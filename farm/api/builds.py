@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, UploadFile
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, UploadFile
 from pydantic import BaseModel, Field, JsonValue, ValidationError
 from sqlmodel import Session, col, select
 
 from farm import pipeline, tags
 from farm.api.deps import Farm, FarmDep, RowId, SessionDep, require
+from farm.api.errors import AUTH, errors
+from farm.api.paging import Cursor, Limit, after_id, page, paged
 from farm.api.sources import SourceProblem, check_cad_source
 from farm.api.views import build_view, slice_view
 from farm.models import Artifact, Build, Job, Printer, Slice, Token
@@ -18,8 +20,10 @@ from farm.queue import send
 from farm.store import TooLarge
 from workers.slicer import SliceError, check_overrides, print_options
 
-router = APIRouter(prefix="/api", tags=["builds"])
+router = APIRouter(prefix="/api", tags=["builds"], responses=AUTH)
 Submitter = Annotated[Token, Depends(require("submitter"))]  # the build is its name's
+Options = Annotated[str, Form(max_length=1 << 20, description="SubmitOptions as JSON")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # stored, then shown: JSON has no NaN or inf
 
 
 class GitSource(BaseModel):
@@ -50,7 +54,7 @@ class SubmitOptions(BaseModel):
     # Slicer choices: the everyday ones, and any PrusaSlicer setting (`settings` wins).
     infill: str | None = None
     supports: str | None = None
-    brim: float | None = None
+    brim: Finite | None = None
     settings: dict[str, str] = Field(default_factory=dict)
 
 
@@ -62,15 +66,24 @@ class CadResult(BaseModel):
     preview: str | None = None  # 256 x 256 PNG
     preview_small: str | None = None  # 96 x 96 PNG
     objects: int | None = Field(None, ge=1)
-    bbox: list[list[float]] | None = None
-    seconds: float | None = None
+    bbox: list[list[Finite]] | None = None
+    seconds: Finite | None = None
+
+
+class SliceMeta(BaseModel):
+    """What the slicer read from the G-code; the farm stores these (others are passed over)."""
+
+    printer_model: str | None = None
+    print_time_s: Finite | None = None
+    filament_g: Finite | None = None
+    filament_mm: Finite | None = None
 
 
 class SliceResult(BaseModel):
     error: str | None = None
     gcode: str | None = None
-    meta: dict[str, Any] = Field(default_factory=dict)
-    seconds: float | None = None
+    meta: SliceMeta = Field(default_factory=SliceMeta)
+    seconds: Finite | None = None
 
 
 def dispatch_outgoing(farm: Farm, out: list[pipeline.Outgoing]) -> None:
@@ -91,9 +104,9 @@ def load_build(session: Session, build_id: int) -> dict[str, Any]:
     return build_view(build, list(jobs), list(slices))
 
 
-@router.post("/builds", status_code=201)
+@router.post("/builds", status_code=201, responses=errors(413, 415, 422, 503))
 async def submit(
-    farm: FarmDep, session: SessionDep, token: Submitter, file: UploadFile, options: str = Form("{}")
+    farm: FarmDep, session: SessionDep, token: Submitter, file: UploadFile, options: Options = "{}"
 ) -> dict:
     try:
         opts = SubmitOptions.model_validate(json.loads(options))
@@ -171,18 +184,31 @@ async def submit(
     return load_build(session, build.id)  # type: ignore[arg-type]
 
 
-@router.get("/builds/{build_id}", dependencies=[Depends(require("submitter", "viewer", "worker"))])
+@router.get(
+    "/builds/{build_id}",
+    dependencies=[Depends(require("submitter", "viewer", "worker"))],
+    responses=errors(404),
+)
 def get_build(build_id: RowId, session: SessionDep) -> dict:
     return load_build(session, build_id)
 
 
-@router.get("/builds", dependencies=[Depends(require("submitter", "viewer"))])
-def list_builds(session: SessionDep, limit: int = 50) -> list[dict]:
-    builds = session.exec(select(Build).order_by(col(Build.id).desc()).limit(limit)).all()
-    return [load_build(session, b.id) for b in builds]  # type: ignore[arg-type]
+@router.get(
+    "/builds",
+    dependencies=[Depends(require("submitter", "viewer"))],
+    responses=paged("builds, newest first"),
+)
+def list_builds(
+    session: SessionDep, request: Request, response: Response, limit: Limit = 50, cursor: Cursor = None
+) -> list[dict]:
+    query = select(Build.id).order_by(col(Build.id).desc()).limit(limit + 1)
+    if (before := after_id(cursor)) is not None:
+        query = query.where(col(Build.id) < before)
+    ids = page(session.exec(query).all(), limit, int, request, response)
+    return [load_build(session, build_id) for build_id in ids]  # type: ignore[arg-type]
 
 
-@router.post("/builds/{build_id}/cad/start", dependencies=[Depends(require("worker"))])
+@router.post("/builds/{build_id}/cad/start", dependencies=[Depends(require("worker"))], responses=errors(404))
 def cad_start(build_id: RowId, session: SessionDep) -> dict:
     build = session.get(Build, build_id)
     if build is None:
@@ -192,7 +218,11 @@ def cad_start(build_id: RowId, session: SessionDep) -> dict:
     return {"go": go, "build": load_build(session, build_id)}
 
 
-@router.post("/builds/{build_id}/cad/result", dependencies=[Depends(require("worker"))])
+@router.post(
+    "/builds/{build_id}/cad/result",
+    dependencies=[Depends(require("worker"))],
+    responses=errors(404, 422, 503),
+)
 def cad_result(build_id: RowId, result: CadResult, farm: FarmDep, session: SessionDep) -> dict:
     build = session.get(Build, build_id)
     if build is None:
@@ -220,7 +250,7 @@ def cad_result(build_id: RowId, result: CadResult, farm: FarmDep, session: Sessi
     return load_build(session, build_id)
 
 
-@router.get("/slices/{slice_id}", dependencies=[Depends(require("worker"))])
+@router.get("/slices/{slice_id}", dependencies=[Depends(require("worker"))], responses=errors(404))
 def get_slice(slice_id: RowId, session: SessionDep) -> dict:
     sl = session.get(Slice, slice_id)
     if sl is None:
@@ -245,7 +275,9 @@ def get_slice(slice_id: RowId, session: SessionDep) -> dict:
     }
 
 
-@router.post("/slices/{slice_id}/result", dependencies=[Depends(require("worker"))])
+@router.post(
+    "/slices/{slice_id}/result", dependencies=[Depends(require("worker"))], responses=errors(404, 422)
+)
 def slice_result(slice_id: RowId, result: SliceResult, session: SessionDep) -> dict:
     sl = session.get(Slice, slice_id)
     if sl is None:
@@ -253,7 +285,12 @@ def slice_result(slice_id: RowId, result: SliceResult, session: SessionDep) -> d
     if result.gcode and session.get(Artifact, result.gcode) is None:
         raise HTTPException(422, f"artifact {result.gcode} was not uploaded")
     pipeline.slice_finished(
-        session, sl, error=result.error, gcode_sha256=result.gcode, meta=result.meta, seconds=result.seconds
+        session,
+        sl,
+        error=result.error,
+        gcode_sha256=result.gcode,
+        meta=result.meta.model_dump(),
+        seconds=result.seconds,
     )
     session.commit()
     return slice_view(sl)

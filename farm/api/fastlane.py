@@ -19,10 +19,12 @@ from typing import Any
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farm.api.agents import Heartbeat, Report, beat, claim_next, report_on
 from farm.api.deps import MAX_ID, Farm, find_token, token_problem
+from farm.api.errors import NUL_IN_TEXT, nul_in_text
 from farm.models import Token
 
 MAX_BODY = 64 * 1024  # these calls are a few hundred bytes
@@ -99,6 +101,10 @@ class AgentFastLane:
             answer = await serve(self.farm, call, token, job_id)
         except HTTPException as exc:  # e.g. the printer is not registered, a stale lease
             return exc.status_code, {"detail": exc.detail}
+        except DataError as exc:
+            if nul_in_text(exc):
+                return 422, {"detail": NUL_IN_TEXT}
+            raise
         return (204, None) if answer is None else (200, answer)
 
 

@@ -9,13 +9,14 @@ from pydantic import BaseModel, Field
 
 from farm import dispatch, explain, tags
 from farm.api.access import check_owner
-from farm.api.deps import FarmDep, RowId, SessionDep, require
+from farm.api.deps import FarmDep, PrinterPath, RowId, SessionDep, require
+from farm.api.errors import AUTH, errors
 from farm.api.views import job_view, printer_view
 from farm.models import Job, Printer, Token
 from farm.printer_models import MATERIALS
 from farm.states import InvalidMove
 
-router = APIRouter(prefix="/api", tags=["operate"])
+router = APIRouter(prefix="/api", tags=["operate"], responses=AUTH)
 
 
 class PrinterSettings(BaseModel):
@@ -38,7 +39,7 @@ def _printer(session: SessionDep, name: str) -> Printer:
 Submitter = Annotated[Token, Depends(require("submitter"))]
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", responses=errors(404, 409))
 def cancel_job(job_id: RowId, session: SessionDep, token: Submitter) -> dict:
     """Cancel a job: a submitter its own, an admin any."""
     job = _job(session, job_id)
@@ -49,7 +50,7 @@ def cancel_job(job_id: RowId, session: SessionDep, token: Submitter) -> dict:
         raise HTTPException(409, str(exc)) from exc
 
 
-@router.post("/jobs/{job_id}/retry")
+@router.post("/jobs/{job_id}/retry", responses=errors(404, 409))
 def retry_job(job_id: RowId, session: SessionDep, token: Submitter) -> dict:
     """Send a failed job back to the queue: a submitter its own, an admin any."""
     job = _job(session, job_id)
@@ -60,7 +61,9 @@ def retry_job(job_id: RowId, session: SessionDep, token: Submitter) -> dict:
         raise HTTPException(409, str(exc)) from exc
 
 
-@router.get("/jobs/{job_id}/explain", dependencies=[Depends(require("submitter", "viewer"))])
+@router.get(
+    "/jobs/{job_id}/explain", dependencies=[Depends(require("submitter", "viewer"))], responses=errors(404)
+)
 def explain_job(job_id: RowId, session: SessionDep, farm: FarmDep) -> dict:
     job = _job(session, job_id)
     s = farm.settings
@@ -77,8 +80,8 @@ def _job(session: SessionDep, job_id: int) -> Job:
     return job
 
 
-@router.post("/printers/{name}/clear", dependencies=[Depends(require("submitter"))])
-def clear_bed(name: str, session: SessionDep) -> dict:
+@router.post("/printers/{name}/clear", dependencies=[Depends(require("submitter"))], responses=errors(404))
+def clear_bed(name: PrinterPath, session: SessionDep) -> dict:
     printer = _printer(session, name)
     printer.bed_clear = True
     session.add(printer)
@@ -86,8 +89,8 @@ def clear_bed(name: str, session: SessionDep) -> dict:
     return printer_view(printer)
 
 
-@router.delete("/printers/{name}", dependencies=[Depends(require())])
-def remove_printer(name: str, session: SessionDep) -> dict:
+@router.delete("/printers/{name}", dependencies=[Depends(require())], responses=errors(404, 409))
+def remove_printer(name: PrinterPath, session: SessionDep) -> dict:
     """Take a printer out of the farm. Refused while it holds a job: cancel or finish that first."""
     printer = _printer(session, name)
     held = dispatch.bound_job(session, printer)
@@ -100,8 +103,8 @@ def remove_printer(name: str, session: SessionDep) -> dict:
     return {"removed": name}
 
 
-@router.patch("/printers/{name}", dependencies=[Depends(require())])
-def set_printer(name: str, body: PrinterSettings, session: SessionDep) -> dict:
+@router.patch("/printers/{name}", dependencies=[Depends(require())], responses=errors(404, 422))
+def set_printer(name: PrinterPath, body: PrinterSettings, session: SessionDep) -> dict:
     printer = _printer(session, name)
     if body.material is not None:
         material = body.material.upper()

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from sqlmodel import Session, col, select
 
 from farm.api.deps import RowId, SessionDep, require
+from farm.api.errors import AUTH, errors
+from farm.api.paging import MAX_LIMIT, Cursor, Limit, after_id, after_name, page, paged
 from farm.api.views import job_view, printer_state, printer_view
 from farm.api.workers import recent_workers
 from farm.models import Build, Job, Printer, Slice
 from farm.states import BuildStage, JobState
 
-router = APIRouter(prefix="/api", tags=["status"], dependencies=[Depends(require("submitter", "viewer"))])
+router = APIRouter(
+    prefix="/api", tags=["status"], dependencies=[Depends(require("submitter", "viewer"))], responses=AUTH
+)
 
 
 def _job_rows(session: Session, jobs: list[Job]) -> list[dict]:
@@ -25,15 +29,25 @@ def _job_rows(session: Session, jobs: list[Job]) -> list[dict]:
     return [job_view(j, slices.get(j.slice_id), builds[j.build_id].source_name) for j in jobs]
 
 
-@router.get("/jobs")
-def list_jobs(session: SessionDep, state: JobState | None = None, limit: int = 200) -> list[dict]:
-    query = select(Job).order_by(col(Job.id).desc()).limit(limit)
+@router.get("/jobs", responses=paged("jobs, newest first"))
+def list_jobs(
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    state: JobState | None = None,
+    limit: Limit = 200,
+    cursor: Cursor = None,
+) -> list[dict]:
+    query = select(Job).order_by(col(Job.id).desc()).limit(limit + 1)
     if state:
         query = query.where(Job.state == state)
-    return _job_rows(session, list(session.exec(query).all()))
+    if (before := after_id(cursor)) is not None:
+        query = query.where(col(Job.id) < before)
+    jobs = page(session.exec(query).all(), limit, lambda j: j.id, request, response)  # type: ignore[arg-type,return-value]
+    return _job_rows(session, jobs)
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", responses=errors(404))
 def get_job(job_id: RowId, session: SessionDep) -> dict:
     job = session.get(Job, job_id)
     if job is None:
@@ -41,9 +55,15 @@ def get_job(job_id: RowId, session: SessionDep) -> dict:
     return _job_rows(session, [job])[0]
 
 
-@router.get("/printers")
-def list_printers(session: SessionDep) -> list[dict]:
-    return [printer_view(p) for p in session.exec(select(Printer).order_by(col(Printer.name))).all()]
+@router.get("/printers", responses=paged("printers by name"))
+def list_printers(
+    session: SessionDep, request: Request, response: Response, limit: Limit = MAX_LIMIT, cursor: Cursor = None
+) -> list[dict]:
+    query = select(Printer).order_by(col(Printer.name)).limit(limit + 1)
+    if (after := after_name(cursor)) is not None:
+        query = query.where(col(Printer.name) > after)
+    printers = page(session.exec(query).all(), limit, lambda p: p.name, request, response)
+    return [printer_view(p) for p in printers]
 
 
 @router.get("/status")

@@ -13,25 +13,43 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field, NaiveDatetime
 from sqlmodel import Session, col, select
 
-from farm.api.deps import FarmDep, SessionDep, as_utc, hash_secret, new_secret, remember_revoked, require
+from farm.api.deps import (
+    MAX_NAME,
+    NAME_PATTERN,
+    FarmDep,
+    SessionDep,
+    as_utc,
+    hash_secret,
+    new_secret,
+    remember_revoked,
+    require,
+)
+from farm.api.errors import AUTH, errors
+from farm.api.paging import MAX_LIMIT, Cursor, Limit, after_id, page, paged
 from farm.models import Token
 
-router = APIRouter(prefix="/api/tokens", tags=["tokens"], dependencies=[Depends(require())])
+router = APIRouter(prefix="/api/tokens", tags=["tokens"], dependencies=[Depends(require())], responses=AUTH)
 
 Role = Literal["admin", "submitter", "viewer", "worker", "agent"]
+TokenName = Annotated[str, Path(min_length=1, max_length=100)]
 
 
 class NewToken(BaseModel):
     # No '/': `DELETE /api/tokens/{name}` must be able to name it.
     name: str = Field(min_length=1, max_length=100, pattern=r"^[^/]+$")
     role: Role
-    printer: str | None = Field(None, description="an agent token acts only for this printer")
+    printer: str | None = Field(
+        None,
+        max_length=MAX_NAME,
+        pattern=NAME_PATTERN,
+        description="an agent token acts only for this printer",
+    )
     expires_at: AwareDatetime | NaiveDatetime | None = Field(
         None, description="refused from then on (no zone: UTC); none: it lasts until revoked"
     )
@@ -56,7 +74,7 @@ def _live(session: Session, name: str) -> list[Token]:
     return list(session.exec(select(Token).where(Token.name == name, col(Token.revoked_at).is_(None))).all())
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=errors(409, 422))
 def create_token(body: NewToken, session: SessionDep) -> dict:
     if body.role == "agent" and not body.printer:
         raise HTTPException(422, "an agent token is bound to one printer: give --printer NAME")
@@ -81,13 +99,18 @@ def create_token(body: NewToken, session: SessionDep) -> dict:
     return {**_view(token), "token": secret}  # the only time the secret is shown
 
 
-@router.get("")
-def list_tokens(session: SessionDep) -> list[dict]:
-    return [_view(t) for t in session.exec(select(Token).order_by(col(Token.id))).all()]
+@router.get("", responses=paged("tokens, oldest first"))
+def list_tokens(
+    session: SessionDep, request: Request, response: Response, limit: Limit = MAX_LIMIT, cursor: Cursor = None
+) -> list[dict]:
+    query = select(Token).order_by(col(Token.id)).limit(limit + 1)
+    if (after := after_id(cursor)) is not None:
+        query = query.where(col(Token.id) > after)
+    return [_view(t) for t in page(session.exec(query).all(), limit, lambda t: t.id, request, response)]  # type: ignore[arg-type,return-value]
 
 
-@router.delete("/{name}")
-def revoke_token(name: str, session: SessionDep, farm: FarmDep) -> dict:
+@router.delete("/{name}", responses=errors(404))
+def revoke_token(name: TokenName, session: SessionDep, farm: FarmDep) -> dict:
     """Revoke the token(s) of this name for good. This coordinator process refuses them at once;
     other processes of it (`farm server --workers N`) within deps.TOKEN_RELOAD_S seconds.
     The row stays, so builds keep naming their owner. Revoking the admin token in the data dir:

@@ -9,9 +9,10 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from farm.api.deps import SessionDep, require
+from farm.api.errors import AUTH, errors
 from farm.models import Worker, utcnow
 
-router = APIRouter(prefix="/api/workers", tags=["workers"])
+router = APIRouter(prefix="/api/workers", tags=["workers"], responses=AUTH)
 
 
 class Hello(BaseModel):
@@ -31,7 +32,7 @@ def worker_view(worker: Worker) -> dict:
     }
 
 
-@router.post("", dependencies=[Depends(require("worker"))], responses={422: {"description": "bad fields"}})
+@router.post("", dependencies=[Depends(require("worker"))], responses=errors(422))
 def hello(body: Hello, session: SessionDep) -> dict:
     worker = session.get(Worker, body.name) or Worker(name=body.name)
     worker.queues = ",".join(body.queues)
