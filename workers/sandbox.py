@@ -204,6 +204,7 @@ def _fork_into_pid_namespace() -> None:
         _STATUS_FD[0] = write_end
         return
     os.close(write_end)
+    _prctl(PR_SET_DUMPABLE, 0)
     # This process keeps its capabilities: its death must be able to deliver init's parent-death
     # signal, which the kernel checks like a kill() from it, and init runs as another uid.
     data = b""
@@ -225,6 +226,8 @@ def _fork_build_under_init() -> None:
         os.close(_STATUS_FD[0])
         _die_with_parent()
         return
+    # Undumpable: the build, same uid and one PID away, cannot read init's memory or environment.
+    _prctl(PR_SET_DUMPABLE, 0)
     status = 0
     while True:
         try:
