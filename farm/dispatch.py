@@ -332,6 +332,8 @@ def report(
     if job.state in TERMINAL_JOB_STATES and state == job.state:
         return job
     reached_printer = job.state == JobState.PRINTING  # an upload that failed left nothing on the bed
+    # A failed upload is an attempt too: a printer refusing a file must not get it back forever.
+    attempted = job.state in (JobState.UPLOADING, JobState.PRINTING)
     move_job(session, job, state)
     if state in TERMINAL_JOB_STATES and reached_printer:
         end_on_bed(printer)
@@ -339,7 +341,7 @@ def report(
     job.remaining_s = 0 if state == JobState.DONE else remaining_s
     if error:
         job.error = error
-    if state == JobState.FAILED and reached_printer:
+    if state == JobState.FAILED and attempted:
         job.attempts += 1
         job.failed_on = f"{job.failed_on or ','}{printer.name},"
         if job.attempts < job.max_attempts:

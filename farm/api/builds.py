@@ -16,6 +16,7 @@ from farm.api.paging import Cursor, Limit, after_id, page, paged
 from farm.api.sources import SourceProblem, check_cad_source
 from farm.api.views import build_view, slice_view
 from farm.models import Artifact, Build, Job, Printer, Slice, Token
+from farm.names import UnsafeName, check_entry_path, safe_name
 from farm.queue import send
 from farm.store import TooLarge
 from workers.slicer import SliceError, check_overrides, print_options
@@ -112,7 +113,14 @@ async def submit(
         opts = SubmitOptions.model_validate(json.loads(options))
     except (ValueError, ValidationError) as exc:
         raise HTTPException(422, f"bad submit options: {exc}") from exc
-    name = opts.entry_file or file.filename or "upload"
+    # User text never names a file as it is: one plain base name (a project's entry file: a plain
+    # relative path inside it). A `../` here once reached a printer's HTTP path.
+    filename = safe_name(file.filename)
+    try:
+        entry_file = check_entry_path(opts.entry_file) if opts.entry_file is not None else None
+    except UnsafeName as exc:
+        raise HTTPException(422, str(exc)) from None
+    name = entry_file or filename
     try:
         pipeline.source_kind(name)
     except pipeline.BadRequest as exc:
@@ -155,11 +163,11 @@ async def submit(
     if pipeline.source_kind(name) == "cad":
         # Read, never run: a customizable's parameters are checked against its model here.
         try:
-            opts.params = check_cad_source(farm.store.path(sha), opts.entry_file, opts.entry, opts.params)
+            opts.params = check_cad_source(farm.store.path(sha), entry_file, opts.entry, opts.params)
         except SourceProblem as exc:
             raise HTTPException(422, str(exc)) from None
     if session.get(Artifact, sha) is None:
-        session.add(Artifact(sha256=sha, size=size, name=file.filename or name))
+        session.add(Artifact(sha256=sha, size=size, name=filename))
     build, _jobs, out = pipeline.create_build(
         session,
         source_name=name,
@@ -173,7 +181,7 @@ async def submit(
         attempts=opts.attempts or farm.settings.job_attempts,
         entry=opts.entry,
         params=opts.params,
-        project=opts.entry_file is not None,
+        project=entry_file is not None,
         git=opts.git.model_dump() if opts.git else None,
         use_cache=not opts.no_cache,
         step=opts.step,
