@@ -15,6 +15,7 @@ from farm.api.errors import AUTH, errors
 from farm.api.paging import Cursor, Limit, after_id, page, paged
 from farm.api.sources import SourceProblem, check_cad_source
 from farm.api.views import build_view, slice_view
+from farm.gitsource import BadGitSource, check_commit, check_ref, check_url
 from farm.models import Artifact, Build, Job, Printer, Slice, Token
 from farm.names import UnsafeName, check_entry_path, safe_name
 from farm.queue import send
@@ -127,6 +128,14 @@ async def submit(
         raise HTTPException(415, str(exc)) from exc
     if opts.git and not opts.entry_file:
         raise HTTPException(422, "a git submission is a project archive: give entry_file")
+    if opts.git:  # recorded and shown, so held to the rules `farm submit` fetches by
+        try:
+            check_url(opts.git.url, farm.settings.git_schemes)
+            check_commit(opts.git.commit)
+            if opts.git.ref is not None:
+                check_ref(opts.git.ref)
+        except BadGitSource as exc:
+            raise HTTPException(422, str(exc)) from None
     if opts.step and pipeline.source_kind(name) != "cad":
         raise HTTPException(
             422, f"--step needs a build123d .py design; '{name}' has no CAD model to export as STEP"
