@@ -343,7 +343,8 @@ def report(
         job.error = error
     if state == JobState.FAILED and attempted:
         job.attempts += 1
-        job.failed_on = f"{job.failed_on or ','}{printer.name},"
+        if not job.pinned_printer:  # a pinned job's retry has nowhere else to go
+            job.failed_on = f"{job.failed_on or ','}{printer.name},"
         if job.attempts < job.max_attempts:
             move_job(session, job, JobState.READY)
             job.retry_at = utcnow() + timedelta(seconds=backoff_s * 2 ** (job.attempts - 1))

@@ -12,6 +12,7 @@ import re
 import unicodedata
 
 MAX_NAME = 96  # bytes-safe (ASCII) length of a user's name; `job<N>-` comes on top, FAT allows 255
+MAX_SEGMENT = MAX_NAME + len("job2147483647-")  # a name on a printer: the farm's prefix and a safe name
 MAX_SUFFIX = 12
 DEFAULT_STEM = "upload"
 # Suffixes of more than one part that decide a file's type: keep them whole.
@@ -41,7 +42,7 @@ def _split_suffix(name: str) -> tuple[str, str]:
     return (name, "") if dot < 0 else (name[:dot], name[dot:])
 
 
-def safe_name(raw: str | None, default_stem: str = DEFAULT_STEM) -> str:
+def safe_name(raw: str | None, default_stem: str = DEFAULT_STEM, max_len: int = MAX_NAME) -> str:
     """One plain ASCII file name from whatever a user sent: its last path segment (either slash),
     odd characters replaced, no leading dots or dashes, the type-deciding suffix kept, bounded.
 
@@ -49,13 +50,13 @@ def safe_name(raw: str | None, default_stem: str = DEFAULT_STEM) -> str:
     base = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
     stem, suffix = _split_suffix(_ascii(base))
     suffix = "." + suffix.strip("._-")[:MAX_SUFFIX].strip("._-") if suffix.strip("._-") else ""
-    stem = stem.lstrip(".-_").rstrip(".")[: MAX_NAME - len(suffix)].rstrip(".")
+    stem = stem.lstrip(".-_").rstrip(".")[: max_len - len(suffix)].rstrip(".")
     return (stem or default_stem) + suffix
 
 
 def check_segment(segment: str) -> str:
     """`segment` if it is a name `safe_name` would keep as it is, else UnsafeName."""
-    if not _SAFE.fullmatch(segment) or safe_name(segment) != segment:
+    if not _SAFE.fullmatch(segment) or safe_name(segment, max_len=MAX_SEGMENT) != segment:
         raise UnsafeName(f"{segment!r} is not a plain file name")
     return segment
 
