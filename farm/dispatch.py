@@ -331,6 +331,8 @@ def report(
         raise StaleLease(f"job {job.id} is no longer held by {printer.name} under lease {fence}")
     if job.state in TERMINAL_JOB_STATES and state == job.state:
         return job
+    if state == JobState.READY and error and job.state == JobState.UPLOADING:
+        state = JobState.FAILED  # how older agents hand back a failed upload: an attempt all the same
     reached_printer = job.state == JobState.PRINTING  # an upload that failed left nothing on the bed
     # A failed upload is an attempt too: a printer refusing a file must not get it back forever.
     attempted = job.state in (JobState.UPLOADING, JobState.PRINTING)

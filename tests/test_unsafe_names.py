@@ -258,12 +258,12 @@ def test_failed_uploads_count_as_attempts_and_a_pinned_job_is_retried_on_its_pri
             claimed = dispatch.claim(s, printer, lease_s=60)
             assert claimed is not None and claimed.id == job.id, attempt
             dispatch.report(s, claimed, printer, fence=claimed.fence, state=JobState.UPLOADING, lease_s=60)
-            failed = dispatch.report(
+            failed = dispatch.report(  # the first as older agents sent it: back to `ready`, with the error
                 s,
                 claimed,
                 printer,
                 fence=claimed.fence,
-                state=JobState.FAILED,
+                state=JobState.READY if attempt == 1 else JobState.FAILED,
                 lease_s=60,
                 error="upload to a failed: 507",
                 backoff_s=0,
