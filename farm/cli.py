@@ -459,7 +459,7 @@ def _prepare_upload(
         if is_git_url(source):
             if not file:
                 _die("a git URL needs --file: the .py file in the repository to build", 2)
-            packed = pack_git(source, ref, file, tmp)
+            packed = pack_git(source, ref, file, tmp, schemes=get_settings().git_schemes)
             options["git"] = {"url": source, "ref": ref, "commit": packed.git_commit}
         else:
             if file or ref:

@@ -75,7 +75,8 @@ class FarmClient:
         return resp
 
     def get(self, path: str, **params: Any) -> Any:
-        return self.request("GET", path, params=params).json()
+        resp = self.request("GET", path, params=params)
+        return resp.json() if resp.status_code != 204 else None  # /api/agents/next: nothing queued
 
     def get_all(self, path: str, *, most: int | None = None, **params: Any) -> list[Any]:
         """Every item of a list endpoint (or the first `most`), page after page: each page's

@@ -331,7 +331,11 @@ def report(
         raise StaleLease(f"job {job.id} is no longer held by {printer.name} under lease {fence}")
     if job.state in TERMINAL_JOB_STATES and state == job.state:
         return job
+    if state == JobState.READY and error and job.state == JobState.UPLOADING:
+        state = JobState.FAILED  # how older agents hand back a failed upload: an attempt all the same
     reached_printer = job.state == JobState.PRINTING  # an upload that failed left nothing on the bed
+    # A failed upload is an attempt too: a printer refusing a file must not get it back forever.
+    attempted = job.state in (JobState.UPLOADING, JobState.PRINTING)
     move_job(session, job, state)
     if state in TERMINAL_JOB_STATES and reached_printer:
         end_on_bed(printer)
@@ -339,9 +343,10 @@ def report(
     job.remaining_s = 0 if state == JobState.DONE else remaining_s
     if error:
         job.error = error
-    if state == JobState.FAILED and reached_printer:
+    if state == JobState.FAILED and attempted:
         job.attempts += 1
-        job.failed_on = f"{job.failed_on or ','}{printer.name},"
+        if not job.pinned_printer:  # a pinned job's retry has nowhere else to go
+            job.failed_on = f"{job.failed_on or ','}{printer.name},"
         if job.attempts < job.max_attempts:
             move_job(session, job, JobState.READY)
             job.retry_at = utcnow() + timedelta(seconds=backoff_s * 2 ** (job.attempts - 1))

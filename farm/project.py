@@ -18,8 +18,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from farm.gitsource import DEFAULT_GIT_SCHEMES, BadGitSource, allow_protocol, check_ref, check_url
 
 MARKERS = ("pyproject.toml", "requirements.txt", ".git")
 MAX_PROJECT_MB = 50  # unpacked; a CAD project is code, not data
@@ -187,25 +190,42 @@ GIT_PREFIXES = ("http://", "https://", "ssh://", "git://", "file://", "git@")
 
 
 def is_git_url(text: str) -> bool:
-    return text.startswith(GIT_PREFIXES)
+    # What git would take as an option or a remote helper (ext::) goes to pack_git too: it says why not.
+    return text.startswith((*GIT_PREFIXES, "-")) or "::" in text.split("/", 1)[0]
 
 
-def pack_git(url: str, ref: str | None, entry: str, dest_dir: Path) -> Packed:
-    """Check out `ref` (default: the remote's HEAD) of `url` and pack the commit's tracked files."""
+def pack_git(
+    url: str, ref: str | None, entry: str, dest_dir: Path, *, schemes: Sequence[str] = DEFAULT_GIT_SCHEMES
+) -> Packed:
+    """Check out `ref` (default: the remote's HEAD) of `url` and pack the commit's tracked files.
+
+    `schemes`: the git_schemes setting. The URL and ref are checked first (farm.gitsource), every
+    user value follows `--end-of-options` or `--`, and git itself refuses other transports."""
+    try:
+        check_url(url, schemes)
+        if ref is not None:
+            check_ref(ref)
+    except BadGitSource as exc:
+        raise ProjectError(str(exc)) from None
     if shutil.which("git") is None:
         raise ProjectError("submitting a git URL needs git on this machine; install git")
+    env = {"GIT_ALLOW_PROTOCOL": allow_protocol(schemes)}
     checkout = Path(tempfile.mkdtemp(prefix="checkout-", dir=dest_dir))
     # A branch or tag clones shallowly; a commit id needs the history to find it.
-    shallow = ["clone", "--quiet", "--depth", "1", *(["--branch", ref] if ref else []), url, str(checkout)]
-    if _git(shallow, None).returncode != 0:
+    branch = [f"--branch={ref}"] if ref else []
+    shallow = ["clone", "--quiet", "--depth", "1", *branch, "--", url, str(checkout)]
+    if _git(shallow, None, env).returncode != 0:
         shutil.rmtree(checkout, ignore_errors=True)
         checkout.mkdir()
-        cloned = _git(["clone", "--quiet", "--no-checkout", url, str(checkout)], None)
+        cloned = _git(["clone", "--quiet", "--no-checkout", "--", url, str(checkout)], None, env)
         if cloned.returncode != 0:
             raise ProjectError(f"git could not clone {url}: {_last_line(cloned.stderr)}")
-        checked = _git(["checkout", "--quiet", "--detach", ref or "HEAD", "--"], checkout)
-        if checked.returncode != 0:
-            raise ProjectError(f"{url} has no branch, tag or commit {ref!r}: {_last_line(checked.stderr)}")
+        # The ref becomes a commit id first: rev-parse takes it after --end-of-options (checkout cannot).
+        found = _git(["rev-parse", "--verify", "--end-of-options", f"{ref or 'HEAD'}^{{commit}}"], checkout)
+        checked = _git(["checkout", "--quiet", "--detach", found.stdout.strip(), "--"], checkout)
+        if found.returncode != 0 or checked.returncode != 0:
+            error = _last_line(found.stderr if found.returncode else checked.stderr)
+            raise ProjectError(f"{url} has no branch, tag or commit {ref!r}: {error}")
     commit = _git(["rev-parse", "HEAD"], checkout).stdout.strip()
     tracked = _git(["ls-files", "-z"], checkout).stdout.split("\0")
     entry = PurePosixPath(entry).as_posix().lstrip("/")
@@ -220,9 +240,11 @@ def pack_git(url: str, ref: str | None, entry: str, dest_dir: Path) -> Packed:
     return packed
 
 
-def _git(args: list[str], cwd: Path | None) -> subprocess.CompletedProcess[str]:
+def _git(
+    args: list[str], cwd: Path | None, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     # No prompt for credentials: a private URL fails with git's message instead of hanging.
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", **(extra_env or {})}
     try:
         return subprocess.run(
             ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, env=env

@@ -14,6 +14,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from farm.gitsource import DEFAULT_GIT_SCHEMES
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -49,6 +51,10 @@ class Settings(BaseSettings):
     # Queue. Unset: `farm up` starts an embedded server. Two farms on one Redis server need a
     # database each (redis://host:6379/1): on the same one, their workers take each other's messages.
     redis_url: str | None = None
+
+    # Git URLs `farm submit` fetches and the coordinator records. Add "file" for file:// URLs and
+    # local repository paths (off by default: they read whatever the submitting machine can).
+    git_schemes: list[str] = list(DEFAULT_GIT_SCHEMES)
 
     # Workers.
     slicer_path: str | None = None

@@ -167,14 +167,16 @@ class Agent:
         if self.job is not current:
             return  # the lease was lost while downloading
         try:
+            if not current.remote_name.startswith(f"job{current.id}-"):  # only names the farm made
+                raise DriverError(f"{current.remote_name!r} is not a name the farm gives job {current.id}")
             self.driver.upload(path, current.remote_name, start=True, progress=self._upload_progress)
         except DriverError as exc:
-            # It never reached the printer: give it back to the queue, and rest before claiming again
-            # so that a printer in trouble does not take (and drop) every job in turn.
-            log.warning(
-                "%s: job %s: upload failed, returning it to the queue: %s", self.name, current.id, exc
-            )
-            self._report("ready", error=f"upload to {self.name} failed: {exc}")
+            # It never reached the printer. A failed upload is a failed attempt (the coordinator
+            # retries it elsewhere while attempts last): handing it back as `ready` let a printer
+            # that refuses a file take the same job again and again, forever. Rest before claiming
+            # again so that a printer in trouble does not take (and drop) every job in turn.
+            log.warning("%s: job %s: upload failed: %s", self.name, current.id, exc)
+            self._report("failed", error=f"upload to {self.name} failed: {exc}")
             self.job = None
             self._resting_until = time.monotonic() + UPLOAD_FAILURE_REST_S
             return

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from farm.names import safe_name
 from printers.drivers import DRIVERS, make_driver
 from printers.drivers.base import Driver, DriverError, PrinterConfig, PrinterState, PrinterStatus
 
@@ -76,7 +77,8 @@ def print_file(
             on_progress("upload", 100.0 * sent / max(total, 1))
 
         # One request uploads and starts, as the agent does: nothing can slip in between.
-        driver.upload(path, path.name, start=True, progress=upload_progress)
+        # Under the name the farm would give it: drivers take no spaces, `..` or odd characters.
+        driver.upload(path, safe_name(path.name), start=True, progress=upload_progress)
         return _follow(driver, on_progress, poll_s, stop)
     finally:
         driver.close()

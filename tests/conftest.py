@@ -108,6 +108,8 @@ def running_farm(redis_url: str, data: Path, sim: str, redis_db: int = 0) -> Ite
         "FARM_DATA_DIR": str(data),
         "FARM_URL": f"http://127.0.0.1:{port}",
         "PYTHONUNBUFFERED": "1",
+        # The tests' git repositories are local: file:// URLs are off unless listed (farm.gitsource).
+        "FARM_GIT_SCHEMES": '["https", "ssh", "git", "file"]',
     }
     env.pop("FARM_TOKEN", None)
     log = (data / "farm-up.out").open("wb")

@@ -116,6 +116,9 @@ def test_packing_is_deterministic(tmp_path: Path) -> None:
     assert first and second and first.archive.read_bytes() == second.archive.read_bytes()
 
 
+WITH_FILE = ("https", "ssh", "git", "file")  # the git_schemes setting that allows file:// URLs
+
+
 @pytest.fixture
 def bare_repo(tmp_path: Path) -> tuple[str, dict[str, str]]:
     """A bare repository (reached by a file:// URL) with tag v1 and a later commit on main."""
@@ -140,14 +143,14 @@ def test_a_git_ref_is_checked_out_and_its_commit_recorded(
     for ref, expected, size in (("v1", "v1", "10"), (None, "v2", "30"), (commits["v1"], "v1", "10")):
         out = tmp_path / f"out-{ref}"
         out.mkdir()
-        packed = pack_git(url, ref, "part.py", out)
+        packed = pack_git(url, ref, "part.py", out, schemes=WITH_FILE)
         assert packed.git_commit == commits[expected] and packed.git_ref == ref
         with tarfile.open(packed.archive) as tar:
             assert f"Box({size}," in tar.extractfile("part.py").read().decode()  # type: ignore[union-attr]
     with pytest.raises(ProjectError, match="no branch, tag or commit 'v9'"):
-        pack_git(url, "v9", "part.py", tmp_path)
+        pack_git(url, "v9", "part.py", tmp_path, schemes=WITH_FILE)
     with pytest.raises(ProjectError, match=r"nope\.py is not a file.*part\.py"):
-        pack_git(url, "v1", "nope.py", tmp_path)
+        pack_git(url, "v1", "nope.py", tmp_path, schemes=WITH_FILE)
 
 
 # -- requirements ---------------------------------------------------------------------------------

@@ -124,12 +124,15 @@ def test_upload_streams_exact_bytes_and_prints_to_finished(
     data = write_gcode(tmp_path / "box.gcode")
     calls: list[tuple[int, int]] = []
 
-    driver.upload(
-        tmp_path / "box.gcode", "parts/Box v2.gcode", start=True, progress=lambda s, t: calls.append((s, t))
+    driver.upload(  # a name as the farm makes them (printer_path refuses spaces); the "+" is quoted
+        tmp_path / "box.gcode",
+        "parts/Box+version2.gcode",
+        start=True,
+        progress=lambda s, t: calls.append((s, t)),
     )
 
     assert [p.relative_to(emulator.printer.root).as_posix() for p in emulator.received] == [
-        "parts/Box v2.gcode"
+        "parts/Box+version2.gcode"
     ]
     assert emulator.received[0].read_bytes() == data
     assert len(calls) > 1 and calls[-1] == (len(data), len(data))
@@ -138,12 +141,12 @@ def test_upload_streams_exact_bytes_and_prints_to_finished(
     assert printing.state == PrinterState.PRINTING
     assert printing.progress is not None and 0.0 <= printing.progress < 100.0
     assert printing.remaining_s is not None and 0 < printing.remaining_s <= 2
-    assert printing.file == "parts/Box v2.gcode"  # the long name, not the 8.3 alias
+    assert printing.file == "parts/Box+version2.gcode"  # the long name, not the 8.3 alias
     assert 205.0 <= printing.temperatures["nozzle"] <= 210.0  # M104 S210 from the file
     assert 50.0 <= printing.temperatures["bed"] <= 55.0
 
     done = wait_for(lambda: (s := driver.status()).state == PrinterState.FINISHED and s, what="FINISHED")
-    assert done.progress == 100.0 and done.remaining_s == 0 and done.file == "parts/Box v2.gcode"
+    assert done.progress == 100.0 and done.remaining_s == 0 and done.file == "parts/Box+version2.gcode"
     time.sleep(0.2)
     assert driver.status().state == PrinterState.FINISHED  # persists until the next job
 

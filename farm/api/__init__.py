@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 
 from farm import dispatch
 from farm.api import agents, artifacts, builds, operate, reads, tokens, workers
+from farm.api.bodylimit import BodyLimit
 from farm.api.deps import Farm, hash_secret, new_secret
 from farm.api.errors import NUL_IN_TEXT, document_body_errors, nul_in_text
 from farm.api.fastlane import AgentFastLane
@@ -181,6 +182,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (builds, agents, artifacts, operate, reads, tokens, workers):
         app.include_router(module.router)
     app.add_middleware(AgentFastLane, farm=farm)
+    app.add_middleware(BodyLimit, max_upload_mb=settings.max_upload_mb)  # outermost: before any read
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

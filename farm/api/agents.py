@@ -26,6 +26,7 @@ from farm.api.deps import (
 from farm.api.errors import AUTH, errors
 from farm.api.views import job_view
 from farm.models import Artifact, Job, Printer, Slice, Token
+from farm.names import safe_name
 from farm.states import InvalidMove, JobState
 
 router = APIRouter(prefix="/api/agents", tags=["agents"], responses=AUTH)
@@ -89,7 +90,8 @@ def _claim_view(job: Any, done_slice: tuple[Slice, str | None]) -> dict:
         **job_view(job, sl),
         "fence": job.fence,
         "gcode": sl.gcode_sha256,
-        "gcode_name": f"job{job.id}-{name or f'job{job.id}.gcode'}",
+        # Only the farm names files on printers; safe_name again for names stored before it did.
+        "gcode_name": f"job{job.id}-{safe_name(name) if name else f'job{job.id}.gcode'}",
     }
 
 

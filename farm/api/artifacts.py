@@ -12,6 +12,7 @@ from farm.api.access import may_read_artifact
 from farm.api.deps import FarmDep, SessionDep, require
 from farm.api.errors import AUTH, errors
 from farm.models import Artifact, Token
+from farm.names import safe_name
 from farm.store import TooLarge
 
 router = APIRouter(prefix="/api/artifacts", tags=["artifacts"], responses=AUTH)
@@ -32,7 +33,7 @@ async def upload(
     except TooLarge as exc:
         raise HTTPException(413, str(exc)) from exc
     if session.get(Artifact, sha) is None:
-        session.add(Artifact(sha256=sha, size=size, name=name))
+        session.add(Artifact(sha256=sha, size=size, name=safe_name(name) if name else ""))
         session.commit()
     return {"sha256": sha, "size": size}
 

@@ -15,7 +15,9 @@ from farm.api.errors import AUTH, errors
 from farm.api.paging import Cursor, Limit, after_id, page, paged
 from farm.api.sources import SourceProblem, check_cad_source
 from farm.api.views import build_view, slice_view
+from farm.gitsource import BadGitSource, check_commit, check_ref, check_url
 from farm.models import Artifact, Build, Job, Printer, Slice, Token
+from farm.names import UnsafeName, check_entry_path, safe_name
 from farm.queue import send
 from farm.store import TooLarge
 from workers.slicer import SliceError, check_overrides, print_options
@@ -112,13 +114,28 @@ async def submit(
         opts = SubmitOptions.model_validate(json.loads(options))
     except (ValueError, ValidationError) as exc:
         raise HTTPException(422, f"bad submit options: {exc}") from exc
-    name = opts.entry_file or file.filename or "upload"
+    # User text never names a file as it is: one plain base name (a project's entry file: a plain
+    # relative path inside it). A `../` here once reached a printer's HTTP path.
+    filename = safe_name(file.filename)
+    try:
+        entry_file = check_entry_path(opts.entry_file) if opts.entry_file is not None else None
+    except UnsafeName as exc:
+        raise HTTPException(422, str(exc)) from None
+    name = entry_file or filename
     try:
         pipeline.source_kind(name)
     except pipeline.BadRequest as exc:
         raise HTTPException(415, str(exc)) from exc
     if opts.git and not opts.entry_file:
         raise HTTPException(422, "a git submission is a project archive: give entry_file")
+    if opts.git:  # recorded and shown, so held to the rules `farm submit` fetches by
+        try:
+            check_url(opts.git.url, farm.settings.git_schemes)
+            check_commit(opts.git.commit)
+            if opts.git.ref is not None:
+                check_ref(opts.git.ref)
+        except BadGitSource as exc:
+            raise HTTPException(422, str(exc)) from None
     if opts.step and pipeline.source_kind(name) != "cad":
         raise HTTPException(
             422, f"--step needs a build123d .py design; '{name}' has no CAD model to export as STEP"
@@ -155,11 +172,11 @@ async def submit(
     if pipeline.source_kind(name) == "cad":
         # Read, never run: a customizable's parameters are checked against its model here.
         try:
-            opts.params = check_cad_source(farm.store.path(sha), opts.entry_file, opts.entry, opts.params)
+            opts.params = check_cad_source(farm.store.path(sha), entry_file, opts.entry, opts.params)
         except SourceProblem as exc:
             raise HTTPException(422, str(exc)) from None
     if session.get(Artifact, sha) is None:
-        session.add(Artifact(sha256=sha, size=size, name=file.filename or name))
+        session.add(Artifact(sha256=sha, size=size, name=filename))
     build, _jobs, out = pipeline.create_build(
         session,
         source_name=name,
@@ -173,7 +190,7 @@ async def submit(
         attempts=opts.attempts or farm.settings.job_attempts,
         entry=opts.entry,
         params=opts.params,
-        project=opts.entry_file is not None,
+        project=entry_file is not None,
         git=opts.git.model_dump() if opts.git else None,
         use_cache=not opts.no_cache,
         step=opts.step,

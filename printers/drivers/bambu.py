@@ -35,6 +35,7 @@ from printers.drivers.base import (
     PrinterState,
     PrinterStatus,
     ProgressCallback,
+    printer_path,
 )
 
 MQTT_PORT = 8883
@@ -176,7 +177,7 @@ class BambuDriver(Driver):
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
     ) -> None:
-        name = remote_name.lstrip("/")
+        name = "/".join(p for p in printer_path(remote_name) if p)
         if not name.endswith(".gcode.3mf"):
             raise DriverError(f"cannot send {remote_name!r}: {ONLY_3MF}")
         plate = _plate_entry(path)
@@ -185,7 +186,7 @@ class BambuDriver(Driver):
             self._start(name, plate, md5)
 
     def start(self, remote_name: str) -> None:
-        self._start(remote_name.lstrip("/"), "Metadata/plate_1.gcode", "")
+        self._start("/".join(p for p in printer_path(remote_name) if p), "Metadata/plate_1.gcode", "")
 
     def pause(self) -> None:
         self._control("pause", ("PREPARE", "RUNNING"), ("PAUSE",))

@@ -7,8 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import quote
 
 from pydantic import BaseModel
+
+from farm.names import UnsafeName, check_segment
 
 
 class PrinterState(StrEnum):
@@ -62,6 +65,27 @@ class DriverError(Exception):
 
 
 ProgressCallback = Callable[[int, int], None]  # (bytes_sent, bytes_total)
+
+
+def printer_path(remote_name: str) -> tuple[str, str]:
+    """(folder, file name) on the printer for a name the farm made; DriverError for anything else.
+
+    Defence in depth: the coordinator already reduces users' names to `job<N>-<safe name>`, but a
+    `..`, a backslash or a control character here would be collapsed by httpx or the printer's
+    server into a path outside its storage, so every driver builds its paths through this."""
+    parts = remote_name.strip("/").split("/")
+    try:
+        for part in parts:
+            check_segment(part)
+    except UnsafeName as exc:
+        raise DriverError(f"refusing to send {remote_name!r} to the printer: {exc}") from None
+    return "/".join(parts[:-1]), parts[-1]
+
+
+def url_path(remote_name: str) -> str:
+    """`printer_path` as a URL path: each segment quoted, so none can add a `/` or a `?`."""
+    folder, name = printer_path(remote_name)
+    return "/".join(quote(p, safe="") for p in (*folder.split("/"), name) if p)
 
 
 PAUSED_AT_PRINTER = (

@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
@@ -21,6 +20,8 @@ from printers.drivers.base import (
     PrinterState,
     PrinterStatus,
     ProgressCallback,
+    printer_path,
+    url_path,
 )
 from printers.drivers.http import HttpDriver
 from printers.drivers.octoprint import UPLOAD_IO_TIMEOUT_S, ProgressFile
@@ -82,7 +83,7 @@ class MoonrakerDriver(HttpDriver):
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
     ) -> None:
-        folder, _, name = remote_name.strip("/").rpartition("/")
+        folder, name = printer_path(remote_name)
         self.paused_by_farm = self.paused_by_farm and not start
         data = {"root": "gcodes", "print": "true" if start else "false"}
         if folder:
@@ -106,7 +107,7 @@ class MoonrakerDriver(HttpDriver):
             )
 
     def start(self, remote_name: str) -> None:
-        url = "/printer/print/start?filename=" + quote(remote_name.strip("/"))
+        url = "/printer/print/start?filename=" + url_path(remote_name)
         self.paused_by_farm = False
         response = self._send("POST", url)
         detail = _detail(response).lower()

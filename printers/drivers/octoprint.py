@@ -12,7 +12,6 @@ import os
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
 
 import httpx
 
@@ -22,6 +21,8 @@ from printers.drivers.base import (
     PrinterState,
     PrinterStatus,
     ProgressCallback,
+    printer_path,
+    url_path,
 )
 from printers.drivers.http import HttpDriver
 
@@ -109,7 +110,7 @@ class OctoPrintDriver(HttpDriver):
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
     ) -> None:
-        folder, _, name = remote_name.strip("/").rpartition("/")
+        folder, name = printer_path(remote_name)
         self.paused_by_farm = self.paused_by_farm and not start
         data = {"print": "true" if start else "false"}
         if folder:
@@ -133,7 +134,7 @@ class OctoPrintDriver(HttpDriver):
             )
 
     def start(self, remote_name: str) -> None:
-        url = "/api/files/local/" + quote(remote_name.strip("/"))
+        url = "/api/files/local/" + url_path(remote_name)
         self.paused_by_farm = False
         response = self._send("POST", url, json={"command": "select", "print": True})
         if response.status_code == 404:

@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
@@ -20,6 +19,7 @@ from printers.drivers.base import (
     PrinterState,
     PrinterStatus,
     ProgressCallback,
+    url_path,
 )
 from printers.drivers.http import HttpDriver
 
@@ -115,11 +115,10 @@ class PrusaLinkDriver(HttpDriver):
         }
         timeout = httpx.Timeout(UPLOAD_IO_TIMEOUT_S, connect=self.config.timeout_s)
         body = _FileBody(path, size, progress)
+        url = _file_url(remote_name)
         with self._lock, self._reachable(f"upload {remote_name!r}"):
             self._prime_auth()
-            response = self._request(
-                "PUT", _file_url(remote_name), content=body, headers=headers, timeout=timeout
-            )
+            response = self._request("PUT", url, content=body, headers=headers, timeout=timeout)
         if response.status_code != 201:
             raise DriverError(_upload_error(remote_name, response))
 
@@ -191,7 +190,7 @@ def _auth(config: PrinterConfig) -> dict[str, Any]:
 
 
 def _file_url(remote_name: str) -> str:
-    return "/api/v1/files/usb/" + quote(remote_name.lstrip("/"))
+    return "/api/v1/files/usb/" + url_path(remote_name)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -189,6 +189,7 @@ class Printer:
         self._transfer_ids = 0
         self._problem: str | None = None  # what the screen says in ERROR / ATTENTION (status_printer)
         self.upload_bytes_per_s: float | None = None  # None: as fast as the socket goes
+        self.usb_full = False  # every upload is refused with 507, as a full USB drive's are
         self.history: list[str] = []  # every print started, by file: tests count double prints
 
     # -- helpers (call with the lock held)
@@ -333,6 +334,8 @@ class Printer:
         local = self.local_path(rel)
         usb_path = f"/usb/{rel}"
         with self._lock:
+            if self.usb_full:
+                raise HttpError(507, "USB drive full", close=True)
             if self._transfer is not None:
                 raise HttpError(409, "Another transfer in progress", close=True)
             if local.exists() and not overwrite:
@@ -902,6 +905,10 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
 
     def attend(self) -> None:
         self.printer.press_continue()
+
+    def fill_usb(self, full: bool = True) -> None:
+        """The USB drive is full: the printer refuses every upload (507) until `fill_usb(False)`."""
+        self.printer.usb_full = full
 
     def _make_server(self) -> EmulatorServer:
         return EmulatorServer((self.host, self._requested_port), self, _Handler)
