@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/cad.py [--small-runs 5] [--heavy-runs 3] [--hit-runs 20]
 
-(a) small part and (b) heavy part (seconds of B-rep booleans): from calling `cached_build` on a warm
+(a) small part and (b) heavy part (seconds of B-rep booleans), each also with the sandbox off, side
+by side, for its cost: from calling `cached_build` on a warm
 CadRunner (cache bypassed, so the build runs) until the STL and 3MF are stored in the cache, against a
 fresh interpreter that imports build123d, builds the same part and exports both files with the same
 tolerances. (c) a cache hit against that cold path for the small part. Runs are interleaved so that
@@ -128,11 +129,14 @@ class Case:
         self.hit: list[float] = []
         self.check_ms: list[float] = []
         self.preview_ms: list[float] = []
+        self.unsandboxed: list[float] = []  # the same warm build with FARM_CAD_SANDBOX=off
         self.triangles = 0
         self.stl_bytes: dict[str, int] = {}
 
 
-def measure(case: Case, runs: int, hit_runs: int, runner: CadRunner, cache: CadCache) -> None:
+def measure(
+    case: Case, runs: int, hit_runs: int, runner: CadRunner, cache: CadCache, unsandboxed: CadRunner
+) -> None:
     from workers.cad_cache import cached_build
     from workers.cad_runner import CadRequest
 
@@ -142,9 +146,13 @@ def measure(case: Case, runs: int, hit_runs: int, runner: CadRunner, cache: CadC
     def warm() -> None:
         built.append(cached_build(runner, cache, request, use_cache=False)[0])
 
+    def open_build() -> None:
+        cached_build(unsandboxed, cache, request, use_cache=False)
+
     for _ in range(runs):
         case.cold.append(timed(lambda: cold_run(case.cold_script, case.folder)))
         case.warm.append(timed(warm))
+        case.unsandboxed.append(timed(open_build))
     case.check_ms = [float(result.mesh["check_ms"]) for result in built]
     case.preview_ms = [float(result.mesh["preview_ms"]) for result in built]
     case.triangles = int(built[0].mesh["triangles"])
@@ -173,6 +181,7 @@ def print_table(cases: list[Case], start_s: float) -> None:
         rows = [
             ("cold `python script.py`", case.cold),
             ("warm worker (build + store)", case.warm),
+            ("  the same, sandbox off", case.unsandboxed),
             ("cache hit", case.hit),
         ]
         for label, values in rows:
@@ -180,6 +189,9 @@ def print_table(cases: list[Case], start_s: float) -> None:
                 f"{case.name:<7}{label:<34}{len(values):>5}{median_ms(values):>9.1f}ms"
                 f"{min(values) * 1000:>9.1f}ms{max(values) * 1000:>9.1f}ms"
             )
+        cost = median_ms(case.warm) - median_ms(case.unsandboxed)
+        share = cost / median_ms(case.cold)
+        print(f"{'':<7}the sandbox's cost: {cost:+.1f} ms a build ({share:+.1%} of cold)")
         same = "same" if case.stl_bytes["warm"] == case.stl_bytes["cold"] else "DIFFERENT"
         print(f"{'':<7}STL bytes warm {case.stl_bytes['warm']}, cold {case.stl_bytes['cold']} ({same})")
         check, preview = statistics.median(case.check_ms), statistics.median(case.preview_ms)
@@ -204,14 +216,18 @@ def figures(small: Case, heavy: Case) -> dict[str, object]:
     medians = {
         f"{case.name}_{path}_ms": round(median_ms(getattr(case, path)), 1)
         for case in (small, heavy)
-        for path in ("cold", "warm", "hit")
+        for path in ("cold", "warm", "hit", "unsandboxed")
+    }
+    costs = {
+        f"{case.name}_sandbox_cost_ms": round(median_ms(case.warm) - median_ms(case.unsandboxed), 1)
+        for case in (small, heavy)
     }
     outputs = {
         f"{case.name}_{what}_ms": round(statistics.median(getattr(case, f"{what}_ms")), 1)
         for case in (small, heavy)
         for what in ("check", "preview")
     }
-    return {**ratios, "targets_met": ok, **medians, **outputs}
+    return {**ratios, "targets_met": ok, **medians, **costs, **outputs}
 
 
 def main() -> None:
@@ -224,6 +240,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))  # run as a script from anywhere: `workers` lives at the repo root
     from workers.cad_cache import CadCache
     from workers.cad_runner import CadRunner
+    from workers.sandbox import Policy
 
     tolerances = exporter_tolerances()
     with tempfile.TemporaryDirectory(prefix="bench-cad-") as tmp:
@@ -232,11 +249,16 @@ def main() -> None:
         heavy = Case("heavy", HEAVY, folder, tolerances)
         cache = CadCache(folder / "cache")
         runner = CadRunner()
+        unsandboxed = CadRunner(policy=Policy(enabled=False))  # shares the one fork server
         try:
             start_s = timed(runner.start)
-            measure(small, args.small_runs, args.hit_runs, runner, cache)
-            measure(heavy, args.heavy_runs, args.hit_runs, runner, cache)
+            unsandboxed.start()
+            assert runner.sandbox is not None
+            print(f"sandbox: {', '.join(layer.name for layer in runner.sandbox.layers if layer.active)}")
+            measure(small, args.small_runs, args.hit_runs, runner, cache, unsandboxed)
+            measure(heavy, args.heavy_runs, args.hit_runs, runner, cache, unsandboxed)
         finally:
+            unsandboxed.close()
             runner.close()
         print_table([small, heavy], start_s)
     result = figures(small, heavy)

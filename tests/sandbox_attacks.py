@@ -222,7 +222,9 @@ def run(names: list[str], sandboxed: bool = True) -> dict[str, Any]:
         "loop_forever": CadLimits(wall_s=4, cpu_s=2),
         "other_build_folder": CadLimits(wall_s=30),
     }
-    runner = CadRunner(policy=Policy(enabled=sandboxed))
+    # FARM_CAD_SANDBOX_DISABLE forces layers off, as a host without them would be (Docker: namespaces).
+    disabled = tuple(n for n in os.environ.get("FARM_CAD_SANDBOX_DISABLE", "").split(",") if n)
+    runner = CadRunner(policy=Policy(enabled=sandboxed, disabled=disabled))
     results: dict[str, Any] = {}
 
     def build(name: str, source: str, project_dir: Path) -> dict[str, Any]:
@@ -269,6 +271,7 @@ def run(names: list[str], sandboxed: bool = True) -> dict[str, Any]:
         "files_outside": leftovers,
         "secrets": [SECRET, WORKER_SECRET, MARKER],
         "uid": os.getuid(),
+        "layers": [layer.name for layer in runner.sandbox.layers if layer.active] if runner.sandbox else [],
     }
 
 

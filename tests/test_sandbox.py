@@ -31,9 +31,12 @@ EXPECTED_FAILURE = {
 NOBODY = 65534
 
 
-def harness(*args: str, wrapper: list[str] | None = None, timeout: float = 600) -> dict[str, Any]:
+def harness(
+    *args: str, wrapper: list[str] | None = None, disable: str = "", timeout: float = 600
+) -> dict[str, Any]:
     # The worker's token in its environment from exec on, where /proc/<pid>/environ shows it.
     env = {"FARM_TOKEN": WORKER_SECRET, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp"}
+    env["FARM_CAD_SANDBOX_DISABLE"] = disable
     done = subprocess.run(
         [*(wrapper or []), sys.executable, "-m", "tests.sandbox_attacks", *args],
         cwd=REPO,
@@ -47,8 +50,8 @@ def harness(*args: str, wrapper: list[str] | None = None, timeout: float = 600) 
     return json.loads(lines[-1])
 
 
-def as_nobody() -> list[str]:
-    """Run as uid 65534 in a mount namespace where the Python installation is reachable.
+def as_nobody(uid: int = NOBODY) -> list[str]:
+    """Run as `uid` in a mount namespace where the Python installation is reachable by every uid.
 
     This machine's Python lives under /root (mode 700); a real unprivileged worker would have its own.
     The wrapper shows the installation's folder through a tmpfs over the closed ancestor, nothing else.
@@ -64,7 +67,10 @@ def as_nobody() -> list[str]:
             f"mount -t tmpfs -o mode=0755 tmpfs {closed}",
             f"mkdir -p {inner}; mount --move $keep {inner}",
         ]
-    script.append(f'exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups --inh-caps=-all -- "$@"')
+    if uid:
+        script.append(f'exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all -- "$@"')
+    else:
+        script.append('exec "$@"')
     return ["unshare", "--mount", "--", "sh", "-c", "; ".join(script), "sh"]
 
 
@@ -114,6 +120,16 @@ def test_the_same_suite_passes_with_the_worker_as_an_unprivileged_user() -> None
     report = harness(wrapper=as_nobody())
     assert report["uid"] == NOBODY
     assert set(report["results"]) == set(ATTACKS)
+    judge(report)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make the test's mount namespace")
+@pytest.mark.parametrize("uid", [0, NOBODY], ids=["root", "unprivileged"])
+def test_without_namespaces_landlock_and_seccomp_hold_the_walls(uid: int) -> None:
+    """As in Docker's default seccomp profile, where no namespace can be made: Landlock and seccomp."""
+    report = harness(wrapper=as_nobody(uid), disable="namespaces")
+    assert report["uid"] == uid
+    assert {"landlock", "seccomp"} <= set(report["layers"]) and "mountns" not in report["layers"]
     judge(report)
 
 
