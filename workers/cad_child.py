@@ -698,8 +698,10 @@ def _check(stl: Path, objects: list[tuple[bd.Shape, str | None]]) -> tuple[Any, 
     try:
         report = check_mesh(tris)
     except MeshProblem as problem:
-        # Only now, object by object: which one is at fault (the first, if several are).
-        for i, block in enumerate(split_by_object(tris, [shape for shape, _ in objects]) or [], start=1):
+        # Only now, object by object: which one is at fault (the first, if several are). With one
+        # object there is nothing to tell apart.
+        blocks = split_by_object(tris, [shape for shape, _ in objects]) if len(objects) > 1 else None
+        for i, block in enumerate(blocks or [], start=1):
             try:
                 check_mesh(block)
             except MeshProblem as own:
