@@ -257,6 +257,12 @@ class Farm:
             f"  coordinator  {self.settings.url}   token: {self.settings.admin_token_file}",
             f"  queue        {redis_url}{embedded}",
             f"  data         {self.data}",
+            "  CAD sandbox  "
+            + (
+                "OFF (FARM_CAD_SANDBOX=off): designs run with your rights; only for designs you trust"
+                if self.settings.cad_sandbox == "off"
+                else "on (farm worker --check-sandbox shows each layer)"
+            ),
         ]
         lines += [f"  printer      {n} ({m}, {proto} emulator on :{p})" for n, m, proto, p in self.printers]
         lines += [

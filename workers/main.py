@@ -28,14 +28,10 @@ SANDBOX_OFF_WARNING = (
 
 
 def sandbox_policy(settings: Settings) -> sandbox.Policy:
-    disabled = tuple(name.strip() for name in settings.cad_sandbox_disable.split(",") if name.strip())
-    unknown = set(disabled) - set(sandbox.SWITCHES)
-    if unknown:
-        raise SystemExit(
-            f"FARM_CAD_SANDBOX_DISABLE: unknown layer(s) {', '.join(sorted(unknown))}; "
-            f"choose from {', '.join(sandbox.SWITCHES)}"
-        )
-    return sandbox.Policy(enabled=settings.cad_sandbox != "off", disabled=disabled)
+    try:
+        return sandbox.Policy.from_settings(settings.cad_sandbox, settings.cad_sandbox_disable)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def check_sandbox(settings: Settings) -> sandbox.Report:

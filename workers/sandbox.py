@@ -117,6 +117,18 @@ class Policy:
         return self.enabled and layer not in self.disabled
 
     @classmethod
+    def from_settings(cls, mode: str, disable: str) -> Policy:
+        """FARM_CAD_SANDBOX (on | off) and FARM_CAD_SANDBOX_DISABLE (comma-separated SWITCHES)."""
+        disabled = tuple(name.strip() for name in disable.split(",") if name.strip())
+        unknown = sorted(set(disabled) - set(SWITCHES))
+        if unknown:
+            raise ValueError(
+                f"FARM_CAD_SANDBOX_DISABLE: unknown layer(s) {', '.join(unknown)}; "
+                f"choose from {', '.join(SWITCHES)}"
+            )
+        return cls(enabled=mode != "off", disabled=disabled)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Policy:
         return cls(**{**data, "disabled": tuple(data.get("disabled", ()))})
 

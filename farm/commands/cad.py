@@ -63,8 +63,10 @@ def build(
     from farm.api.sources import SourceProblem, check_cad_source
     from farm.commands.params import ParamError, combine
     from farm.project import ProjectError, pack_file
+    from farm.settings import get_settings
     from workers.cad_cache import CadCache, cached_build
     from workers.cad_runner import CadError, CadRequest, CadRunner
+    from workers.sandbox import Policy, Unavailable
 
     _require_file(path)
     try:
@@ -72,7 +74,14 @@ def build(
     except ParamError as exc:
         _die(str(exc), 2)
     started = time.monotonic()
-    runner = CadRunner()  # starts its fork server (~4 s) only if the cache misses
+    settings = get_settings()
+    try:
+        policy = Policy.from_settings(settings.cad_sandbox, settings.cad_sandbox_disable)
+    except ValueError as exc:
+        _die(str(exc), 2)
+    if not policy.enabled:
+        typer.echo("warning: FARM_CAD_SANDBOX=off: the design runs with your rights, unsandboxed", err=True)
+    runner = CadRunner(policy=policy)  # starts its fork server (~4 s) only if the cache misses
     try:
         with _scratch_dir() as scratch:
             try:
@@ -95,6 +104,8 @@ def build(
             result, hit = cached_build(runner, CadCache(_cache_root()), request, use_cache=not no_cache)
     except CadError as exc:
         _die(exc.message)
+    except Unavailable as exc:
+        _die(str(exc))
     finally:
         runner.close()
     files = _deliver(result, output, path.stem)
