@@ -9,6 +9,7 @@ outside the builds, and which of the build's processes outlived it. tests/test_s
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import socket
@@ -144,6 +145,52 @@ ATTACKS: dict[str, str] = {
         import ctypes
         ctypes.string_at(0)
         """,
+    "inherited_fds": """\
+        found = []
+        for fd in range(3, 256):
+            target = attempt(lambda: os.readlink(f"/proc/self/fd/{{fd}}")) or ""
+            if target.endswith(".faulthandler"):
+                continue  # the build's own crash trace
+            if attempt(lambda: os.write(fd, b"REGISTER:/victim-shm:shared_memory\\n")):
+                found.append(f"wrote to fd {{fd}} ({{target}})")
+        result = leak(found)
+        """,
+    "shared_memory": """\
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        found = []
+        if attempt(lambda: os.memfd_create("hoard")) is not None:
+            found.append("memfd")
+        if libc.shmget(0, 64 << 20, 0o1600) >= 0:  # IPC_PRIVATE, IPC_CREAT
+            found.append("shmget")
+        result = leak(found)
+        """,
+    "deep_folders": """\
+        import glob
+        for out in glob.glob("/tmp/cad-build-*/out") + glob.glob(os.path.join(os.getcwd(), "..", "out")):
+            path = out
+            for _ in range(3000):
+                path = os.path.join(path, "d")
+                if attempt(lambda: os.mkdir(path)) is False:
+                    break
+        result = leak([])
+        """,
+    "forged_result": """\
+        import glob, json
+        for out in glob.glob("/tmp/cad-build-*/out"):
+            attempt(lambda: open(os.path.join(out, "result.json"), "w").write(json.dumps({{"ok": True}})))
+        os._exit(0)
+        """,
+    "new_syscalls": """\
+        import ctypes, errno
+        libc = ctypes.CDLL(None, use_errno=True)
+        found = []
+        for number in (467, 470, 500):  # open_tree_attr, and calls newer than the filter
+            refused = libc.syscall(number, -1, 0, 0, 0, 0) != 0
+            if not refused or ctypes.get_errno() not in (errno.EPERM, errno.ENOSYS):
+                found.append(f"syscall {{number}} reached the kernel: errno {{ctypes.get_errno()}}")
+        result = leak(found)
+        """,
     "ptrace_worker": """\
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -225,6 +272,7 @@ def run(names: list[str], sandboxed: bool = True) -> dict[str, Any]:
     # FARM_CAD_SANDBOX_DISABLE forces layers off, as a host without them would be (Docker: namespaces).
     disabled = tuple(n for n in os.environ.get("FARM_CAD_SANDBOX_DISABLE", "").split(",") if n)
     runner = CadRunner(policy=Policy(enabled=sandboxed, disabled=disabled))
+    folders_before = set(glob.glob("/tmp/cad-build-*"))
     results: dict[str, Any] = {}
 
     def build(name: str, source: str, project_dir: Path) -> dict[str, Any]:
@@ -262,10 +310,12 @@ def run(names: list[str], sandboxed: bool = True) -> dict[str, Any]:
     finally:
         runner.close()
     leftovers = [str(p) for p in (outside, data / "pwned", Path("/tmp/pwned-by-a-build")) if p.exists()]
+    build_folders = sorted(set(glob.glob("/tmp/cad-build-*")) - folders_before)
     with contextlib.suppress(OSError):
         Path("/tmp/pwned-by-a-build").unlink()  # the unsandboxed control run writes it
     return {
         "stray": _stray_build_processes(),
+        "build_folders_left": build_folders,
         "results": results,
         "hits": {"coordinator": coordinator.hits, "other": other.hits, "dns": dns.hits},
         "files_outside": leftovers,
@@ -275,8 +325,18 @@ def run(names: list[str], sandboxed: bool = True) -> dict[str, Any]:
     }
 
 
-def _stray_build_processes() -> list[int]:
-    """Processes still running under a build's uid (as root, each build runs as a uid of its own)."""
+def _stray_build_processes(grace_s: float = 5.0) -> list[int]:
+    """Processes still running under a build's uid (as root, each build runs as a uid of its own).
+
+    A PID namespace dies with its init, but its other processes take a moment to go: `grace_s`.
+    """
+    deadline = time.monotonic() + grace_s
+    while (stray := _build_processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return stray
+
+
+def _build_processes() -> list[int]:
     from workers.sandbox import UID_BASE
 
     since = _start_time(os.getpid())
@@ -286,7 +346,8 @@ def _stray_build_processes() -> list[int]:
             fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
             uid = int(fields["Uid"].split()[0])
             pid = int(status.parent.name)
-            if UID_BASE <= uid < UID_BASE + (1 << 23) and _start_time(pid) >= since:
+            alive = fields["State"].split()[0] not in ("Z", "X")
+            if alive and UID_BASE <= uid < UID_BASE + (1 << 23) and _start_time(pid) >= since:
                 stray.append(pid)
     return stray
 

@@ -43,6 +43,7 @@ OUTPUTS = ("stl", "threemf", "step", "preview", "preview_small")
 STL_TOLERANCE = 0.01
 ANGULAR_TOLERANCE = 0.1
 MAX_MESSAGE = 4000
+OPEN_FILES = 512  # with memfd and SysV shared memory refused, this bounds what a build keeps open
 PR_SET_PDEATHSIG = 1
 # Frames in these files are ours or a library's, never the user's, even when the script sits nearby.
 _OWN_PATHS = (
@@ -88,6 +89,7 @@ def run_child(job: dict[str, Any]) -> None:
     _release_forkserver()
     _redirect_output(Path(job["log"]))
     trace = open(job["trace"], "w")  # noqa: SIM115 - open for faulthandler until the process ends
+    _close_inherited_fds(keep=trace.fileno())
     _apply_limits(job["limits"])
     # A project runs from its root, so that relative paths in it mean what they mean at home.
     cwd = job.get("project_root") or str(Path(job["source"]).parent)
@@ -130,6 +132,19 @@ def _enter_sandbox(job: dict[str, Any], cwd: str) -> None:
         return
     view = View(walls["read_only"], walls["writable"], cwd=cwd, scratch=walls["scratch"])
     enter(Policy.from_dict(walls["policy"]), view)
+
+
+def _close_inherited_fds(keep: int) -> None:
+    """Close what the fork server handed down (its job pipe, the root resource tracker's pipe, ...).
+
+    A build writing to the resource tracker could make it unlink the worker's shared memory.
+    """
+    os.closerange(3, keep)
+    os.closerange(keep + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    with contextlib.suppress(ImportError, AttributeError):
+        from multiprocessing import resource_tracker
+
+        resource_tracker._resource_tracker._fd = None  # type: ignore[attr-defined]
 
 
 def _die_with_parent() -> None:
@@ -179,6 +194,7 @@ def _apply_limits(limits: dict[str, Any]) -> None:
     _set_limit(resource.RLIMIT_CPU, int(limits["cpu_s"]), grace=1)
     _set_limit(resource.RLIMIT_FSIZE, int(limits["output_mb"]) * mb)
     _set_limit(resource.RLIMIT_CORE, 0)
+    _set_limit(resource.RLIMIT_NOFILE, OPEN_FILES)
     if os.geteuid() != 0:  # root ignores RLIMIT_NPROC, and it counts every task of the real uid
         _set_limit(resource.RLIMIT_NPROC, _tasks_of_uid(os.getuid()) + int(limits["procs"]))
 

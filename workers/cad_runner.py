@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -33,7 +34,7 @@ from workers import sandbox
 
 # mr (MakerRepo) and pydantic serve @artifact / @customizable projects. cad_child last: it freezes the gc.
 PRELOAD = ["build123d", "pydantic", "mr", "workers.cad_runner", "workers.cad_child"]
-SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "AUTH", "CRED", "URL", "DSN", "PROXY")
 # OCCT meshes in parallel and glibc gives each thread its own 64 MB malloc arena of address space,
 # which on a many-core host alone would exhaust the memory limit. Set for the fork server only.
 FORKSERVER_ENV = {"MALLOC_ARENA_MAX": "2"}
@@ -180,7 +181,7 @@ class CadRunner:
             return _outcome(_job(source, outdir, workdir, req, limits, root), exitcode, timed_out, limits,
                             closed=self._closed)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            _remove_tree(workdir)
 
     def close(self) -> None:
         """Stop running builds and, if no other runner uses it, the fork server."""
@@ -218,6 +219,8 @@ class CadRunner:
                 # Processes the script left behind are still in the group. The group keeps its id
                 # reserved while it has members, so this cannot hit an unrelated process group.
                 _kill_group(proc.pid, fallback_to_pid=False)
+            if self._needs_uid_sweep():
+                _kill_uid(self.policy.uid_base + proc.pid)
             with self._lock:
                 proc.join(0)
                 return proc.exitcode, timed_out
@@ -226,6 +229,30 @@ class CadRunner:
                 self._running.discard(proc)
             if proc.exitcode is not None:
                 proc.close()
+
+
+    def _needs_uid_sweep(self) -> bool:
+        """Without a PID namespace, a build's processes that left its group must be found by uid."""
+        if os.geteuid() != 0 or not self.policy.wants("identity") or self.sandbox is None:
+            return False
+        return not any(layer.name == "pidns" and layer.active for layer in self.sandbox.layers)
+
+
+def _kill_uid(uid: int, rounds: int = 50) -> None:
+    """SIGKILL every process of `uid` (a build's own, as root), until none is left."""
+    for _ in range(rounds):
+        found = False
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                line = next(line for line in status.read_text().splitlines() if line.startswith("Uid:"))
+                if int(line.split()[1]) == uid:
+                    found = True
+                    os.kill(int(status.parent.name), signal.SIGKILL)
+            except (OSError, StopIteration, ValueError):
+                continue
+        if not found:
+            return
+        time.sleep(0.01)
 
 
 class _LeanPopen(popen_forkserver.Popen):
@@ -240,6 +267,9 @@ class _LeanPopen(popen_forkserver.Popen):
         prep_data = spawn.get_preparation_data(process_obj._name)
         prep_data.pop("init_main_from_path", None)
         prep_data.pop("init_main_from_name", None)
+        # Nothing of the worker's a build needs to see: its command line, its multiprocessing key.
+        prep_data.pop("sys_argv", None)
+        prep_data.pop("authkey", None)
         buf = io.BytesIO()
         set_spawning_popen(self)
         try:
@@ -282,17 +312,50 @@ def _child_main(job: dict[str, Any]) -> None:
     run_child(job)
 
 
+MAX_PROJECT_FILES = 20_000
+
+
 def _unpack(archive: Path, dest: Path, limits: CadLimits) -> Path:
-    """Extract a project archive into the build's private folder; refuses links out and odd files."""
+    """Extract a project archive into the build's private folder: plain files and folders only.
+
+    Written by hand rather than with tarfile's "data" filter, which Python releases before 3.11.13
+    let links and long paths slip past (CVE-2025-4517 and friends): no member can be a link, so no
+    path written here can lead out of `dest`.
+    """
+    dest.mkdir()
+    budget, count = limits.output_mb << 20, 0
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            members = tar.getmembers()
-            if sum(m.size for m in members) > limits.output_mb << 20:
-                raise CadError("limit", f"the project unpacks to more than {limits.output_mb} MB")
-            tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
+            for member in tar:
+                count += 1
+                if count > MAX_PROJECT_FILES:
+                    raise CadError("limit", f"the project holds more than {MAX_PROJECT_FILES} files")
+                parts = _member_parts(member.name)
+                if member.isdir():
+                    dest.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+                    continue
+                if not member.isfile():
+                    what = f"{member.name!r}, which is not a plain file (projects travel without links)"
+                    raise CadError("entry", f"the project archive holds {what}")
+                budget -= member.size
+                if budget < 0:
+                    raise CadError("limit", f"the project unpacks to more than {limits.output_mb} MB")
+                target = dest.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                with open(fd, "wb") as out, source or io.BytesIO() as data:
+                    shutil.copyfileobj(data, out)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise CadError("entry", f"the project archive cannot be unpacked: {exc}") from None
     return dest.resolve()
+
+
+def _member_parts(name: str) -> list[str]:
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts or name.startswith("/") or ".." in parts or any("\0" in p for p in parts):
+        raise CadError("entry", f"the project archive holds a path that leads outside it: {name!r}")
+    return parts
 
 
 def _copy_lone_script(script: Path, dest: Path, limits: CadLimits) -> Path:
@@ -313,24 +376,31 @@ def _copy_lone_script(script: Path, dest: Path, limits: CadLimits) -> Path:
     return dest / script.name
 
 
+def _remove_tree(path: Path) -> None:
+    """The build's folder, however deep the build made it (shutil.rmtree recurses per level)."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False, timeout=600)
+
+
 def _collect(buildout: Path, outdir: Path) -> None:
-    """Move what the build wrote to `outdir`: regular files only, owned by us again.
+    """Copy what the build wrote to `outdir`: regular files only, read through a descriptor.
 
     The build's uid owns its out/ folder and could leave a link there (to /etc/shadow, say) for the
-    worker to upload; a name that is not a plain file is dropped.
+    worker to upload; opening with O_NOFOLLOW and checking the open file leaves no window to swap it.
     """
     for name in OUTPUT_NAMES:
-        path = buildout / name
         try:
-            info = path.lstat()
+            fd = os.open(buildout / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
-            continue
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            path.unlink()
-            continue
-        shutil.move(path, outdir / name)
-        if info.st_uid != os.geteuid():
-            os.chown(outdir / name, os.geteuid(), os.getegid(), follow_symlinks=False)
+            continue  # absent, or a link
+        with open(fd, "rb") as source:
+            info = os.fstat(source.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                continue
+            with open(outdir / name, "wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
 
 
 def _job(
@@ -480,20 +550,23 @@ def _outcome(
     result = _read_result(Path(job["result"]))
     if result is not None and exitcode == 0:
         if not result.get("ok"):
-            raise CadError(str(result.get("kind", "exception")), str(result.get("message", "")))
-        return CadResult(
-            stl=Path(job["stl"]),
-            threemf=Path(job["threemf"]),
-            bbox=(_point(result["bbox"][0]), _point(result["bbox"][1])),
-            volume=float(result["volume"]),
-            objects=int(result["objects"]),
-            log=Path(job["log"]),
-            warnings=list(result.get("warnings", [])),
-            step=Path(job["step"]) if job["step"] else None,
-            preview=Path(job["preview"]),
-            preview_small=Path(job["preview_small"]),
-            mesh=dict(result.get("mesh") or {}),
-        )
+            raise CadError(str(result.get("kind", "exception"))[:20], str(result.get("message", ""))[:4000])
+        try:
+            return CadResult(
+                stl=Path(job["stl"]),
+                threemf=Path(job["threemf"]),
+                bbox=(_point(result["bbox"][0]), _point(result["bbox"][1])),
+                volume=float(result["volume"]),
+                objects=int(result["objects"]),
+                log=Path(job["log"]),
+                warnings=[str(w) for w in result.get("warnings", [])],
+                step=Path(job["step"]) if job["step"] else None,
+                preview=Path(job["preview"]),
+                preview_small=Path(job["preview_small"]),
+                mesh=dict(result.get("mesh") or {}),
+            )
+        except (KeyError, TypeError, ValueError, IndexError):  # written by the build: as hostile as it
+            raise CadError("crash", "the build left a result that cannot be read") from None
     if closed:
         raise CadError("crash", "the build was stopped because the CAD runner closed")
     raise _exit_error(exitcode, limits, where, cpu_dump, Path(job["log"]))

@@ -137,7 +137,9 @@ class Policy:
 class View:
     """What a build sees of the file system: read-only and writable paths (same path inside).
 
-    `scratch` is the build's private folder, where the new root's mount point is made.
+    The last writable path is the build's temporary folder (TMPDIR), used only where there is no
+    mount namespace to give it a /tmp of its own. `scratch` is the build's private folder, where the
+    new root's mount point is made.
     """
 
     read_only: list[str] = field(default_factory=list)
@@ -280,7 +282,10 @@ def _build_root(view: View, policy: Policy) -> None:
     root = Path(view.scratch) / ROOT_DIR
     root.mkdir(exist_ok=True)
     _mount("tmpfs", str(root), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m")
-    plan: list[tuple[str, str]] = [(p, "ro") for p in view.read_only] + [(p, "rw") for p in view.writable]
+    # The last writable folder is the build's tmp/: here an in-memory /tmp takes its place.
+    plan: list[tuple[str, str]] = [(p, "ro") for p in view.read_only] + [
+        (p, "rw") for p in view.writable[:-1]
+    ]
     plan += [("/tmp", "tmpfs"), ("/dev/shm", "tmpfs"), ("/proc", "proc"), ("/etc", "etc"), ("/dev", "dev")]
     for path, kind in sorted(plan, key=lambda item: (item[0].count("/"), item[0])):
         target = str(root) + path
@@ -490,6 +495,9 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
             "quotactl": 179,
             "syslog": 103,
             "clone": 56,
+            "memfd_create": 319,
+            "shmget": 29,
+            "modify_ldt": 154,
         },
     ),
     "aarch64": (
@@ -524,6 +532,8 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
             "quotactl": 60,
             "syslog": 116,
             "clone": 220,
+            "memfd_create": 279,
+            "shmget": 194,
         },
     ),
 }
@@ -540,7 +550,10 @@ _COMMON = {
     "fspick": 433,
     "mount_setattr": 442,
     "pidfd_getfd": 438,
+    "open_tree_attr": 467,
 }
+# Calls newer than this filter are refused as unknown (ENOSYS) instead of allowed by default.
+FIRST_UNKNOWN_SYSCALL = 468
 _NO_NETWORK = ("socket",)  # socketpair stays: it reaches nothing outside the build
 _DENIED = (
     "ptrace",
@@ -581,6 +594,11 @@ _DENIED = (
     "io_uring_setup",
     "io_uring_enter",
     "io_uring_register",
+    "open_tree_attr",
+    # Shared memory escapes RLIMIT_AS: /tmp and /dev/shm are size-limited tmpfs instead.
+    "memfd_create",
+    "shmget",
+    "modify_ldt",
 )
 SYS_CLONE3 = 435
 RET_ALLOW, RET_KILL_PROCESS = 0x7FFF0000, 0x80000000
@@ -610,8 +628,10 @@ def _seccomp() -> None:
     prog += [(BPF_JEQ, 0, 1, SYS_CLONE3), (BPF_RET, 0, 0, RET_ERRNO | errno.ENOSYS)]
     for name in _NO_NETWORK:
         prog += [(BPF_JEQ, 0, 1, numbers[name]), (BPF_RET, 0, 0, RET_ERRNO | errno.EACCES)]
+    prog += [(BPF_JGE, 0, 1, FIRST_UNKNOWN_SYSCALL), (BPF_RET, 0, 0, RET_ERRNO | errno.ENOSYS)]
     for name in _DENIED:
-        prog += [(BPF_JEQ, 0, 1, numbers[name]), (BPF_RET, 0, 0, RET_ERRNO | errno.EPERM)]
+        if name in numbers:  # modify_ldt exists on x86 only
+            prog += [(BPF_JEQ, 0, 1, numbers[name]), (BPF_RET, 0, 0, RET_ERRNO | errno.EPERM)]
     # clone with a namespace flag: a new user namespace would hand back capabilities.
     ns_flags = NAMESPACE_FLAGS | CLONE_NEWCGROUP | CLONE_NEWTIME
     prog += [
