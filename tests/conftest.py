@@ -65,6 +65,33 @@ def redis_url() -> Iterator[str]:
     proc.wait(10)
 
 
+@contextlib.contextmanager
+def farm_server(env: dict[str, str], log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`farm server ARGS` on a free port until it answers; stopped with Ctrl-C at the end."""
+    port = free_port()
+    out = log.open("wb")
+    argv = [sys.executable, "-m", "farm", "server", "--port", str(port), *args]
+    server = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base}/api/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, 60, "the coordinator")
+        yield server, base
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        out.close()
+
+
 @dataclass
 class RunningFarm:
     url: str

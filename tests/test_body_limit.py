@@ -7,10 +7,7 @@ import contextlib
 import json
 import os
 import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +17,7 @@ import httpx
 import pytest
 
 from farm.api.bodylimit import FORM_OVERHEAD
-from tests.conftest import REPO, RunningFarm, free_port, wait_until
+from tests.conftest import RunningFarm, farm_server
 
 CHUNK = b"\0" * (1 << 20)
 BOUNDARY = "pfboundary"
@@ -95,7 +92,7 @@ def test_a_700_mb_upload_is_refused_before_its_body_is_read(farm: RunningFarm) -
 @contextlib.contextmanager
 def small_limit_server(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     """`farm server` with a 1 MB upload limit and its own TMPDIR, where a multipart upload spools."""
-    port, temp = free_port(), tmp_path / "tmp"
+    temp = tmp_path / "tmp"
     temp.mkdir()
     env = {
         **os.environ,
@@ -104,27 +101,8 @@ def small_limit_server(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, st
         "FARM_MAX_UPLOAD_MB": "1",
         "TMPDIR": str(temp),
     }
-    log = (tmp_path / "server.log").open("wb")
-    argv = [sys.executable, "-m", "farm", "server", "--port", str(port)]
-    server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base}/api/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, 60, "the coordinator")
+    with farm_server(env, tmp_path / "server.log") as (_, base):
         yield base, (tmp_path / "data" / "admin.token").read_text().strip(), tmp_path
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 class LargestFile:

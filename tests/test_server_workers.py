@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +11,7 @@ import pytest
 from sqlmodel import Session
 
 from farm.db import make_engine
-from tests.conftest import REPO, free_port, wait_until
+from tests.conftest import farm_server, wait_until
 from tests.test_dispatch import postgres, ready_build  # noqa: F401 - a fixture
 
 
@@ -24,33 +19,9 @@ def children(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
 
 
-@contextlib.contextmanager
-def two_server_processes(
-    env: dict[str, str], tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def two_server_processes(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
     """`farm server --workers 2` on a free port until it answers; stopped with Ctrl-C at the end."""
-    port = free_port()
-    log = (tmp_path / "server.log").open("wb")
-    argv = [sys.executable, "-m", "farm", "server", "--port", str(port), "--workers", "2"]
-    server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base}/api/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, 60, "the coordinator")
-        yield server, base
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    return farm_server(env, tmp_path / "server.log", "--workers", "2")
 
 
 def test_several_server_processes_share_the_port_and_one_housekeeper(redis_url: str, tmp_path: Path) -> None:

@@ -168,9 +168,7 @@ def enter(policy: Policy, view: View) -> None:
         for path in view.writable:
             os.chown(path, build_uid, build_uid, follow_symlinks=False)
         _set_nproc(policy.procs)  # over a uid no one else has: this build's own processes
-    elif not as_root:
-        # RLIMIT_NPROC counts every task of the real uid, the worker's own included.
-        _set_nproc(_tasks_of_uid(os.getuid()) + policy.procs)
+    # Not root: the build shares the worker's uid, and cad_child's RLIMIT_NPROC counts its tasks too.
     namespaced = policy.wants("namespaces") and _unshare(as_root)
     if namespaced:
         _fork_into_pid_namespace()
@@ -666,16 +664,6 @@ def _set_nproc(limit: int) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
     cap = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
     resource.setrlimit(resource.RLIMIT_NPROC, (cap, cap))
-
-
-def _tasks_of_uid(uid: int) -> int:
-    count = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
-        with contextlib.suppress(OSError, KeyError, ValueError):
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-            if int(fields["Uid"].split()[0]) == uid:
-                count += int(fields["Threads"])
-    return count
 
 
 # --------------------------------------------------------------------------------------------------
