@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from workers.cad_runner import CadError, CadLimits, CadRequest, CadResult, CadRunner
+from workers.cad_runner import (
+    CadError,
+    CadLimits,
+    CadRequest,
+    CadResult,
+    CadRunner,
+    sweep_stale_build_folders,
+)
 from workers.entry_points import list_entry_points
 
 pytestmark = pytest.mark.timeout(120)
@@ -446,6 +453,10 @@ def test_a_hung_build_dies_with_its_worker(tmp_path: Path) -> None:
         worker.kill()
         worker.wait()
     alive = [(pid, _cmdline(pid)[:80]) for pid in family if not _gone(pid)]
+    left = list(tmp_path.glob("cad-build-*"))
+    sweep_stale_build_folders(tmp_path)  # what the next worker to start does
+    assert left and not list(tmp_path.glob("cad-build-*"))
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
     assert not alive, f"the build or the fork server outlived the worker: {alive}"
 
 

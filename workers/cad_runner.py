@@ -127,6 +127,7 @@ class CadRunner:
                 return
             if self._closed:
                 raise RuntimeError("CadRunner is closed")
+            sweep_stale_build_folders(Path(tempfile.gettempdir()))
             self.sandbox = sandbox.probe(self.policy)
             if not self.sandbox.usable:
                 raise sandbox.Unavailable(self.sandbox)
@@ -154,11 +155,18 @@ class CadRunner:
             (outdir / name).unlink(missing_ok=True)  # never report a previous build's files
         # The build sees only its own folder: the project (or the lone script's folder) read-only,
         # out/ and tmp/ writable. Its outputs are moved to `outdir` afterwards, after checks.
-        workdir = Path(tempfile.mkdtemp(prefix="cad-build-"))
+        workdir = Path(tempfile.mkdtemp(prefix=f"{BUILD_DIR_PREFIX}{os.getpid()}-"))
         os.chmod(workdir, 0o711)  # a build running under its own uid may pass through, not list
         buildout, scratch = workdir / "out", workdir / "tmp"
         buildout.mkdir()
         scratch.mkdir()
+        # As root, the build's writable folders are size-limited tmpfs: it cannot fill the worker's
+        # disk or use up its inodes through them (elsewhere only RLIMIT_FSIZE per file holds).
+        capped = [
+            d
+            for d in (buildout, scratch)
+            if self.policy.enabled and sandbox.mount_tmpfs(d, limits.output_mb * 2)
+        ]
         try:
             if req.project:
                 root = _unpack(req.project, workdir / "project", limits)
@@ -178,9 +186,16 @@ class CadRunner:
             }
             exitcode, timed_out = self._run(job, limits)
             _collect(buildout, outdir)
-            return _outcome(_job(source, outdir, workdir, req, limits, root), exitcode, timed_out, limits,
-                            closed=self._closed)
+            return _outcome(
+                _job(source, outdir, workdir, req, limits, root),
+                exitcode,
+                timed_out,
+                limits,
+                closed=self._closed,
+            )
         finally:
+            for folder in capped:
+                sandbox.unmount(folder)
             _remove_tree(workdir)
 
     def close(self) -> None:
@@ -229,7 +244,6 @@ class CadRunner:
                 self._running.discard(proc)
             if proc.exitcode is not None:
                 proc.close()
-
 
     def _needs_uid_sweep(self) -> bool:
         """Without a PID namespace, a build's processes that left its group must be found by uid."""
@@ -374,6 +388,28 @@ def _copy_lone_script(script: Path, dest: Path, limits: CadLimits) -> Path:
         budget -= size
         shutil.copyfile(path, dest / path.name)
     return dest / script.name
+
+
+BUILD_DIR_PREFIX = "cad-build-"
+
+
+def sweep_stale_build_folders(tmp: Path) -> None:
+    """Unmount and remove build folders whose worker died (kill -9 leaves its tmpfs mounts behind).
+
+    Each folder is named `cad-build-<worker pid>-…`; a pid that no longer runs marks it stale.
+    """
+    try:
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    except OSError:
+        mounts = []
+    for folder in tmp.glob(f"{BUILD_DIR_PREFIX}*-*"):
+        owner = folder.name[len(BUILD_DIR_PREFIX) :].split("-", 1)[0]
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        for point in mounts:
+            if point.startswith(f"{folder}/"):
+                sandbox.unmount(Path(point))
+        _remove_tree(folder)
 
 
 def _remove_tree(path: Path) -> None:
