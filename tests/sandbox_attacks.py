@@ -272,7 +272,8 @@ def run(names: list[str], sandboxed: bool = True) -> dict[str, Any]:
     # FARM_CAD_SANDBOX_DISABLE forces layers off, as a host without them would be (Docker: namespaces).
     disabled = tuple(n for n in os.environ.get("FARM_CAD_SANDBOX_DISABLE", "").split(",") if n)
     runner = CadRunner(policy=Policy(enabled=sandboxed, disabled=disabled))
-    folders_before = set(glob.glob("/tmp/cad-build-*"))
+    mine = f"/tmp/cad-build-{os.getpid()}-*"  # this harness's builds' folders, not another worker's
+    folders_before = set(glob.glob(mine))
     results: dict[str, Any] = {}
 
     def build(name: str, source: str, project_dir: Path) -> dict[str, Any]:
@@ -310,7 +311,7 @@ def run(names: list[str], sandboxed: bool = True) -> dict[str, Any]:
     finally:
         runner.close()
     leftovers = [str(p) for p in (outside, data / "pwned", Path("/tmp/pwned-by-a-build")) if p.exists()]
-    build_folders = sorted(set(glob.glob("/tmp/cad-build-*")) - folders_before)
+    build_folders = sorted(set(glob.glob(mine)) - folders_before)
     with contextlib.suppress(OSError):
         Path("/tmp/pwned-by-a-build").unlink()  # the unsandboxed control run writes it
     return {

@@ -413,11 +413,16 @@ def sweep_stale_build_folders(tmp: Path) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    """The build's folder, however deep the build made it (shutil.rmtree recurses per level)."""
-    try:
+    """The build's folder, however the build left it: too deep for shutil.rmtree's recursion, or
+    with folders it made unwritable (a worker that is not root shares the build's uid)."""
+    with contextlib.suppress(RecursionError):
         shutil.rmtree(path, ignore_errors=True)
-    except RecursionError:
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False, timeout=600)
+    if path.exists():
+        for argv in (
+            ["chmod", "-R", "u+rwx", "--", str(path)],
+            ["rm", "-rf", "--one-file-system", "--", str(path)],
+        ):
+            subprocess.run(argv, check=False, timeout=600, capture_output=True)
 
 
 def _collect(buildout: Path, outdir: Path) -> None:
