@@ -50,6 +50,13 @@ def _die(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+USAGE_STATUSES = (400, 413, 415, 422)  # the coordinator refused what was typed: exit 2, as a bad option
+
+
+def _die_farm(exc: FarmError) -> None:
+    _die(str(exc), 2 if exc.status in USAGE_STATUSES else 1)
+
+
 def _client(settings: Settings | None = None) -> FarmClient:
     s = settings or get_settings()
     token = s.resolved_token()
@@ -436,8 +443,11 @@ def submit(
         upload = _prepare_upload(source, file, ref, no_project, Path(tmp), options)
         try:
             builds = [client.submit(upload, {**options, "params": p}) for p in param_sets]
+        except FarmError as exc:
+            _die_farm(exc)
+        try:
             if wait:
-                builds = [_follow(client, b, quiet=as_json) for b in builds]
+                builds = _follow(client, builds, quiet=as_json)
         except FarmError as exc:
             _die(str(exc))
     if as_json:
@@ -478,32 +488,69 @@ def _prepare_upload(
     return packed.archive
 
 
-def _follow(client: FarmClient, build: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
+def _follow(client: FarmClient, builds: list[dict[str, Any]], *, quiet: bool) -> list[dict[str, Any]]:
+    """Follow every job of every build at once (a --matrix is many builds) until all have ended.
+
+    On a terminal: one progress bar per job with its ETA (the agent's `remaining_s` while it
+    prints, else the slicer's estimate of the print). Piped (a log, CI): a line per change.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    def describe(b: dict[str, Any], j: dict[str, Any]) -> str:
-        where = f" on {j['printer']}" if j["printer"] else ""
-        state = b["stage"] if j["state"] == "waiting" else j["state"]
-        return f"job {j['id']} ({b['source']}): {state}{where}"
-
+    console = Console(stderr=True)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
+        TextColumn("{task.fields[eta]}"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
+        console=console,
+        disable=quiet or not console.is_terminal,
     )
+    said: dict[int, tuple[str, str]] = {}
     with progress:
-        tasks = {j["id"]: progress.add_task(describe(build, j), total=100) for j in build["jobs"]}
+        tasks = {j["id"]: progress.add_task("", total=100, eta="") for b in builds for j in b["jobs"]}
         while True:
-            for j in build["jobs"]:
-                progress.update(tasks[j["id"]], description=describe(build, j), completed=j["progress"] or 0)
-            if all(j["state"] in TERMINAL for j in build["jobs"]):
-                return build
+            for b in builds:
+                for j in b["jobs"]:
+                    text, eta = _job_line(b, j), _job_eta(j, datetime.now())
+                    progress.update(tasks[j["id"]], description=text, completed=j["progress"] or 0, eta=eta)
+                    seen = (text, _bucket(j))  # a new line for a new state or quarter, not a new ETA
+                    if not quiet and not console.is_terminal and said.get(j["id"]) != seen:
+                        said[j["id"]] = seen
+                        typer.echo(", ".join(filter(None, [*seen, eta])), err=True)
+            going = [i for i, b in enumerate(builds) if not all(j["state"] in TERMINAL for j in b["jobs"])]
+            if not going:
+                return builds
             time.sleep(0.5)
-            build = client.get(f"/api/builds/{build['id']}")
+            for i in going:
+                builds[i] = client.get(f"/api/builds/{builds[i]['id']}")
+
+
+def _job_line(build: dict[str, Any], job: dict[str, Any]) -> str:
+    where = f" on {job['printer']}" if job["printer"] else ""
+    state = build["stage"] if job["state"] == "waiting" else job["state"]
+    return f"job {job['id']} ({build['source']}): {state}{where}"
+
+
+def _job_eta(job: dict[str, Any], now: datetime) -> str:
+    """When it should be done: from the printer while it prints, else the slicer's print time."""
+    from farm.watch import eta
+
+    if job["state"] in TERMINAL:
+        return ""
+    if job.get("remaining_s") is not None:
+        return f"ETA {eta(job['remaining_s'], now)}"
+    if job.get("print_time_s"):
+        return f"prints in about {eta(job['print_time_s'], now).split(' ')[0]} once started"
+    return ""
+
+
+def _bucket(job: dict[str, Any]) -> str:
+    """Progress in quarters, so that a piped log gets a few lines per print, not one a second."""
+    if job["progress"] is None or job["state"] in TERMINAL:
+        return ""
+    return f"{int(job['progress'] // 25 * 25)}%"
 
 
 def _print_build(build: dict[str, Any]) -> None:
@@ -699,7 +746,7 @@ def _send(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
             return client.request(method, path, json=body or {}).json()
         except FarmError as exc:
-            _die(str(exc))
+            _die_farm(exc)
 
 
 @printers_app.command("clear")
