@@ -513,7 +513,7 @@ def _follow(client: FarmClient, builds: list[dict[str, Any]], *, quiet: bool) ->
         while True:
             for b in builds:
                 for j in b["jobs"]:
-                    text, eta = _job_line(b, j), _job_eta(j, datetime.now())
+                    text, eta = _job_line(b, j), _job_eta(b, j, datetime.now())
                     progress.update(tasks[j["id"]], description=text, completed=j["progress"] or 0, eta=eta)
                     seen = (text, _bucket(j))  # a new line for a new state or quarter, not a new ETA
                     if not quiet and not console.is_terminal and said.get(j["id"]) != seen:
@@ -533,16 +533,23 @@ def _job_line(build: dict[str, Any], job: dict[str, Any]) -> str:
     return f"job {job['id']} ({build['source']}): {state}{where}"
 
 
-def _job_eta(job: dict[str, Any], now: datetime) -> str:
-    """When it should be done: from the printer while it prints, else the slicer's print time."""
+def _job_eta(build: dict[str, Any], job: dict[str, Any], now: datetime) -> str:
+    """When it should be done: from the printer while it prints, else the slicer's estimate (the
+    longest, while it is not yet known which printer model takes it)."""
     from farm.watch import eta
 
     if job["state"] in TERMINAL:
         return ""
     if job.get("remaining_s") is not None:
         return f"ETA {eta(job['remaining_s'], now)}"
-    if job.get("print_time_s"):
-        return f"prints in about {eta(job['print_time_s'], now).split(' ')[0]} once started"
+    estimates = [job["print_time_s"]] if job.get("print_time_s") else [
+        s["print_time_s"]
+        for s in build.get("slices", [])
+        if s.get("print_time_s") and s.get("copies") == job.get("copies")
+        and (not job.get("printer_model") or s.get("printer_model") == job["printer_model"])
+    ]  # fmt: skip
+    if estimates:
+        return f"prints in about {eta(max(estimates), now).split(' ')[0]}"
     return ""
 
 
