@@ -441,6 +441,8 @@ def submit(
     }
     with tempfile.TemporaryDirectory(prefix="farm-submit-") as tmp, _client() as client:
         upload = _prepare_upload(source, file, ref, no_project, Path(tmp), options)
+        if len(param_sets) > 1:  # the coordinator's checks first: a matrix is queued whole or not at all
+            _check_param_sets(upload, options, param_sets)
         try:
             builds = [client.submit(upload, {**options, "params": p}) for p in param_sets]
         except FarmError as exc:
@@ -457,6 +459,22 @@ def submit(
             _print_build(build)
     if wait and any(j["state"] != "done" for b in builds for j in b["jobs"]):
         raise typer.Exit(1)
+
+
+def _check_param_sets(upload: Path, options: dict[str, Any], param_sets: list[dict[str, Any]]) -> None:
+    """Each parameter set checked as the coordinator will check it (farm/api/sources.py), before
+    any is sent: otherwise the builds before a bad one would be queued and the rest refused."""
+    from farm.api.sources import SourceProblem, check_cad_source
+    from farm.pipeline import source_kind
+
+    entry_file = options.get("entry_file")
+    if source_kind(entry_file or upload.name) != "cad":
+        return
+    for params in param_sets:
+        try:
+            check_cad_source(upload, entry_file, options["entry"], params, name=upload.name)
+        except SourceProblem as exc:
+            _die(f"{exc} (with {json.dumps(params)}); nothing was submitted", 2)
 
 
 def _prepare_upload(

@@ -140,10 +140,16 @@ def test_what_is_right_or_an_alias_is_taken_as_the_farm_spells_it(server: Server
     assert build["params"] == {"length": 60.0} and build["quality"] == "fine", build
 
 
-def test_a_matrix_with_one_bad_name_is_refused_before_any_build(server: Server) -> None:
+def test_a_matrix_with_one_bad_name_or_value_is_refused_before_any_build(server: Server) -> None:
     before = server.builds()
     done = server.cli("submit", str(BRACKET), "--matrix", "length=40,60", "--matrix", "widht=10,20")
     assert done.returncode == 2 and "did you mean 'width'?" in done.stderr, done.stderr
+    assert server.builds() == before
+    # Only the second value is wrong: the first build must not be queued alone either.
+    done = server.cli("submit", str(BRACKET), "--matrix", "length=40,long")
+    assert done.returncode == 2, done.stderr
+    assert "parameter 'length' expects a number, got 'long'" in done.stderr
+    assert "nothing was submitted" in done.stderr
     assert server.builds() == before
 
 
