@@ -16,7 +16,7 @@ from farm import tags
 from farm.api.views import printer_state
 from farm.dispatch import heating_in_group, queue_for
 from farm.models import Job, Printer, Slice, utcnow
-from farm.printer_models import UnknownChoice, check_color, check_material, find_model
+from farm.printer_models import UnknownChoice, check_color, check_material, get_model
 from farm.states import JobState, SliceState
 
 READY_PRINTER_STATES = ("idle", "finished", "failed")  # what an agent claims from (printers/agent.py)
@@ -101,7 +101,7 @@ def _reasons(job: Job, printer: Printer, slices: dict[str, Slice]) -> list[str]:
 
 
 def _material_fix(job: Job, printer: Printer) -> str:
-    model = find_model(printer.model)
+    model = get_model(printer.model)
     try:
         material = check_material(job.material or "", model)
     except UnknownChoice:

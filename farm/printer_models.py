@@ -180,8 +180,10 @@ MODELS: dict[str, PrinterModel] = {m.name: m for m in (_MINI, _MK3S, *_PROJECT_M
 
 
 def get_model(name: str) -> PrinterModel | None:
-    """The model called `name` or one of its ALIASES (users type "mini", "MK3S+", "Core One"), or None."""
-    return find_model(name)
+    """The model called `name` (case-insensitive: users type "mini"), or None. Strict: what a
+    G-code or an agent says is checked with this; what people type goes through check_model."""
+    wanted = name.strip().casefold()
+    return next((m for key, m in MODELS.items() if key.casefold() == wanted), None)
 
 
 def model_for_gcode(printer_model: str) -> PrinterModel | None:

@@ -25,7 +25,7 @@ from farm.printer_models import (
     check_model,
     check_quality,
     closest,
-    find_model,
+    get_model,
 )
 from farm.queue import send
 from farm.store import TooLarge
@@ -172,7 +172,7 @@ async def submit(
             near = closest(opts.printer, session.exec(select(Printer.name)).all())
             hint = f"; did you mean '{near}'?" if near else ";"
             raise HTTPException(422, f"no printer '{opts.printer}'{hint} `farm printers` lists them")
-        pinned_model = find_model(pinned.model)
+        pinned_model = get_model(pinned.model)
         if model and model != pinned_model:
             raise HTTPException(
                 422, f"printer '{pinned.name}' is a {pinned.model}, not a {opts.printer_model}"

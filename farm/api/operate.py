@@ -13,7 +13,7 @@ from farm.api.deps import FarmDep, PrinterPath, RowId, SessionDep, require
 from farm.api.errors import AUTH, errors
 from farm.api.views import job_view, printer_view
 from farm.models import Job, Printer, Token
-from farm.printer_models import MATERIALS, UnknownChoice, check_color, check_material, find_model
+from farm.printer_models import MATERIALS, UnknownChoice, check_color, check_material, get_model
 from farm.states import InvalidMove
 
 router = APIRouter(prefix="/api", tags=["operate"], responses=AUTH)
@@ -108,7 +108,7 @@ def set_printer(name: PrinterPath, body: PrinterSettings, session: SessionDep) -
     printer = _printer(session, name)
     try:  # the rules `farm submit` checks a job's material and colour by
         if body.material is not None:
-            printer.material = check_material(body.material, find_model(printer.model))
+            printer.material = check_material(body.material, get_model(printer.model))
         if body.color is not None:
             printer.color = check_color(body.color)
     except UnknownChoice as exc:
