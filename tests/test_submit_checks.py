@@ -12,7 +12,6 @@ import os
 import queue
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from sqlmodel import Session
 from farm import pipeline
 from farm.db import make_engine
 from farm.settings import Settings
-from tests.conftest import EXAMPLES, REPO, free_port, wait_until
+from tests.conftest import EXAMPLES, REPO, farm_server, wait_until
 
 BRACKET = EXAMPLES / "bracket.py"
 
@@ -61,45 +60,19 @@ class Server:
 def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`farm server` alone: no workers, so what is queued stays queued unless the test moves it."""
     data = tmp_path_factory.mktemp("coordinator")
-    port = free_port()
     env = {
         **os.environ,
         "FARM_DATA_DIR": str(data),
         # A database of its own on the session's Redis: no worker of another farm takes these builds.
         "FARM_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/6",
-        "FARM_URL": f"http://127.0.0.1:{port}",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("FARM_TOKEN", None)
-    log = (data / "server.out").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "farm", "server", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
-    url = env["FARM_URL"]
-
-    def up() -> bool:
-        try:
-            return (data / "admin.token").exists() and httpx.get(f"{url}/api/status").status_code == 401
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(lambda: up() or proc.poll() is not None, 60, "farm server")
-        assert proc.poll() is None, (data / "server.out").read_text()
+    with farm_server(env, data / "server.out") as (_proc, url):
+        env["FARM_URL"] = url
         token = (data / "admin.token").read_text().strip()
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
             yield Server(url, data, env, api)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 # -- (7) submit refuses at once what would fail later -----------------------------------------
