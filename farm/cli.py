@@ -50,6 +50,13 @@ def _die(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+USAGE_STATUSES = (400, 413, 415, 422)  # the coordinator refused what was typed: exit 2, as a bad option
+
+
+def _die_farm(exc: FarmError) -> None:
+    _die(str(exc), 2 if exc.status in USAGE_STATUSES else 1)
+
+
 def _client(settings: Settings | None = None) -> FarmClient:
     s = settings or get_settings()
     token = s.resolved_token()
@@ -434,10 +441,15 @@ def submit(
     }
     with tempfile.TemporaryDirectory(prefix="farm-submit-") as tmp, _client() as client:
         upload = _prepare_upload(source, file, ref, no_project, Path(tmp), options)
+        if len(param_sets) > 1:  # the coordinator's checks first: a matrix is queued whole or not at all
+            _check_param_sets(upload, options, param_sets)
         try:
             builds = [client.submit(upload, {**options, "params": p}) for p in param_sets]
+        except FarmError as exc:
+            _die_farm(exc)
+        try:
             if wait:
-                builds = [_follow(client, b, quiet=as_json) for b in builds]
+                builds = _follow(client, builds, quiet=as_json)
         except FarmError as exc:
             _die(str(exc))
     if as_json:
@@ -447,6 +459,22 @@ def submit(
             _print_build(build)
     if wait and any(j["state"] != "done" for b in builds for j in b["jobs"]):
         raise typer.Exit(1)
+
+
+def _check_param_sets(upload: Path, options: dict[str, Any], param_sets: list[dict[str, Any]]) -> None:
+    """Each parameter set checked as the coordinator will check it (farm/api/sources.py), before
+    any is sent: otherwise the builds before a bad one would be queued and the rest refused."""
+    from farm.api.sources import SourceProblem, check_cad_source
+    from farm.pipeline import source_kind
+
+    entry_file = options.get("entry_file")
+    if source_kind(entry_file or upload.name) != "cad":
+        return
+    for params in param_sets:
+        try:
+            check_cad_source(upload, entry_file, options["entry"], params, name=upload.name)
+        except SourceProblem as exc:
+            _die(f"{exc} (with {json.dumps(params)}); nothing was submitted", 2)
 
 
 def _prepare_upload(
@@ -478,32 +506,76 @@ def _prepare_upload(
     return packed.archive
 
 
-def _follow(client: FarmClient, build: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
+def _follow(client: FarmClient, builds: list[dict[str, Any]], *, quiet: bool) -> list[dict[str, Any]]:
+    """Follow every job of every build at once (a --matrix is many builds) until all have ended.
+
+    On a terminal: one progress bar per job with its ETA (the agent's `remaining_s` while it
+    prints, else the slicer's estimate of the print). Piped (a log, CI): a line per change.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    def describe(b: dict[str, Any], j: dict[str, Any]) -> str:
-        where = f" on {j['printer']}" if j["printer"] else ""
-        state = b["stage"] if j["state"] == "waiting" else j["state"]
-        return f"job {j['id']} ({b['source']}): {state}{where}"
-
+    console = Console(stderr=True)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
+        TextColumn("{task.fields[eta]}"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
+        console=console,
+        disable=quiet or not console.is_terminal,
     )
+    said: dict[int, tuple[str, str]] = {}
     with progress:
-        tasks = {j["id"]: progress.add_task(describe(build, j), total=100) for j in build["jobs"]}
+        tasks = {j["id"]: progress.add_task("", total=100, eta="") for b in builds for j in b["jobs"]}
         while True:
-            for j in build["jobs"]:
-                progress.update(tasks[j["id"]], description=describe(build, j), completed=j["progress"] or 0)
-            if all(j["state"] in TERMINAL for j in build["jobs"]):
-                return build
+            for b in builds:
+                for j in b["jobs"]:
+                    text, eta = _job_line(b, j), _job_eta(b, j, datetime.now())
+                    progress.update(tasks[j["id"]], description=text, completed=j["progress"] or 0, eta=eta)
+                    seen = (text, _bucket(j))  # a new line for a new state or quarter, not a new ETA
+                    if not quiet and not console.is_terminal and said.get(j["id"]) != seen:
+                        said[j["id"]] = seen
+                        typer.echo(", ".join(filter(None, [*seen, eta])), err=True)
+            going = [i for i, b in enumerate(builds) if not all(j["state"] in TERMINAL for j in b["jobs"])]
+            if not going:
+                return builds
             time.sleep(0.5)
-            build = client.get(f"/api/builds/{build['id']}")
+            for i in going:
+                builds[i] = client.get(f"/api/builds/{builds[i]['id']}")
+
+
+def _job_line(build: dict[str, Any], job: dict[str, Any]) -> str:
+    where = f" on {job['printer']}" if job["printer"] else ""
+    state = build["stage"] if job["state"] == "waiting" else job["state"]
+    return f"job {job['id']} ({build['source']}): {state}{where}"
+
+
+def _job_eta(build: dict[str, Any], job: dict[str, Any], now: datetime) -> str:
+    """When it should be done: from the printer while it prints, else the slicer's estimate (the
+    longest, while it is not yet known which printer model takes it)."""
+    from farm.watch import eta
+
+    if job["state"] in TERMINAL:
+        return ""
+    if job.get("remaining_s") is not None:
+        return f"ETA {eta(job['remaining_s'], now)}"
+    estimates = [job["print_time_s"]] if job.get("print_time_s") else [
+        s["print_time_s"]
+        for s in build.get("slices", [])
+        if s.get("print_time_s") and s.get("copies") == job.get("copies")
+        and (not job.get("printer_model") or s.get("printer_model") == job["printer_model"])
+    ]  # fmt: skip
+    if estimates:
+        return f"prints in about {eta(max(estimates), now).split(' ')[0]}"
+    return ""
+
+
+def _bucket(job: dict[str, Any]) -> str:
+    """Progress in quarters, so that a piped log gets a few lines per print, not one a second."""
+    if job["progress"] is None or job["state"] in TERMINAL:
+        return ""
+    return f"{int(job['progress'] // 25 * 25)}%"
 
 
 def _print_build(build: dict[str, Any]) -> None:
@@ -699,7 +771,7 @@ def _send(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
             return client.request(method, path, json=body or {}).json()
         except FarmError as exc:
-            _die(str(exc))
+            _die_farm(exc)
 
 
 @printers_app.command("clear")

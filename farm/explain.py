@@ -6,6 +6,7 @@ words, one printer at a time. tests/test_dispatch.py checks that the two agree.
 
 from __future__ import annotations
 
+import shlex
 from datetime import UTC
 from typing import Any
 
@@ -15,6 +16,7 @@ from farm import tags
 from farm.api.views import printer_state
 from farm.dispatch import heating_in_group, queue_for
 from farm.models import Job, Printer, Slice, utcnow
+from farm.printer_models import UnknownChoice, check_color, check_material, get_model
 from farm.states import JobState, SliceState
 
 READY_PRINTER_STATES = ("idle", "finished", "failed")  # what an agent claims from (printers/agent.py)
@@ -75,15 +77,16 @@ def _reasons(job: Job, printer: Printer, slices: dict[str, Slice]) -> list[str]:
             reasons.append(f"G-code for {printer.model} is not ready yet")
     if (job.material or "").upper() != (printer.material or "").upper():
         reasons.append(
-            f"it has {printer.material} loaded, the job needs {job.material}: "
-            f"`farm printers set {name} --material {job.material}`"
+            f"it has {printer.material} loaded, the job needs {job.material}" + _material_fix(job, printer)
         )
     if job.color and job.color.lower() != (printer.color or "").lower():
-        reasons.append(f"it has {printer.color or 'no colour set'}, the job needs {job.color}")
+        reasons.append(
+            f"it has {printer.color or 'no colour set'}, the job needs {job.color}" + _color_fix(job, name)
+        )
     if job.nozzle is not None and job.nozzle != printer.nozzle:
         reasons.append(f"it has a {printer.nozzle:g} mm nozzle, the job needs {job.nozzle:g} mm")
     if lacking := tags.missing(job.tags, printer.tags):
-        reasons.append(f"it lacks the tag(s) {', '.join(lacking)}: `farm printers set {name} --tag ...`")
+        reasons.append(f"it lacks the tag(s) {', '.join(lacking)}" + _tags_fix(printer, lacking))
     if f",{name}," in (job.failed_on or ""):
         reasons.append("the job failed on it before; retries go to another printer")
     retry_at = job.retry_at and (job.retry_at if job.retry_at.tzinfo else job.retry_at.replace(tzinfo=UTC))
@@ -91,3 +94,33 @@ def _reasons(job: Job, printer: Printer, slices: dict[str, Slice]) -> list[str]:
         until = retry_at.isoformat(timespec="seconds")
         reasons.append(f"the job waits out its retry back-off until {until}")
     return reasons
+
+
+# Each suggests only a command `farm printers set` accepts (the same checks as farm/api/operate.py):
+# a job from before those checks may want what no printer can be set to; then it says so instead.
+
+
+def _material_fix(job: Job, printer: Printer) -> str:
+    model = get_model(printer.model)
+    try:
+        material = check_material(job.material or "", model)
+    except UnknownChoice:
+        where = f"the {model.name}" if model else "this printer"
+        return f", which {where} cannot load: no setting fixes this (`farm cancel {job.id}`)"
+    return f": `farm printers set {shlex.quote(printer.name)} --material {material}`"
+
+
+def _color_fix(job: Job, name: str) -> str:
+    try:
+        color = check_color(job.color or "")
+    except UnknownChoice:
+        return ", not a colour a printer can be set to"
+    return f": `farm printers set {shlex.quote(name)} --color {shlex.quote(color or '')}`"
+
+
+def _tags_fix(printer: Printer, lacking: list[str]) -> str:
+    wanted = [*tags.split(printer.tags), *lacking]
+    if len(wanted) > tags.MAX_PRINTER_TAGS:
+        return f", and a printer has at most {tags.MAX_PRINTER_TAGS} tags"
+    # `--tag` replaces a printer's tags: the command names the ones it keeps as well.
+    return ": `farm printers set " + shlex.quote(printer.name) + "".join(f" --tag {t}" for t in wanted) + "`"

@@ -12,6 +12,7 @@ before the slicer's own profiles.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 MATERIALS: tuple[str, ...] = ("PLA", "PETG", "ABS", "ASA", "TPU")
@@ -179,7 +180,8 @@ MODELS: dict[str, PrinterModel] = {m.name: m for m in (_MINI, _MK3S, *_PROJECT_M
 
 
 def get_model(name: str) -> PrinterModel | None:
-    """The model called `name` (case-insensitive: users type "mini"), or None."""
+    """The model called `name` (case-insensitive: users type "mini"), or None. Strict: what a
+    G-code or an agent says is checked with this; what people type goes through check_model."""
     wanted = name.strip().casefold()
     return next((m for key, m in MODELS.items() if key.casefold() == wanted), None)
 
@@ -188,3 +190,102 @@ def model_for_gcode(printer_model: str) -> PrinterModel | None:
     """The catalogue model whose G-code says `printer_model` ("MK4S", "Bambu Lab X1 Carbon")."""
     wanted = printer_model.strip().strip('"').casefold()
     return next((m for m in MODELS.values() if m.printer_model.casefold() == wanted), None)
+
+
+# Other names people type for a model: the marketing names with their "+", spaces and dashes.
+# Spaces, dashes and underscores are ignored when matching, so "Core One" and "a1-mini" need no entry.
+ALIASES: dict[str, str] = {
+    "MINI+": "MINI",
+    "MINIPLUS": "MINI",
+    "MK3S+": "MK3S",
+    "MK3SPLUS": "MK3S",
+    "MK4+": "MK4",
+    "CORE1": "COREONE",
+    "X1CARBON": "X1C",
+}
+MAX_COLOR_CHARS = 40
+
+
+class UnknownChoice(ValueError):
+    """A model, material, quality or colour the farm cannot use; the message says what it can."""
+
+
+def _key(text: str) -> str:
+    return "".join(text.split()).replace("-", "").replace("_", "").casefold()
+
+
+def closest(wrong: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str | None:
+    """The one of `choices` most like `wrong` (difflib, case aside), or None when none is close."""
+    import difflib
+
+    folded = {c.casefold(): c for c in choices}
+    close = difflib.get_close_matches(wrong.casefold(), list(folded), n=1, cutoff=cutoff)
+    return folded[close[0]] if close else None
+
+
+def did_you_mean(wrong: str, choices: Iterable[str]) -> str:
+    """The hint "; did you mean 'x'?" for the closest of `choices` to `wrong`, or ""."""
+    near = closest(wrong, choices)
+    return f"; did you mean '{near}'?" if near else ""
+
+
+def find_model(name: str) -> PrinterModel | None:
+    """The model called `name` or one of its aliases (case, spaces and dashes aside), or None."""
+    wanted = _key(name)
+    if not wanted:
+        return None
+    for key, model in MODELS.items():
+        if _key(key) == wanted:
+            return model
+    target = next((m for alias, m in ALIASES.items() if _key(alias) == wanted), None)
+    return MODELS.get(target) if target else None
+
+
+def check_model(name: str) -> PrinterModel:
+    """The model `name` means; UnknownChoice (with the closest name) when there is none."""
+    model = find_model(name)
+    if model is None:
+        names = {key: key for key in MODELS} | ALIASES  # an alias suggests the model it stands for
+        near = closest(_key(name), names)
+        hint = f"; did you mean '{names[near]}'?" if near else ";"
+        raise UnknownChoice(
+            f"unknown printer model '{name}'{hint} known models: {', '.join(MODELS)} (`farm profiles`)"
+        )
+    return model
+
+
+def check_material(name: str, model: PrinterModel | None = None) -> str:
+    """`name` as the farm spells it ("petg" -> "PETG"); UnknownChoice when no printer (of `model`)
+    can load it. The one rule for `farm submit --material` and `farm printers set --material`."""
+    material = name.strip().upper()
+    choices = model.materials if model else MATERIALS
+    if material not in choices:
+        where = f" for the {model.name}" if model else ""
+        hint = did_you_mean(material, choices)
+        raise UnknownChoice(f"unknown material '{name}'{where}{hint or ';'} choose from {', '.join(choices)}")
+    return material
+
+
+def check_quality(name: str, model: PrinterModel | None = None) -> str:
+    quality = name.strip().lower()
+    choices = model.qualities if model else QUALITIES
+    if quality not in choices:
+        hint = did_you_mean(quality, choices)
+        raise UnknownChoice(f"unknown quality '{name}'{hint or ';'} choose from {', '.join(choices)}")
+    return quality
+
+
+def check_color(name: str) -> str | None:
+    """A filament colour as the farm keeps it: words of letters and digits (also `#`, `+`, `-`, `.`,
+    `/`, `'`), spaces collapsed; "" is none. Matching ignores case. The one rule for
+    `farm submit --color` and `farm printers set --color`."""
+    color = " ".join(name.split())
+    if not color:
+        return None
+    if len(color) > MAX_COLOR_CHARS:
+        raise UnknownChoice(f"a colour name has at most {MAX_COLOR_CHARS} characters, not {len(color)}")
+    bad = sorted({c for c in color if not (c.isalnum() or c in " #+-./'")})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise UnknownChoice(f"colour '{name}' has characters a colour name does not: {shown}")
+    return color

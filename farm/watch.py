@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from rich.console import Console, Group
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -27,51 +29,122 @@ STATE_STYLE = {
 }
 
 
-def bar(progress: float | None) -> str:
+def bar(progress: float | None, width: int = BAR_WIDTH) -> str:
+    """A bar `width` cells long and the percentage; width 0: the percentage only."""
     if progress is None:
         return ""
-    filled = round(BAR_WIDTH * max(0.0, min(progress, 100.0)) / 100)
-    return "█" * filled + "░" * (BAR_WIDTH - filled) + f" {progress:5.1f}%"
+    if not width:
+        return f"{progress:.0f}%"
+    filled = round(width * max(0.0, min(progress, 100.0)) / 100)
+    return "█" * filled + "░" * (width - filled) + f" {progress:5.1f}%"
 
 
-def eta(remaining_s: int | None, now: datetime) -> str:
+def eta(remaining_s: int | None, now: datetime, *, clock: bool = True) -> str:
     if remaining_s is None:
         return ""
     h, rest = divmod(int(remaining_s), 3600)
     left = f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
-    return f"{left} (at {(now + timedelta(seconds=remaining_s)):%H:%M})"
+    return f"{left} (at {(now + timedelta(seconds=remaining_s)):%H:%M})" if clock else left
 
 
-def render(status: dict[str, Any], printers: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> Group:
-    now = datetime.now()
-    by_printer = {j["printer"]: j for j in jobs if j["printer"]}
-    table = Table(title=f"printfarm at {now:%H:%M:%S}", expand=True)
-    # A narrow terminal (or a pipe: 80 columns) squeezes the other columns, never a printer's name.
-    widest = max((len(p["name"]) for p in printers), default=7)
-    for column in ("printer", "model", "state", "job", "progress", "ETA", "message"):
-        table.add_column(
-            column, no_wrap=column != "message", min_width=widest if column == "printer" else None
-        )
-    for p in printers:
-        job = by_printer.get(p["name"])
-        table.add_row(
-            p["name"],
-            p["model"],
-            Text(p["state"], style=STATE_STYLE.get(p["state"], "")),
-            f"{job['id']} {job['source'] or ''}" if job else "",
-            bar(job["progress"] if job else p["progress"]),
-            eta(job["remaining_s"], now) if job else "",
-            p["message"] or "",
-        )
-    queue = ", ".join(f"{state} {n}" for state, n in status["jobs"].items() if n) or "no jobs"
-    builds = ", ".join(f"{stage} {n}" for stage, n in status["builds"].items() if n) or "no builds"
-    return Group(table, Text(f"jobs: {queue}\nbuilds: {builds}"))
+COLUMNS = ("printer", "model", "state", "job", "progress", "ETA", "message")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the table shows: the columns, the progress bar's width (0: the percentage only) and
+    whether an ETA also says the time of day."""
+
+    columns: tuple[str, ...]
+    bar: int = BAR_WIDTH
+    clock: bool = True
+
+
+# Best first. A narrow terminal loses what matters least (the message, then the job, then detail
+# of the bar and the ETA) before any cell is cut: a printer's name, model and state stay whole.
+LAYOUTS = (
+    Layout(COLUMNS),
+    Layout(COLUMNS[:-1]),
+    Layout(COLUMNS[:-1], bar=12),
+    Layout(("printer", "model", "state", "progress", "ETA"), bar=12),
+    Layout(("printer", "model", "state", "progress", "ETA"), bar=12, clock=False),
+    Layout(("printer", "model", "state", "progress", "ETA"), bar=6, clock=False),
+    Layout(("printer", "model", "state", "progress", "ETA"), bar=0, clock=False),
+    Layout(("printer", "model", "state", "progress"), bar=0),
+)
+MESSAGE_MIN = 20  # a message wraps; it needs only this much to be read
+JOB_MAX = 24  # a long file name may be cut, past its id
+
+
+def _cells(layout: Layout, p: dict[str, Any], job: dict[str, Any] | None, now: datetime) -> dict[str, str]:
+    progress = job["progress"] if job else p["progress"]
+    return {
+        "printer": p["name"],
+        "model": p["model"],
+        "state": p["state"],
+        "job": f"{job['id']} {job['source'] or ''}" if job else "",
+        "progress": bar(progress, layout.bar),
+        "ETA": eta(job["remaining_s"], now, clock=layout.clock) if job else "",
+        "message": p["message"] or "",
+    }
+
+
+def _width(layout: Layout, rows: list[dict[str, str]]) -> int:
+    """The table's width in cells: a border, then each column's widest cell, padding and border."""
+    total = 1
+    for column in layout.columns:
+        widest = max([cell_len(column), *(cell_len(r[column]) for r in rows)])
+        if column == "message":
+            widest = min(widest, MESSAGE_MIN)
+        elif column == "job":
+            widest = min(widest, JOB_MAX)
+        total += widest + 3
+    return total
+
+
+def render(status: dict[str, Any], printers: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> Screen:
+    return Screen(status, printers, jobs, datetime.now())
+
+
+@dataclass
+class Screen:
+    """The whole view. It picks its layout when drawn, from the width it is given (a terminal's,
+    however it was resized; a pipe's), the richest of LAYOUTS that fits."""
+
+    status: dict[str, Any]
+    printers: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+    now: datetime
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+        queue = ", ".join(f"{state} {n}" for state, n in self.status["jobs"].items() if n) or "no jobs"
+        builds = ", ".join(f"{stage} {n}" for stage, n in self.status["builds"].items() if n) or "no builds"
+        yield Text(f"jobs: {queue}\nbuilds: {builds}")
+
+    def table(self, width: int) -> Table:
+        by_printer = {j["printer"]: j for j in self.jobs if j["printer"]}
+        for layout in LAYOUTS:
+            rows = [_cells(layout, p, by_printer.get(p["name"]), self.now) for p in self.printers]
+            if _width(layout, rows) <= width:
+                break
+        table = Table(title=f"printfarm at {self.now:%H:%M:%S}", expand=True)
+        widest = {c: max([cell_len(c), *(cell_len(r[c]) for r in rows)]) for c in layout.columns}
+        for column in layout.columns:
+            whole = column in ("printer", "model", "state")  # never cut: the others are squeezed first
+            table.add_column(column, no_wrap=column != "message", min_width=widest[column] if whole else None)
+        for row, p in zip(rows, self.printers, strict=True):
+            cells: list[str | Text] = [row[c] for c in layout.columns]
+            if "state" in layout.columns:
+                cells[layout.columns.index("state")] = Text(p["state"], style=STATE_STYLE.get(p["state"], ""))
+            table.add_row(*cells)
+        return table
 
 
 ACTIVE = ("claimed", "uploading", "printing")
 
 
-def snapshot(client: FarmClient) -> Group:
+def snapshot(client: FarmClient) -> Screen:
     # Only the jobs on printers, each state by itself: however many jobs are queued or done.
     active = [j for state in ACTIVE for j in client.get_all("/api/jobs", state=state)]
     return render(client.get("/api/status"), client.get_all("/api/printers"), active)

@@ -229,7 +229,7 @@ def test_farm_slice_uses_the_cache_and_reports_errors(part: Path, tmp_path: Path
     bad = runner.invoke(
         app, ["slice", str(part), "--printer-model", "ender3", "-o", str(tmp_path / "x.gcode")]
     )
-    assert bad.exit_code == 1 and "unknown printer model 'ender3'" in bad.stderr
+    assert bad.exit_code == 2 and "unknown printer model 'ender3'" in bad.stderr
     assert "Traceback" not in bad.output
 
 

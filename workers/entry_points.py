@@ -46,6 +46,9 @@ class ScriptInfo:
     calls_show: bool = False
     has_result: bool = False
     classes: dict[str, ast.ClassDef] = field(default_factory=dict)  # this file's and imported ones
+    # Every public function the build could see is a top-level `def` here: none is defined under
+    # an `if`/`try`/`with` or a loop, made by exec(), or async. Only then may a name be called unknown.
+    exact: bool = True
 
     def entry_points(self) -> list[Function]:
         """What builds without --artifact may choose from: in a MakerRepo file, its decorated functions."""
@@ -76,7 +79,21 @@ def scan_text(
             info.has_result = True
     info.functions = list(by_name.values())
     info.calls_show = any(_is_show_call(node) for node in ast.walk(tree))
+    info.exact = _functions_are_static(tree)
     return info
+
+
+def _functions_are_static(tree: ast.Module) -> bool:
+    for stmt in tree.body:
+        if isinstance(stmt, ast.AsyncFunctionDef):
+            return False
+        if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+            continue
+        for node in ast.walk(stmt):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                return False
+    dynamic = {"exec", "globals", "setattr", "__import__"}
+    return not any(isinstance(n, ast.Name) and n.id in dynamic for n in ast.walk(tree))
 
 
 def list_entry_points(
@@ -187,6 +204,67 @@ def validate_params(info: ScriptInfo, entry: str | None, params: dict[str, Any])
     except ParamValueError as exc:
         return str(exc)
     return None
+
+
+def unknown_names(info: ScriptInfo, filename: str, entry: str | None, params: dict[str, Any]) -> str | None:
+    """What the build would refuse by name, told at submit time: an `--artifact` the design does
+    not define, or a parameter no function it may build takes (with the closest name, difflib).
+    None when all is known, and whenever the source alone cannot tell (e.g. `**kwargs`, a parameter
+    model with aliases or extras, functions defined at run time). Mirrors cad_child.resolve."""
+    from farm.printer_models import closest
+
+    if not info.exact:
+        return None
+    if entry:
+        name = entry.rpartition(":")[2]
+        target = next((f for f in info.functions if f.name == name), None)
+        if target is None:
+            names = [f.name for f in info.functions]
+            near = closest(name, names)
+            hint = f"; did you mean '{near}'?" if near else ""
+            return f"no entry point '{name}' in {filename}{hint}; available: {', '.join(names) or 'none'}"
+        offered = [target]
+    elif params:
+        offered = info.entry_points()
+    else:
+        return None
+    if not params:
+        return None
+    takes: dict[str, list[str]] = {}
+    for func in offered:
+        names = _param_names(func, info)
+        if names is None:
+            return None
+        takes[func.name] = names
+    known = {n for names in takes.values() for n in names}
+    unknown = [n for n in params if n not in known]
+    if not unknown:
+        return None
+    if not takes:
+        return f"{filename} has no function to pass parameters to, so it takes none: {', '.join(params)}"
+    near = closest(unknown[0], known)
+    hint = f"; did you mean '{near}'?" if near else ""
+    listing = "; ".join(f"{f}() takes {', '.join(n) or 'none'}" for f, n in takes.items())
+    return f"unknown parameter '{unknown[0]}'{hint} ({listing})"
+
+
+def _param_names(func: Function, info: ScriptInfo) -> list[str] | None:
+    """The names `func` takes by keyword, or None when any name may do or the source cannot say."""
+    if func.any_keyword:
+        return None
+    if func.model is None:
+        return [p.name for p in func.params]
+    from workers.param_schema import checkable_model
+
+    try:
+        model = checkable_model(func.model, info.classes)
+    except Exception:  # a model this reader cannot rebuild: the build decides
+        return None
+    if model is None or model.model_config.get("extra") == "allow":
+        return None
+    if any(f.alias or f.validation_alias for f in model.model_fields.values()):
+        return None
+    return list(model.model_fields)
 
 
 def typed_params(

@@ -18,6 +18,15 @@ from farm.api.views import build_view, slice_view
 from farm.gitsource import BadGitSource, check_commit, check_ref, check_url
 from farm.models import Artifact, Build, Job, Printer, Slice, Token
 from farm.names import UnsafeName, check_entry_path, safe_name
+from farm.printer_models import (
+    UnknownChoice,
+    check_color,
+    check_material,
+    check_model,
+    check_quality,
+    closest,
+    get_model,
+)
 from farm.queue import send
 from farm.store import TooLarge
 from workers.slicer import SliceError, check_overrides, print_options
@@ -149,15 +158,28 @@ async def submit(
         raise HTTPException(422, str(exc)) from exc
     if opts.per_plate > 1 and pipeline.source_kind(name) == "gcode":
         raise HTTPException(422, "a ready G-code cannot be rearranged: --per-plate needs a design or a mesh")
+    # What no printer could ever take is refused now, by the rules `farm printers set` uses.
+    try:
+        model = check_model(opts.printer_model) if opts.printer_model else None
+        opts.material = check_material(opts.material, model)
+        opts.quality = check_quality(opts.quality, model)
+        opts.color = check_color(opts.color) if opts.color is not None else None
+    except UnknownChoice as exc:
+        raise HTTPException(422, str(exc)) from None
     if opts.printer:  # pinned: slice only for that printer's model
         pinned = session.get(Printer, opts.printer)
         if pinned is None:
-            raise HTTPException(422, f"no printer '{opts.printer}'; `farm printers` lists them")
-        if opts.printer_model and opts.printer_model.upper() != pinned.model.upper():
+            near = closest(opts.printer, session.exec(select(Printer.name)).all())
+            hint = f"; did you mean '{near}'?" if near else ";"
+            raise HTTPException(422, f"no printer '{opts.printer}'{hint} `farm printers` lists them")
+        pinned_model = get_model(pinned.model)
+        if model and model != pinned_model:
             raise HTTPException(
                 422, f"printer '{pinned.name}' is a {pinned.model}, not a {opts.printer_model}"
             )
-        opts.printer_model = pinned.model
+        opts.printer_model = pinned_model.name if pinned_model else pinned.model
+    elif model:
+        opts.printer_model = model.name
 
     async def chunks():  # type: ignore[no-untyped-def]
         while chunk := await file.read(1 << 20):
@@ -172,7 +194,9 @@ async def submit(
     if pipeline.source_kind(name) == "cad":
         # Read, never run: a customizable's parameters are checked against its model here.
         try:
-            opts.params = check_cad_source(farm.store.path(sha), entry_file, opts.entry, opts.params)
+            opts.params = check_cad_source(
+                farm.store.path(sha), entry_file, opts.entry, opts.params, name=name
+            )
         except SourceProblem as exc:
             raise HTTPException(422, str(exc)) from None
     if session.get(Artifact, sha) is None:

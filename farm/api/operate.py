@@ -13,7 +13,7 @@ from farm.api.deps import FarmDep, PrinterPath, RowId, SessionDep, require
 from farm.api.errors import AUTH, errors
 from farm.api.views import job_view, printer_view
 from farm.models import Job, Printer, Token
-from farm.printer_models import MATERIALS
+from farm.printer_models import MATERIALS, UnknownChoice, check_color, check_material, get_model
 from farm.states import InvalidMove
 
 router = APIRouter(prefix="/api", tags=["operate"], responses=AUTH)
@@ -106,15 +106,13 @@ def remove_printer(name: PrinterPath, session: SessionDep) -> dict:
 @router.patch("/printers/{name}", dependencies=[Depends(require())], responses=errors(404, 422))
 def set_printer(name: PrinterPath, body: PrinterSettings, session: SessionDep) -> dict:
     printer = _printer(session, name)
-    if body.material is not None:
-        material = body.material.upper()
-        if material not in MATERIALS:
-            raise HTTPException(
-                422, f"unknown material '{body.material}'; choose from {', '.join(MATERIALS)}"
-            )
-        printer.material = material
-    if body.color is not None:
-        printer.color = body.color or None
+    try:  # the rules `farm submit` checks a job's material and colour by
+        if body.material is not None:
+            printer.material = check_material(body.material, get_model(printer.model))
+        if body.color is not None:
+            printer.color = check_color(body.color)
+    except UnknownChoice as exc:
+        raise HTTPException(422, str(exc)) from None
     if body.nozzle is not None:
         printer.nozzle = round(body.nozzle, 2)
     if body.tags is not None:

@@ -14,7 +14,13 @@ class SourceProblem(ValueError):
 
 
 def check_cad_source(
-    stored: Path, entry_file: str | None, entry: str | None, params: dict[str, Any], *, validate: bool = True
+    stored: Path,
+    entry_file: str | None,
+    entry: str | None,
+    params: dict[str, Any],
+    *,
+    validate: bool = True,
+    name: str = "the design",
 ) -> dict[str, Any]:
     """The submission's parameters, typed as its entry function declares; raises SourceProblem.
 
@@ -25,7 +31,7 @@ def check_cad_source(
     A syntax error is not reported here: the build reports it with its line. validate=False:
     the parameter model's checks are left to the build (which has the real model).
     """
-    from workers.entry_points import scan_text, typed_params
+    from workers.entry_points import scan_text, typed_params, unknown_names
     from workers.param_values import ParamValueError
 
     if entry_file is None:
@@ -51,6 +57,8 @@ def check_cad_source(
         )
     except (SyntaxError, ValueError, RecursionError):
         return params
+    if problem := unknown_names(info, module_path or name, entry, params):
+        raise SourceProblem(problem)
     try:
         return typed_params(info, entry, params, validate=validate)
     except ParamValueError as exc:

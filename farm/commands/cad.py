@@ -8,7 +8,6 @@ agent that has neither build123d nor the workers package's dependencies.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -108,7 +107,10 @@ def build(
         _die(str(exc))
     finally:
         runner.close()
-    files = _deliver(result, output, path.stem)
+    try:
+        files = _deliver(result, output, path.stem)
+    except OSError as exc:
+        _die(f"cannot write the outputs to {output}: {exc}")
     _report(result, files, hit, time.monotonic() - started, as_json)
 
 
@@ -172,14 +174,14 @@ def _scratch_dir() -> tempfile.TemporaryDirectory[str]:
 
 def _deliver(result: CadResult, output: Path, stem: str) -> dict[str, Path]:
     """Copy the outputs to `output` as <stem>.stl, .3mf, .png and (when built) .step."""
-    output.mkdir(parents=True, exist_ok=True)
+    from farm.commands.atomic import copy_into_place
+
     wanted = {"stl": result.stl, "threemf": result.threemf, "preview": result.preview, "step": result.step}
     suffixes = {"stl": ".stl", "threemf": ".3mf", "preview": ".png", "step": ".step"}
-    files = {}
-    for kind, source in wanted.items():
-        if source is not None:
-            files[kind] = output / f"{stem}{suffixes[kind]}"
-            shutil.copyfile(source, files[kind])
+    sources = {kind: source for kind, source in wanted.items() if source is not None}
+    files = {kind: output / f"{stem}{suffixes[kind]}" for kind in sources}
+    # All or nothing: a copy that fails (a full disk) leaves every file of an earlier build as it was.
+    copy_into_place({Path(sources[kind]): path for kind, path in files.items()}, output)
     return files
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -12,9 +13,9 @@ import typer
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 
 
-def _die(message: str) -> None:
+def _die(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def default_cache_dir() -> Path:
@@ -69,13 +70,17 @@ def slice_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Slice a mesh locally, with the same profiles and cache as the farm's workers."""
-    from farm.printer_models import get_model
+    from farm.commands.atomic import publish, staging
+    from farm.printer_models import UnknownChoice, check_material, check_model, check_quality
     from workers.slice_cache import SliceCache
-    from workers.slicer import CopiesDontFit, SliceError, print_options, slice_mesh
+    from workers.slicer import CopiesDontFit, SliceError, output_paths, print_options, slice_mesh
 
-    model = get_model(printer_model)
-    if model is None:
-        _die(f"unknown printer model '{printer_model}'; `farm profiles` lists them")
+    try:  # the rules `farm submit` and `farm printers set` check these by
+        model = check_model(printer_model)
+        material = check_material(material, model)
+        quality = check_quality(quality, model)
+    except UnknownChoice as exc:
+        _die(str(exc), 2)
         return
     try:
         overrides = print_options(infill=infill, supports=supports, brim=brim)
@@ -84,17 +89,23 @@ def slice_command(
         return
     overrides |= parse_settings(setting)
     cache = None if no_cache else SliceCache(cache_dir or default_cache_dir())
+    plain, send = output_paths(output, model)
     try:
-        result = slice_mesh(
-            mesh,
-            model,
-            output,
-            material=material,
-            quality=quality,
-            overrides=overrides,
-            copies=copies,
-            cache=cache,
-        )
+        # Sliced beside the output, then renamed onto it: a slice that fails leaves the old file.
+        with staging(send.parent) as stage:
+            result = slice_mesh(
+                mesh,
+                model,
+                stage / output.name,
+                material=material,
+                quality=quality,
+                overrides=overrides,
+                copies=copies,
+                cache=cache,
+            )
+            staged_plain = result.plain_gcode or result.gcode
+            publish({staged_plain: plain, result.gcode: send} if send != plain else {result.gcode: send})
+        result = dataclasses.replace(result, gcode=send, plain_gcode=plain)
     except CopiesDontFit as exc:
         if json_out:  # scripts (and the coordinator) get the split as data
             typer.echo(json.dumps({"error": str(exc), "per_plate": exc.per_plate, "plates": exc.plates}))
