@@ -125,9 +125,12 @@ def test_farm_up_takes_its_parts_with_it_and_starts_again(how: str, tmp_path: Pa
     with stopped_at_end(first, parts):
         state = wait_up(first, data)
         wait_until(lambda: healthy(state["url"]), 60, "the coordinator")
+        # The worker's CAD fork server, a grandchild of farm up, must go too.
+        worker = state["children"]["worker"]
+        wait_until(lambda: descendants(worker), 120, "the worker's CAD fork server")
         parts |= descendants(first.pid) | set(state["children"].values())
-        # The coordinator, Valkey, the worker (and its CAD fork server), an emulator and its agent.
-        assert len(parts) >= 4, parts
+        # The coordinator, Valkey, the worker and its CAD fork server, an emulator and its agent.
+        assert len(parts) >= 6, parts
         ports = farm_ports(state)
         wait_until(lambda: not any(port_free(p) for p in ports), 60, "every part to listen")
 
