@@ -92,7 +92,8 @@ def up(
 ) -> None:
     """Run a whole farm on this machine: coordinator, Redis, CAD and slicing workers, printers.
 
-    Everything runs in the foreground; Ctrl-C stops all of it.
+    Everything runs in the foreground; Ctrl-C stops all of it. The parts stop with it however it
+    ends (kill -9 included), and a `farm up` after a killed one stops whatever that one left.
     """
     extras.require("up", "server", "worker")
     from farm.up import run_farm

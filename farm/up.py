@@ -10,11 +10,12 @@ each stops as it does on Ctrl-C; what each part starts in turn dies with it (the
 server and builds have their own PR_SET_PDEATHSIG). Valkey runs in the foreground as one of the
 parts, not as a daemon, so it is covered too. Each part leads a process group of its own.
 
-farm-up.pids.json records each part's pid and start time as it starts. Should any part have
-outlived a killed `farm up` after all (one that ignores SIGTERM, or on a system without
-PR_SET_PDEATHSIG), the next `farm up` on that data dir says so and stops its whole process group
-(SIGTERM, then SIGKILL) before it starts: the data dir's lock proves the farm up that started
-them is gone. The start time makes sure a pid since given to another process is left alone.
+farm-up.pids.json records each part's pid and start time as it starts. Should any part, or what
+a part started, have outlived a killed `farm up` after all (a part that ignores SIGTERM, a
+slicer whose worker was SIGKILLed, a system without PR_SET_PDEATHSIG), the next `farm up` on that
+data dir says so and stops the part's whole process group (SIGTERM, then SIGKILL after 5 s) before
+it starts: the data dir's lock proves the farm up that started them is gone. The start time makes
+sure a pid since given to another process is left alone.
 """
 
 from __future__ import annotations
@@ -111,6 +112,24 @@ def started_at(pid: int) -> int | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def group_members(pgid: int, since: int) -> list[int]:
+    """Processes of process group `pgid` started no earlier than `since` (clock ticks after boot):
+    what a group leader started and left behind when it died. A pid stays taken while a group
+    bears its number, so these can only be that leader's."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X") and int(fields[19]) >= since:
+            members.append(int(entry.name))
+    return members
 
 
 def _group_alive(pgid: int) -> bool:
@@ -267,8 +286,13 @@ class Farm:
             return
         survivors: dict[str, int] = {}
         for name, (pid, started) in record.get("children", {}).items():
-            if started is not None and started_at(pid) == started:
+            if started is None:
+                continue
+            now = started_at(pid)
+            if now == started:
                 survivors[f"{name} (pid {pid})"] = pid
+            elif now is None and group_members(pid, started):  # it died; what it started did not
+                survivors[f"what {name} (pid {pid}) started"] = pid
         if survivors:
             log.warning(
                 "the last farm up on %s (pid %s) was killed and left %s running; stopping %s",

@@ -160,33 +160,57 @@ def test_farm_up_takes_its_parts_with_it_and_starts_again(how: str, tmp_path: Pa
     assert second.returncode == 0, (data / "farm-up.out").read_text()[-3000:]
 
 
+def _started(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
 def test_a_second_farm_up_stops_what_a_killed_one_left_running(tmp_path: Path) -> None:
-    """Should a part outlive its `farm up` (it ignored the signal), the next `farm up` on that data
-    dir says so and stops it, rather than running beside it."""
+    """Should a part outlive its `farm up` (it ignored the signal), or something a part started
+    outlive both, the next `farm up` on that data dir says so and stops it rather than running
+    beside it; a process that merely got a recorded pid again is left alone."""
     data, port = tmp_path / "farm", free_port()
     data.mkdir()
-    stubborn = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
-        ],
+    ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    stubborn = subprocess.Popen([sys.executable, "-c", ignore_term], start_new_session=True)
+    # A part that died, leaving what it started (its process group) running.
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 600 & echo $!; sleep 1"],
         start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    innocent = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    assert leader.stdout is not None
+    orphan = int(leader.stdout.readline())
     try:
-        # What a farm up killed at this moment leaves: its record of its parts, naming this one (by
-        # pid and start time, so that a pid used again by an unrelated process is left alone).
-        started = Path(f"/proc/{stubborn.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        record = {"pid": 999_999_999, "children": {"worker": [stubborn.pid, int(started)]}}
+        # What a farm up killed at this moment leaves: its record of its parts, each by pid and
+        # start time. The innocent process has a pid the record names, but started at another time.
+        record = {
+            "pid": 999_999_999,
+            "children": {
+                "worker": [stubborn.pid, _started(stubborn.pid)],
+                "agent-sim-mini-1": [leader.pid, _started(leader.pid)],
+                "coordinator": [innocent.pid, _started(innocent.pid) - 1],
+            },
+        }
+        leader.wait(10)
+        assert alive(orphan)
         (data / "farm-up.pids.json").write_text(json.dumps(record))
         (data / "farm-up.json").write_text(json.dumps({"pid": 999_999_999, "url": "stale", "printers": []}))
         farm = start_farm(data, port, sim="0")
         with stopped_at_end(farm, set()):
             wait_up(farm, data)
             wait_until(lambda: stubborn.poll() is not None, 15, "the left-over part to be stopped")
+            wait_until(lambda: not alive(orphan), 15, "what a dead part started to be stopped")
+            assert innocent.poll() is None, "farm up stopped a process that only had a recorded pid"
         out = (data / "farm-up.out").read_text()
-        assert f"worker (pid {stubborn.pid})" in out, out
+        assert f"left worker (pid {stubborn.pid}), what agent-sim-mini-1 (pid {leader.pid}) started" in out, (
+            out
+        )
+        assert "coordinator" not in out.split("stopping them")[0], out
     finally:
-        if stubborn.poll() is None:
-            stubborn.kill()
-        stubborn.wait()
+        for proc in (stubborn, innocent):
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)
