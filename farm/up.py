@@ -6,8 +6,9 @@ The parts are the same commands a larger farm runs on separate machines (`farm s
 The parts die with `farm up` however it dies. Ctrl-C or SIGTERM stops them in order (agents first,
 Valkey last). Should `farm up` itself be killed (kill -9, or a service manager's SIGKILL after its
 SIGTERM), Linux sends each part SIGTERM (PR_SET_PDEATHSIG, set in the child before it runs), and
-each stops as it does on Ctrl-C; what each part starts in turn dies with it (the worker's CAD fork
-server and builds have their own PR_SET_PDEATHSIG). Valkey runs in the foreground as one of the
+each stops as it does on Ctrl-C; all but the worker, which gets SIGKILL (it would wait up to 10 s
+for a build to finish). What each part starts in turn dies with it (the worker's CAD fork server
+and builds have their own PR_SET_PDEATHSIG). Valkey runs in the foreground as one of the
 parts, not as a daemon, so it is covered too. Each part leads a process group of its own.
 
 farm-up.pids.json records each part's pid and start time as it starts. Should any part, or what
@@ -75,8 +76,8 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
-def _die_with(parent: int) -> Callable[[], None] | None:
-    """A preexec hook: the child gets SIGTERM when `parent` dies, however it dies.
+def _die_with(parent: int, sig: int) -> Callable[[], None] | None:
+    """A preexec hook: the child gets `sig` when `parent` dies, however it dies.
 
     The signal is tied to the thread that starts the child; `farm up` starts every part from its
     main thread, which lives as long as the process. Should the parent have died between the fork
@@ -87,7 +88,7 @@ def _die_with(parent: int) -> Callable[[], None] | None:
     prctl = _libc.prctl  # looked up here: the hook runs between fork and exec, and does no more than it must
 
     def hook() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(PR_SET_PDEATHSIG, sig)
         if os.getppid() != parent:
             os._exit(1)
 
@@ -164,6 +165,9 @@ class Child:
     env: dict[str, str]
     log_dir: Path
     proc: subprocess.Popen[str] | None = None
+    # What it gets should `farm up` die: SIGTERM stops it as Ctrl-C does (Valkey saves the queue,
+    # the coordinator answers what it is answering).
+    death_signal: int = signal.SIGTERM
     restarts: int = 0
     _pump: threading.Thread | None = field(default=None, repr=False)
 
@@ -177,7 +181,7 @@ class Child:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
-            preexec_fn=_die_with(os.getpid()),
+            preexec_fn=_die_with(os.getpid(), self.death_signal),
         )
         self._pump = threading.Thread(target=self._copy_output, args=(self.proc.stdout,), daemon=True)
         self._pump.start()
@@ -253,15 +257,17 @@ class Farm:
             time.sleep(0.05)
         return f"redis://127.0.0.1:{port}/0"
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
-        c = Child(name, argv, env, self.data / "logs")
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str], death_signal: int = signal.SIGTERM
+    ) -> Child:
+        c = Child(name, argv, env, self.data / "logs", death_signal=death_signal)
         c.start()
         self.children.append(c)
         self.record_pids()
         return c
 
-    def child(self, name: str, *args: str, env: dict[str, str]) -> Child:
-        return self.spawn(name, [sys.executable, "-m", "farm", *args], env)
+    def child(self, name: str, *args: str, env: dict[str, str], death_signal: int = signal.SIGTERM) -> Child:
+        return self.spawn(name, [sys.executable, "-m", "farm", *args], env, death_signal)
 
     # -- what a killed farm up leaves -----------------------------------------------------------
     @property
@@ -356,7 +362,10 @@ class Farm:
         self.child("coordinator", "server", env=env)
         self.wait_healthy(url)
         worker_token = self.issue_token(token, "worker-farm-up", "worker")
-        self.child("worker", "worker", env={**env, "FARM_TOKEN": worker_token})
+        # SIGKILL, should farm up die: on SIGTERM a worker waits up to 10 s for a build to finish, for
+        # a farm that is gone. Its builds die with it (PR_SET_PDEATHSIG of their own), and their
+        # messages, never acknowledged, go to the next worker.
+        self.child("worker", "worker", env={**env, "FARM_TOKEN": worker_token}, death_signal=signal.SIGKILL)
         counts: dict[str, int] = {}
         for protocol in self.sims:
             counts[protocol] = counts.get(protocol, 0) + 1

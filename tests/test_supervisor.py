@@ -117,6 +117,15 @@ def stopped_at_end(proc: subprocess.Popen[bytes], parts: set[int]) -> Iterator[N
                     os.kill(pid, signal.SIGKILL)
 
 
+SLOW_DESIGN = """
+import time
+from build123d import Box
+
+time.sleep(300)
+result = Box(10, 10, 10)
+"""
+
+
 @pytest.mark.parametrize("how", ["kill -9", "SIGTERM, SIGKILL 1 s later"])
 def test_farm_up_takes_its_parts_with_it_and_starts_again(how: str, tmp_path: Path) -> None:
     data, port = tmp_path / "farm", free_port()
@@ -125,14 +134,25 @@ def test_farm_up_takes_its_parts_with_it_and_starts_again(how: str, tmp_path: Pa
     with stopped_at_end(first, parts):
         state = wait_up(first, data)
         wait_until(lambda: healthy(state["url"]), 60, "the coordinator")
-        # The worker's CAD fork server, a grandchild of farm up, must go too.
-        worker = state["children"]["worker"]
-        wait_until(lambda: descendants(worker), 120, "the worker's CAD fork server")
-        parts |= descendants(first.pid) | set(state["children"].values())
-        # The coordinator, Valkey, the worker and its CAD fork server, an emulator and its agent.
-        assert len(parts) >= 6, parts
         ports = farm_ports(state)
         wait_until(lambda: not any(port_free(p) for p in ports), 60, "every part to listen")
+        # A build in progress: the worker is busy (slow to stop) and its CAD fork server has a
+        # child of its own, a great-grandchild of farm up. They must go too.
+        (tmp_path / "slow.py").write_text(SLOW_DESIGN)
+        env = {**os.environ, "FARM_URL": state["url"], "FARM_DATA_DIR": str(data)}
+        env.pop("FARM_TOKEN", None)
+        submit = [sys.executable, "-m", "farm", "submit", str(tmp_path / "slow.py"), "--no-project"]
+        done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        worker = state["children"]["worker"]
+        wait_until(
+            lambda: any(descendants(p) for p in descendants(worker)),
+            120,
+            "the fork server to start the build",
+        )
+        parts |= descendants(first.pid) | set(state["children"].values())
+        # Valkey, the coordinator, the worker, its CAD fork server and the build, an emulator, an agent.
+        assert len(parts) >= 7, parts
 
         if how == "kill -9":
             first.kill()
