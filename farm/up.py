@@ -134,13 +134,7 @@ def group_members(pgid: int, since: int) -> list[int]:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(group_members(pgid, 0))  # not killpg(pgid, 0): a zombie nobody reaps is no longer running
 
 
 def stop_groups(groups: dict[str, int], grace: float = 5.0) -> None:
@@ -301,7 +295,7 @@ class Farm:
                 survivors[f"what {name} (pid {pid}) started"] = pid
         if survivors:
             log.warning(
-                "the last farm up on %s (pid %s) was killed and left %s running; stopping %s",
+                "the last farm up on %s (pid %s) ended without stopping %s; stopping %s now",
                 self.data,
                 record.get("pid"),
                 ", ".join(survivors),

@@ -224,9 +224,10 @@ def test_a_second_farm_up_stops_what_a_killed_one_left_running(tmp_path: Path) -
             wait_until(lambda: not alive(orphan), 15, "what a dead part started to be stopped")
             assert innocent.poll() is None, "farm up stopped a process that only had a recorded pid"
         out = (data / "farm-up.out").read_text()
-        assert f"left worker (pid {stubborn.pid}), what agent-sim-mini-1 (pid {leader.pid}) started" in out, (
-            out
-        )
+        assert (
+            f"without stopping worker (pid {stubborn.pid}), what agent-sim-mini-1 (pid {leader.pid}) started;"
+            in out
+        ), out
         assert "coordinator" not in out.split("stopping them")[0], out
     finally:
         for proc in (stubborn, innocent):
