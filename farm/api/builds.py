@@ -13,7 +13,6 @@ from farm import pipeline, tags
 from farm.api.deps import Farm, FarmDep, RowId, SessionDep, require
 from farm.api.errors import AUTH, errors
 from farm.api.paging import Cursor, Limit, after_id, page, paged
-from farm.api.sources import SourceProblem, check_cad_source
 from farm.api.views import build_view, slice_view
 from farm.gitsource import BadGitSource, check_commit, check_ref, check_url
 from farm.models import Artifact, Build, Job, Printer, Slice, Token
@@ -28,6 +27,7 @@ from farm.printer_models import (
     get_model,
 )
 from farm.queue import send
+from farm.sources import SourceProblem, check_cad_source
 from farm.store import TooLarge
 from workers.slicer import SliceError, check_overrides, print_options
 

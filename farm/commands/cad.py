@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from farm import extras
+
 if TYPE_CHECKING:
     from workers.cad_runner import CadResult
 
@@ -59,10 +61,11 @@ def build(
     A script inside a project is built as the farm builds it: the project packed (minus what
     .gitignore excludes) and its requirements installed into a cached environment.
     """
-    from farm.api.sources import SourceProblem, check_cad_source
+    extras.require("build", "worker")
     from farm.commands.params import ParamError, combine
     from farm.project import ProjectError, pack_file
     from farm.settings import get_settings
+    from farm.sources import SourceProblem, check_cad_source
     from workers.cad_cache import CadCache, cached_build
     from workers.cad_runner import CadError, CadRequest, CadRunner
     from workers.sandbox import Policy, Unavailable
