@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… accepted
     db_agent_connections: int = 4  # PostgreSQL: connections per server process for agents' calls (x2)
     max_upload_mb: int = 512
+    # `farm up`'s simulated PrusaLink printers take uploads this fast (kB/s), as a real MINI's ~300;
+    # None: as fast as loopback goes. The chaos test slows them to kill an agent mid-upload.
+    sim_upload_kbps: float | None = None
     lease_s: float = 60.0  # how long a claim stays valid without a heartbeat
     job_attempts: int = 2  # prints per job before it stays failed (`submit --attempts` overrides)
     retry_backoff_s: float = 30.0  # wait before a failed job is offered again; doubles per attempt

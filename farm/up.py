@@ -72,6 +72,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+RESTART_LIMIT, RESTART_WINDOW_S = 5, 60.0  # more exits than this within the window: a crash loop
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
@@ -163,6 +164,7 @@ class Child:
     # the coordinator answers what it is answering).
     death_signal: int = signal.SIGTERM
     restarts: int = 0
+    exits: list[float] = field(default_factory=list, repr=False)  # monotonic times of recent exits
     _pump: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -395,6 +397,8 @@ class Farm:
         auth: dict[str, Any]
         if protocol == "prusalink":
             args += ["--port", str(port), "--password", secret, "--model", model]
+            if self.settings.sim_upload_kbps:
+                args += ["--upload-kbps", str(self.settings.sim_upload_kbps)]
             auth = {"password": secret}
         elif protocol == "bambu":
             ftps, serial, code = free_port(), f"01S00A{i + 1:09d}", secret[-8:].rjust(8, "0")
@@ -472,12 +476,20 @@ class Farm:
         tmp.replace(self.data / "farm-up.json")
 
     def supervise(self, stop: threading.Event) -> None:
-        """Restart a part that died (up to 5 times), so one crash does not take the farm down."""
+        """Restart a part that died, so one crash does not take the farm down; a part that exits
+        more than RESTART_LIMIT times within RESTART_WINDOW_S is crash-looping, and the farm stops. A farm
+        that runs for weeks may lose a part now and then (the OOM killer, an operator's kill -9)
+        and still be restarted every time."""
         while not stop.wait(1.0):
             for c in self.children:
                 if c.proc is not None and c.proc.poll() is not None:
-                    if c.restarts >= 5:
-                        raise RuntimeError(f"{c.name} keeps exiting (code {c.proc.returncode}); see its log")
+                    now = time.monotonic()
+                    c.exits = [t for t in c.exits if now - t < RESTART_WINDOW_S] + [now]
+                    if len(c.exits) > RESTART_LIMIT:
+                        raise RuntimeError(
+                            f"{c.name} keeps exiting ({len(c.exits)} times in {RESTART_WINDOW_S:.0f} s, "
+                            f"code {c.proc.returncode}); see its log"
+                        )
                     c.restarts += 1
                     log.warning("%s exited with code %s; restarting it", c.name, c.proc.returncode)
                     c.start()

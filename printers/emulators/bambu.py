@@ -39,7 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from printers.emulators.common import FALLBACK_PRINT_S, LOCAL_PRINT_NAME, FaultSwitches, parse_duration
+from printers.emulators.common import (
+    FALLBACK_PRINT_S,
+    LOCAL_PRINT_NAME,
+    FaultSwitches,
+    parse_duration,
+    record_print,
+)
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +243,7 @@ class Printer:
                 started=time.monotonic(),
             )
             self._next_task += 1
+            record_print(self.root, name)
 
     def pause(self) -> None:
         with self._lock:

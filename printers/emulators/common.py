@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 import logging
 import re
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -66,6 +68,26 @@ def inspect_gcode(path: Path) -> GcodeFacts:
 
 
 LOCAL_PRINT_NAME = "started-at-the-printer.gcode"
+PRINT_LOG = ".prints.jsonl"  # in the storage folder; listings skip dot files
+_print_log_lock = threading.Lock()
+
+
+def record_print(root: Path, name: str) -> None:
+    """Append a print the farm started to `<storage>/.prints.jsonl`, one JSON object a line, written
+    through at once: the print history a real printer keeps, readable by another process (the
+    chaos test counts each job's prints in it to catch a double print)."""
+    line = json.dumps({"file": name, "at": time.time()}) + "\n"
+    with _print_log_lock, (root / PRINT_LOG).open("a") as f:
+        f.write(line)
+
+
+def read_print_log(root: Path) -> list[dict[str, Any]]:
+    """Every print `record_print` logged in this storage folder, oldest first."""
+    try:
+        lines = (root / PRINT_LOG).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 class FaultSwitches(abc.ABC):

@@ -24,6 +24,7 @@ from printers.emulators.common import (
     FaultSwitches,
     UploadCutter,
     inspect_gcode,
+    record_print,
 )
 from printers.emulators.octoprint import (
     HttpError,
@@ -108,6 +109,7 @@ class Klipper:
                 state="printing",
                 running_since=time.monotonic(),
             )
+            record_print(self.root, rel)
 
     def macro(self, name: str) -> None:
         """PAUSE / RESUME / CANCEL_PRINT; like Klipper's, they only log when there is nothing to do."""

@@ -35,6 +35,7 @@ from printers.emulators.common import (
     FaultSwitches,
     UploadCutter,
     inspect_gcode,
+    record_print,
 )
 
 log = logging.getLogger(__name__)
@@ -344,6 +345,7 @@ class Printer:
                 bed_c=facts.bed_c,
                 running_since=time.monotonic(),
             )
+            record_print(self.root, rel)
 
     def job_command(self, command: str, action: str | None) -> None:
         with self._lock:

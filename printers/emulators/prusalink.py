@@ -39,6 +39,7 @@ from printers.emulators.common import (
     FaultSwitches,
     UploadCutter,
     inspect_gcode,
+    record_print,
 )
 from printers.emulators.common import (
     parse_duration as parse_duration,  # re-export until bambu.py imports common
@@ -245,6 +246,7 @@ class Printer:
                 self._job.run(now)
             # The print history a real printer keeps; tests count starts in it to catch double prints.
             self.history.append(rel)
+            record_print(self.root, rel)
             log.info("job %d %s: %s", self._job.id, "waits for attention" if mismatch else "started", rel)
 
     def job_command(self, raw_id: str, command: str) -> None:
