@@ -62,7 +62,7 @@ TERMINAL_JOBS = ("done", "failed", "cancelled")
 CHAOS_ENV = {
     "FARM_WORK_LEASE_S": "6",
     "FARM_WORK_HEARTBEAT_S": "1",
-    "FARM_WORK_RESEND_S": "12",
+    "FARM_WORK_RESEND_S": "20",
     "FARM_LEASE_S": "15",
     "FARM_RETRY_BACKOFF_S": "1",
     "FARM_JOB_ATTEMPTS": "3",
