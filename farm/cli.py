@@ -488,10 +488,10 @@ def submit(
 
 
 def _check_param_sets(upload: Path, options: dict[str, Any], param_sets: list[dict[str, Any]]) -> None:
-    """Each parameter set checked as the coordinator will check it (farm/api/sources.py), before
+    """Each parameter set checked as the coordinator will check it (farm/sources.py), before
     any is sent: otherwise the builds before a bad one would be queued and the rest refused."""
-    from farm.api.sources import SourceProblem, check_cad_source
     from farm.pipeline import source_kind
+    from farm.sources import SourceProblem, check_cad_source
 
     entry_file = options.get("entry_file")
     if source_kind(entry_file or upload.name) != "cad":
