@@ -48,12 +48,15 @@ def printer(farm: RunningFarm, name: str) -> dict | None:
 def write_config(
     path: Path, *, url: str, name: str, printer_port: int, token: str | None, **extra: str
 ) -> Path:
-    printer_table = {"name": name, "model": "MINI", "driver": "prusalink", "password": PASSWORD, **extra}
-    if "host" not in extra:
-        printer_table["host"] = f"127.0.0.1:{printer_port}"  # the `host:port` form (finding 6)
+    printer_table = {"name": name, "model": "MINI", "driver": "prusalink", "password": PASSWORD}
+    printer_table |= {"host": "127.0.0.1", "port": printer_port, **extra}
     lines = ["poll_s = 0.5", f'spool_dir = "{path.parent / "spool"}"', "", "[coordinator]", f'url = "{url}"']
     lines += [f'token = "{token}"'] if token else []
-    lines += ["", "[printer]", *(f'{k} = "{v}"' for k, v in printer_table.items())]
+    lines += [
+        "",
+        "[printer]",
+        *(f"{k} = {v!r}" if k == "port" else f'{k} = "{v}"' for k, v in printer_table.items()),
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -134,9 +137,10 @@ def test_a_print_finished_before_the_agent_started_keeps_the_bed(
     quiet_farm: RunningFarm, emulator: PrusaLinkEmulator, tmp_path: Path
 ) -> None:
     finish_a_print_on(emulator, tmp_path)
+    token = (quiet_farm.data_dir / "admin.token").read_text().strip()
     config = write_config(
-        tmp_path / "agent.toml", url=quiet_farm.url, name="late-1", printer_port=emulator.port, token=None
-    )  # no token: the admin token in the data dir, as on the coordinator's machine
+        tmp_path / "agent.toml", url=quiet_farm.url, name="late-1", printer_port=emulator.port, token=token
+    )
     agent = agent_process(quiet_farm, config, tmp_path / "agent.log")
     try:
         found = wait_until(lambda: printer(quiet_farm, "late-1"), 30, "the agent to register")
@@ -246,7 +250,7 @@ def run_agent_cli(config: Path, env: dict[str, str]) -> subprocess.CompletedProc
     [
         ({"model": "Ender-3"}, "model = 'Ender-3' is not a model the farm slices for"),
         ({"host": "http://[http://127.0.0.1]"}, "[printer] host = 'http://[http://127.0.0.1]'"),
-        ({"host": "127.0.0.1", "port": "http"}, "[printer] port: Input should be a valid integer"),
+        ({"port": "http"}, "[printer] port: Input should be a valid integer"),
     ],
 )
 def test_config_mistakes_are_one_line_at_start(extra: dict[str, str], says: str, tmp_path: Path) -> None:
@@ -261,7 +265,7 @@ def test_config_mistakes_are_one_line_at_start(extra: dict[str, str], says: str,
         assert "MINI" in done.stderr and "'MINI+' for MINI" in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("where", ["agent.toml", "FARM_TOKEN"])
+@pytest.mark.parametrize("where", ["agent.toml", "FARM_TOKEN", "data dir"])
 def test_a_wrong_token_names_where_it_came_from(
     quiet_farm: RunningFarm, emulator: PrusaLinkEmulator, tmp_path: Path, where: str
 ) -> None:
@@ -269,15 +273,20 @@ def test_a_wrong_token_names_where_it_came_from(
     config = write_config(
         tmp_path / "agent.toml", url=quiet_farm.url, name="m", printer_port=emulator.port, token=in_file
     )
-    env = {**quiet_farm.env, **({"FARM_TOKEN": "pf_wrong"} if where == "FARM_TOKEN" else {})}
+    env = {**quiet_farm.env, "FARM_DATA_DIR": str(tmp_path)}
+    if where == "FARM_TOKEN":
+        env["FARM_TOKEN"] = "pf_wrong"
+    (tmp_path / "admin.token").write_text("pf_wrong_admin\n")  # what the data dir holds
     done = run_agent_cli(config, env)
     assert done.returncode == 2, done
     line = done.stderr.strip().splitlines()[-1]
     assert "refused the token" in line and "Traceback" not in done.stderr, done.stderr
     if where == "agent.toml":
         assert str(config) in line and "FARM_TOKEN" not in line, line
+    elif where == "FARM_TOKEN":
+        assert "FARM_TOKEN" in line and "admin.token" not in line, line
     else:
-        assert "FARM_TOKEN" in line, line
+        assert str(tmp_path / "admin.token") in line, line
 
 
 def test_a_removed_printers_agent_says_so_once_and_waits(
