@@ -8,6 +8,7 @@ mistakes end the agent at start with one clear line, and a removed printer's age
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from farm.client import FarmClient
 from printers.config import AgentConfig
 from printers.drivers import make_driver
-from printers.drivers.base import PrinterConfig, PrinterState, parse_host
+from printers.drivers.base import PrinterConfig, PrinterState
 from printers.emulators.prusalink import PrusaLinkEmulator
 from tests.conftest import EXAMPLES, REPO, RunningFarm, running_farm, wait_until
 
@@ -208,8 +210,8 @@ def test_host_forms(host: str, port: int | None, url: str) -> None:
     ],
 )
 def test_bad_hosts_say_why(host: str, says: str) -> None:
-    with pytest.raises(ValueError, match=says):
-        parse_host(host)
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        PrinterConfig(name="m", model="MINI", driver="prusalink", host=host, password="x")
 
 
 @pytest.mark.parametrize("form", ["127.0.0.1:{port}", "http://127.0.0.1:{port}", "[::1]:{port}"])
