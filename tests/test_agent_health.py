@@ -172,6 +172,31 @@ def test_a_print_finished_before_the_agent_started_keeps_the_bed(
     assert "Traceback" not in log and "ERROR" not in log, log
 
 
+def test_a_printer_off_at_start_is_asked_about_its_bed_when_it_comes_back(
+    quiet_farm: RunningFarm, emulator: PrusaLinkEmulator, tmp_path: Path
+) -> None:
+    """Registered while the printer was unreachable, the agent cannot know what is on the bed; it
+    registers again once the printer answers, and a finished print there keeps the bed."""
+    finish_a_print_on(emulator, tmp_path)
+    emulator.go_offline()
+    token = (quiet_farm.data_dir / "admin.token").read_text().strip()
+    config = write_config(
+        tmp_path / "agent.toml", url=quiet_farm.url, name="dark-1", printer_port=emulator.port, token=token
+    )
+    agent = agent_process(quiet_farm, config, tmp_path / "agent.log")
+    try:
+        found = wait_until(lambda: printer(quiet_farm, "dark-1"), 30, "the agent to register")
+        assert found["state"] == "offline", found
+        emulator.come_back()
+        back = wait_until(
+            lambda: (p := printer(quiet_farm, "dark-1")) and p["state"] != "offline" and p, 30, "the printer"
+        )
+        assert back["bed_clear"] is False and back["state"] == "awaiting_clear", back
+    finally:
+        stop(agent)
+        admin(quiet_farm).delete("/api/printers/dark-1")
+
+
 # -- finding 6: configuration mistakes and a removed printer ------------------------------------
 
 
