@@ -27,7 +27,13 @@ def problems(exc: ValidationError) -> list[str]:
     lines = []
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
-        msg = "missing" if error["type"] == "missing" else str(error["msg"]).removeprefix("Value error, ")
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "missing":
+            msg = (
+                "table is missing"
+                if loc and loc[0] in ("coordinator", "printer") and len(loc) == 1
+                else "missing"
+            )
         if loc and loc[0] in ("coordinator", "printer"):
             where = f"[{loc[0]}]" + (f" {'.'.join(loc[1:])}:" if len(loc) > 1 else "")
         else:
