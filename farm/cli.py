@@ -222,18 +222,25 @@ def agent(
         return
     if config is None:
         _die("farm agent needs --config agent.toml (see the README: An agent beside a real printer)", 2)
-    from printers.agent import Agent
+    from printers.agent import Agent, ConfigMistake
     from printers.config import AgentConfig
     from printers.drivers import make_driver
 
     _setup_logging()
-    cfg = AgentConfig.load(config)
+    try:  # configuration mistakes: one line each, exit 2, no traceback
+        cfg = AgentConfig.load(config)
+        token, source = cfg.token()
+    except SystemExit as exc:
+        _die(str(exc), 2)
     try:
         driver = make_driver(cfg.printer)
     except ValueError as exc:
-        _die(str(exc))
-    client = FarmClient(cfg.coordinator.url, cfg.coordinator.token)
-    Agent(cfg, client, driver).run(_wait_for_stop())
+        _die(str(exc), 2)
+    client = FarmClient(cfg.coordinator.url, token)
+    try:
+        Agent(cfg, client, driver, token_source=source).run(_wait_for_stop())
+    except ConfigMistake as exc:
+        _die(str(exc), 2)
 
 
 StorageOpt = Annotated[
