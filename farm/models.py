@@ -81,6 +81,7 @@ class Slice(SQLModel, table=True):
     worker: str | None = None
     lease_expires: datetime | None = None
     attempts: int = 0  # slicing runs begun
+    sent_at: datetime | None = None  # last sent to the queue without being begun; None: created_at
     gcode_sha256: str | None = None
     print_time_s: int | None = None
     filament_g: float | None = None

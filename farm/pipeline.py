@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import PurePath
 from typing import Any
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from farm.models import Build, Job, Printer, Slice, utcnow
@@ -193,12 +194,15 @@ def slice_heartbeat(session: Session, sl: Slice, *, worker: str, lease_s: float)
     return True
 
 
-def expire_work_leases(session: Session, *, attempts: int) -> list[Outgoing]:
+def expire_work_leases(session: Session, *, attempts: int, resend_s: float | None = None) -> list[Outgoing]:
     """CAD builds and slices whose worker stopped heartbeating (killed, out of memory, host lost):
     send them again, whatever became of the broker's message; after `attempts` lost workers, fail
-    them (a design that kills its worker every time must not loop forever)."""
+    them (a design that kills its worker every time must not loop forever). `resend_s`: also send
+    again work sent that long ago and not begun (a dead worker may hold its message unstarted)."""
     now = utcnow()
     out: list[Outgoing] = []
+    if resend_s is not None:
+        out += _resend_unbegun(session, now - timedelta(seconds=resend_s), now)
     lapsed = col(Build.cad_lease_expires).is_(None) | (col(Build.cad_lease_expires) < now)
     for build in session.exec(select(Build).where(Build.stage == BuildStage.CAD, lapsed)).all():
         build.cad_worker, build.cad_lease_expires = None, None
@@ -232,6 +236,27 @@ def expire_work_leases(session: Session, *, attempts: int) -> list[Outgoing]:
                 seconds=None,
             )
             continue
+        sl.sent_at = now
+        session.add(sl)
+        out.append(Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)))
+    return out
+
+
+def _resend_unbegun(session: Session, sent_before: datetime, now: datetime) -> list[Outgoing]:
+    out = []
+    for build in session.exec(
+        select(Build).where(Build.stage == BuildStage.QUEUED, col(Build.updated_at) < sent_before)
+    ).all():
+        build.updated_at = now
+        session.add(build)
+        out.append(Outgoing(CAD_QUEUE, CAD_ACTOR, (build.id,)))
+    sent = func.coalesce(col(Slice.sent_at), col(Slice.created_at))
+    for sl in session.exec(
+        select(Slice).where(
+            Slice.state == SliceState.PENDING, col(Slice.worker).is_(None), sent < sent_before
+        )
+    ).all():
+        sl.sent_at = now
         session.add(sl)
         out.append(Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)))
     return out
@@ -262,7 +287,7 @@ def rebuild_for(session: Session, job: Job) -> list[Outgoing] | None:
         session.add(build)
     out = []
     for sl in [s for s in mine if s.state == SliceState.FAILED]:
-        sl.state, sl.error, sl.attempts = SliceState.PENDING, None, 0
+        sl.state, sl.error, sl.attempts, sl.sent_at = SliceState.PENDING, None, 0, utcnow()
         session.add(sl)
         out.append(Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)))
     if not out:  # it never had a slice (the build failed before slicing)

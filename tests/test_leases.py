@@ -27,7 +27,7 @@ from farm.states import BuildStage, JobState, SliceState
 from tests.conftest import RunningFarm, running_farm, wait_until
 from tests.test_dispatch import engine, postgres  # noqa: F401 - fixtures
 
-LEASE_S, HEARTBEAT_S = 4, 1  # the farm below; the defaults are 45 s and 10 s
+LEASE_S, HEARTBEAT_S, RESEND_S = 4, 1, 8  # the farm below; the defaults are 45 s, 10 s and 90 s
 
 
 def new_build(s: Session, name: str = "part.py", printer_model: str | None = "MK3S") -> tuple[Build, Job]:
@@ -128,6 +128,29 @@ def test_slice_lease(engine: Engine) -> None:  # noqa: F811
         assert not pipeline.slice_started(s, sl, worker="c:3", lease_s=60)  # done: a duplicate
 
 
+def test_work_sent_but_never_begun_is_sent_again(engine: Engine) -> None:  # noqa: F811
+    """A dead worker may hold messages it never began (Dramatiq prefetches): those are sent again."""
+    with Session(engine, expire_on_commit=False) as s:
+        queued, _ = new_build(s)
+        meshed, _ = new_build(s, "part.stl")
+        sl = s.exec(select(Slice).where(Slice.build_id == meshed.id)).one()
+        assert pipeline.expire_work_leases(s, attempts=3, resend_s=60) == []  # just sent
+        queued.updated_at = sl.created_at = utcnow() - timedelta(seconds=61)
+        s.add_all([queued, sl])
+        s.commit()
+        assert pipeline.expire_work_leases(s, attempts=3, resend_s=60) == [
+            pipeline.Outgoing(CAD_QUEUE, CAD_ACTOR, (queued.id,)),
+            pipeline.Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)),
+        ]
+        s.commit()
+        assert pipeline.expire_work_leases(s, attempts=3, resend_s=60) == []  # once per period
+        queued.updated_at = sl.sent_at = utcnow() - timedelta(seconds=61)
+        assert pipeline.cad_started(s, queued, worker="a:1", lease_s=60)
+        assert pipeline.slice_started(s, sl, worker="a:1", lease_s=60)
+        s.commit()
+        assert pipeline.expire_work_leases(s, attempts=3, resend_s=60) == []  # begun, under a lease
+
+
 def ready_jobs(s: Session) -> int:
     return len(s.exec(select(Job).where(Job.state == JobState.READY)).all())
 
@@ -196,7 +219,11 @@ def test_retrying_a_job_whose_slicing_failed_slices_again(engine: Engine) -> Non
 
 @pytest.fixture(scope="module")
 def lease_farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    env = {"FARM_WORK_LEASE_S": str(LEASE_S), "FARM_WORK_HEARTBEAT_S": str(HEARTBEAT_S)}
+    env = {
+        "FARM_WORK_LEASE_S": str(LEASE_S),
+        "FARM_WORK_HEARTBEAT_S": str(HEARTBEAT_S),
+        "FARM_WORK_RESEND_S": str(RESEND_S),
+    }
     with running_farm(redis_url, tmp_path_factory.mktemp("leases"), "2", redis_db=6, env=env) as running:
         yield running
 
@@ -217,28 +244,41 @@ def kill_worker(farm: RunningFarm) -> int:
     return pid
 
 
-def test_worker_killed_mid_cad_another_worker_finishes_the_build(
+def test_worker_killed_mid_cad_another_worker_finishes_the_builds(
     lease_farm: RunningFarm, tmp_path: Path
 ) -> None:
+    """Three slow builds on a two-thread worker: two in `cad`, the third's message prefetched by the
+    worker, unbegun. SIGKILL it: all three must be built by the next worker, the coordinator running on."""
     farm, api = lease_farm, api_client(lease_farm)
-    design = tmp_path / "slow_box.py"
-    design.write_text(
-        "import time\n\nfrom build123d import Box\n\ntime.sleep(12)  # long enough to be killed in\n"
-        "result = Box(20, 20, 10)\n"
-    )
-    code, build = farm.cli_json("submit", str(design), "--printer-model", "MK3S")
-    assert code == 0, build
+    build_ids = []
+    for size in (20, 21, 22):
+        design = tmp_path / f"slow_box_{size}.py"
+        design.write_text(
+            f"import time\n\nfrom build123d import Box\n\ntime.sleep(12)  # long enough to be killed in\n"
+            f"result = Box({size}, 20, 10)\n"
+        )
+        code, build = farm.cli_json("submit", str(design), "--printer-model", "MK3S")
+        assert code == 0, build
+        build_ids.append(build["id"])
     coordinator = children(farm)["coordinator"]
 
-    def current() -> dict:
-        return api.get(f"/api/builds/{build['id']}").json()
+    def builds() -> list[dict]:
+        return [api.get(f"/api/builds/{i}").json() for i in build_ids]
 
-    first = wait_until(lambda: (b := current())["stage"] == "cad" and b["cad_worker"] and b, 120, "CAD")
+    def building() -> list[dict]:
+        return [b for b in builds() if b["stage"] == "cad" and b["cad_worker"]]
+
+    first = wait_until(lambda: len(b := building()) == 2 and b, 120, "two builds in CAD")
     killed = kill_worker(farm)
-    ready = wait_until(lambda: (b := current())["stage"] in ("ready", "failed") and b, 90, "the build to end")
-    assert ready["stage"] == "ready", ready
+    assert {b["cad_worker"].rsplit(":", 1)[1] for b in first} == {str(killed)}  # the killed one held them
+
+    def ended() -> list[dict] | None:
+        bs = builds()
+        return bs if all(b["stage"] in ("ready", "failed") for b in bs) else None
+
+    final = wait_until(ended, 120, "the builds to end")
+    assert [b["stage"] for b in final] == ["ready"] * 3, final
     assert children(farm)["worker"] != killed and children(farm)["coordinator"] == coordinator
-    assert first["cad_worker"] == f"{first['cad_worker'].split(':')[0]}:{killed}"  # the killed one had it
 
 
 def test_worker_killed_mid_slice_another_worker_slices_it(lease_farm: RunningFarm) -> None:

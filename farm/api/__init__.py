@@ -77,7 +77,8 @@ def _expire_leases(farm: Farm) -> None:
     if farm.broker is None:
         return
     with write_session(farm.engine) as session:
-        out = pipeline.expire_work_leases(session, attempts=farm.settings.work_attempts)
+        s = farm.settings
+        out = pipeline.expire_work_leases(session, attempts=s.work_attempts, resend_s=s.work_resend_s)
         session.commit()
     if out:
         log.warning("re-sent %d CAD builds or slices whose worker stopped answering", len(out))
