@@ -237,6 +237,28 @@ def children(farm: RunningFarm) -> dict[str, int]:
     return dict(json.loads((farm.data_dir / "farm-up.json").read_text())["children"])
 
 
+def slicer_under(pid: int) -> bool:
+    """Whether a PrusaSlicer process runs below this process: a slice is really being made."""
+    parents: dict[int, tuple[int, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name_ends = text.rindex(")")
+        parents[int(stat.parent.name)] = (
+            int(text[name_ends + 2 :].split()[1]),
+            text[text.index("(") + 1 : name_ends],
+        )
+    for ppid, name in parents.values():
+        if name == "prusa-slicer":
+            while ppid > 1:
+                if ppid == pid:
+                    return True
+                ppid = parents.get(ppid, (0, ""))[0]
+    return False
+
+
 def kill_worker(farm: RunningFarm) -> int:
     """SIGKILL `farm up`'s worker (its supervisor starts a new one, with a new name)."""
     pid = children(farm)["worker"]
@@ -294,7 +316,8 @@ def test_worker_killed_mid_slice_another_worker_slices_it(lease_farm: RunningFar
 
     def slicing() -> bool:
         b = current()
-        return b["stage"] == "slicing" and any(s["state"] == "pending" and s["worker"] for s in b["slices"])
+        held = b["stage"] == "slicing" and any(s["state"] == "pending" and s["worker"] for s in b["slices"])
+        return held and slicer_under(children(farm)["worker"])
 
     wait_until(slicing, 120, "a worker to slice it", interval=0.05)
     killed = kill_worker(farm)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 import dramatiq
-import httpx
 from dramatiq.brokers.redis import RedisBroker
 
 from farm.client import FarmClient, FarmError
@@ -55,7 +54,7 @@ def heartbeat(ctx: WorkerContext, path: str, every_s: float) -> Iterator[None]:
             try:
                 if not ctx.client.post(path, {"worker": ctx.name})["held"]:
                     log.warning("%s: the lease is no longer this worker's; finishing anyway", path)
-            except (FarmError, httpx.HTTPError) as error:  # the next beat tries again
+            except Exception as error:  # the next beat tries again: one failed beat must not end them
                 log.warning("%s failed: %s", path, error)
 
     thread = threading.Thread(target=beat, name=f"heartbeat {path}", daemon=True)
@@ -77,7 +76,7 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
     if not started["go"]:
         log.info("build %s is past CAD or another worker's; skipping a duplicate message", build_id)
         return
-    with heartbeat(ctx, f"/api/builds/{build_id}/cad/heartbeat", started["heartbeat_s"]):
+    with heartbeat(ctx, f"/api/builds/{build_id}/cad/heartbeat", started.get("heartbeat_s", 10.0)):
         _build_cad(ctx, build_id, started["build"])
 
 
@@ -141,7 +140,7 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
     if not started["go"]:
         log.info("slice %s is done or another worker's; skipping a duplicate message", slice_id)
         return
-    with heartbeat(ctx, f"/api/slices/{slice_id}/heartbeat", started["heartbeat_s"]):
+    with heartbeat(ctx, f"/api/slices/{slice_id}/heartbeat", started.get("heartbeat_s", 10.0)):
         _slice(ctx, slice_id, started["slice"])
 
 
