@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from farm.models import Build, Job, Printer, Slice, utcnow
 from farm.printer_models import DEFAULT_MODEL, MODELS, get_model
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
-from farm.states import BuildStage, JobState, SliceState, check_build_move, check_job_move
+from farm.states import BuildStage, InvalidMove, JobState, SliceState, check_build_move, check_job_move
 
 CAD_SUFFIXES = {".py"}
 MESH_SUFFIXES = {".stl", ".3mf"}
@@ -271,28 +271,29 @@ def rebuild_for(session: Session, job: Job) -> list[Outgoing] | None:
     mine = [s for s in slices if s.copies == job.copies and job.printer_model in (None, s.printer_model)]
     if any(s.state == SliceState.DONE for s in mine):
         return None
-    move_job(session, job, JobState.WAITING)
     if build.stage in (BuildStage.QUEUED, BuildStage.CAD) or any(s.state == SliceState.PENDING for s in mine):
+        move_job(session, job, JobState.WAITING)
         return []  # already being made
     if build.source_kind == "cad" and not build.stl_sha256:  # the CAD run failed: run it again
+        move_job(session, job, JobState.WAITING)
         build.stage = check_build_move(build.stage, BuildStage.QUEUED)
         build.error, build.cad_attempts = None, 0
         build.updated_at = utcnow()
         session.add(build)
         return [Outgoing(CAD_QUEUE, CAD_ACTOR, (build.id,))]
+    failed = [s for s in mine if s.state == SliceState.FAILED]
+    if not failed:  # it failed before anything was made (say, an unknown printer model): as it was
+        raise InvalidMove(f"job {job.id} cannot be made again: {build.error or job.error}")
+    move_job(session, job, JobState.WAITING)
     if build.stage == BuildStage.FAILED:
         build.stage = check_build_move(build.stage, BuildStage.SLICING)
         build.error = None
         build.updated_at = utcnow()
         session.add(build)
-    out = []
-    for sl in [s for s in mine if s.state == SliceState.FAILED]:
+    for sl in failed:
         sl.state, sl.error, sl.attempts, sl.sent_at = SliceState.PENDING, None, 0, utcnow()
         session.add(sl)
-        out.append(Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)))
-    if not out:  # it never had a slice (the build failed before slicing)
-        out = _add_slices(session, build, target_models(session, job.printer_model), [job.copies])
-    return out
+    return [Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)) for sl in failed]
 
 
 def cad_finished(

@@ -23,7 +23,7 @@ from sqlmodel import Session, select
 from farm import dispatch, pipeline
 from farm.models import Build, Job, Slice, utcnow
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
-from farm.states import BuildStage, JobState, SliceState
+from farm.states import BuildStage, InvalidMove, JobState, SliceState
 from tests.conftest import RunningFarm, running_farm, wait_until
 from tests.test_dispatch import engine, postgres  # noqa: F401 - fixtures
 
@@ -212,6 +212,15 @@ def test_retrying_a_job_whose_slicing_failed_slices_again(engine: Engine) -> Non
         s.commit()
         s.refresh(job)
         assert (build.stage, job.state) == (BuildStage.READY, JobState.READY)
+
+
+def test_a_job_whose_build_cannot_be_made_again_is_not_retried(engine: Engine) -> None:  # noqa: F811
+    with Session(engine, expire_on_commit=False) as s:
+        _build, job = new_build(s, "part.stl", printer_model="NO-SUCH-PRINTER")
+        s.refresh(job)
+        assert job.state == JobState.FAILED
+        with pytest.raises(InvalidMove, match="cannot be made again: unknown printer model"):
+            dispatch.retry(s, job)
 
 
 # -- a real farm: `farm up` with its worker, leases shortened ---------------------------------------
