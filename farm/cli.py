@@ -714,9 +714,15 @@ def jobs_retry(
     job_id: Annotated[int, typer.Argument(help="The failed job to send back to the queue.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Give a failed job one more attempt, on any printer that can take it."""
+    """Give a failed job one more attempt, on any printer that can take it; if its build failed, the
+    part that failed (the CAD run or the slicing) is made again first."""
     data = _send("POST", f"/api/jobs/{job_id}/retry")
-    _emit(data) if as_json else typer.echo(f"job {job_id}: back in the queue ({data['state']})")
+    if as_json:
+        _emit(data)
+    elif data["state"] == "waiting":
+        typer.echo(f"job {job_id}: waiting while its build is made again (build {data['build']})")
+    else:
+        typer.echo(f"job {job_id}: back in the queue ({data['state']})")
 
 
 @jobs_app.command("explain")
