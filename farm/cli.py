@@ -222,18 +222,25 @@ def agent(
         return
     if config is None:
         _die("farm agent needs --config agent.toml (see the README: An agent beside a real printer)", 2)
-    from printers.agent import Agent
+    from printers.agent import Agent, ConfigMistake
     from printers.config import AgentConfig
     from printers.drivers import make_driver
 
     _setup_logging()
-    cfg = AgentConfig.load(config)
+    try:  # configuration mistakes: one line each, exit 2, no traceback
+        cfg = AgentConfig.load(config)
+        token, source = cfg.token()
+    except SystemExit as exc:
+        _die(str(exc), 2)
     try:
         driver = make_driver(cfg.printer)
     except ValueError as exc:
-        _die(str(exc))
-    client = FarmClient(cfg.coordinator.url, cfg.coordinator.token)
-    Agent(cfg, client, driver).run(_wait_for_stop())
+        _die(str(exc), 2)
+    client = FarmClient(cfg.coordinator.url, token)
+    try:
+        Agent(cfg, client, driver, token_source=source).run(_wait_for_stop())
+    except ConfigMistake as exc:
+        _die(str(exc), 2)
 
 
 StorageOpt = Annotated[
@@ -488,10 +495,10 @@ def submit(
 
 
 def _check_param_sets(upload: Path, options: dict[str, Any], param_sets: list[dict[str, Any]]) -> None:
-    """Each parameter set checked as the coordinator will check it (farm/api/sources.py), before
+    """Each parameter set checked as the coordinator will check it (farm/sources.py), before
     any is sent: otherwise the builds before a bad one would be queued and the rest refused."""
-    from farm.api.sources import SourceProblem, check_cad_source
     from farm.pipeline import source_kind
+    from farm.sources import SourceProblem, check_cad_source
 
     entry_file = options.get("entry_file")
     if source_kind(entry_file or upload.name) != "cad":
@@ -707,9 +714,15 @@ def jobs_retry(
     job_id: Annotated[int, typer.Argument(help="The failed job to send back to the queue.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Give a failed job one more attempt, on any printer that can take it."""
+    """Give a failed job one more attempt, on any printer that can take it; if its build failed, the
+    part that failed (the CAD run or the slicing) is made again first."""
     data = _send("POST", f"/api/jobs/{job_id}/retry")
-    _emit(data) if as_json else typer.echo(f"job {job_id}: back in the queue ({data['state']})")
+    if as_json:
+        _emit(data)
+    elif data["state"] == "waiting":
+        typer.echo(f"job {job_id}: waiting while its build is made again (build {data['build']})")
+    else:
+        typer.echo(f"job {job_id}: back in the queue ({data['state']})")
 
 
 @jobs_app.command("explain")

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from farm import tags
 from farm.models import Job, Printer, Slice, utcnow
-from farm.pipeline import move_job
+from farm.pipeline import Outgoing, move_job, rebuild_for
 from farm.states import LEASED_JOB_STATES, TERMINAL_JOB_STATES, InvalidMove, JobState, SliceState, can_move
 
 assert can_move(JobState.READY, JobState.CLAIMED)  # the claim's UPDATE encodes this move
@@ -391,18 +391,21 @@ def cancel(session: Session, job: Job) -> Job:
     return job
 
 
-def retry(session: Session, job: Job) -> Job:
-    """An operator sends a failed job back to the queue: one more attempt, any printer again."""
+def retry(session: Session, job: Job) -> tuple[Job, list[Outgoing]]:
+    """An operator sends a failed job back: one more attempt, any printer again. A job whose build
+    failed (at CAD or slicing) waits while that is made again; the caller sends the work returned."""
     if job.state != JobState.FAILED:
         raise InvalidMove(f"job {job.id} is {job.state}; only a failed job can be retried")
-    move_job(session, job, JobState.READY)
+    out = rebuild_for(session, job)
+    if out is None:
+        move_job(session, job, JobState.READY)
     job.max_attempts = job.attempts + 1
     job.failed_on, job.retry_at = "", None
     job.printer, job.slice_id, job.progress, job.remaining_s = None, None, None, None
     job.error = f"retried by an operator after: {job.error}" if job.error else None
     session.add(job)
     session.commit()
-    return job
+    return job, out or []
 
 
 class Beat(NamedTuple):

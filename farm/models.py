@@ -52,6 +52,11 @@ class Build(SQLModel, table=True):
     overrides_json: str = "{}"  # slicer settings the submit chose (--infill, --set, ...)
     stage: BuildStage = Field(default=BuildStage.QUEUED, index=True)
     error: str | None = None
+    # In `cad`, a worker owns the build until cad_lease_expires; its heartbeat extends that. Past it
+    # (the worker died), the coordinator sends the build again (pipeline.expire_work_leases).
+    cad_worker: str | None = None  # host:pid
+    cad_lease_expires: datetime | None = None
+    cad_attempts: int = 0  # CAD runs begun; too many lost workers and the build fails
     stl_sha256: str | None = None
     threemf_sha256: str | None = None
     bbox_json: str | None = None
@@ -72,6 +77,11 @@ class Slice(SQLModel, table=True):
     printer_model: str
     copies: int = 1  # arranged on one plate
     state: SliceState = SliceState.PENDING
+    # A pending slice a worker has begun: whose, and until when (its heartbeat extends it).
+    worker: str | None = None
+    lease_expires: datetime | None = None
+    attempts: int = 0  # slicing runs begun
+    sent_at: datetime | None = None  # last sent to the queue without being begun; None: created_at
     gcode_sha256: str | None = None
     print_time_s: int | None = None
     filament_g: float | None = None

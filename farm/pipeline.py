@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import PurePath
 from typing import Any
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from farm.models import Build, Job, Printer, Slice, utcnow
 from farm.printer_models import DEFAULT_MODEL, MODELS, get_model
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
-from farm.states import BuildStage, JobState, SliceState, check_job_move
+from farm.states import BuildStage, InvalidMove, JobState, SliceState, check_build_move, check_job_move
 
 CAD_SUFFIXES = {".py"}
 MESH_SUFFIXES = {".stl", ".3mf"}
@@ -136,14 +138,162 @@ def create_build(
     return build, jobs, out
 
 
-def cad_started(session: Session, build: Build) -> bool:
-    """A CAD worker takes the build. False: it is already past CAD (a duplicate message)."""
+def _live(expires: datetime | None, now: datetime) -> bool:
+    if expires is None:
+        return False
+    return (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) > now  # SQLite drops the zone
+
+
+def cad_started(session: Session, build: Build, *, worker: str, lease_s: float) -> bool:
+    """A CAD worker takes the build under a lease. False: it is past CAD (a duplicate message), or
+    another worker holds a live lease on it. A re-delivery after the lease ran out takes it over."""
+    now = utcnow()
     if build.stage not in (BuildStage.QUEUED, BuildStage.CAD):
         return False
-    build.stage = BuildStage.CAD
-    build.updated_at = utcnow()
+    if build.stage == BuildStage.CAD and build.cad_worker != worker and _live(build.cad_lease_expires, now):
+        return False
+    if build.stage == BuildStage.QUEUED or build.cad_worker != worker:  # not its own message again
+        build.cad_attempts += 1
+    build.stage = check_build_move(build.stage, BuildStage.CAD)
+    build.cad_worker = worker
+    build.cad_lease_expires = now + timedelta(seconds=lease_s)
+    build.updated_at = now
     session.add(build)
     return True
+
+
+def cad_heartbeat(session: Session, build: Build, *, worker: str, lease_s: float) -> bool:
+    """The worker still builds it: extend its lease. False: the build is no longer this worker's."""
+    if build.stage != BuildStage.CAD or build.cad_worker != worker:
+        return False
+    build.cad_lease_expires = utcnow() + timedelta(seconds=lease_s)
+    session.add(build)
+    return True
+
+
+def slice_started(session: Session, sl: Slice, *, worker: str, lease_s: float) -> bool:
+    """A slicing worker takes a pending slice under a lease; as cad_started."""
+    now = utcnow()
+    if sl.state != SliceState.PENDING:
+        return False
+    if sl.worker is not None and sl.worker != worker and _live(sl.lease_expires, now):
+        return False
+    if sl.worker != worker:
+        sl.attempts += 1
+    sl.worker = worker
+    sl.lease_expires = now + timedelta(seconds=lease_s)
+    session.add(sl)
+    return True
+
+
+def slice_heartbeat(session: Session, sl: Slice, *, worker: str, lease_s: float) -> bool:
+    if sl.state != SliceState.PENDING or sl.worker != worker:
+        return False
+    sl.lease_expires = utcnow() + timedelta(seconds=lease_s)
+    session.add(sl)
+    return True
+
+
+def expire_work_leases(session: Session, *, attempts: int, resend_s: float | None = None) -> list[Outgoing]:
+    """CAD builds and slices whose worker stopped heartbeating (killed, out of memory, host lost):
+    send them again, whatever became of the broker's message; after `attempts` lost workers, fail
+    them (a design that kills its worker every time must not loop forever). `resend_s`: also send
+    again work sent that long ago and not begun (a dead worker may hold its message unstarted)."""
+    now = utcnow()
+    out: list[Outgoing] = []
+    if resend_s is not None:
+        out += _resend_unbegun(session, now - timedelta(seconds=resend_s), now)
+    lapsed = col(Build.cad_lease_expires).is_(None) | (col(Build.cad_lease_expires) < now)
+    for build in session.exec(select(Build).where(Build.stage == BuildStage.CAD, lapsed)).all():
+        build.cad_worker, build.cad_lease_expires = None, None
+        if build.cad_attempts >= attempts:
+            _fail_build(
+                session,
+                build,
+                f"the CAD worker was lost {build.cad_attempts} times building it "
+                "(killed, out of memory, or its host went down)",
+            )
+            continue
+        build.stage = check_build_move(build.stage, BuildStage.QUEUED)
+        build.updated_at = now
+        session.add(build)
+        out.append(Outgoing(CAD_QUEUE, CAD_ACTOR, (build.id,)))
+    for sl in session.exec(
+        select(Slice).where(
+            Slice.state == SliceState.PENDING,
+            col(Slice.worker).is_not(None),
+            col(Slice.lease_expires) < now,
+        )
+    ).all():
+        sl.worker, sl.lease_expires = None, None
+        if sl.attempts >= attempts:
+            slice_finished(
+                session,
+                sl,
+                error=f"the slicing worker was lost {sl.attempts} times slicing it",
+                gcode_sha256=None,
+                meta={},
+                seconds=None,
+            )
+            continue
+        sl.sent_at = now
+        session.add(sl)
+        out.append(Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)))
+    return out
+
+
+def _resend_unbegun(session: Session, sent_before: datetime, now: datetime) -> list[Outgoing]:
+    out = []
+    for build in session.exec(
+        select(Build).where(Build.stage == BuildStage.QUEUED, col(Build.updated_at) < sent_before)
+    ).all():
+        build.updated_at = now
+        session.add(build)
+        out.append(Outgoing(CAD_QUEUE, CAD_ACTOR, (build.id,)))
+    sent = func.coalesce(col(Slice.sent_at), col(Slice.created_at))
+    for sl in session.exec(
+        select(Slice).where(
+            Slice.state == SliceState.PENDING, col(Slice.worker).is_(None), sent < sent_before
+        )
+    ).all():
+        sl.sent_at = now
+        session.add(sl)
+        out.append(Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)))
+    return out
+
+
+def rebuild_for(session: Session, job: Job) -> list[Outgoing] | None:
+    """A failed job is retried: make again what it lacks. None: its G-code exists (it may go straight
+    back to the queue); else the job waits for the work returned (possibly none: already under way)."""
+    build = session.get(Build, job.build_id)
+    assert build is not None
+    slices = session.exec(select(Slice).where(Slice.build_id == build.id).order_by(col(Slice.id))).all()
+    mine = [s for s in slices if s.copies == job.copies and job.printer_model in (None, s.printer_model)]
+    if any(s.state == SliceState.DONE for s in mine):
+        return None
+    if build.stage in (BuildStage.QUEUED, BuildStage.CAD) or any(s.state == SliceState.PENDING for s in mine):
+        move_job(session, job, JobState.WAITING)
+        return []  # already being made
+    if build.source_kind == "cad" and not build.stl_sha256:  # the CAD run failed: run it again
+        move_job(session, job, JobState.WAITING)
+        build.stage = check_build_move(build.stage, BuildStage.QUEUED)
+        build.error, build.cad_attempts = None, 0
+        build.updated_at = utcnow()
+        session.add(build)
+        return [Outgoing(CAD_QUEUE, CAD_ACTOR, (build.id,))]
+    failed = [s for s in mine if s.state == SliceState.FAILED]
+    if not failed:  # it failed before anything was made (say, an unknown printer model): as it was
+        raise InvalidMove(f"job {job.id} cannot be made again: {build.error or job.error}")
+    move_job(session, job, JobState.WAITING)
+    if build.stage == BuildStage.FAILED:
+        build.stage = check_build_move(build.stage, BuildStage.SLICING)
+        build.error = None
+        build.updated_at = utcnow()
+        session.add(build)
+    for sl in failed:
+        sl.state, sl.error, sl.attempts, sl.sent_at = SliceState.PENDING, None, 0, utcnow()
+        session.add(sl)
+    return [Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)) for sl in failed]
 
 
 def cad_finished(
@@ -158,8 +308,11 @@ def cad_finished(
     extras: dict[str, Any] | None = None,
 ) -> list[Outgoing]:
     """`extras`: the other outputs, by Build column (step/preview/preview_small sha256, objects)."""
-    if build.stage != BuildStage.CAD:
+    if build.stage not in (BuildStage.QUEUED, BuildStage.CAD):
         return []  # a late duplicate: the first result stands
+    # Queued: a worker whose lease ran out finished after all; its result is as good as a new run's.
+    build.stage = check_build_move(build.stage, BuildStage.CAD)
+    build.cad_worker, build.cad_lease_expires = None, None
     build.cad_seconds = seconds
     if error or not stl_sha256:
         _fail_build(session, build, error or "the CAD worker returned no mesh")
@@ -204,7 +357,7 @@ def slice_finished(
 
     slices = session.exec(select(Slice).where(Slice.build_id == build.id)).all()
     if any(s.state == SliceState.DONE for s in slices):
-        build.stage = BuildStage.READY
+        build.stage = check_build_move(build.stage, BuildStage.READY)
         for job in _jobs(session, build):
             mine = [s for s in slices if s.copies == job.copies]
             if job.state == JobState.WAITING and any(s.state == SliceState.DONE for s in mine):
@@ -226,10 +379,14 @@ def plates(copies: int, per_plate: int) -> list[int]:
 
 def _start_slicing(session: Session, build: Build, models: list[str]) -> list[Outgoing]:
     """One slice per printer model and plate size: every printer of a model shares it."""
-    build.stage = BuildStage.SLICING
+    build.stage = check_build_move(build.stage, BuildStage.SLICING)
     build.updated_at = utcnow()
     session.add(build)
     sizes = sorted({j.copies for j in _jobs(session, build)}, reverse=True) or [1]
+    return _add_slices(session, build, models, sizes)
+
+
+def _add_slices(session: Session, build: Build, models: list[str], sizes: list[int]) -> list[Outgoing]:
     out = []
     for name in models:
         for copies in sizes:
@@ -241,7 +398,7 @@ def _start_slicing(session: Session, build: Build, models: list[str]) -> list[Ou
 
 
 def _fail_build(session: Session, build: Build, error: str) -> None:
-    build.stage = BuildStage.FAILED
+    build.stage = check_build_move(build.stage, BuildStage.FAILED)
     build.error = error
     build.updated_at = utcnow()
     session.add(build)

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     # None: as fast as loopback goes. The chaos test slows them to kill an agent mid-upload.
     sim_upload_kbps: float | None = None
     lease_s: float = 60.0  # how long a claim stays valid without a heartbeat
+    # A CAD build or slice is its worker's this long without a heartbeat; then the coordinator sends
+    # it again (a worker killed mid-build: back at work within work_lease_s + 5 s).
+    work_lease_s: float = 45.0
+    work_heartbeat_s: float = 10.0  # how often a worker extends its lease while it builds or slices
+    work_attempts: int = 3  # workers lost on one build or slice before it fails
+    # Work sent but not begun this long is sent again: its message may sit with a worker that died
+    # holding it (Dramatiq prefetches). A duplicate costs one refused start.
+    work_resend_s: float = 90.0
     job_attempts: int = 2  # prints per job before it stays failed (`submit --attempts` overrides)
     retry_backoff_s: float = 30.0  # wait before a failed job is offered again; doubles per attempt
     starvation_s: float = 4 * 3600.0  # a job queued this long goes ahead of higher priorities

@@ -52,13 +52,34 @@ _JOB_MOVES: dict[JobState, frozenset[JobState]] = {
     JobState.UPLOADING: frozenset({JobState.PRINTING, JobState.READY, JobState.FAILED, JobState.CANCELLED}),
     JobState.PRINTING: frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED}),
     JobState.DONE: frozenset(),
-    JobState.FAILED: frozenset({JobState.READY}),  # an operator's retry
+    # An operator's retry: straight back to the queue when its G-code exists; else it waits while
+    # what failed (the CAD run or its slices) is made again.
+    JobState.FAILED: frozenset({JobState.READY, JobState.WAITING}),
     JobState.CANCELLED: frozenset(),
+}
+
+
+_BUILD_MOVES: dict[BuildStage, frozenset[BuildStage]] = {
+    BuildStage.QUEUED: frozenset({BuildStage.CAD, BuildStage.SLICING, BuildStage.FAILED}),
+    # Back to queued: its CAD worker's lease ran out (the worker died); the build is sent again.
+    BuildStage.CAD: frozenset({BuildStage.QUEUED, BuildStage.SLICING, BuildStage.FAILED}),
+    BuildStage.SLICING: frozenset({BuildStage.READY, BuildStage.FAILED}),
+    BuildStage.READY: frozenset(),  # a retried plate's slices are made again; the build stays ready
+    # An operator retried one of its jobs: the CAD run again (no mesh came out), or its slices.
+    BuildStage.FAILED: frozenset({BuildStage.QUEUED, BuildStage.SLICING}),
 }
 
 
 class InvalidMove(ValueError):
     pass
+
+
+def check_build_move(current: BuildStage | str, new: BuildStage | str) -> BuildStage:
+    """Return the new stage, or raise InvalidMove."""
+    current, new = BuildStage(current), BuildStage(new)
+    if current != new and new not in _BUILD_MOVES[current]:
+        raise InvalidMove(f"a build cannot go from {current} to {new}")
+    return new
 
 
 def can_move(current: JobState | str, new: JobState | str) -> bool:

@@ -25,6 +25,17 @@ READY_FOR_WORK = (PrinterState.IDLE, PrinterState.FINISHED, PrinterState.FAILED)
 IDLE_GRACE_S = 30.0
 UPLOAD_FAILURE_REST_S = 30.0  # a printer may report idle for a moment between upload and start
 PREFETCH_EVERY_S = 15.0  # while a finished print waits on the bed, ask what comes next this often
+ENDED = (PrinterState.FINISHED, PrinterState.FAILED)
+
+
+class ConfigMistake(Exception):
+    """The coordinator refuses the token, or the printer the credentials: asking again with the
+    same configuration cannot help, so the agent stops and says which setting to fix."""
+
+
+def _not_registered(exc: FarmError) -> bool:
+    """The coordinator has no such printer: someone ran `farm printers remove` on it."""
+    return exc.status == 404 and "is not registered" in str(exc)
 
 
 @dataclass
@@ -41,11 +52,16 @@ def _same_file(reported: str | None, remote_name: str) -> bool:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, client: FarmClient, driver: Driver) -> None:
+    def __init__(
+        self, config: AgentConfig, client: FarmClient, driver: Driver, *, token_source: str = "agent.toml"
+    ) -> None:
         self.config = config
         self.client = client
         self.driver = driver
+        self.token_source = token_source  # named when the coordinator refuses the token
         self.name = config.printer.name
+        self.removed = False  # the printer was taken out of the farm while we ran: wait quietly
+        self._bed_unseen = True  # registered before the printer could say whether a part is on the bed
         self.job: CurrentJob | None = None
         self._last_report = 0.0
         self._resting_until = 0.0
@@ -56,25 +72,67 @@ class Agent:
 
     # -- life cycle -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self._register()
-                break
-            except FarmError as exc:
-                log.warning("%s: cannot register yet: %s", self.name, exc)
+        """Register, then one round every poll_s until `stop`. ConfigMistake when the coordinator
+        does not take the token or the printer the credentials: no point asking again."""
+        try:
+            while not stop.is_set():
+                try:
+                    self._register(self._first_status())
+                    break
+                except FarmError as exc:
+                    self._refused(exc)
+                    log.warning("%s: cannot register yet: %s", self.name, exc)
+                    stop.wait(self.config.poll_s)
+            while not stop.is_set():
+                try:
+                    if not self.removed:
+                        self.tick()
+                except DriverError as exc:  # e.g. the printer went away mid-command
+                    log.warning("%s: printer: %s", self.name, exc)
+                except FarmError as exc:
+                    self._refused(exc)
+                    if _not_registered(exc):
+                        self._removed(exc)
+                    else:
+                        log.warning("%s: coordinator: %s", self.name, exc)
+                except Exception:  # one bad round must not kill the agent beside a printer
+                    log.exception("%s: unexpected error; carrying on", self.name)
                 stop.wait(self.config.poll_s)
-        while not stop.is_set():
-            try:
-                self.tick()
-            except FarmError as exc:
-                log.warning("%s: coordinator: %s", self.name, exc)
-            except Exception:  # one bad round must not kill the agent beside a printer
-                log.exception("%s: unexpected error; carrying on", self.name)
-            stop.wait(self.config.poll_s)
-        self.driver.close()
+        finally:
+            self.driver.close()
 
-    def _register(self) -> None:
+    def _first_status(self) -> PrinterStatus:
+        try:
+            return self.driver.status()
+        except DriverError as exc:  # OFFLINE is a status; a refused password or key raises
+            raise ConfigMistake(f"{self.name}: the printer refused us: {exc}") from exc
+
+    def _refused(self, exc: FarmError) -> None:
+        if exc.status in (401, 403):
+            # Not the server's own words: they send the CLI's user to FARM_TOKEN.
+            detail = "it does not know that token (HTTP 401)" if exc.status == 401 else str(exc)
+            raise ConfigMistake(
+                f"{self.name}: the coordinator at {self.client.url} refused the token from "
+                f"{self.token_source}: {detail}"
+            ) from exc
+
+    def _removed(self, exc: FarmError) -> None:
+        """Said once; then the agent waits. Registering again would undo the operator's removal:
+        a restart of the agent registers the printer again."""
+        self.removed, self.job = True, None
+        log.warning(
+            "%s: the coordinator no longer knows this printer (`farm printers remove`?): waiting; "
+            "restart the agent to add it back (%s)",
+            self.name,
+            exc,
+        )
+
+    def _register(self, status: PrinterStatus) -> None:
+        """Register (again: it is idempotent), saying what the printer shows: a finished or failed
+        print found at start is a part on the bed, and the coordinator sends nothing until it is
+        cleared (unless the printer ejects its own parts)."""
         p = self.config.printer
+        self._bed_unseen = status.state == PrinterState.OFFLINE
         reply = self.client.post(
             "/api/agents/register",
             {
@@ -83,9 +141,10 @@ class Agent:
                 "protocol": p.driver,
                 "agent_version": VERSION,
                 "auto_eject": p.auto_eject,
+                "state": str(status.state),
             },
         )
-        if reply.get("job"):
+        if reply.get("job") and self.job is None:
             self._reconcile(reply["job"])
 
     def _reconcile(self, job: dict[str, Any]) -> None:
@@ -119,12 +178,17 @@ class Agent:
         if self.job is not None:
             self._follow(status)
             return
+        if self._bed_unseen and status.state != PrinterState.OFFLINE:
+            # The printer was off when we registered: now it can say whether a part is on the bed.
+            self._register(status)
+            if self.job is not None:
+                return
         body = self._status_body(status)
         if status.state in READY_FOR_WORK and time.monotonic() >= self._resting_until:
             job = self.client.post("/api/agents/claim", body)
             if job:
                 self._start(job)
-            elif status.state in (PrinterState.FINISHED, PrinterState.FAILED):
+            elif status.state in ENDED:
                 self._prefetch()  # a part is on the bed: fetch the next G-code while someone clears it
         else:
             self.client.post("/api/agents/heartbeat", body)

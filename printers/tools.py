@@ -152,7 +152,12 @@ def printer_config_from_flags(
     try:
         return PrinterConfig.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(f"{label(str(e['loc'][0]))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{label(str(e['loc'][0]))}: {e['msg']}"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors()
+        )
         raise ValueError(f"bad printer settings: {problems}") from None
 
 

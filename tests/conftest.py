@@ -122,11 +122,15 @@ class RunningFarm:
 
 
 @contextlib.contextmanager
-def running_farm(redis_url: str, data: Path, sim: str, redis_db: int = 0) -> Iterator[RunningFarm]:
-    """`farm up --sim SIM` with a fresh data dir, stopped with Ctrl-C (SIGINT) at the end.
+def running_farm(
+    redis_url: str, data: Path, sim: str, redis_db: int = 0, env: dict[str, str] | None = None
+) -> Iterator[RunningFarm]:
+    """`farm up --sim SIM` with a fresh data dir, stopped with Ctrl-C (SIGINT) at the end; `env`:
+    more settings for every part (FARM_WORK_LEASE_S=...).
 
     Farms sharing a Redis need separate databases, or one farm's workers take the other's messages.
     """
+    extra_env = env or {}
     port = free_port()
     redis_url = f"{redis_url.rsplit('/', 1)[0]}/{redis_db}"
     env = {
@@ -137,6 +141,7 @@ def running_farm(redis_url: str, data: Path, sim: str, redis_db: int = 0) -> Ite
         "PYTHONUNBUFFERED": "1",
         # The tests' git repositories are local: file:// URLs are off unless listed (farm.gitsource).
         "FARM_GIT_SCHEMES": '["https", "ssh", "git", "file"]',
+        **extra_env,
     }
     env.pop("FARM_TOKEN", None)
     log = (data / "farm-up.out").open("wb")

@@ -246,8 +246,8 @@ def test_a_value_from_param_or_from_a_params_file_is_one_cache_entry(
 def test_farm_build_reports_a_cad_error_without_a_traceback(farm: CliRunnerCall, tmp_path: Path) -> None:
     source = write(tmp_path, "plate.py", PLATE)
     result = farm("build", source, "--artifact", "nope", "-o", tmp_path / "out")
-    assert result.exit_code == 1
-    assert result.stderr.strip() == "error: no entry point 'nope' in plate.py; available: plate"
+    assert result.exit_code == 2  # found before building: a usage error
+    assert result.stderr.strip().startswith("error: no entry point 'nope' in plate.py; available: plate")
     assert "Traceback" not in result.output and not (tmp_path / "out" / "plate.stl").exists()
 
 

@@ -94,13 +94,16 @@ def test_syntax_error_names_file_and_line(farm: RunningFarm, tmp_path: Path) -> 
 
 
 def test_unknown_artifact_lists_the_real_ones(farm: RunningFarm) -> None:
-    job = _failed(farm, str(EXAMPLES / "bracket.py"), "--artifact", "gadget")
-    assert "gadget" in job["error"] and "bracket" in job["error"], job["error"]
+    # Refused at submit (exit 2, nothing queued), naming the real entry points.
+    done = farm.cli("submit", str(EXAMPLES / "bracket.py"), "--artifact", "gadget", "--wait", "--json")
+    assert done.returncode == 2, done.stdout
+    assert "gadget" in done.stderr and "bracket" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_unknown_printer_model_lists_known_models(farm: RunningFarm) -> None:
-    job = _failed(farm, str(EXAMPLES / "cube.stl"), "--printer-model", "ENDER9")
-    assert "ENDER9" in job["error"] and "MINI" in job["error"] and "MK3S" in job["error"]
+    done = farm.cli("submit", str(EXAMPLES / "cube.stl"), "--printer-model", "ENDER9", "--wait", "--json")
+    assert done.returncode == 2, done.stdout
+    assert "ENDER9" in done.stderr and "MINI" in done.stderr and "MK3S" in done.stderr
 
 
 def test_part_too_large_for_the_bed_says_so(farm: RunningFarm, tmp_path: Path) -> None:

@@ -98,8 +98,8 @@ def test_a_failed_print_retries_on_another_printer_after_a_back_off(engine) -> N
         b.bed_clear = True
         s.add(b)
         s.commit()
-        job = dispatch.retry(s, job)  # `farm jobs retry`: one more attempt, on any printer
-        assert (job.state, job.max_attempts, job.failed_on) == (JobState.READY, 3, "")
+        job, rebuild = dispatch.retry(s, job)  # `farm jobs retry`: one more attempt, on any printer
+        assert (job.state, job.max_attempts, job.failed_on, rebuild) == (JobState.READY, 3, "", [])
         assert take(s, a).id == job.id  # type: ignore[union-attr]
         with pytest.raises(InvalidMove, match="only a failed job can be retried"):
             dispatch.retry(s, job)

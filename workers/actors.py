@@ -8,11 +8,15 @@ Dramatiq retries the message with back-off.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 import dramatiq
@@ -36,6 +40,30 @@ class WorkerContext:
     cad: object | None = None  # workers.cad_runner.CadRunner, when this worker serves the CAD queue
     cad_cache: CadCache | None = None  # a rebuild of unchanged code, entry and params is a lookup
     slice_cache: SliceCache | None = None  # one cached slice serves every printer of that model
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")  # holds leases
+
+
+@contextlib.contextmanager
+def heartbeat(ctx: WorkerContext, path: str, every_s: float) -> Iterator[None]:
+    """While the body runs, tell the coordinator every `every_s` that this worker still holds the
+    work (its lease); a worker that dies stops, and the coordinator sends the work again."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            try:
+                if not ctx.client.post(path, {"worker": ctx.name})["held"]:
+                    log.warning("%s: the lease is no longer this worker's; finishing anyway", path)
+            except Exception as error:  # the next beat tries again: one failed beat must not end them
+                log.warning("%s failed: %s", path, error)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat {path}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _user_error(exc: FarmError) -> bool:
@@ -44,13 +72,17 @@ def _user_error(exc: FarmError) -> bool:
 
 
 def build_cad(ctx: WorkerContext, build_id: int) -> None:
+    started = ctx.client.post(f"/api/builds/{build_id}/cad/start", {"worker": ctx.name})
+    if not started["go"]:
+        log.info("build %s is past CAD or another worker's; skipping a duplicate message", build_id)
+        return
+    with heartbeat(ctx, f"/api/builds/{build_id}/cad/heartbeat", started.get("heartbeat_s", 10.0)):
+        _build_cad(ctx, build_id, started["build"])
+
+
+def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
     from workers.cad_runner import CadError, CadRequest
 
-    started = ctx.client.post(f"/api/builds/{build_id}/cad/start")
-    if not started["go"]:
-        log.info("build %s is past CAD already; skipping a duplicate message", build_id)
-        return
-    build = started["build"]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"farm-cad-{build_id}-") as tmp:
         os.chmod(tmp, 0o711)  # the build's own uid passes through to src/, cannot list
@@ -104,9 +136,15 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
 
 
 def slice_build(ctx: WorkerContext, slice_id: int) -> None:
-    sl = ctx.client.get(f"/api/slices/{slice_id}")
-    if sl["state"] != "pending":
+    started = ctx.client.post(f"/api/slices/{slice_id}/start", {"worker": ctx.name})
+    if not started["go"]:
+        log.info("slice %s is done or another worker's; skipping a duplicate message", slice_id)
         return
+    with heartbeat(ctx, f"/api/slices/{slice_id}/heartbeat", started.get("heartbeat_s", 10.0)):
+        _slice(ctx, slice_id, started["slice"])
+
+
+def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
     t0 = time.monotonic()
     if sl["kind"] == "gcode":
         _read_presliced(ctx, sl)

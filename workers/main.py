@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 
 import dramatiq
@@ -42,8 +40,7 @@ def check_sandbox(settings: Settings) -> sandbox.Report:
 def _announce(ctx: WorkerContext, queues: set[str], walls: str) -> None:
     report = getattr(ctx.cad, "sandbox", None)
     layers = [layer.name for layer in report.layers if layer.active] if report else []
-    body = {"name": f"{socket.gethostname()}:{os.getpid()}", "queues": sorted(queues), "sandbox": walls,
-            "layers": layers}
+    body = {"name": ctx.name, "queues": sorted(queues), "sandbox": walls, "layers": layers}
     try:
         ctx.client.post("/api/workers", body)
     except (FarmError, httpx.HTTPError) as error:  # status just will not list this worker

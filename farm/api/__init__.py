@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from sqlmodel import Session, select
 
-from farm import dispatch
+from farm import dispatch, pipeline
 from farm.api import agents, artifacts, builds, operate, reads, tokens, workers
 from farm.api.bodylimit import BodyLimit
 from farm.api.deps import Farm, hash_secret, new_secret
@@ -74,6 +74,19 @@ def resend_unfinished(farm: Farm) -> int:
 def _expire_leases(farm: Farm) -> None:
     with write_session(farm.engine) as session:
         dispatch.expire_leases(session, farm.settings.lease_s)
+    if farm.broker is None:
+        return
+    with write_session(farm.engine) as session:
+        s = farm.settings
+        out = pipeline.expire_work_leases(session, attempts=s.work_attempts, resend_s=s.work_resend_s)
+        session.commit()
+    if out:
+        log.warning("re-sent %d CAD builds or slices whose worker stopped answering", len(out))
+    builds.dispatch_outgoing(farm, out)
+
+
+def housekeeping_interval(settings: Settings) -> float:
+    return min(5.0, settings.lease_s / 4, settings.work_lease_s / 4)
 
 
 async def _checkpoints(farm: Farm) -> None:
@@ -114,7 +127,7 @@ class Housekeeper:
 
 async def _housekeeping(farm: Farm, keeper: Housekeeper) -> None:
     while True:
-        await asyncio.sleep(min(5.0, farm.settings.lease_s / 4))
+        await asyncio.sleep(housekeeping_interval(farm.settings))
         if not keeper.holds():
             continue
         try:  # in a thread: a database wait must not stall every request on the event loop

@@ -46,6 +46,9 @@ class Register(BaseModel):
     protocol: str
     agent_version: str | None = None
     auto_eject: bool = False
+    # What the printer showed when its agent started (older agents do not say): a finished or
+    # failed print then is a part on the bed.
+    state: str | None = None
 
 
 class Heartbeat(BaseModel):
@@ -154,9 +157,14 @@ def _register(session: Session, body: Register, farm: Farm) -> dict:
     )
     printer.model, printer.protocol = body.model, body.protocol
     printer.agent_version, printer.auto_eject = body.agent_version, body.auto_eject
+    job = dispatch.bound_job(session, printer)
+    if job is None and body.state in ("finished", "failed"):
+        # A print ended while no agent watched (or before this one started): its part is still on
+        # the bed until someone clears it. A job still bound is the agent's to reconcile instead.
+        printer.state = body.state
+        dispatch.end_on_bed(printer)
     session.add(printer)
     session.commit()
-    job = dispatch.bound_job(session, printer)
     if job is None:
         return {"printer": printer.name, "job": None}
     assert job.slice_id is not None

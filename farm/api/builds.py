@@ -249,14 +249,41 @@ def list_builds(
     return [load_build(session, build_id) for build_id in ids]  # type: ignore[arg-type]
 
 
+class WorkerClaim(BaseModel):
+    """Who takes, or still holds, a CAD build or a slice (`farm worker` sends host:pid)."""
+
+    worker: str = Field("unnamed", min_length=1, max_length=200)
+
+
 @router.post("/builds/{build_id}/cad/start", dependencies=[Depends(require("worker"))], responses=errors(404))
-def cad_start(build_id: RowId, session: SessionDep) -> dict:
+def cad_start(build_id: RowId, farm: FarmDep, session: SessionDep, claim: WorkerClaim | None = None) -> dict:
+    """Take the build under a lease (`go`); go=false: it is past CAD, or another worker holds it."""
     build = session.get(Build, build_id)
     if build is None:
         raise HTTPException(404, f"no build {build_id}")
-    go = pipeline.cad_started(session, build)
+    worker = (claim or WorkerClaim()).worker
+    go = pipeline.cad_started(session, build, worker=worker, lease_s=farm.settings.work_lease_s)
     session.commit()
-    return {"go": go, "build": load_build(session, build_id)}
+    return {"go": go, "build": load_build(session, build_id), **_lease(farm, go)}
+
+
+@router.post(
+    "/builds/{build_id}/cad/heartbeat", dependencies=[Depends(require("worker"))], responses=errors(404)
+)
+def cad_heartbeat(build_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
+    """Extend the worker's lease; held=false: the build is no longer its (the lease ran out)."""
+    build = session.get(Build, build_id)
+    if build is None:
+        raise HTTPException(404, f"no build {build_id}")
+    held = pipeline.cad_heartbeat(session, build, worker=claim.worker, lease_s=farm.settings.work_lease_s)
+    session.commit()
+    return {"held": held, **_lease(farm, held)}
+
+
+def _lease(farm: Farm, held: bool) -> dict[str, float]:
+    """How long the lease lasts and how often to extend it: the worker follows the coordinator."""
+    s = farm.settings
+    return {"lease_s": s.work_lease_s, "heartbeat_s": s.work_heartbeat_s} if held else {}
 
 
 @router.post(
@@ -296,6 +323,32 @@ def get_slice(slice_id: RowId, session: SessionDep) -> dict:
     sl = session.get(Slice, slice_id)
     if sl is None:
         raise HTTPException(404, f"no slice {slice_id}")
+    return _slice_work(session, sl)
+
+
+@router.post("/slices/{slice_id}/start", dependencies=[Depends(require("worker"))], responses=errors(404))
+def slice_start(slice_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
+    """Take a pending slice under a lease (`go`), as cad/start."""
+    sl = session.get(Slice, slice_id)
+    if sl is None:
+        raise HTTPException(404, f"no slice {slice_id}")
+    go = pipeline.slice_started(session, sl, worker=claim.worker, lease_s=farm.settings.work_lease_s)
+    session.commit()
+    return {"go": go, "slice": _slice_work(session, sl), **_lease(farm, go)}
+
+
+@router.post("/slices/{slice_id}/heartbeat", dependencies=[Depends(require("worker"))], responses=errors(404))
+def slice_heartbeat(slice_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
+    sl = session.get(Slice, slice_id)
+    if sl is None:
+        raise HTTPException(404, f"no slice {slice_id}")
+    held = pipeline.slice_heartbeat(session, sl, worker=claim.worker, lease_s=farm.settings.work_lease_s)
+    session.commit()
+    return {"held": held, **_lease(farm, held)}
+
+
+def _slice_work(session: Session, sl: Slice) -> dict:
+    """What a slicing worker needs: the slice, and its build's mesh and settings."""
     build = session.get(Build, sl.build_id)
     assert build is not None
     return {

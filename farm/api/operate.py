@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from farm import dispatch, explain, tags
 from farm.api.access import check_owner
+from farm.api.builds import dispatch_outgoing
 from farm.api.deps import FarmDep, PrinterPath, RowId, SessionDep, require
 from farm.api.errors import AUTH, errors
 from farm.api.views import job_view, printer_view
@@ -51,14 +52,17 @@ def cancel_job(job_id: RowId, session: SessionDep, token: Submitter) -> dict:
 
 
 @router.post("/jobs/{job_id}/retry", responses=errors(404, 409))
-def retry_job(job_id: RowId, session: SessionDep, token: Submitter) -> dict:
-    """Send a failed job back to the queue: a submitter its own, an admin any."""
+def retry_job(job_id: RowId, farm: FarmDep, session: SessionDep, token: Submitter) -> dict:
+    """Send a failed job back to the queue (a submitter its own, an admin any); if its build failed,
+    the job waits while what failed (the CAD run or its slices) is made again."""
     job = _job(session, job_id)
     check_owner(token, job.owner, f"job {job_id}")
     try:
-        return job_view(dispatch.retry(session, job))
+        job, out = dispatch.retry(session, job)
     except InvalidMove as exc:
         raise HTTPException(409, str(exc)) from exc
+    dispatch_outgoing(farm, out)
+    return job_view(job)
 
 
 @router.get(

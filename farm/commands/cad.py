@@ -92,7 +92,9 @@ def build(
                 _die(str(exc), 2)
             try:  # typed as the farm types them, so that both share cache entries
                 source, entry_file = (packed.archive, packed.entry) if packed else (path, None)
-                params = check_cad_source(source, entry_file, artifact, params, validate=False)
+                params = check_cad_source(
+                    source, entry_file, artifact, params, validate=False, name=path.name
+                )
             except SourceProblem as exc:
                 _die(str(exc), 2)
             request = CadRequest(

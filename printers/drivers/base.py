@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import abc
+import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from farm.names import UnsafeName, check_segment
 
@@ -47,8 +50,9 @@ class PrinterConfig(BaseModel):
     name: str
     model: str  # the printer model as the farm knows it, e.g. "MINI"
     driver: str  # "prusalink", later "octoprint", "moonraker", "bambu"
-    host: str = "127.0.0.1"
-    port: int | None = None
+    host: str = "127.0.0.1"  # a name or address; also `host:port`, `http(s)://host[:port]`, `[IPv6]:port`
+    port: int | None = None  # the printer's API port, when not the protocol's usual one
+    https: bool = False  # set by `host = "https://…"`: the printer's HTTP API is behind TLS
     username: str | None = None
     password: str | None = None
     api_key: str | None = None
@@ -58,6 +62,82 @@ class PrinterConfig(BaseModel):
     cert_sha256: str | None = None  # Bambu: pin the printer's TLS certificate (it is self-signed)
     timeout_s: float = 10.0
     auto_eject: bool = False  # the printer clears its own bed (a belt printer, an ejection mod)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_host(cls, data: Any) -> Any:
+        """`host` in any of the forms people write, split into host, port and https."""
+        if not isinstance(data, dict) or not isinstance(data.get("host"), str):
+            return data
+        host, port, scheme = parse_host(data["host"])
+        data = dict(data)
+        data["host"] = host
+        if port is not None:
+            given = data.get("port")
+            if given is not None and str(given) != str(port):
+                raise ValueError(f"host = {data['host']!r} says port {port} but port = {given}: keep one")
+            data["port"] = port
+        if scheme is not None:
+            if data.get("driver") == "bambu":
+                raise ValueError(
+                    "host: a Bambu printer is reached over MQTT and FTPS, not HTTP: give its address only"
+                )
+            data["https"] = scheme == "https"
+        return data
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")  # names and IPv4 addresses
+
+
+def parse_host(value: str) -> tuple[str, int | None, str | None]:
+    """(host, port or None, "http"/"https" or None) from `host`, `host:port`, `http(s)://host[:port]`,
+    an IPv6 address bare or in brackets (`[fe80::1]:8080`). ValueError, written for the operator,
+    for anything else."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"host = {value!r}: {why}")
+
+    text, scheme = value.strip(), None
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise bad("only http:// or https:// may come before the address")
+        text = text.rstrip("/")
+        if any(c in text for c in "/?#"):
+            raise bad("give the printer's address only, without a path")
+    if "@" in text:
+        raise bad("no user@ here: use the username and password keys")
+    port_text: str | None = None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise bad("an IPv6 address in brackets is written [fe80::1] or [fe80::1]:8080")
+        port_text = rest[1:] if rest else None
+        _check_ipv6(host, bad)
+    elif text.count(":") > 1:
+        in_brackets = "an IPv6 address with a port goes in brackets: [fe80::1]:8080"
+        _check_ipv6(text, lambda why: bad(f"{why}; {in_brackets}"))
+        host = text
+    else:
+        host, colon, after = text.partition(":")
+        port_text = after if colon else None
+        if not host or not _HOSTNAME.fullmatch(host):
+            raise bad("not a host name or address (e.g. 192.168.1.50, mini-1.local, [fe80::1])")
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise bad(f"the port {port_text!r} is not a number from 1 to 65535")
+        port = int(port_text)
+    return host, port, scheme
+
+
+def _check_ipv6(host: str, bad: Callable[[str], ValueError]) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise bad("not an IPv6 address") from None
 
 
 class DriverError(Exception):

@@ -19,8 +19,9 @@ class HttpDriver(Driver):
 
     def __init__(self, config: PrinterConfig, **client_kwargs: Any) -> None:
         super().__init__(config)
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        self.base_url = f"http://{host}:{config.port or self.default_port}"
+        host = f"[{config.host}]" if ":" in config.host else config.host  # IPv6
+        port = config.port or (443 if config.https else self.default_port)
+        self.base_url = f"{'https' if config.https else 'http'}://{host}:{port}"
         # Serialised: PrusaLink nonces live 5 s, and status reads must not interleave with commands.
         self._lock = threading.RLock()
         self._client = httpx.Client(base_url=self.base_url, timeout=config.timeout_s, **client_kwargs)
