@@ -16,7 +16,7 @@ from typing import Any
 
 from farm.client import FarmClient, FarmError
 from printers.config import AgentConfig
-from printers.drivers.base import Driver, DriverError, PrinterState, PrinterStatus
+from printers.drivers.base import Driver, DriverError, PrinterReceiving, PrinterState, PrinterStatus
 
 log = logging.getLogger("farm.agent")
 VERSION = "0.1.0"
@@ -65,6 +65,7 @@ class Agent:
         self.job: CurrentJob | None = None
         self._last_report = 0.0
         self._resting_until = 0.0
+        self._unsettled: dict[str, Any] | None = None  # a held job the printer was still receiving
         self._next_prefetch = 0.0
         assert config.spool_dir is not None
         self.spool = config.spool_dir
@@ -170,10 +171,14 @@ class Agent:
             self._follow(status)
         else:
             log.info("%s: job %s never reached the printer; sending it now", self.name, current.id)
-            self._start(job)
+            self._start(job, resuming=True)
 
     # -- one round ------------------------------------------------------------------------
     def tick(self) -> None:
+        if self._unsettled is not None and self.job is None:
+            job, self._unsettled = self._unsettled, None
+            self._reconcile(job)  # the last agent's upload has had a round to arrive
+            return
         status = self.driver.status()
         if self.job is not None:
             self._follow(status)
@@ -214,7 +219,9 @@ class Agent:
             **({"color": status.color} if status.color else {}),
         }
 
-    def _start(self, job: dict[str, Any]) -> None:
+    def _start(self, job: dict[str, Any], *, resuming: bool = False) -> None:
+        """Send a job to the printer and start it. `resuming`: a job we held before a restart,
+        which the printer did not show as its print."""
         current = CurrentJob(job["id"], job["fence"], job["gcode"], job["gcode_name"], time.monotonic())
         self.job = current
         path = self.spool / f"{job['gcode']}.gcode"
@@ -235,6 +242,16 @@ class Agent:
                 raise DriverError(f"{current.remote_name!r} is not a name the farm gives job {current.id}")
             self.driver.upload(path, current.remote_name, start=True, progress=self._upload_progress)
         except DriverError as exc:
+            if resuming and isinstance(exc, PrinterReceiving):
+                # The killed agent's upload of this job may still be arriving (what it had written
+                # to its socket is delivered after it died), and the printer may start it. Sending
+                # it again, or failing the attempt so that another printer takes it, could print
+                # it twice: ask the printer again next round.
+                log.info(
+                    "%s: job %s: the printer is still receiving a file; asking again", self.name, current.id
+                )
+                self.job, self._unsettled = None, job
+                return
             # It never reached the printer. A failed upload is a failed attempt (the coordinator
             # retries it elsewhere while attempts last): handing it back as `ready` let a printer
             # that refuses a file take the same job again and again, forever. Rest before claiming
