@@ -1,0 +1,80 @@
+"""An agent killed mid-upload: its restarted self must not fail (or send again) a job whose bytes are
+still arriving at the printer from the dead process's socket. Found by tests/test_chaos.py: the job
+was failed, then printed anyway by the printer, and left `ready` with its only printer excluded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from printers.agent import Agent
+from printers.config import AgentConfig, CoordinatorConfig
+from printers.drivers.base import DriverError, PrinterConfig, PrinterReceiving, PrinterState, PrinterStatus
+
+JOB = {"id": 8, "fence": 3, "gcode": "ab" * 32, "gcode_name": "job8-cube.gcode", "state": "uploading"}
+
+
+class FakeClient:
+    url = "http://farm.invalid"
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, dict[str, Any]]] = []
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        self.reports.append((path, dict(body or {})))
+        return {"job": JOB["id"]}
+
+    def download_artifact(self, sha256: str, dest: Path) -> Path:
+        dest.write_text("G28\n")
+        return dest
+
+
+class FakeDriver:
+    """The printer still takes the dead agent's upload, then starts it."""
+
+    def __init__(self, refusal: DriverError) -> None:
+        self.refusal = refusal
+        self.status_now = PrinterStatus(PrinterState.IDLE)
+        self.uploads = 0
+
+    def status(self) -> PrinterStatus:
+        return self.status_now
+
+    def upload(self, path: Path, remote_name: str, *, start: bool, progress: Any = None) -> None:
+        self.uploads += 1
+        raise self.refusal
+
+    def close(self) -> None:
+        pass
+
+
+def _agent(tmp_path: Path, driver: FakeDriver) -> tuple[Agent, FakeClient]:
+    config = AgentConfig(
+        coordinator=CoordinatorConfig(url="http://farm.invalid", token="t"),
+        printer=PrinterConfig(name="mini-1", model="MINI", driver="prusalink", password="pw"),
+        spool_dir=tmp_path / "spool",
+    )
+    client = FakeClient()
+    return Agent(config, client, driver), client  # type: ignore[arg-type]
+
+
+def test_a_restarted_agent_waits_for_the_upload_still_arriving(tmp_path: Path) -> None:
+    driver = FakeDriver(PrinterReceiving("the printer is already receiving another file"))
+    agent, client = _agent(tmp_path, driver)
+    agent._reconcile(dict(JOB))
+    assert not any(body.get("state") == "failed" for _, body in client.reports), client.reports
+    assert agent.job is None
+    # The dead agent's bytes arrive; the printer starts the job: the next round adopts it.
+    driver.status_now = PrinterStatus(PrinterState.PRINTING, progress=1.0, file="job8-cube.gcode")
+    agent.tick()
+    assert agent.job is not None and agent.job.id == JOB["id"]
+    assert driver.uploads == 1
+    assert [b["state"] for _, b in client.reports if "state" in b][-1] == "printing"
+    assert not any(body.get("state") == "failed" for _, body in client.reports)
+
+
+def test_any_other_refusal_still_fails_the_attempt(tmp_path: Path) -> None:
+    driver = FakeDriver(DriverError("cannot store it: USB drive missing or full"))
+    agent, client = _agent(tmp_path, driver)
+    agent._reconcile(dict(JOB))
+    assert any(body.get("state") == "failed" for _, body in client.reports)
