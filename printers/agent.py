@@ -16,7 +16,7 @@ from typing import Any
 
 from farm.client import FarmClient, FarmError
 from printers.config import AgentConfig
-from printers.drivers.base import Driver, DriverError, PrinterReceiving, PrinterState, PrinterStatus
+from printers.drivers.base import Driver, DriverError, PrinterState, PrinterStatus
 
 log = logging.getLogger("farm.agent")
 VERSION = "0.1.0"
@@ -24,6 +24,9 @@ VERSION = "0.1.0"
 READY_FOR_WORK = (PrinterState.IDLE, PrinterState.FINISHED, PrinterState.FAILED)
 IDLE_GRACE_S = 30.0
 UPLOAD_FAILURE_REST_S = 30.0  # a printer may report idle for a moment between upload and start
+# After a restart, how long a job we held may be refused by the printer (still taking, or already
+# printing, the last agent's upload of it) before the refusal counts as a failed attempt.
+UPLOAD_SETTLE_S = 30.0
 PREFETCH_EVERY_S = 15.0  # while a finished print waits on the bed, ask what comes next this often
 ENDED = (PrinterState.FINISHED, PrinterState.FAILED)
 
@@ -65,7 +68,8 @@ class Agent:
         self.job: CurrentJob | None = None
         self._last_report = 0.0
         self._resting_until = 0.0
-        self._unsettled: dict[str, Any] | None = None  # a held job the printer was still receiving
+        self._unsettled: dict[str, Any] | None = None  # a held job to ask the printer about again
+        self._settle_until = 0.0
         self._next_prefetch = 0.0
         assert config.spool_dir is not None
         self.spool = config.spool_dir
@@ -146,6 +150,7 @@ class Agent:
             },
         )
         if reply.get("job") and self.job is None:
+            self._settle_until = time.monotonic() + UPLOAD_SETTLE_S
             self._reconcile(reply["job"])
 
     def _reconcile(self, job: dict[str, Any]) -> None:
@@ -221,7 +226,7 @@ class Agent:
 
     def _start(self, job: dict[str, Any], *, resuming: bool = False) -> None:
         """Send a job to the printer and start it. `resuming`: a job we held before a restart,
-        which the printer did not show as its print."""
+        which the printer did not show as its print (yet)."""
         current = CurrentJob(job["id"], job["fence"], job["gcode"], job["gcode_name"], time.monotonic())
         self.job = current
         path = self.spool / f"{job['gcode']}.gcode"
@@ -242,14 +247,13 @@ class Agent:
                 raise DriverError(f"{current.remote_name!r} is not a name the farm gives job {current.id}")
             self.driver.upload(path, current.remote_name, start=True, progress=self._upload_progress)
         except DriverError as exc:
-            if resuming and isinstance(exc, PrinterReceiving):
+            if resuming and time.monotonic() < self._settle_until:
                 # The killed agent's upload of this job may still be arriving (what it had written
-                # to its socket is delivered after it died), and the printer may start it. Sending
-                # it again, or failing the attempt so that another printer takes it, could print
-                # it twice: ask the printer again next round.
-                log.info(
-                    "%s: job %s: the printer is still receiving a file; asking again", self.name, current.id
-                )
+                # to its socket is delivered after it died), and the printer may be about to start
+                # it, or have just started it: it refuses ours. Sending it again, or failing the
+                # attempt so that another printer takes it, could print it twice: ask the printer
+                # again next round; only a refusal that lasts is a failed attempt.
+                log.info("%s: job %s: the printer refused it (%s); asking again", self.name, current.id, exc)
                 self.job, self._unsettled = None, job
                 return
             # It never reached the printer. A failed upload is a failed attempt (the coordinator

@@ -4,12 +4,15 @@ was failed, then printed anyway by the printer, and left `ready` with its only p
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from printers.agent import Agent
+import pytest
+
+from printers.agent import UPLOAD_SETTLE_S, Agent
 from printers.config import AgentConfig, CoordinatorConfig
-from printers.drivers.base import DriverError, PrinterConfig, PrinterReceiving, PrinterState, PrinterStatus
+from printers.drivers.base import DriverError, PrinterConfig, PrinterState, PrinterStatus
 
 JOB = {"id": 8, "fence": 3, "gcode": "ab" * 32, "gcode_name": "job8-cube.gcode", "state": "uploading"}
 
@@ -58,9 +61,17 @@ def _agent(tmp_path: Path, driver: FakeDriver) -> tuple[Agent, FakeClient]:
     return Agent(config, client, driver), client  # type: ignore[arg-type]
 
 
-def test_a_restarted_agent_waits_for_the_upload_still_arriving(tmp_path: Path) -> None:
-    driver = FakeDriver(PrinterReceiving("the printer is already receiving another file"))
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "the printer is already receiving another file; try again when that upload finishes",
+        "cannot replace 'job8-cube.gcode': the printer is printing that file",
+    ],
+)
+def test_a_restarted_agent_waits_for_the_upload_still_arriving(tmp_path: Path, refusal: str) -> None:
+    driver = FakeDriver(DriverError(refusal))
     agent, client = _agent(tmp_path, driver)
+    agent._settle_until = time.monotonic() + UPLOAD_SETTLE_S  # as run() sets it at a restart
     agent._reconcile(dict(JOB))
     assert not any(body.get("state") == "failed" for _, body in client.reports), client.reports
     assert agent.job is None
@@ -73,8 +84,9 @@ def test_a_restarted_agent_waits_for_the_upload_still_arriving(tmp_path: Path) -
     assert not any(body.get("state") == "failed" for _, body in client.reports)
 
 
-def test_any_other_refusal_still_fails_the_attempt(tmp_path: Path) -> None:
+def test_a_refusal_that_lasts_fails_the_attempt(tmp_path: Path) -> None:
     driver = FakeDriver(DriverError("cannot store it: USB drive missing or full"))
     agent, client = _agent(tmp_path, driver)
+    agent._settle_until = time.monotonic() - 1  # the settle window is over
     agent._reconcile(dict(JOB))
     assert any(body.get("state") == "failed" for _, body in client.reports)

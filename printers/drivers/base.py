@@ -144,12 +144,6 @@ class DriverError(Exception):
     """A printer refused or failed an operation. The message is written for the operator."""
 
 
-class PrinterReceiving(DriverError):
-    """The printer refused an upload because it is still taking another one (PrusaLink takes one
-    at a time). After an agent restart that may be the last agent's upload of this very job, its
-    bytes still arriving from the dead process's socket: not a failed attempt."""
-
-
 ProgressCallback = Callable[[int, int], None]  # (bytes_sent, bytes_total)
 
 

@@ -16,7 +16,6 @@ import httpx
 from printers.drivers.base import (
     DriverError,
     PrinterConfig,
-    PrinterReceiving,
     PrinterState,
     PrinterStatus,
     ProgressCallback,
@@ -121,8 +120,7 @@ class PrusaLinkDriver(HttpDriver):
             self._prime_auth()
             response = self._request("PUT", url, content=body, headers=headers, timeout=timeout)
         if response.status_code != 201:
-            receiving = response.status_code == 409 and "transfer" in _detail(response)
-            raise (PrinterReceiving if receiving else DriverError)(_upload_error(remote_name, response))
+            raise DriverError(_upload_error(remote_name, response))
 
     def start(self, remote_name: str) -> None:
         self.paused_by_farm = False
