@@ -123,7 +123,8 @@ def local_printer(
 
 
 def files_under(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*") if p.is_file()}
+    # The emulator's own log of prints started (.prints.jsonl) is not a file anyone sent it.
+    return {p for p in root.rglob("*") if p.is_file() and p.name != ".prints.jsonl"}
 
 
 def wait_for_jobs(api: httpx.Client, job_ids: list[int], timeout: float) -> list[dict]:
