@@ -40,7 +40,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 LAYERS = ("identity", "userns", "netns", "mountns", "pidns", "landlock", "seccomp")
 # What FARM_CAD_SANDBOX_DISABLE may force off.
@@ -170,8 +170,9 @@ def enter(policy: Policy, view: View) -> None:
         _set_nproc(policy.procs)  # over a uid no one else has: this build's own processes
     # Not root: the build shares the worker's uid, and cad_child's RLIMIT_NPROC counts its tasks too.
     namespaced = policy.wants("namespaces") and _unshare(as_root)
+    status_fd = -1
     if namespaced:
-        _fork_into_pid_namespace()
+        status_fd = _fork_into_pid_namespace()
         _build_root(view, policy)  # as root, or as the worker with a user namespace's capabilities
         os.environ["TMPDIR"] = "/tmp"
     else:
@@ -186,7 +187,7 @@ def enter(policy: Policy, view: View) -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _restrict(policy, view, proc=namespaced)
     if namespaced:
-        _fork_build_under_init()
+        _fork_build_under_init(status_fd)
     os.environ["HOME"] = os.environ["TMPDIR"]
     tempfile.tempdir = None  # computed again from TMPDIR on first use
     os.chdir(view.cwd)
@@ -205,16 +206,18 @@ def _unshare(as_root: bool) -> bool:
     return True
 
 
-def _fork_into_pid_namespace() -> None:
-    """Fork the new PID namespace's init; this process then only passes on how the build ended."""
+def _fork_into_pid_namespace() -> int:
+    """Fork the new PID namespace's init; this process then only passes on how the build ended.
+
+    Returns, in init, the pipe on which init reports the build's wait status.
+    """
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
         _die_with_parent()
         os.set_inheritable(write_end, False)
-        _STATUS_FD[0] = write_end
-        return
+        return write_end
     os.close(write_end)
     _prctl(PR_SET_DUMPABLE, 0)
     # This process keeps its capabilities: its death must be able to deliver init's parent-death
@@ -228,14 +231,11 @@ def _fork_into_pid_namespace() -> None:
     _exit_like(status)
 
 
-_STATUS_FD = [-1]
-
-
-def _fork_build_under_init() -> None:
+def _fork_build_under_init(status_fd: int) -> None:
     """In the namespace's init: fork the build, reap whatever it leaves, report its status."""
     pid = os.fork()
     if pid == 0:
-        os.close(_STATUS_FD[0])
+        os.close(status_fd)
         _die_with_parent()
         return
     # Undumpable: the build, same uid and one PID away, cannot read init's memory or environment.
@@ -252,11 +252,11 @@ def _fork_build_under_init() -> None:
             status = st
             break
     with contextlib.suppress(OSError):
-        os.write(_STATUS_FD[0], struct.pack("i", status))
+        os.write(status_fd, struct.pack("i", status))
     os._exit(0)  # init's exit kills whatever the build left running in the namespace
 
 
-def _exit_like(status: int) -> None:
+def _exit_like(status: int) -> NoReturn:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
