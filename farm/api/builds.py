@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, UploadFile
 from pydantic import BaseModel, Field, JsonValue, ValidationError
+from redis.exceptions import RedisError
 from sqlmodel import Session, col, select
 
 from farm import pipeline, tags
@@ -30,6 +32,8 @@ from farm.queue import send
 from farm.sources import SourceProblem, check_cad_source
 from farm.store import TooLarge
 from workers.slicer import SliceError, check_overrides, print_options
+
+log = logging.getLogger("farm.api")
 
 router = APIRouter(prefix="/api", tags=["builds"], responses=AUTH)
 Submitter = Annotated[Token, Depends(require("submitter"))]  # the build is its name's
@@ -102,8 +106,19 @@ def dispatch_outgoing(farm: Farm, out: list[pipeline.Outgoing]) -> None:
         return
     if farm.broker is None:
         raise HTTPException(503, "the coordinator has no queue: set FARM_REDIS_URL (farm up does this)")
-    for msg in out:
-        send(farm.broker, msg.queue, msg.actor, *msg.args)
+    try:
+        for msg in out:
+            send(farm.broker, msg.queue, msg.actor, *msg.args)
+    except RedisError as exc:
+        # The work is committed: answering 5xx would make the caller submit it again. The resend
+        # sweep sends every unbegun build and slice again once the queue answers.
+        log.warning(
+            "the queue (Redis) did not take %d message(s): %s; they are re-sent within %.0f s of it "
+            "coming back",
+            len(out),
+            exc,
+            farm.settings.work_resend_s,
+        )
 
 
 def load_build(session: Session, build_id: int) -> dict[str, Any]:
