@@ -116,6 +116,10 @@ _MK3_PRINTS = {
     "fine": "0.15mm QUALITY @MK3",
 }
 _MK3_FILAMENTS = dict(_MK3S.filament_presets)
+# Bambu printers: their own bundle (BambuStudio's start/end sequences, layer markers), and Prusa's
+# filament presets minus the MK3 linear-advance line (workers/profiles/bambu.ini).
+_BAMBU_BUNDLE = "bambu.ini"
+_BAMBU_FILAMENTS = {material: f"{preset} @BBL" for material, preset in _MK3_FILAMENTS.items()}
 
 
 def _project(
@@ -127,16 +131,17 @@ def _project(
     gcode_model: str = "",
     bambu_model_id: str = "",
 ) -> PrinterModel:
+    bambu = protocol == "bambu"
     return PrinterModel(
         name=name,
         title=title,
         bed=bed,
         nozzle=0.4,
         protocol=protocol,
-        bundle=_PROJECT_BUNDLE,
+        bundle=_BAMBU_BUNDLE if bambu else _PROJECT_BUNDLE,
         printer_preset=title,
         print_presets=dict(_MK3_PRINTS),
-        filament_presets=dict(_MK3_FILAMENTS),
+        filament_presets=dict(_BAMBU_FILAMENTS if bambu else _MK3_FILAMENTS),
         gcode_model=gcode_model,
         bambu_model_id=bambu_model_id,
     )
@@ -150,7 +155,7 @@ _PROJECT_MODELS = (
     _project(
         "X1C",
         "Bambu Lab X1 Carbon",
-        (256.0, 256.0, 256.0),
+        (256.0, 256.0, 250.0),
         "bambu",
         gcode_model="Bambu Lab X1 Carbon",
         bambu_model_id="BL-P001",
@@ -158,13 +163,13 @@ _PROJECT_MODELS = (
     _project(
         "P1S",
         "Bambu Lab P1S",
-        (256.0, 256.0, 256.0),
+        (256.0, 256.0, 250.0),
         "bambu",
         gcode_model="Bambu Lab P1S",
         bambu_model_id="C12",
     ),
     _project(
-        "A1", "Bambu Lab A1", (256.0, 256.0, 256.0), "bambu", gcode_model="Bambu Lab A1", bambu_model_id="N2S"
+        "A1", "Bambu Lab A1", (256.0, 256.0, 250.0), "bambu", gcode_model="Bambu Lab A1", bambu_model_id="N2S"
     ),
     _project(
         "A1MINI",
