@@ -20,6 +20,7 @@ from workers.bambu3mf import (
     PlateInfo,
     package_gcode,
 )
+from workers.plate_image import png_size
 from workers.slice_cache import SliceCache, cache_key
 from workers.slicer import (
     GcodeMeta,
@@ -182,9 +183,10 @@ def test_a_thumbnail_in_the_gcode_becomes_plate_1_png(tmp_path: Path) -> None:
             m.get("key"): m.get("value") for m in ET.fromstring(zf.read(MODEL_SETTINGS)).iter("metadata")
         }
         assert settings["thumbnail_file"] == PLATE_PNG
-    # Without one (what PrusaSlicer 2.5 writes), the package has no png and says none.
+    # Without one (what PrusaSlicer 2.5 writes), the plate picture is drawn from the G-code.
     plain = slice_mesh(cube, x1c, tmp_path / "p.gcode.3mf")
     assert plain.meta.thumbnails is None
     with zipfile.ZipFile(plain.gcode) as zf:
-        assert PLATE_PNG not in zf.namelist()
-        assert b"thumbnail_file" not in zf.read(MODEL_SETTINGS)
+        drawn = zf.read(PLATE_PNG)
+        assert drawn != PNG_1X1 and png_size(drawn) == (512, 512)
+        assert png_size(zf.read("Metadata/plate_1_small.png")) == (128, 128)

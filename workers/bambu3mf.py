@@ -2,9 +2,13 @@
 
 Layout per protocols.md §A.9 (what Bambu Studio writes): content types, rels, a small valid
 3D/3dmodel.model, Metadata/plate_1.gcode with its MD5, slice_info.config, model_settings.config
-(+ rels), plate_1.json, and Metadata/plate_1.png when there is a preview (the printer's screen
-shows it). The G-code gets the HEADER and CONFIG comment
-blocks Bambu firmware looks for (without them a printer can hang on "Unzip").
+(+ rels), plate_1.json, project_settings.config (the slicer settings, per-filament values as
+arrays padded to the printer's 5 slots, as Studio writes them), and the three plate pictures
+(plate_1.png, plate_1_small.png, plate_no_light_1.png: the printer's screen shows them; the CAD
+preview when there is one, else drawn from the G-code by workers.plate_image). The G-code gets
+the HEADER and CONFIG comment blocks Bambu firmware looks for (without them a printer can hang
+on "Unzip"), and after every layer marker (`M73 L`) the current `M73 P<pct> R<min>`, so progress
+is reported on every layer. Checked by bambox (`bambox validate`, tests/test_bambu_fidelity.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import BinaryIO
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
+from workers.plate_image import plate_pngs
+
 PLATE_GCODE = "Metadata/plate_1.gcode"
 PLATE_MD5 = PLATE_GCODE + ".md5"
 SLICE_INFO = "Metadata/slice_info.config"
@@ -27,6 +33,14 @@ MODEL_SETTINGS = "Metadata/model_settings.config"
 MODEL_SETTINGS_RELS = "Metadata/_rels/model_settings.config.rels"
 PLATE_JSON = "Metadata/plate_1.json"
 PLATE_PNG = "Metadata/plate_1.png"
+PLATE_SMALL_PNG = "Metadata/plate_1_small.png"
+PLATE_NO_LIGHT_PNG = "Metadata/plate_no_light_1.png"
+PLATE_TOP_PNG = "Metadata/top_1.png"  # Studio 2.x: the plate from above, which is what is drawn
+PROJECT_SETTINGS = "Metadata/project_settings.config"
+# What Studio writes as X-BBL-Client-Version: its own dotted version. The package's layout follows
+# Studio 1.10 (no filament maps, no top/pick pictures), so that is the version it claims.
+CLIENT_VERSION = "01.10.00.00"
+SLOTS = 5  # AMS trays + external spool of a P1S: per-filament arrays are padded to this many
 REQUIRED_ENTRIES: tuple[str, ...] = (
     "[Content_Types].xml",
     "_rels/.rels",
@@ -36,8 +50,13 @@ REQUIRED_ENTRIES: tuple[str, ...] = (
     MODEL_SETTINGS,
     MODEL_SETTINGS_RELS,
     SLICE_INFO,
+    PLATE_JSON,
+    PLATE_PNG,
+    PLATE_SMALL_PNG,
+    PLATE_NO_LIGHT_PNG,
+    PROJECT_SETTINGS,
 )
-PACKAGE_FORMAT = "bambu3mf-2"  # part of the slice cache key: bump when the package changes
+PACKAGE_FORMAT = "bambu3mf-3"  # part of the slice cache key: bump when the package changes
 GCODE_REL_TYPE = "http://schemas.bambulab.com/package/2021/gcode"
 MODEL_REL_TYPE = "http://schemas.microsoft.com/3dmanufacturing/2013/01/3dmodel"
 # Copied into the CONFIG block: what Bambu Studio and the firmware read to know the job.
@@ -116,6 +135,8 @@ class PlateInfo:
     max_z: float | None = None
     bbox: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     thumbnail_png: bytes | None = None  # the plate preview, when the G-code or CAD stage made one
+    bed: tuple[float, float] = (256.0, 256.0)  # plate size, for the drawn pictures
+    filament_colour: str | None = None  # "#RRGGBB"
 
 
 def _duration(seconds: int) -> str:
@@ -161,20 +182,29 @@ def _slice_info(info: PlateInfo) -> str:
     ]
     used_m = f"{(info.filament_mm or 0) / 1000:.2f}"
     ftype = quoteattr(info.filament_type or "PLA")
+    colour = quoteattr(_colour(info))
     plate.append(
-        f'    <filament id="1" tray_info_idx="" type={ftype} color="#FFFFFF" '
+        f'    <filament id="1" tray_info_idx="" type={ftype} color={colour} '
         f'used_m="{used_m}" used_g="{info.filament_g or 0:.2f}"/>'
     )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n<config>\n  <header>\n'
         '    <header_item key="X-BBL-Client-Type" value="slicer"/>\n'
-        '    <header_item key="X-BBL-Client-Version" value="printfarm"/>\n'
+        f'    <header_item key="X-BBL-Client-Version" value="{CLIENT_VERSION}"/>\n'
         "  </header>\n  <plate>\n" + "\n".join(plate) + "\n  </plate>\n</config>\n"
     )
 
 
-def _model_settings(thumbnail: bool) -> str:
-    thumb = f'    <metadata key="thumbnail_file" value="{PLATE_PNG}"/>\n' if thumbnail else ""
+def _colour(info: PlateInfo) -> str:
+    text = (info.filament_colour or "").strip().strip('"').split(";")[0]
+    return text.upper() if re.fullmatch(r"#[0-9A-Fa-f]{6}", text) else "#FFFFFF"
+
+
+def _model_settings() -> str:
+    thumb = (
+        f'    <metadata key="thumbnail_file" value="{PLATE_PNG}"/>\n'
+        f'    <metadata key="thumbnail_no_light_file" value="{PLATE_NO_LIGHT_PNG}"/>\n'
+    )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n<config>\n  <plate>\n'
         '    <metadata key="plater_id" value="1"/>\n'
@@ -192,7 +222,7 @@ def _plate_json(info: PlateInfo) -> str:
         "nozzle_diameter": info.nozzle_diameter,
         "bed_type": "textured_plate",
         "filament_ids": [0],
-        "filament_colors": ["#FFFFFF"],
+        "filament_colors": [_colour(info)],
     }
     if info.bbox is not None:
         (x0, y0, _), (x1, y1, _) = info.bbox
@@ -200,10 +230,74 @@ def _plate_json(info: PlateInfo) -> str:
     return json.dumps(data, indent=1)
 
 
+# PrusaSlicer keys whose values are per filament (or per extruder): lists in project_settings,
+# under Studio's name when it has another one.
+_PER_FILAMENT = {
+    "filament_type": "filament_type",
+    "filament_colour": "filament_colour",
+    "temperature": "nozzle_temperature",
+    "first_layer_temperature": "nozzle_temperature_initial_layer",
+    "bed_temperature": "bed_temperature",
+    "first_layer_bed_temperature": "bed_temperature_initial_layer",
+    "filament_max_volumetric_speed": "filament_max_volumetric_speed",
+    "filament_diameter": "filament_diameter",
+    "filament_density": "filament_density",
+    "filament_cost": "filament_cost",
+    "nozzle_diameter": "nozzle_diameter",
+    "retract_length": "retraction_length",
+}
+
+
+def _project_settings(info: PlateInfo, config: Mapping[str, str]) -> str:
+    """The slicer settings as Studio's project_settings.config: a JSON object of strings, the
+    per-filament ones as lists of SLOTS entries (one filament, repeated like a padded project)."""
+    data: dict[str, object] = {k: str(v) for k, v in config.items()}
+    for key, studio in _PER_FILAMENT.items():
+        if key in config:
+            first = str(config[key]).split(",")[0].split(";")[0].strip().strip('"')
+            data[studio] = [first] * SLOTS
+    data["filament_colour"] = [_colour(info)] * SLOTS
+    bed = str(config.get("first_layer_bed_temperature", "")).split(",")[0]
+    if bed:  # Studio keeps a bed temperature per plate type; every type gets the job's
+        for plate in ("hot_plate_temp", "textured_plate_temp", "cool_plate_temp", "eng_plate_temp"):
+            data[plate] = [bed] * SLOTS
+    data.update(
+        printer_model=info.printer_model,
+        printer_settings_id=str(config.get("printer_settings_id", info.printer_model)),
+        printable_height=str(config.get("max_print_height", "")),
+        printable_area=[f"{x:g}x{y:g}" for x, y in ((0, 0), (info.bed[0], 0), info.bed, (0, info.bed[1]))],
+        version=CLIENT_VERSION,
+    )
+    return json.dumps(data, indent=4, sort_keys=True)
+
+
 def _copy_hashing(src: BinaryIO, dst: BinaryIO, md5: hashlib._Hash) -> None:
     while block := src.read(_COPY_CHUNK):
         md5.update(block)
         dst.write(block)
+
+
+def _copy_with_progress(src: BinaryIO, dst: BinaryIO, md5: hashlib._Hash) -> None:
+    """Copy the G-code, repeating the latest `M73 P<pct> R<min>` after every `M73 L<layer>`: Bambu
+    firmware shows progress per layer, PrusaSlicer writes it per percent."""
+    progress = b"M73 P0 R0\n"
+    out: list[bytes] = []
+    size = 0
+    for line in src:
+        out.append(line)
+        if line.startswith(b"M73 P"):
+            progress = line.split(b";", 1)[0].rstrip() + b"\n"
+        elif line.startswith(b"M73 L"):
+            out.append(progress)
+        size += len(line)
+        if size >= _COPY_CHUNK:
+            block = b"".join(out)
+            md5.update(block)
+            dst.write(block)
+            out, size = [], 0
+    block = b"".join(out)
+    md5.update(block)
+    dst.write(block)
 
 
 def package_gcode(gcode: Path, out: Path, info: PlateInfo, config: Mapping[str, str]) -> Path:
@@ -220,17 +314,25 @@ def package_gcode(gcode: Path, out: Path, info: PlateInfo, config: Mapping[str, 
                 preamble = gcode_preamble(info, config)
                 md5.update(preamble)
                 dst.write(preamble)
-                _copy_hashing(src, dst, md5)
+                _copy_with_progress(src, dst, md5)
                 md5.update(_EXECUTABLE_END)
                 dst.write(_EXECUTABLE_END)
             # Studio writes the digest in upper case; readers compare case-insensitively.
             zf.writestr(PLATE_MD5, md5.hexdigest().upper())
-            zf.writestr(MODEL_SETTINGS, _model_settings(info.thumbnail_png is not None))
+            zf.writestr(MODEL_SETTINGS, _model_settings())
             zf.writestr(MODEL_SETTINGS_RELS, _rels("/" + PLATE_GCODE, GCODE_REL_TYPE))
             zf.writestr(SLICE_INFO, _slice_info(info))
             zf.writestr(PLATE_JSON, _plate_json(info))
-            if info.thumbnail_png is not None:
-                zf.writestr(PLATE_PNG, info.thumbnail_png, compress_type=zipfile.ZIP_STORED)
+            zf.writestr(PROJECT_SETTINGS, _project_settings(info, config))
+            drawn = plate_pngs(Path(gcode), info.bed, _colour(info))
+            pictures = {
+                PLATE_PNG: info.thumbnail_png or drawn["plate"],
+                PLATE_SMALL_PNG: drawn["small"],
+                PLATE_NO_LIGHT_PNG: drawn["no_light"],
+                PLATE_TOP_PNG: drawn["no_light"],
+            }
+            for name, data in pictures.items():
+                zf.writestr(name, data, compress_type=zipfile.ZIP_STORED)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -291,7 +393,10 @@ def extract_gcode(package: Path, dest: Path) -> tuple[Path, str | None]:
 __all__ = [
     "PACKAGE_FORMAT",
     "PLATE_GCODE",
+    "PLATE_NO_LIGHT_PNG",
     "PLATE_PNG",
+    "PLATE_SMALL_PNG",
+    "PROJECT_SETTINGS",
     "REQUIRED_ENTRIES",
     "PackageError",
     "PlateInfo",

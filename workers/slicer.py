@@ -970,6 +970,8 @@ def _package(
         max_z=meta.bbox[1][2] if meta.bbox else None,
         bbox=meta.bbox,
         thumbnail_png=max(thumbs, key=lambda t: t.width * t.height).data if thumbs else fallback_png,
+        bed=(model.bed[0], model.bed[1]),
+        filament_colour=cfg.get("filament_colour"),
     )
     try:
         package_gcode(plain, send, info, cfg)
