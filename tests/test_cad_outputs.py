@@ -18,6 +18,7 @@ from workers.bambu3mf import PLATE_PNG
 from workers.cad_cache import CadCache, cached_build
 from workers.cad_runner import CadError, CadRequest, CadResult, CadRunner
 from workers.mesh import MeshProblem, check_mesh, inspect_mesh, png_bytes, read_stl, render
+from workers.plate_image import png_size
 from workers.slicer import count_3mf_items, gcode_thumbnails, slice_mesh
 
 pytestmark = pytest.mark.timeout(180)
@@ -229,9 +230,10 @@ def test_bambu_package_gets_the_cad_preview_when_the_gcode_has_no_thumbnail(
     assert gcode_thumbnails(sliced.plain_gcode) == []  # PrusaSlicer 2.5 headless draws none
     with zipfile.ZipFile(sliced.gcode) as package:
         assert package.read(PLATE_PNG) == png
-    bare = slice_mesh(result.stl, model, tmp_path / "bare.gcode")
+    bare = slice_mesh(result.stl, model, tmp_path / "bare.gcode")  # no preview: drawn from the G-code
     with zipfile.ZipFile(bare.gcode) as package:
-        assert PLATE_PNG not in package.namelist()
+        drawn = package.read(PLATE_PNG)
+    assert drawn != png and png_size(drawn) == (512, 512)
 
 
 # --------------------------------------------------------------------------------------------------
