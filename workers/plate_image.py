@@ -21,20 +21,25 @@ DEFAULT_RGB = (236, 118, 44)  # a filament orange, when the config names no colo
 PLATE_RGB = (70, 70, 74)
 MARGIN_PX = 8
 MAX_PIXEL_STEPS = 4_000_000  # bounds the drawing time of a huge print: top layers first
+MAX_SEGMENTS = 400_000  # moves kept in memory, from the top down
 _MOVE = re.compile(rb"^G[01] ")
 _AXIS = re.compile(rb"([XYZE])(-?\d*\.?\d+)")
 
 
 def _segments(gcode: Path) -> list[tuple[float, list[tuple[float, float, float, float]]]]:
-    """Extruding moves of the printed layers, as [(z, [(x0, y0, x1, y1), ...]), ...]."""
+    """Extruding moves of the printed layers, as [(z, [(x0, y0, x1, y1), ...]), ...] from the bottom;
+    only the top MAX_SEGMENTS or so are kept (what is seen from above), so memory stays bounded."""
     layers: dict[float, list[tuple[float, float, float, float]]] = {}
+    kept = 0
     x = y = z = 0.0
     printing = False
     with Path(gcode).open("rb") as f:
         for line in f:
             if line.startswith(b";LAYER_CHANGE"):
                 printing = True
-            elif line.startswith((b"; printfarm end", b";===== printfarm end")):
+                while kept > MAX_SEGMENTS and len(layers) > 1:
+                    kept -= len(layers.pop(min(layers)))
+            elif line.startswith(b";===== printfarm end"):
                 break
             if not _MOVE.match(line):
                 continue
@@ -43,6 +48,7 @@ def _segments(gcode: Path) -> list[tuple[float, list[tuple[float, float, float, 
             z = float(axes.get(b"Z", z))
             if printing and float(axes.get(b"E", 0.0)) > 0 and (nx, ny) != (x, y):
                 layers.setdefault(round(z, 3), []).append((x, y, nx, ny))
+                kept += 1
             x, y = nx, ny
     return sorted(layers.items())
 
