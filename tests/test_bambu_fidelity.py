@@ -131,7 +131,7 @@ def test_bambox_finds_no_error_in_the_farms_packages(model: PrinterModel, layout
 
 
 def test_bambox_catches_what_the_old_packages_lacked(tmp_path: Path) -> None:
-    """Negative control: a package without pictures or layer markers is INVALID to bambox."""
+    """Negative control: bambox does fail a package: G-code without layer markers is INVALID."""
     if not BAMBOX.exists():
         pytest.skip("bambox (dev extra) not installed")
     from workers.bambu3mf import PlateInfo, package_gcode
