@@ -245,6 +245,7 @@ class Agent:
         try:
             if not current.remote_name.startswith(f"job{current.id}-"):  # only names the farm made
                 raise DriverError(f"{current.remote_name!r} is not a name the farm gives job {current.id}")
+            self.driver.want_filament(job.get("material"), job.get("color"))
             self.driver.upload(path, current.remote_name, start=True, progress=self._upload_progress)
         except DriverError as exc:
             if resuming and time.monotonic() < self._settle_until:

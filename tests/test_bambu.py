@@ -42,11 +42,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def make_package(tmp_path: Path, name: str = "cube.gcode.3mf", *, estimate_s: int = 600) -> Path:
+def layered_gcode(layers: int = 20, *, markers: bool = True) -> str:
+    """A G-code as Bambu firmware expects it: `M73 L` and `M991 S0 P` at every layer change."""
+    body = ["G28", "M104 S220"]
+    for layer in range(1, layers + 1):
+        if markers:
+            body += [f"M73 L{layer}", f"M991 S0 P{layer - 1}"]
+        body += [f"G1 Z{0.2 * layer:.1f}"] + ["G1 X10 Y10 E0.5"] * 100
+    return "\n".join([*body, "M104 S0", ""])
+
+
+def make_package(
+    tmp_path: Path,
+    name: str = "cube.gcode.3mf",
+    *,
+    estimate_s: int = 600,
+    markers: bool = True,
+    material: str | None = None,
+) -> Path:
     gcode = tmp_path / "plain.gcode"
-    gcode.write_text("G28\nM104 S220\n" + "G1 X10 Y10 E0.5\n" * 2000 + "M104 S0\n")
+    gcode.write_text(layered_gcode(20, markers=markers))
     info = PlateInfo(
-        printer_model="Bambu Lab X1 Carbon", printer_model_id="BL-P001", print_time_s=estimate_s, layers=20
+        printer_model="Bambu Lab X1 Carbon",
+        printer_model_id="BL-P001",
+        print_time_s=estimate_s,
+        layers=20,
+        filament_type=material,
     )
     return package_gcode(gcode, tmp_path / name, info, {"nozzle_diameter": "0.4"})
 

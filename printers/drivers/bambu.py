@@ -15,6 +15,7 @@ import contextlib
 import ftplib
 import hashlib
 import json
+import logging
 import socket
 import ssl
 import threading
@@ -23,11 +24,13 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree as ET
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from printers.colors import color_name
+from printers.drivers.bambu_ams import NO_AMS, Feed, choose_feed
 from printers.drivers.base import (
     Driver,
     DriverError,
@@ -38,12 +41,15 @@ from printers.drivers.base import (
     printer_path,
 )
 
+log = logging.getLogger(__name__)
+
 MQTT_PORT = 8883
 FTPS_PORT = 990
 USERNAME = "bblp"
 SIGNATURE_REFUSED = 84033543  # 0x05024007 "mqtt message verify failed"
 CANCELLED = 50348044  # 0x0300400C, what `stop` leaves in print_error
 CHUNK_BYTES = 64 * 1024
+SLICE_INFO = "Metadata/slice_info.config"
 UPLOAD_MIN_TIMEOUT_S = 60.0
 UPLOAD_BYTES_PER_S = 25_000  # printers write slowly; a 226 can take 30 s+ on H2D (bambuddy)
 DEVELOPER_MODE_HINT = (
@@ -54,6 +60,18 @@ DEVELOPER_MODE_HINT = (
 ACCESS_CODE_HINT = "the access code is shown on the printer's screen (Settings > Network / LAN Only Mode)"
 ONLY_3MF = "Bambu printers print only sliced .gcode.3mf packages"
 READY = ("IDLE", "FINISH", "FAILED")
+BUSY_STATES = ("PREPARE", "SLICING", "RUNNING", "PAUSE")
+# P1 firmware can keep MQTT up yet stop publishing; bambuddy reconnects after 60 s of silence
+STALE_AFTER_S = 60.0
+# What the printer's screen says for the codes a farm meets (protocols.md §A.6, BambuStudio issues)
+KNOWN_ERRORS = {
+    0x05004003: "the printer was unable to parse the file",
+    0x0502403D: "the printer was unable to process the 3MF file",
+    0x05004004: "device busy, cannot start a new task",
+    0x0500C010: "MicroSD read/write exception",
+    0x07FF8012: "failed to get AMS mapping table",
+    0x07008012: "failed to get AMS mapping table",
+}
 _STATES: dict[str, PrinterState] = {
     "IDLE": PrinterState.IDLE,
     "PREPARE": PrinterState.PRINTING,
@@ -143,7 +161,12 @@ class BambuDriver(Driver):
     protocol = "bambu"
 
     def __init__(
-        self, config: PrinterConfig, *, ftps_port: int | None = None, cert_sha256: str | None = None
+        self,
+        config: PrinterConfig,
+        *,
+        ftps_port: int | None = None,
+        cert_sha256: str | None = None,
+        stale_after_s: float = STALE_AFTER_S,
     ) -> None:
         super().__init__(config)
         if not config.serial or not config.access_code:
@@ -165,6 +188,9 @@ class BambuDriver(Driver):
         self._seq = int(time.time() * 1000) % 2_000_000_000
         self._started_names: dict[str, str] = {}  # subtask_name -> remote name we started
         self._client: mqtt.Client | None = None
+        self.stale_after_s = stale_after_s
+        self._last_report_at = 0.0  # monotonic time of the last push_status
+        self.reconnects = 0  # sessions dropped because the printer went silent
 
     # -- Driver interface
 
@@ -180,13 +206,36 @@ class BambuDriver(Driver):
         name = "/".join(p for p in printer_path(remote_name) if p)
         if not name.endswith(".gcode.3mf"):
             raise DriverError(f"cannot send {remote_name!r}: {ONLY_3MF}")
-        plate = _plate_entry(path)
+        plate, types = _plate_entry(path)
+        feed = self._may_store(name, start, types[0] if types else None)
         md5 = self._ftps_store(path, name, progress)
         if start:
-            self._start(name, plate, md5)
+            self._start(name, plate, md5, feed)
 
     def start(self, remote_name: str) -> None:
-        self._start("/".join(p for p in printer_path(remote_name) if p), "Metadata/plate_1.gcode", "")
+        name = "/".join(p for p in printer_path(remote_name) if p)
+        self._start(name, "Metadata/plate_1.gcode", "", None)
+
+    def _may_store(self, name: str, start: bool, file_material: str | None) -> Feed | None:
+        """Checks before anything is uploaded; the slot to feed from when `start`.
+
+        The printer lets an upload overwrite the file it is printing, which kills that print; and
+        a job that cannot start here (busy, no slot with its material) is better refused before
+        minutes of upload."""
+        report = self._report()
+        if report is None:
+            if start:
+                raise DriverError(f"cannot start {name!r}: {self._offline_message()}")
+            return None  # the upload itself will say what is wrong
+        state = str(report.get("gcode_state", "UNKNOWN"))
+        if state in BUSY_STATES and self._file(report) == name.rsplit("/", 1)[-1]:
+            raise DriverError(f"cannot replace {name!r}: the printer is printing that file")
+        if not start:
+            return None
+        if state not in READY:  # project_file while busy can cancel the running job (bambuddy #2598)
+            raise DriverError(f"cannot start {name!r} now: the printer is busy ({state.lower()})")
+        material, color = self.filament
+        return choose_feed(report, material or file_material, color)
 
     def pause(self) -> None:
         self._control("pause", ("PREPARE", "RUNNING"), ("PAUSE",))
@@ -205,6 +254,9 @@ class BambuDriver(Driver):
         if client is not None:
             client.disconnect()
             client.loop_stop()
+        with self._lock:
+            self._online = self._attempted = False
+            self._state.clear()
 
     # -- MQTT connection
 
@@ -234,6 +286,8 @@ class BambuDriver(Driver):
         client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, _: Any, __: Any, rc: Any, ___: Any) -> None:
+        if client is not self._client:
+            return  # a session dropped by close() or a stale-report reconnect
         with self._lock:
             self._attempted = True
             if rc.is_failure:
@@ -245,6 +299,7 @@ class BambuDriver(Driver):
                 )
             else:
                 self._online, self._error = True, None
+                self._last_report_at = time.monotonic()  # the printer gets stale_after_s to speak
             self._lock.notify_all()
         if not rc.is_failure:
             client.subscribe(self._report_topic, qos=0)
@@ -256,12 +311,16 @@ class BambuDriver(Driver):
             )
 
     def _on_connect_fail(self, client: mqtt.Client, _: Any) -> None:
+        if client is not self._client:
+            return
         with self._lock:
             self._attempted, self._online = True, False
             self._error = self._tls.pin_error or "no MQTT answer (network down, printer off or wrong address)"
             self._lock.notify_all()
 
     def _on_disconnect(self, client: mqtt.Client, _: Any, __: Any, rc: Any, ___: Any) -> None:
+        if client is not self._client:
+            return
         with self._lock:
             self._online = False
             self._state.clear()  # a partial-report printer must be re-read in full
@@ -273,7 +332,7 @@ class BambuDriver(Driver):
             doc = json.loads(message.payload)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return
-        if not isinstance(doc, dict):
+        if not isinstance(doc, dict) or client is not self._client:
             return
         with self._lock:
             for cls, body in doc.items():
@@ -281,12 +340,14 @@ class BambuDriver(Driver):
                     continue
                 if cls == "print" and body.get("command") == "push_status":
                     deep_merge(self._state, body)
+                    self._last_report_at = time.monotonic()
                 elif body.get("sequence_id") is not None:
                     self._acks[str(body["sequence_id"])] = body
             self._lock.notify_all()
 
     def _report(self) -> dict[str, Any] | None:
         """The merged state; None when offline. Waits up to timeout_s for the first snapshot."""
+        self._reconnect_if_silent()
         self._ensure_client()
         deadline = time.monotonic() + self.config.timeout_s
         with self._lock:
@@ -299,6 +360,18 @@ class BambuDriver(Driver):
             if not self._online or "gcode_state" not in self._state:
                 return None
             return json.loads(json.dumps(self._state))  # a copy the MQTT thread cannot change
+
+    def _reconnect_if_silent(self) -> None:
+        """A printer that has published nothing for stale_after_s gets a fresh MQTT session, which
+        sends pushall: a wedged P1 keeps the old one open but silent (§A.3)."""
+        with self._lock:
+            silent_for = time.monotonic() - self._last_report_at
+            stale = self._client is not None and self._online and silent_for > self.stale_after_s
+        if stale:
+            name = self.config.name
+            log.warning("%s: no report for %.0f s over an open MQTT session: reconnecting", name, silent_for)
+            self.reconnects += 1
+            self.close()
 
     def _offline_message(self) -> str:
         where = f"{self.config.host}:{self.mqtt_port}"
@@ -354,19 +427,21 @@ class BambuDriver(Driver):
             raise DriverError(f"cannot {verb} the print: the printer is {state.lower()}")
         self._command({"command": command, "param": ""}, reached)
 
-    def _start(self, name: str, plate: str, md5: str) -> None:
+    def _start(self, name: str, plate: str, md5: str, feed: Feed | None) -> None:
         report = self._report()
         if report is None:
             raise DriverError(f"cannot start {name!r}: {self._offline_message()}")
         state = str(report.get("gcode_state", "UNKNOWN"))
         if state not in READY:  # project_file while busy can cancel the running job (bambuddy #2598)
             raise DriverError(f"cannot start {name!r} now: the printer is busy ({state.lower()})")
+        if feed is None:
+            feed = choose_feed(report, *self.filament)
         subtask = name.rsplit("/", 1)[-1].removesuffix(".gcode.3mf")
         job_id = str(int(time.time() * 1000) % 2_147_483_647 or 1)  # fresh per job, int32 for P1S
         with self._lock:
             self._started_names[subtask] = name
         self.paused_by_farm = False
-        self._command(_project_file(name, plate, md5, subtask, job_id), ("PREPARE", "RUNNING"))
+        self._command(_project_file(name, plate, md5, subtask, job_id, feed), ("PREPARE", "RUNNING"))
 
     # -- FTPS
 
@@ -431,10 +506,11 @@ class BambuDriver(Driver):
         if raw not in _STATES:
             message = f"the printer reports {raw or 'no state'}"
         elif state == PrinterState.FAILED:
+            known = KNOWN_ERRORS.get(err)
             message = (
                 "cancelled"
                 if err in (0, CANCELLED)
-                else f"the print failed ({error_code(err)}): check the printer's screen"
+                else f"the print failed ({error_code(err)}): {known or 'check the printer screen'}"
             )
         elif state == PrinterState.PAUSED and err:  # the printer paused itself: runout, a jam, an HMS error
             state = PrinterState.ATTENTION
@@ -466,8 +542,10 @@ class BambuDriver(Driver):
             return self._started_names.get(subtask, f"{subtask}.gcode.3mf")
 
 
-def _project_file(name: str, plate: str, md5: str, subtask: str, job_id: str) -> dict[str, Any]:
-    """§A.7: the union of what Bambu Studio's plugin and bambuddy send, for a printer without AMS."""
+def _project_file(
+    name: str, plate: str, md5: str, subtask: str, job_id: str, feed: Feed = NO_AMS
+) -> dict[str, Any]:
+    """§A.7: the union of what Bambu Studio's plugin and bambuddy send; `feed` picks the slot."""
     return {
         "command": "project_file",
         "param": plate,
@@ -485,9 +563,9 @@ def _project_file(name: str, plate: str, md5: str, subtask: str, job_id: str) ->
         "flow_cali": False,
         "vibration_cali": True,
         "layer_inspect": False,
-        "use_ams": False,  # use_ams without an AMS fails with 07FF_8012
-        "ams_mapping": [],
-        "ams_mapping2": [],
+        "use_ams": feed.use_ams,  # use_ams without an AMS fails with 07FF_8012
+        "ams_mapping": list(feed.ams_mapping),
+        "ams_mapping2": [dict(m) for m in feed.ams_mapping2],
         "auto_bed_leveling": 2,
         "extrude_cali_flag": 2,
         "nozzle_offset_cali": 0,
@@ -495,18 +573,24 @@ def _project_file(name: str, plate: str, md5: str, subtask: str, job_id: str) ->
     }
 
 
-def _plate_entry(path: Path) -> str:
-    """The first plate G-code in the package; refuses anything that is not a plate-sliced 3MF."""
+def _plate_entry(path: Path) -> tuple[str, list[str]]:
+    """The first plate G-code in the package and its filaments' types (slice_info.config);
+    refuses anything that is not a plate-sliced 3MF."""
     try:
         with zipfile.ZipFile(path) as zf:
             plates = sorted(
                 n for n in zf.namelist() if n.startswith("Metadata/plate_") and n.endswith(".gcode")
             )
+            info = zf.read(SLICE_INFO) if SLICE_INFO in zf.namelist() else b""
     except (zipfile.BadZipFile, OSError) as exc:
         raise DriverError(f"{path.name} is not a .gcode.3mf package ({exc}): {ONLY_3MF}") from exc
     if not plates:
         raise DriverError(f"{path.name} holds no Metadata/plate_N.gcode: slice the plate before sending it")
-    return plates[0]
+    try:
+        filaments = sorted(ET.fromstring(info).iter("filament"), key=lambda el: int(el.get("id") or 0))
+    except (ET.ParseError, ValueError):
+        filaments = []
+    return plates[0], [str(el.get("type") or "") for el in filaments if el.get("type")]
 
 
 def _refusal(command: str, ack: dict[str, Any]) -> str:

@@ -182,6 +182,12 @@ class Driver(abc.ABC):
     def __init__(self, config: PrinterConfig) -> None:
         self.config = config
         self.paused_by_farm = False  # set by pause(), cleared by resume/cancel/start
+        self.filament: tuple[str | None, str | None] = (None, None)  # see want_filament
+
+    def want_filament(self, material: str | None, color: str | None) -> None:
+        """The material and colour name of the job about to be uploaded. Printers that feed from
+        one of several slots (a Bambu AMS) pick the slot by them; the others ignore them."""
+        self.filament = (material, color)
 
     def _unasked_pause(self, status: PrinterStatus) -> PrinterStatus:
         """A pause the farm did not ask for waits for a person: report it as ATTENTION.

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import shutil
 import socket
 import ssl
@@ -34,16 +33,15 @@ import subprocess
 import tempfile
 import threading
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from printers.emulators.bambu_firmware import check_ams_mapping, inspect_package
 from printers.emulators.common import (
     FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
     FaultSwitches,
-    parse_duration,
     record_print,
 )
 
@@ -59,10 +57,11 @@ SD_ERROR = 0x0500C010  # "MicroSD read/write exception": a print that dies mid-w
 RUNOUT = 0x07FF8011  # the external spool ran out: the printer pauses and waits for a person
 STAGE_PAUSED_BY_USER, STAGE_RUNOUT = 16, 6  # stg_cur while paused (pybambu CURRENT_STAGE_IDS)
 PREPARE_S = 0.5  # PREPARE (download/unzip/heat) before RUNNING, in real seconds
+UNZIP_S = 0.2  # a package the firmware cannot use fails this far into PREPARE
+SILENT_HEARTBEAT_S = 5.0  # a P1/A1 with nothing new still pushes a few keys this often
 CANCEL_ERROR_S = 2.0  # how long print_error stays at CANCELLED after a stop
 AMBIENT_C = 25.0
 CHUNK_BYTES = 64 * 1024
-GCODE_HEAD_BYTES = 64 * 1024
 MODEL_CODES = {
     "X1C": "BL-P001",
     "X1": "BL-P002",
@@ -75,8 +74,6 @@ MODEL_CODES = {
 # `print.fun` on X1: bit 0x20000000 set = signatures required (pybambu Print_Fun_Values).
 FUN_DEV_MODE = "3EC18FFF9CFF"
 FUN_SIGNED = "3EC1AFFF9CFF"
-_ESTIMATE_RE = re.compile(rb"total estimated time: ([^;\n]+)")
-_LAYERS_RE = re.compile(rb"; total layer number: (\d+)")
 _URL_PREFIXES = ("ftp:///", "ftp://", "file:///sdcard/", "file:///mnt/sdcard/")
 
 
@@ -116,6 +113,8 @@ class Job:
     duration_s: float
     layers: int
     started: float
+    marked_layers: int | None = None  # layer changes the G-code announces; None: count by progress
+    doomed: tuple[int, str] | None = None  # the firmware will fail it while unzipping: (code, reason)
     paused_at: float | None = None
     paused_total: float = 0.0
     stopped_at: float | None = None
@@ -125,34 +124,11 @@ class Job:
         return max(0.0, end - self.started - self.paused_total)
 
 
-@dataclass(frozen=True)
-class Plate:
-    estimate_s: float | None
-    layers: int
-
-
 class CommandError(Exception):
     def __init__(self, reason: str, print_error: int = 0) -> None:
         super().__init__(reason)
         self.reason = reason
         self.print_error = print_error
-
-
-def read_plate(package: Path, entry: str) -> Plate:
-    """The estimate and layer count from the plate G-code's HEADER block (the head is enough)."""
-    try:
-        with zipfile.ZipFile(package) as zf, zf.open(entry) as f:
-            head = f.read(GCODE_HEAD_BYTES)
-    except KeyError as exc:
-        raise CommandError(f"{entry} is not in the 3MF", BAD_3MF) from exc
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CommandError(f"cannot read the 3MF: {exc}", BAD_3MF) from exc
-    estimate = _ESTIMATE_RE.search(head)
-    layers = _LAYERS_RE.search(head)
-    return Plate(
-        estimate_s=parse_duration(estimate.group(1).decode("ascii", "replace")) if estimate else None,
-        layers=int(layers.group(1)) if layers else 1,
-    )
 
 
 def file_md5(path: Path) -> str:
@@ -185,6 +161,7 @@ class Printer:
         self.max_print_s = max_print_s
         self.developer_mode = developer_mode
         self.received: list[Path] = []
+        self.project_files: list[dict[str, Any]] = []  # every project_file command, as received
         self.job: Job | None = None
         self.print_error = 0
         self.pause_stage = STAGE_PAUSED_BY_USER
@@ -205,6 +182,10 @@ class Printer:
         job = self.job
         if job is None:
             return "IDLE"
+        if job.doomed is not None and job.stopped_at is None and now - job.started >= UNZIP_S:
+            job.stopped_at = job.started + UNZIP_S
+            self.print_error = job.doomed[0]
+            log.info("the firmware failed %s: %s", job.file, job.doomed[1])
         if job.stopped_at is not None:
             return "FAILED"
         if job.paused_at is not None:
@@ -214,9 +195,17 @@ class Printer:
             return "PREPARE"
         return "RUNNING" if elapsed < PREPARE_S + job.duration_s else "FINISH"
 
+    @property
+    def a1_mini(self) -> bool:
+        return self.model.upper().replace(" ", "").replace("-", "") in ("A1MINI", "A1M", "N1")
+
     def project_file(self, cmd: dict[str, Any]) -> None:
         with self._lock:
-            if self._state(time.monotonic()) not in ("IDLE", "FINISH", "FAILED"):
+            self.project_files.append(dict(cmd))
+            now = time.monotonic()
+            if self._state(now) not in ("IDLE", "FINISH", "FAILED"):
+                if self.a1_mini and self.job is not None:  # bambuddy #2598: the running print is lost
+                    self.job.stopped_at = self.job.paused_at or now
                 self.print_error = BUSY
                 raise CommandError("device busy, cannot start a new task", BUSY)
             url = str(cmd.get("url") or cmd.get("file") or "")
@@ -227,7 +216,8 @@ class Printer:
             md5 = str(cmd.get("md5") or "")
             if md5 and md5.lower() != file_md5(path):
                 raise CommandError("md5 of the 3MF does not match", BAD_3MF)
-            plate = read_plate(path, str(cmd.get("param") or "Metadata/plate_1.gcode"))
+            plate = inspect_package(path, str(cmd.get("param") or "Metadata/plate_1.gcode"))
+            doomed = plate.problem or check_ams_mapping(cmd, self.ams, self.spool, plate.filament_types)
             estimate = plate.estimate_s or FALLBACK_PRINT_S * self.speed
             duration = estimate / self.speed
             if self.max_print_s is not None:
@@ -239,11 +229,26 @@ class Printer:
                 task_id=str(cmd.get("task_id") or self._next_task),
                 estimate_s=estimate,
                 duration_s=duration,
-                layers=plate.layers,
+                layers=plate.layers or 1,
                 started=time.monotonic(),
+                marked_layers=plate.marked_layers,
+                doomed=doomed,
             )
             self._next_task += 1
-            record_print(self.root, name)
+            if doomed is None:
+                record_print(self.root, name)
+
+    def overwrite(self, path: Path) -> None:
+        """An upload is replacing `path`: a print reading it from the card dies (the file changes
+        under it), as on the real printer, which lets a client overwrite the file it prints."""
+        with self._lock:
+            job, now = self.job, time.monotonic()
+            if job is None or self._state(now) not in ("PREPARE", "RUNNING", "PAUSE"):
+                return
+            with contextlib.suppress(CommandError):
+                if self.local_path(job.file) == path.resolve():
+                    job.stopped_at = job.paused_at or now
+                    self.print_error = SD_ERROR
 
     def pause(self) -> None:
         with self._lock:
@@ -357,7 +362,7 @@ class Printer:
         return {
             "mc_percent": int(fraction * 100),
             "mc_remaining_time": math.ceil(job.estimate_s * (1 - fraction) / 60) if busy else 0,
-            "layer_num": min(job.layers, math.ceil(fraction * job.layers)),
+            "layer_num": _layer(job, fraction),
             "total_layer_num": job.layers,
             "subtask_name": job.subtask_name,
             # X1 reports the plate inside the unpacked job, P1/A1 the 3MF itself (pybambu models.py)
@@ -371,6 +376,12 @@ class Printer:
             "profile_id": "0",
             **_temperatures(heat if busy else 0.0, 1.0 if busy else 0.0),
         }
+
+
+def _layer(job: Job, fraction: float) -> int:
+    """The firmware counts layers from the G-code's M73 L / M991 markers: none, and it stays 0."""
+    marked = job.layers if job.marked_layers is None else min(job.layers, job.marked_layers)
+    return min(marked, math.ceil(fraction * marked))
 
 
 def _tray(tray_id: str, kind: str, color: str) -> dict[str, Any]:
@@ -507,7 +518,9 @@ class Broker:
         self.report_topic = f"device/{emulator.serial}/report"
         self.request_topic = f"device/{emulator.serial}/request"
         self._last_sent: dict[str, Any] = {}
+        self._last_push = 0.0
         self._push_seq = 0
+        self.connections = 0  # MQTT sessions accepted, for tests of reconnects
 
     # -- connections
 
@@ -552,6 +565,8 @@ class Broker:
             session.send(packet(CONNACK, bytes([0, CONNACK_NOT_AUTHORIZED])))
             return None
         session.send(packet(CONNACK, bytes([0, 0])))
+        self.connections += 1
+        self.emu.silent = False  # what clients do to a silent P1 works: a new session gets reports
         return keepalive
 
     def _dispatch(self, session: Session, kind: int, flags: int, body: bytes) -> None:
@@ -645,13 +660,17 @@ class Broker:
 
     def push(self, *, full: bool) -> None:
         """A push_status: the whole object, or (P1/A1 between pushalls) only the changed keys."""
+        if self.emu.silent:  # a P1 that keeps TCP up but publishes nothing (§A.3)
+            return
         report = self.emu.printer.report()
         body = report
         if not full and self.emu.delta_reports:
             body = {k: v for k, v in report.items() if self._last_sent.get(k) != v}
-            if set(body) <= {"command"}:
+            quiet = time.monotonic() - self._last_push < SILENT_HEARTBEAT_S
+            if set(body) <= {"command"} and quiet:
                 return
             body["command"] = "push_status"
+        self._last_push = time.monotonic()
         self._last_sent = report
         self._push_seq += 1
         msg = 0 if full or not self.emu.delta_reports else 1  # 0 = full snapshot (ha-bambulab)
@@ -833,6 +852,7 @@ class FtpSession:
         if data is None:
             return
         tmp = path.with_name(f".{path.name}.part")
+        self.server.emu.printer.overwrite(path)
         cut_after, self.server.emu.cut_upload_after = self.server.emu.cut_upload_after, None
         try:
             with data, tmp.open("wb") as out:
@@ -959,6 +979,7 @@ class BambuEmulator(FaultSwitches):
         self._stopped = threading.Event()
         self.cert_sha256: str | None = None  # hex SHA-256 of the DER certificate, for pinning tests
         self.cut_upload_after: int | None = None  # abort_next_upload
+        self.silent = False  # go_silent(): MQTT stays up, reports stop until a client reconnects
 
     @property
     def received(self) -> list[Path]:
@@ -1076,6 +1097,15 @@ class BambuEmulator(FaultSwitches):
 
     def come_back(self) -> None:
         self.start()
+
+    def go_silent(self) -> None:
+        """Stop publishing reports but keep every MQTT session open, like a wedged P1; the next
+        client CONNECT brings the reports back (what bambuddy's 60 s reconnect relies on)."""
+        self.silent = True
+
+    @property
+    def mqtt_connections(self) -> int:
+        return self._broker.connections if self._broker is not None else 0
 
     def abort_next_upload(self, after_bytes: int = 64 * 1024) -> None:
         self.cut_upload_after = after_bytes
