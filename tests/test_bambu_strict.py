@@ -4,6 +4,7 @@ over an open MQTT session, packages the firmware cannot parse, and AMS tray mapp
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import ssl
@@ -19,19 +20,12 @@ from bambulabs_api import GcodeState, PrinterFTPClient, PrinterMQTTClient
 from printers.drivers.bambu import ImplicitFTPS, error_code
 from printers.drivers.base import DriverError, PrinterState
 from printers.emulators.bambu import BambuEmulator
-from tests.test_bambu import (
-    CODE,
-    SERIAL,
-    MakeDriver,
-    MakeEmulator,
-    _raw_client,
-    make_driver,  # noqa: F401 - fixture
-    make_emulator,  # noqa: F401 - fixture
-    make_package,
-    wait_for,
-)
+from tests import test_bambu
+from tests.test_bambu import CODE, SERIAL, MakeDriver, MakeEmulator, _raw_client, make_package, wait_for
 
 pytestmark = pytest.mark.timeout(60)
+make_emulator = test_bambu.make_emulator  # the same fixtures
+make_driver = test_bambu.make_driver
 
 
 def project_file(name: str, **extra: Any) -> dict[str, Any]:
@@ -175,8 +169,6 @@ def _drop_header(entry: str, data: bytes) -> bytes:
 
 def _with_md5(package: Path, out: Path) -> Path:
     """Recompute the plate's .md5 after a change, so that only the change is wrong."""
-    import hashlib
-
     with zipfile.ZipFile(package) as zf:
         digest = hashlib.md5(zf.read("Metadata/plate_1.gcode")).hexdigest().upper().encode()
     return rewrite(package, out, lambda e, d: digest if e.endswith(".md5") else d)
