@@ -12,7 +12,8 @@ import re
 import unicodedata
 
 MAX_NAME = 96  # bytes-safe (ASCII) length of a user's name; `job<N>-` comes on top, FAT allows 255
-MAX_SEGMENT = MAX_NAME + len("job2147483647-")  # a name on a printer: the farm's prefix and a safe name
+# a name on a printer: the farm's prefix (with a retry's attempt, see printer_file_name) and a safe name
+MAX_SEGMENT = MAX_NAME + len("job2147483647-a2147483647-")
 MAX_SUFFIX = 12
 DEFAULT_STEM = "upload"
 # Suffixes of more than one part that decide a file's type: keep them whole.
@@ -52,6 +53,16 @@ def safe_name(raw: str | None, default_stem: str = DEFAULT_STEM, max_len: int = 
     suffix = "." + suffix.strip("._-")[:MAX_SUFFIX].strip("._-") if suffix.strip("._-") else ""
     stem = stem.lstrip(".-_").rstrip(".")[: max_len - len(suffix)].rstrip(".")
     return (stem or default_stem) + suffix
+
+
+def printer_file_name(job_id: int, failed_attempts: int, name: str | None) -> str:
+    """What job `job_id` is called on a printer: `job<N>-<name>`, and `job<N>-a<k>-<name>` for its
+    k-th attempt after a failure. A retry must not land on an earlier attempt's file, which a
+    printer may still hold, or print: a Bambu printer lets an upload overwrite the file it is
+    printing, and that print dies. The name stays the same for the whole of one attempt, so an
+    agent restarted mid-print still finds its job on the printer."""
+    stem = safe_name(name) if name else f"job{job_id}.gcode"
+    return f"job{job_id}-{stem}" if failed_attempts <= 0 else f"job{job_id}-a{failed_attempts + 1}-{stem}"
 
 
 def check_segment(segment: str) -> str:

@@ -43,6 +43,9 @@ class FakeDriver:
     def status(self) -> PrinterStatus:
         return self.status_now
 
+    def want_filament(self, material: str | None, color: str | None) -> None:
+        self.filament = (material, color)
+
     def upload(self, path: Path, remote_name: str, *, start: bool, progress: Any = None) -> None:
         self.uploads += 1
         raise self.refusal
@@ -88,5 +91,6 @@ def test_a_refusal_that_lasts_fails_the_attempt(tmp_path: Path) -> None:
     driver = FakeDriver(DriverError("cannot store it: USB drive missing or full"))
     agent, client = _agent(tmp_path, driver)
     agent._settle_until = time.monotonic() - 1  # the settle window is over
-    agent._reconcile(dict(JOB))
+    agent._reconcile(dict(JOB, material="PETG", color="red"))
     assert any(body.get("state") == "failed" for _, body in client.reports)
+    assert driver.filament == ("PETG", "red")  # what a Bambu driver picks the AMS tray by

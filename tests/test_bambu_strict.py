@@ -334,3 +334,49 @@ def test_firmware_checks_the_ams_mapping(
     finally:
         client.stop()
         client._client.disconnect()
+
+
+# --------------------------------------------------------------------------- names per attempt
+
+
+def test_each_attempt_of_a_job_has_its_own_name_on_the_printer(tmp_path: Path) -> None:
+    """A pinned job's retry goes back to the same printer: its upload must not land on the file of
+    the attempt before (dispatch.report and the claim the agent gets, on a real SQLite database)."""
+    from sqlmodel import Session
+
+    from farm import dispatch
+    from farm.api.agents import _claim_view
+    from farm.db import make_engine
+    from farm.names import check_segment
+    from farm.states import JobState
+    from tests.test_dispatch import add_printer, ready_build
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    names = []
+    with Session(engine, expire_on_commit=False) as s:
+        printer = add_printer(s, "a", "X1C")
+        (job,) = ready_build(s, models=["X1C"])
+        job.pinned_printer, job.max_attempts = "a", 3
+        s.add(job)
+        s.commit()
+        for _ in range(3):
+            claimed = dispatch.claim(s, printer, lease_s=60)
+            assert claimed is not None and claimed.id == job.id
+            names.append(_claim_view(claimed, (dispatch_slice(s, claimed), "cube.gcode.3mf"))["gcode_name"])
+            dispatch.report(s, claimed, printer, fence=claimed.fence, state=JobState.UPLOADING, lease_s=60)
+            again = _claim_view(claimed, (dispatch_slice(s, claimed), "cube.gcode.3mf"))["gcode_name"]
+            assert again == names[-1]  # the same for the whole attempt: a restarted agent finds it
+            dispatch.report(
+                s, claimed, printer, fence=claimed.fence, state=JobState.FAILED, lease_s=60, backoff_s=0
+            )
+    engine.dispose()
+    j = job.id
+    assert names == [f"job{j}-cube.gcode.3mf", f"job{j}-a2-cube.gcode.3mf", f"job{j}-a3-cube.gcode.3mf"]
+    assert all(check_segment(n) == n for n in names)  # drivers accept them
+    assert check_segment(f"job2147483647-a2147483647-{'x' * 86}.gcode.3mf")
+
+
+def dispatch_slice(session: Any, job: Any) -> Any:
+    from farm.models import Slice
+
+    return session.get(Slice, job.slice_id)

@@ -26,7 +26,7 @@ from farm.api.deps import (
 from farm.api.errors import AUTH, errors
 from farm.api.views import job_view
 from farm.models import Artifact, Job, Printer, Slice, Token
-from farm.names import safe_name
+from farm.names import printer_file_name
 from farm.states import InvalidMove, JobState
 
 router = APIRouter(prefix="/api/agents", tags=["agents"], responses=AUTH)
@@ -94,7 +94,7 @@ def _claim_view(job: Any, done_slice: tuple[Slice, str | None]) -> dict:
         "fence": job.fence,
         "gcode": sl.gcode_sha256,
         # Only the farm names files on printers; safe_name again for names stored before it did.
-        "gcode_name": f"job{job.id}-{safe_name(name) if name else f'job{job.id}.gcode'}",
+        "gcode_name": printer_file_name(job.id, job.attempts or 0, name),
     }
 
 
