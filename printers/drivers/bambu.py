@@ -506,11 +506,9 @@ class BambuDriver(Driver):
         if raw not in _STATES:
             message = f"the printer reports {raw or 'no state'}"
         elif state == PrinterState.FAILED:
-            known = KNOWN_ERRORS.get(err)
+            known = KNOWN_ERRORS.get(err, "check the printer's screen")
             message = (
-                "cancelled"
-                if err in (0, CANCELLED)
-                else f"the print failed ({error_code(err)}): {known or 'check the printer screen'}"
+                "cancelled" if err in (0, CANCELLED) else f"the print failed ({error_code(err)}): {known}"
             )
         elif state == PrinterState.PAUSED and err:  # the printer paused itself: runout, a jam, an HMS error
             state = PrinterState.ATTENTION
