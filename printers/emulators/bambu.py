@@ -12,6 +12,12 @@ Two services, standard library only (the certificate comes from the `openssl` CL
   refuses a data connection that does not resume the control connection's TLS session, and
   sends 226 only once the file is complete on disk.
 
+As strict as the printers: it checks each job the way firmware does (bambu_firmware.py: the
+package layout, the plate MD5, the header block, layer markers, the AMS mapping) and fails it with
+the screen's error code; `project_file` while busy is refused, and on the A1 mini it also kills
+the running print (bambuddy #2598); an upload over the file being printed kills that print;
+`go_silent()` stops the reports over open sessions, like a wedged P1, until a client reconnects.
+
 Printing runs in accelerated time: the plate G-code's estimate divided by `speed`, at most
 `max_print_s`. `mc_remaining_time` is in the printer's own minutes (the estimate), like a real
 printer, not the accelerated wall time.
