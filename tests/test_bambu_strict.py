@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import ssl
 import time
 import zipfile
@@ -380,3 +381,30 @@ def dispatch_slice(session: Any, job: Any) -> Any:
     from farm.models import Slice
 
     return session.get(Slice, job.slice_id)
+
+
+# --------------------------------------------------------------------------- the farm's own packages
+
+
+@pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="prusa-slicer not installed")
+@pytest.mark.parametrize("model_name", ["A1MINI", "P1S"])
+def test_the_farms_package_passes_the_firmware_checks(
+    make_emulator: MakeEmulator, make_driver: MakeDriver, tmp_path: Path, model_name: str
+) -> None:
+    """What the real slice path makes for a Bambu model prints on the strict emulator, with an AMS
+    tray mapped for its filament and every layer counted from its markers."""
+    from farm.printer_models import MODELS
+    from tests.test_slicer import box_triangles, write_binary_stl
+    from workers.slicer import slice_mesh
+
+    box = write_binary_stl(tmp_path / "box.stl", box_triangles((16, 10, 3)))
+    package = slice_mesh(box, MODELS[model_name], tmp_path / "job5-box.gcode.3mf").gcode
+    trays = [("PETG", "FFFFFFFF"), ("PLA", "FFFFFFFF")]
+    emulator = make_emulator(model=model_name, speed=300.0, max_print_s=3.0, ams=trays)
+    driver = make_driver(emulator)
+    driver.want_filament("PLA", None)
+    driver.upload(package, "job5-box.gcode.3mf", start=True)
+    assert sent_feed(emulator) == (True, [1], [{"ams_id": 0, "slot_id": 1}])  # tray 0 is PETG
+    done = wait_for(lambda: (s := driver.status()).state == PrinterState.FINISHED and s, what="FINISH")
+    total = emulator.printer.report()["total_layer_num"]
+    assert done.error_code is None and total > 1 and done.layer == total
