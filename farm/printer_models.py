@@ -307,7 +307,8 @@ def did_you_mean(wrong: str, choices: Iterable[str]) -> str:
 
 
 def find_model(name: str) -> PrinterModel | None:
-    """The model called `name` or one of its aliases (case, spaces and dashes aside), or None."""
+    """The model called `name`, one of its aliases, its full title ("Original Prusa MK4S", "Bambu Lab
+    A1 mini") or the name its G-code gives it ("MK4IS"), case, spaces and dashes aside; or None."""
     wanted = _key(name)
     if not wanted:
         return None
@@ -315,7 +316,9 @@ def find_model(name: str) -> PrinterModel | None:
         if _key(key) == wanted:
             return model
     target = next((m for alias, m in ALIASES.items() if _key(alias) == wanted), None)
-    return MODELS.get(target) if target else None
+    if target:
+        return MODELS.get(target)
+    return next((m for m in MODELS.values() if wanted in (_key(m.title), _key(m.printer_model))), None)
 
 
 def check_model(name: str) -> PrinterModel:
