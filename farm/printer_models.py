@@ -4,10 +4,10 @@ Pure stdlib on purpose: the coordinator and the CLI import this without build123
 
 A model's presets live in a PrusaSlicer-style bundle (`[printer:…]`, `[print:…]`, `[filament:…]`
 sections with `inherits`). For MINI and MK3S that is the vendor bundle shipped with PrusaSlicer 2.5
-(`PrusaResearch.ini`). Models that bundle lacks (MK4, XL, Core One, Bambu) get a project-shipped
-bundle in the same format (sections without `inherits`, e.g. exported from a newer PrusaSlicer,
-are fine), named in `bundle` and kept in `workers/profiles/`, which `workers.slicer` searches
-before the slicer's own profiles.
+(`PrusaResearch.ini`). Models that bundle lacks get a project-shipped bundle (`buddy.ini` for
+MK4, MK4S, XL and CORE One, `printfarm.ini` for Bambu) in the same format (sections without
+`inherits`, e.g. exported from a newer PrusaSlicer, are fine), named in `bundle` and kept in
+`workers/profiles/`, which `workers.slicer` searches before the slicer's own profiles.
 """
 
 from __future__ import annotations
