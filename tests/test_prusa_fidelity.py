@@ -1,12 +1,14 @@
 """What the farm sends Prusa's printers, checked step by step against Prusa's own profiles (#15).
 
-The reference is prusa3d/PrusaSlicer-settings-prusa-fff, file PrusaResearch/2.5.5.ini
-(config_version 2.5.5, branch main at 99beb4b, 2026-07-23), printer presets "Original Prusa MK4
-Input Shaper 0.4 nozzle", "Original Prusa MK4S 0.4 nozzle", "Original Prusa XL Input Shaper 0.4
-nozzle", "Prusa CORE One 0.4 nozzle" and the 0.4 mm filament presets named in
-farm/printer_models.py. Its values are written into the tables below (the tests do not read it), so
-a change on either side shows up here. Every G-code checked comes from the real PrusaSlicer 2.5 CLI
-through workers.slicer, as the farm slices it.
+The reference is prusa3d/PrusaSlicer-settings-prusa-fff: PrusaResearch/2.5.11.ini (commit
+e110945, the newest bundle) for the printer presets "Original Prusa MK4 Input Shaper 0.4 nozzle",
+"Original Prusa MK4S 0.4 nozzle", "Original Prusa XL Input Shaper 0.4 nozzle" and "Prusa CORE One
+0.4 nozzle"; PrusaResearch/2.5.5.ini (main at 99beb4b, 2026-07-23) for their 0.4 mm filament
+presets named in farm/printer_models.py (2.5.5's printers are the same but for the CORE One's
+`M115`, and 2.5.6-2.5.11's changelog does not touch these filaments). Their values are written into
+the tables below (the tests do not read the bundle), so a change on either side shows up here.
+Every G-code checked comes from the real PrusaSlicer 2.5 CLI through workers.slicer, as the farm
+slices it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ PRUSA = ("MINI", "MK3S", *BUDDY)
 
 # Nozzle temperature while Z is homed and the bed probed (the nozzle touches the sheet), per
 # material. Reference: the `M104 T0 S{...}` / `M109 T0 R{...}` "bed leveling" expression of each
-# start_gcode in PrusaResearch/2.5.5.ini: FLEX 210, PET* 175 (not on the CORE One), else 170.
+# start_gcode in PrusaResearch/2.5.11.ini: FLEX 210, PET* 175 (not on the CORE One), else 170.
 # MINI: its 2.5 vendor profile (and the 2.5.5 MINI Input Shaper one) waits `M109 R170`.
 MBL_C = {
     "MINI": dict.fromkeys(MATERIALS, 170),
@@ -86,7 +88,7 @@ FILAMENTS = {
     "Generic FLEX @COREONE": (230, 230, 50, 50, 30, 50, 70, 3, 100, 10, 2.5),
 }
 
-# machine_limits_* of the four printer presets in PrusaResearch/2.5.5.ini ("normal,stealth").
+# machine_limits_* ("normal,stealth") of the four printer presets in PrusaResearch/2.5.11.ini.
 # Not compared: machine_max_junction_deviation (0.01), a key PrusaSlicer 2.5 does not have.
 _MK4_LIMITS = {
     "machine_max_acceleration_e": "2500,2500",
@@ -137,7 +139,7 @@ MACHINE_LIMITS = {
     },
 }
 
-# The start sequences' steps, in order, as PrusaResearch/2.5.5.ini's start_gcode writes them for
+# The start sequences' steps, in order, as PrusaResearch/2.5.11.ini's start_gcode writes them for
 # Prusament PLA (first layer 230 °C, bed 60 °C) and the 0.4 mm nozzle, followed by the filament's
 # pressure advance and heatbreak settings. A step matches a command that starts with it; the
 # part's position decides the numbers of M555 and of the XL's cleaning place, so those are prefixes.
@@ -250,7 +252,7 @@ START_STEPS = {
         'M862.3 P "COREONE"',
         "M862.5 P2",
         'M862.6 P"Input shaper"',
-        "M115 U6.5.7+12836",
+        "M115 U6.8.1+16182",
         "M555 X",
         "G90",
         "M83",
