@@ -34,7 +34,7 @@ needs_slicer = pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="
 
 # Prusa's start G-code purges (and cleans the nozzle) a few mm in front of the sheet, which their
 # firmware allows: Y -2 (MINI), -3 (MK3S), -4 (MK4, MK4S), -8 (XL), -2.5 and, warming the
-# chamber, -9 (CORE One). Our Bambu profiles keep every move on the printable area.
+# chamber, -9 (CORE One).
 FRONT_MARGIN = {"MINI": 5.0, "MK3S": 5.0, "MK4": 5.0, "MK4S": 5.0, "XL": 10.0, "COREONE": 10.0}
 
 
