@@ -513,6 +513,20 @@ def test_partial_levelling_area_covers_the_first_layer(model: str, part: Path, t
 
 
 @needs_slicer
+@pytest.mark.parametrize("model", ["MK4S", "XL"])
+def test_several_copies_are_all_levelled_and_probed_cool(model: str, part: Path, tmp_path: Path) -> None:
+    result = slice_mesh(part, MODELS[model], tmp_path / "four.gcode", copies=4)
+    text = result.gcode.read_text()
+    assert result.meta.objects == 4 and result.meta.bbox is not None
+    assert hot_z_moves(walk(text), MBL_C[model]["PLA"]) == []
+    m555 = next(c for c in _commands(start_sequence(text)) if c.startswith("M555 "))
+    area = {k: float(v) for k, v in re.findall(r"([XYWH])(-?[\d.]+)", m555)}
+    (x0, y0, _), (x1, y1, _) = result.meta.bbox
+    assert area["X"] <= x0 and area["Y"] <= y0
+    assert area["X"] + area["W"] >= x1 and area["Y"] + area["H"] >= y1
+
+
+@needs_slicer
 @pytest.mark.parametrize("model", BUDDY)
 def test_purge_line_is_in_front_of_the_sheet(model: str, sliced: Sliced) -> None:
     y = 0.0
