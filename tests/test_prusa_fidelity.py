@@ -25,6 +25,7 @@ import pytest
 from farm.printer_models import MATERIALS, MODELS
 from tests.gcode_walker import codes, hot_z_moves, start_sequence, walk
 from tests.test_slicer import box_triangles, write_binary_stl
+from workers.bed_load import MARK, fill_bed_load, interpolate
 from workers.slicer import flatten_profile, slice_mesh
 
 needs_slicer = pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="prusa-slicer not installed")
@@ -540,6 +541,70 @@ def test_purge_line_is_in_front_of_the_sheet(model: str, sliced: Sliced) -> None
             purge_ys.append(y)
     assert len(purge_ys) >= 2
     assert all(-8 <= v < 0 for v in purge_ys), purge_ys  # Prusa: Y -4 (MK4), -8 (XL), -2.5 (CORE One)
+
+
+# --------------------------------------------------------------------------- the weight on the bed
+
+# MK4/MK4S layer_gcode `M74 W[extruded_weight_total]` and before_layer_gcode
+# `M201 X{interpolate_table(extruded_weight_total, (0,4000), (1400,2500), (20000,2500))} Y{…}`
+# in PrusaResearch/2.5.11.ini; PrusaSlicer 2.5 has no extruded_weight_total, workers/bed_load.py
+# computes it.
+PRUSA_ACCEL_TABLE = [(0.0, 4000.0), (1400.0, 2500.0), (20000.0, 2500.0)]
+
+
+def test_bed_load_table_interpolates_as_prusaslicer_does() -> None:
+    assert [interpolate(PRUSA_ACCEL_TABLE, g) for g in (-1, 0, 700, 1400, 5000, 30000)] == [
+        4000,
+        4000,
+        3250,
+        2500,
+        2500,
+        2500,
+    ]
+
+
+def test_fill_bed_load_counts_the_slicers_extrusion(tmp_path: Path) -> None:
+    # 1.75 mm PLA at 1.24 g/cm3: 2.9826 mg per mm of filament.
+    gcode = tmp_path / "g.gcode"
+    gcode.write_text(
+        "M83\nG1 X0 Y-4 E40 ; the start G-code's purge does not stay on the bed\n"
+        f"{MARK} M201 0:4000 1400:2500 20000:2500\nG1 E-.7\nG1 Z.2\n{MARK} M74\n"
+        "G1 E.7\nG1 X10 E1000.5\nG1 X20 E-1 ; retract\n"
+        f"{MARK} M201 0:4000 1.5:2500\n{MARK} M74\n"
+        "; filament_density = 1.24\n; filament_diameter = 1.75\n"
+    )
+    assert fill_bed_load(gcode) == 4
+    lines = [line.split(";")[0].strip() for line in gcode.read_text().splitlines()]
+    assert lines[2:6] == ["M201 X4000 Y4000", "G1 E-.7", "G1 Z.2", "M74 W0.00"]
+    assert lines[9:11] == ["M201 X2500 Y2500", "M74 W2.98"]  # 1000.2 mm: 2.983 g
+    assert MARK not in gcode.read_text()
+    gcode.write_text(f"M82\n{MARK} M74\n; filament_density = 1.24\n; filament_diameter = 1.75\n")
+    with pytest.raises(ValueError, match="M82"):
+        fill_bed_load(gcode)
+    gcode.write_text(f"{MARK} M999\n; filament_density = 1.24\n; filament_diameter = 1.75\n")
+    with pytest.raises(ValueError, match="unknown bed-load marker"):
+        fill_bed_load(gcode)
+
+
+@needs_slicer
+@pytest.mark.parametrize("model", BUDDY)
+def test_mk4_family_tells_the_firmware_the_weight_on_the_bed(model: str, sliced: Sliced) -> None:
+    text = sliced(model, "PLA")
+    commands = _commands(text)
+    weights = [float(c.split("W")[1]) for c in commands if c.startswith("M74 ")]
+    if model not in ("MK4", "MK4S"):  # the XL and CORE One move the bed in Z only
+        assert weights == []
+        return
+    assert len(weights) == len(re.findall(r"^;AFTER_LAYER_CHANGE$", text, re.MULTILINE)) == 15
+    assert weights == sorted(weights) and weights[0] == 0
+    footer = re.search(r"^; total filament used \[g\] = ([\d.]+)", text, re.MULTILINE)
+    assert footer and 0.8 * float(footer.group(1)) <= weights[-1] <= float(footer.group(1))
+    accels = [c.split() for c in commands if c.startswith("M201 X") and "Z" not in c]
+    assert len(accels) == 15 and all(x[1:] == y[1:] for _, x, y in accels)
+    # Each layer's acceleration is the table's value for the weight printed before it.
+    expected = [interpolate(PRUSA_ACCEL_TABLE, w) for w in [0.0, *weights[:-1]]]
+    assert [int(x[1:]) for _, x, _ in accels] == pytest.approx(expected, abs=1)
+    assert not any(line.startswith(MARK) for line in text.splitlines())
 
 
 # --------------------------------------------------------------------------- presets, field by field
