@@ -4,10 +4,10 @@ Pure stdlib on purpose: the coordinator and the CLI import this without build123
 
 A model's presets live in a PrusaSlicer-style bundle (`[printer:…]`, `[print:…]`, `[filament:…]`
 sections with `inherits`). For MINI and MK3S that is the vendor bundle shipped with PrusaSlicer 2.5
-(`PrusaResearch.ini`). Models that bundle lacks (MK4, XL, Core One, Bambu) get a project-shipped
-bundle in the same format (sections without `inherits`, e.g. exported from a newer PrusaSlicer,
-are fine), named in `bundle` and kept in `workers/profiles/`, which `workers.slicer` searches
-before the slicer's own profiles.
+(`PrusaResearch.ini`). Models that bundle lacks get a project-shipped bundle (`buddy.ini` for
+MK4, MK4S, XL and CORE One, `printfarm.ini` for Bambu) in the same format (sections without
+`inherits`, e.g. exported from a newer PrusaSlicer, are fine), named in `bundle` and kept in
+`workers/profiles/`, which `workers.slicer` searches before the slicer's own profiles.
 """
 
 from __future__ import annotations
@@ -107,14 +107,88 @@ _MK3S = PrinterModel(
     },
 )
 
-# Models PrusaSlicer 2.5's vendor bundle lacks: project-shipped presets that inherit the MK3S
-# ones (workers/profiles/printfarm.ini), so print and filament presets are Prusa's own.
-_PROJECT_BUNDLE = "printfarm.ini"
+# Prusa's Buddy-firmware printers, which PrusaSlicer 2.5's vendor bundle predates: printer and
+# filament presets of their own (workers/profiles/buddy.ini, checked against Prusa's current
+# profiles by tests/test_prusa_fidelity.py), named as Prusa names them; print presets are the MK3's.
+_BUDDY_BUNDLE = "buddy.ini"
 _MK3_PRINTS = {
     "draft": "0.30mm DRAFT @MK3",
     "standard": "0.20mm QUALITY @MK3",
     "fine": "0.15mm QUALITY @MK3",
 }
+
+
+def _buddy(
+    name: str, title: str, bed: tuple[float, float, float], filaments: tuple[str, ...], gcode_model: str = ""
+) -> PrinterModel:
+    return PrinterModel(
+        name=name,
+        title=title,
+        bed=bed,
+        nozzle=0.4,
+        protocol="prusalink",
+        bundle=_BUDDY_BUNDLE,
+        printer_preset=title,
+        print_presets=dict(_MK3_PRINTS),
+        filament_presets=dict(zip(MATERIALS, filaments, strict=True)),
+        gcode_model=gcode_model,
+    )
+
+
+# Filaments in MATERIALS order: PLA, PETG, ABS, ASA, TPU (Prusa's "FLEX").
+_BUDDY_MODELS = (
+    _buddy(
+        "MK4",
+        "Original Prusa MK4",
+        (250.0, 210.0, 220.0),
+        (
+            "Prusament PLA @PGIS",
+            "Prusament PETG @PGIS",
+            "Generic ABS @MK4",
+            "Prusament ASA @MK4",
+            "Generic FLEX @MK4",
+        ),
+        gcode_model="MK4IS",  # what Prusa's MK4 profile writes; its M862.3 says "MK4"
+    ),
+    _buddy(
+        "MK4S",
+        "Original Prusa MK4S",
+        (250.0, 210.0, 220.0),
+        (
+            "Prusament PLA @MK4S",
+            "Prusament PETG @MK4S",
+            "Generic ABS @MK4S",
+            "Prusament ASA @MK4S",
+            "Generic FLEX @MK4S",
+        ),
+    ),
+    _buddy(
+        "XL",
+        "Original Prusa XL",
+        (360.0, 360.0, 360.0),
+        (
+            "Prusament PLA @XLIS",
+            "Prusament PETG @XL",
+            "Generic ABS @XL",
+            "Prusament ASA @XL",
+            "Generic FLEX @XL",
+        ),
+        gcode_model="XLIS",
+    ),
+    _buddy(
+        "COREONE",
+        "Prusa CORE One",
+        (250.0, 220.0, 270.0),
+        (
+            "Prusament PLA @COREONE",
+            "Prusament PETG @COREONE",
+            "Generic ABS @COREONE",
+            "Prusament ASA @COREONE",
+            "Generic FLEX @COREONE",
+        ),
+    ),
+)
+
 _MK3_FILAMENTS = dict(_MK3S.filament_presets)
 # Bambu printers: their own bundle (BambuStudio's start/end sequences, layer markers), and Prusa's
 # filament presets minus the MK3 linear-advance line (workers/profiles/bambu.ini).
@@ -131,27 +205,22 @@ def _project(
     gcode_model: str = "",
     bambu_model_id: str = "",
 ) -> PrinterModel:
-    bambu = protocol == "bambu"
     return PrinterModel(
         name=name,
         title=title,
         bed=bed,
         nozzle=0.4,
         protocol=protocol,
-        bundle=_BAMBU_BUNDLE if bambu else _PROJECT_BUNDLE,
+        bundle=_BAMBU_BUNDLE,
         printer_preset=title,
         print_presets=dict(_MK3_PRINTS),
-        filament_presets=dict(_BAMBU_FILAMENTS if bambu else _MK3_FILAMENTS),
+        filament_presets=dict(_BAMBU_FILAMENTS),
         gcode_model=gcode_model,
         bambu_model_id=bambu_model_id,
     )
 
 
 _PROJECT_MODELS = (
-    _project("MK4", "Original Prusa MK4", (250.0, 210.0, 220.0), "prusalink"),
-    _project("MK4S", "Original Prusa MK4S", (250.0, 210.0, 220.0), "prusalink"),
-    _project("XL", "Original Prusa XL", (360.0, 360.0, 360.0), "prusalink"),
-    _project("COREONE", "Prusa CORE One", (250.0, 220.0, 270.0), "prusalink"),
     _project(
         "X1C",
         "Bambu Lab X1 Carbon",
@@ -181,7 +250,7 @@ _PROJECT_MODELS = (
     ),
 )
 
-MODELS: dict[str, PrinterModel] = {m.name: m for m in (_MINI, _MK3S, *_PROJECT_MODELS)}
+MODELS: dict[str, PrinterModel] = {m.name: m for m in (_MINI, _MK3S, *_BUDDY_MODELS, *_PROJECT_MODELS)}
 
 
 def get_model(name: str) -> PrinterModel | None:
@@ -192,9 +261,12 @@ def get_model(name: str) -> PrinterModel | None:
 
 
 def model_for_gcode(printer_model: str) -> PrinterModel | None:
-    """The catalogue model whose G-code says `printer_model` ("MK4S", "Bambu Lab X1 Carbon")."""
+    """The catalogue model whose G-code says `printer_model` ("MK4S", "Bambu Lab X1 Carbon").
+    The farm's own name counts too: Prusa's MK4 profile writes "MK4IS" but checks `M862.3 P "MK4"`."""
     wanted = printer_model.strip().strip('"').casefold()
-    return next((m for m in MODELS.values() if m.printer_model.casefold() == wanted), None)
+    return next((m for m in MODELS.values() if m.printer_model.casefold() == wanted), None) or next(
+        (m for m in MODELS.values() if m.name.casefold() == wanted), None
+    )
 
 
 # Other names people type for a model: the marketing names with their "+", spaces and dashes.
@@ -235,7 +307,8 @@ def did_you_mean(wrong: str, choices: Iterable[str]) -> str:
 
 
 def find_model(name: str) -> PrinterModel | None:
-    """The model called `name` or one of its aliases (case, spaces and dashes aside), or None."""
+    """The model called `name`, one of its aliases, its full title ("Original Prusa MK4S", "Bambu Lab
+    A1 mini") or the name its G-code gives it ("MK4IS"), case, spaces and dashes aside; or None."""
     wanted = _key(name)
     if not wanted:
         return None
@@ -243,7 +316,9 @@ def find_model(name: str) -> PrinterModel | None:
         if _key(key) == wanted:
             return model
     target = next((m for alias, m in ALIASES.items() if _key(alias) == wanted), None)
-    return MODELS.get(target) if target else None
+    if target:
+        return MODELS.get(target)
+    return next((m for m in MODELS.values() if wanted in (_key(m.title), _key(m.printer_model))), None)
 
 
 def check_model(name: str) -> PrinterModel:

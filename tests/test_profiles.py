@@ -16,16 +16,26 @@ import typer
 from typer.testing import CliRunner
 
 from farm.commands import slicing
-from farm.printer_models import MATERIALS, MODELS, QUALITIES, PrinterModel, model_for_gcode
+from farm.printer_models import (
+    MATERIALS,
+    MODELS,
+    QUALITIES,
+    PrinterModel,
+    UnknownChoice,
+    check_model,
+    find_model,
+    model_for_gcode,
+)
 from tests.test_slicer import box_triangles, write_binary_stl
 from workers.bambu3mf import PLATE_GCODE, REQUIRED_ENTRIES
 from workers.slicer import flatten_profile, slice_mesh
 
 needs_slicer = pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="prusa-slicer not installed")
 
-# The vendor start G-code of these two purges a few mm in front of the bed, which their
-# firmware allows; our own profiles keep every move on the printable area.
-FRONT_MARGIN = {"MINI": 5.0, "MK3S": 5.0}
+# Prusa's start G-code purges (and cleans the nozzle) a few mm in front of the sheet, which their
+# firmware allows: Y -2 (MINI), -3 (MK3S), -4 (MK4, MK4S), -8 (XL), -2.5 and, warming the
+# chamber, -9 (CORE One).
+FRONT_MARGIN = {"MINI": 5.0, "MK3S": 5.0, "MK4": 5.0, "MK4S": 5.0, "XL": 10.0, "COREONE": 10.0}
 
 
 def _cli() -> typer.Typer:
@@ -45,7 +55,47 @@ def test_farm_profiles_json_lists_every_model() -> None:
     assert (by_name["XL"]["bed_x"], by_name["XL"]["bed_y"], by_name["XL"]["bed_z"]) == (360, 360, 360)
 
 
+# Names as printed on the machines and typed by people: case, spaces, dashes and "+" aside.
+NAMES_AS_PRINTED = {
+    "Core One": "COREONE",
+    "core-one": "COREONE",
+    "CORE ONE": "COREONE",
+    "Prusa CORE One": "COREONE",
+    "core_one": "COREONE",
+    "MK3S+": "MK3S",
+    "mk3s+": "MK3S",
+    "Original Prusa i3 MK3S & MK3S+": "MK3S",
+    "MK4S": "MK4S",
+    "mk4s": "MK4S",
+    "Original Prusa MK4S": "MK4S",
+    "MK4IS": "MK4",
+    "Original Prusa XL": "XL",
+    "MINI+": "MINI",
+    "A1 mini": "A1MINI",
+    "a1-mini": "A1MINI",
+    "A1 Mini": "A1MINI",
+    "Bambu Lab A1 mini": "A1MINI",
+    "X1 Carbon": "X1C",
+    "Bambu Lab X1 Carbon": "X1C",
+    "p1s": "P1S",
+}
+
+
+@pytest.mark.parametrize(("typed", "model"), NAMES_AS_PRINTED.items())
+def test_model_names_as_printed_on_the_machine_are_accepted(typed: str, model: str) -> None:
+    assert check_model(typed) is MODELS[model]
+
+
+@pytest.mark.parametrize("typed", ["Core Two", "MK5", "A1 maxi", "Original Prusa", ""])
+def test_unknown_model_names_are_refused_with_a_hint(typed: str) -> None:
+    with pytest.raises(UnknownChoice, match="unknown printer model"):
+        check_model(typed)
+    assert find_model(typed) is None
+
+
 def test_gcode_names_map_back_to_the_catalogue() -> None:
+    assert model_for_gcode("MK4IS") is MODELS["MK4"] and model_for_gcode("MK4") is MODELS["MK4"]
+    assert model_for_gcode("XLIS") is MODELS["XL"] and model_for_gcode("COREONE") is MODELS["COREONE"]
     assert model_for_gcode("Bambu Lab X1 Carbon") is MODELS["X1C"]
     assert model_for_gcode('"MK4S"') is MODELS["MK4S"]
     assert model_for_gcode("Ender 3") is None
@@ -81,12 +131,15 @@ def _moves(text: str) -> list[tuple[float, float, float]]:
 
 
 def _temps(text: str, codes: str) -> list[int]:
-    return [int(t) for t in re.findall(rf"^M(?:{codes}) [SR](\d+)", text, re.MULTILINE)]
+    return [int(t) for t in re.findall(rf"^M(?:{codes}) (?:T\d+ )?[SR](\d+)", text, re.MULTILINE)]
+
+
+STAGING_NOZZLE_C = {70, 100, 130, 150, 170, 175, 210}
 
 
 # Sane ranges, whatever the preset: (nozzle min, max), (bed min, max) in degrees C.
 SANE_TEMPS = {
-    "PLA": ((200, 225), (55, 65)),
+    "PLA": ((200, 230), (55, 65)),
     "PETG": ((230, 255), (80, 90)),
     "ABS": ((245, 260), (95, 110)),
     "ASA": ((250, 265), (95, 110)),
@@ -119,17 +172,20 @@ def _check_temperatures(text: str, cfg: dict[str, str], material: str, bambu: bo
     layer1 = text.index(";LAYER_CHANGE")
     start, body = text[:layer1], text[layer1:]
     # Heated and waited for before the first layer...
-    assert re.search(rf"^M109 S{first}\b", start, re.MULTILINE), "no wait for the nozzle temperature"
-    assert re.search(rf"^M190 S{bed_first}\b", start, re.MULTILINE), "no wait for the bed temperature"
+    assert re.search(rf"^M109 (T0 )?S{first}\b", start, re.MULTILINE), "no wait for the nozzle temperature"
+    assert re.search(rf"^M190 [SR]{bed_first}\b", start, re.MULTILINE), "no wait for the bed temperature"
     # ...then the later-layer values once the first layer is down.
     if later != first:
         assert re.search(rf"^M104 S{later}\b", body, re.MULTILINE)
     if bed_later != bed_first:
         assert re.search(rf"^M140 S{bed_later}\b", body, re.MULTILINE)
-    # Nothing else: 170 is the Buddy start G-code's ooze-free probing temperature, 140 the Bambu
-    # one (homing, wiping, levelling), 0 is off.
-    assert set(_temps(text, "104|109")) <= {0, 140 if bambu else 170, first, later}
-    assert set(_temps(text, "140|190")) <= {0, bed_first, bed_later}
+    # Nothing else but 0 (off) and the staging temperatures: Bambu's 140 (homing, wiping,
+    # levelling); on Prusa's printers the ooze-free bed-levelling ones (170, 175 for PETG, 210 for
+    # FLEX), the idle ones while the bed heats (70-170) and the CORE One's 115 °C bed that warms
+    # the chamber for ABS and ASA.
+    staging = {140} if bambu else STAGING_NOZZLE_C
+    assert set(_temps(text, "104|109")) <= {0, first, later} | staging
+    assert set(_temps(text, "140|190")) <= {0, bed_first, bed_later} | (set() if bambu else {115})
 
 
 @needs_slicer
@@ -207,14 +263,16 @@ def test_every_quality_prints_at_its_layer_height(model: PrinterModel, part: Pat
 
 
 @needs_slicer
-@pytest.mark.parametrize("name", ["MINI", "MK4S", "A1"])
-def test_tpu_prints_slowly(name: str, tmp_path: Path) -> None:
+# TPU's volumetric cap: 1.2-1.35 mm3/s on the MINI and the MK3-family preset the A1 uses, 3 mm3/s
+# in Prusa's FLEX preset for the MK4S (its direct drive), which the MK3 print speeds barely exceed.
+@pytest.mark.parametrize(("name", "slower"), [("MINI", 1.3), ("MK4S", 1.1), ("A1", 1.3)])
+def test_tpu_prints_slowly(name: str, slower: float, tmp_path: Path) -> None:
     cube = write_binary_stl(tmp_path / "c.stl", box_triangles((20, 20, 10)))
     times = {
         mat: slice_mesh(cube, MODELS[name], tmp_path / f"{mat}.gcode", material=mat).meta.print_time_s or 0
         for mat in ("PLA", "TPU")
     }
-    assert times["TPU"] > 1.3 * times["PLA"], times
+    assert times["TPU"] > slower * times["PLA"], times
 
 
 @needs_slicer

@@ -33,6 +33,8 @@ from typing import BinaryIO
 from xml.etree import ElementTree as ET
 
 from farm.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel, model_for_gcode
+from workers.bed_load import MARK as BED_LOAD_MARK
+from workers.bed_load import fill_bed_load
 from workers.slice_cache import SliceCache, cache_key
 
 # Project-shipped bundles (models the vendor bundle lacks) win over the slicer's own.
@@ -912,6 +914,11 @@ def _slice_to(
             cmd.append("--dont-arrange")  # keep the plate's arrangement
         proc = _run_slicer([*cmd, "-o", str(out.resolve()), str(mesh.resolve())], tmp, timeout_s)
         _raise_for_failure(proc, name, model, out)
+        if BED_LOAD_MARK in text:
+            try:
+                fill_bed_load(out)
+            except (ValueError, OSError) as exc:
+                raise SliceError(f"cannot write the bed load into the G-code: {exc}") from exc
         meta = parse_gcode_meta(out)
         if meta.printer_model and meta.printer_model != model.name:
             raise SliceError(
