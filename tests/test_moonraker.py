@@ -219,3 +219,44 @@ def test_offline_and_back(make_emulator: MakeEmulator, make_mr_driver: MakeDrive
         driver.cancel()
     emulator.start()
     assert driver.status().state == PrinterState.IDLE
+
+
+def test_klipper_replaces_a_paused_job_on_a_new_start(
+    make_emulator: MakeEmulator, make_mr_driver: MakeDriver, tmp_path: Path
+) -> None:
+    """SDCARD_PRINT_FILE is refused ("SD busy") only while printing; a paused job is thrown away
+    (klippy/extras/virtual_sdcard.py). Moonraker's upload-and-print still declines while paused."""
+    emulator = make_emulator(speed=60.0, max_print_s=30.0)
+    driver = make_mr_driver(emulator)
+    write_gcode(tmp_path / "a.gcode")
+    driver.upload(tmp_path / "a.gcode", "a.gcode", start=True)
+    driver.upload(tmp_path / "a.gcode", "b.gcode", start=False)
+    with httpx.Client(base_url=emulator.url) as client:
+        busy = client.post("/printer/print/start?filename=b.gcode")
+        assert (busy.status_code, busy.json()["error"]["message"]) == (400, "SD busy")
+        driver.pause()
+        with pytest.raises(DriverError, match="did not start it: it is busy"):
+            driver.upload(tmp_path / "a.gcode", "c.gcode", start=True)  # print_started: false
+        assert emulator.state == "paused"
+        replaced = client.post("/printer/print/start?filename=b.gcode")
+        assert replaced.json() == {"result": "ok"}
+    stats = driver.status()
+    assert (stats.state, stats.file, emulator.klipper.replaced) == (PrinterState.PRINTING, "b.gcode", ["a.gcode"])
+
+
+def test_driver_never_starts_on_a_paused_printer(
+    make_emulator: MakeEmulator, make_mr_driver: MakeDriver, tmp_path: Path
+) -> None:
+    """Klipper would start the new file and drop the paused print: the driver checks print_stats first."""
+    emulator = make_emulator(speed=60.0, max_print_s=30.0)
+    driver = make_mr_driver(emulator)
+    write_gcode(tmp_path / "a.gcode")
+    driver.upload(tmp_path / "a.gcode", "a.gcode", start=True)
+    driver.upload(tmp_path / "a.gcode", "b.gcode", start=False)
+    driver.pause()
+    with pytest.raises(DriverError, match=r"cannot start 'b\.gcode' now: it is paused"):
+        driver.start("b.gcode")
+    assert (emulator.state, driver.status().file, emulator.klipper.replaced) == ("paused", "a.gcode", [])
+    driver.cancel()  # cancelled, like complete, standby and error, may start a new print
+    driver.start("b.gcode")
+    assert (emulator.state, driver.status().file) == ("printing", "b.gcode")

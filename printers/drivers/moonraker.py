@@ -48,6 +48,9 @@ _KLIPPY: dict[str, tuple[PrinterState, str]] = {
     "error": (PrinterState.ATTENTION, "Klipper reports an error: check printer.cfg and the MCU"),
     "disconnected": (PrinterState.OFFLINE, "Moonraker is not connected to Klipper"),
 }
+# print_stats states a new print may start from: Klipper refuses a start only while printing, but
+# on a paused printer it would replace the paused job (klippy/extras/virtual_sdcard.py).
+STARTABLE = frozenset({"standby", "complete", "cancelled", "error"})
 # Klipper's PAUSE/RESUME/CANCEL macros answer "ok" even when they do nothing, so check first.
 _ALLOWED = {"pause": {"printing"}, "resume": {"paused"}, "cancel": {"printing", "paused"}}
 
@@ -108,8 +111,13 @@ class MoonrakerDriver(HttpDriver):
 
     def start(self, remote_name: str) -> None:
         url = "/printer/print/start?filename=" + url_path(remote_name)
+        with self._lock, self._reachable(f"start {remote_name!r}"):
+            state = self._print_state()
+            # SDCARD_PRINT_FILE on a paused printer throws the paused job away and starts this one.
+            if state not in STARTABLE:
+                raise DriverError(f"the printer cannot start {remote_name!r} now: it is {state}")
+            response = self._request("POST", url)
         self.paused_by_farm = False
-        response = self._send("POST", url)
         detail = _detail(response).lower()
         if response.status_code == 404 or "unable to open" in detail:  # Klipper's SDCARD_PRINT_FILE
             raise DriverError(f"the printer has no file {remote_name!r} in its gcodes folder")
@@ -136,10 +144,13 @@ class MoonrakerDriver(HttpDriver):
         _expect(response, f"read {url.split('?')[0]}")
         return _envelope(response)
 
+    def _print_state(self) -> str:
+        status = self._result("GET", "/printer/objects/query?print_stats").get("status") or {}
+        return str((status.get("print_stats") or {}).get("state", "unknown"))
+
     def _job_command(self, verb: str) -> None:
         with self._lock, self._reachable(verb):
-            status = self._result("GET", "/printer/objects/query?print_stats").get("status") or {}
-            state = str((status.get("print_stats") or {}).get("state", "unknown"))
+            state = self._print_state()
             if state not in _ALLOWED[verb]:
                 raise DriverError(f"cannot {verb} the print: the printer is {state}")
             _expect(self._request("POST", f"/printer/print/{verb}"), f"{verb} the print")

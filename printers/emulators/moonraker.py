@@ -2,10 +2,12 @@
 
 It follows Moonraker's source (no Klipper was run, see protocols.md §D): `{"result": ...}`
 envelopes and `{"error": {"code", "message"}}` errors, an optional `X-Api-Key` (401 without it),
-multipart uploads into the `gcodes` root with `print=true` (`print_started` false when busy, 403
-when overwriting the loaded file), `print_stats` states standby/printing/paused/complete/
-cancelled/error, `/server/info` `klippy_state`, 503 from printer endpoints while Klippy is down,
-and Klipper's PAUSE/RESUME/CANCEL_PRINT macros answering "ok" even when they do nothing.
+multipart uploads into the `gcodes` root with `print=true` (`print_started` false while printing or
+paused, 403 when overwriting the loaded file), `SDCARD_PRINT_FILE` refused ("SD busy") only while
+printing (on a paused printer it replaces the paused job, as Klipper's does), `print_stats` states
+standby/printing/paused/complete/cancelled/error, `/server/info` `klippy_state`, 503 from printer
+endpoints while Klippy is down, and Klipper's PAUSE/RESUME/CANCEL_PRINT macros answering "ok" even
+when they do nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Klipper:
         self._job: Job | None = None
         self._message = ""
         self._lock = threading.RLock()
+        self.replaced: list[str] = []  # paused jobs a new SDCARD_PRINT_FILE threw away
 
     def _refresh(self, now: float) -> Job | None:
         job = self._job
@@ -90,10 +93,14 @@ class Klipper:
             self.require_klippy()
             if self.klippy_state != "ready":
                 raise HttpError(400, "Printer is not ready")
-            if self.loaded_file() is not None:
+            # virtual_sdcard refuses only while its work timer runs (printing); a paused file is
+            # closed and replaced, its print_stats reset (klippy/extras/virtual_sdcard.py).
+            if self.print_state() == "printing":
                 raise HttpError(400, "SD busy")
             if not rel or not local.is_file():
                 raise HttpError(400, "Unable to open file")
+            if self._job is not None and self._job.state == "paused":
+                self.replaced.append(self._job.path)
             facts = inspect_gcode(local)
             duration = facts.estimate_s / self.speed if facts.estimate_s else FALLBACK_PRINT_S
             if self.max_print_s is not None:
@@ -349,6 +356,10 @@ class _Handler(JsonHandler):
         return safe_relpath(f"{fields.get('path', '')}/{name}")
 
     def _try_print(self, rel: str) -> bool:
+        # Moonraker starts an upload only when print_stats is neither printing nor paused
+        # (file_manager._handle_operation_check), stricter than SDCARD_PRINT_FILE itself.
+        if self.klipper.print_state() in ("printing", "paused"):
+            return False
         try:
             self.klipper.start_print(rel)
         except HttpError:
