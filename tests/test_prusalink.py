@@ -283,6 +283,8 @@ def test_stale_nonces_are_handled_transparently(
     assert driver.status().state == PrinterState.IDLE  # 401 stale=true, then a retry with the new nonce
 
     # Without the priming GET the PUT itself meets the stale nonce: httpx must send the body twice.
+    # (The storage list is read once per connection, by the first upload: not between them.)
+    driver.upload(tmp_path / "s.gcode", "first.gcode", start=False)
     monkeypatch.setattr(driver, "_prime_auth", lambda: None)
     time.sleep(0.3)
     calls: list[int] = []

@@ -1,12 +1,17 @@
-"""PrusaLink v1 driver for Prusa printers on Buddy firmware (MINI, MK4/MK4S, XL, Core One).
+"""PrusaLink v1 driver: Buddy firmware (MINI, MK4/MK4S, XL, Core One) and Prusa-Link on a Raspberry
+Pi (MK3/MK3S).
 
-Auth is HTTP Digest (user `maker`, legacy RFC 2069) or `X-Api-Key`. The printer's nonces live
-five seconds, so every request goes through one lock: interleaved requests would race for them.
+Auth is HTTP Digest (Buddy: user `maker`, legacy RFC 2069; the Pi: the user set in its wizard, RFC
+2617 MD5-sess) or `X-Api-Key`. Buddy's nonces live five seconds, so every request goes through one
+lock: interleaved requests would race for them. Files go to the printer's first writable storage as
+`GET /api/v1/storage` lists them: `usb` on Buddy, `local` on a Pi (whose `sdcard` is read-only).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,11 @@ from printers.drivers.base import (
 )
 from printers.drivers.http import HttpDriver
 
+log = logging.getLogger(__name__)
+
 DEFAULT_USERNAME = "maker"
+# Where uploads go when the printer cannot list its storages (`/api/v1/storage` missing: 404).
+FALLBACK_STORAGE = "usb"
 CHUNK_BYTES = 64 * 1024
 # Buddy writes uploads to a USB stick; the TCP window can stall for a long time mid-transfer.
 UPLOAD_IO_TIMEOUT_S = 120.0
@@ -82,6 +91,7 @@ class PrusaLinkDriver(HttpDriver):
 
     def __init__(self, config: PrinterConfig) -> None:
         super().__init__(config, **_auth(config))
+        self._storage: Storage | None = None  # read once per connection, see `_writable_storage`
 
     def _refused(self, response: httpx.Response) -> str | None:
         if response.status_code == 401:
@@ -95,9 +105,13 @@ class PrusaLinkDriver(HttpDriver):
             with self._lock:
                 status = self._get_json("/api/v1/status")
                 job = self._get_job() if status.get("job") else None
+                if job is not None and self._storage is None:
+                    self._known_storage()  # to read the job's path relative to it
         except httpx.TransportError as exc:
+            self._storage = None  # the printer may come back with another USB stick, or none
             return PrinterStatus(PrinterState.OFFLINE, message=f"cannot reach {self.base_url}: {exc!r}")
-        return self._unasked_pause(_to_status(status, job))
+        roots = {"usb", "local"} | ({self._storage.name} if self._storage else set())
+        return self._unasked_pause(_to_status(status, job, roots))
 
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
@@ -115,18 +129,23 @@ class PrusaLinkDriver(HttpDriver):
         }
         timeout = httpx.Timeout(UPLOAD_IO_TIMEOUT_S, connect=self.config.timeout_s)
         body = _FileBody(path, size, progress)
-        url = _file_url(remote_name)
         with self._lock, self._reachable(f"upload {remote_name!r}"):
             self._prime_auth()
+            storage = self._writable_storage()
+            url = _file_url(storage.path, remote_name)
             response = self._request("PUT", url, content=body, headers=headers, timeout=timeout)
         if response.status_code != 201:
-            raise DriverError(_upload_error(remote_name, response))
+            if response.status_code == 404:  # the storage went away: list them again next time
+                self._storage = None
+            raise DriverError(_upload_error(remote_name, response, storage))
 
     def start(self, remote_name: str) -> None:
         self.paused_by_farm = False
-        response = self._send("POST", _file_url(remote_name))
+        with self._lock, self._reachable(f"start {remote_name!r}"):
+            storage = self._writable_storage()
+            response = self._request("POST", _file_url(storage.path, remote_name))
         if response.status_code == 404:
-            raise DriverError(f"the printer has no file {remote_name!r} on its USB drive")
+            raise DriverError(f"the printer has no file {remote_name!r} in its storage {storage.path!r}")
         if response.status_code == 409:
             raise DriverError(
                 f"the printer cannot start {remote_name!r} now: it is printing, paused, busy "
@@ -160,6 +179,43 @@ class PrusaLinkDriver(HttpDriver):
         _expect(response, 200, "read /api/v1/job")
         return _json(response)
 
+    def _writable_storage(self) -> Storage:
+        """The first storage `/api/v1/storage` lists as available and not read-only, cached until the
+        printer drops off the network or refuses a file URL with 404."""
+        if self._storage is not None:
+            return self._storage
+        response = self._request("GET", "/api/v1/storage")
+        if response.status_code == 404:
+            log.warning(
+                "%s lists no storages (GET /api/v1/storage: 404); uploading to %r",
+                self.base_url,
+                FALLBACK_STORAGE,
+            )
+            self._storage = Storage(FALLBACK_STORAGE, FALLBACK_STORAGE)
+            return self._storage
+        _expect(response, 200, "list its storages (/api/v1/storage)")
+        listed = _json(response).get("storage_list")
+        entries = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+        for entry in entries:
+            path = str(entry.get("path") or "").strip("/")
+            if path and entry.get("available", True) and not entry.get("read_only", False):
+                self._storage = Storage(path, str(entry.get("name") or path))
+                return self._storage
+        seen = ", ".join(
+            f"{str(e.get('path', '?')).strip('/')} ({'read-only' if e.get('read_only') else 'unavailable'})"
+            for e in entries
+        )
+        raise DriverError(
+            f"the printer has no writable storage for prints: {seen or 'it lists none'} "
+            "(insert a USB drive, or check the printer's storage settings)"
+        )
+
+    def _known_storage(self) -> None:
+        try:
+            self._writable_storage()
+        except DriverError as exc:  # a status read still answers; uploads will say what is wrong
+            log.debug("%s: %s", self.base_url, exc)
+
     def _prime_auth(self) -> None:
         """A cheap authenticated GET, so a large PUT goes out with a fresh digest, not to a 401."""
         _expect(self._send("GET", "/api/version"), 200, "read /api/version")
@@ -189,8 +245,16 @@ def _auth(config: PrinterConfig) -> dict[str, Any]:
     raise DriverError(f"printer {config.name!r} has no PrusaLink password configured: {PASSWORD_HINT}")
 
 
-def _file_url(remote_name: str) -> str:
-    return "/api/v1/files/usb/" + url_path(remote_name)
+class Storage:
+    """A storage as `/api/v1/storage` names it: `path` in file URLs, `name` in the paths jobs report."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path = path  # "usb" (Buddy), "local" (Prusa-Link on a Pi)
+        self.name = name  # "usb", "PrusaLink gcodes"
+
+
+def _file_url(storage: str, remote_name: str) -> str:
+    return f"/api/v1/files/{storage}/" + url_path(remote_name)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -204,14 +268,20 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 
 
 def _detail(response: httpx.Response) -> str:
-    """The firmware's explanation: `<code>: <reason>\\n\\n<detail>` in text, or `text` in JSON."""
+    """The printer's explanation. Buddy: `<code>: <reason>\\n\\n<detail>` in text, `text` in JSON;
+    Prusa-Link on a Pi: `<title>\\n<text>\\n<details>\\n\\nSee: <url>`, `title`/`message` in JSON."""
     if "json" in response.headers.get("content-type", ""):
         try:
-            return str(response.json().get("text") or "")
+            data = response.json()
+            return str(data.get("text") or data.get("message") or "")
         except (json.JSONDecodeError, AttributeError):
             return ""
+    if "html" in response.headers.get("content-type", ""):
+        return ""
     head, _, detail = response.text.partition("\n\n")
-    return (detail or head).strip()
+    if re.match(r"\d{3}: ", head):  # Buddy
+        return (detail or head).strip()
+    return ": ".join(line.strip() for line in head.splitlines() if line.strip())
 
 
 def _expect(response: httpx.Response, status: int, what: str) -> None:
@@ -222,8 +292,15 @@ def _expect(response: httpx.Response, status: int, what: str) -> None:
         )
 
 
-def _upload_error(name: str, response: httpx.Response) -> str:
+def _upload_error(name: str, response: httpx.Response, storage: Storage) -> str:
     code, detail = response.status_code, _detail(response)
+    if code == 404:
+        why = f" ({detail})" if detail else ""
+        return f"the printer has no storage {storage.path!r} for {name!r}{why}"
+    if code == 409 and "read only" in detail.lower():
+        return f"the printer's storage {storage.path!r} is read-only: cannot store {name!r}"
+    if code == 409 and "exists" in detail.lower():
+        return f"cannot replace {name!r}: the printer refused to overwrite it ({detail})"
     if code == 409 and "print right now" in detail:
         return f"uploaded {name!r}, but the printer could not start it: it is not ready (busy or printing)"
     if code == 409 and "busy" in detail:
@@ -241,7 +318,7 @@ def _upload_error(name: str, response: httpx.Response) -> str:
     return f"upload of {name!r} failed: HTTP {code}" + (f" ({detail})" if detail else "")
 
 
-def _to_status(status: dict[str, Any], job: dict[str, Any] | None) -> PrinterStatus:
+def _to_status(status: dict[str, Any], job: dict[str, Any] | None, roots: set[str]) -> PrinterStatus:
     printer = status.get("printer") or {}
     raw_state = str(printer.get("state", "")).upper()
     state = _STATES.get(raw_state, PrinterState.BUSY)
@@ -260,20 +337,26 @@ def _to_status(status: dict[str, Any], job: dict[str, Any] | None) -> PrinterSta
         state=state,
         progress=_float(job_summary.get("progress")),
         remaining_s=_int(job_summary.get("time_remaining")),
-        file=_job_file(job),
+        file=_job_file(job, roots),
         temperatures=_temperatures(printer),
         message=message,
     )
 
 
-def _job_file(job: dict[str, Any] | None) -> str | None:
-    """The long name, relative to /usb/ like the uploaded `remote_name` (`name` is the 8.3 alias)."""
+def _job_file(job: dict[str, Any] | None, roots: set[str]) -> str | None:
+    """The long name, relative to the storage like the uploaded `remote_name` (on Buddy `name` is the
+    8.3 alias). Buddy's `path` is the folder ("/usb/dir"); Prusa-Link's is the file's own path
+    ("/PrusaLink gcodes/dir/name.gcode")."""
     info = (job or {}).get("file") or {}
     name = info.get("display_name") or info.get("name")
     if not name:
         return None
-    folder = str(info.get("display_path") or info.get("path") or "").strip("/").removeprefix("usb")
-    return f"{folder.strip('/')}/{name}" if folder.strip("/") else str(name)
+    parts = [p for p in str(info.get("display_path") or info.get("path") or "").split("/") if p]
+    if parts and parts[-1] == name:
+        parts.pop()
+    if parts and parts[0] in roots:
+        parts.pop(0)
+    return "/".join([*parts, str(name)])
 
 
 def _temperatures(printer: dict[str, Any]) -> dict[str, float]:

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import threading
@@ -31,6 +32,7 @@ from typing import Any, BinaryIO, Literal
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import parse_http_list, parse_keqv_list
 
+from printers.emulators import prusalink_pi as pi
 from printers.emulators.common import (
     FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
@@ -64,11 +66,14 @@ AuthVerdict = Literal["ok", "stale", "denied"]
 class HttpError(Exception):
     """An error page: the status and the detail line the firmware puts after the reason."""
 
-    def __init__(self, status: int, detail: str = "", *, close: bool = False) -> None:
+    def __init__(
+        self, status: int, detail: str = "", *, close: bool = False, link: pi.LinkError | None = None
+    ) -> None:
         super().__init__(f"{status} {detail}".strip())
         self.status = status
         self.detail = detail
         self.close = close
+        self.link = link  # the Prusa-Link (Raspberry Pi) condition, where it differs from Buddy's page
 
 
 def short_name(name: str) -> str:
@@ -139,7 +144,7 @@ class DigestAuthority:
 @dataclass
 class Job:
     id: int
-    usb_path: str  # "/usb/dir/name.gcode"
+    usb_path: str  # the path the printer reports: "/usb/dir/name.gcode" ("/PrusaLink gcodes/..." on a Pi)
     local: Path
     size: int
     duration_s: float
@@ -175,10 +180,23 @@ class Transfer:
 class Printer:
     """The printer's state machine and its USB stick (a directory). Thread-safe; no HTTP here."""
 
-    def __init__(self, *, root: Path, model: str, speed: float, max_print_s: float | None) -> None:
+    def __init__(
+        self,
+        *,
+        root: Path,
+        model: str,
+        speed: float,
+        max_print_s: float | None,
+        root_path: str = "/usb",
+        guard_busy_file: bool = True,
+    ) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.root = root
+        self.root_path = root_path  # how the printer names its storage in paths it reports
+        # Buddy refuses to overwrite the file it prints (409 "File is busy"); Prusa-Link on a Pi
+        # replaces it (prusa/link/web/files.py has no such check; the running print keeps its inode).
+        self.guard_busy_file = guard_busy_file
         self.model = model
         self.speed = speed
         self.max_print_s = max_print_s
@@ -210,13 +228,26 @@ class Printer:
         job = self._job
         return job is not None and job.state in ACTIVE_STATES and job.usb_path == usb_path
 
+    def printer_path(self, rel: str) -> str:
+        return f"{self.root_path}/{rel}"
+
+    def current_job(self) -> Job | None:
+        with self._lock:
+            return self._refresh(time.monotonic())
+
+    def current_transfer(self) -> Transfer | None:
+        return self._transfer
+
+    def problem(self) -> str | None:
+        return self._problem
+
     def local_path(self, rel: str) -> Path:
         return self.root.joinpath(*rel.split("/")) if rel else self.root
 
     # -- job control
 
     def start_print(self, rel: str) -> None:
-        """Start /usb/<rel>. HttpError 404 if it is missing, 409 if the printer is not ready."""
+        """Start <root_path>/<rel>. HttpError 404 if it is missing, 409 if the printer is not ready."""
         local = self.local_path(rel)
         with self._lock:
             if not rel or not local.is_file():
@@ -233,7 +264,7 @@ class Printer:
             self._job_ids += 1
             self._job = Job(
                 id=self._job_ids,
-                usb_path=f"/usb/{rel}",
+                usb_path=self.printer_path(rel),
                 local=local,
                 size=local.stat().st_size,
                 duration_s=max(duration, 0.001),
@@ -317,7 +348,7 @@ class Printer:
             self._job_ids += 1
             self._job = Job(
                 id=self._job_ids,
-                usb_path=f"/usb/{name}",
+                usb_path=self.printer_path(name),
                 local=local,
                 size=local.stat().st_size,
                 duration_s=max(seconds, 0.001),
@@ -334,7 +365,7 @@ class Printer:
     def begin_upload(self, rel: str, length: int, *, overwrite: bool, to_print: bool) -> Transfer:
         """The checks the firmware makes before reading the body; registers the one allowed transfer."""
         local = self.local_path(rel)
-        usb_path = f"/usb/{rel}"
+        usb_path = self.printer_path(rel)
         with self._lock:
             if self.usb_full:
                 raise HttpError(507, "USB drive full", close=True)
@@ -342,7 +373,7 @@ class Printer:
                 raise HttpError(409, "Another transfer in progress", close=True)
             if local.exists() and not overwrite:
                 raise HttpError(409, "File already exists", close=True)
-            if overwrite and self._busy_file(usb_path):
+            if overwrite and self.guard_busy_file and self._busy_file(usb_path):
                 raise HttpError(409, "File is busy", close=True)
             self._transfer_ids += 1
             self._transfer = Transfer(self._transfer_ids, usb_path, length, to_print, time.monotonic())
@@ -350,7 +381,7 @@ class Printer:
 
     def receive(self, transfer: Transfer, stream: BinaryIO) -> Path:
         """Stream the body to disk chunk by chunk through a temp file, then move it into place."""
-        local = self.local_path(transfer.usb_path.removeprefix("/usb/"))
+        local = self.local_path(transfer.usb_path.removeprefix(self.root_path + "/"))
         try:
             local.parent.mkdir(parents=True, exist_ok=True)
             tmp = local.with_name(f".{local.name}.{transfer.id}.tmp")
@@ -376,7 +407,7 @@ class Printer:
 
     def delete(self, rel: str) -> None:
         local = self.local_path(rel)
-        usb_path = f"/usb/{rel}"
+        usb_path = self.printer_path(rel)
         with self._lock:
             self._refresh(time.monotonic())
             if self._busy_file(usb_path):
@@ -400,7 +431,7 @@ class Printer:
     def is_printing_file(self, rel: str) -> bool:
         with self._lock:
             self._refresh(time.monotonic())
-            return self._busy_file(f"/usb/{rel}")
+            return self._busy_file(self.printer_path(rel))
 
     def status_json(self) -> dict[str, Any]:
         with self._lock:
@@ -597,7 +628,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             response = self._route(method)
         except HttpError as exc:
-            response = self._error(exc.status, exc.detail, close=exc.close)
+            response = self._error(exc.status, exc.detail, close=exc.close, link=exc.link)
         self._send(response, head=method == "HEAD")
 
     def _declared_length(self) -> int | None:
@@ -610,9 +641,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if not path.startswith("/api/"):
             raise HttpError(404)
-        verdict = self.emulator.auth.check(
-            method, self.path, self.headers.get("Authorization"), self.headers.get("X-Api-Key")
-        )
+        verdict = self._authorize(method)
+        if verdict == "forbidden":
+            return Response(403, b"Bad X-Api-Key.", "text/html; charset=utf-8")
         if verdict != "ok":
             return self._unauthorized(stale=verdict == "stale")
         for pattern, methods in _ROUTES:
@@ -626,15 +657,38 @@ class _Handler(BaseHTTPRequestHandler):
             return handler(self, match)
         raise HttpError(404)
 
+    def _authorize(self, method: str) -> str:
+        auth, authorization, key = (
+            self.emulator.auth,
+            self.headers.get("Authorization"),
+            self.headers.get("X-Api-Key"),
+        )
+        if isinstance(auth, pi.PiDigestAuthority):
+            return auth.check(method, self.path, authorization, key, self.headers.get("User-Agent", ""))
+        return auth.check(method, self.path, authorization, key)
+
     def _unauthorized(self, *, stale: bool) -> Response:
-        nonce = self.emulator.auth.new_nonce()
+        auth = self.emulator.auth
+        if isinstance(auth, pi.PiDigestAuthority):  # PoorWSGI's 401: an HTML page and its challenge
+            page = b"<!DOCTYPE html>\n<html><head><title>401 - Unauthorized</title></head></html>\n"
+            challenge = auth.challenge(stale=stale, user_agent=self.headers.get("User-Agent", ""))
+            return Response(401, page, "text/html; charset=utf-8", {"WWW-Authenticate": challenge})
+        nonce = auth.new_nonce()
         response = self._error(401, "")
         response.headers["WWW-Authenticate"] = (
             f'Digest realm="{REALM}", nonce="{nonce}", stale={"true" if stale else "false"}'
         )
         return response
 
-    def _error(self, status: int, detail: str, *, close: bool = False) -> Response:
+    def _error(
+        self, status: int, detail: str, *, close: bool = False, link: pi.LinkError | None = None
+    ) -> Response:
+        if self.emulator.pi:
+            error = link or pi.link_error(status, detail)
+            host = self.headers.get("Host") or f"{self.emulator.host}:{self.emulator.port}"
+            as_json = "application/json" in self.headers.get("Accept", "")
+            body, content_type, headers = pi.error_body(error, f"http://{host}", as_json=as_json)
+            return Response(error.status, body, content_type, headers, close=close)
         phrase = HTTPStatus(status).phrase
         if status != 401 and "application/json" in self.headers.get("Accept", ""):
             response = json_response(status, {"code": status, "title": phrase, "text": detail, "url": ""})
@@ -680,6 +734,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get_version(self, _: re.Match[str]) -> Response:
         emu = self.emulator
+        if emu.pi:
+            return json_response(200, pi.version(emu.hostname))
         return json_response(
             200,
             {
@@ -694,6 +750,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get_info(self, _: re.Match[str]) -> Response:
         emu = self.emulator
+        if emu.pi:
+            facts = {"serial": emu.serial, "hostname": emu.hostname, "nozzle_diameter": emu.nozzle_diameter}
+            return json_response(200, pi.info(name=emu.hostname, port=emu.port, **facts))
         return json_response(
             200,
             {
@@ -706,9 +765,25 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _get_status(self, _: re.Match[str]) -> Response:
-        return json_response(200, self.printer.status_json())
+        status = self.printer.status_json()
+        if self.emulator.pi:
+            status["storage"] = pi.status_storage(self.emulator.free_space()[0])
+            status["printer"].setdefault("status_printer", pi.OK)
+            status["printer"]["status_connect"] = {"ok": True, "message": "Connect isn't configured"}
+            if "transfer" in status:
+                status["transfer"]["data_transferred"] = status["transfer"].pop("transferred")
+        return json_response(200, status)
 
     def _get_storage(self, _: re.Match[str]) -> Response:
+        if self.emulator.pi:
+            root = self.printer.root
+            files = [
+                (f.stat().st_size, f.name.lower().endswith(GCODE_EXTENSIONS))
+                for f in root.rglob("*")
+                if f.is_file() and not f.name.startswith(".")
+            ]
+            free, total = self.emulator.free_space()
+            return json_response(200, {"storage_list": pi.storage_list(files, free, total)})
         storage = {"path": "/usb/", "name": "usb", "type": "USB", "read_only": False, "available": True}
         return json_response(200, {"storage_list": [storage]})
 
@@ -718,6 +793,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get_job(self, _: re.Match[str]) -> Response:
         job = self.printer.job_json()
+        current = self.printer.current_job()
+        if job and current and self.emulator.pi:
+            mtime = int(current.local.stat().st_mtime) if current.local.exists() else 0
+            job["file"] = pi.job_file(current.usb_path, current.size, mtime)
+            job["state"] = current.state  # Prusa-Link reports the printer's state, ATTENTION included
+            job["inaccurate_estimates"] = False
         return json_response(200, job) if job else Response(204)
 
     # -- job control
@@ -734,13 +815,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- files
 
-    def _usb_rel(self, match: re.Match[str]) -> str:
+    def _usb_rel(self, match: re.Match[str], *, write: bool = False) -> str:
         rest = unquote(match.group("rest") or "")
+        if self.emulator.pi:
+            return self._pi_rel(rest, write=write)
         if rest != "/usb" and not rest.startswith("/usb/"):
             raise HttpError(403)
         parts = [p for p in rest.removeprefix("/usb").split("/") if p]  # the firmware dedups slashes
         if any(p in (".", "..") for p in parts):
             raise HttpError(404)
+        return "/".join(parts)
+
+    def _pi_rel(self, rest: str, *, write: bool) -> str:
+        """`/local/<rel>` on a Pi; `/sdcard` is the printer's own card, which takes no writes."""
+        storage, _, path = rest.lstrip("/").partition("/")
+        if storage not in ("local", "sdcard"):
+            raise HttpError(404, link=pi.LOCATION_NOT_FOUND)
+        if storage == "sdcard":
+            raise HttpError(409, link=pi.SD_READ_ONLY) if write else HttpError(404, link=pi.FILE_NOT_FOUND)
+        parts = [p for p in path.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise HttpError(404, link=pi.FILE_NOT_FOUND)
         return "/".join(parts)
 
     def _file_get(self, match: re.Match[str]) -> Response:
@@ -755,7 +850,11 @@ class _Handler(BaseHTTPRequestHandler):
         return json_response(200, self._file_info(rel, local), **headers)
 
     def _file_put(self, match: re.Match[str]) -> Response:
-        rel = self._usb_rel(match)
+        rel = self._usb_rel(match, write=True)
+        if self.emulator.pi and (self.headers.get("Content-Type") or "application/octet-stream").split(";")[
+            0
+        ].strip() not in ("application/octet-stream", "text/x.gcode"):
+            raise HttpError(415, "Not a GCODE", close=True)
         if self._unread is None:
             raise HttpError(411, close=True)
         name = rel.rsplit("/", 1)[-1]
@@ -775,6 +874,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.printer.start_print(rel)
             except HttpError:
                 raise HttpError(409, "Can't print right now", close=True) from None
+        if self.emulator.pi:  # Prusa-Link answers a bare 201
+            return Response(201)
         location = f"/api/v1/files/usb/{quote(rel)}"
         response = json_response(201, self._file_info(rel, local), Location=location)
         response.close = True  # the firmware always closes an upload connection
@@ -785,7 +886,7 @@ class _Handler(BaseHTTPRequestHandler):
         return Response(204, close=True)  # the firmware closes rather than read the ignored body
 
     def _file_delete(self, match: re.Match[str]) -> Response:
-        rel = self._usb_rel(match)
+        rel = self._usb_rel(match, write=True)
         if not rel:
             raise HttpError(404)
         self.printer.delete(rel)
@@ -861,10 +962,23 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
         self.nozzle_diameter = nozzle_diameter
         self.serial = serial
         self.hostname = hostname or f"prusa-{model.lower()}"
-        self.auth = DigestAuthority(password, nonce_lifetime_s)
+        # MK3/MK3S printers have no PrusaLink of their own: Prusa-Link runs on a Raspberry Pi.
+        self.pi = pi.is_pi_model(model)
+        self.auth: DigestAuthority | pi.PiDigestAuthority = (
+            pi.PiDigestAuthority(USERNAME, password)
+            if self.pi
+            else DigestAuthority(password, nonce_lifetime_s)
+        )
         storage_dir = Path(storage_dir)
         storage_dir.mkdir(parents=True, exist_ok=True)
-        self.printer = Printer(root=storage_dir, model=model, speed=speed, max_print_s=max_print_s)
+        self.printer = Printer(
+            root=storage_dir,
+            model=model,
+            speed=speed,
+            max_print_s=max_print_s,
+            root_path=f"/{pi.LOCAL_NAME}" if self.pi else "/usb",
+            guard_busy_file=not self.pi,
+        )
         self.printer.upload_bytes_per_s = upload_bytes_per_s
         self.cutter = UploadCutter()
         self._requested_port = port
@@ -911,6 +1025,11 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
     def fill_usb(self, full: bool = True) -> None:
         """The USB drive is full: the printer refuses every upload (507) until `fill_usb(False)`."""
         self.printer.usb_full = full
+
+    def free_space(self) -> tuple[int, int]:
+        """(free, total) bytes of the disk the storage folder is on, as statvfs reports them."""
+        st = os.statvfs(self.printer.root)
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
     def _make_server(self) -> EmulatorServer:
         return EmulatorServer((self.host, self._requested_port), self, _Handler)
