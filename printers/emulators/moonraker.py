@@ -13,6 +13,7 @@ when they do nothing.
 from __future__ import annotations
 
 import hmac
+import json
 import threading
 import time
 from pathlib import Path
@@ -36,10 +37,12 @@ from printers.emulators.octoprint import (
     parse_multipart,
     safe_relpath,
 )
+from printers.emulators.websocket import WebSocket, WebSocketClosed, is_upgrade
 
 GCODE_EXTENSIONS = (".gcode", ".g", ".gco", ".ufp")
 AMBIENT_C = 22.5
 MOVE_OUT_OF_RANGE = "Move out of range: 250.000 0.000 0.300 [0.000]"
+OBJECT_NAMES = ("webhooks", "print_stats", "virtual_sdcard", "display_status", "extruder", "heater_bed")
 KLIPPY_STATES = ("ready", "startup", "shutdown", "error", "disconnected")
 _KLIPPY_MESSAGES = {
     "ready": "Printer is ready",
@@ -242,6 +245,9 @@ class _Handler(JsonHandler):
         self.begin()
         try:
             self._authorize()
+            if (method, self.path_only) == ("GET", "/websocket") and is_upgrade(self):
+                self._serve_websocket()
+                return
             status, result = self._route(method, self.path_only)
             self.send_json(status, {"result": result})
         except HttpError as exc:
@@ -285,7 +291,7 @@ class _Handler(JsonHandler):
             "failed_components": [],
             "registered_directories": ["config", "logs", "gcodes"],
             "warnings": [],
-            "websocket_count": 0,
+            "websocket_count": self.emulator.websockets,
             "moonraker_version": "v0.9.3-emulated",
             "api_version": [1, 5, 0],
             "api_version_string": "1.5.0",
@@ -306,12 +312,52 @@ class _Handler(JsonHandler):
         }
 
     def _query(self, method: str) -> dict[str, Any]:
-        self.klipper.require_klippy()
         if method == "POST":
-            names = list((self.json_body().get("objects") or {}).keys())
-        else:
-            names = list(self.query.keys())
+            return self._objects(list((self.json_body().get("objects") or {}).keys()))
+        return self._objects(list(self.query.keys()))
+
+    def _objects(self, names: list[str]) -> dict[str, Any]:
+        self.klipper.require_klippy()
         return {"eventtime": round(time.monotonic(), 3), "status": self.klipper.objects(names)}
+
+    # -- the JSON-RPC websocket (Moonraker's /websocket; what Mainsail, Fluidd and HA clients use)
+
+    def _serve_websocket(self) -> None:
+        self.connection.settimeout(300)  # clients ping now and then; an idle socket is not an error
+        ws = WebSocket(self)
+        self.emulator.websockets += 1
+        try:
+            while True:
+                ws.send_text(json.dumps(self._rpc(ws.receive())))
+        except WebSocketClosed:
+            pass
+        finally:
+            self.emulator.websockets -= 1
+
+    def _rpc(self, text: str) -> dict[str, Any]:
+        try:
+            request = json.loads(text)
+            method, params, rid = request["method"], request.get("params") or {}, request.get("id")
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            return {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}
+        handlers = {
+            "server.info": self._server_info,
+            "printer.info": self._printer_info,
+            "printer.objects.list": lambda: {"objects": self._object_names()},
+            "printer.objects.query": lambda: self._objects(list((params.get("objects") or {}).keys())),
+            "server.websocket.id": lambda: {"websocket_id": id(self) & 0xFFFFFFFF},
+        }
+        handler = handlers.get(method)
+        if handler is None:
+            return {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": rid}
+        try:
+            return {"jsonrpc": "2.0", "result": handler(), "id": rid}
+        except HttpError as exc:
+            return {"jsonrpc": "2.0", "error": {"code": exc.status, "message": exc.message}, "id": rid}
+
+    def _object_names(self) -> list[str]:
+        self.klipper.require_klippy()
+        return list(self.klipper.objects(list(OBJECT_NAMES)))
 
     def _upload(self) -> tuple[int, Any]:
         boundary = multipart_boundary(self.headers.get("Content-Type"))
@@ -388,6 +434,7 @@ class MoonrakerEmulator(EmulatorThread, FaultSwitches):
         storage_dir.mkdir(parents=True, exist_ok=True)
         self.klipper = Klipper(root=storage_dir, speed=speed, max_print_s=max_print_s)
         self.received: list[Path] = []  # every file an upload stored, in order
+        self.websockets = 0  # open /websocket connections (server.info websocket_count)
         self.cutter = UploadCutter()
         self._requested_port = port
         self._server: EmulatorServer | None = None
