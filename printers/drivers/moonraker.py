@@ -102,7 +102,7 @@ class MoonrakerDriver(HttpDriver):
             response = self._request("POST", "/server/files/upload", files=files, data=data, timeout=timeout)
         if response.status_code != 201:
             raise DriverError(_upload_error(remote_name, response))
-        result = _envelope(response)
+        result = _upload_result(response)
         if start and not result.get("print_started"):
             queued = " (it was queued in the job queue)" if result.get("print_queued") else ""
             raise DriverError(
@@ -145,7 +145,11 @@ class MoonrakerDriver(HttpDriver):
         return _envelope(response)
 
     def _print_state(self) -> str:
-        status = self._result("GET", "/printer/objects/query?print_stats").get("status") or {}
+        response = self._request("GET", "/printer/objects/query?print_stats")
+        if response.status_code == 404:  # Klipper's endpoints appear once it has connected
+            raise DriverError("Klipper has not connected to Moonraker: check that Klipper is running")
+        _expect(response, "read /printer/objects/query")
+        status = _envelope(response).get("status") or {}
         return str((status.get("print_stats") or {}).get("state", "unknown"))
 
     def _job_command(self, verb: str) -> None:
@@ -168,6 +172,20 @@ def _envelope(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(result, dict):
         raise DriverError(f"Moonraker sent no result envelope for {response.request.url.path}")
     return result
+
+
+def _upload_result(response: httpx.Response) -> dict[str, Any]:
+    """An upload's answer: Moonraker sends it bare (`{"item", "print_started", ...}`), not in the
+    `result` envelope every other endpoint uses; take either."""
+    try:
+        data = response.json()
+    except json.JSONDecodeError as exc:
+        raise DriverError("Moonraker sent invalid JSON for /server/files/upload") from exc
+    if isinstance(data, dict) and isinstance(data.get("result"), dict):
+        data = data["result"]
+    if not isinstance(data, dict) or "item" not in data:
+        raise DriverError("Moonraker sent an unexpected answer for /server/files/upload")
+    return data
 
 
 def _detail(response: httpx.Response) -> str:

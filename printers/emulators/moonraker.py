@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from printers.emulators.common import (
     FALLBACK_PRINT_S,
@@ -248,6 +249,14 @@ class _Handler(JsonHandler):
             if (method, self.path_only) == ("GET", "/websocket") and is_upgrade(self):
                 self._serve_websocket()
                 return
+            if (method, self.path_only) == ("POST", "/server/files/upload"):
+                # The one endpoint Moonraker answers without the result envelope, with a Location
+                # (moonraker/components/application.py FileUploadHandler).
+                result = self._upload()
+                host, rel = self.headers.get("Host", ""), quote(result["item"]["path"])
+                location = f"http://{host}/server/files/gcodes/{rel}"
+                self.send_json(201, result, {"Location": location})
+                return
             status, result = self._route(method, self.path_only)
             self.send_json(status, {"result": result})
         except HttpError as exc:
@@ -268,8 +277,6 @@ class _Handler(JsonHandler):
             return 200, self._printer_info()
         if path == "/printer/objects/query" and method in ("GET", "POST"):
             return 200, self._query(method)
-        if (method, path) == ("POST", "/server/files/upload"):
-            return self._upload()
         if (method, path) == ("POST", "/printer/print/start"):
             self.klipper.start_print(safe_relpath((self.query.get("filename") or [""])[0]))
             return 200, "ok"
@@ -359,7 +366,7 @@ class _Handler(JsonHandler):
         self.klipper.require_klippy()
         return list(self.klipper.objects(list(OBJECT_NAMES)))
 
-    def _upload(self) -> tuple[int, Any]:
+    def _upload(self) -> dict[str, Any]:
         boundary = multipart_boundary(self.headers.get("Content-Type"))
         root = self.klipper.root
         tmp = root / f".upload-{threading.get_ident()}.tmp"
@@ -388,7 +395,7 @@ class _Handler(JsonHandler):
             "size": stat.st_size,
             "permissions": "rw",
         }
-        return 201, {"item": item, "print_started": started, "print_queued": False, "action": "create_file"}
+        return {"item": item, "print_started": started, "print_queued": False, "action": "create_file"}
 
     @staticmethod
     def _target(fields: dict[str, str]) -> str:
