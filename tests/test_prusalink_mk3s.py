@@ -194,3 +194,19 @@ def test_pyprusalink_reads_and_controls_the_mk3s(
             assert (await api.get_status())["printer"]["state"] == "STOPPED"
 
     asyncio.run(scenario())
+
+
+def test_only_text_x_gcode_uploads_work_as_on_prusa_link_0_8_1(mk3s: PrusaLinkEmulator) -> None:
+    """web/files.py sniffs an octet-stream upload's destination with libmagic before moving the
+    upload there (seen on the real server, test_prusalink_server.py): new file 500, old file 415."""
+    octet, gcode = {"Content-Type": "application/octet-stream"}, {"Content-Type": "text/x.gcode"}
+    with client(mk3s) as http:
+        new = http.put("/api/v1/files/local/a.gcode", content=b"G28\n", headers=octet)
+        stored = http.put("/api/v1/files/local/a.gcode", content=b"G28\n", headers=gcode)
+        replaced = http.put(
+            "/api/v1/files/local/a.gcode", content=b"G28\n", headers=octet | {"Overwrite": "?1"}
+        )
+    assert new.status_code == 500 and new.text.startswith("Internal Server Error\n")
+    assert stored.status_code == 201 and stored.content == b""
+    assert replaced.status_code == 415 and not (mk3s.printer.root / "a.gcode").exists()
+    assert mk3s.received == [mk3s.printer.root / "a.gcode"]  # the one upload that was stored

@@ -110,6 +110,8 @@ class PrusaLinkDriver(HttpDriver):
         except httpx.TransportError as exc:
             self._storage = None  # the printer may come back with another USB stick, or none
             return PrinterStatus(PrinterState.OFFLINE, message=f"cannot reach {self.base_url}: {exc!r}")
+        except _Unavailable as exc:
+            return PrinterStatus(PrinterState.BUSY, message=str(exc))
         roots = {"usb", "local"} | ({self._storage.name} if self._storage else set())
         return self._unasked_pause(_to_status(status, job, roots))
 
@@ -121,18 +123,18 @@ class PrusaLinkDriver(HttpDriver):
         except OSError as exc:
             raise DriverError(f"cannot read {path}: {exc.strerror}") from exc
         self.paused_by_farm = self.paused_by_farm and not start
-        headers = {
-            "Content-Length": str(size),
-            "Content-Type": "application/octet-stream",
-            "Overwrite": "?1",
-            "Print-After-Upload": "?1" if start else "?0",
-        }
         timeout = httpx.Timeout(UPLOAD_IO_TIMEOUT_S, connect=self.config.timeout_s)
         body = _FileBody(path, size, progress)
         with self._lock, self._reachable(f"upload {remote_name!r}"):
             self._prime_auth()
             storage = self._writable_storage()
             url = _file_url(storage.path, remote_name)
+            headers = {
+                "Content-Length": str(size),
+                "Content-Type": _content_type(storage, remote_name),
+                "Overwrite": "?1",
+                "Print-After-Upload": "?1" if start else "?0",
+            }
             response = self._request("PUT", url, content=body, headers=headers, timeout=timeout)
         if response.status_code != 201:
             if response.status_code == 404:  # the storage went away: list them again next time
@@ -169,6 +171,8 @@ class PrusaLinkDriver(HttpDriver):
 
     def _get_json(self, url: str) -> dict[str, Any]:
         response = self._request("GET", url)
+        if response.status_code == 503:  # Prusa-Link while it starts or looks for the printer's serial port
+            raise _Unavailable(f"PrusaLink is not ready: {_detail(response) or 'HTTP 503'}")
         _expect(response, 200, f"read {url}")
         return _json(response)
 
@@ -243,6 +247,19 @@ def _auth(config: PrinterConfig) -> dict[str, Any]:
     if config.api_key:
         return {"headers": {"X-Api-Key": config.api_key}}
     raise DriverError(f"printer {config.name!r} has no PrusaLink password configured: {PASSWORD_HINT}")
+
+
+class _Unavailable(DriverError):
+    """503: the API is up but not the printer behind it (Prusa-Link initialising)."""
+
+
+def _content_type(storage: Storage, remote_name: str) -> str:
+    """Prusa-Link (0.8.1, prusa/link/web/files.py) takes `application/octet-stream` bodies to a
+    libmagic check of the destination path before the upload is moved there: every new file is a
+    500 FileNotFoundError. `text/x.gcode` skips that check; Buddy firmware reads any type."""
+    if storage.path == "local" and not remote_name.lower().endswith((".bgcode", ".bgc")):
+        return "text/x.gcode"
+    return "application/octet-stream"
 
 
 class Storage:

@@ -851,10 +851,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _file_put(self, match: re.Match[str]) -> Response:
         rel = self._usb_rel(match, write=True)
-        if self.emulator.pi and (self.headers.get("Content-Type") or "application/octet-stream").split(";")[
-            0
-        ].strip() not in ("application/octet-stream", "text/x.gcode"):
+        content_type = (self.headers.get("Content-Type") or "application/octet-stream").split(";")[0].strip()
+        if self.emulator.pi and content_type not in ("application/octet-stream", "text/x.gcode"):
             raise HttpError(415, "Not a GCODE", close=True)
+        existed = self.printer.local_path(rel).is_file()
         if self._unread is None:
             raise HttpError(411, close=True)
         name = rel.rsplit("/", 1)[-1]
@@ -869,6 +869,8 @@ class _Handler(BaseHTTPRequestHandler):
         transfer = self.printer.begin_upload(rel, self._unread, overwrite=overwrite, to_print=to_print)
         self._unread = 0  # the body is ours from here on; a short one is a "Truncated body"
         local = self.printer.receive(transfer, self.emulator.cutter.wrap(self.rfile, self.connection))
+        if self.emulator.pi and content_type == "application/octet-stream":
+            self._pi_sniff_fails(local, existed)
         if to_print:
             try:
                 self.printer.start_print(rel)
@@ -880,6 +882,16 @@ class _Handler(BaseHTTPRequestHandler):
         response = json_response(201, self._file_info(rel, local), Location=location)
         response.close = True  # the firmware always closes an upload connection
         return response
+
+    def _pi_sniff_fails(self, local: Path, existed: bool) -> None:
+        """Prusa-Link 0.8.1 (web/files.py file_upload) runs libmagic on an octet-stream upload's
+        destination before it moves the upload there: a new file is a FileNotFoundError (500), an
+        old one sniffs as text/plain, is deleted, and the answer is 415. Only `text/x.gcode` works."""
+        local.unlink(missing_ok=True)
+        self.printer.received.remove(local)
+        if not existed:
+            raise HttpError(500, link=pi.INTERNAL_ERROR, close=True)
+        raise HttpError(415, "Not a GCODE", close=True)
 
     def _file_post(self, match: re.Match[str]) -> Response:
         self.printer.start_print(self._usb_rel(match))

@@ -54,6 +54,12 @@ FILE_NOT_FOUND = LinkError(404, "File Not Found", "File you want was not found."
 NOT_STATE_TO_PRINT = LinkError(
     409, "Not in state to print", "Printer is not in state to print.", "not-state-to-print"
 )
+INTERNAL_ERROR = LinkError(
+    500,
+    "Internal Server Error",
+    "We're sorry, but there is a error in service. Please try again later.",
+    "internal-server-error",
+)
 # The shared Printer raises (status, Buddy's detail); these are the Prusa-Link conditions for them.
 _BY_DETAIL: dict[tuple[int, str], LinkError] = {
     (409, "File already exists"): LinkError(
