@@ -16,6 +16,9 @@ import tty
 FIRMWARE = "3.14.1-8237"
 SERIAL_NUMBER = "CZPX1234X004XK12345"
 PRINTER_TYPE = "302"  # MK3S (prusa/link/const.py PRINTER_TYPES)
+TEMPERATURES = "T:24.0 /0.0 B:24.0 /0.0 T0:24.0 /0.0 @:0 B@:0 P:24.0 A:25.0"
+POSITION = "X:0.00 Y:0.00 Z:0.15 E:0.00 Count X: 0.00 Y:0.00 Z:0.15 E:0.00"
+FANS = "E0:0 RPM PRN1:0 RPM E0@:0 PRN1@:0"
 _NUMBERED = re.compile(r"^N-?\d+\s+(?P<cmd>.*?)\*\d+$")
 
 _ANSWERS: dict[str, list[str]] = {
@@ -38,6 +41,7 @@ _ANSWERS: dict[str, list[str]] = {
     "M221": ["100%"],
     "M420": ["Mesh bed leveling not active."],
     "M114": ["X:0.00 Y:0.00 Z:0.15 E:0.00 Count X: 0.00 Y:0.00 Z:0.15 E:0.00"],
+    "M123": ["E0:0 RPM PRN1:0 RPM E0@:0 PRN1@:0"],
     "M20": ["Begin file list", "End file list"],
     "M21": ["echo:SD card ok"],
 }
@@ -73,6 +77,8 @@ class MarlinPty:
         self.received: list[str] = []
         self.memory = _eeprom()
         self.resets = 0
+        self._autoreport: tuple[float, int] | None = None  # M155 S<interval> C<mask>
+        self._next_report = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="marlin-pty", daemon=True)
 
@@ -102,6 +108,8 @@ class MarlinPty:
     def _run(self) -> None:
         is_open, buffer, booted_at = False, b"", 0.0
         while not self._stop.is_set():
+            if is_open:
+                self._report()
             data = self._read()
             if data is None:
                 is_open, buffer = False, b""
@@ -109,6 +117,7 @@ class MarlinPty:
                 continue
             if not is_open:  # no hang-up any more: someone opened the port, and the board resets
                 is_open, booted_at, self.resets = True, time.monotonic() + self.BOOT_S, self.resets + 1
+                self._autoreport = None
                 data, buffer = b"", b""
                 threading.Timer(self.BOOT_S, self._send, ("start",)).start()
             if time.monotonic() < booted_at:
@@ -117,6 +126,17 @@ class MarlinPty:
             while b"\n" in buffer:
                 raw, buffer = buffer.split(b"\n", 1)
                 self._answer(raw.decode(errors="replace").strip())
+
+    def _report(self) -> None:
+        """M155 autoreports (Prusa-Firmware: C bit 0 temperatures, bit 1 position, bit 2 fans)."""
+        if self._autoreport is None or time.monotonic() < self._next_report:
+            return
+        seconds, mask = self._autoreport
+        self._next_report = time.monotonic() + seconds
+        lines = [TEMPERATURES] if mask & 1 else []
+        lines += [POSITION] if mask & 2 else []
+        lines += [FANS] if mask & 4 else []
+        self._send(*lines)
 
     def _eeprom(self, command: str) -> list[str]:
         """`D3` (Prusa-Firmware dcodes.cpp): write with X<hex>, else dump C bytes, 16 a row."""
@@ -148,7 +168,14 @@ class MarlinPty:
             self._send(*self._eeprom(command), "ok")
             return
         if command.startswith("M105"):
-            self._send("T:24.0 /0.0 B:24.0 /0.0 T0:24.0 /0.0 @:0 B@:0 P:24.0 A:25.0", "ok")
+            self._send(TEMPERATURES, "ok")
+            return
+        if command.startswith("M155"):
+            interval = re.search(r"S(\d+)", command)
+            mask = re.search(r"C(\d+)", command)
+            seconds = int(interval.group(1)) if interval else 1
+            self._autoreport = (seconds, int(mask.group(1)) if mask else 1) if seconds else None
+            self._send("ok")
             return
         for query in sorted(_ANSWERS, key=len, reverse=True):
             if command == query or command.startswith(query + " "):

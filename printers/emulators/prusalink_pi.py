@@ -97,6 +97,12 @@ def link_error(status: int, detail: str) -> LinkError:
 
 def error_body(error: LinkError, base_url: str, *, as_json: bool) -> tuple[bytes, str, dict[str, str]]:
     """`LinkError.json_response` / `text_response`, with Content-Location when the error has a page."""
+    if error.status == 500:  # an exception in a handler: PoorWSGI's own page answers, not a LinkError
+        page = (
+            "<!DOCTYPE html>\n<html>\n <head>\n  <title>500 - Internal Server Error</title>\n </head>\n"
+            " <body>\n  <h1>500 - Internal Server Error</h1>\n </body>\n</html>\n"
+        )
+        return page.encode(), "text/html; charset=utf-8", {}
     url = f"{base_url}/error/{error.id}" if error.id else ""
     headers = {"Content-Location": url} if url else {}
     if as_json:
