@@ -266,7 +266,13 @@ def emulate_prusalink(
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
     password: Annotated[str, typer.Option(help="The PrusaLink password (user 'maker').")] = "maker",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    model: Annotated[str, typer.Option(help="The printer model it claims to be.")] = "MINI",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="The printer model it claims to be. MK3/MK3S/MK2.5: Prusa-Link on a Raspberry Pi "
+            "(storages local and read-only sdcard); others: Buddy firmware (storage usb)."
+        ),
+    ] = "MINI",
     storage: StorageOpt = None,
     speed: Annotated[
         float, typer.Option(help="How much faster than the G-code's estimate it prints.")

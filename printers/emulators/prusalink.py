@@ -664,7 +664,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.headers.get("X-Api-Key"),
         )
         if isinstance(auth, pi.PiDigestAuthority):
-            return auth.check(method, self.path, authorization, key, self.headers.get("User-Agent", ""))
+            # PoorWSGI compares the digest's uri with the WSGI path, which is percent-decoded.
+            parts = urlsplit(self.path)
+            full_path = unquote(parts.path) + (f"?{parts.query}" if parts.query else "")
+            return auth.check(method, full_path, authorization, key, self.headers.get("User-Agent", ""))
         return auth.check(method, self.path, authorization, key)
 
     def _unauthorized(self, *, stale: bool) -> Response:
