@@ -61,6 +61,9 @@ def test_the_driver_uploads_to_local_and_prints_to_finished(
     # The Pi reports "/PrusaLink gcodes/farm/job1-cube.gcode" as the job's path: the driver gives it
     # back relative to the storage, as it was uploaded.
     assert (printing.state, printing.file) == (PrinterState.PRINTING, "farm/job1-cube.gcode")
+    # No "File is busy" on a Pi (web/files.py has no such check): the upload replaces the file.
+    driver.upload(tmp_path / "cube.gcode", "farm/job1-cube.gcode", start=False)
+    assert mk3s.received[-1] == mk3s.received[0] and driver.status().state == PrinterState.PRINTING
     with client(mk3s) as http:
         job = http.get("/api/v1/job").json()
     assert job["file"]["path"] == job["file"]["display_path"] == "/PrusaLink gcodes/farm/job1-cube.gcode"

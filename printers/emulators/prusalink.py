@@ -5,6 +5,8 @@ what the Buddy firmware does (`lib/WUI/nhttp`, `lib/WUI/link_content`), not only
 digest auth with a 16-hex nonce of 32 random bits + a timestamp, `"<code>: <reason>\\n\\n<detail>\\n"`
 error pages, a 409 matrix keyed on the printer state, job-id gating, uploads that close the
 connection on error, and a model check that leaves the printer in ATTENTION ("warn" mode).
+MK3/MK3S models answer as Prusa-Link on a Raspberry Pi instead (prusalink_pi.py): storages `local`
+and a read-only `sdcard`, its error pages, digest scheme and version/info/status/job answers.
 
 Printing runs in accelerated time: the G-code's `estimated printing time (normal mode)` divided
 by `speed`. Job times (`time_printing`, `time_remaining`) are reported in wall-clock seconds of
@@ -234,12 +236,6 @@ class Printer:
     def current_job(self) -> Job | None:
         with self._lock:
             return self._refresh(time.monotonic())
-
-    def current_transfer(self) -> Transfer | None:
-        return self._transfer
-
-    def problem(self) -> str | None:
-        return self._problem
 
     def local_path(self, rel: str) -> Path:
         return self.root.joinpath(*rel.split("/")) if rel else self.root
