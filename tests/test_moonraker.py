@@ -261,3 +261,23 @@ def test_driver_never_starts_on_a_paused_printer(
     driver.cancel()  # cancelled, like complete, standby and error, may start a new print
     driver.start("b.gcode")
     assert (emulator.state, driver.status().file) == ("printing", "b.gcode")
+
+
+def test_before_klipper_ever_connects_its_endpoints_are_missing(
+    make_emulator: MakeEmulator, make_mr_driver: MakeDriver, tmp_path: Path
+) -> None:
+    """Seen on the real Moonraker (test_moonraker_server.py): /printer/objects/query is 404 until
+    Klippy first connects, 503 when it drops later. The driver says which."""
+    emulator = make_emulator(klippy_state="disconnected")
+    driver = make_mr_driver(emulator)
+    write_gcode(tmp_path / "a.gcode")
+    driver.upload(tmp_path / "a.gcode", "a.gcode", start=False)
+    assert httpx.get(f"{emulator.url}/printer/objects/query?print_stats").status_code == 404
+    with pytest.raises(DriverError, match="Klipper has not connected to Moonraker"):
+        driver.start("a.gcode")
+    emulator.set_klippy_state("ready")
+    driver.start("a.gcode")
+    emulator.set_klippy_state("disconnected")
+    assert httpx.get(f"{emulator.url}/printer/objects/query?print_stats").status_code == 503
+    with pytest.raises(DriverError, match="Klipper is not ready"):
+        driver.pause()

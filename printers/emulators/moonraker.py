@@ -64,6 +64,9 @@ class Klipper:
         self.speed = speed
         self.max_print_s = max_print_s
         self.klippy_state = "ready"
+        # Klippy's own endpoints (objects/query, objects/list) are registered when it first
+        # connects (moonraker klippy_connection._request_endpoints): 404 until then, 503 after.
+        self.klippy_was_ready = True
         self._job: Job | None = None
         self._message = ""
         self._lock = threading.RLock()
@@ -324,6 +327,8 @@ class _Handler(JsonHandler):
         return self._objects(list(self.query.keys()))
 
     def _objects(self, names: list[str]) -> dict[str, Any]:
+        if not self.klipper.klippy_was_ready:
+            raise HttpError(404, "Not Found")
         self.klipper.require_klippy()
         return {"eventtime": round(time.monotonic(), 3), "status": self.klipper.objects(names)}
 
@@ -434,12 +439,16 @@ class MoonrakerEmulator(EmulatorThread, FaultSwitches):
         storage_dir: Path,
         speed: float = 60.0,
         max_print_s: float | None = None,
+        klippy_state: str = "ready",
     ) -> None:
         self.host = host
         self.api_key = api_key
         storage_dir = Path(storage_dir)
         storage_dir.mkdir(parents=True, exist_ok=True)
         self.klipper = Klipper(root=storage_dir, speed=speed, max_print_s=max_print_s)
+        if klippy_state != "ready":  # Moonraker up before Klipper ever connected
+            self.set_klippy_state(klippy_state)
+            self.klipper.klippy_was_ready = False
         self.received: list[Path] = []  # every file an upload stored, in order
         self.websockets = 0  # open /websocket connections (server.info websocket_count)
         self.cutter = UploadCutter()
@@ -479,6 +488,7 @@ class MoonrakerEmulator(EmulatorThread, FaultSwitches):
         if state not in KLIPPY_STATES:
             raise ValueError(f"klippy state must be one of {KLIPPY_STATES}")
         self.klipper.klippy_state = state
+        self.klipper.klippy_was_ready = self.klipper.klippy_was_ready or state == "ready"
 
     def start(self) -> MoonrakerEmulator:
         return super().start()  # type: ignore[no-any-return]
