@@ -104,7 +104,9 @@ def test_the_driver_against_the_real_moonraker(moonraker: str, tmp_path: Path) -
         assert offline.state == PrinterState.OFFLINE and "not connected to Klipper" in (offline.message or "")
 
         driver.upload(tmp_path / "cube.gcode", "farm/job1-cube.gcode", start=False)
-        with pytest.raises(DriverError, match="did not start it"):  # print_started: false, no Klippy
+        with pytest.raises(
+            DriverError, match="did not start it: Klipper is disconnected"
+        ):  # print_started: false, no Klippy
             driver.upload(tmp_path / "cube.gcode", "farm/job2-cube.gcode", start=True)
         with pytest.raises(DriverError, match="Klipper has not connected"):  # its endpoints are 404 yet
             driver.start("farm/job1-cube.gcode")

@@ -106,8 +106,14 @@ class MoonrakerDriver(HttpDriver):
         if start and not result.get("print_started"):
             queued = " (it was queued in the job queue)" if result.get("print_queued") else ""
             raise DriverError(
-                f"uploaded {remote_name!r}, but the printer did not start it: it is busy{queued}"
+                f"uploaded {remote_name!r}, but the printer did not start it: {self._why_not()}{queued}"
             )
+
+    def _why_not(self) -> str:
+        """Why Moonraker did not start an upload: Klipper is down, or the printer is busy."""
+        with self._reachable("read /server/info"):
+            klippy = str(self._result("GET", "/server/info").get("klippy_state", "unknown"))
+        return "it is busy" if klippy == "ready" else f"Klipper is {klippy}, not ready"
 
     def start(self, remote_name: str) -> None:
         url = "/printer/print/start?filename=" + url_path(remote_name)
