@@ -213,3 +213,20 @@ def test_only_text_x_gcode_uploads_work_as_on_prusa_link_0_8_1(mk3s: PrusaLinkEm
     assert stored.status_code == 201 and stored.content == b""
     assert replaced.status_code == 415 and not (mk3s.printer.root / "a.gcode").exists()
     assert mk3s.received == [mk3s.printer.root / "a.gcode"]  # the one upload that was stored
+
+
+def test_no_writable_storage_is_said_plainly(
+    mk3s: PrusaLinkEmulator, driver: PrusaLinkDriver, tmp_path: Path
+) -> None:
+    """Prusa-Link lists `local` as unavailable when it ignores its data folder (one under /tmp: seen
+    when setting up the real server); the SD card is read-only. The driver sends nothing."""
+    mk3s.local_storage = False
+    write_gcode(tmp_path / "cube.gcode", model="MK3S", kib=8)
+    with pytest.raises(
+        DriverError, match=r"no writable storage for prints: local \(unavailable\), sdcard \(read-only\)"
+    ):
+        driver.upload(tmp_path / "cube.gcode", "cube.gcode", start=True)
+    assert mk3s.received == []
+    mk3s.local_storage = True  # a failed look is not cached: the next upload reads the list again
+    driver.upload(tmp_path / "cube.gcode", "cube.gcode", start=True)
+    assert mk3s.received == [mk3s.printer.root / "cube.gcode"]

@@ -782,7 +782,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if f.is_file() and not f.name.startswith(".")
             ]
             free, total = self.emulator.free_space()
-            return json_response(200, {"storage_list": pi.storage_list(files, free, total)})
+            listed = pi.storage_list(files, free, total, local_available=self.emulator.local_storage)
+            return json_response(200, {"storage_list": listed})
         storage = {"path": "/usb/", "name": "usb", "type": "USB", "read_only": False, "available": True}
         return json_response(200, {"storage_list": [storage]})
 
@@ -832,6 +833,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(404, link=pi.LOCATION_NOT_FOUND)
         if storage == "sdcard":
             raise HttpError(409, link=pi.SD_READ_ONLY) if write else HttpError(404, link=pi.FILE_NOT_FOUND)
+        if not self.emulator.local_storage:  # get_os_path() is None: a TypeError in the handler
+            raise HttpError(500, link=pi.INTERNAL_ERROR, close=True)
         parts = [p for p in path.split("/") if p]
         if any(p in (".", "..") for p in parts):
             raise HttpError(404, link=pi.FILE_NOT_FOUND)
@@ -992,6 +995,8 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
         )
         self.printer.upload_bytes_per_s = upload_bytes_per_s
         self.cutter = UploadCutter()
+        # Prusa-Link on a Pi without its local storage (it ignores a data folder under /tmp, say).
+        self.local_storage = True
         self._requested_port = port
         self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None

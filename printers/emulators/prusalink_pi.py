@@ -211,20 +211,25 @@ def info(*, name: str, hostname: str, serial: str, nozzle_diameter: float, port:
     }
 
 
-def storage_list(files: list[tuple[int, bool]], free: int, total: int) -> list[dict[str, Any]]:
-    """`GET /api/v1/storage`'s list: local first, then the SD card. `files`: (size, is_print_file)."""
+def storage_list(
+    files: list[tuple[int, bool]], free: int, total: int, *, local_available: bool = True
+) -> list[dict[str, Any]]:
+    """`GET /api/v1/storage`'s list: local first, then the SD card. `files`: (size, is_print_file).
+    Without its local storage (a data folder it ignores, e.g. under /tmp) only the skeleton is left."""
     prints = sum(size for size, is_print in files if is_print)
-    local = {
-        "type": "LOCAL",
-        "path": "/local",
-        "available": True,
-        "free_space": free,
-        "total_space": total,
-        "read_only": False,
-        "name": LOCAL_NAME,
-        "print_files": prints,
-        "system_files": sum(size for size, _ in files) - prints,
-    }
+    local: dict[str, Any] = {"type": "LOCAL", "path": "/local", "available": False}
+    if local_available:
+        local = {
+            "type": "LOCAL",
+            "path": "/local",
+            "available": True,
+            "free_space": free,
+            "total_space": total,
+            "read_only": False,
+            "name": LOCAL_NAME,
+            "print_files": prints,
+            "system_files": sum(size for size, _ in files) - prints,
+        }
     sdcard = {
         "type": "SDCARD",
         "path": "/sdcard",
