@@ -89,7 +89,8 @@ def up(
     sim: Annotated[
         str,
         typer.Option(
-            help="Simulated printers: a count of PrusaLink ones, or e.g. prusalink=2,octoprint=1,moonraker=1."
+            help="Simulated printers: a count of PrusaLink ones, or e.g. prusalink=2,octoprint=1,"
+            "moonraker=1; a model as PROTOCOL:MODEL=N (prusalink:MK3S=1, bambu:A1MINI=1)."
         ),
     ] = "2",
     data_dir: Annotated[Path | None, typer.Option(help="Where the farm keeps its state.")] = None,

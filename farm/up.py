@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import httpx
 
+from farm.printer_models import check_model
 from farm.settings import Settings
 
 log = logging.getLogger("farm.up")
@@ -54,16 +55,28 @@ SIM_MODELS = {
 
 
 def parse_sims(spec: str) -> list[str]:
-    """`3`: three PrusaLink printers; `prusalink=2,octoprint=1`: one protocol name per printer."""
+    """`3`: three PrusaLink printers; `prusalink=2,octoprint=1`: one protocol name per printer;
+    `prusalink:MK3S=1`: that model (an alias or "MK3S+" works), as `protocol:MODEL`."""
     if spec.strip().isdigit():
         return ["prusalink"] * int(spec)
     sims: list[str] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        protocol, _, count = part.partition("=")
+        head, _, count = part.partition("=")
+        protocol, _, model_name = head.strip().partition(":")
         if protocol not in SIM_MODELS or not count.strip().isdigit():
-            raise ValueError(f"--sim takes a count or PROTOCOL=N,...; protocols: {', '.join(SIM_MODELS)}")
-        sims += [protocol] * int(count)
+            raise ValueError(
+                "--sim takes a count or PROTOCOL[:MODEL]=N,...; protocols: " + ", ".join(SIM_MODELS)
+            )
+        sims += [f"{protocol}:{_sim_model(protocol, model_name)}" if model_name else protocol] * int(count)
     return sims
+
+
+def _sim_model(protocol: str, name: str) -> str:
+    model = check_model(name)  # UnknownChoice is a ValueError, with "did you mean"
+    if (model.protocol == "bambu") != (protocol == "bambu"):
+        kind = "only Bambu Lab models" if protocol == "bambu" else "no Bambu Lab model"
+        raise ValueError(f"--sim {protocol}:{name}: a {protocol} printer can be {kind}")
+    return model.name
 
 
 def free_port() -> int:
@@ -207,6 +220,7 @@ class Farm:
     def __init__(self, settings: Settings, *, sims: list[str], speed: float) -> None:
         self.settings = settings
         self.sims = sims
+        self.sim_names: set[str] = set()
         self.speed = speed
         self.data = settings.data_dir
         self.children: list[Child] = []
@@ -363,9 +377,9 @@ class Farm:
         # messages, never acknowledged, go to the next worker.
         self.child("worker", "worker", env={**env, "FARM_TOKEN": worker_token}, death_signal=signal.SIGKILL)
         counts: dict[str, int] = {}
-        for protocol in self.sims:
-            counts[protocol] = counts.get(protocol, 0) + 1
-            self.start_sim(protocol, counts[protocol] - 1, token, env)
+        for sim in self.sims:
+            counts[sim] = counts.get(sim, 0) + 1
+            self.start_sim(sim, counts[sim] - 1, token, env)
         self.print_banner(redis_url)
 
     def issue_token(self, admin: str, name: str, role: str, printer: str | None = None) -> str:
@@ -381,15 +395,20 @@ class Farm:
             resp.raise_for_status()
             return str(resp.json()["token"])
 
-    def start_sim(self, protocol: str, i: int, admin: str, env: dict[str, str]) -> None:
+    def start_sim(self, sim: str, i: int, admin: str, env: dict[str, str]) -> None:
         from printers.config import AgentConfig, CoordinatorConfig
         from printers.drivers.base import PrinterConfig
 
-        models = SIM_MODELS[protocol]
+        protocol, _, chosen = sim.partition(":")
+        models = (chosen,) if chosen else SIM_MODELS[protocol]
         model = models[i % len(models)]
         name = f"sim-{model.lower()}-{i // len(models) + 1}"
         if protocol != "prusalink":
-            name = f"sim-{protocol}-{i + 1}"
+            name = f"sim-{protocol}-{i + 1}" if not chosen else f"sim-{protocol}-{model.lower()}-{i + 1}"
+        while name in self.sim_names:  # prusalink=2,prusalink:MK3S=1 would make two sim-mk3s-1
+            stem, _, n = name.rpartition("-")
+            name = f"{stem}-{int(n) + 1}"
+        self.sim_names.add(name)
         home = self.data / "sim" / name
         home.mkdir(parents=True, exist_ok=True)
         port, secret = free_port(), f"pw-{name}"

@@ -60,8 +60,8 @@ def test_a_bambu_printer_reports_what_is_loaded(mixed_farm: RunningFarm) -> None
 
 @pytest.fixture(scope="module")
 def prusalink_farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    # farm/up.py gives PrusaLink sims the models MINI, MK3S, MINI, ... in turn: the 2nd is the MK3S.
-    with running_farm(redis_url, tmp_path_factory.mktemp("link"), "prusalink=2", redis_db=7) as running:
+    # One PrusaLink printer, an MK3S: its sim answers as Prusa-Link on a Raspberry Pi.
+    with running_farm(redis_url, tmp_path_factory.mktemp("link"), "prusalink:MK3S+=1", redis_db=7) as running:
         yield running
 
 
