@@ -20,7 +20,7 @@ import typer
 
 from farm import extras
 from farm.client import FarmClient, FarmError
-from farm.commands import agent_tools, cad, slicing
+from farm.commands import agent_tools, cad, dashboard, slicing
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 from farm.settings import Settings, get_settings
 
@@ -36,6 +36,7 @@ emulate_app = typer.Typer(
 app.add_typer(emulate_app, name="emulate")
 cad.register(app)
 slicing.register(app)
+dashboard.register(app)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 TERMINAL = {"done", "failed", "cancelled"}

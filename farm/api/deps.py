@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from farm.api import websession
 from farm.db import write_session, write_session_now
 from farm.models import Token
 from farm.settings import Settings
@@ -138,7 +139,11 @@ async def find_token(farm: Farm, secret: str) -> Token | None:
     On PostgreSQL on the event loop; SQLite in a thread, since a read can wait on a checkpoint."""
     if not secret:
         return None
-    digest = hash_secret(secret)
+    return await find_token_by_digest(farm, hash_secret(secret))
+
+
+async def find_token_by_digest(farm: Farm, digest: str) -> Token | None:
+    """find_token, for a secret known by its hash (a dashboard session: farm/api/websession.py)."""
     token = farm._tokens.get(digest)
     now = time.monotonic()
     reload = now - farm._tokens_loaded_at >= TOKEN_RELOAD_S
@@ -188,8 +193,13 @@ def token_problem(token: Token) -> str | None:
     return None
 
 
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
 async def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)]) -> Token:
     header = request.headers.get("authorization", "")
+    if not header and (cookie := request.cookies.get(websession.COOKIE)):
+        return await _from_session(request, farm, cookie)
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise HTTPException(401, "missing token: send 'Authorization: Bearer <token>' (set FARM_TOKEN)")
@@ -201,6 +211,20 @@ async def authenticate(request: Request, farm: Annotated[Farm, Depends(get_farm)
         )
     if (problem := token_problem(token)) is not None:
         raise HTTPException(401, problem)
+    return token
+
+
+async def _from_session(request: Request, farm: Farm, cookie: str) -> Token:
+    """A dashboard's request: signed in by its cookie; a change must come from the page itself."""
+    digest = websession.session_digest(farm.settings, cookie)
+    token = await find_token_by_digest(farm, digest) if digest else None
+    if token is None:
+        raise HTTPException(401, "the dashboard session has ended: run `farm open` for a new sign-in link")
+    if (problem := token_problem(token)) is not None:
+        raise HTTPException(401, problem)
+    changes = request.method not in _SAFE_METHODS
+    if changes and not websession.same_origin(request.headers, request.url.scheme):
+        raise HTTPException(403, "a change made with the dashboard's session must come from its own page")
     return token
 
 
