@@ -17,6 +17,7 @@ from farm.store import TooLarge
 
 router = APIRouter(prefix="/api/artifacts", tags=["artifacts"], responses=AUTH)
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+PNG = b"\x89PNG\r\n\x1a\n"  # a PNG file's first bytes: served as image/png whatever its name
 
 
 @router.put(
@@ -41,7 +42,7 @@ async def upload(
 @router.get(
     "/{sha256}",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **errors(400, 404)},
+    responses={200: {"content": {"application/octet-stream": {}, "image/png": {}}}, **errors(400, 404)},
 )
 def download(
     sha256: str,
@@ -66,8 +67,17 @@ def download(
         raise HTTPException(404, f"no artifact {sha256}")
     if not may_read_artifact(session, token, sha256, farm.settings.starvation_s):
         raise HTTPException(403, _refusal(token, sha256))
+    path = farm.store.path(sha256)
+    with path.open("rb") as f:
+        png = f.read(len(PNG)) == PNG
+    # A preview is shown in a page (an <img>); anything else is a download, never rendered by a
+    # browser: with the dashboard's cookie, an uploaded .html or .svg would run as the dashboard.
     return FileResponse(
-        farm.store.path(sha256), filename=art.name or sha256, media_type="application/octet-stream"
+        path,
+        filename=art.name or sha256,
+        media_type="image/png" if png else "application/octet-stream",
+        content_disposition_type="inline" if png else "attachment",
+        headers={"X-Content-Type-Options": "nosniff"},
     )
 
 

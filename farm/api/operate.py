@@ -15,7 +15,7 @@ from farm.api.errors import AUTH, errors
 from farm.api.views import job_view, printer_view
 from farm.models import Job, Printer, Token
 from farm.printer_models import MATERIALS, UnknownChoice, check_color, check_material, get_model
-from farm.states import InvalidMove
+from farm.states import InvalidMove, JobState
 
 router = APIRouter(prefix="/api", tags=["operate"], responses=AUTH)
 
@@ -62,6 +62,23 @@ def retry_job(job_id: RowId, farm: FarmDep, session: SessionDep, token: Submitte
     except InvalidMove as exc:
         raise HTTPException(409, str(exc)) from exc
     dispatch_outgoing(farm, out)
+    return job_view(job)
+
+
+class JobChange(BaseModel):
+    priority: int = Field(ge=-100, le=100, description="higher prints first (as `farm submit --priority`)")
+
+
+@router.patch("/jobs/{job_id}", responses=errors(404, 409))
+def change_job(job_id: RowId, body: JobChange, session: SessionDep, token: Submitter) -> dict:
+    """Change a job's priority while it waits for a printer: a submitter its own, an admin any."""
+    job = _job(session, job_id)
+    check_owner(token, job.owner, f"job {job_id}")
+    if job.state not in (JobState.WAITING, JobState.READY):
+        raise HTTPException(409, f"job {job_id} is {job.state}; only a queued job's priority can change")
+    job.priority = body.priority
+    session.add(job)
+    session.commit()
     return job_view(job)
 
 

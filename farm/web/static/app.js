@@ -1,0 +1,363 @@
+// printfarm dashboard: draws the coordinator's snapshot (GET /api/dashboard) and redraws it from the
+// event stream (/api/events) whenever the farm changes. Plain DOM, no build step, no innerHTML:
+// every name shown is text, whoever chose it.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let me = null; // {name, role}
+let last = null; // the last snapshot drawn
+const armed = new Map(); // action key -> time it was armed: a second press within ARM_MS does it
+const ARM_MS = 5000;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) {
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+  }
+  return node;
+}
+
+// Timestamps come without a zone; they are UTC.
+const when = (ts) => (ts ? new Date(/[zZ]|[+-]\d\d:\d\d$/.test(ts) ? ts : ts + "Z") : null);
+
+function ago(ts) {
+  const s = Math.max(0, (Date.now() - when(ts).getTime()) / 1000);
+  if (s < 90) return `${Math.round(s)} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+  return `${Math.round(s / 86400)} d`;
+}
+
+function eta(remaining) {
+  if (remaining === null || remaining === undefined) return "";
+  const h = Math.floor(remaining / 3600), m = Math.floor((remaining % 3600) / 60);
+  const left = h ? `${h} h ${String(m).padStart(2, "0")} min` : `${m} min ${remaining % 60} s`;
+  const at = new Date(Date.now() + remaining * 1000);
+  return `${left} left, ends ${at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
+}
+
+// A filament colour as people name it ("Galaxy Black", "#ff8800", "red"): a CSS colour if any word is one.
+function swatch(color) {
+  const s = el("span", { class: "swatch", "aria-hidden": "true" });
+  const words = color ? [color, ...color.toLowerCase().split(/\s+/).reverse()] : [];
+  const css = words.find((w) => CSS.supports("color", w) && !/^(inherit|initial|unset|currentcolor|transparent)$/i.test(w));
+  if (css) s.style.background = css;
+  else s.classList.add("unknown");
+  return s;
+}
+
+const canAct = () => me && (me.role === "admin" || me.role === "submitter");
+const isAdmin = () => me && me.role === "admin";
+
+async function api(method, path, body) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, init);
+  if (resp.status === 401) {
+    signedOut();
+    throw new Error("signed out");
+  }
+  const data = resp.status === 204 ? null : await resp.json().catch(() => null);
+  if (!resp.ok) {
+    const detail = data && data.detail;
+    throw new Error(typeof detail === "string" ? detail : `${method} ${path}: HTTP ${resp.status}`);
+  }
+  return data;
+}
+
+function problem(message) {
+  const p = $("problem");
+  p.textContent = message || "";
+  p.hidden = !message;
+}
+
+// A button whose action needs a second press (cancel, remove): the first arms it for ARM_MS.
+function actionButton(key, label, confirmLabel, run, cls) {
+  const isArmed = armed.has(key) && Date.now() - armed.get(key) < ARM_MS;
+  return el("button", {
+    type: "button",
+    class: cls || null,
+    "data-action": key,
+    text: isArmed && confirmLabel ? confirmLabel : label,
+    onclick: async (event) => {
+      const button = event.currentTarget;
+      if (confirmLabel && !(armed.has(key) && Date.now() - armed.get(key) < ARM_MS)) {
+        armed.set(key, Date.now());
+        button.textContent = confirmLabel;
+        setTimeout(() => { if (armed.get(key) && Date.now() - armed.get(key) >= ARM_MS) { armed.delete(key); redraw(); } }, ARM_MS + 50);
+        return;
+      }
+      armed.delete(key);
+      button.disabled = true;
+      try {
+        await run();
+        problem("");
+        if (!stream.live) await refresh();
+      } catch (exc) {
+        problem(exc.message);
+      } finally {
+        button.disabled = false;
+      }
+    },
+  });
+}
+
+function preview(sha, alt) {
+  return sha ? el("img", { src: `/api/artifacts/${sha}`, alt, loading: "lazy", width: 48, height: 48 }) : null;
+}
+
+function progressBar(value, label) {
+  const pct = Math.max(0, Math.min(100, value || 0));
+  const bar = el("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(pct), "aria-label": label });
+  const fill = el("span");
+  fill.style.width = `${pct}%`;
+  bar.append(fill);
+  return bar;
+}
+
+function printerCard(p) {
+  const job = p.current;
+  const needsClear = p.state === "awaiting_clear" || (!p.bed_clear && !job);
+  const bad = p.state === "attention" || p.state === "failed";
+  const card = el("article", { class: `card${needsClear ? " needs" : ""}${bad ? " bad" : ""}`, "data-printer": p.name, "aria-label": `printer ${p.name}` });
+  card.append(
+    el("h3", {}, p.name, el("span", { class: `state ${p.state}`, "data-state": p.state, text: p.state.replace("_", " ") })),
+    el("div", { class: "meta" }, [p.model, p.protocol, p.location, p.power_group && `power group ${p.power_group}`, ...(p.tags || []).map((t) => `#${t}`)].filter(Boolean).join(" · ")),
+  );
+  if (bad || (p.message && p.state !== "printing" && p.state !== "idle")) {
+    if (p.message) card.append(el("p", { class: "reason", text: p.message }));
+  }
+  card.append(el("div", { class: "material" }, swatch(p.color), [p.material, p.color].filter(Boolean).join(" "), el("span", { class: "meta", text: `${p.nozzle} mm` })));
+  if (job) {
+    const progress = job.progress ?? p.progress;
+    card.append(
+      el("div", { class: "job" },
+        preview(job.preview, `preview of ${job.source || "job " + job.id}`),
+        el("div", { class: "what" },
+          el("div", { class: "name", title: job.source || "" }, `#${job.id} ${job.source || ""}`),
+          el("div", { class: "meta" }, `${job.state}${progress !== null && progress !== undefined ? ` · ${progress.toFixed(0)}%` : ""}${job.remaining_s !== null && job.remaining_s !== undefined ? " · " + eta(job.remaining_s) : ""}`),
+          progressBar(progress, `progress of job ${job.id}`),
+        ),
+      ),
+    );
+  }
+  if (needsClear) {
+    card.append(el("div", { class: "clear-bed", role: "status" }, "Bed needs clearing",
+      canAct() ? actionButton(`clear:${p.name}`, "Bed is clear", null, () => api("POST", `/api/printers/${encodeURIComponent(p.name)}/clear`), "primary") : null));
+  }
+  const actions = el("div", { class: "actions" });
+  if (job && canAct()) actions.append(actionButton(`cancel:${job.id}`, "Cancel job", "Really cancel?", () => api("POST", `/api/jobs/${job.id}/cancel`), "danger"));
+  if (isAdmin() && !job) actions.append(actionButton(`remove:${p.name}`, "Take out of farm", "Really remove?", () => api("DELETE", `/api/printers/${encodeURIComponent(p.name)}`), "danger"));
+  if (actions.childElementCount) card.append(actions);
+  return card;
+}
+
+function explainDetails(job) {
+  const details = el("details", { "data-explain": job.id });
+  const body = el("pre", { text: "…" });
+  details.append(el("summary", { text: "Which printers can take it?" }), body);
+  details.addEventListener("toggle", async () => {
+    if (!details.open) return;
+    openExplain.add(job.id);
+    try {
+      const data = await api("GET", `/api/jobs/${job.id}/explain`);
+      body.textContent = data.printers.map((v) => v.eligible
+        ? `${v.printer}: can take it${v.position ? `, number ${v.position} in its queue` : ""}`
+        : `${v.printer}: ${v.reasons.join("; ")}`).join("\n") || "no printers";
+    } catch (exc) {
+      body.textContent = exc.message;
+    }
+  });
+  details.addEventListener("toggle", () => { if (!details.open) openExplain.delete(job.id); });
+  if (openExplain.has(job.id)) details.open = true;
+  return details;
+}
+const openExplain = new Set();
+
+function jobLabel(j) {
+  return [j.printer_model || "any model", [j.material, j.color].filter(Boolean).join(" "), j.copies > 1 ? `${j.copies} per plate` : null,
+    (j.tags || []).length ? j.tags.map((t) => `#${t}`).join(" ") : null, j.pinned_printer ? `only on ${j.pinned_printer}` : null,
+    j.owner ? `by ${j.owner}` : null].filter(Boolean).join(" · ");
+}
+
+function queueRow(j, index) {
+  const mine = isAdmin() || (canAct() && j.owner === me.name);
+  const prio = el("span", { class: "prio" },
+    mine ? actionButton(`down:${j.id}`, "−", null, () => api("PATCH", `/api/jobs/${j.id}`, { priority: Math.max(-100, j.priority - 1) })) : null,
+    el("output", { title: "priority", "aria-label": `priority ${j.priority}`, text: j.priority }),
+    mine ? actionButton(`up:${j.id}`, "+", null, () => api("PATCH", `/api/jobs/${j.id}`, { priority: Math.min(100, j.priority + 1) })) : null);
+  prio.querySelectorAll("button")[0]?.setAttribute("aria-label", `lower priority of job ${j.id}`);
+  prio.querySelectorAll("button")[1]?.setAttribute("aria-label", `raise priority of job ${j.id}`);
+  return el("li", { class: "row", "data-job": j.id },
+    el("span", { class: "pos", text: `${index + 1}.` }),
+    preview(j.preview, "") || el("span"),
+    el("div", { class: "main" },
+      el("div", { class: "name" }, `#${j.id} ${j.source || ""}`),
+      el("div", { class: "meta" }, jobLabel(j), ` · queued ${ago(j.created_at)}`, j.starving ? el("span", { class: "starving", text: " · waited past the limit: goes first" }) : null)),
+    el("div", { class: "actions" }, prio, mine ? actionButton(`cancel:${j.id}`, "Cancel", "Really cancel?", () => api("POST", `/api/jobs/${j.id}/cancel`), "danger") : null),
+    explainDetails(j));
+}
+
+function waitingRow(b) {
+  return el("li", { class: "row", "data-build": b.id },
+    el("span", { class: "pos", text: b.stage === "cad" ? "CAD" : b.stage }),
+    preview(b.preview, "") || el("span"),
+    el("div", { class: "main" }, el("div", { class: "name" }, `build ${b.id} ${b.source}`),
+      el("div", { class: "meta" }, `${b.stage === "queued" ? "waiting for a CAD worker" : b.stage === "cad" ? "CAD running" : "slicing"} for ${ago(b.since)}${b.owner ? ` · by ${b.owner}` : ""}`)),
+    el("span"));
+}
+
+function failedRow(j) {
+  const mine = isAdmin() || (canAct() && j.owner === me.name);
+  return el("li", { class: "row", "data-job": j.id },
+    el("span", { class: "pos", text: "✕" }),
+    preview(j.preview, "") || el("span"),
+    el("div", { class: "main" }, el("div", { class: "name" }, `#${j.id} ${j.source || ""}`),
+      el("div", { class: "meta" }, jobLabel(j), ` · attempt ${j.attempts} of ${j.max_attempts}`),
+      el("div", { class: "err", text: j.error || "failed" })),
+    el("div", { class: "actions" }, mine ? actionButton(`retry:${j.id}`, "Retry", null, () => api("POST", `/api/jobs/${j.id}/retry`)) : null));
+}
+
+// Replaces only the children whose data changed, so focus and open details survive a redraw.
+function reconcile(container, items, keyOf, render) {
+  const old = new Map([...container.children].map((c) => [c.dataset.key, c]));
+  const focused = document.activeElement;
+  const focusedAction = focused && container.contains(focused) ? focused.dataset.action : null;
+  const nodes = items.map((item, i) => {
+    const key = String(keyOf(item));
+    const sig = JSON.stringify([item, i, me && me.role, Math.floor(Date.now() / 30000), [...armed.keys()].filter((k) => k.endsWith(`:${key}`))]);
+    const prev = old.get(key);
+    if (prev && prev.dataset.sig === sig) return prev;
+    const node = render(item, i);
+    node.dataset.key = key;
+    node.dataset.sig = sig;
+    return node;
+  });
+  container.replaceChildren(...nodes);
+  if (focusedAction && !container.contains(focused)) {
+    container.querySelector(`[data-action="${CSS.escape(focusedAction)}"]`)?.focus();
+  }
+}
+
+function printerMatches(p, text) {
+  if (!text) return true;
+  const hay = [p.name, p.model, p.protocol, p.state, p.material, p.color, p.location, p.power_group, ...(p.tags || [])].join(" ").toLowerCase();
+  return text.toLowerCase().split(/\s+/).every((w) => hay.includes(w));
+}
+
+function draw(snap) {
+  last = snap;
+  const s = snap.status;
+  const count = (o, k) => (o && o[k]) || 0;
+  $("summary").textContent = `${s.printer_count} printers · ${count(s.jobs, "printing")} printing · ${snap.queue_total} ready · ${count(s.printers, "awaiting_clear")} beds to clear`;
+  for (const id of ["printers-sec", "queue-sec"]) $(id).hidden = false;
+  const printers = snap.printers.filter((p) => printerMatches(p, $("filter").value.trim()));
+  reconcile($("printers"), printers, (p) => p.name, printerCard);
+  $("queue-count").textContent = snap.queue_total > snap.queue.length ? `(first ${snap.queue.length} of ${snap.queue_total})` : `(${snap.queue_total})`;
+  reconcile($("queue"), snap.queue, (j) => j.id, queueRow);
+  $("waiting-sec").hidden = !snap.waiting.length;
+  reconcile($("waiting"), snap.waiting, (b) => b.id, waitingRow);
+  $("failed-sec").hidden = !snap.failed.length;
+  reconcile($("failed"), snap.failed, (j) => j.id, failedRow);
+  document.body.dataset.drawn = String(Number(document.body.dataset.drawn || 0) + 1);
+}
+
+function redraw() {
+  if (last) draw(last);
+}
+
+async function refresh() {
+  draw(await api("GET", "/api/dashboard"));
+}
+
+async function loadTokens() {
+  const tokens = await api("GET", "/api/tokens");
+  reconcile($("tokens"), tokens.filter((t) => !t.revoked_at), (t) => t.name, (t) => el("li", { class: "row", "data-token": t.name },
+    el("span", { class: "pos", text: t.role }), el("span"),
+    el("div", { class: "main" }, el("div", { class: "name", text: t.name }),
+      el("div", { class: "meta" }, [t.printer && `printer ${t.printer}`, `made ${ago(t.created_at)} ago`, t.expires_at && `expires ${when(t.expires_at).toLocaleString()}`].filter(Boolean).join(" · "))),
+    el("div", { class: "actions" }, t.name === me.name ? null : actionButton(`revoke:${t.name}`, "Revoke", "Really revoke?", async () => { await api("DELETE", `/api/tokens/${encodeURIComponent(t.name)}`); await loadTokens(); }, "danger"))));
+}
+
+function setupTokens() {
+  $("tokens-sec").hidden = false;
+  $("token-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = new FormData(event.target);
+    const body = { name: form.get("name"), role: form.get("role") };
+    if (form.get("printer")) body.printer = form.get("printer");
+    try {
+      const made = await api("POST", "/api/tokens", body);
+      const shown = $("new-token");
+      shown.textContent = `Token for ${made.name} (${made.role}), shown only now: ${made.token}`;
+      shown.hidden = false;
+      event.target.reset();
+      problem("");
+      await loadTokens();
+    } catch (exc) {
+      problem(exc.message);
+    }
+  });
+  loadTokens().catch((exc) => problem(exc.message));
+}
+
+// The event stream: the whole snapshot again whenever the farm changes (and on connecting).
+const stream = { source: null, live: false };
+function connect() {
+  const source = new EventSource("/api/events");
+  stream.source = source;
+  source.addEventListener("farm", (event) => {
+    stream.live = true;
+    $("live").textContent = "● live";
+    $("live").classList.add("on");
+    draw(JSON.parse(event.data));
+  });
+  source.addEventListener("error", async () => {
+    stream.live = false;
+    $("live").textContent = "○ reconnecting";
+    $("live").classList.remove("on");
+    // EventSource retries by itself; a 401 (the session ended) closes it for good.
+    if (source.readyState === EventSource.CLOSED) {
+      try { await api("GET", "/api/me"); setTimeout(connect, 2000); } catch { /* signed out */ }
+    }
+  });
+}
+
+function signedOut() {
+  me = null;
+  if (stream.source) stream.source.close();
+  for (const id of ["printers-sec", "queue-sec", "waiting-sec", "failed-sec", "tokens-sec", "signout"]) $(id).hidden = true;
+  $("signed-out").hidden = false;
+  $("who").textContent = "";
+  $("live").textContent = "";
+}
+
+async function start() {
+  try {
+    me = await api("GET", "/api/me");
+  } catch {
+    return;
+  }
+  $("who").textContent = `${me.name} (${me.role})`;
+  $("signout").hidden = false;
+  $("signout").addEventListener("click", async () => { await fetch("/api/signout", { method: "POST" }); signedOut(); });
+  $("filter").addEventListener("input", redraw);
+  if (isAdmin()) setupTokens();
+  await refresh().catch((exc) => problem(exc.message));
+  connect();
+  setInterval(() => { if (last) redraw(); }, 30000); // ages and ETAs move on with the clock
+}
+
+start();
