@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from farm.client import FarmClient
+from farm.client import FarmClient, FarmError
 
 BAR_WIDTH = 24
 PIPE_WIDTH = 200
@@ -156,7 +159,34 @@ def stdout_console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
 
 
+def events(client: FarmClient) -> Iterator[dict[str, Any]]:
+    """The farm's snapshots from its event stream (farm/api/events.py), one each time it changes.
+    Raises FarmError if the coordinator has no stream (an older one) or it ends."""
+    try:
+        with client._http.stream("GET", "/api/events", timeout=httpx.Timeout(10, read=60)) as resp:
+            if resp.status_code != 200:
+                resp.read()
+                raise FarmError(f"no event stream (HTTP {resp.status_code})", resp.status_code)
+            kind = ""
+            for line in resp.iter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:") and kind == "farm":
+                    yield json.loads(line[5:])
+                elif not line:
+                    kind = ""
+    except httpx.HTTPError as exc:
+        raise FarmError(f"the event stream broke off ({exc.__class__.__name__})") from exc
+    raise FarmError("the event stream ended")
+
+
+def from_event(snap: dict[str, Any]) -> Screen:
+    return render(snap["status"], snap["printers"], snap["active"])
+
+
 def run_watch(client: FarmClient, *, interval: float, once: bool) -> None:
+    """Redrawn from the coordinator's event stream as the farm changes; polled every `interval`
+    seconds if the stream is not there or breaks, until it can be opened again."""
     console = stdout_console()
     if once:
         console.print(snapshot(client))
@@ -164,6 +194,11 @@ def run_watch(client: FarmClient, *, interval: float, once: bool) -> None:
     with Live(snapshot(client), console=console, refresh_per_second=4, screen=False) as live:
         try:
             while True:
+                try:
+                    for snap in events(client):
+                        live.update(from_event(snap))
+                except FarmError:
+                    pass
                 time.sleep(interval)
                 live.update(snapshot(client))
         except KeyboardInterrupt:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError
 from sqlmodel import Session, select
 
 from farm import dispatch, pipeline
-from farm.api import agents, artifacts, builds, dashboard, operate, reads, signin, tokens, workers
+from farm.api import agents, artifacts, builds, dashboard, events, operate, reads, signin, tokens, workers
 from farm.api.bodylimit import BodyLimit
 from farm.api.deps import Farm, hash_secret, new_secret
 from farm.api.errors import NUL_IN_TEXT, document_body_errors, nul_in_text
@@ -180,6 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
             resent = resend_unfinished(farm)
             if resent:
                 log.info("re-sent %d unfinished work items after start", resent)
+        events.end_streams_on_exit(_app.state.events)
         task = asyncio.create_task(_housekeeping(farm, keeper))
         checkpoints = asyncio.create_task(_checkpoints(farm))
         yield
@@ -192,10 +193,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm
-    for module in (builds, agents, artifacts, operate, reads, signin, tokens, workers, dashboard):
+    for module in (builds, agents, artifacts, operate, reads, signin, tokens, workers, dashboard, events):
         app.include_router(module.router)
     app.add_middleware(AgentFastLane, farm=farm)
-    app.add_middleware(BodyLimit, max_upload_mb=settings.max_upload_mb)  # outermost: before any read
+    app.add_middleware(BodyLimit, max_upload_mb=settings.max_upload_mb)  # before any read
+    app.state.events = events.broadcaster_for(farm.engine, settings)
+    app.add_middleware(events.PokeOnChange, broadcaster=app.state.events)  # outermost: sees every change
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
