@@ -40,7 +40,7 @@ function ago(ts) {
 function eta(remaining) {
   if (remaining === null || remaining === undefined) return "";
   const h = Math.floor(remaining / 3600), m = Math.floor((remaining % 3600) / 60);
-  const left = h ? `${h} h ${String(m).padStart(2, "0")} min` : `${m} min ${remaining % 60} s`;
+  const left = h ? `${h} h ${String(m).padStart(2, "0")} min` : m ? `${m} min` : `${remaining % 60} s`;
   const at = new Date(Date.now() + remaining * 1000);
   return `${left} left, ends ${at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
 }
@@ -114,8 +114,13 @@ function actionButton(key, label, confirmLabel, run, cls) {
   });
 }
 
-function preview(sha, alt) {
-  return sha ? el("img", { src: `/api/artifacts/${sha}`, alt, loading: "lazy", width: 48, height: 48 }) : null;
+// A submitter reads only its own builds' artifacts (farm/api/access.py); others' previews would be 403s.
+const mayRead = (owner) => me && (me.role !== "submitter" || owner === me.name);
+
+function preview(sha, alt, owner) {
+  return sha && mayRead(owner)
+    ? el("img", { class: "thumb", src: `/api/artifacts/${sha}`, alt, loading: "lazy", width: 48, height: 48 })
+    : el("span", { class: "thumb" });
 }
 
 function progressBar(value, label) {
@@ -144,7 +149,7 @@ function printerCard(p) {
     const progress = job.progress ?? p.progress;
     card.append(
       el("div", { class: "job" },
-        preview(job.preview, `preview of ${job.source || "job " + job.id}`),
+        job.preview && mayRead(job.owner) ? preview(job.preview, `preview of ${job.source || "job " + job.id}`, job.owner) : null,
         el("div", { class: "what" },
           el("div", { class: "name", title: job.source || "" }, `#${job.id} ${job.source || ""}`),
           el("div", { class: "meta" }, `${job.state}${progress !== null && progress !== undefined ? ` · ${progress.toFixed(0)}%` : ""}${job.remaining_s !== null && job.remaining_s !== undefined ? " · " + eta(job.remaining_s) : ""}`),
@@ -202,7 +207,7 @@ function queueRow(j, index) {
   prio.querySelectorAll("button")[1]?.setAttribute("aria-label", `raise priority of job ${j.id}`);
   return el("li", { class: "row", "data-job": j.id },
     el("span", { class: "pos", text: `${index + 1}.` }),
-    preview(j.preview, "") || el("span"),
+    preview(j.preview, "", j.owner),
     el("div", { class: "main" },
       el("div", { class: "name" }, `#${j.id} ${j.source || ""}`),
       el("div", { class: "meta" }, jobLabel(j), ` · queued ${ago(j.created_at)}`, j.starving ? el("span", { class: "starving", text: " · waited past the limit: goes first" }) : null)),
@@ -213,7 +218,7 @@ function queueRow(j, index) {
 function waitingRow(b) {
   return el("li", { class: "row", "data-build": b.id },
     el("span", { class: "pos", text: b.stage === "cad" ? "CAD" : b.stage }),
-    preview(b.preview, "") || el("span"),
+    preview(b.preview, "", b.owner),
     el("div", { class: "main" }, el("div", { class: "name" }, `build ${b.id} ${b.source}`),
       el("div", { class: "meta" }, `${b.stage === "queued" ? "waiting for a CAD worker" : b.stage === "cad" ? "CAD running" : "slicing"} for ${ago(b.since)}${b.owner ? ` · by ${b.owner}` : ""}`)),
     el("span"));
@@ -223,7 +228,7 @@ function failedRow(j) {
   const mine = isAdmin() || (canAct() && j.owner === me.name);
   return el("li", { class: "row", "data-job": j.id },
     el("span", { class: "pos", text: "✕" }),
-    preview(j.preview, "") || el("span"),
+    preview(j.preview, "", j.owner),
     el("div", { class: "main" }, el("div", { class: "name" }, `#${j.id} ${j.source || ""}`),
       el("div", { class: "meta" }, jobLabel(j), ` · attempt ${j.attempts} of ${j.max_attempts}`),
       el("div", { class: "err", text: j.error || "failed" })),
@@ -285,7 +290,7 @@ async function refresh() {
 async function loadTokens() {
   const tokens = await api("GET", "/api/tokens");
   reconcile($("tokens"), tokens.filter((t) => !t.revoked_at), (t) => t.name, (t) => el("li", { class: "row", "data-token": t.name },
-    el("span", { class: "pos", text: t.role }), el("span"),
+    el("span", { class: "pos", text: t.role }), el("span", { class: "thumb" }),
     el("div", { class: "main" }, el("div", { class: "name", text: t.name }),
       el("div", { class: "meta" }, [t.printer && `printer ${t.printer}`, `made ${ago(t.created_at)} ago`, t.expires_at && `expires ${when(t.expires_at).toLocaleString()}`].filter(Boolean).join(" · "))),
     el("div", { class: "actions" }, t.name === me.name ? null : actionButton(`revoke:${t.name}`, "Revoke", "Really revoke?", async () => { await api("DELETE", `/api/tokens/${encodeURIComponent(t.name)}`); await loadTokens(); }, "danger"))));

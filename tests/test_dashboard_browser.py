@@ -1,0 +1,219 @@
+"""The dashboard in a real browser: Debian's chromium, driven by Playwright, against `farm up --sim 3`
+(three emulated PrusaLink printers, their agents, a worker). Signed in through `farm open
+--no-browser`'s link; progress moves without a reload; a job cancelled and a bed cleared from the
+page (the bed by keyboard); a submitter sees no tokens; a phone-sized screen gets one column; the
+dark scheme is dark. Screenshots go to docs/ for the README."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import EXAMPLES, REPO, RunningFarm, running_farm, wait_until
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is missing: run scripts/setup")
+DOCS = REPO / "docs"
+LONG_PRINT = "5h 0m 0s"  # at --speed 600: 30 s on the emulator, long enough to watch it move
+
+
+@pytest.fixture(scope="module")
+def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+    with running_farm(redis_url, tmp_path_factory.mktemp("dash"), "3", redis_db=13) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as p:
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []  # chromium's sandbox refuses root
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def gcode(farm: RunningFarm, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The cube sliced for the MINI by PrusaSlicer: as it is (a print of a few minutes, a moment on
+    the emulator) and with its estimate raised to LONG_PRINT."""
+    folder = tmp_path_factory.mktemp("gcode")
+    short = folder / "cube-short.gcode"
+    sliced = farm.cli("slice", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "-o", str(short))
+    assert sliced.returncode == 0, sliced.stderr
+    long = folder / "cube-long.gcode"
+    text, n = re.subn(
+        r"(; estimated printing time \(normal mode\) = ).*", rf"\g<1>{LONG_PRINT}", short.read_text()
+    )
+    assert n, "PrusaSlicer wrote no time estimate"
+    long.write_text(text)
+    return {"short": short, "long": long}
+
+
+def _api(farm: RunningFarm) -> httpx.Client:
+    token = (farm.data_dir / "admin.token").read_text().strip()
+    return httpx.Client(base_url=farm.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _sign_in(farm: RunningFarm, page, token: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    env = {**farm.env, **({"FARM_TOKEN": token} if token else {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "farm", "open", "--no-browser"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    link = done.stdout.strip().splitlines()[-1]
+    assert link.startswith(f"{farm.url}/signin/")
+    page.goto(link)
+    assert page.url == f"{farm.url}/"
+    page.wait_for_selector("#printers article.card")
+
+
+def _submit(farm: RunningFarm, path: Path, printer: str) -> int:
+    code, build = farm.cli_json("submit", str(path), "--printer", printer)
+    assert code == 0, build
+    return int(build["jobs"][0]["id"])  # type: ignore[call-overload]
+
+
+def _errors(page) -> list[str]:  # type: ignore[no-untyped-def]
+    found: list[str] = []
+    page.on("pageerror", lambda exc: found.append(str(exc)))
+    page.on("console", lambda msg: found.append(msg.text) if msg.type == "error" else None)
+    return found
+
+
+def test_sign_in_watch_progress_live_cancel_and_clear_a_bed(farm: RunningFarm, browser, gcode) -> None:  # type: ignore[no-untyped-def]
+    api = _api(farm)
+    names = sorted(p["name"] for p in farm.printers)
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="light")
+    page = context.new_page()
+    errors = _errors(page)
+    _sign_in(farm, page)
+    shown = page.eval_on_selector_all("#printers article.card", "cards => cards.map(c => c.dataset.printer)")
+    assert shown == names
+    assert page.locator("#who").inner_text() == "admin (admin)"
+    page.wait_for_selector("#live.on")  # the event stream is open
+    page.evaluate("window.notReloaded = true")
+
+    # A long print on one MINI whose bed someone must clear after each print (the emulators'
+    # beds empty themselves otherwise): its card's bar moves while the page stays the same page.
+    mini = next(p["name"] for p in farm.printers if p["model"] == "MINI")
+    assert api.patch(f"/api/printers/{mini}", json={"auto_eject": False}).status_code == 200
+    job = _submit(farm, gcode["long"], mini)
+    card = page.locator(f'article[data-printer="{mini}"]')
+    bar = card.locator('[role="progressbar"]')
+    bar.wait_for(timeout=60_000)
+    first = float(bar.get_attribute("aria-valuenow") or 0)
+    moved = lambda: float(bar.get_attribute("aria-valuenow") or 0) >= first + 2  # noqa: E731
+    wait_until(moved, 30, "the bar to move", 0.1)
+    assert page.evaluate("window.notReloaded") is True
+    assert card.locator(".state").inner_text() == "printing"
+    assert f"#{job}" in card.inner_text() and "left, ends" in card.inner_text()
+    # A second job for the same printer waits in the queue meanwhile; so does a CAD part in a
+    # material no printer has loaded, with the preview the worker rendered of it.
+    queued = _submit(farm, gcode["short"], mini)
+    page.locator(f'#queue li[data-job="{queued}"]').wait_for(timeout=60_000)
+    code, build = farm.cli_json(
+        "submit", str(EXAMPLES / "spacer.py"), "--printer-model", "MK3S", "--material", "PETG"
+    )
+    assert code == 0, build
+    petg = build["jobs"][0]["id"]  # type: ignore[call-overload]
+    thumb = page.locator(f'#queue li[data-job="{petg}"] img.thumb')
+    thumb.wait_for(timeout=120_000)
+    wait_until(lambda: thumb.evaluate("img => img.complete && img.naturalWidth") > 0, 10, "the preview")
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
+
+    # Cancel the printing job from its card (a second press confirms): the half print is on the bed.
+    cancel = card.locator(f'[data-action="cancel:{job}"]')
+    cancel.click()
+    assert cancel.inner_text() == "Really cancel?"
+    cancel.click()
+    wait_until(lambda: api.get(f"/api/jobs/{job}").json()["state"] == "cancelled", 10, "the cancel")
+    card.locator(f'[data-action="cancel:{job}"]').wait_for(state="detached", timeout=10_000)
+    banner = card.locator(".clear-bed")
+    banner.wait_for(timeout=10_000)
+    assert "Bed needs clearing" in banner.inner_text()
+    state = card.locator(".state")
+    wait_until(lambda: state.inner_text() == "awaiting clear", 10, "the print to stop", 0.1)
+    card.screenshot(path=str(DOCS / "dashboard-clear-bed.png"))
+    assert api.get(f"/api/jobs/{queued}").json()["state"] == "ready"  # it waits for the bed
+
+    # Clear it by keyboard: Tab from the top of the page to the button, Enter. The queued job prints.
+    page.locator(".skip").focus()
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.dataset.action") == f"clear:{mini}":
+            break
+    else:
+        pytest.fail("Tab never reached the 'Bed is clear' button")
+    page.keyboard.press("Enter")
+    wait_until(lambda: api.get(f"/api/jobs/{queued}").json()["state"] == "done", 120, "the queued job")
+    page.locator(f'#queue li[data-job="{queued}"]').wait_for(state="detached", timeout=10_000)
+    banner.wait_for(timeout=10_000)  # and its part is on the bed now
+    assert api.post(f"/api/printers/{mini}/clear").status_code == 200
+    banner.wait_for(state="detached", timeout=10_000)
+    api.patch(f"/api/printers/{mini}", json={"auto_eject": True})
+    assert page.evaluate("window.notReloaded") is True
+    assert errors == []
+    context.close()
+
+
+def test_a_submitter_sees_no_tokens_and_an_admin_does(farm: RunningFarm, browser) -> None:  # type: ignore[no-untyped-def]
+    api = _api(farm)
+    made = api.post("/api/tokens", json={"name": "alice", "role": "submitter"})
+    assert made.status_code == 201, made.text
+    context = browser.new_context()
+    page = context.new_page()
+    errors = _errors(page)
+    _sign_in(farm, page, made.json()["token"])
+    assert page.locator("#who").inner_text() == "alice (submitter)"
+    assert page.locator("#tokens-sec").is_hidden()
+    assert page.locator("#tokens li").count() == 0
+    assert page.locator("text=Take out of farm").count() == 0  # an admin's action
+    assert errors == []
+    refused = page.evaluate("fetch('/api/tokens').then(r => r.status)")
+    assert refused == 403  # not only hidden
+    context.close()
+
+    context = browser.new_context()
+    page = context.new_page()
+    _sign_in(farm, page)
+    errors = _errors(page)
+    page.locator('#tokens li[data-token="alice"]').wait_for()
+    assert page.locator("#tokens-sec").is_visible()
+    assert errors == []
+    context.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_a_phone_gets_one_column_in_either_scheme(farm: RunningFarm, browser, scheme: str) -> None:  # type: ignore[no-untyped-def]
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+        color_scheme=scheme,
+    )  # fmt: skip
+    page = context.new_page()
+    errors = _errors(page)
+    _sign_in(farm, page)
+    # Measured in one go: a card is redrawn whenever its printer reports.
+    boxes = page.eval_on_selector_all(
+        "#printers article.card", "cards => cards.map(c => c.getBoundingClientRect().toJSON())"
+    )
+    assert len(boxes) == 3
+    assert len({round(b["x"]) for b in boxes}) == 1  # one column
+    assert all(b["x"] >= 0 and b["x"] + b["width"] <= 390 for b in boxes)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing scrolls sideways
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    red, green, blue = (int(v) for v in re.findall(r"\d+", background)[:3])
+    assert (red + green + blue < 150) == (scheme == "dark"), background
+    page.screenshot(path=str(DOCS / f"dashboard-phone-{scheme}.png"))
+    assert errors == []
+    context.close()
