@@ -181,7 +181,8 @@ def events(client: FarmClient) -> Iterator[dict[str, Any]]:
 
 
 def from_event(snap: dict[str, Any]) -> Screen:
-    return render(snap["status"], snap["printers"], snap["active"])
+    active = [p["current"] for p in snap["printers"] if p.get("current")]
+    return render(snap["status"], snap["printers"], active)
 
 
 def run_watch(client: FarmClient, *, interval: float, once: bool) -> None:

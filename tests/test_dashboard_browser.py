@@ -23,6 +23,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is missing: run scripts/setup")
 DOCS = REPO / "docs"
+UNPROCESSABLE = "(Unprocessable Entity)"
 LONG_PRINT = "5h 0m 0s"  # at --speed 600: 30 s on the emulator, long enough to watch it move
 
 
@@ -162,6 +163,32 @@ def test_sign_in_watch_progress_live_cancel_and_clear_a_bed(farm: RunningFarm, b
     assert api.post(f"/api/printers/{mini}/clear").status_code == 200
     banner.wait_for(state="detached", timeout=10_000)
     api.patch(f"/api/printers/{mini}", json={"auto_eject": True})
+
+    # The admin loads PETG (in Galaxy Black) on the MK3S through its settings dialog: the card's
+    # swatch turns black and the PETG part waiting in the queue goes to that printer.
+    mk3s = next(p["name"] for p in farm.printers if p["model"] == "MK3S")
+    page.locator(f'[data-action="settings:{mk3s}"]').click()
+    dialog = page.locator("#settings")
+    dialog.locator('input[name="material"]').fill("Unobtainium")
+    dialog.locator('button[value="save"]').click()
+    wait_until(lambda: page.locator("#settings-problem").inner_text(), 10, "the refusal")
+    assert "Unobtainium" in page.locator("#settings-problem").inner_text() and dialog.is_visible()
+    assert errors == [f"Failed to load resource: the server responded with a status of 422 {UNPROCESSABLE}"]
+    errors.clear()  # that one was asked for
+    dialog.locator('input[name="material"]').fill("PETG")
+    dialog.locator('input[name="color"]').fill("Galaxy Black")
+    dialog.locator('button[value="save"]').click()
+    dialog.wait_for(state="hidden")
+    loaded = next(p for p in api.get("/api/printers").json() if p["name"] == mk3s)
+    assert (loaded["material"], loaded["color"]) == ("PETG", "Galaxy Black")
+    swatch = page.locator(f'article[data-printer="{mk3s}"] .swatch')
+    wait_until(
+        lambda: swatch.evaluate("s => getComputedStyle(s).backgroundColor") == "rgb(0, 0, 0)", 10, "swatch"
+    )
+    wait_until(
+        lambda: api.get(f"/api/jobs/{petg}").json()["state"] in ("printing", "done"), 120, "the PETG job"
+    )
+    page.locator(f'#queue li[data-job="{petg}"]').wait_for(state="detached", timeout=10_000)
     assert page.evaluate("window.notReloaded") is True
     assert errors == []
     context.close()

@@ -3,6 +3,7 @@ JSON snapshot it draws from (GET /api/dashboard; the event stream sends the same
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,8 +15,8 @@ from sqlmodel import Session, col, func, select
 
 from farm.api.deps import FarmDep, SessionDep, require
 from farm.api.errors import AUTH
-from farm.api.reads import status
-from farm.api.views import job_view, printer_view
+from farm.api.views import job_view, printer_state, printer_view
+from farm.api.workers import recent_workers
 from farm.models import Build, Job, Printer, Slice, utcnow
 from farm.settings import Settings
 from farm.states import BuildStage, JobState
@@ -62,8 +63,8 @@ def asset(name: Annotated[str, PathParam(pattern=r"^[a-z0-9][a-z0-9._-]*$")]) ->
 
 @router.get("/api/dashboard", dependencies=[Depends(require("submitter", "viewer"))])
 def dashboard(session: SessionDep, farm: FarmDep) -> dict:
-    """Everything the dashboard's first screen shows, in one answer: printers with their current
-    jobs, the ready queue in dispatch order, builds still being made, recent failures, counts."""
+    """Everything the dashboard's first screen shows, in one answer: printers, each with the job it
+    holds (`current`), the ready queue in dispatch order, builds still being made, recent failures, counts."""
     return snapshot(session, farm.settings)
 
 
@@ -85,13 +86,26 @@ def snapshot(session: Session, settings: Settings) -> dict[str, Any]:
     ]
     ready_total = session.exec(select(func.count()).where(Job.state == JobState.READY)).one()
     return {
-        "printers": printers,
-        "active": rows[: len(active)],
+        "printers": printers,  # each with its `current` job: the jobs on printers
         "queue": rows[len(active) : len(active) + len(queue)],
         "queue_total": ready_total,
         "waiting": _waiting(session),
         "failed": rows[len(active) + len(queue) :],
-        "status": status(session),
+        "status": _status(session),
+    }
+
+
+def _status(session: Session) -> dict[str, Any]:
+    """GET /api/status's answer, counted by the database (that route reads every row's state)."""
+    builds = dict(session.exec(select(Build.stage, func.count()).group_by(Build.stage)).all())
+    jobs = dict(session.exec(select(Job.state, func.count()).group_by(Job.state)).all())
+    printers = Counter(printer_state(p) for p in session.exec(select(Printer)).all())
+    return {
+        "builds": {str(s): builds.get(s, 0) for s in BuildStage},
+        "jobs": {str(s): jobs.get(s, 0) for s in JobState},
+        "printers": dict(sorted(printers.items())),
+        "printer_count": sum(printers.values()),
+        "workers": recent_workers(session),
     }
 
 

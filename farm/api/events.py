@@ -33,7 +33,7 @@ from farm.api.deps import require
 from farm.settings import Settings
 
 log = logging.getLogger("farm.events")
-GATHER_S = 0.1  # a poke waits this long for others before drawing: a burst of reports, one snapshot
+GATHER_S = 0.25  # a poke waits this long for others before drawing: a burst of reports, one snapshot
 RECHECK_S = 5.0  # while streams are open, draw at least this often (changes made elsewhere)
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 _CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -43,7 +43,7 @@ router = APIRouter(tags=["dashboard"])
 
 
 class Broadcaster:
-    def __init__(self, draw: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, draw: Callable[[], str]) -> None:
         self._draw = draw
         self._streams: set[asyncio.Queue[str]] = set()
         self._poked = asyncio.Event()
@@ -95,8 +95,8 @@ class Broadcaster:
             self._poked.clear()
             if not self._streams:
                 break
-            try:
-                data = json.dumps(await asyncio.to_thread(self._draw), separators=(",", ":"), default=str)
+            try:  # in a thread, JSON included: a big farm's snapshot is ~150 KB
+                data = await asyncio.to_thread(self._draw)
             except Exception:  # the database is busy or away: the next round tries again
                 log.exception("could not draw the farm for its event stream")
                 continue
@@ -131,12 +131,12 @@ def end_streams_on_exit(broadcaster: Broadcaster) -> None:
 
 
 def broadcaster_for(engine: Engine, settings: Settings) -> Broadcaster:
-    def draw() -> dict[str, Any]:
+    def draw() -> str:
         with Session(engine) as session:
             snap = snapshot(session, settings)
         for printer in snap["printers"]:  # every heartbeat moves it: not a change worth sending
             printer.pop("last_seen", None)
-        return snap
+        return json.dumps(snap, separators=(",", ":"), default=str)
 
     return Broadcaster(draw)
 

@@ -164,6 +164,7 @@ function printerCard(p) {
   }
   const actions = el("div", { class: "actions" });
   if (job && canAct()) actions.append(actionButton(`cancel:${job.id}`, "Cancel job", "Really cancel?", () => api("POST", `/api/jobs/${job.id}/cancel`), "danger"));
+  if (isAdmin()) actions.append(el("button", { type: "button", "data-action": `settings:${p.name}`, text: "Settings", onclick: () => openSettings(p) }));
   if (isAdmin() && !job) actions.append(actionButton(`remove:${p.name}`, "Take out of farm", "Really remove?", () => api("DELETE", `/api/printers/${encodeURIComponent(p.name)}`), "danger"));
   if (actions.childElementCount) card.append(actions);
   return card;
@@ -233,6 +234,44 @@ function failedRow(j) {
       el("div", { class: "meta" }, jobLabel(j), ` · attempt ${j.attempts} of ${j.max_attempts}`),
       el("div", { class: "err", text: j.error || "failed" })),
     el("div", { class: "actions" }, mine ? actionButton(`retry:${j.id}`, "Retry", null, () => api("POST", `/api/jobs/${j.id}/retry`)) : null));
+}
+
+// One dialog for every printer's settings, outside the cards: a card is redrawn at each report.
+let editing = null;
+function openSettings(p) {
+  editing = p.name;
+  const form = $("settings-form");
+  $("settings-h").textContent = `Settings of ${p.name}`;
+  form.material.value = p.material || "";
+  form.color.value = p.color || "";
+  form.nozzle.value = p.nozzle;
+  form.tags.value = (p.tags || []).join(", ");
+  form.power_group.value = p.power_group || "";
+  form.location.value = p.location || "";
+  form.auto_eject.checked = p.auto_eject;
+  $("settings-problem").textContent = "";
+  $("settings").showModal();
+}
+
+function setupSettings() {
+  const form = $("settings-form");
+  $("settings-cancel").addEventListener("click", () => $("settings").close());
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = {
+      material: form.material.value.trim(), color: form.color.value.trim(), nozzle: Number(form.nozzle.value),
+      tags: form.tags.value.split(",").map((t) => t.trim()).filter(Boolean),
+      power_group: form.power_group.value.trim(), location: form.location.value.trim(), auto_eject: form.auto_eject.checked,
+    };
+    try {
+      await api("PATCH", `/api/printers/${encodeURIComponent(editing)}`, body);
+      $("settings").close();
+      document.querySelector(`[data-action="settings:${CSS.escape(editing)}"]`)?.focus();
+      if (!stream.live) await refresh();
+    } catch (exc) {
+      $("settings-problem").textContent = exc.message;
+    }
+  });
 }
 
 // Replaces only the children whose data changed, so focus and open details survive a redraw.
@@ -350,6 +389,8 @@ function signedOut() {
 }
 
 async function start() {
+  // Both at once: the first screen waits for one round trip, not two.
+  const first = fetch("/api/dashboard").then((r) => (r.ok ? r.json() : null)).catch(() => null);
   try {
     me = await api("GET", "/api/me");
   } catch {
@@ -359,8 +400,13 @@ async function start() {
   $("signout").hidden = false;
   $("signout").addEventListener("click", async () => { await fetch("/api/signout", { method: "POST" }); signedOut(); });
   $("filter").addEventListener("input", redraw);
-  if (isAdmin()) setupTokens();
-  await refresh().catch((exc) => problem(exc.message));
+  if (isAdmin()) {
+    setupTokens();
+    setupSettings();
+  }
+  const snap = await first;
+  if (snap) draw(snap);
+  else await refresh().catch((exc) => problem(exc.message));
   connect();
   setInterval(() => { if (last) redraw(); }, 30000); // ages and ETAs move on with the clock
 }
