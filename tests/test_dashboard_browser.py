@@ -206,6 +206,14 @@ def test_a_submitter_sees_no_tokens_and_an_admin_does(farm: RunningFarm, browser
     assert page.locator("#tokens-sec").is_hidden()
     assert page.locator("#tokens li").count() == 0
     assert page.locator("text=Take out of farm").count() == 0  # an admin's action
+    # Grouped by model, then filtered to the MINIs.
+    page.select_option("#group", "model")
+    shown = "nodes => nodes.map(n => n.tagName === 'H3' ? n.textContent : n.dataset.printer)"
+    minis = sorted(p["name"] for p in farm.printers if p["model"] == "MINI")
+    mk3s = [p["name"] for p in farm.printers if p["model"] == "MK3S"]
+    assert page.eval_on_selector_all("#printers > *", shown) == ["MINI", *minis, "MK3S", *mk3s]
+    page.fill("#filter", "mini")
+    wait_until(lambda: page.eval_on_selector_all("#printers > *", shown) == ["MINI", *minis], 5, "the filter")
     assert errors == []
     refused = page.evaluate("fetch('/api/tokens').then(r => r.status)")
     assert refused == 403  # not only hidden

@@ -295,6 +295,26 @@ function reconcile(container, items, keyOf, render) {
   }
 }
 
+// Cards under a heading per model, power group, location or tag (a printer with two tags shows
+// under both); printers without one come last.
+function grouped(printers, by) {
+  if (!by) return printers.map((p) => ({ key: p.name, p }));
+  const groups = new Map();
+  for (const p of printers) {
+    const values = by === "tags" ? (p.tags.length ? p.tags : [""]) : [p[by] || ""];
+    for (const g of values) {
+      if (!groups.has(g)) groups.set(g, []);
+      groups.get(g).push(p);
+    }
+  }
+  const names = [...groups.keys()].sort((a, b) => (a === "" ? 1 : b === "" ? -1 : a.localeCompare(b)));
+  const label = { model: "model", power_group: "power group", location: "location", tags: "tag" }[by];
+  return names.flatMap((g) => [
+    { key: `group:${g}`, heading: g ? (by === "tags" ? `#${g}` : g) : `no ${label}` },
+    ...groups.get(g).map((p) => ({ key: `${g}/${p.name}`, p })),
+  ]);
+}
+
 function printerMatches(p, text) {
   if (!text) return true;
   const hay = [p.name, p.model, p.protocol, p.state, p.material, p.color, p.location, p.power_group, ...(p.tags || [])].join(" ").toLowerCase();
@@ -308,7 +328,8 @@ function draw(snap) {
   $("summary").textContent = `${s.printer_count} printers · ${count(s.jobs, "printing")} printing · ${snap.queue_total} ready · ${count(s.printers, "awaiting_clear")} beds to clear`;
   for (const id of ["printers-sec", "queue-sec"]) $(id).hidden = false;
   const printers = snap.printers.filter((p) => printerMatches(p, $("filter").value.trim()));
-  reconcile($("printers"), printers, (p) => p.name, printerCard);
+  reconcile($("printers"), grouped(printers, $("group").value), (item) => item.key,
+    (item) => (item.heading !== undefined ? el("h3", { class: "group", text: item.heading }) : printerCard(item.p)));
   $("queue-count").textContent = snap.queue_total > snap.queue.length ? `(first ${snap.queue.length} of ${snap.queue_total})` : `(${snap.queue_total})`;
   reconcile($("queue"), snap.queue, (j) => j.id, queueRow);
   $("waiting-sec").hidden = !snap.waiting.length;
@@ -400,6 +421,7 @@ async function start() {
   $("signout").hidden = false;
   $("signout").addEventListener("click", async () => { await fetch("/api/signout", { method: "POST" }); signedOut(); });
   $("filter").addEventListener("input", redraw);
+  $("group").addEventListener("change", redraw);
   if (isAdmin()) {
     setupTokens();
     setupSettings();
