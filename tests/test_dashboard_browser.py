@@ -23,8 +23,22 @@ sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is missing: run scripts/setup")
 DOCS = REPO / "docs"
+# What the 3D view drew: pixels in the part's orange, all pixels, and a digest of the image.
+PART_PIXELS = """c => {
+  const copy = document.createElement('canvas');
+  copy.width = c.width; copy.height = c.height;
+  const ctx = copy.getContext('2d');
+  ctx.drawImage(c, 0, 0);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data;
+  let part = 0, hash = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i] > 60 && d[i] > d[i + 1] * 1.3 && d[i + 1] > d[i + 2] * 1.5) part++;
+    hash = (hash * 31 + d[i] + d[i + 1] * 7 + d[i + 2] * 13) | 0;
+  }
+  return {part, all: d.length / 4, hash};
+}"""
 UNPROCESSABLE = "(Unprocessable Entity)"
-LONG_PRINT = "5h 0m 0s"  # at --speed 600: 30 s on the emulator, long enough to watch it move
+LONG_PRINT = "10h 0m 0s"  # at --speed 600: 60 s on the emulator, long enough to watch it move
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +147,21 @@ def test_sign_in_watch_progress_live_cancel_and_clear_a_bed(farm: RunningFarm, b
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
 
+    # Its part in 3D: the canvas draws the STL the CAD worker made; the arrow keys turn it.
+    page.locator(f'#queue li[data-job="{petg}"] [data-action^="view:"]').click()
+    canvas = page.locator("#viewer-canvas")
+    wait_until(lambda: canvas.get_attribute("data-triangles"), 20, "the mesh to load")
+    assert int(canvas.get_attribute("data-triangles") or 0) > 100
+    before = canvas.evaluate(PART_PIXELS)
+    assert before["part"] > 0.05 * before["all"], before  # the part covers the view, in its colour
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowUp")
+    after = canvas.evaluate(PART_PIXELS)
+    assert after["part"] > 0.05 * after["all"] and after["hash"] != before["hash"], (before, after)
+    page.locator("#viewer").screenshot(path=str(DOCS / "dashboard-3d.png"))
+    page.keyboard.press("Escape")
+    page.locator("#viewer").wait_for(state="hidden")
+
     # Cancel the printing job from its card (a second press confirms): the half print is on the bed.
     cancel = card.locator(f'[data-action="cancel:{job}"]')
     cancel.click()
@@ -144,7 +173,7 @@ def test_sign_in_watch_progress_live_cancel_and_clear_a_bed(farm: RunningFarm, b
     banner.wait_for(timeout=10_000)
     assert "Bed needs clearing" in banner.inner_text()
     state = card.locator(".state")
-    wait_until(lambda: state.inner_text() == "awaiting clear", 10, "the print to stop", 0.1)
+    wait_until(lambda: state.inner_text() == "awaiting clear", 20, "the print to stop", 0.1)
     card.screenshot(path=str(DOCS / "dashboard-clear-bed.png"))
     assert api.get(f"/api/jobs/{queued}").json()["state"] == "ready"  # it waits for the bed
 

@@ -136,6 +136,7 @@ def _rows(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
         build = builds[j.build_id]
         row = job_view(j, slices.get(j.slice_id), build.source_name)
         row["preview"] = build.preview_small_sha256 or build.preview_sha256
+        row["stl"] = build.stl_sha256  # the page's 3D view
         rows.append(row)
     return rows
 
@@ -155,6 +156,7 @@ def _waiting(session: Session) -> list[dict[str, Any]]:
             "since": b.updated_at.isoformat(),
             "created_at": b.created_at.isoformat(),
             "preview": b.preview_small_sha256,
+            "stl": b.stl_sha256,
         }
         for b in builds
     ]

@@ -198,6 +198,31 @@ function jobLabel(j) {
     j.owner ? `by ${j.owner}` : null].filter(Boolean).join(" · ");
 }
 
+let stopViewer = null;
+async function openViewer(sha, title) {
+  const dialog = $("viewer");
+  $("viewer-h").textContent = title;
+  $("viewer-problem").textContent = "";
+  if (stopViewer) stopViewer();
+  dialog.showModal();
+  const canvas = $("viewer-canvas");
+  delete canvas.dataset.triangles;
+  try {
+    const resp = await fetch(`/api/artifacts/${sha}`);
+    if (!resp.ok) throw new Error(`the part's mesh: HTTP ${resp.status}`);
+    stopViewer = FarmViewer.show(canvas, FarmViewer.parseSTL(await resp.arrayBuffer()));
+    canvas.focus();
+  } catch (exc) {
+    $("viewer-problem").textContent = exc.message;
+  }
+}
+
+function viewButton(sha, owner, title) {
+  return sha && mayRead(owner)
+    ? el("button", { type: "button", "data-action": `view:${sha}`, text: "3D", "aria-label": `show ${title} in 3D`, onclick: () => openViewer(sha, title) })
+    : null;
+}
+
 function queueRow(j, index) {
   const mine = isAdmin() || (canAct() && j.owner === me.name);
   const prio = el("span", { class: "prio" },
@@ -212,7 +237,7 @@ function queueRow(j, index) {
     el("div", { class: "main" },
       el("div", { class: "name" }, `#${j.id} ${j.source || ""}`),
       el("div", { class: "meta" }, jobLabel(j), ` · queued ${ago(j.created_at)}`, j.starving ? el("span", { class: "starving", text: " · waited past the limit: goes first" }) : null)),
-    el("div", { class: "actions" }, prio, mine ? actionButton(`cancel:${j.id}`, "Cancel", "Really cancel?", () => api("POST", `/api/jobs/${j.id}/cancel`), "danger") : null),
+    el("div", { class: "actions" }, viewButton(j.stl, j.owner, `#${j.id} ${j.source || ""}`), prio, mine ? actionButton(`cancel:${j.id}`, "Cancel", "Really cancel?", () => api("POST", `/api/jobs/${j.id}/cancel`), "danger") : null),
     explainDetails(j));
 }
 
@@ -222,7 +247,7 @@ function waitingRow(b) {
     preview(b.preview, "", b.owner),
     el("div", { class: "main" }, el("div", { class: "name" }, `build ${b.id} ${b.source}`),
       el("div", { class: "meta" }, `${b.stage === "queued" ? "waiting for a CAD worker" : b.stage === "cad" ? "CAD running" : "slicing"} for ${ago(b.since)}${b.owner ? ` · by ${b.owner}` : ""}`)),
-    el("span"));
+    el("div", { class: "actions" }, viewButton(b.stl, b.owner, `build ${b.id} ${b.source}`)));
 }
 
 function failedRow(j) {
