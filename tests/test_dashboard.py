@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 from tests import test_auth
+from tests.conftest import EXAMPLES
 from tests.test_auth import Coordinator, Fleet
 
 coord, fleet = test_auth.coord, test_auth.fleet  # the fixtures, shared
@@ -152,3 +154,27 @@ def test_a_preview_is_served_as_a_png_and_anything_else_only_as_a_download(
         assert got.headers["content-type"] == "application/octet-stream", name
         assert got.headers["content-disposition"].startswith("attachment")
         assert got.headers["x-content-type-options"] == "nosniff"
+
+
+def test_inspect_reads_a_designs_entry_points_without_running_it(
+    coord: Coordinator, fleet: Fleet, tmp_path: Path
+) -> None:
+    def inspect(token: str, name: str, data: bytes):  # type: ignore[no-untyped-def]
+        return coord.call(token, "POST", "/api/inspect", files={"file": (name, data)})
+
+    source = (EXAMPLES / "bracket.py").read_bytes()
+    found = inspect(fleet.alice, "bracket.py", source)
+    assert found.status_code == 200, found.text
+    (entry,) = found.json()["entries"]
+    assert entry["name"] == "bracket" and entry["kind"] == "function"
+    assert {p["name"]: p["default"] for p in entry["params"]}["length"] == 40.0
+    # Not run: a design that would write a file or loop for ever is only read.
+    marker = tmp_path / "pwned"
+    hostile = f"import os\nos.system('touch {marker}')\nwhile True:\n    pass\n".encode()
+    assert inspect(fleet.alice, "evil.py", hostile).json() == {"entries": []}
+    assert not marker.exists()
+    assert inspect(fleet.viewer, "bracket.py", source).status_code == 403
+    assert inspect(fleet.alice, "cube.stl", b"solid x\nendsolid x\n").status_code == 415
+    broken = inspect(fleet.alice, "broken.py", b"def f(:\n")
+    assert broken.status_code == 422 and "line 1" in broken.json()["detail"]
+    assert inspect(fleet.alice, "nul.py", b"x = 1\x00\n").status_code == 422

@@ -243,6 +243,33 @@ def test_a_submitter_sees_no_tokens_and_an_admin_does(farm: RunningFarm, browser
     assert page.eval_on_selector_all("#printers > *", shown) == ["MINI", *minis, "MK3S", *mk3s]
     page.fill("#filter", "mini")
     wait_until(lambda: page.eval_on_selector_all("#printers > *", shown) == ["MINI", *minis], 5, "the filter")
+    page.fill("#filter", "")
+
+    # Alice submits the bracket through the form with a longer arm, in ASA (no printer has it: it
+    # stays queued), and turns the part the worker made in the 3D view.
+    page.set_input_files("#submit-file", str(EXAMPLES / "bracket.py"))
+    length = page.locator('#submit-params input[name="param:length"]')
+    length.wait_for()
+    assert length.input_value() == "40"  # the default, read from the source
+    assert page.locator("#submit-entry").input_value() == "bracket"
+    length.fill("60")
+    page.fill('#submit-form input[name="printer_model"]', "MK3S")
+    page.fill('#submit-form input[name="material"]', "ASA")
+    page.click('#submit-form button[type="submit"]')
+    result = page.locator("#submit-result")
+    wait_until(lambda: result.get_attribute("data-build"), 20, "the submit")
+    build = api.get(f"/api/builds/{result.get_attribute('data-build')}").json()
+    assert build["owner"] == "alice" and build["params"]["length"] == 60 and build["entry"] == "bracket"
+    job = build["jobs"][0]["id"]
+    view = page.locator(f'#queue li[data-job="{job}"] [data-action^="view:"]')
+    view.wait_for(timeout=120_000)
+    view.click()
+    canvas = page.locator("#viewer-canvas")
+    wait_until(lambda: canvas.get_attribute("data-triangles"), 20, "the mesh to load")
+    drawn = canvas.evaluate(PART_PIXELS)
+    assert drawn["part"] > 0.03 * drawn["all"], drawn
+    page.locator("#viewer").screenshot(path=str(DOCS / "dashboard-3d-bracket.png"))
+    page.keyboard.press("Escape")
     assert errors == []
     refused = page.evaluate("fetch('/api/tokens').then(r => r.status)")
     assert refused == 403  # not only hidden

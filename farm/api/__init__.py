@@ -20,7 +20,19 @@ from sqlalchemy.exc import DataError
 from sqlmodel import Session, select
 
 from farm import dispatch, pipeline
-from farm.api import agents, artifacts, builds, dashboard, events, operate, reads, signin, tokens, workers
+from farm.api import (
+    agents,
+    artifacts,
+    builds,
+    dashboard,
+    events,
+    inspect,
+    operate,
+    reads,
+    signin,
+    tokens,
+    workers,
+)
 from farm.api.bodylimit import BodyLimit
 from farm.api.deps import Farm, hash_secret, new_secret
 from farm.api.errors import NUL_IN_TEXT, document_body_errors, nul_in_text
@@ -193,7 +205,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm
-    for module in (builds, agents, artifacts, operate, reads, signin, tokens, workers, dashboard, events):
+    routers = (builds, agents, artifacts, operate, reads, signin, tokens, workers, dashboard, events, inspect)
+    for module in routers:
         app.include_router(module.router)
     app.add_middleware(AgentFastLane, farm=farm)
     app.add_middleware(BodyLimit, max_upload_mb=settings.max_upload_mb)  # before any read

@@ -299,6 +299,91 @@ function setupSettings() {
   });
 }
 
+// The submit form: a .py design's entry points and parameters come from POST /api/inspect (the
+// source is read, not run), each parameter a field with its default; the rest are the submit options.
+let design = null; // {entries} of the chosen .py
+function paramField(p) {
+  const numeric = ["float", "int"].includes(p.annotation) || typeof p.default === "number";
+  const input = el("input", { name: `param:${p.name}`, "data-kind": p.annotation === "int" || Number.isInteger(p.default) && p.annotation !== "float" ? "int" : numeric ? "float" : "str",
+    type: numeric ? "number" : "text", step: numeric ? "any" : null, placeholder: p.has_default === false ? "required" : null,
+    min: p.ge ?? p.gt ?? null, max: p.le ?? p.lt ?? null });
+  if (p.default !== undefined && p.default !== null) input.value = String(p.default);
+  if (Array.isArray(p.choices)) {
+    const select = el("select", { name: `param:${p.name}`, "data-kind": "str" }, p.choices.map((c) => el("option", { text: String(c) })));
+    select.value = String(p.default ?? p.choices[0]);
+    return el("label", {}, p.name, select);
+  }
+  return el("label", {}, `${p.name}${p.annotation ? ` (${p.annotation})` : ""}`, input);
+}
+
+function showParams() {
+  const entry = design && design.entries.find((e) => e.name === $("submit-entry").value);
+  $("submit-params").replaceChildren(...((entry && entry.params) || []).map(paramField));
+}
+
+async function chooseFile(file) {
+  design = null;
+  $("design").hidden = true;
+  $("submit-result").textContent = "";
+  if (!file || !file.name.endsWith(".py")) return;
+  const body = new FormData();
+  body.append("file", file);
+  try {
+    const resp = await fetch("/api/inspect", { method: "POST", body });
+    const data = await resp.json();
+    if (!resp.ok) throw new Error(typeof data.detail === "string" ? data.detail : `HTTP ${resp.status}`);
+    design = data;
+    $("submit-entry").replaceChildren(...data.entries.map((e) => el("option", { value: e.name, text: `${e.name} (${e.kind})` })));
+    $("design").hidden = !data.entries.length;
+    showParams();
+  } catch (exc) {
+    $("submit-result").textContent = `cannot read ${file.name}: ${exc.message}`;
+  }
+}
+
+function setupSubmit() {
+  $("submit-sec").hidden = false;
+  const form = $("submit-form"), input = $("submit-file"), drop = $("drop");
+  input.addEventListener("change", () => chooseFile(input.files[0]));
+  $("submit-entry").addEventListener("change", showParams);
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    input.files = e.dataTransfer.files;
+    chooseFile(input.files[0]);
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const options = { material: form.material.value.trim() || "PLA", copies: Number(form.copies.value), priority: Number(form.priority.value) };
+    if (form.printer_model.value.trim()) options.printer_model = form.printer_model.value.trim();
+    if (form.color.value.trim()) options.color = form.color.value.trim();
+    if (design && design.entries.length) {
+      const entry = design.entries.find((e) => e.name === form.entry.value);
+      if (entry && ["function", "artifact", "customizable"].includes(entry.kind)) options.entry = entry.name;
+      options.params = {};
+      for (const field of form.querySelectorAll("[name^='param:']")) {
+        if (field.value === "") continue;
+        const kind = field.dataset.kind;
+        options.params[field.name.slice(6)] = kind === "int" ? parseInt(field.value, 10) : kind === "float" ? Number(field.value) : field.value;
+      }
+    }
+    const body = new FormData();
+    body.append("file", input.files[0]);
+    body.append("options", JSON.stringify(options));
+    try {
+      const resp = await fetch("/api/builds", { method: "POST", body });
+      const data = await resp.json();
+      if (!resp.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
+      $("submit-result").textContent = `build ${data.id} submitted: ${data.jobs.length} job(s)`;
+      $("submit-result").dataset.build = data.id;
+    } catch (exc) {
+      $("submit-result").textContent = `not submitted: ${exc.message}`;
+    }
+  });
+}
+
 // Replaces only the children whose data changed, so focus and open details survive a redraw.
 function reconcile(container, items, keyOf, render) {
   const old = new Map([...container.children].map((c) => [c.dataset.key, c]));
@@ -355,6 +440,8 @@ function draw(snap) {
   const printers = snap.printers.filter((p) => printerMatches(p, $("filter").value.trim()));
   reconcile($("printers"), grouped(printers, $("group").value), (item) => item.key,
     (item) => (item.heading !== undefined ? el("h3", { class: "group", text: item.heading }) : printerCard(item.p)));
+  const models = [...new Set(snap.printers.map((p) => p.model))].sort();
+  if ($("models").childElementCount !== models.length) $("models").replaceChildren(...models.map((m) => el("option", { value: m })));
   $("queue-count").textContent = snap.queue_total > snap.queue.length ? `(first ${snap.queue.length} of ${snap.queue_total})` : `(${snap.queue_total})`;
   reconcile($("queue"), snap.queue, (j) => j.id, queueRow);
   $("waiting-sec").hidden = !snap.waiting.length;
@@ -428,7 +515,7 @@ function connect() {
 function signedOut() {
   me = null;
   if (stream.source) stream.source.close();
-  for (const id of ["printers-sec", "queue-sec", "waiting-sec", "failed-sec", "tokens-sec", "signout"]) $(id).hidden = true;
+  for (const id of ["printers-sec", "submit-sec", "queue-sec", "waiting-sec", "failed-sec", "tokens-sec", "signout"]) $(id).hidden = true;
   $("signed-out").hidden = false;
   $("who").textContent = "";
   $("live").textContent = "";
@@ -447,6 +534,7 @@ async function start() {
   $("signout").addEventListener("click", async () => { await fetch("/api/signout", { method: "POST" }); signedOut(); });
   $("filter").addEventListener("input", redraw);
   $("group").addEventListener("change", redraw);
+  if (canAct()) setupSubmit();
   if (isAdmin()) {
     setupTokens();
     setupSettings();
