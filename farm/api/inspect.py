@@ -37,4 +37,3 @@ async def inspect_source(file: UploadFile) -> dict:
         except (ValueError, RecursionError) as exc:  # a NUL byte; nesting too deep to parse
             raise HTTPException(422, f"the file cannot be read as Python: {exc}") from None
     return {"entries": entries}
-
