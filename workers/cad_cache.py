@@ -49,7 +49,10 @@ ENVS_DIR = "envs"  # environments of projects' requirements (workers.cad_env), b
 # The exporter's tolerances and naming live in cad_child.py, the checks and previews in mesh.py;
 # hashing their bytes (without importing them, which would import build123d) invalidates the cache
 # whenever the way meshes are made changes.
-EXPORTER = (Path(__file__).with_name("cad_child.py"), Path(__file__).with_name("mesh.py"))
+EXPORTER = tuple(
+    Path(__file__).with_name(name)
+    for name in ("cad_child.py", "mesh.py", "scene.py", "viewer.py", "threemf.py")
+)
 OCP_DISTRIBUTIONS = ("cadquery-ocp", "cadquery-ocp-novtk")
 
 
@@ -207,6 +210,8 @@ def _write_entry(folder: Path, result: CadResult) -> None:
         "objects": result.objects,
         "warnings": result.warnings,
         "mesh": result.mesh,
+        "shown": result.shown,
+        "skipped": result.skipped,
     }
     # meta.json last: get() treats an entry without it as absent.
     (folder / META_NAME).write_text(json.dumps(meta))
@@ -248,6 +253,8 @@ def _result_from_meta(entry: Path, meta: dict[str, Any]) -> CadResult:
         preview=entry / PREVIEW_NAME,
         preview_small=entry / PREVIEW_SMALL_NAME,
         mesh=dict(meta.get("mesh") or {}),
+        shown=list(meta.get("shown") or []),
+        skipped=[str(s) for s in meta.get("skipped", [])],
     )
 
 

@@ -7,10 +7,8 @@ Everything the parent learns comes from that file or from the exit status; nothi
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import ctypes
-import enum
 import faulthandler
 import gc
 import inspect
@@ -32,10 +30,12 @@ from typing import Any, TextIO
 # Imported here so that the fork server pays for it once and every build starts warm.
 import build123d as bd
 
-from workers.mesh import MeshProblem, check_mesh, read_stl, write_previews
+from workers.mesh import MeshProblem, MeshReport, check_mesh, read_stl, write_previews
 from workers.param_values import ParamValueError, typed_value
 from workers.sandbox import Policy, SandboxError, View, enter
+from workers.scene import Printed, Scene, sort_scene
 from workers.threemf import MeshObject, split_by_object, write_3mf
+from workers.viewer import Showing, Viewer
 
 KEEP_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
 # What a build writes: paths in the job; "step" only when the submitter asked for it.
@@ -51,22 +51,7 @@ _OWN_PATHS = (
     os.path.realpath(sys.prefix),
     os.path.realpath(sys.base_prefix),
 )
-# ocp_vscode names that scripts call for the viewer's sake; `from ocp_vscode import *` must find them.
-_OCP_VSCODE_NOOPS = (
-    "set_port",
-    "get_port",
-    "set_defaults",
-    "get_defaults",
-    "reset_defaults",
-    "reset_show",
-    "show_clear",
-    "set_viewer_config",
-    "save_screenshot",
-    "set_colormap",
-    "status",
-)
-
-Shown = list[tuple[Any, str | None]]
+Shown = list[Showing]
 
 
 class BuildFailure(Exception):
@@ -114,6 +99,7 @@ def run_child(job: dict[str, Any]) -> None:
             memory_mb=int(job["limits"]["memory_mb"]),
             project_root=Path(job["project_root"]) if job.get("project_root") else None,
             env=Path(job["env"]) if job.get("env") else None,
+            inspect_only=bool(job.get("inspect")),
         )
         result: dict[str, Any] = {"ok": True, **summary}
     except BuildFailure as failure:
@@ -233,16 +219,21 @@ def build(
     memory_mb: int,
     project_root: Path | None = None,
     env: Path | None = None,
+    inspect_only: bool = False,
 ) -> dict[str, Any]:
-    """Run the script, resolve what it built and export it. Raises BuildFailure."""
+    """Run the script, resolve what it built and export it (or, inspect_only, list what it
+    shows). Raises BuildFailure."""
     script = UserScript(source, project_root, env)
     viewer = Viewer()
-    viewer.install()
     with script.reporting_errors(memory_mb):
-        namespace = script.execute()
+        namespace = script.execute(viewer)
         shown = resolve(script, namespace, viewer, entry, params)
-        shapes = to_shapes(shown, script.name)
-        return export(shapes, outputs, default_name=entry_name(entry) or source.stem)
+        scene = sort_scene(shown, default_name=entry_name(entry) or source.stem)
+        if inspect_only:
+            return {"shown": scene.listing, "skipped": [f"{n} ({k})" for n, k in scene.skipped]}
+        if not scene.printed:
+            raise BuildFailure("empty", nothing_to_print(scene, script.name))
+        return export(scene, outputs)
 
 
 class UserScript:
@@ -254,10 +245,11 @@ class UserScript:
         self.name = self.relative(str(self.source))
         self.env = env
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self, viewer: Viewer) -> dict[str, Any]:
         code = self._compile()
         module = types.ModuleType("__main__")
         module.__file__ = str(self.source)
+        viewer.install(module.__dict__)
         # Installed as __main__ so dataclasses, pickle and `if __name__ == "__main__"` behave as in a shell.
         sys.modules["__main__"] = module
         sys.argv = [str(self.source)]
@@ -333,61 +325,6 @@ class UserScript:
 
 
 # --------------------------------------------------------------------------------------------------
-# show() and the ocp_vscode stand-in
-
-
-class Viewer:
-    """Captures what a script shows, standing in for `show`/`show_object` and the OCP viewer module."""
-
-    def __init__(self) -> None:
-        self.shown: Shown = []
-
-    def show(self, *objs: Any, names: list[str] | None = None, **_: Any) -> None:
-        names = list(names or [])
-        for i, obj in enumerate(objs):
-            self.shown.append((obj, names[i] if i < len(names) else None))
-
-    def show_object(self, obj: Any, name: str | None = None, **_: Any) -> None:
-        self.shown.append((obj, name))
-
-    def show_all(self, *_: Any, **__: Any) -> None:
-        caller = sys._getframe(1).f_locals
-        for name, obj in caller.items():
-            if not name.startswith("_") and isinstance(obj, bd.Shape | bd.BuildPart):
-                self.shown.append((obj, name))
-
-    def install(self) -> None:
-        builtins.show = self.show  # type: ignore[attr-defined]
-        builtins.show_object = self.show_object  # type: ignore[attr-defined]
-        builtins.show_all = self.show_all  # type: ignore[attr-defined]
-        # Shadows a real ocp_vscode too: there is no viewer to talk to in a worker.
-        sys.modules["ocp_vscode"] = self._ocp_vscode()
-
-    def _ocp_vscode(self) -> types.ModuleType:
-        module = types.ModuleType("ocp_vscode")
-        module.show = self.show  # type: ignore[attr-defined]
-        module.show_object = self.show_object  # type: ignore[attr-defined]
-        module.show_all = self.show_all  # type: ignore[attr-defined]
-        module.Camera = enum.Enum("Camera", "RESET CENTER KEEP ISO TOP BOTTOM LEFT RIGHT FRONT REAR")  # type: ignore[attr-defined]
-        module.Collapse = enum.Enum("Collapse", "NONE ROOT LEAVES ALL")  # type: ignore[attr-defined]
-        for name in _OCP_VSCODE_NOOPS:
-            setattr(module, name, _noop)
-        module.__getattr__ = _noop_attribute  # type: ignore[method-assign]
-        return module
-
-
-def _noop(*_: Any, **__: Any) -> None:
-    return None
-
-
-def _noop_attribute(name: str) -> Callable[..., None]:
-    # Any other viewer function is a no-op too; dunders stay missing (`import *` asks for __all__).
-    if name.startswith("__"):
-        raise AttributeError(name)
-    return _noop
-
-
-# --------------------------------------------------------------------------------------------------
 # Entry points and parameters
 
 
@@ -415,7 +352,7 @@ def resolve(
     if not params and viewer.shown:
         return viewer.shown
     if not params and "result" in namespace and not inspect.isfunction(namespace["result"]):
-        return [(namespace["result"], None)]
+        return [Showing(namespace["result"])]
     offered = decorated or functions
     candidates = [f for f in offered.values() if _accepts(f, params)]
     customizables = [f for f in offered.values() if _model_param(f)]
@@ -526,7 +463,7 @@ def call_entry(func: Callable[..., Any], params: dict[str, Any], viewer: Viewer,
     value = func(**kwargs)
     if value is None and len(viewer.shown) > before:  # a function that shows instead of returning
         return viewer.shown[before:]
-    return [(value, func.__name__)]
+    return [Showing(value, func.__name__)]
 
 
 def _validate_model(func: Callable[..., Any], model: Any, params: dict[str, Any]) -> Any:
@@ -574,178 +511,107 @@ def convert_params(func: Callable[..., Any], params: dict[str, Any]) -> dict[str
 # Shapes and export
 
 
-def to_shapes(shown: Shown, filename: str) -> list[tuple[bd.Shape, str | None]]:
-    shapes: list[tuple[bd.Shape, str | None]] = []
-    for obj, name in shown:
-        _collect(obj, name, shapes)
-    if not shapes:
-        raise BuildFailure("empty", f"{filename} produced no shape (the result was empty or None)")
-    for shape, name in shapes:
-        if not shape.solids():
-            what = name or type(shape).__name__
-            raise BuildFailure("empty", f"{what} has no solid to print (it is a {type(shape).__name__})")
-    return shapes
+def nothing_to_print(scene: Scene, filename: str) -> str:
+    if not scene.listing:
+        return f"{filename} produced no shape (the result was empty or None)"
+    return (
+        f"{filename} shows nothing solid to print: {scene.describe_skipped()}; "
+        "show a Part, a BuildPart or a Solid"
+    )
 
 
-def print_objects(shapes: list[tuple[bd.Shape, str | None]]) -> list[tuple[bd.Shape, str | None]]:
-    """The objects on the plate: each shape, and each solid of a compound holding several.
-
-    A Part with two disjoint boxes is two things to print; the slicer places them apart only when
-    the 3MF gives them as separate objects. A named compound's solids are named NAME-1, NAME-2, ...
-    """
-    out: list[tuple[bd.Shape, str | None]] = []
-    for shape, name in shapes:
-        solids = shape.solids() if isinstance(shape, bd.Compound) else [shape]
-        if len(solids) < 2:
-            out.append((shape, name))
-            continue
-        base = name or shape.label or None
-        out += [
-            (solid, solid.label or (f"{base}-{i}" if base else None)) for i, solid in enumerate(solids, 1)
-        ]
-    return out
-
-
-def _collect(obj: Any, name: str | None, out: list[tuple[bd.Shape, str | None]]) -> None:
-    if obj is None:
-        return
-    if isinstance(obj, bd.BuildPart):
-        _collect(obj.part, name, out)
-    elif type(obj).__module__.startswith("mr.") and hasattr(obj, "model"):  # MakerRepo's Result
-        _collect(obj.model, name, out)
-    elif isinstance(obj, bd.Shape):
-        out.append((obj, name))
-    elif isinstance(obj, list | tuple):
-        for item in obj:
-            _collect(item, None, out)
-    else:
-        raise BuildFailure(
-            "empty",
-            f"got a {type(obj).__name__}, not a build123d shape; "
-            "return or show a Part, a BuildPart, or a list of them",
-        )
-
-
-def export(
-    shapes: list[tuple[bd.Shape, str | None]], outputs: dict[str, Path], default_name: str
-) -> dict[str, Any]:
-    """One combined binary STL, one 3MF object per printed object, STEP when asked, then the mesh
-    checks and the previews; returns the summary for result.json."""
-    combined = shapes[0][0] if len(shapes) == 1 else bd.Compound([s for s, _ in shapes])
-    objects = print_objects(shapes)
-    names = [
-        name or shape.label or (default_name if len(objects) == 1 else f"{default_name}-{i}")
-        for i, (shape, name) in enumerate(objects, start=1)
-    ]
+def export(scene: Scene, outputs: dict[str, Path]) -> dict[str, Any]:
+    """One combined binary STL, one 3MF object per solid (named and coloured as shown), STEP when
+    asked, then the mesh checks and the previews; returns the summary for result.json."""
+    objects = scene.printed
+    solids = [p.solid for p in objects]
+    combined = solids[0] if len(solids) == 1 else bd.Compound(solids)
+    skipped = [f"{name} ({kind})" for name, kind in scene.skipped]
+    if skipped:
+        print(f"skipped: {', '.join(skipped)}")  # into the build's log
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if not bd.export_stl(
             combined, outputs["stl"], tolerance=STL_TOLERANCE, angular_tolerance=ANGULAR_TOLERANCE
         ):
             raise BuildFailure("exception", "writing the STL failed")
-        # Checked before the 3MF: lib3mf says only "3mf mesh is invalid"; a failed check names the solid.
-        tris, mesh = _check(outputs["stl"], objects)
-        _export_3mf(objects, names, tris, outputs["threemf"])
+        tris = read_stl(outputs["stl"])
+        # The STL holds each solid's faces in turn: cut back into solids, each is judged and written
+        # on its own (solids that touch, like the boards of a stud wall, each stay closed).
+        blocks = split_by_object(tris, solids) if len(solids) > 1 else [tris]
+        mesh = _check(tris, blocks, objects)
+        if blocks is not None:
+            written = [
+                MeshObject(block, p.name, p.name, p.color) for block, p in zip(blocks, objects, strict=True)
+            ]
+        else:  # the STL could not be cut: one object, as the STL is
+            written = [MeshObject(tris, objects[0].name if len(objects) == 1 else None)]
+        write_3mf(outputs["threemf"], written)
         if "step" in outputs:
-            _export_step(combined, objects, names, outputs["step"])
+            _export_step(combined, objects, outputs["step"])
     mesh.update(_previews(tris, outputs))
     box = combined.bounding_box()
+    notes = sorted({str(w.message) for w in caught})
     return {
         "objects": len(objects),
         "bbox": [[box.min.X, box.min.Y, box.min.Z], [box.max.X, box.max.Y, box.max.Z]],
-        "volume": sum(shape.volume for shape, _ in shapes),
+        "volume": sum(solid.volume for solid in solids),
         "mesh": mesh,
-        "warnings": sorted({str(w.message) for w in caught}),
+        "warnings": ([f"skipped: {', '.join(skipped)}"] if skipped else []) + notes,
+        "shown": scene.listing,
+        "skipped": skipped,
     }
 
 
-def _export_3mf(objects: list[tuple[bd.Shape, str | None]], names: list[str], tris: Any, path: Path) -> None:
-    """The 3MF through build123d's Mesher (lib3mf); where lib3mf refuses a mesh that the checks
-    passed (a solid touching itself along an edge), the same package written from the STL's
-    triangles `tris`, cut into the objects (all in one if the STL cannot be cut)."""
-    mesher = bd.Mesher(unit=bd.Unit.MM)
-    try:
-        for (shape, _), part_number in zip(objects, names, strict=True):
-            mesher.add_shape(
-                shape,
-                linear_deflection=STL_TOLERANCE,
-                angular_deflection=ANGULAR_TOLERANCE,
-                part_number=part_number,
-            )
-    except RuntimeError as error:
-        if "3mf mesh is invalid" not in str(error):
-            raise
-    else:
-        mesher.write(str(path))
-        return
-    blocks = split_by_object(tris, [shape for shape, _ in objects])
-    if blocks is not None:
-        written = [
-            MeshObject(block, part_number, shape.label or None, _rgba(shape))
-            for block, (shape, _), part_number in zip(blocks, objects, names, strict=True)
-        ]
-    else:
-        written = [MeshObject(tris, names[0] if len(objects) == 1 else None)]
-    write_3mf(path, written)
-
-
-def _rgba(shape: bd.Shape) -> tuple[float, float, float, float] | None:
-    color = getattr(shape, "color", None)
-    return None if color is None else tuple(color)  # type: ignore[return-value]
-
-
-def _export_step(
-    combined: bd.Shape, objects: list[tuple[bd.Shape, str | None]], names: list[str], path: Path
-) -> None:
+def _export_step(combined: bd.Shape, objects: list[Printed], path: Path) -> None:
     # Several objects go in as one compound whose children carry the 3MF's names.
     if len(objects) > 1:
-        for (shape, _), name in zip(objects, names, strict=True):
-            shape.label = name
-        combined = bd.Compound(children=[shape for shape, _ in objects])
+        for printed in objects:
+            printed.solid.label = printed.name or ""
+        combined = bd.Compound(children=[p.solid for p in objects])
     if not bd.export_step(combined, path):
         raise BuildFailure("exception", "writing the STEP file failed")
 
 
-def _check(stl: Path, objects: list[tuple[bd.Shape, str | None]]) -> tuple[Any, dict[str, Any]]:
-    """The STL's triangles as written (what the slicer will read) and its report; BuildFailure if
-    it would not print, naming the solid at fault where the STL can be cut into its objects."""
+def _check(tris: Any, blocks: list[Any] | None, objects: list[Printed]) -> dict[str, Any]:
+    """The report of the STL's triangles (what the slicer will read), solid by solid; BuildFailure
+    if one would not print, naming it when there are several."""
     started = time.perf_counter()
-    tris = read_stl(stl)
-    try:
-        report = check_mesh(tris)
-    except MeshProblem as problem:
-        # Only now, object by object: which one is at fault (the first, if several are). With one
-        # object there is nothing to tell apart.
-        blocks = split_by_object(tris, [shape for shape, _ in objects]) if len(objects) > 1 else None
-        for i, block in enumerate(blocks or [], start=1):
-            try:
-                check_mesh(block)
-            except MeshProblem as own:
-                raise BuildFailure("mesh", f"{_which_solid(objects, i)}: {own}") from None
-        raise BuildFailure("mesh", str(problem)) from None
-    mesh = {**report.to_json(), "check_ms": round((time.perf_counter() - started) * 1000, 1)}
+    reports = []
+    for i, block in enumerate(blocks if blocks is not None else [tris], start=1):
+        try:
+            reports.append(check_mesh(block))
+        except MeshProblem as problem:
+            where = f"{_which_solid(objects, i)}: " if blocks is not None and len(objects) > 1 else ""
+            raise BuildFailure("mesh", f"{where}{problem}") from None
+    low, high = tris.min(axis=(0, 1)), tris.max(axis=(0, 1))
+    report = MeshReport(
+        triangles=len(tris),
+        open_edges=sum(r.open_edges for r in reports),
+        nonmanifold_edges=sum(r.nonmanifold_edges for r in reports),
+        bbox=(tuple(float(v) for v in low), tuple(float(v) for v in high)),  # type: ignore[arg-type]
+    )
     if report.nonmanifold_edges:
         warnings.warn(
             f"the mesh has {report.nonmanifold_edges} edges shared by more than two triangles: "
-            "solids touch along an edge; slicers print that, but it may come out weak there",
+            "a solid touches itself along an edge; slicers print that, but it may come out weak there",
             stacklevel=1,
         )
-    return tris, mesh
+    return {**report.to_json(), "check_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
-def _which_solid(objects: list[tuple[bd.Shape, str | None]], index: int) -> str:
+def _which_solid(objects: list[Printed], index: int) -> str:
     """`solid 2 of 3 ("lid", x 0 to 10, y -5 to 5, z 0 to 2 mm)`: which object, and where."""
-    shape, name = objects[index - 1]
-    label = name or shape.label
+    printed = objects[index - 1]
     try:
-        box = shape.bounding_box()
+        box = printed.solid.bounding_box()
         where = ", ".join(
             f"{axis} {lo:.4g} to {hi:.4g}" for axis, lo, hi in zip("xyz", box.min, box.max, strict=True)
         )
         where += " mm"
     except Exception:  # a shape too broken to measure: its index still says which
         where = "no bounding box"
-    named = f'"{label}", ' if label else ""
+    named = f'"{printed.name}", ' if printed.name else ""
     return f"solid {index} of {len(objects)} ({named}{where})"
 
 

@@ -87,6 +87,9 @@ class CadResult:
     preview: Path | None = None  # 256 x 256 PNG, isometric
     preview_small: Path | None = None  # 96 x 96 PNG
     mesh: dict[str, Any] = field(default_factory=dict)  # workers.mesh.MeshReport, with check/preview ms
+    # What the script showed: {"name", "kind", "solids", "prints", "color"?} per object (workers.scene)
+    shown: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "outline (a sketch)": shown, not printed
 
 
 @dataclass
@@ -100,6 +103,7 @@ class CadRequest:
     project: Path | None = None
     env: Path | None = None  # site-packages of the project's requirements (workers.cad_env)
     step: bool = False  # also export a STEP file
+    inspect: bool = False  # only run the script and list what it shows (CadRunner.inspect)
 
 
 _server_lock = threading.Lock()
@@ -197,6 +201,12 @@ class CadRunner:
             for folder in capped:
                 sandbox.unmount(folder)
             _remove_tree(workdir)
+
+    def inspect(self, req: CadRequest, limits: CadLimits | None = None) -> list[dict[str, Any]]:
+        """Run the script in the same sandbox, and list what it shows, without meshing anything:
+        {"name", "kind", "solids", "prints", "color"?} per shown object. Raises CadError."""
+        req = CadRequest(**{**asdict(req), "inspect": True})
+        return self.build(req, limits).shown
 
     def close(self) -> None:
         """Stop running builds and, if no other runner uses it, the fork server."""
@@ -463,6 +473,7 @@ def _job(
         "log": str(outdir / LOG_NAME),
         "trace": str(workdir / ".faulthandler"),
         "limits": asdict(limits),
+        "inspect": req.inspect,
     }
 
 
@@ -592,6 +603,8 @@ def _outcome(
     if result is not None and exitcode == 0:
         if not result.get("ok"):
             raise CadError(str(result.get("kind", "exception"))[:20], str(result.get("message", ""))[:4000])
+        if job.get("inspect"):
+            return _inspected(job, result)
         try:
             return CadResult(
                 stl=Path(job["stl"]),
@@ -605,12 +618,47 @@ def _outcome(
                 preview=Path(job["preview"]),
                 preview_small=Path(job["preview_small"]),
                 mesh=dict(result.get("mesh") or {}),
+                shown=_shown(result),
+                skipped=[str(s) for s in result.get("skipped", [])],
             )
         except (KeyError, TypeError, ValueError, IndexError):  # written by the build: as hostile as it
             raise CadError("crash", "the build left a result that cannot be read") from None
     if closed:
         raise CadError("crash", "the build was stopped because the CAD runner closed")
     raise _exit_error(exitcode, limits, where, cpu_dump, Path(job["log"]))
+
+
+def _shown(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The build's list of shown objects, checked: written by the build, as hostile as it."""
+    out = []
+    for item in result.get("shown") or []:
+        entry: dict[str, Any] = {
+            "name": str(item["name"])[:200],
+            "kind": str(item["kind"])[:100],
+            "solids": int(item["solids"]),
+            "prints": bool(item["prints"]),
+        }
+        if item.get("color") is not None:
+            entry["color"] = [float(c) for c in item["color"]][:4]
+        out.append(entry)
+    return out
+
+
+def _inspected(job: dict[str, Any], result: dict[str, Any]) -> CadResult:
+    """An inspect run's result: what was shown, and no files."""
+    try:
+        return CadResult(
+            stl=Path(job["stl"]),
+            threemf=Path(job["threemf"]),
+            bbox=((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
+            volume=0.0,
+            objects=0,
+            log=Path(job["log"]),
+            shown=_shown(result),
+            skipped=[str(s) for s in result.get("skipped", [])],
+        )
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CadError("crash", "the build left a result that cannot be read") from None
 
 
 def _read_result(path: Path) -> dict[str, Any] | None:

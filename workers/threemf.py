@@ -1,9 +1,10 @@
-"""A 3MF package written from meshes the build already has, for when lib3mf refuses them.
+"""The build's 3MF package, written from the meshes the build already has (the STL's triangles).
 
-build123d's Mesher hands each object to lib3mf, which refuses a mesh whose edges are not each shared
-by exactly two triangles ("3mf mesh is invalid"). A solid that touches itself along an edge (two
-blocks drawn as one outline, meeting at a corner, then extruded) is such a mesh, and PrusaSlicer
-prints it. This module writes the 3MF itself, following the 3MF core specification: an OPC zip with
+build123d's Mesher (lib3mf) meshes every object a second time, holds the whole model in memory
+(a large part ran it out of memory: std::bad_alloc), and refuses a mesh whose edges are not each
+shared by exactly two triangles ("3mf mesh is invalid"), as is a solid that touches itself along an
+edge (two blocks drawn as one outline, meeting at a corner, then extruded), which PrusaSlicer
+prints. This module writes the 3MF itself, streaming, following the 3MF core specification: an OPC zip with
 [Content_Types].xml, _rels/.rels and 3D/3dmodel.model, one <object> per printed object, each a
 <mesh> of vertices and triangles in millimetres, and a <build> with one <item> per object.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,35 +189,48 @@ def _color_hex(rgba: tuple[float, float, float, float]) -> str:
     return "#" + "".join(f"{round(min(max(c, 0.0), 1.0) * 255):02X}" for c in rgba)
 
 
-def _mesh_xml(vertices: np.ndarray, faces: np.ndarray) -> str:
+CHUNK_ROWS = 65536  # vertices or triangles formatted at a time: bounds the writer's memory
+
+
+def _mesh_xml(vertices: np.ndarray, faces: np.ndarray) -> Iterator[str]:
     # The STL's float32 coordinates; 9 significant digits give each one back exactly.
-    coords = tuple(vertices.astype(np.float64).ravel().tolist())
-    corners = tuple(faces.ravel().tolist())
-    return (
-        "<mesh><vertices>\n"
-        + ('<vertex x="%.9g" y="%.9g" z="%.9g"/>\n' * len(vertices)) % coords
-        + "</vertices><triangles>\n"
-        + ('<triangle v1="%d" v2="%d" v3="%d"/>\n' * len(faces)) % corners
-        + "</triangles></mesh>"
-    )
+    yield "<mesh><vertices>\n"
+    for at in range(0, len(vertices), CHUNK_ROWS):
+        block = vertices[at : at + CHUNK_ROWS]
+        yield ('<vertex x="%.9g" y="%.9g" z="%.9g"/>\n' * len(block)) % tuple(
+            block.astype(np.float64).ravel().tolist()
+        )
+    yield "</vertices><triangles>\n"
+    for at in range(0, len(faces), CHUNK_ROWS):
+        block = faces[at : at + CHUNK_ROWS]
+        yield ('<triangle v1="%d" v2="%d" v3="%d"/>\n' * len(block)) % tuple(block.ravel().tolist())
+    yield "</triangles></mesh>"
 
 
 def model_xml(objects: Sequence[MeshObject]) -> str:
-    """3D/3dmodel.model: one mesh object per MeshObject, each placed once by a build item. An object
-    with no triangles left after welding is left out, as lib3mf's writer leaves it."""
-    meshes = [(obj, separate_lumps(*weld(obj.triangles))) for obj in objects]
-    meshes = [(obj, mesh) for obj, mesh in meshes if len(mesh[1])]
-    parts = [
+    """3D/3dmodel.model as one string (see `model_chunks`)."""
+    return "".join(model_chunks(objects))
+
+
+def model_chunks(objects: Sequence[MeshObject]) -> Iterator[str]:
+    """3D/3dmodel.model, piece by piece: one mesh object per MeshObject, each placed once by a build
+    item. An object with no triangles left after welding is left out, as lib3mf's writer leaves it.
+    Each object is welded only when its turn comes, so one object's indexed mesh is held at a time."""
+    kept = [obj for obj in objects if len(obj.triangles)]
+    colors = list(dict.fromkeys(_color_hex(obj.color) for obj in kept if obj.color is not None))
+    yield from [
         '<?xml version="1.0" encoding="UTF-8"?>\n',
         f'<model unit="millimeter" xml:lang="en-US" xmlns="{CORE_NS}">\n',
         '<metadata name="Application">printfarm</metadata>\n<resources>\n',
     ]
-    colors = list(dict.fromkeys(_color_hex(obj.color) for obj, _ in meshes if obj.color is not None))
     if colors:  # resource 1; the objects follow
         bases = "".join(f"<base name={quoteattr(c)} displaycolor={quoteattr(c)}/>" for c in colors)
-        parts.append(f'<basematerials id="1">{bases}</basematerials>\n')
-    ids = []
-    for obj, (vertices, faces) in meshes:
+        yield f'<basematerials id="1">{bases}</basematerials>\n'
+    ids: list[int] = []
+    for obj in kept:
+        vertices, faces = separate_lumps(*weld(obj.triangles))
+        if not len(faces):
+            continue
         ids.append(len(ids) + 1 + bool(colors))
         attrs = f'id="{ids[-1]}" type="model"'
         if obj.name:
@@ -225,11 +239,12 @@ def model_xml(objects: Sequence[MeshObject]) -> str:
             attrs += f" partnumber={quoteattr(obj.part_number)}"
         if obj.color is not None:
             attrs += f' pid="1" pindex="{colors.index(_color_hex(obj.color))}"'
-        parts += [f"<object {attrs}>\n", _mesh_xml(vertices, faces), "\n</object>\n"]
-    parts.append("</resources>\n<build>\n")
-    parts += [f'<item objectid="{i}"/>\n' for i in ids]
-    parts.append("</build>\n</model>\n")
-    return "".join(parts)
+        yield f"<object {attrs}>\n"
+        yield from _mesh_xml(vertices, faces)
+        yield "\n</object>\n"
+    yield "</resources>\n<build>\n"
+    yield from (f'<item objectid="{i}"/>\n' for i in ids)
+    yield "</build>\n</model>\n"
 
 
 def write_3mf(path: Path, objects: Sequence[MeshObject]) -> None:
@@ -237,4 +252,6 @@ def write_3mf(path: Path, objects: Sequence[MeshObject]) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("[Content_Types].xml", CONTENT_TYPES)
         zf.writestr("_rels/.rels", RELS)
-        zf.writestr(MODEL_PATH, model_xml(objects))
+        with zf.open(MODEL_PATH, "w", force_zip64=True) as model:  # streamed: no whole-file string
+            for chunk in model_chunks(objects):
+                model.write(chunk.encode())

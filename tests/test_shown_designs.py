@@ -1,0 +1,209 @@
+"""What a design shows, in each viewer convention (issue #21): the scripts in tests/designs, built
+through the real sandboxed CAD runner with real build123d. Each is checked for the objects of its
+3MF (as lib3mf reads the package), their names, colours and volumes, and for what was skipped."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from farm.printer_models import get_model
+from workers.cad_runner import CadError, CadRequest, CadResult, CadRunner
+from workers.slicer import slice_mesh
+
+pytestmark = pytest.mark.timeout(300)
+DESIGNS = Path(__file__).with_name("designs")
+
+
+@pytest.fixture
+def runner(cad_runner: CadRunner) -> CadRunner:
+    return cad_runner  # one warm fork server for the whole session (tests/conftest.py)
+
+
+def build(runner: CadRunner, name: str, tmp_path: Path) -> CadResult:
+    return runner.build(CadRequest(source=DESIGNS / name, outdir=tmp_path / "out"))
+
+
+def hex_of(name: str, alpha: float | None = None) -> str:
+    """A colour as the 3MF writes it, computed by build123d as the build computes it."""
+    from build123d import Color
+
+    r, g, b, a = tuple(Color(name))
+    return "#" + "".join(f"{round(c * 255):02X}" for c in (r, g, b, a if alpha is None else alpha))
+
+
+def objects_of(threemf: Path) -> list[tuple[str, str | None, float]]:
+    """(name, display colour, enclosed volume) of each object of the package, in order; each
+    object's mesh must be closed and oriented for lib3mf, as the 3MF core specification asks."""
+    from lib3mf import get_wrapper
+
+    with zipfile.ZipFile(threemf) as zf:
+        model = zf.read("3D/3dmodel.model").decode()
+    colors = re.findall(r'<base name="[^"]*" displaycolor="([^"]+)"/>', model)
+    pindex = {
+        m["name"]: int(m["pindex"]) if m["pindex"] else None
+        for m in re.finditer(
+            r'<object id="\d+" type="model" name="(?P<name>[^"]+)"[^>]*?(?:pindex="(?P<pindex>\d+)")?>', model
+        )
+    }
+    wrapper = get_wrapper()
+    package = wrapper.CreateModel()
+    package.QueryReader("3mf").ReadFromFile(str(threemf))
+    found = []
+    meshes = package.GetMeshObjects()
+    while meshes.MoveNext():
+        mesh = meshes.GetCurrentMeshObject()
+        assert mesh.IsValid() and mesh.IsManifoldAndOriented(), mesh.GetName()
+        vertices = np.array([v.Coordinates[0:3] for v in mesh.GetVertices()], dtype=np.float64)
+        faces = np.array([t.Indices[0:3] for t in mesh.GetTriangleIndices()], dtype=np.int64)
+        a, b, c = (vertices[faces[:, k]] for k in range(3))
+        volume = float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6)
+        index = pindex.get(mesh.GetName())
+        found.append((mesh.GetName(), colors[index] if index is not None else None, volume))
+    return found
+
+
+def check(result: CadResult, expected: list[tuple[str, str | None, float]]) -> None:
+    got = objects_of(result.threemf)
+    assert [(n, c) for n, c, _ in got] == [(n, c) for n, c, _ in expected]
+    for (name, _, volume), (_, _, wanted) in zip(got, expected, strict=True):
+        assert volume == pytest.approx(wanted, rel=0.01), name  # tessellated: within 1 %
+    assert result.objects == len(expected)
+    assert result.volume == pytest.approx(sum(v for _, _, v in expected), rel=1e-6)
+
+
+PI = np.pi
+
+
+def test_a_guard_on_locals_finds_show_object_with_its_name_and_a_0_255_colour(
+    runner: CadRunner, tmp_path: Path
+) -> None:
+    result = build(runner, "guard_locals.py", tmp_path)
+    check(result, [("knob", "#FF0000CC", PI * 100 * 8)])  # (255, 0, 0) at alpha 0.8
+    assert result.skipped == [] and result.warnings == []
+
+
+def test_a_guard_on_globals_finds_show_and_names_the_object_after_its_variable(
+    runner: CadRunner, tmp_path: Path
+) -> None:
+    check(build(runner, "guard_globals.py", tmp_path), [("plate", None, 40 * 20 * 2)])
+
+
+def test_cq_editor_debug_is_drawn_not_printed_and_log_goes_to_the_build_log(
+    runner: CadRunner, tmp_path: Path
+) -> None:
+    result = build(runner, "cq_editor_debug_log.py", tmp_path)
+    check(result, [("body", hex_of("steelblue"), 30 * 30 * 10 - PI * 16 * 10)])
+    assert result.skipped == ["drill (shown with debug())"]
+    assert "skipped: drill (shown with debug())" in result.warnings
+    assert result.log is not None
+    log = result.log.read_text()
+    assert "drilling the body\n" in log and "skipped: drill (shown with debug())\n" in log
+
+
+def test_show_with_names_and_colours_in_each_spelling(runner: CadRunner, tmp_path: Path) -> None:
+    result = build(runner, "show_names_colors.py", tmp_path)
+    check(
+        result,
+        [
+            ("base", hex_of("orange"), 20 * 20 * 5),
+            ("peg", "#0000FFFF", PI * 9 * 10),
+            ("ball", "#00FF00FF", 4 / 3 * PI * 4**3),
+        ],
+    )
+    assert [(s["name"], s["kind"], s["prints"]) for s in result.shown] == [
+        ("base", "a part", True),
+        ("peg", "a part", True),
+        ("ball", "a part", True),
+    ]
+
+
+def test_raw_ocp_shapes_are_printed(runner: CadRunner, tmp_path: Path) -> None:
+    result = build(runner, "raw_ocp.py", tmp_path)
+    check(result, [("plate", None, 30 * 30 * 4 - PI * 25 * 4), ("cube", None, 1000)])
+    assert [s["kind"] for s in result.shown] == ["a part", "a solid"]
+
+
+def test_a_mixed_scene_prints_the_part_and_lists_the_rest_as_skipped(
+    runner: CadRunner, tmp_path: Path
+) -> None:
+    result = build(runner, "mixed_scene.py", tmp_path)
+    check(result, [("handle", None, 10 * 6 * 30)])
+    skipped = ["center_line (a curve)", "outline (a sketch)", "marker (a face)", "origin (a Location)"]
+    assert result.skipped == skipped
+    assert f"skipped: {', '.join(skipped)}" in result.warnings
+    assert result.log is not None and f"skipped: {', '.join(skipped)}" in result.log.read_text()
+
+
+def test_nothing_solid_fails_and_names_what_was_shown(runner: CadRunner, tmp_path: Path) -> None:
+    with pytest.raises(CadError) as caught:
+        build(runner, "only_curves.py", tmp_path)
+    assert caught.value.kind == "empty"
+    assert caught.value.message == (
+        "only_curves.py shows nothing solid to print: path (a curve), profile (a sketch); "
+        "show a Part, a BuildPart or a Solid"
+    )
+
+
+def test_dicts_show_their_values_by_key_and_lists_their_items_numbered_or_by_label(
+    runner: CadRunner, tmp_path: Path
+) -> None:
+    leg = 4 * 4 * 20
+    check(
+        build(runner, "dict_and_list.py", tmp_path),
+        [
+            ("top", None, 600),
+            ("shelf", None, 600),
+            ("legs-1", None, leg),
+            ("legs-2", None, leg),
+            ("back_leg", None, leg),
+        ],
+    )
+
+
+def test_an_assembly_prints_each_child_by_label_and_colour_where_the_assembly_is(
+    runner: CadRunner, tmp_path: Path
+) -> None:
+    result = build(runner, "assembly.py", tmp_path)
+    check(
+        result,
+        [("tub", hex_of("blue"), 4000), ("lid", hex_of("red"), 800), ("knob", None, PI * 4 * 4)],
+    )
+    (x0, _, z0), (x1, _, z1) = result.bbox
+    assert (x0, x1, z0, z1) == pytest.approx((90, 110, -5, 17))  # moved with the assembly
+    assert [(s["name"], s["kind"], s["solids"]) for s in result.shown] == [("box", "an assembly", 3)]
+
+
+def test_solids_that_touch_are_each_checked_on_their_own(runner: CadRunner, tmp_path: Path) -> None:
+    result = build(runner, "stud_wall.py", tmp_path)
+    plate, stud = 100 * 4 * 2, 2 * 4 * 40
+    check(result, [(f"wall-{i}", None, plate if i <= 2 else stud) for i in range(1, 11)])
+    assert result.mesh["open_edges"] == 0 and result.mesh["nonmanifold_edges"] == 0
+    assert result.warnings == []
+
+
+def test_show_all_shows_every_shape_variable_by_name(runner: CadRunner, tmp_path: Path) -> None:
+    result = build(runner, "show_all_scene.py", tmp_path)
+    check(result, [("left", None, 1000), ("right", None, 500)])
+    assert result.skipped == ["sketch (a sketch)"]
+
+
+def test_prusaslicer_reads_the_objects_names(runner: CadRunner, tmp_path: Path) -> None:
+    result = build(runner, "show_names_colors.py", tmp_path)
+    printer = get_model("MK3S")
+    assert printer is not None
+    gcode = slice_mesh(result.threemf, printer, tmp_path / "named.gcode").gcode.read_text()
+    printed = set(re.findall(r"^; printing object (.+?) id:\d+ copy \d+$", gcode, re.M))
+    assert printed == {"base", "peg", "ball"}
+
+
+def test_faces_of_a_compound_outside_its_solids_are_listed_as_skipped(
+    runner: CadRunner, tmp_path: Path
+) -> None:
+    result = build(runner, "loose_faces.py", tmp_path)
+    check(result, [("kit", None, 1000)])
+    assert result.skipped == ["kit (its 1 face, outside any solid)"]
