@@ -394,7 +394,8 @@ def submit(
         str,
         typer.Argument(
             help="A build123d .py file (sent with its project: the nearest folder up with pyproject.toml, "
-            "requirements.txt or .git), an .stl/.3mf mesh, a ready .gcode/.bgcode/.gcode.3mf, or a git URL."
+            "requirements.txt or .git; with none, its own folder), an .stl/.3mf mesh, a ready "
+            ".gcode/.bgcode/.gcode.3mf, or a git URL."
         ),
     ],
     file: Annotated[

@@ -2,7 +2,9 @@
 
 A `.py` file is sent with its project, the nearest folder up that holds `pyproject.toml`,
 `requirements.txt` or `.git`, so that its local imports and declared requirements travel with it.
-Files that `.gitignore` excludes (and `.git` itself) stay behind. The archive is a deterministic
+A script in no project is sent with its own folder, under the same limits, so that files beside it
+(`Path(__file__).parent / "assets" / ...`) load on the farm too. Files that `.gitignore` excludes
+(and `.git` itself) stay behind. The archive is a deterministic
 tar.gz (sorted names, no times or owners): the same tree always packs to the same bytes.
 
 Stdlib only, and nothing here runs the user's code: the CLI and `farm build` use it.
@@ -29,6 +31,7 @@ MAX_PROJECT_MB = 50  # unpacked; a CAD project is code, not data
 MAX_PROJECT_FILES = 5000
 GIT_TIMEOUT_S = 300
 ARCHIVE_SUFFIX = ".tar.gz"
+BUILD_OUTPUT_SUFFIXES = (".stl", ".3mf", ".png", ".step")  # what `farm build` writes, named after the script
 
 
 class ProjectError(Exception):
@@ -56,24 +59,38 @@ def find_root(path: Path) -> Path | None:
     return None
 
 
-def pack_file(path: Path, dest_dir: Path) -> Packed | None:
-    """Pack the project `path` belongs to into `dest_dir`; None when it belongs to none."""
+def pack_file(path: Path, dest_dir: Path) -> Packed:
+    """Pack the project `path` belongs to into `dest_dir`; in none, the script's own folder."""
     root = find_root(path)
-    if root is None:
-        return None
-    entry = path.resolve().relative_to(root).as_posix()
-    return pack(root, entry, dest_dir)
+    if root is not None:
+        return pack(root, path.resolve().relative_to(root).as_posix(), dest_dir)
+    root = path.resolve().parent
+    # What `farm build` leaves beside the script (<stem>.stl, .3mf, .png, .step) and Python's caches
+    # stay behind: packed, they would change the build's cache key at every build.
+    outputs = {f"{path.stem}{suffix}" for suffix in BUILD_OUTPUT_SUFFIXES}
+    files = [
+        name
+        for name in project_files(root)
+        if name not in outputs and "__pycache__" not in PurePosixPath(name).parts
+    ]
+    return pack(root, path.name, dest_dir, files, lone=True)
 
 
-def pack(root: Path, entry: str, dest_dir: Path, files: list[str] | None = None) -> Packed:
+def pack(
+    root: Path, entry: str, dest_dir: Path, files: list[str] | None = None, *, lone: bool = False
+) -> Packed:
+    """`lone`: `root` is a script's own folder, not a project (it only changes what errors say)."""
     files = sorted(set(files if files is not None else project_files(root)) | {entry})
     if not (root / entry).is_file():
         raise ProjectError(f"{entry} is not a file in {root}")
     if len(files) > MAX_PROJECT_FILES:
-        raise ProjectError(_too_big(root, f"{len(files)} files (limit {MAX_PROJECT_FILES})"))
+        count = f"{len(files)}" if len(files) <= MAX_PROJECT_FILES + 1 else f"more than {MAX_PROJECT_FILES}"
+        raise ProjectError(_too_big(root, f"{count} files (limit {MAX_PROJECT_FILES})", lone))
     size = sum((root / name).stat().st_size for name in files)
     if size > MAX_PROJECT_MB << 20:
-        raise ProjectError(_too_big(root, f"{size / 2**20:.1f} MB of files (limit {MAX_PROJECT_MB} MB)"))
+        raise ProjectError(
+            _too_big(root, f"{size / 2**20:.1f} MB of files (limit {MAX_PROJECT_MB} MB)", lone)
+        )
     archive = dest_dir / f"{root.name or 'project'}{ARCHIVE_SUFFIX}"
     with (
         archive.open("wb") as raw,
@@ -88,7 +105,13 @@ def pack(root: Path, entry: str, dest_dir: Path, files: list[str] | None = None)
     return Packed(archive=archive, root=root, entry=entry, files=files, size=size)
 
 
-def _too_big(root: Path, what: str) -> str:
+def _too_big(root: Path, what: str, lone: bool = False) -> str:
+    if lone:
+        return (
+            f"the folder {root} holds {what}: a script outside any project (no "
+            f"{', '.join(MARKERS)} above it) travels with its folder; list what the build does not "
+            "need in a .gitignore there, or send the file alone with --no-project"
+        )
     return (
         f"the project {root} holds {what}; list what the build does not need in its .gitignore, "
         "or send the file alone with --no-project"
@@ -130,7 +153,8 @@ def _git_files(root: Path) -> list[str] | None:
 
 
 def _walk(root: Path) -> list[str]:
-    """Files under root, honouring each folder's .gitignore (the common subset of its syntax)."""
+    """Files under root, honouring each folder's .gitignore (the common subset of its syntax); it
+    stops past MAX_PROJECT_FILES, enough to refuse the folder (a home folder is not walked whole)."""
     found: list[str] = []
 
     def visit(folder: Path, rules: list[tuple[str, str, bool, bool]]) -> None:
@@ -139,6 +163,8 @@ def _walk(root: Path) -> list[str]:
             base = folder.relative_to(root).as_posix()
             rules = rules + _parse_gitignore(ignore.read_text(errors="replace"), "" if base == "." else base)
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if len(found) > MAX_PROJECT_FILES:
+                return
             relative = Path(entry.path).relative_to(root).as_posix()
             is_dir = entry.is_dir(follow_symlinks=False)
             if entry.name == ".git" or _ignored(relative, is_dir, rules):

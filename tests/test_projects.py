@@ -93,8 +93,59 @@ def test_the_nearest_marker_is_the_project_root(tmp_path: Path) -> None:
     write(tmp_path / "outer", {"pyproject.toml": "", "inner/requirements.txt": "", "inner/deep/part.py": ""})
     assert find_root(tmp_path / "outer" / "inner" / "deep" / "part.py") == tmp_path / "outer" / "inner"
     assert find_root(tmp_path / "outer" / "x.py") == tmp_path / "outer"
-    lone = write(tmp_path / "lone", {"part.py": ""})
-    assert pack_file(lone / "part.py", tmp_path) is None  # no project: the file goes alone
+    assert find_root(write(tmp_path / "lone", {"part.py": ""}) / "part.py") is None
+
+
+# A script in no project that loads files beside it: an SVG outline and a size from a text file.
+LONE = {
+    "part.py": """\
+        from pathlib import Path
+
+        from build123d import Box, extrude, import_svg, make_face
+
+        here = Path(__file__).parent
+        height = float((here / "assets" / "height.txt").read_text())
+        outline = make_face(import_svg(here / "assets" / "outline.svg"))
+        show_object(extrude(outline, height), name="badge")
+    """,
+    "assets/height.txt": "3\n",
+    "assets/outline.svg": '<svg xmlns="http://www.w3.org/2000/svg" width="20mm" height="10mm" '
+    'viewBox="0 0 20 10"><path d="M 0 0 L 20 0 L 20 10 L 0 10 Z"/></svg>\n',
+    "notes.tmp": "",
+    ".gitignore": "*.tmp\n",
+    # An earlier `farm build part.py` wrote these beside it; packed, they would change the cache key.
+    "part.stl": "",
+    "part.3mf": "",
+    "part.png": "",
+    "__pycache__/helper.cpython-311.pyc": "",
+}
+
+
+def test_a_script_in_no_project_travels_with_its_folder_and_loads_its_assets(
+    runner: CadRunner, tmp_path: Path
+) -> None:
+    root = write(tmp_path / "lone", LONE)
+    packed = pack_file(root / "part.py", tmp_path)
+    assert packed.root == root and packed.entry == "part.py"
+    assert members(packed.archive) == [".gitignore", "assets/height.txt", "assets/outline.svg", "part.py"]
+    request = CadRequest(Path(packed.entry), tmp_path / "out", project=packed.archive)
+    result = runner.build(request)
+    assert result.objects == 1 and [s["name"] for s in result.shown] == ["badge"]
+    assert result.volume == pytest.approx(20 * 10 * 3, rel=1e-3)
+
+
+def test_a_lone_folder_too_large_says_why_it_travels_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(project, "MAX_PROJECT_FILES", 3)
+    root = write(tmp_path / "downloads", {"part.py": "", **{f"f{i}.bin": "" for i in range(10)}})
+    with pytest.raises(ProjectError) as caught:
+        pack_file(root / "part.py", tmp_path)
+    message = str(caught.value)
+    assert message.startswith(
+        f"the folder {root} holds more than 3 files (limit 3): a script outside any project"
+    )
+    assert "--no-project" in message
 
 
 def test_a_project_too_large_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

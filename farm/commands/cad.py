@@ -59,7 +59,8 @@ def build(
     separate solids) become separate objects in the 3MF. --step adds a STEP file.
 
     A script inside a project is built as the farm builds it: the project packed (minus what
-    .gitignore excludes) and its requirements installed into a cached environment.
+    .gitignore excludes) and its requirements installed into a cached environment. A script in no
+    project is packed with its own folder, so that files beside it load.
     """
     extras.require("build", "worker")
     from farm.commands.params import ParamError, combine
