@@ -4,14 +4,20 @@ through the real sandboxed CAD runner with real build123d. Each is checked for t
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
+from typer.testing import CliRunner, Result
 
+from farm.commands.cad import register
 from farm.printer_models import get_model
+from farm.settings import get_settings
 from workers.cad_runner import CadError, CadRequest, CadResult, CadRunner
 from workers.slicer import slice_mesh
 
@@ -207,3 +213,78 @@ def test_faces_of_a_compound_outside_its_solids_are_listed_as_skipped(
     result = build(runner, "loose_faces.py", tmp_path)
     check(result, [("kit", None, 1000)])
     assert result.skipped == ["kit (its 1 face, outside any solid)"]
+
+
+# --------------------------------------------------------------------------------------------------
+# farm inspect --shown and farm build, on a copy of a design in a folder of its own
+
+
+def farm_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str | Path) -> Result:
+    monkeypatch.setenv("FARM_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+    register(app)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        get_settings.cache_clear()
+
+
+def copy_design(name: str, tmp_path: Path) -> Path:
+    folder = tmp_path / "design"
+    folder.mkdir(parents=True)
+    shutil.copy(DESIGNS / name, folder / name)
+    return folder / name
+
+
+def test_farm_inspect_shown_lists_names_kinds_and_what_prints(
+    runner: CadRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = copy_design("mixed_scene.py", tmp_path)
+    text = farm_cli(tmp_path, monkeypatch, "inspect", source, "--shown")
+    assert text.exit_code == 0, text.output
+    assert text.stdout.splitlines() == [
+        "handle       a part, prints as 1 object",
+        "center_line  a curve, skipped",
+        "outline      a sketch, skipped",
+        "marker       a face, skipped",
+        "origin       a Location, skipped",
+    ]
+    assert not (source.parent / "mixed_scene.stl").exists()  # nothing meshed, nothing written
+    colours = copy_design("show_names_colors.py", tmp_path / "c")
+    as_json = farm_cli(tmp_path, monkeypatch, "inspect", colours, "--shown", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    shown = json.loads(as_json.stdout)["shown"]
+    assert [(s["name"], s["kind"], s["solids"], s["prints"]) for s in shown] == [
+        ("base", "a part", 1, True),
+        ("peg", "a part", 1, True),
+        ("ball", "a part", 1, True),
+    ]
+    assert shown[1]["color"] == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_farm_inspect_shown_says_when_nothing_would_print(
+    runner: CadRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = copy_design("only_curves.py", tmp_path)
+    text = farm_cli(tmp_path, monkeypatch, "inspect", source, "--shown")
+    assert text.exit_code == 0, text.output
+    assert text.stdout.splitlines() == [
+        "path     a curve, skipped",
+        "profile  a sketch, skipped",
+        "nothing solid: a build of it would fail",
+    ]
+    refused = farm_cli(tmp_path, monkeypatch, "inspect", source, "--param", "x=1")
+    assert refused.exit_code == 2 and "go with --shown" in refused.stderr
+
+
+def test_farm_build_reports_what_it_skipped(
+    runner: CadRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = copy_design("mixed_scene.py", tmp_path)
+    built = farm_cli(tmp_path, monkeypatch, "build", source, "-o", tmp_path / "out", "--json")
+    assert built.exit_code == 0, built.output
+    report = json.loads(built.stdout.strip().splitlines()[-1])
+    skipped = ["center_line (a curve)", "outline (a sketch)", "marker (a face)", "origin (a Location)"]
+    assert report["skipped"] == skipped and report["objects"] == 1
+    assert f"warning: skipped: {', '.join(skipped)}" in built.stderr

@@ -18,7 +18,7 @@ import typer
 from farm import extras
 
 if TYPE_CHECKING:
-    from workers.cad_runner import CadResult
+    from workers.cad_runner import CadRequest, CadResult, CadRunner
 
 CACHE_DIR_NAME = "cad-cache"
 
@@ -63,49 +63,17 @@ def build(
     project is packed with its own folder, so that files beside it load.
     """
     extras.require("build", "worker")
-    from farm.commands.params import ParamError, combine
-    from farm.project import ProjectError, pack_file
-    from farm.settings import get_settings
-    from farm.sources import SourceProblem, check_cad_source
     from workers.cad_cache import CadCache, cached_build
-    from workers.cad_runner import CadError, CadRequest, CadRunner
-    from workers.sandbox import Policy, Unavailable
+    from workers.cad_runner import CadError
+    from workers.sandbox import Unavailable
 
     _require_file(path)
-    try:
-        params = combine(param or [], params_file)[0]
-    except ParamError as exc:
-        _die(str(exc), 2)
+    params = _params(param, params_file)
     started = time.monotonic()
-    settings = get_settings()
-    try:
-        policy = Policy.from_settings(settings.cad_sandbox, settings.cad_sandbox_disable)
-    except ValueError as exc:
-        _die(str(exc), 2)
-    if not policy.enabled:
-        typer.echo("warning: FARM_CAD_SANDBOX=off: the design runs with your rights, unsandboxed", err=True)
-    runner = CadRunner(policy=policy)  # starts its fork server (~4 s) only if the cache misses
+    runner = _runner()  # starts its fork server (~4 s) only if the cache misses
     try:
         with _scratch_dir() as scratch:
-            try:
-                packed = pack_file(path, Path(scratch)) if path.suffix == ".py" and not no_project else None
-            except ProjectError as exc:
-                _die(str(exc), 2)
-            try:  # typed as the farm types them, so that both share cache entries
-                source, entry_file = (packed.archive, packed.entry) if packed else (path, None)
-                params = check_cad_source(
-                    source, entry_file, artifact, params, validate=False, name=path.name
-                )
-            except SourceProblem as exc:
-                _die(str(exc), 2)
-            request = CadRequest(
-                source=Path(packed.entry) if packed else path,
-                outdir=Path(scratch) / "out",
-                entry=artifact,
-                params=params,
-                project=packed.archive if packed else None,
-                step=step,
-            )
+            request = _request(path, artifact, params, no_project, Path(scratch), step=step)
             result, hit = cached_build(runner, CadCache(_cache_root()), request, use_cache=not no_cache)
     except CadError as exc:
         _die(exc.message)
@@ -122,13 +90,39 @@ def build(
 
 def inspect(
     path: Annotated[Path, typer.Argument(help="A build123d .py script.")],
+    shown: Annotated[
+        bool,
+        typer.Option(
+            "--shown",
+            help="Run the script (sandboxed, as a build) and list what it shows: names, kinds, "
+            "colours, which would print. Nothing is meshed or printed.",
+        ),
+    ] = False,
+    artifact: Annotated[
+        str | None, typer.Option(help="With --shown: the function to run (default: as a build picks).")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="With --shown: a parameter NAME=VALUE; repeat for more.")
+    ] = None,
+    params_file: Annotated[
+        Path | None, typer.Option("--params", help="With --shown: parameters from a JSON object file.")
+    ] = None,
+    no_project: Annotated[
+        bool, typer.Option("--no-project", help="With --shown: run the .py file alone, without its project.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """List a script's entry points with their parameters and defaults, without running it.
+    """List a script's entry points with their parameters and defaults, without running it; with
+    --shown, run it and list what it shows, and which of that would print.
 
     MakerRepo `@artifact` and `@customizable` functions are listed as such; a customizable's
     parameters are its pydantic model's fields, with their constraints.
     """
+    if shown:
+        _inspect_shown(path, artifact, _params(param, params_file), no_project, as_json)
+        return
+    if artifact or param or params_file or no_project:
+        _die("--artifact, --param, --params and --no-project go with --shown", 2)
     from farm.project import find_root
     from workers.entry_points import list_entry_points
 
@@ -154,7 +148,106 @@ def inspect(
         typer.echo(_describe_entry(entry))
 
 
+def _inspect_shown(
+    path: Path, artifact: str | None, params: dict[str, Any], no_project: bool, as_json: bool
+) -> None:
+    extras.require("inspect --shown", "worker")
+    from workers.cad_runner import CadError
+    from workers.sandbox import Unavailable
+
+    _require_file(path)
+    runner = _runner()
+    try:
+        with _scratch_dir() as scratch:
+            request = _request(path, artifact, params, no_project, Path(scratch))
+            listing = runner.inspect(request)
+    except CadError as exc:
+        _die(exc.message)
+    except Unavailable as exc:
+        _die(str(exc))
+    finally:
+        runner.close()
+    if as_json:
+        typer.echo(json.dumps({"shown": listing}))
+        return
+    if not listing:
+        typer.echo(f"{path.name} shows nothing")
+    width = max((len(item["name"]) for item in listing), default=0)
+    for item in listing:
+        typer.echo(f"{item['name']:<{width}}  {_describe_shown(item)}")
+    if listing and not any(item["prints"] for item in listing):
+        typer.echo("nothing solid: a build of it would fail")
+
+
+def _describe_shown(item: dict[str, Any]) -> str:
+    if not item["prints"]:
+        return f"{item['kind']}, skipped"
+    solids = item["solids"]
+    text = f"{item['kind']}, prints as {solids} object{'s' * (solids != 1)}"
+    if item.get("color"):
+        text += ", colour #" + "".join(f"{round(c * 255):02X}" for c in item["color"])
+    return text
+
+
 # -- helpers ---------------------------------------------------------------------------------------
+def _params(param: list[str] | None, params_file: Path | None) -> dict[str, Any]:
+    from farm.commands.params import ParamError, combine
+
+    try:
+        return combine(param or [], params_file)[0]
+    except ParamError as exc:
+        _die(str(exc), 2)
+
+
+def _runner() -> CadRunner:
+    """A CadRunner with the worker's sandbox policy, from the settings."""
+    from farm.settings import get_settings
+    from workers.cad_runner import CadRunner
+    from workers.sandbox import Policy
+
+    settings = get_settings()
+    try:
+        policy = Policy.from_settings(settings.cad_sandbox, settings.cad_sandbox_disable)
+    except ValueError as exc:
+        _die(str(exc), 2)
+    if not policy.enabled:
+        typer.echo("warning: FARM_CAD_SANDBOX=off: the design runs with your rights, unsandboxed", err=True)
+    return CadRunner(policy=policy)
+
+
+def _request(
+    path: Path,
+    artifact: str | None,
+    params: dict[str, Any],
+    no_project: bool,
+    scratch: Path,
+    step: bool = False,
+) -> CadRequest:
+    """The CadRequest the farm would run for `path`: packed with its project (or its folder), the
+    parameters typed as the coordinator types them, so that both share cache entries."""
+    from farm.project import ProjectError, pack_file
+    from farm.sources import SourceProblem, check_cad_source
+    from workers.cad_runner import CadRequest
+
+    try:
+        packed = pack_file(path, scratch) if path.suffix == ".py" and not no_project else None
+    except ProjectError as exc:
+        _die(str(exc), 2)
+    try:
+        source, entry_file = (packed.archive, packed.entry) if packed else (path, None)
+        params = check_cad_source(source, entry_file, artifact, params, validate=False, name=path.name)
+    except SourceProblem as exc:
+        _die(str(exc), 2)
+    return CadRequest(
+        source=Path(packed.entry) if packed else path,
+        outdir=scratch / "out",
+        entry=artifact,
+        params=params,
+        project=packed.archive if packed else None,
+        step=step,
+    )
+
+
 def _die(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg="red")
     raise typer.Exit(code)
@@ -205,6 +298,8 @@ def _report(result: CadResult, files: dict[str, Path], hit: bool, seconds: float
             "size": list(_size(result)),
             "volume": result.volume,
             "objects": result.objects,
+            "shown": result.shown,
+            "skipped": result.skipped,
             "cached": hit,
             "seconds": round(seconds, 3),
         }
