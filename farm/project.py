@@ -59,19 +59,25 @@ def find_root(path: Path) -> Path | None:
     return None
 
 
-def pack_file(path: Path, dest_dir: Path) -> Packed:
-    """Pack the project `path` belongs to into `dest_dir`; in none, the script's own folder."""
+def pack_file(path: Path, dest_dir: Path, leave_out: Sequence[Path] = ()) -> Packed:
+    """Pack the project `path` belongs to into `dest_dir`; in none, the script's own folder, minus
+    the files and folders `leave_out` (where `farm build` writes its outputs and keeps its cache,
+    the --params file it read)."""
     root = find_root(path)
     if root is not None:
         return pack(root, path.resolve().relative_to(root).as_posix(), dest_dir)
     root = path.resolve().parent
-    # What `farm build` leaves beside the script (<stem>.stl, .3mf, .png, .step) and Python's caches
-    # stay behind: packed, they would change the build's cache key at every build.
+    # What `farm build` leaves beside the script (<stem>.stl, .3mf, .png, .step, or in a folder it
+    # was given) and Python's caches stay behind: packed, they would change the build's cache key
+    # at every build.
     outputs = {f"{path.stem}{suffix}" for suffix in BUILD_OUTPUT_SUFFIXES}
+    skipped = [other.resolve() for other in leave_out]
     files = [
         name
         for name in project_files(root)
-        if name not in outputs and "__pycache__" not in PurePosixPath(name).parts
+        if name not in outputs
+        and "__pycache__" not in PurePosixPath(name).parts
+        and not any((root / name).resolve().is_relative_to(other) for other in skipped)
     ]
     return pack(root, path.name, dest_dir, files, lone=True)
 

@@ -69,11 +69,14 @@ def build(
 
     _require_file(path)
     params = _params(param, params_file)
+    inputs = [params_file] if params_file is not None else []
     started = time.monotonic()
     runner = _runner()  # starts its fork server (~4 s) only if the cache misses
     try:
         with _scratch_dir() as scratch:
-            request = _request(path, artifact, params, no_project, Path(scratch), step=step)
+            request = _request(
+                path, artifact, params, no_project, Path(scratch), step=step, ours=[output, *inputs]
+            )
             result, hit = cached_build(runner, CadCache(_cache_root()), request, use_cache=not no_cache)
     except CadError as exc:
         _die(exc.message)
@@ -119,7 +122,7 @@ def inspect(
     parameters are its pydantic model's fields, with their constraints.
     """
     if shown:
-        _inspect_shown(path, artifact, _params(param, params_file), no_project, as_json)
+        _inspect_shown(path, artifact, param, params_file, no_project, as_json)
         return
     if artifact or param or params_file or no_project:
         _die("--artifact, --param, --params and --no-project go with --shown", 2)
@@ -149,17 +152,24 @@ def inspect(
 
 
 def _inspect_shown(
-    path: Path, artifact: str | None, params: dict[str, Any], no_project: bool, as_json: bool
+    path: Path,
+    artifact: str | None,
+    param: list[str] | None,
+    params_file: Path | None,
+    no_project: bool,
+    as_json: bool,
 ) -> None:
     extras.require("inspect --shown", "worker")
     from workers.cad_runner import CadError
     from workers.sandbox import Unavailable
 
     _require_file(path)
+    params = _params(param, params_file)
     runner = _runner()
     try:
         with _scratch_dir() as scratch:
-            request = _request(path, artifact, params, no_project, Path(scratch))
+            inputs = [params_file] if params_file is not None else []
+            request = _request(path, artifact, params, no_project, Path(scratch), ours=inputs)
             listing = runner.inspect(request)
     except CadError as exc:
         _die(exc.message)
@@ -222,15 +232,20 @@ def _request(
     no_project: bool,
     scratch: Path,
     step: bool = False,
+    ours: list[Path] | None = None,
 ) -> CadRequest:
     """The CadRequest the farm would run for `path`: packed with its project (or its folder), the
     parameters typed as the coordinator types them, so that both share cache entries."""
     from farm.project import ProjectError, pack_file
+    from farm.settings import get_settings
     from farm.sources import SourceProblem, check_cad_source
     from workers.cad_runner import CadRequest
 
+    # A script in no project travels with its folder, but not with the outputs, cache and
+    # parameter file of our own that may be in it.
+    leave_out = [get_settings().data_dir, *(ours or [])]
     try:
-        packed = pack_file(path, scratch) if path.suffix == ".py" and not no_project else None
+        packed = pack_file(path, scratch, leave_out) if path.suffix == ".py" and not no_project else None
     except ProjectError as exc:
         _die(str(exc), 2)
     try:
