@@ -288,3 +288,34 @@ def test_farm_build_reports_what_it_skipped(
     skipped = ["center_line (a curve)", "outline (a sketch)", "marker (a face)", "origin (a Location)"]
     assert report["skipped"] == skipped and report["objects"] == 1
     assert f"warning: skipped: {', '.join(skipped)}" in built.stderr
+
+
+def test_a_script_may_write_files_beside_itself(runner: CadRunner, tmp_path: Path) -> None:
+    check(build(runner, "exports_beside.py", tmp_path), [("part", None, 1000)])
+    assert not (DESIGNS / "part-export.stl").exists() and not (DESIGNS / "notes").exists()  # a copy's
+
+
+def test_a_project_build_may_write_beside_its_script_but_not_outside_its_folders(
+    runner: CadRunner, tmp_path: Path
+) -> None:
+    from farm.project import pack_file
+
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "requirements.txt").write_text("")
+    (folder / "part.py").write_text(
+        "from pathlib import Path\n"
+        "from build123d import Box, export_stl\n"
+        "part = Box(5, 5, 5)\n"
+        "export_stl(part, 'beside.stl')\n"
+        "try:\n"
+        "    Path('/usr/escaped.txt').write_text('x')\n"
+        "except OSError as error:\n"
+        "    print('refused:', type(error).__name__)\n"
+        "show(part)\n"
+    )
+    packed = pack_file(folder / "part.py", tmp_path)
+    result = runner.build(CadRequest(Path(packed.entry), tmp_path / "out", project=packed.archive))
+    assert result.volume == pytest.approx(125)
+    assert result.log is not None and "refused: " in result.log.read_text()
+    assert not Path("/usr/escaped.txt").exists() and not (folder / "beside.stl").exists()

@@ -157,35 +157,40 @@ class CadRunner:
         outdir.mkdir(parents=True, exist_ok=True)
         for name in OUTPUT_NAMES:
             (outdir / name).unlink(missing_ok=True)  # never report a previous build's files
-        # The build sees only its own folder: the project (or the lone script's folder) read-only,
-        # out/ and tmp/ writable. Its outputs are moved to `outdir` afterwards, after checks.
+        # The build sees only its own folders: its copy of the project (or of the lone script's
+        # folder), out/ and tmp/, all writable (scripts export files beside themselves; the copy is
+        # thrown away), and its requirements read-only. Its outputs are moved to `outdir`
+        # afterwards, after checks.
         workdir = Path(tempfile.mkdtemp(prefix=f"{BUILD_DIR_PREFIX}{os.getpid()}-"))
         os.chmod(workdir, 0o711)  # a build running under its own uid may pass through, not list
         buildout, scratch = workdir / "out", workdir / "tmp"
-        buildout.mkdir()
-        scratch.mkdir()
+        copy = workdir / ("project" if req.project else "src")
+        for folder in (buildout, scratch, copy):
+            folder.mkdir()
         # As root, the build's writable folders are size-limited tmpfs: it cannot fill the worker's
         # disk or use up its inodes through them (elsewhere only RLIMIT_FSIZE per file holds).
+        # The copy's tmpfs has room for the largest project plus as much again for what it writes.
+        inodes = {copy: MAX_PROJECT_FILES + 10000}
         capped = [
             d
-            for d in (buildout, scratch)
-            if self.policy.enabled and sandbox.mount_tmpfs(d, limits.output_mb * 2)
+            for d in (buildout, scratch, copy)
+            if self.policy.enabled and sandbox.mount_tmpfs(d, limits.output_mb * 2, inodes.get(d, 10000))
         ]
         try:
             if req.project:
-                root = _unpack(req.project, workdir / "project", limits)
+                root = _unpack(req.project, copy, limits)
                 source = (root / req.source).resolve()
                 if not source.is_file() or not source.is_relative_to(root):
                     raise CadError("entry", f"no file {req.source} in the project")
             else:
                 root = None
-                source = _copy_lone_script(req.source.resolve(), workdir / "src", limits)
+                source = _copy_lone_script(req.source.resolve(), copy, limits)
             job = _job(source, buildout, workdir, req, limits, root)
-            visible = [root or source.parent, *([req.env] if req.env else [])]
             job["sandbox"] = {
                 "policy": {**asdict(self.policy), "procs": limits.procs, "tmp_mb": 2 * limits.output_mb},
-                "read_only": sandbox.read_only_paths(visible),
-                "writable": [str(buildout), str(scratch)],
+                "read_only": sandbox.read_only_paths([req.env] if req.env else []),
+                # tmp/ last: the sandbox takes the last writable folder for the build's TMPDIR.
+                "writable": [str(buildout), str(copy.resolve()), str(scratch)],
                 "scratch": str(workdir),
             }
             exitcode, timed_out = self._run(job, limits)
@@ -346,7 +351,6 @@ def _unpack(archive: Path, dest: Path, limits: CadLimits) -> Path:
     let links and long paths slip past (CVE-2025-4517 and friends): no member can be a link, so no
     path written here can lead out of `dest`.
     """
-    dest.mkdir()
     budget, count = limits.output_mb << 20, 0
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -387,7 +391,6 @@ def _copy_lone_script(script: Path, dest: Path, limits: CadLimits) -> Path:
 
     Copied rather than shown in place: the folder may be one the build's uid cannot enter.
     """
-    dest.mkdir()
     budget = limits.output_mb << 20
     siblings = sorted(p for p in script.parent.iterdir() if p.is_file() and not p.is_symlink())
     siblings = [p for p in siblings if p != script]

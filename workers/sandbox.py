@@ -666,11 +666,11 @@ def _set_nproc(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (cap, cap))
 
 
-def mount_tmpfs(path: Path, size_mb: int) -> bool:
+def mount_tmpfs(path: Path, size_mb: int, inodes: int = 10000) -> bool:
     """A size- and inode-limited tmpfs over `path`, where this process may mount (root); else False."""
     if os.geteuid() != 0:
         return False
-    data = f"size={size_mb}m,nr_inodes=10000,mode=0700".encode()
+    data = f"size={size_mb}m,nr_inodes={inodes},mode=0700".encode()
     flags = ctypes.c_ulong(MS_NOSUID | MS_NODEV)
     return _libc.mount(b"tmpfs", str(path).encode(), b"tmpfs", flags, data) == 0
 
