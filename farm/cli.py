@@ -624,6 +624,8 @@ def _print_build(build: dict[str, Any]) -> None:
     typer.echo(f"build {build['id']} ({build['source']}): {build['stage']}")
     if build["error"]:
         typer.secho(f"  error: {build['error']}", fg="red")
+    if build.get("skipped"):
+        typer.echo(f"  skipped (shown, not printed): {', '.join(build['skipped'])}")
     for j in build["jobs"]:
         line = f"  job {j['id']}: {j['state']}"
         if j["printer"]:

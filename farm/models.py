@@ -66,6 +66,8 @@ class Build(SQLModel, table=True):
     preview_sha256: str | None = None  # 256 x 256 PNG of the part (workers/mesh.py)
     preview_small_sha256: str | None = None  # 96 x 96
     objects: int | None = None  # objects on the plate; more than one: slice the 3MF, not the STL
+    # What the design showed but the build did not print: ["outline (a sketch)", ...], as JSON
+    skipped_json: str | None = None
     owner: str | None = None  # the submitting token's name; None: submitted before owners existed
 
 

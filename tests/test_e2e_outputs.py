@@ -15,12 +15,13 @@ from PIL import Image
 
 from tests.conftest import EXAMPLES, RunningFarm, running_farm
 
+# With the outline it was drawn from, which is shown (returned) but not printed.
 BOX_AND_LID = """\
-from build123d import Box, Cylinder, Pos
+from build123d import Box, Cylinder, Pos, Rectangle
 
 
 def box_and_lid(size: float = 20):
-    return [Box(size, size, 10), Pos(0, 0, 6) * Cylinder(size * 0.4, 2)]
+    return [Box(size, size, 10), Pos(0, 0, 6) * Cylinder(size * 0.4, 2), Rectangle(size, size)]
 """
 OPEN_BOX = """\
 from build123d import Box, Shell, Solid
@@ -42,6 +43,7 @@ def test_step_preview_and_two_objects_through_the_farm(farm: RunningFarm, tmp_pa
     code, build = farm.cli_json("submit", str(source), "--step", "--printer-model", "MK3S", "--wait")
     assert code == 0, build
     assert build["step_requested"] is True and build["objects"] == 2
+    assert build["skipped"] == ["box_and_lid-3 (a sketch)"]
     step = artifact(farm, build["step"]).decode()
     assert step.startswith("ISO-10303-21;") and step.count("MANIFOLD_SOLID_BREP") == 2
     for sha, size in ((build["preview"], 256), (build["preview_small"], 96)):

@@ -130,7 +130,13 @@ def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
     bbox = [list(result.bbox[0]), list(result.bbox[1])]
     ctx.client.post(
         f"/api/builds/{build_id}/cad/result",
-        {**uploaded, "objects": result.objects, "bbox": bbox, "seconds": time.monotonic() - t0},
+        {
+            **uploaded,
+            "objects": result.objects,
+            "bbox": bbox,
+            "seconds": time.monotonic() - t0,
+            "skipped": result.skipped,
+        },
     )
     log.info("build %s meshed in %.2f s%s", build_id, time.monotonic() - t0, " (cache hit)" if hit else "")
 

@@ -83,6 +83,8 @@ class CadResult(BaseModel):
     objects: int | None = Field(None, ge=1)
     bbox: list[list[Finite]] | None = None
     seconds: Finite | None = None
+    # What the design showed but did not print ("outline (a sketch)"): shown on the build.
+    skipped: list[Annotated[str, Field(max_length=300)]] = Field(default_factory=list, max_length=200)
 
 
 class SliceMeta(BaseModel):
@@ -326,6 +328,7 @@ def cad_result(build_id: RowId, result: CadResult, farm: FarmDep, session: Sessi
             "preview_sha256": result.preview,
             "preview_small_sha256": result.preview_small,
             "objects": result.objects,
+            "skipped_json": json.dumps(result.skipped) if result.skipped else None,
         },
     )
     session.commit()
