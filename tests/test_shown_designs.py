@@ -319,3 +319,9 @@ def test_a_project_build_may_write_beside_its_script_but_not_outside_its_folders
     assert result.volume == pytest.approx(125)
     assert result.log is not None and "refused: " in result.log.read_text()
     assert not Path("/usr/escaped.txt").exists() and not (folder / "beside.stl").exists()
+
+
+def test_a_rotated_solid_with_vertices_a_hair_off_zero_is_closed(runner: CadRunner, tmp_path: Path) -> None:
+    result = build(runner, "rotated_board.py", tmp_path)
+    check(result, [("board", None, (38.1 * 88.9 - (4 - PI) * 6.35**2) * 3962.4)])
+    assert result.mesh["open_edges"] == 0

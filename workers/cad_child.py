@@ -30,7 +30,7 @@ from typing import Any, TextIO
 # Imported here so that the fork server pays for it once and every build starts warm.
 import build123d as bd
 
-from workers.mesh import MeshProblem, MeshReport, check_mesh, read_stl, write_previews
+from workers.mesh import MeshProblem, MeshReport, check_mesh, read_stl, snap_near_zero, write_previews
 from workers.param_values import ParamValueError, typed_value
 from workers.sandbox import Policy, SandboxError, View, enter
 from workers.scene import Printed, Scene, sort_scene
@@ -535,7 +535,7 @@ def export(scene: Scene, outputs: dict[str, Path]) -> dict[str, Any]:
             combined, outputs["stl"], tolerance=STL_TOLERANCE, angular_tolerance=ANGULAR_TOLERANCE
         ):
             raise BuildFailure("exception", "writing the STL failed")
-        tris = read_stl(outputs["stl"])
+        tris = snap_near_zero(read_stl(outputs["stl"]))
         # The STL holds each solid's faces in turn: cut back into solids, each is judged and written
         # on its own (solids that touch, like the boards of a stud wall, each stay closed).
         blocks = split_by_object(tris, solids) if len(solids) > 1 else [tris]

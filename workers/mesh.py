@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 MIN_THICKNESS_MM = 0.01  # thinner than any nozzle by far: a flat sheet, not a solid
+NEAR_ZERO_MM = 1e-6  # a coordinate this close to zero is zero (see snap_near_zero)
 PREVIEW_SIZES = (256, 96)
 PART_RGB = (236, 118, 44)  # a filament orange; the background stays transparent
 # Rendered this many times larger, then averaged down: smooth edges without a rasterizer's AA.
@@ -58,6 +59,17 @@ def read_stl(path: Path) -> np.ndarray:
             return np.frombuffer(data, facet, count, 84)["v"].copy()
     numbers = np.array(_ASCII_VERTEX.findall(data), dtype=np.float32)
     return numbers.reshape(-1, 3, 3)
+
+
+def snap_near_zero(tris: np.ndarray) -> np.ndarray:
+    """`tris` with coordinates within NEAR_ZERO_MM of zero set to zero, in place.
+
+    A rotated solid's vertex on an axis comes out of one face's transform as 0.0 and out of its
+    neighbour's as -4e-15 (cos 90 is not 0 in floating point): two points in float32, so the edges
+    there would not pair up when vertices are welded bit for bit, and a closed solid would look open.
+    """
+    tris[np.abs(tris) < NEAR_ZERO_MM] = 0
+    return tris
 
 
 # --------------------------------------------------------------------------------------------------
