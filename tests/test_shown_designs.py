@@ -303,11 +303,16 @@ def test_a_project_build_may_write_beside_its_script_but_not_outside_its_folders
     folder = tmp_path / "proj"
     folder.mkdir()
     (folder / "requirements.txt").write_text("")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "part.log").write_text("an earlier run's log\n")  # as logging.basicConfig appends
     (folder / "part.py").write_text(
         "from pathlib import Path\n"
         "from build123d import Box, export_stl\n"
         "part = Box(5, 5, 5)\n"
         "export_stl(part, 'beside.stl')\n"
+        "with open('logs/part.log', 'a') as log:\n"
+        "    log.write('built\\n')\n"
+        "Path('logs/more.txt').write_text('x')\n"
         "try:\n"
         "    Path('/usr/escaped.txt').write_text('x')\n"
         "except OSError as error:\n"

@@ -176,6 +176,7 @@ class CadRunner:
             for d in (buildout, scratch, copy)
             if self.policy.enabled and sandbox.mount_tmpfs(d, limits.output_mb * 2, inodes.get(d, 10000))
         ]
+        os.chmod(copy, 0o700)  # the build's uid gets it (sandbox.enter); no one else may pass
         try:
             if req.project:
                 root = _unpack(req.project, copy, limits)
@@ -185,6 +186,7 @@ class CadRunner:
             else:
                 root = None
                 source = _copy_lone_script(req.source.resolve(), copy, limits)
+            _open_to_owner(copy)
             job = _job(source, buildout, workdir, req, limits, root)
             job["sandbox"] = {
                 "policy": {**asdict(self.policy), "procs": limits.procs, "tmp_mb": 2 * limits.output_mb},
@@ -377,6 +379,17 @@ def _unpack(archive: Path, dest: Path, limits: CadLimits) -> Path:
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise CadError("entry", f"the project archive cannot be unpacked: {exc}") from None
     return dest.resolve()
+
+
+def _open_to_owner(copy: Path) -> None:
+    """Let the build change and replace its copy's files (a log or an export from an earlier run
+    may be among them): the copy's own folder is the build uid's alone (mode 0700), so inside it
+    everything may be writable by all."""
+    for folder, dirs, files in os.walk(copy):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777, follow_symlinks=False)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666, follow_symlinks=False)
 
 
 def _member_parts(name: str) -> list[str]:
