@@ -113,6 +113,7 @@ def farm(runner: Any, script: Path) -> dict[str, Any]:
         "objects": result.objects,
         "volume": result.volume,
         "skipped": result.skipped,
+        "triangles": result.mesh.get("triangles"),
         "seconds": time.perf_counter() - started,
     }
 
