@@ -683,6 +683,53 @@ def status(as_json: JsonOpt = False) -> None:
         typer.echo(f"{'worker':9} {worker['name']} ({queues}): {walled}")
 
 
+@app.command()
+def history(
+    printer: Annotated[str | None, typer.Option(help="Only jobs printed on this printer.")] = None,
+    material: Annotated[str | None, typer.Option(help="Only jobs in this material, e.g. PETG.")] = None,
+    owner: Annotated[str | None, typer.Option(help="Only jobs of this token's builds.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only jobs that ended at or after this UTC time, e.g. 2026-12-01.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Only jobs that ended before this UTC time.")] = None,
+    state: Annotated[str | None, typer.Option(help="done, failed or cancelled (default: all three).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many of the newest jobs to list.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Finished, failed and cancelled jobs, and totals per printer and material: prints, hours on
+    the printer, filament (the slicer's estimate)."""
+    given = {"printer": printer, "material": material, "owner": owner, "since": since, "until": until}
+    params = {k: v for k, v in {**given, "state": state}.items() if v is not None}
+    with _client() as client:
+        try:
+            data = client.get("/api/history", limit=limit, **params)
+        except FarmError as exc:
+            _die_farm(exc)
+    if as_json:
+        _emit(data)
+        return
+    for key in ("printer", "material"):
+        rows = data["totals"][f"by_{key}"]
+        _table(
+            f"totals by {key}",
+            [key, "done", "failed", "cancelled", "hours", "filament g"],
+            [[r[key], r["done"], r["failed"], r["cancelled"], r["hours"], r["filament_g"]] for r in rows],
+        )
+    every = data["totals"]["all"]
+    typer.echo(
+        f"all: {every['done']} done, {every['failed']} failed, {every['cancelled']} cancelled, "
+        f"{every['hours']} h printing, {every['filament_g']} g of filament"
+    )
+    _table(
+        f"newest {len(data['jobs'])} jobs",
+        ["id", "source", "state", "printer", "material", "ended", "error"],
+        [
+            [j["id"], j["source"], j["state"], j["printer"], j["material"], j["finished_at"], j["error"]]
+            for j in data["jobs"]
+        ],
+    )
+
+
 jobs_app = typer.Typer(help="List jobs (with no command), retry failed ones, explain where they go.")
 app.add_typer(jobs_app, name="jobs")
 

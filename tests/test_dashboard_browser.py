@@ -197,6 +197,20 @@ def test_sign_in_watch_progress_live_cancel_and_clear_a_bed(farm: RunningFarm, b
     banner.wait_for(state="detached", timeout=10_000)
     api.patch(f"/api/printers/{mini}", json={"auto_eject": True})
 
+    # History: the cancelled print and the finished one appear without a reload; the form filters.
+    history = page.locator("#history")
+    history.locator(f'li[data-history="{queued}"]').wait_for(timeout=10_000)
+    assert "cancelled" in history.locator(f'li[data-history="{job}"]').inner_text()
+    assert mini in page.locator("#history-printers tbody").inner_text()
+    page.locator('#history-form select[name="state"]').select_option("cancelled")
+    page.locator('#history-form button[type="submit"]').click()
+    history.locator(f'li[data-history="{queued}"]').wait_for(state="detached", timeout=10_000)
+    assert history.locator(f'li[data-history="{job}"]').count() == 1
+    assert "0 done" in page.locator("#history-totals").inner_text()
+    page.locator('#history-form select[name="state"]').select_option("")
+    page.locator('#history-form button[type="submit"]').click()
+    history.locator(f'li[data-history="{queued}"]').wait_for(timeout=10_000)
+
     # The admin loads PETG (in Galaxy Black) on the MK3S through its settings dialog: the card's
     # swatch turns black and the PETG part waiting in the queue goes to that printer.
     mk3s = next(p["name"] for p in farm.printers if p["model"] == "MK3S")

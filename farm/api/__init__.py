@@ -26,6 +26,7 @@ from farm.api import (
     builds,
     dashboard,
     events,
+    history,
     inspect,
     operate,
     reads,
@@ -205,7 +206,20 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm
-    routers = (builds, agents, artifacts, operate, reads, signin, tokens, workers, dashboard, events, inspect)
+    routers = (
+        builds,
+        agents,
+        artifacts,
+        operate,
+        reads,
+        history,
+        signin,
+        tokens,
+        workers,
+        dashboard,
+        events,
+        inspect,
+    )
     for module in routers:
         app.include_router(module.router)
     app.add_middleware(AgentFastLane, farm=farm)

@@ -20,7 +20,7 @@ router = APIRouter(
 )
 
 
-def _job_rows(session: Session, jobs: list[Job]) -> list[dict]:
+def job_rows(session: Session, jobs: list[Job]) -> list[dict]:
     builds = {
         b.id: b for b in session.exec(select(Build).where(col(Build.id).in_({j.build_id for j in jobs})))
     }
@@ -44,7 +44,7 @@ def list_jobs(
     if (before := after_id(cursor)) is not None:
         query = query.where(col(Job.id) < before)
     jobs = page(session.exec(query).all(), limit, lambda j: j.id, request, response)  # type: ignore[arg-type,return-value]
-    return _job_rows(session, jobs)
+    return job_rows(session, jobs)
 
 
 @router.get("/jobs/{job_id}", responses=errors(404))
@@ -52,7 +52,7 @@ def get_job(job_id: RowId, session: SessionDep) -> dict:
     job = session.get(Job, job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
-    return _job_rows(session, [job])[0]
+    return job_rows(session, [job])[0]
 
 
 @router.get("/printers", responses=paged("printers by name"))

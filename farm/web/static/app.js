@@ -261,6 +261,49 @@ function failedRow(j) {
     el("div", { class: "actions" }, mine ? actionButton(`retry:${j.id}`, "Retry", null, () => api("POST", `/api/jobs/${j.id}/retry`)) : null));
 }
 
+// History: finished, failed and cancelled jobs with the form's filters, and their totals.
+let historyDone = null; // jobs done when history was last drawn: a new one redraws it
+function historyQuery() {
+  const form = new FormData($("history-form"));
+  const params = new URLSearchParams({ limit: "50" });
+  for (const key of ["printer", "material", "owner", "state"]) if (form.get(key)) params.set(key, form.get(key).trim());
+  if (form.get("since")) params.set("since", form.get("since"));
+  if (form.get("until")) {  // "To" is a whole day: the API's until is the moment after it
+    const next = new Date(`${form.get("until")}T00:00:00Z`);
+    next.setUTCDate(next.getUTCDate() + 1);
+    params.set("until", next.toISOString());
+  }
+  return params;
+}
+
+function totalsRows(rows, key) {
+  return rows.map((r) => el("tr", {}, el("th", { scope: "row", text: r[key] }),
+    ...["done", "failed", "cancelled", "hours", "filament_g"].map((k) => el("td", { text: String(r[k]) }))));
+}
+
+async function loadHistory() {
+  const data = await api("GET", `/api/history?${historyQuery()}`);
+  const all = data.totals.all;
+  $("history-totals").textContent = `${all.done} done · ${all.failed} failed · ${all.cancelled} cancelled · ${all.hours} h printing · ${all.filament_g} g of filament`;
+  $("history-printers").tBodies[0].replaceChildren(...totalsRows(data.totals.by_printer, "printer"));
+  $("history-materials").tBodies[0].replaceChildren(...totalsRows(data.totals.by_material, "material"));
+  $("history").replaceChildren(...data.jobs.map((j) => el("li", { class: "row", "data-history": j.id },
+    el("span", { class: "pos", text: j.state === "done" ? "✓" : "✕" }),
+    preview(j.preview, "", j.owner),
+    el("div", { class: "main" }, el("div", { class: "name" }, `#${j.id} ${j.source || ""}`),
+      el("div", { class: "meta" }, [j.state, j.printer, j.material, j.finished_at && `ended ${when(j.finished_at).toLocaleString()}`, j.owner && `by ${j.owner}`].filter(Boolean).join(" · ")),
+      j.error ? el("div", { class: "err", text: j.error }) : null))));
+}
+
+function setupHistory() {
+  $("history-sec").hidden = false;
+  $("history-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadHistory().then(() => problem("")).catch((exc) => problem(exc.message));
+  });
+  loadHistory().catch((exc) => problem(exc.message));
+}
+
 // One dialog for every printer's settings, outside the cards: a card is redrawn at each report.
 let editing = null;
 function openSettings(p) {
@@ -448,6 +491,9 @@ function draw(snap) {
   reconcile($("waiting"), snap.waiting, (b) => b.id, waitingRow);
   $("failed-sec").hidden = !snap.failed.length;
   reconcile($("failed"), snap.failed, (j) => j.id, failedRow);
+  const done = count(s.jobs, "done") + count(s.jobs, "failed") + count(s.jobs, "cancelled");
+  if (historyDone !== null && done !== historyDone) loadHistory().catch(() => {});
+  historyDone = done;
   document.body.dataset.drawn = String(Number(document.body.dataset.drawn || 0) + 1);
 }
 
@@ -515,7 +561,7 @@ function connect() {
 function signedOut() {
   me = null;
   if (stream.source) stream.source.close();
-  for (const id of ["printers-sec", "submit-sec", "queue-sec", "waiting-sec", "failed-sec", "tokens-sec", "signout"]) $(id).hidden = true;
+  for (const id of ["printers-sec", "submit-sec", "queue-sec", "waiting-sec", "failed-sec", "history-sec", "tokens-sec", "signout"]) $(id).hidden = true;
   $("signed-out").hidden = false;
   $("who").textContent = "";
   $("live").textContent = "";
@@ -535,6 +581,7 @@ async function start() {
   $("filter").addEventListener("input", redraw);
   $("group").addEventListener("change", redraw);
   if (canAct()) setupSubmit();
+  setupHistory();
   if (isAdmin()) {
     setupTokens();
     setupSettings();
