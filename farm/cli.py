@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -148,6 +149,11 @@ def server(
         uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="warning")
         return
     os.environ.update(FARM_HOST=s.host, FARM_PORT=str(s.port))  # each process reads its settings anew
+    # API latency is kept per process: prometheus_client sums the processes' files at each scrape.
+    multiproc = s.data_dir / f"metrics-{s.port}"
+    shutil.rmtree(multiproc, ignore_errors=True)  # the last run's processes are gone
+    multiproc.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     uvicorn.run(
         "farm.api:app_from_env", factory=True, workers=workers, host=s.host, port=s.port, log_level="warning"
     )

@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     heating_per_group: int = 1  # printers of one power group that may heat up at the same time
     heatup_s: float = 300.0  # how long after a claim a printer counts as heating
 
+    # Notifications (farm/notify.py): e-mail targets (`farm notify add mailto:...`) go through this server.
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "printfarm@localhost"
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    notify_interval_s: float = 2.0  # how often the coordinator looks for events and due deliveries
+    # /metrics: any valid token may scrape; or this one, which may do nothing else (Prometheus'
+    # `authorization: {credentials: ...}`).
+    metrics_token: str | None = None
+
     # Queue. Unset: `farm up` starts an embedded server. Two farms on one Redis server need a
     # database each (redis://host:6379/1): on the same one, their workers take each other's messages.
     redis_url: str | None = None

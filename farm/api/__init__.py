@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from sqlmodel import Session, select
 
-from farm import dispatch, pipeline
+from farm import dispatch, notify, pipeline
 from farm.api import (
     agents,
     artifacts,
@@ -27,12 +27,14 @@ from farm.api import (
     dashboard,
     events,
     inspect,
+    notifications,
     operate,
     reads,
     signin,
     tokens,
     workers,
 )
+from farm.api import metrics as metrics_api
 from farm.api.bodylimit import BodyLimit
 from farm.api.deps import Farm, hash_secret, new_secret
 from farm.api.errors import NUL_IN_TEXT, document_body_errors, nul_in_text
@@ -148,6 +150,19 @@ async def _housekeeping(farm: Farm, keeper: Housekeeper) -> None:
             log.exception("lease expiry failed")
 
 
+async def _notifications(farm: Farm, keeper: Housekeeper) -> None:
+    """Deliver notifications (farm/notify.py): its own task and thread, so a slow receiver never
+    holds up lease expiry or dispatch."""
+    while True:
+        await asyncio.sleep(farm.settings.notify_interval_s)
+        if not keeper.holds():
+            continue
+        try:
+            await asyncio.to_thread(notify.one_round, farm.engine, farm.settings)
+        except Exception:  # the next round retries
+            log.exception("notification round failed")
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -195,8 +210,10 @@ def create_app(settings: Settings) -> FastAPI:
         events.end_streams_on_exit(_app.state.events)
         task = asyncio.create_task(_housekeeping(farm, keeper))
         checkpoints = asyncio.create_task(_checkpoints(farm))
+        notifications = asyncio.create_task(_notifications(farm, keeper))
         yield
         task.cancel()
+        notifications.cancel()
         checkpoints.cancel()
         keeper.release()
         for engine in (farm.async_engine, farm.nowait_engine):
@@ -206,12 +223,13 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
     app.state.farm = farm
     routers = (builds, agents, artifacts, operate, reads, signin, tokens, workers, dashboard, events, inspect)
-    for module in routers:
+    for module in (*routers, metrics_api, notifications):
         app.include_router(module.router)
     app.add_middleware(AgentFastLane, farm=farm)
     app.add_middleware(BodyLimit, max_upload_mb=settings.max_upload_mb)  # before any read
     app.state.events = events.broadcaster_for(farm.engine, settings)
-    app.add_middleware(events.PokeOnChange, broadcaster=app.state.events)  # outermost: sees every change
+    app.add_middleware(events.PokeOnChange, broadcaster=app.state.events)  # sees every change
+    app.add_middleware(metrics_api.RequestTimer)  # outermost: times everything
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
