@@ -22,6 +22,7 @@ import typer
 from farm import extras
 from farm.client import FarmClient, FarmError
 from farm.commands import agent_tools, cad, dashboard, slicing
+from farm.commands.notify import notify_app
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 from farm.settings import Settings, get_settings
 
@@ -891,6 +892,7 @@ def printers_set(
         )
 
 
+app.add_typer(notify_app, name="notify")
 tokens_app = typer.Typer(help="Tokens for people, workers and agents (admin only).", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 _DURATION = re.compile(r"(\d+)\s*([mhdw])")

@@ -200,11 +200,17 @@ def _send(
     return reply.status_code
 
 
+def _subject(kind: str, data: dict[str, Any]) -> str:
+    """One header line: errors carry newlines (tracebacks, the offending source line)."""
+    line = " ".join(summary(kind, data).split())
+    return f"[printfarm] {line if len(line) <= 150 else line[:149] + '…'}"
+
+
 def _email(to: str, kind: str, data: dict[str, Any], s: Settings) -> int:
     if not s.smtp_host:
         raise RuntimeError("no SMTP server: set FARM_SMTP_HOST (and FARM_SMTP_PORT, FARM_SMTP_FROM)")
     msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = s.smtp_from, to, f"[printfarm] {summary(kind, data)}"
+    msg["From"], msg["To"], msg["Subject"] = s.smtp_from, to, _subject(kind, data)
     msg.set_content(
         summary(kind, data) + "\n\n" + "\n".join(f"{k}: {v}" for k, v in data.items() if v is not None)
     )
