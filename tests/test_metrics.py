@@ -3,6 +3,7 @@ against what the API says (#18)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -15,9 +16,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
 from farm.db import make_engine
-from tests.conftest import EXAMPLES, RunningFarm, farm_server, running_farm, wait_until
+from tests.conftest import EXAMPLES, REPO, RunningFarm, farm_server, running_farm, wait_until
 from tests.test_dispatch import postgres, ready_build  # noqa: F401 - a fixture
 from tests.test_server_workers import children
+
+EXPORTED = {
+    "printfarm_jobs", "printfarm_builds", "printfarm_printers", "printfarm_queue_depth_jobs",
+    "printfarm_queue_oldest_ready_age_seconds", "printfarm_stage_duration_seconds",
+    "printfarm_cache_requests", "printfarm_upload_bytes", "printfarm_upload_seconds",
+    "printfarm_agent_heartbeat_age_seconds", "printfarm_claims", "printfarm_lease_expiries",
+    "printfarm_api_request_duration_seconds",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +74,7 @@ def test_metrics_match_the_api_after_a_small_run(small_farm: RunningFarm, tmp_pa
     status = httpx.get(f"{farm.url}/api/status", headers=_auth(farm)).json()
     printers = httpx.get(f"{farm.url}/api/printers", headers=_auth(farm)).json()
     families = _scrape(farm)  # nothing moves meanwhile: every job has ended
+    assert set(families) >= EXPORTED
 
     # Gauges read from the database: the same counts as the API's.
     by_state = _by(families["printfarm_jobs"], "state")
@@ -161,3 +171,12 @@ def test_two_server_processes_on_postgresql_answer_with_the_same_totals(
             answers.append((latency[("/api/status", "GET")], counts["upload"], counts["print"], sent))
         # 21 /api/status calls: the 20 above and the refused one; split between the two processes.
     assert all(a == (21.0, 1.0, 1.0, {"pa": 1234.0}) for a in answers), answers
+
+
+def test_the_example_dashboard_asks_only_for_families_the_farm_exports() -> None:
+    dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    asked = {
+        re.sub(r"_(bucket|sum|count|total)$", "", n) for e in exprs for n in re.findall(r"printfarm_\w+", e)
+    }
+    assert asked == EXPORTED  # every family has a panel, and no panel asks for one the farm lacks
