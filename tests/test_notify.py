@@ -196,3 +196,33 @@ def test_signatures_refuse_a_changed_body_or_an_old_timestamp() -> None:
     assert not verify("another secret", stamp, body, good)
     old = str(int(time.time()) - REPLAY_WINDOW_S - 60)
     assert not verify(SECRET, old, body, sign(SECRET, old, body))  # a replay of an old delivery
+
+
+def test_a_pending_delivery_survives_a_coordinator_restart(redis_url: str, tmp_path: Path) -> None:
+    """The outbox is in the database: what the receiver missed while the farm was stopped arrives
+    once it runs again."""
+    receiver, data = Receiver(), tmp_path / "farm"
+    data.mkdir()
+    hook = f"http://127.0.0.1:{receiver.port}/hook"
+    env = {"FARM_NOTIFY_INTERVAL_S": "0.5"}
+    with running_farm(redis_url, data, "1", redis_db=10, env=env) as farm:
+        code, _ = farm.cli_json("notify", "add", hook, "--event", "job.done", "--secret", SECRET)
+        assert code == 0
+        code, build = farm.cli_json("submit", str(EXAMPLES / "cube.stl"), "--wait")
+        assert code == 0, build
+
+        def tried() -> bool:
+            log = farm.cli_json("notify", "log")[1]
+            return bool(log) and log[0]["attempts"] >= 1 and log[0]["state"] == "pending"
+
+        wait_until(tried, 30, "a first, failed delivery attempt")
+    receiver.up()
+    time.sleep(2)
+    assert receiver.got == []  # nothing sends while the farm is stopped
+    with running_farm(redis_url, data, "1", redis_db=10, env=env) as farm:
+        wait_until(lambda: receiver.got, 60, "the delivery after the restart")
+        event = _check_signed(receiver.got[0])
+        assert event["event"] == "job.done" and event["data"]["job"] == build["jobs"][0]["id"]
+        log = farm.cli_json("notify", "log")[1]
+        assert log[0]["state"] == "sent" and log[0]["attempts"] >= 2
+    receiver.down()
