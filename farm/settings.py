@@ -33,11 +33,16 @@ class Settings(BaseSettings):
     # Where the CLI, workers and agents find the coordinator.
     url: str = "http://127.0.0.1:8000"
     token: str | None = None
+    token_file: Path | None = None  # read when `token` is unset (compose: the worker token's file)
     data_dir: Path = _default_data_dir()
 
     # Coordinator.
     host: str = "127.0.0.1"
     port: int = 8000
+    # The admin token's secret on a first start (else a random one); kept in <data dir>/admin.token.
+    admin_token: str | None = None
+    # Compose: the coordinator keeps a worker token in this file, which workers mount read-only.
+    worker_token_file: Path | None = None
     database_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… accepted
     db_agent_connections: int = 4  # PostgreSQL: connections per server process for agents' calls (x2)
     max_upload_mb: int = 512
@@ -124,9 +129,15 @@ class Settings(BaseSettings):
         return self.data_dir / "admin.token"
 
     def resolved_token(self) -> str | None:
-        """FARM_TOKEN, else the admin token `farm up` left in the data dir (same machine only)."""
+        """FARM_TOKEN, else FARM_TOKEN_FILE's, else the admin token `farm up` left in the data dir
+        (same machine only)."""
         if self.token:
             return self.token
+        if self.token_file is not None:
+            try:
+                return self.token_file.read_text().strip() or None
+            except OSError:
+                return None
         try:
             return self.admin_token_file.read_text().strip() or None
         except OSError:

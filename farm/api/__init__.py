@@ -51,18 +51,31 @@ log = logging.getLogger("farm.coordinator")
 
 
 def ensure_admin_token(farm: Farm) -> str:
-    """The admin token lives in the data dir so the CLI on this machine finds it without setup."""
+    """The admin token lives in the data dir so the CLI on this machine finds it without setup:
+    FARM_ADMIN_TOKEN's secret on a first start, else a random one. Under a lock: the processes of
+    `farm server --workers N` start together and must agree on one."""
     path = farm.settings.admin_token_file
-    if path.exists():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (farm.settings.data_dir / "tokens.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        secret = _token_in_file(farm, path, "admin", "admin", farm.settings.admin_token)
+        if farm.settings.worker_token_file is not None:
+            _token_in_file(farm, farm.settings.worker_token_file, "compose-workers", "worker", None)
+    return secret
+
+
+def _token_in_file(farm: Farm, path: Path, name: str, role: str, given: str | None) -> str:
+    """The token whose secret `path` holds (written now if missing), registered with `role`."""
+    if path.exists() and path.read_text().strip():
         secret = path.read_text().strip()
     else:
-        secret = new_secret()
+        secret = given or new_secret()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(secret + "\n")
     with Session(farm.engine) as session:
         if session.exec(select(Token).where(Token.secret_sha256 == hash_secret(secret))).first() is None:
-            session.add(Token(name="admin", role="admin", secret_sha256=hash_secret(secret)))
+            session.add(Token(name=name, role=role, secret_sha256=hash_secret(secret)))
             session.commit()
     return secret
 
