@@ -185,3 +185,32 @@ def test_compose_starts_from_nothing_and_a_job_prints(
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_admin_token_given_once_and_a_revoked_worker_token_replaced(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from sqlmodel import Session, select
+
+    from farm.api import create_app
+    from farm.models import Token
+    from farm.settings import Settings
+
+    token_file = tmp_path / "run" / "worker.token"
+    settings = Settings(data_dir=tmp_path / "data", worker_token_file=token_file, admin_token="chosen-admin")
+    engine = create_app(settings).state.farm.engine
+    first = token_file.read_text()
+    assert (tmp_path / "data" / "admin.token").read_text().strip() == "chosen-admin"
+    create_app(settings.model_copy(update={"admin_token": "another"}))  # a restart keeps both
+    assert token_file.read_text() == first
+    assert (tmp_path / "data" / "admin.token").read_text().strip() == "chosen-admin"
+    with Session(engine) as session:
+        worker = session.exec(select(Token).where(Token.role == "worker")).one()
+        worker.revoked_at = datetime.now(UTC)
+        session.add(worker)
+        session.commit()
+    create_app(settings)
+    assert token_file.read_text() != first  # revoking it is how its secret is changed
+    with Session(engine) as session:
+        live = session.exec(select(Token).where(Token.role == "worker", Token.revoked_at == None)).all()  # noqa: E711
+    assert len(live) == 1

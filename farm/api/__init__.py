@@ -65,16 +65,17 @@ def ensure_admin_token(farm: Farm) -> str:
 
 
 def _token_in_file(farm: Farm, path: Path, name: str, role: str, given: str | None) -> str:
-    """The token whose secret `path` holds (written now if missing), registered with `role`."""
-    if path.exists() and path.read_text().strip():
-        secret = path.read_text().strip()
-    else:
-        secret = given or new_secret()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secret + "\n")
+    """The token whose secret `path` holds (written now if missing), registered with `role`.
+    A worker token someone revoked is replaced: revoking it is how its secret is changed."""
+    secret = path.read_text().strip() if path.exists() else ""
     with Session(farm.engine) as session:
-        if session.exec(select(Token).where(Token.secret_sha256 == hash_secret(secret))).first() is None:
+        token = session.exec(select(Token).where(Token.secret_sha256 == hash_secret(secret))).first()
+        if not secret or (token is not None and token.revoked_at is not None and role == "worker"):
+            secret, token = given or new_secret(), None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secret + "\n")
+        if token is None:
             session.add(Token(name=name, role=role, secret_sha256=hash_secret(secret)))
             session.commit()
     return secret
