@@ -187,6 +187,22 @@ def test_signed_deliveries_arrive_and_come_again_after_the_receiver_was_down(
     sent = [d for d in log if d["url"] == hook and d["state"] == "sent"]
     assert len(sent) == 5 and max(d["attempts"] for d in sent) >= 2, log
 
+    # The tables people read, a test delivery, and a target removed.
+    listed = farm.cli("notify", "list")
+    assert listed.returncode == 0 and hook in listed.stdout and "mailto:ops@example.com" in listed.stdout
+    logged = farm.cli("notify", "log", "--limit", "3")
+    assert logged.returncode == 0 and "sent" in logged.stdout, logged.stdout
+    receiver.got.clear()
+    tested = farm.cli("notify", "test", str(target["id"]))
+    assert tested.returncode == 0, tested.stderr
+    wait_until(lambda: kinds() == ["test"], 30, "the test delivery")
+    assert _check_signed(receiver.got[0])["summary"] == "A test notification from printfarm"
+    assert farm.cli("notify", "remove", str(target["id"])).returncode == 0
+    assert [t["url"] for t in farm.cli_json("notify", "list")[1]] == ["mailto:ops@example.com"]
+    gone = farm.cli("notify", "test", str(target["id"]))
+    assert gone.returncode == 1 and f"no notification target {target['id']}" in gone.stderr
+    receiver.down()
+
 
 def test_signatures_refuse_a_changed_body_or_an_old_timestamp() -> None:
     body, stamp = b'{"event": "job.done"}', str(int(time.time()))
