@@ -170,7 +170,10 @@ class FarmCollector(Collector):
         counters: dict[str, CounterMetricFamily] = {}
         helps = {
             CACHE: ("Cache lookups by stage and result", ["stage", "result"]),
-            LEASE_EXPIRIES: ("Leases that ran out (the holder went silent)", ["kind"]),
+            LEASE_EXPIRIES: (
+                "Leases that ran out (claim: an agent, cad/slice: a worker went silent)",
+                ["kind"],
+            ),
             UPLOAD_BYTES: ("Bytes sent to printers, as their agents report", ["printer"]),
             UPLOAD_SECONDS: ("Seconds spent sending files to printers, as their agents report", ["printer"]),
         }
@@ -192,8 +195,9 @@ class FarmCollector(Collector):
             for stage in ("cad", "slicing"):
                 for result in ("hit", "miss"):
                     counters[CACHE].add_metric([stage, result], 0.0)
-        if not any(r.name == LEASE_EXPIRIES for r in rows):
-            counters[LEASE_EXPIRIES].add_metric(["claim"], 0.0)
+        expired = {_parse(r.labels).get("kind") for r in rows if r.name == LEASE_EXPIRIES}
+        for kind in sorted({"claim", "cad", "slice"} - expired):
+            counters[LEASE_EXPIRIES].add_metric([kind], 0.0)
         yield from counters.values()
         stages = HistogramMetricFamily(STAGE_SECONDS, "Time spent in each stage of a print", labels=["stage"])
         for stage in STAGES:

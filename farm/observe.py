@@ -48,7 +48,13 @@ def _job(session: Session, job: Job) -> None:
 
 
 def _build(session: Session, build: Build) -> None:
-    if (moved := _moved(build, "stage")) is not None and BuildStage(moved[1]) == BuildStage.FAILED:
+    moved = _moved(build, "stage")
+    if moved is not None and (BuildStage(moved[0]), BuildStage(moved[1])) == (
+        BuildStage.CAD,
+        BuildStage.QUEUED,
+    ):
+        metrics.count(session, metrics.LEASE_EXPIRIES, kind="cad")  # its worker went silent: sent again
+    if moved is not None and BuildStage(moved[1]) == BuildStage.FAILED:
         notify.raise_event(
             session, "build.failed", {"build": build.id, "source": build.source_name, "error": build.error}
         )
@@ -58,6 +64,8 @@ def _build(session: Session, build: Build) -> None:
 
 
 def _slice(session: Session, sl: Slice) -> None:
+    if (moved := _moved(sl, "worker")) is not None and moved[1] is None:  # only a lapsed lease drops it
+        metrics.count(session, metrics.LEASE_EXPIRIES, kind="slice")
     history = inspect(sl).attrs["slice_seconds"].history
     if history.added and history.added[0] is not None:
         metrics.observe(session, metrics.STAGE_SECONDS, float(history.added[0]), stage="slicing")

@@ -92,7 +92,11 @@ def test_metrics_match_the_api_after_a_small_run(small_farm: RunningFarm, tmp_pa
     assert set(ages) == {p["name"] for p in printers} and all(0 <= a < 30 for a in ages.values())
     claims = [s.value for s in families["printfarm_claims"] if s.name == "printfarm_claims_total"]
     assert claims == [2.0]  # each printed job was claimed once
-    assert _by(families["printfarm_lease_expiries"], "kind", "_total") == {"claim": 0.0}
+    assert _by(families["printfarm_lease_expiries"], "kind", "_total") == {
+        "claim": 0.0,
+        "cad": 0.0,
+        "slice": 0.0,
+    }
 
     # Tallies: the stages each print went through, in histograms.
     stages = families["printfarm_stage_duration_seconds"]
