@@ -236,6 +236,8 @@ def deliver_due(engine: Any, settings: Settings, limit: int = 20) -> int:
             .where(NotifyDelivery.state == "pending", col(NotifyDelivery.next_at) <= now)
             .order_by(col(NotifyDelivery.next_at))
             .limit(limit)
+            # PostgreSQL: housekeepers on other hosts skip what this one is claiming (SQLite: no-op).
+            .with_for_update(of=NotifyDelivery, skip_locked=True)  # type: ignore[arg-type]
         ).all()
         for delivery, _t, _e in due:  # claimed for a while: another coordinator leaves them alone
             delivery.next_at = now + timedelta(seconds=CLAIM_S)

@@ -150,3 +150,26 @@ def test_fan_out_only_to_targets_that_want_the_event(engine: Engine) -> None:
         assert notify.fan_out(session) == 0
         session.commit()
         assert session.exec(select(NotifyEvent).where(NotifyEvent.kind == "printer.back")).all() == []
+
+
+def test_deliveries_go_out_from_either_database(engine: Engine) -> None:
+    """deliver_due's claim (FOR UPDATE SKIP LOCKED on PostgreSQL) and outcome, against a receiver."""
+    from farm.settings import Settings
+    from tests.test_notify import SECRET, Receiver
+
+    receiver = Receiver()
+    receiver.up()
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            session.add(NotifyTarget(url=f"http://127.0.0.1:{receiver.port}/", secret=SECRET))
+            session.commit()
+            notify.raise_event(session, "queue.empty", {"message": "nothing left to print"})
+            session.commit()
+        assert notify.one_round(engine, Settings()) == 1
+        assert [json.loads(d["body"])["event"] for d in receiver.got] == ["queue.empty"]
+        with Session(engine) as session:
+            [delivery] = session.exec(select(NotifyDelivery)).all()
+            assert (delivery.state, delivery.attempts, delivery.last_status) == ("sent", 1, 204)
+        assert notify.one_round(engine, Settings()) == 0  # sent once
+    finally:
+        receiver.down()
