@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import typer
 from farm import extras
 from farm.client import FarmClient, FarmError
 from farm.commands import agent_tools, cad, dashboard, slicing
+from farm.commands.notify import notify_app
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 from farm.settings import Settings, get_settings
 
@@ -148,6 +150,11 @@ def server(
         uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="warning")
         return
     os.environ.update(FARM_HOST=s.host, FARM_PORT=str(s.port))  # each process reads its settings anew
+    # API latency is kept per process: prometheus_client sums the processes' files at each scrape.
+    multiproc = s.data_dir / f"metrics-{s.port}"
+    shutil.rmtree(multiproc, ignore_errors=True)  # the last run's processes are gone
+    multiproc.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     uvicorn.run(
         "farm.api:app_from_env", factory=True, workers=workers, host=s.host, port=s.port, log_level="warning"
     )
@@ -932,6 +939,7 @@ def printers_set(
         )
 
 
+app.add_typer(notify_app, name="notify")
 tokens_app = typer.Typer(help="Tokens for people, workers and agents (admin only).", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 _DURATION = re.compile(r"(\d+)\s*([mhdw])")

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import Session, SQLModel, create_engine
 
-from farm import models  # noqa: F401 - registers the tables
+from farm import models, observe, ops_tables  # noqa: F401 - registers the tables and the move hooks
 
 
 def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:

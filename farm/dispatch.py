@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
-from farm import tags
+from farm import metrics, tags
 from farm.models import Job, Printer, Slice, utcnow
 from farm.pipeline import Outgoing, move_job, rebuild_for
 from farm.states import LEASED_JOB_STATES, TERMINAL_JOB_STATES, InvalidMove, JobState, SliceState, can_move
@@ -597,12 +597,14 @@ def expire_leases(session: Session, lease_s: float) -> None:
     elsewhere could print it twice. The agent reconciles when it returns.
     """
     now = utcnow()
-    for job in session.exec(
-        select(Job).where(Job.state == JobState.CLAIMED, col(Job.lease_expires) < now)
-    ).all():
+    claimed = select(Job).where(Job.state == JobState.CLAIMED, col(Job.lease_expires) < now)
+    expired = session.exec(claimed).all()
+    for job in expired:
         move_job(session, job, JobState.READY)
         job.printer = None
         job.lease_expires = None
+    if expired:
+        metrics.count(session, metrics.LEASE_EXPIRIES, len(expired), kind="claim")
     silent_since = now - timedelta(seconds=lease_s)
     for printer in session.exec(
         select(Printer).where(Printer.state != "offline", col(Printer.last_seen) < silent_since)

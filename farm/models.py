@@ -120,7 +120,8 @@ class Job(SQLModel, table=True):
     error: str | None = None
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
-    started_at: datetime | None = None
+    started_at: datetime | None = None  # claimed
+    printing_at: datetime | None = None  # reached the printer (farm/observe.py; for metrics)
     finished_at: datetime | None = None
     owner: str | None = None  # its build's owner: who may cancel or retry it (farm/api/access.py)
 

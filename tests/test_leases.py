@@ -22,6 +22,7 @@ from sqlmodel import Session, select
 
 from farm import dispatch, pipeline
 from farm.models import Build, Job, Slice, utcnow
+from farm.ops_tables import MetricTally
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
 from farm.states import BuildStage, InvalidMove, JobState, SliceState
 from tests.conftest import RunningFarm, running_farm, wait_until
@@ -370,3 +371,32 @@ def test_retrying_a_job_whose_cad_failed_builds_and_prints_it(
     done = wait_until(lambda: (j := job())["state"] in ("done", "failed") and j, 180, "the job to print")
     assert done["state"] == "done", done
     assert api.get(f"/api/builds/{build['id']}").json()["stage"] == "ready"
+
+
+def test_lapsed_work_leases_are_counted_for_metrics(engine: Engine) -> None:  # noqa: F811
+    from farm import metrics
+
+    def expiries() -> dict[str, float]:
+        with Session(engine) as fresh:
+            rows = fresh.exec(select(MetricTally).where(MetricTally.name == metrics.LEASE_EXPIRIES)).all()
+            return {r.labels: r.value for r in rows}
+
+    with Session(engine, expire_on_commit=False) as s:
+        build, _job = new_build(s)
+        assert pipeline.cad_started(s, build, worker="a:1", lease_s=60)
+        s.commit()
+        lapse(s, build)
+        pipeline.expire_work_leases(s, attempts=3)
+        s.commit()
+        assert expiries() == {"kind=cad": 1.0}
+        mesh, _job = new_build(s, "part.stl")
+        sl = s.exec(select(Slice).where(Slice.build_id == mesh.id)).one()
+        assert pipeline.slice_started(s, sl, worker="a:1", lease_s=60)
+        s.commit()
+        lapse(s, sl)
+        pipeline.expire_work_leases(s, attempts=3)
+        s.commit()
+        assert pipeline.slice_started(s, sl, worker="b:2", lease_s=60)
+        pipeline.slice_finished(s, sl, error=None, gcode_sha256="3" * 64, meta={}, seconds=1.0)
+        s.commit()  # a finished slice keeps its worker: no expiry
+        assert expiries() == {"kind=cad": 1.0, "kind=slice": 1.0}

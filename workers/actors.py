@@ -136,6 +136,7 @@ def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
             "bbox": bbox,
             "seconds": time.monotonic() - t0,
             "skipped": result.skipped,
+            "cached": hit,  # for /metrics
         },
     )
     log.info("build %s meshed in %.2f s%s", build_id, time.monotonic() - t0, " (cache hit)" if hit else "")
@@ -201,7 +202,8 @@ def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
         k: getattr(result.meta, k) for k in ("print_time_s", "filament_g", "filament_mm", "printer_model")
     }
     ctx.client.post(
-        f"/api/slices/{slice_id}/result", {"gcode": gcode, "meta": meta, "seconds": time.monotonic() - t0}
+        f"/api/slices/{slice_id}/result",
+        {"gcode": gcode, "meta": meta, "seconds": time.monotonic() - t0, "cached": result.cached},
     )
     log.info(
         "slice %s for %s done in %.2f s%s",

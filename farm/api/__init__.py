@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from sqlmodel import Session, select
 
-from farm import dispatch, pipeline
+from farm import dispatch, notify, pipeline
 from farm.api import (
     agents,
     artifacts,
@@ -28,12 +28,14 @@ from farm.api import (
     events,
     history,
     inspect,
+    notifications,
     operate,
     reads,
     signin,
     tokens,
     workers,
 )
+from farm.api import metrics as metrics_api
 from farm.api.bodylimit import BodyLimit
 from farm.api.deps import Farm, hash_secret, new_secret
 from farm.api.errors import NUL_IN_TEXT, document_body_errors, nul_in_text
@@ -50,18 +52,32 @@ log = logging.getLogger("farm.coordinator")
 
 
 def ensure_admin_token(farm: Farm) -> str:
-    """The admin token lives in the data dir so the CLI on this machine finds it without setup."""
+    """The admin token lives in the data dir so the CLI on this machine finds it without setup:
+    FARM_ADMIN_TOKEN's secret on a first start, else a random one. Under a lock: the processes of
+    `farm server --workers N` start together and must agree on one."""
     path = farm.settings.admin_token_file
-    if path.exists():
-        secret = path.read_text().strip()
-    else:
-        secret = new_secret()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secret + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (farm.settings.data_dir / "tokens.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        secret = _token_in_file(farm, path, "admin", "admin", farm.settings.admin_token)
+        if farm.settings.worker_token_file is not None:
+            _token_in_file(farm, farm.settings.worker_token_file, "compose-workers", "worker", None)
+    return secret
+
+
+def _token_in_file(farm: Farm, path: Path, name: str, role: str, given: str | None) -> str:
+    """The token whose secret `path` holds (written now if missing), registered with `role`.
+    A worker token someone revoked is replaced: revoking it is how its secret is changed."""
+    secret = path.read_text().strip() if path.exists() else ""
     with Session(farm.engine) as session:
-        if session.exec(select(Token).where(Token.secret_sha256 == hash_secret(secret))).first() is None:
-            session.add(Token(name="admin", role="admin", secret_sha256=hash_secret(secret)))
+        token = session.exec(select(Token).where(Token.secret_sha256 == hash_secret(secret))).first()
+        if not secret or (token is not None and token.revoked_at is not None and role == "worker"):
+            secret, token = given or new_secret(), None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secret + "\n")
+        if token is None:
+            session.add(Token(name=name, role=role, secret_sha256=hash_secret(secret)))
             session.commit()
     return secret
 
@@ -149,6 +165,19 @@ async def _housekeeping(farm: Farm, keeper: Housekeeper) -> None:
             log.exception("lease expiry failed")
 
 
+async def _notifications(farm: Farm, keeper: Housekeeper) -> None:
+    """Deliver notifications (farm/notify.py): its own task and thread, so a slow receiver never
+    holds up lease expiry or dispatch."""
+    while True:
+        await asyncio.sleep(farm.settings.notify_interval_s)
+        if not keeper.holds():
+            continue
+        try:
+            await asyncio.to_thread(notify.one_round, farm.engine, farm.settings)
+        except Exception:  # the next round retries
+            log.exception("notification round failed")
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -196,8 +225,10 @@ def create_app(settings: Settings) -> FastAPI:
         events.end_streams_on_exit(_app.state.events)
         task = asyncio.create_task(_housekeeping(farm, keeper))
         checkpoints = asyncio.create_task(_checkpoints(farm))
+        notifications = asyncio.create_task(_notifications(farm, keeper))
         yield
         task.cancel()
+        notifications.cancel()
         checkpoints.cancel()
         keeper.release()
         for engine in (farm.async_engine, farm.nowait_engine):
@@ -219,13 +250,16 @@ def create_app(settings: Settings) -> FastAPI:
         dashboard,
         events,
         inspect,
+        metrics_api,
+        notifications,
     )
     for module in routers:
         app.include_router(module.router)
     app.add_middleware(AgentFastLane, farm=farm)
     app.add_middleware(BodyLimit, max_upload_mb=settings.max_upload_mb)  # before any read
     app.state.events = events.broadcaster_for(farm.engine, settings)
-    app.add_middleware(events.PokeOnChange, broadcaster=app.state.events)  # outermost: sees every change
+    app.add_middleware(events.PokeOnChange, broadcaster=app.state.events)  # sees every change
+    app.add_middleware(metrics_api.RequestTimer)  # outermost: times everything
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col
 
-from farm import dispatch
+from farm import dispatch, metrics
 from farm.api.deps import (
     MAX_ID,
     MAX_NAME,
@@ -67,6 +67,8 @@ class Report(BaseModel):
     progress: Percent | None = None
     remaining_s: Id | None = None
     error: str | None = None
+    upload_bytes: Id | None = None  # with the first `printing` report: what the upload sent, how fast
+    upload_s: Annotated[float, Field(ge=0, le=1e7)] | None = None
 
 
 def _check_bound(token: Token, name: str) -> None:
@@ -289,6 +291,9 @@ def _report(session: Session, job_id: int, body: Report, token: Token, farm: Far
     job = session.get(Job, job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
+    if body.upload_bytes is not None and body.state == JobState.PRINTING and job.state != JobState.PRINTING:
+        metrics.count(session, metrics.UPLOAD_BYTES, body.upload_bytes, printer=body.printer)
+        metrics.count(session, metrics.UPLOAD_SECONDS, body.upload_s or 0.0, printer=body.printer)
     try:
         job = dispatch.report(
             session,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, JsonValue, ValidationError
 from redis.exceptions import RedisError
 from sqlmodel import Session, col, select
 
-from farm import pipeline, tags
+from farm import metrics, pipeline, tags
 from farm.api.deps import Farm, FarmDep, RowId, SessionDep, require
 from farm.api.errors import AUTH, errors
 from farm.api.paging import Cursor, Limit, after_id, page, paged
@@ -30,6 +30,7 @@ from farm.printer_models import (
 )
 from farm.queue import send
 from farm.sources import SourceProblem, check_cad_source
+from farm.states import BuildStage, SliceState
 from farm.store import TooLarge
 from workers.slicer import SliceError, check_overrides, print_options
 
@@ -85,6 +86,7 @@ class CadResult(BaseModel):
     seconds: Finite | None = None
     # What the design showed but did not print ("outline (a sketch)"): shown on the build.
     skipped: list[Annotated[str, Field(max_length=300)]] = Field(default_factory=list, max_length=200)
+    cached: bool | None = None  # the worker's CAD cache had it (None: an older worker did not say)
 
 
 class SliceMeta(BaseModel):
@@ -101,6 +103,7 @@ class SliceResult(BaseModel):
     gcode: str | None = None
     meta: SliceMeta = Field(default_factory=SliceMeta)
     seconds: Finite | None = None
+    cached: bool | None = None  # the worker's slice cache had it
 
 
 def dispatch_outgoing(farm: Farm, out: list[pipeline.Outgoing]) -> None:
@@ -315,6 +318,8 @@ def cad_result(build_id: RowId, result: CadResult, farm: FarmDep, session: Sessi
     for sha in (result.stl, result.threemf, result.step, result.preview, result.preview_small):
         if sha and session.get(Artifact, sha) is None:
             raise HTTPException(422, f"artifact {sha} was not uploaded")
+    if result.cached is not None and build.stage in (BuildStage.QUEUED, BuildStage.CAD):  # not a repeat
+        metrics.count(session, metrics.CACHE, stage="cad", result="hit" if result.cached else "miss")
     out = pipeline.cad_finished(
         session,
         build,
@@ -396,6 +401,8 @@ def slice_result(slice_id: RowId, result: SliceResult, session: SessionDep) -> d
         raise HTTPException(404, f"no slice {slice_id}")
     if result.gcode and session.get(Artifact, result.gcode) is None:
         raise HTTPException(422, f"artifact {result.gcode} was not uploaded")
+    if result.cached is not None and sl.state == SliceState.PENDING:  # not a repeat
+        metrics.count(session, metrics.CACHE, stage="slicing", result="hit" if result.cached else "miss")
     pipeline.slice_finished(
         session,
         sl,

@@ -1,0 +1,119 @@
+"""`farm notify`: where the farm tells people what happened (farm/notify.py sends)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+notify_app = typer.Typer(
+    help="Notifications: webhooks (JSON, Discord, Slack, ntfy) and e-mail for job, printer and queue events.",
+    no_args_is_help=True,
+)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+EVENT_HELP = (
+    "An event to send (repeat the option); none: every event. job.done, job.failed, printer.attention, "
+    "printer.offline, printer.back, printer.bed (needs clearing), build.failed, queue.empty."
+)
+
+
+@notify_app.command("add")
+def add(
+    url: Annotated[str, typer.Argument(help="https://… (a webhook) or mailto:ops@example.com.")],
+    event: Annotated[list[str] | None, typer.Option("--event", "-e", help=EVENT_HELP)] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="json (signed), discord, slack, ntfy; mailto: URLs are e-mail."),
+    ] = None,
+    secret: Annotated[
+        str | None, typer.Option(help="JSON: the HMAC key to sign with (default: a new one, shown once).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a target. JSON deliveries carry X-Farm-Timestamp and X-Farm-Signature:
+    sha256=HMAC-SHA256(secret, timestamp + "." + body)."""
+    from farm import cli
+
+    data = cli._send(
+        "POST", "/api/notify/targets", {"url": url, "format": fmt, "events": event or [], "secret": secret}
+    )
+    if as_json:
+        cli._emit(data)
+        return
+    typer.echo(f"target {data['id']}: {data['format']} to {data['url']} for {', '.join(data['events'])}")
+    if data.get("secret") and not secret:
+        typer.echo(f"signing secret (shown only now): {data['secret']}")
+
+
+@notify_app.command("list")
+def list_targets(as_json: JsonOpt = False) -> None:
+    """The targets and the events each gets."""
+    from farm import cli
+
+    data = cli._get("/api/notify/targets")
+    if as_json:
+        cli._emit(data)
+        return
+    cli._table(
+        "notification targets",
+        ["id", "format", "url", "events", "signed"],
+        [[t["id"], t["format"], t["url"], ",".join(t["events"]), t["signed"]] for t in data],
+    )
+
+
+@notify_app.command("test")
+def test(
+    target: Annotated[int, typer.Argument(help="The target's id (farm notify list).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a test event to one target; `farm notify log` shows whether it arrived."""
+    from farm import cli
+
+    data = cli._send("POST", f"/api/notify/targets/{target}/test")
+    cli._emit(data) if as_json else typer.echo(
+        f"test queued for target {target} (delivery {data['delivery']})"
+    )
+
+
+@notify_app.command("remove")
+def remove(
+    target: Annotated[int, typer.Argument(help="The target's id (farm notify list).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a target and drop its pending deliveries."""
+    from farm import cli
+
+    data = cli._send("DELETE", f"/api/notify/targets/{target}")
+    cli._emit(data) if as_json else typer.echo(f"target {target}: removed")
+
+
+@notify_app.command("log")
+def log(
+    limit: Annotated[int, typer.Option(help="How many of the latest deliveries.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """The latest deliveries and how each went (sent, pending with its next try, or failed)."""
+    from farm import cli
+
+    data = cli._get("/api/notify/log", limit=limit)
+    if as_json:
+        cli._emit(data)
+        return
+    cli._table(
+        "deliveries",
+        ["id", "event", "target", "state", "tries", "status", "error", "sent / next try", "summary"],
+        [
+            [
+                d["id"],
+                d["event"],
+                d["url"],
+                d["state"],
+                d["attempts"],
+                d["last_status"],
+                d["last_error"],
+                d["sent_at"] or d["next_at"],
+                d["summary"],
+            ]
+            for d in data
+        ],
+    )
