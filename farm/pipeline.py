@@ -81,7 +81,9 @@ def create_build(
     use_cache: bool = True,
     step: bool = False,
     owner: str | None = None,
+    preview: bool = False,
 ) -> tuple[Build, list[Job], list[Outgoing]]:
+    """`preview`: a CAD build with no jobs; it stops, ready, once its mesh is made."""
     kind = source_kind(source_name)
     material = material.upper()
     build = Build(
@@ -120,6 +122,7 @@ def create_build(
             owner=owner,
         )
         for i, on_plate in enumerate(plates(copies, per_plate))
+        if not preview
     ]
     session.add_all(jobs)
     session.flush()
@@ -323,6 +326,11 @@ def cad_finished(
     for column, value in (extras or {}).items():
         setattr(build, column, value)
     jobs = _jobs(session, build)
+    if not jobs:  # a preview: its mesh was all it asked for
+        build.stage = check_build_move(build.stage, BuildStage.READY)
+        build.updated_at = utcnow()
+        session.add(build)
+        return []
     requested = next((j.printer_model for j in jobs if j.printer_model), None)
     return _start_slicing(session, build, target_models(session, requested))
 

@@ -62,7 +62,8 @@ _JOB_MOVES: dict[JobState, frozenset[JobState]] = {
 _BUILD_MOVES: dict[BuildStage, frozenset[BuildStage]] = {
     BuildStage.QUEUED: frozenset({BuildStage.CAD, BuildStage.SLICING, BuildStage.FAILED}),
     # Back to queued: its CAD worker's lease ran out (the worker died); the build is sent again.
-    BuildStage.CAD: frozenset({BuildStage.QUEUED, BuildStage.SLICING, BuildStage.FAILED}),
+    # Ready straight from CAD: a preview (no jobs) has nothing to slice.
+    BuildStage.CAD: frozenset({BuildStage.QUEUED, BuildStage.SLICING, BuildStage.READY, BuildStage.FAILED}),
     BuildStage.SLICING: frozenset({BuildStage.READY, BuildStage.FAILED}),
     BuildStage.READY: frozenset(),  # a retried plate's slices are made again; the build stays ready
     # An operator retried one of its jobs: the CAD run again (no mesh came out), or its slices.

@@ -56,6 +56,9 @@ class SubmitOptions(BaseModel):
     git: GitSource | None = None  # the project is this commit of a git repository
     no_cache: bool = False
     step: bool = False  # also export a STEP file (a .py design only)
+    # Build the part (CAD only: same worker, sandbox and cache) and make no jobs: the dashboard's
+    # "Preview". Submitting it afterwards with the same parameters reuses the worker's cached result.
+    preview: bool = False
     copies: int = Field(1, ge=1, le=100)
     material: str = "PLA"
     quality: str = "standard"
@@ -176,6 +179,8 @@ async def submit(
         )
     except (tags.BadTag, SliceError) as exc:
         raise HTTPException(422, str(exc)) from exc
+    if opts.preview and pipeline.source_kind(name) != "cad":
+        raise HTTPException(422, f"a preview builds a .py design; '{name}' is a mesh or G-code already")
     if opts.per_plate > 1 and pipeline.source_kind(name) == "gcode":
         raise HTTPException(422, "a ready G-code cannot be rearranged: --per-plate needs a design or a mesh")
     # What no printer could ever take is refused now, by the rules `farm printers set` uses.
@@ -239,6 +244,7 @@ async def submit(
         use_cache=not opts.no_cache,
         step=opts.step,
         owner=token.name,
+        preview=opts.preview,
     )
     session.commit()
     dispatch_outgoing(farm, out)
