@@ -2,7 +2,8 @@
 (three emulated PrusaLink printers, their agents, a worker). Signed in through `farm open
 --no-browser`'s link; progress moves without a reload; a job cancelled and a bed cleared from the
 page (the bed by keyboard); a submitter sees no tokens; a phone-sized screen gets one column; the
-dark scheme is dark. Screenshots go to a temporary folder, or to the folder named by
+dark scheme is dark; a design previewed (drawn before any job exists), then submitted from the CAD
+cache; a build's page (pipeline, provenance, a failure's error first); a 3MF's objects in colours. Screenshots go to a temporary folder, or to the folder named by
 FARM_SCREENSHOTS (`FARM_SCREENSHOTS=docs` refreshes the README's)."""
 
 from __future__ import annotations
@@ -319,10 +320,147 @@ def test_a_phone_gets_one_column_in_either_scheme(farm: RunningFarm, browser, sc
     assert len(boxes) == 3
     assert len({round(b["x"]) for b in boxes}) == 1  # one column
     assert all(b["x"] >= 0 and b["x"] + b["width"] <= 390 for b in boxes)
-    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing scrolls sideways
+    wide = """() => [...document.querySelectorAll('body *')]
+      .filter(e => e.getBoundingClientRect().right > 390)
+      .map(e => `${e.tagName}#${e.id}: ${(e.textContent || '').slice(0, 60)}`).slice(-5)"""
+    # nothing scrolls sideways
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(wide)
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     red, green, blue = (int(v) for v in re.findall(r"\d+", background)[:3])
     assert (red + green + blue < 150) == (scheme == "dark"), background
     page.screenshot(path=str(DOCS / f"dashboard-phone-{scheme}.png"))
+    assert errors == []
+    context.close()
+
+
+# Pixels of each colour the 3MF of show_names_colors.py gives its objects: orange, blue, green.
+OBJECT_PIXELS = """c => {
+  const copy = document.createElement('canvas');
+  copy.width = c.width; copy.height = c.height;
+  const ctx = copy.getContext('2d');
+  ctx.drawImage(c, 0, 0);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data;
+  const n = {orange: 0, blue: 0, green: 0};
+  for (let i = 0; i < d.length; i += 4) {
+    const [r, g, b] = [d[i], d[i + 1], d[i + 2]];
+    if (r > 60 && r > g * 1.3 && g > b * 1.5) n.orange++;
+    else if (b > 60 && b > 2 * r && b > 2 * g) n.blue++;
+    else if (g > 60 && g > 2 * r && g > 2 * b) n.green++;
+  }
+  return n;
+}"""
+
+
+def test_preview_a_design_then_submit_it_and_read_its_build(farm: RunningFarm, browser) -> None:  # type: ignore[no-untyped-def]
+    """The bracket previewed with a longer arm: drawn in 3D before any job exists; then submitted
+    (the CAD worker's cache has it); its build's page shows the pipeline and where it came from."""
+    api = _api(farm)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors = _errors(page)
+    _sign_in(farm, page)
+    jobs_before = {j["id"] for j in api.get("/api/jobs", params={"limit": 500}).json()}
+    page.set_input_files("#submit-file", str(EXAMPLES / "bracket.py"))
+    length = page.locator('#submit-params input[name="param:length"]')
+    length.wait_for()
+    length.fill("70")
+    page.fill('#submit-form input[name="material"]', "ASA")  # no printer has it: the job stays queued
+    page.fill('#submit-form input[name="printer_model"]', "MK3S")
+    page.click("#preview-button")
+    canvas = page.locator("#viewer-canvas")
+    wait_until(lambda: canvas.get_attribute("data-triangles"), 180, "the preview to be built and drawn")
+    drawn = canvas.evaluate(PART_PIXELS)
+    assert drawn["part"] > 0.03 * drawn["all"], drawn
+    preview_id = page.locator("#submit-result").get_attribute("data-preview")
+    preview = api.get(f"/api/builds/{preview_id}").json()
+    assert preview["preview_only"] and preview["jobs"] == [] and preview["slices"] == []
+    assert preview["stage"] == "ready" and preview["params"]["length"] == 70
+    assert {j["id"] for j in api.get("/api/jobs", params={"limit": 500}).json()} == jobs_before
+    page.locator("#viewer").screenshot(path=str(DOCS / "dashboard-preview.png"))
+    page.keyboard.press("Escape")
+
+    # Submitted as previewed: the same part, from the worker's cache.
+    page.click('#submit-form button[type="submit"]')
+    result = page.locator("#submit-result")
+    wait_until(lambda: result.get_attribute("data-build"), 20, "the submit")
+    build_id = int(result.get_attribute("data-build") or 0)
+    wait_until(lambda: api.get(f"/api/builds/{build_id}").json()["stl"], 120, "the CAD result")
+    build = api.get(f"/api/builds/{build_id}").json()
+    assert build["stl"] == preview["stl"] and len(build["jobs"]) == 1
+    worker_log = (farm.data_dir / "logs" / "worker.log").read_text()
+    assert f"build {build_id} meshed in" in worker_log
+    assert re.search(rf"build {build_id} meshed in [\d.]+ s \(cache hit\)", worker_log), worker_log
+
+    # Its page, from its job in the queue: the pipeline and the provenance.
+    job = build["jobs"][0]["id"]
+    opener = page.locator(f'#queue li[data-job="{job}"] [data-action="build:{build_id}"]')
+    opener.wait_for(timeout=120_000)
+    opener.click()
+    dialog = page.locator("#build")
+    steps = dialog.locator(".pipeline li")
+    wait_until(lambda: steps.count() >= 4, 20, "the pipeline")
+    kinds = steps.evaluate_all("items => items.map(i => [i.dataset.step, i.dataset.state])")
+    assert kinds[0] == ["source", "done"] and kinds[1] == ["cad", "done"], kinds
+    assert ["slice", "done"] in kinds and ["job", "ready"] in kinds, kinds
+    provenance = dialog.locator('[data-part="provenance"]').inner_text()
+    assert build["source_sha256"] in provenance and "length = 70" in provenance and "bracket" in provenance
+    assert "MK3S" in dialog.locator('[data-part="estimates"]').inner_text()
+    assert dialog.locator('[data-part="errors"]').count() == 0
+    links = dialog.locator('[data-part="artifacts"] a').evaluate_all("links => links.map(a => a.textContent)")
+    assert {"source", "STL", "3MF", "preview", "G-code for MK3S"} <= set(links), links
+    dialog.screenshot(path=str(DOCS / "dashboard-build.png"))
+    page.keyboard.press("Escape")
+    assert api.post(f"/api/jobs/{job}/cancel").status_code == 200
+    assert errors == []
+    context.close()
+
+
+def test_a_failed_build_shows_its_error_first_and_a_multi_object_part_in_colours(  # type: ignore[no-untyped-def]
+    farm: RunningFarm, browser, tmp_path: Path
+) -> None:
+    api = _api(farm)
+    broken = tmp_path / "broken.py"
+    broken.write_text("def part():\n    raise ValueError('the wall is too thin')\n")
+    code, failed = farm.cli_json("submit", str(broken), "--printer-model", "MK3S")
+    assert code == 0, failed
+    code, shown = farm.cli_json(
+        "submit", str(REPO / "tests" / "designs" / "show_names_colors.py"), "--printer-model", "MK3S",
+        "--material", "ASA",
+    )  # fmt: skip
+    assert code == 0, shown
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors = _errors(page)
+    _sign_in(farm, page)
+
+    # The failure, from the "Failed recently" list: what went wrong comes first, then the pipeline.
+    failed_job = failed["jobs"][0]["id"]  # type: ignore[call-overload]
+    opener = page.locator(f'#failed li[data-job="{failed_job}"] [data-action^="build:"]')
+    opener.wait_for(timeout=120_000)
+    opener.click()
+    dialog = page.locator("#build")
+    dialog.locator('[data-part="errors"]').wait_for()
+    first = dialog.locator("#build-body > *").first
+    assert first.get_attribute("data-part") == "errors" and "the wall is too thin" in first.inner_text()
+    assert dialog.locator('.pipeline li[data-step="cad"]').get_attribute("data-state") == "failed"
+    page.keyboard.press("Escape")
+
+    # Three objects shown with names and colours: drawn apart, each in its colour, named below.
+    wait_until(lambda: api.get(f"/api/builds/{shown['id']}").json()["threemf"], 180, "the 3MF")
+    job = shown["jobs"][0]["id"]  # type: ignore[call-overload]
+    opener = page.locator(f'#queue li[data-job="{job}"] [data-action^="build:"]')
+    opener.wait_for(timeout=120_000)
+    opener.click()
+    page.locator(f'[data-action="view3d:{shown["id"]}"]').click()
+    canvas = page.locator("#viewer-canvas")
+    wait_until(lambda: canvas.get_attribute("data-objects"), 30, "the 3MF to be drawn")
+    assert canvas.get_attribute("data-objects") == "3"
+    names = page.locator("#viewer-objects li").evaluate_all("items => items.map(i => i.dataset.object)")
+    assert sorted(names) == ["ball", "base", "peg"]
+    colours = canvas.evaluate(OBJECT_PIXELS)
+    assert all(count > 200 for count in colours.values()), colours
+    page.locator("#viewer").screenshot(path=str(DOCS / "dashboard-3d-objects.png"))
+    page.keyboard.press("Escape")
+    assert api.post(f"/api/jobs/{job}/cancel").status_code == 200
     assert errors == []
     context.close()

@@ -199,18 +199,30 @@ function jobLabel(j) {
 }
 
 let stopViewer = null;
-async function openViewer(sha, title) {
+// `kind` "3mf": each object in its own colour, named in a list under the view; otherwise one STL.
+async function openViewer(sha, title, kind) {
   const dialog = $("viewer");
   $("viewer-h").textContent = title;
   $("viewer-problem").textContent = "";
+  $("viewer-objects").replaceChildren();
   if (stopViewer) stopViewer();
-  dialog.showModal();
+  if (!dialog.open) dialog.showModal();
   const canvas = $("viewer-canvas");
   delete canvas.dataset.triangles;
+  delete canvas.dataset.objects;
   try {
     const resp = await fetch(`/api/artifacts/${sha}`);
     if (!resp.ok) throw new Error(`the part's mesh: HTTP ${resp.status}`);
-    stopViewer = FarmViewer.show(canvas, FarmViewer.parseSTL(await resp.arrayBuffer()));
+    const buffer = await resp.arrayBuffer();
+    const meshes = kind === "3mf" ? await FarmViewer.parse3MF(buffer) : [FarmViewer.parseSTL(buffer)];
+    if (meshes.length > 1) {
+      $("viewer-objects").replaceChildren(...meshes.map((m, i) => {
+        const dot = el("span", { class: "swatch", "aria-hidden": "true" });
+        dot.style.background = `rgb(${FarmViewer.colorOf(m, i).map((c) => Math.round(c * 255)).join(" ")})`;
+        return el("li", { "data-object": m.name }, dot, m.name);
+      }));
+    }
+    stopViewer = FarmViewer.show(canvas, meshes);
     canvas.focus();
   } catch (exc) {
     $("viewer-problem").textContent = exc.message;
@@ -221,6 +233,107 @@ function viewButton(sha, owner, title) {
   return sha && mayRead(owner)
     ? el("button", { type: "button", "data-action": `view:${sha}`, text: "3D", "aria-label": `show ${title} in 3D`, onclick: () => openViewer(sha, title) })
     : null;
+}
+
+// A build's page (a dialog over the farm): the error first if a stage failed, then the pipeline,
+// the provenance, the estimates per printer model and the artifacts.
+function buildButton(id) {
+  return el("button", { type: "button", "data-action": `build:${id}`, text: "Build", "aria-label": `build ${id}: pipeline, provenance, artifacts`, onclick: () => openBuild(id) });
+}
+
+async function openBuild(id) {
+  const dialog = $("build"), body = $("build-body");
+  $("build-h").textContent = `Build ${id}`;
+  body.replaceChildren(el("p", { class: "hint", text: "…" }));
+  if (!dialog.open) dialog.showModal();
+  try {
+    const b = await api("GET", `/api/builds/${id}`);
+    $("build-h").textContent = `Build ${b.id}: ${b.source}`;
+    body.replaceChildren(...buildDetail(b));
+    dialog.dataset.build = String(b.id);
+  } catch (exc) {
+    body.replaceChildren(el("p", { class: "err", role: "alert", text: exc.message }));
+  }
+}
+
+function duration(s) {
+  if (s === null || s === undefined) return "–";
+  const h = Math.floor(s / 3600), m = Math.round((s % 3600) / 60);
+  return h ? `${h} h ${String(m).padStart(2, "0")} min` : `${m} min`;
+}
+
+function cadState(b) {
+  if (b.stage === "queued") return "waiting for a CAD worker";
+  if (b.stage === "cad") return `running${b.cad_worker ? ` on ${b.cad_worker}` : ""}`;
+  if (!b.stl) return b.stage === "failed" ? "failed" : b.stage;
+  return `done${b.cad_seconds !== null ? ` in ${b.cad_seconds.toFixed(1)} s` : ""}${b.objects ? `, ${b.objects} object${b.objects > 1 ? "s" : ""}` : ""}`;
+}
+
+function facts(rows) {
+  return el("dl", { class: "facts" }, rows.filter(([, v]) => v !== null && v !== undefined && v !== "")
+    .flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
+}
+
+function buildDetail(b) {
+  const out = [];
+  const failures = [
+    b.error ? [b.stl ? "build" : b.kind === "cad" ? "CAD" : "build", b.error] : null,
+    ...b.slices.filter((s) => s.error).map((s) => [`slicing for ${s.printer_model}`, s.error]),
+    ...b.jobs.filter((j) => j.error).map((j) => [`job #${j.id}`, j.error]),
+  ].filter(Boolean);
+  if (failures.length) {
+    out.push(el("section", { class: "failure", "data-part": "errors", role: "alert" }, el("h3", { text: "What went wrong" }),
+      ...failures.map(([stage, error]) => el("div", {}, el("strong", { text: stage }), el("pre", { class: "err", text: error })))));
+  }
+  const steps = el("ol", { class: "pipeline", "data-part": "pipeline" },
+    el("li", { "data-step": "source", "data-state": "done" }, `Source: ${b.source} (${b.kind === "cad" ? "a .py design" : b.kind})`),
+    b.kind === "cad" ? el("li", { "data-step": "cad", "data-state": b.stl ? "done" : b.stage }, `CAD: ${cadState(b)}`) : null,
+    ...b.slices.map((s) => el("li", { "data-step": "slice", "data-state": s.state },
+      `Slice for ${s.printer_model}${s.copies > 1 ? `, ${s.copies} per plate` : ""}: ${s.state === "pending" && s.worker ? "being sliced" : s.state}${s.seconds ? ` in ${s.seconds.toFixed(1)} s` : ""}`)),
+    ...b.jobs.map((j) => el("li", { "data-step": "job", "data-state": j.state },
+      `Job #${j.id}${j.copies > 1 ? ` (${j.copies} parts)` : ""}: ${j.state}${j.printer ? ` on ${j.printer}` : j.printer_model ? `, for a ${j.printer_model}` : ""}`)),
+    b.preview_only ? el("li", { "data-step": "preview" }, "A preview: no jobs. Submit the design to print it.") : null);
+  out.push(el("h3", { text: "Pipeline" }), steps);
+  const params = Object.entries(b.params || {}).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(", ");
+  const settings = Object.entries(b.slicer_settings || {}).map(([k, v]) => `${k} = ${v}`).join(", ");
+  const size = b.bbox ? b.bbox[1].map((hi, k) => (hi - b.bbox[0][k]).toFixed(1)).join(" × ") + " mm" : null;
+  out.push(el("h3", { text: "Provenance" }), el("div", { "data-part": "provenance" }, facts([
+    ["Source", b.source],
+    ["Source SHA-256", b.source_sha256 ? el("code", { text: b.source_sha256 }) : null],
+    ["Git", b.git ? [b.git.url, b.git.ref && `ref ${b.git.ref}`, `commit ${b.git.commit}`].filter(Boolean).join(" · ") : null],
+    ["Entry point", b.entry],
+    ["Parameters", params || (b.kind === "cad" ? "the defaults" : null)],
+    ["Material, quality", `${b.material}, ${b.quality}`],
+    ["Slicer settings", settings || "the profile's"],
+    ["Cache", b.use_cache ? null : "not used (no_cache)"],
+    ["Size", size],
+    ["By", b.owner],
+    ["Submitted", b.created_at && when(b.created_at).toLocaleString()],
+  ])));
+  if (b.skipped && b.skipped.length) {
+    out.push(el("h3", { text: "Shown by the design, not printed" }), el("ul", { "data-part": "skipped" }, b.skipped.map((s) => el("li", { text: s }))));
+  }
+  const sliced = b.slices.filter((s) => s.state === "done" || s.print_time_s !== null);
+  if (sliced.length) {
+    out.push(el("h3", { text: "Estimates" }), el("table", { class: "estimates", "data-part": "estimates" },
+      el("thead", {}, el("tr", {}, ["printer model", "per plate", "print time", "filament"].map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", {}, sliced.map((s) => el("tr", {}, el("th", { scope: "row", text: s.printer_model }), el("td", { text: String(s.copies) }),
+        el("td", { text: duration(s.print_time_s) }),
+        el("td", { text: s.filament_g !== null ? `${s.filament_g.toFixed(1)} g${s.filament_mm ? `, ${(s.filament_mm / 1000).toFixed(2)} m` : ""}` : "–" }))))));
+  }
+  const stem = b.source.replace(/\.[^.]+$/, "");
+  const files = [["source", b.source_sha256, b.source], ["STL", b.stl, `${stem}.stl`], ["3MF", b.threemf, `${stem}.3mf`],
+    ["STEP", b.step, `${stem}.step`], ["preview", b.preview, `${stem}.png`],
+    ...b.slices.filter((s) => s.gcode).map((s) => [`G-code for ${s.printer_model}`, s.gcode, `${stem}-${s.printer_model}.gcode`])]
+    .filter(([, sha], i, all) => sha && all.findIndex(([, other]) => other === sha) === i);
+  if (files.length && mayRead(b.owner)) {
+    const mesh = b.threemf ? [b.threemf, "3mf"] : b.stl ? [b.stl, "stl"] : null;
+    out.push(el("h3", { text: "Artifacts" }), el("div", { class: "artifacts", "data-part": "artifacts" },
+      b.preview ? el("img", { src: `/api/artifacts/${b.preview}`, alt: `preview of ${b.source}`, width: 128, height: 128 }) : null,
+      el("ul", {}, files.map(([label, sha, name]) => el("li", {}, el("a", { href: `/api/artifacts/${sha}`, download: name, text: label }), ` ${name}`))),
+      mesh ? el("button", { type: "button", "data-action": `view3d:${b.id}`, text: "Show in 3D", onclick: () => openViewer(mesh[0], `build ${b.id} ${b.source}`, mesh[1]) }) : null));
+  }
+  return out;
 }
 
 function queueRow(j, index) {
@@ -237,7 +350,7 @@ function queueRow(j, index) {
     el("div", { class: "main" },
       el("div", { class: "name" }, `#${j.id} ${j.source || ""}`),
       el("div", { class: "meta" }, jobLabel(j), ` · queued ${ago(j.created_at)}`, j.starving ? el("span", { class: "starving", text: " · waited past the limit: goes first" }) : null)),
-    el("div", { class: "actions" }, viewButton(j.stl, j.owner, `#${j.id} ${j.source || ""}`), prio, mine ? actionButton(`cancel:${j.id}`, "Cancel", "Really cancel?", () => api("POST", `/api/jobs/${j.id}/cancel`), "danger") : null),
+    el("div", { class: "actions" }, viewButton(j.stl, j.owner, `#${j.id} ${j.source || ""}`), buildButton(j.build), prio, mine ? actionButton(`cancel:${j.id}`, "Cancel", "Really cancel?", () => api("POST", `/api/jobs/${j.id}/cancel`), "danger") : null),
     explainDetails(j));
 }
 
@@ -247,7 +360,7 @@ function waitingRow(b) {
     preview(b.preview, "", b.owner),
     el("div", { class: "main" }, el("div", { class: "name" }, `build ${b.id} ${b.source}`),
       el("div", { class: "meta" }, `${b.stage === "queued" ? "waiting for a CAD worker" : b.stage === "cad" ? "CAD running" : "slicing"} for ${ago(b.since)}${b.owner ? ` · by ${b.owner}` : ""}`)),
-    el("div", { class: "actions" }, viewButton(b.stl, b.owner, `build ${b.id} ${b.source}`)));
+    el("div", { class: "actions" }, viewButton(b.stl, b.owner, `build ${b.id} ${b.source}`), buildButton(b.id)));
 }
 
 function failedRow(j) {
@@ -258,7 +371,7 @@ function failedRow(j) {
     el("div", { class: "main" }, el("div", { class: "name" }, `#${j.id} ${j.source || ""}`),
       el("div", { class: "meta" }, jobLabel(j), ` · attempt ${j.attempts} of ${j.max_attempts}`),
       el("div", { class: "err", text: j.error || "failed" })),
-    el("div", { class: "actions" }, mine ? actionButton(`retry:${j.id}`, "Retry", null, () => api("POST", `/api/jobs/${j.id}/retry`)) : null));
+    el("div", { class: "actions" }, buildButton(j.build), mine ? actionButton(`retry:${j.id}`, "Retry", null, () => api("POST", `/api/jobs/${j.id}/retry`)) : null));
 }
 
 // History: finished, failed and cancelled jobs with the form's filters, and their totals.
@@ -292,7 +405,8 @@ async function loadHistory() {
     preview(j.preview, "", j.owner),
     el("div", { class: "main" }, el("div", { class: "name" }, `#${j.id} ${j.source || ""}`),
       el("div", { class: "meta" }, [j.state, j.printer, j.material, j.finished_at && `ended ${when(j.finished_at).toLocaleString()}`, j.owner && `by ${j.owner}`].filter(Boolean).join(" · ")),
-      j.error ? el("div", { class: "err", text: j.error }) : null))));
+      j.error ? el("div", { class: "err", text: j.error }) : null),
+    el("div", { class: "actions" }, buildButton(j.build)))));
 }
 
 function setupHistory() {
@@ -367,6 +481,7 @@ function showParams() {
 async function chooseFile(file) {
   design = null;
   $("design").hidden = true;
+  $("preview-button").hidden = !(file && file.name.endsWith(".py"));
   $("submit-result").textContent = "";
   if (!file || !file.name.endsWith(".py")) return;
   const body = new FormData();
@@ -397,34 +512,81 @@ function setupSubmit() {
     input.files = e.dataTransfer.files;
     chooseFile(input.files[0]);
   });
-  form.addEventListener("submit", async (event) => {
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    const options = { material: form.material.value.trim() || "PLA", copies: Number(form.copies.value), priority: Number(form.priority.value) };
-    if (form.printer_model.value.trim()) options.printer_model = form.printer_model.value.trim();
-    if (form.color.value.trim()) options.color = form.color.value.trim();
-    if (design && design.entries.length) {
-      const entry = design.entries.find((e) => e.name === form.entry.value);
-      if (entry && ["function", "artifact", "customizable"].includes(entry.kind)) options.entry = entry.name;
-      options.params = {};
-      for (const field of form.querySelectorAll("[name^='param:']")) {
-        if (field.value === "") continue;
-        const kind = field.dataset.kind;
-        options.params[field.name.slice(6)] = kind === "int" ? parseInt(field.value, 10) : kind === "float" ? Number(field.value) : field.value;
-      }
-    }
-    const body = new FormData();
-    body.append("file", input.files[0]);
-    body.append("options", JSON.stringify(options));
-    try {
-      const resp = await fetch("/api/builds", { method: "POST", body });
-      const data = await resp.json();
-      if (!resp.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
-      $("submit-result").textContent = `build ${data.id} submitted: ${data.jobs.length} job(s)`;
-      $("submit-result").dataset.build = data.id;
-    } catch (exc) {
-      $("submit-result").textContent = `not submitted: ${exc.message}`;
-    }
+    send(false);
   });
+  $("preview-button").addEventListener("click", () => {
+    if (form.reportValidity()) send(true);
+  });
+}
+
+// The form's choices as submit options (farm/api/builds.py SubmitOptions).
+function submitOptions(form) {
+  const options = { material: form.material.value.trim() || "PLA", copies: Number(form.copies.value), priority: Number(form.priority.value) };
+  if (form.printer_model.value.trim()) options.printer_model = form.printer_model.value.trim();
+  if (form.color.value.trim()) options.color = form.color.value.trim();
+  if (design && design.entries.length) {
+    const entry = design.entries.find((e) => e.name === form.entry.value);
+    if (entry && ["function", "artifact", "customizable"].includes(entry.kind)) options.entry = entry.name;
+    options.params = {};
+    for (const field of form.querySelectorAll("[name^='param:']")) {
+      if (field.value === "") continue;
+      const kind = field.dataset.kind;
+      options.params[field.name.slice(6)] = kind === "int" ? parseInt(field.value, 10) : kind === "float" ? Number(field.value) : field.value;
+    }
+  }
+  return options;
+}
+
+// Preview: the same submit with `preview: true`: the CAD worker builds the part (its sandbox, its
+// limits, its cache) and no job is made; the 3D view opens once the build is ready. "Submit" then
+// sends the same choices, and the worker finds the part in its cache.
+let previewing = null; // the preview build awaited
+async function send(preview) {
+  const form = $("submit-form"), result = $("submit-result");
+  const options = submitOptions(form);
+  if (preview) options.preview = true;
+  const body = new FormData();
+  body.append("file", $("submit-file").files[0]);
+  body.append("options", JSON.stringify(options));
+  try {
+    const resp = await fetch("/api/builds", { method: "POST", body });
+    const data = await resp.json();
+    if (!resp.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
+    if (preview) {
+      result.textContent = `preview ${data.id}: building the part…`;
+      result.dataset.preview = data.id;
+      previewing = data.id;
+      await previewReady();
+      // The event stream says when the farm changes; this only covers a stream that is down.
+      const check = setInterval(() => {
+        if (previewing !== data.id) clearInterval(check);
+        else if (!stream.live) previewReady().catch(() => {});
+      }, 3000);
+    } else {
+      result.textContent = `build ${data.id} submitted: ${data.jobs.length} job(s)`;
+      result.dataset.build = data.id;
+    }
+  } catch (exc) {
+    result.textContent = `${preview ? "no preview" : "not submitted"}: ${exc.message}`;
+  }
+}
+
+// Asked when the farm changes (the event stream) and once at the start: is the preview made yet?
+async function previewReady() {
+  const id = previewing;
+  if (id === null) return;
+  const b = await api("GET", `/api/builds/${id}`);
+  if (previewing !== id || (b.stage !== "ready" && b.stage !== "failed")) return;
+  previewing = null;
+  const result = $("submit-result");
+  if (b.stage === "failed") {
+    result.textContent = `preview ${id} failed: ${b.error || "no mesh"}`;
+    return;
+  }
+  result.textContent = `preview ${id}: ${b.objects || 1} object(s)${b.skipped.length ? `; not printed: ${b.skipped.join(", ")}` : ""}. Submit prints it.`;
+  await openViewer(b.threemf || b.stl, `preview of ${b.source}`, b.threemf ? "3mf" : "stl");
 }
 
 // Replaces only the children whose data changed, so focus and open details survive a redraw.
@@ -494,6 +656,7 @@ function draw(snap) {
   const done = count(s.jobs, "done") + count(s.jobs, "failed") + count(s.jobs, "cancelled");
   if (historyDone !== null && done !== historyDone) loadHistory().catch(() => {});
   historyDone = done;
+  if (previewing !== null && !snap.waiting.some((b) => b.id === previewing)) previewReady().catch((exc) => problem(exc.message));
   document.body.dataset.drawn = String(Number(document.body.dataset.drawn || 0) + 1);
 }
 

@@ -1,5 +1,7 @@
-// A small WebGL viewer for a build's STL: orbit (drag, or the arrow keys), zoom (wheel, or + and -).
-// No library: an STL is a list of triangles, and one shaded draw call shows it.
+// A small WebGL viewer for a build's STL or 3MF: orbit (drag, or the arrow keys), zoom (wheel, or +
+// and -). No library: an STL is a list of triangles, one shaded draw call shows it; a 3MF is a zip
+// (the browser's DecompressionStream inflates it) of XML with one mesh per object, each drawn in
+// its own colour.
 "use strict";
 
 window.FarmViewer = (() => {
@@ -17,7 +19,11 @@ window.FarmViewer = (() => {
       const text = new TextDecoder().decode(buffer);
       for (const m of text.matchAll(/vertex\s+(\S+)\s+(\S+)\s+(\S+)/g)) points.push(+m[1], +m[2], +m[3]);
     }
-    const positions = new Float32Array(points);
+    return withNormals(new Float32Array(points));
+  }
+
+  // Flat shading: each triangle's three corners get its face normal.
+  function withNormals(positions) {
     const normals = new Float32Array(positions.length);
     for (let i = 0; i < positions.length; i += 9) {
       const [ax, ay, az, bx, by, bz, cx, cy, cz] = positions.subarray(i, i + 9);
@@ -29,6 +35,86 @@ window.FarmViewer = (() => {
     }
     return { positions, normals };
   }
+
+  // The zip's central directory names each member with its method, size and offset (the sizes
+  // in a local header may be deferred to after the data; the central directory's never are).
+  async function unzip(buffer, wanted) {
+    const view = new DataView(buffer);
+    let end = buffer.byteLength - 22;
+    while (end >= 0 && view.getUint32(end, true) !== 0x06054b50) end--;
+    if (end < 0) throw new Error("not a zip archive");
+    let at = view.getUint32(end + 16, true);
+    const count = view.getUint16(end + 10, true);
+    for (let i = 0; i < count; i++) {
+      if (view.getUint32(at, true) !== 0x02014b50) throw new Error("a damaged zip directory");
+      const method = view.getUint16(at + 10, true), nameLen = view.getUint16(at + 28, true);
+      const extraLen = view.getUint16(at + 30, true), commentLen = view.getUint16(at + 32, true);
+      let size = view.getUint32(at + 20, true), offset = view.getUint32(at + 42, true);
+      const name = new TextDecoder().decode(new Uint8Array(buffer, at + 46, nameLen));
+      // Zip64: the real values follow in the extra field, in this order, for those marked 0xffffffff.
+      for (let e = at + 46 + nameLen; e < at + 46 + nameLen + extraLen; e += 4 + view.getUint16(e + 2, true)) {
+        if (view.getUint16(e, true) !== 1) continue;
+        let k = e + 4;
+        if (view.getUint32(at + 24, true) === 0xffffffff) k += 8;
+        if (size === 0xffffffff) { size = Number(view.getBigUint64(k, true)); k += 8; }
+        if (offset === 0xffffffff) offset = Number(view.getBigUint64(k, true));
+      }
+      if (name === wanted) {
+        const start = offset + 30 + view.getUint16(offset + 26, true) + view.getUint16(offset + 28, true);
+        const data = new Uint8Array(buffer, start, size);
+        if (method === 0) return data;
+        if (method !== 8) throw new Error(`zip method ${method} is not deflate`);
+        const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("deflate-raw"));
+        return new Uint8Array(await new Response(stream).arrayBuffer());
+      }
+      at += 46 + nameLen + extraLen + commentLen;
+    }
+    throw new Error(`the archive has no ${wanted}`);
+  }
+
+  // 3MF core: each <object> with a <mesh> is one part, named, coloured by its basematerials entry.
+  // Items with a transform are placed by it; an object no item places is still shown.
+  async function parse3MF(buffer) {
+    const xml = new DOMParser().parseFromString(new TextDecoder().decode(await unzip(buffer, "3D/3dmodel.model")), "application/xml");
+    if (xml.querySelector("parsererror")) throw new Error("the 3MF model is not XML");
+    const colors = new Map();
+    for (const group of xml.getElementsByTagName("basematerials")) {
+      colors.set(group.getAttribute("id"), [...group.getElementsByTagName("base")].map((b) => b.getAttribute("displaycolor")));
+    }
+    const transforms = new Map();
+    for (const item of xml.getElementsByTagName("item")) {
+      const t = (item.getAttribute("transform") || "").trim().split(/\s+/).map(Number);
+      if (t.length === 12 && t.every(Number.isFinite)) transforms.set(item.getAttribute("objectid"), t);
+    }
+    const objects = [];
+    for (const obj of xml.getElementsByTagName("object")) {
+      const mesh = obj.getElementsByTagName("mesh")[0];
+      if (!mesh) continue;
+      const v = [...mesh.getElementsByTagName("vertex")].map((n) => [+n.getAttribute("x"), +n.getAttribute("y"), +n.getAttribute("z")]);
+      const t = transforms.get(obj.getAttribute("id"));
+      const placed = t ? v.map(([x, y, z]) => [x * t[0] + y * t[3] + z * t[6] + t[9], x * t[1] + y * t[4] + z * t[7] + t[10], x * t[2] + y * t[5] + z * t[8] + t[11]]) : v;
+      const tris = mesh.getElementsByTagName("triangle");
+      const positions = new Float32Array(tris.length * 9);
+      let i = 0;
+      for (const tri of tris) {
+        for (const key of ["v1", "v2", "v3"]) { positions.set(placed[+tri.getAttribute(key)], i); i += 3; }
+      }
+      const hex = (colors.get(obj.getAttribute("pid")) || [])[+obj.getAttribute("pindex") || 0];
+      objects.push({ name: obj.getAttribute("name") || `object ${obj.getAttribute("id")}`, color: hex ? rgb(hex) : null, ...withNormals(positions) });
+    }
+    if (!objects.length) throw new Error("the 3MF has no mesh");
+    return objects;
+  }
+
+  // "#RRGGBB" or "#RRGGBBAA" as three 0..1 floats.
+  function rgb(hex) {
+    const m = /^#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})/i.exec(hex);
+    return m ? [1, 2, 3].map((k) => parseInt(m[k], 16) / 255) : null;
+  }
+
+  // Parts without a colour of their own: the farm's orange first, then colours far from it.
+  const PALETTE = [[0.91, 0.49, 0.13], [0.18, 0.45, 0.85], [0.22, 0.65, 0.33], [0.62, 0.3, 0.75], [0.85, 0.2, 0.3], [0.1, 0.65, 0.7]];
+  const colorOf = (mesh, i) => mesh.color || PALETTE[i % PALETTE.length];
 
   function bounds(positions) {
     const lo = [Infinity, Infinity, Infinity], hi = [-Infinity, -Infinity, -Infinity];
@@ -80,8 +166,10 @@ window.FarmViewer = (() => {
     return shader;
   }
 
-  // Draws `mesh` into `canvas` and wires the controls; returns a function that stops it.
-  function show(canvas, mesh) {
+  // Draws `meshes` (one, or a 3MF's objects: {positions, normals, color?}) into `canvas` and wires
+  // the controls; returns a function that stops it.
+  function show(canvas, meshes) {
+    if (!Array.isArray(meshes)) meshes = [meshes];
     const gl = canvas.getContext("webgl", { antialias: true, preserveDrawingBuffer: true });
     if (!gl) throw new Error("this browser has no WebGL");
     const program = gl.createProgram();
@@ -89,15 +177,15 @@ window.FarmViewer = (() => {
     gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, FRAGMENT));
     gl.linkProgram(program);
     gl.useProgram(program);
-    for (const [name, data] of [["position", mesh.positions], ["normal", mesh.normals]]) {
+    const buffers = meshes.map((mesh) => Object.fromEntries([["position", mesh.positions], ["normal", mesh.normals]].map(([name, data]) => {
       const buffer = gl.createBuffer();
       gl.bindBuffer(gl.ARRAY_BUFFER, buffer);
       gl.bufferData(gl.ARRAY_BUFFER, data, gl.STATIC_DRAW);
-      const at = gl.getAttribLocation(program, name);
-      gl.enableVertexAttribArray(at);
-      gl.vertexAttribPointer(at, 3, gl.FLOAT, false, 0, 0);
-    }
-    const { center, radius } = bounds(mesh.positions);
+      return [name, buffer];
+    })));
+    const all = new Float32Array(meshes.reduce((n, m) => n + m.positions.length, 0));
+    meshes.reduce((at, m) => { all.set(m.positions, at); return at + m.positions.length; }, 0);
+    const { center, radius } = bounds(all);
     const state = { yaw: -0.6, pitch: 0.5, distance: radius * 3 };
     const dark = matchMedia("(prefers-color-scheme: dark)").matches;
     const draw = () => {
@@ -112,8 +200,16 @@ window.FarmViewer = (() => {
       const projection = perspective(Math.PI / 4, w / h || 1, radius / 50, radius * 50);
       gl.uniformMatrix4fv(gl.getUniformLocation(program, "mvp"), false, multiply(projection, modelView));
       gl.uniformMatrix4fv(gl.getUniformLocation(program, "modelView"), false, modelView);
-      gl.uniform3fv(gl.getUniformLocation(program, "color"), [0.91, 0.49, 0.13]);
-      gl.drawArrays(gl.TRIANGLES, 0, mesh.positions.length / 3);
+      meshes.forEach((mesh, i) => {
+        for (const name of ["position", "normal"]) {
+          gl.bindBuffer(gl.ARRAY_BUFFER, buffers[i][name]);
+          const at = gl.getAttribLocation(program, name);
+          gl.enableVertexAttribArray(at);
+          gl.vertexAttribPointer(at, 3, gl.FLOAT, false, 0, 0);
+        }
+        gl.uniform3fv(gl.getUniformLocation(program, "color"), colorOf(mesh, i));
+        gl.drawArrays(gl.TRIANGLES, 0, mesh.positions.length / 3);
+      });
     };
     let drag = null;
     const handlers = {
@@ -136,9 +232,10 @@ window.FarmViewer = (() => {
     };
     for (const [name, handler] of Object.entries(handlers)) canvas.addEventListener(name, handler, { passive: name.startsWith("pointer") });
     draw();
-    canvas.dataset.triangles = String(mesh.positions.length / 9);
+    canvas.dataset.triangles = String(all.length / 9);
+    canvas.dataset.objects = String(meshes.length);
     return () => { for (const [name, handler] of Object.entries(handlers)) canvas.removeEventListener(name, handler); };
   }
 
-  return { parseSTL, show };
+  return { parseSTL, parse3MF, show, colorOf };
 })();
