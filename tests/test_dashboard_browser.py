@@ -3,7 +3,8 @@
 --no-browser`'s link; progress moves without a reload; a job cancelled and a bed cleared from the
 page (the bed by keyboard); a submitter sees no tokens; a phone-sized screen gets one column; the
 dark scheme is dark; a design previewed (drawn before any job exists), then submitted from the CAD
-cache; a build's page (pipeline, provenance, a failure's error first); a 3MF's objects in colours. Screenshots go to a temporary folder, or to the folder named by
+cache; a build's page (pipeline, provenance, a failure's error first); a 3MF's objects in colours.
+Screenshots go to a temporary folder, or to the folder named by
 FARM_SCREENSHOTS (`FARM_SCREENSHOTS=docs` refreshes the README's)."""
 
 from __future__ import annotations
