@@ -3,7 +3,6 @@ JSON snapshot it draws from (GET /api/dashboard; the event stream sends the same
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,8 +14,8 @@ from sqlmodel import Session, col, func, select
 
 from farm.api.deps import FarmDep, SessionDep, require
 from farm.api.errors import AUTH
-from farm.api.views import job_view, printer_state, printer_view
-from farm.api.workers import recent_workers
+from farm.api.reads import farm_status
+from farm.api.views import job_view, printer_view
 from farm.models import Build, Job, Printer, Slice, utcnow
 from farm.settings import Settings
 from farm.states import BuildStage, JobState
@@ -91,21 +90,7 @@ def snapshot(session: Session, settings: Settings) -> dict[str, Any]:
         "queue_total": ready_total,
         "waiting": _waiting(session),
         "failed": rows[len(active) + len(queue) :],
-        "status": _status(session),
-    }
-
-
-def _status(session: Session) -> dict[str, Any]:
-    """GET /api/status's answer, counted by the database (that route reads every row's state)."""
-    builds = dict(session.exec(select(Build.stage, func.count()).group_by(Build.stage)).all())
-    jobs = dict(session.exec(select(Job.state, func.count()).group_by(Job.state)).all())
-    printers = Counter(printer_state(p) for p in session.exec(select(Printer)).all())
-    return {
-        "builds": {str(s): builds.get(s, 0) for s in BuildStage},
-        "jobs": {str(s): jobs.get(s, 0) for s in JobState},
-        "printers": dict(sorted(printers.items())),
-        "printer_count": sum(printers.values()),
-        "workers": recent_workers(session),
+        "status": farm_status(session),
     }
 
 

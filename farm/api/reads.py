@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from farm.api.deps import RowId, SessionDep, require
@@ -68,8 +70,13 @@ def list_printers(
 
 @router.get("/status")
 def status(session: SessionDep) -> dict:
-    builds = Counter(session.exec(select(Build.stage)).all())
-    jobs = Counter(session.exec(select(Job.state)).all())
+    return farm_status(session)
+
+
+def farm_status(session: Session) -> dict[str, Any]:
+    """Builds by stage and jobs by state (counted by the database), printers by state, workers."""
+    builds = dict(session.exec(select(Build.stage, func.count()).group_by(Build.stage)).all())
+    jobs = dict(session.exec(select(Job.state, func.count()).group_by(Job.state)).all())
     printers = Counter(printer_state(p) for p in session.exec(select(Printer)).all())
     return {
         "builds": {str(s): builds.get(s, 0) for s in BuildStage},
