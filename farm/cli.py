@@ -21,7 +21,7 @@ import typer
 
 from farm import extras
 from farm.client import FarmClient, FarmError
-from farm.commands import agent_tools, cad, dashboard, slicing
+from farm.commands import agent_tools, cad, dashboard, enroll, slicing
 from farm.commands.notify import notify_app
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 from farm.settings import Settings, get_settings
@@ -214,6 +214,7 @@ agent_app = typer.Typer(
 )
 app.add_typer(agent_app, name="agent")
 agent_tools.register(agent_app)
+enroll.register(agent_app)
 
 
 @agent_app.callback(invoke_without_command=True)
@@ -876,6 +877,41 @@ def _send(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
             return client.request(method, path, json=body or {}).json()
         except FarmError as exc:
             _die_farm(exc)
+
+
+@printers_app.command("add")
+def printers_add(
+    name: Annotated[str, typer.Argument(help="The printer's name in the farm, e.g. mk4-1.")],
+    model: Annotated[str, typer.Option(help="Its model, e.g. MK4, MINI, P1S (`farm profiles`).")],
+    driver: Annotated[
+        str, typer.Option(help="How its Pi talks to it: prusalink, octoprint, moonraker or bambu.")
+    ] = "prusalink",
+    expires: Annotated[str, typer.Option(help="How long the code stays valid: 30m, 2h, 1d.")] = "30m",
+    url: Annotated[
+        str | None, typer.Option(help="The coordinator's address as the Pi reaches it [default: FARM_URL].")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a printer and print a one-time code, with the command that enrols its Pi (admin)."""
+    m = _DURATION.fullmatch(expires.strip().lower())
+    if m is None:
+        raise typer.BadParameter(f"'{expires}' is not a duration (30m, 2h, 1d)", param_hint="--expires")
+    body = {"printer": name, "model": model, "driver": driver, "ttl_s": int(m[1]) * _UNIT_S[m[2]]}
+    data = _send("POST", "/api/printers/enrol", body)
+    base = (url or get_settings().url).rstrip("/")
+    command = f"farm agent enroll {base} {data['code']}"
+    if as_json:
+        _emit({**data, "command": command, "install": f"curl -fsSL {base}/agent/install.sh | sh"})
+        return
+    typer.echo(
+        f"{name}: a {data['model']} ({data['driver']}); "
+        f"enrolment code, single use, until {data['expires_at']}:\n"
+        f"  {data['code']}\n"
+        f"On its Pi, install the agent (if it is not yet) and enrol:\n"
+        f"  curl -fsSL {base}/agent/install.sh | sh\n"
+        f"  {command}\n"
+        f"then: farm agent install-service"
+    )
 
 
 @printers_app.command("clear")

@@ -25,6 +25,19 @@ class Token(SQLModel, table=True):
     revoked_at: datetime | None = None  # kept, not deleted: builds still name it as their owner
 
 
+class EnrolCode(SQLModel, table=True):
+    """A one-time code `farm printers add` prints; `farm agent enroll` trades it for an agent token."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    secret_sha256: str = Field(index=True, unique=True)  # hashed like tokens: the code is shown once
+    printer: str
+    driver: str  # what the Pi is asked for first; it may choose another
+    created_by: str
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    used_at: datetime | None = None  # set once, atomically: a code enrols one Pi
+
+
 class Artifact(SQLModel, table=True):
     sha256: str = Field(primary_key=True)
     size: int

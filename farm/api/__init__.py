@@ -21,10 +21,12 @@ from sqlmodel import Session, select
 
 from farm import dispatch, notify, pipeline
 from farm.api import (
+    agent_package,
     agents,
     artifacts,
     builds,
     dashboard,
+    enrol,
     events,
     history,
     inspect,
@@ -252,6 +254,8 @@ def create_app(settings: Settings) -> FastAPI:
         inspect,
         metrics_api,
         notifications,
+        enrol,
+        agent_package,
     )
     for module in routers:
         app.include_router(module.router)

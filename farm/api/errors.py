@@ -24,6 +24,7 @@ DESCRIPTIONS = {
     403: "this token's role (or printer) may not do this",
     404: "no such thing",
     409: "conflicts with the current state",
+    410: "gone: it expired",
     413: "too large",
     415: "unsupported file type",
     422: "invalid request: the detail says what to fix",
