@@ -95,6 +95,24 @@ def test_the_commands_an_agent_needs_still_run_without_extras() -> None:
         assert done.returncode == 0, (args, done.stderr)
 
 
+def test_enrolling_needs_no_extras(tmp_path: Path) -> None:
+    """`farm agent enroll` and `install-service` on the agent's base install (tests/test_enroll.py
+    runs them end to end with everything installed)."""
+    port = free_port()  # nothing listens: enroll gets as far as calling the coordinator
+    url = f"http://127.0.0.1:{port}"
+    done = farm_without(AGENT_ONLY, "agent", "enroll", url, "pe_x", "--config", str(tmp_path / "a.toml"))
+    assert done.returncode == 1 and "cannot reach the coordinator" in done.stderr, done.stderr
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[coordinator]\nurl = "http://127.0.0.1:1"\ntoken = "pf_x"\n'
+        '[printer]\nname = "mk4-1"\nmodel = "MK4"\ndriver = "prusalink"\npassword = "p"\n'
+    )
+    units = tmp_path / "units"
+    done = farm_without(AGENT_ONLY, "agent", "install-service", "-c", str(config), "--unit-dir", str(units))
+    assert done.returncode == 0, done.stderr
+    assert "Restart=on-failure" in (units / "printfarm-agent-mk4-1.service").read_text()
+
+
 @pytest.mark.parametrize(
     "protocol",
     [
