@@ -24,7 +24,8 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from farm.api.deps import FarmDep
 from farm.api.errors import errors
 
-router = APIRouter(prefix="/agent", tags=["agent package"])
+# Out of the OpenAPI document: for `curl | sh` and pip, not API clients.
+router = APIRouter(prefix="/agent", tags=["agent package"], include_in_schema=False)
 
 SOURCE = Path(__file__).resolve().parents[2]  # the checkout the coordinator runs from
 _PARTS = ("pyproject.toml", "README.md", "farm", "printers", "workers")
