@@ -811,9 +811,26 @@ def jobs_explain(
 
 
 @app.command("job")
-def job(job_id: Annotated[int, typer.Argument(help="The job to show.")], as_json: JsonOpt = False) -> None:
-    """One job: its state, printer, progress, attempts and error."""
+def job(
+    job_id: Annotated[int, typer.Argument(help="The job to show.")],
+    snapshot: Annotated[
+        Path | None, typer.Option(help="Save its printer camera's latest still here (see --moment).")
+    ] = None,
+    moment: Annotated[str, typer.Option(help="Which still: latest, start, end or failure.")] = "latest",
+    as_json: JsonOpt = False,
+) -> None:
+    """One job: its state, printer, progress, attempts and error; its camera stills with --snapshot."""
     data = _get(f"/api/jobs/{job_id}")
+    if snapshot is not None:
+        with _client() as client:
+            try:
+                image = client.request("GET", f"/api/jobs/{job_id}/snapshot", params={"moment": moment})
+            except FarmError as exc:
+                _die_farm(exc)
+                return
+        snapshot.write_bytes(image.content)
+        kind = image.headers.get("content-type")
+        typer.echo(f"job {job_id}: {kind} snapshot saved to {snapshot}", err=True)
     if as_json:
         _emit(data)
         return

@@ -38,6 +38,17 @@ class EnrolCode(SQLModel, table=True):
     used_at: datetime | None = None  # set once, atomically: a code enrols one Pi
 
 
+class JobSnapshot(SQLModel, table=True):
+    """A still from a job's printer camera, taken by its agent; the image is an artifact."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(index=True)
+    moment: str  # start | end | failure | request
+    sha256: str
+    media_type: str  # image/png or image/jpeg, as the printer sent it
+    taken_at: datetime = Field(default_factory=utcnow)
+
+
 class Artifact(SQLModel, table=True):
     sha256: str = Field(primary_key=True)
     size: int

@@ -272,6 +272,7 @@ class Agent:
         sent = {"upload_bytes": path.stat().st_size, "upload_s": round(time.monotonic() - upload_began, 3)}
         self._report("printing", progress=0.0, **sent)  # the sizes and times feed /metrics
         log.info("%s: job %s started (%s)", self.name, current.id, current.remote_name)
+        self._snapshot(current.id, "start")
         for old in self.spool.glob("*.gcode"):  # keep the spool small: the printer has the file now
             if old != path:
                 old.unlink(missing_ok=True)
@@ -300,15 +301,34 @@ class Agent:
             self._report("done")
             log.info("%s: job %s done", self.name, job.id)
             self.job = None
+            self._snapshot(job.id, "end")
         elif state == PrinterState.FAILED and mine:
             self._report("failed", error=status.message or "the printer stopped the print")
             self.job = None
+            self._snapshot(job.id, "failure")
         elif state in (PrinterState.PRINTING, PrinterState.PAUSED, PrinterState.ATTENTION):
             self._report("printing", progress=status.progress, remaining_s=status.remaining_s)
         elif state == PrinterState.IDLE and time.monotonic() - job.started > IDLE_GRACE_S:
             self._report("failed", error=f"{self.name} went idle without finishing the print")
             self.job = None
         # OFFLINE or BUSY: keep the job bound and wait; the heartbeat tells the coordinator why.
+
+    def _snapshot(self, job_id: int, moment: str) -> None:
+        """A still from the printer's camera, kept with the job; printers without one send nothing."""
+        take = getattr(self.driver, "snapshot", None)
+        try:
+            shot = take() if take is not None else None
+            if shot is not None:
+                image, media_type = shot
+                self.client.request(
+                    "POST",
+                    f"/api/agents/jobs/{job_id}/snapshots",
+                    params={"moment": moment},
+                    content=image,
+                    headers={"Content-Type": media_type},
+                )
+        except Exception as exc:  # a camera's trouble must never stop or fail a print
+            log.warning("%s: job %s: no %s snapshot: %s", self.name, job_id, moment, exc)
 
     def _abandon(self, job: CurrentJob, status: PrinterStatus) -> None:
         """The coordinator no longer gives us this job (an operator cancelled it): stop printing it."""

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from sqlalchemy import update
 from sqlmodel import Session, select
 
 from farm import pipeline
 from farm.db import make_engine
 from farm.models import EnrolCode, Slice
+from printers.emulators.camera import state_color
 from printers.emulators.prusalink import PrusaLinkEmulator
 from tests.conftest import REPO, farm_server, wait_until
 
@@ -175,6 +177,21 @@ def test_add_enroll_and_the_agent_prints(
         job = admin_api.get(f"/api/jobs/{job_id}").json()
         assert job["state"] == "done" and job["printer"] == "mk4-1", job
         assert [p.name for p in emulator.received] and emulator.received[0].read_bytes().startswith(b"G28")
+
+        # Its camera's stills at the print's start and end, kept with the job.
+        def moments() -> list[str]:
+            return [s["moment"] for s in admin_api.get(f"/api/jobs/{job_id}/snapshots").json()]
+
+        wait_until(lambda: moments() == ["start", "end"], 30, "the start and end snapshots")
+        shot = tmp_path / "end.png"
+        saved = farm(env, "job", str(job_id), "--snapshot", str(shot), "--moment", "end")
+        assert saved.returncode == 0, saved.stderr
+        with Image.open(shot) as image:  # Pillow reads what the emulator's camera made
+            assert image.format == "PNG" and image.size == (160, 120)
+            assert image.getpixel((0, 0)) == state_color("FINISHED")  # taken once the print ended
+        # An agent uploads stills for its own printer's jobs, and only images.
+        refused = api.post(f"/api/agents/jobs/{job_id}/snapshots", content=b"<svg/>")
+        assert refused.status_code == 415
     finally:
         agent.send_signal(signal.SIGINT)
         try:

@@ -34,6 +34,7 @@ from farm.api import (
     operate,
     reads,
     signin,
+    snapshots,
     tokens,
     workers,
 )
@@ -256,6 +257,7 @@ def create_app(settings: Settings) -> FastAPI:
         notifications,
         enrol,
         agent_package,
+        snapshots,
     )
     for module in routers:
         app.include_router(module.router)

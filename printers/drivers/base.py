@@ -222,5 +222,10 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def cancel(self) -> None: ...
 
+    def snapshot(self) -> tuple[bytes, str] | None:
+        """One still from the printer's camera as (image bytes, media type); None without a camera.
+        DriverError when the printer cannot be reached."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -54,3 +54,11 @@ class HttpDriver(Driver):
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         with self._reachable(f"{method} {url}"):
             return self._request(method, url, **kwargs)
+
+    def _image(self, url: str) -> tuple[bytes, str] | None:
+        """GET an image: None when the printer says there is none (any non-200, or no bytes)."""
+        response = self._send("GET", url)
+        kind = response.headers.get("content-type", "").split(";")[0].strip()
+        if response.status_code != 200 or not response.content or not kind.startswith("image/"):
+            return None
+        return response.content, kind

@@ -169,6 +169,10 @@ class PrusaLinkDriver(HttpDriver):
 
     # -- HTTP
 
+    def snapshot(self) -> tuple[bytes, str] | None:
+        """The default camera's last still (Buddy firmware with a camera; 204 without one)."""
+        return self._image("/api/v1/cameras/snap")
+
     def _get_json(self, url: str) -> dict[str, Any]:
         response = self._request("GET", url)
         if response.status_code == 503:  # Prusa-Link while it starts or looks for the printer's serial port

@@ -35,6 +35,7 @@ from urllib.parse import quote, unquote, urlsplit
 from urllib.request import parse_http_list, parse_keqv_list
 
 from printers.emulators import prusalink_pi as pi
+from printers.emulators.camera import camera_png
 from printers.emulators.common import (
     FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
@@ -566,6 +567,7 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, str]]] = [
     (re.compile(r"/api/v1/storage"), {"GET": "_get_storage"}),
     (re.compile(r"/api/v1/transfer"), {"GET": "_get_transfer"}),
     (re.compile(r"/api/v1/job"), {"GET": "_get_job"}),
+    (re.compile(r"/api/v1/cameras/snap"), {"GET": "_get_snap"}),
     (
         re.compile(r"/api/v1/job/(?P<id>[^/]*)(?:/(?P<command>.*))?"),
         {"PUT": "_job_put", "DELETE": "_job_delete"},
@@ -772,6 +774,12 @@ class _Handler(BaseHTTPRequestHandler):
             if "transfer" in status:
                 status["transfer"]["data_transferred"] = status["transfer"].pop("transferred")
         return json_response(200, status)
+
+    def _get_snap(self, _: re.Match[str]) -> Response:
+        """The default camera's still (Buddy firmware); a Pi's Prusa-Link here has no camera: 204."""
+        if self.emulator.pi:
+            return Response(204)
+        return Response(200, camera_png(self.printer.state()), "image/png")
 
     def _get_storage(self, _: re.Match[str]) -> Response:
         if self.emulator.pi:
