@@ -192,6 +192,12 @@ def test_add_enroll_and_the_agent_prints(
         # An agent uploads stills for its own printer's jobs, and only images.
         refused = api.post(f"/api/agents/jobs/{job_id}/snapshots", content=b"<svg/>")
         assert refused.status_code == 415
+        agent.send_signal(signal.SIGINT)  # the next job stays unclaimed: not this printer's
+        agent.wait(30)
+        waiting = make_job(data, base, admin, b"G28\n" * 10)
+        png = shot.read_bytes()
+        other = api.post(f"/api/agents/jobs/{waiting}/snapshots", content=png)
+        assert other.status_code == 403 and "not on printer 'mk4-1'" in other.text
     finally:
         agent.send_signal(signal.SIGINT)
         try:

@@ -6,6 +6,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -62,3 +63,15 @@ class HttpDriver(Driver):
         if response.status_code != 200 or not response.content or not kind.startswith("image/"):
             return None
         return response.content, kind
+
+    def _camera_url(self, url: str) -> str:
+        """A webcam URL as the printer's host configured it, reachable from here: relative ones
+        against the printer's API, and `127.0.0.1`/`localhost` (the usual OctoPi and Klipper setting,
+        right only on the printer's own host) replaced by the printer's address."""
+        full = urljoin(self.base_url + "/", url)
+        parts = urlsplit(full)
+        if parts.hostname in ("127.0.0.1", "localhost", "::1"):
+            host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+            netloc = host + (f":{parts.port}" if parts.port else "")
+            full = parts._replace(netloc=netloc).geturl()
+        return full

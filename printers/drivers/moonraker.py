@@ -145,6 +145,16 @@ class MoonrakerDriver(HttpDriver):
 
     # -- HTTP
 
+    def snapshot(self) -> tuple[bytes, str] | None:
+        """A still from the first enabled webcam Moonraker lists (`/server/webcams/list`, e.g.
+        crowsnest's `/webcam/?action=snapshot`); None when there is none."""
+        with self._reachable("list the webcams"):
+            cams = self._result("GET", "/server/webcams/list").get("webcams") or []
+        url = next(
+            (c.get("snapshot_url") for c in cams if c.get("enabled", True) and c.get("snapshot_url")), None
+        )
+        return self._image(self._camera_url(str(url))) if url else None
+
     def _result(self, method: str, url: str) -> dict[str, Any]:
         response = self._request(method, url)
         _expect(response, f"read {url.split('?')[0]}")

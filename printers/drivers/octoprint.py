@@ -226,6 +226,19 @@ class OctoPrintDriver(HttpDriver):
 
     # -- HTTP
 
+    def snapshot(self) -> tuple[bytes, str] | None:
+        """A still from the webcam OctoPrint is set up with (its snapshot URL, usually mjpg-streamer's
+        `/webcam/?action=snapshot`); None when it has none."""
+        with self._reachable("read the webcam settings"):
+            settings = self._get_json("/api/settings")
+        webcam = settings.get("webcam") or {}
+        url = webcam.get("snapshotUrl") or (settings.get("plugins") or {}).get("classicwebcam", {}).get(
+            "snapshot"
+        )
+        if not url or webcam.get("webcamEnabled") is False:
+            return None
+        return self._image(self._camera_url(str(url)))
+
     def _refused(self, response: httpx.Response) -> str | None:
         if response.status_code in (401, 403):
             return f"OctoPrint at {self.base_url} refused the API key: {KEY_HINT}"

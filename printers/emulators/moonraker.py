@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from printers.emulators.camera import camera_png
 from printers.emulators.common import (
     FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
@@ -260,6 +261,9 @@ class _Handler(JsonHandler):
                 location = f"http://{host}/server/files/gcodes/{rel}"
                 self.send_json(201, result, {"Location": location})
                 return
+            if (method, self.path_only) == ("GET", "/webcam/") and self.query.get("action") == ["snapshot"]:
+                self.send_image(camera_png(self.klipper.print_state()))  # crowsnest's still
+                return
             status, result = self._route(method, self.path_only)
             self.send_json(status, {"result": result})
         except HttpError as exc:
@@ -276,6 +280,15 @@ class _Handler(JsonHandler):
     def _route(self, method: str, path: str) -> tuple[int, Any]:
         if (method, path) == ("GET", "/server/info"):
             return 200, self._server_info()
+        if (method, path) == ("GET", "/server/webcams/list"):
+            cam = {
+                "name": "cam",
+                "enabled": True,
+                "service": "mjpegstreamer-adaptive",
+                "stream_url": "/webcam/?action=stream",
+                "snapshot_url": "/webcam/?action=snapshot",
+            }
+            return 200, {"webcams": [cam]}
         if (method, path) == ("GET", "/printer/info"):
             return 200, self._printer_info()
         if path == "/printer/objects/query" and method in ("GET", "POST"):

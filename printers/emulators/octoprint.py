@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from printers.emulators.camera import camera_png
 from printers.emulators.common import (
     FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
@@ -549,6 +550,18 @@ class JsonHandler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
+    def send_image(self, body: bytes, content_type: str = "image/png") -> None:
+        """A camera still, as mjpg-streamer's `?action=snapshot` answers."""
+        self._drain()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True
+
     def _drain(self) -> None:
         """Swallow an unread body so a keep-alive connection stays in step."""
         body = self.take_body()
@@ -568,6 +581,10 @@ class _Handler(JsonHandler):
 
     def handle_method(self, method: str) -> None:
         self.begin()
+        if (method, self.path_only) == ("GET", "/webcam/") and self.query.get("action") == ["snapshot"]:
+            # mjpg-streamer behind OctoPi's haproxy: no API key asked
+            self.send_image(camera_png(self.server.emulator.state))
+            return
         try:
             self._authorize()
             status, data, headers = self._route(method)
@@ -587,6 +604,11 @@ class _Handler(JsonHandler):
         route = (method, path)
         if route == ("GET", "/api/version"):
             return 200, {"api": "0.1", "server": "1.11.8", "text": "OctoPrint 1.11.8 (emulated)"}, {}
+        if route == ("GET", "/api/settings"):  # only the webcam part, as OctoPi sets it up
+            port = self.server.server_address[1]
+            snap = f"http://127.0.0.1:{port}/webcam/?action=snapshot"
+            webcam = {"webcamEnabled": True, "streamUrl": "/webcam/?action=stream", "snapshotUrl": snap}
+            return 200, {"webcam": webcam, "plugins": {"classicwebcam": {"snapshot": snap}}}, {}
         if route == ("GET", "/api/connection"):
             return 200, self.printer.connection_json(), {}
         if route == ("POST", "/api/connection"):
