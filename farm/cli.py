@@ -358,6 +358,9 @@ def emulate_bambu(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     mqtt_port: Annotated[int, typer.Option(help="MQTT over TLS port (8883 on a printer; 0: any).")] = 8883,
     ftps_port: Annotated[int, typer.Option(help="Implicit FTPS port (990 on a printer; 0: any).")] = 990,
+    camera_port: Annotated[
+        int, typer.Option(help="P1/A1 camera's JPEG stream over TLS (6000 on a printer; 0: any).")
+    ] = 6000,
     serial: Annotated[str, typer.Option(help="The printer's serial number.")] = "01S00A000000001",
     access_code: Annotated[str, typer.Option(help="The LAN access code (user bblp).")] = "12345678",
     model: Annotated[str, typer.Option(help="X1C, P1S, A1 or A1MINI.")] = "X1C",
@@ -377,6 +380,7 @@ def emulate_bambu(
             host=host,
             mqtt_port=mqtt_port,
             ftps_port=ftps_port,
+            camera_port=camera_port,
             serial=serial,
             access_code=access_code,
             model=model,

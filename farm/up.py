@@ -421,11 +421,14 @@ class Farm:
             auth = {"password": secret}
         elif protocol == "bambu":
             ftps, serial, code = free_port(), f"01S00A{i + 1:09d}", secret[-8:].rjust(8, "0")
+            camera = free_port()  # P1/A1 only; an X1 sim does not open it
             args += [
                 "--mqtt-port",
                 str(port),
                 "--ftps-port",
                 str(ftps),
+                "--camera-port",
+                str(camera),
                 "--serial",
                 serial,
                 "--access-code",
@@ -433,7 +436,7 @@ class Farm:
                 "--model",
                 model,
             ]
-            auth = {"serial": serial, "access_code": code, "ftps_port": ftps}
+            auth = {"serial": serial, "access_code": code, "ftps_port": ftps, "camera_port": camera}
         else:
             args += ["--port", str(port), "--api-key", secret]
             auth = {"api_key": secret}

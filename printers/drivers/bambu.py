@@ -18,6 +18,7 @@ import json
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 import zipfile
@@ -248,6 +249,30 @@ class BambuDriver(Driver):
     def cancel(self) -> None:
         self._control("stop", ("PREPARE", "RUNNING", "PAUSE", "SLICING"), ("FAILED", "IDLE"))
         self.paused_by_farm = False
+
+    def snapshot(self) -> tuple[bytes, str] | None:
+        """One JPEG frame from a P1/A1 camera (TCP 6000, TLS; bambu_camera's docstring has the
+        framing). None for an X1, whose camera is RTSPS (not read yet)."""
+        if self.config.model.upper().replace(" ", "").startswith("X1"):
+            return None
+        port = self.config.camera_port or CAMERA_PORT
+        where = f"{self.config.host}:{port}"
+        auth = struct.pack("<IIII32s32s", 0x40, 0x3000, 0, 0, b"bblp", self.access_code.encode())
+        try:
+            with (
+                socket.create_connection((self.config.host, port), timeout=self.config.timeout_s) as raw,
+                self._tls.wrap_socket(raw, server_hostname=self.serial) as sock,
+            ):
+                sock.sendall(auth)
+                size = struct.unpack("<IIII", _recv_exactly(sock, 16))[0]
+                if not 0 < size <= MAX_FRAME:
+                    raise DriverError(f"the camera at {where} announced a {size}-byte frame")
+                frame = _recv_exactly(sock, size)
+        except (OSError, ssl.SSLError, EOFError) as exc:
+            raise DriverError(f"no frame from the camera at {where} (access code right?): {exc!r}") from exc
+        if not (frame.startswith(b"\xff\xd8") and frame.endswith(b"\xff\xd9")):
+            raise DriverError(f"the camera at {where} sent something other than a JPEG")
+        return frame, "image/jpeg"
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -637,3 +662,17 @@ def _int(value: Any) -> int | None:
     if isinstance(value, str) and value.isdigit():
         return int(value)
     return int(value) if isinstance(value, int | float) else None
+
+
+CAMERA_PORT = 6000
+MAX_FRAME = 8 << 20  # a 1280x720 JPEG is ~100 kB
+
+
+def _recv_exactly(sock: ssl.SSLSocket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(min(size - len(data), 1 << 16))
+        if not chunk:
+            raise EOFError("the camera closed the connection")
+        data += chunk
+    return bytes(data)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from printers.emulators.bambu_camera import CameraServer
 from printers.emulators.bambu_firmware import check_ams_mapping, inspect_package
 from printers.emulators.common import (
     FALLBACK_PRINT_S,
@@ -957,8 +958,12 @@ class BambuEmulator(FaultSwitches):
         report_interval_s: float = 0.5,
         spool: tuple[str, str] = ("PLA", "FFFFFFFF"),
         ams: list[tuple[str, str]] | None = None,
+        camera_port: int = 0,
     ) -> None:
         self.host = host
+        # P1 and A1 send JPEG frames on TCP 6000 (bambu_camera); the X1's RTSPS camera is not emulated.
+        self._camera_requested = camera_port
+        self._camera: CameraServer | None = None
         self.serial = serial
         self.access_code = access_code
         # X1 sends the full object every push; P1/A1 only what changed (§A.6)
@@ -1043,6 +1048,9 @@ class BambuEmulator(FaultSwitches):
         context = server_context(self._cert_dir / "cert.pem", self._cert_dir / "key.pem")
         self._ftps = FtpsServer(self, context, self._requested[1])
         self._start_thread(self._ftps.serve, "bambu-ftps-accept")
+        if not self.model.upper().startswith("X1"):
+            self._camera = CameraServer(self.host, self._camera_requested, context, self.access_code)
+            self._start_thread(self._camera.serve, "bambu-camera-accept")
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._start_thread(lambda: self._run_loop(context, ready), "bambu-mqtt")
@@ -1080,7 +1088,16 @@ class BambuEmulator(FaultSwitches):
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
 
+    @property
+    def camera_port(self) -> int | None:
+        """The P1/A1 camera's port once started (None: an X1, whose RTSPS camera is not emulated)."""
+        return self._camera.port if self._camera is not None else None
+
     def stop(self) -> None:
+        if self._camera is not None:
+            self._camera_requested = self._camera.port
+            self._camera.close()
+            self._camera = None
         if self._ftps is not None:
             self._requested = (self._requested[0], self._ftps.port)  # a restart comes back on these ports
             self._ftps.close()

@@ -3,6 +3,7 @@ says the printer's state, so a test can tell the snapshot at a print's start fro
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 import zlib
@@ -32,3 +33,21 @@ def camera_png(state: str) -> bytes:
         + _chunk(b"IDAT", zlib.compress(rows))
         + _chunk(b"IEND", b"")
     )
+
+
+# The P1/A1 camera sends JPEG frames. A JPEG encoder is more than an emulator needs: this 64x36
+# frame (a green chamber above a dark bed) was made once with Pillow and is sent as it is.
+BAMBU_FRAME = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAYEBQYFBAYGBQYHBwYIChAKCgkJChQODwwQFxQYGBcUFhYaHSUfGhsjHBYWICwg"
+    "IyYnKSopGR8tMC0oMCUoKSj/2wBDAQcHBwoIChMKChMoGhYaKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgo"
+    "KCgoKCgoKCgoKCgoKCj/wAARCAAkAEADASIAAhEBAxEB/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAA"
+    "AgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6"
+    "Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXG"
+    "x8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREA"
+    "AgECBAQDBAcFBAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5"
+    "OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPE"
+    "xcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwDHooorwj8mCiiigAooooAKKKKACiuF/wCE"
+    "vv8A/nja/wDfLf8AxVH/AAl9/wD88bX/AL5b/wCKrp+qVD3P9XsZ2X3ndUVwv/CX3/8Azxtf++W/+Ko/4S+//wCeNr/3y3/x"
+    "VH1SoH+r2M7L7zuqK4X/AIS+/wD+eNr/AN8t/wDFUf8ACX3/APzxtf8Avlv/AIqj6pUD/V7Gdl953VFcL/wl9/8A88bX/vlv"
+    "/iqP+Evv/wDnja/98t/8VR9UqB/q9jOy+85yiiivUPvQooooAKKKKACiiigD/9k="
+)
