@@ -305,10 +305,7 @@ def emulate_prusalink(
             speed=speed,
             upload_bytes_per_s=upload_kbps * 1000 if upload_kbps else None,
         )
-        emu.start()
-        typer.echo(f"PrusaLink {model} emulator on {emu.url} (user maker), files in {files}", err=True)
-        _wait_for_stop().wait()
-        emu.stop()
+        _serve_emulator(f"PrusaLink {model}", emu, files, after_url=" (user maker)")
 
 
 @emulate_app.command("octoprint")
@@ -391,12 +388,17 @@ def emulate_bambu(
         _serve_emulator(f"Bambu {model}", emu, files)
 
 
-def _serve_emulator(kind: str, emu: Any, storage: Path) -> None:
+def _serve_emulator(kind: str, emu: Any, storage: Path, after_url: str = "") -> None:
     _setup_logging()
+    # Ctrl-C is ours before anyone is told the emulator is up: a SIGINT just after that line used to
+    # raise KeyboardInterrupt past emu.stop(), and its server threads kept the process alive.
+    stop = _wait_for_stop()
     emu.start()
-    typer.echo(f"{kind} emulator on {emu.url}, files in {storage}", err=True)
-    _wait_for_stop().wait()
-    emu.stop()
+    try:
+        typer.echo(f"{kind} emulator on {emu.url}{after_url}, files in {storage}", err=True)
+        stop.wait()
+    finally:
+        emu.stop()
 
 
 # -- using the farm -----------------------------------------------------------------------------

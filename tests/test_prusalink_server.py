@@ -6,7 +6,8 @@ It runs from a venv of its own (`.venv-prusalink`, made on first use): it pins p
 of its requirements cannot be installed here, so they are replaced by stand-ins that this file
 writes: python-prctl (thread names; needs libcap headers to build) and PyTurboJPEG (camera JPEG
 encoding; needs libturbojpeg). Neither is on the path a print takes. Its data folder cannot be under
-/tmp: Prusa-Link ignores storages there (const.BLACKLISTED_PATHS)."""
+/tmp: Prusa-Link ignores storages there (const.BLACKLISTED_PATHS); a checkout under /tmp (as CI's
+may be) puts it in /var/tmp instead."""
 
 from __future__ import annotations
 
@@ -92,11 +93,22 @@ class RealLink:
     home: Path
 
 
+# Prusa-Link's const.BLACKLISTED_PATHS: a storage inside one of these is never offered.
+BLACKLISTED = ("/dev", "/sys", "/proc", "/tmp")
+
+
+def _run_base() -> Path:
+    venv = VENV.resolve()
+    if any(venv.is_relative_to(p) for p in BLACKLISTED):
+        return Path("/var/tmp/printfarm-prusalink")
+    return VENV
+
+
 @pytest.fixture(scope="module")
 def real_link() -> Iterator[RealLink]:
     binary = _ensure_prusalink()
-    home = VENV / f"run-{uuid.uuid4().hex[:8]}"
-    home.mkdir()
+    home = _run_base() / f"run-{uuid.uuid4().hex[:8]}"
+    home.mkdir(parents=True)
     digest = hashlib.md5(f"maker:Administrator:{PASSWORD}".encode()).hexdigest()
     # What the first-run wizard writes: the printer type and the web user (web/lib/wizard.py).
     (home / "prusa_printer_settings.ini").write_text(
