@@ -233,13 +233,21 @@ def _fork_into_pid_namespace() -> int:
 
 def _fork_build_under_init(status_fd: int) -> None:
     """In the namespace's init: fork the build, reap whatever it leaves, report its status."""
+    go_read, go_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(status_fd)
+        os.close(go_write)
         _die_with_parent()
+        # Wait until init is undumpable: a build scheduled first could read its environment.
+        with contextlib.suppress(OSError):
+            os.read(go_read, 1)
+        os.close(go_read)
         return
     # Undumpable: the build, same uid and one PID away, cannot read init's memory or environment.
     _prctl(PR_SET_DUMPABLE, 0)
+    os.close(go_read)
+    os.close(go_write)  # the build's read returns at end of file
     status = 0
     while True:
         try:
