@@ -68,6 +68,10 @@ class Build(SQLModel, table=True):
     git_url: str | None = None  # a project checked out from git: where, which ref, which commit
     git_ref: str | None = None
     git_commit: str | None = None
+    # A build of a registered project's part (printfarm.toml): its revisions are listed by these.
+    project_name: str | None = Field(default=None, index=True)
+    part_name: str | None = None
+    git_tag: str | None = None  # the tag whose push made this build
     use_cache: bool = True  # False: `submit --no-cache`, rebuild even if the CAD cache has it
     entry: str | None = None
     params_json: str = "{}"
