@@ -16,7 +16,7 @@ from printers.drivers.base import DriverError, PrinterConfig, PrinterState
 from printers.emulators.prusalink import PrusaLinkEmulator
 from printers.tools import check, print_file, printer_config_from_flags
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(90)  # a hang guard: the tests start `farm` CLI processes
 
 PASSWORD = "tX9mQ2vLpA7c"
 
