@@ -1,0 +1,69 @@
+"""The figures issue #16 tracks, measured on the tree: `python scripts/architecture_figures.py [--json]`.
+
+- project imports inside functions (a hidden dependency unless a heavy optional package is the reason),
+- functions longer than 60 lines and files longer than 600 lines,
+- `# type: ignore` comments,
+in `farm/`, `workers/` and `printers/`. Reads the syntax trees; runs nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("farm", "workers", "printers")
+LONG_FUNCTION, LONG_FILE = 60, 600
+
+
+def figures() -> dict[str, object]:
+    inner_imports: list[str] = []
+    long_functions: list[str] = []
+    long_files: list[str] = []
+    ignores = 0
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            text = path.read_text(encoding="utf-8")
+            lines = text.count("\n") + 1
+            ignores += text.count("# type: ignore")
+            if lines > LONG_FILE:
+                long_files.append(f"{rel} ({lines})")
+            tree = ast.parse(text, filename=rel)
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > LONG_FUNCTION:
+                    long_functions.append(f"{rel}:{node.lineno} {node.name} ({length})")
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.Import | ast.ImportFrom) and _is_project(inner):
+                        inner_imports.append(f"{rel}:{inner.lineno}")
+    return {
+        "project_imports_in_functions": len(set(inner_imports)),
+        "functions_over_60_lines": len(long_functions),
+        "files_over_600_lines": len(long_files),
+        "type_ignores": ignores,
+        "long_functions": long_functions,
+        "long_files": long_files,
+    }
+
+
+def _is_project(node: ast.Import | ast.ImportFrom) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return node.level > 0 or (node.module or "").split(".")[0] in PACKAGES
+    return any(alias.name.split(".")[0] in PACKAGES for alias in node.names)
+
+
+if __name__ == "__main__":
+    result = figures()
+    if "--json" in sys.argv:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            if isinstance(value, list):
+                print(f"{key}:", *value, sep="\n  ")
+            else:
+                print(f"{key}: {value}")
