@@ -71,13 +71,13 @@ def build(
     params = _params(param, params_file)
     inputs = [params_file] if params_file is not None else []
     started = time.monotonic()
-    runner = _runner()  # starts its fork server (~4 s) only if the cache misses
+    runner = local_runner()  # starts its fork server (~4 s) only if the cache misses
     try:
         with _scratch_dir() as scratch:
             request = _request(
                 path, artifact, params, no_project, Path(scratch), step=step, ours=[output, *inputs]
             )
-            result, hit = cached_build(runner, CadCache(_cache_root()), request, use_cache=not no_cache)
+            result, hit = cached_build(runner, CadCache(cache_root()), request, use_cache=not no_cache)
     except CadError as exc:
         _die(exc.message)
     except Unavailable as exc:
@@ -165,7 +165,7 @@ def _inspect_shown(
 
     _require_file(path)
     params = _params(param, params_file)
-    runner = _runner()
+    runner = local_runner()
     try:
         with _scratch_dir() as scratch:
             inputs = [params_file] if params_file is not None else []
@@ -209,7 +209,7 @@ def _params(param: list[str] | None, params_file: Path | None) -> dict[str, Any]
         _die(str(exc), 2)
 
 
-def _runner() -> CadRunner:
+def local_runner() -> CadRunner:
     """A CadRunner with the worker's sandbox policy, from the settings."""
     from farm.settings import get_settings
     from workers.cad_runner import CadRunner
@@ -234,25 +234,39 @@ def _request(
     step: bool = False,
     ours: list[Path] | None = None,
 ) -> CadRequest:
+    from farm.project import ProjectError
+    from farm.sources import SourceProblem
+
+    try:
+        return make_request(path, artifact, params, no_project, scratch, step=step, ours=ours)
+    except (ProjectError, SourceProblem) as exc:
+        _die(str(exc), 2)
+
+
+def make_request(
+    path: Path,
+    artifact: str | None,
+    params: dict[str, Any],
+    no_project: bool,
+    scratch: Path,
+    step: bool = False,
+    ours: list[Path] | None = None,
+) -> CadRequest:
     """The CadRequest the farm would run for `path`: packed with its project (or its folder), the
-    parameters typed as the coordinator types them, so that both share cache entries."""
-    from farm.project import ProjectError, pack_file
+    parameters typed as the coordinator types them, so that both share cache entries.
+
+    Raises ProjectError (cannot pack) or SourceProblem (the entry point or parameters are wrong)."""
+    from farm.project import pack_file
     from farm.settings import get_settings
-    from farm.sources import SourceProblem, check_cad_source
+    from farm.sources import check_cad_source
     from workers.cad_runner import CadRequest
 
     # A script in no project travels with its folder, but not with the outputs, cache and
     # parameter file of our own that may be in it.
     leave_out = [get_settings().data_dir, *(ours or [])]
-    try:
-        packed = pack_file(path, scratch, leave_out) if path.suffix == ".py" and not no_project else None
-    except ProjectError as exc:
-        _die(str(exc), 2)
-    try:
-        source, entry_file = (packed.archive, packed.entry) if packed else (path, None)
-        params = check_cad_source(source, entry_file, artifact, params, validate=False, name=path.name)
-    except SourceProblem as exc:
-        _die(str(exc), 2)
+    packed = pack_file(path, scratch, leave_out) if path.suffix == ".py" and not no_project else None
+    source, entry_file = (packed.archive, packed.entry) if packed else (path, None)
+    params = check_cad_source(source, entry_file, artifact, params, validate=False, name=path.name)
     return CadRequest(
         source=Path(packed.entry) if packed else path,
         outdir=scratch / "out",
@@ -275,7 +289,7 @@ def _require_file(path: Path) -> None:
         _die(f"{path} is not a file", 2)
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     from farm.settings import get_settings
 
     return get_settings().data_dir / CACHE_DIR_NAME
