@@ -95,7 +95,9 @@ def submit(
         try:
             for part in parts:
                 if part.file not in packed:
-                    packed[part.file] = pack_file(folder / part.file, Path(tmp) / str(len(packed)))
+                    dest = Path(tmp) / str(len(packed))
+                    dest.mkdir()
+                    packed[part.file] = pack_file(folder / part.file, dest)
         except ProjectError as exc:
             _die(str(exc), 2)
         # The coordinator's checks first: the parts are queued whole or not at all.
