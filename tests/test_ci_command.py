@@ -79,7 +79,7 @@ def _start(folder: Path, data: Path, summary: Path) -> tuple[subprocess.Popen[st
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
-    """One `farm ci build` of a good copy and one of a broken copy, side by side (one build each)."""
+    """One `farm ci build` of a good copy and one of a broken copy, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("ci")
     good = _copy(tmp / "good")
     broken = _copy(tmp / "broken")
@@ -92,12 +92,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
     (broken / "main.py").write_text(main)
     summaries = {name: tmp / f"{name}-summary.md" for name in ("good", "broken")}
     summaries["good"].write_text("## an earlier step's summary\n")
-    started = {name: _start(folder, tmp / "data", summaries[name]) for name, folder in
-               (("good", good), ("broken", broken))}  # fmt: skip
+    # One after the other: the second reuses the project's requirements the first installed.
     done: dict[str, Run] = {}
-    for name, (proc, junit) in started.items():
+    for name, folder in (("good", good), ("broken", broken)):
+        proc, junit = _start(folder, tmp / "data", summaries[name])
         out, err = proc.communicate(timeout=300)
-        folder = good if name == "good" else broken
         done[name] = Run(
             folder, junit, summaries[name], subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         )
@@ -257,10 +256,10 @@ def test_submit_sends_each_part_with_the_manifest_targets_and_the_commit(
         assert made.status_code in (200, 201), made.text
         token = made.json()["token"]
 
-        def submit(*args: str) -> subprocess.CompletedProcess[str]:
+        def submit(*args: str, json_out: bool = True) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
                 [sys.executable, "-m", "farm", "ci", "submit", "--manifest", str(repo), "--url", base,
-                 "--token", token, "--json", *args],
+                 "--token", token, *(["--json"] if json_out else []), *args],
                 env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
             )  # fmt: skip
 
@@ -293,10 +292,11 @@ def test_submit_sends_each_part_with_the_manifest_targets_and_the_commit(
         assert [b["entry"] for _, _, b in builds] == ["sample_tray", "custom_tray", "custom_tray", "lid"]
 
         # Named with --part, a manual or on-push part prints too: the lid, 2 copies on one plate.
-        done = submit("--print", "--part", "lid")
+        done = submit("--print", "--part", "lid", json_out=False)
         assert done.returncode == 0, done.stderr
-        (lid,) = json.loads(done.stdout.strip().splitlines()[-1])["builds"]
-        jobs = fetch(lid["build"]["id"])["jobs"]
+        said = re.fullmatch(r"lid: build (\d+), 2 x PLA on any printer \(1 job\)", done.stdout.strip())
+        assert said, done.stdout
+        jobs = fetch(int(said[1]))["jobs"]
         assert [(j["material"], j["copies"]) for j in jobs] == [("PLA", 2)]
 
         # A part the manifest does not have: nothing is sent.
