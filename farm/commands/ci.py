@@ -13,14 +13,18 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from farm import extras
 from farm.commands import cad
+from farm.commands.ci_common import ManifestOpt, die, read_manifest
 from farm.commands.ci_report import Outcome, append_step_summary, junit_xml
-from farm.manifest import MANIFEST_NAME, Manifest, ManifestError, Part, load_manifest, parse_manifest
+from farm.commands.ci_submit import submit
+from farm.manifest import MANIFEST_NAME, Part
+from farm.project import ProjectError
+from farm.sources import SourceProblem
 
 if TYPE_CHECKING:
     from workers.cad_runner import CadRequest
@@ -30,51 +34,9 @@ ci_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ManifestOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--manifest",
-        help=f"The manifest ({MANIFEST_NAME}) or the folder holding it (default: the current folder); "
-        "a folder without one has every @artifact of its scripts built, none printed.",
-        show_default=False,
-    ),
-]
-
 
 def register(app: typer.Typer) -> None:
-    from farm.commands.ci_submit import submit  # it reads manifests with read_manifest below
-
-    ci_app.command("submit")(submit)
     app.add_typer(ci_app, name="ci")
-
-
-def _die(message: str, code: int = 1) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(code)
-
-
-def read_manifest(path: Path | None) -> tuple[Path, Manifest]:
-    """(the checkout's folder, its manifest) for --manifest: a folder, or a manifest file by any name."""
-    path = path or Path(".")
-    try:
-        if path.is_dir():
-            return path, load_manifest(path)
-        if not path.is_file():
-            _die(f"{path} does not exist: give --manifest the manifest file or its folder", 2)
-        folder = path.parent
-        if path.name == MANIFEST_NAME:
-            return folder, load_manifest(folder)
-        try:
-            manifest = parse_manifest(path.read_text(encoding="utf-8"), source=str(path))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{path}: cannot be read: {exc}") from None
-        for part in manifest.parts:
-            script = (folder / part.file).resolve()
-            if not script.is_relative_to(folder.resolve()) or not script.is_file():
-                raise ManifestError(f"{path}: part '{part.name}': {part.file} is not a script in {folder}")
-        return folder, manifest
-    except ManifestError as exc:
-        _die(str(exc), 2)
 
 
 # -- farm ci build --------------------------------------------------------------------------------
@@ -106,7 +68,7 @@ def ci_build(
     folder, manifest = read_manifest(manifest_path)
     builds = [(part, params) for part in manifest.parts for params in part.param_sets()]
     if not builds:
-        _die(f"no parts in {folder}: list them in {MANIFEST_NAME}, or mark functions @artifact", 2)
+        die(f"no parts in {folder}: list them in {MANIFEST_NAME}, or mark functions @artifact", 2)
     if manifest.discovered:
         typer.echo(f"no {MANIFEST_NAME}: building every @artifact ({len(manifest.parts)} found)", err=True)
     outcomes = _build_all(folder, builds, output, use_cache=not no_cache)
@@ -132,11 +94,12 @@ def ci_build(
         raise typer.Exit(1)
 
 
+ci_app.command("submit")(submit)  # farm/commands/ci_submit.py
+
+
 def _build_all(
     folder: Path, builds: list[tuple[Part, dict[str, Any]]], output: Path | None, use_cache: bool
 ) -> list[Outcome]:
-    from farm.project import ProjectError
-    from farm.sources import SourceProblem
     from workers.cad_cache import CadCache, cached_build
     from workers.cad_runner import CadError
     from workers.sandbox import Unavailable
@@ -158,14 +121,14 @@ def _build_all(
                 except CadError as exc:
                     outcome.error, outcome.kind = exc.message, exc.kind
                 except Unavailable as exc:
-                    _die(f"the CAD sandbox cannot run here, so nothing was built: {exc}")
+                    die(f"the CAD sandbox cannot run here, so nothing was built: {exc}")
                 else:
                     _record(outcome, result)
                     if output is not None:
                         try:
                             cad._deliver(result, output, stem)
                         except OSError as exc:
-                            _die(f"cannot write the outputs to {output}: {exc}")
+                            die(f"cannot write the outputs to {output}: {exc}")
             outcome.seconds = time.monotonic() - started
             outcomes.append(outcome)
             _progress(number, len(builds), outcome)
@@ -240,4 +203,4 @@ def _write(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     except OSError as exc:
-        _die(f"cannot write {path}: {exc}")
+        die(f"cannot write {path}: {exc}")

@@ -21,9 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 
 from farm.client import FarmClient, FarmError
-from farm.commands.ci import ManifestOpt, _die, read_manifest
+from farm.commands.ci_common import ManifestOpt, die, read_manifest
 from farm.manifest import MANIFEST_NAME, Part, Target
+from farm.project import Packed, ProjectError, pack_file
 from farm.settings import get_settings
+from farm.sources import SourceProblem, check_cad_source
 
 USAGE_STATUSES = (400, 413, 415, 422)
 
@@ -70,18 +72,8 @@ def submit(
     branch), as `farm submit` of a git URL does. Every parameter set is checked first: nothing is
     sent unless all of them would be taken.
     """
-    from farm.project import ProjectError, pack_file
-    from farm.sources import SourceProblem, check_cad_source
-
     folder, manifest = read_manifest(manifest_path)
-    parts = manifest.parts
-    if part_names:
-        unknown = sorted(set(part_names) - {p.name for p in parts})
-        if unknown:
-            _die(f"no part {', '.join(unknown)} in the manifest; its parts: {_names(parts)}", 2)
-        parts = [p for p in parts if p.name in part_names]
-    if not parts:
-        _die(f"no parts in {folder}: list them in {MANIFEST_NAME}, or mark functions @artifact", 2)
+    parts = _chosen(manifest.parts, part_names, folder)
     checkout = read_checkout(folder)
     for note in checkout.notes:
         typer.secho(f"warning: {note}", err=True, fg="yellow")
@@ -89,24 +81,10 @@ def submit(
     settings = get_settings()
     token = token or settings.resolved_token()
     if not token:
-        _die("no token: give --token or set FARM_TOKEN to a submitter token (`farm tokens create`)", 2)
+        die("no token: give --token or set FARM_TOKEN to a submitter token (`farm tokens create`)", 2)
     with tempfile.TemporaryDirectory(prefix="farm-ci-submit-") as tmp:
-        packed: dict[str, Any] = {}
-        try:
-            for part in parts:
-                if part.file not in packed:
-                    dest = Path(tmp) / str(len(packed))
-                    dest.mkdir()
-                    packed[part.file] = pack_file(folder / part.file, dest)
-        except ProjectError as exc:
-            _die(str(exc), 2)
-        # The coordinator's checks first: the parts are queued whole or not at all.
-        for sub in subs:
-            pack = packed[sub.part.file]
-            try:
-                check_cad_source(pack.archive, pack.entry, sub.part.artifact, sub.params, name=sub.part.file)
-            except SourceProblem as exc:
-                _die(f"part '{sub.part.name}' with {json.dumps(sub.params)}: {exc}; nothing was submitted", 2)
+        packed = _pack_all(folder, parts, Path(tmp))
+        _check_all(subs, packed)  # the coordinator's checks first: queued whole or not at all
         sent: list[dict[str, Any]] = []
         with FarmClient(url or settings.url, token) as client:
             for sub in subs:
@@ -115,13 +93,47 @@ def submit(
                     build = client.submit(pack.archive, _options(sub, pack.entry, checkout))
                 except FarmError as exc:
                     done = f" ({len(sent)} builds were sent before it)" if sent else ""
-                    _die(f"part '{sub.part.name}': {exc}{done}", 2 if exc.status in USAGE_STATUSES else 1)
+                    die(f"part '{sub.part.name}': {exc}{done}", 2 if exc.status in USAGE_STATUSES else 1)
                 sent.append({"part": sub.part.name, "params": sub.params, "print": sub.target is not None,
                              "build": build})  # fmt: skip
                 if not as_json:
                     typer.echo(_line(sub, build))
     if as_json:
         typer.echo(json.dumps({"git": checkout.git, "builds": sent}, default=str))
+
+
+def _chosen(parts: list[Part], names: list[str] | None, folder: Path) -> list[Part]:
+    if names:
+        unknown = sorted(set(names) - {p.name for p in parts})
+        if unknown:
+            die(f"no part {', '.join(unknown)} in the manifest; its parts: {_names(parts)}", 2)
+        parts = [p for p in parts if p.name in names]
+    if not parts:
+        die(f"no parts in {folder}: list them in {MANIFEST_NAME}, or mark functions @artifact", 2)
+    return parts
+
+
+def _pack_all(folder: Path, parts: list[Part], tmp: Path) -> dict[str, Packed]:
+    """Each script's project packed once, as `farm submit` packs it."""
+    packed: dict[str, Packed] = {}
+    try:
+        for part in parts:
+            if part.file not in packed:
+                dest = tmp / str(len(packed))
+                dest.mkdir()
+                packed[part.file] = pack_file(folder / part.file, dest)
+    except ProjectError as exc:
+        die(str(exc), 2)
+    return packed
+
+
+def _check_all(subs: list[Submission], packed: dict[str, Packed]) -> None:
+    for sub in subs:
+        pack = packed[sub.part.file]
+        try:
+            check_cad_source(pack.archive, pack.entry, sub.part.artifact, sub.params, name=sub.part.file)
+        except SourceProblem as exc:
+            die(f"part '{sub.part.name}' with {json.dumps(sub.params)}: {exc}; nothing was submitted", 2)
 
 
 def plan(parts: list[Part], checkout: Checkout, print_: bool, named: bool) -> list[Submission]:
