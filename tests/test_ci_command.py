@@ -24,6 +24,7 @@ import httpx
 import pytest
 import yaml
 from junitparser import Error, Failure, JUnitXml
+from markdown_it import MarkdownIt
 from PIL import Image
 
 from farm.commands.ci_report import Outcome, junit_xml, markdown_summary
@@ -138,6 +139,10 @@ def test_the_step_summary_shows_each_build_with_its_preview(runs: dict[str, Run]
     assert "printfarm: 4 of 4 builds passed" in text
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     assert len(images) == 4
+    # GitHub renders it as GitHub Flavored Markdown: a table whose rows each hold a preview.
+    html = MarkdownIt("commonmark").enable("table").render(text)
+    rows = re.findall(r"<tr>(.*?)</tr>", html, re.S)
+    assert len(rows) == 5 and all('<img src="data:image/png;base64,' in row for row in rows[1:])
     for data in images:
         with Image.open(io.BytesIO(base64.b64decode(data))) as image:
             assert image.format == "PNG" and image.size == (256, 256)

@@ -151,6 +151,7 @@ def _record(outcome: Outcome, result: Any) -> None:
     outcome.volume = result.volume
     outcome.objects = result.objects
     outcome.triangles = result.mesh.get("triangles")
+    outcome.warnings = [*result.warnings, *(f"shown, not printed: {item}" for item in result.skipped)]
     outcome.preview = result.preview.read_bytes() if result.preview else None
     outcome.preview_small = result.preview_small.read_bytes() if result.preview_small else None
 
@@ -172,6 +173,8 @@ def _progress(number: int, total: int, o: Outcome) -> None:
     if o.ok:
         how = "from the cache" if o.cached else "built"
         typer.echo(f"[{number}/{total}] {o.label}: ok, {how} in {o.seconds:.1f} s", err=True)
+        for warning in o.warnings:
+            typer.secho(f"  warning: {warning}", err=True, fg="yellow")
     else:
         first = (o.error or "").strip().splitlines()[0] if (o.error or "").strip() else o.kind
         typer.secho(f"[{number}/{total}] {o.label}: FAILED: {first}", err=True, fg="red")

@@ -41,6 +41,7 @@ class Outcome:
     volume: float | None = None
     triangles: int | None = None
     objects: int | None = None
+    warnings: list[str] = field(default_factory=list)  # what the build said, such as skipped sketches
     preview: bytes | None = field(default=None, repr=False)  # 256 x 256 PNG
     preview_small: bytes | None = field(default=None, repr=False)  # 96 x 96 PNG
 
@@ -70,6 +71,7 @@ class Outcome:
             "volume": self.volume,
             "triangles": self.triangles,
             "objects": self.objects,
+            "warnings": self.warnings,
         }
 
 
