@@ -21,7 +21,7 @@ import typer
 
 from farm import extras
 from farm.client import FarmClient, FarmError
-from farm.commands import agent_tools, cad, ci, dashboard, enroll, slicing
+from farm.commands import agent_tools, cad, ci, dashboard, enroll, revisions, slicing
 from farm.commands.notify import notify_app
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 from farm.settings import Settings, get_settings
@@ -40,6 +40,7 @@ cad.register(app)
 slicing.register(app)
 dashboard.register(app)
 ci.register(app)
+revisions.register(app)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 TERMINAL = {"done", "failed", "cancelled"}

@@ -88,6 +88,7 @@ class Build(SQLModel, table=True):
     stl_sha256: str | None = None
     threemf_sha256: str | None = None
     bbox_json: str | None = None
+    volume_mm3: float | None = None  # the solids' volume, from the CAD model (not the mesh)
     cad_seconds: float | None = None
     want_step: bool = False  # `submit --step`: the CAD worker also exports a STEP file
     step_sha256: str | None = None

@@ -134,6 +134,7 @@ def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
             **uploaded,
             "objects": result.objects,
             "bbox": bbox,
+            "volume": result.volume,
             "seconds": time.monotonic() - t0,
             "skipped": result.skipped,
             "cached": hit,  # for /metrics

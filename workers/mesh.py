@@ -149,11 +149,30 @@ def _view_axes() -> np.ndarray:
     return np.stack([right, up, view])
 
 
-def render(tris: np.ndarray, size: int, supersample: int | None = None) -> np.ndarray:
+Frame = tuple[tuple[float, float], float]  # the view's centre (screen x, y) and the span it fits
+
+
+def view_frame(*meshes: np.ndarray) -> Frame | None:
+    """The frame that fits every one of `meshes` in the isometric view (None: all empty). Rendered
+    in one frame, two parts are drawn at one scale and place, so what differs is their geometry."""
+    points = [np.asarray(m, dtype=np.float64).reshape(-1, 3) for m in meshes]
+    points = [p for p in points if len(p)]
+    if not points:
+        return None
+    xy = np.concatenate(points) @ _view_axes()[:2].T
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    centre = (low + high) / 2
+    return (float(centre[0]), float(centre[1])), float((high - low).max())
+
+
+def render(
+    tris: np.ndarray, size: int, supersample: int | None = None, frame: Frame | None = None
+) -> np.ndarray:
     """An isometric, flat-shaded picture of the mesh: (size, size, 4) uint8 RGBA, transparent around.
 
     Triangles facing away are culled; the rest are rasterised at pixel centres with a z-buffer,
-    in batches so that memory stays bounded whatever the triangle count.
+    in batches so that memory stays bounded whatever the triangle count. Without a `frame` the
+    part fills the picture.
     """
     supersample = supersample or SUPERSAMPLE.get(size, 2)
     big = size * supersample
@@ -167,9 +186,11 @@ def render(tris: np.ndarray, size: int, supersample: int | None = None) -> np.nd
         lengths = np.linalg.norm(normals, axis=1)
         facing = (normals @ axes[2] < 0) & (lengths > 0)
         xy = projected[..., :2]
-        low, high = xy.reshape(-1, 2).min(axis=0), xy.reshape(-1, 2).max(axis=0)
-        scale = big * (1 - 2 * MARGIN) / max(float((high - low).max()), 1e-9)
-        centre = (low + high) / 2
+        if frame is None:
+            low, high = xy.reshape(-1, 2).min(axis=0), xy.reshape(-1, 2).max(axis=0)
+            frame = (float(low[0] + high[0]) / 2, float(low[1] + high[1]) / 2), float((high - low).max())
+        centre, span = frame
+        scale = big * (1 - 2 * MARGIN) / max(span, 1e-9)
         px = (xy[..., 0] - centre[0]) * scale + big / 2
         py = big / 2 - (xy[..., 1] - centre[1]) * scale
         screen = np.stack([px, py, projected[..., 2]], axis=-1)[facing]

@@ -33,6 +33,7 @@ from farm.api import (
     notifications,
     operate,
     reads,
+    revisions,
     signin,
     snapshots,
     tokens,
@@ -258,6 +259,7 @@ def create_app(settings: Settings) -> FastAPI:
         enrol,
         agent_package,
         snapshots,
+        revisions,
     )
     for module in routers:
         app.include_router(module.router)

@@ -86,6 +86,7 @@ class CadResult(BaseModel):
     preview_small: str | None = None  # 96 x 96 PNG
     objects: int | None = Field(None, ge=1)
     bbox: list[list[Finite]] | None = None
+    volume: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # mm³ (None: an older worker)
     seconds: Finite | None = None
     # What the design showed but did not print ("outline (a sketch)"): shown on the build.
     skipped: list[Annotated[str, Field(max_length=300)]] = Field(default_factory=list, max_length=200)
@@ -339,6 +340,7 @@ def cad_result(build_id: RowId, result: CadResult, farm: FarmDep, session: Sessi
             "preview_sha256": result.preview,
             "preview_small_sha256": result.preview_small,
             "objects": result.objects,
+            "volume_mm3": result.volume,
             "skipped_json": json.dumps(result.skipped) if result.skipped else None,
         },
     )

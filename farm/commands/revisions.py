@@ -1,0 +1,153 @@
+"""`farm revisions` and `farm diff`: a part's builds over time, and what changed between two."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+from typing import Annotated, Any
+
+import typer
+
+from farm.client import FarmError
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}" if minutes >= 60 else f"{minutes}m"
+
+
+def _number(value: float | None, unit: str = "", digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def _size(size: list[float] | None) -> str:
+    return "-" if not size else " x ".join(f"{v:g}" for v in (round(s, 2) for s in size))
+
+
+def _params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items()) or "-"
+
+
+def _estimates(est: dict[str, dict[str, Any]]) -> str:
+    shown = [f"{m} {_duration(e['print_time_s'])} {_number(e['filament_g'], ' g')}" for m, e in est.items()]
+    return ", ".join(shown) or "-"
+
+
+def revisions(
+    name: Annotated[str, typer.Argument(help="The project's name (as registered with the farm).")],
+    part: Annotated[str, typer.Argument(help="The part's name in the project's printfarm.toml.")],
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the newest N builds.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every build of a project's part, newest first: when, commit and tag, parameters, stage,
+    volume, size, and the slicer's print time and filament per printer model.
+    Compare two with `farm diff A B`."""
+    from farm import cli
+
+    path = f"/api/projects/{quote(name, safe='')}/parts/{quote(part, safe='')}/revisions"
+    rows = cli._get_all(path, most=limit)
+    if as_json:
+        cli._emit(rows)
+        return
+    cli._table(
+        f"{name} / {part}",
+        ["build", "when", "commit", "tag", "params", "stage", "volume mm³", "size mm", "estimates"],
+        [
+            [
+                r["id"],
+                (r["created_at"] or "")[:16].replace("T", " "),
+                (r["git"]["commit"] or "")[:7] or "-",
+                r["git"]["tag"] or "-",
+                _params(r["params"]),
+                r["stage"],
+                _number(r["volume_mm3"]),
+                _size(r["size_mm"]),
+                _estimates(r["estimates"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _change(c: dict[str, Any], unit: str, fmt: Any = None) -> str:
+    show = fmt or (lambda v: _number(v, unit))
+    if c["a"] == c["b"]:
+        return f"{show(c['a'])} (same)"
+    line = f"{show(c['a'])} -> {show(c['b'])}"
+    if c["change"] is not None:
+        sign = "+" if c["change"] >= 0 else "-"
+        line += f" ({sign}{show(abs(c['change']))}"
+        line += f", {c['percent']:+.1f}%)" if c["percent"] is not None else ")"
+    return line
+
+
+def _print_diff(d: dict[str, Any]) -> None:
+    a, b = d["a"], d["b"]
+    typer.echo(f"build {a['id']} -> build {b['id']}" + ("" if d["same_part"] else " (not the same part)"))
+    for what, key in (("commit", "commit"), ("tag", "tag")):
+        c = d[key]
+        if c["a"] or c["b"]:
+            short = [(v or "-")[:12] if key == "commit" else (v or "-") for v in (c["a"], c["b"])]
+            typer.echo(f"  {what:9} {short[0]} -> {short[1]}" if c["changed"] else f"  {what:9} {short[0]}")
+    p = d["params"]
+    if not (p["added"] or p["removed"] or p["changed"]):
+        typer.echo(f"  {'params':9} same ({_params(a['params'])})")
+    for k, v in p["changed"].items():
+        typer.echo(f"  {'param':9} {k}: {v['a']} -> {v['b']}")
+    for k, v in p["added"].items():
+        typer.echo(f"  {'param':9} {k}: added, {v}")
+    for k, v in p["removed"].items():
+        typer.echo(f"  {'param':9} {k}: removed (was {v})")
+    typer.echo(f"  {'volume':9} {_change(d['volume_mm3'], ' mm³')}")
+    for axis, c in d["size_mm"].items():
+        typer.echo(f"  {'size ' + axis:9} {_change(c, ' mm', lambda v: _number(v, ' mm', 2))}")
+    for model, e in d["estimates"].items():
+        typer.echo(f"  {model:9} time {_change(e['print_time_s'], '', _duration)}")
+        typer.echo(f"  {'':9} filament {_change(e['filament_g'], ' g', lambda v: _number(v, ' g', 2))}")
+    for side, models in (("a", d["models_only_in_a"]), ("b", d["models_only_in_b"])):
+        if models:
+            typer.echo(f"  sliced for {', '.join(models)} only in build {d[side]['id']}")
+    if d["same_mesh"]:
+        typer.echo("  the mesh is the same")
+
+
+def diff(
+    a: Annotated[int, typer.Argument(min=1, help="The earlier build's id.")],
+    b: Annotated[int, typer.Argument(min=1, help="The later build's id.")],
+    image: Annotated[
+        Path | None,
+        typer.Option(help="Also write a PNG of both parts, one camera and scale, the changes boxed in red."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What changed from build A to build B: parameters, volume, bounding box, the slicer's print
+    time and filament per printer model both were sliced for, commit and tag."""
+    from farm import cli
+
+    with cli._client() as client:
+        try:
+            data = client.get(f"/api/builds/{a}/diff/{b}")
+            if image is not None:
+                resp = client.request("GET", f"/api/builds/{a}/diff/{b}/image")
+                image.write_bytes(resp.content)
+                data["image"] = {"path": str(image), "regions": int(resp.headers.get("X-Changed-Regions", 0))}
+        except FarmError as exc:
+            cli._die_farm(exc)
+        except OSError as exc:
+            cli._die(f"cannot write {image}: {exc.strerror}", 2)
+    if as_json:
+        cli._emit(data)
+        return
+    _print_diff(data)
+    if image is not None:
+        regions = data["image"]["regions"]
+        typer.echo(f"  image     {image}: {regions} changed region{'s' if regions != 1 else ''} marked")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("revisions")(revisions)
+    app.command("diff")(diff)
