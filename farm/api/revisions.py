@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
@@ -19,8 +22,13 @@ from farm.revisions import build_diff, revision_view
 router = APIRouter(prefix="/api", tags=["revisions"], responses=AUTH)
 Reader = Annotated[Token, Depends(require("submitter", "viewer"))]
 NamePath = Annotated[str, Path(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)]
-# Rendering reads both meshes whole: a part this large is refused rather than drawn for seconds.
-MAX_TRIANGLES = 2_000_000
+# Drawing reads each mesh whole and costs about a second per 100k triangles on a busy 2-core
+# machine (bench/diff_image.py): a larger part is refused, one picture is drawn at a time per
+# process, and the last few are kept (artifacts never change: a pair's picture is the same forever).
+MAX_TRIANGLES = 1_000_000
+_drawing = threading.Lock()
+_drawn: OrderedDict[tuple[str, str, str, str], tuple[bytes, int]] = OrderedDict()
+KEEP_DRAWN = 32
 
 
 def _revision(session: Session, build: Build) -> dict[str, Any]:
@@ -116,21 +124,36 @@ def diff_image(a: RowId, b: RowId, farm: FarmDep, session: SessionDep, token: Re
                 409, f"build {build.id} has no mesh to draw (it is {build.stage}); diff builds that made one"
             )
         meshes.append(farm.store.path(build.stl_sha256))
-    from farm.diffimage import diff_image as draw  # numpy and Pillow: only when an image is asked for
-    from workers.mesh import read_stl
-
-    for path in meshes:  # a binary STL's size says its triangle count: refuse before reading it
-        if path.stat().st_size > 84 + 50 * MAX_TRIANGLES:
-            raise HTTPException(413, f"a mesh of over {MAX_TRIANGLES} triangles is too large to draw")
-    tris = [read_stl(path) for path in meshes]
-    if any(len(t) > MAX_TRIANGLES for t in tris):
-        raise HTTPException(413, f"a mesh of over {MAX_TRIANGLES} triangles is too large to draw")
-    image = draw(tris[0], tris[1], (_caption(builds[0]), _caption(builds[1])))
+    captions = _caption(builds[0]), _caption(builds[1])
+    png, regions = _draw(meshes[0], meshes[1], captions)
     return Response(
-        image.png,
+        png,
         media_type="image/png",
-        headers={"X-Changed-Regions": str(len(image.regions)), "X-Content-Type-Options": "nosniff"},
+        headers={"X-Changed-Regions": str(regions), "X-Content-Type-Options": "nosniff"},
     )
+
+
+def _draw(a: FilePath, b: FilePath, captions: tuple[str, str]) -> tuple[bytes, int]:
+    """The picture of two stored meshes (by their content-addressed paths) and its region count."""
+    key = (a.name, b.name, *captions)
+    with _drawing:
+        if (kept := _drawn.get(key)) is not None:
+            _drawn.move_to_end(key)
+            return kept
+        from farm.diffimage import diff_image  # numpy and Pillow: only once a picture is asked for
+        from workers.mesh import read_stl
+
+        for path in (a, b):  # a binary STL's size says its triangle count: refuse before reading
+            if path.stat().st_size > 84 + 50 * MAX_TRIANGLES:
+                raise HTTPException(413, f"a mesh of over {MAX_TRIANGLES:,} triangles is too large to draw")
+        tris = [read_stl(a), read_stl(b)]
+        if any(len(t) > MAX_TRIANGLES for t in tris):
+            raise HTTPException(413, f"a mesh of over {MAX_TRIANGLES:,} triangles is too large to draw")
+        image = diff_image(tris[0], tris[1], captions)
+        _drawn[key] = kept = (image.png, len(image.regions))
+        if len(_drawn) > KEEP_DRAWN:
+            _drawn.popitem(last=False)
+        return kept
 
 
 def _caption(build: Build) -> str:
