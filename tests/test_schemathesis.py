@@ -86,7 +86,7 @@ def _seed(app: Any, data: Path) -> None:
         )
         assert built.status_code == 201, built.text
         build = built.json()
-        SEEDED.ids["build_id"] = [build["id"]]
+        SEEDED.ids["build_id"] = SEEDED.ids["other_id"] = [build["id"]]  # other_id: GET .../diff/{other_id}
         SEEDED.ids["job_id"] = [j["id"] for j in build["jobs"]]
         SEEDED.ids["slice_id"] = [s["id"] for s in build["slices"]]
         SEEDED.sha256[:] = [hashlib.sha256(stl).hexdigest()]

@@ -90,30 +90,37 @@ def _no_revisions(session: Session, name: str, part: str) -> None:
     raise HTTPException(404, f"no builds of project '{name}'{hint}")
 
 
-@router.get("/builds/{a}/diff/{b}", responses=errors(404))
-def diff(a: RowId, b: RowId, session: SessionDep, _token: Reader) -> dict:
-    """What changed from build `a` to build `b`: parameters, volume, bounding box size, the
-    slicer's estimates per printer model both were sliced for, commit and tag."""
-    build_a, build_b = _build(session, a), _build(session, b)
+@router.get("/builds/{build_id}/diff/{other_id}", responses=errors(404))
+def diff(build_id: RowId, other_id: RowId, session: SessionDep, _token: Reader) -> dict:
+    """What changed from build `build_id` to build `other_id`: parameters, volume, bounding box
+    size, the slicer's estimates per printer model both were sliced for, commit and tag."""
+    build_a, build_b = _build(session, build_id), _build(session, other_id)
     return build_diff(_revision(session, build_a), _revision(session, build_b))
 
 
 @router.get(
-    "/builds/{a}/diff/{b}/image",
+    "/builds/{build_id}/diff/{other_id}/image",
     response_class=Response,
     responses={
         200: {
             "content": {"image/png": {}},
             "description": "both parts side by side from one camera at one scale, what changed boxed",
-            "headers": {"X-Changed-Regions": {"description": "how many regions are marked"}},
+            "headers": {
+                "X-Changed-Regions": {
+                    "description": "how many regions are marked",
+                    "schema": {"type": "string"},
+                }
+            },
         },
         **errors(404, 409, 413),
     },
 )
-def diff_image(a: RowId, b: RowId, farm: FarmDep, session: SessionDep, token: Reader) -> Response:
+def diff_image(
+    build_id: RowId, other_id: RowId, farm: FarmDep, session: SessionDep, token: Reader
+) -> Response:
     """A PNG of both builds' parts drawn from one camera at one scale, the regions that differ
     boxed in red. It shows their meshes: a submitter sees it for its own builds (as downloads)."""
-    builds = _build(session, a), _build(session, b)
+    builds = _build(session, build_id), _build(session, other_id)
     if token.role == "submitter":
         for build in builds:
             check_owner(token, build.owner, f"build {build.id}")
