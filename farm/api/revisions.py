@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from sqlmodel import Session, col, select
 
+from farm import diffimage
 from farm.api.access import check_owner
 from farm.api.deps import MAX_NAME, NAME_PATTERN, FarmDep, RowId, SessionDep, require
 from farm.api.errors import AUTH, errors
@@ -18,6 +19,7 @@ from farm.api.paging import Cursor, Limit, after_id, page, paged
 from farm.models import Build, Slice, Token
 from farm.printer_models import did_you_mean
 from farm.revisions import build_diff, revision_view
+from workers.mesh import read_stl
 
 router = APIRouter(prefix="/api", tags=["revisions"], responses=AUTH)
 Reader = Annotated[Token, Depends(require("submitter", "viewer"))]
@@ -67,7 +69,8 @@ def revisions(
     )
     if (before := after_id(cursor)) is not None:
         query = query.where(col(Build.id) < before)
-    builds = page(session.exec(query).all(), limit, lambda b: b.id, request, response)  # type: ignore[arg-type,return-value]
+    rows: list[Build] = list(session.exec(query).all())
+    builds = page(rows, limit, lambda b: b.id or 0, request, response)
     if not builds and cursor is None:
         _no_revisions(session, name, part)
     return [_revision(session, b) for b in builds]
@@ -147,16 +150,13 @@ def _draw(a: FilePath, b: FilePath, captions: tuple[str, str]) -> tuple[bytes, i
         if (kept := _drawn.get(key)) is not None:
             _drawn.move_to_end(key)
             return kept
-        from farm.diffimage import diff_image  # numpy and Pillow: only once a picture is asked for
-        from workers.mesh import read_stl
-
         for path in (a, b):  # a binary STL's size says its triangle count: refuse before reading
             if path.stat().st_size > 84 + 50 * MAX_TRIANGLES:
                 raise HTTPException(413, f"a mesh of over {MAX_TRIANGLES:,} triangles is too large to draw")
         tris = [read_stl(a), read_stl(b)]
         if any(len(t) > MAX_TRIANGLES for t in tris):
             raise HTTPException(413, f"a mesh of over {MAX_TRIANGLES:,} triangles is too large to draw")
-        image = diff_image(tris[0], tris[1], captions)
+        image = diffimage.diff_image(tris[0], tris[1], captions)
         _drawn[key] = kept = (image.png, len(image.regions))
         if len(_drawn) > KEEP_DRAWN:
             _drawn.popitem(last=False)

@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 from urllib.parse import quote
 
 import typer
+from rich.table import Table
 
-from farm.client import FarmError
+from farm.client import FarmClient, FarmError
+from farm.settings import get_settings
+from farm.watch import stdout_console
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def _die(message: str, code: int = 1) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(code)
+
+
+def _client() -> FarmClient:
+    settings = get_settings()
+    token = settings.resolved_token()
+    if not token:
+        _die(
+            "no token: set FARM_TOKEN, or run this on the coordinator's machine "
+            f"(it reads {settings.admin_token_file})"
+        )
+    return FarmClient(settings.url, token)
+
+
+def _emit(data: Any) -> None:
+    typer.echo(json.dumps(data, default=str))
 
 
 def _duration(seconds: float | None) -> str:
@@ -46,31 +70,31 @@ def revisions(
     """Every build of a project's part, newest first: when, commit and tag, parameters, stage,
     volume, size, and the slicer's print time and filament per printer model.
     Compare two with `farm diff A B`."""
-    from farm import cli
-
     path = f"/api/projects/{quote(name, safe='')}/parts/{quote(part, safe='')}/revisions"
-    rows = cli._get_all(path, most=limit)
+    with _client() as client:
+        try:
+            rows = client.get_all(path, most=limit)
+        except FarmError as exc:
+            _die(str(exc))
     if as_json:
-        cli._emit(rows)
+        _emit(rows)
         return
-    cli._table(
-        f"{name} / {part}",
-        ["build", "when", "commit", "tag", "params", "stage", "volume mm³", "size mm", "estimates"],
-        [
-            [
-                r["id"],
-                (r["created_at"] or "")[:16].replace("T", " "),
-                (r["git"]["commit"] or "")[:7] or "-",
-                r["git"]["tag"] or "-",
-                _params(r["params"]),
-                r["stage"],
-                _number(r["volume_mm3"]),
-                _size(r["size_mm"]),
-                _estimates(r["estimates"]),
-            ]
-            for r in rows
-        ],
-    )
+    table = Table(title=f"{name} / {part}")
+    for column in ("build", "when", "commit", "tag", "params", "stage", "volume mm³", "size mm", "estimates"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            (r["created_at"] or "")[:16].replace("T", " "),
+            (r["git"]["commit"] or "")[:7] or "-",
+            r["git"]["tag"] or "-",
+            _params(r["params"]),
+            r["stage"],
+            _number(r["volume_mm3"]),
+            _size(r["size_mm"]),
+            _estimates(r["estimates"]),
+        )
+    stdout_console().print(table)
 
 
 def _change(c: dict[str, Any], unit: str, fmt: Any = None) -> str:
@@ -126,9 +150,7 @@ def diff(
 ) -> None:
     """What changed from build A to build B: parameters, volume, bounding box, the slicer's print
     time and filament per printer model both were sliced for, commit and tag."""
-    from farm import cli
-
-    with cli._client() as client:
+    with _client() as client:
         try:
             data = client.get(f"/api/builds/{a}/diff/{b}")
             if image is not None:
@@ -136,11 +158,11 @@ def diff(
                 image.write_bytes(resp.content)
                 data["image"] = {"path": str(image), "regions": int(resp.headers.get("X-Changed-Regions", 0))}
         except FarmError as exc:
-            cli._die_farm(exc)
+            _die(str(exc), 2 if exc.status in (400, 422) else 1)
         except OSError as exc:
-            cli._die(f"cannot write {image}: {exc.strerror}", 2)
+            _die(f"cannot write {image}: {exc.strerror}", 2)
     if as_json:
-        cli._emit(data)
+        _emit(data)
         return
     _print_diff(data)
     if image is not None:
