@@ -101,6 +101,8 @@ def _panel(rgba: np.ndarray, mask: np.ndarray, boxes: list[tuple[int, int, int, 
 
 def diff_image(tris_a: np.ndarray, tris_b: np.ndarray, captions: tuple[str, str]) -> DiffImage:
     """Both parts from one camera at one scale, side by side, their differences boxed."""
+    # A submitted mesh was never checked: a NaN corner would make the shared frame NaN.
+    tris_a, tris_b = (t[np.isfinite(t).all(axis=(1, 2))] for t in (tris_a, tris_b))
     frame = view_frame(tris_a, tris_b)
     a = render(tris_a, PANEL, frame=frame)
     b = render(tris_b, PANEL, frame=frame)

@@ -274,3 +274,20 @@ def test_who_may_compare(farm: RunningFarm, brackets: Brackets) -> None:
         f"{farm.url}/api/builds/{own[0]['id']}/diff/{own[1]['id']}/image", headers=tokens["submitter"]
     )
     assert mine.status_code == 200 and int(mine.headers["X-Changed-Regions"]) >= 1
+
+
+def test_meshes_with_nan_corners_or_no_triangles_still_draw() -> None:
+    """A submitted STL is never checked as a CAD build's is: NaN corners are left out (they would
+    make the shared frame NaN and blank both sides), and an empty mesh draws as nothing."""
+    from farm.diffimage import diff_image
+
+    tri = np.array([[[0, 0, 0], [10, 0, 0], [0, 10, 0]]], dtype=np.float32)
+    nan = np.full((1, 3, 3), np.nan, dtype=np.float32)
+    empty = np.zeros((0, 3, 3), dtype=np.float32)
+    same = diff_image(np.concatenate([nan, tri]), tri, ("a", "b"))
+    assert same.regions == []
+    left, right = _panels(same.png)
+    assert _part_columns(left) == _part_columns(right)
+    gone = diff_image(tri, empty, ("a", "b"))
+    assert len(gone.regions) == 1 and _marked(_panels(gone.png)[1]) > 0
+    assert diff_image(empty, empty, ("a", "b")).regions == []
