@@ -23,6 +23,7 @@ from farm import extras
 from farm.client import FarmClient, FarmError
 from farm.commands import agent_tools, cad, ci, dashboard, enroll, revisions, slicing
 from farm.commands.notify import notify_app
+from farm.commands.projects import projects_app
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 from farm.settings import Settings, get_settings
 
@@ -1001,6 +1002,7 @@ def printers_set(
 
 
 app.add_typer(notify_app, name="notify")
+app.add_typer(projects_app, name="projects")
 tokens_app = typer.Typer(help="Tokens for people, workers and agents (admin only).", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 _DURATION = re.compile(r"(\d+)\s*([mhdw])")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Index
+from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel, col
 
 from farm.states import BuildStage, JobState, SliceState
@@ -189,3 +189,47 @@ class Worker(SQLModel, table=True):
     sandbox: str = "isolated"  # isolated | off (FARM_CAD_SANDBOX=off) | none (serves no CAD queue)
     layers: str = ""  # the active sandbox layers, comma-separated
     seen_at: datetime = Field(default_factory=utcnow)
+
+
+class Project(SQLModel, table=True):
+    """A repository the farm follows: its push hooks build the pushed commit's parts (farm/hooks.py)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    git_url: str
+    branch: str = "main"  # pushes to branches matching this (fnmatch) are built; tags always are
+    # The hook's HMAC key (GitHub, Gitea) or token (GitLab): kept in clear, since verifying needs it.
+    hook_secret: str
+    # HTTPS credentials for fetching; used only by the coordinator's git, never shown by any answer.
+    git_username: str | None = None
+    git_token: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class HookDelivery(SQLModel, table=True):
+    """A push a hook accepted: stored before the answer, built off the request path (farm/hooks.py).
+
+    Unique per project by the service's delivery id and by the body's hash: a replay, even under a
+    new delivery id (the signature covers only the body), is "already seen"."""
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "service", "delivery_key"),
+        UniqueConstraint("project_id", "body_sha256"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(index=True)
+    service: str  # github | gitea | gitlab
+    delivery_key: str  # the service's delivery id (or the body's hash when it sends none)
+    body_sha256: str
+    ref: str  # refs/heads/main, refs/tags/v1
+    commit: str  # what the push says it points to (a tag object is peeled when fetched)
+    state: str = Field(default="pending", index=True)  # pending | done | failed
+    attempts: int = 0
+    next_at: datetime = Field(default_factory=utcnow)  # not tried before this (back-off, or claimed)
+    claim: str | None = None  # who works on it now (a random id per attempt)
+    error: str | None = None
+    message: str | None = None  # what it did: "4 builds", "nothing new"
+    builds_json: str = "[]"
+    received_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None

@@ -405,6 +405,11 @@ def _add_slices(session: Session, build: Build, models: list[str], sizes: list[i
     return out
 
 
+def fail_build(session: Session, build: Build, error: str) -> None:
+    """Fail a build that cannot be made (farm/hook_runner.py: a manifest part the farm refuses)."""
+    _fail_build(session, build, error)
+
+
 def _fail_build(session: Session, build: Build, error: str) -> None:
     build.stage = check_build_move(build.stage, BuildStage.FAILED)
     build.error = error

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from sqlmodel import Session, select
 
-from farm import dispatch, notify, pipeline
+from farm import dispatch, hook_runner, notify, pipeline
 from farm.api import (
     agent_package,
     agents,
@@ -29,9 +29,11 @@ from farm.api import (
     enrol,
     events,
     history,
+    hooks,
     inspect,
     notifications,
     operate,
+    projects,
     reads,
     revisions,
     signin,
@@ -182,6 +184,19 @@ async def _notifications(farm: Farm, keeper: Housekeeper) -> None:
             log.exception("notification round failed")
 
 
+async def _hook_deliveries(farm: Farm, keeper: Housekeeper) -> None:
+    """Build what push hooks accepted and no one has built yet: after a restart, or a fetch that
+    failed and waits for its next try (farm/hook_runner.py)."""
+    while True:
+        await asyncio.sleep(farm.settings.notify_interval_s)
+        if not keeper.holds():
+            continue
+        try:
+            await asyncio.to_thread(hook_runner.run_due, farm)
+        except Exception:  # the next round retries
+            log.exception("hook deliveries round failed")
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -230,7 +245,9 @@ def create_app(settings: Settings) -> FastAPI:
         task = asyncio.create_task(_housekeeping(farm, keeper))
         checkpoints = asyncio.create_task(_checkpoints(farm))
         notifications = asyncio.create_task(_notifications(farm, keeper))
+        deliveries = asyncio.create_task(_hook_deliveries(farm, keeper))
         yield
+        deliveries.cancel()
         task.cancel()
         notifications.cancel()
         checkpoints.cancel()
@@ -260,6 +277,8 @@ def create_app(settings: Settings) -> FastAPI:
         agent_package,
         snapshots,
         revisions,
+        projects,
+        hooks,
     )
     for module in routers:
         app.include_router(module.router)
