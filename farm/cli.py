@@ -23,8 +23,8 @@ from farm import extras
 from farm.client import FarmClient, FarmError
 from farm.commands import agent_tools, cad, ci, dashboard, enroll, revisions, slicing
 from farm.commands.notify import notify_app
-from farm.commands.projects import projects_app
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
+from farm.commands.projects import projects_app
 from farm.settings import Settings, get_settings
 
 app = typer.Typer(
