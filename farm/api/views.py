@@ -73,6 +73,10 @@ def build_view(build: Build, jobs: list[Job], slices: list[Slice]) -> dict[str, 
         "git": {"url": build.git_url, "ref": build.git_ref, "commit": build.git_commit}
         if build.git_url
         else None,
+        # A registered project's part (printfarm.toml), built by a push hook: its revisions.
+        "project_name": build.project_name,
+        "part_name": build.part_name,
+        "git_tag": build.git_tag,
         "use_cache": build.use_cache,
         "entry": build.entry,
         "params": json.loads(build.params_json),
