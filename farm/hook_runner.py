@@ -38,6 +38,7 @@ log = logging.getLogger("farm.hooks")
 
 CLAIM_S = 2 * mirror.GIT_TIMEOUT_S + 60  # two fetches and the packing
 MAX_ATTEMPTS = 10  # 2 s doubling up to 10 min: about 40 minutes of trying
+MAX_BUILDS_PER_PUSH = 500  # a manifest may list 200 parts of 200 builds each: not all at once
 _running = threading.Lock()
 
 
@@ -147,6 +148,12 @@ def _prepare(
     sha = farm.store.put_bytes(data)
     push_tag = delivery.ref.removeprefix("refs/tags/") if delivery.ref.startswith("refs/tags/") else None
     branch = delivery.ref.removeprefix("refs/heads/") if push_tag is None else None
+    wanted = sum(part.builds_count() * max(1, len(part.targets)) for part in manifest.parts)
+    if wanted > MAX_BUILDS_PER_PUSH:
+        raise ManifestError(
+            f"printfarm.toml at {commit[:12]} makes up to {wanted} builds; a push makes at most "
+            f"{MAX_BUILDS_PER_PUSH}: split the matrix, or build some parts by hand (farm submit)"
+        )
     planned: list[Planned] = []
     for part in manifest.parts:
         prints = (push_tag is not None and part.prints_on_tag(push_tag)) or (

@@ -426,18 +426,30 @@ def test_a_link_out_of_the_repository_is_not_sent_to_the_build(
     assert token_file.read_text().strip().encode() not in blob
 
 
-def test_a_broken_manifest_fails_the_delivery_with_its_error(client: TestClient, repo: Repo) -> None:
-    (repo.work / "printfarm.toml").write_text('[[parts]]\nname = "lid"\nfile = "main.py"\ncopies = 3\n')
+HUGE = "".join(
+    f'[[parts]]\nname = "p{i}"\nfile = "main.py"\nartifact = "custom_tray"\n'
+    f"matrix = {{ pockets = {list(range(1, 201))} }}\n"
+    for i in range(3)
+)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "words"),
+    [
+        ('[[parts]]\nname = "lid"\nfile = "main.py"\ncopies = 3\n', "copies"),
+        (HUGE, "makes up to 600 builds; a push makes at most 500"),
+    ],
+)
+def test_a_broken_manifest_fails_the_delivery_with_its_error(
+    client: TestClient, repo: Repo, manifest: str, words: str
+) -> None:
+    (repo.work / "printfarm.toml").write_text(manifest)
     commit = repo.commit("broken")
     register(client, "trays", repo.url)
     body = payloads.encode(payloads.github("refs/heads/main", ZERO, commit, commit, repo.url))
     assert send(client, "github", "trays", body, payloads.headers("github", SECRET, body))[0] == 202
     [delivery] = settled(client)
-    assert (
-        delivery.state == "failed"
-        and "printfarm.toml" in (delivery.error or "")
-        and "copies" in (delivery.error or "")
-    )
+    assert delivery.state == "failed" and "printfarm.toml" in (delivery.error or ""), delivery
     shown = client.get("/api/projects/trays").json()["deliveries"][0]
-    assert shown["state"] == "failed" and "copies" in shown["error"]
+    assert shown["state"] == "failed" and words in shown["error"]
     assert builds(client) == []
