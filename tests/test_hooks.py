@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import http.server
 import io
 import json
@@ -18,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
@@ -281,6 +284,15 @@ def test_what_builds_nothing_is_answered_and_not_stored(client: TestClient, repo
         body = payloads.encode(payload)
         status, answer = send(client, "github", "trays", body, payloads.headers("github", SECRET, body))
         assert status == 200 and answer["status"] == "ignored", (name, answer)
+    # GitHub's and Gitea's other content type, `payload=<JSON>` as a form; Forgejo's own header names.
+    wip = payloads.encode(payloads.gitea("refs/heads/wip", ZERO, commit, repo.url))
+    form = urlencode({"payload": wip.decode()}).encode()
+    signed = payloads.headers("github", SECRET, form) | {"Content-Type": "application/x-www-form-urlencoded"}
+    assert send(client, "github", "trays", form, signed)[1]["status"] == "ignored"
+    mac = hmac.new(SECRET.encode(), wip, hashlib.sha256).hexdigest()
+    forgejo = {"Content-Type": "application/json", "X-Forgejo-Event": "push", "X-Forgejo-Signature": mac}
+    assert send(client, "gitea", "trays", wip, forgejo)[1]["reason"].startswith("pushes to 'wip'")
+    assert send(client, "gitea", "trays", wip, forgejo | {"X-Forgejo-Signature": mac[::-1]})[0] == 401
     issue = payloads.encode({"action": "opened"})
     answer = send(client, "github", "trays", issue, payloads.headers("github", SECRET, issue, event="issues"))
     assert answer[0] == 200 and "'issues'" in answer[1]["reason"]
