@@ -24,15 +24,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from farm import mirror, pipeline, tags
+from farm.db import write_session
 from farm.manifest import ManifestError, Part, Target, load_manifest
 from farm.models import Artifact, Build, HookDelivery, Job, Project, utcnow
 from farm.printer_models import UnknownChoice, check_color, check_material, check_model, check_quality
 from farm.project import ProjectError, pack
+from farm.queue import send
+from farm.sources import SourceProblem, check_cad_source
 from farm.states import BuildStage
+from workers.slicer import SliceError, check_overrides, print_options
 
 log = logging.getLogger("farm.hooks")
 
@@ -73,8 +78,6 @@ def run_due(farm: Any) -> int:
 
 
 def _claim(engine: Any) -> tuple[int, str] | None:
-    from farm.db import write_session
-
     now = utcnow()
     with write_session(engine) as session:
         due = session.exec(
@@ -132,8 +135,6 @@ def _prepare(
     farm: Any, project: Project, delivery: HookDelivery, remote: mirror.Remote, work: Path
 ) -> tuple[list[Planned], str, int, str]:
     """Fetch, export, pack and plan: everything slow, outside any transaction."""
-    from farm.sources import SourceProblem, check_cad_source
-
     schemes = farm.settings.git_schemes
     where = mirror.mirror_path(farm.settings.data_dir, project.name)
     with mirror.locked(where):
@@ -177,8 +178,6 @@ def _prepare(
 
 def _target_options(part: Part, target: Target) -> tuple[dict[str, Any], str | None]:
     """create_build's job and slicing options for a target, checked as `farm submit`'s are."""
-    from workers.slicer import SliceError, check_overrides, print_options
-
     try:
         model = check_model(target.printer_model) if target.printer_model else None
         options = {
@@ -234,49 +233,20 @@ def _make_builds(
     size: int,
     commit: str,
 ) -> None:
-    from farm.db import write_session
-
-    tag = delivery.ref.removeprefix("refs/tags/") if delivery.ref.startswith("refs/tags/") else None
-    git = {"url": project.git_url, "ref": _short(delivery.ref), "commit": commit}
+    """Every planned build, and the delivery marked done, in one transaction."""
     out: list[pipeline.Outgoing] = []
     made: list[int] = []
+    skipped = 0
     with write_session(farm.engine) as session:
         if session.get(Artifact, sha) is None:
             session.add(Artifact(sha256=sha, size=size, name=f"{project.name}-{commit[:12]}.tar.gz"))
-        skipped = 0
         for plan in planned:
             if plan.error is None and _already(session, project, plan, commit, delivery.ref):
                 skipped += 1
                 continue
-            options = plan.options or {}
-            build, _jobs, sent = pipeline.create_build(
-                session,
-                source_name=plan.file,
-                source_sha256=sha,
-                entry=plan.artifact,
-                params=plan.params,
-                copies=options.get("copies", 1),
-                material=options.get("material", "PLA"),
-                quality=options.get("quality", "standard"),
-                color=options.get("color"),
-                printer_model=options.get("printer_model"),
-                priority=options.get("priority", 0),
-                nozzle=options.get("nozzle"),
-                tags=options.get("tags", ""),
-                per_plate=options.get("per_plate", 1),
-                overrides=options.get("overrides"),
-                attempts=farm.settings.job_attempts,
-                project=True,
-                git=git,
-                owner=f"hook/{project.name}",  # no token's name has a '/': no submitter owns it
-                preview=plan.target is None,
-            )
-            build.project_name, build.part_name, build.git_tag = project.name, plan.part, tag
-            if plan.error is not None:
-                pipeline.fail_build(session, build, plan.error)
-            else:
-                out += sent
-            made.append(build.id)  # type: ignore[arg-type]
+            build_id, sent = _create(farm, session, project, delivery.ref, plan, sha, commit)
+            made.append(build_id)
+            out += sent
         message = f"{len(made)} builds of {commit[:12]}" + (
             f"; {skipped} already built at this commit" if skipped else ""
         )
@@ -286,6 +256,41 @@ def _make_builds(
         session.commit()
     log.info("project %s: %s (%s)", project.name, message, delivery.ref)
     _dispatch(farm, out)
+
+
+def _create(
+    farm: Any, session: Session, project: Project, ref: str, plan: Planned, sha: str, commit: str
+) -> tuple[int, list[pipeline.Outgoing]]:
+    """One build of a part at a commit (failed at once when the farm refuses what it asks for)."""
+    options = plan.options or {}
+    build, _jobs, sent = pipeline.create_build(
+        session,
+        source_name=plan.file,
+        source_sha256=sha,
+        entry=plan.artifact,
+        params=plan.params,
+        copies=options.get("copies", 1),
+        material=options.get("material", "PLA"),
+        quality=options.get("quality", "standard"),
+        color=options.get("color"),
+        printer_model=options.get("printer_model"),
+        priority=options.get("priority", 0),
+        nozzle=options.get("nozzle"),
+        tags=options.get("tags", ""),
+        per_plate=options.get("per_plate", 1),
+        overrides=options.get("overrides"),
+        attempts=farm.settings.job_attempts,
+        project=True,
+        git={"url": project.git_url, "ref": _short(ref), "commit": commit},
+        owner=f"hook/{project.name}",  # no token's name has a '/': no submitter owns it
+        preview=plan.target is None,
+    )
+    tag = ref.removeprefix("refs/tags/") if ref.startswith("refs/tags/") else None
+    build.project_name, build.part_name, build.git_tag = project.name, plan.part, tag
+    if plan.error is not None:
+        pipeline.fail_build(session, build, plan.error)
+        sent = []
+    return build.id, sent  # type: ignore[return-value]
 
 
 def _done(
@@ -315,8 +320,6 @@ def _done(
 
 
 def _finish(farm: Any, delivery_id: int, claim: str, *, error: str) -> None:
-    from farm.db import write_session
-
     with write_session(farm.engine) as session:
         _done(session, delivery_id, claim, error=error)
         session.commit()
@@ -325,8 +328,6 @@ def _finish(farm: Any, delivery_id: int, claim: str, *, error: str) -> None:
 
 def _retry(farm: Any, delivery_id: int, claim: str, error: str) -> None:
     """A fetch that failed: try again after a back-off, up to MAX_ATTEMPTS."""
-    from farm.db import write_session
-
     with write_session(farm.engine) as session:
         row = session.get(HookDelivery, delivery_id)
         if row is None or row.claim != claim or row.state != "pending":
@@ -343,11 +344,15 @@ def _retry(farm: Any, delivery_id: int, claim: str, error: str) -> None:
 
 
 def _dispatch(farm: Any, out: list[pipeline.Outgoing]) -> None:
+    """Send the builds' CAD work. The builds are committed: one the queue misses is sent again by
+    the resend sweep (or at the next start), as for `farm submit`."""
     if farm.broker is None:
-        log.warning(
-            "no queue (FARM_REDIS_URL): %d builds wait until the coordinator starts with one", len(out)
-        )
+        log.warning("no queue (FARM_REDIS_URL): %d builds wait for a coordinator with one", len(out))
         return
-    from farm.api.builds import dispatch_outgoing
-
-    dispatch_outgoing(farm, out)
+    try:
+        for msg in out:
+            send(farm.broker, msg.queue, msg.actor, *msg.args)
+    except RedisError as exc:
+        log.warning(
+            "the queue (Redis) did not take %d message(s): %s; they are sent again later", len(out), exc
+        )

@@ -54,58 +54,74 @@ def _receive(farm: Farm, service: str, name: str, headers: Mapping[str, str], bo
                     "the hook's secret must be the one `farm projects add` set"
                 },
             )
-        kind = hooks.event(service, headers)
-        if kind == "ping":
-            return _answer(200, {"status": "pong", "project": name})
-        if kind != "push":
-            return _answer(
-                200, {"status": "ignored", "reason": f"only push and tag events build; this was '{kind}'"}
-            )
-        try:
-            push = hooks.parse_push(service, body, headers.get("content-type", ""))
-        except hooks.Refused as exc:
-            return _answer(exc.status, {"detail": str(exc)})
-        if push is None:
-            return _answer(200, {"status": "ignored", "reason": "a deletion builds nothing"})
-        if push.branch is not None and not fnmatchcase(push.branch, project.branch):
-            return _answer(
-                200,
-                {
-                    "status": "ignored",
-                    "reason": f"pushes to '{push.branch}' are not built: "
-                    f"the project follows '{project.branch}'",
-                },
-            )
-        key = hooks.delivery_key(service, headers, body)
-        body_sha = hashlib.sha256(body).hexdigest()
-        seen = session.exec(
-            select(HookDelivery.id).where(
-                HookDelivery.project_id == project.id,
-                or_(
-                    HookDelivery.body_sha256 == body_sha,
-                    (HookDelivery.service == service) & (HookDelivery.delivery_key == key),
-                ),
-            )
-        ).first()
-        if seen is not None:
-            return _answer(200, {"status": "already seen", "delivery": seen})
-        delivery = HookDelivery(
-            project_id=project.id,  # type: ignore[arg-type]
-            service=service,
-            delivery_key=key,
-            body_sha256=body_sha,
-            ref=push.ref,
-            commit=push.commit,
-        )
-        session.add(delivery)
-        try:
-            session.commit()
-        except IntegrityError:  # the same delivery, at the same moment, in another request
-            session.rollback()
-            return _answer(200, {"status": "already seen"})
+        push = _push(service, project, headers, body)
+        if isinstance(push, JSONResponse):
+            return push
+        return _store(session, project, service, headers, body, push)
+
+
+def _push(
+    service: str, project: Project, headers: Mapping[str, str], body: bytes
+) -> hooks.Push | JSONResponse:
+    """The push to build, or the answer to an event that builds nothing (a ping, a deletion, ...)."""
+    kind = hooks.event(service, headers)
+    if kind == "ping":
+        return _answer(200, {"status": "pong", "project": project.name})
+    if kind != "push":
         return _answer(
-            202, {"status": "accepted", "delivery": delivery.id, "ref": push.ref, "commit": push.commit}
+            200, {"status": "ignored", "reason": f"only push and tag events build; this was '{kind}'"}
         )
+    try:
+        push = hooks.parse_push(service, body, headers.get("content-type", ""))
+    except hooks.Refused as exc:
+        return _answer(exc.status, {"detail": str(exc)})
+    if push is None:
+        return _answer(200, {"status": "ignored", "reason": "a deletion builds nothing"})
+    if push.branch is not None and not fnmatchcase(push.branch, project.branch):
+        reason = f"pushes to '{push.branch}' are not built: the project follows '{project.branch}'"
+        return _answer(200, {"status": "ignored", "reason": reason})
+    return push
+
+
+def _store(
+    session: Session,
+    project: Project,
+    service: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    push: hooks.Push,
+) -> JSONResponse:
+    """Keep the delivery (before answering: a restart must not lose it), unless it was seen."""
+    key = hooks.delivery_key(service, headers, body)
+    body_sha = hashlib.sha256(body).hexdigest()
+    seen = session.exec(
+        select(HookDelivery.id).where(
+            HookDelivery.project_id == project.id,
+            or_(
+                HookDelivery.body_sha256 == body_sha,
+                (HookDelivery.service == service) & (HookDelivery.delivery_key == key),
+            ),
+        )
+    ).first()
+    if seen is not None:
+        return _answer(200, {"status": "already seen", "delivery": seen})
+    delivery = HookDelivery(
+        project_id=project.id,  # type: ignore[arg-type]
+        service=service,
+        delivery_key=key,
+        body_sha256=body_sha,
+        ref=push.ref,
+        commit=push.commit,
+    )
+    session.add(delivery)
+    try:
+        session.commit()
+    except IntegrityError:  # the same delivery, at the same moment, in another request
+        session.rollback()
+        return _answer(200, {"status": "already seen"})
+    return _answer(
+        202, {"status": "accepted", "delivery": delivery.id, "ref": push.ref, "commit": push.commit}
+    )
 
 
 async def _hook(
