@@ -6,7 +6,10 @@ taken from the cache the push filled."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,3 +112,43 @@ def test_a_push_builds_the_commit_and_a_tag_prints_it(farm: RunningFarm, tmp_pat
     shown = farm.cli("projects", "show", "trays")
     assert shown.returncode == 0 and "refs/tags/v1" in shown.stdout and "done" in shown.stdout
     assert secret not in shown.stdout + farm.cli("projects", "list", "--json").stdout
+
+
+def test_farm_projects_keeps_a_token_to_itself(farm: RunningFarm, tmp_path: Path) -> None:
+    token = "glpat-" + "x7Q" * 8
+    (tmp_path / "token.txt").write_text(token + "\n")
+    url = "https://gitlab.example.com/ada/private.git"
+    code, made = farm.cli_json(
+        "projects",
+        "add",
+        "private",
+        "--git",
+        url,
+        "--git-username",
+        "ada",
+        "--git-token-file",
+        str(tmp_path / "token.txt"),
+    )
+    assert code == 0 and made["credentials"] == "user 'ada' and a token" and made["secret"], made  # type: ignore[call-overload]
+    piped = subprocess.run(
+        [sys.executable, "-m", "farm", "projects", "add", "piped", "--git", url, "--git-token-file", "-"],
+        input=token,
+        env=farm.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert piped.returncode == 0 and "hook secret" in piped.stdout, piped.stderr
+    shown = [
+        farm.cli("projects", *args) for args in (["show", "private"], ["show", "private", "--json"], ["list"])
+    ]
+    shown.append(farm.cli("projects", "list", "--json"))
+    assert all(done.returncode == 0 for done in shown)
+    text = "".join(done.stdout + done.stderr for done in [*shown, piped]) + json.dumps(made)
+    assert "user 'ada' and a token" in text and token not in text
+    refused = farm.cli("projects", "add", "other", "--git", url, "--git-username", "ada")
+    assert refused.returncode == 2 and "--git-token-file" in refused.stderr
+    for name in ("private", "piped"):
+        assert farm.cli("projects", "remove", name).returncode == 0
+    logs = [p.read_text(errors="replace") for p in (farm.data_dir / "logs").glob("*.log")]
+    assert logs and not any(token in log for log in logs)
