@@ -33,6 +33,7 @@ from farm.project import pack_git
 from farm.settings import Settings
 from tests import hook_payloads as payloads
 from tests.conftest import EXAMPLES, free_port, wait_until
+from tests.pgserver import PostgresUnavailable, throwaway_postgres
 from workers.cad_cache import source_tree_digests
 
 SCHEMES = ["https", "ssh", "git", "file", "http"]
@@ -91,9 +92,15 @@ def repo(tmp_path: Path) -> Repo:
 
 
 @contextlib.contextmanager
-def coordinator(data_dir: Path) -> Iterator[TestClient]:
+def coordinator(data_dir: Path, database_url: str | None = None) -> Iterator[TestClient]:
     """The real app with its lifespan (housekeeper and all), no queue: builds stay queued."""
-    settings = Settings(data_dir=data_dir, redis_url=None, git_schemes=SCHEMES, notify_interval_s=0.5)
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        redis_url=None,
+        git_schemes=SCHEMES,
+        notify_interval_s=0.5,
+    )
     with TestClient(create_app(settings)) as client:
         token = (data_dir / "admin.token").read_text().strip()
         client.headers["Authorization"] = f"Bearer {token}"
@@ -154,6 +161,19 @@ def by_part(found: list[Build]) -> dict[str, list[Build]]:
 def test_a_github_push_builds_every_part_at_that_commit(
     client: TestClient, repo: Repo, tmp_path: Path
 ) -> None:
+    push_builds_every_part(client, repo, tmp_path)
+
+
+def test_the_same_on_postgresql(repo: Repo, tmp_path: Path) -> None:
+    """The claims and the replay checks are conditional updates and unique keys: on PostgreSQL too."""
+    try:
+        with throwaway_postgres() as url, coordinator(tmp_path / "data", database_url=url) as client:
+            push_builds_every_part(client, repo, tmp_path)
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL here: {exc}")
+
+
+def push_builds_every_part(client: TestClient, repo: Repo, tmp_path: Path) -> None:
     register(client, "trays", repo.url)
     commit = repo.head()
     body = payloads.encode(payloads.github("refs/heads/main", ZERO, commit, commit, repo.url))
