@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 from sqlalchemy import update
@@ -38,6 +38,9 @@ from farm.queue import send
 from farm.sources import SourceProblem, check_cad_source
 from farm.states import BuildStage
 from workers.slicer import SliceError, check_overrides, print_options
+
+if TYPE_CHECKING:  # farm.api imports this module
+    from farm.api.deps import Farm
 
 log = logging.getLogger("farm.hooks")
 
@@ -62,7 +65,7 @@ class Planned:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def run_due(farm: Any) -> int:
+def run_due(farm: Farm) -> int:
     """Work through the deliveries that are due; how many were handled. One loop per process at a
     time (the others return at once: the running one picks up what they were asked for)."""
     if not _running.acquire(blocking=False):
@@ -103,7 +106,7 @@ def _claim(engine: Any) -> tuple[int, str] | None:
     return None
 
 
-def _handle(farm: Any, delivery_id: int, claim: str) -> None:
+def _handle(farm: Farm, delivery_id: int, claim: str) -> None:
     with Session(farm.engine) as session:
         delivery = session.get(HookDelivery, delivery_id)
         project = session.get(Project, delivery.project_id) if delivery else None
@@ -128,11 +131,15 @@ def _handle(farm: Any, delivery_id: int, claim: str) -> None:
         return
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _make_builds(farm, project, delivery, claim, planned, sha, size, commit)
+    try:
+        _make_builds(farm, project, delivery, claim, planned, sha, size, commit)
+    except Exception as exc:  # the database: the delivery stays, for the next round
+        log.exception("hook delivery %d of project %s: its builds were not made", delivery_id, project.name)
+        _retry(farm, delivery_id, claim, f"{type(exc).__name__}: {exc}")
 
 
 def _prepare(
-    farm: Any, project: Project, delivery: HookDelivery, remote: mirror.Remote, work: Path
+    farm: Farm, project: Project, delivery: HookDelivery, remote: mirror.Remote, work: Path
 ) -> tuple[list[Planned], str, int, str]:
     """Fetch, export, pack and plan: everything slow, outside any transaction."""
     schemes = farm.settings.git_schemes
@@ -224,7 +231,7 @@ def _short(ref: str) -> str:
 
 
 def _make_builds(
-    farm: Any,
+    farm: Farm,
     project: Project,
     delivery: HookDelivery,
     claim: str,
@@ -259,7 +266,7 @@ def _make_builds(
 
 
 def _create(
-    farm: Any, session: Session, project: Project, ref: str, plan: Planned, sha: str, commit: str
+    farm: Farm, session: Session, project: Project, ref: str, plan: Planned, sha: str, commit: str
 ) -> tuple[int, list[pipeline.Outgoing]]:
     """One build of a part at a commit (failed at once when the farm refuses what it asks for)."""
     options = plan.options or {}
@@ -319,14 +326,14 @@ def _done(
     return changed.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
-def _finish(farm: Any, delivery_id: int, claim: str, *, error: str) -> None:
+def _finish(farm: Farm, delivery_id: int, claim: str, *, error: str) -> None:
     with write_session(farm.engine) as session:
         _done(session, delivery_id, claim, error=error)
         session.commit()
     log.warning("hook delivery %d failed: %s", delivery_id, error)
 
 
-def _retry(farm: Any, delivery_id: int, claim: str, error: str) -> None:
+def _retry(farm: Farm, delivery_id: int, claim: str, error: str) -> None:
     """A fetch that failed: try again after a back-off, up to MAX_ATTEMPTS."""
     with write_session(farm.engine) as session:
         row = session.get(HookDelivery, delivery_id)
@@ -343,7 +350,7 @@ def _retry(farm: Any, delivery_id: int, claim: str, error: str) -> None:
     log.warning("hook delivery %d: %s (attempt %d)", delivery_id, error, row.attempts if row else 0)
 
 
-def _dispatch(farm: Any, out: list[pipeline.Outgoing]) -> None:
+def _dispatch(farm: Farm, out: list[pipeline.Outgoing]) -> None:
     """Send the builds' CAD work. The builds are committed: one the queue misses is sent again by
     the resend sweep (or at the next start), as for `farm submit`."""
     if farm.broker is None:
