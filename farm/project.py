@@ -131,14 +131,15 @@ def project_files(root: Path) -> list[str]:
     real_root = root.resolve()
     kept = []
     for name in names:
-        path = root / name
-        # A symlink is packed as the file it points to, if that file is inside the project.
-        if ".git" in PurePosixPath(name).parts or not path.is_file():
-            continue
-        if path.is_symlink() and not path.resolve().is_relative_to(real_root):
-            continue
-        kept.append(name)
+        if ".git" not in PurePosixPath(name).parts and _packable(root / name, real_root):
+            kept.append(name)
     return sorted(kept)
+
+
+def _packable(path: Path, real_root: Path) -> bool:
+    """A regular file inside the project. A symlink is packed as the file it points to, if that
+    file is inside the project too: a link to ~/.ssh/id_rsa in a stranger's repository stays behind."""
+    return path.is_file() and path.resolve().is_relative_to(real_root)
 
 
 def _git_files(root: Path) -> list[str] | None:
@@ -266,7 +267,10 @@ def pack_git(
         raise ProjectError(
             f"{entry} is not a file in {url} at {commit[:12]}; .py files there: {', '.join(pys) or 'none'}"
         )
-    packed = pack(checkout, entry, dest_dir, files=[n for n in tracked if n])
+    real_root = checkout.resolve()
+    packed = pack(
+        checkout, entry, dest_dir, files=[n for n in tracked if n and _packable(checkout / n, real_root)]
+    )
     packed.archive = packed.archive.rename(dest_dir / f"{_repo_name(url)}{ARCHIVE_SUFFIX}")
     packed.git_url, packed.git_ref, packed.git_commit = url, ref, commit
     return packed

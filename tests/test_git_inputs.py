@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +165,29 @@ def test_the_coordinator_refuses_bad_git_sources_with_a_422(
             client, archive, {"url": "file:///srv/r.git", "ref": "v1", "commit": commit}
         )
         assert status == 201 and body["git"]["url"] == "file:///srv/r.git", body
+
+
+def test_pack_git_leaves_behind_links_that_lead_out_of_the_repository(tmp_path: Path) -> None:
+    """A stranger's repository with `leak -> ~/.ssh/id_rsa`: the submitter's file never ships."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY of the person submitting\n")
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "part.py").write_text(PART)
+    (work / "leak").symlink_to(secret)
+    (work / "sub" / "inside").symlink_to("../part.py")  # a link within the repository still ships
+    git(work, "init", "-q", "-b", "main")
+    git(work, "add", ".")
+    git(work, "commit", "-q", "-m", "links")
+    git(tmp_path, "clone", "-q", "--bare", str(work), str(tmp_path / "repo.git"))
+    out = tmp_path / "out"
+    out.mkdir()
+    packed = pack_git(f"file://{tmp_path / 'repo.git'}", None, "part.py", out, schemes=WITH_FILE)
+    with tarfile.open(packed.archive) as tar:
+        names = {m.name: m for m in tar.getmembers()}
+        assert "leak" not in names and not any(m.linkname for m in names.values())
+        inside = tar.extractfile(names["sub/inside"])
+        assert inside is not None and inside.read().decode() == PART
+        for member in names.values():
+            data = tar.extractfile(member)
+            assert data is None or b"PRIVATE KEY" not in data.read()
