@@ -22,6 +22,7 @@ import typer
 from farm import extras
 from farm.client import FarmClient, FarmError
 from farm.commands import agent_tools, cad, ci, dashboard, enroll, revisions, slicing
+from farm.commands import snapshot as snapshot_cmd
 from farm.commands.notify import notify_app
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 from farm.commands.projects import projects_app
@@ -903,6 +904,9 @@ def _send(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
             return client.request(method, path, json=body or {}).json()
         except FarmError as exc:
             _die_farm(exc)
+
+
+printers_app.command("snapshot")(snapshot_cmd.printers_snapshot)
 
 
 @printers_app.command("add")

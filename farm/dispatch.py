@@ -409,10 +409,12 @@ def retry(session: Session, job: Job) -> tuple[Job, list[Outgoing]]:
 
 
 class Beat(NamedTuple):
-    """What a heartbeat tells its agent: the job it holds (None: none) under which fence."""
+    """What a heartbeat tells its agent: the job it holds (None: none) under which fence, and
+    whether an operator wants a still from its camera."""
 
     job: int | None
     fence: int | None
+    snapshot: bool = False
 
 
 # Built once: every agent sends a heartbeat every few seconds, so statement building would show.
@@ -448,9 +450,10 @@ _BEAT_JOB_CTE = (
     .returning(_JOBS.c.id, _JOBS.c.fence)
     .cte("beat_job")
 )
-_BEAT_ONE_STATEMENT = select(_BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence).select_from(
-    _BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true())
-)
+_BEAT_ONE_STATEMENT = select(
+    _BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence, _BEAT_PRINTER_CTE.c.snapshot_wanted
+).select_from(_BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true()))
+_BEAT_PRINTER_WANTS = _BEAT_PRINTER.returning(_PRINTERS.c.snapshot_wanted)  # SQLite's, in two statements
 # A claim's heartbeat: also the printer row as updated, which the claim matches jobs against.
 _BEAT_WITH_PRINTER = select(
     *_BEAT_PRINTER_CTE.c, _BEAT_JOB_CTE.c.id.label("held_job"), _BEAT_JOB_CTE.c.fence.label("held_fence")
@@ -470,6 +473,27 @@ async def claim_pg(
     heatup_s: float,
     heating_per_group: int,
 ) -> Row[Any] | None:
+    """`claim_and_beat_pg` without whether a still is wanted."""
+    found, _wanted = await claim_and_beat_pg(
+        engine,
+        name,
+        beat,
+        starvation_s=starvation_s,
+        heatup_s=heatup_s,
+        heating_per_group=heating_per_group,
+    )
+    return found
+
+
+async def claim_and_beat_pg(
+    engine: AsyncEngine,
+    name: str,
+    beat: dict[str, Any],
+    *,
+    starvation_s: float,
+    heatup_s: float,
+    heating_per_group: int,
+) -> tuple[Row[Any] | None, bool]:
     """`heartbeat` then `claim` on PostgreSQL, for the event loop: one statement each, in
     autocommit on one connection (a printer in a power group claims in a transaction that holds
     the group's lock), with no session or ORM
@@ -477,27 +501,29 @@ async def claim_pg(
     heartbeat's keyword arguments. tests/test_dispatch.py checks it against `claim`.
 
     The job row bound to the printer (the one it held, or the one just claimed), or None when
-    nothing fits or the bed or power group says wait."""
+    nothing fits or the bed or power group says wait; and whether a still is wanted."""
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         printer = (await conn.execute(_BEAT_WITH_PRINTER, _beat_params(name, **beat))).first()
         if printer is None:
             raise NoSuchPrinter(name)
+        wanted = printer.snapshot_wanted is not None
         if printer.held_job is not None:
-            return (await conn.execute(select(_JOBS).where(_JOBS.c.id == printer.held_job))).first()
+            held = (await conn.execute(select(_JOBS).where(_JOBS.c.id == printer.held_job))).first()
+            return held, wanted
         params = _claim_in_one_params(printer, beat["lease_s"], starvation_s)
         if not printer.power_group:
             if not may_start(printer, 0, heating_per_group):  # the bed
-                return None
-            return (await conn.execute(_CLAIM_IN_ONE, params)).first()
+                return None, wanted
+            return (await conn.execute(_CLAIM_IN_ONE, params)).first(), wanted
     # A power group: count those heating and claim while holding the group's lock (_LOCK_GROUP),
     # in a transaction, on a connection checked out after the first went back (no pool deadlock).
     async with engine.begin() as conn:
         await conn.execute(_LOCK_GROUP, {"h_group": printer.power_group})
         heating = (await conn.execute(_HEATING, _heating_params(printer, heatup_s))).scalar_one()
         if not may_start(printer, heating, heating_per_group):
-            return None
-        return (await conn.execute(_CLAIM_IN_ONE, params)).first()
+            return None, wanted
+        return (await conn.execute(_CLAIM_IN_ONE, params)).first(), wanted
 
 
 async def rehearse_pg(engine: AsyncEngine) -> None:
@@ -556,7 +582,7 @@ async def heartbeat_pg(
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         row = (await conn.execute(_BEAT_ONE_STATEMENT, params)).first()
-    return None if row is None else Beat(row[0], row[1])
+    return None if row is None else Beat(row[0], row[1], row[2] is not None)
 
 
 def heartbeat(
@@ -580,14 +606,16 @@ def heartbeat(
         conn = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         row = conn.execute(_BEAT_ONE_STATEMENT, params).first()
         session.commit()
-        return None if row is None else Beat(row[0], row[1])
+        return None if row is None else Beat(row[0], row[1], row[2] is not None)
     conn = session.connection()
-    if not conn.execute(_BEAT_PRINTER, params).rowcount:
+    printer = conn.execute(_BEAT_PRINTER_WANTS, params).first()
+    if printer is None:
         session.rollback()
         return None
     held = conn.execute(_BEAT_JOB, params).first()
     session.commit()
-    return Beat(held[0], held[1]) if held else Beat(None, None)
+    wanted = printer[0] is not None
+    return Beat(held[0], held[1], wanted) if held else Beat(None, None, wanted)
 
 
 def expire_leases(session: Session, lease_s: float) -> None:

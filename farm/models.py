@@ -39,10 +39,12 @@ class EnrolCode(SQLModel, table=True):
 
 
 class JobSnapshot(SQLModel, table=True):
-    """A still from a job's printer camera, taken by its agent; the image is an artifact."""
+    """A still from a printer's camera, taken by its agent; the image is an artifact. `job_id`:
+    the job it shows (None: asked for while the printer held no job)."""
 
     id: int | None = Field(default=None, primary_key=True)
-    job_id: int = Field(index=True)
+    job_id: int | None = Field(default=None, index=True)
+    printer: str | None = Field(default=None, index=True)  # None: taken before stills named it
     moment: str  # start | end | failure | request
     sha256: str
     media_type: str  # image/png or image/jpeg, as the printer sent it
@@ -179,6 +181,9 @@ class Printer(SQLModel, table=True):
     bed_clear: bool = True  # False from a print's end until someone confirms the bed is empty
     agent_version: str | None = None
     last_seen: datetime | None = None
+    snapshot_id: int | None = None  # its camera's latest still (JobSnapshot)
+    snapshot_wanted: datetime | None = None  # an operator asked for a still; its agent's next call says so
+    snapshot_error: str | None = None  # why its agent could not take the still last asked for
 
 
 class Worker(SQLModel, table=True):

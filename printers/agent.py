@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
+from urllib.parse import quote
 
 from farm.client import FarmClient, FarmError
 from printers.config import AgentConfig
 from printers.drivers.base import Driver, DriverError, PrinterState, PrinterStatus
 
 log = logging.getLogger("farm.agent")
+SNAPSHOT_WANTED = "X-Farm-Snapshot"  # farm.api.agents: the agent installs without the server
 VERSION = "0.1.0"
 # The coordinator decides whether the bed is clear; a stopped print's printer can take the next job.
 READY_FOR_WORK = (PrinterState.IDLE, PrinterState.FINISHED, PrinterState.FAILED)
@@ -71,6 +73,7 @@ class Agent:
         self._unsettled: dict[str, Any] | None = None  # a held job to ask the printer about again
         self._settle_until = 0.0
         self._next_prefetch = 0.0
+        self._snapshot_wanted = False  # an operator asked for a still: the coordinator's last answer said so
         assert config.spool_dir is not None
         self.spool = config.spool_dir
         self.spool.mkdir(parents=True, exist_ok=True)
@@ -180,6 +183,11 @@ class Agent:
 
     # -- one round ------------------------------------------------------------------------
     def tick(self) -> None:
+        self._round()
+        if self._snapshot_wanted:
+            self._requested_snapshot()
+
+    def _round(self) -> None:
         if self._unsettled is not None and self.job is None:
             job, self._unsettled = self._unsettled, None
             self._reconcile(job)  # the last agent's upload has had a round to arrive
@@ -195,13 +203,22 @@ class Agent:
                 return
         body = self._status_body(status)
         if status.state in READY_FOR_WORK and time.monotonic() >= self._resting_until:
-            job = self.client.post("/api/agents/claim", body)
+            job = self._claim(body)
             if job:
                 self._start(job)
             elif status.state in ENDED:
                 self._prefetch()  # a part is on the bed: fetch the next G-code while someone clears it
         else:
-            self.client.post("/api/agents/heartbeat", body)
+            self._note_wanted(self.client.post("/api/agents/heartbeat", body))
+
+    def _claim(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The next job (None: nothing to print); the answer's header says whether a still is wanted."""
+        resp = self.client.request("POST", "/api/agents/claim", json=body)
+        self._snapshot_wanted |= resp.headers.get(SNAPSHOT_WANTED) == "wanted"
+        return resp.json() if resp.status_code != 204 else None  # type: ignore[no-any-return]
+
+    def _note_wanted(self, beat: dict[str, Any]) -> None:
+        self._snapshot_wanted |= bool(beat.get("snapshot"))
 
     def _prefetch(self) -> None:
         now = time.monotonic()
@@ -292,6 +309,7 @@ class Agent:
         job = self.job
         assert job is not None
         bound = self.client.post("/api/agents/heartbeat", self._status_body(status))
+        self._note_wanted(bound)
         if bound.get("job") != job.id:
             self._abandon(job, status)
             return
@@ -329,6 +347,26 @@ class Agent:
                 )
         except Exception as exc:  # a camera's trouble must never stop or fail a print
             log.warning("%s: job %s: no %s snapshot: %s", self.name, job_id, moment, exc)
+
+    def _requested_snapshot(self) -> None:
+        """An operator asked for a still: upload one, or say why there is none (the CLI waiting
+        for it then says so instead of timing out). A failed upload is asked for again: the
+        coordinator keeps asking until one of the two arrives."""
+        self._snapshot_wanted = False
+        where = f"/api/agents/printers/{quote(self.name, safe='')}"
+        take = getattr(self.driver, "snapshot", None)
+        try:
+            shot = take() if take is not None else None
+            error = None if shot else f"{self.name} has no camera the farm can read"
+        except Exception as exc:  # the camera's trouble is the answer, not the agent's
+            shot, error = None, f"the camera of {self.name} failed: {exc}"
+        if shot is None:
+            log.warning("%s: no snapshot on request: %s", self.name, error)
+            self.client.post(f"{where}/snapshot-error", {"error": error})
+            return
+        image, media_type = shot
+        self.client.request("POST", f"{where}/snapshots", content=image, headers={"Content-Type": media_type})
+        log.info("%s: snapshot taken on request", self.name)
 
     def _abandon(self, job: CurrentJob, status: PrinterStatus) -> None:
         """The coordinator no longer gives us this job (an operator cancelled it): stop printing it."""

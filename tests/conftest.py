@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -221,3 +222,38 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         if log.exists():
             tail = log.read_text(errors="replace").splitlines()[-25:]
             report.sections.append((f"farm log {log.name} (last lines)", "\n".join(tail)))
+
+
+def ready_job(
+    data: Path, base: str, admin: str, gcode: bytes, *, model: str = "MK4", name: str = "part.gcode"
+) -> int:
+    """A ready `model` job printing `gcode` (uploaded as an artifact called `name`), as a slicer
+    would leave it: for tests of printing that need no CAD or slicing (a coordinator on SQLite)."""
+    from sqlmodel import Session, select
+
+    from farm import pipeline
+    from farm.db import make_engine
+    from farm.models import Slice
+
+    sha = hashlib.sha256(gcode).hexdigest()
+    put = httpx.put(
+        f"{base}/api/artifacts", params={"name": name}, content=gcode,
+        headers={"Authorization": f"Bearer {admin}"}, timeout=30,
+    )  # fmt: skip
+    assert put.status_code == 200 and put.json()["sha256"] == sha, put.text
+    engine = make_engine(f"sqlite:///{data / 'farm.db'}")
+    with Session(engine) as session:
+        build, jobs, _ = pipeline.create_build(
+            session, source_name="part.stl", source_sha256="0" * 64, entry=None, params={}, copies=1,
+            material="PLA", quality="standard", color=None, printer_model=model, priority=0,
+        )  # fmt: skip
+        session.flush()
+        for sl in session.exec(select(Slice).where(Slice.build_id == build.id)).all():
+            pipeline.slice_finished(
+                session, sl, error=None, gcode_sha256=sha, meta={"print_time_s": 60}, seconds=0.1
+            )
+        session.commit()
+        job_id = jobs[0].id
+    engine.dispose()
+    assert job_id is not None
+    return job_id

@@ -4,7 +4,6 @@ and the agent started from the agent.toml it wrote prints a job."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -21,14 +20,13 @@ import httpx
 import pytest
 from PIL import Image
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from farm import pipeline
 from farm.db import make_engine
-from farm.models import EnrolCode, Slice
+from farm.models import EnrolCode
 from printers.emulators.camera import state_color
 from printers.emulators.prusalink import PrusaLinkEmulator
-from tests.conftest import REPO, farm_server, wait_until
+from tests.conftest import REPO, farm_server, ready_job, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -88,32 +86,6 @@ def enroll(env: dict[str, str], emu: PrusaLinkEmulator, code: str, out: Path, pa
     )  # fmt: skip
 
 
-def make_job(data: Path, base: str, admin: str, gcode: bytes) -> int:
-    """A ready MK4 job printing `gcode` (uploaded as an artifact), as a slicer would leave it."""
-    sha = hashlib.sha256(gcode).hexdigest()
-    put = httpx.put(
-        f"{base}/api/artifacts", params={"name": "part.gcode"}, content=gcode,
-        headers={"Authorization": f"Bearer {admin}"}, timeout=30,
-    )  # fmt: skip
-    assert put.status_code == 200 and put.json()["sha256"] == sha, put.text
-    engine = make_engine(f"sqlite:///{data / 'farm.db'}")
-    with Session(engine) as session:
-        build, jobs, _ = pipeline.create_build(
-            session, source_name="part.stl", source_sha256="0" * 64, entry=None, params={}, copies=1,
-            material="PLA", quality="standard", color=None, printer_model="MK4", priority=0,
-        )  # fmt: skip
-        session.flush()
-        for sl in session.exec(select(Slice).where(Slice.build_id == build.id)).all():
-            pipeline.slice_finished(
-                session, sl, error=None, gcode_sha256=sha, meta={"print_time_s": 60}, seconds=0.1
-            )
-        session.commit()
-        job_id = jobs[0].id
-    engine.dispose()
-    assert job_id is not None
-    return job_id
-
-
 def test_add_enroll_and_the_agent_prints(
     coordinator: tuple[str, dict[str, str]], emulator: PrusaLinkEmulator, tmp_path: Path
 ) -> None:
@@ -160,7 +132,7 @@ def test_add_enroll_and_the_agent_prints(
     assert api.get("/api/tokens").status_code == 403
 
     # The agent, from what enroll wrote, prints a job.
-    job_id = make_job(data, base, admin, b"G28\nG1 X10 Y10 E0.5\nM104 S0\n" * 200)
+    job_id = ready_job(data, base, admin, b"G28\nG1 X10 Y10 E0.5\nM104 S0\n" * 200)
     log = (tmp_path / "agent.log").open("wb")
     agent = subprocess.Popen(
         [sys.executable, "-m", "farm", "agent", "--config", str(out)],
@@ -194,7 +166,7 @@ def test_add_enroll_and_the_agent_prints(
         assert refused.status_code == 415
         agent.send_signal(signal.SIGINT)  # the next job stays unclaimed: not this printer's
         agent.wait(30)
-        waiting = make_job(data, base, admin, b"G28\n" * 10)
+        waiting = ready_job(data, base, admin, b"G28\n" * 10)
         png = shot.read_bytes()
         other = api.post(f"/api/agents/jobs/{waiting}/snapshots", content=png)
         assert other.status_code == 403 and "not on printer 'mk4-1'" in other.text

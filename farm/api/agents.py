@@ -208,7 +208,7 @@ async def beat(farm: Farm, body: Heartbeat) -> dict:
         found = await reconnecting(lambda: dispatch.heartbeat_pg(engine, body.printer, **fields))
     if found is None:
         raise _not_registered(body.printer)
-    return {"job": found.job, "fence": found.fence}
+    return {"job": found.job, "fence": found.fence, **({"snapshot": True} if found.snapshot else {})}
 
 
 @router.get("/next", responses={204: {"description": "nothing queued for this printer"}, **errors(404)})
@@ -224,24 +224,35 @@ def next_gcode(
     return {"gcode": gcode} if gcode else Response(status_code=204)
 
 
+# On a claim's answer, with or without a job: an operator wants a still from this printer's camera
+# (`"snapshot": true` says the same on a heartbeat's answer). A header, so that the 204 of
+# "nothing to print" stays empty for agents that do not know it.
+SNAPSHOT_WANTED = "X-Farm-Snapshot"
+
+
 @router.post("/claim", responses={204: {"description": "nothing to print"}, **errors(404)})
-async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep) -> object:
+async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep, response: Response) -> object:
     """Most claims are answered by fastlane.py; this route serves the rest and gives the errors."""
     _check_bound(token, body.printer)
-    found = await claim_next(farm, body, token)
-    return Response(status_code=204) if found is None else found
+    found, wanted = await claim_next(farm, body, token)
+    headers = {SNAPSHOT_WANTED: "wanted"} if wanted else {}
+    if found is None:
+        return Response(status_code=204, headers=headers)
+    response.headers.update(headers)
+    return found
 
 
-async def claim_next(farm: Farm, body: Heartbeat, token: Token) -> dict | None:
-    """The job this printer should print next, with its lease; None: nothing to print."""
+async def claim_next(farm: Farm, body: Heartbeat, token: Token) -> tuple[dict | None, bool]:
+    """The job this printer should print next, with its lease (None: nothing to print), and
+    whether a still from its camera is wanted."""
     if (engine := farm.nowait_engine) is None:
         return await write(farm, _claim, body, token, farm)
     # PostgreSQL: on the event loop, through the pool that does not wait for the disk; the
     # agent's "uploading" report does, before the printer gets anything (db.make_async_engine).
     settings = farm.settings
     try:
-        job = await reconnecting(
-            lambda: dispatch.claim_pg(
+        job, wanted = await reconnecting(
+            lambda: dispatch.claim_and_beat_pg(
                 engine,
                 body.printer,
                 _beat_fields(body, farm),
@@ -253,12 +264,12 @@ async def claim_next(farm: Farm, body: Heartbeat, token: Token) -> dict | None:
     except dispatch.NoSuchPrinter:
         raise _not_registered(body.printer) from None
     if job is None:
-        return None
+        return None, wanted
     done_slice = await reconnecting(lambda: _done_slice_pg(engine, job.slice_id, farm))
-    return _claim_view(job, done_slice)
+    return _claim_view(job, done_slice), wanted
 
 
-def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> dict | None:
+def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> tuple[dict | None, bool]:
     beat = _beat(session, body, farm)
     printer = _printer(session, token, body.printer)
     job = dispatch.claim(
@@ -271,9 +282,9 @@ def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> dict 
         beat=beat,
     )
     if job is None:
-        return None
+        return None, beat.snapshot
     assert job.slice_id is not None
-    return _claim_view(job, _done_slice(session, job.slice_id, farm))
+    return _claim_view(job, _done_slice(session, job.slice_id, farm)), beat.snapshot
 
 
 @router.post("/jobs/{job_id}/report", responses=errors(404, 409))

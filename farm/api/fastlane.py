@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from farm.api.agents import Heartbeat, Report, beat, claim_next, report_on
+from farm.api.agents import SNAPSHOT_WANTED, Heartbeat, Report, beat, claim_next, report_on
 from farm.api.deps import MAX_ID, Farm, find_token, token_problem
 from farm.api.errors import NUL_IN_TEXT, nul_in_text
 from farm.models import Token
@@ -31,19 +31,28 @@ MAX_BODY = 64 * 1024  # these calls are a few hundred bytes
 _JSON = [(b"content-type", b"application/json")]
 _REPORT = re.compile(r"/api/agents/jobs/([1-9][0-9]{0,9})/report")
 
-Serve = Callable[[Farm, Any, Token, int], Awaitable[dict[str, Any] | None]]
+Headers = list[tuple[bytes, bytes]]
+Serve = Callable[[Farm, Any, Token, int], Awaitable[tuple[dict[str, Any] | None, Headers]]]
+_WANTED = [(SNAPSHOT_WANTED.lower().encode(), b"wanted")]
 
 
-async def _serve_beat(farm: Farm, body: Heartbeat, _token: Token, _job: int) -> dict[str, Any]:
-    return await beat(farm, body)
+async def _serve_beat(
+    farm: Farm, body: Heartbeat, _token: Token, _job: int
+) -> tuple[dict[str, Any], Headers]:
+    return await beat(farm, body), []
 
 
-async def _serve_claim(farm: Farm, body: Heartbeat, token: Token, _job: int) -> dict[str, Any] | None:
-    return await claim_next(farm, body, token)
+async def _serve_claim(
+    farm: Farm, body: Heartbeat, token: Token, _job: int
+) -> tuple[dict[str, Any] | None, Headers]:
+    found, wanted = await claim_next(farm, body, token)
+    return found, _WANTED if wanted else []
 
 
-async def _serve_report(farm: Farm, body: Report, token: Token, job_id: int) -> dict[str, Any]:
-    return await report_on(farm, job_id, body, token)
+async def _serve_report(
+    farm: Farm, body: Report, token: Token, job_id: int
+) -> tuple[dict[str, Any], Headers]:
+    return await report_on(farm, job_id, body, token), []
 
 
 _EXACT: dict[str, tuple[type[BaseModel], Serve]] = {
@@ -81,15 +90,16 @@ class AgentFastLane:
         if answer is None:  # not the ordinary case: the route says what is wrong
             await self.app(scope, _replay(body, complete, receive), send)
             return
-        status, payload = answer
+        status, payload, extra = answer
         data = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         headers = [] if payload is None else [*_JSON, (b"content-length", str(len(data)).encode())]
+        headers += extra
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
     async def _answer(
         self, lane: tuple[type[BaseModel], Serve, int], token: Token, body: bytes
-    ) -> tuple[int, dict[str, Any] | None] | None:
+    ) -> tuple[int, dict[str, Any] | None, Headers] | None:
         model, serve, job_id = lane
         try:
             call = model.model_validate_json(body)
@@ -98,14 +108,14 @@ class AgentFastLane:
         if token.role == "agent" and token.printer != call.printer:  # type: ignore[attr-defined]
             return None
         try:
-            answer = await serve(self.farm, call, token, job_id)
+            answer, extra = await serve(self.farm, call, token, job_id)
         except HTTPException as exc:  # e.g. the printer is not registered, a stale lease
-            return exc.status_code, {"detail": exc.detail}
+            return exc.status_code, {"detail": exc.detail}, []
         except DataError as exc:
             if nul_in_text(exc):
-                return 422, {"detail": NUL_IN_TEXT}
+                return 422, {"detail": NUL_IN_TEXT}, []
             raise
-        return (204, None) if answer is None else (200, answer)
+        return (204, None, extra) if answer is None else (200, answer, extra)
 
 
 def _sends_json(scope: Scope) -> bool:

@@ -129,4 +129,7 @@ def printer_view(p: Printer) -> dict[str, Any]:
         "location": p.location,
         "power_group": p.power_group,
         "last_seen": _ts(p.last_seen),
+        "snapshot": p.snapshot_id,  # its camera's latest still: GET /api/printers/NAME/snapshot?id=N
+        "snapshot_wanted": p.snapshot_wanted is not None,
+        "snapshot_error": p.snapshot_error,
     }
