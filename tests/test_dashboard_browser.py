@@ -3,7 +3,8 @@
 --no-browser`'s link; progress moves without a reload; a job cancelled and a bed cleared from the
 page (the bed by keyboard); a submitter sees no tokens; a phone-sized screen gets one column; the
 dark scheme is dark; a design previewed (drawn before any job exists), then submitted from the CAD
-cache; a build's page (pipeline, provenance, a failure's error first); a 3MF's objects in colours.
+cache; a build's page (pipeline, provenance, a failure's error first); a 3MF's objects in colours;
+a printer's camera still on its card, and one taken with its "Take snapshot" button.
 Screenshots go to a temporary folder, or to the folder named by
 FARM_SCREENSHOTS (`FARM_SCREENSHOTS=docs` refreshes the README's)."""
 
@@ -195,6 +196,10 @@ def test_sign_in_watch_progress_live_cancel_and_clear_a_bed(farm: RunningFarm, b
     wait_until(lambda: api.get(f"/api/jobs/{queued}").json()["state"] == "done", 120, "the queued job")
     page.locator(f'#queue li[data-job="{queued}"]').wait_for(state="detached", timeout=10_000)
     banner.wait_for(timeout=10_000)  # and its part is on the bed now
+    # The MINI's camera took a still as the print ended: the card shows it, without a reload.
+    ended = api.get(f"/api/jobs/{queued}/snapshots").json()[-1]
+    assert ended["moment"] == "end"
+    card.locator(f'.still img[data-snapshot="{ended["id"]}"]').wait_for(timeout=10_000)
     assert api.post(f"/api/printers/{mini}/clear").status_code == 200
     banner.wait_for(state="detached", timeout=10_000)
     api.patch(f"/api/printers/{mini}", json={"auto_eject": True})
@@ -240,6 +245,44 @@ def test_sign_in_watch_progress_live_cancel_and_clear_a_bed(farm: RunningFarm, b
     page.locator(f'#queue li[data-job="{petg}"]').wait_for(state="detached", timeout=10_000)
     assert page.evaluate("window.notReloaded") is True
     assert errors == []
+    context.close()
+
+
+def test_take_a_snapshot_from_a_printers_card(farm: RunningFarm, browser) -> None:  # type: ignore[no-untyped-def]
+    """The button asks the printer's agent for a still; it comes back through the event stream
+    and the card shows it (decoded by the browser: the emulator camera's 160 x 120 PNG). A viewer
+    sees the stills but has no button."""
+    api = _api(farm)
+    mini = sorted(p["name"] for p in farm.printers if p["model"] == "MINI")[-1]
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors = _errors(page)
+    _sign_in(farm, page)
+    page.wait_for_selector("#live.on")
+    card = page.locator(f'article[data-printer="{mini}"]')
+    card.locator(f'[data-action="snapshot:{mini}"]').click()
+
+    def asked_for() -> int | None:
+        newest = api.get(f"/api/printers/{mini}/snapshots", params={"limit": 1}).json()["snapshots"]
+        return newest[0]["id"] if newest and newest[0]["moment"] == "request" else None
+
+    still_id = wait_until(asked_for, 30, "the agent to answer")
+    img = card.locator(f'.still img[data-snapshot="{still_id}"]')
+    img.wait_for(timeout=10_000)
+    size = lambda: img.evaluate("i => i.complete && [i.naturalWidth, i.naturalHeight]")  # noqa: E731
+    assert wait_until(size, 10, "the still to load") == [160, 120]
+    card.screenshot(path=str(DOCS / "dashboard-snapshot.png"))
+    assert errors == []
+    context.close()
+
+    made = api.post("/api/tokens", json={"name": "wall-cam", "role": "viewer"})
+    assert made.status_code == 201, made.text
+    context = browser.new_context()
+    page = context.new_page()
+    _sign_in(farm, page, made.json()["token"])
+    card = page.locator(f'article[data-printer="{mini}"]')
+    card.locator(f'.still img[data-snapshot="{still_id}"]').wait_for(timeout=10_000)
+    assert card.locator(f'[data-action="snapshot:{mini}"]').count() == 0
     context.close()
 
 

@@ -28,7 +28,7 @@ from printers.config import AgentConfig, CoordinatorConfig
 from printers.drivers import make_driver
 from printers.drivers.base import PrinterConfig
 from printers.emulators.bambu import BambuEmulator
-from printers.emulators.camera import BAMBU_FRAME, HEIGHT, WIDTH, state_color
+from printers.emulators.camera import BAMBU_FRAME, HEIGHT, WIDTH, camera_png, state_color
 from printers.emulators.moonraker import MoonrakerEmulator
 from printers.emulators.octoprint import OctoPrintEmulator
 from printers.emulators.prusalink import PrusaLinkEmulator
@@ -246,4 +246,58 @@ def test_stills_of_start_end_failure_and_on_request(
             assert listed["snapshots"][0]["job"] is None  # the printer held no job: a still of its own
     finally:
         camera.emulator.stop()
+        api.close()
+
+
+def test_a_request_without_a_camera_or_an_agent_says_so(coordinator: dict[str, str], tmp_path: Path) -> None:
+    """A Prusa-Link on a Pi has no camera: its agent says so, and the CLI says it at once. A printer
+    whose agent is not running: the CLI gives up after --timeout and says why. Only operators
+    ask; an agent answers only for its own printer."""
+    env = coordinator
+    base = env["FARM_URL"]
+    admin = Path(env["FARM_DATA_DIR"], "admin.token").read_text().strip()
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+    emu = PrusaLinkEmulator(password="pw", model="MK3S", storage_dir=tmp_path / "pi").start()
+    pi = Camera(
+        emu, {"driver": "prusalink", "model": "MK3S", "port": emu.port, "password": "pw"}, _gcode, str
+    )
+    try:
+        with agent_beside(env, pi, "pi-mk3s", tmp_path / "spool"):
+            wait_until(
+                lambda: api.get("/api/printers/pi-mk3s/snapshots").status_code == 200, 30, "registration"
+            )
+            none = farm(
+                env, "printers", "snapshot", "pi-mk3s", "-o", str(tmp_path / "x.jpg"), "--timeout", "30"
+            )
+            assert none.returncode == 1 and "pi-mk3s has no camera the farm can read" in none.stderr, (
+                none.stderr
+            )
+            assert not (tmp_path / "x.jpg").exists()
+        # Its agent stopped: nobody answers.
+        gone = farm(env, "printers", "snapshot", "pi-mk3s", "--timeout", "1")
+        assert gone.returncode == 1 and "no still within 1 s: its agent has not answered" in gone.stderr
+        assert "last heard from at" in gone.stderr and api.get("/api/printers").json()
+        unknown = farm(env, "printers", "snapshot", "nope", "--timeout", "1")
+        assert unknown.returncode == 1 and "no printer 'nope'" in unknown.stderr
+
+        def token(name: str, role: str, printer: str | None = None) -> str:
+            made = api.post("/api/tokens", json={"name": name, "role": role, "printer": printer})
+            assert made.status_code == 201, made.text
+            return str(made.json()["token"])
+
+        viewer = {"Authorization": f"Bearer {token('wall', 'viewer')}"}
+        assert api.post("/api/printers/pi-mk3s/snapshot", headers=viewer).status_code == 403
+        assert api.get("/api/printers/pi-mk3s/snapshots", headers=viewer).status_code == 200
+        other = {"Authorization": f"Bearer {token('agent-other', 'agent', 'other')}"}
+        png = camera_png("IDLE")
+        stolen = api.post("/api/agents/printers/pi-mk3s/snapshots", content=png, headers=other)
+        assert stolen.status_code == 403 and "bound to printer 'other'" in stolen.text
+        said = api.post("/api/agents/printers/pi-mk3s/snapshot-error", json={"error": "x"}, headers=other)
+        assert said.status_code == 403
+        # An admin may stand in for an agent; what it sends must be an image, and not too big.
+        assert api.post("/api/agents/printers/pi-mk3s/snapshots", content=b"<svg/>").status_code == 415
+        assert api.get("/api/printers/pi-mk3s/snapshot").status_code == 404  # none taken yet
+        assert api.get("/api/printers/pi-mk3s/snapshot", params={"id": 10**12}).status_code == 422
+    finally:
+        emu.stop()
         api.close()

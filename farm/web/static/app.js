@@ -158,12 +158,20 @@ function printerCard(p) {
       ),
     );
   }
+  // The camera's latest still (print start, end, failure, or asked for): a new id, a new image.
+  if (p.snapshot) {
+    card.append(el("figure", { class: "still" },
+      el("img", { src: `/api/printers/${encodeURIComponent(p.name)}/snapshot?id=${p.snapshot}`, alt: `camera still of ${p.name}`, width: 320, height: 240, "data-snapshot": p.snapshot })));
+  }
+  if (p.snapshot_error) card.append(el("p", { class: "hint", "data-snapshot-error": "", text: `No snapshot: ${p.snapshot_error}` }));
   if (needsClear) {
     card.append(el("div", { class: "clear-bed", role: "status" }, "Bed needs clearing",
       canAct() ? actionButton(`clear:${p.name}`, "Bed is clear", null, () => api("POST", `/api/printers/${encodeURIComponent(p.name)}/clear`), "primary") : null));
   }
   const actions = el("div", { class: "actions" });
   if (job && canAct()) actions.append(actionButton(`cancel:${job.id}`, "Cancel job", "Really cancel?", () => api("POST", `/api/jobs/${job.id}/cancel`), "danger"));
+  // The agent answers on its next call (a few seconds); the still then comes with the event stream.
+  if (canAct()) actions.append(actionButton(`snapshot:${p.name}`, p.snapshot_wanted ? "Taking snapshot…" : "Take snapshot", null, () => api("POST", `/api/printers/${encodeURIComponent(p.name)}/snapshot`)));
   if (isAdmin()) actions.append(el("button", { type: "button", "data-action": `settings:${p.name}`, text: "Settings", onclick: () => openSettings(p) }));
   if (isAdmin() && !job) actions.append(actionButton(`remove:${p.name}`, "Take out of farm", "Really remove?", () => api("DELETE", `/api/printers/${encodeURIComponent(p.name)}`), "danger"));
   if (actions.childElementCount) card.append(actions);
