@@ -188,6 +188,41 @@ def test_heartbeat_notes_the_printer_and_extends_its_lease(engine) -> None:  # t
         )
 
 
+def test_a_wanted_still_rides_on_heartbeats_and_claims(engine) -> None:  # type: ignore[no-untyped-def]
+    """`farm printers snapshot` flags the printer; every way an agent calls in says so until the
+    flag is cleared, with or without a job to hand out, on either database's path."""
+    with Session(engine, expire_on_commit=False) as s:
+        add_printer(s, "a", "MINI").snapshot_wanted = utcnow()
+        s.commit()
+        ready_build(s, models=["MINI"])
+    status = {"state": "idle", "message": None, "progress": None, "lease_s": 60}
+    with Session(engine, expire_on_commit=False) as s:
+        assert dispatch.heartbeat(s, "a", **status) == dispatch.Beat(None, None, True)
+    if engine.dialect.name == "postgresql":
+        limits = {"starvation_s": 3600.0, "heatup_s": 300.0, "heating_per_group": 1}
+
+        async def on_the_loop() -> tuple[Any, ...]:
+            pool = make_async_engine(engine.url.render_as_string(hide_password=False), 2, durable=False)
+            assert pool is not None
+            try:
+                beat = await dispatch.heartbeat_pg(pool, "a", **status)
+                claimed, wanted = await dispatch.claim_and_beat_pg(pool, "a", status, **limits)
+                again, still_wanted = await dispatch.claim_and_beat_pg(pool, "a", status, **limits)
+                return beat, claimed is not None, wanted, again.id == claimed.id, still_wanted
+            finally:
+                await pool.dispose()
+
+        assert asyncio.run(on_the_loop()) == (dispatch.Beat(None, None, True), True, True, True, True)
+    with Session(engine, expire_on_commit=False) as s:
+        a = s.get(Printer, "a")
+        assert a is not None
+        a.snapshot_wanted = None
+        s.add(a)
+        s.commit()
+        beat = dispatch.heartbeat(s, "a", **status)
+        assert beat is not None and beat.snapshot is False
+
+
 def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -> None:  # type: ignore[no-untyped-def]
     """On PostgreSQL the coordinator heartbeats through an async engine with no session
     (dispatch.heartbeat_pg), and a claim trusts what that heartbeat found. SQLite has no such path."""
