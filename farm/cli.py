@@ -360,7 +360,10 @@ def emulate_bambu(
     mqtt_port: Annotated[int, typer.Option(help="MQTT over TLS port (8883 on a printer; 0: any).")] = 8883,
     ftps_port: Annotated[int, typer.Option(help="Implicit FTPS port (990 on a printer; 0: any).")] = 990,
     camera_port: Annotated[
-        int, typer.Option(help="P1/A1 camera's JPEG stream over TLS (6000 on a printer; 0: any).")
+        int,
+        typer.Option(
+            help="The camera: a P1/A1's JPEG stream over TLS (6000 on a printer), an X1's RTSPS (322); 0: any"
+        ),
     ] = 6000,
     serial: Annotated[str, typer.Option(help="The printer's serial number.")] = "01S00A000000001",
     access_code: Annotated[str, typer.Option(help="The LAN access code (user bblp).")] = "12345678",

@@ -19,6 +19,7 @@ import logging
 import socket
 import ssl
 import struct
+import subprocess
 import threading
 import time
 import zipfile
@@ -31,6 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from printers.colors import color_name
+from printers.drivers import bambu_rtsp
 from printers.drivers.bambu_ams import NO_AMS, Feed, choose_feed
 from printers.drivers.base import (
     Driver,
@@ -252,9 +254,9 @@ class BambuDriver(Driver):
 
     def snapshot(self) -> tuple[bytes, str] | None:
         """One JPEG frame from a P1/A1 camera (TCP 6000, TLS; bambu_camera's docstring has the
-        framing). None for an X1, whose camera is RTSPS (not read yet)."""
+        framing); an X1's key frame (RTSPS on 322, H.264) made a JPEG by ffmpeg (bambu_rtsp)."""
         if self.config.model.upper().replace(" ", "").startswith("X1"):
-            return None
+            return self._x1_snapshot()
         port = self.config.camera_port or CAMERA_PORT
         where = f"{self.config.host}:{port}"
         auth = struct.pack("<IIII32s32s", 0x40, 0x3000, 0, 0, b"bblp", self.access_code.encode())
@@ -273,6 +275,17 @@ class BambuDriver(Driver):
         if not (frame.startswith(b"\xff\xd8") and frame.endswith(b"\xff\xd9")):
             raise DriverError(f"the camera at {where} sent something other than a JPEG")
         return frame, "image/jpeg"
+
+    def _x1_snapshot(self) -> tuple[bytes, str]:
+        port = self.config.camera_port or RTSP_PORT
+        try:
+            image = bambu_rtsp.grab_jpeg(
+                self._tls, self.config.host, port, self.serial, self.access_code, self.config.timeout_s
+            )
+        except (OSError, ssl.SSLError, subprocess.SubprocessError, bambu_rtsp.CameraError) as exc:
+            where = f"rtsps://{self.config.host}:{port}{bambu_rtsp.PATH}"
+            raise DriverError(f"no still from the camera at {where}: {exc}") from exc
+        return image, "image/jpeg"
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -665,6 +678,7 @@ def _int(value: Any) -> int | None:
 
 
 CAMERA_PORT = 6000
+RTSP_PORT = 322  # an X1's camera
 MAX_FRAME = 8 << 20  # a 1280x720 JPEG is ~100 kB
 
 

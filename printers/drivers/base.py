@@ -59,7 +59,7 @@ class PrinterConfig(BaseModel):
     serial: str | None = None
     access_code: str | None = None
     ftps_port: int | None = None  # Bambu: 990 unless given
-    camera_port: int | None = None  # Bambu P1/A1: the camera's JPEG stream, 6000 unless given
+    camera_port: int | None = None  # Bambu: the camera, 6000 (P1/A1's JPEG) or 322 (X1's RTSPS) unless given
     cert_sha256: str | None = None  # Bambu: pin the printer's TLS certificate (it is self-signed)
     timeout_s: float = 10.0
     auto_eject: bool = False  # the printer clears its own bed (a belt printer, an ejection mod)

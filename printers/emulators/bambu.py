@@ -45,6 +45,7 @@ from typing import Any
 
 from printers.emulators.bambu_camera import CameraServer
 from printers.emulators.bambu_firmware import check_ams_mapping, inspect_package
+from printers.emulators.bambu_rtsp import RtspServer
 from printers.emulators.common import (
     FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
@@ -961,9 +962,9 @@ class BambuEmulator(FaultSwitches):
         camera_port: int = 0,
     ) -> None:
         self.host = host
-        # P1 and A1 send JPEG frames on TCP 6000 (bambu_camera); the X1's RTSPS camera is not emulated.
+        # P1 and A1 send JPEG frames on TCP 6000 (bambu_camera); an X1 H.264 over RTSPS on 322 (bambu_rtsp).
         self._camera_requested = camera_port
-        self._camera: CameraServer | None = None
+        self._camera: CameraServer | RtspServer | None = None
         self.serial = serial
         self.access_code = access_code
         # X1 sends the full object every push; P1/A1 only what changed (§A.6)
@@ -1048,9 +1049,9 @@ class BambuEmulator(FaultSwitches):
         context = server_context(self._cert_dir / "cert.pem", self._cert_dir / "key.pem")
         self._ftps = FtpsServer(self, context, self._requested[1])
         self._start_thread(self._ftps.serve, "bambu-ftps-accept")
-        if not self.model.upper().startswith("X1"):
-            self._camera = CameraServer(self.host, self._camera_requested, context, self.access_code)
-            self._start_thread(self._camera.serve, "bambu-camera-accept")
+        camera = RtspServer if self.model.upper().startswith("X1") else CameraServer
+        self._camera = camera(self.host, self._camera_requested, context, self.access_code)
+        self._start_thread(self._camera.serve, "bambu-camera-accept")
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._start_thread(lambda: self._run_loop(context, ready), "bambu-mqtt")
@@ -1090,7 +1091,7 @@ class BambuEmulator(FaultSwitches):
 
     @property
     def camera_port(self) -> int | None:
-        """The P1/A1 camera's port once started (None: an X1, whose RTSPS camera is not emulated)."""
+        """The camera's port once started: a P1/A1's JPEG stream, an X1's RTSPS (None: not started)."""
         return self._camera.port if self._camera is not None else None
 
     def stop(self) -> None:

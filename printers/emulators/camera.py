@@ -51,3 +51,27 @@ BAMBU_FRAME = base64.b64decode(
     "VH1SoH+r2M7L7zuqK4X/AIS+/wD+eNr/AN8t/wDFUf8ACX3/APzxtf8Avlv/AIqj6pUD/V7Gdl953VFcL/wl9/8A88bX/vlv"
     "/iqP+Evv/wDnja/98t/8VR9UqB/q9jOy+85yiiivUPvQooooAKKKKACiiigD/9k="
 )
+
+
+# The X1 camera sends H.264. One 64x48 frame of ffmpeg's test pattern (colour bars), made once with
+# `ffmpeg -f lavfi -i testsrc=s=64x48 -frames:v 1 -c:v libx264 -profile:v baseline -f h264`, its
+# SEI dropped: SPS, PPS and an IDR slice in Annex B form.
+X1_FRAME_H264 = base64.b64decode(
+    "AAAAAWdCwArZBHsBEAAAAwAQAAADACDxImSAAAAAAWjLg8sgAAAAAWWIhF/5F7EHigACBz4oAAgJQALZFv9AWFaz9gAPaX30rf7+"
+    "V9//n//+OADyUC3hRjCwCwg+uYCUSV8jZ12BxtjCAALA6UBAACBKAAIBA5+AD4dRLDQOXKA3X7ezbcADwcAkY8nLC5jDqQFiEQjI"
+    "YTkOQpXLhD/DRbv6hRmFPzBhxQABAf8JABAAUAAQKghAAEDkAAQRgABCg4zMxqpSq4vpSGH4zMZXUVupJS1oYcMYOAAIMAAAjyf4"
+    "AIjadraP/4FAACAeAAI3YOAAIMwAOQAMqua5pOHAAyqca0aTh+eEEilOThZyHYuNwRtf8GAAAIAMAHlKks0lfzfFAAEBL/Aqqc7V"
+    "3/PgLnAivAiVujtnweg0gJ3Ju1TRYv/t4QABQw4AAgBBAACA+AAIB4MAAcwlyQT2ICF/fg7vb+Aytx5SNWtNOITdB9q1p2m0HtD/"
+    "+CLAURCGSrw3+R4bP/+jDJqmUnM9/0/+wWEAHI2E7PPaxg7QxleewqKH9I8QDBgPwALJTjOqKdkpSv7/g0BAAEARATAQIg+OCG4O"
+    "bgOgZxyoe/B3MbOEfgP462QagI/Fqpr4DwZVl4H+uQgBQADAAJCAAEBAAcAsA0AwFwE65A4ADYAAIAlpQIYFzgMp4Kpg43vvAFgM"
+    "KAKjtRMAGFAAdHakAmAJ3AFIudEoHVTbcEnOA4AQh4E8HIPhQA0zzxJ4cJzNTQR1MZe7r7d0YsIpEpouxx4YAAgChQuEgACAEAAw"
+    "AkNAAI4AAQBKuQKgAmAAksZVvNYAGAAIA9LvSNDCgJcOgAAlAAEB6rkDg0ABLpbnxLwIDgbF/JAAIPeHAMASAHL8GARUBQCDoMcI"
+    "LwcQuHB6BHmHBx0Q2Cvz/GWH5Bm3/7y7Co9uBAEAAQMgAPZCAAEAVRw4NAAJMAAICv3IHAAJSgACAraTcQAIAAQDN2VwADgAAgHa"
+    "mBUAaQAET2olA0gA6+1Igjgm/BaGIFX54NhkIQD4osLhoAA54Ze1a893oR///DFDxD9ogAhLRmtkI/IAEp/sVm+XTAAAEKAgQ8Io"
+    "q+h38JGAQGBQ6AAIGgOAHgALlISQ+btQFPvBbmDHLf8hCmbiKEETcgcAwAHmkBOhdDYArcH7HEj/jYAEANI4"
+)
+
+
+def x1_frame_nals() -> list[bytes]:
+    """X1_FRAME_H264's NAL units (SPS, PPS, IDR), without start codes."""
+    return [nal for nal in X1_FRAME_H264.split(b"\x00\x00\x00\x01") if nal]
