@@ -421,7 +421,7 @@ class Farm:
             auth = {"password": secret}
         elif protocol == "bambu":
             ftps, serial, code = free_port(), f"01S00A{i + 1:09d}", secret[-8:].rjust(8, "0")
-            camera = free_port()  # P1/A1 only; an X1 sim does not open it
+            camera = free_port()  # a P1/A1 sim sends JPEG frames on it, an X1 sim H.264 over RTSPS
             args += [
                 "--mqtt-port",
                 str(port),

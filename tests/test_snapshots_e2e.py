@@ -1,5 +1,5 @@
 """Camera stills end to end, for each protocol: an agent (in a thread) beside a PrusaLink,
-OctoPrint, Moonraker or Bambu P1S emulator prints a job and fails another; the stills of the
+OctoPrint, Moonraker, Bambu P1S or Bambu X1C emulator prints a job and fails another; the stills of the
 print's start, end and failure are kept with the jobs, served by the API and by `farm job N
 --snapshot`, and Pillow finds in them the image the emulator's camera made. Then an operator asks
 for one (`farm printers snapshot`), and the agent answers through its heartbeat's flag."""
@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from farm.client import FarmClient
+from farm.printer_models import get_model
 from printers.agent import Agent
 from printers.config import AgentConfig, CoordinatorConfig
 from printers.drivers import make_driver
@@ -121,12 +122,22 @@ def _moonraker(tmp: Path) -> Camera:
     return Camera(emu, printer, _gcode, _png_check(states))
 
 
-def _bambu(tmp: Path) -> Camera:
+def _x1_check(data: bytes) -> str:
+    """ffmpeg's JPEG of the X1 emulator's H.264 frame: ffmpeg's test pattern, colour bars."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        assert image.format == "JPEG" and image.size == (64, 48)
+        cyan, green = image.convert("RGB").getpixel((12, 10)), image.convert("RGB").getpixel((42, 10))
+    assert cyan[0] < 40 < 200 < min(cyan[1:]) and green[1] > 200 > 40 > max(green[0], green[2]), (cyan, green)
+    return "bars"
+
+
+def _bambu(tmp: Path, model: str = "P1S") -> Camera:
     emu = BambuEmulator(
-        model="P1S", storage_dir=tmp, access_code="12345678", speed=10_000, max_print_s=PRINT_S
+        model=model, storage_dir=tmp, access_code="12345678", speed=10_000, max_print_s=PRINT_S
     ).start()
     printer = {
-        "driver": "bambu", "model": "P1S", "port": emu.mqtt_port, "ftps_port": emu.ftps_port,
+        "driver": "bambu", "model": model, "port": emu.mqtt_port, "ftps_port": emu.ftps_port,
         "camera_port": emu.camera_port, "serial": emu.serial, "access_code": "12345678",
         "cert_sha256": emu.cert_sha256,
     }  # fmt: skip
@@ -137,14 +148,22 @@ def _bambu(tmp: Path) -> Camera:
             f"M73 L{i}\nM991 S0 P{i - 1}\nG1 Z{0.2 * i:.1f}\n" + "G1 X10 Y10 E0.5\n" * 20 for i in range(1, 6)
         ]
         gcode.write_text("G28\n" + "".join(layers) + f"M104 S0 ; {n}\n")
-        info = PlateInfo(printer_model="Bambu Lab P1S", printer_model_id="C12", print_time_s=600, layers=5)
+        kind = get_model(model)
+        assert kind is not None and kind.gcode_model and kind.bambu_model_id
+        info = PlateInfo(kind.gcode_model, kind.bambu_model_id, print_time_s=600, layers=5)
         out = package_gcode(gcode, tmp / f"part{n}.gcode.3mf", info, {"nozzle_diameter": "0.4"})
         return out.read_bytes(), "part.gcode.3mf"
 
-    return Camera(emu, printer, package, _jpeg_check)
+    return Camera(emu, printer, package, _x1_check if model.startswith("X1") else _jpeg_check)
 
 
-PROTOCOLS = {"prusalink": _prusalink, "octoprint": _octoprint, "moonraker": _moonraker, "bambu": _bambu}
+PROTOCOLS = {
+    "prusalink": _prusalink,
+    "octoprint": _octoprint,
+    "moonraker": _moonraker,
+    "bambu": _bambu,
+    "bambu-x1": lambda tmp: _bambu(tmp, "X1C"),  # H.264 over RTSPS, made a JPEG by ffmpeg
+}
 
 
 @contextlib.contextmanager
@@ -210,10 +229,10 @@ def test_stills_of_start_end_failure_and_on_request(
                 served = api.get(f"/api/jobs/{done}/snapshot", params={"moment": moment})
                 assert served.status_code == 200, served.text
                 assert served.headers["content-type"] == (
-                    "image/jpeg" if protocol == "bambu" else "image/png"
+                    "image/jpeg" if "bambu" in protocol else "image/png"
                 )
                 shown[moment] = camera.check(served.content)
-            if protocol != "bambu":  # the still shows the printer as it was: printing, then done
+            if "bambu" not in protocol:  # the still shows the printer as it was: printing, then done
                 assert shown["start"] != shown["end"], shown
             saved = tmp_path / "end.img"
             cli = farm(env, "job", str(done), "--snapshot", str(saved), "--moment", "end")
