@@ -40,6 +40,7 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, connect_args=connect_args)
     SQLModel.metadata.create_all(engine)
     _add_new_columns(engine)
+    _allow_new_nulls(engine)
     _add_new_indexes(engine)
     return engine
 
@@ -94,6 +95,34 @@ def _add_new_columns(engine: Engine) -> None:
                 if not isinstance(default, bool | int | float | str):
                     clause = ""
                 conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'))
+
+
+def _allow_new_nulls(engine: Engine) -> None:
+    """Let a column take NULL where newer code allows it (JobSnapshot.job_id: a still asked for
+    while the printer held no job). PostgreSQL drops the constraint; SQLite cannot, so the table is
+    made anew from the models and its rows copied over, in one transaction."""
+    existing = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        strict = {c["name"] for c in existing.get_columns(table.name) if not c["nullable"]}  # cached
+        loosened = [c.name for c in table.columns if c.nullable and not c.primary_key and c.name in strict]
+        if not loosened:
+            continue
+        kept = ", ".join(
+            f'"{c["name"]}"' for c in existing.get_columns(table.name) if c["name"] in table.columns
+        )
+        indexes = [index["name"] for index in existing.get_indexes(table.name)]
+        with engine.begin() as conn:
+            if engine.dialect.name != "sqlite":
+                for name in loosened:
+                    conn.execute(text(f'ALTER TABLE "{table.name}" ALTER COLUMN "{name}" DROP NOT NULL'))
+                continue
+            old = f"{table.name}_before_upgrade"
+            conn.execute(text(f'ALTER TABLE "{table.name}" RENAME TO "{old}"'))
+            for index in indexes:  # their names are the new table's
+                conn.execute(text(f'DROP INDEX "{index}"'))
+            table.create(conn)
+            conn.execute(text(f'INSERT INTO "{table.name}" ({kept}) SELECT {kept} FROM "{old}"'))
+            conn.execute(text(f'DROP TABLE "{old}"'))
 
 
 def checkpoint(engine: Engine) -> None:

@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from farm import dispatch, pipeline
 from farm.api import access
 from farm.db import make_async_engine, make_engine
-from farm.models import Job, Printer, Slice, Token, utcnow
+from farm.models import Job, JobSnapshot, Printer, Slice, Token, utcnow
 from farm.states import InvalidMove, JobState, SliceState, can_move, check_job_move
 from tests.pgserver import PostgresUnavailable, throwaway_postgres
 
@@ -221,6 +221,45 @@ def test_a_wanted_still_rides_on_heartbeats_and_claims(engine) -> None:  # type:
         s.commit()
         beat = dispatch.heartbeat(s, "a", **status)
         assert beat is not None and beat.snapshot is False
+
+
+def test_a_kept_data_dir_takes_stills_without_a_job(engine) -> None:  # type: ignore[no-untyped-def]
+    """JobSnapshot.job_id was NOT NULL before stills could be asked for on an idle printer: a
+    database made then lets it be NULL once the coordinator starts on it, its rows kept."""
+    url = engine.url.render_as_string(hide_password=False)
+    key = "INTEGER" if engine.dialect.name == "sqlite" else "SERIAL"
+    with engine.begin() as conn:
+        conn.execute(sa.text('DROP TABLE "jobsnapshot"'))
+        conn.execute(
+            sa.text(
+                f'CREATE TABLE "jobsnapshot" (id {key} PRIMARY KEY, job_id INTEGER NOT NULL, '
+                "moment VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, media_type VARCHAR NOT NULL, "
+                "taken_at TIMESTAMP NOT NULL)"
+            )
+        )
+        conn.execute(sa.text('CREATE INDEX "ix_jobsnapshot_job_id" ON "jobsnapshot" (job_id)'))
+        conn.execute(
+            sa.text(
+                "INSERT INTO jobsnapshot (job_id, moment, sha256, media_type, taken_at) "
+                "VALUES (7, 'end', 'ab', 'image/png', '2026-12-01 10:00:00')"
+            )
+        )
+    upgraded = make_engine(url)
+    try:
+        for again in (upgraded, make_engine(url)):  # once: the second start finds nothing to do
+            columns = {c["name"]: c["nullable"] for c in sa.inspect(again).get_columns("jobsnapshot")}
+            assert columns["job_id"] and columns["printer"]
+        with Session(upgraded) as s:
+            s.add(
+                JobSnapshot(job_id=None, printer="a", moment="request", sha256="cd", media_type="image/jpeg")
+            )
+            s.commit()
+            rows = s.exec(select(JobSnapshot).order_by(JobSnapshot.id)).all()  # type: ignore[arg-type]
+            assert [(r.id, r.job_id, r.moment) for r in rows] == [(1, 7, "end"), (2, None, "request")]
+        indexes = {i["name"] for i in sa.inspect(upgraded).get_indexes("jobsnapshot")}
+        assert {"ix_jobsnapshot_job_id", "ix_jobsnapshot_printer"} <= indexes
+    finally:
+        upgraded.dispose()
 
 
 def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -> None:  # type: ignore[no-untyped-def]
