@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
@@ -12,7 +13,7 @@ import httpx
 from farm.client import FarmClient, FarmError
 from farm.queue import CAD_QUEUE, SLICE_QUEUE, get_broker
 from farm.settings import Settings
-from workers import sandbox
+from workers import priority, sandbox
 from workers.actors import WorkerContext, register
 from workers.cad_cache import CadCache
 from workers.slice_cache import SliceCache
@@ -47,7 +48,17 @@ def _announce(ctx: WorkerContext, queues: set[str], walls: str) -> None:
         log.warning("could not announce this worker to the coordinator: %s", error)
 
 
+def batch_priority(settings: Settings) -> priority.BatchPriority:
+    return priority.BatchPriority(settings.batch_nice, settings.batch_ioprio, settings.batch_policy)
+
+
+def _described(seen: priority.Observed) -> str:
+    return f"nice {seen.nice}, scheduling {seen.policy}, I/O {seen.io}"
+
+
 def run(settings: Settings, queues: set[str]) -> None:
+    # First, before any thread or child exists: all of them inherit it (the fork server, builds, PrusaSlicer).
+    priority.apply(batch_priority(settings))
     if not settings.redis_url:
         raise SystemExit("farm worker needs FARM_REDIS_URL (the Redis the coordinator uses)")
     token = settings.resolved_token()
@@ -86,7 +97,12 @@ def run(settings: Settings, queues: set[str]) -> None:
         signal.signal(sig, lambda *_: stop.set())
     worker = dramatiq.Worker(broker, queues=queues, worker_threads=settings.worker_threads)
     worker.start()
-    log.info("worker ready: queues %s, %d threads", ", ".join(sorted(queues)), settings.worker_threads)
+    log.info(
+        "worker ready: queues %s, %d threads, %s",
+        ", ".join(sorted(queues)),
+        settings.worker_threads,
+        _described(priority.observe(os.getpid())),
+    )
     stop.wait()
     log.info("worker stopping")
     worker.stop(timeout=10_000)

@@ -14,7 +14,7 @@ layers built from what the kernel offers without privileges:
   connect (ABI 4) and no signals or abstract sockets out of the build (ABI 6): the file-system wall
   where namespaces are blocked (Docker's default seccomp profile);
 - seccomp: no socket() at all (network of any family), no ptrace, no mounts, no new namespaces,
-  no io_uring, no kernel keyrings, modules or BPF;
+  no io_uring, no kernel keyrings, modules or BPF, no raising its I/O priority;
 - no_new_privs and an empty capability set, always.
 
 `probe()` tries every layer in a throwaway process and says which hold; a worker refuses CAD work
@@ -504,6 +504,7 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
             "memfd_create": 319,
             "shmget": 29,
             "modify_ldt": 154,
+            "ioprio_set": 251,
         },
     ),
     "aarch64": (
@@ -540,6 +541,7 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
             "clone": 220,
             "memfd_create": 279,
             "shmget": 194,
+            "ioprio_set": 30,
         },
     ),
 }
@@ -605,6 +607,9 @@ _DENIED = (
     "memfd_create",
     "shmget",
     "modify_ldt",
+    # Any process may raise its I/O class from idle to best effort: the worker's batch priority
+    # (workers/priority.py) would not hold. Its nice value and policy need RLIMIT_NICE to undo.
+    "ioprio_set",
 )
 SYS_CLONE3 = 435
 RET_ALLOW, RET_KILL_PROCESS = 0x7FFF0000, 0x80000000
