@@ -17,6 +17,11 @@ the expected one (200; 204 for an empty claim is counted apart), a dropped conne
 in 10 s, or a heartbeat that finds its job gone. After the run, the database must agree: every
 `done` the agents were told about is a done job, and no job is bound to two printers.
 
+`--with-cad-load` (bench/cad_load.py) runs the same meanwhile beside a farm of real `farm worker`s
+building and slicing heavy parts without a pause, at the batch priority the workers' settings give
+them (`--with-cad-load normal`: at the priority they were started with, to compare); `cad_cpu`
+says how many cores that load got, `cad_builds_per_min` how much it made.
+
 Last line: one JSON object; `agents`, `p50_ms`, `p99_ms` (all requests), `errors`, `claim_p99_ms`
 and `req_per_s` are the worse of the two databases, which are given in full under their names.
 """
@@ -40,10 +45,13 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:
+    from bench.cad_load import CadLoad
 
 MODELS = ("MINI", "MK3S", "MK4S")
 TARGETS = {"p99_ms": 50.0, "claim_p99_ms": 20.0, "errors": 0}
@@ -471,7 +479,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
-def run_db(kind: str, db_url: str | None, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_db(
+    kind: str, db_url: str | None, redis_url: str, args: argparse.Namespace, cad: CadLoad | None = None
+) -> dict[str, Any]:
     n = args.agents
     claimers = round(n * args.claim_fraction)
     names = [f"p{i:05d}" for i in range(n)]
@@ -573,7 +583,7 @@ def run_db(kind: str, db_url: str | None, redis_url: str, args: argparse.Namespa
                 }
                 for i in range(n)
             ]
-            result = run_load(port, server.pid, postgres_pids(db_url), agents, args, tmp)
+            result = run_load(port, server.pid, postgres_pids(db_url), agents, args, tmp, cad)
             after = db_facts(url)
         finally:
             server.terminate()
@@ -597,6 +607,7 @@ def run_load(
     agents: list[dict[str, Any]],
     args: argparse.Namespace,
     tmp: Path,
+    cad: CadLoad | None = None,
 ) -> dict[str, Any]:
     procs = []
     for p in range(args.procs):
@@ -635,9 +646,11 @@ def run_load(
     servers = with_children(server_pid)
     server0, busy0, wall0 = cpu_of(servers), machine_busy_seconds(), time.perf_counter()
     db0 = cpu_of(db_pids)
+    cad0, built0 = (cad.cpu_s(), cad.finished()) if cad else (0.0, 0)
     time.sleep(args.duration)
     server1, busy1, wall1 = cpu_of(servers), machine_busy_seconds(), time.perf_counter()
     db1 = cpu_of(db_pids)
+    cad1, built1 = (cad.cpu_s(), cad.finished()) if cad else (0.0, 0)
     for proc in procs:
         if proc.wait(TIMEOUT_S + 30) != 0:
             raise SystemExit("a load process failed")
@@ -649,6 +662,8 @@ def run_load(
         "server_cpu_s": server1 - server0,
         "db_cpu_s": db1 - db0,
         "machine_busy_s": busy1 - busy0,
+        "cad_cpu_s": cad1 - cad0,
+        "cad_built": built1 - built0,
     }
     for key in ("errors", "empty_claims", "late", "reconnects", "cpu_s"):
         merged[key] = sum(o[key] for o in outs)
@@ -699,8 +714,12 @@ def summarize(
         "server_cpu": round(r["server_cpu_s"] / wall, 3),  # cores
         "load_cpu": round(r["cpu_s"] / wall, 3),
         "db_cpu": round(r["db_cpu_s"] / wall, 3),  # the PostgreSQL server's processes
+        "cad_cpu": round(r["cad_cpu_s"] / wall, 3),  # --with-cad-load: its workers, builds, slicers
+        "cad_builds_per_min": round(r["cad_built"] * 60 / wall, 1),
         "other_cpu": round(
-            max(0.0, r["machine_busy_s"] - r["server_cpu_s"] - r["db_cpu_s"] - r["cpu_s"]) / wall, 3
+            max(0.0, r["machine_busy_s"] - r["server_cpu_s"] - r["db_cpu_s"] - r["cpu_s"] - r["cad_cpu_s"])
+            / wall,
+            3,
         ),
         "cores": cores,
         "setup_s": round(setup_s, 1),
@@ -731,8 +750,11 @@ def print_table(kind: str, s: dict[str, Any]) -> None:
     )
     print(
         f"  CPU (cores of {s['cores']}): coordinator {s['server_cpu']}, database server {s['db_cpu']}, "
-        f"load generator {s['load_cpu']}, everything else on the machine {s['other_cpu']}"
+        f"load generator {s['load_cpu']}, CAD load {s['cad_cpu']}, "
+        f"everything else on the machine {s['other_cpu']}"
     )
+    if s["cad_cpu"]:
+        print(f"  CAD load: {s['cad_builds_per_min']} builds finished a minute (CAD and slicing)")
     if s["slow_by_second"]:
         slow = ", ".join(f"{sec}s: {n}" for sec, n in s["slow_by_second"].items())
         print(f"  answers over 50 ms, by second of the run they were sent in: {slow}")
@@ -755,6 +777,15 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=1, help="load generator processes")
     parser.add_argument("--db", default="sqlite,postgresql", help="sqlite, postgresql or both")
     parser.add_argument(
+        "--with-cad-load",
+        choices=("batch", "normal"),
+        nargs="?",
+        const="batch",
+        help="meanwhile, `farm worker`s build and slice heavy parts: at their batch priority "
+        "(FARM_BATCH_*, the default) or at normal priority (nice 0), to compare",
+    )
+    parser.add_argument("--cad-workers", type=int, default=2, help="--with-cad-load: `farm worker` processes")
+    parser.add_argument(
         "--pg-workers", type=int, default=2, help="`farm server --workers` for PostgreSQL (SQLite: 1)"
     )
     args = parser.parse_args()
@@ -765,14 +796,19 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
         redis_url = stack.enter_context(redis_server())
+        cad = None
+        if args.with_cad_load:
+            from bench.cad_load import cad_load
+
+            cad = stack.enter_context(cad_load(redis_url, args.cad_workers, priority=args.with_cad_load))
         for kind in args.db.split(","):
             if kind == "sqlite":
-                results[kind] = run_db(kind, None, redis_url, args)
+                results[kind] = run_db(kind, None, redis_url, args, cad)
             elif kind == "postgresql":
                 from tests.pgserver import throwaway_postgres
 
                 with throwaway_postgres() as pg_url:
-                    results[kind] = run_db(kind, pg_url, redis_url, args)
+                    results[kind] = run_db(kind, pg_url, redis_url, args, cad)
             else:
                 raise SystemExit(f"--db: unknown database '{kind}' (sqlite, postgresql)")
             print_table(kind, results[kind])
@@ -806,10 +842,12 @@ def main() -> None:
         "server_cpu",
         "db_cpu",
         "load_cpu",
+        "cad_cpu",
+        "cad_builds_per_min",
         "other_cpu",
     )
     detail = {k: {f: r[f] for f in keep} for k, r in results.items()}
-    print(json.dumps({**worst, **detail, "targets_met": met}))
+    print(json.dumps({**worst, "cad_load": args.with_cad_load, **detail, "targets_met": met}))
 
 
 if __name__ == "__main__":

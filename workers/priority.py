@@ -43,7 +43,7 @@ _POLICY_OF = {name: number for number, name in POLICIES.items()}
 
 @dataclass(frozen=True)
 class BatchPriority:
-    nice: int = 10  # 0: unchanged; a worker started at a higher nice keeps it
+    nice: int = 10  # added to the nice value the worker was started with (as `nice -n`); 0: unchanged
     io: IoPriority = "idle"
     cpu: CpuPolicy = "normal"
 
@@ -117,7 +117,7 @@ def apply(priority: BatchPriority) -> list[str]:
     steps: list[tuple[str, Callable[[int], None]]] = []
     if priority.nice:
         # Per thread on Linux (PRIO_PROCESS with a thread id); new threads inherit their creator's.
-        steps.append((f"nice {priority.nice}", lambda tid: _renice(tid, priority.nice)))
+        steps.append((f"nice +{priority.nice}", lambda tid: _renice(tid, priority.nice)))
     if priority.cpu != "normal":
         policy = _POLICY_OF[priority.cpu]
         steps.append(
@@ -139,6 +139,6 @@ def apply(priority: BatchPriority) -> list[str]:
     return sorted(failed)
 
 
-def _renice(tid: int, nice: int) -> None:
-    if nice > os.getpriority(os.PRIO_PROCESS, tid):  # one started at a higher nice keeps it
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
+def _renice(tid: int, increment: int) -> None:
+    # Relative, so the worker stays below a coordinator started at any nice value beside it.
+    os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
