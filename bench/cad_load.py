@@ -95,9 +95,12 @@ class CadLoad:
 
 @contextlib.contextmanager
 def cad_load(
-    redis_url: str, workers: int = 2, builds: int = 150, priority: str = "batch"
+    redis_url: str, workers: int = 2, builds: int = 150, priority: str = "batch", where: str | None = None
 ) -> Iterator[CadLoad]:
-    with tempfile.TemporaryDirectory(prefix="bench-cadload-") as tmp_name, contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-cadload-", dir=where) as tmp_name,
+        contextlib.ExitStack() as stack,
+    ):
         tmp = Path(tmp_name)
         port = _free_port()
         env = {
@@ -109,6 +112,8 @@ def cad_load(
             "FARM_WORKER_THREADS": "2",
             "PYTHONUNBUFFERED": "1",
         }
+        if where:  # its builds' temporary files too
+            env["TMPDIR"] = where
         if priority == "normal":
             env |= {"FARM_BATCH_NICE": "0", "FARM_BATCH_IOPRIO": "normal", "FARM_BATCH_POLICY": "normal"}
         env.pop("FARM_TOKEN", None)

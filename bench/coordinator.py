@@ -786,6 +786,10 @@ def main() -> None:
     )
     parser.add_argument("--cad-workers", type=int, default=2, help="--with-cad-load: `farm worker` processes")
     parser.add_argument(
+        "--cad-load-dir",
+        help="--with-cad-load: where its farm keeps data and temporary files (default: TMPDIR)",
+    )
+    parser.add_argument(
         "--pg-workers", type=int, default=2, help="`farm server --workers` for PostgreSQL (SQLite: 1)"
     )
     args = parser.parse_args()
@@ -800,7 +804,9 @@ def main() -> None:
         if args.with_cad_load:
             from bench.cad_load import cad_load
 
-            cad = stack.enter_context(cad_load(redis_url, args.cad_workers, priority=args.with_cad_load))
+            cad = stack.enter_context(
+                cad_load(redis_url, args.cad_workers, priority=args.with_cad_load, where=args.cad_load_dir)
+            )
         for kind in args.db.split(","):
             if kind == "sqlite":
                 results[kind] = run_db(kind, None, redis_url, args, cad)
