@@ -98,8 +98,9 @@ class Settings(BaseSettings):
     cad_sandbox_disable: str = ""  # layers forced off, comma-separated: namespaces,landlock,seccomp,identity
     # Builds and slicing are batch work: `farm worker` lowers itself (and so all it starts) below the
     # coordinator and agents on a shared box. batch_nice is added to the nice value it was started
-    # with; 0, batch_ioprio "normal" and batch_policy "normal" leave it as started. ioprio "low" is best effort at its lowest level; "idle" waits
-    # for a disk no one else uses. Policy "idle" (SCHED_IDLE) runs only on otherwise idle cores.
+    # with; 0, batch_ioprio "normal" and batch_policy "normal" leave it as started. ioprio "low" is
+    # best effort at its lowest level; "idle" waits for a disk no one else uses. Policy "idle"
+    # (SCHED_IDLE) runs only on otherwise idle cores.
     batch_nice: int = Field(10, ge=0, le=19)
     batch_ioprio: Literal["idle", "low", "normal"] = "idle"
     batch_policy: Literal["normal", "batch", "idle"] = "normal"
