@@ -51,6 +51,10 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _autogroup_nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])  # "/autogroup-42 nice 10"
+
+
 def _threads_of(pid: int) -> list[priority.Observed]:
     return [priority.observe(pid, int(t.name)) for t in Path(f"/proc/{pid}/task").iterdir()]
 
@@ -111,6 +115,11 @@ def test_builds_and_slicing_run_below_the_coordinator_and_agents(farm: RunningFa
     for pid in [worker, *_descendants(worker)]:
         for t in _threads_of(pid):
             assert (t.nice, t.io_class) == (batch, "idle"), (pid, t)
+    # Autogroup scheduling shares the CPU between sessions before nice counts: farm up starts each
+    # part in a session of its own, so the worker's whole group must be lowered too.
+    if Path("/proc/sys/kernel/sched_autogroup_enabled").exists():
+        assert _autogroup_nice(worker) == batch
+        assert _autogroup_nice(parts["coordinator"]) == base
     # The coordinator and each agent stay where they were started.
     normal = [pid for name, pid in parts.items() if name == "coordinator" or name.startswith("agent-")]
     assert len(normal) == 3, parts

@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import platform
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,9 +135,34 @@ def apply(priority: BatchPriority) -> list[str]:
             except OSError as error:
                 if error.errno != errno.ESRCH:  # ESRCH: the thread ended meanwhile
                     failed.add(f"{what}: {error.strerror or error}")
+    if priority.nice:
+        try:
+            _renice_autogroup(priority.nice)
+        except OSError as error:
+            failed.add(f"autogroup nice +{priority.nice}: {error.strerror or error}")
     for what in sorted(failed):
         log.warning("could not lower this worker's priority (%s); builds run at the worker's", what)
     return sorted(failed)
+
+
+def _renice_autogroup(increment: int) -> None:
+    """With autogroup scheduling (sched_autogroup_enabled, most desktop and many server kernels)
+    CPU is shared between sessions first and nice counts only within one: `farm up` starts each part
+    in a session of its own, so the worker's nice alone would not put it below the coordinator. The
+    session's autogroup gets the same nice, if this process leads that session (from a shell, the
+    group holds the shell and whatever else it started, which must not be lowered with it)."""
+    group = Path("/proc/self/autogroup")
+    if os.getsid(0) != os.getpid() or not group.exists():
+        return
+    current = int(group.read_text().split()[-1])  # "/autogroup-42 nice 0"
+    for _ in range(20):
+        try:
+            group.write_text(str(min(19, current + increment)))
+            return
+        except OSError as error:  # EAGAIN: the kernel takes one such change per 100 ms, system-wide
+            if error.errno != errno.EAGAIN:
+                raise
+            time.sleep(0.1)
 
 
 def _renice(tid: int, increment: int) -> None:
