@@ -244,7 +244,7 @@ class Printer:
             )
             self._next_task += 1
             if doomed is None:
-                record_print(self.root, name)
+                record_print(self.root, name, duration)
 
     def overwrite(self, path: Path) -> None:
         """An upload is replacing `path`: a print reading it from the card dies (the file changes

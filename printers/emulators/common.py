@@ -72,11 +72,15 @@ PRINT_LOG = ".prints.jsonl"  # in the storage folder; listings skip dot files
 _print_log_lock = threading.Lock()
 
 
-def record_print(root: Path, name: str) -> None:
+def record_print(root: Path, name: str, seconds: float | None = None) -> None:
     """Append a print the farm started to `<storage>/.prints.jsonl`, one JSON object a line, written
     through at once: the print history a real printer keeps, readable by another process (the
-    chaos test counts each job's prints in it to catch a double print)."""
-    line = json.dumps({"file": name, "at": time.time()}) + "\n"
+    chaos test counts each job's prints in it to catch a double print; bench/farm.py reads the
+    printers' busy time from `at` and `seconds`, the wall-clock time this print takes)."""
+    entry: dict[str, Any] = {"file": name, "at": time.time()}
+    if seconds is not None:
+        entry["seconds"] = round(seconds, 4)
+    line = json.dumps(entry) + "\n"
     with _print_log_lock, (root / PRINT_LOG).open("a") as f:
         f.write(line)
 

@@ -124,7 +124,7 @@ class Klipper:
                 state="printing",
                 running_since=time.monotonic(),
             )
-            record_print(self.root, rel)
+            record_print(self.root, rel, self._job.duration_s)
 
     def macro(self, name: str) -> None:
         """PAUSE / RESUME / CANCEL_PRINT; like Klipper's, they only log when there is nothing to do."""

@@ -346,7 +346,7 @@ class Printer:
                 bed_c=facts.bed_c,
                 running_since=time.monotonic(),
             )
-            record_print(self.root, rel)
+            record_print(self.root, rel, self._job.duration_s)
 
     def job_command(self, command: str, action: str | None) -> None:
         with self._lock:

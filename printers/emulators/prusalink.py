@@ -274,7 +274,7 @@ class Printer:
                 self._job.run(now)
             # The print history a real printer keeps; tests count starts in it to catch double prints.
             self.history.append(rel)
-            record_print(self.root, rel)
+            record_print(self.root, rel, None if mismatch else self._job.duration_s)
             log.info("job %d %s: %s", self._job.id, "waits for attention" if mismatch else "started", rel)
 
     def job_command(self, raw_id: str, command: str) -> None:
