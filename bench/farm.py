@@ -16,7 +16,7 @@ slicing included. Every job asks for its printers' model and material (and colou
 have one). A third of the printers need `farm printers clear` after each print, which a simulated
 operator gives `--operator-delay` seconds after the bed needs it; the rest eject on their own.
 
-The clock starts (t0) when the agents start, with every pre-sliced job already queued. Measured
+The clock starts (t0) once every agent runs, with every pre-sliced job already queued. Measured
 from the emulators' own print logs (start time and duration of every print) and the queue as the
 coordinator's database shows it, read-only, every 0.2 s:
 
@@ -276,7 +276,7 @@ def plan(sims: list[Sim], jobs: int, args: argparse.Namespace, rng: random.Rando
     n_mesh = round(jobs * args.meshes)
     n_design = round(jobs * args.designs)
     while left > 0:
-        kind = rng.choice(kinds)  # a set's share of the work follows its share of the printers
+        kind = kinds[len(out) % len(kinds)]  # each set's share of the work is its share of the printers
         if n_design > 0 and kind not in bambu:
             source, n_design = "design", n_design - 1
         elif n_mesh > 0:
@@ -619,10 +619,8 @@ def run_batch(args: argparse.Namespace) -> dict[str, Any]:
         while sum(1 for j in bench.ready_seen) < presliced and time.time() < deadline:
             time.sleep(0.2)  # every pre-sliced job queued before the printers start
         setup_s = time.time() - t_setup
-        usage0 = {p: cpu_rss(p)[0] for p in [c.proc.pid for c in bench.farm.children if c.proc]}
-        del usage0
-        t0 = time.time()
         bench.start_agents()
+        t0 = time.time()  # every agent's thread runs: from here on, a printer idle is a gap
         deadline = t0 + args.timeout
         while not bench.settled() and time.time() < deadline:
             time.sleep(0.5)
@@ -659,6 +657,105 @@ def run_batch(args: argparse.Namespace) -> dict[str, Any]:
             print(f"kept {bench.tmp}", file=sys.stderr)
 
 
+# -- --builds: a matrix of distinct parametric builds through CAD and slicing -------------------
+
+RAW_CAD = """
+import resource, sys, time
+sys.path.insert(0, {examples!r})
+from build123d import export_stl
+from bracket import bracket
+for length, thickness in {params!r}:
+    export_stl(bracket(length=length, thickness=thickness), f"{out}/raw-{{length}}-{{thickness}}.stl")
+"""
+
+
+def matrix(n: int) -> list[tuple[float, float]]:
+    """n distinct (length, thickness) pairs of examples/bracket.py."""
+    return [(40.0 + i % 50, 3.0 + (i // 50) * 0.5) for i in range(n)]
+
+
+def raw_cpu_per_build(sample: list[tuple[float, float]], tmp: Path) -> dict[str, float]:
+    """The raw tools' CPU seconds per build: build123d building and exporting each part in one warm
+    interpreter (its import counted once, not per part), then `prusa-slicer` on each STL with the
+    farm's flattened MK4S profile."""
+    from farm.printer_models import MODELS
+    from workers.slicer import find_slicer, flatten_profile, write_profile
+
+    def children_cpu() -> float:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
+    out = tmp / "raw"
+    out.mkdir()
+    code = RAW_CAD.format(examples=str(REPO / "examples"), params=sample, out=str(out))
+    import_only = "import build123d"
+    c0 = children_cpu()
+    subprocess.run([sys.executable, "-c", import_only], check=True)
+    c1 = children_cpu()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    c2 = children_cpu()
+    cad = ((c2 - c1) - (c1 - c0)) / len(sample)  # the import, paid once per worker, taken out
+    profile = write_profile(flatten_profile(MODELS["MK4S"]), tmp / "profile.ini")
+    slicer = find_slicer()
+    for stl in sorted(out.glob("*.stl")):
+        cmd = [str(slicer), "--loglevel", "1", "--load", str(profile), "--export-gcode"]
+        subprocess.run(
+            [*cmd, "-o", str(stl.with_suffix(".gcode")), str(stl)], check=True, capture_output=True
+        )
+    c3 = children_cpu()
+    return {"cad_cpu_s": round(cad, 3), "slice_cpu_s": round((c3 - c2) / len(sample), 3)}
+
+
+def run_builds(args: argparse.Namespace) -> dict[str, Any]:
+    bench = Bench(args)
+    try:
+        bench.start()
+        params = matrix(args.builds)
+        floor_cpu = raw_cpu_per_build(params[: args.raw_sample], bench.tmp)
+        cpu_per_build = floor_cpu["cad_cpu_s"] + floor_cpu["slice_cpu_s"]
+        cores = os.cpu_count() or 1
+        floor_per_min = cores * 60.0 / cpu_per_build
+        db = sqlite3.connect(f"file:{bench.settings.sqlite_path}?mode=ro", uri=True, timeout=5)
+        t0 = time.time()
+        for length, thickness in params:
+            options = {"printer_model": "MK4S", "params": {"length": length, "thickness": thickness}}
+            bench.client.submit(REPO / "examples" / "bracket.py", options)
+        submitted = time.time() - t0
+        deadline = t0 + args.timeout
+        while time.time() < deadline:
+            rows = db.execute("SELECT lower(stage), count(*) FROM build GROUP BY lower(stage)").fetchall()
+            stages = dict(rows)
+            if stages.get("ready", 0) + stages.get("failed", 0) >= len(params):
+                break
+            time.sleep(0.5)
+        elapsed = time.time() - t0
+        db.close()
+        per_min = stages.get("ready", 0) * 60.0 / elapsed
+        children = {c.name: c.proc.pid for c in bench.farm.children if c.proc is not None}
+        return {
+            "builds": len(params),
+            "ready": stages.get("ready", 0),
+            "failed": stages.get("failed", 0),
+            "elapsed_s": round(elapsed, 1),
+            "submit_s": round(submitted, 1),
+            "builds_per_min": round(per_min, 1),
+            "floor_builds_per_min": round(floor_per_min, 1),
+            "pipeline_ratio": round(per_min / floor_per_min, 3),
+            "cores": cores,
+            **floor_cpu,
+            "worker_cpu_s": round(cpu_rss(children["worker"])[0], 1),
+            "coordinator_cpu_s": round(cpu_rss(children["coordinator"])[0], 1),
+        }
+    finally:
+        bench.stop_all()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(bench.tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--printers", type=int, default=12, help="emulated printers, each with its agent")
@@ -678,6 +775,10 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1200.0, help="give up on the batch after this long")
     ap.add_argument("--seed", type=int, default=19)
     ap.add_argument("--keep", action="store_true", help="keep the data dir and logs")
+    ap.add_argument(
+        "--builds", type=int, default=0, help="instead: N distinct parametric builds (CAD + slicing)"
+    )
+    ap.add_argument("--raw-sample", type=int, default=5, help="--builds: builds timed with the raw tools")
     ap.add_argument("--host-emulators", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--host-agents", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -690,7 +791,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     out = sys.stdout
     sys.stdout = sys.stderr  # the farm's parts (farm up copies their output to stdout): our JSON alone
-    result = run_batch(args)
+    result = run_builds(args) if args.builds else run_batch(args)
     print(json.dumps(result), file=out, flush=True)
 
 

@@ -618,8 +618,9 @@ def heartbeat(
     return Beat(held[0], held[1], wanted) if held else Beat(None, None, wanted)
 
 
-def expire_leases(session: Session, lease_s: float) -> None:
+def expire_leases(session: Session, lease_s: float) -> int:
     """Requeue claims whose agent went silent before upload; mark silent printers offline.
+    Returns how many claims went back to the queue.
 
     A job that may already be on a printer (uploading, printing) stays bound to it: sending it
     elsewhere could print it twice. The agent reconciles when it returns.
@@ -641,3 +642,4 @@ def expire_leases(session: Session, lease_s: float) -> None:
         printer.message = f"no word from its agent for {int(lease_s)} s"
         session.add(printer)
     session.commit()
+    return len(expired)

@@ -21,7 +21,7 @@ from printers.drivers.base import Driver, DriverError, PrinterState, PrinterStat
 
 log = logging.getLogger("farm.agent")
 SNAPSHOT_WANTED = "X-Farm-Snapshot"  # farm.api.agents: the agent installs without the server
-VERSION = "0.1.0"
+VERSION = "0.2.0"  # 0.2: claims wait at the coordinator for work (wait_s)
 # The coordinator decides whether the bed is clear; a stopped print's printer can take the next job.
 READY_FOR_WORK = (PrinterState.IDLE, PrinterState.FINISHED, PrinterState.FAILED)
 IDLE_GRACE_S = 30.0
@@ -30,6 +30,8 @@ UPLOAD_FAILURE_REST_S = 30.0  # a printer may report idle for a moment between u
 # printing, the last agent's upload of it) before the refusal counts as a failed attempt.
 UPLOAD_SETTLE_S = 30.0
 PREFETCH_EVERY_S = 15.0  # while a finished print waits on the bed, ask what comes next this often
+PREFETCH_LEFT_S = 120.0  # while printing, fetch the next job's G-code once this little is left
+END_CHECK_S = 0.25  # near a print's end, ask the printer this often (at most), not every poll_s
 ENDED = (PrinterState.FINISHED, PrinterState.FAILED)
 
 
@@ -74,13 +76,15 @@ class Agent:
         self._settle_until = 0.0
         self._next_prefetch = 0.0
         self._snapshot_wanted = False  # an operator asked for a still: the coordinator's last answer said so
+        self._prefetched_for: int | None = None  # the printing job during which we fetched the next
         assert config.spool_dir is not None
         self.spool = config.spool_dir
         self.spool.mkdir(parents=True, exist_ok=True)
 
     # -- life cycle -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Register, then one round every poll_s until `stop`. ConfigMistake when the coordinator
+        """Register, then rounds until `stop`: every poll_s, sooner when a print is about to end,
+        at once after a claim that waited at the coordinator. ConfigMistake when the coordinator
         does not take the token or the printer the credentials: no point asking again."""
         try:
             while not stop.is_set():
@@ -92,9 +96,10 @@ class Agent:
                     log.warning("%s: cannot register yet: %s", self.name, exc)
                     stop.wait(self.config.poll_s)
             while not stop.is_set():
+                pause = self.config.poll_s
                 try:
                     if not self.removed:
-                        self.tick()
+                        pause = self.tick()
                 except DriverError as exc:  # e.g. the printer went away mid-command
                     log.warning("%s: printer: %s", self.name, exc)
                 except FarmError as exc:
@@ -105,7 +110,8 @@ class Agent:
                         log.warning("%s: coordinator: %s", self.name, exc)
                 except Exception:  # one bad round must not kill the agent beside a printer
                     log.exception("%s: unexpected error; carrying on", self.name)
-                stop.wait(self.config.poll_s)
+                if pause > 0:
+                    stop.wait(pause)
         finally:
             self.driver.close()
 
@@ -182,43 +188,75 @@ class Agent:
             self._start(job, resuming=True)
 
     # -- one round ------------------------------------------------------------------------
-    def tick(self) -> None:
-        self._round()
+    def tick(self) -> float:
+        """One round; returns how long to pause before the next."""
+        pause = self._round()
         if self._snapshot_wanted:
             self._requested_snapshot()
+            pause = min(pause, self.config.poll_s)
+        return pause
 
-    def _round(self) -> None:
+    def _round(self) -> float:
+        poll = self.config.poll_s
         if self._unsettled is not None and self.job is None:
             job, self._unsettled = self._unsettled, None
             self._reconcile(job)  # the last agent's upload has had a round to arrive
-            return
+            return poll
         status = self.driver.status()
         if self.job is not None:
             self._follow(status)
-            return
+            if self.job is not None:
+                return self._follow_pause(status)
+            # The print ended and is reported: with a bed that clears itself, claim the next now.
         if self._bed_unseen and status.state != PrinterState.OFFLINE:
             # The printer was off when we registered: now it can say whether a part is on the bed.
             self._register(status)
             if self.job is not None:
-                return
+                return poll
         body = self._status_body(status)
         if status.state in READY_FOR_WORK and time.monotonic() >= self._resting_until:
+            if status.state in ENDED and not self.config.printer.auto_eject:
+                self._prefetch()  # a part is on the bed: fetch the next G-code while it is cleared
+            waited = time.monotonic()
             job = self._claim(body)
             if job:
                 self._start(job)
-            elif status.state in ENDED:
-                self._prefetch()  # a part is on the bed: fetch the next G-code while someone clears it
-        else:
-            self._note_wanted(self.client.post("/api/agents/heartbeat", body))
+                return poll
+            # A claim the coordinator held for wait_s was the pause; one it answered at once
+            # (a coordinator before long polls, or one that wants a still) was not.
+            return 0.0 if time.monotonic() - waited >= self.config.wait_s / 2 > 0 else poll
+        self._note_wanted(self.client.post("/api/agents/heartbeat", body))
+        return poll
 
     def _claim(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The next job (None: nothing to print); the answer's header says whether a still is wanted."""
-        resp = self.client.request("POST", "/api/agents/claim", json=body)
+        """The next job (None: nothing to print), waiting up to wait_s at the coordinator for one;
+        the answer's header says whether a still is wanted."""
+        wait = self.config.wait_s
+        params = {"wait": wait} if wait > 0 else {}
+        resp = self.client.request("POST", "/api/agents/claim", params=params, json=body, timeout=wait + 30.0)
         self._snapshot_wanted |= resp.headers.get(SNAPSHOT_WANTED) == "wanted"
         return resp.json() if resp.status_code != 204 else None  # type: ignore[no-any-return]
 
     def _note_wanted(self, beat: dict[str, Any]) -> None:
         self._snapshot_wanted |= bool(beat.get("snapshot"))
+
+    def _follow_pause(self, status: PrinterStatus) -> float:
+        """poll_s, or less when the printer says the print ends sooner: the next job then starts
+        within END_CHECK_S of the end, not up to poll_s later. Near the end, the next job's G-code
+        is fetched, so that it is ready before this print is done."""
+        poll = self.config.poll_s
+        left = status.remaining_s
+        if status.state != PrinterState.PRINTING or left is None:
+            return poll
+        job = self.job
+        if job is not None and left <= PREFETCH_LEFT_S and self._prefetched_for != job.id:
+            self._prefetched_for = job.id
+            self._next_prefetch = 0.0
+            try:
+                self._prefetch()
+            except FarmError as exc:  # only a head start: the claim fetches it otherwise
+                log.info("%s: no prefetch: %s", self.name, exc)
+        return min(poll, max(END_CHECK_S, float(left)))
 
     def _prefetch(self) -> None:
         now = time.monotonic()

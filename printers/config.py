@@ -45,7 +45,10 @@ def problems(exc: ValidationError) -> list[str]:
 class AgentConfig(BaseModel):
     coordinator: CoordinatorConfig
     printer: PrinterConfig
-    poll_s: float = 2.0
+    poll_s: float = 2.0  # how often it asks the printer how a print goes
+    # An idle printer's claim waits this long at the coordinator for a job (a long poll: work
+    # arrives as soon as it is ready). 0: ask every poll_s instead, as agents before 0.2 did.
+    wait_s: float = 5.0
     spool_dir: Path | None = None  # downloaded G-code and the agent's memory of its current job
     _source: Path | None = PrivateAttr(default=None)  # the file it was loaded from
 
@@ -104,7 +107,8 @@ class AgentConfig(BaseModel):
             # JSON strings and numbers are valid TOML values.
             return f"{key} = {json.dumps(value if isinstance(value, int | float) else str(value))}"
 
-        top = [line("poll_s", self.poll_s)] + ([line("spool_dir", self.spool_dir)] if self.spool_dir else [])
+        top = [line("poll_s", self.poll_s), line("wait_s", self.wait_s)]
+        top += [line("spool_dir", self.spool_dir)] if self.spool_dir else []
         coord = ["[coordinator]", line("url", self.coordinator.url)]
         coord += [line("token", self.coordinator.token)] if self.coordinator.token else []
         printer = ["[printer]"] + [line(k, v) for k, v in self.printer.model_dump(exclude_none=True).items()]

@@ -108,7 +108,8 @@ def resend_unfinished(farm: Farm) -> int:
 
 def _expire_leases(farm: Farm) -> None:
     with write_session(farm.engine) as session:
-        dispatch.expire_leases(session, farm.settings.lease_s)
+        if dispatch.expire_leases(session, farm.settings.lease_s):
+            farm.work.wake()  # jobs back in the queue: parked claims look again
     if farm.broker is None:
         return
     with write_session(farm.engine) as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
@@ -24,6 +25,7 @@ from farm.api.deps import (
     write,
 )
 from farm.api.errors import AUTH, errors
+from farm.api.longpoll import GATHER_S, MAX_WAIT_S, RECHECK_S
 from farm.api.views import job_view
 from farm.models import Artifact, Job, Printer, Slice, Token
 from farm.names import printer_file_name
@@ -167,6 +169,7 @@ def _register(session: Session, body: Register, farm: Farm) -> dict:
         dispatch.end_on_bed(printer)
     session.add(printer)
     session.commit()
+    farm.work.models[printer.name] = printer.model  # whom a slice for this model wakes (longpoll.py)
     if job is None:
         return {"printer": printer.name, "job": None}
     assert job.slice_id is not None
@@ -229,12 +232,24 @@ def next_gcode(
 # "nothing to print" stays empty for agents that do not know it.
 SNAPSHOT_WANTED = "X-Farm-Snapshot"
 
+WaitS = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=MAX_WAIT_S,
+        description="with nothing to print, answer as soon as a job for this printer is ready, "
+        "or 204 after this many seconds (a long poll); 0: at once",
+    ),
+]
+
 
 @router.post("/claim", responses={204: {"description": "nothing to print"}, **errors(404)})
-async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep, response: Response) -> object:
+async def claim(
+    body: Heartbeat, token: AgentToken, farm: FarmDep, response: Response, wait: WaitS = 0.0
+) -> object:
     """Most claims are answered by fastlane.py; this route serves the rest and gives the errors."""
     _check_bound(token, body.printer)
-    found, wanted = await claim_next(farm, body, token)
+    found, wanted = await claim_next(farm, body, token, wait)
     headers = {SNAPSHOT_WANTED: "wanted"} if wanted else {}
     if found is None:
         return Response(status_code=204, headers=headers)
@@ -242,9 +257,23 @@ async def claim(body: Heartbeat, token: AgentToken, farm: FarmDep, response: Res
     return found
 
 
-async def claim_next(farm: Farm, body: Heartbeat, token: Token) -> tuple[dict | None, bool]:
-    """The job this printer should print next, with its lease (None: nothing to print), and
-    whether a still from its camera is wanted."""
+async def claim_next(
+    farm: Farm, body: Heartbeat, token: Token, wait: float = 0.0
+) -> tuple[dict | None, bool]:
+    """The job this printer should print next, with its lease (None: nothing to print, within
+    `wait` seconds; each try is a heartbeat too, so a parked agent stays seen), and whether a
+    still from its camera is wanted (which ends the wait: the agent takes it now)."""
+    deadline = asyncio.get_running_loop().time() + min(wait, MAX_WAIT_S)
+    while True:
+        found, wanted = await _claim_once(farm, body, token)
+        left = deadline - asyncio.get_running_loop().time()
+        if found is not None or wanted or left <= 0:
+            return found, wanted
+        if await farm.work.wait(body.printer, min(left, RECHECK_S)):
+            await asyncio.sleep(GATHER_S)
+
+
+async def _claim_once(farm: Farm, body: Heartbeat, token: Token) -> tuple[dict | None, bool]:
     if (engine := farm.nowait_engine) is None:
         return await write(farm, _claim, body, token, farm)
     # PostgreSQL: on the event loop, through the pool that does not wait for the disk; the

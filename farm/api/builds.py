@@ -249,6 +249,7 @@ async def submit(
     )
     session.commit()
     dispatch_outgoing(farm, out)
+    farm.work.wake()  # a job may be ready at once (a slice already made): parked claims look again
     return load_build(session, build.id)  # type: ignore[arg-type]
 
 
@@ -403,7 +404,7 @@ def _slice_work(session: Session, sl: Slice) -> dict:
 @router.post(
     "/slices/{slice_id}/result", dependencies=[Depends(require("worker"))], responses=errors(404, 422)
 )
-def slice_result(slice_id: RowId, result: SliceResult, session: SessionDep) -> dict:
+def slice_result(slice_id: RowId, result: SliceResult, farm: FarmDep, session: SessionDep) -> dict:
     sl = session.get(Slice, slice_id)
     if sl is None:
         raise HTTPException(404, f"no slice {slice_id}")
@@ -420,4 +421,5 @@ def slice_result(slice_id: RowId, result: SliceResult, session: SessionDep) -> d
         seconds=result.seconds,
     )
     session.commit()
+    farm.work.wake(model=sl.printer_model)  # its jobs are ready: that model's parked claims take them
     return slice_view(sl)

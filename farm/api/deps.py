@@ -23,6 +23,7 @@ from sqlmodel import Session, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from farm.api import websession
+from farm.api.longpoll import WorkSignal
 from farm.db import write_session, write_session_now
 from farm.models import Token
 from farm.settings import Settings
@@ -45,6 +46,7 @@ class Farm:
     _tokens: dict[str, Token] = field(default_factory=dict)  # secret hash -> token (find_token)
     _tokens_loaded_at: float = -1e9
     done_slices: dict[int, tuple[Any, str | None]] = field(default_factory=dict)  # agents._done_slice
+    work: WorkSignal = field(default_factory=WorkSignal)  # claims waiting for work (longpoll.py)
 
 
 def hash_secret(secret: str) -> str:

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from farm.api.agents import SNAPSHOT_WANTED, Heartbeat, Report, beat, claim_next, report_on
 from farm.api.deps import MAX_ID, Farm, find_token, token_problem
 from farm.api.errors import NUL_IN_TEXT, nul_in_text
+from farm.api.longpoll import MAX_WAIT_S
 from farm.models import Token
 
 MAX_BODY = 64 * 1024  # these calls are a few hundred bytes
@@ -43,9 +44,9 @@ async def _serve_beat(
 
 
 async def _serve_claim(
-    farm: Farm, body: Heartbeat, token: Token, _job: int
+    farm: Farm, body: Heartbeat, token: Token, wait: int
 ) -> tuple[dict[str, Any] | None, Headers]:
-    found, wanted = await claim_next(farm, body, token)
+    found, wanted = await claim_next(farm, body, token, wait / 1000)
     return found, _WANTED if wanted else []
 
 
@@ -61,10 +62,19 @@ _EXACT: dict[str, tuple[type[BaseModel], Serve]] = {
 }
 
 
-def _route(path: str) -> tuple[type[BaseModel], Serve, int] | None:
-    """What serves this path here (its body's model, the call, a job id), or None."""
+_WAIT = re.compile(rb"wait=([0-9]{1,2}(?:\.[0-9]{1,3})?)")
+
+
+def _route(path: str, query: bytes = b"") -> tuple[type[BaseModel], Serve, int] | None:
+    """What serves this path here (its body's model, the call, a job id or a claim's wait in ms),
+    or None. A query it does not read exactly as the route would goes to the route."""
     if (exact := _EXACT.get(path)) is not None:
-        return (*exact, 0)
+        if not query:
+            return (*exact, 0)
+        wait = _WAIT.fullmatch(query) if exact[1] is _serve_claim else None
+        if wait is None or float(wait[1]) > MAX_WAIT_S:
+            return None
+        return (*exact, round(float(wait[1]) * 1000))
     if (report := _REPORT.fullmatch(path)) is not None and int(report[1]) <= MAX_ID:
         return Report, _serve_report, int(report[1])
     return None
@@ -76,7 +86,8 @@ class AgentFastLane:
         self.farm = farm
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        lane = _route(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        http_post = scope["type"] == "http" and scope["method"] == "POST"
+        lane = _route(scope["path"], scope.get("query_string", b"")) if http_post else None
         if lane is None:
             await self.app(scope, receive, send)
             return

@@ -62,6 +62,7 @@ def retry_job(job_id: RowId, farm: FarmDep, session: SessionDep, token: Submitte
     except InvalidMove as exc:
         raise HTTPException(409, str(exc)) from exc
     dispatch_outgoing(farm, out)
+    farm.work.wake()
     return job_view(job)
 
 
@@ -70,7 +71,7 @@ class JobChange(BaseModel):
 
 
 @router.patch("/jobs/{job_id}", responses=errors(404, 409))
-def change_job(job_id: RowId, body: JobChange, session: SessionDep, token: Submitter) -> dict:
+def change_job(job_id: RowId, body: JobChange, farm: FarmDep, session: SessionDep, token: Submitter) -> dict:
     """Change a job's priority while it waits for a printer: a submitter its own, an admin any."""
     job = _job(session, job_id)
     check_owner(token, job.owner, f"job {job_id}")
@@ -79,6 +80,7 @@ def change_job(job_id: RowId, body: JobChange, session: SessionDep, token: Submi
     job.priority = body.priority
     session.add(job)
     session.commit()
+    farm.work.wake()  # the order changed: a printer waiting may take it now
     return job_view(job)
 
 
@@ -102,11 +104,12 @@ def _job(session: SessionDep, job_id: int) -> Job:
 
 
 @router.post("/printers/{name}/clear", dependencies=[Depends(require("submitter"))], responses=errors(404))
-def clear_bed(name: PrinterPath, session: SessionDep) -> dict:
+def clear_bed(name: PrinterPath, farm: FarmDep, session: SessionDep) -> dict:
     printer = _printer(session, name)
     printer.bed_clear = True
     session.add(printer)
     session.commit()
+    farm.work.wake(printer=name)  # its agent's parked claim takes the next job at once
     return printer_view(printer)
 
 
@@ -125,7 +128,7 @@ def remove_printer(name: PrinterPath, session: SessionDep) -> dict:
 
 
 @router.patch("/printers/{name}", dependencies=[Depends(require())], responses=errors(404, 422))
-def set_printer(name: PrinterPath, body: PrinterSettings, session: SessionDep) -> dict:
+def set_printer(name: PrinterPath, body: PrinterSettings, farm: FarmDep, session: SessionDep) -> dict:
     printer = _printer(session, name)
     try:  # the rules `farm submit` checks a job's material and colour by
         if body.material is not None:
@@ -151,4 +154,5 @@ def set_printer(name: PrinterPath, body: PrinterSettings, session: SessionDep) -
         printer.auto_eject = body.auto_eject
     session.add(printer)
     session.commit()
+    farm.work.wake(printer=name)  # it may take other jobs now
     return printer_view(printer)

@@ -166,13 +166,14 @@ def _printer(session: Session, name: str) -> Printer:
     dependencies=[Depends(require("submitter"))],
     responses=errors(404),
 )
-def request_snapshot(name: PrinterPath, session: SessionDep) -> dict:
+def request_snapshot(name: PrinterPath, farm: FarmDep, session: SessionDep) -> dict:
     """Ask the printer's agent for a still now. It answers on its next call (a few seconds): the
     still is then the printer's latest (`GET /api/printers/NAME/snapshots`), newer than `after`."""
     printer = _printer(session, name)
     printer.snapshot_wanted, printer.snapshot_error = utcnow(), None
     session.add(printer)
     session.commit()
+    farm.work.wake(printer=name)  # an idle agent's claim waiting at the coordinator answers now
     return {
         "printer": name,
         "requested_at": as_utc(printer.snapshot_wanted).isoformat(),
