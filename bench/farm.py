@@ -141,6 +141,7 @@ def host_emulators(spec: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.WARNING)
     speed = spec["speed"]
     emus: list[Any] = []
+    ports: dict[str, list[int]] = {}
     for raw in spec["sims"]:
         s = Sim(**raw)
         storage = Path(s.storage)
@@ -166,11 +167,17 @@ def host_emulators(spec: dict[str, Any]) -> None:
                 camera_port=s.camera_port,
             )
         emus.append(emu.start())
+        # Each on a port the kernel gave it at bind: ports picked ahead were taken by other sessions.
+        s.port = emu.mqtt_port if s.protocol == "bambu" else emu.port
+        if s.protocol == "bambu":
+            s.ftps_port, s.camera_port = emu.ftps_port, emu.camera_port or 0
+        ports[s.name] = [s.port, s.ftps_port, s.camera_port]
+    print(json.dumps(ports), flush=True)
     _serve_until_stopped(lambda: [e.stop() for e in emus])
 
 
 def _serial(s: Sim) -> str:
-    return f"01S00A{s.port:09d}"
+    return f"01S00A{int(s.name.rsplit('-', 1)[1]):09d}"
 
 
 def host_agents(spec: dict[str, Any]) -> None:
@@ -193,7 +200,7 @@ def host_agents(spec: dict[str, Any]) -> None:
                 "serial": _serial(s),
                 "access_code": s.secret[-8:].rjust(8, "0"),
                 "ftps_port": s.ftps_port,
-                "camera_port": s.camera_port,
+                "camera_port": s.camera_port or None,
             }
         else:
             auth = {"api_key": s.secret}
@@ -312,20 +319,18 @@ class Bench:
         self.ready_seen: dict[int, float] = {}
         self.job_rows: dict[int, tuple[str, str | None]] = {}
         self.stop = threading.Event()
+        self.ports: dict[str, list[int]] = {}
 
     # parts
     def start(self) -> None:
         from farm.client import FarmClient
-        from farm.up import free_port
 
         self.farm.start()
         self.admin = self.settings.admin_token_file.read_text().strip()
         self.client = FarmClient(self.settings.url, self.admin)
         self.sims = roster(self.args.printers)
         for s in self.sims:
-            s.port, s.secret = free_port(), f"pw-{s.name}"
-            s.ftps_port = free_port() if s.protocol == "bambu" else 0
-            s.camera_port = free_port() if s.protocol == "bambu" else 0
+            s.secret = f"pw-{s.name}"
             s.storage = str(self.tmp / "sim" / s.name / "usb")
             # Registered (as its agent does on start) and set up before any agent claims: a PETG
             # printer must not take a PLA job while the bench is still loading its spool.
@@ -341,6 +346,9 @@ class Bench:
             self.farm.issue_token(self.admin, f"agent-{s.name}", "agent", s.name) for s in self.sims
         ]
         self.emu_hosts = self._spawn("emulators", self.sims, {})
+        by_name = {s.name: s for s in self.sims}
+        for name, (port, ftps, camera) in self.ports.items():
+            by_name[name].port, by_name[name].ftps_port, by_name[name].camera_port = port, ftps, camera
 
     def _spawn(self, role: str, sims: list[Sim], extra: dict[str, Any]) -> list[subprocess.Popen[str]]:
         per = max(1, self.args.per_host)
@@ -364,6 +372,9 @@ class Bench:
         for proc in procs:
             assert proc.stdout is not None
             line = proc.stdout.readline()
+            if line.startswith("{"):  # an emulator host says its ports first
+                self.ports.update(json.loads(line))
+                line = proc.stdout.readline()
             if line.strip() != "ready":
                 raise RuntimeError(f"a {role} host did not start; see {self.tmp}/{role}-*.log")
         return procs
@@ -648,7 +659,8 @@ def run_batch(args: argparse.Namespace) -> dict[str, Any]:
         return result
     finally:
         bench.stop_all()
-        watcher.join(5)
+        if watcher.is_alive():
+            watcher.join(5)
         if not args.keep:
             import shutil
 
