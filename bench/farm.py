@@ -27,7 +27,8 @@ coordinator's database shows it, read-only, every 0.2 s:
   (a printer is available from its previous print's end, or its bed's clearing, until the last
   job for it started; time waiting for the operator is not available time).
 - `start_gap_p99_s`: printer ready (idle, bed clear) with a job for it queued, to its next print
-  starting (`start_gap_after_clear_p99_s`: the same, counted only after an operator's clear).
+  starting (`start_gap_after_clear_p99_s`: the same, counted only after an operator's clear). A
+  printer's first print is not counted: it measures how fast the farm starts, not a gap.
 - CPU seconds and RSS of the coordinator, the worker, and per agent and per emulator.
 
 `--builds N`: instead, N distinct parametric builds (one `--matrix`) through CAD and slicing with
@@ -521,9 +522,11 @@ def figures(bench: Bench, t0: float, jobs: list[dict[str, Any]]) -> dict[str, An
         last_start = max(starts)
         for s in sims:
             clears = sorted(bench.cleared.get(s.name, []))
-            ready = t0
+            ready: float | None = None  # a printer's first print measures the farm's start, not a gap
             after_clear = False
             for at, dur, _job in prints[s.name]:
+                if ready is None:
+                    ready = at
                 # The earliest moment a job for this set was queued and not yet started elsewhere.
                 waiting = [
                     queued_at[j] for j in kind_jobs if j in queued_at and _started(bench, j, prints) >= ready

@@ -242,7 +242,7 @@ def create_app(settings: Settings) -> FastAPI:
             resent = resend_unfinished(farm)
             if resent:
                 log.info("re-sent %d unfinished work items after start", resent)
-        events.end_streams_on_exit(_app.state.events)
+        events.end_streams_on_exit(_app.state.events, farm.work.close)
         task = asyncio.create_task(_housekeeping(farm, keeper))
         checkpoints = asyncio.create_task(_checkpoints(farm))
         notifications = asyncio.create_task(_notifications(farm, keeper))

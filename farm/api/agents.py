@@ -267,7 +267,7 @@ async def claim_next(
     while True:
         found, wanted = await _claim_once(farm, body, token)
         left = deadline - asyncio.get_running_loop().time()
-        if found is not None or wanted or left <= 0:
+        if found is not None or wanted or left <= 0 or farm.work.closed:
             return found, wanted
         if await farm.work.wait(body.printer, min(left, RECHECK_S)):
             await asyncio.sleep(GATHER_S)

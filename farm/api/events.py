@@ -111,9 +111,10 @@ class Broadcaster:
                 queue.put_nowait(data)
 
 
-def end_streams_on_exit(broadcaster: Broadcaster) -> None:
-    """Ctrl-C or SIGTERM ends the open streams, then does what it did: uvicorn waits for every
-    open response before it stops, and a stream never ends by itself. Only where uvicorn put its
+def end_streams_on_exit(broadcaster: Broadcaster, *also: Callable[[], None]) -> None:
+    """Ctrl-C or SIGTERM ends the open streams (and calls `also`: the agents' waiting claims
+    end too), then does what it did: uvicorn waits for every open response before it stops, and a
+    stream never ends by itself. Only where uvicorn put its
     handlers (the main thread); a test client's app has none."""
     if threading.current_thread() is not threading.main_thread():
         return
@@ -125,6 +126,8 @@ def end_streams_on_exit(broadcaster: Broadcaster) -> None:
 
         def handler(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
             loop.call_soon_threadsafe(broadcaster.close)
+            for close in also:
+                loop.call_soon_threadsafe(close)
             previous(signum, frame)
 
         signal.signal(sig, handler)

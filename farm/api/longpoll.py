@@ -28,13 +28,16 @@ class WorkSignal:
         self._waiters: dict[asyncio.Future[None], tuple[str, str | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.models: dict[str, str] = {}  # printer -> model, as agents registered with this process
+        self.closed = False  # the server is stopping: no claim waits any more
 
     @property
     def parked(self) -> int:
         return len(self._waiters)
 
     async def wait(self, printer: str, timeout: float) -> bool:
-        """Until woken (True) or `timeout` (False)."""
+        """Until woken (True) or `timeout` (False); at once (False) once the server is stopping."""
+        if self.closed:
+            return False
         loop = asyncio.get_running_loop()
         self._loop = loop
         future: asyncio.Future[None] = loop.create_future()
@@ -55,6 +58,11 @@ class WorkSignal:
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
             loop.call_soon_threadsafe(self._wake, printer, model)
+
+    def close(self) -> None:
+        """The server is stopping (uvicorn waits for open responses): every parked claim answers now."""
+        self.closed = True
+        self._wake(None, None)
 
     def _wake(self, printer: str | None, model: str | None) -> None:
         for future, (name, known) in list(self._waiters.items()):
