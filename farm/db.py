@@ -20,7 +20,14 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
     (a checkpoint, with an fsync, every ~1000 pages, inside whichever commit crosses the line):
     the caller runs `checkpoint` on its own schedule, off the request path."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # Room for every thread that may hold a session (40 route threads, 4 writers, the event
+        # loop's agent writes) and then some: the loop's write waits for a free connection without
+        # yielding, and with 15 (5 + 10 overflow) it waited for ones held by responses the loop
+        # itself had yet to send (100 agents fetching G-code at once, bench/farm.py): the server
+        # hung. A SQLite connection is a file handle.
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=10, max_overflow=200
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record) -> None:  # type: ignore[no-untyped-def]
