@@ -525,6 +525,7 @@ def figures(bench: Bench, t0: float, jobs: list[dict[str, Any]]) -> dict[str, An
             ready: float | None = None  # a printer's first print measures the farm's start, not a gap
             after_clear = False
             for at, dur, _job in prints[s.name]:
+                first = ready is None
                 if ready is None:
                     ready = at
                 # The earliest moment a job for this set was queued and not yet started elsewhere.
@@ -533,7 +534,7 @@ def figures(bench: Bench, t0: float, jobs: list[dict[str, Any]]) -> dict[str, An
                 ]
                 first_queued = min(waiting, default=at)
                 since = max(ready, first_queued)
-                if at >= since:
+                if at >= since and not first:
                     gaps.append(at - since)
                     if after_clear:
                         gaps_after_clear.append(at - since)
