@@ -10,6 +10,7 @@ from contextlib import contextmanager, nullcontext
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 from sqlmodel import Session, SQLModel, create_engine
 
 from farm import models, observe, ops_tables  # noqa: F401 - registers the tables and the move hooks
@@ -20,14 +21,7 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
     (a checkpoint, with an fsync, every ~1000 pages, inside whichever commit crosses the line):
     the caller runs `checkpoint` on its own schedule, off the request path."""
     if url.startswith("sqlite"):
-        # Room for every thread that may hold a session (40 route threads, 4 writers, the event
-        # loop's agent writes) and then some: the loop's write waits for a free connection without
-        # yielding, and with 15 (5 + 10 overflow) it waited for ones held by responses the loop
-        # itself had yet to send (100 agents fetching G-code at once, bench/farm.py): the server
-        # hung. A SQLite connection is a file handle.
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=10, max_overflow=200
-        )
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -163,7 +157,7 @@ def write_session(engine: Engine) -> Iterator[Session]:
 def write_session_now(engine: Engine) -> Iterator[Session | None]:
     """A write_session if one starts without waiting (SQLite, no other writer); else None."""
     lock = _write_locks.get(engine)
-    if lock is None or not lock.acquire(blocking=False):
+    if lock is None or not _connection_free(engine) or not lock.acquire(blocking=False):
         yield None
         return
     try:
@@ -171,6 +165,16 @@ def write_session_now(engine: Engine) -> Iterator[Session | None]:
             yield session
     finally:
         lock.release()
+
+
+def _connection_free(engine: Engine) -> bool:
+    """Whether the pool hands out a connection without waiting. The caller is the event loop: had
+    it waited, it would wait for connections held by responses it has yet to send, and the server
+    hung (bench/farm.py, 100 agents fetching G-code at once while the 15 were out)."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):
+        return True
+    return pool.checkedin() > 0 or pool.overflow() < pool._max_overflow
 
 
 @contextmanager
