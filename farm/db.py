@@ -21,7 +21,14 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
     (a checkpoint, with an fsync, every ~1000 pages, inside whichever commit crosses the line):
     the caller runs `checkpoint` on its own schedule, off the request path."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # A connection for each thread that may hold one (40 route threads, 4 writers), kept; and
+        # overflow so that no burst makes anyone wait: the event loop, waiting for a connection
+        # (an async route's session), stops the very responses whose sessions would give one
+        # back, and the server hung (bench/farm.py, 100 agents at once). 10 + 200 churned
+        # connections and slowed bench/coordinator.py's p99 to ~1 s; 40 kept do not.
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=40, max_overflow=200
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record) -> None:  # type: ignore[no-untyped-def]

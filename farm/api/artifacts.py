@@ -68,13 +68,15 @@ def download(
     if not may_read_artifact(session, token, sha256, farm.settings.starvation_s):
         raise HTTPException(403, _refusal(token, sha256))
     path = farm.store.path(sha256)
+    name = art.name or sha256
+    session.close()  # its connection back to the pool now, not after the file is sent
     with path.open("rb") as f:
         png = f.read(len(PNG)) == PNG
     # A preview is shown in a page (an <img>); anything else is a download, never rendered by a
     # browser: with the dashboard's cookie, an uploaded .html or .svg would run as the dashboard.
     return FileResponse(
         path,
-        filename=art.name or sha256,
+        filename=name,
         media_type="image/png" if png else "application/octet-stream",
         content_disposition_type="inline" if png else "attachment",
         headers={"X-Content-Type-Options": "nosniff"},
