@@ -52,6 +52,7 @@ from printers.emulators.common import (
     FaultSwitches,
     record_print,
 )
+from printers.emulators.tls_server import TlsThreadServer
 
 log = logging.getLogger(__name__)
 
@@ -694,50 +695,17 @@ class Broker:
 # --------------------------------------------------------------------------- FTPS
 
 
-class FtpsServer:
+class FtpsServer(TlsThreadServer):
     """Implicit FTPS (vsFTPd replies), one thread per control connection, passive mode only."""
 
+    thread_name = "bambu-ftps"
+
     def __init__(self, emulator: BambuEmulator, context: ssl.SSLContext, port: int) -> None:
+        super().__init__(emulator.host, port, context)
         self.emu = emulator
-        self.context = context
-        self.listener = socket.create_server((emulator.host, port))
-        self.listener.settimeout(0.2)
-        self.connections: set[socket.socket] = set()
-        self._closed = threading.Event()
 
-    @property
-    def port(self) -> int:
-        return int(self.listener.getsockname()[1])
-
-    def serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                raw, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(raw,), daemon=True, name="bambu-ftps").start()
-
-    def close(self) -> None:
-        self._closed.set()
-        self.listener.close()
-        for conn in list(self.connections):
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def _session(self, raw: socket.socket) -> None:
-        self.connections.add(raw)
-        try:
-            raw.settimeout(30.0)
-            with self.context.wrap_socket(raw, server_side=True) as sock:
-                FtpSession(self, sock).run()
-        except (OSError, ssl.SSLError, ValueError):
-            pass
-        finally:
-            self.connections.discard(raw)
-            raw.close()
+    def handle(self, sock: ssl.SSLSocket) -> None:
+        FtpSession(self, sock).run()
 
 
 class FtpSession:

@@ -6,17 +6,16 @@ frame (camera.X1_FRAME_H264: SPS, PPS and an IDR slice) again and again, like a 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import random
 import secrets
-import socket
 import ssl
 import struct
 import threading
 from typing import BinaryIO
 
 from printers.emulators.camera import x1_frame_nals
+from printers.emulators.tls_server import TlsThreadServer
 
 PATH = "/streaming/live/1"
 REALM = "Bambu Lab camera"
@@ -65,53 +64,22 @@ def rtp_packets(nals: list[bytes], seq: int, timestamp: int, ssrc: int) -> list[
     return packets
 
 
-class RtspServer:
+class RtspServer(TlsThreadServer):
     """One thread per client; each authenticated PLAY gets the frame every FRAME_EVERY_S."""
 
+    thread_name = "bambu-rtsp"
+
     def __init__(self, host: str, port: int, context: ssl.SSLContext, access_code: str) -> None:
-        self.context = context
+        super().__init__(host, port, context)
         self.access_code = access_code
         self.nals = x1_frame_nals()
-        self.listener = socket.create_server((host, port))
-        self.listener.settimeout(0.2)
-        self.connections: set[socket.socket] = set()
-        self._closed = threading.Event()
 
-    @property
-    def port(self) -> int:
-        return int(self.listener.getsockname()[1])
-
-    def serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                raw, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(raw,), daemon=True, name="bambu-rtsp").start()
-
-    def close(self) -> None:
-        self._closed.set()
-        self.listener.close()
-        for conn in list(self.connections):
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def _session(self, raw: socket.socket) -> None:
-        self.connections.add(raw)
-        stop = threading.Event()
+    def handle(self, sock: ssl.SSLSocket) -> None:
+        stop = threading.Event()  # ends this client's RTP sender with its session
         try:
-            raw.settimeout(30.0)
-            with self.context.wrap_socket(raw, server_side=True) as sock:
-                Session(self, sock, stop).run()
-        except (OSError, ssl.SSLError, ValueError):
-            pass
+            Session(self, sock, stop).run()
         finally:
             stop.set()
-            self.connections.discard(raw)
-            raw.close()
 
 
 class Session:
