@@ -215,13 +215,15 @@ class Agent:
                 return poll
         body = self._status_body(status)
         if status.state in READY_FOR_WORK and time.monotonic() >= self._resting_until:
-            if status.state in ENDED and not self.config.printer.auto_eject:
-                self._prefetch()  # a part is on the bed: fetch the next G-code while it is cleared
             waited = time.monotonic()
             job = self._claim(body)
             if job:
                 self._start(job)
                 return poll
+            if status.state in ENDED:
+                # A part is on the bed (the coordinator, which knows whether the printer ejects,
+                # gave no job): fetch the next G-code while someone clears it.
+                self._prefetch()
             # A claim the coordinator held for wait_s was the pause; one it answered at once
             # (a coordinator before long polls, or one that wants a still) was not.
             return 0.0 if time.monotonic() - waited >= self.config.wait_s / 2 > 0 else poll
