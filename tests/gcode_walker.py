@@ -69,7 +69,7 @@ def _kind(code: str, params: dict[str, str], flavor: str) -> str:
             if p.startswith("3") or (set(params) == {"A"} and not params["A"]):
                 return "other"
         return "probe"
-    if code == "G30":
+    if code in ("G30", "G80"):  # G80: the MK3/MK3S firmware's mesh bed levelling (P.I.N.D.A.)
         return "probe"
     if code == "G380":  # Bambu: move until contact; downwards is the plate
         z = _num(params.get("Z"))

@@ -48,6 +48,8 @@ def test_what_touches_the_plate() -> None:
             "G29 P1 X0 Y0 W50 H20 C",  # Buddy: probe an area
             "G380 S2 Z-25 F300",  # Bambu: move the plate up until contact
             "G380 S2 Z30 F300",
+            "G80 X10 Y10 W30 H20",  # MK3S: mesh bed levelling
+            "G30",
         ]
     )
     kinds = [s.kind for s in walk(gcode)]
@@ -63,6 +65,8 @@ def test_what_touches_the_plate() -> None:
         "probe",
         "probe",
         "other",
+        "probe",
+        "probe",
     ]
 
 
