@@ -263,6 +263,19 @@ StorageOpt = Annotated[
 ]
 
 
+def emulated_model(name: str, *, bambu: bool) -> str:
+    """The model an emulator claims to be, by the farm's name when `name` is one of its models or
+    aliases ("MK3S+" and "mk3s" are MK3S, "Core One" COREONE, "A1 mini" A1MINI): the PrusaLink
+    emulator compares it with the G-code's `M862.3 P`, which uses those names, and a mismatch
+    leaves the print waiting at the screen. Other names (MK3, MK2.5) are kept as given."""
+    from farm.printer_models import find_model
+
+    model = find_model(name)
+    if model is not None and (model.protocol == "bambu") == bambu:
+        return model.name
+    return name.strip()
+
+
 @contextlib.contextmanager
 def _emulator_storage(storage: Path | None, kind: str) -> Iterator[Path]:
     """The folder an emulator keeps received files in: `storage`, or a temporary one that goes when
@@ -299,6 +312,7 @@ def emulate_prusalink(
     from printers.emulators.prusalink import PrusaLinkEmulator
 
     _setup_logging()
+    model = emulated_model(model, bambu=False)
     with _emulator_storage(storage, "prusalink") as files:
         emu = PrusaLinkEmulator(
             host=host,
@@ -379,6 +393,7 @@ def emulate_bambu(
     """Emulate a Bambu Lab printer in LAN mode: MQTT over TLS and implicit FTPS."""
     from printers.emulators.bambu import BambuEmulator
 
+    model = emulated_model(model, bambu=True)
     with _emulator_storage(storage, "bambu") as files:
         emu = BambuEmulator(
             host=host,

@@ -230,3 +230,45 @@ def test_no_writable_storage_is_said_plainly(
     mk3s.local_storage = True  # a failed look is not cached: the next upload reads the list again
     driver.upload(tmp_path / "cube.gcode", "cube.gcode", start=True)
     assert mk3s.received == [mk3s.printer.root / "cube.gcode"]
+
+
+@pytest.mark.parametrize(
+    ("typed", "bambu", "claimed"),
+    [
+        ("MK3S+", False, "MK3S"),
+        ("mk3s", False, "MK3S"),
+        ("Core One", False, "COREONE"),
+        ("core-one", False, "COREONE"),
+        ("MK3", False, "MK3"),  # a Pi model the farm does not slice for: kept as typed
+        ("A1 mini", True, "A1MINI"),
+        ("X1 Carbon", True, "X1C"),
+    ],
+)
+def test_farm_emulate_takes_model_names_as_printed_on_the_machine(
+    typed: str, bambu: bool, claimed: str
+) -> None:
+    from farm.cli import emulated_model
+
+    assert emulated_model(typed, bambu=bambu) == claimed
+
+
+def test_an_emulator_started_as_mk3s_plus_prints_the_farms_mk3s_gcode(tmp_path: Path) -> None:
+    """`farm emulate prusalink --model MK3S+` claimed "MK3S+", and the model check of every MK3S
+    G-code (`M862.3 P "MK3S"`) left the print waiting at the screen (ATTENTION)."""
+    from farm.cli import emulated_model
+
+    write_gcode(tmp_path / "cube.gcode", model="MK3S", kib=8)
+    states = {}
+    for name in ("MK3S+", emulated_model("MK3S+", bambu=False)):
+        emulator = PrusaLinkEmulator(
+            password=PASSWORD, model=name, storage_dir=tmp_path / name, speed=300.0, max_print_s=20.0
+        ).start()
+        try:
+            assert emulator.pi  # Prusa-Link on a Pi either way
+            (tmp_path / name / "cube.gcode").write_bytes((tmp_path / "cube.gcode").read_bytes())
+            emulator.printer.start_print("cube.gcode")
+            with client(emulator) as http:
+                states[name] = http.get("/api/v1/status").json()["printer"]["state"]
+        finally:
+            emulator.stop()
+    assert states == {"MK3S+": "ATTENTION", "MK3S": "PRINTING"}
