@@ -207,6 +207,18 @@ def test_prusaslicer_reads_the_objects_names(runner: CadRunner, tmp_path: Path) 
     assert printed == {"base", "peg", "ball"}
 
 
+def test_what_is_shown_again_prints_once_as_last_shown(runner: CadRunner, tmp_path: Path) -> None:
+    result = build(runner, "shown_twice.py", tmp_path)
+    check(result, [("base", hex_of("orange"), 20 * 20 * 4), ("lid", hex_of("blue"), 20 * 20 * 2)])
+    assert result.skipped == ["base (shown again)", "first_try (shown again as base)"]
+
+
+def test_push_object_then_show_objects(runner: CadRunner, tmp_path: Path) -> None:
+    check(
+        build(runner, "push_objects.py", tmp_path), [("cube", hex_of("red", 0.5), 1000), ("bar", None, 320)]
+    )
+
+
 def test_faces_of_a_compound_outside_its_solids_are_listed_as_skipped(
     runner: CadRunner, tmp_path: Path
 ) -> None:

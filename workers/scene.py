@@ -37,13 +37,36 @@ class Scene:
 
 def sort_scene(shown: Iterable[Showing], default_name: str) -> Scene:
     scene, items = Scene(), list(shown)
-    for i, item in enumerate(items, start=1):
-        name = item.name or (default_name if len(items) == 1 else f"{default_name}-{i}")
+    names = [
+        item.name or (default_name if len(items) == 1 else f"{default_name}-{i}")
+        for i, item in enumerate(items, start=1)
+    ]
+    for i, (item, name) in enumerate(zip(items, names, strict=True)):
         if item.debug:
             _skip(scene, name, item.obj, "shown with debug()")
             continue
+        # Shown again later (`show(part)` while drawing it, `show(part, lid)` at the end): the same
+        # thing prints once, under the name and colour it was last shown with.
+        again = max((k for k in range(i + 1, len(items)) if _same(item, items[k])), default=None)
+        if again is not None:
+            later = names[again]
+            _skip(scene, name, item.obj, "shown again" + (f" as {later}" if later != name else ""))
+            continue
         _add(scene, item.obj, name, item.color)
     return scene
+
+
+def _same(earlier: Showing, later: Showing) -> bool:
+    """Whether `later` shows the very object `earlier` did: the same Python object, or the same
+    OCP shape in the same place (a builder's part, a shape's `wrapped`)."""
+    if later.debug or earlier.obj is None:
+        return False
+    if earlier.obj is later.obj:
+        return True
+    a, b = as_shape(earlier.obj), as_shape(later.obj)
+    if a is None or b is None or a.wrapped is None or b.wrapped is None:
+        return False
+    return bool(a.wrapped.IsEqual(b.wrapped))
 
 
 # --------------------------------------------------------------------------------------------------

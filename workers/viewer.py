@@ -1,10 +1,11 @@
 """The viewer functions a design calls, standing in for ocp_vscode and CQ-editor inside a build.
 
 Scripts written for a viewer call `show(a, b, names=[...], colors=[...])`, `show_object(obj,
-name=..., options={"color": ...})`, `show_all()`, `debug(obj)` and `log(text)`, import them from
-`ocp_vscode` or `cq_editor`, or guard them with `if "show_object" in locals():`. A build puts them
-in the script's globals and both modules in `sys.modules`, and records what was shown, with the
-name and colour it was shown with, for workers.scene to sort into what prints and what does not.
+name=..., options={"color": ...})`, `show_all()`, `debug(obj)` and `log(text)` (and ocp_vscode's
+`push_object(obj, name, color)`), import them from `ocp_vscode` or `cq_editor`, or guard them with
+`if "show_object" in locals():`. A build puts them in the script's globals and both modules in
+`sys.modules`, and records what was shown, with the name and colour it was shown with, for
+workers.scene to sort into what prints and what does not.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _OCP_VSCODE_NOOPS = (
     "save_screenshot",
     "set_colormap",
     "status",
+    "show_objects",  # shows what push_object pushed: recorded as it was pushed
 )
 SHOW_FUNCTIONS = ("show", "show_object", "show_all", "debug", "log")
 
@@ -88,6 +90,22 @@ class Viewer:
             if not name.startswith("_") and name not in exclude and showable(obj):
                 self.shown.append(Showing(obj, name))
 
+    def push_object(
+        self,
+        obj: Any,
+        name: str | None = None,
+        color: Any = None,
+        alpha: float | None = None,
+        *_: Any,
+        **__: Any,
+    ) -> None:
+        """ocp_vscode's newer incremental call (shown by a later `show_objects()`): named, as there,
+        by the argument, else the object's `label`, else its variable."""
+        name = (
+            name if name is not None else getattr(obj, "label", None) or _variable_name(sys._getframe(1), obj)
+        )
+        self.shown.append(Showing(obj, name, to_rgba(color, alpha)))
+
     @staticmethod
     def log(*args: Any, **_: Any) -> None:
         print(*args)  # the build's log
@@ -115,6 +133,7 @@ class Viewer:
             module.Collapse = enum.Enum("Collapse", "NONE ROOT LEAVES ALL")  # type: ignore[attr-defined]
             for attr in _OCP_VSCODE_NOOPS:
                 setattr(module, attr, _noop)
+            module.push_object = self.push_object  # type: ignore[attr-defined]
             module.__getattr__ = _noop_attribute  # type: ignore[method-assign]
         return module
 
