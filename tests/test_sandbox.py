@@ -26,6 +26,7 @@ EXPECTED_FAILURE: dict[str, tuple[str, str | tuple[str, ...]]] = {
     "fork_bomb": ("limit", "wall-clock limit"),
     "allocate_12gb": ("limit", "memory"),
     "loop_forever": ("limit", ("CPU time", "wall-clock limit")),  # which comes first depends on load
+    "session_then_hang": ("limit", "wall-clock limit"),
     "segfault": ("crash", "segmentation fault"),
     # Where it can find its out/ folder (namespaces) it forges; under Landlock alone it cannot.
     "forged_result": ("crash", ("a result that cannot be read", "without a result")),
