@@ -25,6 +25,7 @@ from typing import Any
 SECRET = "s3cret-admin-token-7d41c9"
 WORKER_SECRET = "s3cret-worker-token-a0b2"
 MARKER = "other-build-private-1f3e"
+LINGER_NAME = f"pf-linger-{os.getpid() % 100000}"  # what session_of_its_own's process calls itself
 GOOD = "from build123d import Box\n\nresult = Box(10, 10, 10)\n"
 
 # Each attack ends in `leak(found)`: it fails the build with what it learned, or, having learned
@@ -191,6 +192,28 @@ ATTACKS: dict[str, str] = {
                 found.append(f"syscall {{number}} reached the kernel: errno {{ctypes.get_errno()}}")
         result = leak(found)
         """,
+    "session_of_its_own": """\
+        import ctypes, time
+        if os.fork() == 0:  # a grandchild in a session of its own: out of the build's process group
+            os.setsid()
+            if os.fork() == 0:
+                ctypes.CDLL(None).prctl(15, {linger_name!r}.encode(), 0, 0, 0)  # PR_SET_NAME
+                time.sleep(300)
+            os._exit(0)
+        time.sleep(0.5)
+        result = leak([])
+        """,
+    "session_then_hang": """\
+        import ctypes, time
+        if os.fork() == 0:  # the same, then the build outlives its wall clock: the runner stops it
+            os.setsid()
+            if os.fork() == 0:
+                ctypes.CDLL(None).prctl(15, {linger_name!r}.encode(), 0, 0, 0)
+                time.sleep(300)
+            os._exit(0)
+        while True:
+            time.sleep(1)
+        """,
     "ptrace_worker": """\
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -263,15 +286,18 @@ def run(names: list[str], sandboxed: bool = True) -> dict[str, Any]:
         "marker_head": MARKER[:8],
         "marker_tail": MARKER[8:],
         "victim_glob": str(home / "**" / "victim.py"),
+        "linger_name": LINGER_NAME,
     }
     limits = {
         "fork_bomb": CadLimits(wall_s=6),
         "loop_forever": CadLimits(wall_s=4, cpu_s=2),
+        "session_then_hang": CadLimits(wall_s=4),
         "other_build_folder": CadLimits(wall_s=30),
     }
     # FARM_CAD_SANDBOX_DISABLE forces layers off, as a host without them would be (Docker: namespaces).
     disabled = tuple(n for n in os.environ.get("FARM_CAD_SANDBOX_DISABLE", "").split(",") if n)
     runner = CadRunner(policy=Policy(enabled=sandboxed, disabled=disabled))
+    _record_build_pids(runner)
     mine = f"/tmp/cad-build-{os.getpid()}-*"  # this harness's builds' folders, not another worker's
     folders_before = set(glob.glob(mine))
     results: dict[str, Any] = {}
@@ -326,14 +352,43 @@ def run(names: list[str], sandboxed: bool = True) -> dict[str, Any]:
     }
 
 
+BUILD_PIDS: list[int] = []  # this harness's build processes (as root, build uid = UID_BASE + pid)
+
+
+def _record_build_pids(runner: Any) -> None:
+    start = runner._run
+
+    def run(job: dict[str, Any], limits: Any) -> Any:
+        from workers import cad_runner
+
+        original = cad_runner._start_process
+
+        def record(proc: Any) -> None:
+            original(proc)
+            BUILD_PIDS.append(proc.pid)
+
+        cad_runner._start_process = record  # builds run one at a time but for the victim's pair
+        try:
+            return start(job, limits)
+        finally:
+            cad_runner._start_process = original
+
+    runner._run = run
+
+
 def _stray_build_processes(grace_s: float = 5.0) -> list[int]:
-    """Processes still running under a build's uid (as root, each build runs as a uid of its own).
+    """Processes still running under one of this harness's builds' uids (as root, each build runs
+    as a uid of its own), or called what session_of_its_own's process calls itself (whatever uid:
+    as an unprivileged worker, builds share its uid). Other sessions' builds are none of these.
 
     A PID namespace dies with its init, but its other processes take a moment to go: `grace_s`.
     """
     deadline = time.monotonic() + grace_s
     while (stray := _build_processes()) and time.monotonic() < deadline:
         time.sleep(0.1)
+    for pid in stray:  # reported; not left to run on
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
     return stray
 
 
@@ -341,6 +396,7 @@ def _build_processes() -> list[int]:
     from workers.sandbox import UID_BASE
 
     since = _start_time(os.getpid())
+    uids = {UID_BASE + pid for pid in BUILD_PIDS}
     stray = []
     for status in Path("/proc").glob("[0-9]*/status"):
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -348,7 +404,8 @@ def _build_processes() -> list[int]:
             uid = int(fields["Uid"].split()[0])
             pid = int(status.parent.name)
             alive = fields["State"].split()[0] not in ("Z", "X")
-            if alive and UID_BASE <= uid < UID_BASE + (1 << 23) and _start_time(pid) >= since:
+            ours = uid in uids or fields["Name"].strip() == LINGER_NAME
+            if alive and ours and _start_time(pid) >= since:
                 stray.append(pid)
     return stray
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO, RunningFarm, wait_until
+from tests.conftest import REPO, RunningFarm, farm_server, wait_until
 from tests.sandbox_attacks import ATTACKS, SECRET, WORKER_SECRET
 
 # What each attack must come to; anything else must build (having learned nothing) or fail plainly.
@@ -26,6 +26,7 @@ EXPECTED_FAILURE: dict[str, tuple[str, str | tuple[str, ...]]] = {
     "fork_bomb": ("limit", "wall-clock limit"),
     "allocate_12gb": ("limit", "memory"),
     "loop_forever": ("limit", ("CPU time", "wall-clock limit")),  # which comes first depends on load
+    "session_then_hang": ("limit", "wall-clock limit"),
     "segfault": ("crash", "segmentation fault"),
     # Where it can find its out/ folder (namespaces) it forges; under Landlock alone it cannot.
     "forged_result": ("crash", ("a result that cannot be read", "without a result")),
@@ -220,30 +221,55 @@ def test_the_worker_refuses_cad_work_without_isolation(tmp_path: Path, redis_url
     assert "Traceback" not in done.stderr
 
 
-def test_farm_cad_sandbox_off_runs_and_warns(tmp_path: Path, redis_url: str) -> None:
-    env = _env(
-        tmp_path,
-        FARM_REDIS_URL=redis_url.rsplit("/", 1)[0] + "/13",
-        FARM_URL="http://127.0.0.1:9",  # no coordinator: the worker says it could not announce itself
-        FARM_CAD_SANDBOX="off",
-        FARM_CAD_SANDBOX_DISABLE="namespaces,landlock,seccomp",
-    )
-    log = tmp_path / "worker.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "farm", "worker", "--queues", "cad"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+def test_farm_cad_sandbox_off_runs_warns_and_status_shows_it(tmp_path: Path, redis_url: str) -> None:
+    queue = redis_url.rsplit("/", 1)[0] + "/13"
+    coordinator_env = _env(tmp_path / "coordinator", FARM_REDIS_URL=queue)
+    with farm_server(coordinator_env, tmp_path / "coordinator.log") as (_, base):
+        admin = (tmp_path / "coordinator" / "admin.token").read_text().strip()
+        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+        made = api.post("/api/tokens", json={"name": "off-worker", "role": "worker"})
+        assert made.status_code == 201, made.text
+        env = _env(
+            tmp_path / "worker",
+            FARM_REDIS_URL=queue,
+            FARM_URL=base,
+            FARM_TOKEN=made.json()["token"],
+            FARM_CAD_SANDBOX="off",
+            FARM_CAD_SANDBOX_DISABLE="namespaces,landlock,seccomp",
         )
-    try:
-        wait_until(lambda: "worker ready" in log.read_text() or proc.poll() is not None, 120, "the worker")
-        assert proc.poll() is None, log.read_text()
-        assert "FARM_CAD_SANDBOX=off: CAD builds run with this worker's rights" in log.read_text()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        log = tmp_path / "worker.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "farm", "worker", "--queues", "cad"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            ready = lambda: "worker ready" in log.read_text() or proc.poll() is not None  # noqa: E731
+            wait_until(ready, 120, "the worker")
+            assert proc.poll() is None, log.read_text()
+            assert "FARM_CAD_SANDBOX=off: CAD builds run with this worker's rights" in log.read_text()
+
+            def listed() -> list[dict[str, Any]]:
+                return [w for w in api.get("/api/status").json()["workers"] if "cad" in w["queues"]]
+
+            wait_until(listed, 30, "the worker's announcement")
+            assert [w["sandbox"] for w in listed()] == ["off"]
+            shown = subprocess.run(
+                [sys.executable, "-m", "farm", "status"],
+                cwd=REPO,
+                env={**coordinator_env, "FARM_URL": base, "FARM_TOKEN": admin},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert "(cad): UNSANDBOXED (FARM_CAD_SANDBOX=off)" in shown.stdout, shown.stdout + shown.stderr
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            api.close()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "AUTH", "CRED"
 # which on a many-core host alone would exhaust the memory limit. Set for the fork server only.
 FORKSERVER_ENV = {"MALLOC_ARENA_MAX": "2"}
 KILL_GRACE_S = 10.0
+REAPER_GRACE_S = 2.0  # for a build's reaper to kill what it left, before the group kill
 WARM_UP_TIMEOUT_S = 120.0
 DYING_SERVER_WAIT_S = 5.0
 PF_EXITING = 0x4
@@ -222,7 +223,7 @@ class CadRunner:
             was_started, self._started, self._closed = self._started, False, True
             running = list(self._running)
         for proc in running:
-            _kill_group(proc.pid)
+            self._stop(proc)
         if was_started:
             with _server_lock:
                 _server_users -= 1
@@ -242,10 +243,10 @@ class CadRunner:
             try:
                 timed_out = not wait([proc.sentinel], limits.wall_s)
             except BaseException:  # e.g. Dramatiq's time limit, raised asynchronously in this thread
-                _kill_group(proc.pid)
+                self._stop(proc)
                 raise
             if timed_out:
-                _kill_group(proc.pid)
+                self._stop(proc)
                 wait([proc.sentinel], KILL_GRACE_S)
             else:
                 # Processes the script left behind are still in the group. The group keeps its id
@@ -261,6 +262,23 @@ class CadRunner:
                 self._running.discard(proc)
             if proc.exitcode is not None:
                 proc.close()
+
+    def _stop(self, proc: multiprocessing.process.BaseProcess) -> None:
+        """Kill a build before its end. Where it runs under a reaper (sandbox._fork_under_reaper),
+        the reaper is asked first: it kills what left the group, which a group kill would orphan."""
+        if self._has_reaper() and proc.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGTERM)
+            wait([proc.sentinel], REAPER_GRACE_S)
+        _kill_group(proc.pid)
+
+    def _has_reaper(self) -> bool:
+        """Whether builds run under a reaper: sandboxed, without a PID namespace or a uid of their own."""
+        if not self.policy.enabled or self.sandbox is None:
+            return False
+        active = {layer.name for layer in self.sandbox.layers if layer.active}
+        own_uid = os.geteuid() == 0 and self.policy.wants("identity")
+        return "pidns" not in active and not own_uid
 
     def _needs_uid_sweep(self) -> bool:
         """Without a PID namespace, a build's processes that left its group must be found by uid."""

@@ -60,7 +60,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 1, 4, 24, 36
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 22, 47, 4
 SECCOMP_MODE_FILTER = 2
 # os.statvfs flags that a remount inside a user namespace must keep (the kernel locks them).
@@ -185,6 +185,8 @@ def enter(policy: Policy, view: View) -> None:
     _die_with_parent()  # a change of uid clears it
     _clear_capabilities()
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if not namespaced and build_uid is None:
+        _fork_under_reaper()  # neither a PID namespace nor a uid of its own finds what it leaves
     _restrict(policy, view, proc=namespaced)
     if namespaced:
         _fork_build_under_init(status_fd)
@@ -262,6 +264,61 @@ def _fork_build_under_init(status_fd: int) -> None:
     with contextlib.suppress(OSError):
         os.write(status_fd, struct.pack("i", status))
     os._exit(0)  # init's exit kills whatever the build left running in the namespace
+
+
+def _fork_under_reaper() -> None:
+    """Without a PID namespace and as the worker's own uid, a build's process that starts a session
+    of its own escapes both the runner's group kill and its sweep by uid. This process stays behind
+    as the build's subreaper instead: whatever the build leaves running is reparented here, and is
+    killed when the build ends, or when the runner ends it early (SIGTERM, before its group kill).
+
+    Forked before Landlock: the build's domain is nested in none of this process's, so with
+    Landlock's signal scope (ABI 6) the build cannot signal it either.
+    """
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_write)
+        _die_with_parent()
+        with contextlib.suppress(OSError):
+            os.read(go_read, 1)  # until this process is undumpable
+        os.close(go_read)
+        return
+    _prctl(PR_SET_DUMPABLE, 0)
+
+    def stop(signum: int, frame: Any) -> None:
+        _kill_children()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    os.close(go_read)
+    os.close(go_write)
+    status = 0
+    while True:
+        try:
+            reaped, st = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if reaped == pid:
+            status = st
+            break
+    _kill_children()
+    _exit_like(status)
+
+
+def _kill_children() -> None:
+    """SIGKILL this process's children, and what they leave (orphans come here), until none is left."""
+    me = str(os.getpid())
+    while True:
+        for stat_file in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if stat_file.read_text().rpartition(")")[2].split()[1] == me:
+                    os.kill(int(stat_file.parent.name), signal.SIGKILL)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _exit_like(status: int) -> NoReturn:
