@@ -359,6 +359,7 @@ def test_a_phone_gets_one_column_in_either_scheme(farm: RunningFarm, browser, sc
     page = context.new_page()
     errors = _errors(page)
     _sign_in(farm, page)
+    page.wait_for_selector("#live.on")  # live on a phone too (and so in its screenshot)
     # Measured in one go: a card is redrawn whenever its printer reports.
     boxes = page.eval_on_selector_all(
         "#printers article.card", "cards => cards.map(c => c.getBoundingClientRect().toJSON())"
@@ -445,6 +446,16 @@ def test_preview_a_design_then_submit_it_and_read_its_build(farm: RunningFarm, b
     job = build["jobs"][0]["id"]
     opener = page.locator(f'#queue li[data-job="{job}"] [data-action="build:{build_id}"]')
     opener.wait_for(timeout=120_000)
+    # One click from the queue: which printers could take it (`farm jobs explain`), and why not.
+    row = page.locator(f'#queue li[data-job="{job}"]')
+    row.locator(f'details[data-explain="{job}"] summary').click()
+    explained = row.locator(f'details[data-explain="{job}"] pre')
+    wait_until(lambda: "the job needs ASA" in explained.inner_text(), 10, "the explanation")
+    assert all(p["name"] in explained.inner_text() for p in farm.printers), explained.inner_text()
+    # Its priority raised from the row: the farm has it, and the row shows it.
+    row.locator(f'[data-action="up:{job}"]').click()
+    wait_until(lambda: api.get(f"/api/jobs/{job}").json()["priority"] == 1, 10, "the new priority")
+    wait_until(lambda: row.locator("output").inner_text() == "1", 10, "the row to show it")
     opener.click()
     dialog = page.locator("#build")
     steps = dialog.locator(".pipeline li")
@@ -586,6 +597,7 @@ def test_a_zipped_project_dropped_on_the_form_with_bounds_and_choices(  # type: 
         "10",
         "80",
     )
+    assert "length (float, ≥ 10, ≤ 80)" in page.locator("#submit-params").inner_text()
     assert "Length, mm" in page.locator("#submit-params").inner_text()
     style = page.locator('#submit-params select[name="param:style"]')
     assert style.locator("option").evaluate_all("os => os.map(o => o.textContent)") == ["low", "tall"]
@@ -600,6 +612,7 @@ def test_a_zipped_project_dropped_on_the_form_with_bounds_and_choices(  # type: 
     page.fill('#submit-form input[name="material"]', "ASA")  # no printer has it: the job stays queued
     page.fill('#submit-form input[name="copies"]', "2")
     page.fill('#submit-form input[name="per_plate"]', "2")
+    page.locator("#submit-sec").screenshot(path=str(DOCS / "dashboard-submit-project.png"))
 
     page.click("#preview-button")
     canvas = page.locator("#viewer-canvas")

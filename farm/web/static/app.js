@@ -472,7 +472,10 @@ let design = null; // {entries} of the chosen .py, or of the project's entry fil
 let project = null; // {blob, name, files} of a chosen .zip
 function paramField(p) {
   const c = p.constraints || {};
-  const label = `${p.name}${p.annotation ? ` (${p.annotation})` : ""}`;
+  const bounds = [c.ge !== undefined ? `≥ ${c.ge}` : c.gt !== undefined ? `> ${c.gt}` : null,
+    c.le !== undefined ? `≤ ${c.le}` : c.lt !== undefined ? `< ${c.lt}` : null].filter(Boolean);
+  const about = [p.annotation, ...bounds].filter(Boolean).join(", ");
+  const label = `${p.name}${about ? ` (${about})` : ""}`;
   const hint = p.description ? el("small", { class: "hint", text: p.description }) : null;
   const choices = Array.isArray(p.choices) ? p.choices
     : (p.annotation || p.type) === "bool" || typeof p.default === "boolean" ? [true, false] : null;
