@@ -178,3 +178,109 @@ def test_inspect_reads_a_designs_entry_points_without_running_it(
     broken = inspect(fleet.alice, "broken.py", b"def f(:\n")
     assert broken.status_code == 422 and "line 1" in broken.json()["detail"]
     assert inspect(fleet.alice, "nul.py", b"x = 1\x00\n").status_code == 422
+
+
+CUSTOMIZABLE = """from enum import Enum
+from typing import Literal
+
+from build123d import Box
+from mr import customizable
+from pydantic import BaseModel, Field
+
+
+class Finish(str, Enum):
+    matte = "matte"
+    glossy = "glossy"
+
+
+class Params(BaseModel):
+    width: float = Field(20, ge=5, le=100, description="Width, mm")
+    count: int = Field(3, gt=0, lt=10)
+    shape: Literal["round", "square"] = "square"
+    finish: Finish = Finish.glossy
+
+
+@customizable
+def part(params: Params):
+    return Box(params.width, 10, 10)
+"""
+
+
+def _project(files: dict[str, str]) -> bytes:
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, text in sorted(files.items()):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_inspect_gives_the_form_a_customizables_bounds_and_choices(coord: Coordinator, fleet: Fleet) -> None:
+    found = coord.call(
+        fleet.alice, "POST", "/api/inspect", files={"file": ("part.py", CUSTOMIZABLE.encode())}
+    )
+    assert found.status_code == 200, found.text
+    (entry,) = found.json()["entries"]
+    params = {p["name"]: p for p in entry["params"]}
+    assert entry["kind"] == "customizable"
+    assert params["width"]["constraints"] == {"ge": 5, "le": 100} and params["width"]["default"] == 20
+    assert params["width"]["description"] == "Width, mm"
+    assert params["count"]["constraints"] == {"gt": 0, "lt": 10}
+    assert params["shape"]["choices"] == ["round", "square"] and params["shape"]["default"] == "square"
+    assert params["finish"]["choices"] == ["matte", "glossy"]  # an Enum: its values
+    assert params["finish"]["default_source"] == "Finish.glossy"
+    assert "choices" not in params["width"]
+
+
+def test_inspect_reads_a_project_archive_and_its_imported_parameter_model(
+    coord: Coordinator, fleet: Fleet
+) -> None:
+    main = CUSTOMIZABLE.split("\n\nclass Finish")[0].replace(
+        "from pydantic import BaseModel, Field", "from parts.shape import Params"
+    )
+    main += "\n\n@customizable\ndef part(params: Params):\n    return Box(params.width, 10, 10)\n"
+    model = CUSTOMIZABLE.split("@customizable")[0]
+    archive = _project({"main.py": main, "parts/__init__.py": "", "parts/shape.py": model, "README.md": "hi"})
+
+    def inspect(data: bytes, entry_file: str | None = None, name: str = "proj.tar.gz"):  # type: ignore[no-untyped-def]
+        form = {"entry_file": entry_file} if entry_file is not None else {}
+        return coord.call(fleet.alice, "POST", "/api/inspect", files={"file": (name, data)}, data=form)
+
+    listed = inspect(archive)
+    assert listed.status_code == 200, listed.text
+    assert listed.json() == {"files": ["main.py", "parts/__init__.py", "parts/shape.py"], "entries": []}
+    found = inspect(archive, "main.py")
+    assert found.status_code == 200, found.text
+    (entry,) = found.json()["entries"]
+    params = {p["name"]: p for p in entry["params"]}
+    assert entry["model"] == "Params" and params["width"]["constraints"] == {"ge": 5, "le": 100}
+    assert params["shape"]["choices"] == ["round", "square"]
+    assert inspect(archive, "nothere.py").status_code == 422
+    assert inspect(archive, "../main.py").status_code == 422
+    assert inspect(b"not a tar", "main.py").status_code == 422
+    assert inspect(CUSTOMIZABLE.encode(), "main.py", name="part.py").status_code == 422  # not an archive
+
+
+def test_inspect_types_an_unannotated_parameter_by_its_default(coord: Coordinator, fleet: Fleet) -> None:
+    """JSON writes 40.0 as 40: the form would take it for an int and cut 60.5 to 60."""
+    source = (
+        b"from build123d import Box\n\n"
+        b"def part(length=40.0, count=3, hollow=True, label='x', w: float = 2):\n"
+        b"    return Box(length, 1, 1)\n"
+    )
+    found = coord.call(fleet.alice, "POST", "/api/inspect", files={"file": ("part.py", source)})
+    assert found.status_code == 200, found.text
+    (entry,) = found.json()["entries"]
+    types = {p["name"]: (p.get("annotation"), p.get("type")) for p in entry["params"]}
+    assert types == {
+        "length": (None, "float"),
+        "count": (None, "int"),
+        "hollow": (None, "bool"),
+        "label": (None, "str"),
+        "w": ("float", None),
+    }

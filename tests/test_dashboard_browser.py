@@ -4,7 +4,9 @@
 page (the bed by keyboard); a submitter sees no tokens; a phone-sized screen gets one column; the
 dark scheme is dark; a design previewed (drawn before any job exists), then submitted from the CAD
 cache; a build's page (pipeline, provenance, a failure's error first); a 3MF's objects in colours;
-a printer's camera still on its card, and one taken with its "Take snapshot" button.
+a printer's camera still on its card, and one taken with its "Take snapshot" button; a zipped
+project dropped on the form (its entry file, a customizable's bounds and choices), previewed and
+submitted two per plate.
 Screenshots go to a temporary folder, or to the folder named by
 FARM_SCREENSHOTS (`FARM_SCREENSHOTS=docs` refreshes the README's)."""
 
@@ -357,6 +359,7 @@ def test_a_phone_gets_one_column_in_either_scheme(farm: RunningFarm, browser, sc
     page = context.new_page()
     errors = _errors(page)
     _sign_in(farm, page)
+    page.wait_for_selector("#live.on")  # live on a phone too (and so in its screenshot)
     # Measured in one go: a card is redrawn whenever its printer reports.
     boxes = page.eval_on_selector_all(
         "#printers article.card", "cards => cards.map(c => c.getBoundingClientRect().toJSON())"
@@ -407,6 +410,8 @@ def test_preview_a_design_then_submit_it_and_read_its_build(farm: RunningFarm, b
     page.set_input_files("#submit-file", str(EXAMPLES / "bracket.py"))
     length = page.locator('#submit-params input[name="param:length"]')
     length.wait_for()
+    assert page.locator("#entry-file").is_hidden()  # a lone .py: no project file to choose
+    assert page.locator('#submit-form input[name="per_plate"]').is_visible()
     length.fill("70")
     page.fill('#submit-form input[name="material"]', "ASA")  # no printer has it: the job stays queued
     page.fill('#submit-form input[name="printer_model"]', "MK3S")
@@ -431,14 +436,26 @@ def test_preview_a_design_then_submit_it_and_read_its_build(farm: RunningFarm, b
     wait_until(lambda: api.get(f"/api/builds/{build_id}").json()["stl"], 120, "the CAD result")
     build = api.get(f"/api/builds/{build_id}").json()
     assert build["stl"] == preview["stl"] and len(build["jobs"]) == 1
+    # The worker logs the build after it has sent the result: the line may come a moment later.
+    logged = lambda: f"build {build_id} meshed in" in (farm.data_dir / "logs" / "worker.log").read_text()  # noqa: E731
+    wait_until(logged, 10, "the worker's log line")
     worker_log = (farm.data_dir / "logs" / "worker.log").read_text()
-    assert f"build {build_id} meshed in" in worker_log
     assert re.search(rf"build {build_id} meshed in [\d.]+ s \(cache hit\)", worker_log), worker_log
 
     # Its page, from its job in the queue: the pipeline and the provenance.
     job = build["jobs"][0]["id"]
     opener = page.locator(f'#queue li[data-job="{job}"] [data-action="build:{build_id}"]')
     opener.wait_for(timeout=120_000)
+    # One click from the queue: which printers could take it (`farm jobs explain`), and why not.
+    row = page.locator(f'#queue li[data-job="{job}"]')
+    row.locator(f'details[data-explain="{job}"] summary').click()
+    explained = row.locator(f'details[data-explain="{job}"] pre')
+    wait_until(lambda: "the job needs ASA" in explained.inner_text(), 10, "the explanation")
+    assert all(p["name"] in explained.inner_text() for p in farm.printers), explained.inner_text()
+    # Its priority raised from the row: the farm has it, and the row shows it.
+    row.locator(f'[data-action="up:{job}"]').click()
+    wait_until(lambda: api.get(f"/api/jobs/{job}").json()["priority"] == 1, 10, "the new priority")
+    wait_until(lambda: row.locator("output").inner_text() == "1", 10, "the row to show it")
     opener.click()
     dialog = page.locator("#build")
     steps = dialog.locator(".pipeline li")
@@ -507,4 +524,116 @@ def test_a_failed_build_shows_its_error_first_and_a_multi_object_part_in_colours
     page.keyboard.press("Escape")
     assert api.post(f"/api/jobs/{job}/cancel").status_code == 200
     assert errors == []
+    context.close()
+
+
+BLOCK_MAIN = """from build123d import Box
+from mr import customizable
+from parts.shape import BlockParams
+
+
+@customizable
+def block(params: BlockParams):
+    return Box(params.length, params.width, 6 if params.style == "low" else 12)
+"""
+BLOCK_PARAMS = """from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class BlockParams(BaseModel):
+    length: float = Field(30, ge=10, le=80, description="Length, mm")
+    width: float = Field(20, ge=5, le=40)
+    style: Literal["low", "tall"] = "low"
+"""
+
+
+def test_a_zipped_project_dropped_on_the_form_with_bounds_and_choices(  # type: ignore[no-untyped-def]
+    farm: RunningFarm, browser, tmp_path: Path
+) -> None:
+    """A project zipped in its folder (a customizable whose pydantic model lives in another file of
+    it) dropped on the form: its .py files to choose the entry file from, the model's fields with
+    their bounds (the browser refuses 500 for a length of at most 80) and a Literal as a list;
+    previewed in 3D (the zip went to the worker as a project archive), then submitted with two per
+    plate."""
+    import base64
+    import zipfile
+
+    api = _api(farm)
+    made = api.post("/api/tokens", json={"name": "bob", "role": "submitter"})
+    assert made.status_code == 201, made.text
+    archive = tmp_path / "block.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("block/main.py", BLOCK_MAIN)
+        z.writestr("block/parts/__init__.py", "")
+        z.writestr("block/parts/shape.py", BLOCK_PARAMS)
+        z.writestr("block/README.md", "a block")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors = _errors(page)
+    _sign_in(farm, page, made.json()["token"])
+    transfer = page.evaluate_handle(
+        """([b64, name]) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const dt = new DataTransfer();
+          dt.items.add(new File([bytes], name, {type: "application/zip"}));
+          return dt;
+        }""",
+        [base64.b64encode(archive.read_bytes()).decode(), archive.name],
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    entry_file = page.locator("#submit-entry-file")
+    entry_file.wait_for()
+    options = entry_file.locator("option").evaluate_all("os => os.map(o => o.value)")
+    assert (
+        options == ["main.py", "parts/__init__.py", "parts/shape.py"]
+        and entry_file.input_value() == "main.py"
+    )
+    length = page.locator('#submit-params input[name="param:length"]')
+    length.wait_for()
+    assert page.locator("#submit-entry").input_value() == "block"
+    assert (length.input_value(), length.get_attribute("min"), length.get_attribute("max")) == (
+        "30",
+        "10",
+        "80",
+    )
+    assert "length (float, ≥ 10, ≤ 80)" in page.locator("#submit-params").inner_text()
+    assert "Length, mm" in page.locator("#submit-params").inner_text()
+    style = page.locator('#submit-params select[name="param:style"]')
+    assert style.locator("option").evaluate_all("os => os.map(o => o.textContent)") == ["low", "tall"]
+    assert style.input_value() == '"low"'
+    length.fill("500")
+    page.click('#submit-form button[type="submit"]')  # the browser refuses it: nothing is sent
+    assert length.evaluate("i => i.validity.rangeOverflow") is True
+    assert page.locator("#submit-result").get_attribute("data-build") is None
+    length.fill("50")
+    style.select_option(label="tall")
+    page.fill('#submit-form input[name="printer_model"]', "MK3S")
+    page.fill('#submit-form input[name="material"]', "ASA")  # no printer has it: the job stays queued
+    page.fill('#submit-form input[name="copies"]', "2")
+    page.fill('#submit-form input[name="per_plate"]', "2")
+    page.locator("#submit-sec").screenshot(path=str(DOCS / "dashboard-submit-project.png"))
+
+    page.click("#preview-button")
+    canvas = page.locator("#viewer-canvas")
+    wait_until(lambda: canvas.get_attribute("data-triangles"), 180, "the project's preview to be drawn")
+    drawn = canvas.evaluate(PART_PIXELS)
+    assert drawn["part"] > 0.03 * drawn["all"], drawn
+    preview = api.get(f"/api/builds/{page.locator('#submit-result').get_attribute('data-preview')}").json()
+    assert preview["project"] is True and preview["source"] == "main.py"
+    assert preview["bbox"][1][0] - preview["bbox"][0][0] == pytest.approx(50, abs=0.01)
+    assert preview["bbox"][1][2] - preview["bbox"][0][2] == pytest.approx(12, abs=0.01)  # tall
+    page.keyboard.press("Escape")
+
+    page.click('#submit-form button[type="submit"]')
+    result = page.locator("#submit-result")
+    wait_until(lambda: result.get_attribute("data-build"), 20, "the submit")
+    build = api.get(f"/api/builds/{result.get_attribute('data-build')}").json()
+    assert build["owner"] == "bob" and build["project"] is True and build["entry"] == "block"
+    assert build["params"] == {"length": 50.0, "width": 20.0, "style": "tall"}
+    assert build["source_sha256"] == preview["source_sha256"]  # the same archive, packed the same way
+    assert [j["copies"] for j in build["jobs"]] == [2]  # two on one plate: one job
+    assert errors == []
+    for job in build["jobs"]:
+        assert api.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
     context.close()

@@ -464,21 +464,40 @@ function setupSettings() {
   });
 }
 
-// The submit form: a .py design's entry points and parameters come from POST /api/inspect (the
-// source is read, not run), each parameter a field with its default; the rest are the submit options.
-let design = null; // {entries} of the chosen .py
+// The submit form: a design's entry points and parameters come from POST /api/inspect (the source
+// is read, not run), each parameter a field with its default, bounds and choices (a Literal or an
+// Enum: a list); the rest are the submit options. A zipped project is repacked here as the tar.gz
+// a submit takes (`farm submit` packs a folder the same way), its .py files offered as entry files.
+let design = null; // {entries} of the chosen .py, or of the project's entry file
+let project = null; // {blob, name, files} of a chosen .zip
 function paramField(p) {
-  const numeric = ["float", "int"].includes(p.annotation) || typeof p.default === "number";
-  const input = el("input", { name: `param:${p.name}`, "data-kind": p.annotation === "int" || Number.isInteger(p.default) && p.annotation !== "float" ? "int" : numeric ? "float" : "str",
-    type: numeric ? "number" : "text", step: numeric ? "any" : null, placeholder: p.has_default === false ? "required" : null,
-    min: p.ge ?? p.gt ?? null, max: p.le ?? p.lt ?? null });
-  if (p.default !== undefined && p.default !== null) input.value = String(p.default);
-  if (Array.isArray(p.choices)) {
-    const select = el("select", { name: `param:${p.name}`, "data-kind": "str" }, p.choices.map((c) => el("option", { text: String(c) })));
-    select.value = String(p.default ?? p.choices[0]);
-    return el("label", {}, p.name, select);
+  const c = p.constraints || {};
+  const bounds = [c.ge !== undefined ? `≥ ${c.ge}` : c.gt !== undefined ? `> ${c.gt}` : null,
+    c.le !== undefined ? `≤ ${c.le}` : c.lt !== undefined ? `< ${c.lt}` : null].filter(Boolean);
+  const about = [p.annotation, ...bounds].filter(Boolean).join(", ");
+  const label = `${p.name}${about ? ` (${about})` : ""}`;
+  const hint = p.description ? el("small", { class: "hint", text: p.description }) : null;
+  const choices = Array.isArray(p.choices) ? p.choices
+    : (p.annotation || p.type) === "bool" || typeof p.default === "boolean" ? [true, false] : null;
+  if (choices) {
+    // A value a design gave as an expression (`Finish.glossy`) is not known here: "default" sends none.
+    const known = choices.some((v) => v === p.default);
+    const select = el("select", { name: `param:${p.name}`, "data-kind": "json", required: p.has_default === false });
+    if (!known) select.append(el("option", { value: "", text: p.has_default === false ? "choose one" : `default${p.default_source ? ` (${p.default_source})` : ""}` }));
+    select.append(...choices.map((v) => el("option", { value: JSON.stringify(v), text: String(v) })));
+    select.value = known ? JSON.stringify(p.default) : "";
+    return el("label", {}, label, select, hint);
   }
-  return el("label", {}, `${p.name}${p.annotation ? ` (${p.annotation})` : ""}`, input);
+  const type = p.annotation || p.type; // p.type: an unannotated parameter's default's
+  const numeric = ["float", "int"].includes(type) || typeof p.default === "number";
+  const integer = type === "int" || (Number.isInteger(p.default) && !["float", "number"].includes(type));
+  const input = el("input", { name: `param:${p.name}`, "data-kind": integer ? "int" : numeric ? "float" : "str",
+    type: numeric ? "number" : "text", step: numeric ? (integer ? 1 : "any") : null,
+    placeholder: p.has_default === false ? "required" : null, required: p.has_default === false,
+    min: numeric ? c.ge ?? c.gt ?? null : null, max: numeric ? c.le ?? c.lt ?? null : null,
+    minlength: numeric ? null : c.min_length ?? null, maxlength: numeric ? null : c.max_length ?? null });
+  if (p.default !== undefined && p.default !== null) input.value = String(p.default);
+  return el("label", {}, label, input, hint);
 }
 
 function showParams() {
@@ -486,23 +505,96 @@ function showParams() {
   $("submit-params").replaceChildren(...((entry && entry.params) || []).map(paramField));
 }
 
+// A tar archive (ustar: sorted names, no times or owners) of [{name, data}].
+function tar(files) {
+  const enc = new TextEncoder(), blocks = [];
+  const field = (header, at, len, text) => header.set(enc.encode(text).subarray(0, len), at);
+  for (const f of files) {
+    let name = f.name, prefix = "";
+    if (enc.encode(name).length > 100) { // ustar: the folders in `prefix` (155), the rest in `name` (100)
+      const cut = [...name].map((ch, i) => (ch === "/" ? i : -1)).filter((i) => i >= 0)
+        .find((i) => enc.encode(name.slice(0, i)).length <= 155 && enc.encode(name.slice(i + 1)).length <= 100);
+      if (cut === undefined) throw new Error(`${f.name}: the name is too long for a project archive`);
+      prefix = name.slice(0, cut);
+      name = name.slice(cut + 1);
+    }
+    const header = new Uint8Array(512);
+    field(header, 0, 100, name);
+    field(header, 100, 8, "0000644\0");
+    field(header, 108, 8, "0000000\0");
+    field(header, 116, 8, "0000000\0");
+    field(header, 124, 12, f.data.length.toString(8).padStart(11, "0") + "\0");
+    field(header, 136, 12, "00000000000\0");
+    field(header, 148, 8, "        ");
+    field(header, 156, 1, "0");
+    field(header, 257, 8, "ustar\x0000");
+    field(header, 345, 155, prefix);
+    const sum = header.reduce((a, b) => a + b, 0);
+    field(header, 148, 8, sum.toString(8).padStart(6, "0") + "\0 ");
+    blocks.push(header, f.data, new Uint8Array((512 - (f.data.length % 512)) % 512));
+  }
+  blocks.push(new Uint8Array(1024));
+  return new Blob(blocks);
+}
+
+// A .zip of a project as a tar.gz: a folder that holds everything ("tray/main.py") is left out,
+// and so are macOS's __MACOSX copies; a name with "..", or from "/", is refused.
+async function zipToProject(file) {
+  const all = (await FarmViewer.unzipAll(await file.arrayBuffer()))
+    .filter((f) => !f.name.startsWith("__MACOSX/") && !f.name.endsWith("/.DS_Store") && f.name !== ".DS_Store");
+  if (!all.length) throw new Error("the zip holds no files");
+  const bad = all.find((f) => f.name.startsWith("/") || f.name.split("/").includes(".."));
+  if (bad) throw new Error(`${bad.name}: a name outside the project`);
+  const top = all[0].name.split("/")[0];
+  const wrapped = all.every((f) => f.name.startsWith(`${top}/`));
+  const files = all.map((f) => ({ name: wrapped ? f.name.slice(top.length + 1) : f.name, data: f.data }))
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const gz = new Blob([await new Response(tar(files).stream().pipeThrough(new CompressionStream("gzip"))).arrayBuffer()]);
+  return { blob: gz, name: `${file.name.replace(/\.zip$/i, "") || "project"}.tar.gz`,
+    files: files.map((f) => f.name).filter((n) => n.endsWith(".py")) };
+}
+
+async function inspectDesign() {
+  const body = new FormData();
+  if (project) {
+    body.append("file", project.blob, project.name);
+    body.append("entry_file", $("submit-entry-file").value);
+  } else {
+    body.append("file", $("submit-file").files[0]);
+  }
+  const resp = await fetch("/api/inspect", { method: "POST", body });
+  const data = await resp.json();
+  if (!resp.ok) throw new Error(typeof data.detail === "string" ? data.detail : `HTTP ${resp.status}`);
+  design = data;
+  $("submit-entry").replaceChildren(...data.entries.map((e) => el("option", { value: e.name, text: `${e.name} (${e.kind})` })));
+  $("submit-entry").closest("label").hidden = !data.entries.length;
+  $("design").hidden = !data.entries.length && !project;
+  showParams();
+}
+
 async function chooseFile(file) {
   design = null;
+  project = null;
   $("design").hidden = true;
-  $("preview-button").hidden = !(file && file.name.endsWith(".py"));
+  $("entry-file").hidden = true;
+  const name = file ? file.name.toLowerCase() : "";
+  const code = name.endsWith(".py") || name.endsWith(".zip");
+  $("preview-button").hidden = !code;
   $("submit-result").textContent = "";
-  if (!file || !file.name.endsWith(".py")) return;
-  const body = new FormData();
-  body.append("file", file);
+  if (!code) return;
   try {
-    const resp = await fetch("/api/inspect", { method: "POST", body });
-    const data = await resp.json();
-    if (!resp.ok) throw new Error(typeof data.detail === "string" ? data.detail : `HTTP ${resp.status}`);
-    design = data;
-    $("submit-entry").replaceChildren(...data.entries.map((e) => el("option", { value: e.name, text: `${e.name} (${e.kind})` })));
-    $("design").hidden = !data.entries.length;
-    showParams();
+    if (name.endsWith(".zip")) {
+      const made = await zipToProject(file);
+      if (!made.files.length) throw new Error("the project has no .py file");
+      const main = ["main.py", "design.py", "part.py"].find((n) => made.files.includes(n)) || made.files[0];
+      $("submit-entry-file").replaceChildren(...made.files.map((n) => el("option", { value: n, text: n })));
+      $("submit-entry-file").value = main;
+      $("entry-file").hidden = false;
+      project = made;
+    }
+    await inspectDesign();
   } catch (exc) {
+    design = null;
     $("submit-result").textContent = `cannot read ${file.name}: ${exc.message}`;
   }
 }
@@ -512,6 +604,7 @@ function setupSubmit() {
   const form = $("submit-form"), input = $("submit-file"), drop = $("drop");
   input.addEventListener("change", () => chooseFile(input.files[0]));
   $("submit-entry").addEventListener("change", showParams);
+  $("submit-entry-file").addEventListener("change", () => inspectDesign().catch((exc) => { $("submit-result").textContent = exc.message; }));
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => {
@@ -531,7 +624,9 @@ function setupSubmit() {
 
 // The form's choices as submit options (farm/api/builds.py SubmitOptions).
 function submitOptions(form) {
-  const options = { material: form.material.value.trim() || "PLA", copies: Number(form.copies.value), priority: Number(form.priority.value) };
+  const options = { material: form.material.value.trim() || "PLA", copies: Number(form.copies.value),
+    per_plate: Number(form.per_plate.value), priority: Number(form.priority.value) };
+  if (project) options.entry_file = form.entry_file.value;
   if (form.printer_model.value.trim()) options.printer_model = form.printer_model.value.trim();
   if (form.color.value.trim()) options.color = form.color.value.trim();
   if (design && design.entries.length) {
@@ -541,7 +636,8 @@ function submitOptions(form) {
     for (const field of form.querySelectorAll("[name^='param:']")) {
       if (field.value === "") continue;
       const kind = field.dataset.kind;
-      options.params[field.name.slice(6)] = kind === "int" ? parseInt(field.value, 10) : kind === "float" ? Number(field.value) : field.value;
+      options.params[field.name.slice(6)] = kind === "json" ? JSON.parse(field.value)
+        : kind === "int" ? parseInt(field.value, 10) : kind === "float" ? Number(field.value) : field.value;
     }
   }
   return options;
@@ -556,7 +652,8 @@ async function send(preview) {
   const options = submitOptions(form);
   if (preview) options.preview = true;
   const body = new FormData();
-  body.append("file", $("submit-file").files[0]);
+  if (project) body.append("file", project.blob, project.name);
+  else body.append("file", $("submit-file").files[0]);
   body.append("options", JSON.stringify(options));
   try {
     const resp = await fetch("/api/builds", { method: "POST", body });

@@ -38,19 +38,22 @@ window.FarmViewer = (() => {
 
   // The zip's central directory names each member with its method, size and offset (the sizes
   // in a local header may be deferred to after the data; the central directory's never are).
-  async function unzip(buffer, wanted) {
+  function zipDirectory(buffer) {
     const view = new DataView(buffer);
     let end = buffer.byteLength - 22;
     while (end >= 0 && view.getUint32(end, true) !== 0x06054b50) end--;
     if (end < 0) throw new Error("not a zip archive");
     let at = view.getUint32(end + 16, true);
     const count = view.getUint16(end + 10, true);
+    const members = [];
     for (let i = 0; i < count; i++) {
       if (view.getUint32(at, true) !== 0x02014b50) throw new Error("a damaged zip directory");
       const method = view.getUint16(at + 10, true), nameLen = view.getUint16(at + 28, true);
       const extraLen = view.getUint16(at + 30, true), commentLen = view.getUint16(at + 32, true);
       let size = view.getUint32(at + 20, true), offset = view.getUint32(at + 42, true);
       const name = new TextDecoder().decode(new Uint8Array(buffer, at + 46, nameLen));
+      // Made on Unix (the high byte of "version made by" is 3): the file's mode is in the top half.
+      const mode = view.getUint8(at + 5) === 3 ? view.getUint32(at + 38, true) >>> 16 : 0;
       // Zip64: the real values follow in the extra field, in this order, for those marked 0xffffffff.
       for (let e = at + 46 + nameLen; e < at + 46 + nameLen + extraLen; e += 4 + view.getUint16(e + 2, true)) {
         if (view.getUint16(e, true) !== 1) continue;
@@ -59,17 +62,32 @@ window.FarmViewer = (() => {
         if (size === 0xffffffff) { size = Number(view.getBigUint64(k, true)); k += 8; }
         if (offset === 0xffffffff) offset = Number(view.getBigUint64(k, true));
       }
-      if (name === wanted) {
-        const start = offset + 30 + view.getUint16(offset + 26, true) + view.getUint16(offset + 28, true);
-        const data = new Uint8Array(buffer, start, size);
-        if (method === 0) return data;
-        if (method !== 8) throw new Error(`zip method ${method} is not deflate`);
-        const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("deflate-raw"));
-        return new Uint8Array(await new Response(stream).arrayBuffer());
-      }
+      members.push({ name, method, size, offset, mode, link: (mode & 0o170000) === 0o120000 });
       at += 46 + nameLen + extraLen + commentLen;
     }
-    throw new Error(`the archive has no ${wanted}`);
+    return members;
+  }
+
+  async function inflate(buffer, member) {
+    const view = new DataView(buffer), offset = member.offset;
+    const start = offset + 30 + view.getUint16(offset + 26, true) + view.getUint16(offset + 28, true);
+    const data = new Uint8Array(buffer, start, member.size);
+    if (member.method === 0) return data;
+    if (member.method !== 8) throw new Error(`${member.name}: zip method ${member.method} is not deflate`);
+    const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("deflate-raw"));
+    return new Uint8Array(await new Response(stream).arrayBuffer());
+  }
+
+  async function unzip(buffer, wanted) {
+    const member = zipDirectory(buffer).find((m) => m.name === wanted);
+    if (!member) throw new Error(`the archive has no ${wanted}`);
+    return inflate(buffer, member);
+  }
+
+  // Every file of a zip (folders and symbolic links left out), as [{name, data}].
+  async function unzipAll(buffer) {
+    const files = zipDirectory(buffer).filter((m) => !m.name.endsWith("/") && !m.link);
+    return Promise.all(files.map(async (m) => ({ name: m.name, data: await inflate(buffer, m) })));
   }
 
   // 3MF core: each <object> with a <mesh> is one part, named, coloured by its basematerials entry.
@@ -237,5 +255,5 @@ window.FarmViewer = (() => {
     return () => { for (const [name, handler] of Object.entries(handlers)) canvas.removeEventListener(name, handler); };
   }
 
-  return { parseSTL, parse3MF, show, colorOf };
+  return { parseSTL, parse3MF, show, colorOf, unzipAll };
 })();
