@@ -136,7 +136,7 @@ class FarmClient:
             resp = self.request(
                 "POST", "/api/builds", files={"file": (path.name, f)}, data={"options": json.dumps(options)}
             )
-        return resp.json()  # type: ignore[no-any-return]
+        return resp.json()
 
 
 def _detail(resp: httpx.Response) -> str:

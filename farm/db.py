@@ -9,8 +9,10 @@ from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy.schema import ColumnDefault
 from sqlmodel import Session, SQLModel, create_engine
 
 from farm import models, observe, ops_tables  # noqa: F401 - registers the tables and the move hooks
@@ -31,7 +33,7 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(conn, _record) -> None:  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             # WAL lets readers (status, watch) run while a claim writes.
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -82,7 +84,8 @@ def make_async_engine(url: str, connections: int, *, durable: bool = True) -> As
 async def warm_up(engine: AsyncEngine) -> None:
     """Open a pool's connections before the agents call: each first use would otherwise pay for a
     connection and a PostgreSQL backend's start (the bench's first second: 184 answers over 50 ms)."""
-    connections = [await engine.connect() for _ in range(engine.pool.size())]  # type: ignore[attr-defined]
+    size = engine.pool.size() if isinstance(engine.pool, QueuePool) else 0
+    connections = [await engine.connect() for _ in range(size)]
     for connection in connections:
         await connection.close()
 
@@ -98,7 +101,7 @@ def _add_new_columns(engine: Engine) -> None:
                 if column.name in have:
                     continue
                 kind = column.type.compile(dialect=engine.dialect)
-                default = column.default.arg if column.default is not None else None
+                default = column.default.arg if isinstance(column.default, ColumnDefault) else None
                 clause = f" DEFAULT {int(default) if isinstance(default, bool) else default!r}"
                 if not isinstance(default, bool | int | float | str):
                     clause = ""

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -63,16 +64,19 @@ def as_utc(ts: datetime | None) -> datetime | None:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
-def _where(query: Any, f: Filters) -> Any:
+_Query = TypeVar("_Query", bound=sa.Select[*tuple[Any, ...]])
+
+
+def _where(query: _Query, f: Filters) -> _Query:
     ended = func.coalesce(col(Job.finished_at), col(Job.updated_at))
     states = [f.state] if f.state else sorted(TERMINAL_JOB_STATES)
     query = query.where(col(Job.state).in_(states))
     if f.printer:
-        query = query.where(Job.printer == f.printer)
+        query = query.where(col(Job.printer) == f.printer)
     if f.material:
         query = query.where(func.upper(col(Job.material)) == f.material.strip().upper())
     if f.owner:
-        query = query.where(Job.owner == f.owner)
+        query = query.where(col(Job.owner) == f.owner)
     if (since := as_utc(f.since)) is not None:
         query = query.where(ended >= since)
     if (until := as_utc(f.until)) is not None:
@@ -82,9 +86,17 @@ def _where(query: Any, f: Filters) -> Any:
 
 def totals(session: Session, f: Filters) -> dict[str, Any]:
     """{"all": …, "by_printer": [{printer, …}], "by_material": [{material, …}]}, largest first."""
-    rows = session.exec(
+    # sqlmodel's select() is typed for up to four columns, SQLAlchemy's for these six.
+    rows = session.execute(
         _where(
-            select(Job.printer, Job.material, Job.state, Job.started_at, Job.finished_at, Slice.filament_g)
+            sa.select(
+                col(Job.printer),
+                col(Job.material),
+                col(Job.state),
+                col(Job.started_at),
+                col(Job.finished_at),
+                col(Slice.filament_g),
+            )
             .select_from(Job)
             .outerjoin(Slice, col(Slice.id) == col(Job.slice_id)),
             f,

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 from farm import mirror, pipeline, tags
 from farm.db import write_session
 from farm.manifest import ManifestError, Part, Target, load_manifest
-from farm.models import Artifact, Build, HookDelivery, Job, Project, utcnow
+from farm.models import Artifact, Build, HookDelivery, Job, Project, stored_id, utcnow
 from farm.printer_models import UnknownChoice, check_color, check_material, check_model, check_quality
 from farm.project import ProjectError, pack
 from farm.queue import send
@@ -91,7 +91,7 @@ def _claim(engine: Any) -> tuple[int, str] | None:
         ).all()
         for delivery_id, next_at in due:
             claim = uuid.uuid4().hex
-            taken = session.execute(
+            taken = session.exec(
                 update(HookDelivery)
                 .where(
                     col(HookDelivery.id) == delivery_id,
@@ -101,8 +101,9 @@ def _claim(engine: Any) -> tuple[int, str] | None:
                 .values(next_at=now + timedelta(seconds=CLAIM_S), claim=claim)
             )
             session.commit()
-            if taken.rowcount == 1:  # type: ignore[attr-defined]
-                return delivery_id, claim  # type: ignore[return-value]
+            if taken.rowcount == 1:
+                assert delivery_id is not None  # a primary key: SQLModel types it Optional for new rows
+                return delivery_id, claim
     return None
 
 
@@ -257,7 +258,7 @@ def _make_builds(
         message = f"{len(made)} builds of {commit[:12]}" + (
             f"; {skipped} already built at this commit" if skipped else ""
         )
-        if not _done(session, delivery.id, claim, builds=made, message=message):  # type: ignore[arg-type]
+        if not _done(session, stored_id(delivery), claim, builds=made, message=message):
             session.rollback()  # the claim ran out and another took it: theirs stands
             return
         session.commit()
@@ -297,7 +298,7 @@ def _create(
     if plan.error is not None:
         pipeline.fail_build(session, build, plan.error)
         sent = []
-    return build.id, sent  # type: ignore[return-value]
+    return stored_id(build), sent
 
 
 def _done(
@@ -309,7 +310,7 @@ def _done(
     message: str | None = None,
     error: str | None = None,
 ) -> bool:
-    changed = session.execute(
+    changed = session.exec(
         update(HookDelivery)
         .where(col(HookDelivery.id) == delivery_id, col(HookDelivery.claim) == claim)
         .where(col(HookDelivery.state) == "pending")
@@ -323,7 +324,7 @@ def _done(
             claim=None,
         )
     )
-    return changed.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return changed.rowcount == 1
 
 
 def _finish(farm: Farm, delivery_id: int, claim: str, *, error: str) -> None:

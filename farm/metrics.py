@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col, select
 
 from farm.models import Build, Job, Printer, utcnow
@@ -65,15 +66,15 @@ def _add(conn: Connection, rows: list[dict[str, Any]]) -> None:
     conn.execute(stmt)
 
 
-def count(conn: Connection | Session, name: str, amount: float = 1.0, **labels: str) -> None:
+def count(conn: Connection | OrmSession, name: str, amount: float = 1.0, **labels: str) -> None:
     """Add to a counter, in the caller's transaction."""
-    conn = conn.connection() if isinstance(conn, Session) else conn
+    conn = conn.connection() if isinstance(conn, OrmSession) else conn
     _add(conn, [{"name": name, "labels": _labels(labels), "le": "", "value": amount}])
 
 
-def observe(conn: Connection | Session, name: str, value: float, **labels: str) -> None:
+def observe(conn: Connection | OrmSession, name: str, value: float, **labels: str) -> None:
     """One observation of a histogram with STAGE_BUCKETS, in the caller's transaction."""
-    conn = conn.connection() if isinstance(conn, Session) else conn
+    conn = conn.connection() if isinstance(conn, OrmSession) else conn
     key = _labels(labels)
     bounds = [*(repr(b) for b in STAGE_BUCKETS), "+Inf"]
     rows = [
@@ -123,8 +124,8 @@ class FarmCollector(Collector):
         counted: dict[str, int] = {}
         for printer in session.exec(select(Printer)).all():
             counted[printer_state(printer)] = counted.get(printer_state(printer), 0) + 1
-        for state in sorted(set(counted) | {"idle", "printing", "attention", "offline", "awaiting_clear"}):
-            printers.add_metric([state], counted.get(state, 0))
+        for shown in sorted(set(counted) | {"idle", "printing", "attention", "offline", "awaiting_clear"}):
+            printers.add_metric([shown], counted.get(shown, 0))
         yield printers
         claims = CounterMetricFamily("printfarm_claims", "Jobs handed to printers (every claim)")
         claims.add_metric([], session.exec(select(func.coalesce(func.sum(Job.fence), 0))).one())
@@ -177,8 +178,8 @@ class FarmCollector(Collector):
             UPLOAD_BYTES: ("Bytes sent to printers, as their agents report", ["printer"]),
             UPLOAD_SECONDS: ("Seconds spent sending files to printers, as their agents report", ["printer"]),
         }
-        for name, (text, labels) in helps.items():
-            counters[name] = CounterMetricFamily(name.removesuffix("_total"), text, labels=labels)
+        for name, (text, label_names) in helps.items():
+            counters[name] = CounterMetricFamily(name.removesuffix("_total"), text, labels=label_names)
         buckets: dict[str, dict[str, float]] = {}
         sums: dict[str, float] = {}
         for row in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel, col
@@ -12,6 +13,19 @@ from farm.states import BuildStage, JobState, SliceState
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _Row(Protocol):
+    @property
+    def id(self) -> int | None: ...
+
+
+def stored_id(row: _Row) -> int:
+    """The id of a row the database has seen: its key is typed `int | None` only because a new row
+    has none until its first flush."""
+    if row.id is None:
+        raise ValueError(f"this {type(row).__name__} has no id: it was never flushed")
+    return row.id
 
 
 class Token(SQLModel, table=True):

@@ -22,7 +22,7 @@ from sqlalchemy import func
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from farm.models import Build, Job, Printer, utcnow
+from farm.models import Build, Job, Printer, stored_id, utcnow
 from farm.ops_tables import NotifyDelivery, NotifyEvent, NotifyTarget, NotifyWatch
 from farm.settings import Settings
 from farm.states import JobState
@@ -111,7 +111,7 @@ def fan_out(session: Session) -> int:
     for ev in events:
         wanted = [t for t in targets if wants(t, ev.kind) and _naive(t.created_at) <= _naive(ev.created_at)]
         for target in wanted:
-            session.add(NotifyDelivery(event_id=ev.id, target_id=target.id, next_at=utcnow()))  # type: ignore[arg-type]
+            session.add(NotifyDelivery(event_id=stored_id(ev), target_id=stored_id(target), next_at=utcnow()))
         made += len(wanted)
         if wanted:
             ev.fanned_out = True
@@ -237,7 +237,7 @@ def deliver_due(engine: Any, settings: Settings, limit: int = 20) -> int:
             .order_by(col(NotifyDelivery.next_at))
             .limit(limit)
             # PostgreSQL: housekeepers on other hosts skip what this one is claiming (SQLite: no-op).
-            .with_for_update(of=NotifyDelivery, skip_locked=True)  # type: ignore[arg-type]
+            .with_for_update(of=NotifyDelivery, skip_locked=True)
         ).all()
         for delivery, _t, _e in due:  # claimed for a while: another coordinator leaves them alone
             delivery.next_at = now + timedelta(seconds=CLAIM_S)
@@ -247,7 +247,7 @@ def deliver_due(engine: Any, settings: Settings, limit: int = 20) -> int:
         try:
             status = _send(
                 target, delivery.id, ev.kind, json.loads(ev.data_json), ev.created_at.isoformat(), settings
-            )  # type: ignore[arg-type]
+            )
         except Exception as exc:  # any failure is retried: the receiver may be down, slow or wrong
             error = f"{type(exc).__name__}: {exc}"[:500]
             if isinstance(exc, RuntimeError) and str(exc).startswith("HTTP "):
@@ -287,7 +287,7 @@ def send_test(session: Session, target: NotifyTarget) -> NotifyDelivery:
     ev = NotifyEvent(kind="test", data_json=json.dumps({"target": target.id}), fanned_out=True)
     session.add(ev)
     session.flush()
-    delivery = NotifyDelivery(event_id=ev.id, target_id=target.id)  # type: ignore[arg-type]
+    delivery = NotifyDelivery(event_id=stored_id(ev), target_id=stored_id(target))
     session.add(delivery)
     session.commit()
     return delivery

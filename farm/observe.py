@@ -9,6 +9,7 @@ notifier's watcher instead (notify.watch), claims from jobs' fence counters (met
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event, func, inspect
@@ -90,7 +91,12 @@ def _printer(session: Session, printer: Printer) -> None:
         )
 
 
-_HOOKS = {Job: _job, Build: _build, Slice: _slice, Printer: _printer}
+_HOOKS: dict[type, Callable[[Session, Any], None]] = {
+    Job: _job,
+    Build: _build,
+    Slice: _slice,
+    Printer: _printer,
+}
 
 
 @event.listens_for(Session, "before_flush")

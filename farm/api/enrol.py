@@ -136,12 +136,12 @@ def enroll(body: CodeBody, session: SessionDep, farm: FarmDep) -> dict:
     described = _described(session, enrol)
     now = datetime.now(UTC)
     # Spent at most once even with two Pis racing on one code (or several coordinator processes).
-    spent = session.execute(
+    spent = session.exec(
         update(EnrolCode)
         .where(col(EnrolCode.id) == enrol.id, col(EnrolCode.used_at).is_(None))
         .values(used_at=now)
     )
-    if spent.rowcount != 1:  # type: ignore[attr-defined]
+    if spent.rowcount != 1:
         session.rollback()
         raise HTTPException(409, "this enrolment code was just used by another request")
     name = agent_token_name(enrol.printer)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import HTTPException
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,6 +33,7 @@ _JSON = [(b"content-type", b"application/json")]
 _REPORT = re.compile(r"/api/agents/jobs/([1-9][0-9]{0,9})/report")
 
 Headers = list[tuple[bytes, bytes]]
+Body = Heartbeat | Report
 Serve = Callable[[Farm, Any, Token, int], Awaitable[tuple[dict[str, Any] | None, Headers]]]
 _WANTED = [(SNAPSHOT_WANTED.lower().encode(), b"wanted")]
 
@@ -56,7 +57,7 @@ async def _serve_report(
     return await report_on(farm, job_id, body, token), []
 
 
-_EXACT: dict[str, tuple[type[BaseModel], Serve]] = {
+_EXACT: dict[str, tuple[type[Body], Serve]] = {
     "/api/agents/heartbeat": (Heartbeat, _serve_beat),
     "/api/agents/claim": (Heartbeat, _serve_claim),
 }
@@ -65,7 +66,7 @@ _EXACT: dict[str, tuple[type[BaseModel], Serve]] = {
 _WAIT = re.compile(rb"wait=([0-9]{1,2}(?:\.[0-9]{1,3})?)")
 
 
-def _route(path: str, query: bytes = b"") -> tuple[type[BaseModel], Serve, int] | None:
+def _route(path: str, query: bytes = b"") -> tuple[type[Body], Serve, int] | None:
     """What serves this path here (its body's model, the call, a job id or a claim's wait in ms),
     or None. A query it does not read exactly as the route would goes to the route."""
     if (exact := _EXACT.get(path)) is not None:
@@ -109,14 +110,14 @@ class AgentFastLane:
         await send({"type": "http.response.body", "body": data})
 
     async def _answer(
-        self, lane: tuple[type[BaseModel], Serve, int], token: Token, body: bytes
+        self, lane: tuple[type[Body], Serve, int], token: Token, body: bytes
     ) -> tuple[int, dict[str, Any] | None, Headers] | None:
         model, serve, job_id = lane
         try:
             call = model.model_validate_json(body)
         except ValidationError:
             return None
-        if token.role == "agent" and token.printer != call.printer:  # type: ignore[attr-defined]
+        if token.role == "agent" and token.printer != call.printer:
             return None
         try:
             answer, extra = await serve(self.farm, call, token, job_id)

@@ -12,6 +12,7 @@ from farm.api.deps import SessionDep, require
 from farm.api.errors import AUTH
 from farm.api.paging import Cursor, Limit, after_id, page, paged
 from farm.api.reads import job_rows
+from farm.models import stored_id
 from farm.states import TERMINAL_JOB_STATES, JobState
 
 router = APIRouter(
@@ -41,7 +42,7 @@ def get_history(
         raise HTTPException(422, "since must be before until")
     filters = history.Filters(printer, material, owner, since, until, state)
     rows = history.recent(session, filters, limit + 1, after_id(cursor))
-    jobs = page(rows, limit, lambda j: j.id, request, response)  # type: ignore[arg-type,return-value]
+    jobs = page(rows, limit, stored_id, request, response)
     return {"jobs": job_rows(session, jobs), "totals": history.totals(session, filters)}
 
 

@@ -26,7 +26,7 @@ from sqlmodel import Session, or_, select
 from farm import hook_runner, hooks
 from farm.api.deps import Farm, FarmDep
 from farm.api.errors import errors
-from farm.models import HookDelivery, Project
+from farm.models import HookDelivery, Project, stored_id
 
 router = APIRouter(prefix="/api/hooks", tags=["hooks"])
 ProjectName = Annotated[str, Path(min_length=1, max_length=64)]
@@ -106,7 +106,7 @@ def _store(
     if seen is not None:
         return _answer(200, {"status": "already seen", "delivery": seen})
     delivery = HookDelivery(
-        project_id=project.id,  # type: ignore[arg-type]
+        project_id=stored_id(project),
         service=service,
         delivery_key=key,
         body_sha256=body_sha,

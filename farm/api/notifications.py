@@ -69,7 +69,7 @@ def remove_target(target_id: RowId, session: SessionDep) -> dict:
     target = session.get(NotifyTarget, target_id)
     if target is None:
         raise HTTPException(404, f"no notification target {target_id}")
-    session.exec(delete(NotifyDelivery).where(col(NotifyDelivery.target_id) == target_id))  # type: ignore[call-overload]
+    session.exec(delete(NotifyDelivery).where(col(NotifyDelivery.target_id) == target_id))
     session.delete(target)
     session.commit()
     return {"removed": target_id}

@@ -147,7 +147,7 @@ def show_project(name: ProjectName, session: SessionDep, request: Request) -> di
 def remove_project(name: ProjectName, farm: FarmDep, session: SessionDep) -> dict:
     """Forget the project, its deliveries and its mirror; its builds stay (they name it)."""
     project = _find(session, name)
-    session.exec(delete(HookDelivery).where(col(HookDelivery.project_id) == project.id))  # type: ignore[call-overload]
+    session.exec(delete(HookDelivery).where(col(HookDelivery.project_id) == project.id))
     session.delete(project)
     session.commit()
     where = mirror.mirror_path(farm.settings.data_dir, name)

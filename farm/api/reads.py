@@ -14,7 +14,7 @@ from farm.api.errors import AUTH, errors
 from farm.api.paging import MAX_LIMIT, Cursor, Limit, after_id, after_name, page, paged
 from farm.api.views import job_view, printer_state, printer_view
 from farm.api.workers import recent_workers
-from farm.models import Build, Job, Printer, Slice
+from farm.models import Build, Job, Printer, Slice, stored_id
 from farm.states import BuildStage, JobState
 
 router = APIRouter(
@@ -45,7 +45,7 @@ def list_jobs(
         query = query.where(Job.state == state)
     if (before := after_id(cursor)) is not None:
         query = query.where(col(Job.id) < before)
-    jobs = page(session.exec(query).all(), limit, lambda j: j.id, request, response)  # type: ignore[arg-type,return-value]
+    jobs = page(session.exec(query).all(), limit, stored_id, request, response)
     return job_rows(session, jobs)
 
 

@@ -16,7 +16,7 @@ from farm.api.access import check_owner
 from farm.api.deps import MAX_NAME, NAME_PATTERN, FarmDep, RowId, SessionDep, require
 from farm.api.errors import AUTH, errors
 from farm.api.paging import Cursor, Limit, after_id, page, paged
-from farm.models import Build, Slice, Token
+from farm.models import Build, Slice, Token, stored_id
 from farm.printer_models import did_you_mean
 from farm.revisions import build_diff, revision_view
 from workers.mesh import read_stl
@@ -70,7 +70,7 @@ def revisions(
     if (before := after_id(cursor)) is not None:
         query = query.where(col(Build.id) < before)
     rows: list[Build] = list(session.exec(query).all())
-    builds = page(rows, limit, lambda b: b.id or 0, request, response)
+    builds = page(rows, limit, stored_id, request, response)
     if not builds and cursor is None:
         _no_revisions(session, name, part)
     return [_revision(session, b) for b in builds]

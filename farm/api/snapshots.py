@@ -9,7 +9,7 @@ by uploading one, or by saying why it cannot.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
@@ -26,8 +26,10 @@ router = APIRouter(prefix="/api", tags=["snapshots"], responses=AUTH)
 Moment = Literal["start", "end", "failure", "request"]
 IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 MAX_SNAPSHOT = 16 << 20  # a 4K JPEG is a few MB
-IMAGE_BODY = {"requestBody": {"content": {"image/png": {"schema": {}}, "image/jpeg": {"schema": {}}}}}
-IMAGES = {200: {"content": {"image/png": {}, "image/jpeg": {}}}}
+IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {"content": {"image/png": {"schema": {}}, "image/jpeg": {"schema": {}}}}
+}
+IMAGES: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}, "image/jpeg": {}}}}
 AgentToken = Annotated[Token, Depends(require("agent"))]
 
 

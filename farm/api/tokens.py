@@ -32,7 +32,7 @@ from farm.api.deps import (
 )
 from farm.api.errors import AUTH, errors
 from farm.api.paging import MAX_LIMIT, Cursor, Limit, after_id, page, paged
-from farm.models import Token
+from farm.models import Token, stored_id
 
 router = APIRouter(prefix="/api/tokens", tags=["tokens"], dependencies=[Depends(require())], responses=AUTH)
 
@@ -106,7 +106,7 @@ def list_tokens(
     query = select(Token).order_by(col(Token.id)).limit(limit + 1)
     if (after := after_id(cursor)) is not None:
         query = query.where(col(Token.id) > after)
-    return [_view(t) for t in page(session.exec(query).all(), limit, lambda t: t.id, request, response)]  # type: ignore[arg-type,return-value]
+    return [_view(t) for t in page(session.exec(query).all(), limit, stored_id, request, response)]
 
 
 @router.delete("/{name}", responses=errors(404))

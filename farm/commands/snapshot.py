@@ -69,7 +69,7 @@ def _wait(client: FarmClient, path: str, name: str, after: int, timeout: float) 
         state = client.get(f"{path}/snapshots", limit=1)
         newest = state["snapshots"][0] if state["snapshots"] else None
         if newest is not None and newest["id"] > after:
-            return newest  # type: ignore[no-any-return]
+            return newest
         if state["error"]:  # cleared when we asked: this is the agent's answer to us
             _fail(f"{name}: {state['error']}")
         if time.monotonic() >= deadline:
