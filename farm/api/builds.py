@@ -273,14 +273,14 @@ def list_builds(
     query = select(Build.id).order_by(col(Build.id).desc()).limit(limit + 1)
     if (before := after_id(cursor)) is not None:
         query = query.where(col(Build.id) < before)
-    ids = page(session.exec(query).all(), limit, int, request, response)
-    return [load_build(session, build_id) for build_id in ids]  # type: ignore[arg-type]
+    found = [build_id for build_id in session.exec(query).all() if build_id is not None]
+    return [load_build(session, build_id) for build_id in page(found, limit, int, request, response)]
 
 
 class WorkerClaim(BaseModel):
     """Who takes, or still holds, a CAD build or a slice (`farm worker` sends host:pid)."""
 
-    worker: str = Field("unnamed", min_length=1, max_length=200)
+    worker: str = Field(default="unnamed", min_length=1, max_length=200)
 
 
 @router.post("/builds/{build_id}/cad/start", dependencies=[Depends(require("worker"))], responses=errors(404))
