@@ -16,7 +16,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from farm.models import Build, Job, Printer, Slice, utcnow
-from farm.printer_models import DEFAULT_MODEL, MODELS, get_model
+from farm.printer_models import DEFAULT_MODEL, MODELS, PrinterModel, get_model
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
 from farm.states import BuildStage, InvalidMove, JobState, SliceState, check_build_move, check_job_move
 
@@ -87,58 +87,75 @@ def create_build(
     kind = source_kind(source_name)
     material = material.upper()
     build = Build(
-        source_name=source_name,
-        source_sha256=source_sha256,
-        source_kind=kind,
-        project=project,
-        git_url=git["url"] if git else None,
-        git_ref=git.get("ref") if git else None,
-        git_commit=git["commit"] if git else None,
-        use_cache=use_cache,
-        want_step=step and kind == "cad",
-        entry=entry,
-        params_json=json.dumps(params),
-        material=material,
-        quality=quality,
-        overrides_json=json.dumps(overrides or {}, sort_keys=True),
-        owner=owner,
-    )
+        source_name=source_name, source_sha256=source_sha256, source_kind=kind, project=project,
+        git_url=git["url"] if git else None, git_ref=git.get("ref") if git else None,
+        git_commit=git["commit"] if git else None, use_cache=use_cache, want_step=step and kind == "cad",
+        entry=entry, params_json=json.dumps(params), material=material, quality=quality,
+        overrides_json=json.dumps(overrides or {}, sort_keys=True), owner=owner,
+    )  # fmt: skip
     session.add(build)
     session.flush()
     model = get_model(printer_model) if printer_model else None
+    jobs = [] if preview else _new_jobs(
+        session, build, model.name if model else printer_model, plates(copies, per_plate),
+        color=color, priority=priority, printer=printer, nozzle=nozzle, tags=tags, attempts=attempts,
+    )  # fmt: skip
+    return build, jobs, _first_work(session, build, model, printer_model)
+
+
+def _new_jobs(
+    session: Session,
+    build: Build,
+    printer_model: str | None,
+    on_plates: list[int],
+    *,
+    color: str | None,
+    priority: int,
+    printer: str | None,
+    nozzle: float | None,
+    tags: str,
+    attempts: int,
+) -> list[Job]:
+    """One job per plate; `on_plates[i]` copies are arranged on plate i."""
     jobs = [
         Job(
             build_id=build.id,  # type: ignore[arg-type]
             copy_index=i + 1,
             copies=on_plate,
-            printer_model=model.name if model else printer_model,
-            material=material,
+            printer_model=printer_model,
+            material=build.material,
             color=color,
             priority=priority,
             pinned_printer=printer,
             nozzle=nozzle,
             tags=tags,
             max_attempts=attempts,
-            owner=owner,
+            owner=build.owner,
         )
-        for i, on_plate in enumerate(plates(copies, per_plate))
-        if not preview
+        for i, on_plate in enumerate(on_plates)
     ]
     session.add_all(jobs)
     session.flush()
+    return jobs
 
+
+def _first_work(
+    session: Session, build: Build, model: PrinterModel | None, printer_model: str | None
+) -> list[Outgoing]:
+    """What a new build needs done first: its CAD run, or the slicing of its mesh or G-code; a
+    model the farm does not know fails it at once."""
     out: list[Outgoing] = []
     if printer_model and model is None:
         known = ", ".join(sorted(MODELS))
         _fail_build(session, build, f"unknown printer model '{printer_model}'; known models: {known}")
-    elif kind == "cad":
+    elif build.source_kind == "cad":
         out.append(Outgoing(CAD_QUEUE, CAD_ACTOR, (build.id,)))
-    elif kind == "gcode":
+    elif build.source_kind == "gcode":
         out += _start_slicing(session, build, [model.name if model else FROM_FILE])
     else:
-        build.stl_sha256 = source_sha256
+        build.stl_sha256 = build.source_sha256
         out += _start_slicing(session, build, target_models(session, printer_model))
-    return build, jobs, out
+    return out
 
 
 def _live(expires: datetime | None, now: datetime) -> bool:

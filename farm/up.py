@@ -402,44 +402,12 @@ class Farm:
         protocol, _, chosen = sim.partition(":")
         models = (chosen,) if chosen else SIM_MODELS[protocol]
         model = models[i % len(models)]
-        name = f"sim-{model.lower()}-{i // len(models) + 1}"
-        if protocol != "prusalink":
-            name = f"sim-{protocol}-{i + 1}" if not chosen else f"sim-{protocol}-{model.lower()}-{i + 1}"
-        while name in self.sim_names:  # prusalink=2,prusalink:MK3S=1 would make two sim-mk3s-1
-            stem, _, n = name.rpartition("-")
-            name = f"{stem}-{int(n) + 1}"
-        self.sim_names.add(name)
+        name = self.sim_name(protocol, chosen, model, i, len(models))
         home = self.data / "sim" / name
         home.mkdir(parents=True, exist_ok=True)
         port, secret = free_port(), f"pw-{name}"
-        args = ["emulate", protocol, "--storage", str(home / "usb"), "--speed", str(self.speed)]
-        auth: dict[str, Any]
-        if protocol == "prusalink":
-            args += ["--port", str(port), "--password", secret, "--model", model]
-            if self.settings.sim_upload_kbps:
-                args += ["--upload-kbps", str(self.settings.sim_upload_kbps)]
-            auth = {"password": secret}
-        elif protocol == "bambu":
-            ftps, serial, code = free_port(), f"01S00A{i + 1:09d}", secret[-8:].rjust(8, "0")
-            camera = free_port()  # a P1/A1 sim sends JPEG frames on it, an X1 sim H.264 over RTSPS
-            args += [
-                "--mqtt-port",
-                str(port),
-                "--ftps-port",
-                str(ftps),
-                "--camera-port",
-                str(camera),
-                "--serial",
-                serial,
-                "--access-code",
-                code,
-                "--model",
-                model,
-            ]
-            auth = {"serial": serial, "access_code": code, "ftps_port": ftps, "camera_port": camera}
-        else:
-            args += ["--port", str(port), "--api-key", secret]
-            auth = {"api_key": secret}
+        args, auth = self.emulator_args(protocol, model, i, port, secret)
+        args = ["emulate", protocol, "--storage", str(home / "usb"), "--speed", str(self.speed), *args]
         self.child(f"emu-{name}", *args, env=env)
         cfg = AgentConfig(
             # An agent token bound to this printer: it acts, and reads G-code, for this one only.
@@ -456,6 +424,34 @@ class Farm:
         (home / "agent.toml").write_text(cfg.to_toml())
         self.child(f"agent-{name}", "agent", "--config", str(home / "agent.toml"), env=env)
         self.printers.append((name, model, protocol, port))
+
+    def sim_name(self, protocol: str, chosen: str, model: str, i: int, of_models: int) -> str:
+        """A name no other simulated printer of this farm has, e.g. sim-mk4-1 or sim-octoprint-2."""
+        name = f"sim-{model.lower()}-{i // of_models + 1}"
+        if protocol != "prusalink":
+            name = f"sim-{protocol}-{i + 1}" if not chosen else f"sim-{protocol}-{model.lower()}-{i + 1}"
+        while name in self.sim_names:  # prusalink=2,prusalink:MK3S=1 would make two sim-mk3s-1
+            stem, _, n = name.rpartition("-")
+            name = f"{stem}-{int(n) + 1}"
+        self.sim_names.add(name)
+        return name
+
+    def emulator_args(
+        self, protocol: str, model: str, i: int, port: int, secret: str
+    ) -> tuple[list[str], dict[str, Any]]:
+        """`farm emulate PROTOCOL`'s own options, and the [printer] credentials its agent needs."""
+        if protocol == "prusalink":
+            args = ["--port", str(port), "--password", secret, "--model", model]
+            if self.settings.sim_upload_kbps:
+                args += ["--upload-kbps", str(self.settings.sim_upload_kbps)]
+            return args, {"password": secret}
+        if protocol == "bambu":
+            ftps, serial, code = free_port(), f"01S00A{i + 1:09d}", secret[-8:].rjust(8, "0")
+            camera = free_port()  # a P1/A1 sim sends JPEG frames on it, an X1 sim H.264 over RTSPS
+            args = ["--mqtt-port", str(port), "--ftps-port", str(ftps), "--camera-port", str(camera)]
+            args += ["--serial", serial, "--access-code", code, "--model", model]
+            return args, {"serial": serial, "access_code": code, "ftps_port": ftps, "camera_port": camera}
+        return ["--port", str(port), "--api-key", secret], {"api_key": secret}
 
     def print_banner(self, redis_url: str) -> None:
         embedded = " (embedded valkey)" if self.embedded_redis else ""

@@ -247,7 +247,7 @@ def test_no_writable_storage_is_said_plainly(
 def test_farm_emulate_takes_model_names_as_printed_on_the_machine(
     typed: str, bambu: bool, claimed: str
 ) -> None:
-    from farm.cli import emulated_model
+    from farm.commands.emulate import emulated_model
 
     assert emulated_model(typed, bambu=bambu) == claimed
 
@@ -255,7 +255,7 @@ def test_farm_emulate_takes_model_names_as_printed_on_the_machine(
 def test_an_emulator_started_as_mk3s_plus_prints_the_farms_mk3s_gcode(tmp_path: Path) -> None:
     """`farm emulate prusalink --model MK3S+` claimed "MK3S+", and the model check of every MK3S
     G-code (`M862.3 P "MK3S"`) left the print waiting at the screen (ATTENTION)."""
-    from farm.cli import emulated_model
+    from farm.commands.emulate import emulated_model
 
     write_gcode(tmp_path / "cube.gcode", model="MK3S", kib=8)
     states = {}

@@ -8,7 +8,8 @@ import fcntl
 import gc
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import IO, Any
 
@@ -213,9 +214,63 @@ def app_from_env() -> FastAPI:
     return create_app(get_settings())
 
 
+# Each module's router, in the order their routes are matched and documented.
+ROUTERS = (
+    builds,
+    agents,
+    artifacts,
+    operate,
+    reads,
+    history,
+    signin,
+    tokens,
+    workers,
+    dashboard,
+    events,
+    inspect,
+    metrics_api,
+    notifications,
+    enrol,
+    agent_package,
+    snapshots,
+    revisions,
+    projects,
+    hooks,
+)
+
+
 def create_app(settings: Settings) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    farm = Farm(
+    farm = _make_farm(settings)
+    ensure_admin_token(farm)
+    app = FastAPI(
+        title="printfarm coordinator",
+        version="0.1.0",
+        lifespan=_lifespan(farm, Housekeeper(settings.data_dir)),
+    )
+    app.state.farm = farm
+    for module in ROUTERS:
+        app.include_router(module.router)
+    _add_middleware(app, farm)
+    _add_error_handlers(app)
+
+    @app.get("/api/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    openapi = app.openapi
+
+    def documented() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_body_errors(openapi())
+        return app.openapi_schema
+
+    app.openapi = documented  # type: ignore[method-assign]  # FastAPI's documented way to post-process it
+    return app
+
+
+def _make_farm(settings: Settings) -> Farm:
+    return Farm(
         settings=settings,
         engine=make_engine(settings.db_url, background_checkpoints=True),
         store=ArtifactStore(settings.artifacts_dir),
@@ -223,9 +278,11 @@ def create_app(settings: Settings) -> FastAPI:
         async_engine=make_async_engine(settings.db_url, settings.db_agent_connections),
         nowait_engine=make_async_engine(settings.db_url, settings.db_agent_connections, durable=False),
     )
-    ensure_admin_token(farm)
 
-    keeper = Housekeeper(settings.data_dir)
+
+def _lifespan(farm: Farm, keeper: Housekeeper) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up (warm the engines, re-send unfinished work) and the background rounds, then the
+    shutdown that ends them."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -257,38 +314,19 @@ def create_app(settings: Settings) -> FastAPI:
             if engine is not None:
                 await engine.dispose()
 
-    app = FastAPI(title="printfarm coordinator", version="0.1.0", lifespan=lifespan)
-    app.state.farm = farm
-    routers = (
-        builds,
-        agents,
-        artifacts,
-        operate,
-        reads,
-        history,
-        signin,
-        tokens,
-        workers,
-        dashboard,
-        events,
-        inspect,
-        metrics_api,
-        notifications,
-        enrol,
-        agent_package,
-        snapshots,
-        revisions,
-        projects,
-        hooks,
-    )
-    for module in routers:
-        app.include_router(module.router)
+    return lifespan
+
+
+def _add_middleware(app: FastAPI, farm: Farm) -> None:
+    """The last added runs first on a request."""
     app.add_middleware(AgentFastLane, farm=farm)
-    app.add_middleware(BodyLimit, max_upload_mb=settings.max_upload_mb)  # before any read
-    app.state.events = events.broadcaster_for(farm.engine, settings)
+    app.add_middleware(BodyLimit, max_upload_mb=farm.settings.max_upload_mb)  # before any read
+    app.state.events = events.broadcaster_for(farm.engine, farm.settings)
     app.add_middleware(events.PokeOnChange, broadcaster=app.state.events)  # sees every change
     app.add_middleware(metrics_api.RequestTimer)  # outermost: times everything
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler, except that it echoes a NaN it was sent, which JSON cannot carry
@@ -307,18 +345,3 @@ def create_app(settings: Settings) -> FastAPI:
         if nul_in_text(exc):  # PostgreSQL; SQLite stores it
             return JSONResponse({"detail": NUL_IN_TEXT}, 422)
         return await _unexpected(request, exc)
-
-    @app.get("/api/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    openapi = app.openapi
-
-    def documented() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = document_body_errors(openapi())
-        return app.openapi_schema
-
-    app.openapi = documented  # type: ignore[method-assign]
-
-    return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, UploadFile
@@ -143,36 +144,8 @@ def load_build(session: Session, build_id: int) -> dict[str, Any]:
 async def submit(
     farm: FarmDep, session: SessionDep, token: Submitter, file: UploadFile, options: Options = "{}"
 ) -> dict:
-    try:
-        opts = SubmitOptions.model_validate(json.loads(options))
-    except (ValueError, ValidationError) as exc:
-        raise HTTPException(422, f"bad submit options: {exc}") from exc
-    # User text never names a file as it is: one plain base name (a project's entry file: a plain
-    # relative path inside it). A `../` here once reached a printer's HTTP path.
-    filename = safe_name(file.filename)
-    try:
-        entry_file = check_entry_path(opts.entry_file) if opts.entry_file is not None else None
-    except UnsafeName as exc:
-        raise HTTPException(422, str(exc)) from None
-    name = entry_file or filename
-    try:
-        pipeline.source_kind(name)
-    except pipeline.BadRequest as exc:
-        raise HTTPException(415, str(exc)) from exc
-    if opts.git and not opts.entry_file:
-        raise HTTPException(422, "a git submission is a project archive: give entry_file")
-    if opts.git:  # recorded and shown, so held to the rules `farm submit` fetches by
-        try:
-            check_url(opts.git.url, farm.settings.git_schemes)
-            check_commit(opts.git.commit)
-            if opts.git.ref is not None:
-                check_ref(opts.git.ref)
-        except BadGitSource as exc:
-            raise HTTPException(422, str(exc)) from None
-    if opts.step and pipeline.source_kind(name) != "cad":
-        raise HTTPException(
-            422, f"--step needs a build123d .py design; '{name}' has no CAD model to export as STEP"
-        )
+    opts = _read_options(options)
+    filename, entry_file, name = _source_names(farm, opts, file)
     try:
         job_tags = tags.canonical(opts.tags)
         overrides = check_overrides(
@@ -180,43 +153,9 @@ async def submit(
         )
     except (tags.BadTag, SliceError) as exc:
         raise HTTPException(422, str(exc)) from exc
-    if opts.preview and pipeline.source_kind(name) != "cad":
-        raise HTTPException(422, f"a preview builds a .py design; '{name}' is a mesh or G-code already")
-    if opts.per_plate > 1 and pipeline.source_kind(name) == "gcode":
-        raise HTTPException(422, "a ready G-code cannot be rearranged: --per-plate needs a design or a mesh")
-    # What no printer could ever take is refused now, by the rules `farm printers set` uses.
-    try:
-        model = check_model(opts.printer_model) if opts.printer_model else None
-        opts.material = check_material(opts.material, model)
-        opts.quality = check_quality(opts.quality, model)
-        opts.color = check_color(opts.color) if opts.color is not None else None
-    except UnknownChoice as exc:
-        raise HTTPException(422, str(exc)) from None
-    if opts.printer:  # pinned: slice only for that printer's model
-        pinned = session.get(Printer, opts.printer)
-        if pinned is None:
-            near = closest(opts.printer, session.exec(select(Printer.name)).all())
-            hint = f"; did you mean '{near}'?" if near else ";"
-            raise HTTPException(422, f"no printer '{opts.printer}'{hint} `farm printers` lists them")
-        pinned_model = get_model(pinned.model)
-        if model and model != pinned_model:
-            raise HTTPException(
-                422, f"printer '{pinned.name}' is a {pinned.model}, not a {opts.printer_model}"
-            )
-        opts.printer_model = pinned_model.name if pinned_model else pinned.model
-    elif model:
-        opts.printer_model = model.name
-
-    async def chunks():  # type: ignore[no-untyped-def]
-        while chunk := await file.read(1 << 20):
-            yield chunk
-
-    try:
-        sha, size = await farm.store.put_stream(chunks(), farm.settings.max_upload_mb << 20)
-    except TooLarge as exc:
-        raise HTTPException(413, str(exc)) from exc
-    if size == 0:
-        raise HTTPException(422, f"'{name}' is empty")
+    _check_kind_fits(opts, name)
+    _check_printer_choices(session, opts)
+    sha, size = await _store_upload(farm, file, name)
     if pipeline.source_kind(name) == "cad":
         # Read, never run: a customizable's parameters are checked against its model here.
         try:
@@ -253,6 +192,94 @@ async def submit(
     return load_build(session, build.id)  # type: ignore[arg-type]
 
 
+def _read_options(options: str) -> SubmitOptions:
+    try:
+        return SubmitOptions.model_validate(json.loads(options))
+    except (ValueError, ValidationError) as exc:
+        raise HTTPException(422, f"bad submit options: {exc}") from exc
+
+
+def _source_names(farm: Farm, opts: SubmitOptions, file: UploadFile) -> tuple[str, str | None, str]:
+    """(the upload's file name, the entry file in a project, the name the build goes by), each
+    checked, and the git source it names held to the rules `farm submit` fetches by."""
+    # User text never names a file as it is: one plain base name (a project's entry file: a plain
+    # relative path inside it). A `../` here once reached a printer's HTTP path.
+    filename = safe_name(file.filename)
+    try:
+        entry_file = check_entry_path(opts.entry_file) if opts.entry_file is not None else None
+    except UnsafeName as exc:
+        raise HTTPException(422, str(exc)) from None
+    name = entry_file or filename
+    try:
+        pipeline.source_kind(name)
+    except pipeline.BadRequest as exc:
+        raise HTTPException(415, str(exc)) from exc
+    if opts.git and not opts.entry_file:
+        raise HTTPException(422, "a git submission is a project archive: give entry_file")
+    if opts.git:  # recorded and shown, so held to the rules `farm submit` fetches by
+        try:
+            check_url(opts.git.url, farm.settings.git_schemes)
+            check_commit(opts.git.commit)
+            if opts.git.ref is not None:
+                check_ref(opts.git.ref)
+        except BadGitSource as exc:
+            raise HTTPException(422, str(exc)) from None
+    if opts.step and pipeline.source_kind(name) != "cad":
+        raise HTTPException(
+            422, f"--step needs a build123d .py design; '{name}' has no CAD model to export as STEP"
+        )
+    return filename, entry_file, name
+
+
+def _check_kind_fits(opts: SubmitOptions, name: str) -> None:
+    if opts.preview and pipeline.source_kind(name) != "cad":
+        raise HTTPException(422, f"a preview builds a .py design; '{name}' is a mesh or G-code already")
+    if opts.per_plate > 1 and pipeline.source_kind(name) == "gcode":
+        raise HTTPException(422, "a ready G-code cannot be rearranged: --per-plate needs a design or a mesh")
+
+
+def _check_printer_choices(session: Session, opts: SubmitOptions) -> None:
+    """What no printer could ever take is refused now, by the rules `farm printers set` uses; the
+    model, material, quality and colour are set to their canonical names."""
+    try:
+        model = check_model(opts.printer_model) if opts.printer_model else None
+        opts.material = check_material(opts.material, model)
+        opts.quality = check_quality(opts.quality, model)
+        opts.color = check_color(opts.color) if opts.color is not None else None
+    except UnknownChoice as exc:
+        raise HTTPException(422, str(exc)) from None
+    if opts.printer:  # pinned: slice only for that printer's model
+        pinned = session.get(Printer, opts.printer)
+        if pinned is None:
+            near = closest(opts.printer, session.exec(select(Printer.name)).all())
+            hint = f"; did you mean '{near}'?" if near else ";"
+            raise HTTPException(422, f"no printer '{opts.printer}'{hint} `farm printers` lists them")
+        pinned_model = get_model(pinned.model)
+        if model and model != pinned_model:
+            raise HTTPException(
+                422, f"printer '{pinned.name}' is a {pinned.model}, not a {opts.printer_model}"
+            )
+        opts.printer_model = pinned_model.name if pinned_model else pinned.model
+    elif model:
+        opts.printer_model = model.name
+
+
+async def _store_upload(farm: Farm, file: UploadFile, name: str) -> tuple[str, int]:
+    """The upload streamed into the store: its sha256 and size."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await file.read(1 << 20):
+            yield chunk
+
+    try:
+        sha, size = await farm.store.put_stream(chunks(), farm.settings.max_upload_mb << 20)
+    except TooLarge as exc:
+        raise HTTPException(413, str(exc)) from exc
+    if size == 0:
+        raise HTTPException(422, f"'{name}' is empty")
+    return sha, size
+
+
 @router.get(
     "/builds/{build_id}",
     dependencies=[Depends(require("submitter", "viewer", "worker"))],
@@ -273,14 +300,14 @@ def list_builds(
     query = select(Build.id).order_by(col(Build.id).desc()).limit(limit + 1)
     if (before := after_id(cursor)) is not None:
         query = query.where(col(Build.id) < before)
-    ids = page(session.exec(query).all(), limit, int, request, response)
-    return [load_build(session, build_id) for build_id in ids]  # type: ignore[arg-type]
+    found = [build_id for build_id in session.exec(query).all() if build_id is not None]
+    return [load_build(session, build_id) for build_id in page(found, limit, int, request, response)]
 
 
 class WorkerClaim(BaseModel):
     """Who takes, or still holds, a CAD build or a slice (`farm worker` sends host:pid)."""
 
-    worker: str = Field("unnamed", min_length=1, max_length=200)
+    worker: str = Field(default="unnamed", min_length=1, max_length=200)
 
 
 @router.post("/builds/{build_id}/cad/start", dependencies=[Depends(require("worker"))], responses=errors(404))

@@ -145,7 +145,8 @@ def plan(parts: list[Part], checkout: Checkout, print_: bool, named: bool) -> li
             or (checkout.tag is not None and part.prints_on_tag(checkout.tag))
             or (checkout.branch is not None and part.prints_on_push(checkout.branch))
         )
-        targets: list[Target | None] = list(part.targets or [Target()]) if prints else [None]
+        # model_validate: without pydantic's mypy plugin, Target() reads as missing its Field(None) defaults.
+        targets: list[Target | None] = list(part.targets or [Target.model_validate({})]) if prints else [None]
         subs += [Submission(part, params, t) for params in part.param_sets() for t in targets]
     return subs
 

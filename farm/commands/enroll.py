@@ -12,10 +12,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from farm.client import FarmClient, FarmError
 from farm.commands.agent_tools import (
     AccessCodeOpt,
     ApiKeyOpt,
@@ -52,7 +53,7 @@ ConfigOut = Annotated[
 ]
 
 
-def _die(message: str, code: int = 1) -> None:
+def _die(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg="red")
     raise typer.Exit(code)
 
@@ -104,50 +105,22 @@ def enroll_command(
     """Join the farm: check the printer, trade the code for this printer's agent token, write agent.toml.
 
     Asks for what the flags do not give. The code is spent only once the printer answered."""
-    from farm.client import FarmClient, FarmError
-    from printers.config import AgentConfig, CoordinatorConfig
-    from printers.drivers.base import DriverError, PrinterState
-    from printers.tools import check, printer_config_from_flags
+    from printers.config import AgentConfig, CoordinatorConfig  # the agent's modules: see _printer
 
     out = config or default_config()
     url = url.rstrip("/")
     with FarmClient(url, None) as client:
-        try:
-            info = client.post("/api/enroll/info", {"code": code})
-        except FarmError as exc:
-            _die(str(exc), 2 if exc.status and 400 <= exc.status < 500 else 1)
-            return
+        info = _post(client, "/api/enroll/info", code)
         typer.echo(f"enrolling printer {info['printer']} ({info['model']}) with {url}")
         driver = driver or typer.prompt(
             "Driver (prusalink, octoprint, moonraker, bambu)", default=info["driver"]
         )
         host = host or typer.prompt("The printer's address on this network (host or host:port)")
         password, api_key, serial, access_code = _ask_missing(driver, password, api_key, serial, access_code)
-        try:
-            printer: PrinterConfig = printer_config_from_flags(
-                None, driver, host, port, api_key, username, password, serial, access_code,
-                info["model"], info["printer"],
-            )  # fmt: skip
-        except ValueError as exc:
-            _die(str(exc), 2)
-            return
+        printer = _printer(info, driver, host, port, api_key, username, password, serial, access_code)
         if not skip_check:
-            try:
-                status = check(printer)
-            except DriverError as exc:
-                _die(f"{exc} (the code is still good: fix this and run enroll again)")
-                return
-            if status.state == PrinterState.OFFLINE:
-                _die(
-                    f"{printer.name} does not answer at {host}: {status.message or 'offline'} "
-                    "(the code is still good)"
-                )
-            typer.echo(f"{printer.name}: {status.state}")
-        try:
-            granted = client.post("/api/enroll", {"code": code})
-        except FarmError as exc:
-            _die(str(exc), 2 if exc.status and 400 <= exc.status < 500 else 1)
-            return
+            _check(printer, host)
+        granted = _post(client, "/api/enroll", code)
     cfg = AgentConfig(coordinator=CoordinatorConfig(url=url, token=granted["token"]), printer=printer)
     write_private(out, cfg.to_toml())
     typer.echo(
@@ -155,6 +128,53 @@ def enroll_command(
         f"run it: farm agent --config {out}\n"
         f"or as a service: farm agent install-service --config {out}"
     )
+
+
+def _post(client: FarmClient, path: str, code: str) -> dict[str, Any]:
+    try:
+        answer: dict[str, Any] = client.post(path, {"code": code})
+    except FarmError as exc:
+        _die(str(exc), 2 if exc.status and 400 <= exc.status < 500 else 1)
+    return answer
+
+
+def _printer(
+    info: dict[str, Any],
+    driver: str,
+    host: str,
+    port: int | None,
+    api_key: str | None,
+    username: str | None,
+    password: str | None,
+    serial: str | None,
+    access_code: str | None,
+) -> PrinterConfig:
+    """The [printer] table from the flags and answers, named and modelled as the farm enrolled it."""
+    # printers.tools loads every driver; `farm` commands other than the agent's need none of them.
+    from printers.tools import printer_config_from_flags
+
+    try:
+        return printer_config_from_flags(
+            None, driver, host, port, api_key, username, password, serial, access_code,
+            info["model"], info["printer"],
+        )  # fmt: skip
+    except ValueError as exc:
+        _die(str(exc), 2)
+
+
+def _check(printer: PrinterConfig, host: str) -> None:
+    """Reach the printer before the code is spent: a wrong address or secret is fixed and retried."""
+    from printers.drivers.base import DriverError, PrinterState  # see _printer
+    from printers.tools import check
+
+    try:
+        status = check(printer)
+    except DriverError as exc:
+        _die(f"{exc} (the code is still good: fix this and run enroll again)")
+    if status.state == PrinterState.OFFLINE:
+        answer = status.message or "offline"
+        _die(f"{printer.name} does not answer at {host}: {answer} (the code is still good)")
+    typer.echo(f"{printer.name}: {status.state}")
 
 
 def unit_text(config: Path, printer: str, user: str | None) -> str:
@@ -203,7 +223,6 @@ def install_service_command(
         cfg.token()
     except SystemExit as exc:
         _die(str(exc), 2)
-        return
     owner = pwd.getpwuid(path.stat().st_uid).pw_name
     name = unit_name(cfg.printer.name)
     unit = unit_dir / name

@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
+from farm.commands.common import JsonOpt, emit, get, send, table
+
 notify_app = typer.Typer(
     help="Notifications: webhooks (JSON, Discord, Slack, ntfy) and e-mail for job, printer and queue events.",
     no_args_is_help=True,
 )
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 EVENT_HELP = (
     "An event to send (repeat the option); none: every event. job.done, job.failed, printer.attention, "
     "printer.offline, printer.back, printer.bed (needs clearing), build.failed, queue.empty."
@@ -32,13 +33,11 @@ def add(
 ) -> None:
     """Add a target. JSON deliveries carry X-Farm-Timestamp and X-Farm-Signature:
     sha256=HMAC-SHA256(secret, timestamp + "." + body)."""
-    from farm import cli
-
-    data = cli._send(
+    data = send(
         "POST", "/api/notify/targets", {"url": url, "format": fmt, "events": event or [], "secret": secret}
     )
     if as_json:
-        cli._emit(data)
+        emit(data)
         return
     typer.echo(f"target {data['id']}: {data['format']} to {data['url']} for {', '.join(data['events'])}")
     if data.get("secret") and not secret:
@@ -48,13 +47,11 @@ def add(
 @notify_app.command("list")
 def list_targets(as_json: JsonOpt = False) -> None:
     """The targets and the events each gets."""
-    from farm import cli
-
-    data = cli._get("/api/notify/targets")
+    data = get("/api/notify/targets")
     if as_json:
-        cli._emit(data)
+        emit(data)
         return
-    cli._table(
+    table(
         "notification targets",
         ["id", "format", "url", "events", "signed"],
         [[t["id"], t["format"], t["url"], ",".join(t["events"]), t["signed"]] for t in data],
@@ -67,12 +64,8 @@ def test(
     as_json: JsonOpt = False,
 ) -> None:
     """Send a test event to one target; `farm notify log` shows whether it arrived."""
-    from farm import cli
-
-    data = cli._send("POST", f"/api/notify/targets/{target}/test")
-    cli._emit(data) if as_json else typer.echo(
-        f"test queued for target {target} (delivery {data['delivery']})"
-    )
+    data = send("POST", f"/api/notify/targets/{target}/test")
+    emit(data) if as_json else typer.echo(f"test queued for target {target} (delivery {data['delivery']})")
 
 
 @notify_app.command("remove")
@@ -81,10 +74,8 @@ def remove(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove a target and drop its pending deliveries."""
-    from farm import cli
-
-    data = cli._send("DELETE", f"/api/notify/targets/{target}")
-    cli._emit(data) if as_json else typer.echo(f"target {target}: removed")
+    data = send("DELETE", f"/api/notify/targets/{target}")
+    emit(data) if as_json else typer.echo(f"target {target}: removed")
 
 
 @notify_app.command("log")
@@ -93,13 +84,11 @@ def log(
     as_json: JsonOpt = False,
 ) -> None:
     """The latest deliveries and how each went (sent, pending with its next try, or failed)."""
-    from farm import cli
-
-    data = cli._get("/api/notify/log", limit=limit)
+    data = get("/api/notify/log", limit=limit)
     if as_json:
-        cli._emit(data)
+        emit(data)
         return
-    cli._table(
+    table(
         "deliveries",
         ["id", "event", "target", "state", "tries", "status", "error", "sent / next try", "summary"],
         [

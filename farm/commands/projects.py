@@ -8,12 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
+from farm.commands.common import JsonOpt, emit, get, send, table
+
 projects_app = typer.Typer(
     help="Projects: git repositories whose push and tag hooks (GitHub, Gitea/Forgejo, GitLab) build "
     "their parts as printfarm.toml says (admin only).",
     no_args_is_help=True,
 )
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 WHERE = {
     "github": "GitHub: Settings > Webhooks > Add webhook; content type application/json; Secret",
     "gitea": "Gitea/Forgejo: Settings > Webhooks > Add webhook > Gitea (Forgejo); Secret; push events",
@@ -55,16 +56,14 @@ def add(
     as_json: JsonOpt = False,
 ) -> None:
     """Register a repository and print the hook URLs to paste into GitHub, Gitea/Forgejo or GitLab."""
-    from farm import cli
-
     body: dict[str, Any] = {"name": name, "git_url": git, "branch": branch, "secret": secret}
     if git_token_file is not None:
         body |= {"git_username": git_username, "git_token": _read_token(git_token_file)}
     elif git_username:
         raise typer.BadParameter("--git-username needs --git-token-file")
-    data = cli._send("POST", "/api/projects", body)
+    data = send("POST", "/api/projects", body)
     if as_json:
-        cli._emit(data)
+        emit(data)
         return
     typer.echo(f"project '{data['name']}': builds pushes to {data['branch']} and tags of {data['git_url']}")
     if data.get("secret"):
@@ -77,13 +76,11 @@ def add(
 @projects_app.command("list")
 def list_projects(as_json: JsonOpt = False) -> None:
     """The registered projects."""
-    from farm import cli
-
-    data = cli._get("/api/projects")
+    data = get("/api/projects")
     if as_json:
-        cli._emit(data)
+        emit(data)
         return
-    cli._table(
+    table(
         "projects",
         ["name", "git", "branch", "credentials", "created"],
         [[p["name"], p["git_url"], p["branch"], p["credentials"] or "", p["created_at"]] for p in data],
@@ -95,18 +92,16 @@ def show(
     name: Annotated[str, typer.Argument(help="The project (farm projects list).")], as_json: JsonOpt = False
 ) -> None:
     """A project, its hook URLs and its latest deliveries: what each push built, or why not."""
-    from farm import cli
-
-    data = cli._get(f"/api/projects/{name}")
+    data = get(f"/api/projects/{name}")
     if as_json:
-        cli._emit(data)
+        emit(data)
         return
     typer.echo(f"{data['name']}: {data['git_url']} (branch {data['branch']})")
     if data["credentials"]:
         typer.echo(f"credentials: {data['credentials']}")
     for service, url in data["hooks"].items():
         typer.echo(f"{service} hook: {url}")
-    cli._table(
+    table(
         "deliveries",
         ["id", "service", "ref", "commit", "state", "builds", "what happened"],
         [
@@ -129,7 +124,5 @@ def remove(
     name: Annotated[str, typer.Argument(help="The project (farm projects list).")], as_json: JsonOpt = False
 ) -> None:
     """Forget a project: its hooks are refused from now on; its builds stay."""
-    from farm import cli
-
-    data = cli._send("DELETE", f"/api/projects/{name}")
-    cli._emit(data) if as_json else typer.echo(f"project '{name}': removed")
+    data = send("DELETE", f"/api/projects/{name}")
+    emit(data) if as_json else typer.echo(f"project '{name}': removed")

@@ -6,14 +6,27 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from farm.commands.atomic import publish, staging
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
+from farm.printer_models import (
+    MODELS,
+    PrinterModel,
+    UnknownChoice,
+    check_material,
+    check_model,
+    check_quality,
+)
+
+if TYPE_CHECKING:
+    from workers.slice_cache import SliceCache
+    from workers.slicer import SliceResult
 
 
-def _die(message: str, code: int = 1) -> None:
+def _die(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg="red")
     raise typer.Exit(code)
 
@@ -27,8 +40,6 @@ def profiles_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List the printer models the farm can slice for."""
-    from farm.printer_models import MODELS
-
     rows = [
         {
             "model": m.name,
@@ -70,57 +81,76 @@ def slice_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Slice a mesh locally, with the same profiles and cache as the farm's workers."""
-    from farm.commands.atomic import publish, staging
-    from farm.printer_models import UnknownChoice, check_material, check_model, check_quality
-    from workers.slice_cache import SliceCache
-    from workers.slicer import CopiesDontFit, SliceError, output_paths, print_options, slice_mesh
+    from workers.slice_cache import SliceCache  # the worker extra: not on an agent's Pi
 
-    try:  # the rules `farm submit` and `farm printers set` check these by
+    model, material, quality = _choices(printer_model, material, quality)
+    overrides = _overrides(infill, supports, brim) | parse_settings(setting)
+    cache = None if no_cache else SliceCache(cache_dir or default_cache_dir())
+    result = _slice_into_place(
+        mesh, model, output, material=material, quality=quality, overrides=overrides, copies=copies,
+        cache=cache, json_out=json_out,
+    )  # fmt: skip
+    if json_out:
+        doc = {"output": str(result.gcode), "cached": result.cached, **result.meta.to_json()}
+        typer.echo(json.dumps(doc))
+    else:
+        typer.echo(_describe(result))
+
+
+def _choices(printer_model: str, material: str, quality: str) -> tuple[PrinterModel, str, str]:
+    """The model, material and quality, by the rules `farm submit` and `farm printers set` check."""
+    try:
         model = check_model(printer_model)
-        material = check_material(material, model)
-        quality = check_quality(quality, model)
+        return model, check_material(material, model), check_quality(quality, model)
     except UnknownChoice as exc:
         _die(str(exc), 2)
-        return
+
+
+def _overrides(infill: str | None, supports: str | None, brim: float | None) -> dict[str, str]:
+    from workers.slicer import SliceError, print_options  # the worker extra: not on an agent's Pi
+
     try:
-        overrides = print_options(infill=infill, supports=supports, brim=brim)
+        return print_options(infill=infill, supports=supports, brim=brim)
     except SliceError as exc:
         _die(str(exc))
-        return
-    overrides |= parse_settings(setting)
-    cache = None if no_cache else SliceCache(cache_dir or default_cache_dir())
+
+
+def _slice_into_place(
+    mesh: Path,
+    model: PrinterModel,
+    output: Path,
+    *,
+    material: str,
+    quality: str,
+    overrides: dict[str, str],
+    copies: int,
+    cache: SliceCache | None,
+    json_out: bool,
+) -> SliceResult:
+    """Slice beside the output, then rename onto it: a slice that fails leaves the old file."""
+    from workers.slicer import CopiesDontFit, SliceError, output_paths, slice_mesh  # the worker extra
+
     plain, send = output_paths(output, model)
     try:
-        # Sliced beside the output, then renamed onto it: a slice that fails leaves the old file.
         with staging(send.parent) as stage:
             result = slice_mesh(
-                mesh,
-                model,
-                stage / output.name,
-                material=material,
-                quality=quality,
-                overrides=overrides,
-                copies=copies,
-                cache=cache,
-            )
+                mesh, model, stage / output.name, material=material, quality=quality,
+                overrides=overrides, copies=copies, cache=cache,
+            )  # fmt: skip
             staged_plain = result.plain_gcode or result.gcode
             publish({staged_plain: plain, result.gcode: send} if send != plain else {result.gcode: send})
-        result = dataclasses.replace(result, gcode=send, plain_gcode=plain)
     except CopiesDontFit as exc:
         if json_out:  # scripts (and the coordinator) get the split as data
             typer.echo(json.dumps({"error": str(exc), "per_plate": exc.per_plate, "plates": exc.plates}))
         _die(str(exc))
-        return
     except SliceError as exc:
         _die(str(exc))
-        return
     except OSError as exc:
         _die(f"cannot write the slice: {exc}")
-        return
-    doc = {"output": str(result.gcode), "cached": result.cached, **result.meta.to_json()}
-    if json_out:
-        typer.echo(json.dumps(doc))
-        return
+    return dataclasses.replace(result, gcode=send, plain_gcode=plain)
+
+
+def _describe(result: SliceResult) -> str:
     m = result.meta
     hit = " (from the cache)" if result.cached else ""
     size = ""
@@ -128,7 +158,7 @@ def slice_command(
         (x0, y0, z0), (x1, y1, z1) = m.bbox
         size = f", {x1 - x0:.1f} x {y1 - y0:.1f} x {z1 - z0:.1f} mm"
     objects = f"{m.objects} objects, " if m.objects and m.objects > 1 else ""
-    typer.echo(
+    return (
         f"{result.gcode}{hit}: {m.printer_model}, {objects}{m.layers} layers{size}, "
         f"{_duration(m.print_time_s)}, {m.filament_g} g / {m.filament_m} m of {m.filament_type or 'filament'}"
     )

@@ -1,0 +1,95 @@
+"""What every `farm` command that talks to the coordinator shares: the client, errors, output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import threading
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.table import Table
+
+from farm.client import FarmClient, FarmError
+from farm.settings import Settings, get_settings
+from farm.watch import stdout_console
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+USAGE_STATUSES = (400, 413, 415, 422)  # the coordinator refused what was typed: exit 2, as a bad option
+DURATION = re.compile(r"(\d+)\s*([mhdw])")
+UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
+    # One line per HTTP request buries what the farm itself says; failures are logged by us anyway.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def die(message: str, code: int = 1) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(code)
+
+
+def die_farm(exc: FarmError) -> NoReturn:
+    die(str(exc), 2 if exc.status in USAGE_STATUSES else 1)
+
+
+def client(settings: Settings | None = None) -> FarmClient:
+    s = settings or get_settings()
+    token = s.resolved_token()
+    if not token:
+        die(
+            f"no token: set FARM_TOKEN, or run this on the coordinator's machine "
+            f"(it reads {s.admin_token_file})"
+        )
+    return FarmClient(s.url, token)
+
+
+def emit(data: Any) -> None:
+    typer.echo(json.dumps(data, default=str))
+
+
+def wait_for_stop() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    shown = Table(title=title)
+    for c in columns:
+        shown.add_column(c)
+    for r in rows:
+        shown.add_row(*["" if v is None else str(v) for v in r])
+    stdout_console().print(shown)
+
+
+def get(path: str, **params: Any) -> Any:
+    with client() as farm:
+        try:
+            return farm.get(path, **params)
+        except FarmError as exc:
+            die(str(exc))
+
+
+def get_all(path: str, most: int | None = None, **params: Any) -> list[Any]:
+    """Every item of a list endpoint (or the first `most`), following its pages."""
+    with client() as farm:
+        try:
+            return farm.get_all(path, most=most, **params)
+        except FarmError as exc:
+            die(str(exc))
+
+
+def send(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    with client() as farm:
+        try:
+            return farm.request(method, path, json=body or {}).json()
+        except FarmError as exc:
+            die_farm(exc)
