@@ -179,14 +179,7 @@ class CadRunner:
         ]
         os.chmod(copy, 0o700)  # the build's uid gets it (sandbox.enter); no one else may pass
         try:
-            if req.project:
-                root = _unpack(req.project, copy, limits)
-                source = (root / req.source).resolve()
-                if not source.is_file() or not source.is_relative_to(root):
-                    raise CadError("entry", f"no file {req.source} in the project")
-            else:
-                root = None
-                source = _copy_lone_script(req.source.resolve(), copy, limits)
+            root, source = _place_source(req, copy, limits)
             _open_to_owner(copy)
             job = _job(source, buildout, workdir, req, limits, root)
             job["sandbox"] = {
@@ -397,6 +390,17 @@ def _unpack(archive: Path, dest: Path, limits: CadLimits) -> Path:
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise CadError("entry", f"the project archive cannot be unpacked: {exc}") from None
     return dest.resolve()
+
+
+def _place_source(req: CadRequest, copy: Path, limits: CadLimits) -> tuple[Path | None, Path]:
+    """Fill the build's copy: (the project's root or None for a lone script, the entry file)."""
+    if req.project:
+        root = _unpack(req.project, copy, limits)
+        source = (root / req.source).resolve()
+        if not source.is_file() or not source.is_relative_to(root):
+            raise CadError("entry", f"no file {req.source} in the project")
+        return root, source
+    return None, _copy_lone_script(req.source.resolve(), copy, limits)
 
 
 def _open_to_owner(copy: Path) -> None:

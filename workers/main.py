@@ -16,6 +16,7 @@ from farm.settings import Settings
 from workers import priority, sandbox
 from workers.actors import WorkerContext, register
 from workers.cad_cache import CadCache
+from workers.cad_runner import CadLimits, CadRunner
 from workers.slice_cache import SliceCache
 
 log = logging.getLogger("farm.worker")
@@ -68,8 +69,6 @@ def run(settings: Settings, queues: set[str]) -> None:
     ctx = WorkerContext(settings=settings, client=FarmClient(settings.url, token, timeout=120))
     walls = "none"
     if CAD_QUEUE in queues:
-        from workers.cad_runner import CadLimits, CadRunner
-
         ctx.cad = CadRunner(
             CadLimits(
                 cpu_s=settings.cad_cpu_s,

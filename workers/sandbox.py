@@ -850,12 +850,7 @@ def probe(policy: Policy, timeout: float = 30.0) -> Report:
 def _probe_child(request: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Runs in the probe process: enter the sandbox, then try to get past each layer."""
     policy = Policy.from_dict(request["policy"])
-    workdir = request["workdir"]
-    out_dir = os.path.join(workdir, "out")
-    os.mkdir(out_dir)
-    tmp_dir = os.path.join(workdir, "tmp")
-    os.mkdir(tmp_dir)
-    view = View(read_only=request["read_only"], writable=[out_dir, tmp_dir], cwd=out_dir, scratch=workdir)
+    view = _probe_view(request)
     as_root = os.geteuid() == 0
     host = {kind: _ns_id(kind) for kind in ("user", "net", "mnt", "pid")}
     parent = os.getpid()
@@ -868,20 +863,7 @@ def _probe_child(request: dict[str, Any]) -> dict[str, dict[str, Any]]:
     moved = {kind: ns[kind] is not None and ns[kind] != host[kind] for kind in host}
     canary_hidden = not _readable(Path(request["canary"]) / "secret")
     off = "forced off" if not policy.wants("namespaces") else "not allowed on this host"
-    results: dict[str, dict[str, Any]] = {}
-    if as_root:
-        dropped = policy.wants("identity") and os.getuid() != 0 and status.get("CapEff", "").strip("0") == ""
-        results["identity"] = {
-            "active": dropped,
-            "detail": "a uid of its own per build, no groups, no capabilities" if dropped else "runs as root",
-        }
-        results["userns"] = {"active": False, "detail": "not needed: root makes the namespaces, then drops"}
-    else:
-        results["identity"] = {"active": True, "detail": f"the worker's uid {os.getuid()}, no capabilities"}
-        results["userns"] = {
-            "active": moved["user"],
-            "detail": "its own user namespace" if moved["user"] else off,
-        }
+    results = _identity_results(policy, status, as_root, moved["user"], off)
     results["netns"] = {"active": moved["net"], "detail": "no network interfaces" if moved["net"] else off}
     results["mountns"] = {
         "active": moved["mnt"] and canary_hidden,
@@ -891,6 +873,39 @@ def _probe_child(request: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
     pid_hidden = moved["pid"] and not os.path.exists(f"/proc/{parent}")
     results["pidns"] = {"active": pid_hidden, "detail": "its own PIDs and /proc" if pid_hidden else off}
+    results["landlock"] = _landlock_result(policy, status, canary_hidden)
+    results["seccomp"] = _seccomp_result(policy, status)
+    return results
+
+
+def _probe_view(request: dict[str, Any]) -> View:
+    """The probe's folders, made as a build's are: out/ (its cwd) and tmp/ in the scratch folder."""
+    workdir = request["workdir"]
+    out_dir = os.path.join(workdir, "out")
+    os.mkdir(out_dir)
+    tmp_dir = os.path.join(workdir, "tmp")
+    os.mkdir(tmp_dir)
+    return View(read_only=request["read_only"], writable=[out_dir, tmp_dir], cwd=out_dir, scratch=workdir)
+
+
+def _identity_results(
+    policy: Policy, status: dict[str, str], as_root: bool, own_userns: bool, off: str
+) -> dict[str, dict[str, Any]]:
+    """The "identity" and "userns" layers: as root, a dropped uid; otherwise a user namespace."""
+    if as_root:
+        dropped = policy.wants("identity") and os.getuid() != 0 and status.get("CapEff", "").strip("0") == ""
+        own = "a uid of its own per build, no groups, no capabilities"
+        return {
+            "identity": {"active": dropped, "detail": own if dropped else "runs as root"},
+            "userns": {"active": False, "detail": "not needed: root makes the namespaces, then drops"},
+        }
+    return {
+        "identity": {"active": True, "detail": f"the worker's uid {os.getuid()}, no capabilities"},
+        "userns": {"active": own_userns, "detail": "its own user namespace" if own_userns else off},
+    }
+
+
+def _landlock_result(policy: Policy, status: dict[str, str], canary_hidden: bool) -> dict[str, Any]:
     abi = landlock_abi()
     if not policy.wants("landlock"):
         detail = "forced off"
@@ -899,7 +914,10 @@ def _probe_child(request: dict[str, Any]) -> dict[str, dict[str, Any]]:
     else:
         detail = f"ABI {abi}: files" + (", TCP" if abi >= 4 else "") + (", signals" if abi >= 6 else "")
     held = policy.wants("landlock") and abi > 0 and status.get("NoNewPrivs") == "1" and canary_hidden
-    results["landlock"] = {"active": held, "detail": detail}
+    return {"active": held, "detail": detail}
+
+
+def _seccomp_result(policy: Policy, status: dict[str, str]) -> dict[str, Any]:
     if not policy.wants("seccomp"):
         detail = "forced off"
     elif not seccomp_supported():
@@ -907,8 +925,7 @@ def _probe_child(request: dict[str, Any]) -> dict[str, dict[str, Any]]:
     else:
         detail = "no sockets, ptrace, mounts, namespaces or io_uring"
     held = policy.wants("seccomp") and status.get("Seccomp") == "2" and _socket_refused()
-    results["seccomp"] = {"active": held, "detail": detail}
-    return results
+    return {"active": held, "detail": detail}
 
 
 def _readable(path: Path) -> bool:

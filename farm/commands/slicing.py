@@ -72,8 +72,11 @@ def slice_command(
     """Slice a mesh locally, with the same profiles and cache as the farm's workers."""
     from farm.commands.atomic import publish, staging
     from farm.printer_models import UnknownChoice, check_material, check_model, check_quality
+    from workers.arrange import CopiesDontFit
     from workers.slice_cache import SliceCache
-    from workers.slicer import CopiesDontFit, SliceError, output_paths, print_options, slice_mesh
+    from workers.slice_error import SliceError
+    from workers.slicer import output_paths, slice_mesh
+    from workers.slicer_profiles import print_options
 
     try:  # the rules `farm submit` and `farm printers set` check these by
         model = check_model(printer_model)
