@@ -15,7 +15,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -275,7 +275,7 @@ def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:
     """Declare the actors on this broker, bound to this worker's context."""
     limit_ms = (ctx.settings.cad_wall_s + 120) * 1000
 
-    def _guard(fn, *args):  # type: ignore[no-untyped-def]
+    def _guard(fn: Callable[[WorkerContext, int], None], *args: int) -> None:
         try:
             fn(ctx, *args)
         except FarmError as exc:
@@ -284,21 +284,13 @@ def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:
                 return
             raise  # Dramatiq retries with back-off
 
+    def declare(name: str, queue: str, fn: Callable[[int], None]) -> None:
+        decorate = dramatiq.actor(
+            actor_name=name, queue_name=queue, broker=broker, max_retries=10, time_limit=limit_ms
+        )
+        decorate(fn)
+
     if CAD_QUEUE in queues:
-        dramatiq.actor(
-            lambda build_id: _guard(build_cad, build_id),
-            actor_name=CAD_ACTOR,
-            queue_name=CAD_QUEUE,
-            broker=broker,
-            max_retries=10,
-            time_limit=limit_ms,
-        )
+        declare(CAD_ACTOR, CAD_QUEUE, lambda build_id: _guard(build_cad, build_id))
     if SLICE_QUEUE in queues:
-        dramatiq.actor(
-            lambda slice_id: _guard(slice_build, slice_id),
-            actor_name=SLICE_ACTOR,
-            queue_name=SLICE_QUEUE,
-            broker=broker,
-            max_retries=10,
-            time_limit=limit_ms,
-        )
+        declare(SLICE_ACTOR, SLICE_QUEUE, lambda slice_id: _guard(slice_build, slice_id))

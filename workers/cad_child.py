@@ -148,7 +148,7 @@ def _release_forkserver() -> None:
     if fd is not None:
         with contextlib.suppress(OSError):
             os.close(fd)
-        server._forkserver_alive_fd = None
+        server._forkserver_alive_fd = None  # type: ignore[attr-defined]  # private; read by getattr above
 
 
 def _redirect_output(log: Path) -> None:
@@ -390,7 +390,7 @@ def _model_param(func: Callable[..., Any]) -> tuple[str, Any] | None:
 
 def public_functions(script: UserScript, namespace: dict[str, Any]) -> dict[str, Callable[..., Any]]:
     """Public functions defined in the script itself (not imported), in definition order."""
-    found = {}
+    found: dict[str, Callable[..., Any]] = {}
     for name, obj in namespace.items():
         if name.startswith("_") or not inspect.isfunction(obj) or obj.__name__ != name:
             continue

@@ -24,9 +24,9 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from multiprocessing import forkserver, popen_forkserver, spawn, util
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from multiprocessing.connection import wait
-from multiprocessing.context import ForkServerProcess, reduction, set_spawning_popen
+from multiprocessing.context import ForkServerProcess, set_spawning_popen
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +245,7 @@ class CadRunner:
                 # Processes the script left behind are still in the group. The group keeps its id
                 # reserved while it has members, so this cannot hit an unrelated process group.
                 _kill_group(proc.pid, fallback_to_pid=False)
-            if self._needs_uid_sweep():
+            if self._needs_uid_sweep() and proc.pid is not None:
                 _kill_uid(self.policy.uid_base + proc.pid)
             with self._lock:
                 proc.join(0)
@@ -305,6 +305,8 @@ class _LeanPopen(popen_forkserver.Popen):
     slow at best. A copy of `popen_forkserver.Popen._launch` (CPython 3.11-3.13) with two keys dropped.
     """
 
+    _fds: list[int]  # set by popen_forkserver.Popen.__init__ before it calls _launch
+
     def _launch(self, process_obj: Any) -> None:
         prep_data = spawn.get_preparation_data(process_obj._name)
         prep_data.pop("init_main_from_path", None)
@@ -321,10 +323,16 @@ class _LeanPopen(popen_forkserver.Popen):
             set_spawning_popen(None)
         self.sentinel, w = forkserver.connect_to_new_process(self._fds)
         _parent_w = os.dup(w)  # the child watches this to notice the parent is gone
-        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+        self.finalizer = util.Finalize(self, _close_fds, (_parent_w, self.sentinel))
         with open(w, "wb", closefd=True) as f:
             f.write(buf.getbuffer())
         self.pid = forkserver.read_signed(self.sentinel)
+
+
+def _close_fds(*fds: int) -> None:
+    # multiprocessing.util.close_fds, which typeshed does not declare.
+    for fd in fds:
+        os.close(fd)
 
 
 class _BuildProcess(ForkServerProcess):
@@ -715,7 +723,7 @@ def _point(values: list[float]) -> Point:
 # What C/C++ code prints when an allocation fails under RLIMIT_AS before it aborts or exits.
 _OUT_OF_MEMORY = ("std::bad_alloc", "cannot allocate memory", "Standard_OutOfMemory")
 
-_SIGNAL_NAMES = {
+_SIGNAL_NAMES: dict[int, str] = {
     signal.SIGSEGV: "segmentation fault",
     signal.SIGBUS: "bus error",
     signal.SIGABRT: "aborted",

@@ -232,10 +232,10 @@ def unknown_names(info: ScriptInfo, filename: str, entry: str | None, params: di
         return None
     takes: dict[str, list[str]] = {}
     for func in offered:
-        names = _param_names(func, info)
-        if names is None:
+        taken = _param_names(func, info)
+        if taken is None:
             return None
-        takes[func.name] = names
+        takes[func.name] = taken
     known = {n for names in takes.values() for n in names}
     unknown = [n for n in params if n not in known]
     if not unknown:
