@@ -32,7 +32,8 @@ import build123d as bd
 
 from workers.mesh import MeshProblem, MeshReport, check_mesh, read_stl, snap_near_zero, write_previews
 from workers.param_values import ParamValueError, typed_value
-from workers.sandbox import Policy, SandboxError, View, enter
+from workers.sandbox import Policy, View, enter
+from workers.sandbox_libc import SandboxError
 from workers.scene import Printed, Scene, sort_scene
 from workers.threemf import MeshObject, split_by_object, write_3mf
 from workers.viewer import Showing, Viewer

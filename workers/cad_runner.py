@@ -30,7 +30,7 @@ from multiprocessing.context import ForkServerProcess, set_spawning_popen
 from pathlib import Path
 from typing import Any
 
-from workers import sandbox
+from workers import sandbox, sandbox_probe
 
 # mr (MakerRepo) and pydantic serve @artifact / @customizable projects. cad_child last: it freezes the gc.
 PRELOAD = ["build123d", "pydantic", "mr", "workers.cad_runner", "workers.cad_child"]
@@ -117,7 +117,7 @@ class CadRunner:
     def __init__(self, limits: CadLimits | None = None, policy: sandbox.Policy | None = None) -> None:
         self.limits = limits or CadLimits()
         self.policy = policy or sandbox.Policy()
-        self.sandbox: sandbox.Report | None = None
+        self.sandbox: sandbox_probe.Report | None = None
         self._ctx = multiprocessing.get_context("forkserver")
         self._lock = threading.Lock()
         self._running: set[multiprocessing.process.BaseProcess] = set()
@@ -133,9 +133,9 @@ class CadRunner:
             if self._closed:
                 raise RuntimeError("CadRunner is closed")
             sweep_stale_build_folders(Path(tempfile.gettempdir()))
-            self.sandbox = sandbox.probe(self.policy)
+            self.sandbox = sandbox_probe.probe(self.policy)
             if not self.sandbox.usable:
-                raise sandbox.Unavailable(self.sandbox)
+                raise sandbox_probe.Unavailable(self.sandbox)
             self._ctx.set_forkserver_preload(PRELOAD)
             with _server_lock:
                 _ensure_forkserver()

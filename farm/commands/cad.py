@@ -65,7 +65,7 @@ def build(
     extras.require("build", "worker")
     from workers.cad_cache import CadCache, cached_build
     from workers.cad_runner import CadError
-    from workers.sandbox import Unavailable
+    from workers.sandbox_probe import Unavailable
 
     _require_file(path)
     params = _params(param, params_file)
@@ -161,7 +161,7 @@ def _inspect_shown(
 ) -> None:
     extras.require("inspect --shown", "worker")
     from workers.cad_runner import CadError
-    from workers.sandbox import Unavailable
+    from workers.sandbox_probe import Unavailable
 
     _require_file(path)
     params = _params(param, params_file)

@@ -102,7 +102,7 @@ def _build_all(
 ) -> list[Outcome]:
     from workers.cad_cache import CadCache, cached_build
     from workers.cad_runner import CadError
-    from workers.sandbox import Unavailable
+    from workers.sandbox_probe import Unavailable
 
     cache = CadCache(cad.cache_root())
     runner = cad.local_runner()  # its fork server starts with the first build the cache misses
