@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from farm.printer_models import get_model
-from workers.cad_runner import CadError, CadRequest, CadResult, CadRunner
+from workers.cad_runner import CadRunner
+from workers.cad_types import CadError, CadRequest, CadResult
 from workers.mesh import inspect_mesh
 from workers.mesh_bbox import count_3mf_items
 from workers.slicer import slice_mesh

@@ -27,7 +27,8 @@ from farm.printer_models import PrinterModel, get_model
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
 from farm.settings import Settings
 from workers.cad_cache import CadCache, cached_build
-from workers.cad_runner import CadError, CadRequest, CadResult, CadRunner
+from workers.cad_runner import CadRunner
+from workers.cad_types import CadError, CadRequest, CadResult
 from workers.gcode_meta import GcodeMeta, parse_sliced_file
 from workers.slice_cache import SliceCache
 from workers.slice_error import SliceError

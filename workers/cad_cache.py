@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
-from workers.cad_runner import (
+from workers.cad_types import (
     LOG_NAME,
     PREVIEW_NAME,
     PREVIEW_SMALL_NAME,

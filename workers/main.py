@@ -16,7 +16,8 @@ from farm.settings import Settings
 from workers import priority, sandbox, sandbox_probe
 from workers.actors import WorkerContext, register
 from workers.cad_cache import CadCache
-from workers.cad_runner import CadLimits, CadRunner
+from workers.cad_runner import CadRunner
+from workers.cad_types import CadLimits
 from workers.slice_cache import SliceCache
 
 log = logging.getLogger("farm.worker")
