@@ -46,12 +46,13 @@ log = logging.getLogger("farm.cad_cache")
 CACHE_FORMAT = "2"  # 2: previews and mesh checks in every entry, STEP in some
 META_NAME = "meta.json"
 ENVS_DIR = "envs"  # environments of projects' requirements (workers.cad_env), beside the entries
-# The exporter's tolerances and naming live in cad_child.py, the checks and previews in mesh.py;
-# hashing their bytes (without importing them, which would import build123d) invalidates the cache
-# whenever the way meshes are made changes.
+# The exporter's tolerances and naming live in cad_child.py, the entry point's choice and its
+# parameters' types in cad_script.py, the checks and previews in mesh.py; hashing their bytes (without
+# importing them, which would import build123d) invalidates the cache whenever the way meshes are
+# made changes.
 EXPORTER = tuple(
     Path(__file__).with_name(name)
-    for name in ("cad_child.py", "mesh.py", "scene.py", "viewer.py", "threemf.py")
+    for name in ("cad_child.py", "cad_script.py", "mesh.py", "scene.py", "viewer.py", "threemf.py")
 )
 OCP_DISTRIBUTIONS = ("cadquery-ocp", "cadquery-ocp-novtk")
 

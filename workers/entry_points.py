@@ -210,7 +210,7 @@ def unknown_names(info: ScriptInfo, filename: str, entry: str | None, params: di
     """What the build would refuse by name, told at submit time: an `--artifact` the design does
     not define, or a parameter no function it may build takes (with the closest name, difflib).
     None when all is known, and whenever the source alone cannot tell (e.g. `**kwargs`, a parameter
-    model with aliases or extras, functions defined at run time). Mirrors cad_child.resolve."""
+    model with aliases or extras, functions defined at run time). Mirrors cad_script.resolve."""
     from farm.printer_models import closest
 
     if not info.exact:
@@ -342,7 +342,7 @@ def _accepts(func: Function, info: ScriptInfo, params: dict[str, Any]) -> bool:
             return False
         fields = model.model_fields
         return set(params) <= set(fields) and {n for n, f in fields.items() if f.is_required()} <= set(params)
-    # As the CAD child decides with the live signature (cad_child._accepts).
+    # As the CAD child decides with the live signature (cad_script._accepts).
     known = set(params) <= {p.name for p in func.params} or func.any_keyword
     required = {p.name for p in func.params if not p.has_default}
     return known and not func.needs_positional and required <= set(params)
