@@ -24,7 +24,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -107,7 +107,7 @@ def source_tree_digests(source: Path, project: Path | None = None) -> list[tuple
             reader = tar.extractfile(member) if member.isfile() else None
             if reader is not None:
                 digest = hashlib.sha256()
-                for block in iter(lambda r=reader: r.read(1 << 20), b""):  # type: ignore[misc]
+                for block in iter(partial(reader.read, 1 << 20), b""):
                     digest.update(block)
                 digests.append((member.name, digest.hexdigest()))
     return sorted(digests)

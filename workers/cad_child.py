@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import build123d as bd
 
 from workers.cad_script import BuildFailure, UserScript, entry_name, resolve
-from workers.mesh import MeshProblem, MeshReport, check_mesh, read_stl, snap_near_zero, write_previews
+from workers.mesh import MeshProblem, MeshReport, check_mesh, point, read_stl, snap_near_zero, write_previews
 from workers.sandbox import Policy, View, enter
 from workers.sandbox_libc import SandboxError
 from workers.scene import Printed, Scene, sort_scene
@@ -111,7 +111,7 @@ def _close_inherited_fds(keep: int) -> None:
     with contextlib.suppress(ImportError, AttributeError):
         from multiprocessing import resource_tracker
 
-        resource_tracker._resource_tracker._fd = None  # type: ignore[attr-defined]
+        resource_tracker._resource_tracker._fd = None  # type: ignore[attr-defined]  # private; no public way
 
 
 def _die_with_parent() -> None:
@@ -299,7 +299,7 @@ def _check(tris: Any, blocks: list[Any] | None, objects: list[Printed]) -> dict[
         triangles=len(tris),
         open_edges=sum(r.open_edges for r in reports),
         nonmanifold_edges=sum(r.nonmanifold_edges for r in reports),
-        bbox=(tuple(float(v) for v in low), tuple(float(v) for v in high)),  # type: ignore[arg-type]
+        bbox=(point(low), point(high)),
     )
     if report.nonmanifold_edges:
         warnings.warn(

@@ -57,10 +57,10 @@ class GcodeMeta:
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> GcodeMeta:
         known = {f.name for f in dataclasses.fields(cls)}
-        meta = cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+        meta = cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]  # our to_json
         if meta.bbox is not None:
             lo, hi = meta.bbox
-            meta.bbox = (tuple(lo), tuple(hi))  # type: ignore[assignment]
+            meta.bbox = (tuple(lo), tuple(hi))  # type: ignore[assignment]  # JSON lists, 3 numbers each
         return meta
 
 

@@ -134,8 +134,8 @@ class Viewer:
             vars(module).update(Camera=Camera, Collapse=Collapse)
             for attr in _OCP_VSCODE_NOOPS:
                 setattr(module, attr, _noop)
-            module.push_object = self.push_object  # type: ignore[attr-defined]
-            module.__getattr__ = _noop_attribute  # type: ignore[method-assign]
+            # A module-level __getattr__ answers any other name ocp_vscode has, as the real one would.
+            vars(module).update(push_object=self.push_object, __getattr__=_noop_attribute)
         return module
 
 
