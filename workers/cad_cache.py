@@ -277,7 +277,7 @@ def cached_build(
     """
     packages: list[str] = []
     if request.project is not None:
-        from workers.cad_env import EnvStore, read_requirements
+        from workers.cad_env import EnvStore, read_requirements  # `packaging`: only projects need it
 
         declared = read_requirements(request.project)
         env, installed = EnvStore(cache.root / ENVS_DIR).ensure(declared)

@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
+from workers.param_schema import describe_errors
 from workers.param_values import ParamValueError, typed_value
 from workers.viewer import Showing, Viewer
 
@@ -176,8 +179,6 @@ _MAKERREPO_CATEGORIES = {"artifact": "mr_artifacts", "customizable": "mr_customi
 
 def _model_param(func: Callable[..., Any]) -> tuple[str, Any] | None:
     """(argument, model class) for a function taking one pydantic model, as a `@customizable` does."""
-    from pydantic import BaseModel
-
     params = list(inspect.signature(func).parameters.values())
     if len(params) != 1 or params[0].kind in (params[0].VAR_POSITIONAL, params[0].VAR_KEYWORD):
         return None
@@ -269,10 +270,6 @@ def call_entry(func: Callable[..., Any], params: dict[str, Any], viewer: Viewer,
 
 
 def _validate_model(func: Callable[..., Any], model: Any, params: dict[str, Any]) -> Any:
-    from pydantic import ValidationError
-
-    from workers.param_schema import describe_errors
-
     unknown = sorted(set(params) - set(model.model_fields))
     if unknown and model.model_config.get("extra") != "allow":  # as the coordinator refuses them
         fields = ", ".join(model.model_fields) or "none"

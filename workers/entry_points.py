@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from farm.printer_models import closest
 from workers.param_values import ParamValueError, typed_value
 
 SHOW_NAMES = frozenset({"show", "show_object", "show_all"})
@@ -105,7 +106,7 @@ def list_entry_points(
     "default", ...}]}` per entry point (a customizable's params are its model's fields), then
     `{"kind": "show"}` and/or `{"kind": "result"}` when the script builds at module level.
     """
-    from workers.param_schema import build_model, field_listing
+    from workers.param_schema import build_model, field_listing  # pydantic: ~0.15 s to import
 
     info = scan_source(source, read_module, module_path)
     entries: list[dict[str, Any]] = []
@@ -125,7 +126,7 @@ def list_entry_points(
 
 
 def _function(node: ast.FunctionDef, classes: dict[str, ast.ClassDef]) -> Function:
-    from workers.param_schema import is_model_class
+    from workers.param_schema import is_model_class  # pydantic: ~0.15 s to import
 
     kinds = [k for k in map(_makerrepo_kind, node.decorator_list) if k]
     func = Function(node.name, node.lineno, _params(node.args), kind=kinds[0] if kinds else "function")
@@ -211,8 +212,6 @@ def unknown_names(info: ScriptInfo, filename: str, entry: str | None, params: di
     not define, or a parameter no function it may build takes (with the closest name, difflib).
     None when all is known, and whenever the source alone cannot tell (e.g. `**kwargs`, a parameter
     model with aliases or extras, functions defined at run time). Mirrors cad_script.resolve."""
-    from farm.printer_models import closest
-
     if not info.exact:
         return None
     if entry:
@@ -254,7 +253,7 @@ def _param_names(func: Function, info: ScriptInfo) -> list[str] | None:
         return None
     if func.model is None:
         return [p.name for p in func.params]
-    from workers.param_schema import checkable_model
+    from workers.param_schema import checkable_model  # pydantic: ~0.15 s to import
 
     try:
         model = checkable_model(func.model, info.classes)
@@ -295,7 +294,7 @@ def _typed_by_model(
     the fields given only; as given when it cannot be rebuilt or, without `validate`, refuses them."""
     from pydantic import ValidationError
 
-    from workers.param_schema import checkable_model, describe_errors
+    from workers.param_schema import checkable_model, describe_errors  # pydantic: ~0.15 s to import
 
     assert target.model is not None
     try:
@@ -332,7 +331,7 @@ def _target(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> Func
 
 def _accepts(func: Function, info: ScriptInfo, params: dict[str, Any]) -> bool:
     if func.model:
-        from workers.param_schema import checkable_model
+        from workers.param_schema import checkable_model  # pydantic: ~0.15 s to import
 
         try:
             model = checkable_model(func.model, info.classes)
