@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from workers.cad_cache import CadCache
-    from workers.cad_runner import CadResult, CadRunner
+    from workers.cad_runner import CadRunner
+    from workers.cad_types import CadResult
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"small_ratio": 0.3, "heavy_ratio": 1.05, "cache_speedup": 50.0}
@@ -138,7 +139,7 @@ def measure(
     case: Case, runs: int, hit_runs: int, runner: CadRunner, cache: CadCache, unsandboxed: CadRunner
 ) -> None:
     from workers.cad_cache import cached_build
-    from workers.cad_runner import CadRequest
+    from workers.cad_types import CadRequest
 
     request = CadRequest(source=case.source, outdir=case.folder / "warm-out", entry="part")
     built: list[CadResult] = []

@@ -695,7 +695,8 @@ def raw_cpu_per_build(sample: list[tuple[float, float]], tmp: Path) -> dict[str,
     interpreter (its import counted once, not per part), then `prusa-slicer` on each STL with the
     farm's flattened MK4S profile."""
     from farm.printer_models import MODELS
-    from workers.slicer import find_slicer, flatten_profile, write_profile
+    from workers.prusaslicer import find_slicer
+    from workers.slicer_profiles import flatten_profile, write_profile
 
     def children_cpu() -> float:
         import resource

@@ -94,7 +94,7 @@ def plain(script: Path) -> dict[str, Any]:
 
 def farm(runner: Any, script: Path) -> dict[str, Any]:
     from farm.project import pack_file
-    from workers.cad_runner import CadError, CadRequest
+    from workers.cad_types import CadError, CadRequest
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gallery-") as tmp:

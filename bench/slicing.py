@@ -23,8 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from farm.printer_models import MODELS
+from workers.prusaslicer import find_slicer
 from workers.slice_cache import SliceCache
-from workers.slicer import find_slicer, flatten_profile, slice_mesh, write_profile
+from workers.slicer import slice_mesh
+from workers.slicer_profiles import flatten_profile, write_profile
 
 MODEL = "MK4S"
 RUNS = 5

@@ -37,7 +37,8 @@ from farm.project import ProjectError, pack
 from farm.queue import send
 from farm.sources import SourceProblem, check_cad_source
 from farm.states import BuildStage
-from workers.slicer import SliceError, check_overrides, print_options
+from workers.slice_error import SliceError
+from workers.slicer_profiles import check_overrides, print_options
 
 if TYPE_CHECKING:  # farm.api imports this module
     from farm.api.deps import Farm

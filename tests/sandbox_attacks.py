@@ -256,7 +256,8 @@ class Listener:
 
 
 def run(names: list[str], sandboxed: bool = True) -> dict[str, Any]:
-    from workers.cad_runner import CadError, CadLimits, CadRequest, CadRunner
+    from workers.cad_runner import CadRunner
+    from workers.cad_types import CadError, CadLimits, CadRequest
     from workers.sandbox import Policy
 
     os.environ["FARM_TOKEN"] = WORKER_SECRET  # what a worker holds; its builds must not

@@ -20,18 +20,12 @@ from workers.bambu3mf import (
     PlateInfo,
     package_gcode,
 )
+from workers.gcode_meta import GcodeMeta, gcode_thumbnails, parse_gcode_meta, parse_sliced_file
 from workers.plate_image import png_size
 from workers.slice_cache import SliceCache, cache_key
-from workers.slicer import (
-    GcodeMeta,
-    SliceError,
-    flatten_profile,
-    gcode_thumbnails,
-    output_paths,
-    parse_gcode_meta,
-    parse_sliced_file,
-    slice_mesh,
-)
+from workers.slice_error import SliceError
+from workers.slicer import output_paths, slice_mesh
+from workers.slicer_profiles import flatten_profile
 
 BODY = ";LAYER_CHANGE\nG1 X10 Y10 E1\n;LAYER_CHANGE\nG1 X20 Y10 E1\n; prusaslicer_config = begin\n"
 

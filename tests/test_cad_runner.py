@@ -17,14 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.cad_runner import (
-    CadError,
-    CadLimits,
-    CadRequest,
-    CadResult,
-    CadRunner,
-    sweep_stale_build_folders,
-)
+from workers.cad_folders import sweep_stale_build_folders
+from workers.cad_runner import CadRunner
+from workers.cad_types import CadError, CadLimits, CadRequest, CadResult
 from workers.entry_points import list_entry_points
 
 pytestmark = pytest.mark.timeout(120)
@@ -424,7 +419,8 @@ def test_a_build_cannot_kill_the_fork_server_and_a_dead_one_is_restarted_clean(
 WORKER = """\
 import sys
 from pathlib import Path
-from workers.cad_runner import CadRequest, CadRunner
+from workers.cad_runner import CadRunner
+from workers.cad_types import CadRequest
 
 script = Path(sys.argv[1])
 CadRunner().build(CadRequest(script, script.parent / "out"))

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from farm.commands import slicing
 from farm.commands.cad import _deliver
 from tests.test_slicer import box_triangles, write_binary_stl
-from workers.cad_runner import CadResult
+from workers.cad_types import CadResult
 
 needs_slicer = pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="prusa-slicer not installed")
 

@@ -28,7 +28,8 @@ from farm.printer_models import (
 )
 from tests.test_slicer import box_triangles, write_binary_stl
 from workers.bambu3mf import PLATE_GCODE, REQUIRED_ENTRIES
-from workers.slicer import flatten_profile, slice_mesh
+from workers.slicer import slice_mesh
+from workers.slicer_profiles import flatten_profile
 
 needs_slicer = pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="prusa-slicer not installed")
 

@@ -18,7 +18,8 @@ from farm.project import ProjectError, find_root, pack_file, pack_git, project_f
 from farm.sources import SourceProblem, check_cad_source
 from workers.cad_cache import CadCache, cached_build, cad_cache_key
 from workers.cad_env import EnvStore, missing, read_requirements
-from workers.cad_runner import CadError, CadRequest, CadRunner
+from workers.cad_runner import CadRunner
+from workers.cad_types import CadError, CadRequest
 from workers.entry_points import list_entry_points, scan_source, typed_params, validate_params
 
 pytestmark = pytest.mark.timeout(300)

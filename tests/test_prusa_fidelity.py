@@ -26,7 +26,8 @@ from farm.printer_models import MATERIALS, MODELS
 from tests.gcode_walker import codes, hot_z_moves, start_sequence, walk
 from tests.test_slicer import box_triangles, write_binary_stl
 from workers.bed_load import MARK, fill_bed_load, interpolate
-from workers.slicer import flatten_profile, slice_mesh
+from workers.slicer import slice_mesh
+from workers.slicer_profiles import flatten_profile
 
 needs_slicer = pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="prusa-slicer not installed")
 

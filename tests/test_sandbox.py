@@ -370,7 +370,7 @@ def _archive(path: Path, members: list[tuple[str, bytes | None, str | None]]) ->
 def test_a_project_archive_with_links_or_paths_out_is_refused(
     cad_runner: Any, tmp_path: Path, members: list[tuple[str, bytes | None, str | None]], said: str
 ) -> None:
-    from workers.cad_runner import CadError, CadRequest
+    from workers.cad_types import CadError, CadRequest
 
     archive = _archive(tmp_path / "project.tar.gz", members)
     with pytest.raises(CadError) as caught:
@@ -380,7 +380,7 @@ def test_a_project_archive_with_links_or_paths_out_is_refused(
 
 
 def test_a_project_archive_of_plain_files_builds(cad_runner: Any, tmp_path: Path) -> None:
-    from workers.cad_runner import CadRequest
+    from workers.cad_types import CadRequest
 
     members = [
         ("pkg/__init__.py", b"SIZE = 7\n", None),

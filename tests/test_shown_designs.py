@@ -18,7 +18,8 @@ from typer.testing import CliRunner, Result
 from farm.commands.cad import register
 from farm.printer_models import get_model
 from farm.settings import get_settings
-from workers.cad_runner import CadError, CadRequest, CadResult, CadRunner
+from workers.cad_runner import CadRunner
+from workers.cad_types import CadError, CadRequest, CadResult
 from workers.slicer import slice_mesh
 
 pytestmark = pytest.mark.timeout(300)

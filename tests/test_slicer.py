@@ -13,28 +13,14 @@ from pathlib import Path
 import pytest
 
 from farm.printer_models import DEFAULT_MODEL, MATERIALS, MODELS, QUALITIES, PrinterModel, get_model
+from workers.arrange import CopiesDontFit, copies_per_plate, plates_for
+from workers.gcode_meta import GcodeMeta, count_layers, gcode_thumbnails, parse_duration, parse_gcode_meta
+from workers.mesh_bbox import check_fits, mesh_bbox
+from workers.prusaslicer import find_slicer, slicer_version
 from workers.slice_cache import SliceCache
-from workers.slicer import (
-    CopiesDontFit,
-    GcodeMeta,
-    SliceError,
-    check_fits,
-    copies_per_plate,
-    count_layers,
-    find_bundle,
-    find_slicer,
-    flatten_profile,
-    gcode_thumbnails,
-    load_preset,
-    mesh_bbox,
-    parse_duration,
-    parse_gcode_meta,
-    plates_for,
-    print_options,
-    slice_mesh,
-    slicer_version,
-    write_profile,
-)
+from workers.slice_error import SliceError
+from workers.slicer import slice_mesh
+from workers.slicer_profiles import find_bundle, flatten_profile, load_preset, print_options, write_profile
 
 needs_slicer = pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="prusa-slicer not installed")
 

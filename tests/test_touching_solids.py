@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 from farm.printer_models import get_model
-from workers.cad_runner import CadError, CadRequest, CadResult, CadRunner
+from workers.cad_runner import CadRunner
+from workers.cad_types import CadError, CadRequest, CadResult
 from workers.mesh import inspect_mesh
-from workers.slicer import count_3mf_items, slice_mesh
+from workers.mesh_bbox import count_3mf_items
+from workers.slicer import slice_mesh
 from workers.threemf import MeshObject, model_xml, separate_lumps, weld, write_3mf
 
 pytestmark = pytest.mark.timeout(300)

@@ -15,7 +15,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -23,12 +23,16 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from farm.client import FarmClient, FarmError
-from farm.printer_models import get_model
+from farm.printer_models import PrinterModel, get_model
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
 from farm.settings import Settings
 from workers.cad_cache import CadCache, cached_build
+from workers.cad_runner import CadRunner
+from workers.cad_types import CadError, CadRequest, CadResult
+from workers.gcode_meta import GcodeMeta, parse_sliced_file
 from workers.slice_cache import SliceCache
-from workers.slicer import SliceError, parse_sliced_file, slice_mesh
+from workers.slice_error import SliceError
+from workers.slicer import slice_mesh
 
 log = logging.getLogger("farm.worker")
 
@@ -37,7 +41,7 @@ log = logging.getLogger("farm.worker")
 class WorkerContext:
     settings: Settings
     client: FarmClient
-    cad: object | None = None  # workers.cad_runner.CadRunner, when this worker serves the CAD queue
+    cad: CadRunner | None = None  # when this worker serves the CAD queue
     cad_cache: CadCache | None = None  # a rebuild of unchanged code, entry and params is a lookup
     slice_cache: SliceCache | None = None  # one cached slice serves every printer of that model
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")  # holds leases
@@ -81,52 +85,22 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
 
 
 def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
-    from workers.cad_runner import CadError, CadRequest
-
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"farm-cad-{build_id}-") as tmp:
         os.chmod(tmp, 0o711)  # the build's own uid passes through to src/, cannot list
-        outdir = Path(tmp) / "out"
-        outdir.mkdir()
-        if build.get("project"):  # an archive; the runner unpacks it in the build's private folder
-            archive = ctx.client.download_artifact(build["source_sha256"], Path(tmp) / "project.tar.gz")
-            source, project = Path(build["source"]), archive
-        else:
-            source = Path(tmp) / "src" / PurePath(build["source"]).name
-            ctx.client.download_artifact(build["source_sha256"], source)
-            project = None
-        request = CadRequest(
-            source=source,
-            outdir=outdir,
-            entry=build["entry"],
-            params=build["params"],
-            project=project,
-            step=bool(build.get("step_requested")),
-        )
+        request = _cad_request(ctx, build, Path(tmp))
+        if ctx.cad is None or ctx.cad_cache is None:  # main.run sets both for a CAD worker
+            raise RuntimeError("this worker does not serve the CAD queue")
         try:
-            result, hit = cached_build(
-                ctx.cad,  # type: ignore[arg-type]
-                ctx.cad_cache,  # type: ignore[arg-type]
-                request,
-                use_cache=build.get("use_cache", True),
-            )
+            use_cache = build.get("use_cache", True)
+            result, hit = cached_build(ctx.cad, ctx.cad_cache, request, use_cache=use_cache)
         except CadError as exc:
             log.info("build %s failed: %s", build_id, exc)
             ctx.client.post(
                 f"/api/builds/{build_id}/cad/result", {"error": str(exc), "seconds": time.monotonic() - t0}
             )
             return
-        stem = PurePath(build["source"]).stem
-        outputs = {
-            "stl": (result.stl, f"{stem}.stl"),
-            "threemf": (result.threemf, f"{stem}.3mf"),
-            "step": (result.step, f"{stem}.step"),
-            "preview": (result.preview, f"{stem}.png"),
-            "preview_small": (result.preview_small, f"{stem}-96.png"),
-        }
-        uploaded = {
-            kind: ctx.client.upload_artifact(path, name) for kind, (path, name) in outputs.items() if path
-        }
+        uploaded = _upload_cad_outputs(ctx, result, PurePath(build["source"]).stem)
     bbox = [list(result.bbox[0]), list(result.bbox[1])]
     ctx.client.post(
         f"/api/builds/{build_id}/cad/result",
@@ -141,6 +115,39 @@ def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
         },
     )
     log.info("build %s meshed in %.2f s%s", build_id, time.monotonic() - t0, " (cache hit)" if hit else "")
+
+
+def _cad_request(ctx: WorkerContext, build: dict, tmp: Path) -> CadRequest:
+    """Download the build's source into `tmp` and say what to build from it."""
+    outdir = tmp / "out"
+    outdir.mkdir()
+    if build.get("project"):  # an archive; the runner unpacks it in the build's private folder
+        archive = ctx.client.download_artifact(build["source_sha256"], tmp / "project.tar.gz")
+        source, project = Path(build["source"]), archive
+    else:
+        source = tmp / "src" / PurePath(build["source"]).name
+        ctx.client.download_artifact(build["source_sha256"], source)
+        project = None
+    return CadRequest(
+        source=source,
+        outdir=outdir,
+        entry=build["entry"],
+        params=build["params"],
+        project=project,
+        step=bool(build.get("step_requested")),
+    )
+
+
+def _upload_cad_outputs(ctx: WorkerContext, result: CadResult, stem: str) -> dict[str, str]:
+    """Upload the files the build made; the artifact ids by kind, as the result reports them."""
+    outputs = {
+        "stl": (result.stl, f"{stem}.stl"),
+        "threemf": (result.threemf, f"{stem}.3mf"),
+        "step": (result.step, f"{stem}.step"),
+        "preview": (result.preview, f"{stem}.png"),
+        "preview_small": (result.preview_small, f"{stem}-96.png"),
+    }
+    return {kind: ctx.client.upload_artifact(path, name) for kind, (path, name) in outputs.items() if path}
 
 
 def slice_build(ctx: WorkerContext, slice_id: int) -> None:
@@ -164,20 +171,11 @@ def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
             {"error": f"no slicing profile for printer model '{sl['printer_model']}'"},
         )
         return
-    suffix = PurePath(sl["source"]).suffix.lower() if sl["kind"] == "mesh" else ".stl"
-    mesh_sha = sl["stl"]
-    if sl["kind"] == "cad" and (sl.get("objects") or 1) > 1 and sl.get("threemf"):
-        # The STL is one mesh; the 3MF keeps the objects apart, so the slicer places each.
-        mesh_sha, suffix = sl["threemf"], ".3mf"
+    mesh_sha, suffix = _mesh_to_slice(sl)
     stem = PurePath(sl["source"]).stem
     with tempfile.TemporaryDirectory(prefix=f"farm-slice-{slice_id}-") as tmp:
         mesh = ctx.client.download_artifact(mesh_sha, Path(tmp) / f"{stem}{suffix}")
-        # The slicer makes no thumbnail headless: the CAD preview stands in (a package's plate
-        # picture, or a small `; thumbnail` block in plain G-code for the printer's screen and web UI).
-        picture = sl.get("preview") if model.output_suffix != ".gcode" else sl.get("preview_small")
-        preview = None
-        if picture:
-            preview = ctx.client.download_artifact(picture, Path(tmp) / "preview.png").read_bytes()
+        preview = _preview_png(ctx, sl, model, Path(tmp))
         out = Path(tmp) / f"{stem}_{model.name}.gcode"
         try:
             result = slice_mesh(
@@ -199,12 +197,14 @@ def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
             )
             return
         gcode = ctx.client.upload_artifact(result.gcode, result.gcode.name)  # .gcode.3mf for Bambu
-    meta = {
-        k: getattr(result.meta, k) for k in ("print_time_s", "filament_g", "filament_mm", "printer_model")
-    }
     ctx.client.post(
         f"/api/slices/{slice_id}/result",
-        {"gcode": gcode, "meta": meta, "seconds": time.monotonic() - t0, "cached": result.cached},
+        {
+            "gcode": gcode,
+            "meta": _estimates(result.meta),
+            "seconds": time.monotonic() - t0,
+            "cached": result.cached,
+        },
     )
     log.info(
         "slice %s for %s done in %.2f s%s",
@@ -213,6 +213,28 @@ def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
         time.monotonic() - t0,
         " (cache hit)" if result.cached else "",
     )
+
+
+def _mesh_to_slice(sl: dict) -> tuple[str, str]:
+    """The artifact to slice and the suffix that tells the slicer what it is."""
+    suffix = PurePath(sl["source"]).suffix.lower() if sl["kind"] == "mesh" else ".stl"
+    if sl["kind"] == "cad" and (sl.get("objects") or 1) > 1 and sl.get("threemf"):
+        # The STL is one mesh; the 3MF keeps the objects apart, so the slicer places each.
+        return sl["threemf"], ".3mf"
+    return sl["stl"], suffix
+
+
+def _preview_png(ctx: WorkerContext, sl: dict, model: PrinterModel, tmp: Path) -> bytes | None:
+    # The slicer makes no thumbnail headless: the CAD preview stands in (a package's plate
+    # picture, or a small `; thumbnail` block in plain G-code for the printer's screen and web UI).
+    picture = sl.get("preview") if model.output_suffix != ".gcode" else sl.get("preview_small")
+    if not picture:
+        return None
+    return ctx.client.download_artifact(picture, tmp / "preview.png").read_bytes()
+
+
+def _estimates(meta: GcodeMeta) -> dict[str, object]:
+    return {k: getattr(meta, k) for k in ("print_time_s", "filament_g", "filament_mm", "printer_model")}
 
 
 def _read_presliced(ctx: WorkerContext, sl: dict) -> None:
@@ -244,9 +266,7 @@ def _read_presliced(ctx: WorkerContext, sl: dict) -> None:
         if error
         else {
             "gcode": sl["source_sha256"],
-            "meta": {
-                k: getattr(meta, k) for k in ("print_time_s", "filament_g", "filament_mm", "printer_model")
-            },
+            "meta": _estimates(meta),
         }
     )
     ctx.client.post(f"/api/slices/{sl['id']}/result", {**body, "seconds": time.monotonic() - t0})
@@ -256,7 +276,7 @@ def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:
     """Declare the actors on this broker, bound to this worker's context."""
     limit_ms = (ctx.settings.cad_wall_s + 120) * 1000
 
-    def _guard(fn, *args):  # type: ignore[no-untyped-def]
+    def _guard(fn: Callable[[WorkerContext, int], None], *args: int) -> None:
         try:
             fn(ctx, *args)
         except FarmError as exc:
@@ -265,21 +285,13 @@ def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:
                 return
             raise  # Dramatiq retries with back-off
 
+    def declare(name: str, queue: str, fn: Callable[[int], None]) -> None:
+        decorate = dramatiq.actor(
+            actor_name=name, queue_name=queue, broker=broker, max_retries=10, time_limit=limit_ms
+        )
+        decorate(fn)
+
     if CAD_QUEUE in queues:
-        dramatiq.actor(
-            lambda build_id: _guard(build_cad, build_id),
-            actor_name=CAD_ACTOR,
-            queue_name=CAD_QUEUE,
-            broker=broker,
-            max_retries=10,
-            time_limit=limit_ms,
-        )
+        declare(CAD_ACTOR, CAD_QUEUE, lambda build_id: _guard(build_cad, build_id))
     if SLICE_QUEUE in queues:
-        dramatiq.actor(
-            lambda slice_id: _guard(slice_build, slice_id),
-            actor_name=SLICE_ACTOR,
-            queue_name=SLICE_QUEUE,
-            broker=broker,
-            max_retries=10,
-            time_limit=limit_ms,
-        )
+        declare(SLICE_ACTOR, SLICE_QUEUE, lambda slice_id: _guard(slice_build, slice_id))

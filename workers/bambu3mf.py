@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
@@ -271,13 +271,13 @@ def _project_settings(info: PlateInfo, config: Mapping[str, str]) -> str:
     return json.dumps(data, indent=4, sort_keys=True)
 
 
-def _copy_hashing(src: BinaryIO, dst: BinaryIO, md5: hashlib._Hash) -> None:
+def _copy_hashing(src: IO[bytes], dst: IO[bytes], md5: hashlib._Hash) -> None:
     while block := src.read(_COPY_CHUNK):
         md5.update(block)
         dst.write(block)
 
 
-def _copy_with_progress(src: BinaryIO, dst: BinaryIO, md5: hashlib._Hash) -> None:
+def _copy_with_progress(src: IO[bytes], dst: IO[bytes], md5: hashlib._Hash) -> None:
     """Copy the G-code, repeating the latest `M73 P<pct> R<min>` after every `M73 L<layer>`: Bambu
     firmware shows progress per layer, PrusaSlicer writes it per percent."""
     progress = b"M73 P0 R0\n"

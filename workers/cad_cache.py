@@ -24,12 +24,12 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
-from workers.cad_runner import (
+from workers.cad_types import (
     LOG_NAME,
     PREVIEW_NAME,
     PREVIEW_SMALL_NAME,
@@ -46,12 +46,13 @@ log = logging.getLogger("farm.cad_cache")
 CACHE_FORMAT = "2"  # 2: previews and mesh checks in every entry, STEP in some
 META_NAME = "meta.json"
 ENVS_DIR = "envs"  # environments of projects' requirements (workers.cad_env), beside the entries
-# The exporter's tolerances and naming live in cad_child.py, the checks and previews in mesh.py;
-# hashing their bytes (without importing them, which would import build123d) invalidates the cache
-# whenever the way meshes are made changes.
+# The exporter's tolerances and naming live in cad_child.py, the entry point's choice and its
+# parameters' types in cad_script.py, the checks and previews in mesh.py; hashing their bytes (without
+# importing them, which would import build123d) invalidates the cache whenever the way meshes are
+# made changes.
 EXPORTER = tuple(
     Path(__file__).with_name(name)
-    for name in ("cad_child.py", "mesh.py", "scene.py", "viewer.py", "threemf.py")
+    for name in ("cad_child.py", "cad_script.py", "mesh.py", "scene.py", "viewer.py", "threemf.py")
 )
 OCP_DISTRIBUTIONS = ("cadquery-ocp", "cadquery-ocp-novtk")
 
@@ -106,7 +107,7 @@ def source_tree_digests(source: Path, project: Path | None = None) -> list[tuple
             reader = tar.extractfile(member) if member.isfile() else None
             if reader is not None:
                 digest = hashlib.sha256()
-                for block in iter(lambda r=reader: r.read(1 << 20), b""):  # type: ignore[misc]
+                for block in iter(partial(reader.read, 1 << 20), b""):
                     digest.update(block)
                 digests.append((member.name, digest.hexdigest()))
     return sorted(digests)
@@ -276,7 +277,7 @@ def cached_build(
     """
     packages: list[str] = []
     if request.project is not None:
-        from workers.cad_env import EnvStore, read_requirements
+        from workers.cad_env import EnvStore, read_requirements  # `packaging`: only projects need it
 
         declared = read_requirements(request.project)
         env, installed = EnvStore(cache.root / ENVS_DIR).ensure(declared)

@@ -31,7 +31,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from workers.cad_runner import CadError
+from workers.cad_types import CadError
 
 log = logging.getLogger("farm.cad_env")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from farm.printer_models import closest
 from workers.param_values import ParamValueError, typed_value
 
 SHOW_NAMES = frozenset({"show", "show_object", "show_all"})
@@ -105,7 +106,7 @@ def list_entry_points(
     "default", ...}]}` per entry point (a customizable's params are its model's fields), then
     `{"kind": "show"}` and/or `{"kind": "result"}` when the script builds at module level.
     """
-    from workers.param_schema import build_model, field_listing
+    from workers.param_schema import build_model, field_listing  # pydantic: ~0.15 s to import
 
     info = scan_source(source, read_module, module_path)
     entries: list[dict[str, Any]] = []
@@ -125,7 +126,7 @@ def list_entry_points(
 
 
 def _function(node: ast.FunctionDef, classes: dict[str, ast.ClassDef]) -> Function:
-    from workers.param_schema import is_model_class
+    from workers.param_schema import is_model_class  # pydantic: ~0.15 s to import
 
     kinds = [k for k in map(_makerrepo_kind, node.decorator_list) if k]
     func = Function(node.name, node.lineno, _params(node.args), kind=kinds[0] if kinds else "function")
@@ -210,9 +211,7 @@ def unknown_names(info: ScriptInfo, filename: str, entry: str | None, params: di
     """What the build would refuse by name, told at submit time: an `--artifact` the design does
     not define, or a parameter no function it may build takes (with the closest name, difflib).
     None when all is known, and whenever the source alone cannot tell (e.g. `**kwargs`, a parameter
-    model with aliases or extras, functions defined at run time). Mirrors cad_child.resolve."""
-    from farm.printer_models import closest
-
+    model with aliases or extras, functions defined at run time). Mirrors cad_script.resolve."""
     if not info.exact:
         return None
     if entry:
@@ -232,10 +231,10 @@ def unknown_names(info: ScriptInfo, filename: str, entry: str | None, params: di
         return None
     takes: dict[str, list[str]] = {}
     for func in offered:
-        names = _param_names(func, info)
-        if names is None:
+        taken = _param_names(func, info)
+        if taken is None:
             return None
-        takes[func.name] = names
+        takes[func.name] = taken
     known = {n for names in takes.values() for n in names}
     unknown = [n for n in params if n not in known]
     if not unknown:
@@ -254,7 +253,7 @@ def _param_names(func: Function, info: ScriptInfo) -> list[str] | None:
         return None
     if func.model is None:
         return [p.name for p in func.params]
-    from workers.param_schema import checkable_model
+    from workers.param_schema import checkable_model  # pydantic: ~0.15 s to import
 
     try:
         model = checkable_model(func.model, info.classes)
@@ -295,7 +294,7 @@ def _typed_by_model(
     the fields given only; as given when it cannot be rebuilt or, without `validate`, refuses them."""
     from pydantic import ValidationError
 
-    from workers.param_schema import checkable_model, describe_errors
+    from workers.param_schema import checkable_model, describe_errors  # pydantic: ~0.15 s to import
 
     assert target.model is not None
     try:
@@ -332,7 +331,7 @@ def _target(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> Func
 
 def _accepts(func: Function, info: ScriptInfo, params: dict[str, Any]) -> bool:
     if func.model:
-        from workers.param_schema import checkable_model
+        from workers.param_schema import checkable_model  # pydantic: ~0.15 s to import
 
         try:
             model = checkable_model(func.model, info.classes)
@@ -342,7 +341,7 @@ def _accepts(func: Function, info: ScriptInfo, params: dict[str, Any]) -> bool:
             return False
         fields = model.model_fields
         return set(params) <= set(fields) and {n for n, f in fields.items() if f.is_required()} <= set(params)
-    # As the CAD child decides with the live signature (cad_child._accepts).
+    # As the CAD child decides with the live signature (cad_script._accepts).
     known = set(params) <= {p.name for p in func.params} or func.any_keyword
     required = {p.name for p in func.params if not p.has_default}
     return known and not func.needs_positional and required <= set(params)

@@ -13,9 +13,11 @@ import httpx
 from farm.client import FarmClient, FarmError
 from farm.queue import CAD_QUEUE, SLICE_QUEUE, get_broker
 from farm.settings import Settings
-from workers import priority, sandbox
+from workers import priority, sandbox, sandbox_probe
 from workers.actors import WorkerContext, register
 from workers.cad_cache import CadCache
+from workers.cad_runner import CadRunner
+from workers.cad_types import CadLimits
 from workers.slice_cache import SliceCache
 
 log = logging.getLogger("farm.worker")
@@ -33,9 +35,9 @@ def sandbox_policy(settings: Settings) -> sandbox.Policy:
         raise SystemExit(str(error)) from None
 
 
-def check_sandbox(settings: Settings) -> sandbox.Report:
+def check_sandbox(settings: Settings) -> sandbox_probe.Report:
     """What `farm worker --check-sandbox` reports: each layer tried on this host, in a throwaway build."""
-    return sandbox.probe(sandbox_policy(settings))
+    return sandbox_probe.probe(sandbox_policy(settings))
 
 
 def _announce(ctx: WorkerContext, queues: set[str], walls: str) -> None:
@@ -68,8 +70,6 @@ def run(settings: Settings, queues: set[str]) -> None:
     ctx = WorkerContext(settings=settings, client=FarmClient(settings.url, token, timeout=120))
     walls = "none"
     if CAD_QUEUE in queues:
-        from workers.cad_runner import CadLimits, CadRunner
-
         ctx.cad = CadRunner(
             CadLimits(
                 cpu_s=settings.cad_cpu_s,
@@ -83,7 +83,7 @@ def run(settings: Settings, queues: set[str]) -> None:
             log.warning(SANDBOX_OFF_WARNING)
         try:
             ctx.cad.start()  # pays the build123d import once, before the first job
-        except sandbox.Unavailable as refused:
+        except sandbox_probe.Unavailable as refused:
             raise SystemExit(f"farm worker: {refused}") from None
         walls = "off" if settings.cad_sandbox == "off" else "isolated"
         ctx.cad_cache = CadCache(settings.data_dir / "cad-cache")

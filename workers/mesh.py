@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import SupportsFloat
 
 import numpy as np
 
@@ -47,6 +49,12 @@ class MeshReport:
 
 # --------------------------------------------------------------------------------------------------
 # Reading
+
+
+def point(values: Iterable[SupportsFloat]) -> tuple[float, float, float]:
+    """Three coordinates (a numpy row, say) as plain floats."""
+    x, y, z = (float(v) for v in values)
+    return (x, y, z)
 
 
 def read_stl(path: Path) -> np.ndarray:
@@ -88,8 +96,7 @@ def inspect_mesh(tris: np.ndarray) -> MeshReport:
         )
     low, high = tris.min(axis=(0, 1)), tris.max(axis=(0, 1))
     open_edges, nonmanifold = _edge_counts(tris)
-    bbox = (tuple(float(v) for v in low), tuple(float(v) for v in high))
-    return MeshReport(len(tris), open_edges, nonmanifold, bbox)  # type: ignore[arg-type]
+    return MeshReport(len(tris), open_edges, nonmanifold, (point(low), point(high)))
 
 
 def _edge_counts(tris: np.ndarray) -> tuple[int, int]:

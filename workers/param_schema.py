@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import enum
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
@@ -170,7 +170,8 @@ class _Builder:
                 self.unsure = True
         for field in fields if "*" in raw else raw & set(fields):
             fields[field] = _any_value(*fields[field])
-        model = create_model(name, __config__=ConfigDict(**config), **fields)  # type: ignore[call-overload]
+        settings = cast(ConfigDict, dict(config))  # its keys are _CONFIG_KEYS, checked in _config
+        model = create_model(name, __config__=settings, **fields)  # type: ignore[call-overload]
         self.built[name], self.raw[name] = model, raw
         return model
 

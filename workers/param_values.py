@@ -15,7 +15,7 @@ import typing
 from typing import Any
 
 TYPE_NAMES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
-_EXPECTS = {bool: "true or false", int: "an integer", float: "a number"}
+_EXPECTS: dict[type | None, str] = {bool: "true or false", int: "an integer", float: "a number"}
 
 
 class ParamValueError(ValueError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import Iterable
 from pathlib import Path
 
 PLATE_SIZE = 512
@@ -153,4 +152,4 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-__all__: Iterable[str] = ("plate_pngs", "png", "png_size", "render_plate")
+__all__ = ("plate_pngs", "png", "png_size", "render_plate")

@@ -129,12 +129,13 @@ class Viewer:
         for attr, func in self.functions().items():
             setattr(module, attr, func)
         if noops:
-            module.Camera = enum.Enum("Camera", "RESET CENTER KEEP ISO TOP BOTTOM LEFT RIGHT FRONT REAR")  # type: ignore[attr-defined]
-            module.Collapse = enum.Enum("Collapse", "NONE ROOT LEAVES ALL")  # type: ignore[attr-defined]
+            Camera = enum.Enum("Camera", "RESET CENTER KEEP ISO TOP BOTTOM LEFT RIGHT FRONT REAR")
+            Collapse = enum.Enum("Collapse", "NONE ROOT LEAVES ALL")
+            vars(module).update(Camera=Camera, Collapse=Collapse)
             for attr in _OCP_VSCODE_NOOPS:
                 setattr(module, attr, _noop)
-            module.push_object = self.push_object  # type: ignore[attr-defined]
-            module.__getattr__ = _noop_attribute  # type: ignore[method-assign]
+            # A module-level __getattr__ answers any other name ocp_vscode has, as the real one would.
+            vars(module).update(push_object=self.push_object, __getattr__=_noop_attribute)
         return module
 
 

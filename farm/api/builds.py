@@ -33,7 +33,8 @@ from farm.queue import send
 from farm.sources import SourceProblem, check_cad_source
 from farm.states import BuildStage, SliceState
 from farm.store import TooLarge
-from workers.slicer import SliceError, check_overrides, print_options
+from workers.slice_error import SliceError
+from workers.slicer_profiles import check_overrides, print_options
 
 log = logging.getLogger("farm.api")
 

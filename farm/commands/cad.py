@@ -18,7 +18,8 @@ import typer
 from farm import extras
 
 if TYPE_CHECKING:
-    from workers.cad_runner import CadRequest, CadResult, CadRunner
+    from workers.cad_runner import CadRunner
+    from workers.cad_types import CadRequest, CadResult
 
 CACHE_DIR_NAME = "cad-cache"
 
@@ -64,8 +65,8 @@ def build(
     """
     extras.require("build", "worker")
     from workers.cad_cache import CadCache, cached_build
-    from workers.cad_runner import CadError
-    from workers.sandbox import Unavailable
+    from workers.cad_types import CadError
+    from workers.sandbox_probe import Unavailable
 
     _require_file(path)
     params = _params(param, params_file)
@@ -160,8 +161,8 @@ def _inspect_shown(
     as_json: bool,
 ) -> None:
     extras.require("inspect --shown", "worker")
-    from workers.cad_runner import CadError
-    from workers.sandbox import Unavailable
+    from workers.cad_types import CadError
+    from workers.sandbox_probe import Unavailable
 
     _require_file(path)
     params = _params(param, params_file)
@@ -259,7 +260,7 @@ def make_request(
     from farm.project import pack_file
     from farm.settings import get_settings
     from farm.sources import check_cad_source
-    from workers.cad_runner import CadRequest
+    from workers.cad_types import CadRequest
 
     # A script in no project travels with its folder, but not with the outputs, cache and
     # parameter file of our own that may be in it.

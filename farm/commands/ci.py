@@ -27,7 +27,7 @@ from farm.project import ProjectError
 from farm.sources import SourceProblem
 
 if TYPE_CHECKING:
-    from workers.cad_runner import CadRequest
+    from workers.cad_types import CadRequest
 
 ci_app = typer.Typer(
     help="Build or submit every part of a repository (printfarm.toml) from a CI job.",
@@ -101,8 +101,8 @@ def _build_all(
     folder: Path, builds: list[tuple[Part, dict[str, Any]]], output: Path | None, use_cache: bool
 ) -> list[Outcome]:
     from workers.cad_cache import CadCache, cached_build
-    from workers.cad_runner import CadError
-    from workers.sandbox import Unavailable
+    from workers.cad_types import CadError
+    from workers.sandbox_probe import Unavailable
 
     cache = CadCache(cad.cache_root())
     runner = cad.local_runner()  # its fork server starts with the first build the cache misses

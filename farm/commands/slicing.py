@@ -107,7 +107,8 @@ def _choices(printer_model: str, material: str, quality: str) -> tuple[PrinterMo
 
 
 def _overrides(infill: str | None, supports: str | None, brim: float | None) -> dict[str, str]:
-    from workers.slicer import SliceError, print_options  # the worker extra: not on an agent's Pi
+    from workers.slice_error import SliceError  # the worker extra: not on an agent's Pi
+    from workers.slicer_profiles import print_options
 
     try:
         return print_options(infill=infill, supports=supports, brim=brim)
@@ -128,7 +129,9 @@ def _slice_into_place(
     json_out: bool,
 ) -> SliceResult:
     """Slice beside the output, then rename onto it: a slice that fails leaves the old file."""
-    from workers.slicer import CopiesDontFit, SliceError, output_paths, slice_mesh  # the worker extra
+    from workers.arrange import CopiesDontFit  # the worker extra: not on an agent's Pi
+    from workers.slice_error import SliceError
+    from workers.slicer import output_paths, slice_mesh
 
     plain, send = output_paths(output, model)
     try:
