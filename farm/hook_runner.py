@@ -32,13 +32,13 @@ from farm import mirror, pipeline, tags
 from farm.db import write_session
 from farm.manifest import ManifestError, Part, Target, load_manifest
 from farm.models import Artifact, Build, HookDelivery, Job, Project, stored_id, utcnow
+from farm.print_options import check_overrides, print_options
 from farm.printer_models import UnknownChoice, check_color, check_material, check_model, check_quality
 from farm.project import ProjectError, pack
 from farm.queue import send
+from farm.slice_error import SliceError
 from farm.sources import SourceProblem, check_cad_source
 from farm.states import BuildStage
-from workers.slice_error import SliceError
-from workers.slicer_profiles import check_overrides, print_options
 
 if TYPE_CHECKING:  # farm.api imports this module
     from farm.api.deps import Farm

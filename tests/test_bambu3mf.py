@@ -12,6 +12,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from farm.printer_models import MODELS
+from farm.slice_error import SliceError
 from workers.bambu3mf import (
     MODEL_SETTINGS,
     PLATE_GCODE,
@@ -23,7 +24,6 @@ from workers.bambu3mf import (
 from workers.gcode_meta import GcodeMeta, gcode_thumbnails, parse_gcode_meta, parse_sliced_file
 from workers.plate_image import png_size
 from workers.slice_cache import SliceCache, cache_key
-from workers.slice_error import SliceError
 from workers.slicer import output_paths, slice_mesh
 from workers.slicer_profiles import flatten_profile
 

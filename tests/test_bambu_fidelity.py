@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 
 from farm.printer_models import MODELS, PrinterModel
+from farm.slice_error import SliceError
 from tests.gcode_walker import hot_z_moves, loose_tool_changes, start_sequence, walk
 from tests.test_slicer import box_triangles, write_binary_stl
 from workers.bambu3mf import PLATE_GCODE, PROJECT_SETTINGS
 from workers.mesh_bbox import check_fits, mesh_bbox
 from workers.plate_image import png_size
-from workers.slice_error import SliceError
 from workers.slicer import SliceResult, slice_mesh
 from workers.slicer_profiles import flatten_profile
 

@@ -18,10 +18,10 @@ import pytest
 
 from farm.pipeline import source_kind
 from farm.printer_models import MODELS
+from farm.slice_error import SliceError
 from tests.test_slicer import box_triangles, write_binary_stl
 from workers.bgcode import BgcodeError, read_bgcode
 from workers.gcode_meta import parse_gcode_meta, parse_sliced_file
-from workers.slice_error import SliceError
 from workers.slicer import slice_mesh
 
 needs_slicer = pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="prusa-slicer not installed")

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from farm.print_options import print_options
 from farm.printer_models import DEFAULT_MODEL, MATERIALS, MODELS, QUALITIES, PrinterModel, get_model
+from farm.slice_error import SliceError
 from workers.arrange import CopiesDontFit, copies_per_plate, plates_for
 from workers.gcode_meta import GcodeMeta, count_layers, gcode_thumbnails, parse_duration, parse_gcode_meta
 from workers.mesh_bbox import check_fits, mesh_bbox
 from workers.prusaslicer import find_slicer, slicer_version
 from workers.slice_cache import SliceCache
-from workers.slice_error import SliceError
 from workers.slicer import slice_mesh
-from workers.slicer_profiles import find_bundle, flatten_profile, load_preset, print_options, write_profile
+from workers.slicer_profiles import find_bundle, flatten_profile, load_preset, write_profile
 
 needs_slicer = pytest.mark.skipif(shutil.which("prusa-slicer") is None, reason="prusa-slicer not installed")
 

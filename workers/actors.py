@@ -26,12 +26,12 @@ from farm.client import FarmClient, FarmError
 from farm.printer_models import PrinterModel, get_model
 from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
 from farm.settings import Settings
+from farm.slice_error import SliceError
 from workers.cad_cache import CadCache, cached_build
 from workers.cad_runner import CadRunner
 from workers.cad_types import CadError, CadRequest, CadResult
 from workers.gcode_meta import GcodeMeta, parse_sliced_file
 from workers.slice_cache import SliceCache
-from workers.slice_error import SliceError
 from workers.slicer import slice_mesh
 
 log = logging.getLogger("farm.worker")

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.printer_models import MODELS, model_for_gcode
+from farm.slice_error import SliceError
 from workers.bambu3mf import PackageError, extract_gcode
 from workers.bgcode import BgcodeError, read_bgcode
 from workers.mesh_bbox import BBox
-from workers.slice_error import SliceError
 from workers.slicer_profiles import config_numbers
 
 HEAD_BYTES = 64 * 1024

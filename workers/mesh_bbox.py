@@ -18,7 +18,7 @@ from typing import BinaryIO
 from xml.etree import ElementTree as ET
 
 from farm.printer_models import PrinterModel
-from workers.slice_error import SliceError
+from farm.slice_error import SliceError
 
 FIT_TOLERANCE_MM = 0.01  # float32 STL coordinates: a 180 mm part may read 180.00001
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from farm.printer_models import PrinterModel
+from farm.slice_error import SliceError
 from workers.mesh_bbox import bed_text
-from workers.slice_error import SliceError
 
 
 def find_slicer(path: str | Path | None = None) -> Path:

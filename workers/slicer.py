@@ -15,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm.print_options import check_overrides
 from farm.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel
+from farm.slice_error import SliceError
 from workers.arrange import arrange_copies, centred_on_bed, place_objects, rounded_bbox
 from workers.bambu3mf import PACKAGE_FORMAT, PlateInfo, package_gcode
 from workers.bed_load import MARK as BED_LOAD_MARK
@@ -24,8 +26,7 @@ from workers.gcode_meta import GcodeMeta, embed_thumbnail, gcode_thumbnails, par
 from workers.mesh_bbox import MEASURED_SUFFIXES, BBox, check_fits, count_3mf_items, mesh_bbox
 from workers.prusaslicer import check_known_keys, find_slicer, raise_for_failure, run_slicer, slicer_version
 from workers.slice_cache import SliceCache, cache_key
-from workers.slice_error import SliceError
-from workers.slicer_profiles import check_overrides, flatten_profile, profile_text
+from workers.slicer_profiles import flatten_profile, profile_text
 
 
 @dataclass

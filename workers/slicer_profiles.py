@@ -14,8 +14,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from farm.print_options import check_overrides
 from farm.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel
-from workers.slice_error import SliceError
+from farm.slice_error import SliceError
 
 # Project-shipped bundles (models the vendor bundle lacks) win over the slicer's own.
 PROJECT_PROFILE_DIR = Path(__file__).with_name("profiles")
@@ -34,8 +35,6 @@ NON_CONFIG_KEYS = frozenset(
         "compatible_prints_condition",
     }
 )
-# post_process runs an arbitrary program on the worker: never from a job's overrides.
-FORBIDDEN_OVERRIDES = frozenset({"post_process"})
 
 
 def find_bundle(name: str, dirs: Sequence[Path] | None = None) -> Path:
@@ -123,21 +122,6 @@ def _choose(kind: str, wanted: str, presets: Mapping[str, str], model: PrinterMo
     raise SliceError(f"unknown {kind} '{wanted}' for the {model.name}; choose one of: {', '.join(presets)}")
 
 
-def check_overrides(overrides: Mapping[str, str]) -> dict[str, str]:
-    clean: dict[str, str] = {}
-    for key, value in overrides.items():
-        if not re.fullmatch(r"[a-z0-9_]+", key):
-            raise SliceError(f"'{key}' is not a slicer setting name (lower case, digits and _ only)")
-        if key in FORBIDDEN_OVERRIDES:
-            raise SliceError(f"the slicer setting '{key}' cannot be set from a job")
-        text = str(value)
-        # A newline would smuggle extra keys into the flat .ini.
-        if "\n" in text or "\r" in text:
-            raise SliceError(f"the value of '{key}' must be one line; write line breaks as \\n")
-        clean[key] = text
-    return clean
-
-
 def flatten_profile(
     model: PrinterModel,
     material: str = DEFAULT_MATERIAL,
@@ -177,39 +161,6 @@ def write_profile(cfg: Mapping[str, str], path: Path) -> Path:
     path = Path(path)
     path.write_text(profile_text(cfg), encoding="utf-8")
     return path
-
-
-SUPPORTS: tuple[str, ...] = ("none", "buildplate", "everywhere")
-
-
-def print_options(
-    *, infill: str | float | None = None, supports: str | None = None, brim: float | None = None
-) -> dict[str, str]:
-    """Slicer overrides for the everyday choices: infill density (`20` or `20%`), supports
-    (none / buildplate / everywhere, generated where the overhangs need them) and a brim width in mm."""
-    out: dict[str, str] = {}
-    if infill is not None:
-        text = str(infill).strip().removesuffix("%")
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1.0
-        if not 0 <= value <= 100:
-            raise SliceError(f"infill must be a percentage from 0 to 100, like 20 or 20%, not '{infill}'")
-        out["fill_density"] = f"{value:g}%"
-    if supports is not None:
-        choice = supports.strip().lower()
-        if choice not in SUPPORTS:
-            raise SliceError(f"supports must be one of {', '.join(SUPPORTS)}, not '{supports}'")
-        out["support_material"] = "0" if choice == "none" else "1"
-        out["support_material_auto"] = "1"
-        out["support_material_buildplate_only"] = "1" if choice == "buildplate" else "0"
-    if brim is not None:
-        if not 0 <= brim <= 50:
-            raise SliceError(f"the brim width is in mm, from 0 to 50, not {brim:g}")
-        out["brim_width"] = f"{brim:g}"
-        out["brim_type"] = "outer_only" if brim > 0 else "no_brim"
-    return out
 
 
 def config_numbers(text: str) -> list[float]:

@@ -20,6 +20,7 @@ from farm.api.views import build_view, slice_view
 from farm.gitsource import BadGitSource, check_commit, check_ref, check_url
 from farm.models import Artifact, Build, Job, Printer, Slice, Token
 from farm.names import UnsafeName, check_entry_path, safe_name
+from farm.print_options import check_overrides, print_options
 from farm.printer_models import (
     UnknownChoice,
     check_color,
@@ -30,11 +31,10 @@ from farm.printer_models import (
     get_model,
 )
 from farm.queue import send
+from farm.slice_error import SliceError
 from farm.sources import SourceProblem, check_cad_source
 from farm.states import BuildStage, SliceState
 from farm.store import TooLarge
-from workers.slice_error import SliceError
-from workers.slicer_profiles import check_overrides, print_options
 
 log = logging.getLogger("farm.api")
 

@@ -107,8 +107,8 @@ def _choices(printer_model: str, material: str, quality: str) -> tuple[PrinterMo
 
 
 def _overrides(infill: str | None, supports: str | None, brim: float | None) -> dict[str, str]:
-    from workers.slice_error import SliceError  # the worker extra: not on an agent's Pi
-    from workers.slicer_profiles import print_options
+    from farm.print_options import print_options
+    from farm.slice_error import SliceError  # the worker extra: not on an agent's Pi
 
     try:
         return print_options(infill=infill, supports=supports, brim=brim)
@@ -129,8 +129,8 @@ def _slice_into_place(
     json_out: bool,
 ) -> SliceResult:
     """Slice beside the output, then rename onto it: a slice that fails leaves the old file."""
+    from farm.slice_error import SliceError
     from workers.arrange import CopiesDontFit  # the worker extra: not on an agent's Pi
-    from workers.slice_error import SliceError
     from workers.slicer import output_paths, slice_mesh
 
     plain, send = output_paths(output, model)
