@@ -47,8 +47,9 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# The checkout first, even when it is on PYTHONPATH too: run as a script, bench/ leads sys.path
+# and bench/farm.py would be `farm`.
+sys.path.insert(0, str(REPO))
 
 from farm.up import started_at  # noqa: E402
 from printers.emulators.common import read_print_log  # noqa: E402

@@ -27,6 +27,8 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+# The checkout first: run as a script, bench/ leads sys.path and bench/farm.py would be `farm`.
+sys.path.insert(0, str(REPO))
 BOUND_S = 120.0
 
 

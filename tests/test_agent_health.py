@@ -172,6 +172,29 @@ def test_a_print_finished_before_the_agent_started_keeps_the_bed(
     assert "Traceback" not in log and "ERROR" not in log, log
 
 
+@pytest.mark.parametrize(
+    ("shows", "auto_eject", "clear"),
+    [("finished", False, False), ("failed", False, False), ("finished", True, True), ("idle", False, True)],
+)
+def test_what_a_printer_shows_when_its_agent_registers_decides_its_bed(
+    quiet_farm: RunningFarm, shows: str, auto_eject: bool, clear: bool
+) -> None:
+    """A failed print at start is a part (or a mess) on the bed as much as a finished one; a printer
+    that ejects its own parts has none; an idle one has none either."""
+    api, name = admin(quiet_farm), f"reg-{shows}-{int(auto_eject)}"
+    reg = {"printer": name, "model": "MINI", "protocol": "prusalink", "auto_eject": auto_eject}
+    try:
+        assert api.post("/api/agents/register", json=reg | {"state": "idle"}).status_code == 200
+        assert printer(quiet_farm, name)["bed_clear"] is True  # type: ignore[index]
+        # The agent restarts and finds the printer showing `shows`: the printer is known already.
+        assert api.post("/api/agents/register", json=reg | {"state": shows}).status_code == 200
+        found = printer(quiet_farm, name)
+        assert found is not None and found["bed_clear"] is clear, found
+        assert (found["state"] == "awaiting_clear") is not clear, found
+    finally:
+        api.delete(f"/api/printers/{name}")
+
+
 def test_a_printer_off_at_start_is_asked_about_its_bed_when_it_comes_back(
     quiet_farm: RunningFarm, emulator: PrusaLinkEmulator, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import tempfile
 import threading
@@ -35,6 +36,14 @@ from workers.slice_cache import SliceCache
 from workers.slicer import slice_mesh
 
 log = logging.getLogger("farm.worker")
+# A message whose coordinator could not be reached comes back after 2-5 s, for about four minutes
+# (the coordinator's housekeeper sends work unbegun for work_resend_s again after that in any case);
+# any other failure is retried with Dramatiq's back-off, 10 times.
+AWAY_RETRY_MS, AWAY_RETRIES, RETRIES = (2_000, 5_000), 70, 10
+
+
+def _retry_when(retries: int, exc: BaseException) -> bool:
+    return retries < (AWAY_RETRIES if isinstance(exc, dramatiq.Retry) else RETRIES)
 
 
 @dataclass
@@ -283,11 +292,15 @@ def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:
             if _user_error(exc):
                 log.error("%s%s gave up: %s", fn.__name__, args, exc)
                 return
-            raise  # Dramatiq retries with back-off
+            # The coordinator is restarting or away: one line, no traceback, and the message comes
+            # back in a few seconds (Dramatiq's own back-off starts at 15 s and doubles: work caught
+            # by two coordinator restarts waited minutes after it was back, in bench/chaos.py).
+            log.warning("%s%s: %s; trying again shortly", fn.__name__, args, exc)
+            raise dramatiq.Retry(str(exc), delay=random.randint(*AWAY_RETRY_MS)) from exc
 
     def declare(name: str, queue: str, fn: Callable[[int], None]) -> None:
         decorate = dramatiq.actor(
-            actor_name=name, queue_name=queue, broker=broker, max_retries=10, time_limit=limit_ms
+            actor_name=name, queue_name=queue, broker=broker, retry_when=_retry_when, time_limit=limit_ms
         )
         decorate(fn)
 
