@@ -149,7 +149,9 @@ class OctoPrintDriver(HttpDriver):
 
     def resume(self) -> None:
         with self._lock:
-            self._wait_while("Pausing")  # OctoPrint ignores a resume until the pause has landed
+            # OctoPrint ignores a resume until the pause has landed
+            if self._wait_while("Pausing") == "Printing":  # OctoPrint answers 204 and does nothing
+                raise DriverError("cannot resume the print: the printer is printing, not paused")
             self._job_command({"command": "pause", "action": "resume"}, "resume")
             self.paused_by_farm = False
 
@@ -211,12 +213,16 @@ class OctoPrintDriver(HttpDriver):
             return PrinterState.FAILED, "cancelled"
         return PrinterState.IDLE, None
 
-    def _wait_while(self, state_text: str) -> None:
-        """Poll /api/job for at most the request timeout until OctoPrint leaves `state_text`."""
+    def _wait_while(self, state_text: str) -> str | None:
+        """Poll /api/job for at most the request timeout until OctoPrint leaves `state_text`; the
+        state it is in then."""
         deadline = time.monotonic() + self.config.timeout_s
         with self._reachable("read /api/job"):
-            while self._get_json("/api/job").get("state") == state_text and time.monotonic() < deadline:
+            while (state := self._get_json("/api/job").get("state")) == state_text:
+                if time.monotonic() >= deadline:
+                    break
                 time.sleep(0.1)
+        return state
 
     def _job_command(self, body: dict[str, Any], verb: str) -> None:
         response = self._send("POST", "/api/job", json=body)

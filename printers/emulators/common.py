@@ -252,6 +252,11 @@ class EmulatorThread:
             self._thread = None
         self._stopped.set()
 
+    def close(self) -> None:
+        """Stop for good: the same as `stop()` here (nothing else to remove), and the name every
+        emulator shares, Bambu's included (which also removes its certificate)."""
+        self.stop()
+
     def go_offline(self) -> None:
         self.stop()
 
