@@ -195,7 +195,11 @@ def driver_config(protocol: str, emulator: Any, **overrides: Any) -> PrinterConf
         fields |= {"model": "Voron", "api_key": SECRET, "port": emulator.port}
     else:
         fields |= {"model": "X1C", "serial": SERIAL, "access_code": ACCESS_CODE}
-        fields |= {"port": emulator.mqtt_port, "ftps_port": emulator.ftps_port, "camera_port": emulator.camera_port}
+        fields |= {
+            "port": emulator.mqtt_port,
+            "ftps_port": emulator.ftps_port,
+            "camera_port": emulator.camera_port,
+        }
     return PrinterConfig(**(fields | overrides))
 
 
