@@ -212,6 +212,10 @@ class Rig:
     driver: Driver
     remote: str  # the name the farm uploads under
 
+    def named(self, stem: str) -> str:
+        """A file name this printer takes: `stem` with the protocol's suffix."""
+        return stem + (".gcode.3mf" if self.protocol == "bambu" else ".gcode")
+
     def upload(self, path: Path, *, start: bool = True) -> None:
         self.driver.upload(path, self.remote, start=start)
 
@@ -231,9 +235,9 @@ def rig(protocol: str, tmp_path: Path, **emulator_kwargs: Any) -> Iterator[Rig]:
     """`protocol`'s emulator on free loopback ports and a driver that has seen it IDLE."""
     emulator = start_emulator(protocol, tmp_path / "printer", **emulator_kwargs)
     driver = make_driver(driver_config(protocol, emulator))
-    remote = "farm-job-7.gcode.3mf" if protocol == "bambu" else "farm-job-7.gcode"
     try:
-        setup = Rig(protocol, emulator, driver, remote)
+        setup = Rig(protocol, emulator, driver, "")
+        setup.remote = setup.named("farm-job-7")
         setup.state_is(PrinterState.IDLE)  # connected
         yield setup
     finally:

@@ -144,14 +144,14 @@ def test_pause_resume_cancel(slow: Rig, tmp_path: Path) -> None:
 
 def test_refused_uploads_raise_and_leave_the_running_print_alone(slow: Rig, tmp_path: Path) -> None:
     path = slow.job_file(tmp_path)
-    for unsafe in ("../escape.gcode", "a/../../escape.gcode", "bad\\name.gcode"):
+    for unsafe in ("../escape", "a/../../escape", "bad\\name", "new\nline"):
         with pytest.raises(DriverError):
-            slow.driver.upload(path, unsafe, start=False)
+            slow.driver.upload(path, slow.named(unsafe), start=False)
     assert slow.emulator.received == []
 
     slow.upload(path, start=True)
     wait_state(slow.driver, PrinterState.PRINTING)
-    other = "farm-job-8" + slow.remote.removeprefix("farm-job-7")
+    other = slow.named("farm-job-8")
     with pytest.raises(DriverError):
         slow.driver.upload(path, other, start=True)  # busy: a second print cannot start
     with pytest.raises(DriverError):
@@ -164,7 +164,7 @@ def test_refused_uploads_raise_and_leave_the_running_print_alone(slow: Rig, tmp_
 
 def test_starting_a_file_the_printer_lacks_raises(fast: Rig) -> None:
     skip_if_cannot(fast.protocol, "refuse to start a missing file")
-    missing = "farm-job-404" + fast.remote.removeprefix("farm-job-7")
+    missing = fast.named("farm-job-404")
     with pytest.raises(DriverError):
         fast.driver.start(missing)
     assert wait_state(fast.driver, PrinterState.IDLE, PrinterState.FAILED).file != missing
