@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol, Self
 
 MODEL_CHECK_BYTES = 64 * 1024  # the firmware only scans the start of the file for M862.x
 ESTIMATE_TAIL_BYTES = 256 * 1024  # PrusaSlicer writes the time estimate near the end
@@ -129,6 +129,12 @@ class FaultSwitches(abc.ABC):
         """The person at the printer fixes what `need_attention` asked for; the print goes on."""
 
 
+class Readable(Protocol):
+    """What an upload body is read through: a socket file, or one wrapped by `UploadCutter`."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class UploadCutter:
     """The `abort_next_upload` switch for emulators that read uploads from a socket."""
 
@@ -140,15 +146,15 @@ class UploadCutter:
         with self._lock:
             self._after = after_bytes
 
-    def wrap(self, stream: BinaryIO, conn: socket.socket) -> BinaryIO:
+    def wrap(self, stream: Readable, conn: socket.socket) -> Readable:
         """`stream` as it is, or, when armed (once), a stream that drops `conn` after the limit."""
         with self._lock:
             after, self._after = self._after, None
-        return stream if after is None else _CutStream(stream, conn, after)  # type: ignore[return-value]
+        return stream if after is None else _CutStream(stream, conn, after)
 
 
 class _CutStream:
-    def __init__(self, stream: BinaryIO, conn: socket.socket, after: int) -> None:
+    def __init__(self, stream: Readable, conn: socket.socket, after: int) -> None:
         self._stream, self._conn, self._left = stream, conn, after
 
     def read(self, n: int = -1) -> bytes:
@@ -225,7 +231,7 @@ class EmulatorThread:
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
         return f"http://{host}:{self.port}"
 
-    def start(self) -> Any:
+    def start(self) -> Self:
         if self._server is not None:
             return self
         self._stopped.clear()
@@ -272,7 +278,7 @@ class EmulatorThread:
         while not self._stopped.wait(0.5):
             pass
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 from printers.emulators.camera import camera_png
@@ -180,8 +180,8 @@ class Klipper:
                 "print_stats": self._print_stats(job, now),
                 "virtual_sdcard": self._virtual_sdcard(job, now),
                 "display_status": {"message": None, "progress": self._fraction(job, now)},
-                "extruder": _heater(job.nozzle_c if _heating(job) else 0.0),  # type: ignore[union-attr]
-                "heater_bed": _heater(job.bed_c if _heating(job) else 0.0),  # type: ignore[union-attr]
+                "extruder": _heater(job.nozzle_c if _heating(job) else 0.0),
+                "heater_bed": _heater(job.bed_c if _heating(job) else 0.0),
                 "webhooks": {
                     "state": self.klippy_state,
                     "state_message": _KLIPPY_MESSAGES.get(self.klippy_state),
@@ -222,7 +222,7 @@ class Klipper:
         }
 
 
-def _heating(job: Job | None) -> bool:
+def _heating(job: Job | None) -> TypeGuard[Job]:
     return job is not None and job.state in ("printing", "paused")
 
 
@@ -240,7 +240,7 @@ class _Handler(JsonHandler):
 
     @property
     def emulator(self) -> MoonrakerEmulator:
-        return self.server.emulator  # type: ignore[no-any-return]
+        return self.server.emulator  # type: ignore[no-any-return]  # one EmulatorServer class serves every protocol
 
     @property
     def klipper(self) -> Klipper:
@@ -502,9 +502,3 @@ class MoonrakerEmulator(EmulatorThread, FaultSwitches):
             raise ValueError(f"klippy state must be one of {KLIPPY_STATES}")
         self.klipper.klippy_state = state
         self.klipper.klippy_was_ready = self.klipper.klippy_was_ready or state == "ready"
-
-    def start(self) -> MoonrakerEmulator:
-        return super().start()  # type: ignore[no-any-return]
-
-    def __enter__(self) -> MoonrakerEmulator:
-        return self.start()

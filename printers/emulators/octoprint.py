@@ -34,6 +34,7 @@ from printers.emulators.common import (
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
+    Readable,
     UploadCutter,
     inspect_gcode,
     record_print,
@@ -68,7 +69,7 @@ class HttpError(Exception):
 class _Body:
     """The request body as a bounded stream: never reads past Content-Length."""
 
-    def __init__(self, stream: BinaryIO, length: int) -> None:
+    def __init__(self, stream: Readable, length: int) -> None:
         self._stream = stream
         self.remaining = length
 
@@ -91,7 +92,7 @@ def multipart_boundary(content_type: str | None) -> bytes:
 
 
 def parse_multipart(
-    stream: BinaryIO, length: int, boundary: bytes, open_file: Callable[[str], BinaryIO]
+    stream: Readable, length: int, boundary: bytes, open_file: Callable[[str], BinaryIO]
 ) -> dict[str, str]:
     """Stream a multipart body: file parts go chunk by chunk to `open_file(filename)` (closed here),
     other parts are returned as text. A file part's value in the result is its filename."""
@@ -756,9 +757,3 @@ class OctoPrintEmulator(EmulatorThread, FaultSwitches):
 
     def attend(self) -> None:
         self.printer.firmware_resume()
-
-    def start(self) -> OctoPrintEmulator:
-        return super().start()  # type: ignore[no-any-return]
-
-    def __enter__(self) -> OctoPrintEmulator:
-        return self.start()

@@ -42,12 +42,10 @@ from printers.emulators.common import (
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
+    Readable,
     UploadCutter,
     inspect_gcode,
     record_print,
-)
-from printers.emulators.common import (
-    parse_duration as parse_duration,  # re-export until bambu.py imports common
 )
 
 log = logging.getLogger(__name__)
@@ -376,7 +374,7 @@ class Printer:
             self._transfer = Transfer(self._transfer_ids, usb_path, length, to_print, time.monotonic())
             return self._transfer
 
-    def receive(self, transfer: Transfer, stream: BinaryIO) -> Path:
+    def receive(self, transfer: Transfer, stream: Readable) -> Path:
         """Stream the body to disk chunk by chunk through a temp file, then move it into place."""
         local = self.local_path(transfer.usb_path.removeprefix(self.root_path + "/"))
         try:
@@ -523,7 +521,7 @@ class Printer:
         return out
 
 
-def _read_some(stream: BinaryIO, n: int) -> bytes:
+def _read_some(stream: Readable, n: int) -> bytes:
     try:
         chunk = stream.read(n)
     except OSError:  # timeout or reset: the client went away mid-body
@@ -752,8 +750,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _get_info(self, _: re.Match[str]) -> Response:
         emu = self.emulator
         if emu.pi:
-            facts = {"serial": emu.serial, "hostname": emu.hostname, "nozzle_diameter": emu.nozzle_diameter}
-            return json_response(200, pi.info(name=emu.hostname, port=emu.port, **facts))
+            facts = pi.info(
+                name=emu.hostname,
+                hostname=emu.hostname,
+                serial=emu.serial,
+                nozzle_diameter=emu.nozzle_diameter,
+                port=emu.port,
+            )
+            return json_response(200, facts)
         return json_response(
             200,
             {
