@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from printers.emulators.bambu_firmware import check_ams_mapping, inspect_package
-from printers.emulators.common import FALLBACK_PRINT_S, record_print
+from printers.emulators.common import FALLBACK_PRINT_S, PrintClock, record_print
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +38,37 @@ _URL_PREFIXES = ("ftp:///", "ftp://", "file:///sdcard/", "file:///mnt/sdcard/")
 
 
 @dataclass
-class Job:
+class Job(PrintClock):
+    """A print: PREPARE_S of preparing, then `duration_s` of printing, on the shared clock."""
+
     file: str
     subtask_name: str
     task_id: str
     estimate_s: float
-    duration_s: float
     layers: int
     started: float
     marked_layers: int | None = None  # layer changes the G-code announces; None: count by progress
     doomed: tuple[int, str] | None = None  # the firmware will fail it while unzipping: (code, reason)
     paused_at: float | None = None
-    paused_total: float = 0.0
     stopped_at: float | None = None
 
-    def elapsed(self, now: float) -> float:
-        end = self.stopped_at or self.paused_at or now
-        return max(0.0, end - self.started - self.paused_total)
+    @property
+    def total_s(self) -> float:
+        return PREPARE_S + self.duration_s
+
+    def hold(self, now: float) -> None:
+        """Paused, by a command or by the printer waiting for a person."""
+        self.paused_at = now
+        self.halt(now)
+
+    def go_on(self, now: float) -> None:
+        self.paused_at = None
+        self.run(now)
+
+    def end(self, now: float) -> None:
+        """Stopped for good (cancelled or failed); a paused print stopped when it paused."""
+        self.stopped_at = self.paused_at or now
+        self.halt(now)
 
 
 class CommandError(Exception):
@@ -116,7 +130,7 @@ class Printer:
         if job is None:
             return "IDLE"
         if job.doomed is not None and job.stopped_at is None and now - job.started >= UNZIP_S:
-            job.stopped_at = job.started + UNZIP_S
+            job.end(job.started + UNZIP_S)
             self.print_error = job.doomed[0]
             log.info("the firmware failed %s: %s", job.file, job.doomed[1])
         if job.stopped_at is not None:
@@ -138,7 +152,7 @@ class Printer:
             now = time.monotonic()
             if self._state(now) not in ("IDLE", "FINISH", "FAILED"):
                 if self.a1_mini and self.job is not None:  # bambuddy #2598: the running print is lost
-                    self.job.stopped_at = self.job.paused_at or now
+                    self.job.end(now)
                 self.print_error = BUSY
                 raise CommandError("device busy, cannot start a new task", BUSY)
             url = str(cmd.get("url") or cmd.get("file") or "")
@@ -156,6 +170,7 @@ class Printer:
             if self.max_print_s is not None:
                 duration = min(duration, self.max_print_s)
             self.print_error = 0
+            begun = time.monotonic()  # the print's clock starts once the checks above are done
             self.job = Job(
                 file=name,
                 subtask_name=str(cmd.get("subtask_name") or Path(name).name.removesuffix(".gcode.3mf")),
@@ -163,7 +178,8 @@ class Printer:
                 estimate_s=estimate,
                 duration_s=duration,
                 layers=plate.layers or 1,
-                started=time.monotonic(),
+                started=begun,
+                running_since=begun,
                 marked_layers=plate.marked_layers,
                 doomed=doomed,
             )
@@ -180,7 +196,7 @@ class Printer:
                 return
             with contextlib.suppress(CommandError):
                 if self.local_path(job.file) == path.resolve():
-                    job.stopped_at = job.paused_at or now
+                    job.end(now)
                     self.print_error = SD_ERROR
 
     def pause(self) -> None:
@@ -188,7 +204,7 @@ class Printer:
             now = time.monotonic()
             if self.job is None or self._state(now) not in ("PREPARE", "RUNNING"):
                 raise CommandError("no print to pause")
-            self.job.paused_at = now
+            self.job.hold(now)
             self.pause_stage = STAGE_PAUSED_BY_USER
 
     def resume(self) -> None:
@@ -196,8 +212,7 @@ class Printer:
             job = self.job
             if job is None or job.paused_at is None or job.stopped_at is not None:
                 raise CommandError("no paused print to resume")
-            job.paused_total += time.monotonic() - job.paused_at
-            job.paused_at = None
+            job.go_on(time.monotonic())
             self.print_error = 0
 
     # -- faults
@@ -207,7 +222,7 @@ class Printer:
             now = time.monotonic()
             if self.job is None or self._state(now) not in ("PREPARE", "RUNNING", "PAUSE"):
                 raise RuntimeError("fail_print needs a running print")
-            self.job.stopped_at = self.job.paused_at or now
+            self.job.end(now)
             self.print_error = code
 
     def need_attention(self, code: int) -> None:
@@ -215,7 +230,7 @@ class Printer:
             now = time.monotonic()
             if self.job is None or self._state(now) not in ("PREPARE", "RUNNING"):
                 raise RuntimeError("need_attention needs a running print")
-            self.job.paused_at = now
+            self.job.hold(now)
             self.print_error, self.pause_stage = code, STAGE_RUNOUT
 
     def start_local(self, name: str, seconds: float) -> None:
@@ -233,6 +248,7 @@ class Printer:
                 duration_s=max(seconds, 0.001),
                 layers=10,
                 started=now,
+                running_since=now,
             )
             self._next_task += 1
 
@@ -241,7 +257,7 @@ class Printer:
             now = time.monotonic()
             if self.job is None or self._state(now) not in ("PREPARE", "RUNNING", "PAUSE"):
                 raise CommandError("no print to stop")
-            self.job.stopped_at = self.job.paused_at or now
+            self.job.end(now)
             self.print_error = CANCELLED
 
     def report(self) -> dict[str, Any]:

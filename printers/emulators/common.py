@@ -40,6 +40,41 @@ class GcodeFacts:
     bed_c: float
 
 
+@dataclass(kw_only=True)
+class PrintClock:
+    """A print's own time in the emulator's accelerated seconds: it runs, halts (a pause, a stop)
+    and runs again, and never passes `total_s` (the print itself, unless a job adds a phase to it).
+    Every emulator's job is one."""
+
+    duration_s: float
+    elapsed_s: float = 0.0  # up to the last halt
+    running_since: float | None = None  # monotonic time of the last run; None while halted
+
+    @property
+    def total_s(self) -> float:
+        return self.duration_s
+
+    def elapsed(self, now: float) -> float:
+        extra = now - self.running_since if self.running_since is not None else 0.0
+        return min(self.elapsed_s + extra, self.total_s)
+
+    def run(self, now: float) -> None:
+        self.running_since = now
+
+    def halt(self, now: float) -> None:
+        self.elapsed_s = self.elapsed(now)
+        self.running_since = None
+
+
+def print_seconds(estimate_s: float | None, speed: float, max_print_s: float | None) -> float:
+    """How long a print with the slicer's `estimate_s` takes on an emulator running `speed` times
+    faster, at most `max_print_s`."""
+    duration = estimate_s / speed if estimate_s else FALLBACK_PRINT_S
+    if max_print_s is not None:
+        duration = min(duration, max_print_s)
+    return max(duration, 0.001)
+
+
 def parse_duration(text: str) -> float | None:
     """`1d 2h 21m 13s` -> seconds; None if nothing recognisable."""
     parts = _DURATION_PART_RE.findall(text)

@@ -22,13 +22,13 @@ from urllib.parse import quote
 
 from printers.emulators.camera import camera_png
 from printers.emulators.common import (
-    FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
     UploadCutter,
     inspect_gcode,
+    print_seconds,
     record_print,
 )
 from printers.emulators.octoprint import (
@@ -110,14 +110,12 @@ class Klipper:
             if self._job is not None and self._job.state == "paused":
                 self.replaced.append(self._job.path)
             facts = inspect_gcode(local)
-            duration = facts.estimate_s / self.speed if facts.estimate_s else FALLBACK_PRINT_S
-            if self.max_print_s is not None:
-                duration = min(duration, self.max_print_s)
+            duration = print_seconds(facts.estimate_s, self.speed, self.max_print_s)
             self._message = ""
             self._job = Job(
                 path=rel,
                 size=local.stat().st_size,
-                duration_s=max(duration, 0.001),
+                duration_s=duration,
                 has_estimate=facts.estimate_s is not None,
                 nozzle_c=facts.nozzle_c,
                 bed_c=facts.bed_c,

@@ -29,14 +29,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from printers.emulators.camera import camera_png
 from printers.emulators.common import (
-    FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
+    PrintClock,
     Readable,
     UploadCutter,
     inspect_gcode,
+    print_seconds,
     record_print,
 )
 
@@ -185,16 +186,13 @@ _SETTLES_TO = {"Pausing": "Paused", "Cancelling": "cancelled"}
 
 
 @dataclass
-class Job:
+class Job(PrintClock):
     path: str  # relative to the storage dir, as OctoPrint's `path`
     size: int
-    duration_s: float
     has_estimate: bool
     nozzle_c: float
     bed_c: float
     state: str = "Printing"  # Printing, Paused, done, cancelled
-    elapsed_s: float = 0.0
-    running_since: float | None = None
     settle_at: float = 0.0  # when Pausing becomes Paused, Cancelling becomes cancelled
 
     @classmethod
@@ -219,14 +217,6 @@ class Job:
         self.halt(now)
         self.state = state
         self.settle_at = now + SETTLE_S
-
-    def elapsed(self, now: float) -> float:
-        extra = now - self.running_since if self.running_since is not None else 0.0
-        return min(self.elapsed_s + extra, self.duration_s)
-
-    def halt(self, now: float) -> None:
-        self.elapsed_s = self.elapsed(now)
-        self.running_since = None
 
 
 class Printer:
@@ -335,13 +325,11 @@ class Printer:
             if self.state_text() != "Operational":
                 raise HttpError(409, "Printer is not operational or already printing")
             facts = inspect_gcode(local)
-            duration = facts.estimate_s / self.speed if facts.estimate_s else FALLBACK_PRINT_S
-            if self.max_print_s is not None:
-                duration = min(duration, self.max_print_s)
+            duration = print_seconds(facts.estimate_s, self.speed, self.max_print_s)
             self._job = Job(
                 path=rel,
                 size=local.stat().st_size,
-                duration_s=max(duration, 0.001),
+                duration_s=duration,
                 has_estimate=facts.estimate_s is not None,
                 nozzle_c=facts.nozzle_c,
                 bed_c=facts.bed_c,

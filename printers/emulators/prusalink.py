@@ -37,14 +37,15 @@ from urllib.request import parse_http_list, parse_keqv_list
 from printers.emulators import prusalink_pi as pi
 from printers.emulators.camera import camera_png
 from printers.emulators.common import (
-    FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
+    PrintClock,
     Readable,
     UploadCutter,
     inspect_gcode,
+    print_seconds,
     record_print,
 )
 
@@ -143,29 +144,15 @@ class DigestAuthority:
 
 
 @dataclass
-class Job:
+class Job(PrintClock):
     id: int
     usb_path: str  # the path the printer reports: "/usb/dir/name.gcode" ("/PrusaLink gcodes/..." on a Pi)
     local: Path
     size: int
-    duration_s: float
     has_estimate: bool
     nozzle_c: float
     bed_c: float
     state: str  # PRINTING, PAUSED, ATTENTION, FINISHED, STOPPED, ERROR
-    elapsed_s: float = 0.0
-    running_since: float | None = None
-
-    def elapsed(self, now: float) -> float:
-        extra = now - self.running_since if self.running_since is not None else 0.0
-        return min(self.elapsed_s + extra, self.duration_s)
-
-    def run(self, now: float) -> None:
-        self.running_since = now
-
-    def halt(self, now: float) -> None:
-        self.elapsed_s = self.elapsed(now)
-        self.running_since = None
 
 
 @dataclass
@@ -251,9 +238,7 @@ class Printer:
             if self._state(now) not in READY_STATES:
                 raise HttpError(409, close=True)
             facts = inspect_gcode(local)
-            duration = facts.estimate_s / self.speed if facts.estimate_s else FALLBACK_PRINT_S
-            if self.max_print_s is not None:
-                duration = min(duration, self.max_print_s)
+            duration = print_seconds(facts.estimate_s, self.speed, self.max_print_s)
             # "warn" mode: a G-code sliced for another model waits for a person at the screen.
             mismatch = facts.model is not None and facts.model != self.model
             self._job_ids += 1
@@ -262,7 +247,7 @@ class Printer:
                 usb_path=self.printer_path(rel),
                 local=local,
                 size=local.stat().st_size,
-                duration_s=max(duration, 0.001),
+                duration_s=duration,
                 has_estimate=facts.estimate_s is not None,
                 nozzle_c=facts.nozzle_c,
                 bed_c=facts.bed_c,
