@@ -31,7 +31,7 @@ from printers.emulators.common import (
     print_seconds,
     record_print,
 )
-from printers.emulators.octoprint import (
+from printers.emulators.http_base import (
     HttpError,
     Job,
     JsonHandler,
