@@ -68,6 +68,10 @@ def test_status_when_idle(fast: Rig) -> None:
     assert idle.error_code is None
     assert idle.temperatures and all(isinstance(t, float) for t in idle.temperatures.values())
     assert fast.emulator.received == []
+    for command in (fast.driver.pause, fast.driver.resume, fast.driver.cancel):
+        with pytest.raises(DriverError):
+            command()  # nothing to pause, resume or cancel
+    assert fast.driver.status().state == PrinterState.IDLE
 
 
 def test_upload_streams_the_file_under_the_farm_name_without_starting(fast: Rig, tmp_path: Path) -> None:
