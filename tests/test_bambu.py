@@ -22,7 +22,14 @@ from printers.drivers import DRIVERS
 from printers.drivers.bambu import BambuDriver, ImplicitFTPS, deep_merge, error_code
 from printers.drivers.base import DriverError, PrinterConfig, PrinterState
 from printers.emulators.bambu import BambuEmulator
-from workers.bambu3mf import PlateInfo, package_gcode
+from tests.printer_fixtures import (
+    bambu_package,
+    closing_all,
+    driver_config,
+    emulators,
+    layered_gcode,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -30,26 +37,6 @@ SERIAL = "01S00A9C0300123"
 CODE = "87654321"
 MakeEmulator = Callable[..., BambuEmulator]
 MakeDriver = Callable[..., BambuDriver]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def layered_gcode(layers: int = 20, *, markers: bool = True) -> str:
-    """A G-code as Bambu firmware expects it: `M73 L` and `M991 S0 P` at every layer change."""
-    body = ["G28", "M104 S220"]
-    for layer in range(1, layers + 1):
-        if markers:
-            body += [f"M73 L{layer}", f"M991 S0 P{layer - 1}"]
-        body += [f"G1 Z{0.2 * layer:.1f}"] + ["G1 X10 Y10 E0.5"] * 100
-    return "\n".join([*body, "M104 S0", ""])
 
 
 def make_package(
@@ -62,58 +49,23 @@ def make_package(
 ) -> Path:
     gcode = tmp_path / "plain.gcode"
     gcode.write_text(layered_gcode(20, markers=markers))
-    info = PlateInfo(
-        printer_model="Bambu Lab X1 Carbon",
-        printer_model_id="BL-P001",
-        print_time_s=estimate_s,
-        layers=20,
-        filament_type=material,
-    )
-    return package_gcode(gcode, tmp_path / name, info, {"nozzle_diameter": "0.4"})
+    return bambu_package(gcode, tmp_path / name, estimate_s=estimate_s, material=material)
 
 
 @pytest.fixture
 def make_emulator(tmp_path: Path) -> Iterator[MakeEmulator]:
-    started: list[BambuEmulator] = []
-
-    def make(**kwargs: Any) -> BambuEmulator:
-        kwargs = {
-            "serial": SERIAL,
-            "access_code": CODE,
-            "storage_dir": tmp_path / f"sd{len(started)}",
-        } | kwargs
-        emulator = BambuEmulator(**kwargs).start()
-        started.append(emulator)
-        return emulator
-
-    yield make
-    for emulator in started:
-        emulator.close()
+    with emulators(BambuEmulator, tmp_path, serial=SERIAL, access_code=CODE) as make:
+        yield make
 
 
 @pytest.fixture
 def make_driver() -> Iterator[MakeDriver]:
-    drivers: list[BambuDriver] = []
-
     def make(emulator: BambuEmulator, **kwargs: Any) -> BambuDriver:
-        fields = {"access_code": CODE} | kwargs.pop("fields", {})
-        config = PrinterConfig(
-            name="x1c-1",
-            model="X1C",
-            driver="bambu",
-            host="127.0.0.1",
-            port=emulator.mqtt_port,
-            serial=SERIAL,
-            timeout_s=3.0,
-            **fields,
-        )
-        driver = BambuDriver(config, ftps_port=emulator.ftps_port, **kwargs)
-        drivers.append(driver)
-        return driver
+        fields = {"name": "x1c-1", "access_code": CODE, "serial": SERIAL, "timeout_s": 3.0}
+        return BambuDriver(driver_config("bambu", emulator, **(fields | kwargs.pop("fields", {}))), **kwargs)
 
-    yield make
-    for driver in drivers:
-        driver.close()
+    with closing_all(make) as tracked:
+        yield tracked
 
 
 # --------------------------------------------------------------------------- driver

@@ -22,7 +22,8 @@ from printers.drivers.bambu import ImplicitFTPS, error_code
 from printers.drivers.base import DriverError, PrinterState
 from printers.emulators.bambu import BambuEmulator
 from tests import test_bambu
-from tests.test_bambu import CODE, SERIAL, MakeDriver, MakeEmulator, _raw_client, make_package, wait_for
+from tests.printer_fixtures import wait_for
+from tests.test_bambu import CODE, SERIAL, MakeDriver, MakeEmulator, _raw_client, make_package
 
 pytestmark = pytest.mark.timeout(60)
 make_emulator = test_bambu.make_emulator  # the same fixtures

@@ -16,7 +16,8 @@ from moonraker_api.websockets.websocketclient import ClientNotAuthenticatedError
 from printers.drivers.base import PrinterConfig
 from printers.drivers.moonraker import MoonrakerDriver
 from printers.emulators.moonraker import MoonrakerEmulator
-from tests.test_moonraker import API_KEY, write_gcode
+from tests.printer_fixtures import write_gcode
+from tests.test_moonraker import API_KEY, HEATED
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,7 +43,7 @@ def test_moonraker_api_reads_server_printer_and_print_stats(
     driver = MoonrakerDriver(
         PrinterConfig(name="v", model="MK4S", driver="moonraker", port=emulator.port, api_key=API_KEY)
     )
-    write_gcode(tmp_path / "a.gcode")
+    write_gcode(tmp_path / "a.gcode", head=HEATED)
 
     async def scenario() -> None:
         listener = Listener()

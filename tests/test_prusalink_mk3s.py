@@ -19,7 +19,8 @@ from pyprusalink.types import Conflict
 from printers.drivers.base import DriverError, PrinterConfig, PrinterState
 from printers.drivers.prusalink import PrusaLinkDriver
 from printers.emulators.prusalink import PrusaLinkEmulator
-from tests.test_prusalink import PASSWORD, wait_for, write_gcode
+from tests.printer_fixtures import prusa_gcode, wait_for
+from tests.test_prusalink import PASSWORD
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -52,7 +53,7 @@ def test_the_driver_uploads_to_local_and_prints_to_finished(
     mk3s: PrusaLinkEmulator, driver: PrusaLinkDriver, tmp_path: Path
 ) -> None:
     """Before the driver read /api/v1/storage it PUT to /api/v1/files/usb/…: the Pi answers 404."""
-    data = write_gcode(tmp_path / "cube.gcode", model="MK3S", kib=200)
+    data = prusa_gcode(tmp_path / "cube.gcode", model="MK3S", kib=200)
     driver.upload(tmp_path / "cube.gcode", "farm/job1-cube.gcode", start=True)
 
     assert mk3s.received == [mk3s.printer.root / "farm" / "job1-cube.gcode"]
@@ -67,7 +68,7 @@ def test_the_driver_uploads_to_local_and_prints_to_finished(
     with client(mk3s) as http:
         job = http.get("/api/v1/job").json()
     assert job["file"]["path"] == job["file"]["display_path"] == "/PrusaLink gcodes/farm/job1-cube.gcode"
-    done = wait_for(lambda: driver.status().state == PrinterState.FINISHED and driver.status(), 10, "finish")
+    done = wait_for(lambda: driver.status().state == PrinterState.FINISHED and driver.status(), "finish", 10)
     assert done.file == "farm/job1-cube.gcode"
 
     # start() goes to the same storage
@@ -183,7 +184,7 @@ def test_pyprusalink_reads_and_controls_the_mk3s(
             assert [s["path"] for s in await api.get_storage()] == ["/local", "/sdcard"]
             assert (await api.get_info())["serial"] == mk3s.serial
 
-            write_gcode(tmp_path / "ha.gcode", model="MK3S")
+            prusa_gcode(tmp_path / "ha.gcode", model="MK3S")
             await asyncio.to_thread(driver.upload, tmp_path / "ha.gcode", "ha.gcode", start=True)
             status = await api.get_status()
             assert status["printer"]["state"] == "PRINTING"
@@ -221,7 +222,7 @@ def test_no_writable_storage_is_said_plainly(
     """Prusa-Link lists `local` as unavailable when it ignores its data folder (one under /tmp: seen
     when setting up the real server); the SD card is read-only. The driver sends nothing."""
     mk3s.local_storage = False
-    write_gcode(tmp_path / "cube.gcode", model="MK3S", kib=8)
+    prusa_gcode(tmp_path / "cube.gcode", model="MK3S", kib=8)
     with pytest.raises(
         DriverError, match=r"no writable storage for prints: local \(unavailable\), sdcard \(read-only\)"
     ):
@@ -257,7 +258,7 @@ def test_an_emulator_started_as_mk3s_plus_prints_the_farms_mk3s_gcode(tmp_path: 
     G-code (`M862.3 P "MK3S"`) left the print waiting at the screen (ATTENTION)."""
     from farm.commands.emulate import emulated_model
 
-    write_gcode(tmp_path / "cube.gcode", model="MK3S", kib=8)
+    prusa_gcode(tmp_path / "cube.gcode", model="MK3S", kib=8)
     states = {}
     for name in ("MK3S+", emulated_model("MK3S+", bambu=False)):
         emulator = PrusaLinkEmulator(

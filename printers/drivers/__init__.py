@@ -21,4 +21,6 @@ def make_driver(config: PrinterConfig) -> Driver:
         raise ValueError(
             f"unknown driver '{config.driver}'; available: {', '.join(sorted(DRIVERS))}"
         ) from None
-    return getattr(importlib.import_module(module), cls)(config)  # type: ignore[no-any-return]
+    driver = getattr(importlib.import_module(module), cls)(config)
+    assert isinstance(driver, Driver), f"{DRIVERS[config.driver]} is not a Driver"
+    return driver

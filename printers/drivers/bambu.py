@@ -33,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from printers.colors import color_name
 from printers.drivers import bambu_rtsp
-from printers.drivers.bambu_ams import NO_AMS, Feed, choose_feed
+from printers.drivers.bambu_ams import NO_AMS, Feed, choose_feed, json_object
 from printers.drivers.base import (
     Driver,
     DriverError,
@@ -101,7 +101,7 @@ def deep_merge(into: dict[str, Any], delta: dict[str, Any]) -> None:
             into[key] = value
 
 
-def tls_context(cert_sha256: str | None) -> ssl.SSLContext:
+def tls_context(cert_sha256: str | None) -> _PinnedContext:
     """TLS 1.2 (X1C/H2D refuse anything else), no CA check; optional fingerprint pin."""
     ctx = _PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -121,7 +121,8 @@ class _PinnedSocket(ssl.SSLSocket):
         seen = hashlib.sha256(der).hexdigest()
         if seen != pin:
             message = f"the printer's TLS certificate has SHA-256 {seen}, not the pinned {pin}"
-            self.context.pin_error = message  # type: ignore[attr-defined]
+            if isinstance(self.context, _PinnedContext):
+                self.context.pin_error = message
             raise ssl.SSLCertVerificationError(message)
 
 
@@ -154,8 +155,8 @@ class ImplicitFTPS(ftplib.FTP_TLS):
 
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int | None]:
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:  # type: ignore[attr-defined]
-            session = self.sock.session  # type: ignore[union-attr]
+        if self._prot_p:  # type: ignore[attr-defined]  # FTP_TLS's own PROT P flag, private in typeshed
+            session = self.sock.session  # type: ignore[union-attr]  # connect() made it an SSLSocket
             conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
         return conn, size
 
@@ -508,7 +509,8 @@ class BambuDriver(Driver):
                         if progress is not None:
                             progress(sent, size)
                 # no TLS close_notify (unwrap): some firmwares hang on it; then wait for the 226
-                ftp.sock.settimeout(max(UPLOAD_MIN_TIMEOUT_S, size / UPLOAD_BYTES_PER_S))  # type: ignore[union-attr]
+                if ftp.sock is not None:  # None only after quit()
+                    ftp.sock.settimeout(max(UPLOAD_MIN_TIMEOUT_S, size / UPLOAD_BYTES_PER_S))
                 ftp.voidresp()
         except ftplib.error_perm as exc:
             raise DriverError(_ftp_error(name, str(exc))) from exc
@@ -649,13 +651,13 @@ def _ftp_error(name: str, text: str) -> str:
 def _feeding_tray(report: dict[str, Any]) -> dict[str, Any] | None:
     """The filament slot that feeds the nozzle: the AMS tray `tray_now` names (global id =
     unit * 4 + slot), or the external spool (`vt_tray`, tray_now 254) when there is no AMS."""
-    ams = report.get("ams") if isinstance(report.get("ams"), dict) else {}
+    ams = json_object(report.get("ams"))
     units = ams.get("ams") or []
     now = str(ams.get("tray_now", "254"))
     tray: Any = None
     if units and now.isdigit() and int(now) < 254:
         unit_id, slot = divmod(int(now), 4)
-        unit = next((u for u in units if str(u.get("id")) == str(unit_id)), {})
+        unit: dict[str, Any] = next((u for u in units if str(u.get("id")) == str(unit_id)), {})
         tray = next((t for t in unit.get("tray") or [] if str(t.get("id")) == str(slot)), None)
     elif not units or now == "254":
         tray = report.get("vt_tray")

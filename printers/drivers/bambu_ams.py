@@ -31,9 +31,14 @@ class Feed:
 NO_AMS = Feed(False, [], [])
 
 
+def json_object(value: Any) -> dict[str, Any]:
+    """`value` when the report holds an object there, else an empty one (reports vary by model)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _trays(report: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     """(global tray id, tray) for every loaded AMS tray the report lists."""
-    ams = report.get("ams") if isinstance(report.get("ams"), dict) else {}
+    ams = json_object(report.get("ams"))
     found = []
     for unit in ams.get("ams") or []:
         if not isinstance(unit, dict) or not str(unit.get("id", "")).isdigit():
@@ -53,7 +58,7 @@ def _describe(tray: dict[str, Any]) -> str:
 def choose_feed(report: dict[str, Any], material: str | None, color: str | None) -> Feed:
     """The slot for a job wanting `material` (e.g. "PLA") in `color` (a plain name, see colors.py);
     either may be None (anything goes). DriverError, written for the operator, when none fits."""
-    ams = report.get("ams") if isinstance(report.get("ams"), dict) else {}
+    ams = json_object(report.get("ams"))
     if not ams.get("ams"):
         return NO_AMS  # nothing to choose: the printer feeds what is on its spool holder
     want_kind = material.upper() if material else None
@@ -72,7 +77,7 @@ def choose_feed(report: dict[str, Any], material: str | None, color: str | None)
     if matches:
         tid = int(feeding) if feeding.isdigit() and int(feeding) in matches else matches[0]
         return Feed(True, [tid], [{"ams_id": tid // 4, "slot_id": tid % 4}])
-    spool = report.get("vt_tray") if isinstance(report.get("vt_tray"), dict) else {}
+    spool = json_object(report.get("vt_tray"))
     if fits(spool) or (want_kind is None and color is None):
         return Feed(False, [-1], [dict(EXTERNAL)])
     wanted = " ".join(w for w in (material, color) if w)

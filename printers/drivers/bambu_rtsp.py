@@ -18,7 +18,7 @@ import ssl
 import struct
 import subprocess
 import time
-from typing import BinaryIO
+from io import BufferedReader
 
 PATH = "/streaming/live/1"
 MAX_FRAME = 8 << 20
@@ -78,7 +78,7 @@ def grab_key_frame(
 class _Rtsp:
     def __init__(self, sock: ssl.SSLSocket, user: str, password: str) -> None:
         self.sock = sock
-        self.reader: BinaryIO = sock.makefile("rb")  # type: ignore[assignment]
+        self.reader = sock.makefile("rb")
         self.user, self.password = user, password
         self.cseq = 0
         self.auth: tuple[str, dict[str, str]] | None = None  # the scheme the camera asked for
@@ -147,7 +147,7 @@ def _sdp_value(sdp: str, pattern: str) -> str | None:
     return found[1] if found else None
 
 
-def _key_frame(reader: BinaryIO, deadline: float) -> list[bytes]:
+def _key_frame(reader: BufferedReader, deadline: float) -> list[bytes]:
     """RTP packets on channel 0 until the end (marker bit) of an access unit that holds an IDR
     slice; that unit's NAL units, FU-A fragments put together."""
     unit: list[bytes] = []

@@ -200,28 +200,38 @@ class Driver(abc.ABC):
             status.message = status.message or PAUSED_AT_PRINTER
         return status
 
+    # What follows is the contract tests/test_driver_contract.py checks for every protocol.
+
     @abc.abstractmethod
     def status(self) -> PrinterStatus:
-        """Current normalised state; OFFLINE (not an exception) when the printer cannot be reached."""
+        """Current normalised state; OFFLINE (not an exception) when the printer cannot be reached.
+        Refused credentials: DriverError, or OFFLINE saying so where the protocol cannot tell
+        them from a printer that is away (Bambu's MQTT)."""
 
     @abc.abstractmethod
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
     ) -> None:
-        """Stream a file from disk to the printer (never whole in memory); start it if `start`."""
+        """Stream a file from disk to the printer (never whole in memory) under `remote_name`;
+        start it if `start`. `progress(sent, total)` rises to (size, size). DriverError for an
+        unsafe name, an unreachable printer, refused credentials, a busy printer when `start`,
+        or a file that is being printed."""
 
     @abc.abstractmethod
     def start(self, remote_name: str) -> None:
-        """Start printing a file that is already on the printer."""
+        """Start printing a file that is already on the printer; DriverError when it cannot."""
 
     @abc.abstractmethod
-    def pause(self) -> None: ...
+    def pause(self) -> None:
+        """Pause the running print (then PAUSED); DriverError when nothing is printing."""
 
     @abc.abstractmethod
-    def resume(self) -> None: ...
+    def resume(self) -> None:
+        """Resume a paused print; DriverError when nothing is paused."""
 
     @abc.abstractmethod
-    def cancel(self) -> None: ...
+    def cancel(self) -> None:
+        """Stop the print for good (then FAILED, with a message); DriverError when there is none."""
 
     def snapshot(self) -> tuple[bytes, str] | None:
         """One still from the printer's camera as (image bytes, media type); None without a camera.

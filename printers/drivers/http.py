@@ -3,14 +3,51 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from printers.drivers.base import Driver, DriverError, PrinterConfig
+from printers.drivers.base import Driver, DriverError, PrinterConfig, ProgressCallback, printer_path
+
+# A printer hashes and analyses a large upload (OctoPrint) or writes it to slow USB storage
+# (PrusaLink) before it answers.
+UPLOAD_IO_TIMEOUT_S = 120.0
+
+
+class ProgressFile:
+    """A file object that reports how much httpx has read from it.
+
+    httpx streams a multipart file part by `read()`ing it in chunks, sizes it with `fileno()`,
+    and `seek(0)`s before every send, so a retried request re-reads from the start.
+    """
+
+    def __init__(self, f: BinaryIO, size: int, progress: ProgressCallback | None) -> None:
+        self._f = f
+        self._size = size
+        self._progress = progress
+        self._sent = 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._f.read(n)
+        self._sent += len(chunk)
+        if chunk and self._progress is not None:
+            self._progress(self._sent, self._size)
+        return chunk
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._sent = self._f.seek(offset, whence)
+        return self._sent
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
 
 
 class HttpDriver(Driver):
@@ -51,6 +88,24 @@ class HttpDriver(Driver):
         except httpx.TransportError as exc:  # connected, then the printer went away mid-request
             reason = f"the connection to {self.base_url} broke off"
             raise DriverError(f"cannot {what}: {reason} ({exc!r})") from exc
+
+    def _upload_timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(UPLOAD_IO_TIMEOUT_S, connect=self.config.timeout_s)
+
+    def _post_file(
+        self, url: str, path: Path, remote_name: str, data: dict[str, str], progress: ProgressCallback | None
+    ) -> httpx.Response:
+        """POST `path` as the multipart part `file`, named by `remote_name`'s last segment, streamed
+        from disk with `progress` reported as httpx reads it."""
+        _, name = printer_path(remote_name)
+        try:
+            f = path.open("rb")
+            size = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise DriverError(f"cannot read {path}: {exc.strerror}") from exc
+        with f, self._reachable(f"upload {remote_name!r}"):
+            files = {"file": (name, ProgressFile(f, size, progress), "application/octet-stream")}
+            return self._request("POST", url, files=files, data=data, timeout=self._upload_timeout())
 
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         with self._reachable(f"{method} {url}"):

@@ -8,7 +8,6 @@ Klipper itself (Klippy) can be down while Moonraker answers, so status asks `/se
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from printers.drivers.base import (
     url_path,
 )
 from printers.drivers.http import HttpDriver
-from printers.drivers.octoprint import UPLOAD_IO_TIMEOUT_S, ProgressFile
 
 DEFAULT_PORT = 7125
 KEY_HINT = (
@@ -86,20 +84,12 @@ class MoonrakerDriver(HttpDriver):
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
     ) -> None:
-        folder, name = printer_path(remote_name)
+        folder, _ = printer_path(remote_name)
         self.paused_by_farm = self.paused_by_farm and not start
         data = {"root": "gcodes", "print": "true" if start else "false"}
         if folder:
             data["path"] = folder
-        timeout = httpx.Timeout(UPLOAD_IO_TIMEOUT_S, connect=self.config.timeout_s)
-        try:
-            f = path.open("rb")
-            size = os.fstat(f.fileno()).st_size
-        except OSError as exc:
-            raise DriverError(f"cannot read {path}: {exc.strerror}") from exc
-        with f, self._reachable(f"upload {remote_name!r}"):
-            files = {"file": (name, ProgressFile(f, size, progress), "application/octet-stream")}
-            response = self._request("POST", "/server/files/upload", files=files, data=data, timeout=timeout)
+        response = self._post_file("/server/files/upload", path, remote_name, data, progress)
         if response.status_code != 201:
             raise DriverError(_upload_error(remote_name, response))
         result = _upload_result(response)

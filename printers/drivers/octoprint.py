@@ -8,10 +8,9 @@ which file it saw printing, to tell a cancelled or lost job (FAILED) from an idl
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import httpx
 
@@ -27,7 +26,6 @@ from printers.drivers.base import (
 from printers.drivers.http import HttpDriver
 
 DEFAULT_PORT = 80  # OctoPi serves OctoPrint on 80 through haproxy; a bare install uses 5000
-UPLOAD_IO_TIMEOUT_S = 120.0  # OctoPrint hashes and analyses a large upload before it answers
 KEY_HINT = "check the API key (OctoPrint Settings > Application Keys, or your user's API key)"
 
 _STATES: dict[str, PrinterState] = {
@@ -48,37 +46,6 @@ _STATES: dict[str, PrinterState] = {
 }
 _ACTIVE = {PrinterState.PRINTING, PrinterState.PAUSED, PrinterState.BUSY}
 _DISCONNECTED = {"Offline", "Closed"}  # never connected, or disconnected on purpose: safe to connect
-
-
-class ProgressFile:
-    """A file object that reports how much httpx has read from it.
-
-    httpx streams a multipart file part by `read()`ing it in chunks, sizes it with `fileno()`,
-    and `seek(0)`s before every send, so a retried request re-reads from the start.
-    """
-
-    def __init__(self, f: BinaryIO, size: int, progress: ProgressCallback | None) -> None:
-        self._f = f
-        self._size = size
-        self._progress = progress
-        self._sent = 0
-
-    def read(self, n: int = -1) -> bytes:
-        chunk = self._f.read(n)
-        self._sent += len(chunk)
-        if chunk and self._progress is not None:
-            self._progress(self._sent, self._size)
-        return chunk
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        self._sent = self._f.seek(offset, whence)
-        return self._sent
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def fileno(self) -> int:
-        return self._f.fileno()
 
 
 class OctoPrintDriver(HttpDriver):
@@ -110,21 +77,12 @@ class OctoPrintDriver(HttpDriver):
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None
     ) -> None:
-        folder, name = printer_path(remote_name)
+        folder, _ = printer_path(remote_name)
         self.paused_by_farm = self.paused_by_farm and not start
         data = {"print": "true" if start else "false"}
         if folder:
             data["path"] = folder
-        timeout = httpx.Timeout(UPLOAD_IO_TIMEOUT_S, connect=self.config.timeout_s)
-        try:
-            f = path.open("rb")
-            size = os.fstat(f.fileno()).st_size
-        except OSError as exc:
-            raise DriverError(f"cannot read {path}: {exc.strerror}") from exc
-        with f, self._reachable(f"upload {remote_name!r}"):
-            body = ProgressFile(f, size, progress)
-            files = {"file": (name, body, "application/octet-stream")}
-            response = self._request("POST", "/api/files/local", files=files, data=data, timeout=timeout)
+        response = self._post_file("/api/files/local", path, remote_name, data, progress)
         if response.status_code != 201:
             raise DriverError(_upload_error(remote_name, response))
         if start and not _json(response).get("effectivePrint"):
@@ -149,7 +107,9 @@ class OctoPrintDriver(HttpDriver):
 
     def resume(self) -> None:
         with self._lock:
-            self._wait_while("Pausing")  # OctoPrint ignores a resume until the pause has landed
+            # OctoPrint ignores a resume until the pause has landed
+            if self._wait_while("Pausing") == "Printing":  # OctoPrint answers 204 and does nothing
+                raise DriverError("cannot resume the print: the printer is printing, not paused")
             self._job_command({"command": "pause", "action": "resume"}, "resume")
             self.paused_by_farm = False
 
@@ -211,12 +171,16 @@ class OctoPrintDriver(HttpDriver):
             return PrinterState.FAILED, "cancelled"
         return PrinterState.IDLE, None
 
-    def _wait_while(self, state_text: str) -> None:
-        """Poll /api/job for at most the request timeout until OctoPrint leaves `state_text`."""
+    def _wait_while(self, state_text: str) -> str | None:
+        """Poll /api/job for at most the request timeout until OctoPrint leaves `state_text`; the
+        state it is in then."""
         deadline = time.monotonic() + self.config.timeout_s
         with self._reachable("read /api/job"):
-            while self._get_json("/api/job").get("state") == state_text and time.monotonic() < deadline:
+            while (state := self._get_json("/api/job").get("state")) == state_text:
+                if time.monotonic() >= deadline:
+                    break
                 time.sleep(0.1)
+        return state
 
     def _job_command(self, body: dict[str, Any], verb: str) -> None:
         response = self._send("POST", "/api/job", json=body)

@@ -35,7 +35,6 @@ DEFAULT_USERNAME = "maker"
 FALLBACK_STORAGE = "usb"
 CHUNK_BYTES = 64 * 1024
 # Buddy writes uploads to a USB stick; the TCP window can stall for a long time mid-transfer.
-UPLOAD_IO_TIMEOUT_S = 120.0
 PASSWORD_HINT = (
     "the PrusaLink password is shown on the printer in Settings > Network > PrusaLink (user name 'maker')"
 )
@@ -123,7 +122,7 @@ class PrusaLinkDriver(HttpDriver):
         except OSError as exc:
             raise DriverError(f"cannot read {path}: {exc.strerror}") from exc
         self.paused_by_farm = self.paused_by_farm and not start
-        timeout = httpx.Timeout(UPLOAD_IO_TIMEOUT_S, connect=self.config.timeout_s)
+        timeout = self._upload_timeout()
         body = _FileBody(path, size, progress)
         with self._lock, self._reachable(f"upload {remote_name!r}"):
             self._prime_auth()

@@ -12,7 +12,7 @@ import secrets
 import ssl
 import struct
 import threading
-from typing import BinaryIO
+from io import BufferedReader
 
 from printers.emulators.camera import x1_frame_nals
 from printers.emulators.tls_server import TlsThreadServer
@@ -91,7 +91,7 @@ class Session:
         self.playing = False
 
     def run(self) -> None:
-        reader: BinaryIO = self.sock.makefile("rb")  # type: ignore[assignment]
+        reader = self.sock.makefile("rb")
         while not self.stop.is_set():
             request = _read_request(reader)
             if request is None:
@@ -179,7 +179,7 @@ class Session:
             self.stop.set()
 
 
-def _read_request(reader: BinaryIO) -> tuple[str, str, dict[str, str]] | None:
+def _read_request(reader: BufferedReader) -> tuple[str, str, dict[str, str]] | None:
     """One RTSP request (method, URI, lower-cased headers), or None when the client hung up."""
     line = reader.readline(4096)
     while line in (b"\r\n", b"\n"):

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol, Self
 
 MODEL_CHECK_BYTES = 64 * 1024  # the firmware only scans the start of the file for M862.x
 ESTIMATE_TAIL_BYTES = 256 * 1024  # PrusaSlicer writes the time estimate near the end
@@ -38,6 +38,41 @@ class GcodeFacts:
     estimate_s: float | None  # from `; estimated printing time (normal mode) = ...`
     nozzle_c: float
     bed_c: float
+
+
+@dataclass(kw_only=True)
+class PrintClock:
+    """A print's own time in the emulator's accelerated seconds: it runs, halts (a pause, a stop)
+    and runs again, and never passes `total_s` (the print itself, unless a job adds a phase to it).
+    Every emulator's job is one."""
+
+    duration_s: float
+    elapsed_s: float = 0.0  # up to the last halt
+    running_since: float | None = None  # monotonic time of the last run; None while halted
+
+    @property
+    def total_s(self) -> float:
+        return self.duration_s
+
+    def elapsed(self, now: float) -> float:
+        extra = now - self.running_since if self.running_since is not None else 0.0
+        return min(self.elapsed_s + extra, self.total_s)
+
+    def run(self, now: float) -> None:
+        self.running_since = now
+
+    def halt(self, now: float) -> None:
+        self.elapsed_s = self.elapsed(now)
+        self.running_since = None
+
+
+def print_seconds(estimate_s: float | None, speed: float, max_print_s: float | None) -> float:
+    """How long a print with the slicer's `estimate_s` takes on an emulator running `speed` times
+    faster, at most `max_print_s`."""
+    duration = estimate_s / speed if estimate_s else FALLBACK_PRINT_S
+    if max_print_s is not None:
+        duration = min(duration, max_print_s)
+    return max(duration, 0.001)
 
 
 def parse_duration(text: str) -> float | None:
@@ -129,6 +164,12 @@ class FaultSwitches(abc.ABC):
         """The person at the printer fixes what `need_attention` asked for; the print goes on."""
 
 
+class Readable(Protocol):
+    """What an upload body is read through: a socket file, or one wrapped by `UploadCutter`."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class UploadCutter:
     """The `abort_next_upload` switch for emulators that read uploads from a socket."""
 
@@ -140,15 +181,15 @@ class UploadCutter:
         with self._lock:
             self._after = after_bytes
 
-    def wrap(self, stream: BinaryIO, conn: socket.socket) -> BinaryIO:
+    def wrap(self, stream: Readable, conn: socket.socket) -> Readable:
         """`stream` as it is, or, when armed (once), a stream that drops `conn` after the limit."""
         with self._lock:
             after, self._after = self._after, None
-        return stream if after is None else _CutStream(stream, conn, after)  # type: ignore[return-value]
+        return stream if after is None else _CutStream(stream, conn, after)
 
 
 class _CutStream:
-    def __init__(self, stream: BinaryIO, conn: socket.socket, after: int) -> None:
+    def __init__(self, stream: Readable, conn: socket.socket, after: int) -> None:
         self._stream, self._conn, self._left = stream, conn, after
 
     def read(self, n: int = -1) -> bytes:
@@ -225,7 +266,7 @@ class EmulatorThread:
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
         return f"http://{host}:{self.port}"
 
-    def start(self) -> Any:
+    def start(self) -> Self:
         if self._server is not None:
             return self
         self._stopped.clear()
@@ -252,6 +293,11 @@ class EmulatorThread:
             self._thread = None
         self._stopped.set()
 
+    def close(self) -> None:
+        """Stop for good: the same as `stop()` here (nothing else to remove), and the name every
+        emulator shares, Bambu's included (which also removes its certificate)."""
+        self.stop()
+
     def go_offline(self) -> None:
         self.stop()
 
@@ -267,7 +313,7 @@ class EmulatorThread:
         while not self._stopped.wait(0.5):
             pass
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -17,21 +17,21 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 from printers.emulators.camera import camera_png
 from printers.emulators.common import (
-    FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
     UploadCutter,
     inspect_gcode,
+    print_seconds,
     record_print,
 )
-from printers.emulators.octoprint import (
+from printers.emulators.http_base import (
     HttpError,
     Job,
     JsonHandler,
@@ -110,14 +110,12 @@ class Klipper:
             if self._job is not None and self._job.state == "paused":
                 self.replaced.append(self._job.path)
             facts = inspect_gcode(local)
-            duration = facts.estimate_s / self.speed if facts.estimate_s else FALLBACK_PRINT_S
-            if self.max_print_s is not None:
-                duration = min(duration, self.max_print_s)
+            duration = print_seconds(facts.estimate_s, self.speed, self.max_print_s)
             self._message = ""
             self._job = Job(
                 path=rel,
                 size=local.stat().st_size,
-                duration_s=max(duration, 0.001),
+                duration_s=duration,
                 has_estimate=facts.estimate_s is not None,
                 nozzle_c=facts.nozzle_c,
                 bed_c=facts.bed_c,
@@ -180,8 +178,8 @@ class Klipper:
                 "print_stats": self._print_stats(job, now),
                 "virtual_sdcard": self._virtual_sdcard(job, now),
                 "display_status": {"message": None, "progress": self._fraction(job, now)},
-                "extruder": _heater(job.nozzle_c if _heating(job) else 0.0),  # type: ignore[union-attr]
-                "heater_bed": _heater(job.bed_c if _heating(job) else 0.0),  # type: ignore[union-attr]
+                "extruder": _heater(job.nozzle_c if _heating(job) else 0.0),
+                "heater_bed": _heater(job.bed_c if _heating(job) else 0.0),
                 "webhooks": {
                     "state": self.klippy_state,
                     "state_message": _KLIPPY_MESSAGES.get(self.klippy_state),
@@ -222,7 +220,7 @@ class Klipper:
         }
 
 
-def _heating(job: Job | None) -> bool:
+def _heating(job: Job | None) -> TypeGuard[Job]:
     return job is not None and job.state in ("printing", "paused")
 
 
@@ -240,7 +238,7 @@ class _Handler(JsonHandler):
 
     @property
     def emulator(self) -> MoonrakerEmulator:
-        return self.server.emulator  # type: ignore[no-any-return]
+        return self.server.emulator  # type: ignore[no-any-return]  # one EmulatorServer class serves every protocol
 
     @property
     def klipper(self) -> Klipper:
@@ -502,9 +500,3 @@ class MoonrakerEmulator(EmulatorThread, FaultSwitches):
             raise ValueError(f"klippy state must be one of {KLIPPY_STATES}")
         self.klipper.klippy_state = state
         self.klipper.klippy_was_ready = self.klipper.klippy_was_ready or state == "ready"
-
-    def start(self) -> MoonrakerEmulator:
-        return super().start()  # type: ignore[no-any-return]
-
-    def __enter__(self) -> MoonrakerEmulator:
-        return self.start()

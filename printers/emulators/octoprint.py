@@ -9,40 +9,40 @@ being printed), and job states that fall back to "Operational" after a job (comp
 after a finished one, null after a cancel).
 
 Printing runs in accelerated time: the slicer's estimate divided by `speed`, at most
-`max_print_s`. The multipart parser here is shared with the Moonraker emulator.
+`max_print_s`. What it shares with the Moonraker emulator is in http_base.py.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, BinaryIO
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
 
 from printers.emulators.camera import camera_png
 from printers.emulators.common import (
-    FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
     UploadCutter,
     inspect_gcode,
+    print_seconds,
     record_print,
+)
+from printers.emulators.http_base import (
+    HttpError,
+    Job,
+    JsonHandler,
+    multipart_boundary,
+    parse_multipart,
+    safe_relpath,
 )
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 64 * 1024
-MAX_FIELD_BYTES = 64 * 1024  # a form field that is not a file is a flag or a path
 GCODE_EXTENSIONS = (".gcode", ".gco", ".g")
 PORTS = ["/dev/ttyACM0", "VIRTUAL"]
 CONNECT_DELAY_S = 0.3  # "Opening serial connection" before "Operational"
@@ -55,177 +55,10 @@ FORBIDDEN = (
 )
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status} {message}")
-        self.status = status
-        self.message = message
-
-
-# --------------------------------------------------------------------------- multipart
-
-
-class _Body:
-    """The request body as a bounded stream: never reads past Content-Length."""
-
-    def __init__(self, stream: BinaryIO, length: int) -> None:
-        self._stream = stream
-        self.remaining = length
-
-    def read(self, n: int) -> bytes:
-        if self.remaining <= 0:
-            return b""
-        try:
-            chunk = self._stream.read(min(n, self.remaining))
-        except OSError:
-            chunk = b""
-        self.remaining -= len(chunk)
-        return chunk
-
-
-def multipart_boundary(content_type: str | None) -> bytes:
-    match = re.search(r'boundary="?([^";]+)"?', content_type or "")
-    if not content_type or not content_type.startswith("multipart/form-data") or not match:
-        raise HttpError(400, "Expected a multipart/form-data body")
-    return match.group(1).encode()
-
-
-def parse_multipart(
-    stream: BinaryIO, length: int, boundary: bytes, open_file: Callable[[str], BinaryIO]
-) -> dict[str, str]:
-    """Stream a multipart body: file parts go chunk by chunk to `open_file(filename)` (closed here),
-    other parts are returned as text. A file part's value in the result is its filename."""
-    body = _Body(stream, length)
-    delimiter = b"\r\n--" + boundary
-    buf = b"\r\n" + _read_until(body, b"", b"--" + boundary)  # drop any preamble
-    fields: dict[str, str] = {}
-    while True:
-        buf = _fill(body, buf, 2)
-        if buf.startswith(b"--"):
-            return fields
-        head, _, buf = _fill_until(body, buf[2:], b"\r\n\r\n").partition(b"\r\n\r\n")
-        name, filename = _disposition(head)
-        if filename is not None:
-            fields[name] = filename
-            with open_file(filename) as out:
-                buf = _copy_part(body, buf, delimiter, out.write)
-        else:
-            value = bytearray()
-            buf = _copy_part(body, buf, delimiter, value.extend)
-            if len(value) > MAX_FIELD_BYTES:
-                raise HttpError(400, f"Form field {name!r} is too large")
-            fields[name] = value.decode("utf-8", "replace")
-
-
-def _read_until(body: _Body, buf: bytes, marker: bytes) -> bytes:
-    """Consume up to and including `marker`; return what follows it in the buffer."""
-    buf = _fill_until(body, buf, marker)
-    return buf.partition(marker)[2]
-
-
-def _fill_until(body: _Body, buf: bytes, marker: bytes, limit: int = MAX_FIELD_BYTES) -> bytes:
-    while marker not in buf:
-        if len(buf) > limit:
-            raise HttpError(400, "Malformed multipart body")
-        chunk = body.read(CHUNK_BYTES)
-        if not chunk:
-            raise HttpError(400, "Truncated multipart body")
-        buf += chunk
-    return buf
-
-
-def _fill(body: _Body, buf: bytes, n: int) -> bytes:
-    while len(buf) < n:
-        chunk = body.read(CHUNK_BYTES)
-        if not chunk:
-            raise HttpError(400, "Truncated multipart body")
-        buf += chunk
-    return buf
-
-
-def _copy_part(body: _Body, buf: bytes, delimiter: bytes, write: Callable[[bytes], Any]) -> bytes:
-    """Write a part's content until the next delimiter; return what follows the delimiter."""
-    keep = len(delimiter) - 1  # a delimiter may straddle two reads
-    while True:
-        at = buf.find(delimiter)
-        if at >= 0:
-            write(buf[:at])
-            return buf[at + len(delimiter) :]
-        if len(buf) > keep:
-            write(buf[:-keep])
-            buf = buf[-keep:]
-        chunk = body.read(CHUNK_BYTES)
-        if not chunk:
-            raise HttpError(400, "Truncated multipart body")
-        buf += chunk
-
-
-def _disposition(head: bytes) -> tuple[str, str | None]:
-    text = head.decode("utf-8", "replace")
-    name = re.search(r'[; ]name="([^"]*)"', text)
-    filename = re.search(r'filename="([^"]*)"', text)
-    if name is None:
-        raise HttpError(400, "Multipart part without a name")
-    return name.group(1), filename.group(1) if filename else None
-
-
-def safe_relpath(path: str) -> str:
-    """`a/b.gcode` from user input, refusing `..` and absolute escapes."""
-    parts = [p for p in unquote(path).replace("\\", "/").split("/") if p]
-    if any(p in (".", "..") for p in parts):
-        raise HttpError(400, "Invalid path")
-    return "/".join(parts)
-
-
 # --------------------------------------------------------------------------- printer state
 
 _ACTIVE = ("Printing", "Pausing", "Paused", "Cancelling")
 _SETTLES_TO = {"Pausing": "Paused", "Cancelling": "cancelled"}
-
-
-@dataclass
-class Job:
-    path: str  # relative to the storage dir, as OctoPrint's `path`
-    size: int
-    duration_s: float
-    has_estimate: bool
-    nozzle_c: float
-    bed_c: float
-    state: str = "Printing"  # Printing, Paused, done, cancelled
-    elapsed_s: float = 0.0
-    running_since: float | None = None
-    settle_at: float = 0.0  # when Pausing becomes Paused, Cancelling becomes cancelled
-
-    @classmethod
-    def started_at_printer(cls, root: Path, name: str, seconds: float, state: str, note: str) -> Job:
-        """A print someone started there (a fault switch): its file appears, it runs `seconds`."""
-        local = root / name
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_text(f"; {note}\nG28\n")
-        return cls(
-            path=name,
-            size=local.stat().st_size,
-            duration_s=max(seconds, 0.001),
-            has_estimate=True,
-            nozzle_c=215.0,
-            bed_c=60.0,
-            state=state,
-            running_since=time.monotonic(),
-        )
-
-    def settle(self, state: str, now: float) -> None:
-        """OctoPrint waits for the printer's buffer before a pause or cancel takes effect."""
-        self.halt(now)
-        self.state = state
-        self.settle_at = now + SETTLE_S
-
-    def elapsed(self, now: float) -> float:
-        extra = now - self.running_since if self.running_since is not None else 0.0
-        return min(self.elapsed_s + extra, self.duration_s)
-
-    def halt(self, now: float) -> None:
-        self.elapsed_s = self.elapsed(now)
-        self.running_since = None
 
 
 class Printer:
@@ -334,13 +167,11 @@ class Printer:
             if self.state_text() != "Operational":
                 raise HttpError(409, "Printer is not operational or already printing")
             facts = inspect_gcode(local)
-            duration = facts.estimate_s / self.speed if facts.estimate_s else FALLBACK_PRINT_S
-            if self.max_print_s is not None:
-                duration = min(duration, self.max_print_s)
+            duration = print_seconds(facts.estimate_s, self.speed, self.max_print_s)
             self._job = Job(
                 path=rel,
                 size=local.stat().st_size,
-                duration_s=max(duration, 0.001),
+                duration_s=duration,
                 has_estimate=facts.estimate_s is not None,
                 nozzle_c=facts.nozzle_c,
                 bed_c=facts.bed_c,
@@ -363,11 +194,11 @@ class Printer:
             if job is None or state not in _ACTIVE:
                 raise HttpError(409, NOT_ACTIVE.format(command))
             if command == "cancel" and state != "Cancelling":
-                job.settle("Cancelling", now)
+                job.settle("Cancelling", now, SETTLE_S)
             elif command == "pause":
                 action = action or ("resume" if state == "Paused" else "pause")  # no action: toggle
                 if action == "pause" and state == "Printing":
-                    job.settle("Pausing", now)
+                    job.settle("Pausing", now, SETTLE_S)
                 elif action == "resume" and state == "Paused":  # ignored while still Pausing
                     job.running_since = now
                     job.state = "Printing"
@@ -480,95 +311,6 @@ def _temp(target: float) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- HTTP
-
-
-class JsonHandler(BaseHTTPRequestHandler):
-    """Keep-alive JSON plumbing shared by the OctoPrint and Moonraker emulators."""
-
-    protocol_version = "HTTP/1.1"
-    sys_version = ""
-    timeout = 30
-    _unread = 0
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s emulator %s: " + format, self.server_version, self.address_string(), *args)
-
-    def do_GET(self) -> None:
-        self.handle_method("GET")
-
-    def do_POST(self) -> None:
-        self.handle_method("POST")
-
-    def do_DELETE(self) -> None:
-        self.handle_method("DELETE")
-
-    def handle_method(self, method: str) -> None:
-        raise NotImplementedError
-
-    @property
-    def path_only(self) -> str:
-        return urlsplit(self.path).path
-
-    @property
-    def query(self) -> dict[str, list[str]]:
-        return parse_qs(urlsplit(self.path).query, keep_blank_values=True)
-
-    def begin(self) -> None:
-        try:
-            self._unread = max(0, int(self.headers.get("Content-Length") or 0))
-        except ValueError:
-            self._unread = 0
-
-    def take_body(self) -> _Body:
-        """The body is the handler's from here on; nothing is drained for it afterwards."""
-        body, self._unread = _Body(self.rfile, self._unread), 0
-        return body
-
-    def json_body(self) -> dict[str, Any]:
-        body = self.take_body()
-        raw = body.read(body.remaining) if body.remaining <= MAX_FIELD_BYTES else b""
-        try:
-            data = json.loads(raw or b"{}")
-        except json.JSONDecodeError:
-            raise HttpError(400, "Malformed JSON body") from None
-        if not isinstance(data, dict):
-            raise HttpError(400, "Expected a JSON object")
-        return data
-
-    def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
-        body = b"" if status == 204 else json.dumps(data).encode()
-        self._drain()
-        try:
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            if status != 204:
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            self.close_connection = True
-
-    def send_image(self, body: bytes, content_type: str = "image/png") -> None:
-        """A camera still, as mjpg-streamer's `?action=snapshot` answers."""
-        self._drain()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            self.close_connection = True
-
-    def _drain(self) -> None:
-        """Swallow an unread body so a keep-alive connection stays in step."""
-        body = self.take_body()
-        while body.remaining > 0:
-            if not body.read(CHUNK_BYTES):
-                self.close_connection = True
-                break
 
 
 class _Handler(JsonHandler):
@@ -756,9 +498,3 @@ class OctoPrintEmulator(EmulatorThread, FaultSwitches):
 
     def attend(self) -> None:
         self.printer.firmware_resume()
-
-    def start(self) -> OctoPrintEmulator:
-        return super().start()  # type: ignore[no-any-return]
-
-    def __enter__(self) -> OctoPrintEmulator:
-        return self.start()

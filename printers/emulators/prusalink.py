@@ -37,17 +37,16 @@ from urllib.request import parse_http_list, parse_keqv_list
 from printers.emulators import prusalink_pi as pi
 from printers.emulators.camera import camera_png
 from printers.emulators.common import (
-    FALLBACK_PRINT_S,
     LOCAL_PRINT_NAME,
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
+    PrintClock,
+    Readable,
     UploadCutter,
     inspect_gcode,
+    print_seconds,
     record_print,
-)
-from printers.emulators.common import (
-    parse_duration as parse_duration,  # re-export until bambu.py imports common
 )
 
 log = logging.getLogger(__name__)
@@ -145,29 +144,15 @@ class DigestAuthority:
 
 
 @dataclass
-class Job:
+class Job(PrintClock):
     id: int
     usb_path: str  # the path the printer reports: "/usb/dir/name.gcode" ("/PrusaLink gcodes/..." on a Pi)
     local: Path
     size: int
-    duration_s: float
     has_estimate: bool
     nozzle_c: float
     bed_c: float
     state: str  # PRINTING, PAUSED, ATTENTION, FINISHED, STOPPED, ERROR
-    elapsed_s: float = 0.0
-    running_since: float | None = None
-
-    def elapsed(self, now: float) -> float:
-        extra = now - self.running_since if self.running_since is not None else 0.0
-        return min(self.elapsed_s + extra, self.duration_s)
-
-    def run(self, now: float) -> None:
-        self.running_since = now
-
-    def halt(self, now: float) -> None:
-        self.elapsed_s = self.elapsed(now)
-        self.running_since = None
 
 
 @dataclass
@@ -253,9 +238,7 @@ class Printer:
             if self._state(now) not in READY_STATES:
                 raise HttpError(409, close=True)
             facts = inspect_gcode(local)
-            duration = facts.estimate_s / self.speed if facts.estimate_s else FALLBACK_PRINT_S
-            if self.max_print_s is not None:
-                duration = min(duration, self.max_print_s)
+            duration = print_seconds(facts.estimate_s, self.speed, self.max_print_s)
             # "warn" mode: a G-code sliced for another model waits for a person at the screen.
             mismatch = facts.model is not None and facts.model != self.model
             self._job_ids += 1
@@ -264,7 +247,7 @@ class Printer:
                 usb_path=self.printer_path(rel),
                 local=local,
                 size=local.stat().st_size,
-                duration_s=max(duration, 0.001),
+                duration_s=duration,
                 has_estimate=facts.estimate_s is not None,
                 nozzle_c=facts.nozzle_c,
                 bed_c=facts.bed_c,
@@ -376,7 +359,7 @@ class Printer:
             self._transfer = Transfer(self._transfer_ids, usb_path, length, to_print, time.monotonic())
             return self._transfer
 
-    def receive(self, transfer: Transfer, stream: BinaryIO) -> Path:
+    def receive(self, transfer: Transfer, stream: Readable) -> Path:
         """Stream the body to disk chunk by chunk through a temp file, then move it into place."""
         local = self.local_path(transfer.usb_path.removeprefix(self.root_path + "/"))
         try:
@@ -523,7 +506,7 @@ class Printer:
         return out
 
 
-def _read_some(stream: BinaryIO, n: int) -> bytes:
+def _read_some(stream: Readable, n: int) -> bytes:
     try:
         chunk = stream.read(n)
     except OSError:  # timeout or reset: the client went away mid-body
@@ -752,8 +735,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _get_info(self, _: re.Match[str]) -> Response:
         emu = self.emulator
         if emu.pi:
-            facts = {"serial": emu.serial, "hostname": emu.hostname, "nozzle_diameter": emu.nozzle_diameter}
-            return json_response(200, pi.info(name=emu.hostname, port=emu.port, **facts))
+            facts = pi.info(
+                name=emu.hostname,
+                hostname=emu.hostname,
+                serial=emu.serial,
+                nozzle_diameter=emu.nozzle_diameter,
+                port=emu.port,
+            )
+            return json_response(200, facts)
         return json_response(
             200,
             {
