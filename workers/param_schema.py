@@ -171,7 +171,7 @@ class _Builder:
         for field in fields if "*" in raw else raw & set(fields):
             fields[field] = _any_value(*fields[field])
         settings = cast(ConfigDict, dict(config))  # its keys are _CONFIG_KEYS, checked in _config
-        model = create_model(name, __config__=settings, **fields)  # type: ignore[call-overload]
+        model = create_model(name, __config__=settings, **fields)
         self.built[name], self.raw[name] = model, raw
         return model
 
@@ -243,7 +243,7 @@ class _Builder:
             except SyntaxError:
                 return Any
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-            return self._type(node.left) | self._type(node.right)  # type: ignore[operator]
+            return self._type(node.left) | self._type(node.right)
         name = _dotted(node.value if isinstance(node, ast.Subscript) else node)
         short = (name or "").rsplit(".", 1)[-1]
         if not isinstance(node, ast.Subscript):
@@ -255,7 +255,7 @@ class _Builder:
         items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         if short == "Literal":
             values = [_literal(i) for i in items]
-            return Literal[tuple(values)] if _UNKNOWN not in values else Any  # type: ignore[valid-type]
+            return Literal[tuple(values)] if _UNKNOWN not in values else Any
         if short == "Optional":
             return Optional[self._type(items[0])]  # noqa: UP045 - built at run time
         if short in ("list", "List", "set", "Set", "frozenset", "Sequence"):
@@ -293,7 +293,7 @@ class _Builder:
                     return Any
                 # As the real one, it takes "2" for 2 (a Literal would not).
                 return enum.IntEnum(name, {f"m{i}": v for i, v in enumerate(values)})
-            return Literal[tuple(values)]  # type: ignore[valid-type]
+            return Literal[tuple(values)]
         return Any
 
 

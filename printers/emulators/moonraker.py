@@ -238,7 +238,7 @@ class _Handler(JsonHandler):
 
     @property
     def emulator(self) -> MoonrakerEmulator:
-        return self.server.emulator  # type: ignore[no-any-return]  # one EmulatorServer class serves every protocol
+        return self.server.emulator
 
     @property
     def klipper(self) -> Klipper:
