@@ -40,7 +40,7 @@ def _proc_status_mb(field: str) -> float:
 def child(path: Path, port: int) -> None:
     """Import only what an agent imports, then measure one upload from inside the process."""
     sys.path.insert(0, str(REPO))
-    import farm.client  # noqa: F401
+    import farm.core.client  # noqa: F401
     import printers.agent  # noqa: F401
     from printers.drivers.base import PrinterConfig
     from printers.drivers.prusalink import PrusaLinkDriver

@@ -107,7 +107,7 @@ def cad_load(
             **os.environ,
             "FARM_DATA_DIR": str(tmp),
             "FARM_REDIS_URL": f"{redis_url.rsplit('/', 1)[0]}/1",  # the benched coordinator has /0
-            "FARM_DATABASE_URL": f"sqlite:///{tmp / 'farm.db'}",
+            "FARM_DATABASE_URL": f"sqlite:///{tmp / 'farm.coordinator.db'}",
             "FARM_URL": f"http://127.0.0.1:{port}",
             "FARM_WORKER_THREADS": "2",
             "PYTHONUNBUFFERED": "1",

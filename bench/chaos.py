@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 # and bench/farm.py would be `farm`.
 sys.path.insert(0, str(REPO))
 
-from farm.up import started_at  # noqa: E402
+from farm.commands.up import started_at  # noqa: E402
 from printers.emulators.common import read_print_log  # noqa: E402
 
 KINDS = ("cad_worker", "slice_worker", "coordinator", "agent_upload", "agent_print", "redis")

@@ -419,9 +419,9 @@ def queue_jobs(db_url: str, jobs: int) -> None:
     from sqlalchemy import text
     from sqlmodel import Session, select
 
-    from farm import pipeline
-    from farm.db import make_engine
-    from farm.models import Slice
+    from farm.coordinator import pipeline
+    from farm.coordinator.db import make_engine
+    from farm.coordinator.models import Slice
 
     engine = make_engine(db_url)
     with Session(engine) as session:
@@ -459,9 +459,9 @@ def db_facts(db_url: str) -> dict[str, Any]:
     from sqlalchemy import func
     from sqlmodel import Session, col, select
 
-    from farm.db import make_engine
-    from farm.models import Job, Printer
-    from farm.states import JobState
+    from farm.coordinator.db import make_engine
+    from farm.coordinator.models import Job, Printer
+    from farm.core.states import JobState
 
     engine = make_engine(db_url)
     with Session(engine) as session:
@@ -487,7 +487,7 @@ def run_db(
     names = [f"p{i:05d}" for i in range(n)]
     with tempfile.TemporaryDirectory(prefix="bench-coord-") as tmp_name:
         tmp = Path(tmp_name)
-        url = db_url or f"sqlite:///{tmp / 'farm.db'}"
+        url = db_url or f"sqlite:///{tmp / 'farm.coordinator.db'}"
         t0 = time.perf_counter()
         port = free_port()
         env = {

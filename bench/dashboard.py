@@ -259,7 +259,7 @@ def main() -> None:
     names = [f"p{i:03d}" for i in range(args.printers)]
     with redis_server() as redis_url, tempfile.TemporaryDirectory(prefix="bench-dash-") as tmp_name:
         tmp = Path(tmp_name)
-        url = f"sqlite:///{tmp / 'farm.db'}"
+        url = f"sqlite:///{tmp / 'farm.coordinator.db'}"
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         env = {**os.environ, "FARM_DATA_DIR": str(tmp), "FARM_REDIS_URL": redis_url, "FARM_DATABASE_URL": url}

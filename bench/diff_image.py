@@ -1,5 +1,5 @@
 """What `GET /api/builds/{a}/diff/{b}/image` costs the coordinator: both meshes drawn from one
-camera (workers/mesh.py), compared, boxed and written as a PNG (farm/diffimage.py).
+camera (farm/core/mesh.py), compared, boxed and written as a PNG (farm/coordinator/diffimage.py).
 
 Meshes of growing size: the bracket (examples/bracket.py, exported by build123d) and UV spheres
 made with numpy up to the route's limit (a million triangles each), the second of each pair a little
@@ -22,8 +22,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from farm.diffimage import diff_image  # noqa: E402
-from workers.mesh import read_stl  # noqa: E402
+from farm.coordinator.diffimage import diff_image  # noqa: E402
+from farm.core.mesh import read_stl  # noqa: E402
 
 
 def sphere(triangles: int, radius: float) -> np.ndarray:

@@ -1,7 +1,7 @@
 """How close a whole farm runs its printers to 100 % busy, against the batch's lower bound.
 
 A farm on this machine with its real parts and protocols: Valkey, the coordinator and a CAD +
-slicing worker as `farm up` starts them (farm/up.py), and N emulated printers (PrusaLink,
+slicing worker as `farm up` starts them (farm/commands/up.py), and N emulated printers (PrusaLink,
 OctoPrint, Moonraker and Bambu; MINI, MK3S, MK4S, CORE One, X1C with an AMS, P1S; some loaded with
 PETG or a colour) each with its own `printers.agent.Agent`, talking to its emulator over the
 printer's protocol on loopback and to the coordinator over HTTP. So that N = 100 fits on 2 cores,
@@ -182,7 +182,7 @@ def _serial(s: Sim) -> str:
 
 
 def host_agents(spec: dict[str, Any]) -> None:
-    from farm.client import FarmClient
+    from farm.core.client import FarmClient
     from printers.agent import Agent
     from printers.config import AgentConfig, CoordinatorConfig
     from printers.drivers import make_driver
@@ -245,7 +245,7 @@ def prusa_gcode(model: str, estimate_s: int, tag: str) -> str:
 
 
 def bambu_package(model: str, estimate_s: int, tag: str, out: Path) -> Path:
-    from farm.printer_models import get_model
+    from farm.core.printer_models import get_model
     from workers.bambu3mf import PlateInfo, package_gcode
 
     info = get_model(model)
@@ -304,8 +304,8 @@ def plan(sims: list[Sim], jobs: int, args: argparse.Namespace, rng: random.Rando
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
-        from farm.settings import Settings
-        from farm.up import Farm, free_port
+        from farm.commands.up import Farm, free_port
+        from farm.core.settings import Settings
 
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="farm-bench-"))
@@ -324,7 +324,7 @@ class Bench:
 
     # parts
     def start(self) -> None:
-        from farm.client import FarmClient
+        from farm.core.client import FarmClient
 
         self.farm.start()
         self.admin = self.settings.admin_token_file.read_text().strip()
@@ -408,7 +408,7 @@ class Bench:
                 options["color"] = color
             if p.source == "gcode":
                 estimate = max(1, round(p.wall_s * self.args.speed))
-                from farm.printer_models import get_model
+                from farm.core.printer_models import get_model
 
                 info = get_model(model)
                 if info is not None and info.protocol == "bambu":
@@ -694,7 +694,7 @@ def raw_cpu_per_build(sample: list[tuple[float, float]], tmp: Path) -> dict[str,
     """The raw tools' CPU seconds per build: build123d building and exporting each part in one warm
     interpreter (its import counted once, not per part), then `prusa-slicer` on each STL with the
     farm's flattened MK4S profile."""
-    from farm.printer_models import MODELS
+    from farm.core.printer_models import MODELS
     from workers.prusaslicer import find_slicer
     from workers.slicer_profiles import flatten_profile, write_profile
 

@@ -93,7 +93,7 @@ def plain(script: Path) -> dict[str, Any]:
 
 
 def farm(runner: Any, script: Path) -> dict[str, Any]:
-    from farm.project import pack_file
+    from farm.core.project import pack_file
     from workers.cad_types import CadError, CadRequest
 
     started = time.perf_counter()

@@ -107,7 +107,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
-    from farm.settings import Settings
+    from farm.core.settings import Settings
 
     defaults = Settings.model_construct()
     print(f"defaults: work_lease_s={defaults.work_lease_s}, work_heartbeat_s={defaults.work_heartbeat_s}")

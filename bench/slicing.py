@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from farm.printer_models import MODELS
+from farm.core.printer_models import MODELS
 from workers.prusaslicer import find_slicer
 from workers.slice_cache import SliceCache
 from workers.slicer import slice_mesh

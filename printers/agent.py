@@ -15,12 +15,12 @@ from pathlib import PurePath
 from typing import Any
 from urllib.parse import quote
 
-from farm.client import FarmClient, FarmError
+from farm.core.client import FarmClient, FarmError
 from printers.config import AgentConfig
 from printers.drivers.base import Driver, DriverError, PrinterState, PrinterStatus
 
 log = logging.getLogger("farm.agent")
-SNAPSHOT_WANTED = "X-Farm-Snapshot"  # farm.api.agents: the agent installs without the server
+SNAPSHOT_WANTED = "X-Farm-Snapshot"  # farm.coordinator.api.agents: the agent installs without the server
 VERSION = "0.2.0"  # 0.2: claims wait at the coordinator for work (wait_s)
 # The coordinator decides whether the bed is clear; a stopped print's printer can take the next job.
 READY_FOR_WORK = (PrinterState.IDLE, PrinterState.FINISHED, PrinterState.FAILED)

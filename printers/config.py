@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
-from farm.printer_models import ALIASES, UnknownChoice, check_model
+from farm.core.printer_models import ALIASES, UnknownChoice, check_model
 from printers.drivers.base import PrinterConfig
 
 
@@ -88,7 +88,7 @@ class AgentConfig(BaseModel):
             return self.coordinator.token, f"the [coordinator] token in {where}"
         if env := os.environ.get("FARM_TOKEN", "").strip():
             return env, "FARM_TOKEN (agent config has no [coordinator] token)"
-        from farm.settings import get_settings  # pydantic-settings only: in the agent's install
+        from farm.core.settings import get_settings  # pydantic-settings only: in the agent's install
 
         admin = get_settings().admin_token_file
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from farm.names import safe_name
+from farm.core.names import safe_name
 from printers.drivers import DRIVERS, make_driver
 from printers.drivers.base import Driver, DriverError, PrinterConfig, PrinterState, PrinterStatus
 

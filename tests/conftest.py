@@ -140,7 +140,7 @@ def running_farm(
         "FARM_DATA_DIR": str(data),
         "FARM_URL": f"http://127.0.0.1:{port}",
         "PYTHONUNBUFFERED": "1",
-        # The tests' git repositories are local: file:// URLs are off unless listed (farm.gitsource).
+        # The tests' git repositories are local: file:// URLs are off unless listed (farm.core.gitsource).
         "FARM_GIT_SCHEMES": '["https", "ssh", "git", "file"]',
         **extra_env,
     }
@@ -231,9 +231,9 @@ def ready_job(
     would leave it: for tests of printing that need no CAD or slicing (a coordinator on SQLite)."""
     from sqlmodel import Session, select
 
-    from farm import pipeline
-    from farm.db import make_engine
-    from farm.models import Slice
+    from farm.coordinator import pipeline
+    from farm.coordinator.db import make_engine
+    from farm.coordinator.models import Slice
 
     sha = hashlib.sha256(gcode).hexdigest()
     put = httpx.put(
@@ -241,7 +241,7 @@ def ready_job(
         headers={"Authorization": f"Bearer {admin}"}, timeout=30,
     )  # fmt: skip
     assert put.status_code == 200 and put.json()["sha256"] == sha, put.text
-    engine = make_engine(f"sqlite:///{data / 'farm.db'}")
+    engine = make_engine(f"sqlite:///{data / 'farm.coordinator.db'}")
     with Session(engine) as session:
         build, jobs, _ = pipeline.create_build(
             session, source_name="part.stl", source_sha256="0" * 64, entry=None, params={}, copies=1,

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from farm.client import FarmClient
+from farm.core.client import FarmClient
 from printers.config import AgentConfig
 from printers.drivers import make_driver
 from printers.drivers.base import PrinterConfig, PrinterState

@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from farm.api.deps import Farm, find_token, hash_secret, new_secret
-from farm.db import make_engine
-from farm.models import Token
-from farm.settings import Settings
-from farm.store import ArtifactStore
+from farm.coordinator.api.deps import Farm, find_token, hash_secret, new_secret
+from farm.coordinator.db import make_engine
+from farm.coordinator.models import Token
+from farm.coordinator.store import ArtifactStore
+from farm.core.settings import Settings
 from tests.conftest import EXAMPLES, RunningFarm
 
 
@@ -74,7 +74,7 @@ def test_an_agent_cannot_report_on_a_job_it_does_not_hold(api: httpx.Client, far
 def test_agent_calls_answer_like_the_routes_whichever_way_they_are_served(
     api: httpx.Client, farm: RunningFarm
 ) -> None:
-    """farm/api/fastlane.py answers ordinary heartbeats, claims and reports itself and hands the
+    """farm/coordinator/api/fastlane.py answers ordinary heartbeats, claims and reports itself and hands the
     rest to the routes. Each case twice: once with a token new to the coordinator process, once
     with it known."""
     reg = {"printer": "lane-test", "model": "MINI", "protocol": "prusalink"}
@@ -153,7 +153,7 @@ def test_agent_calls_answer_like_the_routes_whichever_way_they_are_served(
 
 def test_a_token_miss_loads_every_token_once_and_wrong_tokens_cannot_force_reloads(tmp_path: Path) -> None:
     """After a restart every agent's first call misses the token cache: the first miss loads all."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
     farm = Farm(
         settings=Settings(data_dir=tmp_path), engine=engine, store=ArtifactStore(tmp_path), broker=None
     )

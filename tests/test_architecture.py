@@ -67,7 +67,7 @@ farm.cli.main()
 
 def test_settings_come_from_env_and_toml(tmp_path: Path) -> None:
     (tmp_path / "farm.toml").write_text('url = "http://farm.example:9000"\nlease_s = 30\n')
-    code = "from farm.settings import Settings; s = Settings(); print(s.url, s.lease_s, s.port)"
+    code = "from farm.core.settings import Settings; s = Settings(); print(s.url, s.lease_s, s.port)"
     env = {"PATH": "/usr/bin:/bin", "FARM_PORT": "8123", "HOME": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-c", code],

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from farm.api import create_app
-from farm.api.deps import TOKEN_RELOAD_S
-from farm.settings import Settings
+from farm.coordinator.api import create_app
+from farm.coordinator.api.deps import TOKEN_RELOAD_S
+from farm.core.settings import Settings
 
 
 @dataclass

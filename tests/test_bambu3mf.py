@@ -11,8 +11,8 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from farm.printer_models import MODELS
-from farm.slice_error import SliceError
+from farm.core.printer_models import MODELS
+from farm.core.slice_error import SliceError
 from workers.bambu3mf import (
     MODEL_SETTINGS,
     PLATE_GCODE,

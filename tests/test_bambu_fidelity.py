@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.printer_models import MODELS, PrinterModel
-from farm.slice_error import SliceError
+from farm.core.printer_models import MODELS, PrinterModel
+from farm.core.slice_error import SliceError
 from tests.gcode_walker import hot_z_moves, loose_tool_changes, start_sequence, walk
 from tests.test_slicer import box_triangles, write_binary_stl
 from workers.bambu3mf import PLATE_GCODE, PROJECT_SETTINGS

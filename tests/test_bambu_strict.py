@@ -346,14 +346,14 @@ def test_each_attempt_of_a_job_has_its_own_name_on_the_printer(tmp_path: Path) -
     the attempt before (dispatch.report and the claim the agent gets, on a real SQLite database)."""
     from sqlmodel import Session
 
-    from farm import dispatch
-    from farm.api.agents import _claim_view
-    from farm.db import make_engine
-    from farm.names import check_segment
-    from farm.states import JobState
+    from farm.coordinator import dispatch
+    from farm.coordinator.api.agents import _claim_view
+    from farm.coordinator.db import make_engine
+    from farm.core.names import check_segment
+    from farm.core.states import JobState
     from tests.test_dispatch import add_printer, ready_build
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
     names = []
     with Session(engine, expire_on_commit=False) as s:
         printer = add_printer(s, "a", "X1C")
@@ -379,7 +379,7 @@ def test_each_attempt_of_a_job_has_its_own_name_on_the_printer(tmp_path: Path) -
 
 
 def dispatch_slice(session: Any, job: Any) -> Any:
-    from farm.models import Slice
+    from farm.coordinator.models import Slice
 
     return session.get(Slice, job.slice_id)
 
@@ -394,7 +394,7 @@ def test_the_farms_package_passes_the_firmware_checks(
 ) -> None:
     """What the real slice path makes for a Bambu model prints on the strict emulator, with an AMS
     tray mapped for its filament and every layer counted from its markers."""
-    from farm.printer_models import MODELS
+    from farm.core.printer_models import MODELS
     from tests.test_slicer import box_triangles, write_binary_stl
     from workers.slicer import slice_mesh
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.pipeline import source_kind
-from farm.printer_models import MODELS
-from farm.slice_error import SliceError
+from farm.coordinator.pipeline import source_kind
+from farm.core.printer_models import MODELS
+from farm.core.slice_error import SliceError
 from tests.test_slicer import box_triangles, write_binary_stl
 from workers.bgcode import BgcodeError, read_bgcode
 from workers.gcode_meta import parse_gcode_meta, parse_sliced_file

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from farm.api.bodylimit import FORM_OVERHEAD
+from farm.coordinator.api.bodylimit import FORM_OVERHEAD
 from tests.conftest import RunningFarm, farm_server
 
 CHUNK = b"\0" * (1 << 20)

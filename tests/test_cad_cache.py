@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from farm.commands.cad import register
-from farm.settings import get_settings
+from farm.core.settings import get_settings
 from workers.cad_cache import CadCache, cached_build, cad_cache_key
 from workers.cad_runner import CadRunner
 from workers.cad_types import CadError, CadRequest, CadResult

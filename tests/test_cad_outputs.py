@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.printer_models import get_model
+from farm.core.mesh import MeshProblem, check_mesh, inspect_mesh, png_bytes, read_stl, render
+from farm.core.printer_models import get_model
 from workers.bambu3mf import PLATE_PNG
 from workers.cad_cache import CadCache, cached_build
 from workers.cad_runner import CadRunner
 from workers.cad_types import CadError, CadRequest, CadResult
 from workers.gcode_meta import gcode_thumbnails
-from workers.mesh import MeshProblem, check_mesh, inspect_mesh, png_bytes, read_stl, render
 from workers.mesh_bbox import count_3mf_items
 from workers.plate_image import png_size
 from workers.slicer import slice_mesh

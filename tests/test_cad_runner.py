@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from farm.core.entry_points import list_entry_points
 from workers.cad_folders import sweep_stale_build_folders
 from workers.cad_runner import CadRunner
 from workers.cad_types import CadError, CadLimits, CadRequest, CadResult
-from workers.entry_points import list_entry_points
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -192,9 +192,9 @@ def test_admin_token_given_once_and_a_revoked_worker_token_replaced(tmp_path: Pa
 
     from sqlmodel import Session, select
 
-    from farm.api import create_app
-    from farm.models import Token
-    from farm.settings import Settings
+    from farm.coordinator.api import create_app
+    from farm.coordinator.models import Token
+    from farm.core.settings import Settings
 
     token_file = tmp_path / "run" / "worker.token"
     settings = Settings(data_dir=tmp_path / "data", worker_token_file=token_file, admin_token="chosen-admin")

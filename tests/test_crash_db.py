@@ -1,6 +1,6 @@
 """A power cut on the PostgreSQL server right after a claim.
 
-Claims commit without waiting for the disk (farm/db.py make_async_engine); the agent's
+Claims commit without waiting for the disk (farm/coordinator/db.py make_async_engine); the agent's
 "uploading" report, sent before anything goes to the printer, waits for it, and with it
 everything committed before. So a claim the crash took can never be acted on, and one acted on
 survives the crash. Real server processes, a real cluster, its WAL writer held so the loss is
@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from farm.db import make_engine
+from farm.coordinator.db import make_engine
 from tests.pgserver import Cluster, PostgresUnavailable, throwaway_cluster
 from tests.test_dispatch import ready_build
 from tests.test_server_workers import two_server_processes

@@ -20,9 +20,9 @@ from PIL import Image
 from tests.conftest import EXAMPLES, RunningFarm, wait_until
 
 PROJECT, PART = "brackets", "bracket"
-PANEL, CAPTION, GAP = 256, 22, 8  # farm/diffimage.py's layout
+PANEL, CAPTION, GAP = 256, 22, 8  # farm/coordinator/diffimage.py's layout
 MARK = (255, 0, 0)
-MARGIN = 0.06  # workers/mesh.py: of the picture, each side
+MARGIN = 0.06  # farm/core/mesh.py: of the picture, each side
 
 
 def bracket_volume(length: float, width: float = 20, thickness: float = 4, hole_d: float = 4) -> float:
@@ -73,7 +73,7 @@ def _submit(farm: RunningFarm, path: Path, token: dict[str, str] | None = None, 
 
 def _revise(farm: RunningFarm, build_id: int, **columns: str | None) -> None:
     """What the push hooks record on a build of a registered project's part, set here directly."""
-    with sqlite3.connect(farm.data_dir / "farm.db", timeout=30) as db:
+    with sqlite3.connect(farm.data_dir / "farm.coordinator.db", timeout=30) as db:
         names = ", ".join(f"{k} = ?" for k in columns)
         db.execute(f"UPDATE build SET {names} WHERE id = ?", (*columns.values(), build_id))
 
@@ -279,7 +279,7 @@ def test_who_may_compare(farm: RunningFarm, brackets: Brackets) -> None:
 def test_meshes_with_nan_corners_or_no_triangles_still_draw() -> None:
     """A submitted STL is never checked as a CAD build's is: NaN corners are left out (they would
     make the shared frame NaN and blank both sides), and an empty mesh draws as nothing."""
-    from farm.diffimage import diff_image
+    from farm.coordinator.diffimage import diff_image
 
     tri = np.array([[[0, 0, 0], [10, 0, 0], [0, 10, 0]]], dtype=np.float32)
     nan = np.full((1, 3, 3), np.nan, dtype=np.float32)

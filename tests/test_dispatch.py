@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from farm import dispatch, pipeline
-from farm.api import access
-from farm.db import make_async_engine, make_engine
-from farm.models import Job, JobSnapshot, Printer, Slice, Token, utcnow
-from farm.states import InvalidMove, JobState, SliceState, can_move, check_job_move
+from farm.coordinator import dispatch, pipeline
+from farm.coordinator.api import access
+from farm.coordinator.db import make_async_engine, make_engine
+from farm.coordinator.models import Job, JobSnapshot, Printer, Slice, Token, utcnow
+from farm.core.states import InvalidMove, JobState, SliceState, can_move, check_job_move
 from tests.pgserver import PostgresUnavailable, throwaway_postgres
 
 _databases = itertools.count()
@@ -39,7 +39,7 @@ def postgres() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+        engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
     else:
         engine = fresh_database(request.getfixturevalue("postgres"))
     yield engine
@@ -644,7 +644,7 @@ def test_a_power_group_claiming_at_once_starts_no_more_than_allowed(postgres: st
 
 def test_a_kept_database_gains_owners_and_token_expiry_and_the_artifact_rules_run_on_it(engine) -> None:  # type: ignore[no-untyped-def]
     """A data dir from before owners and revocation: make_engine adds the columns (nullable), and
-    the artifact rules' queries (farm/api/access.py) run on the upgraded database."""
+    the artifact rules' queries (farm/coordinator/api/access.py) run on the upgraded database."""
     new = {"token": ("expires_at", "revoked_at"), "build": ("owner",), "job": ("owner",)}
     with engine.begin() as conn:
         for table, columns in new.items():

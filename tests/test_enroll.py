@@ -22,8 +22,8 @@ from PIL import Image
 from sqlalchemy import update
 from sqlmodel import Session
 
-from farm.db import make_engine
-from farm.models import EnrolCode
+from farm.coordinator.db import make_engine
+from farm.coordinator.models import EnrolCode
 from printers.emulators.camera import state_color
 from printers.emulators.prusalink import PrusaLinkEmulator
 from tests.conftest import REPO, farm_server, ready_job, wait_until
@@ -194,7 +194,7 @@ def test_expired_unknown_and_non_admin_codes_are_refused(
     base, env = coordinator
     data = Path(env["FARM_DATA_DIR"])
     code = add(env, "mk4-9", "--expires", "5m")
-    engine = make_engine(f"sqlite:///{data / 'farm.db'}")
+    engine = make_engine(f"sqlite:///{data / 'farm.coordinator.db'}")
     with Session(engine) as session:
         session.execute(update(EnrolCode).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
         session.commit()
@@ -235,7 +235,7 @@ def test_the_coordinator_serves_the_agent_package(
         names = set(zf.namelist())
         meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
         metadata = zf.read(meta).decode()
-    assert {"printers/agent.py", "farm/commands/enroll.py", "farm/client.py"} <= names
+    assert {"printers/agent.py", "farm/commands/enroll.py", "farm/core/client.py"} <= names
     assert "Provides-Extra: agent" in metadata and "Requires-Dist: httpx" in metadata
     # pip itself takes it (the agent's dependencies would come from the registry; not fetched here).
     target = tmp_path / "site"

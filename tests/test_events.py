@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from farm.client import FarmClient
-from farm.watch import events as watch_events
-from farm.watch import from_event
+from farm.commands.watch import events as watch_events
+from farm.commands.watch import from_event
+from farm.core.client import FarmClient
 from tests.conftest import farm_server
 
 PRINTER = {"printer": "ev-mini", "model": "MINI", "protocol": "prusalink"}

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from farm.api import create_app
-from farm.gitsource import DEFAULT_GIT_SCHEMES, allow_protocol
-from farm.project import ProjectError, _git, pack_file, pack_git
-from farm.settings import Settings
+from farm.coordinator.api import create_app
+from farm.core.gitsource import DEFAULT_GIT_SCHEMES, allow_protocol
+from farm.core.project import ProjectError, _git, pack_file, pack_git
+from farm.core.settings import Settings
 from tests.conftest import REPO, free_port
 
 WITH_FILE = (*DEFAULT_GIT_SCHEMES, "file")

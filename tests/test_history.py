@@ -16,10 +16,10 @@ from fastapi import FastAPI
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
-from farm.api import create_app
-from farm.models import Build, Job, Slice
-from farm.settings import Settings
-from farm.states import JobState
+from farm.coordinator.api import create_app
+from farm.coordinator.models import Build, Job, Slice
+from farm.core.settings import Settings
+from farm.core.states import JobState
 from tests.conftest import REPO, farm_server
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)

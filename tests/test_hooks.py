@@ -26,11 +26,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
-from farm.api import create_app
-from farm.api.deps import hash_secret, new_secret
-from farm.models import Build, HookDelivery, Job, Token
-from farm.project import pack_git
-from farm.settings import Settings
+from farm.coordinator.api import create_app
+from farm.coordinator.api.deps import hash_secret, new_secret
+from farm.coordinator.models import Build, HookDelivery, Job, Token
+from farm.core.project import pack_git
+from farm.core.settings import Settings
 from tests import hook_payloads as payloads
 from tests.conftest import EXAMPLES, free_port, wait_until
 from tests.pgserver import PostgresUnavailable, throwaway_postgres

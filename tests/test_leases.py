@@ -20,11 +20,11 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from farm import dispatch, pipeline
-from farm.models import Build, Job, Slice, utcnow
-from farm.ops_tables import MetricTally
-from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
-from farm.states import BuildStage, InvalidMove, JobState, SliceState
+from farm.coordinator import dispatch, pipeline
+from farm.coordinator.models import Build, Job, Slice, utcnow
+from farm.coordinator.ops_tables import MetricTally
+from farm.core.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
+from farm.core.states import BuildStage, InvalidMove, JobState, SliceState
 from tests.conftest import RunningFarm, running_farm, wait_until
 from tests.test_dispatch import engine, postgres  # noqa: F401 - fixtures
 
@@ -374,7 +374,7 @@ def test_retrying_a_job_whose_cad_failed_builds_and_prints_it(
 
 
 def test_lapsed_work_leases_are_counted_for_metrics(engine: Engine) -> None:  # noqa: F811
-    from farm import metrics
+    from farm.coordinator import metrics
 
     def expiries() -> dict[str, float]:
         with Session(engine) as fresh:

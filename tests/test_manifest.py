@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.manifest import MANIFEST_NAME, ManifestError, discover_parts, load_manifest, parse_manifest
+from farm.core.manifest import MANIFEST_NAME, ManifestError, discover_parts, load_manifest, parse_manifest
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "makerrepo_project"
 

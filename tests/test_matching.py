@@ -8,9 +8,10 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from farm import dispatch, explain, pipeline, tags
-from farm.models import Job, Printer, Slice, utcnow
-from farm.states import InvalidMove, JobState, SliceState
+from farm.coordinator import dispatch, explain, pipeline
+from farm.coordinator.models import Job, Printer, Slice, utcnow
+from farm.core import tags
+from farm.core.states import InvalidMove, JobState, SliceState
 from tests.test_dispatch import add_printer, engine, postgres, ready_build  # noqa: F401 - fixtures
 
 

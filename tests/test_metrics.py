@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
-from farm.db import make_engine
+from farm.coordinator.db import make_engine
 from tests.conftest import EXAMPLES, REPO, RunningFarm, farm_server, running_farm, wait_until
 from tests.test_dispatch import postgres, ready_build  # noqa: F401 - a fixture
 from tests.test_server_workers import children

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from farm.notify import REPLAY_WINDOW_S, sign, verify
+from farm.coordinator.notify import REPLAY_WINDOW_S, sign, verify
 from tests.conftest import EXAMPLES, RunningFarm, free_port, running_farm, wait_until
 
 SECRET = "a-shared-webhook-secret"

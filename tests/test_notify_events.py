@@ -12,17 +12,17 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from farm import dispatch, notify, pipeline
-from farm.db import make_engine
-from farm.ops_tables import NotifyDelivery, NotifyEvent, NotifyTarget
-from farm.states import JobState
+from farm.coordinator import dispatch, notify, pipeline
+from farm.coordinator.db import make_engine
+from farm.coordinator.ops_tables import NotifyDelivery, NotifyEvent, NotifyTarget
+from farm.core.states import JobState
 from tests.test_dispatch import add_printer, fresh_database, postgres, ready_build  # noqa: F401
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+        engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
     else:
         engine = fresh_database(request.getfixturevalue("postgres"))
     yield engine
@@ -154,7 +154,7 @@ def test_fan_out_only_to_targets_that_want_the_event(engine: Engine) -> None:
 
 def test_deliveries_go_out_from_either_database(engine: Engine) -> None:
     """deliver_due's claim (FOR UPDATE SKIP LOCKED on PostgreSQL) and outcome, against a receiver."""
-    from farm.settings import Settings
+    from farm.core.settings import Settings
     from tests.test_notify import SECRET, Receiver
 
     receiver = Receiver()

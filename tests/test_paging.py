@@ -10,10 +10,10 @@ from fastapi import FastAPI
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
-from farm.api import create_app
-from farm.client import FarmClient
-from farm.models import Build, Job, Printer
-from farm.settings import Settings
+from farm.coordinator.api import create_app
+from farm.coordinator.models import Build, Job, Printer
+from farm.core.client import FarmClient
+from farm.core.settings import Settings
 
 
 @pytest.fixture

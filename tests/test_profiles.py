@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from farm.commands import slicing
-from farm.printer_models import (
+from farm.core.printer_models import (
     MATERIALS,
     MODELS,
     QUALITIES,

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from farm import project
-from farm.project import ProjectError, find_root, pack_file, pack_git, project_files
-from farm.sources import SourceProblem, check_cad_source
+from farm.coordinator.sources import SourceProblem, check_cad_source
+from farm.core import project
+from farm.core.entry_points import list_entry_points, scan_source, typed_params, validate_params
+from farm.core.project import ProjectError, find_root, pack_file, pack_git, project_files
 from workers.cad_cache import CadCache, cached_build, cad_cache_key
 from workers.cad_env import EnvStore, missing, read_requirements
 from workers.cad_runner import CadRunner
 from workers.cad_types import CadError, CadRequest
-from workers.entry_points import list_entry_points, scan_source, typed_params, validate_params
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -688,10 +688,10 @@ def test_a_database_from_before_projects_gains_the_new_columns(tmp_path: Path) -
 
     from sqlmodel import Session
 
-    from farm.db import make_engine
-    from farm.models import Build
+    from farm.coordinator.db import make_engine
+    from farm.coordinator.models import Build
 
-    db = tmp_path / "farm.db"
+    db = tmp_path / "farm.coordinator.db"
     with sqlite3.connect(db) as conn:  # the build table as the previous version created it
         conn.execute(
             "CREATE TABLE build (id INTEGER PRIMARY KEY, created_at DATETIME NOT NULL, updated_at DATETIME "

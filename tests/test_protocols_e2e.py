@@ -76,7 +76,7 @@ def test_an_mk3s_job_prints_through_prusa_link_on_its_local_storage(prusalink_fa
     assert code == 0 and job["state"] == "done" and job["printer"] == sim["name"] == "sim-mk3s-1", build
     received = [p for p in prusalink_farm.received(sim["name"]) if p.name.startswith(f"job{job['id']}-")]
     assert len(received) == 1 and 'M862.3 P "MK3S"' in received[0].read_text(), received
-    auth = httpx.DigestAuth("maker", f"pw-{sim['name']}")  # farm/up.py's sim password
+    auth = httpx.DigestAuth("maker", f"pw-{sim['name']}")  # farm/commands/up.py's sim password
     with httpx.Client(base_url=f"http://127.0.0.1:{sim['port']}", auth=auth, timeout=10) as printer:
         storages = printer.get("/api/v1/storage").json()["storage_list"]
         refused = printer.put("/api/v1/files/usb/x.gcode", content=b"G28\n")

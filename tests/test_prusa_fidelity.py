@@ -4,7 +4,7 @@ The reference is prusa3d/PrusaSlicer-settings-prusa-fff: PrusaResearch/2.5.11.in
 e110945, the newest bundle) for the printer presets "Original Prusa MK4 Input Shaper 0.4 nozzle",
 "Original Prusa MK4S 0.4 nozzle", "Original Prusa XL Input Shaper 0.4 nozzle" and "Prusa CORE One
 0.4 nozzle"; PrusaResearch/2.5.5.ini (main at 99beb4b, 2026-07-23) for their 0.4 mm filament
-presets named in farm/printer_models.py (2.5.5's printers are the same but for the CORE One's
+presets named in farm/core/printer_models.py (2.5.5's printers are the same but for the CORE One's
 `M115`, and 2.5.6-2.5.11's changelog does not touch these filaments). Their values are written into
 the tables below (the tests do not read the bundle), so a change on either side shows up here.
 Every G-code checked comes from the real PrusaSlicer 2.5 CLI through workers.slicer, as the farm
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.printer_models import MATERIALS, MODELS
+from farm.core.printer_models import MATERIALS, MODELS
 from tests.gcode_walker import codes, hot_z_moves, start_sequence, walk
 from tests.test_slicer import box_triangles, write_binary_stl
 from workers.bed_load import MARK, fill_bed_load, interpolate

@@ -17,12 +17,12 @@ import redis
 from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
-import farm.queue
-from farm import pipeline
-from farm.api import create_app
-from farm.api.builds import dispatch_outgoing
-from farm.models import Build, Slice
-from farm.settings import Settings
+import farm.core.queue
+from farm.coordinator import pipeline
+from farm.coordinator.api import create_app
+from farm.coordinator.api.builds import dispatch_outgoing
+from farm.coordinator.models import Build, Slice
+from farm.core.settings import Settings
 from tests.conftest import free_port, wait_until
 
 CUBE = b"""solid cube
@@ -40,7 +40,7 @@ endsolid cube
 @pytest.fixture
 def dead_queue(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """A Redis URL with nothing listening yet; the process-wide broker is reset around the test."""
-    monkeypatch.setattr(farm.queue, "_broker", None)
+    monkeypatch.setattr(farm.core.queue, "_broker", None)
     yield free_port()
 
 
@@ -51,7 +51,7 @@ def test_submit_with_the_queue_down_is_accepted_and_sent_when_it_returns(
     app = create_app(Settings(data_dir=tmp_path, redis_url=f"redis://127.0.0.1:{port}/0"))
     token = (tmp_path / "admin.token").read_text().strip()
     with (
-        caplog.at_level(logging.WARNING, logger="farm.api"),
+        caplog.at_level(logging.WARNING, logger="farm.coordinator.api"),
         TestClient(app, headers={"Authorization": f"Bearer {token}"}) as api,
     ):
         answer = api.post(

@@ -34,10 +34,10 @@ from schemathesis.specs.openapi.checks import (
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
-from farm.api import create_app
-from farm.api.deps import hash_secret, new_secret
-from farm.models import Token
-from farm.settings import Settings
+from farm.coordinator.api import create_app
+from farm.coordinator.api.deps import hash_secret, new_secret
+from farm.coordinator.models import Token
+from farm.core.settings import Settings
 from tests.conftest import EXAMPLES
 from tests.pgserver import PostgresUnavailable, throwaway_postgres
 
@@ -176,7 +176,7 @@ def test_every_route_answers_as_documented(case: Any) -> None:
 
 def test_nul_in_text_is_a_422_on_postgresql(postgres: str, tmp_path: Path) -> None:
     """SQLite stores a NUL character; PostgreSQL refuses it. Either way no 500, whether the agents'
-    fast lane (farm/api/fastlane.py) or a route serves the call."""
+    fast lane (farm/coordinator/api/fastlane.py) or a route serves the call."""
     with sa.create_engine(postgres, isolation_level="AUTOCOMMIT").connect() as conn:
         conn.execute(sa.text("CREATE DATABASE nul_test"))
     app = create_app(Settings(data_dir=tmp_path, database_url=postgres.rsplit("/", 1)[0] + "/nul_test"))

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from farm.db import make_engine
+from farm.coordinator.db import make_engine
 from tests.conftest import farm_server, wait_until
 from tests.test_dispatch import postgres, ready_build  # noqa: F401 - a fixture
 

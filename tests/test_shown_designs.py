@@ -16,8 +16,8 @@ import typer
 from typer.testing import CliRunner, Result
 
 from farm.commands.cad import register
-from farm.printer_models import get_model
-from farm.settings import get_settings
+from farm.core.printer_models import get_model
+from farm.core.settings import get_settings
 from workers.cad_runner import CadRunner
 from workers.cad_types import CadError, CadRequest, CadResult
 from workers.slicer import slice_mesh
@@ -311,7 +311,7 @@ def test_a_script_may_write_files_beside_itself(runner: CadRunner, tmp_path: Pat
 def test_a_project_build_may_write_beside_its_script_but_not_outside_its_folders(
     runner: CadRunner, tmp_path: Path
 ) -> None:
-    from farm.project import pack_file
+    from farm.core.project import pack_file
 
     folder = tmp_path / "proj"
     folder.mkdir()

@@ -16,11 +16,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from farm.api import create_app
-from farm.api.deps import hash_secret
-from farm.api.websession import COOKIE, SESSION_S, SIGNIN_TTL_S, new_ticket, session_cookie
-from farm.models import Token
-from farm.settings import Settings
+from farm.coordinator.api import create_app
+from farm.coordinator.api.deps import hash_secret
+from farm.coordinator.api.websession import COOKIE, SESSION_S, SIGNIN_TTL_S, new_ticket, session_cookie
+from farm.coordinator.models import Token
+from farm.core.settings import Settings
 from tests.conftest import REPO, farm_server
 
 ORIGIN = "http://testserver"  # TestClient's own origin

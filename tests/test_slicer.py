@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.print_options import print_options
-from farm.printer_models import DEFAULT_MODEL, MATERIALS, MODELS, QUALITIES, PrinterModel, get_model
-from farm.slice_error import SliceError
+from farm.core.print_options import print_options
+from farm.core.printer_models import DEFAULT_MODEL, MATERIALS, MODELS, QUALITIES, PrinterModel, get_model
+from farm.core.slice_error import SliceError
 from workers.arrange import CopiesDontFit, copies_per_plate, plates_for
 from workers.gcode_meta import GcodeMeta, count_layers, gcode_thumbnails, parse_duration, parse_gcode_meta
 from workers.mesh_bbox import check_fits, mesh_bbox
@@ -672,7 +672,7 @@ def test_copies_are_part_of_the_cache_key(cube20: Path, tmp_path: Path) -> None:
 @needs_slicer
 def test_the_cad_preview_becomes_a_plain_gcode_thumbnail(tmp_path: Path, cube20: Path) -> None:
     """PrusaSlicer 2.5 makes no thumbnail headless: the CAD preview goes in, as PrusaSlicer writes one."""
-    from workers.mesh import png_bytes, read_stl, render
+    from farm.core.mesh import png_bytes, read_stl, render
 
     png = png_bytes(render(read_stl(cube20), 96))
     result = slice_mesh(cube20, MODELS["MINI"], tmp_path / "thumb.gcode", thumbnail_png=png)

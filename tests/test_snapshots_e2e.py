@@ -22,8 +22,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from farm.client import FarmClient
-from farm.printer_models import get_model
+from farm.core.client import FarmClient
+from farm.core.printer_models import get_model
 from printers.agent import Agent
 from printers.config import AgentConfig, CoordinatorConfig
 from printers.drivers import make_driver

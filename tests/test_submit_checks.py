@@ -23,9 +23,9 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from farm import pipeline
-from farm.db import make_engine
-from farm.settings import Settings
+from farm.coordinator import pipeline
+from farm.coordinator.db import make_engine
+from farm.core.settings import Settings
 from tests.conftest import EXAMPLES, REPO, farm_server, wait_until
 
 BRACKET = EXAMPLES / "bracket.py"

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm.printer_models import get_model
+from farm.core.mesh import inspect_mesh
+from farm.core.printer_models import get_model
 from workers.cad_runner import CadRunner
 from workers.cad_types import CadError, CadRequest, CadResult
-from workers.mesh import inspect_mesh
 from workers.mesh_bbox import count_3mf_items
 from workers.slicer import slice_mesh
 from workers.threemf import MeshObject, model_xml, separate_lumps, weld, write_3mf

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from farm.client import FarmClient
-from farm.names import check_segment, safe_name
+from farm.core.client import FarmClient
+from farm.core.names import check_segment, safe_name
 from printers.agent import Agent
 from printers.config import AgentConfig, CoordinatorConfig
 from printers.drivers import make_driver
@@ -243,12 +243,12 @@ def test_failed_uploads_count_as_attempts_and_a_pinned_job_is_retried_on_its_pri
     """dispatch.report, on a real SQLite database: the agent reports `failed` from `uploading`."""
     from sqlmodel import Session
 
-    from farm import dispatch
-    from farm.db import make_engine
-    from farm.states import JobState
+    from farm.coordinator import dispatch
+    from farm.coordinator.db import make_engine
+    from farm.core.states import JobState
     from tests.test_dispatch import add_printer, ready_build
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'farm.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
     with Session(engine, expire_on_commit=False) as s:
         printer = add_printer(s, "a", "MINI")
         (job,) = ready_build(s, models=["MINI"])

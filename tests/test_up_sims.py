@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from farm.up import parse_sims
+from farm.commands.up import parse_sims
 
 
 def test_counts_protocols_and_models() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from farm.watch import render
+from farm.commands.watch import render
 
 STATUS = {"jobs": {"printing": 1, "ready": 3}, "builds": {"done": 4}}
 PRINTERS = [

@@ -12,9 +12,9 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from farm.client import FarmClient
-from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
-from farm.settings import Settings
+from farm.core.client import FarmClient
+from farm.core.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
+from farm.core.settings import Settings
 from tests.conftest import free_port, wait_until
 from workers import actors
 from workers.actors import WorkerContext, register

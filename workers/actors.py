@@ -23,11 +23,11 @@ from pathlib import Path, PurePath
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from farm.client import FarmClient, FarmError
-from farm.printer_models import PrinterModel, get_model
-from farm.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
-from farm.settings import Settings
-from farm.slice_error import SliceError
+from farm.core.client import FarmClient, FarmError
+from farm.core.printer_models import PrinterModel, get_model
+from farm.core.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
+from farm.core.settings import Settings
+from farm.core.slice_error import SliceError
 from workers.cad_cache import CadCache, cached_build
 from workers.cad_runner import CadRunner
 from workers.cad_types import CadError, CadRequest, CadResult

@@ -8,9 +8,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from farm.print_options import check_overrides
-from farm.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel
-from farm.slice_error import SliceError
+from farm.core.print_options import check_overrides
+from farm.core.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel
+from farm.core.slice_error import SliceError
 from workers.mesh_bbox import BBox, bed_text, check_fits, mesh_bbox
 from workers.prusaslicer import find_slicer, run_slicer, slicer_complaint
 from workers.slicer_profiles import config_numbers, flatten_profile, profile_text

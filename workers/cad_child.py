@@ -26,8 +26,16 @@ from typing import Any, TextIO
 # Imported here so that the fork server pays for it once and every build starts warm.
 import build123d as bd
 
+from farm.core.mesh import (
+    MeshProblem,
+    MeshReport,
+    check_mesh,
+    point,
+    read_stl,
+    snap_near_zero,
+    write_previews,
+)
 from workers.cad_script import BuildFailure, UserScript, entry_name, resolve
-from workers.mesh import MeshProblem, MeshReport, check_mesh, point, read_stl, snap_near_zero, write_previews
 from workers.sandbox import Policy, View, enter
 from workers.sandbox_libc import SandboxError
 from workers.scene import Printed, Scene, sort_scene

@@ -1,7 +1,7 @@
 """The user's script inside the CAD child: running it as `python script.py` would, telling its
 frames apart from ours in an error, and choosing and calling its entry point with typed parameters.
 
-`workers.entry_points` makes the same choice from the source alone, at submit time.
+`farm.core.entry_points` makes the same choice from the source alone, at submit time.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from workers.param_schema import describe_errors
-from workers.param_values import ParamValueError, typed_value
+from farm.core.param_schema import describe_errors
+from farm.core.param_values import ParamValueError, typed_value
 from workers.viewer import Showing, Viewer
 
 # Frames in these files are ours or a library's, never the user's, even when the script sits nearby.

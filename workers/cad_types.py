@@ -50,7 +50,7 @@ class CadResult:
     step: Path | None = None  # only when the request asked for it
     preview: Path | None = None  # 256 x 256 PNG, isometric
     preview_small: Path | None = None  # 96 x 96 PNG
-    mesh: dict[str, Any] = field(default_factory=dict)  # workers.mesh.MeshReport, with check/preview ms
+    mesh: dict[str, Any] = field(default_factory=dict)  # farm.core.mesh.MeshReport, with check/preview ms
     # What the script showed: {"name", "kind", "solids", "prints", "color"?} per object (workers.scene)
     shown: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "outline (a sketch)": shown, not printed

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.printer_models import MODELS, model_for_gcode
-from farm.slice_error import SliceError
+from farm.core.printer_models import MODELS, model_for_gcode
+from farm.core.slice_error import SliceError
 from workers.bambu3mf import PackageError, extract_gcode
 from workers.bgcode import BgcodeError, read_bgcode
 from workers.mesh_bbox import BBox

@@ -10,9 +10,9 @@ import threading
 import dramatiq
 import httpx
 
-from farm.client import FarmClient, FarmError
-from farm.queue import CAD_QUEUE, SLICE_QUEUE, get_broker
-from farm.settings import Settings
+from farm.core.client import FarmClient, FarmError
+from farm.core.queue import CAD_QUEUE, SLICE_QUEUE, get_broker
+from farm.core.settings import Settings
 from workers import priority, sandbox, sandbox_probe
 from workers.actors import WorkerContext, register
 from workers.cad_cache import CadCache

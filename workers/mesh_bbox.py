@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 from xml.etree import ElementTree as ET
 
-from farm.printer_models import PrinterModel
-from farm.slice_error import SliceError
+from farm.core.printer_models import PrinterModel
+from farm.core.slice_error import SliceError
 
 FIT_TOLERANCE_MM = 0.01  # float32 STL coordinates: a 180 mm part may read 180.00001
 

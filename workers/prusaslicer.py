@@ -13,8 +13,8 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from farm.printer_models import PrinterModel
-from farm.slice_error import SliceError
+from farm.core.printer_models import PrinterModel
+from farm.core.slice_error import SliceError
 from workers.mesh_bbox import bed_text
 
 

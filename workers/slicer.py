@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.print_options import check_overrides
-from farm.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel
-from farm.slice_error import SliceError
+from farm.core.print_options import check_overrides
+from farm.core.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel
+from farm.core.slice_error import SliceError
 from workers.arrange import arrange_copies, centred_on_bed, place_objects, rounded_bbox
 from workers.bambu3mf import PACKAGE_FORMAT, PlateInfo, package_gcode
 from workers.bed_load import MARK as BED_LOAD_MARK

@@ -14,9 +14,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from farm.print_options import check_overrides
-from farm.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel
-from farm.slice_error import SliceError
+from farm.core.print_options import check_overrides
+from farm.core.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterModel
+from farm.core.slice_error import SliceError
 
 # Project-shipped bundles (models the vendor bundle lacks) win over the slicer's own.
 PROJECT_PROFILE_DIR = Path(__file__).with_name("profiles")

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from farm.client import FarmClient
 from farm.commands import agent_tools, enroll
 from farm.commands.common import die, setup_logging, wait_for_stop
+from farm.core.client import FarmClient
 
 agent_app = typer.Typer(
     help="Run the agent beside a printer (farm agent --config agent.toml), or set one up."

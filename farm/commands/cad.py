@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from farm import extras
+from farm.commands import extras
 
 if TYPE_CHECKING:
     from workers.cad_runner import CadRunner
@@ -127,8 +127,8 @@ def inspect(
         return
     if artifact or param or params_file or no_project:
         _die("--artifact, --param, --params and --no-project go with --shown", 2)
-    from farm.project import find_root
-    from workers.entry_points import list_entry_points
+    from farm.core.entry_points import list_entry_points
+    from farm.core.project import find_root
 
     _require_file(path)
     root = find_root(path) or path.resolve().parent
@@ -212,7 +212,7 @@ def _params(param: list[str] | None, params_file: Path | None) -> dict[str, Any]
 
 def local_runner() -> CadRunner:
     """A CadRunner with the worker's sandbox policy, from the settings."""
-    from farm.settings import get_settings
+    from farm.core.settings import get_settings
     from workers.cad_runner import CadRunner
     from workers.sandbox import Policy
 
@@ -235,8 +235,8 @@ def _request(
     step: bool = False,
     ours: list[Path] | None = None,
 ) -> CadRequest:
-    from farm.project import ProjectError
-    from farm.sources import SourceProblem
+    from farm.coordinator.sources import SourceProblem
+    from farm.core.project import ProjectError
 
     try:
         return make_request(path, artifact, params, no_project, scratch, step=step, ours=ours)
@@ -257,9 +257,9 @@ def make_request(
     parameters typed as the coordinator types them, so that both share cache entries.
 
     Raises ProjectError (cannot pack) or SourceProblem (the entry point or parameters are wrong)."""
-    from farm.project import pack_file
-    from farm.settings import get_settings
-    from farm.sources import check_cad_source
+    from farm.coordinator.sources import check_cad_source
+    from farm.core.project import pack_file
+    from farm.core.settings import get_settings
     from workers.cad_types import CadRequest
 
     # A script in no project travels with its folder, but not with the outputs, cache and
@@ -291,7 +291,7 @@ def _require_file(path: Path) -> None:
 
 
 def cache_root() -> Path:
-    from farm.settings import get_settings
+    from farm.core.settings import get_settings
 
     return get_settings().data_dir / CACHE_DIR_NAME
 

@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from farm import extras
-from farm.commands import cad
+from farm.commands import cad, extras
 from farm.commands.ci_common import ManifestOpt, die, read_manifest
 from farm.commands.ci_report import Outcome, append_step_summary, junit_xml
 from farm.commands.ci_submit import submit
-from farm.manifest import MANIFEST_NAME, Part
-from farm.project import ProjectError
-from farm.sources import SourceProblem
+from farm.coordinator.sources import SourceProblem
+from farm.core.manifest import MANIFEST_NAME, Part
+from farm.core.project import ProjectError
 
 if TYPE_CHECKING:
     from workers.cad_types import CadRequest
@@ -183,7 +182,7 @@ def _progress(number: int, total: int, o: Outcome) -> None:
 def _table(outcomes: list[Outcome]) -> None:
     from rich.table import Table
 
-    from farm.watch import stdout_console
+    from farm.commands.watch import stdout_console
 
     table = Table(title="farm ci build")
     for column in ("part", "parameters", "result", "size (mm)", "volume (mm3)", "triangles", "time"):

@@ -7,7 +7,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from farm.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest, parse_manifest
+from farm.core.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest, parse_manifest
 
 ManifestOpt = Annotated[
     Path | None,

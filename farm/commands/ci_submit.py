@@ -1,6 +1,6 @@
 """`farm ci submit`: send a checkout's parts (printfarm.toml) to a farm, with the commit they came from.
 
-Each part goes as `farm submit` sends a design (its project packed, farm/project.py), once per
+Each part goes as `farm submit` sends a design (its project packed, farm/core/project.py), once per
 parameter set. Without --print every build is a preview (CAD only, no jobs). With --print, the parts
 whose manifest says so for this checkout's tag or branch (`on-tag`, `on-push`), or those named with
 --part, print on each of their targets; the others are still previews.
@@ -20,12 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
-from farm.client import FarmClient, FarmError
 from farm.commands.ci_common import ManifestOpt, die, read_manifest
-from farm.manifest import MANIFEST_NAME, Part, Target
-from farm.project import Packed, ProjectError, pack_file
-from farm.settings import get_settings
-from farm.sources import SourceProblem, check_cad_source
+from farm.coordinator.sources import SourceProblem, check_cad_source
+from farm.core.client import FarmClient, FarmError
+from farm.core.manifest import MANIFEST_NAME, Part, Target
+from farm.core.project import Packed, ProjectError, pack_file
+from farm.core.settings import get_settings
 
 USAGE_STATUSES = (400, 413, 415, 422)
 

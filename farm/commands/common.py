@@ -12,9 +12,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.table import Table
 
-from farm.client import FarmClient, FarmError
-from farm.settings import Settings, get_settings
-from farm.watch import stdout_console
+from farm.commands.watch import stdout_console
+from farm.core.client import FarmClient, FarmError
+from farm.core.settings import Settings, get_settings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 USAGE_STATUSES = (400, 413, 415, 422)  # the coordinator refused what was typed: exit 2, as a bad option

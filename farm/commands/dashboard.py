@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from farm.client import FarmClient, FarmError
-from farm.settings import get_settings
+from farm.core.client import FarmClient, FarmError
+from farm.core.settings import get_settings
 
 
 def open_dashboard(

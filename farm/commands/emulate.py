@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from farm.commands.common import setup_logging, wait_for_stop
-from farm.printer_models import find_model
+from farm.core.printer_models import find_model
 
 emulate_app = typer.Typer(
     help="Run a printer emulator that speaks a real printer protocol.", no_args_is_help=True

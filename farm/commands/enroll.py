@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from farm.client import FarmClient, FarmError
 from farm.commands.agent_tools import (
     AccessCodeOpt,
     ApiKeyOpt,
@@ -27,6 +26,7 @@ from farm.commands.agent_tools import (
     SerialOpt,
     UsernameOpt,
 )
+from farm.core.client import FarmClient, FarmError
 
 if TYPE_CHECKING:
     from printers.drivers.base import PrinterConfig

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from farm.client import FarmError
 from farm.commands.common import JsonOpt, client, die_farm, emit, table
+from farm.core.client import FarmError
 
 
 def history(

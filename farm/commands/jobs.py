@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from farm.client import FarmError
 from farm.commands.common import JsonOpt, client, die_farm, emit, get, get_all, send, table
+from farm.core.client import FarmError
 
 jobs_app = typer.Typer(help="List jobs (with no command), retry failed ones, explain where they go.")
 

@@ -1,4 +1,4 @@
-"""`farm notify`: where the farm tells people what happened (farm/notify.py sends)."""
+"""`farm notify`: where the farm tells people what happened (farm/coordinator/notify.py sends)."""
 
 from __future__ import annotations
 

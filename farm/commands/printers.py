@@ -8,7 +8,7 @@ import typer
 
 from farm.commands import snapshot
 from farm.commands.common import DURATION, UNIT_S, JsonOpt, die, emit, get_all, send, table
-from farm.settings import get_settings
+from farm.core.settings import get_settings
 
 printers_app = typer.Typer(help="List printers (with no command), set what is loaded, clear beds.")
 

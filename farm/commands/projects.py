@@ -1,4 +1,4 @@
-"""`farm projects`: repositories whose pushes the farm builds (admin; farm/api/projects.py)."""
+"""`farm projects`: repositories whose pushes the farm builds (admin; farm/coordinator/api/projects.py)."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
-from farm.client import FarmClient, FarmError
-from farm.settings import get_settings
-from farm.watch import stdout_console
+from farm.commands.watch import stdout_console
+from farm.core.client import FarmClient, FarmError
+from farm.core.settings import get_settings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from farm import extras
+from farm.commands import extras
 from farm.commands.common import JsonOpt, die, emit, setup_logging
-from farm.settings import Settings, get_settings
+from farm.core.settings import Settings, get_settings
 
 
 def up(
@@ -38,7 +38,7 @@ def up(
     ends (kill -9 included), and a `farm up` after a killed one stops whatever that one left.
     """
     extras.require("up", "server", "worker")
-    from farm.up import parse_sims, run_farm  # the server and worker extras: checked just above
+    from farm.commands.up import parse_sims, run_farm  # the server and worker extras: checked just above
 
     setup_logging()
     overrides: dict[str, Any] = {"port": port, "url": f"http://127.0.0.1:{port}"}
@@ -66,7 +66,7 @@ def server(
     extras.require("server", "server")
     import uvicorn
 
-    from farm.api import create_app  # the server extra: checked just above
+    from farm.coordinator.api import create_app  # the server extra: checked just above
 
     setup_logging()
     s = get_settings()
@@ -83,7 +83,12 @@ def server(
     multiproc.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     uvicorn.run(
-        "farm.api:app_from_env", factory=True, workers=workers, host=s.host, port=s.port, log_level="warning"
+        "farm.coordinator.api:app_from_env",
+        factory=True,
+        workers=workers,
+        host=s.host,
+        port=s.port,
+        log_level="warning",
     )
 
 

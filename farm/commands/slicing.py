@@ -12,7 +12,7 @@ import typer
 
 from farm.commands.atomic import publish, staging
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
-from farm.printer_models import (
+from farm.core.printer_models import (
     MODELS,
     PrinterModel,
     UnknownChoice,
@@ -107,8 +107,8 @@ def _choices(printer_model: str, material: str, quality: str) -> tuple[PrinterMo
 
 
 def _overrides(infill: str | None, supports: str | None, brim: float | None) -> dict[str, str]:
-    from farm.print_options import print_options
-    from farm.slice_error import SliceError  # the worker extra: not on an agent's Pi
+    from farm.core.print_options import print_options
+    from farm.core.slice_error import SliceError  # the worker extra: not on an agent's Pi
 
     try:
         return print_options(infill=infill, supports=supports, brim=brim)
@@ -129,7 +129,7 @@ def _slice_into_place(
     json_out: bool,
 ) -> SliceResult:
     """Slice beside the output, then rename onto it: a slice that fails leaves the old file."""
-    from farm.slice_error import SliceError
+    from farm.core.slice_error import SliceError
     from workers.arrange import CopiesDontFit  # the worker extra: not on an agent's Pi
     from workers.slicer import output_paths, slice_mesh
 

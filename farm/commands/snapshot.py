@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import typer
 
-from farm.client import FarmClient, FarmError
-from farm.settings import get_settings
+from farm.core.client import FarmClient, FarmError
+from farm.core.settings import get_settings
 
 POLL_S = 0.3
 

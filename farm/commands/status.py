@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from farm.client import FarmError
 from farm.commands.common import JsonOpt, client, die, emit, get
-from farm.watch import run_watch
+from farm.commands.watch import run_watch
+from farm.core.client import FarmError
 
 
 def status(as_json: JsonOpt = False) -> None:

@@ -13,14 +13,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from farm.client import FarmClient, FarmError
 from farm.commands.common import JsonOpt, client, die, die_farm, emit
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 from farm.commands.params import ParamError, combine
-from farm.project import ProjectError, is_git_url, pack_file, pack_git
-from farm.settings import get_settings
-from farm.sources import SourceProblem, check_cad_source
-from farm.watch import eta
+from farm.commands.watch import eta
+from farm.coordinator.sources import SourceProblem, check_cad_source
+from farm.core.client import FarmClient, FarmError
+from farm.core.project import ProjectError, is_git_url, pack_file, pack_git
+from farm.core.settings import get_settings
 
 TERMINAL = {"done", "failed", "cancelled"}
 
@@ -112,7 +112,7 @@ def submit(
         param_sets = combine(param or [], params_file, matrix)
     except ParamError as exc:
         die(str(exc), 2)
-    # SubmitOptions (farm/api/builds.py) as JSON: the names are the coordinator's, not the flags'.
+    # SubmitOptions (farm/coordinator/api/builds.py) as JSON: the names are the coordinator's, not the flags'.
     options: dict[str, Any] = {
         "entry": artifact, "no_cache": no_cache, "step": step, "copies": copies, "material": material,
         "quality": quality, "color": color, "printer_model": printer_model, "priority": priority,
@@ -155,9 +155,11 @@ def _send_builds(
 
 
 def _check_param_sets(upload: Path, options: dict[str, Any], param_sets: list[dict[str, Any]]) -> None:
-    """Each parameter set checked as the coordinator will check it (farm/sources.py), before
+    """Each parameter set checked as the coordinator will check it (farm/coordinator/sources.py), before
     any is sent: otherwise the builds before a bad one would be queued and the rest refused."""
-    from farm.pipeline import source_kind  # farm.pipeline needs sqlmodel (the server extra)
+    from farm.coordinator.pipeline import (
+        source_kind,  # farm.coordinator.pipeline needs sqlmodel (the server extra)
+    )
 
     entry_file = options.get("entry_file")
     if source_kind(entry_file or upload.name) != "cad":

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, model_validator
 
-from farm.names import UnsafeName, check_segment
+from farm.core.names import UnsafeName, check_segment
 
 
 class PrinterState(StrEnum):

@@ -1,0 +1,653 @@
+"""Handing ready jobs to printers: claims under a lease with a fencing token, and agents' reports.
+
+A claim binds the job to a printer and bumps its `fence`. Every later report must come for that
+printer and carry that number, so an agent that lost its lease (it was restarted, or the job was
+handed elsewhere) cannot move the job. Both checks matter: a claim lost in a PostgreSQL crash
+(claims do not wait for the disk, db.make_async_engine) leaves the fence where it was, and the
+job's next claim, by another printer, is given the same number again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from sqlalchemy import Row, Select, bindparam, exists, func, or_, true, union_all, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import Session, col, select
+
+from farm.coordinator import metrics
+from farm.coordinator.models import Job, Printer, Slice, utcnow
+from farm.coordinator.pipeline import Outgoing, move_job, rebuild_for
+from farm.core import tags
+from farm.core.states import (
+    LEASED_JOB_STATES,
+    TERMINAL_JOB_STATES,
+    InvalidMove,
+    JobState,
+    SliceState,
+    can_move,
+)
+
+assert can_move(JobState.READY, JobState.CLAIMED)  # the claim's UPDATE encodes this move
+
+
+CLAIM_ROUNDS = 5
+_PRINTERS, _JOBS = Printer.__table__, Job.__table__  # type: ignore[attr-defined]
+
+
+class StaleLease(Exception):
+    """The report comes from an agent that no longer holds the job."""
+
+
+def lease_deadline(lease_s: float) -> datetime:
+    return utcnow() + timedelta(seconds=lease_s)
+
+
+def bound_job(session: Session, printer: Printer) -> Job | None:
+    """The job this printer is already responsible for, if any (an agent restarted mid-job)."""
+    return session.exec(
+        select(Job).where(Job.printer == printer.name, col(Job.state).in_(list(LEASED_JOB_STATES)))
+    ).first()
+
+
+def queue_for(session: Session, printer: Printer, starvation_s: float, limit: int) -> list[int]:
+    """The ids of the ready jobs this printer would take, in the order it would take them."""
+    return [job_id for job_id, _ in _candidates(session, printer, starvation_s, limit)]
+
+
+def next_gcode(session: Session, printer: Printer, starvation_s: float) -> str | None:
+    """The G-code of the job this printer would take next (bed or power group permitting), so its
+    agent can download it while the bed waits to be cleared. A hint: the claim decides."""
+    for _job_id, slice_id in _candidates(session, printer, starvation_s, limit=1):
+        sl = session.get(Slice, slice_id)
+        return sl.gcode_sha256 if sl else None
+    return None
+
+
+def _fits() -> Select:  # type: ignore[type-arg]
+    """Ready jobs that a printer (the p_* parameters) can print, with the slice for its model."""
+    return (
+        select(Job.id, Slice.id)
+        .join(
+            Slice,
+            (col(Slice.build_id) == col(Job.build_id))
+            & (col(Slice.printer_model) == bindparam("p_model"))
+            & (col(Slice.copies) == col(Job.copies))  # a plate of 4 needs the 4-copy G-code
+            & (col(Slice.state) == SliceState.DONE),
+        )
+        .where(
+            Job.state == JobState.READY,
+            or_(col(Job.printer_model).is_(None), col(Job.printer_model) == bindparam("p_model")),
+            func.upper(Job.material) == bindparam("p_material"),
+            or_(col(Job.color).is_(None), func.lower(Job.color) == bindparam("p_color")),
+            or_(col(Job.nozzle).is_(None), col(Job.nozzle) == bindparam("p_nozzle")),
+            or_(col(Job.pinned_printer).is_(None), col(Job.pinned_printer) == bindparam("p_name")),
+            or_(col(Job.retry_at).is_(None), col(Job.retry_at) <= bindparam("p_now")),
+            ~col(Job.failed_on).contains(bindparam("p_failed_on")),
+            col(Job.tags).in_(bindparam("p_tags", expanding=True)),
+        )
+    )
+
+
+# Priority, then age; but a job that waited past the starvation limit goes first. One ORDER BY with
+# the starvation test in it would sort the whole queue on every claim, so: the starving first
+# (looked for only when the ix_job_waiting index says there are any), then the rest, straight off
+# ix_job_queue. Built once with bound parameters: building this select costs more than running it.
+_ORDER = (col(Job.priority).desc(), col(Job.created_at), col(Job.id))
+# The oldest ready job's age, as min() so that PostgreSQL reads it off ix_job_waiting's first entry
+# whatever the plan. An EXISTS over `created_at < cutoff` was a sequential scan of every job ever
+# made once psycopg's prepared claim switched to a generic plan (the planner cannot see the cutoff
+# there and guesses a third of the table matches): 1.4 ms per claim with 11,000 jobs, growing.
+_OLDEST_READY = select(func.min(Job.created_at)).where(Job.state == JobState.READY).scalar_subquery()
+_ANY_STARVING = bindparam("p_cutoff") > _OLDEST_READY
+# coalesce() hides created_at from the planner: walking ix_job_queue in order stops after `limit`
+# rows, where a range scan of ix_job_waiting would sort every starving job.
+_STARVING = (
+    _fits().where(func.coalesce(Job.created_at, Job.created_at) < bindparam("p_cutoff")).order_by(*_ORDER)
+)
+_QUEUE = _fits().order_by(*_ORDER)
+
+
+def _candidates(
+    session: Session, printer: Printer, starvation_s: float, limit: int = 20
+) -> list[tuple[int, int]]:
+    """The first ready jobs this printer can print, best first, with the slice for its model.
+
+    farm/coordinator/explain.py says the same in words, one printer at a time: keep the two in step."""
+    params = _candidate_params(printer, starvation_s)
+    conn = session.connection()
+    starving: list[tuple[int, int]] = []
+    if conn.execute(select(_ANY_STARVING), params).scalar():
+        starving = [(a, b) for a, b in conn.execute(_STARVING.limit(limit), params)]
+    rest = conn.execute(_QUEUE.limit(limit), params).all()  # holds the starving it passes
+    seen = {job_id for job_id, _ in starving}
+    return [*starving, *((a, b) for a, b in rest if a not in seen)][:limit]
+
+
+def _candidate_params(printer: Any, starvation_s: float) -> dict[str, Any]:
+    """`printer`: a Printer, or a row of the printer table."""
+    now = utcnow()
+    return {
+        "p_model": printer.model,
+        "p_material": (printer.material or "").upper(),
+        "p_color": (printer.color or "").lower(),
+        "p_nozzle": printer.nozzle,
+        "p_name": printer.name,
+        "p_now": now,
+        "p_failed_on": f",{printer.name},",
+        "p_tags": tags.subsets(printer.tags),
+        "p_cutoff": now - timedelta(seconds=starvation_s),
+    }
+
+
+_HEATING = (
+    select(func.count())
+    .select_from(_JOBS.join(_PRINTERS, _PRINTERS.c.name == _JOBS.c.printer))
+    .where(
+        _PRINTERS.c.power_group == bindparam("h_group"),
+        _PRINTERS.c.name != bindparam("h_name"),
+        _JOBS.c.state.in_(list(LEASED_JOB_STATES)),
+        _JOBS.c.started_at > bindparam("h_since"),
+    )
+)
+
+
+def _heating_params(printer: Any, heatup_s: float) -> dict[str, Any]:
+    since = utcnow() - timedelta(seconds=heatup_s)
+    return {"h_group": printer.power_group, "h_name": printer.name, "h_since": since}
+
+
+# Claims in one power group take turns (PostgreSQL): else two could each count the others heating,
+# both see room, and both start. A transaction-scoped advisory lock: released at commit or rollback,
+# whatever happens to the caller. 0x6661726d ("farm") keeps it apart from other users' locks.
+_LOCK_GROUP = select(func.pg_advisory_xact_lock(0x6661726D, func.hashtext(bindparam("h_group"))))
+
+
+def heating_in_group(session: Session, printer: Printer, heatup_s: float) -> int:
+    """Other printers of this printer's power group that took a job within the heat-up time."""
+    if not printer.power_group:
+        return 0
+    return int(session.connection().execute(_HEATING, _heating_params(printer, heatup_s)).scalar_one())
+
+
+_CLAIM = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("c_id"), _JOBS.c.state == JobState.READY)
+    .values(
+        state=JobState.CLAIMED,
+        printer=bindparam("c_printer"),
+        slice_id=bindparam("c_slice"),
+        fence=_JOBS.c.fence + 1,
+        lease_expires=bindparam("c_lease"),
+        started_at=bindparam("c_now"),
+        updated_at=bindparam("c_now"),
+        progress=None,
+        error=None,
+    )
+    .returning(*_JOBS.c)
+)
+_CLAIM_ORM = select(Job).from_statement(_CLAIM)  # the claimed job, without a round trip to read it back
+
+
+def _claim_in_one() -> Any:
+    """PostgreSQL: pick (locking, skipping what other claims hold), claim and bind the printer
+    in one statement: one round trip where SQLite's path takes a read and a write per candidate.
+
+    The pick: the first starving job that fits, else the first of the queue. PostgreSQL runs the
+    starving branch only when the oldest ready job (a one-time filter, off ix_job_waiting) waited
+    past the limit, and the queue branch only when the first yields no row. Each locks the row
+    it picks and skips those that racing claims hold: they take different jobs instead of
+    queueing on one row's lock."""
+    starving = _STARVING.where(_ANY_STARVING).limit(1).with_for_update(of=_JOBS, skip_locked=True)
+    queue = _QUEUE.limit(1).with_for_update(of=_JOBS, skip_locked=True)
+    first = union_all(select(*starving.subquery().c), select(*queue.subquery().c))
+    pick = first.limit(1).cte("pick")
+    pick_job, pick_slice = list(pick.c)
+    claimed = (
+        update(_JOBS)
+        .where(_JOBS.c.id == pick_job, _JOBS.c.state == JobState.READY)
+        .values(
+            state=JobState.CLAIMED,
+            printer=bindparam("c_printer"),
+            slice_id=pick_slice,
+            fence=_JOBS.c.fence + 1,
+            lease_expires=bindparam("c_lease"),
+            started_at=bindparam("c_now"),
+            updated_at=bindparam("c_now"),
+            progress=None,
+            error=None,
+        )
+        .returning(*_JOBS.c)
+        .cte("claimed")
+    )
+    bind_printer = (
+        update(_PRINTERS)
+        .where(_PRINTERS.c.name == bindparam("c_printer"), exists(select(claimed.c.id)))
+        .values(job_id=select(claimed.c.id).scalar_subquery())
+        .cte("bind_printer")
+    )
+    return select(*claimed.c).add_cte(bind_printer)
+
+
+_CLAIM_IN_ONE = _claim_in_one()
+_CLAIM_IN_ONE_ORM = select(Job).from_statement(_CLAIM_IN_ONE)
+
+
+def _claim_in_one_params(printer: Any, lease_s: float, starvation_s: float) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        **_candidate_params(printer, starvation_s),
+        "c_printer": printer.name,
+        "c_now": now,
+        "c_lease": now + timedelta(seconds=lease_s),
+    }
+
+
+def _claim_postgresql(session: Session, printer: Printer, lease_s: float, starvation_s: float) -> Job | None:
+    params = _claim_in_one_params(printer, lease_s, starvation_s)
+    options = {"populate_existing": True}
+    job = session.scalars(_CLAIM_IN_ONE_ORM, params, execution_options=options).first()
+    if job is None:
+        session.rollback()
+        return None
+    set_committed_value(printer, "job_id", job.id)  # the statement stored it
+    session.commit()
+    return job
+
+
+def may_start(printer: Any, heating: int, heating_per_group: int) -> bool:
+    """Whether a printer may take a job now, `heating` others of its power group heating up."""
+    if not printer.bed_clear:
+        return False  # a finished part (or a failed one) is still on the bed
+    return heating < heating_per_group  # else the next start could trip the group's breaker
+
+
+def claim(
+    session: Session,
+    printer: Printer,
+    lease_s: float,
+    *,
+    starvation_s: float = 4 * 3600.0,
+    heatup_s: float = 300.0,
+    heating_per_group: int = 1,
+    beat: Beat | None = None,
+) -> Job | None:
+    """Bind the best ready job this printer can print to it; None when nothing fits.
+
+    `beat`: what this printer's heartbeat just found (its bound job, whose lease it extended), so
+    that the claim need not look again.
+    Staggered start: in a power group, at most `heating_per_group` printers heat up at once."""
+    if beat is not None:
+        if beat.job is not None:
+            return session.get(Job, beat.job)
+    elif (existing := bound_job(session, printer)) is not None:
+        existing.lease_expires = lease_deadline(lease_s)
+        session.add(existing)
+        session.commit()
+        return existing
+    if printer.power_group and session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(_LOCK_GROUP, {"h_group": printer.power_group})  # until commit
+    if not may_start(printer, heating_in_group(session, printer, heatup_s), heating_per_group):
+        return None
+    if session.get_bind().dialect.name == "postgresql":
+        return _claim_postgresql(session, printer, lease_s, starvation_s)
+    # SQLite (one writer at a time, no row locks): read 20 candidates, and look again should racing
+    # claimers take every one between our SELECT and our UPDATEs, so that a deep queue never
+    # answers "nothing to print".
+    for _round in range(CLAIM_ROUNDS):
+        candidates = _candidates(session, printer, starvation_s)
+        if not candidates:
+            break
+        now = utcnow()
+        params = {"c_printer": printer.name, "c_now": now, "c_lease": now + timedelta(seconds=lease_s)}
+        for job_id, slice_id in candidates:
+            # Conditional UPDATE: of two agents racing for one job, exactly one gets the row back.
+            job = session.scalars(
+                _CLAIM_ORM,
+                {**params, "c_id": job_id, "c_slice": slice_id},
+                execution_options={"populate_existing": True},
+            ).first()
+            if job is not None:
+                printer.job_id = job_id
+                session.add(printer)
+                session.commit()
+                return job
+    session.rollback()
+    return None
+
+
+def report(
+    session: Session,
+    job: Job,
+    printer: Printer,
+    *,
+    fence: int,
+    state: JobState,
+    lease_s: float,
+    progress: float | None = None,
+    remaining_s: int | None = None,
+    error: str | None = None,
+    backoff_s: float = 30.0,
+) -> Job:
+    """An agent says where its job is. Idempotent: repeating the last report changes nothing.
+
+    A failed print with attempts left goes back to the queue (the retry policy): after a back-off
+    that doubles per attempt, and never again to a printer it failed on."""
+    if job.printer != printer.name or job.fence != fence:  # both: see the module's docstring
+        raise StaleLease(f"job {job.id} is no longer held by {printer.name} under lease {fence}")
+    if job.state in TERMINAL_JOB_STATES and state == job.state:
+        return job
+    if state == JobState.READY and error and job.state == JobState.UPLOADING:
+        state = JobState.FAILED  # how older agents hand back a failed upload: an attempt all the same
+    reached_printer = job.state == JobState.PRINTING  # an upload that failed left nothing on the bed
+    # A failed upload is an attempt too: a printer refusing a file must not get it back forever.
+    attempted = job.state in (JobState.UPLOADING, JobState.PRINTING)
+    move_job(session, job, state)
+    if state in TERMINAL_JOB_STATES and reached_printer:
+        end_on_bed(printer)
+    job.progress = 100.0 if state == JobState.DONE else (progress if progress is not None else job.progress)
+    job.remaining_s = 0 if state == JobState.DONE else remaining_s
+    if error:
+        job.error = error
+    if state == JobState.FAILED and attempted:
+        job.attempts += 1
+        if not job.pinned_printer:  # a pinned job's retry has nowhere else to go
+            job.failed_on = f"{job.failed_on or ','}{printer.name},"
+        if job.attempts < job.max_attempts:
+            move_job(session, job, JobState.READY)
+            job.retry_at = utcnow() + timedelta(seconds=backoff_s * 2 ** (job.attempts - 1))
+            job.finished_at = None
+            job.error = (
+                f"attempt {job.attempts} of {job.max_attempts} failed on {printer.name}: {error or 'failed'}"
+            )
+            state = JobState.READY
+    if state in LEASED_JOB_STATES:
+        job.lease_expires = lease_deadline(lease_s)
+    else:
+        job.lease_expires = None
+        printer.job_id = None
+        if state == JobState.READY:  # released before it reached the printer: anyone may take it
+            job.printer = None
+    session.add_all([job, printer])
+    session.commit()
+    return job
+
+
+def end_on_bed(printer: Printer) -> None:
+    """A print ended on this printer: until someone clears the bed, it takes no new job."""
+    if not printer.auto_eject:
+        printer.bed_clear = False
+
+
+def cancel(session: Session, job: Job) -> Job:
+    """Cancel a job wherever it is. Its agent learns it from its next heartbeat and stops the print."""
+    if job.state in TERMINAL_JOB_STATES:
+        raise InvalidMove(f"job {job.id} has already ended ({job.state})")
+    printer = session.get(Printer, job.printer) if job.printer else None
+    if printer is not None:
+        if job.state in (JobState.UPLOADING, JobState.PRINTING):
+            end_on_bed(printer)
+        if printer.job_id == job.id:
+            printer.job_id = None
+        session.add(printer)
+    move_job(session, job, JobState.CANCELLED)
+    job.lease_expires = None
+    job.error = "cancelled by an operator"
+    session.commit()
+    return job
+
+
+def retry(session: Session, job: Job) -> tuple[Job, list[Outgoing]]:
+    """An operator sends a failed job back: one more attempt, any printer again. A job whose build
+    failed (at CAD or slicing) waits while that is made again; the caller sends the work returned."""
+    if job.state != JobState.FAILED:
+        raise InvalidMove(f"job {job.id} is {job.state}; only a failed job can be retried")
+    out = rebuild_for(session, job)
+    if out is None:
+        move_job(session, job, JobState.READY)
+    job.max_attempts = job.attempts + 1
+    job.failed_on, job.retry_at = "", None
+    job.printer, job.slice_id, job.progress, job.remaining_s = None, None, None, None
+    job.error = f"retried by an operator after: {job.error}" if job.error else None
+    session.add(job)
+    session.commit()
+    return job, out or []
+
+
+class Beat(NamedTuple):
+    """What a heartbeat tells its agent: the job it holds (None: none) under which fence, and
+    whether an operator wants a still from its camera."""
+
+    job: int | None
+    fence: int | None
+    snapshot: bool = False
+
+
+# Built once: every agent sends a heartbeat every few seconds, so statement building would show.
+_BEAT_PRINTER = (
+    update(_PRINTERS)
+    .where(_PRINTERS.c.name == bindparam("b_name"))
+    .values(
+        state=bindparam("b_state"),
+        message=bindparam("b_message"),
+        progress=bindparam("b_progress"),
+        last_seen=bindparam("b_now"),
+        # What the printer itself says is loaded (Bambu AMS / spool) wins; else the operator's word.
+        material=func.coalesce(bindparam("b_material"), _PRINTERS.c.material),
+        color=func.coalesce(bindparam("b_color"), _PRINTERS.c.color),
+    )
+)
+_BEAT_JOB = (
+    update(_JOBS)
+    .where(_JOBS.c.printer == bindparam("b_name"), or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)))
+    .values(lease_expires=bindparam("b_lease"))
+    .returning(_JOBS.c.id, _JOBS.c.fence)
+)
+# PostgreSQL does both in one statement (UPDATEs in a WITH), sent in autocommit: one round trip
+# instead of four (BEGIN, two UPDATEs, COMMIT). One row when the printer exists, none otherwise.
+_BEAT_PRINTER_CTE = _BEAT_PRINTER.returning(*_PRINTERS.c).cte("beat_printer")
+_BEAT_JOB_CTE = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.printer.in_(select(_BEAT_PRINTER_CTE.c.name)),
+        or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)),
+    )
+    .values(lease_expires=bindparam("b_lease"))
+    .returning(_JOBS.c.id, _JOBS.c.fence)
+    .cte("beat_job")
+)
+_BEAT_ONE_STATEMENT = select(
+    _BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence, _BEAT_PRINTER_CTE.c.snapshot_wanted
+).select_from(_BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true()))
+_BEAT_PRINTER_WANTS = _BEAT_PRINTER.returning(_PRINTERS.c.snapshot_wanted)  # SQLite's, in two statements
+# A claim's heartbeat: also the printer row as updated, which the claim matches jobs against.
+_BEAT_WITH_PRINTER = select(
+    *_BEAT_PRINTER_CTE.c, _BEAT_JOB_CTE.c.id.label("held_job"), _BEAT_JOB_CTE.c.fence.label("held_fence")
+).select_from(_BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true()))
+
+
+class NoSuchPrinter(LookupError):
+    """A claim for a printer that is not registered."""
+
+
+async def claim_pg(
+    engine: AsyncEngine,
+    name: str,
+    beat: dict[str, Any],
+    *,
+    starvation_s: float,
+    heatup_s: float,
+    heating_per_group: int,
+) -> Row[Any] | None:
+    """`claim_and_beat_pg` without whether a still is wanted."""
+    found, _wanted = await claim_and_beat_pg(
+        engine,
+        name,
+        beat,
+        starvation_s=starvation_s,
+        heatup_s=heatup_s,
+        heating_per_group=heating_per_group,
+    )
+    return found
+
+
+async def claim_and_beat_pg(
+    engine: AsyncEngine,
+    name: str,
+    beat: dict[str, Any],
+    *,
+    starvation_s: float,
+    heatup_s: float,
+    heating_per_group: int,
+) -> tuple[Row[Any] | None, bool]:
+    """`heartbeat` then `claim` on PostgreSQL, for the event loop: one statement each, in
+    autocommit on one connection (a printer in a power group claims in a transaction that holds
+    the group's lock), with no session or ORM
+    (on a busy coordinator each await and each loaded object is time a claim waits). `beat`:
+    heartbeat's keyword arguments. tests/test_dispatch.py checks it against `claim`.
+
+    The job row bound to the printer (the one it held, or the one just claimed), or None when
+    nothing fits or the bed or power group says wait; and whether a still is wanted."""
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        printer = (await conn.execute(_BEAT_WITH_PRINTER, _beat_params(name, **beat))).first()
+        if printer is None:
+            raise NoSuchPrinter(name)
+        wanted = printer.snapshot_wanted is not None
+        if printer.held_job is not None:
+            held = (await conn.execute(select(_JOBS).where(_JOBS.c.id == printer.held_job))).first()
+            return held, wanted
+        params = _claim_in_one_params(printer, beat["lease_s"], starvation_s)
+        if not printer.power_group:
+            if not may_start(printer, 0, heating_per_group):  # the bed
+                return None, wanted
+            return (await conn.execute(_CLAIM_IN_ONE, params)).first(), wanted
+    # A power group: count those heating and claim while holding the group's lock (_LOCK_GROUP),
+    # in a transaction, on a connection checked out after the first went back (no pool deadlock).
+    async with engine.begin() as conn:
+        await conn.execute(_LOCK_GROUP, {"h_group": printer.power_group})
+        heating = (await conn.execute(_HEATING, _heating_params(printer, heatup_s))).scalar_one()
+        if not may_start(printer, heating, heating_per_group):
+            return None, wanted
+        return (await conn.execute(_CLAIM_IN_ONE, params)).first(), wanted
+
+
+async def rehearse_pg(engine: AsyncEngine) -> None:
+    """The agents' statements for a printer that does not exist, on each connection of `engine`:
+    they change nothing, and leave the statements compiled, planned and prepared (psycopg
+    prepares a statement on its 5th use). A restarted coordinator meets a thousand agents at once;
+    unrehearsed, its first claims took up to 10 times as long (bench/coordinator.py)."""
+    nobody = Printer(name="", model="", protocol="")  # no printer has an empty name (agents.Register)
+    beat = _beat_params("", "", None, None, 60)
+    for _ in range(6 * engine.pool.size()):  # type: ignore[attr-defined]
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for statement, params in (
+                (_BEAT_ONE_STATEMENT, beat),
+                (_BEAT_WITH_PRINTER, beat),
+                (_CLAIM_IN_ONE, _claim_in_one_params(nobody, 0, 0)),
+            ):
+                await conn.execute(statement, params)
+
+
+def _beat_params(
+    name: str,
+    state: str,
+    message: str | None,
+    progress: float | None,
+    lease_s: float,
+    material: str | None = None,
+    color: str | None = None,
+) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "b_name": name,
+        "b_state": state,
+        "b_message": message,
+        "b_progress": progress,
+        "b_material": material.upper() if material else None,
+        "b_color": color.lower() if color else None,
+        "b_now": now,
+        "b_lease": now + timedelta(seconds=lease_s),
+    }
+
+
+async def heartbeat_pg(
+    engine: AsyncEngine,
+    name: str,
+    *,
+    state: str,
+    message: str | None,
+    progress: float | None,
+    lease_s: float,
+    material: str | None = None,
+    color: str | None = None,
+) -> Beat | None:
+    """`heartbeat` on PostgreSQL, for the event loop: one statement in autocommit, no session."""
+    params = _beat_params(name, state, message, progress, lease_s, material, color)
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = (await conn.execute(_BEAT_ONE_STATEMENT, params)).first()
+    return None if row is None else Beat(row[0], row[1], row[2] is not None)
+
+
+def heartbeat(
+    session: Session,
+    name: str,
+    *,
+    state: str,
+    message: str | None,
+    progress: float | None,
+    lease_s: float,
+    material: str | None = None,
+    color: str | None = None,
+) -> Beat | None:
+    """Note what the agent says about its printer and extend its job's lease; None: no such printer.
+
+    Every agent sends this every few seconds: two UPDATEs and one commit (one statement on
+    PostgreSQL), with no rows loaded. Commits on its own, so it must come first in its session.
+    """
+    params = _beat_params(name, state, message, progress, lease_s, material, color)
+    if session.get_bind().dialect.name == "postgresql":
+        conn = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        row = conn.execute(_BEAT_ONE_STATEMENT, params).first()
+        session.commit()
+        return None if row is None else Beat(row[0], row[1], row[2] is not None)
+    conn = session.connection()
+    printer = conn.execute(_BEAT_PRINTER_WANTS, params).first()
+    if printer is None:
+        session.rollback()
+        return None
+    held = conn.execute(_BEAT_JOB, params).first()
+    session.commit()
+    wanted = printer[0] is not None
+    return Beat(held[0], held[1], wanted) if held else Beat(None, None, wanted)
+
+
+def expire_leases(session: Session, lease_s: float) -> int:
+    """Requeue claims whose agent went silent before upload; mark silent printers offline.
+    Returns how many claims went back to the queue.
+
+    A job that may already be on a printer (uploading, printing) stays bound to it: sending it
+    elsewhere could print it twice. The agent reconciles when it returns.
+    """
+    now = utcnow()
+    claimed = select(Job).where(Job.state == JobState.CLAIMED, col(Job.lease_expires) < now)
+    expired = session.exec(claimed).all()
+    for job in expired:
+        move_job(session, job, JobState.READY)
+        job.printer = None
+        job.lease_expires = None
+    if expired:
+        metrics.count(session, metrics.LEASE_EXPIRIES, len(expired), kind="claim")
+    silent_since = now - timedelta(seconds=lease_s)
+    for printer in session.exec(
+        select(Printer).where(Printer.state != "offline", col(Printer.last_seen) < silent_since)
+    ).all():
+        printer.state = "offline"
+        printer.message = f"no word from its agent for {int(lease_s)} s"
+        session.add(printer)
+    session.commit()
+    return len(expired)

@@ -1,0 +1,1 @@
+"""The dashboard's page, script and styles (static/), served by farm/coordinator/api/dashboard.py."""
