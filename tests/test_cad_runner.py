@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import os
-import statistics
 import struct
 import subprocess
 import sys
@@ -211,20 +210,6 @@ def test_concurrent_builds_from_threads(runner: CadRunner, tmp_path: Path) -> No
     with ThreadPoolExecutor(4) as pool:
         sizes = list(pool.map(one, [41, 42, 43, 44]))
     assert [s[0] for s in sizes] == [41.0, 42.0, 43.0, 44.0]
-
-
-def test_warm_build_latency(runner: CadRunner, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    source = write(tmp_path, "part.py", BRACKET)
-    timings = []
-    for _ in range(5):
-        started = time.perf_counter()
-        build(runner, source, entry="bracket")
-        timings.append(time.perf_counter() - started)
-    with capsys.disabled():
-        print(
-            f"\nwarm build of a small part: median {statistics.median(timings) * 1000:.0f} ms, "
-            f"min {min(timings) * 1000:.0f} ms, max {max(timings) * 1000:.0f} ms"
-        )
 
 
 # --------------------------------------------------------------------------------------------------
