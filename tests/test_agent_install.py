@@ -22,14 +22,15 @@ def test_the_agent_runs_from_an_install_with_only_the_agent_extra(tmp_path: Path
     for part in ("farm", "workers", "printers", "pyproject.toml", "README.md"):
         subprocess.run(["cp", "-a", str(REPO / part), str(src)], check=True)
     done = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"{src}[agent]"], capture_output=True, text=True, timeout=600
+        [str(python), "-m", "pip", "install", "-q", f"{src}[agent]"],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
-    absent = subprocess.run(
-        [str(python), "-c", f"import importlib.util as u; print([m for m in {NOT_ON_A_PI!r} if u.find_spec(m)])"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    probe = f"import importlib.util as u; print([m for m in {NOT_ON_A_PI!r} if u.find_spec(m)])"
+    absent = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
     assert absent.stdout.strip() == "[]", absent.stdout + absent.stderr
 
     imports = subprocess.run(
@@ -44,7 +45,9 @@ def test_the_agent_runs_from_an_install_with_only_the_agent_extra(tmp_path: Path
     assert imports.returncode == 0 and imports.stdout.strip() == "ok", imports.stderr[-3000:]
 
     farm = venv / "bin" / "farm"
-    helped = subprocess.run([str(farm), "agent", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    helped = subprocess.run(
+        [str(farm), "agent", "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert helped.returncode == 0 and "--config" in helped.stdout, helped.stdout + helped.stderr
     refused = subprocess.run([str(farm), "server"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert refused.returncode != 0 and "printfarm[server]" in refused.stderr, refused.stderr[-2000:]
