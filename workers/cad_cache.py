@@ -47,12 +47,13 @@ CACHE_FORMAT = "2"  # 2: previews and mesh checks in every entry, STEP in some
 META_NAME = "meta.json"
 ENVS_DIR = "envs"  # environments of projects' requirements (workers.cad_env), beside the entries
 # The exporter's tolerances and naming live in cad_child.py, the entry point's choice and its
-# parameters' types in cad_script.py, the checks and previews in mesh.py; hashing their bytes (without
-# importing them, which would import build123d) invalidates the cache whenever the way meshes are
-# made changes.
-EXPORTER = tuple(
-    Path(__file__).with_name(name)
-    for name in ("cad_child.py", "cad_script.py", "mesh.py", "scene.py", "viewer.py", "threemf.py")
+# parameters' types in cad_script.py, the checks and previews in farm/core/mesh.py; hashing their
+# bytes (without importing them, which would import build123d) invalidates the cache whenever the
+# way meshes are made changes.
+_OURS = ("cad_child.py", "cad_script.py", "scene.py", "viewer.py", "threemf.py")
+EXPORTER = (
+    *(Path(__file__).with_name(name) for name in _OURS),
+    Path(__file__).parent.parent / "farm" / "core" / "mesh.py",
 )
 OCP_DISTRIBUTIONS = ("cadquery-ocp", "cadquery-ocp-novtk")
 
