@@ -16,14 +16,13 @@ from typing import Any
 from urllib.parse import quote
 
 from farm.core.client import FarmClient, FarmError
+from farm.core.states import PRINT_ENDED, READY_FOR_WORK, JobState, PrinterState
 from printers.config import AgentConfig
-from printers.drivers.base import Driver, DriverError, PrinterState, PrinterStatus
+from printers.drivers.base import Driver, DriverError, PrinterStatus
 
 log = logging.getLogger("farm.agent")
 SNAPSHOT_WANTED = "X-Farm-Snapshot"  # farm.coordinator.api.agents: the agent installs without the server
 VERSION = "0.2.0"  # 0.2: claims wait at the coordinator for work (wait_s)
-# The coordinator decides whether the bed is clear; a stopped print's printer can take the next job.
-READY_FOR_WORK = (PrinterState.IDLE, PrinterState.FINISHED, PrinterState.FAILED)
 IDLE_GRACE_S = 30.0
 UPLOAD_FAILURE_REST_S = 30.0  # a printer may report idle for a moment between upload and start
 # After a restart, how long a job we held may be refused by the printer (still taking, or already
@@ -32,7 +31,8 @@ UPLOAD_SETTLE_S = 30.0
 PREFETCH_EVERY_S = 15.0  # while a finished print waits on the bed, ask what comes next this often
 PREFETCH_LEFT_S = 120.0  # while printing, fetch the next job's G-code once this little is left
 END_CHECK_S = 0.25  # near a print's end, ask the printer this often (at most), not every poll_s
-ENDED = (PrinterState.FINISHED, PrinterState.FAILED)
+# The print is on the printer and not over (ATTENTION: it waits for a person, mid-print).
+UNDER_WAY = frozenset({PrinterState.PRINTING, PrinterState.PAUSED, PrinterState.ATTENTION})
 
 
 class ConfigMistake(Exception):
@@ -167,19 +167,13 @@ class Agent:
         status = self.driver.status()
         current = CurrentJob(job["id"], job["fence"], job["gcode"], job["gcode_name"], time.monotonic())
         on_printer = _same_file(status.file, current.remote_name)
-        if on_printer and status.state in (
-            PrinterState.PRINTING,
-            PrinterState.PAUSED,
-            PrinterState.ATTENTION,
-            PrinterState.FINISHED,
-            PrinterState.FAILED,
-        ):
+        if on_printer and status.state in UNDER_WAY | PRINT_ENDED:
             log.info("%s: adopting job %s, which the printer has (%s)", self.name, current.id, status.state)
             self.job = current
-            if job["state"] != "printing":
-                self._report("printing", progress=status.progress)
+            if job["state"] != JobState.PRINTING:
+                self._report(JobState.PRINTING, progress=status.progress)
             self._follow(status)
-        elif job["state"] == "printing":
+        elif job["state"] == JobState.PRINTING:
             # The coordinator thinks it printed but the printer has no trace of it: do not guess.
             self.job = current
             self._follow(status)
@@ -216,11 +210,11 @@ class Agent:
         body = self._status_body(status)
         if status.state in READY_FOR_WORK and time.monotonic() >= self._resting_until:
             waited = time.monotonic()
-            job = self._claim(body)
-            if job:
-                self._start(job)
+            claimed = self._claim(body)
+            if claimed:
+                self._start(claimed)
                 return poll
-            if status.state in ENDED:
+            if status.state in PRINT_ENDED:
                 # A part is on the bed (the coordinator, which knows whether the printer ejects,
                 # gave no job): fetch the next G-code while someone clears it.
                 self._prefetch()
@@ -237,7 +231,7 @@ class Agent:
         params = {"wait": wait} if wait > 0 else {}
         resp = self.client.request("POST", "/api/agents/claim", params=params, json=body, timeout=wait + 30.0)
         self._snapshot_wanted |= resp.headers.get(SNAPSHOT_WANTED) == "wanted"
-        return resp.json() if resp.status_code != 204 else None  # type: ignore[no-any-return]
+        return resp.json() if resp.status_code != 204 else None
 
     def _note_wanted(self, beat: dict[str, Any]) -> None:
         self._snapshot_wanted |= bool(beat.get("snapshot"))
@@ -290,7 +284,7 @@ class Agent:
         try:
             if not path.exists():
                 self.client.download_artifact(job["gcode"], path)
-            self._report("uploading", progress=0.0)
+            self._report(JobState.UPLOADING, progress=0.0)
         except FarmError:
             # The coordinator went away before anything reached the printer. We still hold the
             # lease, and our next claim hands this same job back: start over then, rather than
@@ -320,14 +314,14 @@ class Agent:
             # that refuses a file take the same job again and again, forever. Rest before claiming
             # again so that a printer in trouble does not take (and drop) every job in turn.
             log.warning("%s: job %s: upload failed: %s", self.name, current.id, exc)
-            self._report("failed", error=f"upload to {self.name} failed: {exc}")
+            self._report(JobState.FAILED, error=f"upload to {self.name} failed: {exc}")
             self.job = None
             self._resting_until = time.monotonic() + UPLOAD_FAILURE_REST_S
             return
         current.started = time.monotonic()
         self.job = current  # the printer has it now, whatever happened to the lease meanwhile
         sent = {"upload_bytes": path.stat().st_size, "upload_s": round(time.monotonic() - upload_began, 3)}
-        self._report("printing", progress=0.0, **sent)  # the sizes and times feed /metrics
+        self._report(JobState.PRINTING, progress=0.0, **sent)  # the sizes and times feed /metrics
         log.info("%s: job %s started (%s)", self.name, current.id, current.remote_name)
         self._snapshot(current.id, "start")
         for old in self.spool.glob("*.gcode"):  # keep the spool small: the printer has the file now
@@ -341,7 +335,7 @@ class Agent:
         ):  # also renews the lease during long uploads
             self._last_report = now
             try:
-                self._report("uploading", progress=100.0 * sent / max(total, 1))
+                self._report(JobState.UPLOADING, progress=100.0 * sent / max(total, 1))
             except FarmError as exc:  # a coordinator restart must not cut the upload to the printer
                 log.warning("%s: progress report failed, uploading on: %s", self.name, exc)
 
@@ -356,18 +350,18 @@ class Agent:
         state = status.state
         mine = _same_file(status.file, job.remote_name) or status.file is None
         if state == PrinterState.FINISHED and mine:
-            self._report("done")
+            self._report(JobState.DONE)
             log.info("%s: job %s done", self.name, job.id)
             self.job = None
             self._snapshot(job.id, "end")
         elif state == PrinterState.FAILED and mine:
-            self._report("failed", error=status.message or "the printer stopped the print")
+            self._report(JobState.FAILED, error=status.message or "the printer stopped the print")
             self.job = None
             self._snapshot(job.id, "failure")
-        elif state in (PrinterState.PRINTING, PrinterState.PAUSED, PrinterState.ATTENTION):
-            self._report("printing", progress=status.progress, remaining_s=status.remaining_s)
+        elif state in UNDER_WAY:
+            self._report(JobState.PRINTING, progress=status.progress, remaining_s=status.remaining_s)
         elif state == PrinterState.IDLE and time.monotonic() - job.started > IDLE_GRACE_S:
-            self._report("failed", error=f"{self.name} went idle without finishing the print")
+            self._report(JobState.FAILED, error=f"{self.name} went idle without finishing the print")
             self.job = None
         # OFFLINE or BUSY: keep the job bound and wait; the heartbeat tells the coordinator why.
 
@@ -412,15 +406,13 @@ class Agent:
         """The coordinator no longer gives us this job (an operator cancelled it): stop printing it."""
         log.info("%s: job %s was cancelled; stopping it on the printer", self.name, job.id)
         self.job = None
-        if status.state in (PrinterState.PRINTING, PrinterState.PAUSED, PrinterState.ATTENTION) and (
-            status.file is None or _same_file(status.file, job.remote_name)
-        ):
+        if status.state in UNDER_WAY and (status.file is None or _same_file(status.file, job.remote_name)):
             try:
                 self.driver.cancel()
             except DriverError as exc:
                 log.warning("%s: could not stop job %s on the printer: %s", self.name, job.id, exc)
 
-    def _report(self, state: str, **fields: Any) -> None:
+    def _report(self, state: JobState, **fields: Any) -> None:
         assert self.job is not None
         body = {"printer": self.name, "fence": self.job.fence, "state": state, **fields}
         try:

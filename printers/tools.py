@@ -16,8 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from farm.core.names import safe_name
+from farm.core.states import PrinterState
 from printers.drivers import DRIVERS, make_driver
-from printers.drivers.base import Driver, DriverError, PrinterConfig, PrinterState, PrinterStatus
+from printers.drivers.base import Driver, DriverError, PrinterConfig, PrinterStatus
 
 ProgressReport = Callable[[str, float | None], None]  # (phase: "upload" | "print", percent or None)
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from farm.core.states import PrinterState
 from printers.drivers import make_driver
-from printers.drivers.base import Driver, PrinterConfig, PrinterState, PrinterStatus
+from printers.drivers.base import Driver, PrinterConfig, PrinterStatus
 from printers.emulators.bambu import BambuEmulator
 from printers.emulators.moonraker import MoonrakerEmulator
 from printers.emulators.octoprint import OctoPrintEmulator

@@ -21,9 +21,10 @@ import pytest
 from pydantic import ValidationError
 
 from farm.core.client import FarmClient
+from farm.core.states import PrinterState
 from printers.config import AgentConfig
 from printers.drivers import make_driver
-from printers.drivers.base import PrinterConfig, PrinterState
+from printers.drivers.base import PrinterConfig
 from printers.emulators.prusalink import PrusaLinkEmulator
 from tests.conftest import EXAMPLES, REPO, RunningFarm, running_farm, wait_until
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from farm.core.states import PrinterState
 from printers.agent import UPLOAD_SETTLE_S, Agent
 from printers.config import AgentConfig, CoordinatorConfig
-from printers.drivers.base import DriverError, PrinterConfig, PrinterState, PrinterStatus
+from printers.drivers.base import DriverError, PrinterConfig, PrinterStatus
 
 JOB = {"id": 8, "fence": 3, "gcode": "ab" * 32, "gcode_name": "job8-cube.gcode", "state": "uploading"}
 

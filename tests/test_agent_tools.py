@@ -12,7 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from farm.commands.agent_tools import register
-from printers.drivers.base import DriverError, PrinterConfig, PrinterState
+from farm.core.states import PrinterState
+from printers.drivers.base import DriverError, PrinterConfig
 from printers.emulators.prusalink import PrusaLinkEmulator
 from printers.tools import check, print_file, printer_config_from_flags
 

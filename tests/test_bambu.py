@@ -18,9 +18,10 @@ import pytest
 from bambulabs_api import GcodeState, PrinterFTPClient, PrinterMQTTClient
 from paho.mqtt.enums import CallbackAPIVersion
 
+from farm.core.states import PrinterState
 from printers.drivers import DRIVERS
 from printers.drivers.bambu import BambuDriver, ImplicitFTPS, deep_merge, error_code
-from printers.drivers.base import DriverError, PrinterConfig, PrinterState
+from printers.drivers.base import DriverError, PrinterConfig
 from printers.emulators.bambu import BambuEmulator
 from tests.printer_fixtures import (
     bambu_package,

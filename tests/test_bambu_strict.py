@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from bambulabs_api import GcodeState, PrinterFTPClient, PrinterMQTTClient
 
+from farm.core.states import PrinterState
 from printers.drivers.bambu import ImplicitFTPS, error_code
-from printers.drivers.base import DriverError, PrinterState
+from printers.drivers.base import DriverError
 from printers.emulators.bambu import BambuEmulator
 from tests import test_bambu
 from tests.printer_fixtures import wait_for

@@ -15,12 +15,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
+from starlette.testclient import TestClient
 
-from farm.coordinator import dispatch, pipeline
-from farm.coordinator.api import access
+from farm.coordinator import dispatch, moves, pipeline
+from farm.coordinator.api import access, create_app
 from farm.coordinator.db import make_async_engine, make_engine
 from farm.coordinator.models import Job, JobSnapshot, Printer, Slice, Token, utcnow
-from farm.core.states import InvalidMove, JobState, SliceState, can_move, check_job_move
+from farm.core.settings import Settings
+from farm.core.states import InvalidMove, JobState, PrinterState, SliceState, can_move, check_job_move
 from tests.pgserver import PostgresUnavailable, throwaway_postgres
 
 _databases = itertools.count()
@@ -672,3 +674,105 @@ def test_a_kept_database_gains_owners_and_token_expiry_and_the_artifact_rules_ru
             session.commit()
     finally:
         upgraded.dispose()
+
+
+def _claimed_and_uploading(s: Session, printer: Printer, *, max_attempts: int = 1) -> Job:
+    job = ready_build(s, models=["MINI"])[0]
+    job.max_attempts = max_attempts
+    s.add(job)
+    s.commit()
+    claimed = dispatch.claim(s, printer, lease_s=60)
+    assert claimed is not None and claimed.id == job.id
+    dispatch.report(s, job, printer, fence=job.fence, state=JobState.UPLOADING, lease_s=60, progress=40.0)
+    return job
+
+
+def _lapsed_claim(s: Session, a: Printer) -> Job:
+    job = ready_build(s, models=["MINI"])[0]
+    assert dispatch.claim(s, a, lease_s=60) is not None
+    job.lease_expires = utcnow() - timedelta(seconds=1)
+    s.add(job)
+    s.commit()
+    assert dispatch.expire_leases(s, lease_s=60) == 1
+    return job
+
+
+def _handed_back(s: Session, a: Printer) -> Job:
+    job = _claimed_and_uploading(s, a)
+    dispatch.report(s, job, a, fence=job.fence, state=JobState.READY, lease_s=60)
+    return job
+
+
+def _failed_attempt(s: Session, a: Printer) -> Job:
+    job = _claimed_and_uploading(s, a, max_attempts=3)
+    dispatch.report(s, job, a, fence=job.fence, state=JobState.PRINTING, lease_s=60, progress=50.0)
+    dispatch.report(s, job, a, fence=job.fence, state=JobState.FAILED, lease_s=60, error="spaghetti")
+    return job
+
+
+def _operator_retry(s: Session, a: Printer) -> Job:
+    job = _claimed_and_uploading(s, a)
+    dispatch.report(s, job, a, fence=job.fence, state=JobState.PRINTING, lease_s=60, remaining_s=90)
+    dispatch.report(s, job, a, fence=job.fence, state=JobState.FAILED, lease_s=60, error="spaghetti")
+    assert job.state == JobState.FAILED
+    dispatch.retry(s, job)
+    return job
+
+
+@pytest.mark.parametrize("back", [_lapsed_claim, _handed_back, _failed_attempt, _operator_retry])
+def test_every_way_back_to_the_queue_forgets_the_same_fields(engine, back) -> None:  # type: ignore[no-untyped-def]
+    """A lapsed claim, an agent handing its job back, a failed attempt with attempts left and an
+    operator's retry all leave the job as if never claimed (farm/coordinator/moves.py `requeue`), and its
+    printer no longer holding it. A lapsed claim used to leave Printer.job_id pointing at it."""
+    with Session(engine, expire_on_commit=False) as s:
+        a = add_printer(s, "a", "MINI")
+        job = back(s, a)
+        s.refresh(job)
+        s.refresh(a)
+        forgotten = (job.printer, job.slice_id, job.lease_expires, job.progress, job.remaining_s)
+        forgotten += (job.finished_at,)
+        assert (job.state, forgotten, a.job_id) == (JobState.READY, (None,) * 6, None)
+
+
+def test_the_claim_statements_write_what_the_claim_move_says(engine) -> None:  # type: ignore[no-untyped-def]
+    """Both databases' claims are UPDATEs made from farm/coordinator/moves.py CLAIM: the row they leave is the
+    one CLAIM.apply makes of the ready row, and the printer is bound to it (moves.BIND)."""
+    with Session(engine, expire_on_commit=False) as s:
+        a = add_printer(s, "a", "MINI")
+        job = ready_build(s, models=["MINI"])[0]
+        s.refresh(job)
+        expected = Job(**job.model_dump())
+        sl = s.exec(select(Slice).where(Slice.build_id == job.build_id, Slice.printer_model == "MINI")).one()
+        claimed = dispatch.claim(s, a, lease_s=60)
+        assert claimed is not None
+        moves.CLAIM.apply(
+            expected, printer="a", slice_id=sl.id, lease_expires=claimed.lease_expires, now=claimed.started_at
+        )
+        assert claimed.model_dump() == expected.model_dump()
+        assert (expected.state, expected.fence) == (JobState.CLAIMED, job.fence)
+    with Session(engine) as s:
+        assert s.get(Printer, "a").job_id == job.id  # type: ignore[union-attr]
+
+
+def test_a_printer_state_is_one_of_the_known_ones(tmp_path: Path) -> None:
+    """The heartbeat, the claim and the registration say the printer's state as a PrinterState:
+    anything else is a 422 (it used to be stored as it came), and the stored state reads back as one."""
+    app = create_app(Settings(data_dir=tmp_path))
+    token = (tmp_path / "admin.token").read_text().strip()
+    try:
+        with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
+            reg = {"printer": "p", "model": "MINI", "protocol": "prusalink"}
+            assert client.post("/api/agents/register", json=reg).status_code == 200
+            for path, body in (
+                ("/api/agents/heartbeat", {"printer": "p", "state": "on fire"}),
+                ("/api/agents/claim", {"printer": "p", "state": "IDLE"}),
+                ("/api/agents/register", {**reg, "state": "melted"}),
+            ):
+                assert client.post(path, json=body).status_code == 422, path
+            busy = client.post("/api/agents/heartbeat", json={"printer": "p", "state": "busy"})
+            assert busy.status_code == 200
+        with Session(app.state.farm.engine) as s:
+            stored = s.get(Printer, "p")
+            assert stored is not None and stored.state is PrinterState.BUSY
+    finally:
+        app.state.farm.engine.dispose()

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from farm.core.states import PrinterState
 from printers.drivers import DRIVERS, make_driver
-from printers.drivers.base import Driver, DriverError, PrinterState
+from printers.drivers.base import Driver, DriverError
 from tests import printer_fixtures
 from tests.conftest import free_port
 from tests.printer_fixtures import PROTOCOLS, Rig, driver_config, wait_for, wait_state

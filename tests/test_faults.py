@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from printers.drivers.base import PAUSED_AT_PRINTER, DriverError, PrinterState
+from farm.core.states import PrinterState
+from printers.drivers.base import PAUSED_AT_PRINTER, DriverError
 from printers.emulators.common import LOCAL_PRINT_NAME, FaultSwitches
 from tests import printer_fixtures
 from tests.printer_fixtures import PROTOCOLS, Rig

@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from farm.core.states import PrinterState
 from printers.drivers import make_driver
-from printers.drivers.base import DriverError, PrinterState
+from printers.drivers.base import DriverError
 from printers.drivers.moonraker import MoonrakerDriver
 from printers.emulators.moonraker import MoonrakerEmulator
 from tests.conftest import wait_until

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from printers.drivers.base import DriverError, PrinterConfig, PrinterState
+from farm.core.states import PrinterState
+from printers.drivers.base import DriverError, PrinterConfig
 from printers.drivers.moonraker import MoonrakerDriver
 from printers.emulators.moonraker import MoonrakerEmulator
 from tests.conftest import REPO, free_port, wait_until

@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from farm.core.states import PrinterState
 from printers.drivers import make_driver
-from printers.drivers.base import DriverError, PrinterConfig, PrinterState, PrinterStatus
+from printers.drivers.base import DriverError, PrinterConfig, PrinterStatus
 from printers.drivers.octoprint import OctoPrintDriver
 from printers.emulators.octoprint import OctoPrintEmulator
 from tests.conftest import REPO, free_port, wait_until

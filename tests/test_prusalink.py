@@ -19,7 +19,8 @@ import pytest
 from pyprusalink import PrusaLink
 from pyprusalink.types import Conflict, InvalidAuth, NotFound
 
-from printers.drivers.base import DriverError, PrinterState
+from farm.core.states import PrinterState
+from printers.drivers.base import DriverError
 from printers.drivers.prusalink import PrusaLinkDriver
 from printers.emulators.common import MODEL_CHECK_BYTES, inspect_gcode, parse_duration
 from printers.emulators.prusalink import PrusaLinkEmulator

@@ -16,7 +16,8 @@ import pytest
 from pyprusalink import PrusaLink
 from pyprusalink.types import Conflict
 
-from printers.drivers.base import DriverError, PrinterConfig, PrinterState
+from farm.core.states import PrinterState
+from printers.drivers.base import DriverError, PrinterConfig
 from printers.drivers.prusalink import PrusaLinkDriver
 from printers.emulators.prusalink import PrusaLinkEmulator
 from tests.printer_fixtures import prusa_gcode, wait_for

@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from printers.drivers.base import PrinterConfig, PrinterState
+from farm.core.states import PrinterState
+from printers.drivers.base import PrinterConfig
 from printers.drivers.prusalink import PrusaLinkDriver
 from printers.emulators.prusalink import PrusaLinkEmulator
 from tests.conftest import REPO, free_port, wait_until

@@ -188,7 +188,7 @@ def test_nul_in_text_is_a_422_on_postgresql(postgres: str, tmp_path: Path) -> No
             calls = [
                 ("/api/agents/register", {**reg, "model": "MINI\x00"}),
                 ("/api/agents/heartbeat", {"printer": "p", "state": "idle", "color": "\x00"}),
-                ("/api/agents/claim", {"printer": "p", "state": "idle\x00"}),
+                ("/api/agents/claim", {"printer": "p", "state": "idle", "message": "\x00"}),
                 ("/api/tokens", {"name": "a\x00", "role": "submitter"}),
             ]
             for path, body in calls:

@@ -88,7 +88,8 @@ def check_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Reach the printer and show its state; exit 1 if it is offline or refuses the credentials."""
-    from printers.drivers.base import DriverError, PrinterState
+    from farm.core.states import PrinterState
+    from printers.drivers.base import DriverError
     from printers.tools import check
 
     printer = _printer(
@@ -130,7 +131,8 @@ def print_command(
         TimeElapsedColumn,
     )
 
-    from printers.drivers.base import DriverError, PrinterState
+    from farm.core.states import PrinterState
+    from printers.drivers.base import DriverError
     from printers.tools import print_file
 
     printer = _printer(

@@ -164,7 +164,8 @@ def _printer(
 
 def _check(printer: PrinterConfig, host: str) -> None:
     """Reach the printer before the code is spent: a wrong address or secret is fixed and retried."""
-    from printers.drivers.base import DriverError, PrinterState  # see _printer
+    from farm.core.states import PrinterState
+    from printers.drivers.base import DriverError  # see _printer
     from printers.tools import check
 
     try:

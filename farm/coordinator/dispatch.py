@@ -17,21 +17,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
-from farm.coordinator import metrics
+from farm.coordinator import metrics, moves
 from farm.coordinator.models import Job, Printer, Slice, utcnow
-from farm.coordinator.pipeline import Outgoing, move_job, rebuild_for
+from farm.coordinator.moves import BIND, CLAIM, EXTEND_LEASE
+from farm.coordinator.pipeline import Outgoing, rebuild_for
 from farm.core import tags
 from farm.core.states import (
     LEASED_JOB_STATES,
     TERMINAL_JOB_STATES,
     InvalidMove,
     JobState,
+    PrinterState,
     SliceState,
-    can_move,
 )
-
-assert can_move(JobState.READY, JobState.CLAIMED)  # the claim's UPDATE encodes this move
-
 
 CLAIM_ROUNDS = 5
 _PRINTERS, _JOBS = Printer.__table__, Job.__table__  # type: ignore[attr-defined]
@@ -66,7 +64,7 @@ def next_gcode(session: Session, printer: Printer, starvation_s: float) -> str |
     return None
 
 
-def _fits() -> Select:  # type: ignore[type-arg]
+def _fits() -> Select:
     """Ready jobs that a printer (the p_* parameters) can print, with the slice for its model."""
     return (
         select(Job.id, Slice.id)
@@ -172,20 +170,21 @@ def heating_in_group(session: Session, printer: Printer, heatup_s: float) -> int
     return int(session.connection().execute(_HEATING, _heating_params(printer, heatup_s)).scalar_one())
 
 
+def _claim_values(slice_id: Any) -> dict[str, Any]:
+    """The claim's SET clause (farm/coordinator/moves.py CLAIM), the job's slice given by `slice_id`."""
+    return CLAIM.values(
+        _JOBS,
+        printer=bindparam("c_printer"),
+        slice_id=slice_id,
+        lease_expires=bindparam("c_lease"),
+        now=bindparam("c_now"),
+    )
+
+
 _CLAIM = (
     update(_JOBS)
-    .where(_JOBS.c.id == bindparam("c_id"), _JOBS.c.state == JobState.READY)
-    .values(
-        state=JobState.CLAIMED,
-        printer=bindparam("c_printer"),
-        slice_id=bindparam("c_slice"),
-        fence=_JOBS.c.fence + 1,
-        lease_expires=bindparam("c_lease"),
-        started_at=bindparam("c_now"),
-        updated_at=bindparam("c_now"),
-        progress=None,
-        error=None,
-    )
+    .where(_JOBS.c.id == bindparam("c_id"), CLAIM.where(_JOBS))
+    .values(_claim_values(bindparam("c_slice")))
     .returning(*_JOBS.c)
 )
 _CLAIM_ORM = select(Job).from_statement(_CLAIM)  # the claimed job, without a round trip to read it back
@@ -207,25 +206,15 @@ def _claim_in_one() -> Any:
     pick_job, pick_slice = list(pick.c)
     claimed = (
         update(_JOBS)
-        .where(_JOBS.c.id == pick_job, _JOBS.c.state == JobState.READY)
-        .values(
-            state=JobState.CLAIMED,
-            printer=bindparam("c_printer"),
-            slice_id=pick_slice,
-            fence=_JOBS.c.fence + 1,
-            lease_expires=bindparam("c_lease"),
-            started_at=bindparam("c_now"),
-            updated_at=bindparam("c_now"),
-            progress=None,
-            error=None,
-        )
+        .where(_JOBS.c.id == pick_job, CLAIM.where(_JOBS))
+        .values(_claim_values(pick_slice))
         .returning(*_JOBS.c)
         .cte("claimed")
     )
     bind_printer = (
         update(_PRINTERS)
         .where(_PRINTERS.c.name == bindparam("c_printer"), exists(select(claimed.c.id)))
-        .values(job_id=select(claimed.c.id).scalar_subquery())
+        .values(BIND.values(_PRINTERS, job_id=select(claimed.c.id).scalar_subquery()))
         .cte("bind_printer")
     )
     return select(*claimed.c).add_cte(bind_printer)
@@ -283,7 +272,7 @@ def claim(
         if beat.job is not None:
             return session.get(Job, beat.job)
     elif (existing := bound_job(session, printer)) is not None:
-        existing.lease_expires = lease_deadline(lease_s)
+        EXTEND_LEASE.apply(existing, lease_expires=lease_deadline(lease_s))
         session.add(existing)
         session.commit()
         return existing
@@ -310,7 +299,7 @@ def claim(
                 execution_options={"populate_existing": True},
             ).first()
             if job is not None:
-                printer.job_id = job_id
+                BIND.apply(printer, job_id=job_id)
                 session.add(printer)
                 session.commit()
                 return job
@@ -341,44 +330,32 @@ def report(
         return job
     if state == JobState.READY and error and job.state == JobState.UPLOADING:
         state = JobState.FAILED  # how older agents hand back a failed upload: an attempt all the same
-    reached_printer = job.state == JobState.PRINTING  # an upload that failed left nothing on the bed
-    # A failed upload is an attempt too: a printer refusing a file must not get it back forever.
-    attempted = job.state in (JobState.UPLOADING, JobState.PRINTING)
-    move_job(session, job, state)
-    if state in TERMINAL_JOB_STATES and reached_printer:
-        end_on_bed(printer)
-    job.progress = 100.0 if state == JobState.DONE else (progress if progress is not None else job.progress)
-    job.remaining_s = 0 if state == JobState.DONE else remaining_s
-    if error:
-        job.error = error
-    if state == JobState.FAILED and attempted:
-        job.attempts += 1
-        if not job.pinned_printer:  # a pinned job's retry has nowhere else to go
-            job.failed_on = f"{job.failed_on or ','}{printer.name},"
-        if job.attempts < job.max_attempts:
-            move_job(session, job, JobState.READY)
-            job.retry_at = utcnow() + timedelta(seconds=backoff_s * 2 ** (job.attempts - 1))
-            job.finished_at = None
-            job.error = (
-                f"attempt {job.attempts} of {job.max_attempts} failed on {printer.name}: {error or 'failed'}"
-            )
-            state = JobState.READY
     if state in LEASED_JOB_STATES:
-        job.lease_expires = lease_deadline(lease_s)
+        lease = lease_deadline(lease_s)
+        moves.hold(
+            session, job, state, lease_expires=lease, progress=progress, remaining_s=remaining_s, error=error
+        )
+    elif state == JobState.READY:  # released before it reached the printer: anyone may take it
+        moves.requeue(session, job, printer, error=error)
+    elif state == JobState.DONE:
+        moves.finish(session, job, printer, error=error)
+    elif state == JobState.FAILED:
+        moves.fail(
+            session,
+            job,
+            printer,
+            error=error,
+            progress=progress,
+            remaining_s=remaining_s,
+            backoff_s=backoff_s,
+        )
+    elif state == JobState.CANCELLED:
+        moves.cancel(session, job, printer, error=error, on_bed=job.state == JobState.PRINTING)
+        moves.note_progress(job, progress, remaining_s)
     else:
-        job.lease_expires = None
-        printer.job_id = None
-        if state == JobState.READY:  # released before it reached the printer: anyone may take it
-            job.printer = None
-    session.add_all([job, printer])
+        raise InvalidMove(f"an agent cannot move a job to {state}")
     session.commit()
     return job
-
-
-def end_on_bed(printer: Printer) -> None:
-    """A print ended on this printer: until someone clears the bed, it takes no new job."""
-    if not printer.auto_eject:
-        printer.bed_clear = False
 
 
 def cancel(session: Session, job: Job) -> Job:
@@ -386,15 +363,8 @@ def cancel(session: Session, job: Job) -> Job:
     if job.state in TERMINAL_JOB_STATES:
         raise InvalidMove(f"job {job.id} has already ended ({job.state})")
     printer = session.get(Printer, job.printer) if job.printer else None
-    if printer is not None:
-        if job.state in (JobState.UPLOADING, JobState.PRINTING):
-            end_on_bed(printer)
-        if printer.job_id == job.id:
-            printer.job_id = None
-        session.add(printer)
-    move_job(session, job, JobState.CANCELLED)
-    job.lease_expires = None
-    job.error = "cancelled by an operator"
+    on_bed = job.state in (JobState.UPLOADING, JobState.PRINTING)
+    moves.cancel(session, job, printer, error="cancelled by an operator", on_bed=on_bed)
     session.commit()
     return job
 
@@ -405,13 +375,7 @@ def retry(session: Session, job: Job) -> tuple[Job, list[Outgoing]]:
     if job.state != JobState.FAILED:
         raise InvalidMove(f"job {job.id} is {job.state}; only a failed job can be retried")
     out = rebuild_for(session, job)
-    if out is None:
-        move_job(session, job, JobState.READY)
-    job.max_attempts = job.attempts + 1
-    job.failed_on, job.retry_at = "", None
-    job.printer, job.slice_id, job.progress, job.remaining_s = None, None, None, None
-    job.error = f"retried by an operator after: {job.error}" if job.error else None
-    session.add(job)
+    moves.retry(session, job, waiting=out is not None)
     session.commit()
     return job, out or []
 
@@ -442,7 +406,7 @@ _BEAT_PRINTER = (
 _BEAT_JOB = (
     update(_JOBS)
     .where(_JOBS.c.printer == bindparam("b_name"), or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)))
-    .values(lease_expires=bindparam("b_lease"))
+    .values(EXTEND_LEASE.values(_JOBS, lease_expires=bindparam("b_lease")))
     .returning(_JOBS.c.id, _JOBS.c.fence)
 )
 # PostgreSQL does both in one statement (UPDATEs in a WITH), sent in autocommit: one round trip
@@ -454,7 +418,7 @@ _BEAT_JOB_CTE = (
         _JOBS.c.printer.in_(select(_BEAT_PRINTER_CTE.c.name)),
         or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)),
     )
-    .values(lease_expires=bindparam("b_lease"))
+    .values(EXTEND_LEASE.values(_JOBS, lease_expires=bindparam("b_lease")))
     .returning(_JOBS.c.id, _JOBS.c.fence)
     .cte("beat_job")
 )
@@ -463,9 +427,11 @@ _BEAT_ONE_STATEMENT = select(
 ).select_from(_BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true()))
 _BEAT_PRINTER_WANTS = _BEAT_PRINTER.returning(_PRINTERS.c.snapshot_wanted)  # SQLite's, in two statements
 # A claim's heartbeat: also the printer row as updated, which the claim matches jobs against.
-_BEAT_WITH_PRINTER = select(
-    *_BEAT_PRINTER_CTE.c, _BEAT_JOB_CTE.c.id.label("held_job"), _BEAT_JOB_CTE.c.fence.label("held_fence")
-).select_from(_BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true()))
+_BEAT_WITH_PRINTER = (
+    select(*_BEAT_PRINTER_CTE.c)
+    .add_columns(_BEAT_JOB_CTE.c.id.label("held_job"), _BEAT_JOB_CTE.c.fence.label("held_fence"))
+    .select_from(_BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true()))
+)
 
 
 class NoSuchPrinter(LookupError):
@@ -540,7 +506,7 @@ async def rehearse_pg(engine: AsyncEngine) -> None:
     prepares a statement on its 5th use). A restarted coordinator meets a thousand agents at once;
     unrehearsed, its first claims took up to 10 times as long (bench/coordinator.py)."""
     nobody = Printer(name="", model="", protocol="")  # no printer has an empty name (agents.Register)
-    beat = _beat_params("", "", None, None, 60)
+    beat = _beat_params("", PrinterState.OFFLINE, None, None, 60)
     for _ in range(6 * engine.pool.size()):  # type: ignore[attr-defined]
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -554,7 +520,7 @@ async def rehearse_pg(engine: AsyncEngine) -> None:
 
 def _beat_params(
     name: str,
-    state: str,
+    state: PrinterState,
     message: str | None,
     progress: float | None,
     lease_s: float,
@@ -578,7 +544,7 @@ async def heartbeat_pg(
     engine: AsyncEngine,
     name: str,
     *,
-    state: str,
+    state: PrinterState,
     message: str | None,
     progress: float | None,
     lease_s: float,
@@ -597,7 +563,7 @@ def heartbeat(
     session: Session,
     name: str,
     *,
-    state: str,
+    state: PrinterState,
     message: str | None,
     progress: float | None,
     lease_s: float,
@@ -637,16 +603,14 @@ def expire_leases(session: Session, lease_s: float) -> int:
     claimed = select(Job).where(Job.state == JobState.CLAIMED, col(Job.lease_expires) < now)
     expired = session.exec(claimed).all()
     for job in expired:
-        move_job(session, job, JobState.READY)
-        job.printer = None
-        job.lease_expires = None
+        moves.requeue(session, job)
     if expired:
         metrics.count(session, metrics.LEASE_EXPIRIES, len(expired), kind="claim")
     silent_since = now - timedelta(seconds=lease_s)
     for printer in session.exec(
-        select(Printer).where(Printer.state != "offline", col(Printer.last_seen) < silent_since)
+        select(Printer).where(Printer.state != PrinterState.OFFLINE, col(Printer.last_seen) < silent_since)
     ).all():
-        printer.state = "offline"
+        printer.state = PrinterState.OFFLINE
         printer.message = f"no word from its agent for {int(lease_s)} s"
         session.add(printer)
     session.commit()

@@ -17,9 +17,8 @@ from farm.coordinator.dispatch import heating_in_group, queue_for
 from farm.coordinator.models import Job, Printer, Slice, utcnow
 from farm.core import tags
 from farm.core.printer_models import UnknownChoice, check_color, check_material, get_model
-from farm.core.states import JobState, SliceState
+from farm.core.states import READY_FOR_WORK, JobState, SliceState
 
-READY_PRINTER_STATES = ("idle", "finished", "failed")  # what an agent claims from (printers/agent.py)
 QUEUE_DEPTH = 200  # how far down a printer's queue we look for the job's place
 
 
@@ -59,7 +58,7 @@ def _reasons(job: Job, printer: Printer, slices: dict[str, Slice]) -> list[str]:
     state = printer_state(printer)
     if state == "awaiting_clear":
         reasons.append(f"its bed is not cleared yet: `farm printers clear {name}` once it is empty")
-    elif state not in READY_PRINTER_STATES:
+    elif state not in READY_FOR_WORK:
         reasons.append(f"it is {state}" + (f": {printer.message}" if printer.message else ""))
     if printer.job_id is not None and printer.job_id != job.id:
         reasons.append(f"it holds job {printer.job_id}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Enum, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel, col
 
-from farm.core.states import BuildStage, JobState, SliceState
+from farm.core.states import BuildStage, JobState, PrinterState, SliceState
 
 
 def utcnow() -> datetime:
@@ -181,7 +181,14 @@ class Printer(SQLModel, table=True):
     name: str = Field(primary_key=True)
     model: str
     protocol: str
-    state: str = "offline"
+    # Stored as the state's value in a plain VARCHAR, as before it was an enum: kept databases
+    # read as they are (the job's and build's states are stored by name instead).
+    state: PrinterState = Field(
+        default=PrinterState.OFFLINE,
+        sa_type=Enum(
+            PrinterState, native_enum=False, length=None, values_callable=lambda e: [m.value for m in e]
+        ),
+    )
     message: str | None = None
     job_id: int | None = None
     progress: float | None = None

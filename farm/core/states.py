@@ -1,7 +1,10 @@
 """Every state a build, a job and a printer can be in, and the only moves allowed between them.
 
 The API, the dispatcher, the workers' reports and the tests all go through `check_job_move`, so
-a job can never, say, go from `done` back to `printing` because a late report arrived.
+a job can never, say, go from `done` back to `printing` because a late report arrived. What each
+job move writes besides the state is in farm/coordinator/moves.py.
+
+Imports nothing of the project: the printer agent, the drivers and the coordinator share it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,27 @@ class SliceState(StrEnum):
     PENDING = "pending"
     DONE = "done"
     FAILED = "failed"
+
+
+class PrinterState(StrEnum):
+    """What the farm needs to know about a printer, whatever its protocol calls it: what its
+    driver reads, its agent's heartbeat says and the coordinator stores."""
+
+    OFFLINE = "offline"  # not reachable: network down, powered off, wrong address
+    IDLE = "idle"  # ready to accept and start a new job
+    BUSY = "busy"  # reachable but doing something that is not our print (homing, a transfer, a menu)
+    PRINTING = "printing"  # a print is running
+    PAUSED = "paused"  # a print is paused and can be resumed
+    FINISHED = "finished"  # the last print completed; the bed holds a part
+    FAILED = "failed"  # the last print stopped early (cancelled or errored); see error_code/message
+    ATTENTION = "attention"  # the printer waits for a person (a dialog, filament runout, a model mismatch)
+
+
+# A print ended on the printer: its part (or what is left of it) is on the bed.
+PRINT_ENDED = frozenset({PrinterState.FINISHED, PrinterState.FAILED})
+# What an agent claims from. The coordinator decides whether the bed is clear (Printer.bed_clear),
+# so a printer showing a stopped print can take the next job.
+READY_FOR_WORK = frozenset({PrinterState.IDLE, *PRINT_ENDED})
 
 
 class JobState(StrEnum):
@@ -93,3 +117,8 @@ def check_job_move(current: JobState | str, new: JobState | str) -> JobState:
     if not can_move(current, new):
         raise InvalidMove(f"a job cannot go from {JobState(current)} to {JobState(new)}")
     return JobState(new)
+
+
+def moves_into(new: JobState) -> frozenset[JobState]:
+    """The states a job may reach `new` from (other than `new` itself)."""
+    return frozenset(s for s, targets in _JOB_MOVES.items() if new in targets)

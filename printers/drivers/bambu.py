@@ -31,6 +31,7 @@ from xml.etree import ElementTree as ET
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from farm.core.states import PrinterState
 from printers.colors import color_name
 from printers.drivers import bambu_rtsp
 from printers.drivers.bambu_ams import NO_AMS, Feed, choose_feed, json_object
@@ -38,7 +39,6 @@ from printers.drivers.base import (
     Driver,
     DriverError,
     PrinterConfig,
-    PrinterState,
     PrinterStatus,
     ProgressCallback,
     printer_path,

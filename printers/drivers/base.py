@@ -7,7 +7,6 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -15,19 +14,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, model_validator
 
 from farm.core.names import UnsafeName, check_segment
-
-
-class PrinterState(StrEnum):
-    """What the farm needs to know about a printer, whatever its protocol calls it."""
-
-    OFFLINE = "offline"  # not reachable: network down, powered off, wrong address
-    IDLE = "idle"  # ready to accept and start a new job
-    BUSY = "busy"  # reachable but doing something that is not our print (homing, a transfer, a menu)
-    PRINTING = "printing"  # a print is running
-    PAUSED = "paused"  # a print is paused and can be resumed
-    FINISHED = "finished"  # the last print completed; the bed holds a part
-    FAILED = "failed"  # the last print stopped early (cancelled or errored); see error_code/message
-    ATTENTION = "attention"  # the printer waits for a person (a dialog, filament runout, a model mismatch)
+from farm.core.states import PrinterState
 
 
 @dataclass

@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 
+from farm.core.states import PrinterState
 from printers.drivers.base import (
     DriverError,
     PrinterConfig,
-    PrinterState,
     PrinterStatus,
     ProgressCallback,
     printer_path,

@@ -18,14 +18,8 @@ from typing import Any
 
 import httpx
 
-from printers.drivers.base import (
-    DriverError,
-    PrinterConfig,
-    PrinterState,
-    PrinterStatus,
-    ProgressCallback,
-    url_path,
-)
+from farm.core.states import PrinterState
+from printers.drivers.base import DriverError, PrinterConfig, PrinterStatus, ProgressCallback, url_path
 from printers.drivers.http import HttpDriver
 
 log = logging.getLogger(__name__)

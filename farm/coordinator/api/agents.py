@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col
 
-from farm.coordinator import dispatch, metrics
+from farm.coordinator import dispatch, metrics, moves
 from farm.coordinator.api.deps import (
     MAX_ID,
     MAX_NAME,
@@ -29,7 +29,7 @@ from farm.coordinator.api.longpoll import GATHER_S, MAX_WAIT_S, RECHECK_S
 from farm.coordinator.api.views import job_view
 from farm.coordinator.models import Artifact, Job, Printer, Slice, Token
 from farm.core.names import printer_file_name
-from farm.core.states import InvalidMove, JobState
+from farm.core.states import PRINT_ENDED, InvalidMove, JobState, PrinterState
 
 router = APIRouter(prefix="/api/agents", tags=["agents"], responses=AUTH)
 AgentToken = Annotated[Token, Depends(require("agent"))]
@@ -50,12 +50,12 @@ class Register(BaseModel):
     auto_eject: bool = False
     # What the printer showed when its agent started (older agents do not say): a finished or
     # failed print then is a part on the bed.
-    state: str | None = None
+    state: PrinterState | None = None
 
 
 class Heartbeat(BaseModel):
     printer: PrinterName
-    state: str
+    state: PrinterState
     message: str | None = None
     progress: Percent | None = None
     material: str | None = None  # only when the printer itself reports what is loaded
@@ -162,11 +162,11 @@ def _register(session: Session, body: Register, farm: Farm) -> dict:
     printer.model, printer.protocol = body.model, body.protocol
     printer.agent_version, printer.auto_eject = body.agent_version, body.auto_eject
     job = dispatch.bound_job(session, printer)
-    if job is None and body.state in ("finished", "failed"):
+    if job is None and body.state in PRINT_ENDED:
         # A print ended while no agent watched (or before this one started): its part is still on
         # the bed until someone clears it. A job still bound is the agent's to reconcile instead.
         printer.state = body.state
-        dispatch.end_on_bed(printer)
+        moves.end_on_bed(printer)
     session.add(printer)
     session.commit()
     farm.work.models[printer.name] = printer.model  # whom a slice for this model wakes (longpoll.py)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from farm.coordinator.models import Build, Job, Printer, Slice
+from farm.core.states import READY_FOR_WORK
 from farm.core.tags import split as split_tags
 
 
@@ -106,7 +107,7 @@ def build_view(build: Build, jobs: list[Job], slices: list[Slice]) -> dict[str, 
 
 def printer_state(p: Printer) -> str:
     """What the farm calls the printer's state: the printer's own, or `awaiting_clear` once idle."""
-    if not p.bed_clear and p.state in ("idle", "finished", "failed"):
+    if not p.bed_clear and p.state in READY_FOR_WORK:
         return "awaiting_clear"
     return p.state
 
