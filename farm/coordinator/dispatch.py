@@ -32,7 +32,7 @@ from farm.core.states import (
 )
 
 CLAIM_ROUNDS = 5
-_PRINTERS, _JOBS = Printer.__table__, Job.__table__  # type: ignore[attr-defined]
+_PRINTERS, _JOBS = Printer.__table__, Job.__table__  # type: ignore[attr-defined]  # SQLModel sets it at run time
 
 
 class StaleLease(Exception):
@@ -507,7 +507,7 @@ async def rehearse_pg(engine: AsyncEngine) -> None:
     unrehearsed, its first claims took up to 10 times as long (bench/coordinator.py)."""
     nobody = Printer(name="", model="", protocol="")  # no printer has an empty name (agents.Register)
     beat = _beat_params("", PrinterState.OFFLINE, None, None, 60)
-    for _ in range(6 * engine.pool.size()):  # type: ignore[attr-defined]
+    for _ in range(6 * engine.pool.size()):  # type: ignore[attr-defined]  # QueuePool has size(); Pool does not
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             for statement, params in (

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from farm.coordinator.models import Build, Job, Printer, Slice, utcnow
+from farm.coordinator.models import Build, Job, Printer, Slice, stored_id, utcnow
 from farm.core.printer_models import DEFAULT_MODEL, MODELS, PrinterModel, get_model
 from farm.core.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
 from farm.core.states import BuildStage, InvalidMove, JobState, SliceState, check_build_move, check_job_move
@@ -117,9 +117,10 @@ def _new_jobs(
     attempts: int,
 ) -> list[Job]:
     """One job per plate; `on_plates[i]` copies are arranged on plate i."""
+    build_id = stored_id(build)
     jobs = [
         Job(
-            build_id=build.id,  # type: ignore[arg-type]
+            build_id=build_id,
             copy_index=i + 1,
             copies=on_plate,
             printer_model=printer_model,
@@ -412,10 +413,11 @@ def _start_slicing(session: Session, build: Build, models: list[str]) -> list[Ou
 
 
 def _add_slices(session: Session, build: Build, models: list[str], sizes: list[int]) -> list[Outgoing]:
+    build_id = stored_id(build)
     out = []
     for name in models:
         for copies in sizes:
-            sl = Slice(build_id=build.id, printer_model=name, copies=copies)  # type: ignore[arg-type]
+            sl = Slice(build_id=build_id, printer_model=name, copies=copies)
             session.add(sl)
             session.flush()
             out.append(Outgoing(SLICE_QUEUE, SLICE_ACTOR, (sl.id,)))

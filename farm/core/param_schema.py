@@ -165,7 +165,7 @@ class _Builder:
                     continue
                 fields[stmt.target.id] = self._field(stmt.annotation, stmt.value)
             elif _assigns(stmt, "model_config"):
-                config.update(self._config(_pairs(stmt.value)))  # type: ignore[attr-defined]
+                config.update(self._config(_pairs(stmt.value)))  # type: ignore[attr-defined]  # _assigns: it has .value
             elif isinstance(stmt, ast.ClassDef) and stmt.name == "Config":  # pydantic v1 style
                 self.unsure = True
         for field in fields if "*" in raw else raw & set(fields):
@@ -259,11 +259,11 @@ class _Builder:
         if short == "Optional":
             return Optional[self._type(items[0])]  # noqa: UP045 - built at run time
         if short in ("list", "List", "set", "Set", "frozenset", "Sequence"):
-            return list[self._type(items[0])]  # type: ignore[misc]
+            return list[self._type(items[0])]  # type: ignore[misc]  # a type made at run time
         if short in ("tuple", "Tuple"):
-            return tuple[tuple(self._type(i) for i in items)] if items else tuple  # type: ignore[misc]
+            return tuple[tuple(self._type(i) for i in items)] if items else tuple  # type: ignore[misc]  # run-time type
         if short in ("dict", "Dict", "Mapping") and len(items) == 2:
-            return dict[self._type(items[0]), self._type(items[1])]  # type: ignore[misc]
+            return dict[self._type(items[0]), self._type(items[1])]  # type: ignore[misc]  # a type made at run time
         if short == "Union":
             kinds = [self._type(i) for i in items]
             result = kinds[0]
