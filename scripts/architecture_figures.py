@@ -1,6 +1,8 @@
 """The figures issue #16 tracks, measured on the tree: `python scripts/architecture_figures.py [--json]`.
 
 - project imports inside functions (a hidden dependency unless a heavy optional package is the reason),
+  with a reason on the import's line (`# lazy: <why>`, on the first line of a multi-line import) and
+  without one (the goal: none without; tests/test_architecture.py holds it there),
 - functions longer than 60 lines and files longer than 600 lines,
 - `# type: ignore` comments,
 in `farm/`, `workers/` and `printers/`. Reads the syntax trees; runs nothing.
@@ -10,16 +12,42 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("farm", "workers", "printers")
 LONG_FUNCTION, LONG_FILE = 60, 600
+REASON = re.compile(r"#\s*lazy:\s*\S")  # `# lazy: <why>` on the import's (first) line
+
+
+def inner_imports() -> tuple[list[str], list[str]]:
+    """The project imports inside functions, as "path:line": (with a reason, without one)."""
+    explained: set[str] = set()
+    unexplained: set[str] = set()
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            text = path.read_text(encoding="utf-8")
+            lines = text.splitlines()
+            for node in ast.walk(ast.parse(text, filename=rel)):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.Import | ast.ImportFrom) and _is_project(inner):
+                        has_reason = REASON.search(lines[inner.lineno - 1])
+                        (explained if has_reason else unexplained).add(f"{rel}:{inner.lineno}")
+    return sorted(explained, key=_by_place), sorted(unexplained, key=_by_place)
+
+
+def _by_place(where: str) -> tuple[str, int]:
+    path, _, line = where.rpartition(":")
+    return path, int(line)
 
 
 def figures() -> dict[str, object]:
-    inner_imports: list[str] = []
+    explained, unexplained = inner_imports()
     long_functions: list[str] = []
     long_files: list[str] = []
     ignores = 0
@@ -38,14 +66,14 @@ def figures() -> dict[str, object]:
                 length = (node.end_lineno or node.lineno) - node.lineno + 1
                 if length > LONG_FUNCTION:
                     long_functions.append(f"{rel}:{node.lineno} {node.name} ({length})")
-                for inner in ast.walk(node):
-                    if isinstance(inner, ast.Import | ast.ImportFrom) and _is_project(inner):
-                        inner_imports.append(f"{rel}:{inner.lineno}")
     return {
-        "project_imports_in_functions": len(set(inner_imports)),
+        "project_imports_in_functions": len(explained) + len(unexplained),
+        "with_reason": len(explained),
+        "without_reason": len(unexplained),
         "functions_over_60_lines": len(long_functions),
         "files_over_600_lines": len(long_files),
         "type_ignores": ignores,
+        "imports_without_reason": unexplained,
         "long_functions": long_functions,
         "long_files": long_files,
     }

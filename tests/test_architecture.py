@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,21 @@ farm.cli.main()
     )
     assert done.returncode == 0, done.stderr
     assert "--config" in done.stdout
+
+
+def test_project_imports_inside_functions_say_why() -> None:
+    """Issue #16: a project import inside a function is a hidden dependency, kept only for a reason
+    (a heavy optional package, the agent's install, a cycle, a measured startup cost) written on its
+    line as `# lazy: <why>`; anything else belongs with the module's imports."""
+    spec = importlib.util.spec_from_file_location(
+        "architecture_figures", REPO / "scripts/architecture_figures.py"
+    )
+    assert spec is not None and spec.loader is not None
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    explained, unexplained = figures.inner_imports()
+    assert explained, "the scan found no import inside a function: is it reading the packages?"
+    assert unexplained == [], "move these to the module's imports, or add `# lazy: <why>` on the line"
 
 
 def test_settings_come_from_env_and_toml(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
+from workers.cad_env import EnvStore, read_requirements
 from workers.cad_types import (
     LOG_NAME,
     PREVIEW_NAME,
@@ -278,8 +279,6 @@ def cached_build(
     """
     packages: list[str] = []
     if request.project is not None:
-        from workers.cad_env import EnvStore, read_requirements  # `packaging`: only projects need it
-
         declared = read_requirements(request.project)
         env, installed = EnvStore(cache.root / ENVS_DIR).ensure(declared)
         request = dataclasses.replace(request, env=env)

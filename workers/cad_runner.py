@@ -315,7 +315,7 @@ def _start_process(proc: _BuildProcess) -> None:
 
 def _child_main(job: dict[str, Any]) -> None:
     # Pickled by reference instead of cad_child.run_child, so the parent never imports build123d.
-    from workers.cad_child import run_child  # imports build123d: in the fork server only
+    from workers.cad_child import run_child  # lazy: build123d, in the fork server only
 
     run_child(job)
 

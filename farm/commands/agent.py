@@ -10,6 +10,9 @@ import typer
 from farm.commands import agent_tools, enroll
 from farm.commands.common import die, setup_logging, wait_for_stop
 from farm.core.client import FarmClient
+from printers.agent import Agent, ConfigMistake
+from printers.config import AgentConfig
+from printers.drivers import make_driver
 
 agent_app = typer.Typer(
     help="Run the agent beside a printer (farm agent --config agent.toml), or set one up."
@@ -33,11 +36,6 @@ def agent(
         return
     if config is None:
         die("farm agent needs --config agent.toml (see the README: An agent beside a real printer)", 2)
-    # The drivers (MQTT, FTPS, HTTP clients) load for the agent only, not for every `farm` command.
-    from printers.agent import Agent, ConfigMistake
-    from printers.config import AgentConfig
-    from printers.drivers import make_driver
-
     setup_logging()
     try:  # configuration mistakes: one line each, exit 2, no traceback
         cfg = AgentConfig.load(config)

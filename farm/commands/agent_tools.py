@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    from printers.drivers.base import PrinterConfig, PrinterStatus
+from farm.core.states import PrinterState
+from printers.drivers.base import DriverError, PrinterConfig, PrinterStatus
+from printers.tools import check, print_file, printer_config_from_flags
 
 ConfigOpt = Annotated[
     Path | None,
@@ -46,8 +47,6 @@ def _printer(
     model: str | None,
     name: str | None,
 ) -> PrinterConfig:
-    from printers.tools import printer_config_from_flags
-
     try:
         return printer_config_from_flags(
             config, driver, host, port, api_key, username, password, serial, access_code, model, name
@@ -88,10 +87,6 @@ def check_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Reach the printer and show its state; exit 1 if it is offline or refuses the credentials."""
-    from farm.core.states import PrinterState
-    from printers.drivers.base import DriverError
-    from printers.tools import check
-
     printer = _printer(
         config, driver, host, port, api_key, username, password, serial, access_code, model, name
     )
@@ -130,10 +125,6 @@ def print_command(
         TextColumn,
         TimeElapsedColumn,
     )
-
-    from farm.core.states import PrinterState
-    from printers.drivers.base import DriverError
-    from printers.tools import print_file
 
     printer = _printer(
         config, driver, host, port, api_key, username, password, serial, access_code, model, name

@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from farm.commands import extras
+from farm.commands.atomic import copy_into_place
+from farm.commands.params import ParamError, combine
+from farm.coordinator.sources import SourceProblem, check_cad_source
+from farm.core.entry_points import list_entry_points
+from farm.core.project import ProjectError, find_root, pack_file
+from farm.core.settings import get_settings
 
 if TYPE_CHECKING:
     from workers.cad_runner import CadRunner
@@ -64,9 +70,9 @@ def build(
     project is packed with its own folder, so that files beside it load.
     """
     extras.require("build", "worker")
-    from workers.cad_cache import CadCache, cached_build
-    from workers.cad_types import CadError
-    from workers.sandbox_probe import Unavailable
+    from workers.cad_cache import CadCache, cached_build  # lazy: the worker extra, not in the agent install
+    from workers.cad_types import CadError  # lazy: the worker extra, not in the agent install
+    from workers.sandbox_probe import Unavailable  # lazy: the worker extra, not in the agent install
 
     _require_file(path)
     params = _params(param, params_file)
@@ -127,9 +133,6 @@ def inspect(
         return
     if artifact or param or params_file or no_project:
         _die("--artifact, --param, --params and --no-project go with --shown", 2)
-    from farm.core.entry_points import list_entry_points
-    from farm.core.project import find_root
-
     _require_file(path)
     root = find_root(path) or path.resolve().parent
 
@@ -161,8 +164,8 @@ def _inspect_shown(
     as_json: bool,
 ) -> None:
     extras.require("inspect --shown", "worker")
-    from workers.cad_types import CadError
-    from workers.sandbox_probe import Unavailable
+    from workers.cad_types import CadError  # lazy: the worker extra, not in the agent install
+    from workers.sandbox_probe import Unavailable  # lazy: the worker extra, not in the agent install
 
     _require_file(path)
     params = _params(param, params_file)
@@ -202,8 +205,6 @@ def _describe_shown(item: dict[str, Any]) -> str:
 
 # -- helpers ---------------------------------------------------------------------------------------
 def _params(param: list[str] | None, params_file: Path | None) -> dict[str, Any]:
-    from farm.commands.params import ParamError, combine
-
     try:
         return combine(param or [], params_file)[0]
     except ParamError as exc:
@@ -212,9 +213,8 @@ def _params(param: list[str] | None, params_file: Path | None) -> dict[str, Any]
 
 def local_runner() -> CadRunner:
     """A CadRunner with the worker's sandbox policy, from the settings."""
-    from farm.core.settings import get_settings
-    from workers.cad_runner import CadRunner
-    from workers.sandbox import Policy
+    from workers.cad_runner import CadRunner  # lazy: the worker extra, not in the agent install
+    from workers.sandbox import Policy  # lazy: the worker extra, not in the agent install
 
     settings = get_settings()
     try:
@@ -235,9 +235,6 @@ def _request(
     step: bool = False,
     ours: list[Path] | None = None,
 ) -> CadRequest:
-    from farm.coordinator.sources import SourceProblem
-    from farm.core.project import ProjectError
-
     try:
         return make_request(path, artifact, params, no_project, scratch, step=step, ours=ours)
     except (ProjectError, SourceProblem) as exc:
@@ -257,10 +254,7 @@ def make_request(
     parameters typed as the coordinator types them, so that both share cache entries.
 
     Raises ProjectError (cannot pack) or SourceProblem (the entry point or parameters are wrong)."""
-    from farm.coordinator.sources import check_cad_source
-    from farm.core.project import pack_file
-    from farm.core.settings import get_settings
-    from workers.cad_types import CadRequest
+    from workers.cad_types import CadRequest  # lazy: the worker extra, not in the agent install
 
     # A script in no project travels with its folder, but not with the outputs, cache and
     # parameter file of our own that may be in it.
@@ -291,8 +285,6 @@ def _require_file(path: Path) -> None:
 
 
 def cache_root() -> Path:
-    from farm.core.settings import get_settings
-
     return get_settings().data_dir / CACHE_DIR_NAME
 
 
@@ -303,8 +295,6 @@ def _scratch_dir() -> tempfile.TemporaryDirectory[str]:
 
 def _deliver(result: CadResult, output: Path, stem: str) -> dict[str, Path]:
     """Copy the outputs to `output` as <stem>.stl, .3mf, .png and (when built) .step."""
-    from farm.commands.atomic import copy_into_place
-
     wanted = {"stl": result.stl, "threemf": result.threemf, "preview": result.preview, "step": result.step}
     suffixes = {"stl": ".stl", "threemf": ".3mf", "preview": ".png", "step": ".step"}
     sources = {kind: source for kind, source in wanted.items() if source is not None}

@@ -21,6 +21,7 @@ from farm.commands import cad, extras
 from farm.commands.ci_common import ManifestOpt, die, read_manifest
 from farm.commands.ci_report import Outcome, append_step_summary, junit_xml
 from farm.commands.ci_submit import submit
+from farm.commands.watch import stdout_console
 from farm.coordinator.sources import SourceProblem
 from farm.core.manifest import MANIFEST_NAME, Part
 from farm.core.project import ProjectError
@@ -99,9 +100,9 @@ ci_app.command("submit")(submit)  # farm/commands/ci_submit.py
 def _build_all(
     folder: Path, builds: list[tuple[Part, dict[str, Any]]], output: Path | None, use_cache: bool
 ) -> list[Outcome]:
-    from workers.cad_cache import CadCache, cached_build
-    from workers.cad_types import CadError
-    from workers.sandbox_probe import Unavailable
+    from workers.cad_cache import CadCache, cached_build  # lazy: the worker extra, not in the agent install
+    from workers.cad_types import CadError  # lazy: the worker extra, not in the agent install
+    from workers.sandbox_probe import Unavailable  # lazy: the worker extra, not in the agent install
 
     cache = CadCache(cad.cache_root())
     runner = cad.local_runner()  # its fork server starts with the first build the cache misses
@@ -181,8 +182,6 @@ def _progress(number: int, total: int, o: Outcome) -> None:
 
 def _table(outcomes: list[Outcome]) -> None:
     from rich.table import Table
-
-    from farm.commands.watch import stdout_console
 
     table = Table(title="farm ci build")
     for column in ("part", "parameters", "result", "size (mm)", "volume (mm3)", "triangles", "time"):

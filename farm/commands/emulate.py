@@ -70,7 +70,7 @@ def emulate_prusalink(
     ] = None,
 ) -> None:
     """Emulate a Prusa printer's PrusaLink API (digest auth, uploads, jobs) over HTTP."""
-    from printers.emulators.prusalink import PrusaLinkEmulator
+    from printers.emulators.prusalink import PrusaLinkEmulator  # lazy: its servers cost every `farm` 3-6 ms
 
     setup_logging()
     model = emulated_model(model, bambu=False)
@@ -98,7 +98,7 @@ def emulate_octoprint(
     ] = 60.0,
 ) -> None:
     """Emulate an OctoPrint server (REST API, uploads, job control) with a connected printer."""
-    from printers.emulators.octoprint import OctoPrintEmulator
+    from printers.emulators.octoprint import OctoPrintEmulator  # lazy: its servers cost every `farm` 3-6 ms
 
     with _emulator_storage(storage, "octoprint") as files:
         _serve_emulator(
@@ -119,7 +119,7 @@ def emulate_moonraker(
     ] = 60.0,
 ) -> None:
     """Emulate Moonraker (the Klipper API server): uploads, print_stats, pause/resume/cancel."""
-    from printers.emulators.moonraker import MoonrakerEmulator
+    from printers.emulators.moonraker import MoonrakerEmulator  # lazy: its servers cost every `farm` 3-6 ms
 
     with _emulator_storage(storage, "moonraker") as files:
         _serve_emulator(
@@ -152,7 +152,7 @@ def emulate_bambu(
     ] = True,
 ) -> None:
     """Emulate a Bambu Lab printer in LAN mode: MQTT over TLS and implicit FTPS."""
-    from printers.emulators.bambu import BambuEmulator
+    from printers.emulators.bambu import BambuEmulator  # lazy: its servers cost every `farm` 3-6 ms
 
     model = emulated_model(model, bambu=True)
     with _emulator_storage(storage, "bambu") as files:

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -27,9 +27,10 @@ from farm.commands.agent_tools import (
     UsernameOpt,
 )
 from farm.core.client import FarmClient, FarmError
-
-if TYPE_CHECKING:
-    from printers.drivers.base import PrinterConfig
+from farm.core.states import PrinterState
+from printers.config import AgentConfig, CoordinatorConfig
+from printers.drivers.base import DriverError, PrinterConfig
+from printers.tools import check, printer_config_from_flags
 
 SYSTEMD_DIR = Path("/etc/systemd/system")
 CONFIG_EXIT = 2  # the agent's exit status for a configuration mistake: restarting cannot help
@@ -105,8 +106,6 @@ def enroll_command(
     """Join the farm: check the printer, trade the code for this printer's agent token, write agent.toml.
 
     Asks for what the flags do not give. The code is spent only once the printer answered."""
-    from printers.config import AgentConfig, CoordinatorConfig  # the agent's modules: see _printer
-
     out = config or default_config()
     url = url.rstrip("/")
     with FarmClient(url, None) as client:
@@ -150,9 +149,6 @@ def _printer(
     access_code: str | None,
 ) -> PrinterConfig:
     """The [printer] table from the flags and answers, named and modelled as the farm enrolled it."""
-    # printers.tools loads every driver; `farm` commands other than the agent's need none of them.
-    from printers.tools import printer_config_from_flags
-
     try:
         return printer_config_from_flags(
             None, driver, host, port, api_key, username, password, serial, access_code,
@@ -164,10 +160,6 @@ def _printer(
 
 def _check(printer: PrinterConfig, host: str) -> None:
     """Reach the printer before the code is spent: a wrong address or secret is fixed and retried."""
-    from farm.core.states import PrinterState
-    from printers.drivers.base import DriverError  # see _printer
-    from printers.tools import check
-
     try:
         status = check(printer)
     except DriverError as exc:
@@ -216,8 +208,6 @@ def install_service_command(
     ] = SYSTEMD_DIR,
 ) -> None:
     """Write a systemd unit for this agent and, as root with systemd, enable and start it."""
-    from printers.config import AgentConfig
-
     path = (config or default_config()).resolve()
     try:
         cfg = AgentConfig.load(path)

@@ -16,6 +16,7 @@ import typer
 
 from farm.commands import extras
 from farm.commands.common import JsonOpt, die, emit, setup_logging
+from farm.commands.up import parse_sims, run_farm
 from farm.core.settings import Settings, get_settings
 
 
@@ -38,7 +39,6 @@ def up(
     ends (kill -9 included), and a `farm up` after a killed one stops whatever that one left.
     """
     extras.require("up", "server", "worker")
-    from farm.commands.up import parse_sims, run_farm  # the server and worker extras: checked just above
 
     setup_logging()
     overrides: dict[str, Any] = {"port": port, "url": f"http://127.0.0.1:{port}"}
@@ -66,7 +66,7 @@ def server(
     extras.require("server", "server")
     import uvicorn
 
-    from farm.coordinator.api import create_app  # the server extra: checked just above
+    from farm.coordinator.api import create_app  # lazy: the server extra, checked just above
 
     setup_logging()
     s = get_settings()
@@ -111,7 +111,7 @@ def worker(
     that, for designs you trust.
     """
     extras.require("worker", "worker")
-    from workers.main import ALL_QUEUES, run  # the worker extra: checked just above
+    from workers.main import ALL_QUEUES, run  # lazy: the worker extra, checked just above
 
     if check_sandbox:
         _report_sandbox(as_json)
@@ -127,7 +127,7 @@ def worker(
 
 def _report_sandbox(as_json: bool) -> None:
     """Which layers of the CAD sandbox hold on this host; exits 1 if it would refuse CAD work."""
-    from workers.main import check_sandbox  # the worker extra: `farm worker` checked it
+    from workers.main import check_sandbox  # lazy: the worker extra, `farm worker` checked it
 
     report = check_sandbox(get_settings())
     if as_json:

@@ -12,6 +12,7 @@ import typer
 
 from farm.commands.atomic import publish, staging
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
+from farm.core.print_options import print_options
 from farm.core.printer_models import (
     MODELS,
     PrinterModel,
@@ -20,6 +21,7 @@ from farm.core.printer_models import (
     check_model,
     check_quality,
 )
+from farm.core.slice_error import SliceError
 
 if TYPE_CHECKING:
     from workers.slice_cache import SliceCache
@@ -81,7 +83,7 @@ def slice_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Slice a mesh locally, with the same profiles and cache as the farm's workers."""
-    from workers.slice_cache import SliceCache  # the worker extra: not on an agent's Pi
+    from workers.slice_cache import SliceCache  # lazy: the worker extra, not in the agent install
 
     model, material, quality = _choices(printer_model, material, quality)
     overrides = _overrides(infill, supports, brim) | parse_settings(setting)
@@ -107,9 +109,6 @@ def _choices(printer_model: str, material: str, quality: str) -> tuple[PrinterMo
 
 
 def _overrides(infill: str | None, supports: str | None, brim: float | None) -> dict[str, str]:
-    from farm.core.print_options import print_options
-    from farm.core.slice_error import SliceError  # the worker extra: not on an agent's Pi
-
     try:
         return print_options(infill=infill, supports=supports, brim=brim)
     except SliceError as exc:
@@ -129,9 +128,8 @@ def _slice_into_place(
     json_out: bool,
 ) -> SliceResult:
     """Slice beside the output, then rename onto it: a slice that fails leaves the old file."""
-    from farm.core.slice_error import SliceError
-    from workers.arrange import CopiesDontFit  # the worker extra: not on an agent's Pi
-    from workers.slicer import output_paths, slice_mesh
+    from workers.arrange import CopiesDontFit  # lazy: the worker extra, not in the agent install
+    from workers.slicer import output_paths, slice_mesh  # lazy: the worker extra, not in the agent install
 
     plain, send = output_paths(output, model)
     try:

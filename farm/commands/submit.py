@@ -157,9 +157,7 @@ def _send_builds(
 def _check_param_sets(upload: Path, options: dict[str, Any], param_sets: list[dict[str, Any]]) -> None:
     """Each parameter set checked as the coordinator will check it (farm/coordinator/sources.py), before
     any is sent: otherwise the builds before a bad one would be queued and the rest refused."""
-    from farm.coordinator.pipeline import (
-        source_kind,  # farm.coordinator.pipeline needs sqlmodel (the server extra)
-    )
+    from farm.coordinator.pipeline import source_kind  # lazy: sqlmodel, the server extra
 
     entry_file = options.get("entry_file")
     if source_kind(entry_file or upload.name) != "cad":

@@ -40,8 +40,12 @@ from typing import IO, Any
 
 import httpx
 
+from farm.core.client import FarmClient
 from farm.core.printer_models import check_model
+from farm.core.project import pack_file
 from farm.core.settings import Settings
+from printers.config import AgentConfig, CoordinatorConfig
+from printers.drivers.base import PrinterConfig
 
 log = logging.getLogger("farm.commands.up")
 REPO = Path(__file__).resolve().parent.parent
@@ -333,7 +337,7 @@ class Farm:
         raise RuntimeError(f"the coordinator did not answer at {url} within {timeout:.0f} s")
 
     def start(self) -> None:
-        from farm.coordinator.api.deps import new_secret
+        from farm.coordinator.api.deps import new_secret  # lazy: the server extra (fastapi, sqlmodel)
 
         (self.data / "logs").mkdir(parents=True, exist_ok=True)
         # Two farms on one data dir would share (and stop each other's) database and Redis files.
@@ -396,9 +400,6 @@ class Farm:
             return str(resp.json()["token"])
 
     def start_sim(self, sim: str, i: int, admin: str, env: dict[str, str]) -> None:
-        from printers.config import AgentConfig, CoordinatorConfig
-        from printers.drivers.base import PrinterConfig
-
         protocol, _, chosen = sim.partition(":")
         models = (chosen,) if chosen else SIM_MODELS[protocol]
         model = models[i % len(models)]
@@ -525,9 +526,6 @@ class Farm:
 def submit_examples(settings: Settings) -> None:
     """Each file of examples/, and the MakerRepo project's customizable with its tall.json."""
     import tempfile
-
-    from farm.core.client import FarmClient
-    from farm.core.project import pack_file
 
     token = settings.admin_token_file.read_text().strip()
     examples = REPO / "examples"

@@ -118,9 +118,8 @@ class FarmCollector(Collector):
         for stage in BuildStage:
             builds.add_metric([stage.value], have.get(stage, 0))
         yield builds
-        from farm.coordinator.api.views import (
-            printer_state,  # what `farm printers` shows, awaiting_clear included
-        )
+        # what `farm printers` shows, awaiting_clear included
+        from farm.coordinator.api.views import printer_state  # lazy: cycle, api → db → observe → metrics
 
         printers = GaugeMetricFamily("printfarm_printers", "Printers by state", labels=["state"])
         counted: dict[str, int] = {}

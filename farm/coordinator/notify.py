@@ -22,6 +22,8 @@ from sqlalchemy import func
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
+# db imports observe, which imports this module: so db.write_session, looked up at call time
+from farm.coordinator import db
 from farm.coordinator.models import Build, Job, Printer, stored_id, utcnow
 from farm.coordinator.ops_tables import NotifyDelivery, NotifyEvent, NotifyTarget, NotifyWatch
 from farm.core.settings import Settings
@@ -225,10 +227,8 @@ def _email(to: str, kind: str, data: dict[str, Any], s: Settings) -> int:
 
 def deliver_due(engine: Any, settings: Settings, limit: int = 20) -> int:
     """Send the deliveries that are due; record each outcome. Sends happen outside any transaction."""
-    from farm.coordinator.db import write_session
-
     now = utcnow()
-    with write_session(engine) as session:
+    with db.write_session(engine) as session:
         due = session.execute(
             select(NotifyDelivery, NotifyTarget, NotifyEvent)
             .join(NotifyTarget, col(NotifyTarget.id) == NotifyDelivery.target_id)
@@ -252,7 +252,7 @@ def deliver_due(engine: Any, settings: Settings, limit: int = 20) -> int:
             error = f"{type(exc).__name__}: {exc}"[:500]
             if isinstance(exc, RuntimeError) and str(exc).startswith("HTTP "):
                 status = int(str(exc)[5:8])
-        with write_session(engine) as session:
+        with db.write_session(engine) as session:
             row = session.get(NotifyDelivery, delivery.id)
             if row is None:
                 continue
@@ -274,9 +274,7 @@ def deliver_due(engine: Any, settings: Settings, limit: int = 20) -> int:
 
 def one_round(engine: Any, settings: Settings) -> int:
     """The housekeeper's round: watch, fan out, deliver."""
-    from farm.coordinator.db import write_session
-
-    with write_session(engine) as session:
+    with db.write_session(engine) as session:
         watch(session)
         fan_out(session)
         session.commit()

@@ -6,6 +6,9 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from farm.core.entry_points import scan_text, typed_params, unknown_names
+from farm.core.param_values import ParamValueError
+
 MAX_SOURCE_BYTES = 4 << 20  # a .py file larger than this is not read for checks (the build still runs)
 
 
@@ -31,9 +34,6 @@ def check_cad_source(
     A syntax error is not reported here: the build reports it with its line. validate=False:
     the parameter model's checks are left to the build (which has the real model).
     """
-    from farm.core.entry_points import scan_text, typed_params, unknown_names
-    from farm.core.param_values import ParamValueError
-
     if entry_file is None:
         text = _read_text(stored.read_bytes())
         modules: dict[str, bytes] = {}

@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pydantic import ValidationError
+
+from farm.core.param_schema import (
+    build_model,
+    checkable_model,
+    describe_errors,
+    field_listing,
+    is_model_class,
+)
 from farm.core.param_values import ParamValueError, typed_value
 from farm.core.printer_models import closest
 
@@ -106,7 +115,6 @@ def list_entry_points(
     "default", ...}]}` per entry point (a customizable's params are its model's fields), then
     `{"kind": "show"}` and/or `{"kind": "result"}` when the script builds at module level.
     """
-    from farm.core.param_schema import build_model, field_listing  # pydantic: ~0.15 s to import
 
     info = scan_source(source, read_module, module_path)
     entries: list[dict[str, Any]] = []
@@ -126,7 +134,6 @@ def list_entry_points(
 
 
 def _function(node: ast.FunctionDef, classes: dict[str, ast.ClassDef]) -> Function:
-    from farm.core.param_schema import is_model_class  # pydantic: ~0.15 s to import
 
     kinds = [k for k in map(_makerrepo_kind, node.decorator_list) if k]
     func = Function(node.name, node.lineno, _params(node.args), kind=kinds[0] if kinds else "function")
@@ -253,7 +260,6 @@ def _param_names(func: Function, info: ScriptInfo) -> list[str] | None:
         return None
     if func.model is None:
         return [p.name for p in func.params]
-    from farm.core.param_schema import checkable_model  # pydantic: ~0.15 s to import
 
     try:
         model = checkable_model(func.model, info.classes)
@@ -292,9 +298,6 @@ def _typed_by_model(
 ) -> dict[str, Any]:
     """The values as the parameter model rebuilt from source types them ("16" for a float: 16.0),
     the fields given only; as given when it cannot be rebuilt or, without `validate`, refuses them."""
-    from pydantic import ValidationError
-
-    from farm.core.param_schema import checkable_model, describe_errors  # pydantic: ~0.15 s to import
 
     assert target.model is not None
     try:
@@ -331,8 +334,6 @@ def _target(info: ScriptInfo, entry: str | None, params: dict[str, Any]) -> Func
 
 def _accepts(func: Function, info: ScriptInfo, params: dict[str, Any]) -> bool:
     if func.model:
-        from farm.core.param_schema import checkable_model  # pydantic: ~0.15 s to import
-
         try:
             model = checkable_model(func.model, info.classes)
         except Exception:

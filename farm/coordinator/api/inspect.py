@@ -16,6 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from farm.coordinator.api.deps import require
 from farm.coordinator.api.errors import AUTH, errors
+from farm.coordinator.sources import _python_files, _read_text
+from farm.core.entry_points import list_entry_points
 from farm.core.names import UnsafeName, check_entry_path
 
 MAX_SOURCE = 1 << 20  # a design's one .py file
@@ -64,9 +66,6 @@ def _read(
 ) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
     """The archive's .py files (none for a lone file) and the entry points; in a thread: an
     archive is unpacked to be read."""
-    from farm.coordinator.sources import _python_files, _read_text
-    from farm.core.entry_points import list_entry_points
-
     modules: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="farm-inspect-") as folder:
         if project:
