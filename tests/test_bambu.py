@@ -20,7 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from farm.core.states import PrinterState
 from printers.drivers import DRIVERS
-from printers.drivers.bambu import BambuDriver, ImplicitFTPS, deep_merge, error_code
+from printers.drivers.bambu import BambuDriver, deep_merge, error_code
+from printers.drivers.bambu_tls import ImplicitFTPS
 from printers.drivers.base import DriverError, PrinterConfig
 from printers.emulators.bambu import BambuEmulator
 from tests.printer_fixtures import (

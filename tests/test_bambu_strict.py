@@ -19,7 +19,8 @@ import pytest
 from bambulabs_api import GcodeState, PrinterFTPClient, PrinterMQTTClient
 
 from farm.core.states import PrinterState
-from printers.drivers.bambu import ImplicitFTPS, error_code
+from printers.drivers.bambu import error_code
+from printers.drivers.bambu_tls import ImplicitFTPS
 from printers.drivers.base import DriverError
 from printers.emulators.bambu import BambuEmulator
 from tests import test_bambu

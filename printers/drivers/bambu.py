@@ -22,11 +22,9 @@ import struct
 import subprocess
 import threading
 import time
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -34,7 +32,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from farm.core.states import PrinterState
 from printers.colors import color_name
 from printers.drivers import bambu_rtsp
-from printers.drivers.bambu_ams import NO_AMS, Feed, choose_feed, json_object
+from printers.drivers.bambu_ams import Feed, choose_feed, json_object
+from printers.drivers.bambu_package import ONLY_3MF, plate_entry, project_file
+from printers.drivers.bambu_tls import ImplicitFTPS, tls_context
 from printers.drivers.base import (
     Driver,
     DriverError,
@@ -52,7 +52,6 @@ USERNAME = "bblp"
 SIGNATURE_REFUSED = 84033543  # 0x05024007 "mqtt message verify failed"
 CANCELLED = 50348044  # 0x0300400C, what `stop` leaves in print_error
 CHUNK_BYTES = 64 * 1024
-SLICE_INFO = "Metadata/slice_info.config"
 UPLOAD_MIN_TIMEOUT_S = 60.0
 UPLOAD_BYTES_PER_S = 25_000  # printers write slowly; a 226 can take 30 s+ on H2D (bambuddy)
 DEVELOPER_MODE_HINT = (
@@ -61,7 +60,6 @@ DEVELOPER_MODE_HINT = (
     "(Settings > Network / LAN Only Mode > Developer Mode)"
 )
 ACCESS_CODE_HINT = "the access code is shown on the printer's screen (Settings > Network / LAN Only Mode)"
-ONLY_3MF = "Bambu printers print only sliced .gcode.3mf packages"
 READY = ("IDLE", "FINISH", "FAILED")
 BUSY_STATES = ("PREPARE", "SLICING", "RUNNING", "PAUSE")
 # P1 firmware can keep MQTT up yet stop publishing; bambuddy reconnects after 60 s of silence
@@ -99,66 +97,6 @@ def deep_merge(into: dict[str, Any], delta: dict[str, Any]) -> None:
             deep_merge(into[key], value)
         else:
             into[key] = value
-
-
-def tls_context(cert_sha256: str | None) -> _PinnedContext:
-    """TLS 1.2 (X1C/H2D refuse anything else), no CA check; optional fingerprint pin."""
-    ctx = _PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    ctx.pin = cert_sha256.replace(":", "").lower() if cert_sha256 else None
-    return ctx
-
-
-class _PinnedSocket(ssl.SSLSocket):
-    def do_handshake(self, block: bool = False) -> None:
-        super().do_handshake(block)
-        pin = getattr(self.context, "pin", None)
-        if pin is None:
-            return
-        der = self.getpeercert(binary_form=True) or b""
-        seen = hashlib.sha256(der).hexdigest()
-        if seen != pin:
-            message = f"the printer's TLS certificate has SHA-256 {seen}, not the pinned {pin}"
-            if isinstance(self.context, _PinnedContext):
-                self.context.pin_error = message
-            raise ssl.SSLCertVerificationError(message)
-
-
-class _PinnedContext(ssl.SSLContext):
-    """Checks the pin in the handshake itself, before any password goes over the connection."""
-
-    sslsocket_class = _PinnedSocket
-    pin: str | None = None
-    pin_error: str | None = None
-
-
-class ImplicitFTPS(ftplib.FTP_TLS):
-    """FTPS with TLS from the first byte, and the data channel resuming the control session.
-
-    vsFTPd on the printer requires session reuse (`require_ssl_reuse`); plain FTP_TLS does not
-    resume, and the printer then drops the data connection."""
-
-    def connect(
-        self, host: str = "", port: int = 0, timeout: float = -999, source_address: Any = None
-    ) -> str:
-        self.host, self.port = host, port
-        if timeout != -999:
-            self.timeout = timeout
-        raw = socket.create_connection((host, port), self.timeout)
-        self.af = raw.family
-        self.sock = self.context.wrap_socket(raw, server_hostname=host)
-        self.file = self.sock.makefile("r", encoding=self.encoding)
-        self.welcome = self.getresp()
-        return self.welcome
-
-    def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int | None]:
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:  # type: ignore[attr-defined]  # FTP_TLS's own PROT P flag, private in typeshed
-            session = self.sock.session  # type: ignore[union-attr]  # connect() made it an SSLSocket
-            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
-        return conn, size
 
 
 class BambuDriver(Driver):
@@ -210,7 +148,7 @@ class BambuDriver(Driver):
         name = "/".join(p for p in printer_path(remote_name) if p)
         if not name.endswith(".gcode.3mf"):
             raise DriverError(f"cannot send {remote_name!r}: {ONLY_3MF}")
-        plate, types = _plate_entry(path)
+        plate, types = plate_entry(path)
         feed = self._may_store(name, start, types[0] if types else None)
         md5 = self._ftps_store(path, name, progress)
         if start:
@@ -480,7 +418,7 @@ class BambuDriver(Driver):
         with self._lock:
             self._started_names[subtask] = name
         self.paused_by_farm = False
-        self._command(_project_file(name, plate, md5, subtask, job_id, feed), ("PREPARE", "RUNNING"))
+        self._command(project_file(name, plate, md5, subtask, job_id, feed), ("PREPARE", "RUNNING"))
 
     # -- FTPS
 
@@ -578,57 +516,6 @@ class BambuDriver(Driver):
             return None
         with self._lock:
             return self._started_names.get(subtask, f"{subtask}.gcode.3mf")
-
-
-def _project_file(
-    name: str, plate: str, md5: str, subtask: str, job_id: str, feed: Feed = NO_AMS
-) -> dict[str, Any]:
-    """§A.7: the union of what Bambu Studio's plugin and bambuddy send; `feed` picks the slot."""
-    return {
-        "command": "project_file",
-        "param": plate,
-        "url": f"ftp:///{name}",
-        "file": name,
-        "md5": md5,
-        "subtask_name": subtask,
-        "project_id": job_id,
-        "profile_id": "0",
-        "task_id": job_id,
-        "subtask_id": job_id,
-        "bed_type": "auto",
-        "timelapse": False,
-        "bed_leveling": True,
-        "flow_cali": False,
-        "vibration_cali": True,
-        "layer_inspect": False,
-        "use_ams": feed.use_ams,  # use_ams without an AMS fails with 07FF_8012
-        "ams_mapping": list(feed.ams_mapping),
-        "ams_mapping2": [dict(m) for m in feed.ams_mapping2],
-        "auto_bed_leveling": 2,
-        "extrude_cali_flag": 2,
-        "nozzle_offset_cali": 0,
-        "cfg": "0",
-    }
-
-
-def _plate_entry(path: Path) -> tuple[str, list[str]]:
-    """The first plate G-code in the package and its filaments' types (slice_info.config);
-    refuses anything that is not a plate-sliced 3MF."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            plates = sorted(
-                n for n in zf.namelist() if n.startswith("Metadata/plate_") and n.endswith(".gcode")
-            )
-            info = zf.read(SLICE_INFO) if SLICE_INFO in zf.namelist() else b""
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DriverError(f"{path.name} is not a .gcode.3mf package ({exc}): {ONLY_3MF}") from exc
-    if not plates:
-        raise DriverError(f"{path.name} holds no Metadata/plate_N.gcode: slice the plate before sending it")
-    try:
-        filaments = sorted(ET.fromstring(info).iter("filament"), key=lambda el: int(el.get("id") or 0))
-    except (ET.ParseError, ValueError):
-        filaments = []
-    return plates[0], [str(el.get("type") or "") for el in filaments if el.get("type")]
 
 
 def _refusal(command: str, ack: dict[str, Any]) -> str:
