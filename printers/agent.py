@@ -15,13 +15,13 @@ from pathlib import PurePath
 from typing import Any
 from urllib.parse import quote
 
+from farm.core import wire
 from farm.core.client import FarmClient, FarmError
 from farm.core.states import PRINT_ENDED, READY_FOR_WORK, JobState, PrinterState
 from printers.config import AgentConfig
 from printers.drivers.base import Driver, DriverError, PrinterStatus
 
 log = logging.getLogger("farm.agent")
-SNAPSHOT_WANTED = "X-Farm-Snapshot"  # farm.coordinator.api.agents: the agent installs without the server
 VERSION = "0.2.0"  # 0.2: claims wait at the coordinator for work (wait_s)
 IDLE_GRACE_S = 30.0
 UPLOAD_FAILURE_REST_S = 30.0  # a printer may report idle for a moment between upload and start
@@ -72,7 +72,7 @@ class Agent:
         self.job: CurrentJob | None = None
         self._last_report = 0.0
         self._resting_until = 0.0
-        self._unsettled: dict[str, Any] | None = None  # a held job to ask the printer about again
+        self._unsettled: wire.Claim | None = None  # a held job to ask the printer about again
         self._settle_until = 0.0
         self._next_prefetch = 0.0
         self._snapshot_wanted = False  # an operator asked for a still: the coordinator's last answer said so
@@ -147,33 +147,32 @@ class Agent:
         cleared (unless the printer ejects its own parts)."""
         p = self.config.printer
         self._bed_unseen = status.state == PrinterState.OFFLINE
-        reply = self.client.post(
-            "/api/agents/register",
-            {
-                "printer": p.name,
-                "model": p.model,
-                "protocol": p.driver,
-                "agent_version": VERSION,
-                "auto_eject": p.auto_eject,
-                "state": str(status.state),
-            },
+        reply = self.client.register(
+            wire.Register(
+                printer=p.name,
+                model=p.model,
+                protocol=p.driver,
+                agent_version=VERSION,
+                auto_eject=p.auto_eject,
+                state=status.state,
+            )
         )
-        if reply.get("job") and self.job is None:
+        if reply.job and self.job is None:
             self._settle_until = time.monotonic() + UPLOAD_SETTLE_S
-            self._reconcile(reply["job"])
+            self._reconcile(reply.job)
 
-    def _reconcile(self, job: dict[str, Any]) -> None:
+    def _reconcile(self, job: wire.Claim) -> None:
         """We were bound to a job before a restart: find out from the printer what became of it."""
         status = self.driver.status()
-        current = CurrentJob(job["id"], job["fence"], job["gcode"], job["gcode_name"], time.monotonic())
+        current = CurrentJob(job.id, job.fence, job.gcode, job.gcode_name, time.monotonic())
         on_printer = _same_file(status.file, current.remote_name)
         if on_printer and status.state in UNDER_WAY | PRINT_ENDED:
             log.info("%s: adopting job %s, which the printer has (%s)", self.name, current.id, status.state)
             self.job = current
-            if job["state"] != JobState.PRINTING:
+            if job.state != JobState.PRINTING:
                 self._report(JobState.PRINTING, progress=status.progress)
             self._follow(status)
-        elif job["state"] == JobState.PRINTING:
+        elif job.state == JobState.PRINTING:
             # The coordinator thinks it printed but the printer has no trace of it: do not guess.
             self.job = current
             self._follow(status)
@@ -221,20 +220,18 @@ class Agent:
             # A claim the coordinator held for wait_s was the pause; one it answered at once
             # (a coordinator before long polls, or one that wants a still) was not.
             return 0.0 if time.monotonic() - waited >= self.config.wait_s / 2 > 0 else poll
-        self._note_wanted(self.client.post("/api/agents/heartbeat", body))
+        self._note_wanted(self.client.heartbeat(body))
         return poll
 
-    def _claim(self, body: dict[str, Any]) -> dict[str, Any] | None:
+    def _claim(self, body: wire.Heartbeat) -> wire.Claim | None:
         """The next job (None: nothing to print), waiting up to wait_s at the coordinator for one;
         the answer's header says whether a still is wanted."""
-        wait = self.config.wait_s
-        params = {"wait": wait} if wait > 0 else {}
-        resp = self.client.request("POST", "/api/agents/claim", params=params, json=body, timeout=wait + 30.0)
-        self._snapshot_wanted |= resp.headers.get(SNAPSHOT_WANTED) == "wanted"
-        return resp.json() if resp.status_code != 204 else None
+        claimed = self.client.claim(body, self.config.wait_s)
+        self._snapshot_wanted |= claimed.snapshot_wanted
+        return claimed.job
 
-    def _note_wanted(self, beat: dict[str, Any]) -> None:
-        self._snapshot_wanted |= bool(beat.get("snapshot"))
+    def _note_wanted(self, beat: wire.HeartbeatAnswer) -> None:
+        self._snapshot_wanted |= beat.snapshot
 
     def _follow_pause(self, status: PrinterStatus) -> float:
         """poll_s, or less when the printer says the print ends sooner: the next job then starts
@@ -259,31 +256,32 @@ class Agent:
         if now < self._next_prefetch:
             return
         self._next_prefetch = now + PREFETCH_EVERY_S
-        hint = self.client.get("/api/agents/next", printer=self.name)
-        path = self.spool / f"{hint['gcode']}.gcode" if hint else None
-        if path is not None and not path.exists():
-            self.client.download_artifact(hint["gcode"], path)
-            log.info("%s: prefetched the next G-code (%s) while the bed waits", self.name, hint["gcode"][:12])
+        hint = self.client.next_gcode(self.name)
+        path = self.spool / f"{hint.gcode}.gcode" if hint else None
+        if hint is not None and path is not None and not path.exists():
+            self.client.download_artifact(hint.gcode, path)
+            log.info("%s: prefetched the next G-code (%s) while the bed waits", self.name, hint.gcode[:12])
 
-    def _status_body(self, status: PrinterStatus) -> dict[str, Any]:
-        return {
-            "printer": self.name,
-            "state": str(status.state),
-            "message": status.message,
-            "progress": status.progress,
-            **({"material": status.material} if status.material else {}),
-            **({"color": status.color} if status.color else {}),
-        }
+    def _status_body(self, status: PrinterStatus) -> wire.Heartbeat:
+        body = wire.Heartbeat(
+            printer=self.name, state=status.state, message=status.message, progress=status.progress
+        )
+        # Sent only when the printer reports them (an absent key, not null), as before the models.
+        if status.material:
+            body.material = status.material
+        if status.color:
+            body.color = status.color
+        return body
 
-    def _start(self, job: dict[str, Any], *, resuming: bool = False) -> None:
+    def _start(self, job: wire.Claim, *, resuming: bool = False) -> None:
         """Send a job to the printer and start it. `resuming`: a job we held before a restart,
         which the printer did not show as its print (yet)."""
-        current = CurrentJob(job["id"], job["fence"], job["gcode"], job["gcode_name"], time.monotonic())
+        current = CurrentJob(job.id, job.fence, job.gcode, job.gcode_name, time.monotonic())
         self.job = current
-        path = self.spool / f"{job['gcode']}.gcode"
+        path = self.spool / f"{job.gcode}.gcode"
         try:
             if not path.exists():
-                self.client.download_artifact(job["gcode"], path)
+                self.client.download_artifact(job.gcode, path)
             self._report(JobState.UPLOADING, progress=0.0)
         except FarmError:
             # The coordinator went away before anything reached the printer. We still hold the
@@ -296,7 +294,7 @@ class Agent:
         try:
             if not current.remote_name.startswith(f"job{current.id}-"):  # only names the farm made
                 raise DriverError(f"{current.remote_name!r} is not a name the farm gives job {current.id}")
-            self.driver.want_filament(job.get("material"), job.get("color"))
+            self.driver.want_filament(job.material, job.color)
             upload_began = time.monotonic()
             self.driver.upload(path, current.remote_name, start=True, progress=self._upload_progress)
         except DriverError as exc:
@@ -342,9 +340,9 @@ class Agent:
     def _follow(self, status: PrinterStatus) -> None:
         job = self.job
         assert job is not None
-        bound = self.client.post("/api/agents/heartbeat", self._status_body(status))
+        bound = self.client.heartbeat(self._status_body(status))
         self._note_wanted(bound)
-        if bound.get("job") != job.id:
+        if bound.job != job.id:
             self._abandon(job, status)
             return
         state = status.state
@@ -414,9 +412,9 @@ class Agent:
 
     def _report(self, state: JobState, **fields: Any) -> None:
         assert self.job is not None
-        body = {"printer": self.name, "fence": self.job.fence, "state": state, **fields}
+        body = wire.Report(printer=self.name, fence=self.job.fence, state=state, **fields)
         try:
-            self.client.post(f"/api/agents/jobs/{self.job.id}/report", body)
+            self.client.report(self.job.id, body)
         except FarmError as exc:
             if exc.status == 409:  # our lease is gone: someone else owns the job now
                 log.warning("%s: dropping job %s: %s", self.name, self.job.id, exc)

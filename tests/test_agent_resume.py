@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from farm.core import wire
 from farm.core.states import PrinterState
 from printers.agent import UPLOAD_SETTLE_S, Agent
 from printers.config import AgentConfig, CoordinatorConfig
@@ -24,9 +25,13 @@ class FakeClient:
     def __init__(self) -> None:
         self.reports: list[tuple[str, dict[str, Any]]] = []
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        self.reports.append((path, dict(body or {})))
-        return {"job": JOB["id"]}
+    def heartbeat(self, body: wire.Heartbeat) -> wire.HeartbeatAnswer:
+        self.reports.append(("/api/agents/heartbeat", wire.body(body)))
+        return wire.HeartbeatAnswer(job=JOB["id"], fence=JOB["fence"])
+
+    def report(self, job_id: int, body: wire.Report) -> wire.JobView:
+        self.reports.append((f"/api/agents/jobs/{job_id}/report", wire.body(body)))
+        return wire.JobView.model_validate({**JOB, "state": body.state})
 
     def download_artifact(self, sha256: str, dest: Path) -> Path:
         dest.write_text("G28\n")
@@ -76,7 +81,7 @@ def test_a_restarted_agent_waits_for_the_upload_still_arriving(tmp_path: Path, r
     driver = FakeDriver(DriverError(refusal))
     agent, client = _agent(tmp_path, driver)
     agent._settle_until = time.monotonic() + UPLOAD_SETTLE_S  # as run() sets it at a restart
-    agent._reconcile(dict(JOB))
+    agent._reconcile(wire.Claim.model_validate(JOB))
     assert not any(body.get("state") == "failed" for _, body in client.reports), client.reports
     assert agent.job is None
     # The dead agent's bytes arrive; the printer starts the job: the next round adopts it.
@@ -92,6 +97,6 @@ def test_a_refusal_that_lasts_fails_the_attempt(tmp_path: Path) -> None:
     driver = FakeDriver(DriverError("cannot store it: USB drive missing or full"))
     agent, client = _agent(tmp_path, driver)
     agent._settle_until = time.monotonic() - 1  # the settle window is over
-    agent._reconcile(dict(JOB, material="PETG", color="red"))
+    agent._reconcile(wire.Claim.model_validate(dict(JOB, material="PETG", color="red")))
     assert any(body.get("state") == "failed" for _, body in client.reports)
     assert driver.filament == ("PETG", "red")  # what a Bambu driver picks the AMS tray by

@@ -9,6 +9,7 @@ Dramatiq retries the message with back-off.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -22,7 +23,9 @@ from pathlib import Path, PurePath
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from pydantic import ValidationError
 
+from farm.core import wire
 from farm.core.client import FarmClient, FarmError
 from farm.core.printer_models import PrinterModel, get_model
 from farm.core.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
@@ -57,15 +60,17 @@ class WorkerContext:
 
 
 @contextlib.contextmanager
-def heartbeat(ctx: WorkerContext, path: str, every_s: float) -> Iterator[None]:
-    """While the body runs, tell the coordinator every `every_s` that this worker still holds the
-    work (its lease); a worker that dies stops, and the coordinator sends the work again."""
+def heartbeat(path: str, beat_once: Callable[[], wire.Held], every_s: float | None) -> Iterator[None]:
+    """While the body runs, tell the coordinator every `every_s` (`beat_once`, the call to `path`)
+    that this worker still holds the work (its lease); a worker that dies stops, and the
+    coordinator sends the work again. None: the coordinator did not say; every 10 s."""
     done = threading.Event()
+    every_s = 10.0 if every_s is None else every_s
 
     def beat() -> None:
         while not done.wait(every_s):
             try:
-                if not ctx.client.post(path, {"worker": ctx.name})["held"]:
+                if not beat_once().held:
                     log.warning("%s: the lease is no longer this worker's; finishing anyway", path)
             except Exception as error:  # the next beat tries again: one failed beat must not end them
                 log.warning("%s failed: %s", path, error)
@@ -85,12 +90,13 @@ def _user_error(exc: FarmError) -> bool:
 
 
 def build_cad(ctx: WorkerContext, build_id: int) -> None:
-    started = ctx.client.post(f"/api/builds/{build_id}/cad/start", {"worker": ctx.name})
-    if not started["go"]:
+    started = ctx.client.cad_start(build_id, ctx.name)
+    if not started.go:
         log.info("build %s is past CAD or another worker's; skipping a duplicate message", build_id)
         return
-    with heartbeat(ctx, f"/api/builds/{build_id}/cad/heartbeat", started.get("heartbeat_s", 10.0)):
-        _build_cad(ctx, build_id, started["build"])
+    beat = functools.partial(ctx.client.cad_heartbeat, build_id, ctx.name)
+    with heartbeat(f"/api/builds/{build_id}/cad/heartbeat", beat, started.heartbeat_s):
+        _build_cad(ctx, build_id, started.build)
 
 
 def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
@@ -105,24 +111,21 @@ def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
             result, hit = cached_build(ctx.cad, ctx.cad_cache, request, use_cache=use_cache)
         except CadError as exc:
             log.info("build %s failed: %s", build_id, exc)
-            ctx.client.post(
-                f"/api/builds/{build_id}/cad/result", {"error": str(exc), "seconds": time.monotonic() - t0}
-            )
+            failed = {"error": str(exc), "seconds": time.monotonic() - t0}
+            ctx.client.cad_result(build_id, wire.CadResult.model_validate(failed))
             return
         uploaded = _upload_cad_outputs(ctx, result, PurePath(build["source"]).stem)
     bbox = [list(result.bbox[0]), list(result.bbox[1])]
-    ctx.client.post(
-        f"/api/builds/{build_id}/cad/result",
-        {
-            **uploaded,
-            "objects": result.objects,
-            "bbox": bbox,
-            "volume": result.volume,
-            "seconds": time.monotonic() - t0,
-            "skipped": result.skipped,
-            "cached": hit,  # for /metrics
-        },
-    )
+    made = {
+        **uploaded,
+        "objects": result.objects,
+        "bbox": bbox,
+        "volume": result.volume,
+        "seconds": time.monotonic() - t0,
+        "skipped": result.skipped,
+        "cached": hit,  # for /metrics
+    }
+    ctx.client.cad_result(build_id, wire.CadResult.model_validate(made))
     log.info("build %s meshed in %.2f s%s", build_id, time.monotonic() - t0, " (cache hit)" if hit else "")
 
 
@@ -160,12 +163,13 @@ def _upload_cad_outputs(ctx: WorkerContext, result: CadResult, stem: str) -> dic
 
 
 def slice_build(ctx: WorkerContext, slice_id: int) -> None:
-    started = ctx.client.post(f"/api/slices/{slice_id}/start", {"worker": ctx.name})
-    if not started["go"]:
+    started = ctx.client.slice_start(slice_id, ctx.name)
+    if not started.go:
         log.info("slice %s is done or another worker's; skipping a duplicate message", slice_id)
         return
-    with heartbeat(ctx, f"/api/slices/{slice_id}/heartbeat", started.get("heartbeat_s", 10.0)):
-        _slice(ctx, slice_id, started["slice"])
+    beat = functools.partial(ctx.client.slice_heartbeat, slice_id, ctx.name)
+    with heartbeat(f"/api/slices/{slice_id}/heartbeat", beat, started.heartbeat_s):
+        _slice(ctx, slice_id, started.slice)
 
 
 def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
@@ -175,10 +179,8 @@ def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
         return
     model = get_model(sl["printer_model"])
     if model is None:
-        ctx.client.post(
-            f"/api/slices/{slice_id}/result",
-            {"error": f"no slicing profile for printer model '{sl['printer_model']}'"},
-        )
+        no_profile = {"error": f"no slicing profile for printer model '{sl['printer_model']}'"}
+        ctx.client.slice_result(slice_id, wire.SliceResult.model_validate(no_profile))
         return
     mesh_sha, suffix = _mesh_to_slice(sl)
     stem = PurePath(sl["source"]).stem
@@ -201,20 +203,17 @@ def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
             )
         except SliceError as exc:
             log.info("slice %s failed: %s", slice_id, exc)
-            ctx.client.post(
-                f"/api/slices/{slice_id}/result", {"error": str(exc), "seconds": time.monotonic() - t0}
-            )
+            failed = {"error": str(exc), "seconds": time.monotonic() - t0}
+            ctx.client.slice_result(slice_id, wire.SliceResult.model_validate(failed))
             return
         gcode = ctx.client.upload_artifact(result.gcode, result.gcode.name)  # .gcode.3mf for Bambu
-    ctx.client.post(
-        f"/api/slices/{slice_id}/result",
-        {
-            "gcode": gcode,
-            "meta": _estimates(result.meta),
-            "seconds": time.monotonic() - t0,
-            "cached": result.cached,
-        },
-    )
+    sliced = {
+        "gcode": gcode,
+        "meta": _estimates(result.meta),
+        "seconds": time.monotonic() - t0,
+        "cached": result.cached,
+    }
+    ctx.client.slice_result(slice_id, wire.SliceResult.model_validate(sliced))
     log.info(
         "slice %s for %s done in %.2f s%s",
         slice_id,
@@ -255,7 +254,7 @@ def _read_presliced(ctx: WorkerContext, sl: dict) -> None:
         try:
             meta = parse_sliced_file(path)
         except SliceError as exc:
-            ctx.client.post(f"/api/slices/{sl['id']}/result", {"error": str(exc)})
+            ctx.client.slice_result(sl["id"], wire.SliceResult(error=str(exc)))
             return
     error = None
     if not meta.printer_model:
@@ -278,7 +277,8 @@ def _read_presliced(ctx: WorkerContext, sl: dict) -> None:
             "meta": _estimates(meta),
         }
     )
-    ctx.client.post(f"/api/slices/{sl['id']}/result", {**body, "seconds": time.monotonic() - t0})
+    result = wire.SliceResult.model_validate({**body, "seconds": time.monotonic() - t0})
+    ctx.client.slice_result(sl["id"], result)
 
 
 def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:
@@ -288,6 +288,8 @@ def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:
     def _guard(fn: Callable[[WorkerContext, int], None], *args: int) -> None:
         try:
             fn(ctx, *args)
+        except ValidationError as exc:  # what the coordinator would refuse (422), or answer unreadably
+            log.error("%s%s gave up: %s", fn.__name__, args, exc)
         except FarmError as exc:
             if _user_error(exc):
                 log.error("%s%s gave up: %s", fn.__name__, args, exc)

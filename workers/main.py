@@ -9,7 +9,9 @@ import threading
 
 import dramatiq
 import httpx
+from pydantic import ValidationError
 
+from farm.core import wire
 from farm.core.client import FarmClient, FarmError
 from farm.core.queue import CAD_QUEUE, SLICE_QUEUE, get_broker
 from farm.core.settings import Settings
@@ -45,8 +47,8 @@ def _announce(ctx: WorkerContext, queues: set[str], walls: str) -> None:
     layers = [layer.name for layer in report.layers if layer.active] if report else []
     body = {"name": ctx.name, "queues": sorted(queues), "sandbox": walls, "layers": layers}
     try:
-        ctx.client.post("/api/workers", body)
-    except (FarmError, httpx.HTTPError) as error:  # status just will not list this worker
+        ctx.client.worker_hello(wire.Hello.model_validate(body))
+    except (FarmError, httpx.HTTPError, ValidationError) as error:  # status just will not list this worker
         log.warning("could not announce this worker to the coordinator: %s", error)
 
 

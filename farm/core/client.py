@@ -1,6 +1,7 @@
 """The one way anything talks to the coordinator: the CLI, the workers and the printer agents.
 
-Depends on httpx only, so it installs on a Raspberry Pi beside a printer.
+Depends on httpx and pydantic only, so it installs on a Raspberry Pi beside a printer. The agents'
+and workers' calls are typed: their bodies and answers are the models of farm/core/wire.py.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+from pydantic import BaseModel
+
+from farm.core import wire
 
 CHUNK = 1 << 20
 PAGE = 1000  # the most a list endpoint gives per page
@@ -44,6 +48,14 @@ class FileChunks:
                 if self.progress:
                     self.progress(sent, self.size)
                 yield chunk
+
+
+class Claimed(NamedTuple):
+    """A claim's answer: the job to print (None: nothing, within the wait), and whether an operator
+    wants a still from the printer's camera (a header, so that "nothing to print" stays a 204)."""
+
+    job: wire.Claim | None
+    snapshot_wanted: bool
 
 
 class FarmClient:
@@ -95,6 +107,61 @@ class FarmClient:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         resp = self.request("POST", path, json=body or {})
         return resp.json() if resp.status_code != 204 else None
+
+    def _send(self, path: str, body: BaseModel) -> Any:
+        return self.post(path, wire.body(body))
+
+    # -- printer agents (farm/core/wire.py: the bodies and answers) -----------------------
+    def register(self, body: wire.Register) -> wire.Registered:
+        return wire.Registered.model_validate(self._send("/api/agents/register", body))
+
+    def heartbeat(self, body: wire.Heartbeat) -> wire.HeartbeatAnswer:
+        return wire.HeartbeatAnswer.model_validate(self._send("/api/agents/heartbeat", body))
+
+    def claim(self, body: wire.Heartbeat, wait_s: float = 0.0) -> Claimed:
+        """The next job for this printer; with wait_s > 0 the coordinator holds the call up to
+        that long for one (a long poll), so the HTTP timeout is longer by as much."""
+        params = {"wait": wait_s} if wait_s > 0 else {}
+        resp = self.request(
+            "POST", "/api/agents/claim", params=params, json=wire.body(body), timeout=wait_s + 30.0
+        )
+        job = wire.Claim.model_validate(resp.json()) if resp.status_code != 204 else None
+        return Claimed(job, resp.headers.get(wire.SNAPSHOT_WANTED) == "wanted")
+
+    def next_gcode(self, printer: str) -> wire.NextGcode | None:
+        """What this printer would print next (None: nothing queued), to fetch while the bed waits."""
+        found = self.get("/api/agents/next", printer=printer)
+        return wire.NextGcode.model_validate(found) if found is not None else None
+
+    def report(self, job_id: int, body: wire.Report) -> wire.JobView:
+        return wire.JobView.model_validate(self._send(f"/api/agents/jobs/{job_id}/report", body))
+
+    # -- workers ----------------------------------------------------------------------------
+    def worker_hello(self, body: wire.Hello) -> wire.WorkerView:
+        return wire.WorkerView.model_validate(self._send("/api/workers", body))
+
+    def cad_start(self, build_id: int, worker: str) -> wire.CadStart:
+        claim = wire.WorkerClaim(worker=worker)
+        return wire.CadStart.model_validate(self._send(f"/api/builds/{build_id}/cad/start", claim))
+
+    def cad_heartbeat(self, build_id: int, worker: str) -> wire.Held:
+        claim = wire.WorkerClaim(worker=worker)
+        return wire.Held.model_validate(self._send(f"/api/builds/{build_id}/cad/heartbeat", claim))
+
+    def cad_result(self, build_id: int, result: wire.CadResult) -> dict[str, Any]:
+        """The build as GET /api/builds/{id} shows it, after the result."""
+        return dict(self._send(f"/api/builds/{build_id}/cad/result", result))
+
+    def slice_start(self, slice_id: int, worker: str) -> wire.SliceStart:
+        claim = wire.WorkerClaim(worker=worker)
+        return wire.SliceStart.model_validate(self._send(f"/api/slices/{slice_id}/start", claim))
+
+    def slice_heartbeat(self, slice_id: int, worker: str) -> wire.Held:
+        claim = wire.WorkerClaim(worker=worker)
+        return wire.Held.model_validate(self._send(f"/api/slices/{slice_id}/heartbeat", claim))
+
+    def slice_result(self, slice_id: int, result: wire.SliceResult) -> wire.SliceView:
+        return wire.SliceView.model_validate(self._send(f"/api/slices/{slice_id}/result", result))
 
     # -- artifacts ------------------------------------------------------------------------
     def upload_artifact(self, path: Path, name: str = "") -> str:

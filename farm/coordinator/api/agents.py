@@ -6,14 +6,12 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
-from pydantic import BaseModel, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col
 
 from farm.coordinator import dispatch, metrics, moves
 from farm.coordinator.api.deps import (
-    MAX_ID,
     MAX_NAME,
     NAME_PATTERN,
     Farm,
@@ -29,48 +27,21 @@ from farm.coordinator.api.longpoll import GATHER_S, MAX_WAIT_S, RECHECK_S
 from farm.coordinator.api.views import job_view
 from farm.coordinator.models import Artifact, Job, Printer, Slice, Token
 from farm.core.names import printer_file_name
-from farm.core.states import PRINT_ENDED, InvalidMove, JobState, PrinterState
+from farm.core.states import PRINT_ENDED, InvalidMove, JobState
+from farm.core.wire import (
+    SNAPSHOT_WANTED,
+    Claim,
+    Heartbeat,
+    HeartbeatAnswer,
+    JobView,
+    NextGcode,
+    Register,
+    Registered,
+    Report,
+)
 
 router = APIRouter(prefix="/api/agents", tags=["agents"], responses=AUTH)
 AgentToken = Annotated[Token, Depends(require("agent"))]
-
-
-Id = Annotated[int, Field(ge=0, le=MAX_ID)]  # stored in an INTEGER: larger is a 422, not a 500
-Percent = Annotated[float, Field(allow_inf_nan=False)]  # NaN is not JSON
-
-
-PrinterName = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)]
-
-
-class Register(BaseModel):
-    printer: PrinterName
-    model: str
-    protocol: str
-    agent_version: str | None = None
-    auto_eject: bool = False
-    # What the printer showed when its agent started (older agents do not say): a finished or
-    # failed print then is a part on the bed.
-    state: PrinterState | None = None
-
-
-class Heartbeat(BaseModel):
-    printer: PrinterName
-    state: PrinterState
-    message: str | None = None
-    progress: Percent | None = None
-    material: str | None = None  # only when the printer itself reports what is loaded
-    color: str | None = None
-
-
-class Report(BaseModel):
-    printer: PrinterName
-    fence: Id
-    state: JobState
-    progress: Percent | None = None
-    remaining_s: Id | None = None
-    error: str | None = None
-    upload_bytes: Id | None = None  # with the first `printing` report: what the upload sent, how fast
-    upload_s: Annotated[float, Field(ge=0, le=1e7)] | None = None
 
 
 def _check_bound(token: Token, name: str) -> None:
@@ -148,7 +119,7 @@ async def _done_slice_pg(engine: AsyncEngine, slice_id: int, farm: Farm) -> tupl
 # claim_pg on the event loop; the rest go through deps.write.
 
 
-@router.post("/register")
+@router.post("/register", response_model=Registered, response_model_exclude_unset=True)
 async def register(body: Register, token: AgentToken, farm: FarmDep) -> dict:
     if token.role == "agent" and token.printer != body.printer:
         raise HTTPException(403, f"this agent token is bound to printer '{token.printer}'")
@@ -195,7 +166,9 @@ def _beat(session: Session, body: Heartbeat, farm: Farm) -> dispatch.Beat:
     return beat
 
 
-@router.post("/heartbeat", responses=errors(404))
+@router.post(
+    "/heartbeat", response_model=HeartbeatAnswer, response_model_exclude_unset=True, responses=errors(404)
+)
 async def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep) -> dict:
     """Most heartbeats never reach this route: fastlane.py answers them. It comes here for the
     ones that need an error message."""
@@ -214,7 +187,11 @@ async def beat(farm: Farm, body: Heartbeat) -> dict:
     return {"job": found.job, "fence": found.fence, **({"snapshot": True} if found.snapshot else {})}
 
 
-@router.get("/next", responses={204: {"description": "nothing queued for this printer"}, **errors(404)})
+@router.get(
+    "/next",
+    response_model=NextGcode,
+    responses={204: {"description": "nothing queued for this printer"}, **errors(404)},
+)
 def next_gcode(
     printer: Annotated[str, Query(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)],
     token: AgentToken,
@@ -227,11 +204,6 @@ def next_gcode(
     return {"gcode": gcode} if gcode else Response(status_code=204)
 
 
-# On a claim's answer, with or without a job: an operator wants a still from this printer's camera
-# (`"snapshot": true` says the same on a heartbeat's answer). A header, so that the 204 of
-# "nothing to print" stays empty for agents that do not know it.
-SNAPSHOT_WANTED = "X-Farm-Snapshot"
-
 WaitS = Annotated[
     float,
     Query(
@@ -243,7 +215,12 @@ WaitS = Annotated[
 ]
 
 
-@router.post("/claim", responses={204: {"description": "nothing to print"}, **errors(404)})
+@router.post(
+    "/claim",
+    response_model=Claim,
+    response_model_exclude_unset=True,
+    responses={204: {"description": "nothing to print"}, **errors(404)},
+)
 async def claim(
     body: Heartbeat, token: AgentToken, farm: FarmDep, response: Response, wait: WaitS = 0.0
 ) -> object:
@@ -316,7 +293,12 @@ def _claim(session: Session, body: Heartbeat, token: Token, farm: Farm) -> tuple
     return _claim_view(job, _done_slice(session, job.slice_id, farm)), beat.snapshot
 
 
-@router.post("/jobs/{job_id}/report", responses=errors(404, 409))
+@router.post(
+    "/jobs/{job_id}/report",
+    response_model=JobView,
+    response_model_exclude_unset=True,
+    responses=errors(404, 409),
+)
 async def report(job_id: RowId, body: Report, token: AgentToken, farm: FarmDep) -> dict:
     """Most reports are answered by fastlane.py; this route serves the rest and gives the errors."""
     return await report_on(farm, job_id, body, token)

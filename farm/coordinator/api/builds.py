@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, UploadFile
-from pydantic import BaseModel, Field, JsonValue, ValidationError
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlmodel import Session, col, select
 
@@ -36,81 +36,22 @@ from farm.core.printer_models import (
 from farm.core.queue import send
 from farm.core.slice_error import SliceError
 from farm.core.states import BuildStage, SliceState
+from farm.core.wire import (
+    CadResult,
+    CadStart,
+    Held,
+    SliceResult,
+    SliceStart,
+    SliceView,
+    SubmitOptions,
+    WorkerClaim,
+)
 
 log = logging.getLogger("farm.coordinator.api")
 
 router = APIRouter(prefix="/api", tags=["builds"], responses=AUTH)
 Submitter = Annotated[Token, Depends(require("submitter"))]  # the build is its name's
 Options = Annotated[str, Form(max_length=1 << 20, description="SubmitOptions as JSON")]
-Finite = Annotated[float, Field(allow_inf_nan=False)]  # stored, then shown: JSON has no NaN or inf
-
-
-class GitSource(BaseModel):
-    url: str
-    ref: str | None = None
-    commit: str
-
-
-class SubmitOptions(BaseModel):
-    entry: str | None = None
-    params: dict[str, JsonValue] = Field(default_factory=dict)
-    # Set when the upload is a project archive (tar.gz): the .py file inside it to build.
-    entry_file: str | None = None
-    git: GitSource | None = None  # the project is this commit of a git repository
-    no_cache: bool = False
-    step: bool = False  # also export a STEP file (a .py design only)
-    # Build the part (CAD only: same worker, sandbox and cache) and make no jobs: the dashboard's
-    # "Preview". Submitting it afterwards with the same parameters reuses the worker's cached result.
-    preview: bool = False
-    copies: int = Field(1, ge=1, le=100)
-    material: str = "PLA"
-    quality: str = "standard"
-    color: str | None = None
-    printer_model: str | None = None
-    priority: int = Field(0, ge=-100, le=100)
-    printer: str | None = None  # pin: only this printer may print it
-    nozzle: float | None = Field(None, gt=0.1, lt=2.0)
-    attempts: int | None = Field(None, ge=1, le=10)  # None: the farm's `job_attempts`
-    tags: list[str] = Field(default_factory=list)  # the printer must have every one
-    per_plate: int = Field(1, ge=1, le=100)  # copies arranged on one plate (one job per plate)
-    # Slicer choices: the everyday ones, and any PrusaSlicer setting (`settings` wins).
-    infill: str | None = None
-    supports: str | None = None
-    brim: Finite | None = None
-    settings: dict[str, str] = Field(default_factory=dict)
-
-
-class CadResult(BaseModel):
-    error: str | None = None
-    stl: str | None = None
-    threemf: str | None = None
-    step: str | None = None
-    preview: str | None = None  # 256 x 256 PNG
-    preview_small: str | None = None  # 96 x 96 PNG
-    objects: int | None = Field(None, ge=1)
-    bbox: list[list[Finite]] | None = None
-    volume: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # mm³ (None: an older worker)
-    seconds: Finite | None = None
-    # What the design showed but did not print ("outline (a sketch)"): shown on the build.
-    skipped: list[Annotated[str, Field(max_length=300)]] = Field(default_factory=list, max_length=200)
-    cached: bool | None = None  # the worker's CAD cache had it (None: an older worker did not say)
-
-
-class SliceMeta(BaseModel):
-    """What the slicer read from the G-code; the farm stores these (others are passed over)."""
-
-    printer_model: str | None = None
-    print_time_s: Finite | None = None
-    filament_g: Finite | None = None
-    filament_mm: Finite | None = None
-
-
-class SliceResult(BaseModel):
-    error: str | None = None
-    gcode: str | None = None
-    meta: SliceMeta = Field(default_factory=SliceMeta)
-    seconds: Finite | None = None
-    cached: bool | None = None  # the worker's slice cache had it
 
 
 def dispatch_outgoing(farm: Farm, out: list[pipeline.Outgoing]) -> None:
@@ -306,13 +247,13 @@ def list_builds(
     return [load_build(session, build_id) for build_id in page(found, limit, int, request, response)]
 
 
-class WorkerClaim(BaseModel):
-    """Who takes, or still holds, a CAD build or a slice (`farm worker` sends host:pid)."""
-
-    worker: str = Field(default="unnamed", min_length=1, max_length=200)
-
-
-@router.post("/builds/{build_id}/cad/start", dependencies=[Depends(require("worker"))], responses=errors(404))
+@router.post(
+    "/builds/{build_id}/cad/start",
+    dependencies=[Depends(require("worker"))],
+    response_model=CadStart,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 def cad_start(build_id: RowId, farm: FarmDep, session: SessionDep, claim: WorkerClaim | None = None) -> dict:
     """Take the build under a lease (`go`); go=false: it is past CAD, or another worker holds it."""
     build = session.get(Build, build_id)
@@ -325,7 +266,11 @@ def cad_start(build_id: RowId, farm: FarmDep, session: SessionDep, claim: Worker
 
 
 @router.post(
-    "/builds/{build_id}/cad/heartbeat", dependencies=[Depends(require("worker"))], responses=errors(404)
+    "/builds/{build_id}/cad/heartbeat",
+    dependencies=[Depends(require("worker"))],
+    response_model=Held,
+    response_model_exclude_unset=True,
+    responses=errors(404),
 )
 def cad_heartbeat(build_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
     """Extend the worker's lease; held=false: the build is no longer its (the lease ran out)."""
@@ -387,7 +332,13 @@ def get_slice(slice_id: RowId, session: SessionDep) -> dict:
     return _slice_work(session, sl)
 
 
-@router.post("/slices/{slice_id}/start", dependencies=[Depends(require("worker"))], responses=errors(404))
+@router.post(
+    "/slices/{slice_id}/start",
+    dependencies=[Depends(require("worker"))],
+    response_model=SliceStart,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 def slice_start(slice_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
     """Take a pending slice under a lease (`go`), as cad/start."""
     sl = session.get(Slice, slice_id)
@@ -398,7 +349,13 @@ def slice_start(slice_id: RowId, claim: WorkerClaim, farm: FarmDep, session: Ses
     return {"go": go, "slice": _slice_work(session, sl), **_lease(farm, go)}
 
 
-@router.post("/slices/{slice_id}/heartbeat", dependencies=[Depends(require("worker"))], responses=errors(404))
+@router.post(
+    "/slices/{slice_id}/heartbeat",
+    dependencies=[Depends(require("worker"))],
+    response_model=Held,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 def slice_heartbeat(slice_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
     sl = session.get(Slice, slice_id)
     if sl is None:
@@ -431,7 +388,11 @@ def _slice_work(session: Session, sl: Slice) -> dict:
 
 
 @router.post(
-    "/slices/{slice_id}/result", dependencies=[Depends(require("worker"))], responses=errors(404, 422)
+    "/slices/{slice_id}/result",
+    dependencies=[Depends(require("worker"))],
+    response_model=SliceView,
+    response_model_exclude_unset=True,
+    responses=errors(404, 422),
 )
 def slice_result(slice_id: RowId, result: SliceResult, farm: FarmDep, session: SessionDep) -> dict:
     sl = session.get(Slice, slice_id)

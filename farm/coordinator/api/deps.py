@@ -28,6 +28,7 @@ from farm.coordinator.db import write_session, write_session_now
 from farm.coordinator.models import Token
 from farm.coordinator.store import ArtifactStore
 from farm.core.settings import Settings
+from farm.core.wire import MAX_ID, MAX_NAME, NAME_PATTERN  # re-exported: the routes take them from here
 
 T = TypeVar("T")
 
@@ -244,9 +245,6 @@ def require(*roles: str) -> Callable[[Token], Coroutine[Any, Any, Token]]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-MAX_ID = 2**31 - 1  # the database's INTEGER: a larger id is a 422, not a database error
 RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
-MAX_NAME = 200  # a printer's name
-NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (PostgreSQL refuses NUL in text)
 PrinterPath = Annotated[str, Path(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)]
 FarmDep = Annotated[Farm, Depends(get_farm)]

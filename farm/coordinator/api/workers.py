@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from farm.coordinator.api.deps import SessionDep, require
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.models import Worker, utcnow
+from farm.core.wire import Hello, WorkerView
 
 router = APIRouter(prefix="/api/workers", tags=["workers"], responses=AUTH)
-
-
-class Hello(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    queues: list[Literal["cad", "slice"]] = Field(max_length=2)
-    sandbox: Literal["isolated", "off", "none"]
-    layers: list[str] = Field(default_factory=list, max_length=20)
 
 
 def worker_view(worker: Worker) -> dict:
@@ -32,7 +23,7 @@ def worker_view(worker: Worker) -> dict:
     }
 
 
-@router.post("", dependencies=[Depends(require("worker"))], responses=errors(422))
+@router.post("", dependencies=[Depends(require("worker"))], response_model=WorkerView, responses=errors(422))
 def hello(body: Hello, session: SessionDep) -> dict:
     worker = session.get(Worker, body.name) or Worker(name=body.name)
     worker.queues = ",".join(body.queues)

@@ -1,0 +1,274 @@
+"""The wire protocol between the agents, the workers and the coordinator: what each side sends and
+what it gets back, one pydantic model per body (#16).
+
+The coordinator's routes take these as their bodies and declare the answers as their
+`response_model` (farm/coordinator/api/agents.py, workers.py, builds.py); FarmClient's typed
+methods (farm/core/client.py) send the requests and parse the answers; tests/test_wire.py checks
+that the OpenAPI document shows the same models. The JSON is the one sent before the models were
+shared: the same names, the same optional fields (a key absent stays absent: the routes answer with
+`response_model_exclude_unset`, the client sends with `exclude_unset`).
+
+In the core, so that the agent's install (pydantic, no FastAPI) has them too.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
+
+from farm.core.states import JobState, PrinterState, SliceState
+
+MAX_ID = 2**31 - 1  # the database's INTEGER: a larger id is a 422, not a database error
+MAX_NAME = 200  # a printer's name
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (PostgreSQL refuses NUL in text)
+
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]  # stored in an INTEGER: larger is a 422, not a 500
+Percent = Annotated[float, Field(allow_inf_nan=False)]  # NaN is not JSON
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # stored, then shown: JSON has no NaN or inf
+PrinterName = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)]
+# A time as the routes wrote it before they had models: datetime.isoformat() ("+00:00", not "Z").
+IsoTime = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str, when_used="json")]
+
+
+# -- printer agents: /api/agents/* ----------------------------------------------------------------
+
+
+class Register(BaseModel):
+    printer: PrinterName
+    model: str
+    protocol: str
+    agent_version: str | None = None
+    auto_eject: bool = False
+    # What the printer showed when its agent started (older agents do not say): a finished or
+    # failed print then is a part on the bed.
+    state: PrinterState | None = None
+
+
+class Heartbeat(BaseModel):
+    """A heartbeat's body, and a claim's (a claim is a heartbeat too)."""
+
+    printer: PrinterName
+    state: PrinterState
+    message: str | None = None
+    progress: Percent | None = None
+    material: str | None = None  # only when the printer itself reports what is loaded
+    color: str | None = None
+
+
+class Report(BaseModel):
+    printer: PrinterName
+    fence: Id
+    state: JobState
+    progress: Percent | None = None
+    remaining_s: Id | None = None
+    error: str | None = None
+    upload_bytes: Id | None = None  # with the first `printing` report: what the upload sent, how fast
+    upload_s: Annotated[float, Field(ge=0, le=1e7)] | None = None
+
+
+class JobView(BaseModel):
+    """A job as the API shows it (farm/coordinator/api/views.py job_view): a report's answer."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: int
+    build: int | None = None
+    owner: str | None = None
+    source: str | None = None
+    copy_index: int | None = Field(None, alias="copy")  # `copy` would hide BaseModel.copy
+    copies: int | None = None
+    state: JobState
+    printer: str | None = None
+    printer_model: str | None = None
+    material: str | None = None
+    color: str | None = None
+    priority: int | None = None
+    nozzle: float | None = None
+    tags: list[str] = Field(default_factory=list)
+    pinned_printer: str | None = None
+    attempts: int | None = None
+    max_attempts: int | None = None
+    retry_at: str | None = None  # ISO 8601
+    progress: float | None = None
+    remaining_s: int | None = None
+    print_time_s: int | None = None
+    filament_g: float | None = None
+    error: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class Claim(JobView):
+    """The job a printer is to print, under its lease: a claim's answer (and register's `job`)."""
+
+    fence: int  # sent back with every report; an older one is refused (409)
+    gcode: str  # the G-code's artifact (sha256)
+    gcode_name: str  # the file name on the printer; only the farm names files there
+
+
+class Registered(BaseModel):
+    printer: str
+    job: Claim | None = None  # the job this printer is still bound to (after an agent restart)
+
+
+class HeartbeatAnswer(BaseModel):
+    job: int | None  # the job this printer holds (None: none); another id or None: stop printing it
+    fence: int | None
+    snapshot: bool = False  # sent only when true: an operator wants a still from the camera
+
+
+# On a claim's answer, with or without a job: an operator wants a still from this printer's camera
+# (`"snapshot": true` says the same on a heartbeat's answer). A header, so that the 204 of
+# "nothing to print" stays empty for agents that do not know it.
+SNAPSHOT_WANTED = "X-Farm-Snapshot"
+
+
+class NextGcode(BaseModel):
+    """GET /api/agents/next: the G-code this printer would print next (204: none)."""
+
+    gcode: str
+
+
+# -- workers: /api/workers, /api/builds/{id}/cad/*, /api/slices/{id}/* ---------------------------
+
+
+class Hello(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    queues: list[Literal["cad", "slice"]] = Field(max_length=2)
+    sandbox: Literal["isolated", "off", "none"]
+    layers: list[str] = Field(default_factory=list, max_length=20)
+
+
+class WorkerView(BaseModel):
+    name: str
+    queues: list[str]
+    sandbox: str
+    layers: list[str]
+    seen_at: IsoTime | None = None
+
+
+class WorkerClaim(BaseModel):
+    """Who takes, or still holds, a CAD build or a slice (`farm worker` sends host:pid)."""
+
+    worker: str = Field(default="unnamed", min_length=1, max_length=200)
+
+
+class Lease(BaseModel):
+    """How long a worker's lease lasts and how often to extend it (sent only while it is held)."""
+
+    lease_s: float | None = None
+    heartbeat_s: float | None = None
+
+
+class CadStart(Lease):
+    go: bool  # false: the build is past CAD, or another worker holds it
+    build: dict[str, Any]  # the build as GET /api/builds/{id} shows it
+
+
+class SliceStart(Lease):
+    go: bool  # false: the slice is done, or another worker holds it
+    # The slice as GET /api/slices/{id} shows it: the slice, and its build's mesh and settings.
+    slice: dict[str, Any]
+
+
+class Held(Lease):
+    """A worker's heartbeat's answer; held=false: the work is no longer its (the lease ran out)."""
+
+    held: bool
+
+
+class CadResult(BaseModel):
+    error: str | None = None
+    stl: str | None = None
+    threemf: str | None = None
+    step: str | None = None
+    preview: str | None = None  # 256 x 256 PNG
+    preview_small: str | None = None  # 96 x 96 PNG
+    objects: int | None = Field(None, ge=1)
+    bbox: list[list[Finite]] | None = None
+    volume: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # mm³ (None: an older worker)
+    seconds: Finite | None = None
+    # What the design showed but did not print ("outline (a sketch)"): shown on the build.
+    skipped: list[Annotated[str, Field(max_length=300)]] = Field(default_factory=list, max_length=200)
+    cached: bool | None = None  # the worker's CAD cache had it (None: an older worker did not say)
+
+
+class SliceMeta(BaseModel):
+    """What the slicer read from the G-code; the farm stores these (others are passed over)."""
+
+    printer_model: str | None = None
+    print_time_s: Finite | None = None
+    filament_g: Finite | None = None
+    filament_mm: Finite | None = None
+
+
+class SliceResult(BaseModel):
+    error: str | None = None
+    gcode: str | None = None
+    meta: SliceMeta = Field(default_factory=SliceMeta)
+    seconds: Finite | None = None
+    cached: bool | None = None  # the worker's slice cache had it
+
+
+class SliceView(BaseModel):
+    """A slice as the API shows it (views.py slice_view): a slice result's answer."""
+
+    id: int
+    printer_model: str
+    copies: int | None = None
+    state: SliceState
+    worker: str | None = None  # pending with a worker: being sliced
+    gcode: str | None = None
+    print_time_s: int | None = None
+    filament_g: float | None = None
+    filament_mm: float | None = None
+    seconds: float | None = None
+    error: str | None = None
+
+
+# -- submitters: POST /api/builds -----------------------------------------------------------------
+
+
+class GitSource(BaseModel):
+    url: str
+    ref: str | None = None
+    commit: str
+
+
+class SubmitOptions(BaseModel):
+    """POST /api/builds' `options` form field (JSON)."""
+
+    entry: str | None = None
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    # Set when the upload is a project archive (tar.gz): the .py file inside it to build.
+    entry_file: str | None = None
+    git: GitSource | None = None  # the project is this commit of a git repository
+    no_cache: bool = False
+    step: bool = False  # also export a STEP file (a .py design only)
+    # Build the part (CAD only: same worker, sandbox and cache) and make no jobs: the dashboard's
+    # "Preview". Submitting it afterwards with the same parameters reuses the worker's cached result.
+    preview: bool = False
+    copies: int = Field(1, ge=1, le=100)
+    material: str = "PLA"
+    quality: str = "standard"
+    color: str | None = None
+    printer_model: str | None = None
+    priority: int = Field(0, ge=-100, le=100)
+    printer: str | None = None  # pin: only this printer may print it
+    nozzle: float | None = Field(None, gt=0.1, lt=2.0)
+    attempts: int | None = Field(None, ge=1, le=10)  # None: the farm's `job_attempts`
+    tags: list[str] = Field(default_factory=list)  # the printer must have every one
+    per_plate: int = Field(1, ge=1, le=100)  # copies arranged on one plate (one job per plate)
+    # Slicer choices: the everyday ones, and any PrusaSlicer setting (`settings` wins).
+    infill: str | None = None
+    supports: str | None = None
+    brim: Finite | None = None
+    settings: dict[str, str] = Field(default_factory=dict)
+
+
+def body(model: BaseModel) -> dict[str, Any]:
+    """A request's JSON: the fields the caller set (None included), and no others."""
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True)
