@@ -398,6 +398,8 @@ class Bench:
 
     # the batch
     def submit(self, planned: list[Planned]) -> list[dict[str, Any]]:
+        from farm.core.wire import SubmitOptions
+
         src = self.tmp / "src"
         src.mkdir()
         builds = []
@@ -423,7 +425,7 @@ class Bench:
                 path = REPO / "examples" / "bracket.py"
                 options["printer_model"] = model
                 options["params"] = {"length": 40 + i % 60, "thickness": 3 + (i // 60) % 4}
-            builds.append(self.client.submit(path, options))
+            builds.append(self.client.submit(path, SubmitOptions.model_validate(options)))
         return builds
 
     # watching the queue and the beds (read-only, from the coordinator's SQLite database)
@@ -726,6 +728,8 @@ def raw_cpu_per_build(sample: list[tuple[float, float]], tmp: Path) -> dict[str,
 
 
 def run_builds(args: argparse.Namespace) -> dict[str, Any]:
+    from farm.core.wire import SubmitOptions
+
     bench = Bench(args)
     try:
         bench.start()
@@ -738,7 +742,7 @@ def run_builds(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.time()
         for length, thickness in params:
             options = {"printer_model": "MK4S", "params": {"length": length, "thickness": thickness}}
-            bench.client.submit(REPO / "examples" / "bracket.py", options)
+            bench.client.submit(REPO / "examples" / "bracket.py", SubmitOptions.model_validate(options))
         submitted = time.time() - t0
         deadline = t0 + args.timeout
         while time.time() < deadline:

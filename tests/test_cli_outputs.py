@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from farm.cli import app
 from farm.commands import slicing
 from farm.commands.cad import _deliver
 from tests.test_slicer import box_triangles, write_binary_stl
@@ -94,3 +95,18 @@ def test_farm_build_outputs_are_replaced_all_or_nothing(tmp_path: Path) -> None:
         "bracket.png": "new png",
     }
     assert set(files) == {"stl", "threemf", "preview"}
+
+
+def test_submit_checks_its_options_against_the_wire_model_before_sending(tmp_path: Path) -> None:
+    """Out-of-range options are refused by the CLI itself (SubmitOptions, farm/core/wire.py): exit 2,
+    one line per option in the flags' own names, and nothing sent (no farm is listening here)."""
+    result = CliRunner().invoke(
+        app,
+        ["submit", str(Path(__file__).parent.parent / "examples" / "bracket.py"),
+         "--nozzle", "5", "--priority", "500"],
+        env={"FARM_URL": "http://127.0.0.1:9", "FARM_TOKEN": "x", "FARM_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "--priority:" in result.output and "--nozzle:" in result.output, result.output
+    assert "less than or equal to 100" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -26,6 +26,7 @@ from farm.core.client import FarmClient, FarmError
 from farm.core.manifest import MANIFEST_NAME, Part, Target
 from farm.core.project import Packed, ProjectError, pack_file
 from farm.core.settings import get_settings
+from farm.core.wire import SubmitOptions
 
 USAGE_STATUSES = (400, 413, 415, 422)
 
@@ -151,13 +152,13 @@ def plan(parts: list[Part], checkout: Checkout, print_: bool, named: bool) -> li
     return subs
 
 
-def _options(sub: Submission, entry_file: str, checkout: Checkout) -> dict[str, Any]:
+def _options(sub: Submission, entry_file: str, checkout: Checkout) -> SubmitOptions:
     options: dict[str, Any] = {"entry": sub.part.artifact, "entry_file": entry_file, "params": sub.params}
     if checkout.git:
         options["git"] = checkout.git
     if sub.target is None:
-        return {**options, "preview": True}
-    return {**options, **sub.target.model_dump(exclude_none=True)}
+        return SubmitOptions.model_validate({**options, "preview": True})
+    return SubmitOptions.model_validate({**options, **sub.target.model_dump(exclude_none=True)})
 
 
 def _line(sub: Submission, build: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
@@ -21,6 +22,7 @@ from farm.coordinator.sources import SourceProblem, check_cad_source
 from farm.core.client import FarmClient, FarmError
 from farm.core.project import ProjectError, is_git_url, pack_file, pack_git
 from farm.core.settings import get_settings
+from farm.core.wire import GitSource, SubmitOptions
 
 TERMINAL = {"done", "failed", "cancelled"}
 
@@ -112,14 +114,16 @@ def submit(
         param_sets = combine(param or [], params_file, matrix)
     except ParamError as exc:
         die(str(exc), 2)
-    # SubmitOptions (farm/coordinator/api/builds.py) as JSON: the names are the coordinator's, not the flags'.
-    options: dict[str, Any] = {
-        "entry": artifact, "no_cache": no_cache, "step": step, "copies": copies, "material": material,
-        "quality": quality, "color": color, "printer_model": printer_model, "priority": priority,
-        "printer": printer, "nozzle": nozzle, "attempts": attempts, "tags": tag or [],
-        "per_plate": per_plate, "infill": infill, "supports": supports, "brim": brim,
-        "settings": parse_settings(setting),
-    }  # fmt: skip
+    try:  # the wire's SubmitOptions (farm/core/wire.py): the names are the coordinator's, not the flags'
+        options = SubmitOptions(
+            entry=artifact, no_cache=no_cache, step=step, copies=copies, material=material,
+            quality=quality, color=color, printer_model=printer_model, priority=priority,
+            printer=printer, nozzle=nozzle, attempts=attempts, tags=tag or [],
+            per_plate=per_plate, infill=infill, supports=supports, brim=brim,
+            settings=parse_settings(setting),
+        )  # fmt: skip
+    except ValidationError as exc:
+        die("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors()), 2)
     with tempfile.TemporaryDirectory(prefix="farm-submit-") as tmp, client() as farm:
         upload = _prepare_upload(source, file, ref, no_project, Path(tmp), options)
         builds = _send_builds(farm, upload, options, param_sets, wait=wait, quiet=as_json)
@@ -135,7 +139,7 @@ def submit(
 def _send_builds(
     farm: FarmClient,
     upload: Path,
-    options: dict[str, Any],
+    options: SubmitOptions,
     param_sets: list[dict[str, Any]],
     *,
     wait: bool,
@@ -145,7 +149,7 @@ def _send_builds(
     if len(param_sets) > 1:  # the coordinator's checks first: a matrix is queued whole or not at all
         _check_param_sets(upload, options, param_sets)
     try:
-        builds = [farm.submit(upload, {**options, "params": p}) for p in param_sets]
+        builds = [farm.submit(upload, options.model_copy(update={"params": p})) for p in param_sets]
     except FarmError as exc:
         die_farm(exc)
     try:
@@ -154,23 +158,23 @@ def _send_builds(
         die(str(exc))
 
 
-def _check_param_sets(upload: Path, options: dict[str, Any], param_sets: list[dict[str, Any]]) -> None:
+def _check_param_sets(upload: Path, options: SubmitOptions, param_sets: list[dict[str, Any]]) -> None:
     """Each parameter set checked as the coordinator will check it (farm/coordinator/sources.py), before
     any is sent: otherwise the builds before a bad one would be queued and the rest refused."""
     from farm.coordinator.pipeline import source_kind  # lazy: sqlmodel, the server extra
 
-    entry_file = options.get("entry_file")
+    entry_file = options.entry_file
     if source_kind(entry_file or upload.name) != "cad":
         return
     for params in param_sets:
         try:
-            check_cad_source(upload, entry_file, options["entry"], params, name=upload.name)
+            check_cad_source(upload, entry_file, options.entry, params, name=upload.name)
         except SourceProblem as exc:
             die(f"{exc} (with {json.dumps(params)}); nothing was submitted", 2)
 
 
 def _prepare_upload(
-    source: str, file: str | None, ref: str | None, no_project: bool, tmp: Path, options: dict[str, Any]
+    source: str, file: str | None, ref: str | None, no_project: bool, tmp: Path, options: SubmitOptions
 ) -> Path:
     """The file to upload: the design itself, or its project (a local folder or a git commit) packed."""
     try:
@@ -178,7 +182,7 @@ def _prepare_upload(
             if not file:
                 die("a git URL needs --file: the .py file in the repository to build", 2)
             packed = pack_git(source, ref, file, tmp, schemes=get_settings().git_schemes)
-            options["git"] = {"url": source, "ref": ref, "commit": packed.git_commit}
+            options.git = GitSource(url=source, ref=ref, commit=packed.git_commit)
         else:
             if file or ref:
                 die("--file and --ref go with a git URL", 2)
@@ -193,7 +197,7 @@ def _prepare_upload(
             packed = local
     except ProjectError as exc:
         die(str(exc), 2)
-    options["entry_file"] = packed.entry
+    options.entry_file = packed.entry
     return packed.archive
 
 

@@ -44,6 +44,7 @@ from farm.core.client import FarmClient
 from farm.core.printer_models import check_model
 from farm.core.project import pack_file
 from farm.core.settings import Settings
+from farm.core.wire import SubmitOptions
 from printers.config import AgentConfig, CoordinatorConfig
 from printers.drivers.base import PrinterConfig
 
@@ -532,13 +533,13 @@ def submit_examples(settings: Settings) -> None:
     with FarmClient(settings.url, token) as client, tempfile.TemporaryDirectory() as tmp:
         for example in sorted(examples.glob("*")):
             if example.suffix in (".py", ".stl"):
-                build = client.submit(example, {})
+                build = client.submit(example, SubmitOptions())
                 log.info("demo: submitted %s as build %s", example.name, build["id"])
         project = examples / "makerrepo_project"
         packed = pack_file(project / "main.py", Path(tmp))
         assert packed is not None  # its requirements.txt makes it a project
         params = json.loads((project / "tall.json").read_text())
-        options = {"entry_file": packed.entry, "entry": "custom_tray", "params": params}
+        options = SubmitOptions(entry_file=packed.entry, entry="custom_tray", params=params)
         build = client.submit(packed.archive, options)
         log.info("demo: submitted %s (custom_tray, tall.json) as build %s", project.name, build["id"])
 

@@ -198,11 +198,11 @@ class FarmClient:
         return dest
 
     # -- builds ---------------------------------------------------------------------------
-    def submit(self, path: Path, options: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, path: Path, options: wire.SubmitOptions) -> dict[str, Any]:
+        """POST /api/builds: the file and the options the caller set (the coordinator checks them)."""
         with path.open("rb") as f:
-            resp = self.request(
-                "POST", "/api/builds", files={"file": (path.name, f)}, data={"options": json.dumps(options)}
-            )
+            form = {"options": json.dumps(wire.body(options))}
+            resp = self.request("POST", "/api/builds", files={"file": (path.name, f)}, data=form)
         return resp.json()
 
 
