@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
-from farm.coordinator import dispatch, moves, pipeline
+from farm.coordinator import dispatch, heartbeats, moves, pipeline
 from farm.coordinator.api import access, create_app
 from farm.coordinator.db import make_async_engine, make_engine
 from farm.coordinator.models import Job, JobSnapshot, Printer, Slice, Token, utcnow
@@ -169,17 +169,19 @@ def test_heartbeat_notes_the_printer_and_extends_its_lease(engine) -> None:  # t
         a = add_printer(s, "a", "MINI")
         ready_build(s, models=["MINI"])
     with Session(engine, expire_on_commit=False) as s:
-        assert dispatch.heartbeat(s, "nobody", state="idle", message=None, progress=None, lease_s=60) is None
+        assert (
+            heartbeats.heartbeat(s, "nobody", state="idle", message=None, progress=None, lease_s=60) is None
+        )
     with Session(engine, expire_on_commit=False) as s:
-        beat = dispatch.heartbeat(s, "a", state="idle", message="ok", progress=None, lease_s=60)
-        assert beat == dispatch.Beat(None, None)
+        beat = heartbeats.heartbeat(s, "a", state="idle", message="ok", progress=None, lease_s=60)
+        assert beat == heartbeats.Beat(None, None)
         # The claim endpoint heartbeats and claims in one session.
         job = dispatch.claim(s, s.get(Printer, "a"), lease_s=60)  # type: ignore[arg-type]
         assert job is not None and job.lease_expires is not None
         first_lease = job.lease_expires
     with Session(engine, expire_on_commit=False) as s:
-        beat = dispatch.heartbeat(s, "a", state="busy", message="heating", progress=5.0, lease_s=600)
-        assert beat == dispatch.Beat(job.id, job.fence)
+        beat = heartbeats.heartbeat(s, "a", state="busy", message="heating", progress=5.0, lease_s=600)
+        assert beat == heartbeats.Beat(job.id, job.fence)
     with Session(engine, expire_on_commit=False) as s:
         a = s.get(Printer, "a")  # type: ignore[assignment]
         held = s.get(Job, job.id)
@@ -199,7 +201,7 @@ def test_a_wanted_still_rides_on_heartbeats_and_claims(engine) -> None:  # type:
         ready_build(s, models=["MINI"])
     status = {"state": "idle", "message": None, "progress": None, "lease_s": 60}
     with Session(engine, expire_on_commit=False) as s:
-        assert dispatch.heartbeat(s, "a", **status) == dispatch.Beat(None, None, True)
+        assert heartbeats.heartbeat(s, "a", **status) == heartbeats.Beat(None, None, True)
     if engine.dialect.name == "postgresql":
         limits = {"starvation_s": 3600.0, "heatup_s": 300.0, "heating_per_group": 1}
 
@@ -207,21 +209,21 @@ def test_a_wanted_still_rides_on_heartbeats_and_claims(engine) -> None:  # type:
             pool = make_async_engine(engine.url.render_as_string(hide_password=False), 2, durable=False)
             assert pool is not None
             try:
-                beat = await dispatch.heartbeat_pg(pool, "a", **status)
+                beat = await heartbeats.heartbeat_pg(pool, "a", **status)
                 claimed, wanted = await dispatch.claim_and_beat_pg(pool, "a", status, **limits)
                 again, still_wanted = await dispatch.claim_and_beat_pg(pool, "a", status, **limits)
                 return beat, claimed is not None, wanted, again.id == claimed.id, still_wanted
             finally:
                 await pool.dispose()
 
-        assert asyncio.run(on_the_loop()) == (dispatch.Beat(None, None, True), True, True, True, True)
+        assert asyncio.run(on_the_loop()) == (heartbeats.Beat(None, None, True), True, True, True, True)
     with Session(engine, expire_on_commit=False) as s:
         a = s.get(Printer, "a")
         assert a is not None
         a.snapshot_wanted = None
         s.add(a)
         s.commit()
-        beat = dispatch.heartbeat(s, "a", **status)
+        beat = heartbeats.heartbeat(s, "a", **status)
         assert beat is not None and beat.snapshot is False
 
 
@@ -266,7 +268,7 @@ def test_a_kept_data_dir_takes_stills_without_a_job(engine) -> None:  # type: ig
 
 def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -> None:  # type: ignore[no-untyped-def]
     """On PostgreSQL the coordinator heartbeats through an async engine with no session
-    (dispatch.heartbeat_pg), and a claim trusts what that heartbeat found. SQLite has no such path."""
+    (heartbeats.heartbeat_pg), and a claim trusts what that heartbeat found. SQLite has no such path."""
     url = engine.url.render_as_string(hide_password=False)
     if engine.dialect.name == "sqlite":
         assert make_async_engine(url, 2) is None
@@ -275,11 +277,11 @@ def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -
         add_printer(s, "a", "MINI")
         ready_build(s, models=["MINI"], copies=2)
 
-    async def beat(name: str, **status: Any) -> dispatch.Beat | None:
+    async def beat(name: str, **status: Any) -> heartbeats.Beat | None:
         async_engine = make_async_engine(url, 2, durable=False)
         assert async_engine is not None
         try:
-            return await dispatch.heartbeat_pg(async_engine, name, lease_s=600, **status)
+            return await heartbeats.heartbeat_pg(async_engine, name, lease_s=600, **status)
         finally:
             await async_engine.dispose()
 
@@ -296,7 +298,7 @@ def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -
     assert (asyncio.run(synchronous_commit(False)), asyncio.run(synchronous_commit(True))) == ("off", "on")
     assert asyncio.run(beat("nobody", state="idle", message=None, progress=None)) is None
     idle = asyncio.run(beat("a", state="idle", message="ok", progress=None, material="petg"))
-    assert idle == dispatch.Beat(None, None)
+    assert idle == heartbeats.Beat(None, None)
     with Session(engine, expire_on_commit=False) as s:
         a = s.get(Printer, "a")
         assert a is not None and a.state == "idle" and a.material == "PETG"
@@ -306,7 +308,7 @@ def test_the_coordinators_event_loop_heartbeat_matches_the_session_one(engine) -
         job = dispatch.claim(s, a, lease_s=60, beat=idle)
         assert job is not None and job.state == JobState.CLAIMED and job.printer == "a"
     held = asyncio.run(beat("a", state="busy", message="heating", progress=5.0))
-    assert held == dispatch.Beat(job.id, job.fence)
+    assert held == heartbeats.Beat(job.id, job.fence)
     with Session(engine, expire_on_commit=False) as s:
         # A claim after a heartbeat that found a bound job hands back that job, not another.
         again = dispatch.claim(s, s.get(Printer, "a"), lease_s=60, beat=held)  # type: ignore[arg-type]
@@ -558,7 +560,7 @@ def test_the_agents_statements_stay_on_the_indexes_as_prepared_statements(postgr
             for _ in range(6):  # so is the heating check, which the rehearsal skips
                 for name in ("a", "b"):
                     got.append(await dispatch.claim_pg(async_engine, name, status, **limits))
-                    await dispatch.heartbeat_pg(async_engine, name, **status)
+                    await heartbeats.heartbeat_pg(async_engine, name, **status)
             plans.clear()
             for name in ("a", "b"):  # each holds its job: hand it back, then free the printer
                 await dispatch.claim_pg(async_engine, name, status, **limits)
@@ -567,7 +569,7 @@ def test_the_agents_statements_stay_on_the_indexes_as_prepared_statements(postgr
                     s.exec(sa.update(Job).where(Job.printer == name).values(state=JobState.DONE))  # type: ignore[call-overload]
                     s.commit()
                 got.append(await dispatch.claim_pg(async_engine, name, status, **limits))
-                await dispatch.heartbeat_pg(async_engine, name, **status)
+                await heartbeats.heartbeat_pg(async_engine, name, **status)
             return got
         finally:
             await async_engine.dispose()

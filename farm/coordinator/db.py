@@ -57,7 +57,7 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
 
 def make_async_engine(url: str, connections: int, *, durable: bool = True) -> AsyncEngine | None:
     """PostgreSQL: a pool for the agents' calls served on the event loop (api.deps.write,
-    dispatch.heartbeat_pg and claim_pg).
+    heartbeats.heartbeat_pg and claim_pg).
     The schema is the sync engine's business (make_engine runs first). SQLite: None.
 
     `durable=False`: commits return before the WAL reaches the disk (synchronous_commit=off), for

@@ -10,14 +10,15 @@ job's next claim, by another printer, is given the same number again.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, exists, func, or_, true, union_all, update
+from sqlalchemy import Row, Select, bindparam, exists, func, or_, union_all, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from farm.coordinator import metrics, moves
+from farm.coordinator.heartbeats import BEAT_ONE_STATEMENT, BEAT_WITH_PRINTER, Beat, beat_params
 from farm.coordinator.models import Job, Printer, Slice, utcnow
 from farm.coordinator.moves import BIND, CLAIM, EXTEND_LEASE
 from farm.coordinator.pipeline import Outgoing, rebuild_for
@@ -380,60 +381,6 @@ def retry(session: Session, job: Job) -> tuple[Job, list[Outgoing]]:
     return job, out or []
 
 
-class Beat(NamedTuple):
-    """What a heartbeat tells its agent: the job it holds (None: none) under which fence, and
-    whether an operator wants a still from its camera."""
-
-    job: int | None
-    fence: int | None
-    snapshot: bool = False
-
-
-# Built once: every agent sends a heartbeat every few seconds, so statement building would show.
-_BEAT_PRINTER = (
-    update(_PRINTERS)
-    .where(_PRINTERS.c.name == bindparam("b_name"))
-    .values(
-        state=bindparam("b_state"),
-        message=bindparam("b_message"),
-        progress=bindparam("b_progress"),
-        last_seen=bindparam("b_now"),
-        # What the printer itself says is loaded (Bambu AMS / spool) wins; else the operator's word.
-        material=func.coalesce(bindparam("b_material"), _PRINTERS.c.material),
-        color=func.coalesce(bindparam("b_color"), _PRINTERS.c.color),
-    )
-)
-_BEAT_JOB = (
-    update(_JOBS)
-    .where(_JOBS.c.printer == bindparam("b_name"), or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)))
-    .values(EXTEND_LEASE.values(_JOBS, lease_expires=bindparam("b_lease")))
-    .returning(_JOBS.c.id, _JOBS.c.fence)
-)
-# PostgreSQL does both in one statement (UPDATEs in a WITH), sent in autocommit: one round trip
-# instead of four (BEGIN, two UPDATEs, COMMIT). One row when the printer exists, none otherwise.
-_BEAT_PRINTER_CTE = _BEAT_PRINTER.returning(*_PRINTERS.c).cte("beat_printer")
-_BEAT_JOB_CTE = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.printer.in_(select(_BEAT_PRINTER_CTE.c.name)),
-        or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)),
-    )
-    .values(EXTEND_LEASE.values(_JOBS, lease_expires=bindparam("b_lease")))
-    .returning(_JOBS.c.id, _JOBS.c.fence)
-    .cte("beat_job")
-)
-_BEAT_ONE_STATEMENT = select(
-    _BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence, _BEAT_PRINTER_CTE.c.snapshot_wanted
-).select_from(_BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true()))
-_BEAT_PRINTER_WANTS = _BEAT_PRINTER.returning(_PRINTERS.c.snapshot_wanted)  # SQLite's, in two statements
-# A claim's heartbeat: also the printer row as updated, which the claim matches jobs against.
-_BEAT_WITH_PRINTER = (
-    select(*_BEAT_PRINTER_CTE.c)
-    .add_columns(_BEAT_JOB_CTE.c.id.label("held_job"), _BEAT_JOB_CTE.c.fence.label("held_fence"))
-    .select_from(_BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true()))
-)
-
-
 class NoSuchPrinter(LookupError):
     """A claim for a printer that is not registered."""
 
@@ -478,7 +425,7 @@ async def claim_and_beat_pg(
     nothing fits or the bed or power group says wait; and whether a still is wanted."""
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        printer = (await conn.execute(_BEAT_WITH_PRINTER, _beat_params(name, **beat))).first()
+        printer = (await conn.execute(BEAT_WITH_PRINTER, beat_params(name, **beat))).first()
         if printer is None:
             raise NoSuchPrinter(name)
         wanted = printer.snapshot_wanted is not None
@@ -506,90 +453,16 @@ async def rehearse_pg(engine: AsyncEngine) -> None:
     prepares a statement on its 5th use). A restarted coordinator meets a thousand agents at once;
     unrehearsed, its first claims took up to 10 times as long (bench/coordinator.py)."""
     nobody = Printer(name="", model="", protocol="")  # no printer has an empty name (agents.Register)
-    beat = _beat_params("", PrinterState.OFFLINE, None, None, 60)
+    beat = beat_params("", PrinterState.OFFLINE, None, None, 60)
     for _ in range(6 * engine.pool.size()):  # type: ignore[attr-defined]  # QueuePool has size(); Pool does not
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             for statement, params in (
-                (_BEAT_ONE_STATEMENT, beat),
-                (_BEAT_WITH_PRINTER, beat),
+                (BEAT_ONE_STATEMENT, beat),
+                (BEAT_WITH_PRINTER, beat),
                 (_CLAIM_IN_ONE, _claim_in_one_params(nobody, 0, 0)),
             ):
                 await conn.execute(statement, params)
-
-
-def _beat_params(
-    name: str,
-    state: PrinterState,
-    message: str | None,
-    progress: float | None,
-    lease_s: float,
-    material: str | None = None,
-    color: str | None = None,
-) -> dict[str, Any]:
-    now = utcnow()
-    return {
-        "b_name": name,
-        "b_state": state,
-        "b_message": message,
-        "b_progress": progress,
-        "b_material": material.upper() if material else None,
-        "b_color": color.lower() if color else None,
-        "b_now": now,
-        "b_lease": now + timedelta(seconds=lease_s),
-    }
-
-
-async def heartbeat_pg(
-    engine: AsyncEngine,
-    name: str,
-    *,
-    state: PrinterState,
-    message: str | None,
-    progress: float | None,
-    lease_s: float,
-    material: str | None = None,
-    color: str | None = None,
-) -> Beat | None:
-    """`heartbeat` on PostgreSQL, for the event loop: one statement in autocommit, no session."""
-    params = _beat_params(name, state, message, progress, lease_s, material, color)
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        row = (await conn.execute(_BEAT_ONE_STATEMENT, params)).first()
-    return None if row is None else Beat(row[0], row[1], row[2] is not None)
-
-
-def heartbeat(
-    session: Session,
-    name: str,
-    *,
-    state: PrinterState,
-    message: str | None,
-    progress: float | None,
-    lease_s: float,
-    material: str | None = None,
-    color: str | None = None,
-) -> Beat | None:
-    """Note what the agent says about its printer and extend its job's lease; None: no such printer.
-
-    Every agent sends this every few seconds: two UPDATEs and one commit (one statement on
-    PostgreSQL), with no rows loaded. Commits on its own, so it must come first in its session.
-    """
-    params = _beat_params(name, state, message, progress, lease_s, material, color)
-    if session.get_bind().dialect.name == "postgresql":
-        conn = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        row = conn.execute(_BEAT_ONE_STATEMENT, params).first()
-        session.commit()
-        return None if row is None else Beat(row[0], row[1], row[2] is not None)
-    conn = session.connection()
-    printer = conn.execute(_BEAT_PRINTER_WANTS, params).first()
-    if printer is None:
-        session.rollback()
-        return None
-    held = conn.execute(_BEAT_JOB, params).first()
-    session.commit()
-    wanted = printer[0] is not None
-    return Beat(held[0], held[1], wanted) if held else Beat(None, None, wanted)
 
 
 def expire_leases(session: Session, lease_s: float) -> int:

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col
 
-from farm.coordinator import dispatch, metrics, moves
+from farm.coordinator import dispatch, heartbeats, metrics, moves
 from farm.coordinator.api.deps import (
     MAX_NAME,
     NAME_PATTERN,
@@ -115,7 +115,7 @@ async def _done_slice_pg(engine: AsyncEngine, slice_id: int, farm: Farm) -> tupl
 
 # Every agent calls these every few seconds, most of them through fastlane.py. SQLite: each runs
 # in one write session through deps.write, on the event loop when no other writer is busy
-# (cheaper than a thread hop). PostgreSQL: heartbeats and claims are dispatch.heartbeat_pg and
+# (cheaper than a thread hop). PostgreSQL: heartbeats and claims are heartbeats.heartbeat_pg and
 # claim_pg on the event loop; the rest go through deps.write.
 
 
@@ -148,7 +148,7 @@ def _register(session: Session, body: Register, farm: Farm) -> dict:
 
 
 def _beat_fields(body: Heartbeat, farm: Farm) -> dict[str, Any]:
-    """What dispatch.heartbeat and heartbeat_pg take besides the printer's name."""
+    """What heartbeats.heartbeat and heartbeat_pg take besides the printer's name."""
     return {
         "state": body.state,
         "message": body.message,
@@ -159,8 +159,8 @@ def _beat_fields(body: Heartbeat, farm: Farm) -> dict[str, Any]:
     }
 
 
-def _beat(session: Session, body: Heartbeat, farm: Farm) -> dispatch.Beat:
-    beat = dispatch.heartbeat(session, body.printer, **_beat_fields(body, farm))
+def _beat(session: Session, body: Heartbeat, farm: Farm) -> heartbeats.Beat:
+    beat = heartbeats.heartbeat(session, body.printer, **_beat_fields(body, farm))
     if beat is None:
         raise _not_registered(body.printer)
     return beat
@@ -178,10 +178,10 @@ async def heartbeat(body: Heartbeat, token: AgentToken, farm: FarmDep) -> dict:
 
 async def beat(farm: Farm, body: Heartbeat) -> dict:
     if farm.nowait_engine is None:
-        found: dispatch.Beat | None = await write(farm, _beat, body, farm)
+        found: heartbeats.Beat | None = await write(farm, _beat, body, farm)
     else:
         engine, fields = farm.nowait_engine, _beat_fields(body, farm)
-        found = await reconnecting(lambda: dispatch.heartbeat_pg(engine, body.printer, **fields))
+        found = await reconnecting(lambda: heartbeats.heartbeat_pg(engine, body.printer, **fields))
     if found is None:
         raise _not_registered(body.printer)
     return {"job": found.job, "fence": found.fence, **({"snapshot": True} if found.snapshot else {})}

@@ -40,7 +40,7 @@ class Farm:
     store: ArtifactStore
     broker: RedisBroker | None
     # PostgreSQL: the agents' calls run on the event loop through these (see `write`); heartbeats
-    # and claims (dispatch.heartbeat_pg, claim_pg) through a pool whose commits do not wait for
+    # and claims (heartbeats.heartbeat_pg, claim_pg) through a pool whose commits do not wait for
     # the disk (db.make_async_engine).
     async_engine: AsyncEngine | None = None
     nowait_engine: AsyncEngine | None = None
@@ -70,7 +70,7 @@ def _in_write_session(engine: Engine, work: Callable[..., T], *args: Any) -> T:
 
 async def write(farm: Farm, work: Callable[..., T], *args: Any) -> T:
     """`work(session, *args)` in a write_session, for the agents' calls that come every few seconds
-    (on PostgreSQL heartbeats and claims skip the session: dispatch.heartbeat_pg and claim_pg).
+    (on PostgreSQL heartbeats and claims skip the session: heartbeats.heartbeat_pg and claim_pg).
 
     PostgreSQL: `work` runs on the event loop in a greenlet (SQLAlchemy's AsyncSession.run_sync),
     which parks it at each network round trip and serves other requests meanwhile: no thread hop,
