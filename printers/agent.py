@@ -55,7 +55,7 @@ class CurrentJob:
 
 
 def _same_file(reported: str | None, remote_name: str) -> bool:
-    return bool(reported) and PurePath(reported).name.lower() == remote_name.lower()  # type: ignore[arg-type]
+    return reported is not None and PurePath(reported).name.lower() == remote_name.lower()
 
 
 class Agent:

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from farm.coordinator import metrics, moves
 from farm.coordinator.heartbeats import BEAT_ONE_STATEMENT, BEAT_WITH_PRINTER, Beat, beat_params
-from farm.coordinator.models import Job, Printer, Slice, utcnow
+from farm.coordinator.models import Job, Printer, Slice, table_of, utcnow
 from farm.coordinator.moves import BIND, CLAIM, EXTEND_LEASE
 from farm.coordinator.pipeline import Outgoing, rebuild_for
 from farm.core import tags
@@ -33,7 +33,7 @@ from farm.core.states import (
 )
 
 CLAIM_ROUNDS = 5
-_PRINTERS, _JOBS = Printer.__table__, Job.__table__  # type: ignore[attr-defined]  # SQLModel sets it at run time
+_PRINTERS, _JOBS = table_of(Printer), table_of(Job)
 
 
 class StaleLease(Exception):
@@ -430,7 +430,7 @@ async def claim_and_beat_pg(
             raise NoSuchPrinter(name)
         wanted = printer.snapshot_wanted is not None
         if printer.held_job is not None:
-            held = (await conn.execute(select(_JOBS).where(_JOBS.c.id == printer.held_job))).first()
+            held = (await conn.execute(_JOBS.select().where(_JOBS.c.id == printer.held_job))).first()
             return held, wanted
         params = _claim_in_one_params(printer, beat["lease_s"], starvation_s)
         if not printer.power_group:

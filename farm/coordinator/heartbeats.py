@@ -13,11 +13,11 @@ from sqlalchemy import bindparam, func, or_, true, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, select
 
-from farm.coordinator.models import Job, Printer, utcnow
+from farm.coordinator.models import Job, Printer, table_of, utcnow
 from farm.coordinator.moves import EXTEND_LEASE
 from farm.core.states import LEASED_JOB_STATES, PrinterState
 
-_PRINTERS, _JOBS = Printer.__table__, Job.__table__  # type: ignore[attr-defined]  # SQLModel sets it at run time
+_PRINTERS, _JOBS = table_of(Printer), table_of(Job)
 
 
 class Beat(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import Enum, Index, UniqueConstraint
+from sqlalchemy import Enum, Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel, col
 
 from farm.core.states import BuildStage, JobState, PrinterState, SliceState
@@ -26,6 +26,11 @@ def stored_id(row: _Row) -> int:
     if row.id is None:
         raise ValueError(f"this {type(row).__name__} has no id: it was never flushed")
     return row.id
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A model's table, for statements built once at import (SQLModel sets `__table__` untyped)."""
+    return SQLModel.metadata.tables[str(model.__tablename__)]
 
 
 class Token(SQLModel, table=True):

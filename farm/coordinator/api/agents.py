@@ -25,7 +25,7 @@ from farm.coordinator.api.deps import (
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.api.longpoll import GATHER_S, MAX_WAIT_S, RECHECK_S
 from farm.coordinator.api.views import job_view
-from farm.coordinator.models import Artifact, Job, Printer, Slice, Token
+from farm.coordinator.models import Artifact, Job, Printer, Slice, Token, table_of
 from farm.core.names import printer_file_name
 from farm.core.states import PRINT_ENDED, InvalidMove, JobState
 from farm.core.wire import (
@@ -91,7 +91,7 @@ def _remember_slice(farm: Farm, slice_id: int, sl: Slice, name: str | None) -> t
     return sl, name
 
 
-_SLICES = Slice.__table__  # type: ignore[attr-defined]
+_SLICES = table_of(Slice)
 _DONE_SLICE = (
     select(*_SLICES.c, col(Artifact.name).label("gcode_name"))
     .outerjoin(Artifact, col(Artifact.sha256) == _SLICES.c.gcode_sha256)

@@ -17,7 +17,7 @@ from farm.coordinator.api.deps import Farm, FarmDep, RowId, SessionDep, require
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.api.paging import Cursor, Limit, after_id, page, paged
 from farm.coordinator.api.views import build_view, slice_view
-from farm.coordinator.models import Artifact, Build, Job, Printer, Slice, Token
+from farm.coordinator.models import Artifact, Build, Job, Printer, Slice, Token, stored_id
 from farm.coordinator.sources import SourceProblem, check_cad_source
 from farm.coordinator.store import TooLarge
 from farm.core import tags
@@ -132,7 +132,7 @@ async def submit(
     session.commit()
     dispatch_outgoing(farm, out)
     farm.work.wake()  # a job may be ready at once (a slice already made): parked claims look again
-    return load_build(session, build.id)  # type: ignore[arg-type]
+    return load_build(session, stored_id(build))
 
 
 def _read_options(options: str) -> SubmitOptions:
