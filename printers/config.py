@@ -14,7 +14,6 @@ from pathlib import Path
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
 from farm.core.printer_models import ALIASES, UnknownChoice, check_model
-from farm.core.settings import get_settings
 from printers.drivers.base import PrinterConfig
 
 
@@ -89,6 +88,8 @@ class AgentConfig(BaseModel):
             return self.coordinator.token, f"the [coordinator] token in {where}"
         if env := os.environ.get("FARM_TOKEN", "").strip():
             return env, "FARM_TOKEN (agent config has no [coordinator] token)"
+        from farm.core.settings import get_settings  # lazy: pydantic-settings and asyncio, +4.6 MB RSS
+
         admin = get_settings().admin_token_file
         try:
             found = admin.read_text().strip()

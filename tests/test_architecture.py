@@ -66,6 +66,17 @@ farm.cli.main()
     assert "--config" in done.stdout
 
 
+def test_the_agent_stays_light() -> None:
+    """The agent's process imports neither pydantic-settings nor asyncio (4.6 MB of RSS on a Pi,
+    bench/agent.py's idle figure): the settings load only when no token is configured."""
+    probe = (
+        "import sys, printers.agent, printers.config, printers.drivers.prusalink; "
+        "print(sorted(m for m in ('pydantic_settings', 'asyncio') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
 def test_project_imports_inside_functions_say_why() -> None:
     """Issue #16: a project import inside a function is a hidden dependency, kept only for a reason
     (a heavy optional package, the agent's install, a cycle, a measured startup cost) written on its
