@@ -111,7 +111,7 @@ class Agent:
                 except Exception:  # one bad round must not kill the agent beside a printer
                     log.exception("%s: unexpected error; carrying on", self.name)
                 if pause > 0:
-                    stop.wait(pause)
+                    self.driver.pause_until_change(stop, pause)
         finally:
             self.driver.close()
 

@@ -8,6 +8,7 @@ import ftplib
 import io
 import json
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,6 +106,33 @@ def test_upload_start_print_to_finish(
         DriverError, match=r"cannot start 'cube\.gcode\.3mf' now: the printer is busy \((prepare|running)\)"
     ):
         driver.start("cube.gcode.3mf")
+
+
+def test_the_pause_between_rounds_ends_at_the_finish_push(
+    make_emulator: MakeEmulator, make_driver: MakeDriver, tmp_path: Path
+) -> None:
+    """Bambu gives the time left in whole minutes: the agent learns of a print's end from the
+    FINISH push, which ends its pause between rounds, not from a guess at the time left."""
+    emulator = make_emulator(speed=300.0)  # a 600 s estimate prints in about 2 s
+    driver = make_driver(emulator)
+    driver.upload(make_package(tmp_path), "cube.gcode.3mf", start=True)
+    assert driver.status().state == PrinterState.PRINTING
+    stop = threading.Event()
+    begun = time.monotonic()
+    driver.pause_until_change(stop, 30.0)  # PREPARE -> RUNNING, perhaps
+    while driver.status().state == PrinterState.PRINTING and time.monotonic() - begun < 30:
+        driver.pause_until_change(stop, 30.0)
+    assert driver.status().state == PrinterState.FINISHED
+    assert time.monotonic() - begun < 10  # woken by the pushes, not by the 30 s timeouts
+
+    # With nothing changing, the pause lasts its time, and a stop ends it within a slice.
+    begun = time.monotonic()
+    driver.pause_until_change(stop, 0.6)
+    assert 0.55 <= time.monotonic() - begun < 3
+    threading.Timer(0.2, stop.set).start()
+    begun = time.monotonic()
+    driver.pause_until_change(stop, 30.0)
+    assert time.monotonic() - begun < 2
 
 
 def test_pause_resume_cancel(make_emulator: MakeEmulator, make_driver: MakeDriver, tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ USERNAME = "bblp"
 SIGNATURE_REFUSED = 84033543  # 0x05024007 "mqtt message verify failed"
 CANCELLED = 50348044  # 0x0300400C, what `stop` leaves in print_error
 CHUNK_BYTES = 64 * 1024
+STOP_CHECK_S = 0.5  # pause_until_change looks at `stop` this often
 UPLOAD_MIN_TIMEOUT_S = 60.0
 UPLOAD_BYTES_PER_S = 25_000  # printers write slowly; a 226 can take 30 s+ on H2D (bambuddy)
 DEVELOPER_MODE_HINT = (
@@ -141,6 +142,19 @@ class BambuDriver(Driver):
         if report is None:
             return PrinterStatus(PrinterState.OFFLINE, message=self._offline_message())
         return self._unasked_pause(self._to_status(report))
+
+    def pause_until_change(self, stop: threading.Event, timeout_s: float) -> None:
+        """Ends early when a push changes gcode_state: the firmware gives the time left in whole
+        minutes, so a print's end is seen from its FINISH push, not guessed from the time left."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            before = self._state.get("gcode_state")
+            while not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0 or self._state.get("gcode_state") != before:
+                    return
+                # Slices, so that a `stop` (which cannot notify this lock) is seen within one.
+                self._lock.wait(min(left, STOP_CHECK_S))
 
     def upload(
         self, path: Path, remote_name: str, *, start: bool, progress: ProgressCallback | None = None

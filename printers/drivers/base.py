@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import ipaddress
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +225,12 @@ class Driver(abc.ABC):
         """One still from the printer's camera as (image bytes, media type); None without a camera.
         DriverError when the printer cannot be reached."""
         return None
+
+    def pause_until_change(self, stop: threading.Event, timeout_s: float) -> None:
+        """The agent's pause between rounds: timeout_s, or less once `stop` is set. A protocol that
+        pushes its state (Bambu's MQTT) also ends it when the print state changes, so the agent
+        sees a print's end when the printer says it, not at its next round."""
+        stop.wait(timeout_s)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
