@@ -69,6 +69,7 @@ def ready_build(
     copies: int = 1,
     priority: int = 0,
     printer_model: str | None = None,
+    print_time_s: int = 60,
 ) -> list[Job]:
     """A mesh build whose slices for `models` are done: its jobs are ready."""
     build, jobs, _out = pipeline.create_build(
@@ -88,7 +89,12 @@ def ready_build(
     for sl in session.exec(select(Slice).where(Slice.build_id == build.id)).all():
         if sl.printer_model in models:
             pipeline.slice_finished(
-                session, sl, error=None, gcode_sha256="1" * 64, meta={"print_time_s": 60}, seconds=0.1
+                session,
+                sl,
+                error=None,
+                gcode_sha256="1" * 64,
+                meta={"print_time_s": print_time_s},
+                seconds=0.1,
             )
     session.commit()
     return jobs
@@ -116,6 +122,42 @@ def test_claim_takes_priority_then_age_and_matches_the_model(engine) -> None:  #
             order.append(job.id)
             dispatch.report(s, job, mini, fence=job.fence, state=JobState.FAILED, lease_s=60, error="x")
         assert order == [new_urgent.id, old.id, newer.id]
+
+
+def test_a_batch_starts_longest_first_and_a_later_batch_waits_its_turn(engine) -> None:  # type: ignore[no-untyped-def]
+    """Jobs of one priority queued within BATCH_S of each other start longest first (the batch
+    ends on short prints); a job queued later waits behind the batch however long it is; a higher
+    priority goes first however short. Both databases' claims, `queue_for` (what `farm jobs
+    explain` shows) and the prefetch hint agree."""
+    with Session(engine, expire_on_commit=False) as s:
+        mini = add_printer(s, "mini", "MINI")
+
+        def job(seconds: int, priority: int = 0) -> Job:
+            made = ready_build(
+                s, models=["MINI"], printer_model="MINI", priority=priority, print_time_s=seconds
+            )
+            return made[0]
+
+        short, long, middle = job(100), job(300), job(200)
+        later = job(900)
+        later.created_at = short.created_at + timedelta(seconds=dispatch.BATCH_S + 1)
+        s.add(later)
+        urgent = job(10, priority=5)
+        s.commit()
+        expected = [urgent.id, long.id, middle.id, short.id, later.id]
+        assert dispatch.queue_for(s, mini, 3600.0, limit=10) == expected
+        urgent_slice = s.exec(select(Slice).where(Slice.build_id == urgent.build_id)).one()
+        assert dispatch.next_gcode(s, mini, 3600.0) == urgent_slice.gcode_sha256
+        order = []
+        for _ in range(5):
+            claimed = dispatch.claim(s, mini, 60)
+            assert claimed is not None
+            order.append(claimed.id)
+            dispatch.report(
+                s, claimed, mini, fence=claimed.fence, state=JobState.FAILED, lease_s=60, error="x"
+            )
+        assert order == expected
+        assert dispatch.claim(s, mini, 60) is None
 
 
 def test_racing_agents_never_share_a_job(engine) -> None:  # type: ignore[no-untyped-def]
@@ -578,7 +620,7 @@ def test_the_agents_statements_stay_on_the_indexes_as_prepared_statements(postgr
     assert all(job is not None for job in got)
     explained = [p for p in plans if "Query Text" in p]
     generic = [p for p in explained if "$1" in p]  # a generic plan shows parameters, not values
-    assert any("WITH pick AS" in p for p in generic), explained  # the claim
+    assert any("WITH queue_window AS" in p and "pick AS" in p for p in generic), explained  # the claim
     assert any("min(job.created_at)" in p for p in generic)  # its starving check
     assert any("count(*)" in p for p in generic)  # the heating check
     assert any("beat_printer" in p for p in generic)  # the heartbeat

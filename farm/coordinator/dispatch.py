@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, Select, bindparam, exists, func, or_, union_all, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
@@ -66,9 +67,16 @@ def next_gcode(session: Session, printer: Printer, starvation_s: float) -> str |
 
 
 def _fits() -> Select:
-    """Ready jobs that a printer (the p_* parameters) can print, with the slice for its model."""
+    """Ready jobs that a printer (the p_* parameters) can print, with the slice for its model (and
+    what `longest_first` orders them by)."""
     return (
-        select(Job.id, Slice.id)
+        sa_select(  # sqlmodel's select is typed for up to four columns
+            col(Job.id).label("job_id"),
+            col(Slice.id).label("slice_id"),
+            col(Job.priority),
+            col(Job.created_at),
+            col(Slice.print_time_s),
+        )
         .join(
             Slice,
             (col(Slice.build_id) == col(Job.build_id))
@@ -77,7 +85,7 @@ def _fits() -> Select:
             & (col(Slice.state) == SliceState.DONE),
         )
         .where(
-            Job.state == JobState.READY,
+            col(Job.state) == JobState.READY,
             or_(col(Job.printer_model).is_(None), col(Job.printer_model) == bindparam("p_model")),
             func.upper(Job.material) == bindparam("p_material"),
             or_(col(Job.color).is_(None), func.lower(Job.color) == bindparam("p_color")),
@@ -107,22 +115,46 @@ _STARVING = (
     _fits().where(func.coalesce(Job.created_at, Job.created_at) < bindparam("p_cutoff")).order_by(*_ORDER)
 )
 _QUEUE = _fits().order_by(*_ORDER)
+# Within a priority, a batch of jobs submitted together starts longest first: it then ends on its
+# short prints, which even out the printers' last hours, not on one long print started last
+# (bench/farm.py: the batch's makespan against its lower bound). A batch: the jobs queued within
+# BATCH_S after the oldest this printer could take, among the first WINDOW of its queue. So a job
+# is passed only by longer ones submitted up to BATCH_S after it, and first come, first served
+# holds between batches (and the starvation limit above all).
+BATCH_S = 600.0
+WINDOW = 20
 
 
 def _candidates(
-    session: Session, printer: Printer, starvation_s: float, limit: int = 20
+    session: Session, printer: Printer, starvation_s: float, limit: int = WINDOW
 ) -> list[tuple[int, int]]:
     """The first ready jobs this printer can print, best first, with the slice for its model.
 
     farm/coordinator/explain.py says the same in words, one printer at a time: keep the two in step."""
     params = _candidate_params(printer, starvation_s)
     conn = session.connection()
-    starving: list[tuple[int, int]] = []
+    starving: list[Row[Any]] = []
     if conn.execute(select(_ANY_STARVING), params).scalar():
-        starving = [(a, b) for a, b in conn.execute(_STARVING.limit(limit), params)]
-    rest = conn.execute(_QUEUE.limit(limit), params).all()  # holds the starving it passes
-    seen = {job_id for job_id, _ in starving}
-    return [*starving, *((a, b) for a, b in rest if a not in seen)][:limit]
+        starving = list(conn.execute(_STARVING.limit(limit), params))
+    rest = conn.execute(_QUEUE.limit(max(limit, WINDOW)), params).all()  # holds the starving it passes
+    seen = {row.job_id for row in starving}
+    queue = longest_first([row for row in rest if row.job_id not in seen])
+    return [(row.job_id, row.slice_id) for row in [*starving, *queue]][:limit]
+
+
+def longest_first(queue: list[Row[Any]]) -> list[Row[Any]]:
+    """Ready jobs in queue order (priority, then age) -> the order claims take them: each time the
+    longest print of the batch at the head of the first WINDOW (see BATCH_S). The PostgreSQL
+    claim (`_longest_in_window`) makes the same first pick in SQL."""
+    left, order = list(queue), []
+    while left:
+        head = left[0]
+        latest = head.created_at + timedelta(seconds=BATCH_S)
+        batch = [r for r in left[:WINDOW] if r.priority == head.priority and r.created_at <= latest]
+        pick = max(batch, key=lambda r: r.print_time_s or 0)  # the first of equals: queue order
+        order.append(pick)
+        left.remove(pick)
+    return order
 
 
 def _candidate_params(printer: Any, starvation_s: float) -> dict[str, Any]:
@@ -191,6 +223,33 @@ _CLAIM = (
 _CLAIM_ORM = select(Job).from_statement(_CLAIM)  # the claimed job, without a round trip to read it back
 
 
+def _longest_in_window() -> Select:
+    """`longest_first`'s first pick: the longest print of the batch at the head of the first
+    WINDOW ready jobs, locking it (skipping those racing claims hold; when they hold the whole
+    batch, the plain queue's first pick follows in `_claim_in_one`)."""
+    window = _QUEUE.limit(WINDOW).cte("queue_window")
+    head = select(window.c.priority, window.c.created_at)
+    head = head.order_by(window.c.priority.desc(), window.c.created_at, window.c.job_id).limit(1)
+    head_priority = head.with_only_columns(window.c.priority).scalar_subquery()
+    head_created = head.with_only_columns(window.c.created_at).scalar_subquery()
+    return (
+        select(window.c.job_id, window.c.slice_id)
+        .join_from(_JOBS, window, _JOBS.c.id == window.c.job_id)
+        .where(
+            window.c.priority == head_priority,
+            window.c.created_at <= head_created + timedelta(seconds=BATCH_S),
+        )
+        .order_by(
+            func.coalesce(window.c.print_time_s, 0).desc(),
+            window.c.priority.desc(),
+            window.c.created_at,
+            window.c.job_id,
+        )
+        .limit(1)
+        .with_for_update(of=_JOBS, skip_locked=True)
+    )
+
+
 def _claim_in_one() -> Any:
     """PostgreSQL: pick (locking, skipping what other claims hold), claim and bind the printer
     in one statement: one round trip where SQLite's path takes a read and a write per candidate.
@@ -202,7 +261,8 @@ def _claim_in_one() -> Any:
     queueing on one row's lock."""
     starving = _STARVING.where(_ANY_STARVING).limit(1).with_for_update(of=_JOBS, skip_locked=True)
     queue = _QUEUE.limit(1).with_for_update(of=_JOBS, skip_locked=True)
-    first = union_all(select(*starving.subquery().c), select(*queue.subquery().c))
+    branches = [s.subquery() for s in (starving, _longest_in_window(), queue)]
+    first = union_all(*(select(b.c.job_id, b.c.slice_id) for b in branches))
     pick = first.limit(1).cte("pick")
     pick_job, pick_slice = list(pick.c)
     claimed = (
