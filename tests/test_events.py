@@ -102,8 +102,8 @@ def test_each_report_reaches_an_open_stream_within_a_second_and_a_repeat_sends_n
         # farm watch draws from the same stream.
         with FarmClient(base, admin) as client:
             screen = from_event(next(watch_events(client)))
-            assert [p["name"] for p in screen.printers] == [PRINTER["printer"]]
-            assert screen.printers[0]["progress"] == 75.0
+            assert [p.name for p in screen.printers] == [PRINTER["printer"]]
+            assert screen.printers[0].progress == 75.0
     finally:
         stream.close()
         agent.close()

@@ -9,8 +9,12 @@ from typing import Any
 from rich.console import Console
 
 from farm.commands.watch import render
+from farm.core import wire
+from farm.core.states import JobState
 
-STATUS = {"jobs": {"printing": 1, "ready": 3}, "builds": {"done": 4}}
+STATUS = wire.FarmStatus(
+    jobs={"printing": 1, "ready": 3}, builds={"ready": 4}, printers={"printing": 1}, printer_count=4
+)
 PRINTERS = [
     {"name": "sim-mini-1", "model": "MINI", "state": "printing", "progress": 40.0, "message": None},
     {
@@ -29,12 +33,24 @@ PRINTERS = [
     },
     {"name": "bambu-a1mini-1", "model": "A1MINI", "state": "idle", "progress": None, "message": ""},
 ]
-JOBS = [{"id": 12, "printer": "sim-mini-1", "source": "bracket.py", "progress": 40.0, "remaining_s": 1500}]
+JOBS = [
+    wire.JobView(
+        id=12,
+        printer="sim-mini-1",
+        source="bracket.py",
+        state=JobState.PRINTING,
+        progress=40.0,
+        remaining_s=1500,
+    )
+]
 
 
 def shown(width: int, printers: list[dict[str, Any]] = PRINTERS) -> str:
+    """The screen, the printers as the API shows them (the rest of each view as a sim's)."""
+    sim = {"protocol": "prusalink", "bed_clear": True, "auto_eject": False, "material": "PLA", "nozzle": 0.4}
+    views = [wire.PrinterView.model_validate({**sim, **p}) for p in printers]
     out = io.StringIO()
-    Console(file=out, width=width, color_system=None).print(render(STATUS, printers, JOBS))
+    Console(file=out, width=width, color_system=None).print(render(STATUS, views, JOBS))
     return out.getvalue()
 
 

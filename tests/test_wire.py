@@ -3,29 +3,39 @@ the coordinator's routes take and answer them, the OpenAPI document shows them, 
 typed methods (farm/core/client.py) send and parse them. These tests fail when one side drifts:
 a route that takes or answers another shape than the model, a schema that is not the model's, an
 answer (from the route or from fastlane.py, which answers most agent calls without FastAPI) that
-the model does not reproduce key for key."""
+the model does not reproduce key for key, a view (api/views.py) with a key its model would drop,
+a `--json` that is not the answer as it came."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import BaseModel
+from dramatiq.brokers.stub import StubBroker
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 from starlette.testclient import TestClient
+from typer.testing import CliRunner, Result
 
-from farm.coordinator import pipeline
-from farm.coordinator.api import create_app
+from farm.cli import app
+from farm.commands import common
+from farm.commands import history as history_command
+from farm.commands import status as status_command
+from farm.coordinator import explain, history, pipeline
+from farm.coordinator.api import builds, create_app, reads, views
+from farm.coordinator.api.deps import Farm
+from farm.coordinator.models import Build, Job, Printer, Slice, stored_id
 from farm.core import wire
 from farm.core.client import FarmClient, FarmError
+from farm.core.queue import CAD_QUEUE, SLICE_QUEUE
 from farm.core.settings import Settings
-from farm.core.states import JobState, PrinterState, SliceState
+from farm.core.states import BuildStage, JobState, PrinterState, SliceState
 from tests.test_dispatch import ready_build
 
 # (method, path, the request body's model, the 200 answer's model): every typed FarmClient call.
@@ -38,10 +48,29 @@ CALLS: list[tuple[str, str, type[BaseModel] | None, type[BaseModel] | None]] = [
     ("post", "/api/workers", wire.Hello, wire.WorkerView),
     ("post", "/api/builds/{build_id}/cad/start", wire.WorkerClaim, wire.CadStart),
     ("post", "/api/builds/{build_id}/cad/heartbeat", wire.WorkerClaim, wire.Held),
-    ("post", "/api/builds/{build_id}/cad/result", wire.CadResult, None),  # answers the build (a dict)
+    ("post", "/api/builds/{build_id}/cad/result", wire.CadResult, wire.BuildView),
     ("post", "/api/slices/{slice_id}/start", wire.WorkerClaim, wire.SliceStart),
     ("post", "/api/slices/{slice_id}/heartbeat", wire.WorkerClaim, wire.Held),
     ("post", "/api/slices/{slice_id}/result", wire.SliceResult, wire.SliceView),
+]
+# What people read (the CLI, the dashboard) and the operators' calls answer: (method, path, the
+# success answer's model, whether the answer is a list of them).
+ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
+    ("get", "/api/status", wire.FarmStatus, False),
+    ("get", "/api/printers", wire.PrinterView, True),
+    ("get", "/api/jobs", wire.JobView, True),
+    ("get", "/api/jobs/{job_id}", wire.JobView, False),
+    ("get", "/api/jobs/{job_id}/explain", wire.Explained, False),
+    ("get", "/api/history", wire.History, False),
+    ("get", "/api/builds", wire.BuildView, True),
+    ("get", "/api/builds/{build_id}", wire.BuildView, False),
+    ("post", "/api/builds", wire.BuildView, False),
+    ("get", "/api/slices/{slice_id}", wire.SliceWork, False),
+    ("post", "/api/jobs/{job_id}/cancel", wire.JobView, False),
+    ("post", "/api/jobs/{job_id}/retry", wire.JobView, False),
+    ("patch", "/api/jobs/{job_id}", wire.JobView, False),
+    ("post", "/api/printers/{name}/clear", wire.PrinterView, False),
+    ("patch", "/api/printers/{name}", wire.PrinterView, False),
 ]
 REF = "#/components/schemas/"
 
@@ -77,13 +106,26 @@ def _schema_ref(schema: dict[str, Any] | None) -> str | None:
     return refs[0].removeprefix(REF) if len(refs) == 1 else None
 
 
-def _model_schema(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
+def _model_schemas(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, dict[str, Any]]:
+    """The model's schema and those of the models it holds, by name, as the OpenAPI components."""
     schema = model.model_json_schema(ref_template=REF + "{model}", mode=mode)
-    schema.pop("$defs", None)
-    for prop in schema["properties"].values():  # FastAPI's document leaves out `"default": null`
-        if "default" in prop and prop["default"] is None:
-            del prop["default"]
-    return schema
+    schemas = {**schema.pop("$defs", {}), model.__name__: schema}
+    for each in schemas.values():
+        for prop in each.get("properties", {}).values():  # FastAPI shows no `"default": null`
+            if "default" in prop and prop["default"] is None:
+                del prop["default"]
+    return schemas
+
+
+def _shows(components: dict[str, Any], model: type[BaseModel], mode: JsonSchemaMode, where: str) -> None:
+    """The document's components are the model's own schema, and those of each model it holds."""
+    for name, own in _model_schemas(model, mode).items():
+        shown = components[name]
+        if "properties" not in own:  # an enum: the states
+            assert shown == own, (where, name)
+            continue
+        assert _fields(shown) == _fields(own), (where, name, _fields(shown), _fields(own))
+        assert shown["properties"] == own["properties"], (where, name)
 
 
 def _fields(schema: dict[str, Any]) -> tuple[set[str], set[str]]:
@@ -105,11 +147,14 @@ def test_the_openapi_document_shows_the_wire_models(coordinator: Coordinator) ->
             (answer, "serialization"),  # what it sends
         ]
         for model, mode in modes:
-            if model is None:
-                continue
-            shown, own = components[model.__name__], _model_schema(model, mode)
-            assert _fields(shown) == _fields(own), (path, model.__name__, _fields(shown), _fields(own))
-            assert shown["properties"] == own["properties"], (path, model.__name__)
+            if model is not None:
+                _shows(components, model, mode, path)
+    for method, path, answer, many in ANSWERS:
+        responses = doc["paths"][path][method]["responses"]
+        ok = (responses.get("200") or responses["201"])["content"]["application/json"]["schema"]
+        assert _schema_ref(ok["items"] if many else ok) == answer.__name__, (method, path, ok)
+        assert (ok.get("type") == "array") is many, (method, path, ok)
+        _shows(components, answer, "serialization", path)
 
 
 def _same_json(model: type[BaseModel], raw: Any) -> BaseModel:
@@ -200,10 +245,10 @@ def test_a_printer_and_a_worker_round_trip_through_the_typed_client(coordinator:
         build_id = build.id
     assert build_id is not None
     cad = client.cad_start(build_id, "host:1")  # a mesh needs no CAD: not this worker's to take
-    assert cad.go is False and cad.build["id"] == build_id and cad.lease_s is None
-    slice_id = cad.build["slices"][0]["id"]
+    assert cad.go is False and cad.build.id == build_id and cad.lease_s is None
+    slice_id = cad.build.slices[0].id
     started = client.slice_start(slice_id, "host:1")
-    assert started.go is True and started.slice["id"] == slice_id
+    assert started.go is True and started.slice.id == slice_id and started.slice.kind == "mesh"
     assert started.lease_s is not None and started.heartbeat_s is not None
     assert client.slice_start(slice_id, "host:2").go is False  # another worker holds it
     assert client.slice_heartbeat(slice_id, "host:1").held is True
@@ -232,3 +277,224 @@ def test_the_typed_client_sends_the_json_the_agent_sent_before() -> None:
     client.heartbeat(beat)
     sent = {"printer": "p", "state": "idle", "message": None, "progress": None}
     assert seen == [("/api/agents/heartbeat", sent), ("/api/agents/heartbeat", {**sent, "material": "PETG"})]
+
+
+@dataclass
+class Seeded:
+    done: int  # printed on printer "p", whose bed still holds it
+    cancelled: int
+    ready: int
+    cad: int  # a CAD build with its outputs, being sliced
+    cad_slice: int
+
+
+def _seed(c: Coordinator, tmp_path: Path) -> Seeded:
+    """A farm with something in every field people read: a printer awaiting its bed's clearing and
+    an idle one, a worker, jobs done, cancelled and ready, a CAD build from git with its outputs."""
+    client, http, engine = c.client, c.http, c.app.state.farm.engine
+    broker = StubBroker()  # a CAD result sends its slices to the queue
+    for queue in (CAD_QUEUE, SLICE_QUEUE):
+        broker.declare_queue(queue)
+    c.app.state.farm.broker = broker
+    client.register(wire.Register(printer="p", model="MINI", protocol="prusalink", state=PrinterState.IDLE))
+    hello = wire.Hello(name="host:1", queues=["cad", "slice"], sandbox="isolated", layers=["landlock"])
+    client.worker_hello(hello)
+    with Session(engine) as s:
+        ids = {stored_id(job) for job in ready_build(s, models=["MINI"], copies=3)}
+    claim = client.claim(wire.Heartbeat(printer="p", state=PrinterState.IDLE)).job
+    assert claim is not None
+    for state, progress in ((JobState.PRINTING, 40.0), (JobState.DONE, 100.0)):
+        sent = wire.Report(printer="p", fence=claim.fence, state=state, progress=progress, remaining_s=0)
+        client.report(claim.id, sent)
+    beat = wire.Heartbeat(printer="p", state=PrinterState.FINISHED, message="done", material="PETG")
+    client.heartbeat(beat)
+    cancelled, ready = sorted(i for i in ids if i != claim.id)
+    assert http.post(f"/api/jobs/{cancelled}/cancel").json()["state"] == "cancelled"
+
+    stl = tmp_path / "part.stl"
+    stl.write_bytes(b"solid part\nendsolid part\n")
+    sha = client.upload_artifact(stl)
+    with Session(engine) as s:
+        build, _jobs, _out = pipeline.create_build(
+            s,
+            source_name="part.py",
+            source_sha256=sha,
+            entry="part",
+            params={"width": 20, "label": "x", "ratio": 1.5, "holes": [1, 2]},
+            copies=1,
+            material="PETG",
+            quality="standard",
+            color="red",
+            printer_model="MINI",
+            priority=5,
+            overrides={"fill_density": "20%"},
+            git={"url": "https://example.com/part.git", "ref": "main", "commit": "a" * 40},
+            owner="admin",
+        )
+        s.commit()
+        cad = build.id
+    assert cad is not None and client.cad_start(cad, "host:1").go
+    result = wire.CadResult(
+        stl=sha, objects=1, bbox=[[0, 0, 0], [20, 10, 5]], volume=1000, seconds=1.5, skipped=["a sketch"]
+    )
+    made = client.cad_result(cad, result)
+    assert made.stage == BuildStage.SLICING and made.bbox == [[0.0, 0.0, 0.0], [20.0, 10.0, 5.0]]
+    assert made.git == wire.GitSource(url="https://example.com/part.git", ref="main", commit="a" * 40)
+    assert made.params == {"width": 20, "label": "x", "ratio": 1.5, "holes": [1, 2]}
+    client.register(wire.Register(printer="q", model="MINI", protocol="prusalink", state=PrinterState.IDLE))
+    client.heartbeat(wire.Heartbeat(printer="q", state=PrinterState.IDLE))
+    return Seeded(claim.id, cancelled, ready, cad, made.slices[0].id)
+
+
+def _unfiltered(farm: Farm, seeded: Seeded) -> list[tuple[str, type[BaseModel], Any]]:
+    """Each read's path, its model, and its answer as the coordinator's own functions make it,
+    before a response_model could drop or change anything."""
+    with Session(farm.engine) as s:
+        jobs = list(s.exec(select(Job).order_by(col(Job.id).desc())))
+        build_ids = sorted((b.id for b in s.exec(select(Build)) if b.id is not None), reverse=True)
+        ended = history.recent(s, history.Filters(), 100)
+        the_slice = s.get(Slice, seeded.cad_slice)
+        assert the_slice is not None
+        done = [j for j in jobs if j.id == seeded.done]
+        (ready,) = [j for j in jobs if j.id == seeded.ready]
+        st = farm.settings
+        why = explain.explain(
+            s, ready, st.starvation_s, heatup_s=st.heatup_s, heating_per_group=st.heating_per_group
+        )
+        explained = {"job": views.job_view(ready), "printers": why}
+        printers = [views.printer_view(p) for p in s.exec(select(Printer).order_by(col(Printer.name)))]
+        ended_rows = {"jobs": reads.job_rows(s, ended), "totals": history.totals(s, history.Filters())}
+        made: list[tuple[str, type[BaseModel], Any]] = [
+            ("/api/status", wire.FarmStatus, reads.farm_status(s)),
+            ("/api/printers", wire.PrinterView, printers),
+            ("/api/jobs", wire.JobView, reads.job_rows(s, jobs)),
+            (f"/api/jobs/{seeded.done}", wire.JobView, reads.job_rows(s, done)[0]),
+            (f"/api/jobs/{seeded.ready}/explain", wire.Explained, explained),
+            ("/api/history", wire.History, ended_rows),
+            ("/api/builds", wire.BuildView, [builds.load_build(s, b) for b in build_ids]),
+            (f"/api/builds/{seeded.cad}", wire.BuildView, builds.load_build(s, seeded.cad)),
+            (f"/api/slices/{seeded.cad_slice}", wire.SliceWork, builds._slice_work(s, the_slice)),
+        ]
+    # As the routes sent them before they declared models: a dict serialized by pydantic.
+    return [(path, model, TypeAdapter(Any).dump_python(answer, mode="json")) for path, model, answer in made]
+
+
+def test_what_people_read_is_the_models_json_and_the_typed_client_parses_it(
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
+    seeded = _seed(coordinator, tmp_path)
+    client, http = coordinator.client, coordinator.http
+    for path, model, unfiltered in _unfiltered(coordinator.app.state.farm, seeded):
+        raw = http.get(path).json()
+        # The response_model dropped no key, changed no value and kept the order: as before it.
+        assert json.dumps(raw) == json.dumps(unfiltered), path
+        for item in raw if isinstance(raw, list) else [raw]:
+            _same_json(model, item)
+
+    status = client.status()
+    assert status.jobs["done"] == status.jobs["cancelled"] == status.jobs["ready"] == 1
+    assert status.printers == {"awaiting_clear": 1, "idle": 1} and status.printer_count == 2
+    assert [(w.name, w.queues, w.sandbox, w.layers) for w in status.workers] == [
+        ("host:1", ["cad", "slice"], "isolated", ["landlock"])
+    ]
+    printer, idle = client.printers()
+    assert (idle.name, idle.state, idle.bed_clear, idle.material, idle.nozzle) == (
+        "q",
+        "idle",
+        True,
+        "PLA",
+        0.4,
+    )
+    assert (printer.name, printer.state, printer.bed_clear, printer.material) == (
+        "p",
+        "awaiting_clear",
+        False,
+        "PETG",
+    )
+    assert printer.job is None and printer.message == "done" and printer.last_seen is not None
+    newest_first = [j.id for j in client.jobs()]
+    assert newest_first == sorted(newest_first, reverse=True) and len(newest_first) == 4
+    assert [j.id for j in client.jobs("ready")] == [seeded.ready]
+    assert [j.id for j in client.jobs(most=2)] == newest_first[:2]
+    done = client.job(seeded.done)
+    assert (done.state, done.printer, done.progress, done.print_time_s) == (JobState.DONE, "p", 100.0, 60)
+    with pytest.raises(FarmError) as missing:
+        client.job(999_999)
+    assert missing.value.status == 404
+    why = client.explain(seeded.ready)
+    assert why.job.id == seeded.ready and [(v.printer, v.eligible, v.position) for v in why.printers] == [
+        ("p", False, None),
+        ("q", True, 1),
+    ]
+    assert "position" not in why.printers[0].model_fields_set  # only a printer that would take it has one
+
+    ended = client.history(limit=10)
+    assert {(j.id, j.state) for j in ended.jobs} == {(seeded.done, "done"), (seeded.cancelled, "cancelled")}
+    assert (ended.totals.all.done, ended.totals.all.cancelled) == (1, 1)
+    assert [(t.printer, t.done) for t in ended.totals.by_printer] == [("(none)", 0), ("p", 1)]
+    assert [(t.material, t.done, t.cancelled) for t in ended.totals.by_material] == [("PLA", 1, 1)]
+    only = client.history(limit=10, printer="p", state="done")
+    assert [j.id for j in only.jobs] == [seeded.done] and only.totals.all.cancelled == 0
+
+    work = wire.SliceWork.model_validate(http.get(f"/api/slices/{seeded.cad_slice}").json())
+    assert (work.build, work.kind, work.material, work.overrides) == (
+        seeded.cad,
+        "cad",
+        "PETG",
+        {"fill_density": "20%"},
+    )
+
+
+@pytest.fixture
+def cli(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """`farm ARGS` against the coordinator in this process, through the typed client."""
+    farm = coordinator.client
+    monkeypatch.setattr(farm, "close", lambda: None)  # each command closes its client; this one lives on
+    for module in (common, history_command, status_command):
+        monkeypatch.setattr(module, "client", lambda settings=None: farm)
+    return lambda *args: CliRunner().invoke(app, list(args))
+
+
+def test_the_cli_prints_what_the_coordinator_answered(
+    coordinator: Coordinator, cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    """--json prints the answer as it came, key for key and byte for byte; the tables read the
+    models' fields."""
+    seeded = _seed(coordinator, tmp_path)
+    http = coordinator.http
+    reads_ = [
+        (["status"], "/api/status"),
+        (["printers"], "/api/printers"),
+        (["jobs"], "/api/jobs?limit=1000"),
+        (["jobs", "--state", "ready"], "/api/jobs?state=ready&limit=1000"),
+        (["jobs", "--limit", "2"], "/api/jobs?limit=2"),
+        (["job", str(seeded.done)], f"/api/jobs/{seeded.done}"),
+        (["jobs", "explain", str(seeded.ready)], f"/api/jobs/{seeded.ready}/explain"),
+        (["history", "--printer", "p"], "/api/history?printer=p&limit=20"),
+    ]
+    for args, path in reads_:
+        shown = cli(*args, "--json")
+        assert shown.exit_code == 0, shown.output
+        assert shown.stdout == json.dumps(http.get(path).json(), default=str) + "\n", args
+
+    def text(*args: str) -> str:
+        shown = cli(*args)
+        assert shown.exit_code == 0, shown.output
+        return str(shown.stdout)
+
+    assert text("status").splitlines() == [
+        "builds    slicing 1, ready 1",
+        "jobs      waiting 1, ready 1, done 1, cancelled 1",
+        "printers  awaiting_clear 1, idle 1",
+        "worker    host:1 (cad+slice): sandboxed",
+    ]
+    assert "awaiting_clear" in text("printers") and "PETG" in text("printers")
+    assert "state          done\n" in text("job", str(seeded.done))
+    assert "all: 1 done, 0 failed, 1 cancelled" in text("history")
+    first, p, q = text("jobs", "explain", str(seeded.ready)).splitlines()
+    assert (first, q) == (f"job {seeded.ready} is ready", "  q: can take it, next in its queue at #1")
+    assert p.startswith("  p: its bed is not cleared yet: `farm printers clear p` once it is empty; ")
+    watched = text("watch", "--once")
+    assert "awaiting_clear" in watched and "jobs: waiting 1, ready 1, done 1, cancelled 1" in watched
+    refused = cli("jobs", "--state", "nonsense")
+    assert refused.exit_code == 1 and "state" in refused.output

@@ -99,7 +99,7 @@ def build_cad(ctx: WorkerContext, build_id: int) -> None:
         _build_cad(ctx, build_id, started.build)
 
 
-def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
+def _build_cad(ctx: WorkerContext, build_id: int, build: wire.BuildView) -> None:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"farm-cad-{build_id}-") as tmp:
         os.chmod(tmp, 0o711)  # the build's own uid passes through to src/, cannot list
@@ -107,14 +107,13 @@ def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
         if ctx.cad is None or ctx.cad_cache is None:  # main.run sets both for a CAD worker
             raise RuntimeError("this worker does not serve the CAD queue")
         try:
-            use_cache = build.get("use_cache", True)
-            result, hit = cached_build(ctx.cad, ctx.cad_cache, request, use_cache=use_cache)
+            result, hit = cached_build(ctx.cad, ctx.cad_cache, request, use_cache=build.use_cache)
         except CadError as exc:
             log.info("build %s failed: %s", build_id, exc)
             failed = {"error": str(exc), "seconds": time.monotonic() - t0}
             ctx.client.cad_result(build_id, wire.CadResult.model_validate(failed))
             return
-        uploaded = _upload_cad_outputs(ctx, result, PurePath(build["source"]).stem)
+        uploaded = _upload_cad_outputs(ctx, result, PurePath(build.source).stem)
     bbox = [list(result.bbox[0]), list(result.bbox[1])]
     made = {
         **uploaded,
@@ -129,24 +128,24 @@ def _build_cad(ctx: WorkerContext, build_id: int, build: dict) -> None:
     log.info("build %s meshed in %.2f s%s", build_id, time.monotonic() - t0, " (cache hit)" if hit else "")
 
 
-def _cad_request(ctx: WorkerContext, build: dict, tmp: Path) -> CadRequest:
+def _cad_request(ctx: WorkerContext, build: wire.BuildView, tmp: Path) -> CadRequest:
     """Download the build's source into `tmp` and say what to build from it."""
     outdir = tmp / "out"
     outdir.mkdir()
-    if build.get("project"):  # an archive; the runner unpacks it in the build's private folder
-        archive = ctx.client.download_artifact(build["source_sha256"], tmp / "project.tar.gz")
-        source, project = Path(build["source"]), archive
+    if build.project:  # an archive; the runner unpacks it in the build's private folder
+        archive = ctx.client.download_artifact(build.source_sha256, tmp / "project.tar.gz")
+        source, project = Path(build.source), archive
     else:
-        source = tmp / "src" / PurePath(build["source"]).name
-        ctx.client.download_artifact(build["source_sha256"], source)
+        source = tmp / "src" / PurePath(build.source).name
+        ctx.client.download_artifact(build.source_sha256, source)
         project = None
     return CadRequest(
         source=source,
         outdir=outdir,
-        entry=build["entry"],
-        params=build["params"],
+        entry=build.entry,
+        params=build.params,
         project=project,
-        step=bool(build.get("step_requested")),
+        step=build.step_requested,
     )
 
 
@@ -172,18 +171,21 @@ def slice_build(ctx: WorkerContext, slice_id: int) -> None:
         _slice(ctx, slice_id, started.slice)
 
 
-def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
+def _slice(ctx: WorkerContext, slice_id: int, sl: wire.SliceWork) -> None:
     t0 = time.monotonic()
-    if sl["kind"] == "gcode":
+    if sl.kind == "gcode":
         _read_presliced(ctx, sl)
         return
-    model = get_model(sl["printer_model"])
+    model = get_model(sl.printer_model)
     if model is None:
-        no_profile = {"error": f"no slicing profile for printer model '{sl['printer_model']}'"}
+        no_profile = {"error": f"no slicing profile for printer model '{sl.printer_model}'"}
         ctx.client.slice_result(slice_id, wire.SliceResult.model_validate(no_profile))
         return
     mesh_sha, suffix = _mesh_to_slice(sl)
-    stem = PurePath(sl["source"]).stem
+    if mesh_sha is None:  # a slice is queued only once its build has a mesh: fail it plainly if not
+        ctx.client.slice_result(slice_id, wire.SliceResult(error=f"build {sl.build} has no mesh to slice"))
+        return
+    stem = PurePath(sl.source).stem
     with tempfile.TemporaryDirectory(prefix=f"farm-slice-{slice_id}-") as tmp:
         mesh = ctx.client.download_artifact(mesh_sha, Path(tmp) / f"{stem}{suffix}")
         preview = _preview_png(ctx, sl, model, Path(tmp))
@@ -193,10 +195,10 @@ def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
                 mesh,
                 model,
                 out,
-                material=sl["material"],
-                quality=sl["quality"],
-                overrides=sl.get("overrides") or {},
-                copies=sl.get("copies") or 1,
+                material=sl.material,
+                quality=sl.quality,
+                overrides=sl.overrides,
+                copies=sl.copies or 1,
                 slicer=Path(ctx.settings.slicer_path) if ctx.settings.slicer_path else None,
                 cache=ctx.slice_cache,
                 thumbnail_png=preview,
@@ -223,19 +225,19 @@ def _slice(ctx: WorkerContext, slice_id: int, sl: dict) -> None:
     )
 
 
-def _mesh_to_slice(sl: dict) -> tuple[str, str]:
+def _mesh_to_slice(sl: wire.SliceWork) -> tuple[str | None, str]:
     """The artifact to slice and the suffix that tells the slicer what it is."""
-    suffix = PurePath(sl["source"]).suffix.lower() if sl["kind"] == "mesh" else ".stl"
-    if sl["kind"] == "cad" and (sl.get("objects") or 1) > 1 and sl.get("threemf"):
+    suffix = PurePath(sl.source).suffix.lower() if sl.kind == "mesh" else ".stl"
+    if sl.kind == "cad" and (sl.objects or 1) > 1 and sl.threemf:
         # The STL is one mesh; the 3MF keeps the objects apart, so the slicer places each.
-        return sl["threemf"], ".3mf"
-    return sl["stl"], suffix
+        return sl.threemf, ".3mf"
+    return sl.stl, suffix
 
 
-def _preview_png(ctx: WorkerContext, sl: dict, model: PrinterModel, tmp: Path) -> bytes | None:
+def _preview_png(ctx: WorkerContext, sl: wire.SliceWork, model: PrinterModel, tmp: Path) -> bytes | None:
     # The slicer makes no thumbnail headless: the CAD preview stands in (a package's plate
     # picture, or a small `; thumbnail` block in plain G-code for the printer's screen and web UI).
-    picture = sl.get("preview") if model.output_suffix != ".gcode" else sl.get("preview_small")
+    picture = sl.preview if model.output_suffix != ".gcode" else sl.preview_small
     if not picture:
         return None
     return ctx.client.download_artifact(picture, tmp / "preview.png").read_bytes()
@@ -245,16 +247,16 @@ def _estimates(meta: GcodeMeta) -> dict[str, object]:
     return {k: getattr(meta, k) for k in ("print_time_s", "filament_g", "filament_mm", "printer_model")}
 
 
-def _read_presliced(ctx: WorkerContext, sl: dict) -> None:
+def _read_presliced(ctx: WorkerContext, sl: wire.SliceWork) -> None:
     """A submitted .gcode / .gcode.3mf is not sliced: read which printer it is for and its estimates."""
     t0 = time.monotonic()
-    name = PurePath(sl["source"]).name
-    with tempfile.TemporaryDirectory(prefix=f"farm-presliced-{sl['id']}-") as tmp:
-        path = ctx.client.download_artifact(sl["source_sha256"], Path(tmp) / name)
+    name = PurePath(sl.source).name
+    with tempfile.TemporaryDirectory(prefix=f"farm-presliced-{sl.id}-") as tmp:
+        path = ctx.client.download_artifact(sl.source_sha256, Path(tmp) / name)
         try:
             meta = parse_sliced_file(path)
         except SliceError as exc:
-            ctx.client.slice_result(sl["id"], wire.SliceResult(error=str(exc)))
+            ctx.client.slice_result(sl.id, wire.SliceResult(error=str(exc)))
             return
     error = None
     if not meta.printer_model:
@@ -262,9 +264,9 @@ def _read_presliced(ctx: WorkerContext, sl: dict) -> None:
             f"{name} does not say which printer it was sliced for (no M862.3 or '; printer_model'); "
             "submit the mesh instead, or slice it with a printer profile"
         )
-    elif sl["printer_model"] and meta.printer_model != sl["printer_model"]:
+    elif sl.printer_model and meta.printer_model != sl.printer_model:
         error = (
-            f"{name} was sliced for {meta.printer_model}, not {sl['printer_model']}; "
+            f"{name} was sliced for {meta.printer_model}, not {sl.printer_model}; "
             f"submit it with --printer-model {meta.printer_model} or slice the mesh again"
         )
     elif get_model(meta.printer_model) is None:
@@ -273,12 +275,12 @@ def _read_presliced(ctx: WorkerContext, sl: dict) -> None:
         {"error": error}
         if error
         else {
-            "gcode": sl["source_sha256"],
+            "gcode": sl.source_sha256,
             "meta": _estimates(meta),
         }
     )
     result = wire.SliceResult.model_validate({**body, "seconds": time.monotonic() - t0})
-    ctx.client.slice_result(sl["id"], result)
+    ctx.client.slice_result(sl.id, result)
 
 
 def register(broker: RedisBroker, ctx: WorkerContext, queues: set[str]) -> None:

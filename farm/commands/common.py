@@ -7,9 +7,11 @@ import logging
 import re
 import signal
 import threading
-from typing import Annotated, Any, NoReturn
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from pydantic import BaseModel
 from rich.table import Table
 
 from farm.commands.watch import stdout_console
@@ -20,6 +22,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts in
 USAGE_STATUSES = (400, 413, 415, 422)  # the coordinator refused what was typed: exit 2, as a bad option
 DURATION = re.compile(r"(\d+)\s*([mhdw])")
 UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+T = TypeVar("T")
 
 
 def setup_logging() -> None:
@@ -51,7 +54,16 @@ def client(settings: Settings | None = None) -> FarmClient:
 
 
 def emit(data: Any) -> None:
-    typer.echo(json.dumps(data, default=str))
+    typer.echo(json.dumps(_plain(data), default=str))
+
+
+def _plain(data: Any) -> Any:
+    """A wire model as the coordinator sent it: the same keys in the same order, none added."""
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    if isinstance(data, list):
+        return [_plain(item) for item in data]
+    return data
 
 
 def wait_for_stop() -> threading.Event:
@@ -68,6 +80,15 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     for r in rows:
         shown.add_row(*["" if v is None else str(v) for v in r])
     stdout_console().print(shown)
+
+
+def ask(call: Callable[[FarmClient], T]) -> T:
+    """One typed call to the coordinator (FarmClient's methods); its refusal ends the command."""
+    with client() as farm:
+        try:
+            return call(farm)
+        except FarmError as exc:
+            die(str(exc))
 
 
 def get(path: str, **params: Any) -> Any:

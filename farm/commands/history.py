@@ -24,33 +24,39 @@ def history(
 ) -> None:
     """Finished, failed and cancelled jobs, and totals per printer and material: prints, hours on
     the printer, filament (the slicer's estimate)."""
-    given = {"printer": printer, "material": material, "owner": owner, "since": since, "until": until}
-    params = {k: v for k, v in {**given, "state": state}.items() if v is not None}
     with client() as farm:
         try:
-            data = farm.get("/api/history", limit=limit, **params)
+            data = farm.history(
+                limit=limit,
+                printer=printer,
+                material=material,
+                owner=owner,
+                since=since,
+                until=until,
+                state=state,
+            )
         except FarmError as exc:
             die_farm(exc)
     if as_json:
         emit(data)
         return
-    for key in ("printer", "material"):
-        rows = data["totals"][f"by_{key}"]
+    totals = data.totals
+    for key, rows in (
+        ("printer", [(r.printer, r) for r in totals.by_printer]),
+        ("material", [(r.material, r) for r in totals.by_material]),
+    ):
         table(
             f"totals by {key}",
             [key, "done", "failed", "cancelled", "hours", "filament g"],
-            [[r[key], r["done"], r["failed"], r["cancelled"], r["hours"], r["filament_g"]] for r in rows],
+            [[name, r.done, r.failed, r.cancelled, r.hours, r.filament_g] for name, r in rows],
         )
-    every = data["totals"]["all"]
+    every = totals.all
     typer.echo(
-        f"all: {every['done']} done, {every['failed']} failed, {every['cancelled']} cancelled, "
-        f"{every['hours']} h printing, {every['filament_g']} g of filament"
+        f"all: {every.done} done, {every.failed} failed, {every.cancelled} cancelled, "
+        f"{every.hours} h printing, {every.filament_g} g of filament"
     )
     table(
-        f"newest {len(data['jobs'])} jobs",
+        f"newest {len(data.jobs)} jobs",
         ["id", "source", "state", "printer", "material", "ended", "error"],
-        [
-            [j["id"], j["source"], j["state"], j["printer"], j["material"], j["finished_at"], j["error"]]
-            for j in data["jobs"]
-        ],
+        [[j.id, j.source, j.state, j.printer, j.material, j.finished_at, j.error] for j in data.jobs],
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from farm.commands.common import JsonOpt, client, die_farm, emit, get, get_all, send, table
+from farm.commands.common import JsonOpt, ask, client, die_farm, emit, send, table
 from farm.core.client import FarmError
 
 jobs_app = typer.Typer(help="List jobs (with no command), retry failed ones, explain where they go.")
@@ -25,7 +25,7 @@ def jobs(
     """List jobs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    data = get_all("/api/jobs", most=limit, **({"state": state} if state else {}))
+    data = ask(lambda farm: farm.jobs(state, most=limit))
     if as_json:
         emit(data)
         return
@@ -34,12 +34,12 @@ def jobs(
         ["id", "source", "state", "printer", "progress", "error"],
         [
             [
-                j["id"],
-                j["source"],
-                j["state"],
-                j["printer"],
-                f"{j['progress']:.0f}%" if j["progress"] is not None else "",
-                j["error"],
+                j.id,
+                j.source,
+                j.state,
+                j.printer,
+                f"{j.progress:.0f}%" if j.progress is not None else "",
+                j.error,
             ]
             for j in data
         ],
@@ -67,18 +67,18 @@ def jobs_explain(
     job_id: Annotated[int, typer.Argument(help="The job to explain.")], as_json: JsonOpt = False
 ) -> None:
     """Say why each printer would or would not take a job."""
-    data = get(f"/api/jobs/{job_id}/explain")
+    data = ask(lambda farm: farm.explain(job_id))
     if as_json:
         emit(data)
         return
-    job = data["job"]
-    typer.echo(f"job {job_id} is {job['state']}" + (f" on {job['printer']}" if job["printer"] else ""))
-    for entry in data["printers"]:
-        if entry["eligible"]:
-            place = f", next in its queue at #{entry['position']}" if entry.get("position") else ""
-            typer.secho(f"  {entry['printer']}: can take it{place}", fg="green")
+    job = data.job
+    typer.echo(f"job {job_id} is {job.state}" + (f" on {job.printer}" if job.printer else ""))
+    for entry in data.printers:
+        if entry.eligible:
+            place = f", next in its queue at #{entry.position}" if entry.position else ""
+            typer.secho(f"  {entry.printer}: can take it{place}", fg="green")
         else:
-            typer.echo(f"  {entry['printer']}: " + "; ".join(entry["reasons"]))
+            typer.echo(f"  {entry.printer}: " + "; ".join(entry.reasons))
 
 
 def job(
@@ -90,7 +90,7 @@ def job(
     as_json: JsonOpt = False,
 ) -> None:
     """One job: its state, printer, progress, attempts and error; its camera stills with --snapshot."""
-    data = get(f"/api/jobs/{job_id}")
+    data = ask(lambda farm: farm.job(job_id))
     if snapshot is not None:
         with client() as farm:
             try:
@@ -106,8 +106,8 @@ def job(
     for key in ("id", "source", "state", "printer", "printer_model", "material", "color", "nozzle",
                 "priority", "progress", "remaining_s", "print_time_s", "filament_g", "attempts",
                 "max_attempts", "retry_at", "error", "created_at", "started_at", "finished_at"):  # fmt: skip
-        if data.get(key) not in (None, ""):
-            typer.echo(f"{key:14} {data[key]}")
+        if (value := getattr(data, key)) not in (None, ""):
+            typer.echo(f"{key:14} {value}")
 
 
 def cancel(

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from farm.commands import snapshot
-from farm.commands.common import DURATION, UNIT_S, JsonOpt, die, emit, get_all, send, table
+from farm.commands.common import DURATION, UNIT_S, JsonOpt, ask, die, emit, send, table
+from farm.core.client import FarmClient
 from farm.core.settings import get_settings
 
 printers_app = typer.Typer(help="List printers (with no command), set what is loaded, clear beds.")
@@ -18,7 +19,7 @@ def printers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List printers and what they are doing."""
     if ctx.invoked_subcommand is not None:
         return
-    data = get_all("/api/printers")
+    data = ask(FarmClient.printers)
     if as_json:
         emit(data)
         return
@@ -27,14 +28,14 @@ def printers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         ["name", "model", "protocol", "state", "material", "job", "progress", "message"],
         [
             [
-                p["name"],
-                p["model"],
-                p["protocol"],
-                p["state"],
-                " ".join(filter(None, [p["material"], p["color"]])),
-                p["job"],
-                f"{p['progress']:.0f}%" if p["progress"] is not None else "",
-                p["message"],
+                p.name,
+                p.model,
+                p.protocol,
+                p.state,
+                " ".join(filter(None, [p.material, p.color])),
+                p.job,
+                f"{p.progress:.0f}%" if p.progress is not None else "",
+                p.message,
             ]
             for p in data
         ],

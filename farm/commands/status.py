@@ -6,25 +6,24 @@ from typing import Annotated
 
 import typer
 
-from farm.commands.common import JsonOpt, client, die, emit, get
+from farm.commands.common import JsonOpt, ask, client, die, emit
 from farm.commands.watch import run_watch
-from farm.core.client import FarmError
+from farm.core.client import FarmClient, FarmError
 
 
 def status(as_json: JsonOpt = False) -> None:
     """Builds by stage, jobs by state and printers by state."""
-    data = get("/api/status")
+    data = ask(FarmClient.status)
     if as_json:
         emit(data)
         return
-    for section in ("builds", "jobs", "printers"):
-        counts = ", ".join(f"{k} {v}" for k, v in data[section].items() if v) or "none"
+    for section, by in (("builds", data.builds), ("jobs", data.jobs), ("printers", data.printers)):
+        counts = ", ".join(f"{k} {v}" for k, v in by.items() if v) or "none"
         typer.echo(f"{section:9} {counts}")
-    for worker in data.get("workers", []):
-        walls = {"isolated": "sandboxed", "off": "UNSANDBOXED (FARM_CAD_SANDBOX=off)", "none": "no CAD"}
-        queues = "+".join(worker["queues"])
-        walled = walls.get(worker["sandbox"], worker["sandbox"])
-        typer.echo(f"{'worker':9} {worker['name']} ({queues}): {walled}")
+    walls = {"isolated": "sandboxed", "off": "UNSANDBOXED (FARM_CAD_SANDBOX=off)", "none": "no CAD"}
+    for worker in data.workers:
+        walled = walls.get(worker.sandbox, worker.sandbox)
+        typer.echo(f"{'worker':9} {worker.name} ({'+'.join(worker.queues)}): {walled}")
 
 
 def watch(

@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from farm.core import wire
 from farm.core.client import FarmClient, FarmError
 
 BAR_WIDTH = 24
@@ -79,16 +80,16 @@ MESSAGE_MIN = 20  # a message wraps; it needs only this much to be read
 JOB_MAX = 24  # a long file name may be cut, past its id
 
 
-def _cells(layout: Layout, p: dict[str, Any], job: dict[str, Any] | None, now: datetime) -> dict[str, str]:
-    progress = job["progress"] if job else p["progress"]
+def _cells(layout: Layout, p: wire.PrinterView, job: wire.JobView | None, now: datetime) -> dict[str, str]:
+    progress = job.progress if job else p.progress
     return {
-        "printer": p["name"],
-        "model": p["model"],
-        "state": p["state"],
-        "job": f"{job['id']} {job['source'] or ''}" if job else "",
+        "printer": p.name,
+        "model": p.model,
+        "state": p.state,
+        "job": f"{job.id} {job.source or ''}" if job else "",
         "progress": bar(progress, layout.bar),
-        "ETA": eta(job["remaining_s"], now, clock=layout.clock) if job else "",
-        "message": p["message"] or "",
+        "ETA": eta(job.remaining_s, now, clock=layout.clock) if job else "",
+        "message": p.message or "",
     }
 
 
@@ -105,7 +106,7 @@ def _width(layout: Layout, rows: list[dict[str, str]]) -> int:
     return total
 
 
-def render(status: dict[str, Any], printers: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> Screen:
+def render(status: wire.FarmStatus, printers: list[wire.PrinterView], jobs: list[wire.JobView]) -> Screen:
     return Screen(status, printers, jobs, datetime.now())
 
 
@@ -114,21 +115,21 @@ class Screen:
     """The whole view. It picks its layout when drawn, from the width it is given (a terminal's,
     however it was resized; a pipe's), the richest of LAYOUTS that fits."""
 
-    status: dict[str, Any]
-    printers: list[dict[str, Any]]
-    jobs: list[dict[str, Any]]
+    status: wire.FarmStatus
+    printers: list[wire.PrinterView]
+    jobs: list[wire.JobView]
     now: datetime
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self.table(options.max_width)
-        queue = ", ".join(f"{state} {n}" for state, n in self.status["jobs"].items() if n) or "no jobs"
-        builds = ", ".join(f"{stage} {n}" for stage, n in self.status["builds"].items() if n) or "no builds"
+        queue = ", ".join(f"{state} {n}" for state, n in self.status.jobs.items() if n) or "no jobs"
+        builds = ", ".join(f"{stage} {n}" for stage, n in self.status.builds.items() if n) or "no builds"
         yield Text(f"jobs: {queue}\nbuilds: {builds}")
 
     def table(self, width: int) -> Table:
-        by_printer = {j["printer"]: j for j in self.jobs if j["printer"]}
+        by_printer = {j.printer: j for j in self.jobs if j.printer}
         for layout in LAYOUTS:
-            rows = [_cells(layout, p, by_printer.get(p["name"]), self.now) for p in self.printers]
+            rows = [_cells(layout, p, by_printer.get(p.name), self.now) for p in self.printers]
             if _width(layout, rows) <= width:
                 break
         table = Table(title=f"printfarm at {self.now:%H:%M:%S}", expand=True)
@@ -139,7 +140,7 @@ class Screen:
         for row, p in zip(rows, self.printers, strict=True):
             cells: list[str | Text] = [row[c] for c in layout.columns]
             if "state" in layout.columns:
-                cells[layout.columns.index("state")] = Text(p["state"], style=STATE_STYLE.get(p["state"], ""))
+                cells[layout.columns.index("state")] = Text(p.state, style=STATE_STYLE.get(p.state, ""))
             table.add_row(*cells)
         return table
 
@@ -149,8 +150,8 @@ ACTIVE = ("claimed", "uploading", "printing")
 
 def snapshot(client: FarmClient) -> Screen:
     # Only the jobs on printers, each state by itself: however many jobs are queued or done.
-    active = [j for state in ACTIVE for j in client.get_all("/api/jobs", state=state)]
-    return render(client.get("/api/status"), client.get_all("/api/printers"), active)
+    active = [j for state in ACTIVE for j in client.jobs(state)]
+    return render(client.status(), client.printers(), active)
 
 
 def stdout_console() -> Console:
@@ -181,8 +182,10 @@ def events(client: FarmClient) -> Iterator[dict[str, Any]]:
 
 
 def from_event(snap: dict[str, Any]) -> Screen:
-    active = [p["current"] for p in snap["printers"] if p.get("current")]
-    return render(snap["status"], snap["printers"], active)
+    """The dashboard's snapshot (api/dashboard.py): each printer holds its job as `current`."""
+    printers = [wire.PrinterView.model_validate(p) for p in snap["printers"]]
+    active = [wire.JobView.model_validate(p["current"]) for p in snap["printers"] if p.get("current")]
+    return render(wire.FarmStatus.model_validate(snap["status"]), printers, active)
 
 
 def run_watch(client: FarmClient, *, interval: float, once: bool) -> None:

@@ -1,7 +1,8 @@
 """The one way anything talks to the coordinator: the CLI, the workers and the printer agents.
 
-Depends on httpx and pydantic only, so it installs on a Raspberry Pi beside a printer. The agents'
-and workers' calls are typed: their bodies and answers are the models of farm/core/wire.py.
+Depends on httpx and pydantic only, so it installs on a Raspberry Pi beside a printer. The agents',
+the workers' and the CLI's calls are typed: their bodies and answers are the models of
+farm/core/wire.py.
 """
 
 from __future__ import annotations
@@ -148,9 +149,9 @@ class FarmClient:
         claim = wire.WorkerClaim(worker=worker)
         return wire.Held.model_validate(self._send(f"/api/builds/{build_id}/cad/heartbeat", claim))
 
-    def cad_result(self, build_id: int, result: wire.CadResult) -> dict[str, Any]:
+    def cad_result(self, build_id: int, result: wire.CadResult) -> wire.BuildView:
         """The build as GET /api/builds/{id} shows it, after the result."""
-        return dict(self._send(f"/api/builds/{build_id}/cad/result", result))
+        return wire.BuildView.model_validate(self._send(f"/api/builds/{build_id}/cad/result", result))
 
     def slice_start(self, slice_id: int, worker: str) -> wire.SliceStart:
         claim = wire.WorkerClaim(worker=worker)
@@ -162,6 +163,40 @@ class FarmClient:
 
     def slice_result(self, slice_id: int, result: wire.SliceResult) -> wire.SliceView:
         return wire.SliceView.model_validate(self._send(f"/api/slices/{slice_id}/result", result))
+
+    # -- people: the farm, its printers and jobs --------------------------------------------
+    def status(self) -> wire.FarmStatus:
+        return wire.FarmStatus.model_validate(self.get("/api/status"))
+
+    def printers(self) -> list[wire.PrinterView]:
+        return [wire.PrinterView.model_validate(p) for p in self.get_all("/api/printers")]
+
+    def jobs(self, state: str | None = None, *, most: int | None = None) -> list[wire.JobView]:
+        """Newest first; every one (or the newest `most`), only those in `state` if given."""
+        params = {"state": state} if state else {}
+        return [wire.JobView.model_validate(j) for j in self.get_all("/api/jobs", most=most, **params)]
+
+    def job(self, job_id: int) -> wire.JobView:
+        return wire.JobView.model_validate(self.get(f"/api/jobs/{job_id}"))
+
+    def explain(self, job_id: int) -> wire.Explained:
+        return wire.Explained.model_validate(self.get(f"/api/jobs/{job_id}/explain"))
+
+    def history(
+        self,
+        *,
+        limit: int,
+        printer: str | None = None,
+        material: str | None = None,
+        owner: str | None = None,
+        since: str | None = None,  # ISO 8601, UTC unless zoned
+        until: str | None = None,
+        state: str | None = None,  # done, failed or cancelled; None: all three
+    ) -> wire.History:
+        """The newest `limit` ended jobs that match, and the totals of all that match."""
+        filters = dict(printer=printer, material=material, owner=owner, since=since, until=until, state=state)
+        given = {k: v for k, v in filters.items() if v is not None}
+        return wire.History.model_validate(self.get("/api/history", limit=limit, **given))
 
     # -- artifacts ------------------------------------------------------------------------
     def upload_artifact(self, path: Path, name: str = "") -> str:

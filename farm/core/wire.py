@@ -1,12 +1,13 @@
-"""The wire protocol between the agents, the workers and the coordinator: what each side sends and
-what it gets back, one pydantic model per body (#16).
+"""The wire protocol between the agents, the workers, the CLI and the coordinator: what each side
+sends and what it gets back, one pydantic model per body (#16).
 
 The coordinator's routes take these as their bodies and declare the answers as their
-`response_model` (farm/coordinator/api/agents.py, workers.py, builds.py); FarmClient's typed
-methods (farm/core/client.py) send the requests and parse the answers; tests/test_wire.py checks
-that the OpenAPI document shows the same models. The JSON is the one sent before the models were
-shared: the same names, the same optional fields (a key absent stays absent: the routes answer with
-`response_model_exclude_unset`, the client sends with `exclude_unset`).
+`response_model` (farm/coordinator/api/agents.py, workers.py, builds.py, and what people read:
+reads.py, history.py, operate.py); FarmClient's typed methods (farm/core/client.py) send the
+requests and parse the answers; tests/test_wire.py checks that the OpenAPI document shows the same
+models. The JSON is the one sent before the models were shared: the same names in the same order,
+the same optional fields (a key absent stays absent: the routes answer with
+`response_model_exclude_unset`, the client sends with `exclude_unset`, the CLI prints with it).
 
 In the core, so that the agent's install (pydantic, no FastAPI) has them too.
 """
@@ -18,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
 
-from farm.core.states import JobState, PrinterState, SliceState
+from farm.core.states import BuildStage, JobState, PrinterState, SliceState
 
 MAX_ID = 2**31 - 1  # the database's INTEGER: a larger id is a 422, not a database error
 MAX_NAME = 200  # a printer's name
@@ -163,17 +164,6 @@ class Lease(BaseModel):
     heartbeat_s: float | None = None
 
 
-class CadStart(Lease):
-    go: bool  # false: the build is past CAD, or another worker holds it
-    build: dict[str, Any]  # the build as GET /api/builds/{id} shows it
-
-
-class SliceStart(Lease):
-    go: bool  # false: the slice is done, or another worker holds it
-    # The slice as GET /api/slices/{id} shows it: the slice, and its build's mesh and settings.
-    slice: dict[str, Any]
-
-
 class Held(Lease):
     """A worker's heartbeat's answer; held=false: the work is no longer its (the lease ran out)."""
 
@@ -229,13 +219,82 @@ class SliceView(BaseModel):
     error: str | None = None
 
 
-# -- submitters: POST /api/builds -----------------------------------------------------------------
+class SliceWork(SliceView):
+    """A slice as GET /api/slices/{id} shows it (builds.py _slice_work): the slice, and its build's
+    mesh and settings."""
+
+    build: int
+    stl: str | None = None
+    threemf: str | None = None  # several objects: sliced from the 3MF, which keeps them apart
+    objects: int | None = None
+    preview: str | None = None  # the Bambu package's plate picture when the G-code has none
+    preview_small: str | None = None  # plain G-code's embedded thumbnail
+    source: str
+    kind: str  # cad | mesh | gcode (a G-code is read, not sliced)
+    source_sha256: str
+    material: str
+    quality: str
+    overrides: dict[str, str] = Field(default_factory=dict)
 
 
 class GitSource(BaseModel):
+    """The commit of a git repository a project came from: a submission's and then its build's."""
+
     url: str
     ref: str | None = None
     commit: str
+
+
+class BuildView(BaseModel):
+    """A build as the API shows it (views.py build_view): what a CAD worker builds from."""
+
+    id: int
+    owner: str | None = None
+    source: str  # a project's entry file, else the upload's name
+    kind: str  # cad | mesh | gcode
+    source_sha256: str
+    project: bool = False  # the source is a project archive (tar.gz)
+    git: GitSource | None = None
+    project_name: str | None = None  # a registered project's part, built by a push hook
+    part_name: str | None = None
+    git_tag: str | None = None
+    use_cache: bool = True
+    entry: str | None = None
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    preview_only: bool = False  # built to be looked at: no jobs
+    material: str
+    quality: str
+    slicer_settings: dict[str, str] = Field(default_factory=dict)
+    stage: BuildStage
+    cad_worker: str | None = None
+    error: str | None = None
+    stl: str | None = None
+    threemf: str | None = None
+    step_requested: bool = False
+    step: str | None = None
+    preview: str | None = None
+    preview_small: str | None = None
+    objects: int | None = None
+    skipped: list[str] = Field(default_factory=list)
+    bbox: list[list[float]] | None = None
+    volume_mm3: float | None = None
+    cad_seconds: float | None = None
+    slices: list[SliceView] = Field(default_factory=list)
+    jobs: list[JobView] = Field(default_factory=list)
+    created_at: str | None = None  # ISO 8601
+
+
+class CadStart(Lease):
+    go: bool  # false: the build is past CAD, or another worker holds it
+    build: BuildView  # the build as GET /api/builds/{id} shows it
+
+
+class SliceStart(Lease):
+    go: bool  # false: the slice is done, or another worker holds it
+    slice: SliceWork
+
+
+# -- submitters: POST /api/builds -----------------------------------------------------------------
 
 
 class SubmitOptions(BaseModel):
@@ -267,6 +326,112 @@ class SubmitOptions(BaseModel):
     supports: str | None = None
     brim: Finite | None = None
     settings: dict[str, str] = Field(default_factory=dict)
+
+
+# -- people: what the CLI and the dashboard read (status, printers, jobs, history) ----------------
+
+
+class PrinterView(BaseModel):
+    """A printer as the API shows it (views.py printer_view)."""
+
+    name: str
+    model: str
+    protocol: str
+    # The farm's word: the printer's own state, or awaiting_clear while a part is on its bed.
+    state: PrinterState | Literal["awaiting_clear"]
+    bed_clear: bool
+    auto_eject: bool
+    message: str | None = None
+    job: int | None = None
+    progress: float | None = None
+    material: str
+    color: str | None = None
+    nozzle: float
+    tags: list[str] = Field(default_factory=list)
+    location: str | None = None
+    power_group: str | None = None
+    last_seen: str | None = None  # ISO 8601; the event stream leaves it out (every heartbeat moves it)
+    snapshot: int | None = None  # its camera's latest still: GET /api/printers/NAME/snapshot?id=N
+    snapshot_wanted: bool = False
+    snapshot_error: str | None = None
+
+
+class StatusWorker(WorkerView):
+    """A worker as GET /api/status shows it: its time as that route always wrote it, pydantic's
+    ("Z" for UTC; POST /api/workers answers with isoformat's "+00:00")."""
+
+    seen_at: datetime | None = None
+
+
+class FarmStatus(BaseModel):
+    """GET /api/status: builds by stage, jobs by state (every one, zeros included), printers by
+    state (those there are), and the workers seen last."""
+
+    builds: dict[str, int]
+    jobs: dict[str, int]
+    printers: dict[str, int]
+    printer_count: int
+    workers: list[StatusWorker] = Field(default_factory=list)  # absent from older coordinators
+
+
+class Verdict(BaseModel):
+    """Whether one printer would take a job, and if not why (farm/coordinator/explain.py)."""
+
+    printer: str
+    eligible: bool
+    reasons: list[str]
+    # Only for a ready job a printer would take: its place in that printer's queue (None: further
+    # back than the queue looked).
+    position: int | None = None
+
+
+class Explained(BaseModel):
+    """GET /api/jobs/{id}/explain: the job, and each printer's verdict on it, by name."""
+
+    job: JobView
+    printers: list[Verdict]
+
+
+class Totals(BaseModel):
+    """Ended jobs added up (farm/coordinator/history.py): hours on the printer and filament (the
+    slicer's estimate) count finished prints only."""
+
+    done: int
+    failed: int
+    cancelled: int
+    hours: float
+    filament_g: float
+
+
+class _Printer(BaseModel):
+    printer: str  # "(none)": jobs that ended before a printer took them
+
+
+class _Material(BaseModel):
+    material: str
+
+
+# Pydantic orders the fields base by base, the last base first: the name leads, as in the JSON.
+class PrinterTotals(Totals, _Printer):
+    pass
+
+
+class MaterialTotals(Totals, _Material):
+    pass
+
+
+class HistoryTotals(BaseModel):
+    all: Totals
+    by_printer: list[PrinterTotals]  # the most jobs first
+    by_material: list[MaterialTotals]
+
+
+class History(BaseModel):
+    """GET /api/history: the ended jobs asked for, newest first (one page), and the totals of every
+    ended job the filters match."""
+
+    jobs: list[JobView]
+    totals: HistoryTotals
 
 
 def body(model: BaseModel) -> dict[str, Any]:

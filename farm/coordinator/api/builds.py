@@ -37,12 +37,14 @@ from farm.core.queue import send
 from farm.core.slice_error import SliceError
 from farm.core.states import BuildStage, SliceState
 from farm.core.wire import (
+    BuildView,
     CadResult,
     CadStart,
     Held,
     SliceResult,
     SliceStart,
     SliceView,
+    SliceWork,
     SubmitOptions,
     WorkerClaim,
 )
@@ -83,7 +85,13 @@ def load_build(session: Session, build_id: int) -> dict[str, Any]:
     return build_view(build, list(jobs), list(slices))
 
 
-@router.post("/builds", status_code=201, responses=errors(413, 415, 422, 503))
+@router.post(
+    "/builds",
+    status_code=201,
+    response_model=BuildView,
+    response_model_exclude_unset=True,
+    responses=errors(413, 415, 422, 503),
+)
 async def submit(
     farm: FarmDep, session: SessionDep, token: Submitter, file: UploadFile, options: Options = "{}"
 ) -> dict:
@@ -226,6 +234,8 @@ async def _store_upload(farm: Farm, file: UploadFile, name: str) -> tuple[str, i
 @router.get(
     "/builds/{build_id}",
     dependencies=[Depends(require("submitter", "viewer", "worker"))],
+    response_model=BuildView,
+    response_model_exclude_unset=True,
     responses=errors(404),
 )
 def get_build(build_id: RowId, session: SessionDep) -> dict:
@@ -235,6 +245,8 @@ def get_build(build_id: RowId, session: SessionDep) -> dict:
 @router.get(
     "/builds",
     dependencies=[Depends(require("submitter", "viewer"))],
+    response_model=list[BuildView],
+    response_model_exclude_unset=True,
     responses=paged("builds, newest first"),
 )
 def list_builds(
@@ -291,6 +303,8 @@ def _lease(farm: Farm, held: bool) -> dict[str, float]:
 @router.post(
     "/builds/{build_id}/cad/result",
     dependencies=[Depends(require("worker"))],
+    response_model=BuildView,
+    response_model_exclude_unset=True,
     responses=errors(404, 422, 503),
 )
 def cad_result(build_id: RowId, result: CadResult, farm: FarmDep, session: SessionDep) -> dict:
@@ -324,7 +338,13 @@ def cad_result(build_id: RowId, result: CadResult, farm: FarmDep, session: Sessi
     return load_build(session, build_id)
 
 
-@router.get("/slices/{slice_id}", dependencies=[Depends(require("worker"))], responses=errors(404))
+@router.get(
+    "/slices/{slice_id}",
+    dependencies=[Depends(require("worker"))],
+    response_model=SliceWork,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 def get_slice(slice_id: RowId, session: SessionDep) -> dict:
     sl = session.get(Slice, slice_id)
     if sl is None:

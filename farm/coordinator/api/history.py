@@ -14,6 +14,7 @@ from farm.coordinator.api.paging import Cursor, Limit, after_id, page, paged
 from farm.coordinator.api.reads import job_rows
 from farm.coordinator.models import stored_id
 from farm.core.states import TERMINAL_JOB_STATES, JobState
+from farm.core.wire import History
 
 router = APIRouter(
     prefix="/api", tags=["status"], dependencies=[Depends(require("submitter", "viewer"))], responses=AUTH
@@ -22,7 +23,12 @@ router = APIRouter(
 Name = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 
-@router.get("/history", responses=paged("finished, failed and cancelled jobs, newest first, with totals"))
+@router.get(
+    "/history",
+    response_model=History,
+    response_model_exclude_unset=True,
+    responses=paged("finished, failed and cancelled jobs, newest first, with totals"),
+)
 def get_history(
     session: SessionDep,
     request: Request,

@@ -17,6 +17,7 @@ from farm.coordinator.models import Job, Printer, Token
 from farm.core import tags
 from farm.core.printer_models import MATERIALS, UnknownChoice, check_color, check_material, get_model
 from farm.core.states import InvalidMove, JobState
+from farm.core.wire import Explained, JobView, PrinterView
 
 router = APIRouter(prefix="/api", tags=["operate"], responses=AUTH)
 
@@ -41,7 +42,12 @@ def _printer(session: SessionDep, name: str) -> Printer:
 Submitter = Annotated[Token, Depends(require("submitter"))]
 
 
-@router.post("/jobs/{job_id}/cancel", responses=errors(404, 409))
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobView,
+    response_model_exclude_unset=True,
+    responses=errors(404, 409),
+)
 def cancel_job(job_id: RowId, session: SessionDep, token: Submitter) -> dict:
     """Cancel a job: a submitter its own, an admin any."""
     job = _job(session, job_id)
@@ -52,7 +58,12 @@ def cancel_job(job_id: RowId, session: SessionDep, token: Submitter) -> dict:
         raise HTTPException(409, str(exc)) from exc
 
 
-@router.post("/jobs/{job_id}/retry", responses=errors(404, 409))
+@router.post(
+    "/jobs/{job_id}/retry",
+    response_model=JobView,
+    response_model_exclude_unset=True,
+    responses=errors(404, 409),
+)
 def retry_job(job_id: RowId, farm: FarmDep, session: SessionDep, token: Submitter) -> dict:
     """Send a failed job back to the queue (a submitter its own, an admin any); if its build failed,
     the job waits while what failed (the CAD run or its slices) is made again."""
@@ -71,7 +82,9 @@ class JobChange(BaseModel):
     priority: int = Field(ge=-100, le=100, description="higher prints first (as `farm submit --priority`)")
 
 
-@router.patch("/jobs/{job_id}", responses=errors(404, 409))
+@router.patch(
+    "/jobs/{job_id}", response_model=JobView, response_model_exclude_unset=True, responses=errors(404, 409)
+)
 def change_job(job_id: RowId, body: JobChange, farm: FarmDep, session: SessionDep, token: Submitter) -> dict:
     """Change a job's priority while it waits for a printer: a submitter its own, an admin any."""
     job = _job(session, job_id)
@@ -86,7 +99,11 @@ def change_job(job_id: RowId, body: JobChange, farm: FarmDep, session: SessionDe
 
 
 @router.get(
-    "/jobs/{job_id}/explain", dependencies=[Depends(require("submitter", "viewer"))], responses=errors(404)
+    "/jobs/{job_id}/explain",
+    dependencies=[Depends(require("submitter", "viewer"))],
+    response_model=Explained,
+    response_model_exclude_unset=True,
+    responses=errors(404),
 )
 def explain_job(job_id: RowId, session: SessionDep, farm: FarmDep) -> dict:
     job = _job(session, job_id)
@@ -104,7 +121,13 @@ def _job(session: SessionDep, job_id: int) -> Job:
     return job
 
 
-@router.post("/printers/{name}/clear", dependencies=[Depends(require("submitter"))], responses=errors(404))
+@router.post(
+    "/printers/{name}/clear",
+    dependencies=[Depends(require("submitter"))],
+    response_model=PrinterView,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 def clear_bed(name: PrinterPath, farm: FarmDep, session: SessionDep) -> dict:
     printer = _printer(session, name)
     printer.bed_clear = True
@@ -128,7 +151,13 @@ def remove_printer(name: PrinterPath, session: SessionDep) -> dict:
     return {"removed": name}
 
 
-@router.patch("/printers/{name}", dependencies=[Depends(require())], responses=errors(404, 422))
+@router.patch(
+    "/printers/{name}",
+    dependencies=[Depends(require())],
+    response_model=PrinterView,
+    response_model_exclude_unset=True,
+    responses=errors(404, 422),
+)
 def set_printer(name: PrinterPath, body: PrinterSettings, farm: FarmDep, session: SessionDep) -> dict:
     printer = _printer(session, name)
     try:  # the rules `farm submit` checks a job's material and colour by

@@ -16,6 +16,7 @@ from farm.coordinator.api.views import job_view, printer_state, printer_view
 from farm.coordinator.api.workers import recent_workers
 from farm.coordinator.models import Build, Job, Printer, Slice, stored_id
 from farm.core.states import BuildStage, JobState
+from farm.core.wire import FarmStatus, JobView, PrinterView
 
 router = APIRouter(
     prefix="/api", tags=["status"], dependencies=[Depends(require("submitter", "viewer"))], responses=AUTH
@@ -31,7 +32,12 @@ def job_rows(session: Session, jobs: list[Job]) -> list[dict]:
     return [job_view(j, slices.get(j.slice_id), builds[j.build_id].source_name) for j in jobs]
 
 
-@router.get("/jobs", responses=paged("jobs, newest first"))
+@router.get(
+    "/jobs",
+    response_model=list[JobView],
+    response_model_exclude_unset=True,
+    responses=paged("jobs, newest first"),
+)
 def list_jobs(
     session: SessionDep,
     request: Request,
@@ -49,7 +55,9 @@ def list_jobs(
     return job_rows(session, jobs)
 
 
-@router.get("/jobs/{job_id}", responses=errors(404))
+@router.get(
+    "/jobs/{job_id}", response_model=JobView, response_model_exclude_unset=True, responses=errors(404)
+)
 def get_job(job_id: RowId, session: SessionDep) -> dict:
     job = session.get(Job, job_id)
     if job is None:
@@ -57,7 +65,12 @@ def get_job(job_id: RowId, session: SessionDep) -> dict:
     return job_rows(session, [job])[0]
 
 
-@router.get("/printers", responses=paged("printers by name"))
+@router.get(
+    "/printers",
+    response_model=list[PrinterView],
+    response_model_exclude_unset=True,
+    responses=paged("printers by name"),
+)
 def list_printers(
     session: SessionDep, request: Request, response: Response, limit: Limit = MAX_LIMIT, cursor: Cursor = None
 ) -> list[dict]:
@@ -68,7 +81,7 @@ def list_printers(
     return [printer_view(p) for p in printers]
 
 
-@router.get("/status")
+@router.get("/status", response_model=FarmStatus, response_model_exclude_unset=True)
 def status(session: SessionDep) -> dict:
     return farm_status(session)
 

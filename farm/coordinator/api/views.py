@@ -1,4 +1,6 @@
-"""The JSON shapes the API returns (and `--json` prints): plain dicts with stable keys."""
+"""The JSON shapes the API returns (and `--json` prints): plain dicts with stable keys, in the
+order of their models in farm/core/wire.py (JobView, SliceView, BuildView, PrinterView), which the
+routes declare as their answers: a key added here and not there is dropped (tests/test_wire.py)."""
 
 from __future__ import annotations
 
