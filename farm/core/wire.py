@@ -21,6 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
 
 from farm.core.states import BuildStage, JobState, PrinterState, SliceState
 
+
+class Wire(BaseModel):
+    """Every wire model. Its validator is built on first use, not at import: the agent on a
+    Raspberry Pi uses a handful of these models, and building all of them cost it 4 MB of RSS."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
 MAX_ID = 2**31 - 1  # the database's INTEGER: a larger id is a 422, not a database error
 MAX_NAME = 200  # a printer's name
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (PostgreSQL refuses NUL in text)
@@ -36,7 +44,7 @@ IsoTime = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_ty
 # -- printer agents: /api/agents/* ----------------------------------------------------------------
 
 
-class Register(BaseModel):
+class Register(Wire):
     printer: PrinterName
     model: str
     protocol: str
@@ -47,7 +55,7 @@ class Register(BaseModel):
     state: PrinterState | None = None
 
 
-class Heartbeat(BaseModel):
+class Heartbeat(Wire):
     """A heartbeat's body, and a claim's (a claim is a heartbeat too)."""
 
     printer: PrinterName
@@ -58,7 +66,7 @@ class Heartbeat(BaseModel):
     color: str | None = None
 
 
-class Report(BaseModel):
+class Report(Wire):
     printer: PrinterName
     fence: Id
     state: JobState
@@ -69,10 +77,10 @@ class Report(BaseModel):
     upload_s: Annotated[float, Field(ge=0, le=1e7)] | None = None
 
 
-class JobView(BaseModel):
+class JobView(Wire):
     """A job as the API shows it (farm/coordinator/api/views.py job_view): a report's answer."""
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, defer_build=True)
 
     id: int
     build: int | None = None
@@ -110,12 +118,12 @@ class Claim(JobView):
     gcode_name: str  # the file name on the printer; only the farm names files there
 
 
-class Registered(BaseModel):
+class Registered(Wire):
     printer: str
     job: Claim | None = None  # the job this printer is still bound to (after an agent restart)
 
 
-class HeartbeatAnswer(BaseModel):
+class HeartbeatAnswer(Wire):
     job: int | None  # the job this printer holds (None: none); another id or None: stop printing it
     fence: int | None
     snapshot: bool = False  # sent only when true: an operator wants a still from the camera
@@ -127,7 +135,7 @@ class HeartbeatAnswer(BaseModel):
 SNAPSHOT_WANTED = "X-Farm-Snapshot"
 
 
-class NextGcode(BaseModel):
+class NextGcode(Wire):
     """GET /api/agents/next: the G-code this printer would print next (204: none)."""
 
     gcode: str
@@ -136,14 +144,14 @@ class NextGcode(BaseModel):
 # -- workers: /api/workers, /api/builds/{id}/cad/*, /api/slices/{id}/* ---------------------------
 
 
-class Hello(BaseModel):
+class Hello(Wire):
     name: str = Field(min_length=1, max_length=200)
     queues: list[Literal["cad", "slice"]] = Field(max_length=2)
     sandbox: Literal["isolated", "off", "none"]
     layers: list[str] = Field(default_factory=list, max_length=20)
 
 
-class WorkerView(BaseModel):
+class WorkerView(Wire):
     name: str
     queues: list[str]
     sandbox: str
@@ -151,13 +159,13 @@ class WorkerView(BaseModel):
     seen_at: IsoTime | None = None
 
 
-class WorkerClaim(BaseModel):
+class WorkerClaim(Wire):
     """Who takes, or still holds, a CAD build or a slice (`farm worker` sends host:pid)."""
 
     worker: str = Field(default="unnamed", min_length=1, max_length=200)
 
 
-class Lease(BaseModel):
+class Lease(Wire):
     """How long a worker's lease lasts and how often to extend it (sent only while it is held)."""
 
     lease_s: float | None = None
@@ -170,7 +178,7 @@ class Held(Lease):
     held: bool
 
 
-class CadResult(BaseModel):
+class CadResult(Wire):
     error: str | None = None
     stl: str | None = None
     threemf: str | None = None
@@ -186,7 +194,7 @@ class CadResult(BaseModel):
     cached: bool | None = None  # the worker's CAD cache had it (None: an older worker did not say)
 
 
-class SliceMeta(BaseModel):
+class SliceMeta(Wire):
     """What the slicer read from the G-code; the farm stores these (others are passed over)."""
 
     printer_model: str | None = None
@@ -195,7 +203,7 @@ class SliceMeta(BaseModel):
     filament_mm: Finite | None = None
 
 
-class SliceResult(BaseModel):
+class SliceResult(Wire):
     error: str | None = None
     gcode: str | None = None
     meta: SliceMeta = Field(default_factory=SliceMeta)
@@ -203,7 +211,7 @@ class SliceResult(BaseModel):
     cached: bool | None = None  # the worker's slice cache had it
 
 
-class SliceView(BaseModel):
+class SliceView(Wire):
     """A slice as the API shows it (views.py slice_view): a slice result's answer."""
 
     id: int
@@ -237,7 +245,7 @@ class SliceWork(SliceView):
     overrides: dict[str, str] = Field(default_factory=dict)
 
 
-class GitSource(BaseModel):
+class GitSource(Wire):
     """The commit of a git repository a project came from: a submission's and then its build's."""
 
     url: str
@@ -245,7 +253,7 @@ class GitSource(BaseModel):
     commit: str
 
 
-class BuildView(BaseModel):
+class BuildView(Wire):
     """A build as the API shows it (views.py build_view): what a CAD worker builds from."""
 
     id: int
@@ -297,7 +305,7 @@ class SliceStart(Lease):
 # -- submitters: POST /api/builds -----------------------------------------------------------------
 
 
-class SubmitOptions(BaseModel):
+class SubmitOptions(Wire):
     """POST /api/builds' `options` form field (JSON)."""
 
     entry: str | None = None
@@ -331,7 +339,7 @@ class SubmitOptions(BaseModel):
 # -- people: what the CLI and the dashboard read (status, printers, jobs, history) ----------------
 
 
-class PrinterView(BaseModel):
+class PrinterView(Wire):
     """A printer as the API shows it (views.py printer_view)."""
 
     name: str
@@ -363,7 +371,7 @@ class StatusWorker(WorkerView):
     seen_at: datetime | None = None
 
 
-class FarmStatus(BaseModel):
+class FarmStatus(Wire):
     """GET /api/status: builds by stage, jobs by state (every one, zeros included), printers by
     state (those there are), and the workers seen last."""
 
@@ -374,7 +382,7 @@ class FarmStatus(BaseModel):
     workers: list[StatusWorker] = Field(default_factory=list)  # absent from older coordinators
 
 
-class Verdict(BaseModel):
+class Verdict(Wire):
     """Whether one printer would take a job, and if not why (farm/coordinator/explain.py)."""
 
     printer: str
@@ -385,14 +393,14 @@ class Verdict(BaseModel):
     position: int | None = None
 
 
-class Explained(BaseModel):
+class Explained(Wire):
     """GET /api/jobs/{id}/explain: the job, and each printer's verdict on it, by name."""
 
     job: JobView
     printers: list[Verdict]
 
 
-class Totals(BaseModel):
+class Totals(Wire):
     """Ended jobs added up (farm/coordinator/history.py): hours on the printer and filament (the
     slicer's estimate) count finished prints only."""
 
@@ -403,11 +411,11 @@ class Totals(BaseModel):
     filament_g: float
 
 
-class _Printer(BaseModel):
+class _Printer(Wire):
     printer: str  # "(none)": jobs that ended before a printer took them
 
 
-class _Material(BaseModel):
+class _Material(Wire):
     material: str
 
 
@@ -420,13 +428,13 @@ class MaterialTotals(Totals, _Material):
     pass
 
 
-class HistoryTotals(BaseModel):
+class HistoryTotals(Wire):
     all: Totals
     by_printer: list[PrinterTotals]  # the most jobs first
     by_material: list[MaterialTotals]
 
 
-class History(BaseModel):
+class History(Wire):
     """GET /api/history: the ended jobs asked for, newest first (one page), and the totals of every
     ended job the filters match."""
 
