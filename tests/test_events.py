@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from farm.commands.watch import events as watch_events
-from farm.commands.watch import from_event
+from farm.commands.watch import events as watch_events, from_event
 from farm.core.client import FarmClient
 from tests.conftest import farm_server
 

@@ -24,9 +24,7 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner, Result
 
 from farm.cli import app
-from farm.commands import common
-from farm.commands import history as history_command
-from farm.commands import status as status_command
+from farm.commands import common, history as history_command, status as status_command
 from farm.coordinator import explain, history, pipeline
 from farm.coordinator.api import builds, create_app, reads, views
 from farm.coordinator.api.deps import Farm

@@ -20,8 +20,7 @@ from farm.core.printer_models import DEFAULT_MATERIAL, DEFAULT_QUALITY, PrinterM
 from farm.core.slice_error import SliceError
 from workers.arrange import arrange_copies, centred_on_bed, place_objects, rounded_bbox
 from workers.bambu3mf import PACKAGE_FORMAT, PlateInfo, package_gcode
-from workers.bed_load import MARK as BED_LOAD_MARK
-from workers.bed_load import fill_bed_load
+from workers.bed_load import MARK as BED_LOAD_MARK, fill_bed_load
 from workers.gcode_meta import GcodeMeta, embed_thumbnail, gcode_thumbnails, parse_gcode_meta
 from workers.mesh_bbox import MEASURED_SUFFIXES, BBox, check_fits, count_3mf_items, mesh_bbox
 from workers.prusaslicer import check_known_keys, find_slicer, raise_for_failure, run_slicer, slicer_version

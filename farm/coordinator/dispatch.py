@@ -12,8 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, exists, func, or_, union_all, update
-from sqlalchemy import select as sa_select
+from sqlalchemy import Row, Select, bindparam, exists, func, or_, select as sa_select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select

@@ -32,6 +32,7 @@ from farm.coordinator.api import (
     history,
     hooks,
     inspect,
+    metrics as metrics_api,
     notifications,
     operate,
     projects,
@@ -42,7 +43,6 @@ from farm.coordinator.api import (
     tokens,
     workers,
 )
-from farm.coordinator.api import metrics as metrics_api
 from farm.coordinator.api.bodylimit import BodyLimit
 from farm.coordinator.api.deps import Farm, hash_secret, new_secret
 from farm.coordinator.api.errors import NUL_IN_TEXT, document_body_errors, nul_in_text

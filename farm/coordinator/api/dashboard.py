@@ -7,8 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
-from fastapi import Path as PathParam
+from fastapi import APIRouter, Depends, HTTPException, Path as PathParam
 from fastapi.responses import FileResponse, Response
 from sqlmodel import Session, col, func, select
 
