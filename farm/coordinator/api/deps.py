@@ -117,6 +117,14 @@ async def get_farm(request: Request) -> Farm:
     return request.app.state.farm
 
 
+def found(session: Session, model: type[T], key: Any, what: str) -> T:
+    """The row of `model` with primary key `key`, or a 404 "no {what} {key}"."""
+    row = session.get(model, key)
+    if row is None:
+        raise HTTPException(404, f"no {what} {key}")
+    return row
+
+
 def get_session(farm: Annotated[Farm, Depends(get_farm)]) -> Iterator[Session]:
     with Session(farm.engine, expire_on_commit=False) as session:
         yield session

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
-from farm.coordinator.api.deps import FarmDep, PrinterPath, RowId, SessionDep, as_utc, require
+from farm.coordinator.api.deps import FarmDep, PrinterPath, RowId, SessionDep, as_utc, found, require
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.models import Artifact, Job, JobSnapshot, Printer, Token, utcnow
 from farm.coordinator.store import TooLarge
@@ -96,9 +96,7 @@ async def upload_snapshot(
     moment: Moment = "request",
 ) -> dict:
     """A still from the camera of the job's printer; an agent only for its own printer's jobs."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+    job = found(session, Job, job_id, "job")
     if token.role == "agent" and not _printed_on(job, token.printer):
         raise HTTPException(403, f"job {job_id} is not on printer '{token.printer}', this agent's")
     name = token.printer if token.role == "agent" else job.printer
@@ -189,12 +187,11 @@ Reader = Depends(require("submitter", "viewer"))
 @router.get("/jobs/{job_id}/snapshots", dependencies=[Reader], responses=errors(404))
 def list_snapshots(job_id: RowId, session: SessionDep) -> list[dict]:
     """The stills of a job, oldest first."""
-    if session.get(Job, job_id) is None:
-        raise HTTPException(404, f"no job {job_id}")
-    found = session.exec(
+    found(session, Job, job_id, "job")
+    snaps = session.exec(
         select(JobSnapshot).where(JobSnapshot.job_id == job_id).order_by(col(JobSnapshot.id))
     ).all()
-    return [_view(s) for s in found]
+    return [_view(s) for s in snaps]
 
 
 @router.get(
@@ -240,7 +237,7 @@ def printer_snapshots(
 ) -> dict:
     """The printer's latest stills, newest first, and where a request for one stands."""
     printer = _printer(session, name)
-    found = session.exec(
+    snaps = session.exec(
         select(JobSnapshot)
         .where(JobSnapshot.printer == name)
         .order_by(col(JobSnapshot.id).desc())
@@ -252,7 +249,7 @@ def printer_snapshots(
         "wanted_since": as_utc(wanted).isoformat() if wanted else None,
         "error": printer.snapshot_error,
         "agent_last_seen": as_utc(printer.last_seen).isoformat() if printer.last_seen else None,
-        "snapshots": [_view(s) for s in found],
+        "snapshots": [_view(s) for s in snaps],
     }
 
 
