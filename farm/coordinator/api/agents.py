@@ -148,7 +148,7 @@ def _register(session: Session, body: Register, farm: Farm) -> dict:
     return {"printer": printer.name, "job": _claim_view(job, _done_slice(session, job.slice_id, farm))}
 
 
-def _beat_fields(body: Heartbeat, farm: Farm) -> dict[str, Any]:
+def _beat_fields(body: Heartbeat, farm: Farm) -> heartbeats.BeatFields:
     """What heartbeats.heartbeat and heartbeat_pg take besides the printer's name."""
     return {
         "state": body.state,
