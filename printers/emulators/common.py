@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 MODEL_CHECK_BYTES = 64 * 1024  # the firmware only scans the start of the file for M862.x
 ESTIMATE_TAIL_BYTES = 256 * 1024  # PrusaSlicer writes the time estimate near the end
@@ -64,6 +64,45 @@ class PrintClock:
     def halt(self, now: float) -> None:
         self.elapsed_s = self.elapsed(now)
         self.running_since = None
+
+
+class StatefulJob(Protocol):
+    """A job an EmulatedPrinter holds: a PrintClock with the state its protocol names."""
+
+    state: str
+    duration_s: float
+
+    def elapsed(self, now: float) -> float: ...
+
+    def halt(self, now: float) -> None: ...
+
+
+J = TypeVar("J", bound=StatefulJob)
+
+
+class EmulatedPrinter(Generic[J]):
+    """What the HTTP emulators' printers share: the storage folder, how much faster than the
+    slicer's estimate they print (at most `max_print_s` a print), one job at a time, and the lock
+    around it. A job in state RUNNING turns DONE once its time is up (`_refresh`, with the lock)."""
+
+    RUNNING: ClassVar[str]
+    DONE: ClassVar[str]
+
+    def __init__(self, *, root: Path, speed: float, max_print_s: float | None) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        self.root = root
+        self.speed = speed
+        self.max_print_s = max_print_s
+        self._job: J | None = None
+        self._lock = threading.RLock()
+
+    def _refresh(self, now: float) -> J | None:
+        job = self._job
+        if job and job.state == self.RUNNING and job.elapsed(now) >= job.duration_s:
+            job.halt(now)
+            job.state = self.DONE
+        return job
 
 
 def print_seconds(estimate_s: float | None, speed: float, max_print_s: float | None) -> float:
