@@ -15,9 +15,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -64,6 +68,33 @@ def redis_url() -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL server's URL (tests/pgserver.py); the test is skipped where none runs."""
+    from tests.pgserver import PostgresUnavailable, throwaway_postgres
+
+    pytest.importorskip("psycopg", reason="psycopg is missing: run scripts/setup (the dev extra has it)")
+    try:
+        with throwaway_postgres() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL cannot be installed or started here: {exc}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The coordinator's database, empty: on SQLite, then on a fresh database of `postgres`."""
+    from farm.coordinator.db import make_engine
+    from tests.coordinator_fixtures import fresh_database
+
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
+    else:
+        engine = fresh_database(request.getfixturevalue("postgres"))
+    yield engine
+    engine.dispose()
 
 
 @contextlib.contextmanager
@@ -229,11 +260,10 @@ def ready_job(
 ) -> int:
     """A ready `model` job printing `gcode` (uploaded as an artifact called `name`), as a slicer
     would leave it: for tests of printing that need no CAD or slicing (a coordinator on SQLite)."""
-    from sqlmodel import Session, select
+    from sqlmodel import Session
 
-    from farm.coordinator import pipeline
     from farm.coordinator.db import make_engine
-    from farm.coordinator.models import Slice
+    from tests.coordinator_fixtures import ready_build
 
     sha = hashlib.sha256(gcode).hexdigest()
     put = httpx.put(
@@ -243,17 +273,7 @@ def ready_job(
     assert put.status_code == 200 and put.json()["sha256"] == sha, put.text
     engine = make_engine(f"sqlite:///{data / 'farm.coordinator.db'}")
     with Session(engine) as session:
-        build, jobs, _ = pipeline.create_build(
-            session, source_name="part.stl", source_sha256="0" * 64, entry=None, params={}, copies=1,
-            material="PLA", quality="standard", color=None, printer_model=model, priority=0,
-        )  # fmt: skip
-        session.flush()
-        for sl in session.exec(select(Slice).where(Slice.build_id == build.id)).all():
-            pipeline.slice_finished(
-                session, sl, error=None, gcode_sha256=sha, meta={"print_time_s": 60}, seconds=0.1
-            )
-        session.commit()
-        job_id = jobs[0].id
+        job_id = ready_build(session, models=None, printer_model=model, gcode_sha256=sha)[0].id
     engine.dispose()
     assert job_id is not None
     return job_id

@@ -18,8 +18,8 @@ import pytest
 from sqlmodel import Session
 
 from farm.coordinator.db import make_engine
+from tests.coordinator_fixtures import ready_build
 from tests.pgserver import Cluster, PostgresUnavailable, throwaway_cluster
-from tests.test_dispatch import ready_build
 from tests.test_server_workers import two_server_processes
 
 # Nothing but the tests' own calls may flush the WAL: no timed flushes, no vacuum, no checkpoint.

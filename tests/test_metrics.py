@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from farm.coordinator.db import make_engine
 from tests.conftest import EXAMPLES, REPO, RunningFarm, farm_server, running_farm, wait_until
-from tests.test_dispatch import postgres, ready_build  # noqa: F401 - a fixture
+from tests.coordinator_fixtures import ready_build
 from tests.test_server_workers import children
 
 EXPORTED = {
@@ -124,7 +124,7 @@ def test_metrics_match_the_api_after_a_small_run(small_farm: RunningFarm, tmp_pa
 
 def test_two_server_processes_on_postgresql_answer_with_the_same_totals(
     redis_url: str,
-    postgres: str,  # noqa: F811 - the fixture
+    postgres: str,
     tmp_path: Path,
 ) -> None:
     """Tallies live in the database and latency files in PROMETHEUS_MULTIPROC_DIR: whichever

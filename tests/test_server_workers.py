@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from farm.coordinator.db import make_engine
 from tests.conftest import farm_server, wait_until
-from tests.test_dispatch import postgres, ready_build  # noqa: F401 - a fixture
+from tests.coordinator_fixtures import ready_build
 
 
 def children(pid: int) -> list[str]:
@@ -40,7 +40,7 @@ def test_several_server_processes_share_the_port_and_one_housekeeper(redis_url: 
 
 def test_agents_claim_and_report_through_two_server_processes_on_postgresql(
     redis_url: str,
-    postgres: str,  # noqa: F811 - the fixture
+    postgres: str,
     tmp_path: Path,
 ) -> None:
     """PostgreSQL, as production runs it: the agents' calls go through the event-loop path

@@ -23,10 +23,10 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from farm.coordinator import pipeline
 from farm.coordinator.db import make_engine
 from farm.core.settings import Settings
 from tests.conftest import EXAMPLES, REPO, farm_server, wait_until
+from tests.coordinator_fixtures import create_build
 
 BRACKET = EXAMPLES / "bracket.py"
 
@@ -158,10 +158,7 @@ def test_explain_suggests_only_commands_the_farm_accepts(server: Server) -> None
     settings = Settings(data_dir=server.data_dir)
     engine = make_engine(settings.db_url)
     with Session(engine) as s:  # what an older coordinator accepted
-        _build, old, _out = pipeline.create_build(
-            s, source_name="old.stl", source_sha256="0" * 64, entry=None, params={}, copies=1,
-            material="PLAA", quality="standard", color=None, printer_model="MINI", priority=0,
-        )  # fmt: skip
+        _build, old, _out = create_build(s, source_name="old.stl", material="PLAA", printer_model="MINI")
         s.commit()
         jobs.append(old[0].id)
     engine.dispose()
