@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, UploadFile
@@ -271,15 +271,21 @@ def cad_start(build_id: RowId, farm: FarmDep, session: SessionDep, claim: Worker
 def cad_heartbeat(build_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
     """Extend the worker's lease; held=false: the build is no longer its (the lease ran out)."""
     build = found(session, Build, build_id, "build")
-    held = pipeline.cad_heartbeat(session, build, worker=claim.worker, lease_s=farm.settings.work_lease_s)
-    session.commit()
-    return {"held": held, **_lease(farm, held)}
+    return _extend(session, farm, pipeline.cad_heartbeat, build, claim.worker)
 
 
 def _lease(farm: Farm, held: bool) -> dict[str, float]:
     """How long the lease lasts and how often to extend it: the worker follows the coordinator."""
     s = farm.settings
     return {"lease_s": s.work_lease_s, "heartbeat_s": s.work_heartbeat_s} if held else {}
+
+
+def _extend(session: Session, farm: Farm, heartbeat: Callable[..., bool], work: Any, worker: str) -> dict:
+    """A worker's heartbeat on the build or slice it works on (pipeline.cad_heartbeat or
+    slice_heartbeat): held=false once the lease ran out."""
+    held = heartbeat(session, work, worker=worker, lease_s=farm.settings.work_lease_s)
+    session.commit()
+    return {"held": held, **_lease(farm, held)}
 
 
 @router.post(
@@ -346,9 +352,7 @@ def slice_start(slice_id: RowId, claim: WorkerClaim, farm: FarmDep, session: Ses
 )
 def slice_heartbeat(slice_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
     sl = found(session, Slice, slice_id, "slice")
-    held = pipeline.slice_heartbeat(session, sl, worker=claim.worker, lease_s=farm.settings.work_lease_s)
-    session.commit()
-    return {"held": held, **_lease(farm, held)}
+    return _extend(session, farm, pipeline.slice_heartbeat, sl, claim.worker)
 
 
 def _slice_work(session: Session, sl: Slice) -> dict:
