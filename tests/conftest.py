@@ -43,6 +43,18 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):  # 
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGINT) -> int | None:
+    """Ask `proc` to stop (by default as Ctrl-C does) and give it `timeout` seconds, then kill it.
+    Its exit code; None when it had to be killed."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return None
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis server (Debian's redis-server, installed by scripts/setup)."""
@@ -116,11 +128,7 @@ def farm_server(env: dict[str, str], log: Path, *args: str) -> Iterator[tuple[su
         wait_until(healthy, 60, "the coordinator")
         yield server, base
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, 30)
         out.close()
 
 
@@ -206,12 +214,7 @@ def running_farm(
         wait_until(registered, 60, "every agent to register")
         yield running
     finally:
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = None
+        code = stop_process(proc, 60)
         log.close()
         assert code == 0, f"farm up did not stop cleanly on Ctrl-C (exit {code})"
         assert not (data / "farm-up.json").exists()

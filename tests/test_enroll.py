@@ -26,7 +26,7 @@ from farm.coordinator.db import make_engine
 from farm.coordinator.models import EnrolCode
 from printers.emulators.camera import state_color
 from printers.emulators.prusalink import PrusaLinkEmulator
-from tests.conftest import REPO, farm_server, ready_job, wait_until
+from tests.conftest import REPO, farm_server, ready_job, stop_process, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -171,11 +171,7 @@ def test_add_enroll_and_the_agent_prints(
         other = api.post(f"/api/agents/jobs/{waiting}/snapshots", content=png)
         assert other.status_code == 403 and "not on printer 'mk4-1'" in other.text
     finally:
-        agent.send_signal(signal.SIGINT)
-        try:
-            agent.wait(30)
-        except subprocess.TimeoutExpired:
-            agent.kill()
+        stop_process(agent, 30)
         log.close()
 
     # The service for it: restarted on failure, logging to journald, running what enroll wrote.
