@@ -141,6 +141,13 @@ def inspect_gcode(path: Path) -> GcodeFacts:
     )
 
 
+def storage_folder(path: Path | str) -> Path:
+    """An emulator's storage folder, made if it is not there yet."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 LOCAL_PRINT_NAME = "started-at-the-printer.gcode"
 PRINT_LOG = ".prints.jsonl"  # in the storage folder; listings skip dot files
 _print_log_lock = threading.Lock()
@@ -279,18 +286,21 @@ class EmulatorServer(ThreadingHTTPServer):
 
 
 class EmulatorThread:
-    """start/stop/serve_forever for an emulator's server, the same for every protocol."""
+    """start/stop/serve_forever for an HTTP emulator's server, the same for every protocol."""
 
-    host: str
-    _requested_port: int
-    _server: EmulatorServer | None
-    _thread: threading.Thread | None
-    _stopped: threading.Event
     name: str
-    cutter: UploadCutter  # the HTTP handlers read uploads through it (abort_next_upload)
+    handler: type[BaseHTTPRequestHandler]  # the protocol's requests
+
+    def __init__(self, *, host: str, port: int) -> None:
+        self.host = host
+        self._requested_port = port
+        self._server: EmulatorServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self.cutter = UploadCutter()  # the HTTP handlers read uploads through it (abort_next_upload)
 
     def _make_server(self) -> EmulatorServer:
-        raise NotImplementedError
+        return EmulatorServer((self.host, self._requested_port), self, self.handler)
 
     @property
     def port(self) -> int:

@@ -27,8 +27,8 @@ from printers.emulators.common import (
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
-    UploadCutter,
     record_print,
+    storage_folder,
 )
 from printers.emulators.http_base import (
     HttpError,
@@ -419,6 +419,7 @@ class MoonrakerEmulator(EmulatorThread, FaultSwitches):
     """A Moonraker + Klipper printer on a real TCP port. `api_key=None` trusts every client."""
 
     name = "moonraker"
+    handler = _Handler
 
     def __init__(
         self,
@@ -431,24 +432,14 @@ class MoonrakerEmulator(EmulatorThread, FaultSwitches):
         max_print_s: float | None = None,
         klippy_state: str = "ready",
     ) -> None:
-        self.host = host
+        super().__init__(host=host, port=port)
         self.api_key = api_key
-        storage_dir = Path(storage_dir)
-        storage_dir.mkdir(parents=True, exist_ok=True)
-        self.klipper = Klipper(root=storage_dir, speed=speed, max_print_s=max_print_s)
+        self.klipper = Klipper(root=storage_folder(storage_dir), speed=speed, max_print_s=max_print_s)
         if klippy_state != "ready":  # Moonraker up before Klipper ever connected
             self.set_klippy_state(klippy_state)
             self.klipper.klippy_was_ready = False
         self.received: list[Path] = []  # every file an upload stored, in order
         self.websockets = 0  # open /websocket connections (server.info websocket_count)
-        self.cutter = UploadCutter()
-        self._requested_port = port
-        self._server: EmulatorServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
-
-    def _make_server(self) -> EmulatorServer:
-        return EmulatorServer((self.host, self._requested_port), self, _Handler)
 
     @property
     def state(self) -> str:

@@ -28,8 +28,8 @@ from printers.emulators.common import (
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
-    UploadCutter,
     record_print,
+    storage_folder,
 )
 from printers.emulators.http_base import (
     HttpError,
@@ -433,6 +433,7 @@ class OctoPrintEmulator(EmulatorThread, FaultSwitches):
     """An OctoPrint server on a real TCP port. `start()` serves in a daemon thread; `stop()` ends it."""
 
     name = "octoprint"
+    handler = _Handler
 
     def __init__(
         self,
@@ -445,20 +446,12 @@ class OctoPrintEmulator(EmulatorThread, FaultSwitches):
         max_print_s: float | None = None,
         connected: bool = True,
     ) -> None:
-        self.host = host
+        super().__init__(host=host, port=port)
         self.api_key = api_key
-        storage_dir = Path(storage_dir)
-        storage_dir.mkdir(parents=True, exist_ok=True)
-        self.printer = Printer(root=storage_dir, speed=speed, max_print_s=max_print_s, connected=connected)
+        self.printer = Printer(
+            root=storage_folder(storage_dir), speed=speed, max_print_s=max_print_s, connected=connected
+        )
         self.received: list[Path] = []  # every file an upload stored, in order
-        self.cutter = UploadCutter()
-        self._requested_port = port
-        self._server: EmulatorServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
-
-    def _make_server(self) -> EmulatorServer:
-        return EmulatorServer((self.host, self._requested_port), self, _Handler)
 
     @property
     def state(self) -> str:
