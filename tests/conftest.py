@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -41,6 +41,22 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):  # 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def run_farm(
+    env: dict[str, str], *args: str, timeout: float = 120, **options: Any
+) -> subprocess.CompletedProcess[str]:
+    """`farm ARGS` in a child process with `env`, run from the checkout; its output kept as text.
+    `options`: more of subprocess.run's (input=...)."""
+    return subprocess.run(
+        [sys.executable, "-m", "farm", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        **options,
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGINT) -> int | None:
@@ -141,14 +157,7 @@ class RunningFarm:
     printers: list[dict]
 
     def cli(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "farm", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-        )
+        return run_farm(self.env, *args, timeout=timeout)
 
     def cli_json(self, *args: str, timeout: float = 240) -> tuple[int, dict | list]:
         done = self.cli(*args, "--json", timeout=timeout)

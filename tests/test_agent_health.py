@@ -25,7 +25,7 @@ from printers.config import AgentConfig
 from printers.drivers import make_driver
 from printers.drivers.base import PrinterConfig
 from printers.emulators.prusalink import PrusaLinkEmulator
-from tests.conftest import EXAMPLES, REPO, RunningFarm, running_farm, stop_process, wait_until
+from tests.conftest import EXAMPLES, REPO, RunningFarm, run_farm, running_farm, stop_process, wait_until
 
 PASSWORD = "pw-health-7"
 
@@ -281,8 +281,7 @@ def test_model_aliases_become_the_farm_model(tmp_path: Path) -> None:
 
 
 def run_agent_cli(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "farm", "agent", "--config", str(config)]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    return run_farm(env, "agent", "--config", str(config), timeout=60)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,17 @@ def two_server_processes(env: dict[str, str], tmp_path: Path):  # type: ignore[n
     return farm_server(env, tmp_path / "server.log", "--workers", "2")
 
 
+def admin_with_printers(tmp_path: Path, base: str, *names: str) -> httpx.Client:
+    """The admin's client of the coordinator at `base` (its token in `tmp_path`), with self-ejecting
+    MINIs called `names` registered as their agents register them."""
+    token = (tmp_path / "admin.token").read_text().strip()
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    for name in names:
+        reg = {"printer": name, "model": "MINI", "protocol": "prusalink", "auto_eject": True}
+        assert api.post("/api/agents/register", json=reg).status_code == 200
+    return api
+
+
 def test_several_server_processes_share_the_port_and_one_housekeeper(redis_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "FARM_DATA_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/3"}
     with two_server_processes(env, tmp_path) as (server, base):
@@ -52,11 +63,7 @@ def test_agents_claim_and_report_through_two_server_processes_on_postgresql(
         "FARM_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/4",
     }
     with two_server_processes(env, tmp_path) as (_server, base):
-        token = (tmp_path / "admin.token").read_text().strip()
-        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        for name in ("pa", "pb"):
-            reg = {"printer": name, "model": "MINI", "protocol": "prusalink", "auto_eject": True}
-            assert api.post("/api/agents/register", json=reg).status_code == 200
+        api = admin_with_printers(tmp_path, base, "pa", "pb")
         engine = make_engine(postgres)
         with Session(engine) as session:  # two ready jobs, as a sliced mesh build leaves them
             ready_build(session, models=["MINI"], copies=2)

@@ -25,7 +25,7 @@ from sqlmodel import Session
 
 from farm.coordinator.db import make_engine
 from farm.core.settings import Settings
-from tests.conftest import EXAMPLES, REPO, farm_server, wait_until
+from tests.conftest import EXAMPLES, REPO, farm_server, run_farm, wait_until
 from tests.coordinator_fixtures import create_build
 
 BRACKET = EXAMPLES / "bracket.py"
@@ -39,14 +39,7 @@ class Server:
     api: httpx.Client
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "farm", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-        )
+        return run_farm(self.env, *args, timeout=timeout)
 
     def builds(self) -> int:
         return len(self.api.get("/api/builds").json())
