@@ -159,6 +159,10 @@ class RunningFarm:
     def cli(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         return run_farm(self.env, *args, timeout=timeout)
 
+    def admin_headers(self) -> dict[str, str]:
+        """The Authorization header of the admin token the farm wrote."""
+        return {"Authorization": f"Bearer {(self.data_dir / 'admin.token').read_text().strip()}"}
+
     def cli_json(self, *args: str, timeout: float = 240) -> tuple[int, dict | list]:
         done = self.cli(*args, "--json", timeout=timeout)
         lines = done.stdout.strip().splitlines()
