@@ -300,6 +300,12 @@ def load_child(spec_path: str, out_path: str) -> None:
 # -- setup through the API ---------------------------------------------------------------------
 
 
+def agent_tokens(port: int, admin: str, names: list[str]) -> list[str]:
+    """An agent token per printer, bound to it, made with the `admin` token."""
+    calls = [("/api/tokens", admin, {"name": f"agent {n}", "role": "agent", "printer": n}) for n in names]
+    return [t["token"] for t in asyncio.run(api_calls(port, calls))]
+
+
 async def api_calls(port: int, calls: list[tuple[str, str, dict[str, Any]]], width: int = 16) -> list[Any]:
     """POST each (path, token, body) over `width` keep-alive connections; JSON answers in order."""
     results: list[Any] = [None] * len(calls)
@@ -512,17 +518,7 @@ def run_db(
         try:
             wait_for(port, server, log)
             # An agent token per printer, bound to it, from the admin token the server wrote.
-            admin = (tmp / "admin.token").read_text().strip()
-            made = asyncio.run(
-                api_calls(
-                    port,
-                    [
-                        ("/api/tokens", admin, {"name": f"agent {n}", "role": "agent", "printer": n})
-                        for n in names
-                    ],
-                )
-            )
-            tokens = [t["token"] for t in made]
+            tokens = agent_tokens(port, (tmp / "admin.token").read_text().strip(), names)
             # Register through the API, then queue the jobs (so builds are sliced for these models).
             register = [
                 (

@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.coordinator import (  # noqa: E402 - after the path is set
     MODELS,
+    agent_tokens,
     api_calls,
     cpu_seconds,
     free_port,
@@ -270,16 +271,7 @@ def main() -> None:
         try:
             wait_for(port, server, log)
             admin = (tmp / "admin.token").read_text().strip()
-            made = asyncio.run(
-                api_calls(
-                    port,
-                    [
-                        ("/api/tokens", admin, {"name": f"agent {n}", "role": "agent", "printer": n})
-                        for n in names
-                    ],
-                )
-            )
-            tokens = [t["token"] for t in made]
+            tokens = agent_tokens(port, admin, names)
             register = [
                 (
                     "/api/agents/register",

@@ -10,6 +10,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
@@ -20,6 +21,19 @@ from printers.drivers.base import PrinterConfig
 class CoordinatorConfig(BaseModel):
     url: str = "http://127.0.0.1:8000"
     token: str | None = None  # else FARM_TOKEN, else the admin token in the data dir (same machine)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The TOML file `path`, or a ValueError that says what is wrong with it, naming it `what`
+    ("agent config")."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
 def problems(exc: ValidationError) -> list[str]:
@@ -55,13 +69,9 @@ class AgentConfig(BaseModel):
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
         try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise SystemExit(f"agent config {path} does not exist") from None
-        except OSError as exc:
-            raise SystemExit(f"cannot read agent config {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SystemExit(f"agent config {path} is not valid TOML: {exc}") from None
+            data = read_toml(path, "agent config")
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
         try:
             cfg = cls.model_validate(data)
         except ValidationError as exc:

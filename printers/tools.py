@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 
 from farm.core.names import safe_name
 from farm.core.states import PrinterState
+from printers.config import read_toml
 from printers.drivers import DRIVERS, make_driver
 from printers.drivers.base import Driver, DriverError, PrinterConfig, PrinterStatus
 
@@ -163,15 +163,7 @@ def printer_config_from_flags(
 
 
 def _printer_table(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"config {path} does not exist") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read config {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config {path} is not valid TOML: {exc}") from None
-    table = data.get("printer")
+    table = read_toml(path, "config").get("printer")
     if not isinstance(table, dict):
         raise ValueError(f"config {path} has no [printer] table")
     return table

@@ -15,9 +15,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -37,6 +41,34 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):  # 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def run_farm(
+    env: dict[str, str], *args: str, timeout: float = 120, **options: Any
+) -> subprocess.CompletedProcess[str]:
+    """`farm ARGS` in a child process with `env`, run from the checkout; its output kept as text.
+    `options`: more of subprocess.run's (input=...)."""
+    return subprocess.run(
+        [sys.executable, "-m", "farm", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        **options,
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGINT) -> int | None:
+    """Ask `proc` to stop (by default as Ctrl-C does) and give it `timeout` seconds, then kill it.
+    Its exit code; None when it had to be killed."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return None
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +98,33 @@ def redis_url() -> Iterator[str]:
     proc.wait(10)
 
 
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL server's URL (tests/pgserver.py); the test is skipped where none runs."""
+    from tests.pgserver import PostgresUnavailable, throwaway_postgres
+
+    pytest.importorskip("psycopg", reason="psycopg is missing: run scripts/setup (the dev extra has it)")
+    try:
+        with throwaway_postgres() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL cannot be installed or started here: {exc}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The coordinator's database, empty: on SQLite, then on a fresh database of `postgres`."""
+    from farm.coordinator.db import make_engine
+    from tests.coordinator_fixtures import fresh_database
+
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
+    else:
+        engine = fresh_database(request.getfixturevalue("postgres"))
+    yield engine
+    engine.dispose()
+
+
 @contextlib.contextmanager
 def farm_server(env: dict[str, str], log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`farm server ARGS` on a free port until it answers; stopped with Ctrl-C at the end."""
@@ -85,11 +144,7 @@ def farm_server(env: dict[str, str], log: Path, *args: str) -> Iterator[tuple[su
         wait_until(healthy, 60, "the coordinator")
         yield server, base
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, 30)
         out.close()
 
 
@@ -102,14 +157,11 @@ class RunningFarm:
     printers: list[dict]
 
     def cli(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "farm", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-        )
+        return run_farm(self.env, *args, timeout=timeout)
+
+    def admin_headers(self) -> dict[str, str]:
+        """The Authorization header of the admin token the farm wrote."""
+        return {"Authorization": f"Bearer {(self.data_dir / 'admin.token').read_text().strip()}"}
 
     def cli_json(self, *args: str, timeout: float = 240) -> tuple[int, dict | list]:
         done = self.cli(*args, "--json", timeout=timeout)
@@ -175,12 +227,7 @@ def running_farm(
         wait_until(registered, 60, "every agent to register")
         yield running
     finally:
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = None
+        code = stop_process(proc, 60)
         log.close()
         assert code == 0, f"farm up did not stop cleanly on Ctrl-C (exit {code})"
         assert not (data / "farm-up.json").exists()
@@ -229,11 +276,10 @@ def ready_job(
 ) -> int:
     """A ready `model` job printing `gcode` (uploaded as an artifact called `name`), as a slicer
     would leave it: for tests of printing that need no CAD or slicing (a coordinator on SQLite)."""
-    from sqlmodel import Session, select
+    from sqlmodel import Session
 
-    from farm.coordinator import pipeline
     from farm.coordinator.db import make_engine
-    from farm.coordinator.models import Slice
+    from tests.coordinator_fixtures import ready_build
 
     sha = hashlib.sha256(gcode).hexdigest()
     put = httpx.put(
@@ -243,17 +289,7 @@ def ready_job(
     assert put.status_code == 200 and put.json()["sha256"] == sha, put.text
     engine = make_engine(f"sqlite:///{data / 'farm.coordinator.db'}")
     with Session(engine) as session:
-        build, jobs, _ = pipeline.create_build(
-            session, source_name="part.stl", source_sha256="0" * 64, entry=None, params={}, copies=1,
-            material="PLA", quality="standard", color=None, printer_model=model, priority=0,
-        )  # fmt: skip
-        session.flush()
-        for sl in session.exec(select(Slice).where(Slice.build_id == build.id)).all():
-            pipeline.slice_finished(
-                session, sl, error=None, gcode_sha256=sha, meta={"print_time_s": 60}, seconds=0.1
-            )
-        session.commit()
-        job_id = jobs[0].id
+        job_id = ready_build(session, models=None, printer_model=model, gcode_sha256=sha)[0].id
     engine.dispose()
     assert job_id is not None
     return job_id

@@ -9,7 +9,6 @@ mistakes end the agent at start with one clear line, and a removed printer's age
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from printers.config import AgentConfig
 from printers.drivers import make_driver
 from printers.drivers.base import PrinterConfig
 from printers.emulators.prusalink import PrusaLinkEmulator
-from tests.conftest import EXAMPLES, REPO, RunningFarm, running_farm, wait_until
+from tests.conftest import EXAMPLES, REPO, RunningFarm, run_farm, running_farm, stop_process, wait_until
 
 PASSWORD = "pw-health-7"
 
@@ -68,16 +67,6 @@ def agent_process(farm: RunningFarm, config: Path, log: Path, **env: str) -> sub
     argv = [sys.executable, "-m", "farm", "agent", "--config", str(config)]
     with log.open("ab") as out:
         return subprocess.Popen(argv, env={**farm.env, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture
@@ -167,7 +156,7 @@ def test_a_print_finished_before_the_agent_started_keeps_the_bed(
         )
         assert done["state"] == "done" and done["printer"] == "late-1", done
     finally:
-        stop(agent)
+        stop_process(agent, 20)
         admin(quiet_farm).delete("/api/printers/late-1")
     log = (tmp_path / "agent.log").read_text()
     assert "Traceback" not in log and "ERROR" not in log, log
@@ -217,7 +206,7 @@ def test_a_printer_off_at_start_is_asked_about_its_bed_when_it_comes_back(
         )
         assert back["bed_clear"] is False and back["state"] == "awaiting_clear", back
     finally:
-        stop(agent)
+        stop_process(agent, 20)
         admin(quiet_farm).delete("/api/printers/dark-1")
 
 
@@ -292,8 +281,7 @@ def test_model_aliases_become_the_farm_model(tmp_path: Path) -> None:
 
 
 def run_agent_cli(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "farm", "agent", "--config", str(config)]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    return run_farm(env, "agent", "--config", str(config), timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -357,7 +345,7 @@ def test_a_removed_printers_agent_says_so_once_and_waits(
         assert agent.poll() is None  # it waits: a restart puts the printer back
         assert printer(quiet_farm, "gone-1") is None  # and does not undo the removal
     finally:
-        stop(agent)
+        stop_process(agent, 20)
     text = log.read_text()
     said: Callable[[str], int] = lambda s: sum(s in line for line in text.splitlines())  # noqa: E731
     assert said("no longer knows this printer") == 1, text

@@ -353,7 +353,7 @@ def test_each_attempt_of_a_job_has_its_own_name_on_the_printer(tmp_path: Path) -
     from farm.coordinator.db import make_engine
     from farm.core.names import check_segment
     from farm.core.states import JobState
-    from tests.test_dispatch import add_printer, ready_build
+    from tests.coordinator_fixtures import add_printer, ready_build
 
     engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
     names = []

@@ -29,7 +29,7 @@ from PIL import Image
 
 from farm.commands.ci_report import Outcome, junit_xml, markdown_summary
 from farm.commands.ci_submit import read_checkout, strip_credentials
-from tests.conftest import EXAMPLES, REPO, farm_server
+from tests.conftest import EXAMPLES, REPO, farm_server, run_farm
 
 PROJECT = EXAMPLES / "makerrepo_project"
 CI_VARS = ("GITHUB_STEP_SUMMARY", "GITHUB_REF_NAME", "GITHUB_REF_TYPE", "CI_COMMIT_TAG", "CI_COMMIT_BRANCH")
@@ -169,11 +169,7 @@ def test_a_broken_part_fails_the_run_naming_its_file_and_line(runs: dict[str, Ru
 def test_a_rebuild_comes_from_the_cache_farm_build_shares(runs: dict[str, Run], tmp_path: Path) -> None:
     run = runs["good"]
     data = run.folder.parent / "data"
-    done = subprocess.run(
-        [sys.executable, "-m", "farm", "ci", "build", "--manifest", str(run.folder / "printfarm.toml"),
-         "--json"],
-        env=_env(data), cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = run_farm(_env(data), "ci", "build", "--manifest", str(run.folder / "printfarm.toml"), "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["passed"] == 4 and report["failed"] == 0
@@ -181,11 +177,9 @@ def test_a_rebuild_comes_from_the_cache_farm_build_shares(runs: dict[str, Run], 
     tray = next(b for b in report["builds"] if b["params"].get("pockets") == 6)
     assert tray["size"][0] > next(b for b in report["builds"] if b["params"].get("pockets") == 3)["size"][0]
     # `farm build` of the same part and parameters is a hit in the same cache.
-    built = subprocess.run(
-        [sys.executable, "-m", "farm", "build", str(run.folder / "main.py"), "--artifact", "lid",
-         "-o", str(tmp_path), "--json"],
-        env=_env(data), cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    built = run_farm(
+        _env(data), "build", str(run.folder / "main.py"), "--artifact", "lid", "-o", str(tmp_path), "--json"
+    )
     assert built.returncode == 0, built.stderr
     assert json.loads(built.stdout.strip().splitlines()[-1])["cached"] is True
 
@@ -193,10 +187,7 @@ def test_a_rebuild_comes_from_the_cache_farm_build_shares(runs: dict[str, Run], 
 def test_a_bad_manifest_is_a_usage_error_that_says_where(tmp_path: Path) -> None:
     folder = _copy(tmp_path / "p")
     (folder / "printfarm.toml").write_text("[[parts]]\nname = 'x'\nfile = 'main.py'\ncopies = 2\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "farm", "ci", "build", "--manifest", str(folder)],
-        env=_env(tmp_path / "data"), cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = run_farm(_env(tmp_path / "data"), "ci", "build", "--manifest", str(folder), timeout=60)
     assert done.returncode == 2
     assert 'printfarm.toml: parts[0] ("x").copies: Extra inputs are not permitted' in done.stderr
 
@@ -262,10 +253,9 @@ def test_submit_sends_each_part_with_the_manifest_targets_and_the_commit(
         token = made.json()["token"]
 
         def submit(*args: str, json_out: bool = True) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "farm", "ci", "submit", "--manifest", str(repo), "--url", base,
-                 "--token", token, *(["--json"] if json_out else []), *args],
-                env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+            return run_farm(
+                env, "ci", "submit", "--manifest", str(repo), "--url", base, "--token", token,
+                *(["--json"] if json_out else []), *args,
             )  # fmt: skip
 
         done = submit("--print")

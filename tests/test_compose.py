@@ -16,7 +16,6 @@ import yaml
 
 from printers.emulators.prusalink import PrusaLinkEmulator
 from tests.conftest import free_port, wait_until
-from tests.test_dispatch import postgres  # noqa: F401 - a fixture
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,7 +84,7 @@ def _here(value: str, places: dict[str, str]) -> str:
 
 def test_compose_starts_from_nothing_and_a_job_prints(
     redis_url: str,
-    postgres: str,  # noqa: F811 - the fixture
+    postgres: str,
     tmp_path: Path,
 ) -> None:
     """Without Docker: each service's command with that service's environment (hosts and volumes

@@ -18,9 +18,9 @@ import pytest
 from sqlmodel import Session
 
 from farm.coordinator.db import make_engine
+from tests.coordinator_fixtures import ready_build
 from tests.pgserver import Cluster, PostgresUnavailable, throwaway_cluster
-from tests.test_dispatch import ready_build
-from tests.test_server_workers import two_server_processes
+from tests.test_server_workers import admin_with_printers, two_server_processes
 
 # Nothing but the tests' own calls may flush the WAL: no timed flushes, no vacuum, no checkpoint.
 QUIET = {
@@ -57,11 +57,7 @@ def test_a_claim_lost_in_a_power_cut_never_reaches_a_printer(
         "FARM_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/6",
     }
     with two_server_processes(env, tmp_path) as (_server, base):
-        token = (tmp_path / "admin.token").read_text().strip()
-        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        for name in ("pa", "pb"):
-            reg = {"printer": name, "model": "MINI", "protocol": "prusalink", "auto_eject": True}
-            assert api.post("/api/agents/register", json=reg).status_code == 200
+        api = admin_with_printers(tmp_path, base, "pa", "pb")
         engine = make_engine(cluster.url)
         with Session(engine) as session:
             (queued,) = ready_build(session, models=["MINI"])

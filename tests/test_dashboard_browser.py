@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ import httpx
 import playwright.sync_api as sync_api
 import pytest
 
-from tests.conftest import EXAMPLES, REPO, RunningFarm, running_farm, wait_until
+from tests.conftest import EXAMPLES, REPO, RunningFarm, run_farm, running_farm, wait_until
 
 CHROMIUM = shutil.which("chromium")
 assert CHROMIUM, "Debian's chromium is missing: run scripts/setup"  # no skip: these tests must run
@@ -89,10 +87,7 @@ def _api(farm: RunningFarm) -> httpx.Client:
 
 def _sign_in(farm: RunningFarm, page, token: str | None = None) -> None:  # type: ignore[no-untyped-def]
     env = {**farm.env, **({"FARM_TOKEN": token} if token else {})}
-    done = subprocess.run(
-        [sys.executable, "-m", "farm", "open", "--no-browser"],
-        env=env, capture_output=True, text=True, timeout=60, cwd=REPO,
-    )  # fmt: skip
+    done = run_farm(env, "open", "--no-browser", timeout=60)
     assert done.returncode == 0, done.stderr
     link = done.stdout.strip().splitlines()[-1]
     assert link.startswith(f"{farm.url}/signin/")

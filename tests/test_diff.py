@@ -45,13 +45,9 @@ class Brackets:
     again: dict  # length 40 again: the same mesh from the CAD cache
 
 
-def _admin(farm: RunningFarm) -> dict[str, str]:
-    return {"Authorization": f"Bearer {(farm.data_dir / 'admin.token').read_text().strip()}"}
-
-
 def _sliced(farm: RunningFarm, build_id: int) -> dict:
     def done() -> dict | None:
-        build = httpx.get(f"{farm.url}/api/builds/{build_id}", headers=_admin(farm)).json()
+        build = httpx.get(f"{farm.url}/api/builds/{build_id}", headers=farm.admin_headers()).json()
         assert build["stage"] != "failed", build["error"]
         slices = build["slices"]
         return build if slices and all(s["state"] == "done" for s in slices) else None
@@ -65,7 +61,7 @@ def _submit(farm: RunningFarm, path: Path, token: dict[str, str] | None = None, 
         f"{farm.url}/api/builds",
         files=files,
         data={"options": json.dumps(options)},
-        headers=token or _admin(farm),
+        headers=token or farm.admin_headers(),
     )
     assert made.status_code == 201, made.text
     return made.json()  # type: ignore[no-any-return]
@@ -157,7 +153,7 @@ def test_diff_reports_the_volume_and_size_change_and_marks_it(
     assert (s1 - s0 + 1) / (l1 - l0 + 1) == pytest.approx(60 / 80, abs=0.02)
 
     # The same over HTTP, and in words.
-    image = httpx.get(f"{farm.url}/api/builds/{a['id']}/diff/{b['id']}/image", headers=_admin(farm))
+    image = httpx.get(f"{farm.url}/api/builds/{a['id']}/diff/{b['id']}/image", headers=farm.admin_headers())
     assert image.headers["content-type"] == "image/png" and image.content == out.read_bytes()
     assert int(image.headers["X-Changed-Regions"]) == d["image"]["regions"]
     said = farm.cli("diff", str(a["id"]), str(b["id"]))
@@ -184,7 +180,7 @@ def test_two_identical_builds_differ_in_nothing(
 
 def test_revisions_lists_a_parts_builds_newest_first(farm: RunningFarm, brackets: Brackets) -> None:
     url = f"{farm.url}/api/projects/{PROJECT}/parts/{PART}/revisions"
-    rows = httpx.get(url, headers=_admin(farm)).json()
+    rows = httpx.get(url, headers=farm.admin_headers()).json()
     ids = [brackets.again["id"], brackets.long["id"], brackets.short["id"]]
     assert [r["id"] for r in rows] == ids
     newest = rows[1]
@@ -193,8 +189,10 @@ def test_revisions_lists_a_parts_builds_newest_first(farm: RunningFarm, brackets
     assert newest["size_mm"] == pytest.approx([60, 20, 22], abs=1e-3)
     assert set(newest["estimates"]) == {"MINI", "MK3S"} and newest["stage"] == "ready"
     # Paged like every list: one a page, the cursor leads on.
-    first = httpx.get(url, params={"limit": 1}, headers=_admin(farm))
-    rest = httpx.get(url, params={"limit": 5, "cursor": first.headers["X-Next-Cursor"]}, headers=_admin(farm))
+    first = httpx.get(url, params={"limit": 1}, headers=farm.admin_headers())
+    rest = httpx.get(
+        url, params={"limit": 5, "cursor": first.headers["X-Next-Cursor"]}, headers=farm.admin_headers()
+    )
     assert [r["id"] for r in first.json() + rest.json()] == ids and "X-Next-Cursor" not in rest.headers
     table = farm.cli("revisions", PROJECT, PART)
     assert table.returncode == 0 and "2222222" in table.stdout and "v2" in table.stdout, table.stdout
@@ -205,7 +203,7 @@ def test_bad_ids_and_names_are_a_clear_404(farm: RunningFarm, brackets: Brackets
     done = farm.cli("diff", str(a), "999999", "--image", str(tmp_path / "x.png"))
     assert done.returncode == 1 and "no build 999999" in done.stderr and "HTTP 404" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "x.png").exists()
-    admin = _admin(farm)
+    admin = farm.admin_headers()
     for path, status in (
         (f"/api/builds/{a}/diff/999999", 404),
         (f"/api/builds/999999/diff/{a}/image", 404),
@@ -226,7 +224,7 @@ def test_a_build_without_a_mesh_has_no_image(farm: RunningFarm, brackets: Bracke
     src = tmp_path / "broken_part.py"
     src.write_text("from build123d import Box\n\npart = Box(10, 10\nresult = part\n")
     build = _submit(farm, src)
-    admin = _admin(farm)
+    admin = farm.admin_headers()
     wait_until(
         lambda: httpx.get(f"{farm.url}/api/builds/{build['id']}", headers=admin).json()["stage"] == "failed",
         120,
@@ -244,7 +242,7 @@ def test_who_may_compare(farm: RunningFarm, brackets: Brackets) -> None:
     tokens = {}
     for role, printer in (("viewer", None), ("submitter", None), ("agent", farm.printers[0]["name"])):
         body = {"name": f"diff-{role}", "role": role, "printer": printer}
-        made = httpx.post(f"{farm.url}/api/tokens", json=body, headers=_admin(farm))
+        made = httpx.post(f"{farm.url}/api/tokens", json=body, headers=farm.admin_headers())
         assert made.status_code in (200, 201), made.text
         tokens[role] = {"Authorization": f"Bearer {made.json()['token']}"}
     a, b = brackets.short["id"], brackets.long["id"]
@@ -266,7 +264,9 @@ def test_who_may_compare(farm: RunningFarm, brackets: Brackets) -> None:
     ]
     for build in own:
         wait_until(
-            lambda b=build: httpx.get(f"{farm.url}/api/builds/{b['id']}", headers=_admin(farm)).json()["stl"],
+            lambda b=build: httpx.get(
+                f"{farm.url}/api/builds/{b['id']}", headers=farm.admin_headers()
+            ).json()["stl"],
             120,
             f"preview {build['id']}",
         )

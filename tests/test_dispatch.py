@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
@@ -23,81 +20,7 @@ from farm.coordinator.db import make_async_engine, make_engine
 from farm.coordinator.models import Job, JobSnapshot, Printer, Slice, Token, utcnow
 from farm.core.settings import Settings
 from farm.core.states import InvalidMove, JobState, PrinterState, SliceState, can_move, check_job_move
-from tests.pgserver import PostgresUnavailable, throwaway_postgres
-
-_databases = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    pytest.importorskip("psycopg", reason="psycopg is missing: run scripts/setup (the dev extra has it)")
-    try:
-        with throwaway_postgres() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL cannot be installed or started here: {exc}")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
-    else:
-        engine = fresh_database(request.getfixturevalue("postgres"))
-    yield engine
-    engine.dispose()
-
-
-def fresh_database(server: str) -> Engine:
-    name = f"t{next(_databases)}"
-    with sa.create_engine(server, isolation_level="AUTOCOMMIT").connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    return make_engine(server.rsplit("/", 1)[0] + "/" + name)
-
-
-def add_printer(session: Session, name: str, model: str) -> Printer:
-    p = Printer(name=name, model=model, protocol="prusalink", state="idle", last_seen=utcnow())
-    session.add(p)
-    session.commit()
-    return p
-
-
-def ready_build(
-    session: Session,
-    *,
-    models: list[str],
-    copies: int = 1,
-    priority: int = 0,
-    printer_model: str | None = None,
-    print_time_s: int = 60,
-) -> list[Job]:
-    """A mesh build whose slices for `models` are done: its jobs are ready."""
-    build, jobs, _out = pipeline.create_build(
-        session,
-        source_name="part.stl",
-        source_sha256="0" * 64,
-        entry=None,
-        params={},
-        copies=copies,
-        material="PLA",
-        quality="standard",
-        color=None,
-        printer_model=printer_model,
-        priority=priority,
-    )
-    session.flush()
-    for sl in session.exec(select(Slice).where(Slice.build_id == build.id)).all():
-        if sl.printer_model in models:
-            pipeline.slice_finished(
-                session,
-                sl,
-                error=None,
-                gcode_sha256="1" * 64,
-                meta={"print_time_s": print_time_s},
-                seconds=0.1,
-            )
-    session.commit()
-    return jobs
+from tests.coordinator_fixtures import add_printer, create_build, fresh_database, ready_build
 
 
 def test_state_machine_refuses_impossible_moves() -> None:
@@ -475,19 +398,7 @@ def test_a_job_on_a_printer_is_never_requeued_by_lease_expiry(engine) -> None:  
 
 def test_failed_slices_fail_the_build_with_the_reason(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
-        build, jobs, _ = pipeline.create_build(
-            s,
-            source_name="big.stl",
-            source_sha256="0" * 64,
-            entry=None,
-            params={},
-            copies=1,
-            material="PLA",
-            quality="standard",
-            color=None,
-            printer_model="MINI",
-            priority=0,
-        )
+        build, jobs, _ = create_build(s, source_name="big.stl", printer_model="MINI")
         sl = s.exec(select(Slice).where(Slice.build_id == build.id)).one()
         pipeline.slice_finished(s, sl, error="too big for the bed", gcode_sha256=None, meta={}, seconds=1)
         s.commit()
@@ -503,19 +414,7 @@ def test_material_and_colour_must_match(engine) -> None:  # type: ignore[no-unty
         petg.material, petg.color = "PETG", "Black"
         s.add(petg)
         s.commit()
-        build, jobs, _ = pipeline.create_build(
-            s,
-            source_name="part.stl",
-            source_sha256="0" * 64,
-            entry=None,
-            params={},
-            copies=1,
-            material="petg",
-            quality="standard",
-            color="black",
-            printer_model="MINI",
-            priority=0,
-        )
+        build, jobs, _ = create_build(s, material="petg", color="black", printer_model="MINI")
         sl = s.exec(select(Slice).where(Slice.build_id == build.id)).one()
         pipeline.slice_finished(s, sl, error=None, gcode_sha256="1" * 64, meta={}, seconds=0.1)
         s.commit()

@@ -26,7 +26,7 @@ from farm.coordinator.db import make_engine
 from farm.coordinator.models import EnrolCode
 from printers.emulators.camera import state_color
 from printers.emulators.prusalink import PrusaLinkEmulator
-from tests.conftest import REPO, farm_server, ready_job, wait_until
+from tests.conftest import farm_server, ready_job, run_farm, stop_process, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -56,19 +56,8 @@ def coordinator(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, dict[str,
         yield base, env
 
 
-def farm(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "farm", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
-
-
 def add(env: dict[str, str], name: str, *more: str) -> str:
-    done = farm(env, "printers", "add", name, "--model", "MK4", *more)
+    done = run_farm(env, "printers", "add", name, "--model", "MK4", *more)
     assert done.returncode == 0, done.stderr
     command = re.search(r"farm agent enroll (\S+) (pe_\S+)", done.stdout)
     assert command, done.stdout
@@ -78,7 +67,7 @@ def add(env: dict[str, str], name: str, *more: str) -> str:
 
 def enroll(env: dict[str, str], emu: PrusaLinkEmulator, code: str, out: Path, password: str = PASSWORD):  # type: ignore[no-untyped-def]
     pi = {k: v for k, v in env.items() if k not in ("FARM_DATA_DIR", "FARM_URL")}  # a Pi has neither
-    return farm(
+    return run_farm(
         pi,
         "agent", "enroll", env["FARM_URL"], code,
         "--driver", "prusalink", "--host", f"127.0.0.1:{emu.port}", "--password", password,
@@ -93,7 +82,7 @@ def test_add_enroll_and_the_agent_prints(
     data = Path(env["FARM_DATA_DIR"])
     admin = (data / "admin.token").read_text().strip()
     code = add(env, "mk4-1")
-    listed = farm(env, "printers", "--json")
+    listed = run_farm(env, "printers", "--json")
     assert '"mk4-1"' in listed.stdout and '"MK4"' in listed.stdout  # in the farm before its Pi enrols
 
     # A wrong printer password: refused by the check, and the code is not spent.
@@ -156,7 +145,7 @@ def test_add_enroll_and_the_agent_prints(
 
         wait_until(lambda: moments() == ["start", "end"], 30, "the start and end snapshots")
         shot = tmp_path / "end.png"
-        saved = farm(env, "job", str(job_id), "--snapshot", str(shot), "--moment", "end")
+        saved = run_farm(env, "job", str(job_id), "--snapshot", str(shot), "--moment", "end")
         assert saved.returncode == 0, saved.stderr
         with Image.open(shot) as image:  # Pillow reads what the emulator's camera made
             assert image.format == "PNG" and image.size == (160, 120)
@@ -171,16 +160,12 @@ def test_add_enroll_and_the_agent_prints(
         other = api.post(f"/api/agents/jobs/{waiting}/snapshots", content=png)
         assert other.status_code == 403 and "not on printer 'mk4-1'" in other.text
     finally:
-        agent.send_signal(signal.SIGINT)
-        try:
-            agent.wait(30)
-        except subprocess.TimeoutExpired:
-            agent.kill()
+        stop_process(agent, 30)
         log.close()
 
     # The service for it: restarted on failure, logging to journald, running what enroll wrote.
     units = tmp_path / "units"
-    service = farm(env, "agent", "install-service", "--config", str(out), "--unit-dir", str(units))
+    service = run_farm(env, "agent", "install-service", "--config", str(out), "--unit-dir", str(units))
     assert service.returncode == 0, service.stderr
     unit = (units / "printfarm-agent-mk4-1.service").read_text()
     assert f"ExecStart={sys.executable} -m farm agent --config {out.resolve()}\n" in unit
@@ -207,13 +192,13 @@ def test_expired_unknown_and_non_admin_codes_are_refused(
     assert not (tmp_path / "a.toml").exists()
 
     # Only admins make codes.
-    viewer = farm(env, "tokens", "create", "vic", "--role", "viewer", "--json")
+    viewer = run_farm(env, "tokens", "create", "vic", "--role", "viewer", "--json")
     assert viewer.returncode == 0, viewer.stderr
     secret = re.search(r'"token": "([^"]+)"', viewer.stdout)
     assert secret
-    refused = farm({**env, "FARM_TOKEN": secret[1]}, "printers", "add", "mk4-x", "--model", "MK4")
+    refused = run_farm({**env, "FARM_TOKEN": secret[1]}, "printers", "add", "mk4-x", "--model", "MK4")
     assert refused.returncode != 0 and "viewer token cannot do this" in refused.stderr, refused.stderr
-    bad_model = farm(env, "printers", "add", "mk4-y", "--model", "MK99")
+    bad_model = run_farm(env, "printers", "add", "mk4-y", "--model", "MK99")
     assert bad_model.returncode != 0 and "unknown printer model" in bad_model.stderr
 
 

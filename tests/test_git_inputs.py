@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from farm.coordinator.api import create_app
 from farm.core.gitsource import DEFAULT_GIT_SCHEMES, allow_protocol
 from farm.core.project import ProjectError, _git, pack_file, pack_git
 from farm.core.settings import Settings
-from tests.conftest import REPO, free_port
+from tests.conftest import free_port, run_farm
 
 WITH_FILE = (*DEFAULT_GIT_SCHEMES, "file")
 PART = "from build123d import Box\n\nresult = Box(10, 10, 10)\n"
@@ -72,8 +71,7 @@ def test_farm_submit_refuses_options_and_helpers_in_url_and_ref(bare: Path, tmp_
     }
     for url, ref in hostile(pwned, bare):
         ref_arg = [f"--ref={ref}"] if ref else []  # `--` and `=`: the values reach farm, not the parser
-        argv = [sys.executable, "-m", "farm", "submit", "--file", "part.py", *ref_arg, "--", url]
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        done = run_farm(env, "submit", "--file", "part.py", *ref_arg, "--", url)
         assert done.returncode == 2, (url, ref, done.stdout, done.stderr)
         words = ("option", "remote helper", "not a branch", "does not exist", "plain host", "plain user")
         assert any(w in done.stderr for w in words), (url, ref, done.stderr)

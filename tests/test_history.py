@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from farm.coordinator.api import create_app
 from farm.coordinator.models import Build, Job, Slice
 from farm.core.settings import Settings
 from farm.core.states import JobState
-from tests.conftest import REPO, farm_server
+from tests.conftest import farm_server, run_farm
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
@@ -139,14 +138,7 @@ def test_farm_history_cli(tmp_path: Path, redis_url: str) -> None:
         env["FARM_URL"] = base
 
         def farm(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "farm", "history", *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                cwd=REPO,
-            )
+            return run_farm(env, "history", *args, timeout=60)
 
         shown = farm("--printer", "mk4-a")
         assert shown.returncode == 0, shown.stderr

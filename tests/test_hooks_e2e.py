@@ -30,13 +30,9 @@ def farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
         yield running
 
 
-def _admin(farm: RunningFarm) -> dict[str, str]:
-    return {"Authorization": f"Bearer {(farm.data_dir / 'admin.token').read_text().strip()}"}
-
-
 def project_builds(farm: RunningFarm) -> list[dict]:
     found = httpx.get(
-        f"{farm.url}/api/builds", params={"limit": 100}, headers=_admin(farm), timeout=30
+        f"{farm.url}/api/builds", params={"limit": 100}, headers=farm.admin_headers(), timeout=30
     ).json()
     return sorted((b for b in found if b["project_name"] == "trays"), key=lambda b: b["id"])
 
@@ -50,7 +46,7 @@ def finished(build: dict) -> bool:
 
 
 def cad_cache_hits(farm: RunningFarm) -> float:
-    text = httpx.get(f"{farm.url}/metrics", headers=_admin(farm), timeout=30).text
+    text = httpx.get(f"{farm.url}/metrics", headers=farm.admin_headers(), timeout=30).text
     found = re.search(
         r'^printfarm_cache_requests_total\{[^}]*result="hit"[^}]*stage="cad"[^}]*\} (\S+)$', text, re.M
     )

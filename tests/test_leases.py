@@ -26,25 +26,13 @@ from farm.coordinator.ops_tables import MetricTally
 from farm.core.queue import CAD_ACTOR, CAD_QUEUE, SLICE_ACTOR, SLICE_QUEUE
 from farm.core.states import BuildStage, InvalidMove, JobState, SliceState
 from tests.conftest import RunningFarm, running_farm, wait_until
-from tests.test_dispatch import engine, postgres  # noqa: F401 - fixtures
+from tests.coordinator_fixtures import create_build
 
 LEASE_S, HEARTBEAT_S, RESEND_S = 4, 1, 8  # the farm below; the defaults are 45 s, 10 s and 90 s
 
 
 def new_build(s: Session, name: str = "part.py", printer_model: str | None = "MK3S") -> tuple[Build, Job]:
-    build, jobs, _out = pipeline.create_build(
-        s,
-        source_name=name,
-        source_sha256="1" * 64,
-        entry=None,
-        params={},
-        copies=1,
-        material="PLA",
-        quality="standard",
-        color=None,
-        printer_model=printer_model,
-        priority=0,
-    )
+    build, jobs, _out = create_build(s, source_name=name, source_sha256="1" * 64, printer_model=printer_model)
     s.commit()
     return build, jobs[0]
 
@@ -60,7 +48,7 @@ def lapse(s: Session, row: Build | Slice) -> None:
     s.commit()
 
 
-def test_cad_lease_refuses_a_live_duplicate_and_passes_on_once_it_lapses(engine: Engine) -> None:  # noqa: F811
+def test_cad_lease_refuses_a_live_duplicate_and_passes_on_once_it_lapses(engine: Engine) -> None:
     with Session(engine, expire_on_commit=False) as s:
         build, job = new_build(s)
         assert pipeline.cad_started(s, build, worker="a:1", lease_s=60)
@@ -92,7 +80,7 @@ def test_cad_lease_refuses_a_live_duplicate_and_passes_on_once_it_lapses(engine:
         assert job.state == JobState.FAILED
 
 
-def test_a_late_result_from_a_lapsed_worker_still_counts(engine: Engine) -> None:  # noqa: F811
+def test_a_late_result_from_a_lapsed_worker_still_counts(engine: Engine) -> None:
     with Session(engine, expire_on_commit=False) as s:
         build, _job = new_build(s)
         assert pipeline.cad_started(s, build, worker="a:1", lease_s=60)
@@ -106,7 +94,7 @@ def test_a_late_result_from_a_lapsed_worker_still_counts(engine: Engine) -> None
         assert not pipeline.cad_started(s, build, worker="b:2", lease_s=60)  # the re-sent one: past CAD
 
 
-def test_slice_lease(engine: Engine) -> None:  # noqa: F811
+def test_slice_lease(engine: Engine) -> None:
     with Session(engine, expire_on_commit=False) as s:
         build, job = new_build(s, "part.stl")
         sl = s.exec(select(Slice).where(Slice.build_id == build.id)).one()
@@ -129,7 +117,7 @@ def test_slice_lease(engine: Engine) -> None:  # noqa: F811
         assert not pipeline.slice_started(s, sl, worker="c:3", lease_s=60)  # done: a duplicate
 
 
-def test_work_sent_but_never_begun_is_sent_again(engine: Engine) -> None:  # noqa: F811
+def test_work_sent_but_never_begun_is_sent_again(engine: Engine) -> None:
     """A dead worker may hold messages it never began (Dramatiq prefetches): those are sent again."""
     with Session(engine, expire_on_commit=False) as s:
         queued, _ = new_build(s)
@@ -156,7 +144,7 @@ def ready_jobs(s: Session) -> int:
     return len(s.exec(select(Job).where(Job.state == JobState.READY)).all())
 
 
-def test_retrying_a_job_whose_cad_failed_runs_the_cad_again(engine: Engine) -> None:  # noqa: F811
+def test_retrying_a_job_whose_cad_failed_runs_the_cad_again(engine: Engine) -> None:
     with Session(engine, expire_on_commit=False) as s:
         build, job = new_build(s)
         assert pipeline.cad_started(s, build, worker="a:1", lease_s=60)
@@ -190,7 +178,7 @@ def test_retrying_a_job_whose_cad_failed_runs_the_cad_again(engine: Engine) -> N
         assert (build.stage, job.state) == (BuildStage.READY, JobState.READY)
 
 
-def test_retrying_a_job_whose_slicing_failed_slices_again(engine: Engine) -> None:  # noqa: F811
+def test_retrying_a_job_whose_slicing_failed_slices_again(engine: Engine) -> None:
     with Session(engine, expire_on_commit=False) as s:
         build, job = new_build(s, "part.stl")
         sl = s.exec(select(Slice).where(Slice.build_id == build.id)).one()
@@ -215,7 +203,7 @@ def test_retrying_a_job_whose_slicing_failed_slices_again(engine: Engine) -> Non
         assert (build.stage, job.state) == (BuildStage.READY, JobState.READY)
 
 
-def test_a_job_whose_build_cannot_be_made_again_is_not_retried(engine: Engine) -> None:  # noqa: F811
+def test_a_job_whose_build_cannot_be_made_again_is_not_retried(engine: Engine) -> None:
     with Session(engine, expire_on_commit=False) as s:
         _build, job = new_build(s, "part.stl", printer_model="NO-SUCH-PRINTER")
         s.refresh(job)
@@ -373,7 +361,7 @@ def test_retrying_a_job_whose_cad_failed_builds_and_prints_it(
     assert api.get(f"/api/builds/{build['id']}").json()["stage"] == "ready"
 
 
-def test_lapsed_work_leases_are_counted_for_metrics(engine: Engine) -> None:  # noqa: F811
+def test_lapsed_work_leases_are_counted_for_metrics(engine: Engine) -> None:
     from farm.coordinator import metrics
 
     def expiries() -> dict[str, float]:

@@ -12,7 +12,7 @@ from farm.coordinator import dispatch, explain, pipeline
 from farm.coordinator.models import Job, Printer, Slice, utcnow
 from farm.core import tags
 from farm.core.states import InvalidMove, JobState, SliceState
-from tests.test_dispatch import add_printer, engine, postgres, ready_build  # noqa: F401 - fixtures
+from tests.coordinator_fixtures import add_printer, create_build, ready_build
 
 
 def take(s: Session, printer: Printer) -> Job | None:
@@ -26,7 +26,7 @@ def fail_print(s: Session, job: Job, printer: Printer) -> Job:
     )
 
 
-def test_nozzle_and_pinned_printer(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_nozzle_and_pinned_printer(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
         small, other = add_printer(s, "small-nozzle", "MINI"), add_printer(s, "other", "MINI")
         job = ready_build(s, models=["MINI"])[0]
@@ -48,7 +48,7 @@ def test_nozzle_and_pinned_printer(engine) -> None:  # type: ignore[no-untyped-d
         assert "pinned to small-nozzle" in " ".join(_reasons(s, pinned, "other"))
 
 
-def test_a_part_too_big_for_a_bed_never_reaches_that_printer(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_a_part_too_big_for_a_bed_never_reaches_that_printer(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
         mini, mk4 = add_printer(s, "mini", "MINI"), add_printer(s, "mk4", "MK4")
         job = ready_build(s, models=["MK4"])[0]  # MK4 sliced; the MINI slice is still pending
@@ -66,7 +66,7 @@ def test_a_part_too_big_for_a_bed_never_reaches_that_printer(engine) -> None:  #
         assert take(s, mk4).id == job.id  # type: ignore[union-attr]
 
 
-def test_a_failed_print_retries_on_another_printer_after_a_back_off(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_a_failed_print_retries_on_another_printer_after_a_back_off(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
         a, b = add_printer(s, "a", "MINI"), add_printer(s, "b", "MINI")
         job = ready_build(s, models=["MINI"])[0]
@@ -106,7 +106,7 @@ def test_a_failed_print_retries_on_another_printer_after_a_back_off(engine) -> N
             dispatch.retry(s, job)
 
 
-def test_a_job_waiting_past_the_starvation_limit_goes_first(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_a_job_waiting_past_the_starvation_limit_goes_first(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
         p = add_printer(s, "p", "MINI")
         old_low = ready_build(s, models=["MINI"], priority=-5)[0]
@@ -124,7 +124,7 @@ def test_a_job_waiting_past_the_starvation_limit_goes_first(engine) -> None:  # 
         assert dispatch.claim(s, add_printer(s, "p2", "MINI"), 60, starvation_s=3600).id == urgent.id  # type: ignore[union-attr]
 
 
-def test_explain_agrees_with_the_dispatcher(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_explain_agrees_with_the_dispatcher(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
         printers = [
             add_printer(s, "good", "MINI"),
@@ -153,7 +153,7 @@ def _reasons(s: Session, job: Job, printer: str) -> list[str]:
     return next(e["reasons"] for e in explain.explain(s, job, starvation_s=3600) if e["printer"] == printer)
 
 
-def test_tags_a_job_needs_must_all_be_on_the_printer(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_tags_a_job_needs_must_all_be_on_the_printer(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
         plain, enclosed = add_printer(s, "plain", "MINI"), add_printer(s, "enclosed", "MINI")
         enclosed.tags = tags.canonical(["Enclosed", "hardened", "shelf-2"])
@@ -172,7 +172,7 @@ def test_tags_a_job_needs_must_all_be_on_the_printer(engine) -> None:  # type: i
         tags.canonical(["no spaces please"])
 
 
-def test_a_power_group_heats_one_printer_at_a_time(engine) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_a_power_group_heats_one_printer_at_a_time(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine, expire_on_commit=False) as s:
         a, b, c = add_printer(s, "a", "MINI"), add_printer(s, "b", "MINI"), add_printer(s, "c", "MINI")
         a.power_group = b.power_group = "circuit-1"
@@ -196,15 +196,12 @@ def test_a_power_group_heats_one_printer_at_a_time(engine) -> None:  # type: ign
 
 
 def test_copies_per_plate_make_one_job_per_plate_and_a_full_plate_that_does_not_fit_fails_alone(
-    engine,  # type: ignore[no-untyped-def]  # noqa: F811
+    engine,  # type: ignore[no-untyped-def]
 ) -> None:
     assert pipeline.plates(10, 4) == [4, 4, 2] and pipeline.plates(3, 1) == [1, 1, 1]
     with Session(engine, expire_on_commit=False) as s:
         mini = add_printer(s, "mini", "MINI")
-        build, jobs, _out = pipeline.create_build(
-            s, source_name="part.stl", source_sha256="0" * 64, entry=None, params={}, copies=10,
-            material="PLA", quality="standard", color=None, printer_model="MINI", priority=0, per_plate=4,
-        )  # fmt: skip
+        build, jobs, _out = create_build(s, copies=10, printer_model="MINI", per_plate=4)
         s.commit()
         assert [j.copies for j in jobs] == [4, 4, 2]
         slices = {sl.copies: sl for sl in s.exec(select(Slice).where(Slice.build_id == build.id))}

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from farm.coordinator.db import make_engine
 from tests.conftest import EXAMPLES, REPO, RunningFarm, farm_server, running_farm, wait_until
-from tests.test_dispatch import postgres, ready_build  # noqa: F401 - a fixture
+from tests.coordinator_fixtures import ready_build
 from tests.test_server_workers import children
 
 EXPORTED = {
@@ -35,12 +35,8 @@ def small_farm(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield running
 
 
-def _auth(farm: RunningFarm) -> dict[str, str]:
-    return {"Authorization": f"Bearer {(farm.data_dir / 'admin.token').read_text().strip()}"}
-
-
 def _scrape(farm: RunningFarm) -> dict[str, list]:
-    reply = httpx.get(f"{farm.url}/metrics", headers=_auth(farm), timeout=30)
+    reply = httpx.get(f"{farm.url}/metrics", headers=farm.admin_headers(), timeout=30)
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"].startswith("text/plain")
     return {f.name: f.samples for f in text_string_to_metric_families(reply.text)}
@@ -56,23 +52,25 @@ def test_metrics_match_the_api_after_a_small_run(small_farm: RunningFarm, tmp_pa
     assert httpx.get(f"{farm.url}/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
     mini = next(p["name"] for p in farm.printers if p["model"] == "MINI")
     # The MINI's bed must be cleared by hand: its second print waits for a person.
-    patched = httpx.patch(f"{farm.url}/api/printers/{mini}", json={"auto_eject": False}, headers=_auth(farm))
+    patched = httpx.patch(
+        f"{farm.url}/api/printers/{mini}", json={"auto_eject": False}, headers=farm.admin_headers()
+    )
     assert patched.status_code == 200, patched.text
     for _ in range(2):  # the second slice of the same mesh comes from the slice cache
         code, build = farm.cli_json("submit", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "--wait")
         assert code == 0 and build["jobs"][0]["state"] == "done", build
-        cleared = httpx.post(f"{farm.url}/api/printers/{mini}/clear", headers=_auth(farm))
+        cleared = httpx.post(f"{farm.url}/api/printers/{mini}/clear", headers=farm.admin_headers())
         assert cleared.status_code == 200
     broken = tmp_path / "broken.py"
     broken.write_text("def part(:\n")
     code, build = farm.cli_json("submit", str(broken), "--wait")
     assert code == 1 and build["stage"] == "failed", build
     job_id = build["jobs"][0]["id"]
-    assert httpx.get(f"{farm.url}/api/jobs/{job_id}", headers=_auth(farm)).status_code == 200
+    assert httpx.get(f"{farm.url}/api/jobs/{job_id}", headers=farm.admin_headers()).status_code == 200
 
-    jobs = httpx.get(f"{farm.url}/api/jobs", params={"limit": 1000}, headers=_auth(farm)).json()
-    status = httpx.get(f"{farm.url}/api/status", headers=_auth(farm)).json()
-    printers = httpx.get(f"{farm.url}/api/printers", headers=_auth(farm)).json()
+    jobs = httpx.get(f"{farm.url}/api/jobs", params={"limit": 1000}, headers=farm.admin_headers()).json()
+    status = httpx.get(f"{farm.url}/api/status", headers=farm.admin_headers()).json()
+    printers = httpx.get(f"{farm.url}/api/printers", headers=farm.admin_headers()).json()
     families = _scrape(farm)  # nothing moves meanwhile: every job has ended
     assert set(families) >= EXPORTED
 
@@ -124,7 +122,7 @@ def test_metrics_match_the_api_after_a_small_run(small_farm: RunningFarm, tmp_pa
 
 def test_two_server_processes_on_postgresql_answer_with_the_same_totals(
     redis_url: str,
-    postgres: str,  # noqa: F811 - the fixture
+    postgres: str,
     tmp_path: Path,
 ) -> None:
     """Tallies live in the database and latency files in PROMETHEUS_MULTIPROC_DIR: whichever

@@ -19,7 +19,7 @@ from farm.core.states import PrinterState
 from printers.drivers.base import DriverError, PrinterConfig
 from printers.drivers.moonraker import MoonrakerDriver
 from printers.emulators.moonraker import MoonrakerEmulator
-from tests.conftest import REPO, free_port, wait_until
+from tests.conftest import REPO, free_port, stop_process, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,12 +72,7 @@ def moonraker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until(up, 60, "moonraker to listen")
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 15, signal.SIGTERM)
         log.close()
 
 

@@ -5,28 +5,14 @@ the coordinator's own functions."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from farm.coordinator import dispatch, notify, pipeline
-from farm.coordinator.db import make_engine
 from farm.coordinator.ops_tables import NotifyDelivery, NotifyEvent, NotifyTarget
 from farm.core.states import JobState
-from tests.test_dispatch import add_printer, fresh_database, postgres, ready_build  # noqa: F401
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
-    else:
-        engine = fresh_database(request.getfixturevalue("postgres"))
-    yield engine
-    engine.dispose()
+from tests.coordinator_fixtures import add_printer, create_build, ready_build
 
 
 def raised(session: Session) -> list[tuple[str, dict]]:
@@ -102,19 +88,7 @@ def test_a_failure_with_attempts_left_is_no_failure_yet(engine: Engine) -> None:
 
 def test_a_failed_build_fails_its_jobs(engine: Engine) -> None:
     with Session(engine, expire_on_commit=False) as session:
-        build, _jobs, _out = pipeline.create_build(
-            session,
-            source_name="part.py",
-            source_sha256="0" * 64,
-            entry=None,
-            params={},
-            copies=2,
-            material="PLA",
-            quality="standard",
-            color=None,
-            printer_model=None,
-            priority=0,
-        )
+        build, _jobs, _out = create_build(session, source_name="part.py", copies=2)
         session.commit()
         pipeline.cad_finished(
             session,

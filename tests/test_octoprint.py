@@ -21,7 +21,7 @@ from printers.drivers import make_driver
 from printers.drivers.base import DriverError, PrinterConfig, PrinterStatus
 from printers.drivers.octoprint import OctoPrintDriver
 from printers.emulators.octoprint import OctoPrintEmulator
-from tests.conftest import REPO, free_port, wait_until
+from tests.conftest import REPO, free_port, stop_process, wait_until
 from tests.printer_fixtures import closing_all, emulators, wait_state, write_gcode
 
 pytestmark = pytest.mark.timeout(60)
@@ -275,12 +275,7 @@ def real_octoprint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[i
         wait_until(up, 60, "octoprint serve")
         yield port, key
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 15, signal.SIGTERM)
         log.close()
 
 

@@ -56,7 +56,7 @@ def test_tables_piped_to_a_script_keep_whole_printer_names(farm: RunningFarm) ->
     """A pipe has no width: rich would assume 80 columns and cut names to 'workshop-lef…'."""
     name = "workshop-left-bench-prusa-mk3s-07"
     reg = {"printer": name, "model": "MK3S", "protocol": "prusalink"}
-    headers = {"Authorization": f"Bearer {(farm.data_dir / 'admin.token').read_text().strip()}"}
+    headers = farm.admin_headers()
     assert httpx.post(f"{farm.url}/api/agents/register", json=reg, headers=headers).status_code == 200
     try:
         listed = farm.cli("printers")

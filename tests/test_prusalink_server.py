@@ -28,7 +28,7 @@ from farm.core.states import PrinterState
 from printers.drivers.base import PrinterConfig
 from printers.drivers.prusalink import PrusaLinkDriver
 from printers.emulators.prusalink import PrusaLinkEmulator
-from tests.conftest import REPO, free_port, wait_until
+from tests.conftest import REPO, free_port, stop_process, wait_until
 from tests.marlin_pty import MarlinPty
 
 pytestmark = pytest.mark.timeout(240)
@@ -145,12 +145,7 @@ def real_link() -> Iterator[RealLink]:
         wait_until(idle, 90, "Prusa-Link to find the printer on the pty and go IDLE")
         yield RealLink(url, port, printer, home)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 20, signal.SIGTERM)
         log.close()
         printer.stop()
         shutil.rmtree(home, ignore_errors=True)

@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from farm.coordinator.db import make_engine
 from tests.conftest import farm_server, wait_until
-from tests.test_dispatch import postgres, ready_build  # noqa: F401 - a fixture
+from tests.coordinator_fixtures import ready_build
 
 
 def children(pid: int) -> list[str]:
@@ -22,6 +22,17 @@ def children(pid: int) -> list[str]:
 def two_server_processes(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
     """`farm server --workers 2` on a free port until it answers; stopped with Ctrl-C at the end."""
     return farm_server(env, tmp_path / "server.log", "--workers", "2")
+
+
+def admin_with_printers(tmp_path: Path, base: str, *names: str) -> httpx.Client:
+    """The admin's client of the coordinator at `base` (its token in `tmp_path`), with self-ejecting
+    MINIs called `names` registered as their agents register them."""
+    token = (tmp_path / "admin.token").read_text().strip()
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    for name in names:
+        reg = {"printer": name, "model": "MINI", "protocol": "prusalink", "auto_eject": True}
+        assert api.post("/api/agents/register", json=reg).status_code == 200
+    return api
 
 
 def test_several_server_processes_share_the_port_and_one_housekeeper(redis_url: str, tmp_path: Path) -> None:
@@ -40,7 +51,7 @@ def test_several_server_processes_share_the_port_and_one_housekeeper(redis_url: 
 
 def test_agents_claim_and_report_through_two_server_processes_on_postgresql(
     redis_url: str,
-    postgres: str,  # noqa: F811 - the fixture
+    postgres: str,
     tmp_path: Path,
 ) -> None:
     """PostgreSQL, as production runs it: the agents' calls go through the event-loop path
@@ -52,11 +63,7 @@ def test_agents_claim_and_report_through_two_server_processes_on_postgresql(
         "FARM_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/4",
     }
     with two_server_processes(env, tmp_path) as (_server, base):
-        token = (tmp_path / "admin.token").read_text().strip()
-        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        for name in ("pa", "pb"):
-            reg = {"printer": name, "model": "MINI", "protocol": "prusalink", "auto_eject": True}
-            assert api.post("/api/agents/register", json=reg).status_code == 200
+        api = admin_with_printers(tmp_path, base, "pa", "pb")
         engine = make_engine(postgres)
         with Session(engine) as session:  # two ready jobs, as a sliced mesh build leaves them
             ready_build(session, models=["MINI"], copies=2)

@@ -5,8 +5,6 @@ Starlette's TestClient, and once as `farm server` with the real `farm open` comm
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from farm.coordinator.api.deps import hash_secret
 from farm.coordinator.api.websession import COOKIE, SESSION_S, SIGNIN_TTL_S, new_ticket, session_cookie
 from farm.coordinator.models import Token
 from farm.core.settings import Settings
-from tests.conftest import REPO, farm_server
+from tests.conftest import farm_server, run_farm
 
 ORIGIN = "http://testserver"  # TestClient's own origin
 
@@ -150,10 +148,7 @@ def test_farm_open_no_browser_prints_a_working_link_last(tmp_path: Path, redis_u
         env.pop(key, None)
     with farm_server(env, tmp_path / "server.log") as (_, base):
         env["FARM_URL"] = base
-        done = subprocess.run(
-            [sys.executable, "-m", "farm", "open", "--no-browser"],
-            env=env, capture_output=True, text=True, timeout=60, cwd=REPO,
-        )  # fmt: skip
+        done = run_farm(env, "open", "--no-browser", timeout=60)
         assert done.returncode == 0, done.stderr
         link = done.stdout.strip().splitlines()[-1]
         assert link.startswith(f"{base}/signin/"), done.stdout

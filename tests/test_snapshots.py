@@ -63,28 +63,37 @@ def test_each_protocol_gives_a_still_pillow_reads(
         assert decoded.getpixel((0, 0)) == state_color(state)  # the emulator's state when taken
 
 
-@pytest.mark.parametrize("access_code", ["12345678", "wrong-one"])
-def test_a_p1s_camera_sends_a_jpeg_frame_over_tls(tmp_path: Path, access_code: str) -> None:
-    """Port 6000's framing (OpenBambuAPI video.md); Pillow decodes the frame; a wrong access code
-    gets the connection closed, a clear DriverError here."""
-    emu = BambuEmulator(model="P1S", storage_dir=tmp_path, access_code="12345678").start()
+def _camera_jpeg(tmp_path: Path, model: str, access_code: str, refused: str) -> bytes | None:
+    """A still from a Bambu `model` emulator's camera through the driver, given `access_code`: the
+    JPEG, or None when the code is wrong and the driver said so (`refused`, a pattern)."""
+    emu = BambuEmulator(model=model, storage_dir=tmp_path, access_code="12345678").start()
     assert emu.camera_port is not None
     config = PrinterConfig(
-        name="p1s", model="P1S", driver="bambu", port=emu.mqtt_port, ftps_port=emu.ftps_port,
+        name=model.lower(), model=model, driver="bambu", port=emu.mqtt_port, ftps_port=emu.ftps_port,
         camera_port=emu.camera_port, serial=emu.serial, access_code=access_code, cert_sha256=emu.cert_sha256,
     )  # fmt: skip
     driver = BambuDriver(config)
     try:
         if access_code != emu.access_code:
-            with pytest.raises(DriverError, match="no frame from the camera"):
+            with pytest.raises(DriverError, match=refused):
                 driver.snapshot()
-            return
+            return None
         shot = driver.snapshot()
     finally:
         driver.close()
         emu.stop()
     assert shot is not None and shot[1] == "image/jpeg"
-    with Image.open(io.BytesIO(shot[0])) as decoded:
+    return shot[0]
+
+
+@pytest.mark.parametrize("access_code", ["12345678", "wrong-one"])
+def test_a_p1s_camera_sends_a_jpeg_frame_over_tls(tmp_path: Path, access_code: str) -> None:
+    """Port 6000's framing (OpenBambuAPI video.md); Pillow decodes the frame; a wrong access code
+    gets the connection closed, a clear DriverError here."""
+    jpeg = _camera_jpeg(tmp_path, "P1S", access_code, refused="no frame from the camera")
+    if jpeg is None:
+        return
+    with Image.open(io.BytesIO(jpeg)) as decoded:
         decoded.load()
         assert decoded.format == "JPEG" and decoded.size == (64, 36)
 
@@ -111,24 +120,10 @@ def test_an_x1_camera_is_h264_over_rtsps(tmp_path: Path, access_code: str) -> No
     """The driver speaks RTSP over the printer's pinned TLS, gathers a key frame from RTP (FU-A
     fragments: the emulator cuts the IDR slice) and ffmpeg makes it a JPEG that Pillow reads; a
     wrong access code is the camera's 401, said plainly."""
-    emu = BambuEmulator(model="X1C", storage_dir=tmp_path, access_code="12345678").start()
-    assert emu.camera_port is not None
-    config = PrinterConfig(
-        name="x1", model="X1C", driver="bambu", port=emu.mqtt_port, ftps_port=emu.ftps_port,
-        camera_port=emu.camera_port, serial=emu.serial, access_code=access_code, cert_sha256=emu.cert_sha256,
-    )  # fmt: skip
-    driver = BambuDriver(config)
-    try:
-        if access_code != emu.access_code:
-            with pytest.raises(DriverError, match=r"refused the access code \(RTSP 401\)"):
-                driver.snapshot()
-            return
-        shot = driver.snapshot()
-    finally:
-        driver.close()
-        emu.stop()
-    assert shot is not None and shot[1] == "image/jpeg"
-    with Image.open(io.BytesIO(shot[0])) as decoded:
+    jpeg = _camera_jpeg(tmp_path, "X1C", access_code, refused=r"refused the access code \(RTSP 401\)")
+    if jpeg is None:
+        return
+    with Image.open(io.BytesIO(jpeg)) as decoded:
         decoded.load()
         assert decoded.format == "JPEG" and decoded.size == (64, 48)
         _bars(decoded)

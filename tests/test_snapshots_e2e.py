@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from printers.emulators.camera import BAMBU_FRAME, HEIGHT, WIDTH, camera_png, st
 from printers.emulators.moonraker import MoonrakerEmulator
 from printers.emulators.octoprint import OctoPrintEmulator
 from printers.emulators.prusalink import PrusaLinkEmulator
-from tests.conftest import REPO, farm_server, ready_job, wait_until
+from tests.conftest import farm_server, ready_job, run_farm, wait_until
 from workers.bambu3mf import PlateInfo, package_gcode
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,8 +56,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Ite
 
 
 def farm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "farm", *args]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    return run_farm(env, *args, timeout=60)
 
 
 @dataclass

@@ -23,10 +23,10 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from farm.coordinator import pipeline
 from farm.coordinator.db import make_engine
 from farm.core.settings import Settings
-from tests.conftest import EXAMPLES, REPO, farm_server, wait_until
+from tests.conftest import EXAMPLES, REPO, farm_server, run_farm, wait_until
+from tests.coordinator_fixtures import create_build
 
 BRACKET = EXAMPLES / "bracket.py"
 
@@ -39,14 +39,7 @@ class Server:
     api: httpx.Client
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "farm", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-        )
+        return run_farm(self.env, *args, timeout=timeout)
 
     def builds(self) -> int:
         return len(self.api.get("/api/builds").json())
@@ -158,10 +151,7 @@ def test_explain_suggests_only_commands_the_farm_accepts(server: Server) -> None
     settings = Settings(data_dir=server.data_dir)
     engine = make_engine(settings.db_url)
     with Session(engine) as s:  # what an older coordinator accepted
-        _build, old, _out = pipeline.create_build(
-            s, source_name="old.stl", source_sha256="0" * 64, entry=None, params={}, copies=1,
-            material="PLAA", quality="standard", color=None, printer_model="MINI", priority=0,
-        )  # fmt: skip
+        _build, old, _out = create_build(s, source_name="old.stl", material="PLAA", printer_model="MINI")
         s.commit()
         jobs.append(old[0].id)
     engine.dispose()

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, free_port, wait_until
+from tests.conftest import REPO, free_port, stop_process, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; PR_SET_PDEATHSIG is Linux's")
 
@@ -105,12 +105,7 @@ def stopped_at_end(proc: subprocess.Popen[bytes], parts: set[int]) -> Iterator[N
     finally:
         if proc.poll() is None:
             parts |= descendants(proc.pid)
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 60)
         for pid in parts:
             with contextlib.suppress(ProcessLookupError):
                 if alive(pid):

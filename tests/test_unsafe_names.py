@@ -246,7 +246,7 @@ def test_failed_uploads_count_as_attempts_and_a_pinned_job_is_retried_on_its_pri
     from farm.coordinator import dispatch
     from farm.coordinator.db import make_engine
     from farm.core.states import JobState
-    from tests.test_dispatch import add_printer, ready_build
+    from tests.coordinator_fixtures import add_printer, ready_build
 
     engine = make_engine(f"sqlite:///{tmp_path / 'farm.coordinator.db'}")
     with Session(engine, expire_on_commit=False) as s:

@@ -34,7 +34,7 @@ from farm.core.client import FarmClient, FarmError
 from farm.core.queue import CAD_QUEUE, SLICE_QUEUE
 from farm.core.settings import Settings
 from farm.core.states import BuildStage, JobState, PrinterState, SliceState
-from tests.test_dispatch import ready_build
+from tests.coordinator_fixtures import create_build, ready_build
 
 # (method, path, the request body's model, the 200 answer's model): every typed FarmClient call.
 CALLS: list[tuple[str, str, type[BaseModel] | None, type[BaseModel] | None]] = [
@@ -226,19 +226,7 @@ def test_a_printer_and_a_worker_round_trip_through_the_typed_client(coordinator:
     raw_hello = http.post("/api/workers", json={"name": "host:1", "queues": ["slice"], "sandbox": "off"})
     _same_json(wire.WorkerView, raw_hello.json())
     with Session(engine) as s:
-        build, _jobs, _out = pipeline.create_build(
-            s,
-            source_name="part.stl",
-            source_sha256="0" * 64,
-            entry=None,
-            params={},
-            copies=1,
-            material="PLA",
-            quality="standard",
-            color=None,
-            printer_model="MINI",
-            priority=0,
-        )
+        build, _jobs, _out = create_build(s, printer_model="MINI")
         s.commit()
         build_id = build.id
     assert build_id is not None

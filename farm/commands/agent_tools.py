@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from farm.commands.common import die
 from farm.core.states import PrinterState
 from printers.drivers.base import DriverError, PrinterConfig, PrinterStatus
 from printers.tools import check, print_file, printer_config_from_flags
@@ -29,11 +30,6 @@ ModelOpt = Annotated[str | None, typer.Option(help="The printer model, e.g. MINI
 NameOpt = Annotated[str | None, typer.Option(help="A name for the printer in messages [default: printer].")]
 
 
-def _die(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(1)
-
-
 def _printer(
     config: Path | None,
     driver: str | None,
@@ -52,8 +48,7 @@ def _printer(
             config, driver, host, port, api_key, username, password, serial, access_code, model, name
         )
     except ValueError as exc:
-        _die(str(exc))
-        raise  # unreachable: _die exits; keeps the type checker sure of the return
+        die(str(exc))
 
 
 def _describe(status: PrinterStatus) -> str:
@@ -93,8 +88,7 @@ def check_command(
     try:
         status = check(printer)
     except DriverError as exc:
-        _die(str(exc))
-        return
+        die(str(exc))
     typer.echo(_status_json(status) if json_out else f"{printer.name}: {_describe(status)}")
     if status.state == PrinterState.OFFLINE:
         raise typer.Exit(1)
@@ -130,7 +124,7 @@ def print_command(
         config, driver, host, port, api_key, username, password, serial, access_code, model, name
     )
     if not file.is_file():
-        _die(f"{file} is not a file")
+        die(f"{file} is not a file")
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         tasks: dict[str, TaskID] = {}
@@ -145,12 +139,10 @@ def print_command(
             status = print_file(printer, file, on_progress=on_progress, poll_s=poll)
         except DriverError as exc:
             bar.stop()
-            _die(str(exc))
-            return
+            die(str(exc))
         except KeyboardInterrupt:
             bar.stop()
-            _die("stopped watching; the printer carries on with whatever it was doing")
-            return
+            die("stopped watching; the printer carries on with whatever it was doing")
         if status.state == PrinterState.FINISHED and "print" in tasks:
             bar.update(tasks["print"], completed=100.0)
     typer.echo(f"{printer.name}: {_describe(status)}")

@@ -11,12 +11,13 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from farm.commands import extras
 from farm.commands.atomic import copy_into_place
+from farm.commands.common import die
 from farm.commands.params import ParamError, combine
 from farm.coordinator.sources import SourceProblem, check_cad_source
 from farm.core.entry_points import list_entry_points
@@ -86,15 +87,15 @@ def build(
             )
             result, hit = cached_build(runner, CadCache(cache_root()), request, use_cache=not no_cache)
     except CadError as exc:
-        _die(exc.message)
+        die(exc.message)
     except Unavailable as exc:
-        _die(str(exc))
+        die(str(exc))
     finally:
         runner.close()
     try:
         files = _deliver(result, output, path.stem)
     except OSError as exc:
-        _die(f"cannot write the outputs to {output}: {exc}")
+        die(f"cannot write the outputs to {output}: {exc}")
     _report(result, files, hit, time.monotonic() - started, as_json)
 
 
@@ -132,7 +133,7 @@ def inspect(
         _inspect_shown(path, artifact, param, params_file, no_project, as_json)
         return
     if artifact or param or params_file or no_project:
-        _die("--artifact, --param, --params and --no-project go with --shown", 2)
+        die("--artifact, --param, --params and --no-project go with --shown", 2)
     _require_file(path)
     root = find_root(path) or path.resolve().parent
 
@@ -143,9 +144,9 @@ def inspect(
     try:
         entries = list_entry_points(path, read_module, path.resolve().relative_to(root).as_posix())
     except SyntaxError as exc:
-        _die(f"{path.name}, line {exc.lineno}: SyntaxError: {exc.msg}")
+        die(f"{path.name}, line {exc.lineno}: SyntaxError: {exc.msg}")
     except (OSError, UnicodeDecodeError) as exc:
-        _die(f"cannot read {path}: {exc}")
+        die(f"cannot read {path}: {exc}")
     if as_json:
         typer.echo(json.dumps(entries, default=str))
         return
@@ -176,9 +177,9 @@ def _inspect_shown(
             request = _request(path, artifact, params, no_project, Path(scratch), ours=inputs)
             listing = runner.inspect(request)
     except CadError as exc:
-        _die(exc.message)
+        die(exc.message)
     except Unavailable as exc:
-        _die(str(exc))
+        die(str(exc))
     finally:
         runner.close()
     if as_json:
@@ -208,7 +209,7 @@ def _params(param: list[str] | None, params_file: Path | None) -> dict[str, Any]
     try:
         return combine(param or [], params_file)[0]
     except ParamError as exc:
-        _die(str(exc), 2)
+        die(str(exc), 2)
 
 
 def local_runner() -> CadRunner:
@@ -220,7 +221,7 @@ def local_runner() -> CadRunner:
     try:
         policy = Policy.from_settings(settings.cad_sandbox, settings.cad_sandbox_disable)
     except ValueError as exc:
-        _die(str(exc), 2)
+        die(str(exc), 2)
     if not policy.enabled:
         typer.echo("warning: FARM_CAD_SANDBOX=off: the design runs with your rights, unsandboxed", err=True)
     return CadRunner(policy=policy)
@@ -238,7 +239,7 @@ def _request(
     try:
         return make_request(path, artifact, params, no_project, scratch, step=step, ours=ours)
     except (ProjectError, SourceProblem) as exc:
-        _die(str(exc), 2)
+        die(str(exc), 2)
 
 
 def make_request(
@@ -272,16 +273,11 @@ def make_request(
     )
 
 
-def _die(message: str, code: int = 1) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(code)
-
-
 def _require_file(path: Path) -> None:
     if not path.exists():
-        _die(f"{path} does not exist", 2)
+        die(f"{path} does not exist", 2)
     if not path.is_file():
-        _die(f"{path} is not a file", 2)
+        die(f"{path} is not a file", 2)
 
 
 def cache_root() -> Path:

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from farm.commands import cad, extras
-from farm.commands.ci_common import ManifestOpt, die, read_manifest
+from farm.commands.ci_common import ManifestOpt, read_manifest
 from farm.commands.ci_report import Outcome, append_step_summary, junit_xml
 from farm.commands.ci_submit import submit
+from farm.commands.common import die
 from farm.commands.watch import stdout_console
 from farm.coordinator.sources import SourceProblem
 from farm.core.manifest import MANIFEST_NAME, Part

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
+from farm.commands.common import die
 from farm.core.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest, parse_manifest
 
 ManifestOpt = Annotated[
@@ -18,11 +19,6 @@ ManifestOpt = Annotated[
         show_default=False,
     ),
 ]
-
-
-def die(message: str, code: int = 1) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(code)
 
 
 def read_manifest(path: Path | None) -> tuple[Path, Manifest]:

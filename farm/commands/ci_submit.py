@@ -20,7 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
-from farm.commands.ci_common import ManifestOpt, die, read_manifest
+from farm.commands.ci_common import ManifestOpt, read_manifest
+from farm.commands.common import die
 from farm.coordinator.sources import SourceProblem, check_cad_source
 from farm.core.client import FarmClient, FarmError
 from farm.core.manifest import MANIFEST_NAME, Part, Target

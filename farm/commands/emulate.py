@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,11 +50,16 @@ def _emulator_storage(storage: Path | None, kind: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
+HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOpt = Annotated[int, typer.Option(help="Port to listen on (0: any free port).")]
+SpeedOpt = Annotated[float, typer.Option(help="How much faster than the G-code's estimate it prints.")]
+
+
 @emulate_app.command("prusalink")
 def emulate_prusalink(
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+    port: PortOpt = 8080,
     password: Annotated[str, typer.Option(help="The PrusaLink password (user 'maker').")] = "maker",
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: HostOpt = "127.0.0.1",
     model: Annotated[
         str,
         typer.Option(
@@ -62,9 +68,7 @@ def emulate_prusalink(
         ),
     ] = "MINI",
     storage: StorageOpt = None,
-    speed: Annotated[
-        float, typer.Option(help="How much faster than the G-code's estimate it prints.")
-    ] = 60.0,
+    speed: SpeedOpt = 60.0,
     upload_kbps: Annotated[
         float | None, typer.Option(help="Receive uploads at this many kB/s, like a real printer.")
     ] = None,
@@ -72,66 +76,65 @@ def emulate_prusalink(
     """Emulate a Prusa printer's PrusaLink API (digest auth, uploads, jobs) over HTTP."""
     from printers.emulators.prusalink import PrusaLinkEmulator  # lazy: its servers cost every `farm` 3-6 ms
 
-    setup_logging()
     model = emulated_model(model, bambu=False)
-    with _emulator_storage(storage, "prusalink") as files:
-        emu = PrusaLinkEmulator(
+    _serve_emulator(
+        "prusalink",
+        f"PrusaLink {model}",
+        storage,
+        partial(
+            PrusaLinkEmulator,
             host=host,
             port=port,
             password=password,
             model=model,
-            storage_dir=files,
             speed=speed,
             upload_bytes_per_s=upload_kbps * 1000 if upload_kbps else None,
-        )
-        _serve_emulator(f"PrusaLink {model}", emu, files, after_url=" (user maker)")
+        ),
+        after_url=" (user maker)",
+    )
 
 
 @emulate_app.command("octoprint")
 def emulate_octoprint(
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 5000,
+    port: PortOpt = 5000,
     api_key: Annotated[str, typer.Option(help="The API key clients must send as X-Api-Key.")] = "printfarm",
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: HostOpt = "127.0.0.1",
     storage: StorageOpt = None,
-    speed: Annotated[
-        float, typer.Option(help="How much faster than the G-code's estimate it prints.")
-    ] = 60.0,
+    speed: SpeedOpt = 60.0,
 ) -> None:
     """Emulate an OctoPrint server (REST API, uploads, job control) with a connected printer."""
     from printers.emulators.octoprint import OctoPrintEmulator  # lazy: its servers cost every `farm` 3-6 ms
 
-    with _emulator_storage(storage, "octoprint") as files:
-        _serve_emulator(
-            "OctoPrint",
-            OctoPrintEmulator(host=host, port=port, api_key=api_key, storage_dir=files, speed=speed),
-            files,
-        )
+    _serve_emulator(
+        "octoprint",
+        "OctoPrint",
+        storage,
+        partial(OctoPrintEmulator, host=host, port=port, api_key=api_key, speed=speed),
+    )
 
 
 @emulate_app.command("moonraker")
 def emulate_moonraker(
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 7125,
+    port: PortOpt = 7125,
     api_key: Annotated[str | None, typer.Option(help="Require this X-Api-Key (default: trust all).")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: HostOpt = "127.0.0.1",
     storage: StorageOpt = None,
-    speed: Annotated[
-        float, typer.Option(help="How much faster than the G-code's estimate it prints.")
-    ] = 60.0,
+    speed: SpeedOpt = 60.0,
 ) -> None:
     """Emulate Moonraker (the Klipper API server): uploads, print_stats, pause/resume/cancel."""
     from printers.emulators.moonraker import MoonrakerEmulator  # lazy: its servers cost every `farm` 3-6 ms
 
-    with _emulator_storage(storage, "moonraker") as files:
-        _serve_emulator(
-            "Moonraker",
-            MoonrakerEmulator(host=host, port=port, api_key=api_key, storage_dir=files, speed=speed),
-            files,
-        )
+    _serve_emulator(
+        "moonraker",
+        "Moonraker",
+        storage,
+        partial(MoonrakerEmulator, host=host, port=port, api_key=api_key, speed=speed),
+    )
 
 
 @emulate_app.command("bambu")
 def emulate_bambu(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: HostOpt = "127.0.0.1",
     mqtt_port: Annotated[int, typer.Option(help="MQTT over TLS port (8883 on a printer; 0: any).")] = 8883,
     ftps_port: Annotated[int, typer.Option(help="Implicit FTPS port (990 on a printer; 0: any).")] = 990,
     camera_port: Annotated[
@@ -144,9 +147,7 @@ def emulate_bambu(
     access_code: Annotated[str, typer.Option(help="The LAN access code (user bblp).")] = "12345678",
     model: Annotated[str, typer.Option(help="X1C, P1S, A1 or A1MINI.")] = "X1C",
     storage: StorageOpt = None,
-    speed: Annotated[
-        float, typer.Option(help="How much faster than the G-code's estimate it prints.")
-    ] = 60.0,
+    speed: SpeedOpt = 60.0,
     developer_mode: Annotated[
         bool, typer.Option(help="LAN-only Developer Mode (off: commands refused).")
     ] = True,
@@ -155,8 +156,12 @@ def emulate_bambu(
     from printers.emulators.bambu import BambuEmulator  # lazy: its servers cost every `farm` 3-6 ms
 
     model = emulated_model(model, bambu=True)
-    with _emulator_storage(storage, "bambu") as files:
-        emu = BambuEmulator(
+    _serve_emulator(
+        "bambu",
+        f"Bambu {model}",
+        storage,
+        partial(
+            BambuEmulator,
             host=host,
             mqtt_port=mqtt_port,
             ftps_port=ftps_port,
@@ -164,21 +169,26 @@ def emulate_bambu(
             serial=serial,
             access_code=access_code,
             model=model,
-            storage_dir=files,
             speed=speed,
             developer_mode=developer_mode,
-        )
-        _serve_emulator(f"Bambu {model}", emu, files)
+        ),
+    )
 
 
-def _serve_emulator(kind: str, emu: Any, storage: Path, after_url: str = "") -> None:
+def _serve_emulator(
+    name: str, kind: str, storage: Path | None, make: Callable[..., Any], after_url: str = ""
+) -> None:
+    """Run the emulator `make(storage_dir=FOLDER)` builds until Ctrl-C or SIGTERM; a temporary
+    FOLDER is named for `name`."""
     setup_logging()
-    # Ctrl-C is ours before anyone is told the emulator is up: a SIGINT just after that line used to
-    # raise KeyboardInterrupt past emu.stop(), and its server threads kept the process alive.
-    stop = wait_for_stop()
-    emu.start()
-    try:
-        typer.echo(f"{kind} emulator on {emu.url}{after_url}, files in {storage}", err=True)
-        stop.wait()
-    finally:
-        emu.stop()
+    with _emulator_storage(storage, name) as files:
+        emu = make(storage_dir=files)
+        # Ctrl-C is ours before anyone is told the emulator is up: a SIGINT just after that line used
+        # to raise KeyboardInterrupt past emu.stop(), and its server threads kept the process alive.
+        stop = wait_for_stop()
+        emu.start()
+        try:
+            typer.echo(f"{kind} emulator on {emu.url}{after_url}, files in {files}", err=True)
+            stop.wait()
+        finally:
+            emu.stop()

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +26,7 @@ from farm.commands.agent_tools import (
     SerialOpt,
     UsernameOpt,
 )
+from farm.commands.common import die
 from farm.core.client import FarmClient, FarmError
 from farm.core.states import PrinterState
 from printers.config import AgentConfig, CoordinatorConfig
@@ -52,11 +53,6 @@ ConfigOut = Annotated[
         help="Where agent.toml goes [default: /etc/printfarm as root, else ~/.config/printfarm].",
     ),
 ]
-
-
-def _die(message: str, code: int = 1) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(code)
 
 
 def _ask_missing(
@@ -133,7 +129,7 @@ def _post(client: FarmClient, path: str, code: str) -> dict[str, Any]:
     try:
         answer: dict[str, Any] = client.post(path, {"code": code})
     except FarmError as exc:
-        _die(str(exc), 2 if exc.status and 400 <= exc.status < 500 else 1)
+        die(str(exc), 2 if exc.status and 400 <= exc.status < 500 else 1)
     return answer
 
 
@@ -155,7 +151,7 @@ def _printer(
             info["model"], info["printer"],
         )  # fmt: skip
     except ValueError as exc:
-        _die(str(exc), 2)
+        die(str(exc), 2)
 
 
 def _check(printer: PrinterConfig, host: str) -> None:
@@ -163,10 +159,10 @@ def _check(printer: PrinterConfig, host: str) -> None:
     try:
         status = check(printer)
     except DriverError as exc:
-        _die(f"{exc} (the code is still good: fix this and run enroll again)")
+        die(f"{exc} (the code is still good: fix this and run enroll again)")
     if status.state == PrinterState.OFFLINE:
         answer = status.message or "offline"
-        _die(f"{printer.name} does not answer at {host}: {answer} (the code is still good)")
+        die(f"{printer.name} does not answer at {host}: {answer} (the code is still good)")
     typer.echo(f"{printer.name}: {status.state}")
 
 
@@ -213,7 +209,7 @@ def install_service_command(
         cfg = AgentConfig.load(path)
         cfg.token()
     except SystemExit as exc:
-        _die(str(exc), 2)
+        die(str(exc), 2)
     owner = pwd.getpwuid(path.stat().st_uid).pw_name
     name = unit_name(cfg.printer.name)
     unit = unit_dir / name
@@ -221,14 +217,14 @@ def install_service_command(
         unit_dir.mkdir(parents=True, exist_ok=True)
         unit.write_text(unit_text(path, cfg.printer.name, owner))
     except OSError as exc:
-        _die(f"cannot write {unit}: {exc.strerror} (run as root, or give --unit-dir)")
+        die(f"cannot write {unit}: {exc.strerror} (run as root, or give --unit-dir)")
     typer.echo(f"wrote {unit}")
     systemctl = shutil.which("systemctl")
     if unit_dir == SYSTEMD_DIR and systemctl and os.geteuid() == 0 and Path("/run/systemd/system").is_dir():
         for argv in ([systemctl, "daemon-reload"], [systemctl, "enable", "--now", name]):
             done = subprocess.run(argv, capture_output=True, text=True)
             if done.returncode != 0:
-                _die(f"{' '.join(argv)}: {done.stderr.strip()}")
+                die(f"{' '.join(argv)}: {done.stderr.strip()}")
         typer.echo(f"enabled and started {name}; its log: journalctl -u {name} -f")
     else:
         typer.echo(f"to start it: sudo systemctl daemon-reload && sudo systemctl enable --now {name}")

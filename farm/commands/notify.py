@@ -17,6 +17,8 @@ EVENT_HELP = (
     "printer.offline, printer.back, printer.bed (needs clearing), build.failed, queue.empty."
 )
 
+TargetArg = Annotated[int, typer.Argument(help="The target's id (farm notify list).")]
+
 
 @notify_app.command("add")
 def add(
@@ -60,7 +62,7 @@ def list_targets(as_json: JsonOpt = False) -> None:
 
 @notify_app.command("test")
 def test(
-    target: Annotated[int, typer.Argument(help="The target's id (farm notify list).")],
+    target: TargetArg,
     as_json: JsonOpt = False,
 ) -> None:
     """Send a test event to one target; `farm notify log` shows whether it arrived."""
@@ -70,7 +72,7 @@ def test(
 
 @notify_app.command("remove")
 def remove(
-    target: Annotated[int, typer.Argument(help="The target's id (farm notify list).")],
+    target: TargetArg,
     as_json: JsonOpt = False,
 ) -> None:
     """Remove a target and drop its pending deliveries."""

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 from rich.table import Table
 
+from farm.commands.common import JsonOpt, client, die, emit, get_all
 from farm.commands.watch import stdout_console
-from farm.core.client import FarmClient, FarmError
-from farm.core.settings import get_settings
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
-
-
-def _die(message: str, code: int = 1) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(code)
-
-
-def _client() -> FarmClient:
-    settings = get_settings()
-    token = settings.resolved_token()
-    if not token:
-        _die(
-            "no token: set FARM_TOKEN, or run this on the coordinator's machine "
-            f"(it reads {settings.admin_token_file})"
-        )
-    return FarmClient(settings.url, token)
-
-
-def _emit(data: Any) -> None:
-    typer.echo(json.dumps(data, default=str))
+from farm.core.client import FarmError
 
 
 def _duration(seconds: float | None) -> str:
@@ -71,13 +48,9 @@ def revisions(
     volume, size, and the slicer's print time and filament per printer model.
     Compare two with `farm diff A B`."""
     path = f"/api/projects/{quote(name, safe='')}/parts/{quote(part, safe='')}/revisions"
-    with _client() as client:
-        try:
-            rows = client.get_all(path, most=limit)
-        except FarmError as exc:
-            _die(str(exc))
+    rows = get_all(path, most=limit)
     if as_json:
-        _emit(rows)
+        emit(rows)
         return
     table = Table(title=f"{name} / {part}")
     for column in ("build", "when", "commit", "tag", "params", "stage", "volume mm³", "size mm", "estimates"):
@@ -150,19 +123,19 @@ def diff(
 ) -> None:
     """What changed from build A to build B: parameters, volume, bounding box, the slicer's print
     time and filament per printer model both were sliced for, commit and tag."""
-    with _client() as client:
+    with client() as farm:
         try:
-            data = client.get(f"/api/builds/{a}/diff/{b}")
+            data = farm.get(f"/api/builds/{a}/diff/{b}")
             if image is not None:
-                resp = client.request("GET", f"/api/builds/{a}/diff/{b}/image")
+                resp = farm.request("GET", f"/api/builds/{a}/diff/{b}/image")
                 image.write_bytes(resp.content)
                 data["image"] = {"path": str(image), "regions": int(resp.headers.get("X-Changed-Regions", 0))}
         except FarmError as exc:
-            _die(str(exc), 2 if exc.status in (400, 422) else 1)
+            die(str(exc), 2 if exc.status in (400, 422) else 1)
         except OSError as exc:
-            _die(f"cannot write {image}: {exc.strerror}", 2)
+            die(f"cannot write {image}: {exc.strerror}", 2)
     if as_json:
-        _emit(data)
+        emit(data)
         return
     _print_diff(data)
     if image is not None:

@@ -6,11 +6,12 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from farm.commands.atomic import publish, staging
+from farm.commands.common import die
 from farm.commands.options import BrimOpt, InfillOpt, SetOpt, SupportsOpt, parse_settings
 from farm.core.print_options import print_options
 from farm.core.printer_models import (
@@ -26,11 +27,6 @@ from farm.core.slice_error import SliceError
 if TYPE_CHECKING:
     from workers.slice_cache import SliceCache
     from workers.slicer import SliceResult
-
-
-def _die(message: str, code: int = 1) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(code)
 
 
 def default_cache_dir() -> Path:
@@ -105,14 +101,14 @@ def _choices(printer_model: str, material: str, quality: str) -> tuple[PrinterMo
         model = check_model(printer_model)
         return model, check_material(material, model), check_quality(quality, model)
     except UnknownChoice as exc:
-        _die(str(exc), 2)
+        die(str(exc), 2)
 
 
 def _overrides(infill: str | None, supports: str | None, brim: float | None) -> dict[str, str]:
     try:
         return print_options(infill=infill, supports=supports, brim=brim)
     except SliceError as exc:
-        _die(str(exc))
+        die(str(exc))
 
 
 def _slice_into_place(
@@ -143,11 +139,11 @@ def _slice_into_place(
     except CopiesDontFit as exc:
         if json_out:  # scripts (and the coordinator) get the split as data
             typer.echo(json.dumps({"error": str(exc), "per_plate": exc.per_plate, "plates": exc.plates}))
-        _die(str(exc))
+        die(str(exc))
     except SliceError as exc:
-        _die(str(exc))
+        die(str(exc))
     except OSError as exc:
-        _die(f"cannot write the slice: {exc}")
+        die(f"cannot write the slice: {exc}")
     return dataclasses.replace(result, gcode=send, plain_gcode=plain)
 
 

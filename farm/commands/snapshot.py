@@ -15,15 +15,10 @@ from urllib.parse import quote
 
 import typer
 
+from farm.commands.common import client, die
 from farm.core.client import FarmClient, FarmError
-from farm.core.settings import get_settings
 
 POLL_S = 0.3
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(code)
 
 
 def printers_snapshot(
@@ -38,22 +33,14 @@ def printers_snapshot(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Ask a printer's agent for a still from its camera now, and save it (submitter or admin)."""
-    settings = get_settings()
-    token = settings.resolved_token()
-    if not token:
-        _fail(
-            "no token: set FARM_TOKEN, or run this on the coordinator's machine "
-            f"(it reads {settings.admin_token_file})"
-        )
     path = f"/api/printers/{quote(name, safe='')}"
-    with FarmClient(settings.url, token) as client:
+    with client() as farm:
         try:
-            asked = client.post(f"{path}/snapshot")
-            snap = _wait(client, path, name, asked["after"], timeout)
-            image = client.request("GET", f"{path}/snapshot", params={"id": snap["id"]})
+            asked = farm.post(f"{path}/snapshot")
+            snap = _wait(farm, path, name, asked["after"], timeout)
+            image = farm.request("GET", f"{path}/snapshot", params={"id": snap["id"]})
         except FarmError as exc:
-            _fail(str(exc), 2 if exc.status in (400, 422) else 1)
-            return
+            die(str(exc), 2 if exc.status in (400, 422) else 1)
     ext = "png" if snap["media_type"] == "image/png" else "jpg"
     out = output or Path(f"{name}-{snap['id']}.{ext}".replace("/", "_"))
     out.write_bytes(image.content)
@@ -71,10 +58,10 @@ def _wait(client: FarmClient, path: str, name: str, after: int, timeout: float) 
         if newest is not None and newest["id"] > after:
             return newest
         if state["error"]:  # cleared when we asked: this is the agent's answer to us
-            _fail(f"{name}: {state['error']}")
+            die(f"{name}: {state['error']}")
         if time.monotonic() >= deadline:
             seen = state.get("agent_last_seen")
-            _fail(
+            die(
                 f"{name}: no still within {timeout:g} s: its agent has not answered "
                 f"({'last heard from at ' + seen if seen else 'it has never called in'}). "
                 "Is the agent running (`farm printers` shows its state)? The request stands: "

@@ -18,7 +18,13 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from farm.coordinator import metrics, moves
-from farm.coordinator.heartbeats import BEAT_ONE_STATEMENT, BEAT_WITH_PRINTER, Beat, beat_params
+from farm.coordinator.heartbeats import (
+    BEAT_ONE_STATEMENT,
+    BEAT_WITH_PRINTER,
+    Beat,
+    BeatFields,
+    beat_params,
+)
 from farm.coordinator.models import Job, Printer, Slice, table_of, utcnow
 from farm.coordinator.moves import BIND, CLAIM, EXTEND_LEASE
 from farm.coordinator.pipeline import Outgoing, rebuild_for
@@ -444,31 +450,16 @@ class NoSuchPrinter(LookupError):
     """A claim for a printer that is not registered."""
 
 
-async def claim_pg(
-    engine: AsyncEngine,
-    name: str,
-    beat: dict[str, Any],
-    *,
-    starvation_s: float,
-    heatup_s: float,
-    heating_per_group: int,
-) -> Row[Any] | None:
-    """`claim_and_beat_pg` without whether a still is wanted."""
-    found, _wanted = await claim_and_beat_pg(
-        engine,
-        name,
-        beat,
-        starvation_s=starvation_s,
-        heatup_s=heatup_s,
-        heating_per_group=heating_per_group,
-    )
+async def claim_pg(engine: AsyncEngine, name: str, beat: BeatFields, **limits: Any) -> Row[Any] | None:
+    """`claim_and_beat_pg` without whether a still is wanted (`limits`: its keyword arguments)."""
+    found, _wanted = await claim_and_beat_pg(engine, name, beat, **limits)
     return found
 
 
 async def claim_and_beat_pg(
     engine: AsyncEngine,
     name: str,
-    beat: dict[str, Any],
+    beat: BeatFields,
     *,
     starvation_s: float,
     heatup_s: float,

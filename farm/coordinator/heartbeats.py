@@ -7,9 +7,9 @@ the same heartbeat (`BEAT_WITH_PRINTER`, farm/coordinator/dispatch.py).
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NotRequired, TypedDict, Unpack
 
-from sqlalchemy import bindparam, func, or_, true, update
+from sqlalchemy import Row, bindparam, func, or_, true, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, select
 
@@ -43,25 +43,23 @@ _BEAT_PRINTER = (
         color=func.coalesce(bindparam("b_color"), _PRINTERS.c.color),
     )
 )
-_BEAT_JOB = (
-    update(_JOBS)
-    .where(_JOBS.c.printer == bindparam("b_name"), or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)))
-    .values(EXTEND_LEASE.values(_JOBS, lease_expires=bindparam("b_lease")))
-    .returning(_JOBS.c.id, _JOBS.c.fence)
-)
+
+
+def _extend_lease(printer: Any) -> Any:
+    """The UPDATE that extends the lease of the job held by the printer `printer` matches."""
+    return (
+        update(_JOBS)
+        .where(printer, or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)))
+        .values(EXTEND_LEASE.values(_JOBS, lease_expires=bindparam("b_lease")))
+        .returning(_JOBS.c.id, _JOBS.c.fence)
+    )
+
+
+_BEAT_JOB = _extend_lease(_JOBS.c.printer == bindparam("b_name"))
 # PostgreSQL does both in one statement (UPDATEs in a WITH), sent in autocommit: one round trip
 # instead of four (BEGIN, two UPDATEs, COMMIT). One row when the printer exists, none otherwise.
 _BEAT_PRINTER_CTE = _BEAT_PRINTER.returning(*_PRINTERS.c).cte("beat_printer")
-_BEAT_JOB_CTE = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.printer.in_(select(_BEAT_PRINTER_CTE.c.name)),
-        or_(*(_JOBS.c.state == s for s in LEASED_JOB_STATES)),
-    )
-    .values(EXTEND_LEASE.values(_JOBS, lease_expires=bindparam("b_lease")))
-    .returning(_JOBS.c.id, _JOBS.c.fence)
-    .cte("beat_job")
-)
+_BEAT_JOB_CTE = _extend_lease(_JOBS.c.printer.in_(select(_BEAT_PRINTER_CTE.c.name))).cte("beat_job")
 BEAT_ONE_STATEMENT = select(
     _BEAT_JOB_CTE.c.id, _BEAT_JOB_CTE.c.fence, _BEAT_PRINTER_CTE.c.snapshot_wanted
 ).select_from(_BEAT_PRINTER_CTE.outerjoin(_BEAT_JOB_CTE, true()))
@@ -96,47 +94,43 @@ def beat_params(
     }
 
 
-async def heartbeat_pg(
-    engine: AsyncEngine,
-    name: str,
-    *,
-    state: PrinterState,
-    message: str | None,
-    progress: float | None,
-    lease_s: float,
-    material: str | None = None,
-    color: str | None = None,
-) -> Beat | None:
-    """`heartbeat` on PostgreSQL, for the event loop: one statement in autocommit, no session."""
-    params = beat_params(name, state, message, progress, lease_s, material, color)
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        row = (await conn.execute(BEAT_ONE_STATEMENT, params)).first()
+class BeatFields(TypedDict):
+    """What an agent's heartbeat says besides its printer's name (heartbeat's keyword arguments)."""
+
+    state: PrinterState
+    message: str | None
+    progress: float | None
+    lease_s: float
+    material: NotRequired[str | None]
+    color: NotRequired[str | None]
+
+
+def _beat_of(row: Row[Any, Any, Any] | None) -> Beat | None:
+    """A BEAT_ONE_STATEMENT row as a Beat; None: no such printer."""
     return None if row is None else Beat(row[0], row[1], row[2] is not None)
 
 
-def heartbeat(
-    session: Session,
-    name: str,
-    *,
-    state: PrinterState,
-    message: str | None,
-    progress: float | None,
-    lease_s: float,
-    material: str | None = None,
-    color: str | None = None,
-) -> Beat | None:
+async def heartbeat_pg(engine: AsyncEngine, name: str, **beat: Unpack[BeatFields]) -> Beat | None:
+    """`heartbeat` on PostgreSQL, for the event loop: one statement in autocommit, no session."""
+    params = beat_params(name, **beat)
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = (await conn.execute(BEAT_ONE_STATEMENT, params)).first()
+    return _beat_of(row)
+
+
+def heartbeat(session: Session, name: str, **beat: Unpack[BeatFields]) -> Beat | None:
     """Note what the agent says about its printer and extend its job's lease; None: no such printer.
 
     Every agent sends this every few seconds: two UPDATEs and one commit (one statement on
     PostgreSQL), with no rows loaded. Commits on its own, so it must come first in its session.
     """
-    params = beat_params(name, state, message, progress, lease_s, material, color)
+    params = beat_params(name, **beat)
     if session.get_bind().dialect.name == "postgresql":
         conn = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         row = conn.execute(BEAT_ONE_STATEMENT, params).first()
         session.commit()
-        return None if row is None else Beat(row[0], row[1], row[2] is not None)
+        return _beat_of(row)
     conn = session.connection()
     printer = conn.execute(_BEAT_PRINTER_WANTS, params).first()
     if printer is None:

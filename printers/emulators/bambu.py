@@ -42,7 +42,7 @@ from printers.emulators.bambu_ftps import FtpsServer
 from printers.emulators.bambu_mqtt import Broker
 from printers.emulators.bambu_printer import RUNOUT, SD_ERROR, Printer
 from printers.emulators.bambu_rtsp import RtspServer
-from printers.emulators.common import LOCAL_PRINT_NAME, FaultSwitches
+from printers.emulators.common import LOCAL_PRINT_NAME, FaultSwitches, storage_folder
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,8 @@ class BambuEmulator(FaultSwitches):
         # X1 sends the full object every push; P1/A1 only what changed (§A.6)
         self.delta_reports = not model.upper().startswith("X1") if delta_reports is None else delta_reports
         self.report_interval_s = report_interval_s
-        storage_dir = Path(storage_dir)
-        storage_dir.mkdir(parents=True, exist_ok=True)
         self.printer = Printer(
-            root=storage_dir,
+            root=storage_folder(storage_dir),
             model=model,
             speed=speed,
             max_print_s=max_print_s,

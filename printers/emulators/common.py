@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 MODEL_CHECK_BYTES = 64 * 1024  # the firmware only scans the start of the file for M862.x
 ESTIMATE_TAIL_BYTES = 256 * 1024  # PrusaSlicer writes the time estimate near the end
@@ -66,6 +66,45 @@ class PrintClock:
         self.running_since = None
 
 
+class StatefulJob(Protocol):
+    """A job an EmulatedPrinter holds: a PrintClock with the state its protocol names."""
+
+    state: str
+    duration_s: float
+
+    def elapsed(self, now: float) -> float: ...
+
+    def halt(self, now: float) -> None: ...
+
+
+J = TypeVar("J", bound=StatefulJob)
+
+
+class EmulatedPrinter(Generic[J]):
+    """What the HTTP emulators' printers share: the storage folder, how much faster than the
+    slicer's estimate they print (at most `max_print_s` a print), one job at a time, and the lock
+    around it. A job in state RUNNING turns DONE once its time is up (`_refresh`, with the lock)."""
+
+    RUNNING: ClassVar[str]
+    DONE: ClassVar[str]
+
+    def __init__(self, *, root: Path, speed: float, max_print_s: float | None) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        self.root = root
+        self.speed = speed
+        self.max_print_s = max_print_s
+        self._job: J | None = None
+        self._lock = threading.RLock()
+
+    def _refresh(self, now: float) -> J | None:
+        job = self._job
+        if job and job.state == self.RUNNING and job.elapsed(now) >= job.duration_s:
+            job.halt(now)
+            job.state = self.DONE
+        return job
+
+
 def print_seconds(estimate_s: float | None, speed: float, max_print_s: float | None) -> float:
     """How long a print with the slicer's `estimate_s` takes on an emulator running `speed` times
     faster, at most `max_print_s`."""
@@ -100,6 +139,13 @@ def inspect_gcode(path: Path) -> GcodeFacts:
         nozzle_c=temps.get(b"104", temps.get(b"109", 215.0)),
         bed_c=temps.get(b"140", temps.get(b"190", 60.0)),
     )
+
+
+def storage_folder(path: Path | str) -> Path:
+    """An emulator's storage folder, made if it is not there yet."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 LOCAL_PRINT_NAME = "started-at-the-printer.gcode"
@@ -240,18 +286,21 @@ class EmulatorServer(ThreadingHTTPServer):
 
 
 class EmulatorThread:
-    """start/stop/serve_forever for an emulator's server, the same for every protocol."""
+    """start/stop/serve_forever for an HTTP emulator's server, the same for every protocol."""
 
-    host: str
-    _requested_port: int
-    _server: EmulatorServer | None
-    _thread: threading.Thread | None
-    _stopped: threading.Event
     name: str
-    cutter: UploadCutter  # the HTTP handlers read uploads through it (abort_next_upload)
+    handler: type[BaseHTTPRequestHandler]  # the protocol's requests
+
+    def __init__(self, *, host: str, port: int) -> None:
+        self.host = host
+        self._requested_port = port
+        self._server: EmulatorServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self.cutter = UploadCutter()  # the HTTP handlers read uploads through it (abort_next_upload)
 
     def _make_server(self) -> EmulatorServer:
-        raise NotImplementedError
+        return EmulatorServer((self.host, self._requested_port), self, self.handler)
 
     @property
     def port(self) -> int:

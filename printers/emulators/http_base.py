@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from printers.emulators.common import PrintClock, Readable
+from printers.emulators.common import PrintClock, Readable, inspect_gcode, print_seconds
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,23 @@ class Job(PrintClock):
     bed_c: float
     state: str = "Printing"  # Printing, Paused, done, cancelled
     settle_at: float = 0.0  # when Pausing becomes Paused, Cancelling becomes cancelled
+
+    @classmethod
+    def from_gcode(cls, root: Path, rel: str, state: str, *, speed: float, max_print_s: float | None) -> Job:
+        """A print of the G-code `root/rel`, running from now for as long as its slicer's estimate
+        says, `speed` times faster."""
+        local = root / rel
+        facts = inspect_gcode(local)
+        return cls(
+            path=rel,
+            size=local.stat().st_size,
+            duration_s=print_seconds(facts.estimate_s, speed, max_print_s),
+            has_estimate=facts.estimate_s is not None,
+            nozzle_c=facts.nozzle_c,
+            bed_c=facts.bed_c,
+            state=state,
+            running_since=time.monotonic(),
+        )
 
     @classmethod
     def started_at_printer(cls, root: Path, name: str, seconds: float, state: str, note: str) -> Job:

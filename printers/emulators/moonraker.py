@@ -23,13 +23,12 @@ from urllib.parse import quote
 from printers.emulators.camera import camera_png
 from printers.emulators.common import (
     LOCAL_PRINT_NAME,
+    EmulatedPrinter,
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
-    UploadCutter,
-    inspect_gcode,
-    print_seconds,
     record_print,
+    storage_folder,
 )
 from printers.emulators.http_base import (
     HttpError,
@@ -55,30 +54,19 @@ _KLIPPY_MESSAGES = {
 }
 
 
-class Klipper:
+class Klipper(EmulatedPrinter[Job]):
     """print_stats, virtual_sdcard and heaters of one Klipper printer. Thread-safe; no HTTP here."""
 
+    RUNNING, DONE = "printing", "complete"
+
     def __init__(self, *, root: Path, speed: float, max_print_s: float | None) -> None:
-        if speed <= 0:
-            raise ValueError("speed must be > 0")
-        self.root = root
-        self.speed = speed
-        self.max_print_s = max_print_s
+        super().__init__(root=root, speed=speed, max_print_s=max_print_s)
         self.klippy_state = "ready"
         # Klippy's own endpoints (objects/query, objects/list) are registered when it first
         # connects (moonraker klippy_connection._request_endpoints): 404 until then, 503 after.
         self.klippy_was_ready = True
-        self._job: Job | None = None
         self._message = ""
-        self._lock = threading.RLock()
         self.replaced: list[str] = []  # paused jobs a new SDCARD_PRINT_FILE threw away
-
-    def _refresh(self, now: float) -> Job | None:
-        job = self._job
-        if job and job.state == "printing" and job.elapsed(now) >= job.duration_s:
-            job.halt(now)
-            job.state = "complete"
-        return job
 
     def print_state(self) -> str:
         with self._lock:
@@ -109,18 +97,9 @@ class Klipper:
                 raise HttpError(400, "Unable to open file")
             if self._job is not None and self._job.state == "paused":
                 self.replaced.append(self._job.path)
-            facts = inspect_gcode(local)
-            duration = print_seconds(facts.estimate_s, self.speed, self.max_print_s)
             self._message = ""
-            self._job = Job(
-                path=rel,
-                size=local.stat().st_size,
-                duration_s=duration,
-                has_estimate=facts.estimate_s is not None,
-                nozzle_c=facts.nozzle_c,
-                bed_c=facts.bed_c,
-                state="printing",
-                running_since=time.monotonic(),
+            self._job = Job.from_gcode(
+                self.root, rel, "printing", speed=self.speed, max_print_s=self.max_print_s
             )
             record_print(self.root, rel, self._job.duration_s)
 
@@ -440,6 +419,7 @@ class MoonrakerEmulator(EmulatorThread, FaultSwitches):
     """A Moonraker + Klipper printer on a real TCP port. `api_key=None` trusts every client."""
 
     name = "moonraker"
+    handler = _Handler
 
     def __init__(
         self,
@@ -452,24 +432,14 @@ class MoonrakerEmulator(EmulatorThread, FaultSwitches):
         max_print_s: float | None = None,
         klippy_state: str = "ready",
     ) -> None:
-        self.host = host
+        super().__init__(host=host, port=port)
         self.api_key = api_key
-        storage_dir = Path(storage_dir)
-        storage_dir.mkdir(parents=True, exist_ok=True)
-        self.klipper = Klipper(root=storage_dir, speed=speed, max_print_s=max_print_s)
+        self.klipper = Klipper(root=storage_folder(storage_dir), speed=speed, max_print_s=max_print_s)
         if klippy_state != "ready":  # Moonraker up before Klipper ever connected
             self.set_klippy_state(klippy_state)
             self.klipper.klippy_was_ready = False
         self.received: list[Path] = []  # every file an upload stored, in order
         self.websockets = 0  # open /websocket connections (server.info websocket_count)
-        self.cutter = UploadCutter()
-        self._requested_port = port
-        self._server: EmulatorServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
-
-    def _make_server(self) -> EmulatorServer:
-        return EmulatorServer((self.host, self._requested_port), self, _Handler)
 
     @property
     def state(self) -> str:

@@ -24,13 +24,12 @@ from typing import Any
 from printers.emulators.camera import camera_png
 from printers.emulators.common import (
     LOCAL_PRINT_NAME,
+    EmulatedPrinter,
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
-    UploadCutter,
-    inspect_gcode,
-    print_seconds,
     record_print,
+    storage_folder,
 )
 from printers.emulators.http_base import (
     HttpError,
@@ -61,27 +60,20 @@ _ACTIVE = ("Printing", "Pausing", "Paused", "Cancelling")
 _SETTLES_TO = {"Pausing": "Paused", "Cancelling": "cancelled"}
 
 
-class Printer:
+class Printer(EmulatedPrinter[Job]):
     """OctoPrint's view of its printer: connection, current job, local storage. Thread-safe."""
 
+    RUNNING, DONE = "Printing", "done"
+
     def __init__(self, *, root: Path, speed: float, max_print_s: float | None, connected: bool) -> None:
-        if speed <= 0:
-            raise ValueError("speed must be > 0")
-        self.root = root
-        self.speed = speed
-        self.max_print_s = max_print_s
+        super().__init__(root=root, speed=speed, max_print_s=max_print_s)
         self.received: list[Path] = []
         self.port: str | None = "VIRTUAL" if connected else None
         self._connected_at: float | None = 0.0 if connected else None
         self._error: str | None = None
-        self._job: Job | None = None
-        self._lock = threading.RLock()
 
     def _refresh(self, now: float) -> Job | None:
-        job = self._job
-        if job and job.state == "Printing" and job.elapsed(now) >= job.duration_s:
-            job.halt(now)
-            job.state = "done"
+        job = super()._refresh(now)
         if job and job.state in _SETTLES_TO and now >= job.settle_at:
             job.state = _SETTLES_TO[job.state]
         return job
@@ -166,16 +158,8 @@ class Printer:
                 raise HttpError(404, "The requested URL was not found on the server.")
             if self.state_text() != "Operational":
                 raise HttpError(409, "Printer is not operational or already printing")
-            facts = inspect_gcode(local)
-            duration = print_seconds(facts.estimate_s, self.speed, self.max_print_s)
-            self._job = Job(
-                path=rel,
-                size=local.stat().st_size,
-                duration_s=duration,
-                has_estimate=facts.estimate_s is not None,
-                nozzle_c=facts.nozzle_c,
-                bed_c=facts.bed_c,
-                running_since=time.monotonic(),
+            self._job = Job.from_gcode(
+                self.root, rel, "Printing", speed=self.speed, max_print_s=self.max_print_s
             )
             record_print(self.root, rel, self._job.duration_s)
 
@@ -449,6 +433,7 @@ class OctoPrintEmulator(EmulatorThread, FaultSwitches):
     """An OctoPrint server on a real TCP port. `start()` serves in a daemon thread; `stop()` ends it."""
 
     name = "octoprint"
+    handler = _Handler
 
     def __init__(
         self,
@@ -461,20 +446,12 @@ class OctoPrintEmulator(EmulatorThread, FaultSwitches):
         max_print_s: float | None = None,
         connected: bool = True,
     ) -> None:
-        self.host = host
+        super().__init__(host=host, port=port)
         self.api_key = api_key
-        storage_dir = Path(storage_dir)
-        storage_dir.mkdir(parents=True, exist_ok=True)
-        self.printer = Printer(root=storage_dir, speed=speed, max_print_s=max_print_s, connected=connected)
+        self.printer = Printer(
+            root=storage_folder(storage_dir), speed=speed, max_print_s=max_print_s, connected=connected
+        )
         self.received: list[Path] = []  # every file an upload stored, in order
-        self.cutter = UploadCutter()
-        self._requested_port = port
-        self._server: EmulatorServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
-
-    def _make_server(self) -> EmulatorServer:
-        return EmulatorServer((self.host, self._requested_port), self, _Handler)
 
     @property
     def state(self) -> str:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -35,7 +34,7 @@ from printers.emulators.common import (
     EmulatorServer,
     EmulatorThread,
     FaultSwitches,
-    UploadCutter,
+    storage_folder,
 )
 from printers.emulators.prusalink_auth import REALM, USERNAME, DigestAuthority
 from printers.emulators.prusalink_printer import (
@@ -478,6 +477,7 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
     """A PrusaLink printer on a real TCP port. `start()` serves in a daemon thread; `stop()` ends it."""
 
     name = "PrusaLink"
+    handler = _Handler
 
     def __init__(
         self,
@@ -495,7 +495,7 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
         nonce_lifetime_s: float = 5.0,
         upload_bytes_per_s: float | None = None,
     ) -> None:
-        self.host = host
+        super().__init__(host=host, port=port)
         self.nozzle_diameter = nozzle_diameter
         self.serial = serial
         self.hostname = hostname or f"prusa-{model.lower()}"
@@ -506,10 +506,8 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
             if self.pi
             else DigestAuthority(password, nonce_lifetime_s)
         )
-        storage_dir = Path(storage_dir)
-        storage_dir.mkdir(parents=True, exist_ok=True)
         self.printer = Printer(
-            root=storage_dir,
+            root=storage_folder(storage_dir),
             model=model,
             speed=speed,
             max_print_s=max_print_s,
@@ -517,13 +515,8 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
             guard_busy_file=not self.pi,
         )
         self.printer.upload_bytes_per_s = upload_bytes_per_s
-        self.cutter = UploadCutter()
         # Prusa-Link on a Pi without its local storage (it ignores a data folder under /tmp, say).
         self.local_storage = True
-        self._requested_port = port
-        self._server: EmulatorServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
 
     @property
     def received(self) -> list[Path]:
@@ -569,6 +562,3 @@ class PrusaLinkEmulator(EmulatorThread, FaultSwitches):
         """(free, total) bytes of the disk the storage folder is on, as statvfs reports them."""
         st = os.statvfs(self.printer.root)
         return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-
-    def _make_server(self) -> EmulatorServer:
-        return EmulatorServer((self.host, self._requested_port), self, _Handler)

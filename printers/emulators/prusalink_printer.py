@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from urllib.parse import quote
 
 from printers.emulators import prusalink_pi as pi
 from printers.emulators.common import (
+    EmulatedPrinter,
     PrintClock,
     Readable,
     inspect_gcode,
@@ -82,8 +82,10 @@ class Transfer:
     transferred: int = 0
 
 
-class Printer:
+class Printer(EmulatedPrinter[Job]):
     """The printer's state machine and its USB stick (a directory). Thread-safe; no HTTP here."""
+
+    RUNNING, DONE = "PRINTING", "FINISHED"
 
     def __init__(
         self,
@@ -95,19 +97,13 @@ class Printer:
         root_path: str = "/usb",
         guard_busy_file: bool = True,
     ) -> None:
-        if speed <= 0:
-            raise ValueError("speed must be > 0")
-        self.root = root
+        super().__init__(root=root, speed=speed, max_print_s=max_print_s)
         self.root_path = root_path  # how the printer names its storage in paths it reports
         # Buddy refuses to overwrite the file it prints (409 "File is busy"); Prusa-Link on a Pi
         # replaces it (prusa/link/web/files.py has no such check; the running print keeps its inode).
         self.guard_busy_file = guard_busy_file
         self.model = model
-        self.speed = speed
-        self.max_print_s = max_print_s
         self.received: list[Path] = []
-        self._lock = threading.RLock()
-        self._job: Job | None = None
         self._transfer: Transfer | None = None
         self._job_ids = 0
         self._transfer_ids = 0
@@ -117,13 +113,6 @@ class Printer:
         self.history: list[str] = []  # every print started, by file: tests count double prints
 
     # -- helpers (call with the lock held)
-
-    def _refresh(self, now: float) -> Job | None:
-        job = self._job
-        if job and job.state == "PRINTING" and job.elapsed(now) >= job.duration_s:
-            job.halt(now)
-            job.state = "FINISHED"
-        return job
 
     def _state(self, now: float) -> str:
         job = self._refresh(now)

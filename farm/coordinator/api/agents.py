@@ -18,6 +18,7 @@ from farm.coordinator.api.deps import (
     FarmDep,
     RowId,
     SessionDep,
+    found,
     reconnecting,
     require,
     write,
@@ -147,7 +148,7 @@ def _register(session: Session, body: Register, farm: Farm) -> dict:
     return {"printer": printer.name, "job": _claim_view(job, _done_slice(session, job.slice_id, farm))}
 
 
-def _beat_fields(body: Heartbeat, farm: Farm) -> dict[str, Any]:
+def _beat_fields(body: Heartbeat, farm: Farm) -> heartbeats.BeatFields:
     """What heartbeats.heartbeat and heartbeat_pg take besides the printer's name."""
     return {
         "state": body.state,
@@ -310,9 +311,7 @@ async def report_on(farm: Farm, job_id: int, body: Report, token: Token) -> dict
 
 def _report(session: Session, job_id: int, body: Report, token: Token, farm: Farm) -> dict:
     printer = _printer(session, token, body.printer)
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+    job = found(session, Job, job_id, "job")
     if body.upload_bytes is not None and body.state == JobState.PRINTING and job.state != JobState.PRINTING:
         metrics.count(session, metrics.UPLOAD_BYTES, body.upload_bytes, printer=body.printer)
         metrics.count(session, metrics.UPLOAD_SECONDS, body.upload_s or 0.0, printer=body.printer)

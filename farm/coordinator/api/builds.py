@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, UploadFile
@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from sqlmodel import Session, col, select
 
 from farm.coordinator import metrics, pipeline
-from farm.coordinator.api.deps import Farm, FarmDep, RowId, SessionDep, require
+from farm.coordinator.api.deps import Farm, FarmDep, RowId, SessionDep, found, require
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.api.paging import Cursor, Limit, after_id, page, paged
 from farm.coordinator.api.views import build_view, slice_view
@@ -77,9 +77,7 @@ def dispatch_outgoing(farm: Farm, out: list[pipeline.Outgoing]) -> None:
 
 
 def load_build(session: Session, build_id: int) -> dict[str, Any]:
-    build = session.get(Build, build_id)
-    if build is None:
-        raise HTTPException(404, f"no build {build_id}")
+    build = found(session, Build, build_id, "build")
     jobs = session.exec(select(Job).where(Job.build_id == build_id).order_by(col(Job.id))).all()
     slices = session.exec(select(Slice).where(Slice.build_id == build_id).order_by(col(Slice.id))).all()
     return build_view(build, list(jobs), list(slices))
@@ -268,9 +266,7 @@ def list_builds(
 )
 def cad_start(build_id: RowId, farm: FarmDep, session: SessionDep, claim: WorkerClaim | None = None) -> dict:
     """Take the build under a lease (`go`); go=false: it is past CAD, or another worker holds it."""
-    build = session.get(Build, build_id)
-    if build is None:
-        raise HTTPException(404, f"no build {build_id}")
+    build = found(session, Build, build_id, "build")
     worker = (claim or WorkerClaim()).worker
     go = pipeline.cad_started(session, build, worker=worker, lease_s=farm.settings.work_lease_s)
     session.commit()
@@ -286,18 +282,22 @@ def cad_start(build_id: RowId, farm: FarmDep, session: SessionDep, claim: Worker
 )
 def cad_heartbeat(build_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
     """Extend the worker's lease; held=false: the build is no longer its (the lease ran out)."""
-    build = session.get(Build, build_id)
-    if build is None:
-        raise HTTPException(404, f"no build {build_id}")
-    held = pipeline.cad_heartbeat(session, build, worker=claim.worker, lease_s=farm.settings.work_lease_s)
-    session.commit()
-    return {"held": held, **_lease(farm, held)}
+    build = found(session, Build, build_id, "build")
+    return _extend(session, farm, pipeline.cad_heartbeat, build, claim.worker)
 
 
 def _lease(farm: Farm, held: bool) -> dict[str, float]:
     """How long the lease lasts and how often to extend it: the worker follows the coordinator."""
     s = farm.settings
     return {"lease_s": s.work_lease_s, "heartbeat_s": s.work_heartbeat_s} if held else {}
+
+
+def _extend(session: Session, farm: Farm, heartbeat: Callable[..., bool], work: Any, worker: str) -> dict:
+    """A worker's heartbeat on the build or slice it works on (pipeline.cad_heartbeat or
+    slice_heartbeat): held=false once the lease ran out."""
+    held = heartbeat(session, work, worker=worker, lease_s=farm.settings.work_lease_s)
+    session.commit()
+    return {"held": held, **_lease(farm, held)}
 
 
 @router.post(
@@ -308,9 +308,7 @@ def _lease(farm: Farm, held: bool) -> dict[str, float]:
     responses=errors(404, 422, 503),
 )
 def cad_result(build_id: RowId, result: CadResult, farm: FarmDep, session: SessionDep) -> dict:
-    build = session.get(Build, build_id)
-    if build is None:
-        raise HTTPException(404, f"no build {build_id}")
+    build = found(session, Build, build_id, "build")
     for sha in (result.stl, result.threemf, result.step, result.preview, result.preview_small):
         if sha and session.get(Artifact, sha) is None:
             raise HTTPException(422, f"artifact {sha} was not uploaded")
@@ -346,9 +344,7 @@ def cad_result(build_id: RowId, result: CadResult, farm: FarmDep, session: Sessi
     responses=errors(404),
 )
 def get_slice(slice_id: RowId, session: SessionDep) -> dict:
-    sl = session.get(Slice, slice_id)
-    if sl is None:
-        raise HTTPException(404, f"no slice {slice_id}")
+    sl = found(session, Slice, slice_id, "slice")
     return _slice_work(session, sl)
 
 
@@ -361,9 +357,7 @@ def get_slice(slice_id: RowId, session: SessionDep) -> dict:
 )
 def slice_start(slice_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
     """Take a pending slice under a lease (`go`), as cad/start."""
-    sl = session.get(Slice, slice_id)
-    if sl is None:
-        raise HTTPException(404, f"no slice {slice_id}")
+    sl = found(session, Slice, slice_id, "slice")
     go = pipeline.slice_started(session, sl, worker=claim.worker, lease_s=farm.settings.work_lease_s)
     session.commit()
     return {"go": go, "slice": _slice_work(session, sl), **_lease(farm, go)}
@@ -377,12 +371,8 @@ def slice_start(slice_id: RowId, claim: WorkerClaim, farm: FarmDep, session: Ses
     responses=errors(404),
 )
 def slice_heartbeat(slice_id: RowId, claim: WorkerClaim, farm: FarmDep, session: SessionDep) -> dict:
-    sl = session.get(Slice, slice_id)
-    if sl is None:
-        raise HTTPException(404, f"no slice {slice_id}")
-    held = pipeline.slice_heartbeat(session, sl, worker=claim.worker, lease_s=farm.settings.work_lease_s)
-    session.commit()
-    return {"held": held, **_lease(farm, held)}
+    sl = found(session, Slice, slice_id, "slice")
+    return _extend(session, farm, pipeline.slice_heartbeat, sl, claim.worker)
 
 
 def _slice_work(session: Session, sl: Slice) -> dict:
@@ -415,9 +405,7 @@ def _slice_work(session: Session, sl: Slice) -> dict:
     responses=errors(404, 422),
 )
 def slice_result(slice_id: RowId, result: SliceResult, farm: FarmDep, session: SessionDep) -> dict:
-    sl = session.get(Slice, slice_id)
-    if sl is None:
-        raise HTTPException(404, f"no slice {slice_id}")
+    sl = found(session, Slice, slice_id, "slice")
     if result.gcode and session.get(Artifact, result.gcode) is None:
         raise HTTPException(422, f"artifact {result.gcode} was not uploaded")
     if result.cached is not None and sl.state == SliceState.PENDING:  # not a repeat

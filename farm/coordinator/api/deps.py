@@ -25,7 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from farm.coordinator.api import websession
 from farm.coordinator.api.longpoll import WorkSignal
 from farm.coordinator.db import write_session, write_session_now
-from farm.coordinator.models import Token
+from farm.coordinator.models import Printer, Token
 from farm.coordinator.store import ArtifactStore
 from farm.core.settings import Settings
 from farm.core.wire import MAX_ID, MAX_NAME, NAME_PATTERN  # re-exported: the routes take them from here
@@ -115,6 +115,22 @@ async def reconnecting(call: Callable[[], Awaitable[T]]) -> T:
 
 async def get_farm(request: Request) -> Farm:
     return request.app.state.farm
+
+
+def found(session: Session, model: type[T], key: Any, what: str) -> T:
+    """The row of `model` with primary key `key`, or a 404 "no {what} {key}"."""
+    row = session.get(model, key)
+    if row is None:
+        raise HTTPException(404, f"no {what} {key}")
+    return row
+
+
+def found_printer(session: Session, name: str) -> Printer:
+    """The printer called `name`, or a 404 that says where the names are."""
+    printer = session.get(Printer, name)
+    if printer is None:
+        raise HTTPException(404, f"no printer '{name}'; `farm printers` lists them")
+    return printer
 
 
 def get_session(farm: Annotated[Farm, Depends(get_farm)]) -> Iterator[Session]:

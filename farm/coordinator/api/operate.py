@@ -10,10 +10,10 @@ from pydantic import BaseModel, Field
 from farm.coordinator import dispatch, explain
 from farm.coordinator.api.access import check_owner
 from farm.coordinator.api.builds import dispatch_outgoing
-from farm.coordinator.api.deps import FarmDep, PrinterPath, RowId, SessionDep, require
+from farm.coordinator.api.deps import FarmDep, PrinterPath, RowId, SessionDep, found_printer, require
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.api.views import job_view, printer_view
-from farm.coordinator.models import Job, Printer, Token
+from farm.coordinator.models import Job, Token
 from farm.core import tags
 from farm.core.printer_models import MATERIALS, UnknownChoice, check_color, check_material, get_model
 from farm.core.states import InvalidMove, JobState
@@ -30,13 +30,6 @@ class PrinterSettings(BaseModel):
     location: str | None = None
     power_group: str | None = Field(None, description="'' for none")
     auto_eject: bool | None = None
-
-
-def _printer(session: SessionDep, name: str) -> Printer:
-    printer = session.get(Printer, name)
-    if printer is None:
-        raise HTTPException(404, f"no printer '{name}'; `farm printers` lists them")
-    return printer
 
 
 Submitter = Annotated[Token, Depends(require("submitter"))]
@@ -129,7 +122,7 @@ def _job(session: SessionDep, job_id: int) -> Job:
     responses=errors(404),
 )
 def clear_bed(name: PrinterPath, farm: FarmDep, session: SessionDep) -> dict:
-    printer = _printer(session, name)
+    printer = found_printer(session, name)
     printer.bed_clear = True
     session.add(printer)
     session.commit()
@@ -140,7 +133,7 @@ def clear_bed(name: PrinterPath, farm: FarmDep, session: SessionDep) -> dict:
 @router.delete("/printers/{name}", dependencies=[Depends(require())], responses=errors(404, 409))
 def remove_printer(name: PrinterPath, session: SessionDep) -> dict:
     """Take a printer out of the farm. Refused while it holds a job: cancel or finish that first."""
-    printer = _printer(session, name)
+    printer = found_printer(session, name)
     held = dispatch.bound_job(session, printer)
     if held is not None:
         raise HTTPException(
@@ -159,7 +152,7 @@ def remove_printer(name: PrinterPath, session: SessionDep) -> dict:
     responses=errors(404, 422),
 )
 def set_printer(name: PrinterPath, body: PrinterSettings, farm: FarmDep, session: SessionDep) -> dict:
-    printer = _printer(session, name)
+    printer = found_printer(session, name)
     try:  # the rules `farm submit` checks a job's material and colour by
         if body.material is not None:
             printer.material = check_material(body.material, get_model(printer.model))

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from farm.coordinator.api.deps import RowId, SessionDep, require
+from farm.coordinator.api.deps import RowId, SessionDep, found, require
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.api.paging import MAX_LIMIT, Cursor, Limit, after_id, after_name, page, paged
 from farm.coordinator.api.views import job_view, printer_state, printer_view
@@ -59,9 +59,7 @@ def list_jobs(
     "/jobs/{job_id}", response_model=JobView, response_model_exclude_unset=True, responses=errors(404)
 )
 def get_job(job_id: RowId, session: SessionDep) -> dict:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+    job = found(session, Job, job_id, "job")
     return job_rows(session, [job])[0]
 
 

@@ -16,7 +16,16 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
-from farm.coordinator.api.deps import FarmDep, PrinterPath, RowId, SessionDep, as_utc, require
+from farm.coordinator.api.deps import (
+    FarmDep,
+    PrinterPath,
+    RowId,
+    SessionDep,
+    as_utc,
+    found,
+    found_printer,
+    require,
+)
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.models import Artifact, Job, JobSnapshot, Printer, Token, utcnow
 from farm.coordinator.store import TooLarge
@@ -96,9 +105,7 @@ async def upload_snapshot(
     moment: Moment = "request",
 ) -> dict:
     """A still from the camera of the job's printer; an agent only for its own printer's jobs."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+    job = found(session, Job, job_id, "job")
     if token.role == "agent" and not _printed_on(job, token.printer):
         raise HTTPException(403, f"job {job_id} is not on printer '{token.printer}', this agent's")
     name = token.printer if token.role == "agent" else job.printer
@@ -155,13 +162,6 @@ def no_snapshot(name: PrinterPath, body: NoSnapshot, session: SessionDep, token:
     return {"printer": name, "error": body.error}
 
 
-def _printer(session: Session, name: str) -> Printer:
-    printer = session.get(Printer, name)
-    if printer is None:
-        raise HTTPException(404, f"no printer '{name}'; `farm printers` lists them")
-    return printer
-
-
 @router.post(
     "/printers/{name}/snapshot",
     status_code=202,
@@ -171,7 +171,7 @@ def _printer(session: Session, name: str) -> Printer:
 def request_snapshot(name: PrinterPath, farm: FarmDep, session: SessionDep) -> dict:
     """Ask the printer's agent for a still now. It answers on its next call (a few seconds): the
     still is then the printer's latest (`GET /api/printers/NAME/snapshots`), newer than `after`."""
-    printer = _printer(session, name)
+    printer = found_printer(session, name)
     printer.snapshot_wanted, printer.snapshot_error = utcnow(), None
     session.add(printer)
     session.commit()
@@ -189,12 +189,11 @@ Reader = Depends(require("submitter", "viewer"))
 @router.get("/jobs/{job_id}/snapshots", dependencies=[Reader], responses=errors(404))
 def list_snapshots(job_id: RowId, session: SessionDep) -> list[dict]:
     """The stills of a job, oldest first."""
-    if session.get(Job, job_id) is None:
-        raise HTTPException(404, f"no job {job_id}")
-    found = session.exec(
+    found(session, Job, job_id, "job")
+    snaps = session.exec(
         select(JobSnapshot).where(JobSnapshot.job_id == job_id).order_by(col(JobSnapshot.id))
     ).all()
-    return [_view(s) for s in found]
+    return [_view(s) for s in snaps]
 
 
 @router.get(
@@ -239,8 +238,8 @@ def printer_snapshots(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict:
     """The printer's latest stills, newest first, and where a request for one stands."""
-    printer = _printer(session, name)
-    found = session.exec(
+    printer = found_printer(session, name)
+    snaps = session.exec(
         select(JobSnapshot)
         .where(JobSnapshot.printer == name)
         .order_by(col(JobSnapshot.id).desc())
@@ -252,7 +251,7 @@ def printer_snapshots(
         "wanted_since": as_utc(wanted).isoformat() if wanted else None,
         "error": printer.snapshot_error,
         "agent_last_seen": as_utc(printer.last_seen).isoformat() if printer.last_seen else None,
-        "snapshots": [_view(s) for s in found],
+        "snapshots": [_view(s) for s in snaps],
     }
 
 
@@ -269,7 +268,7 @@ def printer_snapshot(
     id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> FileResponse:
     """One still of the printer's camera: the latest, or the one with `id`."""
-    printer = _printer(session, name)
+    printer = found_printer(session, name)
     snap = session.get(JobSnapshot, id if id is not None else printer.snapshot_id or 0)
     if snap is None or snap.printer != name or not farm.store.has(snap.sha256):
         raise HTTPException(404, f"printer '{name}' has no snapshot" + ("" if id is None else f" {id}"))
