@@ -7,10 +7,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import Field, JsonValue, PlainSerializer
 
 from farm.core.states import BuildStage, PrinterState, SliceState
-from farm.core.wire import Finite, IsoTime, JobView, Wire
+from farm.core.wire import Finite, JobView, Wire
+
+# A time as the routes wrote it before they had models: datetime.isoformat() ("+00:00", not "Z").
+IsoTime = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str, when_used="json")]
 
 # -- workers: /api/workers, /api/builds/{id}/cad/*, /api/slices/{id}/* ---------------------------
 
