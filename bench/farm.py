@@ -713,17 +713,20 @@ def raw_cpu_per_build(sample: list[tuple[float, float]], tmp: Path) -> dict[str,
 
     out = tmp / "raw"
     out.mkdir()
-    # OCCT's first use, paid once per worker, is made before the clock starts.
-    warm = f'export_stl(bracket(length=39.0, thickness=3.0), "{tmp}/warm.stl")'
-    code = RAW_CAD.format(examples=str(REPO / "examples"), params=sample, out=str(out), warm=warm)
+
+    def script(params: list[tuple[float, float]], warm: str = "") -> str:
+        return RAW_CAD.format(examples=str(REPO / "examples"), params=params, out=str(out), warm=warm)
+
     # As a user runs a design (`python design.py`: one interpreter per part, its import included)...
     c0 = children_cpu()
-    for length, thickness in sample:
-        one = RAW_CAD.format(examples=str(REPO / "examples"), params=[(length, thickness)], out=out, warm="")
-        subprocess.run([sys.executable, "-c", one], check=True, capture_output=True)
+    for one in sample:
+        subprocess.run([sys.executable, "-c", script([one])], check=True, capture_output=True)
     cold = (children_cpu() - c0) / len(sample)
-    # ...and timed inside one warm interpreter: the import and OCCT's first use not counted.
-    run = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    # ...and inside one warm interpreter: the import and OCCT's first use (a first part) not timed.
+    warm = f'export_stl(bracket(length=39.0, thickness=3.0), "{tmp}/warm.stl")'
+    run = subprocess.run(
+        [sys.executable, "-c", script(sample, warm)], check=True, capture_output=True, text=True
+    )
     cad = float(run.stdout.split()[-1]) / len(sample)
     c2 = children_cpu()
     profile = write_profile(flatten_profile(MODELS["MK4S"]), tmp / "profile.ini")

@@ -60,6 +60,15 @@ def test_unknown_things_are_404(api: httpx.Client) -> None:
     assert api.get("/api/artifacts/" + "0" * 64).status_code == 404
 
 
+@pytest.mark.parametrize("name", ["bad\x00name", "trailing\n", "tab\tname", "del\x7f", "\x1b[31mred"])
+def test_a_printer_name_with_control_characters_is_refused(api: httpx.Client, name: str) -> None:
+    """The name check is Python, not a regex (farm/core/wire.py): a trailing newline, which a `$`
+    lets through in Python's engine, is refused like any other control character."""
+    resp = api.post("/api/agents/register", json={"printer": name, "model": "MINI", "protocol": "prusalink"})
+    assert resp.status_code == 422 and "control characters" in resp.text
+    assert all(p["name"] != name for p in api.get("/api/printers").json())
+
+
 def test_an_agent_cannot_report_on_a_job_it_does_not_hold(api: httpx.Client, farm: RunningFarm) -> None:
     code, build = farm.cli_json("submit", str(EXAMPLES / "cube.stl"), "--printer-model", "MINI", "--wait")
     job = build["jobs"][0]

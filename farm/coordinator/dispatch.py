@@ -244,12 +244,7 @@ def _longest_in_window() -> Select:
             window.c.priority == head_priority,
             window.c.created_at <= head_created + timedelta(seconds=BATCH_S),
         )
-        .order_by(
-            func.coalesce(window.c.print_time_s, 0).desc(),
-            window.c.priority.desc(),
-            window.c.created_at,
-            window.c.job_id,
-        )
+        .order_by(func.coalesce(window.c.print_time_s, 0).desc(), window.c.created_at, window.c.job_id)
         .limit(1)
         .with_for_update(of=_JOBS, skip_locked=True)
     )
