@@ -57,6 +57,9 @@ from farm.core.states import BuildStage, SliceState
 
 log = logging.getLogger("farm.coordinator")
 
+# gc thresholds: Python's defaults for the young generations, a full pass 10 times rarer.
+FULL_PASS_RARER = (700, 10, 100)
+
 
 def ensure_admin_token(farm: Farm) -> str:
     """The admin token lives in the data dir so the CLI on this machine finds it without setup:
@@ -295,6 +298,12 @@ def _lifespan(farm: Farm, keeper: Housekeeper) -> Callable[[FastAPI], AbstractAs
         # collector's full passes, which otherwise walk it all and stall every request.
         gc.collect()
         gc.freeze()
+        # What is built later (agents' connections, SQLAlchemy's caches) is long-lived too, and a
+        # full pass over it holds the GIL for 25-50 ms (130 ms on a slow moment): at 500 requests
+        # a second with Python's default of one every 10 middle passes that came every ~5 s and
+        # set the p99 (bench/coordinator.py). Ten times rarer; the cyclic garbage that waits for
+        # them is a few hundred objects.
+        gc.set_threshold(*FULL_PASS_RARER)
         if farm.broker is not None and keeper.holds():
             resent = resend_unfinished(farm)
             if resent:
