@@ -240,6 +240,11 @@ def test_sign_in_watch_progress_live_cancel_and_clear_a_bed(farm: RunningFarm, b
         lambda: api.get(f"/api/jobs/{petg}").json()["state"] in ("printing", "done"), 120, "the PETG job"
     )
     page.locator(f'#queue li[data-job="{petg}"]').wait_for(state="detached", timeout=10_000)
+    # Printed, it joins the history with its part's picture (G-code sent as it is has none).
+    wait_until(lambda: api.get(f"/api/jobs/{petg}").json()["state"] == "done", 120, "the PETG print")
+    drawn = history.locator(f'li[data-history="{petg}"] img.thumb')
+    drawn.wait_for(timeout=10_000)
+    wait_until(lambda: drawn.evaluate("img => img.complete && img.naturalWidth") > 0, 10, "its picture")
     assert page.evaluate("window.notReloaded") is True
     assert errors == []
     context.close()

@@ -29,7 +29,14 @@ def _seed(app: FastAPI) -> None:
     done PETG print of 30 min (no estimate), one cancelled; plus a ready and a printing job,
     which are not history."""
     with Session(app.state.farm.engine) as session:
-        build = Build(source_name="bracket.py", source_sha256="0" * 64, source_kind="python", owner="ann")
+        build = Build(
+            source_name="bracket.py",
+            source_sha256="0" * 64,
+            source_kind="python",
+            owner="ann",
+            preview_sha256="b" * 64,
+            preview_small_sha256="a" * 64,
+        )
         session.add(build)
         session.flush()
         big = Slice(build_id=build.id, printer_model="MK4", filament_g=10.0)  # type: ignore[arg-type]
@@ -87,6 +94,12 @@ def test_totals_per_printer_and_material(api: TestClient) -> None:
         {"printer": "mini-b", "done": 1, "failed": 0, "cancelled": 0, "hours": 0.5, "filament_g": 0.0},
     ]
     assert [(m["material"], m["done"]) for m in t["by_material"]] == [("PLA", 2), ("PETG", 1)]
+
+
+def test_each_row_has_its_parts_small_picture(api: TestClient) -> None:
+    """The dashboard's history rows show the part: the 96 px preview (an artifact id), not the 256 px."""
+    rows = api.get("/api/history").json()["jobs"]
+    assert [j.get("preview") for j in rows] == ["a" * 64] * 5
 
 
 def test_filters(api: TestClient) -> None:

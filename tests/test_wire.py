@@ -349,7 +349,10 @@ def _unfiltered(farm: Farm, seeded: Seeded) -> list[tuple[str, type[BaseModel], 
         )
         explained = {"job": views.job_view(ready), "printers": why}
         printers = [views.printer_view(p) for p in s.exec(select(Printer).order_by(col(Printer.name)))]
-        ended_rows = {"jobs": reads.job_rows(s, ended), "totals": history.totals(s, history.Filters())}
+        ended_rows = {
+            "jobs": reads.job_rows(s, ended, pictures=True),
+            "totals": history.totals(s, history.Filters()),
+        }
         made: list[tuple[str, type[BaseModel], Any]] = [
             ("/api/status", wire.FarmStatus, reads.farm_status(s)),
             ("/api/printers", wire.PrinterView, printers),

@@ -164,6 +164,7 @@ if TYPE_CHECKING:  # `X as X`: named here for type checkers, as if defined here
         Held as Held,
         Hello as Hello,
         History as History,
+        HistoryJob as HistoryJob,
         HistoryTotals as HistoryTotals,
         Lease as Lease,
         MaterialTotals as MaterialTotals,

@@ -308,9 +308,16 @@ class HistoryTotals(Wire):
     by_material: list[MaterialTotals]
 
 
+class HistoryJob(JobView):
+    """An ended job in GET /api/history, with its part's pictures for the dashboard's rows."""
+
+    preview: str | None = None  # an artifact id: the 96 x 96 PNG, else the 256 x 256 one
+    stl: str | None = None  # an artifact id: the part's mesh (the dashboard's 3D view)
+
+
 class History(Wire):
     """GET /api/history: the ended jobs asked for, newest first (one page), and the totals of every
     ended job the filters match."""
 
-    jobs: list[JobView]
+    jobs: list[HistoryJob]
     totals: HistoryTotals

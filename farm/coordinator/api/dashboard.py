@@ -13,9 +13,9 @@ from sqlmodel import Session, col, func, select
 
 from farm.coordinator.api.deps import FarmDep, SessionDep, require
 from farm.coordinator.api.errors import AUTH
-from farm.coordinator.api.reads import farm_status
-from farm.coordinator.api.views import job_view, printer_view
-from farm.coordinator.models import Build, Job, Printer, Slice, utcnow
+from farm.coordinator.api.reads import farm_status, job_rows
+from farm.coordinator.api.views import printer_view
+from farm.coordinator.models import Build, Job, Printer, utcnow
 from farm.core.settings import Settings
 from farm.core.states import BuildStage, JobState
 
@@ -74,7 +74,7 @@ def snapshot(session: Session, settings: Settings) -> dict[str, Any]:
             select(Job).where(Job.state == JobState.FAILED).order_by(col(Job.id).desc()).limit(FAILED_SHOWN)
         )
     )
-    rows = _rows(session, [*active, *queue, *failed])
+    rows = job_rows(session, [*active, *queue, *failed], pictures=True)
     for row in rows[len(active) : len(active) + len(queue)]:
         row["starving"] = row["id"] in starving
     by_printer = {row["printer"]: row for row in rows[: len(active)]}
@@ -107,22 +107,6 @@ def _queue(session: Session, starvation_s: float) -> tuple[list[Job], set[int]]:
     seen = {j.id for j in starving}
     rest = [j for j in session.exec(ready.order_by(*_ORDER).limit(QUEUE_SHOWN)) if j.id not in seen]
     return [*starving, *rest][:QUEUE_SHOWN], {j.id for j in starving if j.id is not None}
-
-
-def _rows(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
-    """Each job as the API shows it, with its part's small preview (an artifact id) when it has one."""
-    build_ids = {j.build_id for j in jobs}
-    builds = {b.id: b for b in session.exec(select(Build).where(col(Build.id).in_(build_ids)))}
-    slice_ids = {j.slice_id for j in jobs if j.slice_id}
-    slices = {s.id: s for s in session.exec(select(Slice).where(col(Slice.id).in_(slice_ids)))}
-    rows = []
-    for j in jobs:
-        build = builds[j.build_id]
-        row = job_view(j, slices.get(j.slice_id), build.source_name)
-        row["preview"] = build.preview_small_sha256 or build.preview_sha256
-        row["stl"] = build.stl_sha256  # the page's 3D view
-        rows.append(row)
-    return rows
 
 
 def _waiting(session: Session) -> list[dict[str, Any]]:

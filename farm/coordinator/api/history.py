@@ -49,7 +49,7 @@ def get_history(
     filters = history.Filters(printer, material, owner, since, until, state)
     rows = history.recent(session, filters, limit + 1, after_id(cursor))
     jobs = page(rows, limit, stored_id, request, response)
-    return {"jobs": job_rows(session, jobs), "totals": history.totals(session, filters)}
+    return {"jobs": job_rows(session, jobs, pictures=True), "totals": history.totals(session, filters)}
 
 
 def _cmp(ts: datetime) -> datetime:

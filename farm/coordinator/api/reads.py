@@ -23,13 +23,23 @@ router = APIRouter(
 )
 
 
-def job_rows(session: Session, jobs: list[Job]) -> list[dict]:
+def job_rows(session: Session, jobs: list[Job], *, pictures: bool = False) -> list[dict]:
+    """Each job as the API shows it; `pictures`: with its part's small preview and its STL (artifact
+    ids), for the dashboard's rows and 3D view."""
     builds = {
         b.id: b for b in session.exec(select(Build).where(col(Build.id).in_({j.build_id for j in jobs})))
     }
     slice_ids = {j.slice_id for j in jobs if j.slice_id}
     slices = {s.id: s for s in session.exec(select(Slice).where(col(Slice.id).in_(slice_ids)))}
-    return [job_view(j, slices.get(j.slice_id), builds[j.build_id].source_name) for j in jobs]
+    rows = []
+    for j in jobs:
+        build = builds[j.build_id]
+        row = job_view(j, slices.get(j.slice_id), build.source_name)
+        if pictures:
+            row["preview"] = build.preview_small_sha256 or build.preview_sha256
+            row["stl"] = build.stl_sha256
+        rows.append(row)
+    return rows
 
 
 @router.get(
