@@ -13,12 +13,13 @@ import json
 import logging
 import smtplib
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
 
 import httpx
-from sqlalchemy import func
+from sqlalchemy import func, insert, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -67,42 +68,76 @@ def job_data(session: Session, job: Job) -> dict[str, Any]:
     }
 
 
-def watch(session: Session) -> None:
-    """Events that heartbeats carry (single statements, no ORM hook): compare with what was seen."""
-    seen = {w.key: w for w in session.execute(select(NotifyWatch)).scalars()}
-    for printer in session.execute(select(Printer)).scalars():
-        key = f"printer:{printer.name}"
-        before = seen[key].value if key in seen else None
-        now = printer.state
-        data = {"printer": printer.name, "model": printer.model, "state": now, "message": printer.message}
+@dataclass
+class Seen:
+    """What a watch round found: the events to raise and the values to remember for next time."""
+
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    first: dict[str, str] = field(default_factory=dict)  # key: value, never seen before
+    changed: dict[str, str] = field(default_factory=dict)  # key: value, different from last time
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.first or self.changed)
+
+
+def look(session: Session) -> Seen:
+    """Events that heartbeats carry (single statements, no ORM hook): compare with what was seen.
+    Reads only, so the round takes no writer's turn for it (1,000 printers: 30-100 ms)."""
+    seen = {key: value for key, value in session.execute(select(NotifyWatch.key, NotifyWatch.value)).all()}
+    found = Seen()
+
+    def remember(key: str, now: str) -> None:
+        if key not in seen:
+            found.first[key] = now
+        elif seen[key] != now:
+            found.changed[key] = now
+
+    printers = select(Printer.name, Printer.model, Printer.state, Printer.message)
+    for name, model, now, message in session.execute(printers).all():
+        key = f"printer:{name}"
+        before = seen.get(key)
+        data = {"printer": name, "model": model, "state": now, "message": message}
         if before is not None and before != now:
             if now == "attention":
-                raise_event(session, "printer.attention", data)
+                found.events.append(("printer.attention", data))
             elif now == "offline":
-                raise_event(session, "printer.offline", data)
+                found.events.append(("printer.offline", data))
             elif before == "offline":
-                raise_event(session, "printer.back", data)
-        _remember(session, seen, key, now)
+                found.events.append(("printer.back", data))
+        remember(key, now)
     active = session.execute(select(func.count()).where(col(Job.state).in_(_ACTIVE))).scalar_one()
     queue = "busy" if active else "empty"
-    if seen.get("queue") is not None and seen["queue"].value == "busy" and queue == "empty":
-        raise_event(session, "queue.empty", {"message": "nothing left to print"})
-    _remember(session, seen, "queue", queue)
+    if seen.get("queue") == "busy" and queue == "empty":
+        found.events.append(("queue.empty", {"message": "nothing left to print"}))
+    remember("queue", queue)
+    return found
 
 
-def _remember(session: Session, seen: dict[str, NotifyWatch], key: str, value: str) -> None:
-    if key not in seen:
-        session.add(NotifyWatch(key=key, value=value))
-    elif seen[key].value != value:
-        seen[key].value = value
+def record(session: Session, found: Seen) -> None:
+    """Write what `look` found, in the caller's transaction: one statement each for the new and
+    the changed values (a row at a time through the ORM held the writers' lock for 30-80 ms when
+    200 printers had moved)."""
+    for kind, data in found.events:
+        raise_event(session, kind, data)
+    if found.first:
+        session.execute(insert(NotifyWatch), [{"key": k, "value": v} for k, v in found.first.items()])
+    if found.changed:
+        # SQLAlchemy's bulk UPDATE by primary key: the rows' keys are in the parameters.
+        session.execute(update(NotifyWatch), [{"key": k, "value": v} for k, v in found.changed.items()])
+
+
+def watch(session: Session) -> None:
+    """look and record in one transaction."""
+    record(session, look(session))
+
+
+_not_fanned_out = col(NotifyEvent.fanned_out) == False  # noqa: E712
 
 
 def fan_out(session: Session) -> int:
     """One delivery per new event and target that wants it; events no target wants are dropped."""
     events = (
-        session.execute(
-            select(NotifyEvent).where(NotifyEvent.fanned_out == False).order_by(col(NotifyEvent.id))  # noqa: E712
-        )
+        session.execute(select(NotifyEvent).where(_not_fanned_out).order_by(col(NotifyEvent.id)))
         .scalars()
         .all()
     )
@@ -228,12 +263,16 @@ def _email(to: str, kind: str, data: dict[str, Any], s: Settings) -> int:
 def deliver_due(engine: Any, settings: Settings, limit: int = 20) -> int:
     """Send the deliveries that are due; record each outcome. Sends happen outside any transaction."""
     now = utcnow()
+    is_due = (NotifyDelivery.state == "pending", col(NotifyDelivery.next_at) <= now)
+    with db.session_scope(engine) as reading:  # most rounds: none, and no writer's turn taken
+        if reading.execute(select(NotifyDelivery.id).where(*is_due).limit(1)).first() is None:
+            return 0
     with db.write_session(engine) as session:
         due = session.execute(
             select(NotifyDelivery, NotifyTarget, NotifyEvent)
             .join(NotifyTarget, col(NotifyTarget.id) == NotifyDelivery.target_id)
             .join(NotifyEvent, col(NotifyEvent.id) == NotifyDelivery.event_id)
-            .where(NotifyDelivery.state == "pending", col(NotifyDelivery.next_at) <= now)
+            .where(*is_due)
             .order_by(col(NotifyDelivery.next_at))
             .limit(limit)
             # PostgreSQL: housekeepers on other hosts skip what this one is claiming (SQLite: no-op).
@@ -273,11 +312,18 @@ def deliver_due(engine: Any, settings: Settings, limit: int = 20) -> int:
 
 
 def one_round(engine: Any, settings: Settings) -> int:
-    """The housekeeper's round: watch, fan out, deliver."""
-    with db.write_session(engine) as session:
-        watch(session)
-        fan_out(session)
-        session.commit()
+    """The housekeeper's round: watch, fan out, deliver. It looks without the writers' lock, which
+    the agents' heartbeats and claims queue on: holding it for the look stalled them every round
+    (bench/coordinator.py, 1,000 agents: 30-110 ms every 2 s). What changes between the look and
+    the write is seen next round."""
+    with db.session_scope(engine) as reading:
+        found = look(reading)
+        unsent = reading.execute(select(NotifyEvent.id).where(_not_fanned_out).limit(1)).first()
+    if found or unsent is not None:
+        with db.write_session(engine) as session:
+            record(session, found)
+            fan_out(session)
+            session.commit()
     return deliver_due(engine, settings)
 
 
