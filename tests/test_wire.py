@@ -24,7 +24,12 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner, Result
 
 from farm.cli import app
-from farm.commands import common, history as history_command, status as status_command
+from farm.commands import (
+    common,
+    history as history_command,
+    status as status_command,
+    submit as submit_command,
+)
 from farm.coordinator import explain, history, pipeline
 from farm.coordinator.api import builds, create_app, reads, views
 from farm.coordinator.api.deps import Farm
@@ -429,6 +434,12 @@ def test_what_people_read_is_the_models_json_and_the_typed_client_parses_it(
         "PETG",
         {"fill_density": "20%"},
     )
+    built = client.build(seeded.cad)
+    assert json.dumps(wire.body(built)) == json.dumps(http.get(f"/api/builds/{seeded.cad}").json())
+    assert built.skipped == ["a sketch"] and [s.id for s in built.slices] == [seeded.cad_slice]
+    with pytest.raises(FarmError) as no_build:
+        client.build(999_999)
+    assert no_build.value.status == 404
 
 
 @pytest.fixture
@@ -436,7 +447,7 @@ def cli(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> Callable[.
     """`farm ARGS` against the coordinator in this process, through the typed client."""
     farm = coordinator.client
     monkeypatch.setattr(farm, "close", lambda: None)  # each command closes its client; this one lives on
-    for module in (common, history_command, status_command):
+    for module in (common, history_command, status_command, submit_command):
         monkeypatch.setattr(module, "client", lambda settings=None: farm)
     return lambda *args: CliRunner().invoke(app, list(args))
 
@@ -482,5 +493,15 @@ def test_the_cli_prints_what_the_coordinator_answered(
     assert p.startswith("  p: its bed is not cleared yet: `farm printers clear p` once it is empty; ")
     watched = text("watch", "--once")
     assert "awaiting_clear" in watched and "jobs: waiting 1, ready 1, done 1, cancelled 1" in watched
+    gcode = tmp_path / "a.gcode"
+    gcode.write_text("G28\n")
+    submitted = cli("submit", str(gcode), "--json")  # FarmClient.submit parses the answer: a BuildView
+    assert submitted.exit_code == 0, submitted.output
+    made = json.loads(submitted.stdout)
+    assert submitted.stdout == json.dumps(http.get(f"/api/builds/{made['id']}").json()) + "\n"
+    job = made["jobs"][0]["id"]
+    assert (
+        text("submit", str(gcode)) == f"build {made['id'] + 1} (a.gcode): slicing\n  job {job + 1}: waiting\n"
+    )
     refused = cli("jobs", "--state", "nonsense")
     assert refused.exit_code == 1 and "state" in refused.output

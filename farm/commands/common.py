@@ -54,15 +54,15 @@ def client(settings: Settings | None = None) -> FarmClient:
 
 
 def emit(data: Any) -> None:
-    typer.echo(json.dumps(_plain(data), default=str))
+    typer.echo(json.dumps(plain(data), default=str))
 
 
-def _plain(data: Any) -> Any:
+def plain(data: Any) -> Any:
     """A wire model as the coordinator sent it: the same keys in the same order, none added."""
     if isinstance(data, BaseModel):
         return data.model_dump(mode="json", by_alias=True, exclude_unset=True)
     if isinstance(data, list):
-        return [_plain(item) for item in data]
+        return [plain(item) for item in data]
     return data
 
 

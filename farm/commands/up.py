@@ -534,14 +534,14 @@ def submit_examples(settings: Settings) -> None:
         for example in sorted(examples.glob("*")):
             if example.suffix in (".py", ".stl"):
                 build = client.submit(example, SubmitOptions())
-                log.info("demo: submitted %s as build %s", example.name, build["id"])
+                log.info("demo: submitted %s as build %s", example.name, build.id)
         project = examples / "makerrepo_project"
         packed = pack_file(project / "main.py", Path(tmp))
         assert packed is not None  # its requirements.txt makes it a project
         params = json.loads((project / "tall.json").read_text())
         options = SubmitOptions(entry_file=packed.entry, entry="custom_tray", params=params)
         build = client.submit(packed.archive, options)
-        log.info("demo: submitted %s (custom_tray, tall.json) as build %s", project.name, build["id"])
+        log.info("demo: submitted %s (custom_tray, tall.json) as build %s", project.name, build.id)
 
 
 def run_farm(settings: Settings, *, sims: list[str], demo: bool, speed: float) -> int:

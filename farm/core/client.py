@@ -233,12 +233,15 @@ class FarmClient:
         return dest
 
     # -- builds ---------------------------------------------------------------------------
-    def submit(self, path: Path, options: wire.SubmitOptions) -> dict[str, Any]:
+    def submit(self, path: Path, options: wire.SubmitOptions) -> wire.BuildView:
         """POST /api/builds: the file and the options the caller set (the coordinator checks them)."""
         with path.open("rb") as f:
             form = {"options": json.dumps(wire.body(options))}
             resp = self.request("POST", "/api/builds", files={"file": (path.name, f)}, data=form)
-        return resp.json()
+        return wire.BuildView.model_validate(resp.json())
+
+    def build(self, build_id: int) -> wire.BuildView:
+        return wire.BuildView.model_validate(self.get(f"/api/builds/{build_id}"))
 
 
 def _detail(resp: httpx.Response) -> str:
