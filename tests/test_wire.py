@@ -31,9 +31,9 @@ from farm.commands import (
     submit as submit_command,
 )
 from farm.coordinator import explain, history, pipeline
-from farm.coordinator.api import builds, create_app, reads, views
+from farm.coordinator.api import builds, create_app, reads, tokens, views
 from farm.coordinator.api.deps import Farm
-from farm.coordinator.models import Build, Job, Printer, Slice, stored_id
+from farm.coordinator.models import Build, Job, Printer, Slice, Token, stored_id
 from farm.core import wire
 from farm.core.client import FarmClient, FarmError
 from farm.core.queue import CAD_QUEUE, SLICE_QUEUE
@@ -74,6 +74,13 @@ ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("patch", "/api/jobs/{job_id}", wire.JobView, False),
     ("post", "/api/printers/{name}/clear", wire.PrinterView, False),
     ("patch", "/api/printers/{name}", wire.PrinterView, False),
+    ("post", "/api/tokens", wire.MadeToken, False),
+    ("get", "/api/tokens", wire.TokenView, True),
+    ("delete", "/api/tokens/{name}", wire.RevokedTokens, False),
+]
+# The bodies the CLI sends as wire models: (method, path, the body's model).
+BODIES: list[tuple[str, str, type[BaseModel]]] = [
+    ("post", "/api/tokens", wire.NewToken),
 ]
 REF = "#/components/schemas/"
 
@@ -158,6 +165,10 @@ def test_the_openapi_document_shows_the_wire_models(coordinator: Coordinator) ->
         assert _schema_ref(ok["items"] if many else ok) == answer.__name__, (method, path, ok)
         assert (ok.get("type") == "array") is many, (method, path, ok)
         _shows(components, answer, "serialization", path)
+    for method, path, request in BODIES:
+        body = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        assert _schema_ref(body) == request.__name__, (method, path, body)
+        _shows(components, request, "validation", path)
 
 
 def _same_json(model: type[BaseModel], raw: Any) -> BaseModel:
@@ -505,3 +516,34 @@ def test_the_cli_prints_what_the_coordinator_answered(
     )
     refused = cli("jobs", "--state", "nonsense")
     assert refused.exit_code == 1 and "state" in refused.output
+
+
+def test_the_admins_commands_print_what_the_coordinator_answered(
+    coordinator: Coordinator, cli: Callable[..., Result]
+) -> None:
+    """Tokens, notification targets and projects: each answer is its model's JSON (what the routes'
+    own functions make, key for key), the typed client parses it, --json prints it as it came."""
+    http = coordinator.http
+
+    def json_of(*args: str) -> Any:
+        shown = cli(*args, "--json")
+        assert shown.exit_code == 0, shown.output
+        return json.loads(shown.stdout)
+
+    made = json_of("tokens", "create", "alice", "--expires", "2031-01-02T03:04:05")
+    assert list(made) == ["name", "role", "printer", "created_at", "expires_at", "revoked_at", "token"]
+    assert made["expires_at"] == "2031-01-02T03:04:05+00:00"
+    _same_json(wire.MadeToken, made)
+    agent = json_of("tokens", "create", "pi", "--role", "agent", "--printer", "p")
+    assert (agent["role"], agent["printer"], agent["expires_at"]) == ("agent", "p", None)
+    shown = cli("tokens", "list", "--json")
+    assert shown.stdout == json.dumps(http.get("/api/tokens").json()) + "\n"
+    with Session(coordinator.app.state.farm.engine) as s:
+        views_ = [tokens._view(t) for t in s.exec(select(Token).order_by(col(Token.id)))]
+    assert json.loads(shown.stdout) == views_
+    assert [t.name for t in coordinator.client.tokens()] == ["admin", "alice", "pi"]
+    revoked = json_of("tokens", "revoke", "pi")
+    _same_json(wire.RevokedTokens, revoked)
+    assert revoked["revoked"] == "pi" and revoked["tokens"][0]["revoked_at"] is not None
+    refused = cli("tokens", "create", "a/b")  # the coordinator's 422, as before the model
+    assert refused.exit_code == 2 and "body.name: String should match pattern" in refused.output

@@ -91,6 +91,15 @@ def ask(call: Callable[[FarmClient], T]) -> T:
             die(str(exc))
 
 
+def change(call: Callable[[FarmClient], T]) -> T:
+    """One typed call that changes something; a refusal of what was typed exits 2, as a bad option."""
+    with client() as farm:
+        try:
+            return call(farm)
+        except FarmError as exc:
+            die_farm(exc)
+
+
 def get(path: str, **params: Any) -> Any:
     with client() as farm:
         try:

@@ -112,6 +112,9 @@ class FarmClient:
     def _send(self, path: str, body: BaseModel) -> Any:
         return self.post(path, wire.body(body))
 
+    def _delete(self, path: str) -> Any:
+        return self.request("DELETE", path, json={}).json()
+
     # -- printer agents (farm/core/wire.py: the bodies and answers) -----------------------
     def register(self, body: wire.Register) -> wire.Registered:
         return wire.Registered.model_validate(self._send("/api/agents/register", body))
@@ -197,6 +200,16 @@ class FarmClient:
         filters = dict(printer=printer, material=material, owner=owner, since=since, until=until, state=state)
         given = {k: v for k, v in filters.items() if v is not None}
         return wire.History.model_validate(self.get("/api/history", limit=limit, **given))
+
+    # -- admins: tokens --------------------------------------------------------------------
+    def tokens(self) -> list[wire.TokenView]:
+        return [wire.TokenView.model_validate(t) for t in self.get_all("/api/tokens")]
+
+    def create_token(self, body: wire.NewToken) -> wire.MadeToken:
+        return wire.MadeToken.model_validate(self._send("/api/tokens", body))
+
+    def revoke_token(self, name: str) -> wire.RevokedTokens:
+        return wire.RevokedTokens.model_validate(self._delete(f"/api/tokens/{name}"))
 
     # -- artifacts ------------------------------------------------------------------------
     def upload_artifact(self, path: Path, name: str = "") -> str:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue, PlainSerializer
+from pydantic import AwareDatetime, Field, JsonValue, NaiveDatetime, PlainSerializer
 
 from farm.core.states import BuildStage, PrinterState, SliceState
-from farm.core.wire import Finite, JobView, Wire
+from farm.core.wire import MAX_NAME, NAME_PATTERN, Finite, JobView, Wire
 
 # A time as the routes wrote it before they had models: datetime.isoformat() ("+00:00", not "Z").
 IsoTime = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str, when_used="json")]
@@ -314,3 +314,50 @@ class History(Wire):
 
     jobs: list[JobView]
     totals: HistoryTotals
+
+
+# -- admins: tokens (/api/tokens) -----------------------------------------------------------------
+
+Role = Literal["admin", "submitter", "viewer", "worker", "agent"]
+
+
+class NewToken(Wire):
+    """POST /api/tokens: `farm tokens create`."""
+
+    # No '/': `DELETE /api/tokens/{name}` must be able to name it.
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^/]+$")
+    role: Role
+    printer: str | None = Field(
+        None,
+        max_length=MAX_NAME,
+        pattern=NAME_PATTERN,
+        description="an agent token acts only for this printer",
+    )
+    # Sent as the CLI wrote it before the model (isoformat: "+00:00").
+    expires_at: (
+        Annotated[
+            AwareDatetime | NaiveDatetime,
+            PlainSerializer(lambda t: t.isoformat(), return_type=str, when_used="json"),
+        ]
+        | None
+    ) = Field(None, description="refused from then on (no zone: UTC); none: it lasts until revoked")
+
+
+class TokenView(Wire):
+    """A token as the API shows it (never its secret but once, when made: MadeToken)."""
+
+    name: str
+    role: str
+    printer: str | None = None
+    created_at: str | None = None  # ISO 8601
+    expires_at: str | None = None
+    revoked_at: str | None = None
+
+
+class MadeToken(TokenView):
+    token: str  # the secret: the only time it is shown
+
+
+class RevokedTokens(Wire):
+    revoked: str
+    tokens: list[TokenView]
