@@ -31,9 +31,10 @@ from farm.commands import (
     submit as submit_command,
 )
 from farm.coordinator import explain, history, pipeline
-from farm.coordinator.api import builds, create_app, reads, tokens, views
+from farm.coordinator.api import builds, create_app, notifications, reads, tokens, views
 from farm.coordinator.api.deps import Farm
 from farm.coordinator.models import Build, Job, Printer, Slice, Token, stored_id
+from farm.coordinator.ops_tables import NotifyTarget
 from farm.core import wire
 from farm.core.client import FarmClient, FarmError
 from farm.core.queue import CAD_QUEUE, SLICE_QUEUE
@@ -77,10 +78,16 @@ ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("post", "/api/tokens", wire.MadeToken, False),
     ("get", "/api/tokens", wire.TokenView, True),
     ("delete", "/api/tokens/{name}", wire.RevokedTokens, False),
+    ("get", "/api/notify/targets", wire.TargetView, True),
+    ("post", "/api/notify/targets", wire.MadeTarget, False),
+    ("post", "/api/notify/targets/{target_id}/test", wire.QueuedTest, False),
+    ("delete", "/api/notify/targets/{target_id}", wire.RemovedTarget, False),
+    ("get", "/api/notify/log", wire.NotifyLogEntry, True),
 ]
 # The bodies the CLI sends as wire models: (method, path, the body's model).
 BODIES: list[tuple[str, str, type[BaseModel]]] = [
     ("post", "/api/tokens", wire.NewToken),
+    ("post", "/api/notify/targets", wire.NewTarget),
 ]
 REF = "#/components/schemas/"
 
@@ -161,7 +168,8 @@ def test_the_openapi_document_shows_the_wire_models(coordinator: Coordinator) ->
                 _shows(components, model, mode, path)
     for method, path, answer, many in ANSWERS:
         responses = doc["paths"][path][method]["responses"]
-        ok = (responses.get("200") or responses["201"])["content"]["application/json"]["schema"]
+        ok = next(responses[c] for c in ("200", "201", "202") if c in responses)
+        ok = ok["content"]["application/json"]["schema"]
         assert _schema_ref(ok["items"] if many else ok) == answer.__name__, (method, path, ok)
         assert (ok.get("type") == "array") is many, (method, path, ok)
         _shows(components, answer, "serialization", path)
@@ -547,3 +555,25 @@ def test_the_admins_commands_print_what_the_coordinator_answered(
     assert revoked["revoked"] == "pi" and revoked["tokens"][0]["revoked_at"] is not None
     refused = cli("tokens", "create", "a/b")  # the coordinator's 422, as before the model
     assert refused.exit_code == 2 and "body.name: String should match pattern" in refused.output
+
+    target = json_of("notify", "add", "https://example.com/hook", "-e", "job.done")
+    assert list(target) == ["id", "url", "format", "events", "signed", "created_at", "secret"]
+    assert target["created_at"].endswith("Z")  # pydantic's time, as the route wrote it before its model
+    _same_json(wire.MadeTarget, target)
+    json_of("notify", "add", "mailto:ops@example.com")
+    shown = cli("notify", "list", "--json")
+    assert shown.stdout == json.dumps(http.get("/api/notify/targets").json()) + "\n"
+    with Session(coordinator.app.state.farm.engine) as s:
+        made = [
+            notifications.target_view(t) for t in s.exec(select(NotifyTarget).order_by(col(NotifyTarget.id)))
+        ]
+    assert shown.stdout == json.dumps(TypeAdapter(Any).dump_python(made, mode="json")) + "\n"
+    assert json_of("notify", "test", str(target["id"])) == {"delivery": 1, "target": target["id"]}
+    log = cli("notify", "log", "--json")
+    assert log.stdout == json.dumps(http.get("/api/notify/log").json()) + "\n"
+    (entry,) = [_same_json(wire.NotifyLogEntry, d) for d in json.loads(log.stdout)]
+    assert isinstance(entry, wire.NotifyLogEntry) and entry.state == "pending" and entry.next_at is not None
+    assert common.shown_time(entry.next_at) == json.loads(log.stdout)[0]["next_at"]  # the table's
+    assert json_of("notify", "remove", str(target["id"])) == {"removed": target["id"]}
+    refused = cli("notify", "add", "ftp://x")
+    assert refused.exit_code == 2 and "a target is an http(s):// URL" in refused.output

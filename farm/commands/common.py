@@ -8,10 +8,11 @@ import re
 import signal
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from rich.table import Table
 
 from farm.commands.watch import stdout_console
@@ -23,6 +24,7 @@ USAGE_STATUSES = (400, 413, 415, 422)  # the coordinator refused what was typed:
 DURATION = re.compile(r"(\d+)\s*([mhdw])")
 UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 T = TypeVar("T")
+TIME = TypeAdapter(datetime)
 
 
 def setup_logging() -> None:
@@ -64,6 +66,11 @@ def plain(data: Any) -> Any:
     if isinstance(data, list):
         return [plain(item) for item in data]
     return data
+
+
+def shown_time(when: datetime | None) -> str | None:
+    """A time in a table as the coordinator wrote it (pydantic's ISO 8601), not as str() would."""
+    return TIME.dump_python(when, mode="json") if when is not None else None
 
 
 def wait_for_stop() -> threading.Event:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
 from farm.commands.common import DURATION, UNIT_S, JsonOpt, ask, change, emit, table
 from farm.core.client import FarmClient
-from farm.core.wire import NewToken
+from farm.core.wire import NewToken, Role
 
 tokens_app = typer.Typer(help="Tokens for people, workers and agents (admin only).", no_args_is_help=True)
 
@@ -48,9 +48,10 @@ def tokens_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a token. Its secret is printed once: give it to the person or machine as FARM_TOKEN."""
-    # Unchecked here: the coordinator's refusal (a 422 naming the field) is what this has always said.
+    # Unchecked here (a role may be none of Role's): the coordinator's refusal, a 422 naming the
+    # field, is what a bad name, role or printer has always been told.
     body = NewToken.model_construct(
-        name=name, role=role, printer=printer, expires_at=_expiry(expires) if expires else None
+        name=name, role=cast(Role, role), printer=printer, expires_at=_expiry(expires) if expires else None
     )
     data = change(lambda farm: farm.create_token(body))
     if as_json:

@@ -211,6 +211,23 @@ class FarmClient:
     def revoke_token(self, name: str) -> wire.RevokedTokens:
         return wire.RevokedTokens.model_validate(self._delete(f"/api/tokens/{name}"))
 
+    # -- admins: notifications --------------------------------------------------------------
+    def notify_targets(self) -> list[wire.TargetView]:
+        return [wire.TargetView.model_validate(t) for t in self.get("/api/notify/targets")]
+
+    def add_notify_target(self, body: wire.NewTarget) -> wire.MadeTarget:
+        return wire.MadeTarget.model_validate(self._send("/api/notify/targets", body))
+
+    def test_notify_target(self, target_id: int) -> wire.QueuedTest:
+        return wire.QueuedTest.model_validate(self.post(f"/api/notify/targets/{target_id}/test"))
+
+    def remove_notify_target(self, target_id: int) -> wire.RemovedTarget:
+        return wire.RemovedTarget.model_validate(self._delete(f"/api/notify/targets/{target_id}"))
+
+    def notify_log(self, limit: int) -> list[wire.NotifyLogEntry]:
+        """The latest `limit` deliveries, newest first."""
+        return [wire.NotifyLogEntry.model_validate(d) for d in self.get("/api/notify/log", limit=limit)]
+
     # -- artifacts ------------------------------------------------------------------------
     def upload_artifact(self, path: Path, name: str = "") -> str:
         resp = self.request(

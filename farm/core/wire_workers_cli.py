@@ -361,3 +361,57 @@ class MadeToken(TokenView):
 class RevokedTokens(Wire):
     revoked: str
     tokens: list[TokenView]
+
+
+# -- admins: notifications (/api/notify) ----------------------------------------------------------
+
+
+class NewTarget(Wire):
+    """POST /api/notify/targets: `farm notify add`."""
+
+    url: str = Field(min_length=1, max_length=2000)
+    format: str | None = None  # default: email for mailto:, else json
+    events: list[str] = Field(default_factory=list)  # none: every event
+    secret: str | None = Field(default=None, max_length=500)
+
+
+class TargetView(Wire):
+    """A notification target. Its times, as every /api/notify and /api/projects answer writes them,
+    are pydantic's ISO 8601 ("Z" for UTC), not isoformat's."""
+
+    id: int
+    url: str
+    format: str
+    events: list[str]  # ["*"]: every event
+    signed: bool
+    created_at: datetime
+
+
+class MadeTarget(TargetView):
+    secret: str | None  # a JSON target's signing secret, shown only now
+
+
+class QueuedTest(Wire):
+    delivery: int
+    target: int
+
+
+class RemovedTarget(Wire):
+    removed: int
+
+
+class NotifyLogEntry(Wire):
+    """A delivery of an event to a target, and how it went: GET /api/notify/log."""
+
+    id: int
+    event: str
+    summary: str
+    target: int
+    url: str
+    state: str  # pending | sent | failed
+    attempts: int
+    last_status: int | None = None
+    last_error: str | None = None
+    next_at: datetime | None = None  # while pending
+    sent_at: datetime | None = None
+    created_at: datetime
