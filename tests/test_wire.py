@@ -33,7 +33,7 @@ from farm.commands import (
 from farm.coordinator import explain, history, pipeline
 from farm.coordinator.api import builds, create_app, notifications, reads, tokens, views
 from farm.coordinator.api.deps import Farm
-from farm.coordinator.models import Build, Job, Printer, Slice, Token, stored_id
+from farm.coordinator.models import Build, HookDelivery, Job, Printer, Project, Slice, Token, stored_id
 from farm.coordinator.ops_tables import NotifyTarget
 from farm.core import wire
 from farm.core.client import FarmClient, FarmError
@@ -83,11 +83,16 @@ ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("post", "/api/notify/targets/{target_id}/test", wire.QueuedTest, False),
     ("delete", "/api/notify/targets/{target_id}", wire.RemovedTarget, False),
     ("get", "/api/notify/log", wire.NotifyLogEntry, True),
+    ("get", "/api/projects", wire.ProjectView, True),
+    ("post", "/api/projects", wire.MadeProject, False),
+    ("get", "/api/projects/{name}", wire.ProjectShown, False),
+    ("delete", "/api/projects/{name}", wire.Removed, False),
 ]
 # The bodies the CLI sends as wire models: (method, path, the body's model).
 BODIES: list[tuple[str, str, type[BaseModel]]] = [
     ("post", "/api/tokens", wire.NewToken),
     ("post", "/api/notify/targets", wire.NewTarget),
+    ("post", "/api/projects", wire.NewProject),
 ]
 REF = "#/components/schemas/"
 
@@ -577,3 +582,38 @@ def test_the_admins_commands_print_what_the_coordinator_answered(
     assert json_of("notify", "remove", str(target["id"])) == {"removed": target["id"]}
     refused = cli("notify", "add", "ftp://x")
     assert refused.exit_code == 2 and "a target is an http(s):// URL" in refused.output
+
+    made = json_of("projects", "add", "proj", "--git", "https://example.com/proj.git")
+    assert list(made) == ["name", "git_url", "branch", "credentials", "hooks", "created_at", "secret"]
+    _same_json(wire.MadeProject, made)
+    given = json_of("projects", "add", "own", "--git", "https://example.com/o.git", "--secret", "s" * 16)
+    assert "secret" not in given  # only a secret the farm made is shown
+    with Session(coordinator.app.state.farm.engine) as s:
+        (project,) = s.exec(select(Project).where(Project.name == "proj"))
+        assert project.id is not None
+        for n, state in enumerate(("pending", "done")):
+            s.add(
+                HookDelivery(
+                    project_id=project.id,
+                    service="github",
+                    delivery_key=str(n),
+                    body_sha256=str(n),
+                    ref="refs/heads/main",
+                    commit="c" * 40,
+                    state=state,
+                    builds_json="[1, 2]" if state == "done" else "[]",
+                )
+            )
+        s.commit()
+    listed = cli("projects", "list", "--json")
+    assert listed.stdout == json.dumps(http.get("/api/projects").json()) + "\n"
+    shown = cli("projects", "show", "proj", "--json")
+    assert shown.stdout == json.dumps(http.get("/api/projects/proj").json()) + "\n"
+    detail = _same_json(wire.ProjectShown, json.loads(shown.stdout))
+    assert isinstance(detail, wire.ProjectShown)
+    assert [(d.state, d.builds) for d in detail.deliveries] == [("done", [1, 2]), ("pending", [])]
+    assert json_of("projects", "remove", "own") == {"removed": "own"}
+    refused = cli("projects", "add", "x", "--git", "https://example.com/x.git", "--secret", "short")
+    assert (
+        refused.exit_code == 2 and "body.secret: String should have at least 16 characters" in refused.output
+    )

@@ -228,6 +228,19 @@ class FarmClient:
         """The latest `limit` deliveries, newest first."""
         return [wire.NotifyLogEntry.model_validate(d) for d in self.get("/api/notify/log", limit=limit)]
 
+    # -- admins: projects -------------------------------------------------------------------
+    def projects(self) -> list[wire.ProjectView]:
+        return [wire.ProjectView.model_validate(p) for p in self.get("/api/projects")]
+
+    def add_project(self, body: wire.NewProject) -> wire.MadeProject:
+        return wire.MadeProject.model_validate(self._send("/api/projects", body))
+
+    def project(self, name: str) -> wire.ProjectShown:
+        return wire.ProjectShown.model_validate(self.get(f"/api/projects/{name}"))
+
+    def remove_project(self, name: str) -> wire.Removed:
+        return wire.Removed.model_validate(self._delete(f"/api/projects/{name}"))
+
     # -- artifacts ------------------------------------------------------------------------
     def upload_artifact(self, path: Path, name: str = "") -> str:
         resp = self.request(

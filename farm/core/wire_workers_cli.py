@@ -415,3 +415,61 @@ class NotifyLogEntry(Wire):
     next_at: datetime | None = None  # while pending
     sent_at: datetime | None = None
     created_at: datetime
+
+
+# -- admins: projects (/api/projects); times as for notifications ---------------------------------
+
+
+class NewProject(Wire):
+    """POST /api/projects: `farm projects add`."""
+
+    name: str = Field(min_length=1, max_length=64)
+    git_url: str = Field(min_length=1, max_length=2000)
+    branch: str = Field("main", min_length=1, max_length=200, pattern=r"^[^\x00-\x20\x7f]+$")
+    secret: str | None = Field(
+        None, min_length=16, max_length=500, description="default: a new one, shown once"
+    )
+    git_username: str | None = Field(None, max_length=200, pattern=r"^[^\x00-\x1f\x7f:]+$")
+    git_token: str | None = Field(
+        None, min_length=1, max_length=2000, description="HTTPS password or access token"
+    )
+
+
+class ProjectView(Wire):
+    name: str
+    git_url: str
+    branch: str
+    credentials: str | None = None  # whether it has some ("user 'git' and a token"), never the token
+    hooks: dict[str, str]  # service -> the URL its hooks post to
+    created_at: datetime
+
+
+class MadeProject(ProjectView):
+    secret: str | None = None  # the hooks' secret, sent only when the farm made it: shown only now
+
+
+class HookDeliveryView(Wire):
+    """A push or tag hook the farm received, and what it built (or why not)."""
+
+    id: int
+    service: str
+    ref: str
+    commit: str
+    state: str  # pending | done | failed
+    attempts: int
+    message: str | None = None
+    error: str | None = None
+    builds: list[int]
+    received_at: datetime
+    finished_at: datetime | None = None
+    next_try_at: datetime | None = None  # while pending
+
+
+class ProjectShown(ProjectView):
+    deliveries: list[HookDeliveryView]  # the latest, newest first
+
+
+class Removed(Wire):
+    """What a DELETE by name took away: a project, a printer."""
+
+    removed: str
