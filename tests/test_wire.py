@@ -87,12 +87,15 @@ ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("post", "/api/projects", wire.MadeProject, False),
     ("get", "/api/projects/{name}", wire.ProjectShown, False),
     ("delete", "/api/projects/{name}", wire.Removed, False),
+    ("delete", "/api/printers/{name}", wire.Removed, False),
 ]
 # The bodies the CLI sends as wire models: (method, path, the body's model).
 BODIES: list[tuple[str, str, type[BaseModel]]] = [
     ("post", "/api/tokens", wire.NewToken),
     ("post", "/api/notify/targets", wire.NewTarget),
     ("post", "/api/projects", wire.NewProject),
+    ("patch", "/api/printers/{name}", wire.PrinterSettings),
+    ("patch", "/api/jobs/{job_id}", wire.JobChange),
 ]
 REF = "#/components/schemas/"
 
@@ -529,6 +532,30 @@ def test_the_cli_prints_what_the_coordinator_answered(
     )
     refused = cli("jobs", "--state", "nonsense")
     assert refused.exit_code == 1 and "state" in refused.output
+
+    # The operators' changes: PrinterSettings sent (only what was given), JobView/PrinterView back.
+    changed = cli("printers", "set", "q", "--material", "PETG", "--tag", "enclosed", "--json")
+    (q,) = [p for p in http.get("/api/printers").json() if p["name"] == "q"]
+    assert changed.stdout == json.dumps(q) + "\n" and (q["material"], q["tags"], q["nozzle"]) == (
+        "PETG",
+        ["enclosed"],
+        0.4,
+    )
+    assert (
+        text("printers", "set", "q", "--color", "") == "q: PETG (any colour), 0.4 mm nozzle, auto-eject off\n"
+    )
+    assert text("printers", "clear", "p") == "p: bed clear, ready for the next job\n"
+    cancelled = cli("cancel", str(seeded.ready), "--json")
+    assert cancelled.exit_code == 0 and json.loads(cancelled.stdout)["state"] == "cancelled"
+    _same_json(wire.JobView, json.loads(cancelled.stdout))
+    again = cli("jobs", "retry", str(seeded.done))
+    assert again.exit_code == 1 and "only a failed job can be retried (HTTP 409)" in again.output
+    assert json.loads(cli("printers", "remove", "q", "--json").stdout) == {"removed": "q"}
+    client = coordinator.client
+    with pytest.raises(FarmError) as unknown:
+        client.set_printer("q", wire.PrinterSettings(material="PLA"))
+    assert unknown.value.status == 404
+    assert client.clear("p").bed_clear is True and client.cancel(job).state == JobState.CANCELLED
 
 
 def test_the_admins_commands_print_what_the_coordinator_answered(

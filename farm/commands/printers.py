@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from farm.commands import snapshot
-from farm.commands.common import DURATION, UNIT_S, JsonOpt, ask, die, emit, send, table
+from farm.commands.common import DURATION, UNIT_S, JsonOpt, ask, change, die, emit, send, table
 from farm.core.client import FarmClient
 from farm.core.settings import get_settings
+from farm.core.wire import PrinterSettings
 
 printers_app = typer.Typer(help="List printers (with no command), set what is loaded, clear beds.")
 
@@ -85,7 +86,7 @@ def printers_clear(
     name: Annotated[str, typer.Argument(help="The printer whose bed is now empty.")], as_json: JsonOpt = False
 ) -> None:
     """Confirm a printer's bed is empty, so it takes the next job."""
-    data = send("POST", f"/api/printers/{name}/clear")
+    data = change(lambda farm: farm.clear(name))
     emit(data) if as_json else typer.echo(f"{name}: bed clear, ready for the next job")
 
 
@@ -95,7 +96,7 @@ def printers_remove(
     as_json: JsonOpt = False,
 ) -> None:
     """Take a printer out of the farm (its agent registers it again if it is still running)."""
-    data = send("DELETE", f"/api/printers/{name}")
+    data = change(lambda farm: farm.remove_printer(name))
     emit(data) if as_json else typer.echo(f"{name}: removed")
 
 
@@ -116,7 +117,7 @@ def printers_set(
     as_json: JsonOpt = False,
 ) -> None:
     """Say what a printer has loaded: jobs go only to printers with their material and colour."""
-    body = {
+    body: dict[str, Any] = {
         k: v
         for k, v in {
             "material": material,
@@ -131,11 +132,13 @@ def printers_set(
     }
     if not body:
         die("nothing to set: see `farm printers set --help` for what can be set", 2)
-    data = send("PATCH", f"/api/printers/{name}", body)
+    # Unchecked here: the coordinator's refusal (a 422) is what this has always said.
+    settings = PrinterSettings.model_construct(**body)  # only what was given: nothing else changes
+    data = change(lambda farm: farm.set_printer(name, settings))
     if as_json:
         emit(data)
     else:
         typer.echo(
-            f"{name}: {data['material']} {data['color'] or '(any colour)'}, {data['nozzle']:g} mm nozzle, "
-            f"auto-eject {'on' if data['auto_eject'] else 'off'}"
+            f"{name}: {data.material} {data.color or '(any colour)'}, {data.nozzle:g} mm nozzle, "
+            f"auto-eject {'on' if data.auto_eject else 'off'}"
         )

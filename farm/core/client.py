@@ -201,6 +201,24 @@ class FarmClient:
         given = {k: v for k, v in filters.items() if v is not None}
         return wire.History.model_validate(self.get("/api/history", limit=limit, **given))
 
+    # -- operators: what they change ----------------------------------------------------------
+    def cancel(self, job_id: int) -> wire.JobView:
+        return wire.JobView.model_validate(self.post(f"/api/jobs/{job_id}/cancel"))
+
+    def retry(self, job_id: int) -> wire.JobView:
+        return wire.JobView.model_validate(self.post(f"/api/jobs/{job_id}/retry"))
+
+    def clear(self, printer: str) -> wire.PrinterView:
+        """The printer's bed is empty: it takes the next job."""
+        return wire.PrinterView.model_validate(self.post(f"/api/printers/{printer}/clear"))
+
+    def set_printer(self, printer: str, body: wire.PrinterSettings) -> wire.PrinterView:
+        resp = self.request("PATCH", f"/api/printers/{printer}", json=wire.body(body))
+        return wire.PrinterView.model_validate(resp.json())
+
+    def remove_printer(self, printer: str) -> wire.Removed:
+        return wire.Removed.model_validate(self._delete(f"/api/printers/{printer}"))
+
     # -- admins: tokens --------------------------------------------------------------------
     def tokens(self) -> list[wire.TokenView]:
         return [wire.TokenView.model_validate(t) for t in self.get_all("/api/tokens")]

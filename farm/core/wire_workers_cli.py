@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, JsonValue, NaiveDatetime, PlainSerializer
 
+from farm.core.printer_models import MATERIALS
 from farm.core.states import BuildStage, PrinterState, SliceState
 from farm.core.wire import MAX_NAME, NAME_PATTERN, Finite, JobView, Wire
 
@@ -473,3 +474,24 @@ class Removed(Wire):
     """What a DELETE by name took away: a project, a printer."""
 
     removed: str
+
+
+# -- operators: what they change (/api/jobs/{id}, /api/printers/{name}) ---------------------------
+
+
+class JobChange(Wire):
+    """PATCH /api/jobs/{id}: a waiting job's priority."""
+
+    priority: int = Field(ge=-100, le=100, description="higher prints first (as `farm submit --priority`)")
+
+
+class PrinterSettings(Wire):
+    """PATCH /api/printers/{name}: `farm printers set`; only the fields sent change."""
+
+    material: str | None = Field(None, description=f"one of {', '.join(MATERIALS)}")
+    color: str | None = None
+    nozzle: float | None = Field(None, gt=0.1, lt=2.0, description="the fitted nozzle's diameter, mm")
+    tags: list[str] | None = Field(None, description="replaces its tags; [] removes them")
+    location: str | None = None
+    power_group: str | None = Field(None, description="'' for none")
+    auto_eject: bool | None = None
