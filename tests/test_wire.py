@@ -27,6 +27,7 @@ from farm.cli import app
 from farm.commands import (
     common,
     history as history_command,
+    revisions as revisions_command,
     status as status_command,
     submit as submit_command,
 )
@@ -35,6 +36,7 @@ from farm.coordinator.api import builds, create_app, notifications, reads, token
 from farm.coordinator.api.deps import Farm
 from farm.coordinator.models import Build, HookDelivery, Job, Printer, Project, Slice, Token, stored_id
 from farm.coordinator.ops_tables import NotifyTarget
+from farm.coordinator.revisions import build_diff, revision_view
 from farm.core import wire
 from farm.core.client import FarmClient, FarmError
 from farm.core.queue import CAD_QUEUE, SLICE_QUEUE
@@ -88,6 +90,8 @@ ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("get", "/api/projects/{name}", wire.ProjectShown, False),
     ("delete", "/api/projects/{name}", wire.Removed, False),
     ("delete", "/api/printers/{name}", wire.Removed, False),
+    ("get", "/api/projects/{name}/parts/{part}/revisions", wire.Revision, True),
+    ("get", "/api/builds/{build_id}/diff/{other_id}", wire.BuildDiff, False),
 ]
 # The bodies the CLI sends as wire models: (method, path, the body's model).
 BODIES: list[tuple[str, str, type[BaseModel]]] = [
@@ -474,7 +478,7 @@ def cli(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> Callable[.
     """`farm ARGS` against the coordinator in this process, through the typed client."""
     farm = coordinator.client
     monkeypatch.setattr(farm, "close", lambda: None)  # each command closes its client; this one lives on
-    for module in (common, history_command, status_command, submit_command):
+    for module in (common, history_command, revisions_command, status_command, submit_command):
         monkeypatch.setattr(module, "client", lambda settings=None: farm)
     return lambda *args: CliRunner().invoke(app, list(args))
 
@@ -644,3 +648,48 @@ def test_the_admins_commands_print_what_the_coordinator_answered(
     assert (
         refused.exit_code == 2 and "body.secret: String should have at least 16 characters" in refused.output
     )
+
+
+def test_revisions_and_diffs_are_the_models_json(
+    coordinator: Coordinator, cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    """`farm revisions` and `farm diff`: the answers are what coordinator/revisions.py makes, key
+    for key (an integer stays one: a print time, a bbox stored with whole numbers), the typed client
+    parses them, --json prints them as they came."""
+    seeded = _seed(coordinator, tmp_path)
+    http, client = coordinator.http, coordinator.client
+    with Session(coordinator.app.state.farm.engine) as s:
+        for build in s.exec(select(Build)):
+            build.project_name, build.part_name = "proj", "part"
+            if build.id != seeded.cad:
+                build.git_tag, build.params_json, build.bbox_json = (
+                    "v1",
+                    '{"width": 10}',
+                    "[[0, 0, 0], [10.5, 10, 4]]",
+                )
+            s.add(build)
+        s.commit()
+        builds_ = sorted(s.exec(select(Build)), key=lambda b: -stored_id(b))
+        made = [revision_view(b, list(s.exec(select(Slice).where(Slice.build_id == b.id)))) for b in builds_]
+    raw = http.get("/api/projects/proj/parts/part/revisions").json()
+    assert json.dumps(raw) == json.dumps(TypeAdapter(Any).dump_python(made, mode="json"))
+    assert (
+        raw[-1]["bbox"] == [[0, 0, 0], [10.5, 10, 4]] and raw[-1]["estimates"]["MINI"]["print_time_s"] == 60
+    )
+    shown = cli("revisions", "proj", "part", "--json")
+    assert shown.stdout == json.dumps(raw) + "\n"
+    assert [r.id for r in client.revisions("proj", "part", most=1)] == [raw[0]["id"]]
+    first, cad = raw[-1]["id"], seeded.cad
+    diffed = http.get(f"/api/builds/{first}/diff/{cad}").json()
+    assert json.dumps(diffed) == json.dumps(
+        TypeAdapter(Any).dump_python(build_diff(made[-1], made[0]), mode="json")
+    )
+    assert cli("diff", str(first), str(cad), "--json").stdout == json.dumps(diffed) + "\n"
+    parsed = _same_json(wire.BuildDiff, diffed)
+    assert parsed == client.diff(first, cad) and client.diff(first, cad).params.changed["width"].b == 20
+    lines = cli("diff", str(first), str(cad)).stdout.splitlines()
+    assert lines[:3] == [
+        f"build {first} -> build {cad}",
+        "  commit    - -> aaaaaaaaaaaa",
+        "  tag       v1 -> -",
+    ]

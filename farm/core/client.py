@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -218,6 +219,15 @@ class FarmClient:
 
     def remove_printer(self, printer: str) -> wire.Removed:
         return wire.Removed.model_validate(self._delete(f"/api/printers/{printer}"))
+
+    # -- revisions --------------------------------------------------------------------------
+    def revisions(self, project: str, part: str, *, most: int | None = None) -> list[wire.Revision]:
+        """Every build of a project's part (or the newest `most`), newest first."""
+        path = f"/api/projects/{quote(project, safe='')}/parts/{quote(part, safe='')}/revisions"
+        return [wire.Revision.model_validate(r) for r in self.get_all(path, most=most)]
+
+    def diff(self, a: int, b: int) -> wire.BuildDiff:
+        return wire.BuildDiff.model_validate(self.get(f"/api/builds/{a}/diff/{b}"))
 
     # -- admins: tokens --------------------------------------------------------------------
     def tokens(self) -> list[wire.TokenView]:

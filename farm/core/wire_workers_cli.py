@@ -495,3 +495,101 @@ class PrinterSettings(Wire):
     location: str | None = None
     power_group: str | None = Field(None, description="'' for none")
     auto_eject: bool | None = None
+
+
+# -- revisions: a part's builds over time, and what changed between two (farm/coordinator/revisions.py)
+
+Number = int | float  # kept as it came: a print time in whole seconds stays whole
+
+
+class RevisionGit(Wire):
+    url: str | None = None
+    ref: str | None = None
+    commit: str | None = None
+    tag: str | None = None
+
+
+class Estimate(Wire):
+    """The slicer's figures for one printer model (from its fewest copies per plate)."""
+
+    print_time_s: int | None = None
+    filament_g: float | None = None
+    filament_mm: float | None = None
+    copies: int
+
+
+class Revision(Wire):
+    """A build as a revision of its part: GET /api/projects/{name}/parts/{part}/revisions."""
+
+    id: int
+    created_at: str | None = None  # ISO 8601
+    project: str | None = None
+    part: str | None = None
+    source: str
+    entry: str | None = None
+    owner: str | None = None
+    git: RevisionGit
+    params: dict[str, JsonValue]
+    stage: BuildStage
+    error: str | None = None
+    volume_mm3: float | None = None
+    size_mm: list[float] | None = None  # x, y, z
+    bbox: list[list[Number]] | None = None  # as the build stored it
+    stl: str | None = None
+    preview: str | None = None
+    estimates: dict[str, Estimate]  # by printer model
+
+
+class Change(Wire):
+    """A figure in build a and in build b, b - a, and that as a % of a (None: cannot be told)."""
+
+    a: Number | None
+    b: Number | None
+    change: Number | None
+    percent: float | None
+
+
+class ParamChange(Wire):
+    a: JsonValue
+    b: JsonValue
+
+
+class ParamsDiff(Wire):
+    added: dict[str, JsonValue]
+    removed: dict[str, JsonValue]
+    changed: dict[str, ParamChange]
+
+
+class Copies(Wire):
+    a: int
+    b: int
+
+
+class EstimateDiff(Wire):
+    print_time_s: Change
+    filament_g: Change
+    filament_mm: Change
+    copies: Copies
+
+
+class Changed(Wire):
+    a: str | None
+    b: str | None
+    changed: bool
+
+
+class BuildDiff(Wire):
+    """GET /api/builds/{a}/diff/{b}: what changed from build a to build b."""
+
+    a: Revision
+    b: Revision
+    same_part: bool
+    same_mesh: bool
+    params: ParamsDiff
+    volume_mm3: Change
+    size_mm: dict[str, Change]  # by axis: x, y, z
+    estimates: dict[str, EstimateDiff]  # the printer models both were sliced for
+    models_only_in_a: list[str]
+    models_only_in_b: list[str]
+    commit: Changed
+    tag: Changed
