@@ -92,6 +92,9 @@ ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("delete", "/api/printers/{name}", wire.Removed, False),
     ("get", "/api/projects/{name}/parts/{part}/revisions", wire.Revision, True),
     ("get", "/api/builds/{build_id}/diff/{other_id}", wire.BuildDiff, False),
+    ("post", "/api/printers/{name}/snapshot", wire.SnapshotAsked, False),
+    ("get", "/api/printers/{name}/snapshots", wire.PrinterSnapshots, False),
+    ("get", "/api/jobs/{job_id}/snapshots", wire.SnapshotView, True),
 ]
 # The bodies the CLI sends as wire models: (method, path, the body's model).
 BODIES: list[tuple[str, str, type[BaseModel]]] = [
@@ -693,3 +696,23 @@ def test_revisions_and_diffs_are_the_models_json(
         "  commit    - -> aaaaaaaaaaaa",
         "  tag       v1 -> -",
     ]
+
+
+def test_a_still_asked_for_is_the_models_json(coordinator: Coordinator) -> None:
+    """What `farm printers snapshot` reads: the request's answer and the printer's stills."""
+    http, client = coordinator.http, coordinator.client
+    client.register(wire.Register(printer="p", model="MINI", protocol="prusalink", state=PrinterState.IDLE))
+    asked = client.request_snapshot("p")
+    assert (asked.printer, asked.after) == ("p", 0)
+    before = _same_json(wire.PrinterSnapshots, http.get("/api/printers/p/snapshots").json())
+    assert isinstance(before, wire.PrinterSnapshots) and before.snapshots == [] and before.wanted_since
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 100
+    made = http.post("/api/agents/printers/p/snapshots", content=png, headers={"Content-Type": "image/png"})
+    stills = client.printer_snapshots("p", limit=1)
+    assert [(s.id, s.moment, s.media_type) for s in stills.snapshots] == [
+        (made.json()["id"], "request", "image/png")
+    ]
+    assert wire.body(stills) == http.get("/api/printers/p/snapshots", params={"limit": 1}).json()
+    with pytest.raises(FarmError) as unknown:
+        client.request_snapshot("nobody")
+    assert unknown.value.status == 404

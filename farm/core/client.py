@@ -229,6 +229,17 @@ class FarmClient:
     def diff(self, a: int, b: int) -> wire.BuildDiff:
         return wire.BuildDiff.model_validate(self.get(f"/api/builds/{a}/diff/{b}"))
 
+    # -- camera stills ----------------------------------------------------------------------
+    def request_snapshot(self, printer: str) -> wire.SnapshotAsked:
+        """Ask the printer's agent for a still now: it answers on its next call."""
+        return wire.SnapshotAsked.model_validate(
+            self.post(f"/api/printers/{quote(printer, safe='')}/snapshot")
+        )
+
+    def printer_snapshots(self, printer: str, limit: int = 20) -> wire.PrinterSnapshots:
+        path = f"/api/printers/{quote(printer, safe='')}/snapshots"
+        return wire.PrinterSnapshots.model_validate(self.get(path, limit=limit))
+
     # -- admins: tokens --------------------------------------------------------------------
     def tokens(self) -> list[wire.TokenView]:
         return [wire.TokenView.model_validate(t) for t in self.get_all("/api/tokens")]

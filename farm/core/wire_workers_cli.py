@@ -593,3 +593,37 @@ class BuildDiff(Wire):
     models_only_in_b: list[str]
     commit: Changed
     tag: Changed
+
+
+# -- camera stills (/api/printers/{name}/snapshot*, /api/jobs/{id}/snapshots) ---------------------
+
+
+class SnapshotView(Wire):
+    """A still from a printer's camera; the image: GET /api/printers/NAME/snapshot?id=ID."""
+
+    id: int
+    job: int | None = None  # the job it shows (None: asked for while the printer held none)
+    printer: str | None = None
+    moment: str  # start | end | failure | request
+    sha256: str
+    media_type: str  # image/png or image/jpeg
+    taken_at: str  # ISO 8601
+
+
+class SnapshotAsked(Wire):
+    """POST /api/printers/{name}/snapshot: the agent answers on its next call."""
+
+    printer: str
+    requested_at: str  # ISO 8601
+    after: int  # the answer is the printer's first still with a larger id
+
+
+class PrinterSnapshots(Wire):
+    """GET /api/printers/{name}/snapshots: the latest stills, newest first, and where a request
+    for one stands."""
+
+    printer: str
+    wanted_since: str | None = None  # ISO 8601
+    error: str | None = None  # the agent's answer: why it has no still
+    agent_last_seen: str | None = None
+    snapshots: list[SnapshotView]
