@@ -95,6 +95,10 @@ ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("post", "/api/printers/{name}/snapshot", wire.SnapshotAsked, False),
     ("get", "/api/printers/{name}/snapshots", wire.PrinterSnapshots, False),
     ("get", "/api/jobs/{job_id}/snapshots", wire.SnapshotView, True),
+    ("post", "/api/printers/enrol", wire.EnrolmentCode, False),
+    ("post", "/api/enroll/info", wire.Enrolment, False),
+    ("post", "/api/enroll", wire.Enrolled, False),
+    ("post", "/api/signin-links", wire.SigninLink, False),
 ]
 # The bodies the CLI sends as wire models: (method, path, the body's model).
 BODIES: list[tuple[str, str, type[BaseModel]]] = [
@@ -103,6 +107,9 @@ BODIES: list[tuple[str, str, type[BaseModel]]] = [
     ("post", "/api/projects", wire.NewProject),
     ("patch", "/api/printers/{name}", wire.PrinterSettings),
     ("patch", "/api/jobs/{job_id}", wire.JobChange),
+    ("post", "/api/printers/enrol", wire.NewEnrolment),
+    ("post", "/api/enroll/info", wire.CodeBody),
+    ("post", "/api/enroll", wire.CodeBody),
 ]
 REF = "#/components/schemas/"
 
@@ -716,3 +723,32 @@ def test_a_still_asked_for_is_the_models_json(coordinator: Coordinator) -> None:
     with pytest.raises(FarmError) as unknown:
         client.request_snapshot("nobody")
     assert unknown.value.status == 404
+
+
+def test_an_enrolment_through_the_typed_client(coordinator: Coordinator) -> None:
+    """`farm printers add` makes a code, `farm agent enroll` reads then spends it; `farm open`."""
+    client = coordinator.client
+    made = client.enrol(wire.NewEnrolment(printer="mini-1", model="mini", ttl_s=600))
+    assert (made.printer, made.model, made.driver) == ("mini-1", "MINI", "prusalink")
+    assert made.code.startswith("pe_") and made.expires_at.endswith("+00:00")
+    agent = FarmClient(str(coordinator.http.base_url), None)  # no token: the code is the credential
+    agent._http.close()
+    agent._http = TestClient(coordinator.app)
+    info = agent.enrolment(made.code)
+    assert (info.printer, info.model, info.driver, info.expires_at) == (
+        "mini-1",
+        "MINI",
+        "prusalink",
+        made.expires_at,
+    )
+    granted = agent.enroll(made.code)
+    assert granted.token_name == "agent-mini-1" and granted.token.startswith("pf_")
+    with pytest.raises(FarmError) as spent:
+        agent.enroll(made.code)
+    assert spent.value.status == 409
+    with pytest.raises(FarmError) as empty:  # unchecked by the client: the coordinator's 422
+        agent.enrolment("")
+    assert empty.value.status == 422
+    agent.close()
+    link = client.signin_link()
+    assert link.path.startswith("/signin/") and link.expires_in_s > 0

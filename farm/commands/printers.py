@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
 from farm.commands import snapshot
-from farm.commands.common import DURATION, UNIT_S, JsonOpt, ask, change, die, emit, send, table
+from farm.commands.common import DURATION, UNIT_S, JsonOpt, ask, change, die, emit, plain, table
 from farm.core.client import FarmClient
 from farm.core.settings import get_settings
-from farm.core.wire import PrinterSettings
+from farm.core.wire import DriverName, NewEnrolment, PrinterSettings
 
 printers_app = typer.Typer(help="List printers (with no command), set what is loaded, clear beds.")
 
@@ -63,17 +63,21 @@ def printers_add(
     m = DURATION.fullmatch(expires.strip().lower())
     if m is None:
         raise typer.BadParameter(f"'{expires}' is not a duration (30m, 2h, 1d)", param_hint="--expires")
-    body = {"printer": name, "model": model, "driver": driver, "ttl_s": int(m[1]) * UNIT_S[m[2]]}
-    data = send("POST", "/api/printers/enrol", body)
+    # Unchecked here (a driver may be none of DriverName's): the coordinator's 422 says what is wrong.
+    ttl_s = int(m[1]) * UNIT_S[m[2]]
+    body = NewEnrolment.model_construct(
+        printer=name, model=model, driver=cast(DriverName, driver), ttl_s=ttl_s
+    )
+    data = change(lambda farm: farm.enrol(body))
     base = (url or get_settings().url).rstrip("/")
-    command = f"farm agent enroll {base} {data['code']}"
+    command = f"farm agent enroll {base} {data.code}"
     if as_json:
-        emit({**data, "command": command, "install": f"curl -fsSL {base}/agent/install.sh | sh"})
+        emit({**plain(data), "command": command, "install": f"curl -fsSL {base}/agent/install.sh | sh"})
         return
     typer.echo(
-        f"{name}: a {data['model']} ({data['driver']}); "
-        f"enrolment code, single use, until {data['expires_at']}:\n"
-        f"  {data['code']}\n"
+        f"{name}: a {data.model} ({data.driver}); "
+        f"enrolment code, single use, until {data.expires_at}:\n"
+        f"  {data.code}\n"
         f"On its Pi, install the agent (if it is not yet) and enrol:\n"
         f"  curl -fsSL {base}/agent/install.sh | sh\n"
         f"  {command}\n"

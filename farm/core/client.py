@@ -240,6 +240,22 @@ class FarmClient:
         path = f"/api/printers/{quote(printer, safe='')}/snapshots"
         return wire.PrinterSnapshots.model_validate(self.get(path, limit=limit))
 
+    # -- enrolment and signing in -----------------------------------------------------------
+    def enrol(self, body: wire.NewEnrolment) -> wire.EnrolmentCode:
+        """Add a printer (if new) and make the one-time code its Pi enrols with (admin)."""
+        return wire.EnrolmentCode.model_validate(self._send("/api/printers/enrol", body))
+
+    def enrolment(self, code: str) -> wire.Enrolment:
+        """What a code enrols, without spending it (no token needed)."""
+        return wire.Enrolment.model_validate(self._send("/api/enroll/info", _code(code)))
+
+    def enroll(self, code: str) -> wire.Enrolled:
+        """Spend the code: its printer's agent token."""
+        return wire.Enrolled.model_validate(self._send("/api/enroll", _code(code)))
+
+    def signin_link(self) -> wire.SigninLink:
+        return wire.SigninLink.model_validate(self.post("/api/signin-links"))
+
     # -- admins: tokens --------------------------------------------------------------------
     def tokens(self) -> list[wire.TokenView]:
         return [wire.TokenView.model_validate(t) for t in self.get_all("/api/tokens")]
@@ -324,6 +340,11 @@ class FarmClient:
 
     def build(self, build_id: int) -> wire.BuildView:
         return wire.BuildView.model_validate(self.get(f"/api/builds/{build_id}"))
+
+
+def _code(code: str) -> wire.CodeBody:
+    """Unchecked: the coordinator tells what is wrong with a code (its 403, 410 or 422)."""
+    return wire.CodeBody.model_construct(code=code)
 
 
 def _detail(resp: httpx.Response) -> str:

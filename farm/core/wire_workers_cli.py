@@ -627,3 +627,56 @@ class PrinterSnapshots(Wire):
     error: str | None = None  # the agent's answer: why it has no still
     agent_last_seen: str | None = None
     snapshots: list[SnapshotView]
+
+
+# -- enrolment: `farm printers add` makes a code, `farm agent enroll` spends it (api/enrol.py) -----
+
+DriverName = Literal["prusalink", "octoprint", "moonraker", "bambu"]
+ENROL_TTL_S = 30 * 60  # how long a code stays valid unless told otherwise
+
+
+class NewEnrolment(Wire):
+    """POST /api/printers/enrol: `farm printers add`."""
+
+    printer: str = Field(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)
+    model: str = Field(min_length=1, max_length=100)
+    driver: DriverName = "prusalink"
+    ttl_s: int = Field(ENROL_TTL_S, ge=60, le=7 * 86400, description="how long the code stays valid")
+
+
+class EnrolmentCode(Wire):
+    printer: str
+    model: str
+    driver: str
+    code: str  # the only time it is shown
+    expires_at: str  # ISO 8601
+
+
+class CodeBody(Wire):
+    """POST /api/enroll/info and /api/enroll: the code, as the admin passed it on."""
+
+    code: str = Field(min_length=1, max_length=200)
+
+
+class Enrolment(Wire):
+    """What a code enrols (POST /api/enroll/info), without spending it."""
+
+    printer: str
+    model: str
+    driver: str  # the driver the admin suggested
+    expires_at: str  # ISO 8601
+
+
+class Enrolled(Enrolment):
+    """POST /api/enroll: the code spent, the printer's agent token (shown only now)."""
+
+    token_name: str
+    token: str
+
+
+class SigninLink(Wire):
+    """POST /api/signin-links: a one-time link that signs a browser in as the caller's token."""
+
+    path: str  # on the coordinator
+    expires_in_s: int
+    expires_at: float  # epoch seconds
