@@ -105,28 +105,3 @@ def change(call: Callable[[FarmClient], T]) -> T:
             return call(farm)
         except FarmError as exc:
             die_farm(exc)
-
-
-def get(path: str, **params: Any) -> Any:
-    with client() as farm:
-        try:
-            return farm.get(path, **params)
-        except FarmError as exc:
-            die(str(exc))
-
-
-def get_all(path: str, most: int | None = None, **params: Any) -> list[Any]:
-    """Every item of a list endpoint (or the first `most`), following its pages."""
-    with client() as farm:
-        try:
-            return farm.get_all(path, most=most, **params)
-        except FarmError as exc:
-            die(str(exc))
-
-
-def send(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    with client() as farm:
-        try:
-            return farm.request(method, path, json=body or {}).json()
-        except FarmError as exc:
-            die_farm(exc)

@@ -2,9 +2,12 @@
 sends and what it gets back, one pydantic model per body (#16).
 
 The coordinator's routes take these as their bodies and declare the answers as their
-`response_model` (farm/coordinator/api/agents.py, workers.py, builds.py, and what people read:
-reads.py, history.py, operate.py); FarmClient's typed methods (farm/core/client.py) send the
-requests and parse the answers; tests/test_wire.py checks that the OpenAPI document shows the same
+`response_model` (farm/coordinator/api/agents.py, workers.py, builds.py, what people read and
+change: reads.py, history.py, operate.py, revisions.py, snapshots.py, and the admins' tokens.py,
+notifications.py, projects.py, enrol.py, signin.py); FarmClient's typed methods
+(farm/core/client.py) send the requests and parse the answers, and the `farm` commands call
+them (all but the images they save, `farm watch`'s event stream and `farm up`'s own setup);
+tests/test_wire.py checks that the OpenAPI document shows the same
 models. The JSON is the one sent before the models were shared: the same names in the same order,
 the same optional fields (a key absent stays absent: the routes answer with
 `response_model_exclude_unset`, the client sends with `exclude_unset`, the CLI prints with it).
