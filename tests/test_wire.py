@@ -95,6 +95,8 @@ ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("post", "/api/printers/{name}/snapshot", wire.SnapshotAsked, False),
     ("get", "/api/printers/{name}/snapshots", wire.PrinterSnapshots, False),
     ("get", "/api/jobs/{job_id}/snapshots", wire.SnapshotView, True),
+    ("post", "/api/agents/jobs/{job_id}/snapshots", wire.SnapshotView, False),
+    ("post", "/api/agents/printers/{name}/snapshots", wire.SnapshotView, False),
     ("post", "/api/printers/enrol", wire.EnrolmentCode, False),
     ("post", "/api/enroll/info", wire.Enrolment, False),
     ("post", "/api/enroll", wire.Enrolled, False),
@@ -715,6 +717,7 @@ def test_a_still_asked_for_is_the_models_json(coordinator: Coordinator) -> None:
     assert isinstance(before, wire.PrinterSnapshots) and before.snapshots == [] and before.wanted_since
     png = b"\x89PNG\r\n\x1a\n" + b"0" * 100
     made = http.post("/api/agents/printers/p/snapshots", content=png, headers={"Content-Type": "image/png"})
+    _same_json(wire.SnapshotView, made.json())  # the agent's upload answers the still
     stills = client.printer_snapshots("p", limit=1)
     assert [(s.id, s.moment, s.media_type) for s in stills.snapshots] == [
         (made.json()["id"], "request", "image/png")

@@ -94,6 +94,8 @@ async def _store(
 @router.post(
     "/agents/jobs/{job_id}/snapshots",
     status_code=201,
+    response_model=SnapshotView,
+    response_model_exclude_unset=True,
     responses=errors(403, 404, 413, 415),
     openapi_extra=IMAGE_BODY,
 )
@@ -134,6 +136,8 @@ def _agents_printer(session: Session, token: Token, name: str) -> Printer:
 @router.post(
     "/agents/printers/{name}/snapshots",
     status_code=201,
+    response_model=SnapshotView,
+    response_model_exclude_unset=True,
     responses=errors(403, 404, 413, 415),
     openapi_extra=IMAGE_BODY,
 )
