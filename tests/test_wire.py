@@ -44,7 +44,7 @@ from farm.core.settings import Settings
 from farm.core.states import BuildStage, JobState, PrinterState, SliceState
 from tests.coordinator_fixtures import create_build, ready_build
 
-# (method, path, the request body's model, the 200 answer's model): every typed FarmClient call.
+# (method, path, the request body's model, the 200 answer's model): the agents' and workers' calls.
 CALLS: list[tuple[str, str, type[BaseModel] | None, type[BaseModel] | None]] = [
     ("post", "/api/agents/register", wire.Register, wire.Registered),
     ("post", "/api/agents/heartbeat", wire.Heartbeat, wire.HeartbeatAnswer),
@@ -59,8 +59,8 @@ CALLS: list[tuple[str, str, type[BaseModel] | None, type[BaseModel] | None]] = [
     ("post", "/api/slices/{slice_id}/heartbeat", wire.WorkerClaim, wire.Held),
     ("post", "/api/slices/{slice_id}/result", wire.SliceResult, wire.SliceView),
 ]
-# What people read (the CLI, the dashboard) and the operators' calls answer: (method, path, the
-# success answer's model, whether the answer is a list of them).
+# What people read (the CLI, the dashboard) and what the operators' and admins' calls answer:
+# (method, path, the success answer's model, whether the answer is a list of them).
 ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("get", "/api/status", wire.FarmStatus, False),
     ("get", "/api/printers", wire.PrinterView, True),
@@ -102,7 +102,8 @@ ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("post", "/api/enroll", wire.Enrolled, False),
     ("post", "/api/signin-links", wire.SigninLink, False),
 ]
-# The bodies the CLI sends as wire models: (method, path, the body's model).
+# The bodies the CLI sends as wire models (the agents' and workers' are in CALLS): (method, path,
+# the body's model).
 BODIES: list[tuple[str, str, type[BaseModel]]] = [
     ("post", "/api/tokens", wire.NewToken),
     ("post", "/api/notify/targets", wire.NewTarget),

@@ -114,7 +114,7 @@ class FarmClient:
         return self.post(path, wire.body(body))
 
     def _delete(self, path: str) -> Any:
-        return self.request("DELETE", path, json={}).json()
+        return self.request("DELETE", path, json={}).json()  # the empty body the CLI always sent
 
     # -- printer agents (farm/core/wire.py: the bodies and answers) -----------------------
     def register(self, body: wire.Register) -> wire.Registered:
