@@ -24,11 +24,19 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner, Result
 
 from farm.cli import app
-from farm.commands import common, history as history_command, status as status_command
+from farm.commands import (
+    common,
+    history as history_command,
+    revisions as revisions_command,
+    status as status_command,
+    submit as submit_command,
+)
 from farm.coordinator import explain, history, pipeline
-from farm.coordinator.api import builds, create_app, reads, views
+from farm.coordinator.api import builds, create_app, notifications, reads, tokens, views
 from farm.coordinator.api.deps import Farm
-from farm.coordinator.models import Build, Job, Printer, Slice, stored_id
+from farm.coordinator.models import Build, HookDelivery, Job, Printer, Project, Slice, Token, stored_id
+from farm.coordinator.ops_tables import NotifyTarget
+from farm.coordinator.revisions import build_diff, revision_view
 from farm.core import wire
 from farm.core.client import FarmClient, FarmError
 from farm.core.queue import CAD_QUEUE, SLICE_QUEUE
@@ -36,7 +44,7 @@ from farm.core.settings import Settings
 from farm.core.states import BuildStage, JobState, PrinterState, SliceState
 from tests.coordinator_fixtures import create_build, ready_build
 
-# (method, path, the request body's model, the 200 answer's model): every typed FarmClient call.
+# (method, path, the request body's model, the 200 answer's model): the agents' and workers' calls.
 CALLS: list[tuple[str, str, type[BaseModel] | None, type[BaseModel] | None]] = [
     ("post", "/api/agents/register", wire.Register, wire.Registered),
     ("post", "/api/agents/heartbeat", wire.Heartbeat, wire.HeartbeatAnswer),
@@ -51,8 +59,8 @@ CALLS: list[tuple[str, str, type[BaseModel] | None, type[BaseModel] | None]] = [
     ("post", "/api/slices/{slice_id}/heartbeat", wire.WorkerClaim, wire.Held),
     ("post", "/api/slices/{slice_id}/result", wire.SliceResult, wire.SliceView),
 ]
-# What people read (the CLI, the dashboard) and the operators' calls answer: (method, path, the
-# success answer's model, whether the answer is a list of them).
+# What people read (the CLI, the dashboard) and what the operators' and admins' calls answer:
+# (method, path, the success answer's model, whether the answer is a list of them).
 ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("get", "/api/status", wire.FarmStatus, False),
     ("get", "/api/printers", wire.PrinterView, True),
@@ -69,6 +77,42 @@ ANSWERS: list[tuple[str, str, type[BaseModel], bool]] = [
     ("patch", "/api/jobs/{job_id}", wire.JobView, False),
     ("post", "/api/printers/{name}/clear", wire.PrinterView, False),
     ("patch", "/api/printers/{name}", wire.PrinterView, False),
+    ("post", "/api/tokens", wire.MadeToken, False),
+    ("get", "/api/tokens", wire.TokenView, True),
+    ("delete", "/api/tokens/{name}", wire.RevokedTokens, False),
+    ("get", "/api/notify/targets", wire.TargetView, True),
+    ("post", "/api/notify/targets", wire.MadeTarget, False),
+    ("post", "/api/notify/targets/{target_id}/test", wire.QueuedTest, False),
+    ("delete", "/api/notify/targets/{target_id}", wire.RemovedTarget, False),
+    ("get", "/api/notify/log", wire.NotifyLogEntry, True),
+    ("get", "/api/projects", wire.ProjectView, True),
+    ("post", "/api/projects", wire.MadeProject, False),
+    ("get", "/api/projects/{name}", wire.ProjectShown, False),
+    ("delete", "/api/projects/{name}", wire.Removed, False),
+    ("delete", "/api/printers/{name}", wire.Removed, False),
+    ("get", "/api/projects/{name}/parts/{part}/revisions", wire.Revision, True),
+    ("get", "/api/builds/{build_id}/diff/{other_id}", wire.BuildDiff, False),
+    ("post", "/api/printers/{name}/snapshot", wire.SnapshotAsked, False),
+    ("get", "/api/printers/{name}/snapshots", wire.PrinterSnapshots, False),
+    ("get", "/api/jobs/{job_id}/snapshots", wire.SnapshotView, True),
+    ("post", "/api/agents/jobs/{job_id}/snapshots", wire.SnapshotView, False),
+    ("post", "/api/agents/printers/{name}/snapshots", wire.SnapshotView, False),
+    ("post", "/api/printers/enrol", wire.EnrolmentCode, False),
+    ("post", "/api/enroll/info", wire.Enrolment, False),
+    ("post", "/api/enroll", wire.Enrolled, False),
+    ("post", "/api/signin-links", wire.SigninLink, False),
+]
+# The bodies the CLI sends as wire models (the agents' and workers' are in CALLS): (method, path,
+# the body's model).
+BODIES: list[tuple[str, str, type[BaseModel]]] = [
+    ("post", "/api/tokens", wire.NewToken),
+    ("post", "/api/notify/targets", wire.NewTarget),
+    ("post", "/api/projects", wire.NewProject),
+    ("patch", "/api/printers/{name}", wire.PrinterSettings),
+    ("patch", "/api/jobs/{job_id}", wire.JobChange),
+    ("post", "/api/printers/enrol", wire.NewEnrolment),
+    ("post", "/api/enroll/info", wire.CodeBody),
+    ("post", "/api/enroll", wire.CodeBody),
 ]
 REF = "#/components/schemas/"
 
@@ -149,10 +193,15 @@ def test_the_openapi_document_shows_the_wire_models(coordinator: Coordinator) ->
                 _shows(components, model, mode, path)
     for method, path, answer, many in ANSWERS:
         responses = doc["paths"][path][method]["responses"]
-        ok = (responses.get("200") or responses["201"])["content"]["application/json"]["schema"]
+        ok = next(responses[c] for c in ("200", "201", "202") if c in responses)
+        ok = ok["content"]["application/json"]["schema"]
         assert _schema_ref(ok["items"] if many else ok) == answer.__name__, (method, path, ok)
         assert (ok.get("type") == "array") is many, (method, path, ok)
         _shows(components, answer, "serialization", path)
+    for method, path, request in BODIES:
+        body = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        assert _schema_ref(body) == request.__name__, (method, path, body)
+        _shows(components, request, "validation", path)
 
 
 def _same_json(model: type[BaseModel], raw: Any) -> BaseModel:
@@ -432,6 +481,12 @@ def test_what_people_read_is_the_models_json_and_the_typed_client_parses_it(
         "PETG",
         {"fill_density": "20%"},
     )
+    built = client.build(seeded.cad)
+    assert json.dumps(wire.body(built)) == json.dumps(http.get(f"/api/builds/{seeded.cad}").json())
+    assert built.skipped == ["a sketch"] and [s.id for s in built.slices] == [seeded.cad_slice]
+    with pytest.raises(FarmError) as no_build:
+        client.build(999_999)
+    assert no_build.value.status == 404
 
 
 @pytest.fixture
@@ -439,7 +494,7 @@ def cli(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> Callable[.
     """`farm ARGS` against the coordinator in this process, through the typed client."""
     farm = coordinator.client
     monkeypatch.setattr(farm, "close", lambda: None)  # each command closes its client; this one lives on
-    for module in (common, history_command, status_command):
+    for module in (common, history_command, revisions_command, status_command, submit_command):
         monkeypatch.setattr(module, "client", lambda settings=None: farm)
     return lambda *args: CliRunner().invoke(app, list(args))
 
@@ -485,5 +540,222 @@ def test_the_cli_prints_what_the_coordinator_answered(
     assert p.startswith("  p: its bed is not cleared yet: `farm printers clear p` once it is empty; ")
     watched = text("watch", "--once")
     assert "awaiting_clear" in watched and "jobs: waiting 1, ready 1, done 1, cancelled 1" in watched
+    gcode = tmp_path / "a.gcode"
+    gcode.write_text("G28\n")
+    submitted = cli("submit", str(gcode), "--json")  # FarmClient.submit parses the answer: a BuildView
+    assert submitted.exit_code == 0, submitted.output
+    made = json.loads(submitted.stdout)
+    assert submitted.stdout == json.dumps(http.get(f"/api/builds/{made['id']}").json()) + "\n"
+    job = made["jobs"][0]["id"]
+    assert (
+        text("submit", str(gcode)) == f"build {made['id'] + 1} (a.gcode): slicing\n  job {job + 1}: waiting\n"
+    )
     refused = cli("jobs", "--state", "nonsense")
     assert refused.exit_code == 1 and "state" in refused.output
+
+    # The operators' changes: PrinterSettings sent (only what was given), JobView/PrinterView back.
+    changed = cli("printers", "set", "q", "--material", "PETG", "--tag", "enclosed", "--json")
+    (q,) = [p for p in http.get("/api/printers").json() if p["name"] == "q"]
+    assert changed.stdout == json.dumps(q) + "\n" and (q["material"], q["tags"], q["nozzle"]) == (
+        "PETG",
+        ["enclosed"],
+        0.4,
+    )
+    assert (
+        text("printers", "set", "q", "--color", "") == "q: PETG (any colour), 0.4 mm nozzle, auto-eject off\n"
+    )
+    assert text("printers", "clear", "p") == "p: bed clear, ready for the next job\n"
+    cancelled = cli("cancel", str(seeded.ready), "--json")
+    assert cancelled.exit_code == 0 and json.loads(cancelled.stdout)["state"] == "cancelled"
+    _same_json(wire.JobView, json.loads(cancelled.stdout))
+    again = cli("jobs", "retry", str(seeded.done))
+    assert again.exit_code == 1 and "only a failed job can be retried (HTTP 409)" in again.output
+    assert json.loads(cli("printers", "remove", "q", "--json").stdout) == {"removed": "q"}
+    client = coordinator.client
+    with pytest.raises(FarmError) as unknown:
+        client.set_printer("q", wire.PrinterSettings(material="PLA"))
+    assert unknown.value.status == 404
+    assert client.clear("p").bed_clear is True and client.cancel(job).state == JobState.CANCELLED
+
+
+def test_the_admins_commands_print_what_the_coordinator_answered(
+    coordinator: Coordinator, cli: Callable[..., Result]
+) -> None:
+    """Tokens, notification targets and projects: each answer is its model's JSON (what the routes'
+    own functions make, key for key), the typed client parses it, --json prints it as it came."""
+    http = coordinator.http
+
+    def json_of(*args: str) -> Any:
+        shown = cli(*args, "--json")
+        assert shown.exit_code == 0, shown.output
+        return json.loads(shown.stdout)
+
+    made = json_of("tokens", "create", "alice", "--expires", "2031-01-02T03:04:05")
+    assert list(made) == ["name", "role", "printer", "created_at", "expires_at", "revoked_at", "token"]
+    assert made["expires_at"] == "2031-01-02T03:04:05+00:00"
+    _same_json(wire.MadeToken, made)
+    agent = json_of("tokens", "create", "pi", "--role", "agent", "--printer", "p")
+    assert (agent["role"], agent["printer"], agent["expires_at"]) == ("agent", "p", None)
+    shown = cli("tokens", "list", "--json")
+    assert shown.stdout == json.dumps(http.get("/api/tokens").json()) + "\n"
+    with Session(coordinator.app.state.farm.engine) as s:
+        views_ = [tokens._view(t) for t in s.exec(select(Token).order_by(col(Token.id)))]
+    assert json.loads(shown.stdout) == views_
+    assert [t.name for t in coordinator.client.tokens()] == ["admin", "alice", "pi"]
+    revoked = json_of("tokens", "revoke", "pi")
+    _same_json(wire.RevokedTokens, revoked)
+    assert revoked["revoked"] == "pi" and revoked["tokens"][0]["revoked_at"] is not None
+    refused = cli("tokens", "create", "a/b")  # the coordinator's 422, as before the model
+    assert refused.exit_code == 2 and "body.name: String should match pattern" in refused.output
+
+    target = json_of("notify", "add", "https://example.com/hook", "-e", "job.done")
+    assert list(target) == ["id", "url", "format", "events", "signed", "created_at", "secret"]
+    assert target["created_at"].endswith("Z")  # pydantic's time, as the route wrote it before its model
+    _same_json(wire.MadeTarget, target)
+    json_of("notify", "add", "mailto:ops@example.com")
+    shown = cli("notify", "list", "--json")
+    assert shown.stdout == json.dumps(http.get("/api/notify/targets").json()) + "\n"
+    with Session(coordinator.app.state.farm.engine) as s:
+        made = [
+            notifications.target_view(t) for t in s.exec(select(NotifyTarget).order_by(col(NotifyTarget.id)))
+        ]
+    assert shown.stdout == json.dumps(TypeAdapter(Any).dump_python(made, mode="json")) + "\n"
+    assert json_of("notify", "test", str(target["id"])) == {"delivery": 1, "target": target["id"]}
+    log = cli("notify", "log", "--json")
+    assert log.stdout == json.dumps(http.get("/api/notify/log").json()) + "\n"
+    (entry,) = [_same_json(wire.NotifyLogEntry, d) for d in json.loads(log.stdout)]
+    assert isinstance(entry, wire.NotifyLogEntry) and entry.state == "pending" and entry.next_at is not None
+    assert common.shown_time(entry.next_at) == json.loads(log.stdout)[0]["next_at"]  # the table's
+    assert json_of("notify", "remove", str(target["id"])) == {"removed": target["id"]}
+    refused = cli("notify", "add", "ftp://x")
+    assert refused.exit_code == 2 and "a target is an http(s):// URL" in refused.output
+
+    made = json_of("projects", "add", "proj", "--git", "https://example.com/proj.git")
+    assert list(made) == ["name", "git_url", "branch", "credentials", "hooks", "created_at", "secret"]
+    _same_json(wire.MadeProject, made)
+    given = json_of("projects", "add", "own", "--git", "https://example.com/o.git", "--secret", "s" * 16)
+    assert "secret" not in given  # only a secret the farm made is shown
+    with Session(coordinator.app.state.farm.engine) as s:
+        (project,) = s.exec(select(Project).where(Project.name == "proj"))
+        assert project.id is not None
+        for n, state in enumerate(("pending", "done")):
+            s.add(
+                HookDelivery(
+                    project_id=project.id,
+                    service="github",
+                    delivery_key=str(n),
+                    body_sha256=str(n),
+                    ref="refs/heads/main",
+                    commit="c" * 40,
+                    state=state,
+                    builds_json="[1, 2]" if state == "done" else "[]",
+                )
+            )
+        s.commit()
+    listed = cli("projects", "list", "--json")
+    assert listed.stdout == json.dumps(http.get("/api/projects").json()) + "\n"
+    shown = cli("projects", "show", "proj", "--json")
+    assert shown.stdout == json.dumps(http.get("/api/projects/proj").json()) + "\n"
+    detail = _same_json(wire.ProjectShown, json.loads(shown.stdout))
+    assert isinstance(detail, wire.ProjectShown)
+    assert [(d.state, d.builds) for d in detail.deliveries] == [("done", [1, 2]), ("pending", [])]
+    assert json_of("projects", "remove", "own") == {"removed": "own"}
+    refused = cli("projects", "add", "x", "--git", "https://example.com/x.git", "--secret", "short")
+    assert (
+        refused.exit_code == 2 and "body.secret: String should have at least 16 characters" in refused.output
+    )
+
+
+def test_revisions_and_diffs_are_the_models_json(
+    coordinator: Coordinator, cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    """`farm revisions` and `farm diff`: the answers are what coordinator/revisions.py makes, key
+    for key (an integer stays one: a print time, a bbox stored with whole numbers), the typed client
+    parses them, --json prints them as they came."""
+    seeded = _seed(coordinator, tmp_path)
+    http, client = coordinator.http, coordinator.client
+    with Session(coordinator.app.state.farm.engine) as s:
+        for build in s.exec(select(Build)):
+            build.project_name, build.part_name = "proj", "part"
+            if build.id != seeded.cad:
+                build.git_tag, build.params_json, build.bbox_json = (
+                    "v1",
+                    '{"width": 10}',
+                    "[[0, 0, 0], [10.5, 10, 4]]",
+                )
+            s.add(build)
+        s.commit()
+        builds_ = sorted(s.exec(select(Build)), key=lambda b: -stored_id(b))
+        made = [revision_view(b, list(s.exec(select(Slice).where(Slice.build_id == b.id)))) for b in builds_]
+    raw = http.get("/api/projects/proj/parts/part/revisions").json()
+    assert json.dumps(raw) == json.dumps(TypeAdapter(Any).dump_python(made, mode="json"))
+    assert (
+        raw[-1]["bbox"] == [[0, 0, 0], [10.5, 10, 4]] and raw[-1]["estimates"]["MINI"]["print_time_s"] == 60
+    )
+    shown = cli("revisions", "proj", "part", "--json")
+    assert shown.stdout == json.dumps(raw) + "\n"
+    assert [r.id for r in client.revisions("proj", "part", most=1)] == [raw[0]["id"]]
+    first, cad = raw[-1]["id"], seeded.cad
+    diffed = http.get(f"/api/builds/{first}/diff/{cad}").json()
+    assert json.dumps(diffed) == json.dumps(
+        TypeAdapter(Any).dump_python(build_diff(made[-1], made[0]), mode="json")
+    )
+    assert cli("diff", str(first), str(cad), "--json").stdout == json.dumps(diffed) + "\n"
+    parsed = _same_json(wire.BuildDiff, diffed)
+    assert parsed == client.diff(first, cad) and client.diff(first, cad).params.changed["width"].b == 20
+    lines = cli("diff", str(first), str(cad)).stdout.splitlines()
+    assert lines[:3] == [
+        f"build {first} -> build {cad}",
+        "  commit    - -> aaaaaaaaaaaa",
+        "  tag       v1 -> -",
+    ]
+
+
+def test_a_still_asked_for_is_the_models_json(coordinator: Coordinator) -> None:
+    """What `farm printers snapshot` reads: the request's answer and the printer's stills."""
+    http, client = coordinator.http, coordinator.client
+    client.register(wire.Register(printer="p", model="MINI", protocol="prusalink", state=PrinterState.IDLE))
+    asked = client.request_snapshot("p")
+    assert (asked.printer, asked.after) == ("p", 0)
+    before = _same_json(wire.PrinterSnapshots, http.get("/api/printers/p/snapshots").json())
+    assert isinstance(before, wire.PrinterSnapshots) and before.snapshots == [] and before.wanted_since
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 100
+    made = http.post("/api/agents/printers/p/snapshots", content=png, headers={"Content-Type": "image/png"})
+    _same_json(wire.SnapshotView, made.json())  # the agent's upload answers the still
+    stills = client.printer_snapshots("p", limit=1)
+    assert [(s.id, s.moment, s.media_type) for s in stills.snapshots] == [
+        (made.json()["id"], "request", "image/png")
+    ]
+    assert wire.body(stills) == http.get("/api/printers/p/snapshots", params={"limit": 1}).json()
+    with pytest.raises(FarmError) as unknown:
+        client.request_snapshot("nobody")
+    assert unknown.value.status == 404
+
+
+def test_an_enrolment_through_the_typed_client(coordinator: Coordinator) -> None:
+    """`farm printers add` makes a code, `farm agent enroll` reads then spends it; `farm open`."""
+    client = coordinator.client
+    made = client.enrol(wire.NewEnrolment(printer="mini-1", model="mini", ttl_s=600))
+    assert (made.printer, made.model, made.driver) == ("mini-1", "MINI", "prusalink")
+    assert made.code.startswith("pe_") and made.expires_at.endswith("+00:00")
+    agent = FarmClient(str(coordinator.http.base_url), None)  # no token: the code is the credential
+    agent._http.close()
+    agent._http = TestClient(coordinator.app)
+    info = agent.enrolment(made.code)
+    assert (info.printer, info.model, info.driver, info.expires_at) == (
+        "mini-1",
+        "MINI",
+        "prusalink",
+        made.expires_at,
+    )
+    granted = agent.enroll(made.code)
+    assert granted.token_name == "agent-mini-1" and granted.token.startswith("pf_")
+    with pytest.raises(FarmError) as spent:
+        agent.enroll(made.code)
+    assert spent.value.status == 409
+    with pytest.raises(FarmError) as empty:  # unchecked by the client: the coordinator's 422
+        agent.enrolment("")
+    assert empty.value.status == 422
+    agent.close()
+    link = client.signin_link()
+    assert link.path.startswith("/signin/") and link.expires_in_s > 0

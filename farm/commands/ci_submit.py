@@ -21,13 +21,13 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 
 from farm.commands.ci_common import ManifestOpt, read_manifest
-from farm.commands.common import die
+from farm.commands.common import die, plain
 from farm.coordinator.sources import SourceProblem, check_cad_source
 from farm.core.client import FarmClient, FarmError
 from farm.core.manifest import MANIFEST_NAME, Part, Target
 from farm.core.project import Packed, ProjectError, pack_file
 from farm.core.settings import get_settings
-from farm.core.wire import SubmitOptions
+from farm.core.wire import BuildView, SubmitOptions
 
 USAGE_STATUSES = (400, 413, 415, 422)
 
@@ -97,7 +97,7 @@ def submit(
                     done = f" ({len(sent)} builds were sent before it)" if sent else ""
                     die(f"part '{sub.part.name}': {exc}{done}", 2 if exc.status in USAGE_STATUSES else 1)
                 sent.append({"part": sub.part.name, "params": sub.params, "print": sub.target is not None,
-                             "build": build})  # fmt: skip
+                             "build": plain(build)})  # fmt: skip
                 if not as_json:
                     typer.echo(_line(sub, build))
     if as_json:
@@ -162,15 +162,15 @@ def _options(sub: Submission, entry_file: str, checkout: Checkout) -> SubmitOpti
     return SubmitOptions.model_validate({**options, **sub.target.model_dump(exclude_none=True)})
 
 
-def _line(sub: Submission, build: dict[str, Any]) -> str:
+def _line(sub: Submission, build: BuildView) -> str:
     params = f" {json.dumps(sub.params)}" if sub.params else ""
     if sub.target is None:
-        return f"{sub.part.name}{params}: build {build['id']}, preview (CAD only, no print)"
+        return f"{sub.part.name}{params}: build {build.id}, preview (CAD only, no print)"
     t = sub.target
     where = f"on {t.printer_model}" if t.printer_model else "on any printer"
-    jobs = len(build.get("jobs", []))
+    jobs = len(build.jobs)
     return (
-        f"{sub.part.name}{params}: build {build['id']}, {t.copies} x {t.material} {where} "
+        f"{sub.part.name}{params}: build {build.id}, {t.copies} x {t.material} {where} "
         f"({jobs} job{'s' * (jobs != 1)})"
     )
 

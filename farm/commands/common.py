@@ -8,10 +8,11 @@ import re
 import signal
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from rich.table import Table
 
 from farm.commands.watch import stdout_console
@@ -23,6 +24,7 @@ USAGE_STATUSES = (400, 413, 415, 422)  # the coordinator refused what was typed:
 DURATION = re.compile(r"(\d+)\s*([mhdw])")
 UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 T = TypeVar("T")
+TIME = TypeAdapter(datetime)
 
 
 def setup_logging() -> None:
@@ -54,16 +56,21 @@ def client(settings: Settings | None = None) -> FarmClient:
 
 
 def emit(data: Any) -> None:
-    typer.echo(json.dumps(_plain(data), default=str))
+    typer.echo(json.dumps(plain(data), default=str))
 
 
-def _plain(data: Any) -> Any:
+def plain(data: Any) -> Any:
     """A wire model as the coordinator sent it: the same keys in the same order, none added."""
     if isinstance(data, BaseModel):
         return data.model_dump(mode="json", by_alias=True, exclude_unset=True)
     if isinstance(data, list):
-        return [_plain(item) for item in data]
+        return [plain(item) for item in data]
     return data
+
+
+def shown_time(when: datetime | None) -> str | None:
+    """A time in a table as the coordinator wrote it (pydantic's ISO 8601), not as str() would."""
+    return TIME.dump_python(when, mode="json") if when is not None else None
 
 
 def wait_for_stop() -> threading.Event:
@@ -91,26 +98,10 @@ def ask(call: Callable[[FarmClient], T]) -> T:
             die(str(exc))
 
 
-def get(path: str, **params: Any) -> Any:
+def change(call: Callable[[FarmClient], T]) -> T:
+    """One typed call that changes something; a refusal of what was typed exits 2, as a bad option."""
     with client() as farm:
         try:
-            return farm.get(path, **params)
-        except FarmError as exc:
-            die(str(exc))
-
-
-def get_all(path: str, most: int | None = None, **params: Any) -> list[Any]:
-    """Every item of a list endpoint (or the first `most`), following its pages."""
-    with client() as farm:
-        try:
-            return farm.get_all(path, most=most, **params)
-        except FarmError as exc:
-            die(str(exc))
-
-
-def send(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    with client() as farm:
-        try:
-            return farm.request(method, path, json=body or {}).json()
+            return call(farm)
         except FarmError as exc:
             die_farm(exc)

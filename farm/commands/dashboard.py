@@ -20,11 +20,11 @@ def open_dashboard(
     link valid for a few minutes. The link is printed last, to open on another device."""
     with client() as farm:
         try:
-            link = farm.post("/api/signin-links")
+            link = farm.signin_link()
         except FarmError as exc:
             die(str(exc))
-    url = farm.url + link["path"]
-    minutes = int(link["expires_in_s"] // 60)
+    url = farm.url + link.path
+    minutes = int(link.expires_in_s // 60)
     if not no_browser and webbrowser.open(url):
         typer.echo(f"opened the dashboard in your browser; the link works once, for {minutes} minutes:")
     else:

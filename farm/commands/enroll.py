@@ -11,8 +11,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -29,9 +30,12 @@ from farm.commands.agent_tools import (
 from farm.commands.common import die
 from farm.core.client import FarmClient, FarmError
 from farm.core.states import PrinterState
+from farm.core.wire import Enrolment
 from printers.config import AgentConfig, CoordinatorConfig
 from printers.drivers.base import DriverError, PrinterConfig
 from printers.tools import check, printer_config_from_flags
+
+T = TypeVar("T")
 
 SYSTEMD_DIR = Path("/etc/systemd/system")
 CONFIG_EXIT = 2  # the agent's exit status for a configuration mistake: restarting cannot help
@@ -105,36 +109,36 @@ def enroll_command(
     out = config or default_config()
     url = url.rstrip("/")
     with FarmClient(url, None) as client:
-        info = _post(client, "/api/enroll/info", code)
-        typer.echo(f"enrolling printer {info['printer']} ({info['model']}) with {url}")
+        info = _asked(lambda: client.enrolment(code))
+        typer.echo(f"enrolling printer {info.printer} ({info.model}) with {url}")
         driver = driver or typer.prompt(
-            "Driver (prusalink, octoprint, moonraker, bambu)", default=info["driver"]
+            "Driver (prusalink, octoprint, moonraker, bambu)", default=info.driver
         )
         host = host or typer.prompt("The printer's address on this network (host or host:port)")
         password, api_key, serial, access_code = _ask_missing(driver, password, api_key, serial, access_code)
         printer = _printer(info, driver, host, port, api_key, username, password, serial, access_code)
         if not skip_check:
             _check(printer, host)
-        granted = _post(client, "/api/enroll", code)
-    cfg = AgentConfig(coordinator=CoordinatorConfig(url=url, token=granted["token"]), printer=printer)
+        granted = _asked(lambda: client.enroll(code))
+    cfg = AgentConfig(coordinator=CoordinatorConfig(url=url, token=granted.token), printer=printer)
     write_private(out, cfg.to_toml())
     typer.echo(
-        f"enrolled: {out} (mode 600) holds token '{granted['token_name']}' for {printer.name}\n"
+        f"enrolled: {out} (mode 600) holds token '{granted.token_name}' for {printer.name}\n"
         f"run it: farm agent --config {out}\n"
         f"or as a service: farm agent install-service --config {out}"
     )
 
 
-def _post(client: FarmClient, path: str, code: str) -> dict[str, Any]:
+def _asked(call: Callable[[], T]) -> T:
+    """A call about the code; a refusal of it (a 4xx) exits 2, as a bad argument."""
     try:
-        answer: dict[str, Any] = client.post(path, {"code": code})
+        return call()
     except FarmError as exc:
         die(str(exc), 2 if exc.status and 400 <= exc.status < 500 else 1)
-    return answer
 
 
 def _printer(
-    info: dict[str, Any],
+    info: Enrolment,
     driver: str,
     host: str,
     port: int | None,
@@ -148,7 +152,7 @@ def _printer(
     try:
         return printer_config_from_flags(
             None, driver, host, port, api_key, username, password, serial, access_code,
-            info["model"], info["printer"],
+            info.model, info.printer,
         )  # fmt: skip
     except ValueError as exc:
         die(str(exc), 2)

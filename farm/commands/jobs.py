@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from farm.commands.common import JsonOpt, ask, client, die_farm, emit, send, table
+from farm.commands.common import JsonOpt, ask, change, client, die_farm, emit, table
 from farm.core.client import FarmError
 
 jobs_app = typer.Typer(help="List jobs (with no command), retry failed ones, explain where they go.")
@@ -53,13 +53,13 @@ def jobs_retry(
 ) -> None:
     """Give a failed job one more attempt, on any printer that can take it; if its build failed, the
     part that failed (the CAD run or the slicing) is made again first."""
-    data = send("POST", f"/api/jobs/{job_id}/retry")
+    data = change(lambda farm: farm.retry(job_id))
     if as_json:
         emit(data)
-    elif data["state"] == "waiting":
-        typer.echo(f"job {job_id}: waiting while its build is made again (build {data['build']})")
+    elif data.state == "waiting":
+        typer.echo(f"job {job_id}: waiting while its build is made again (build {data.build})")
     else:
-        typer.echo(f"job {job_id}: back in the queue ({data['state']})")
+        typer.echo(f"job {job_id}: back in the queue ({data.state})")
 
 
 @jobs_app.command("explain")
@@ -114,5 +114,5 @@ def cancel(
     job_id: Annotated[int, typer.Argument(help="The job to cancel.")], as_json: JsonOpt = False
 ) -> None:
     """Cancel a job: a queued one never prints; a printing one is stopped on its printer."""
-    data = send("POST", f"/api/jobs/{job_id}/cancel")
+    data = change(lambda farm: farm.cancel(job_id))
     emit(data) if as_json else typer.echo(f"job {job_id}: cancelled")

@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from farm.commands.common import JsonOpt, emit, get, send, table
+from farm.commands.common import JsonOpt, ask, change, emit, shown_time, table
+from farm.core.client import FarmClient
+from farm.core.wire import NewTarget
 
 notify_app = typer.Typer(
     help="Notifications: webhooks (JSON, Discord, Slack, ntfy) and e-mail for job, printer and queue events.",
@@ -35,28 +37,28 @@ def add(
 ) -> None:
     """Add a target. JSON deliveries carry X-Farm-Timestamp and X-Farm-Signature:
     sha256=HMAC-SHA256(secret, timestamp + "." + body)."""
-    data = send(
-        "POST", "/api/notify/targets", {"url": url, "format": fmt, "events": event or [], "secret": secret}
-    )
+    # Unchecked here: the coordinator's refusal (a 422) is what this has always said.
+    body = NewTarget.model_construct(url=url, format=fmt, events=event or [], secret=secret)
+    data = change(lambda farm: farm.add_notify_target(body))
     if as_json:
         emit(data)
         return
-    typer.echo(f"target {data['id']}: {data['format']} to {data['url']} for {', '.join(data['events'])}")
-    if data.get("secret") and not secret:
-        typer.echo(f"signing secret (shown only now): {data['secret']}")
+    typer.echo(f"target {data.id}: {data.format} to {data.url} for {', '.join(data.events)}")
+    if data.secret and not secret:
+        typer.echo(f"signing secret (shown only now): {data.secret}")
 
 
 @notify_app.command("list")
 def list_targets(as_json: JsonOpt = False) -> None:
     """The targets and the events each gets."""
-    data = get("/api/notify/targets")
+    data = ask(FarmClient.notify_targets)
     if as_json:
         emit(data)
         return
     table(
         "notification targets",
         ["id", "format", "url", "events", "signed"],
-        [[t["id"], t["format"], t["url"], ",".join(t["events"]), t["signed"]] for t in data],
+        [[t.id, t.format, t.url, ",".join(t.events), t.signed] for t in data],
     )
 
 
@@ -66,8 +68,8 @@ def test(
     as_json: JsonOpt = False,
 ) -> None:
     """Send a test event to one target; `farm notify log` shows whether it arrived."""
-    data = send("POST", f"/api/notify/targets/{target}/test")
-    emit(data) if as_json else typer.echo(f"test queued for target {target} (delivery {data['delivery']})")
+    data = change(lambda farm: farm.test_notify_target(target))
+    emit(data) if as_json else typer.echo(f"test queued for target {target} (delivery {data.delivery})")
 
 
 @notify_app.command("remove")
@@ -76,7 +78,7 @@ def remove(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove a target and drop its pending deliveries."""
-    data = send("DELETE", f"/api/notify/targets/{target}")
+    data = change(lambda farm: farm.remove_notify_target(target))
     emit(data) if as_json else typer.echo(f"target {target}: removed")
 
 
@@ -86,7 +88,7 @@ def log(
     as_json: JsonOpt = False,
 ) -> None:
     """The latest deliveries and how each went (sent, pending with its next try, or failed)."""
-    data = get("/api/notify/log", limit=limit)
+    data = ask(lambda farm: farm.notify_log(limit))
     if as_json:
         emit(data)
         return
@@ -95,15 +97,15 @@ def log(
         ["id", "event", "target", "state", "tries", "status", "error", "sent / next try", "summary"],
         [
             [
-                d["id"],
-                d["event"],
-                d["url"],
-                d["state"],
-                d["attempts"],
-                d["last_status"],
-                d["last_error"],
-                d["sent_at"] or d["next_at"],
-                d["summary"],
+                d.id,
+                d.event,
+                d.url,
+                d.state,
+                d.attempts,
+                d.last_status,
+                d.last_error,
+                shown_time(d.sent_at or d.next_at),
+                d.summary,
             ]
             for d in data
         ],

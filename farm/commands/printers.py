@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import typer
 
 from farm.commands import snapshot
-from farm.commands.common import DURATION, UNIT_S, JsonOpt, ask, die, emit, send, table
+from farm.commands.common import DURATION, UNIT_S, JsonOpt, ask, change, die, emit, plain, table
 from farm.core.client import FarmClient
 from farm.core.settings import get_settings
+from farm.core.wire import DriverName, NewEnrolment, PrinterSettings
 
 printers_app = typer.Typer(help="List printers (with no command), set what is loaded, clear beds.")
 
@@ -62,17 +63,21 @@ def printers_add(
     m = DURATION.fullmatch(expires.strip().lower())
     if m is None:
         raise typer.BadParameter(f"'{expires}' is not a duration (30m, 2h, 1d)", param_hint="--expires")
-    body = {"printer": name, "model": model, "driver": driver, "ttl_s": int(m[1]) * UNIT_S[m[2]]}
-    data = send("POST", "/api/printers/enrol", body)
+    # Unchecked here (a driver may be none of DriverName's): the coordinator's 422 says what is wrong.
+    ttl_s = int(m[1]) * UNIT_S[m[2]]
+    body = NewEnrolment.model_construct(
+        printer=name, model=model, driver=cast(DriverName, driver), ttl_s=ttl_s
+    )
+    data = change(lambda farm: farm.enrol(body))
     base = (url or get_settings().url).rstrip("/")
-    command = f"farm agent enroll {base} {data['code']}"
+    command = f"farm agent enroll {base} {data.code}"
     if as_json:
-        emit({**data, "command": command, "install": f"curl -fsSL {base}/agent/install.sh | sh"})
+        emit({**plain(data), "command": command, "install": f"curl -fsSL {base}/agent/install.sh | sh"})
         return
     typer.echo(
-        f"{name}: a {data['model']} ({data['driver']}); "
-        f"enrolment code, single use, until {data['expires_at']}:\n"
-        f"  {data['code']}\n"
+        f"{name}: a {data.model} ({data.driver}); "
+        f"enrolment code, single use, until {data.expires_at}:\n"
+        f"  {data.code}\n"
         f"On its Pi, install the agent (if it is not yet) and enrol:\n"
         f"  curl -fsSL {base}/agent/install.sh | sh\n"
         f"  {command}\n"
@@ -85,7 +90,7 @@ def printers_clear(
     name: Annotated[str, typer.Argument(help="The printer whose bed is now empty.")], as_json: JsonOpt = False
 ) -> None:
     """Confirm a printer's bed is empty, so it takes the next job."""
-    data = send("POST", f"/api/printers/{name}/clear")
+    data = change(lambda farm: farm.clear(name))
     emit(data) if as_json else typer.echo(f"{name}: bed clear, ready for the next job")
 
 
@@ -95,7 +100,7 @@ def printers_remove(
     as_json: JsonOpt = False,
 ) -> None:
     """Take a printer out of the farm (its agent registers it again if it is still running)."""
-    data = send("DELETE", f"/api/printers/{name}")
+    data = change(lambda farm: farm.remove_printer(name))
     emit(data) if as_json else typer.echo(f"{name}: removed")
 
 
@@ -116,7 +121,7 @@ def printers_set(
     as_json: JsonOpt = False,
 ) -> None:
     """Say what a printer has loaded: jobs go only to printers with their material and colour."""
-    body = {
+    body: dict[str, Any] = {
         k: v
         for k, v in {
             "material": material,
@@ -131,11 +136,13 @@ def printers_set(
     }
     if not body:
         die("nothing to set: see `farm printers set --help` for what can be set", 2)
-    data = send("PATCH", f"/api/printers/{name}", body)
+    # Unchecked here: the coordinator's refusal (a 422) is what this has always said.
+    settings = PrinterSettings.model_construct(**body)  # only what was given: nothing else changes
+    data = change(lambda farm: farm.set_printer(name, settings))
     if as_json:
         emit(data)
     else:
         typer.echo(
-            f"{name}: {data['material']} {data['color'] or '(any colour)'}, {data['nozzle']:g} mm nozzle, "
-            f"auto-eject {'on' if data['auto_eject'] else 'off'}"
+            f"{name}: {data.material} {data.color or '(any colour)'}, {data.nozzle:g} mm nozzle, "
+            f"auto-eject {'on' if data.auto_eject else 'off'}"
         )

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 import typer
 
-from farm.commands.common import client, die
+from farm.commands.common import client, die, plain
 from farm.core.client import FarmClient, FarmError
+from farm.core.wire import SnapshotView
 
 POLL_S = 0.3
 
@@ -36,31 +37,31 @@ def printers_snapshot(
     path = f"/api/printers/{quote(name, safe='')}"
     with client() as farm:
         try:
-            asked = farm.post(f"{path}/snapshot")
-            snap = _wait(farm, path, name, asked["after"], timeout)
-            image = farm.request("GET", f"{path}/snapshot", params={"id": snap["id"]})
+            asked = farm.request_snapshot(name)
+            snap = _wait(farm, name, asked.after, timeout)
+            image = farm.request("GET", f"{path}/snapshot", params={"id": snap.id})
         except FarmError as exc:
             die(str(exc), 2 if exc.status in (400, 422) else 1)
-    ext = "png" if snap["media_type"] == "image/png" else "jpg"
-    out = output or Path(f"{name}-{snap['id']}.{ext}".replace("/", "_"))
+    ext = "png" if snap.media_type == "image/png" else "jpg"
+    out = output or Path(f"{name}-{snap.id}.{ext}".replace("/", "_"))
     out.write_bytes(image.content)
     if as_json:
-        typer.echo(json.dumps({**snap, "saved": str(out)}))
+        typer.echo(json.dumps({**plain(snap), "saved": str(out)}))
     else:
-        typer.echo(f"{name}: {snap['media_type']} still taken at {snap['taken_at']}, saved to {out}")
+        typer.echo(f"{name}: {snap.media_type} still taken at {snap.taken_at}, saved to {out}")
 
 
-def _wait(client: FarmClient, path: str, name: str, after: int, timeout: float) -> dict[str, Any]:
+def _wait(client: FarmClient, name: str, after: int, timeout: float) -> SnapshotView:
     deadline = time.monotonic() + timeout
     while True:
-        state = client.get(f"{path}/snapshots", limit=1)
-        newest = state["snapshots"][0] if state["snapshots"] else None
-        if newest is not None and newest["id"] > after:
+        state = client.printer_snapshots(name, limit=1)
+        newest = state.snapshots[0] if state.snapshots else None
+        if newest is not None and newest.id > after:
             return newest
-        if state["error"]:  # cleared when we asked: this is the agent's answer to us
-            die(f"{name}: {state['error']}")
+        if state.error:  # cleared when we asked: this is the agent's answer to us
+            die(f"{name}: {state.error}")
         if time.monotonic() >= deadline:
-            seen = state.get("agent_last_seen")
+            seen = state.agent_last_seen
             die(
                 f"{name}: no still within {timeout:g} s: its agent has not answered "
                 f"({'last heard from at ' + seen if seen else 'it has never called in'}). "

@@ -22,7 +22,7 @@ from farm.coordinator.sources import SourceProblem, check_cad_source
 from farm.core.client import FarmClient, FarmError
 from farm.core.project import ProjectError, is_git_url, pack_file, pack_git
 from farm.core.settings import get_settings
-from farm.core.wire import GitSource, SubmitOptions
+from farm.core.wire import BuildView, GitSource, JobView, SubmitOptions
 
 TERMINAL = {"done", "failed", "cancelled"}
 
@@ -132,7 +132,7 @@ def submit(
     else:
         for build in builds:
             _print_build(build)
-    if wait and any(j["state"] != "done" for b in builds for j in b["jobs"]):
+    if wait and any(j.state != "done" for b in builds for j in b.jobs):
         raise typer.Exit(1)
 
 
@@ -144,7 +144,7 @@ def _send_builds(
     *,
     wait: bool,
     quiet: bool,
-) -> list[dict[str, Any]]:
+) -> list[BuildView]:
     """One build per parameter set, followed to the end with `wait`."""
     if len(param_sets) > 1:  # the coordinator's checks first: a matrix is queued whole or not at all
         _check_param_sets(upload, options, param_sets)
@@ -201,7 +201,7 @@ def _prepare_upload(
     return packed.archive
 
 
-def _follow(client: FarmClient, builds: list[dict[str, Any]], *, quiet: bool) -> list[dict[str, Any]]:
+def _follow(client: FarmClient, builds: list[BuildView], *, quiet: bool) -> list[BuildView]:
     """Follow every job of every build at once (a --matrix is many builds) until all have ended.
 
     On a terminal: one progress bar per job with its ETA (the agent's `remaining_s` while it
@@ -219,65 +219,65 @@ def _follow(client: FarmClient, builds: list[dict[str, Any]], *, quiet: bool) ->
     )
     said: dict[int, tuple[str, str]] = {}
     with progress:
-        tasks = {j["id"]: progress.add_task("", total=100, eta="") for b in builds for j in b["jobs"]}
+        tasks = {j.id: progress.add_task("", total=100, eta="") for b in builds for j in b.jobs}
         while True:
             for b in builds:
-                for j in b["jobs"]:
+                for j in b.jobs:
                     text, eta = _job_line(b, j), _job_eta(b, j, datetime.now())
-                    progress.update(tasks[j["id"]], description=text, completed=j["progress"] or 0, eta=eta)
+                    progress.update(tasks[j.id], description=text, completed=j.progress or 0, eta=eta)
                     seen = (text, _bucket(j))  # a new line for a new state or quarter, not a new ETA
-                    if not quiet and not console.is_terminal and said.get(j["id"]) != seen:
-                        said[j["id"]] = seen
+                    if not quiet and not console.is_terminal and said.get(j.id) != seen:
+                        said[j.id] = seen
                         typer.echo(", ".join(filter(None, [*seen, eta])), err=True)
-            going = [i for i, b in enumerate(builds) if not all(j["state"] in TERMINAL for j in b["jobs"])]
+            going = [i for i, b in enumerate(builds) if not all(j.state in TERMINAL for j in b.jobs)]
             if not going:
                 return builds
             time.sleep(0.5)
             for i in going:
-                builds[i] = client.get(f"/api/builds/{builds[i]['id']}")
+                builds[i] = client.build(builds[i].id)
 
 
-def _job_line(build: dict[str, Any], job: dict[str, Any]) -> str:
-    where = f" on {job['printer']}" if job["printer"] else ""
-    state = build["stage"] if job["state"] == "waiting" else job["state"]
-    return f"job {job['id']} ({build['source']}): {state}{where}"
+def _job_line(build: BuildView, job: JobView) -> str:
+    where = f" on {job.printer}" if job.printer else ""
+    state = build.stage if job.state == "waiting" else job.state
+    return f"job {job.id} ({build.source}): {state}{where}"
 
 
-def _job_eta(build: dict[str, Any], job: dict[str, Any], now: datetime) -> str:
+def _job_eta(build: BuildView, job: JobView, now: datetime) -> str:
     """When it should be done: from the printer while it prints, else the slicer's estimate (the
     longest, while it is not yet known which printer model takes it)."""
-    if job["state"] in TERMINAL:
+    if job.state in TERMINAL:
         return ""
-    if job.get("remaining_s") is not None:
-        return f"ETA {eta(job['remaining_s'], now)}"
-    estimates = [job["print_time_s"]] if job.get("print_time_s") else [
-        s["print_time_s"]
-        for s in build.get("slices", [])
-        if s.get("print_time_s") and s.get("copies") == job.get("copies")
-        and (not job.get("printer_model") or s.get("printer_model") == job["printer_model"])
+    if job.remaining_s is not None:
+        return f"ETA {eta(job.remaining_s, now)}"
+    estimates = [job.print_time_s] if job.print_time_s else [
+        s.print_time_s
+        for s in build.slices
+        if s.print_time_s and s.copies == job.copies
+        and (not job.printer_model or s.printer_model == job.printer_model)
     ]  # fmt: skip
     if estimates:
         return f"prints in about {eta(max(estimates), now).split(' ')[0]}"
     return ""
 
 
-def _bucket(job: dict[str, Any]) -> str:
+def _bucket(job: JobView) -> str:
     """Progress in quarters, so that a piped log gets a few lines per print, not one a second."""
-    if job["progress"] is None or job["state"] in TERMINAL:
+    if job.progress is None or job.state in TERMINAL:
         return ""
-    return f"{int(job['progress'] // 25 * 25)}%"
+    return f"{int(job.progress // 25 * 25)}%"
 
 
-def _print_build(build: dict[str, Any]) -> None:
-    typer.echo(f"build {build['id']} ({build['source']}): {build['stage']}")
-    if build["error"]:
-        typer.secho(f"  error: {build['error']}", fg="red")
-    if build.get("skipped"):
-        typer.echo(f"  skipped (shown, not printed): {', '.join(build['skipped'])}")
-    for j in build["jobs"]:
-        line = f"  job {j['id']}: {j['state']}"
-        if j["printer"]:
-            line += f" on {j['printer']}"
-        if j["error"] and j["error"] != build["error"]:
-            line += f" - {j['error']}"
+def _print_build(build: BuildView) -> None:
+    typer.echo(f"build {build.id} ({build.source}): {build.stage}")
+    if build.error:
+        typer.secho(f"  error: {build.error}", fg="red")
+    if build.skipped:
+        typer.echo(f"  skipped (shown, not printed): {', '.join(build.skipped)}")
+    for j in build.jobs:
+        line = f"  job {j.id}: {j.state}"
+        if j.printer:
+            line += f" on {j.printer}"
+        if j.error and j.error != build.error:
+            line += f" - {j.error}"
         typer.echo(line)

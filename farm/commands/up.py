@@ -44,7 +44,7 @@ from farm.core.client import FarmClient
 from farm.core.printer_models import check_model
 from farm.core.project import pack_file
 from farm.core.settings import Settings
-from farm.core.wire import SubmitOptions
+from farm.core.wire import MadeToken, NewToken, Role, SubmitOptions, body as wire_body
 from printers.config import AgentConfig, CoordinatorConfig
 from printers.drivers.base import PrinterConfig
 
@@ -387,10 +387,10 @@ class Farm:
             self.start_sim(sim, counts[sim] - 1, token, env)
         self.print_banner(redis_url)
 
-    def issue_token(self, admin: str, name: str, role: str, printer: str | None = None) -> str:
+    def issue_token(self, admin: str, name: str, role: Role, printer: str | None = None) -> str:
         """A token of its own for one part, so that no part but the operator's CLI holds the admin
         token. A restart on the same data dir revokes the last run's and issues a new one."""
-        body = {"name": name, "role": role, "printer": printer}
+        body = wire_body(NewToken(name=name, role=role, printer=printer))
         headers = {"Authorization": f"Bearer {admin}"}
         with httpx.Client(base_url=self.settings.url, headers=headers, timeout=30) as api:
             resp = api.post("/api/tokens", json=body)
@@ -398,7 +398,7 @@ class Farm:
                 api.delete(f"/api/tokens/{name}").raise_for_status()
                 resp = api.post("/api/tokens", json=body)
             resp.raise_for_status()
-            return str(resp.json()["token"])
+            return MadeToken.model_validate(resp.json()).token
 
     def start_sim(self, sim: str, i: int, admin: str, env: dict[str, str]) -> None:
         protocol, _, chosen = sim.partition(":")
@@ -534,14 +534,14 @@ def submit_examples(settings: Settings) -> None:
         for example in sorted(examples.glob("*")):
             if example.suffix in (".py", ".stl"):
                 build = client.submit(example, SubmitOptions())
-                log.info("demo: submitted %s as build %s", example.name, build["id"])
+                log.info("demo: submitted %s as build %s", example.name, build.id)
         project = examples / "makerrepo_project"
         packed = pack_file(project / "main.py", Path(tmp))
         assert packed is not None  # its requirements.txt makes it a project
         params = json.loads((project / "tall.json").read_text())
         options = SubmitOptions(entry_file=packed.entry, entry="custom_tray", params=params)
         build = client.submit(packed.archive, options)
-        log.info("demo: submitted %s (custom_tray, tall.json) as build %s", project.name, build["id"])
+        log.info("demo: submitted %s (custom_tray, tall.json) as build %s", project.name, build.id)
 
 
 def run_farm(settings: Settings, *, sims: list[str], demo: bool, speed: float) -> int:

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -112,6 +113,9 @@ class FarmClient:
     def _send(self, path: str, body: BaseModel) -> Any:
         return self.post(path, wire.body(body))
 
+    def _delete(self, path: str) -> Any:
+        return self.request("DELETE", path, json={}).json()  # the empty body the CLI always sent
+
     # -- printer agents (farm/core/wire.py: the bodies and answers) -----------------------
     def register(self, body: wire.Register) -> wire.Registered:
         return wire.Registered.model_validate(self._send("/api/agents/register", body))
@@ -198,6 +202,100 @@ class FarmClient:
         given = {k: v for k, v in filters.items() if v is not None}
         return wire.History.model_validate(self.get("/api/history", limit=limit, **given))
 
+    # -- operators: what they change ----------------------------------------------------------
+    def cancel(self, job_id: int) -> wire.JobView:
+        return wire.JobView.model_validate(self.post(f"/api/jobs/{job_id}/cancel"))
+
+    def retry(self, job_id: int) -> wire.JobView:
+        return wire.JobView.model_validate(self.post(f"/api/jobs/{job_id}/retry"))
+
+    def clear(self, printer: str) -> wire.PrinterView:
+        """The printer's bed is empty: it takes the next job."""
+        return wire.PrinterView.model_validate(self.post(f"/api/printers/{printer}/clear"))
+
+    def set_printer(self, printer: str, body: wire.PrinterSettings) -> wire.PrinterView:
+        resp = self.request("PATCH", f"/api/printers/{printer}", json=wire.body(body))
+        return wire.PrinterView.model_validate(resp.json())
+
+    def remove_printer(self, printer: str) -> wire.Removed:
+        return wire.Removed.model_validate(self._delete(f"/api/printers/{printer}"))
+
+    # -- revisions --------------------------------------------------------------------------
+    def revisions(self, project: str, part: str, *, most: int | None = None) -> list[wire.Revision]:
+        """Every build of a project's part (or the newest `most`), newest first."""
+        path = f"/api/projects/{quote(project, safe='')}/parts/{quote(part, safe='')}/revisions"
+        return [wire.Revision.model_validate(r) for r in self.get_all(path, most=most)]
+
+    def diff(self, a: int, b: int) -> wire.BuildDiff:
+        return wire.BuildDiff.model_validate(self.get(f"/api/builds/{a}/diff/{b}"))
+
+    # -- camera stills ----------------------------------------------------------------------
+    def request_snapshot(self, printer: str) -> wire.SnapshotAsked:
+        """Ask the printer's agent for a still now: it answers on its next call."""
+        return wire.SnapshotAsked.model_validate(
+            self.post(f"/api/printers/{quote(printer, safe='')}/snapshot")
+        )
+
+    def printer_snapshots(self, printer: str, limit: int = 20) -> wire.PrinterSnapshots:
+        path = f"/api/printers/{quote(printer, safe='')}/snapshots"
+        return wire.PrinterSnapshots.model_validate(self.get(path, limit=limit))
+
+    # -- enrolment and signing in -----------------------------------------------------------
+    def enrol(self, body: wire.NewEnrolment) -> wire.EnrolmentCode:
+        """Add a printer (if new) and make the one-time code its Pi enrols with (admin)."""
+        return wire.EnrolmentCode.model_validate(self._send("/api/printers/enrol", body))
+
+    def enrolment(self, code: str) -> wire.Enrolment:
+        """What a code enrols, without spending it (no token needed)."""
+        return wire.Enrolment.model_validate(self._send("/api/enroll/info", _code(code)))
+
+    def enroll(self, code: str) -> wire.Enrolled:
+        """Spend the code: its printer's agent token."""
+        return wire.Enrolled.model_validate(self._send("/api/enroll", _code(code)))
+
+    def signin_link(self) -> wire.SigninLink:
+        return wire.SigninLink.model_validate(self.post("/api/signin-links"))
+
+    # -- admins: tokens --------------------------------------------------------------------
+    def tokens(self) -> list[wire.TokenView]:
+        return [wire.TokenView.model_validate(t) for t in self.get_all("/api/tokens")]
+
+    def create_token(self, body: wire.NewToken) -> wire.MadeToken:
+        return wire.MadeToken.model_validate(self._send("/api/tokens", body))
+
+    def revoke_token(self, name: str) -> wire.RevokedTokens:
+        return wire.RevokedTokens.model_validate(self._delete(f"/api/tokens/{name}"))
+
+    # -- admins: notifications --------------------------------------------------------------
+    def notify_targets(self) -> list[wire.TargetView]:
+        return [wire.TargetView.model_validate(t) for t in self.get("/api/notify/targets")]
+
+    def add_notify_target(self, body: wire.NewTarget) -> wire.MadeTarget:
+        return wire.MadeTarget.model_validate(self._send("/api/notify/targets", body))
+
+    def test_notify_target(self, target_id: int) -> wire.QueuedTest:
+        return wire.QueuedTest.model_validate(self.post(f"/api/notify/targets/{target_id}/test"))
+
+    def remove_notify_target(self, target_id: int) -> wire.RemovedTarget:
+        return wire.RemovedTarget.model_validate(self._delete(f"/api/notify/targets/{target_id}"))
+
+    def notify_log(self, limit: int) -> list[wire.NotifyLogEntry]:
+        """The latest `limit` deliveries, newest first."""
+        return [wire.NotifyLogEntry.model_validate(d) for d in self.get("/api/notify/log", limit=limit)]
+
+    # -- admins: projects -------------------------------------------------------------------
+    def projects(self) -> list[wire.ProjectView]:
+        return [wire.ProjectView.model_validate(p) for p in self.get("/api/projects")]
+
+    def add_project(self, body: wire.NewProject) -> wire.MadeProject:
+        return wire.MadeProject.model_validate(self._send("/api/projects", body))
+
+    def project(self, name: str) -> wire.ProjectShown:
+        return wire.ProjectShown.model_validate(self.get(f"/api/projects/{name}"))
+
+    def remove_project(self, name: str) -> wire.Removed:
+        return wire.Removed.model_validate(self._delete(f"/api/projects/{name}"))
+
     # -- artifacts ------------------------------------------------------------------------
     def upload_artifact(self, path: Path, name: str = "") -> str:
         resp = self.request(
@@ -233,12 +331,20 @@ class FarmClient:
         return dest
 
     # -- builds ---------------------------------------------------------------------------
-    def submit(self, path: Path, options: wire.SubmitOptions) -> dict[str, Any]:
+    def submit(self, path: Path, options: wire.SubmitOptions) -> wire.BuildView:
         """POST /api/builds: the file and the options the caller set (the coordinator checks them)."""
         with path.open("rb") as f:
             form = {"options": json.dumps(wire.body(options))}
             resp = self.request("POST", "/api/builds", files={"file": (path.name, f)}, data=form)
-        return resp.json()
+        return wire.BuildView.model_validate(resp.json())
+
+    def build(self, build_id: int) -> wire.BuildView:
+        return wire.BuildView.model_validate(self.get(f"/api/builds/{build_id}"))
+
+
+def _code(code: str) -> wire.CodeBody:
+    """Unchecked: the coordinator tells what is wrong with a code (its 403, 410 or 422)."""
+    return wire.CodeBody.model_construct(code=code)
 
 
 def _detail(resp: httpx.Response) -> str:

@@ -2,9 +2,12 @@
 sends and what it gets back, one pydantic model per body (#16).
 
 The coordinator's routes take these as their bodies and declare the answers as their
-`response_model` (farm/coordinator/api/agents.py, workers.py, builds.py, and what people read:
-reads.py, history.py, operate.py); FarmClient's typed methods (farm/core/client.py) send the
-requests and parse the answers; tests/test_wire.py checks that the OpenAPI document shows the same
+`response_model` (farm/coordinator/api/agents.py, workers.py, builds.py, what people read and
+change: reads.py, history.py, operate.py, revisions.py, snapshots.py, and the admins' tokens.py,
+notifications.py, projects.py, enrol.py, signin.py); FarmClient's typed methods
+(farm/core/client.py) send the requests and parse the answers, and the `farm` commands call
+them (all but the images they save, `farm watch`'s event stream and `farm up`'s own setup);
+tests/test_wire.py checks that the OpenAPI document shows the same
 models. The JSON is the one sent before the models were shared: the same names in the same order,
 the same optional fields (a key absent stays absent: the routes answer with
 `response_model_exclude_unset`, the client sends with `exclude_unset`, the CLI prints with it).
@@ -155,9 +158,20 @@ class NextGcode(Wire):
 # The workers' and the CLI's models (farm/core/wire_workers_cli.py), loaded when first asked for.
 if TYPE_CHECKING:  # `X as X`: named here for type checkers, as if defined here
     from farm.core.wire_workers_cli import (
+        BuildDiff as BuildDiff,
         BuildView as BuildView,
         CadResult as CadResult,
         CadStart as CadStart,
+        Change as Change,
+        Changed as Changed,
+        CodeBody as CodeBody,
+        Copies as Copies,
+        DriverName as DriverName,
+        Enrolled as Enrolled,
+        Enrolment as Enrolment,
+        EnrolmentCode as EnrolmentCode,
+        Estimate as Estimate,
+        EstimateDiff as EstimateDiff,
         Explained as Explained,
         FarmStatus as FarmStatus,
         GitSource as GitSource,
@@ -166,17 +180,46 @@ if TYPE_CHECKING:  # `X as X`: named here for type checkers, as if defined here
         History as History,
         HistoryJob as HistoryJob,
         HistoryTotals as HistoryTotals,
+        HookDeliveryView as HookDeliveryView,
+        JobChange as JobChange,
         Lease as Lease,
+        MadeProject as MadeProject,
+        MadeTarget as MadeTarget,
+        MadeToken as MadeToken,
         MaterialTotals as MaterialTotals,
+        NewEnrolment as NewEnrolment,
+        NewProject as NewProject,
+        NewTarget as NewTarget,
+        NewToken as NewToken,
+        NotifyLogEntry as NotifyLogEntry,
+        Number as Number,
+        ParamChange as ParamChange,
+        ParamsDiff as ParamsDiff,
+        PrinterSettings as PrinterSettings,
+        PrinterSnapshots as PrinterSnapshots,
         PrinterTotals as PrinterTotals,
         PrinterView as PrinterView,
+        ProjectShown as ProjectShown,
+        ProjectView as ProjectView,
+        QueuedTest as QueuedTest,
+        Removed as Removed,
+        RemovedTarget as RemovedTarget,
+        Revision as Revision,
+        RevisionGit as RevisionGit,
+        RevokedTokens as RevokedTokens,
+        Role as Role,
+        SigninLink as SigninLink,
         SliceMeta as SliceMeta,
         SliceResult as SliceResult,
         SliceStart as SliceStart,
         SliceView as SliceView,
         SliceWork as SliceWork,
+        SnapshotAsked as SnapshotAsked,
+        SnapshotView as SnapshotView,
         StatusWorker as StatusWorker,
         SubmitOptions as SubmitOptions,
+        TargetView as TargetView,
+        TokenView as TokenView,
         Totals as Totals,
         Verdict as Verdict,
         WorkerClaim as WorkerClaim,

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from farm.coordinator.api.deps import (
-    MAX_NAME,
-    NAME_PATTERN,
     FarmDep,
     SessionDep,
     as_utc,
@@ -31,30 +28,24 @@ from farm.coordinator.api.deps import (
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.models import EnrolCode, Printer, Token
 from farm.core.printer_models import UnknownChoice, check_model
+from farm.core.wire import CodeBody, Enrolled, Enrolment, EnrolmentCode, NewEnrolment
 
 router = APIRouter(prefix="/api", tags=["enrol"])
 
-Driver = Literal["prusalink", "octoprint", "moonraker", "bambu"]
-DEFAULT_TTL_S = 30 * 60
 CODE_PREFIX = "pe_"  # told apart from tokens (pf_) at a glance
-
-
-class NewEnrolment(BaseModel):
-    printer: str = Field(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)
-    model: str = Field(min_length=1, max_length=100)
-    driver: Driver = "prusalink"
-    ttl_s: int = Field(DEFAULT_TTL_S, ge=60, le=7 * 86400, description="how long the code stays valid")
-
-
-class CodeBody(BaseModel):
-    code: str = Field(min_length=1, max_length=200)
 
 
 def agent_token_name(printer: str) -> str:
     return f"agent-{printer}"
 
 
-@router.post("/printers/enrol", status_code=201, responses={**AUTH, **errors(409, 422)})
+@router.post(
+    "/printers/enrol",
+    status_code=201,
+    response_model=EnrolmentCode,
+    response_model_exclude_unset=True,
+    responses={**AUTH, **errors(409, 422)},
+)
 def make_code(body: NewEnrolment, session: SessionDep, admin: Annotated[Token, Depends(require())]) -> dict:
     """Add the printer (if new) and make a one-time code its Pi enrols with."""
     try:
@@ -123,13 +114,23 @@ def _described(session: Session, enrol: EnrolCode) -> dict:
     }
 
 
-@router.post("/enroll/info", responses=errors(403, 404, 409, 410))
+@router.post(
+    "/enroll/info",
+    response_model=Enrolment,
+    response_model_exclude_unset=True,
+    responses=errors(403, 404, 409, 410),
+)
 def code_info(body: CodeBody, session: SessionDep) -> dict:
     """What a code enrols (printer, model, suggested driver), without spending it."""
     return _described(session, _usable(session, body.code))
 
 
-@router.post("/enroll", responses=errors(403, 404, 409, 410))
+@router.post(
+    "/enroll",
+    response_model=Enrolled,
+    response_model_exclude_unset=True,
+    responses=errors(403, 404, 409, 410),
+)
 def enroll(body: CodeBody, session: SessionDep, farm: FarmDep) -> dict:
     """Spend the code: an agent token for its printer, replacing that printer's earlier agent token."""
     enrol = _usable(session, body.code)

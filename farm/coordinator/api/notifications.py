@@ -6,22 +6,15 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from pydantic import BaseModel, Field
 from sqlmodel import col, delete, select
 
 from farm.coordinator import notify
 from farm.coordinator.api.deps import RowId, SessionDep, new_secret, require
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.ops_tables import NotifyDelivery, NotifyEvent, NotifyTarget
+from farm.core.wire import MadeTarget, NewTarget, NotifyLogEntry, QueuedTest, RemovedTarget, TargetView
 
 router = APIRouter(prefix="/api/notify", tags=["notify"], dependencies=[Depends(require())], responses=AUTH)
-
-
-class NewTarget(BaseModel):
-    url: str = Field(min_length=1, max_length=2000)
-    format: str | None = None  # default: email for mailto:, else json
-    events: list[str] = []  # none: every event
-    secret: str | None = Field(default=None, max_length=500)
 
 
 def target_view(t: NotifyTarget) -> dict[str, Any]:
@@ -35,12 +28,18 @@ def target_view(t: NotifyTarget) -> dict[str, Any]:
     }
 
 
-@router.get("/targets")
+@router.get("/targets", response_model=list[TargetView], response_model_exclude_unset=True)
 def list_targets(session: SessionDep) -> list[dict]:
     return [target_view(t) for t in session.exec(select(NotifyTarget).order_by(col(NotifyTarget.id)))]
 
 
-@router.post("/targets", status_code=201, responses=errors(422))
+@router.post(
+    "/targets",
+    status_code=201,
+    response_model=MadeTarget,
+    response_model_exclude_unset=True,
+    responses=errors(422),
+)
 def add_target(body: NewTarget, session: SessionDep) -> dict:
     """A JSON target gets a signing secret (the one given, else a new one, shown only now)."""
     mail = body.url.startswith("mailto:")
@@ -64,7 +63,12 @@ def add_target(body: NewTarget, session: SessionDep) -> dict:
     return {**target_view(target), "secret": secret}
 
 
-@router.delete("/targets/{target_id}", responses=errors(404))
+@router.delete(
+    "/targets/{target_id}",
+    response_model=RemovedTarget,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 def remove_target(target_id: RowId, session: SessionDep) -> dict:
     target = session.get(NotifyTarget, target_id)
     if target is None:
@@ -75,7 +79,13 @@ def remove_target(target_id: RowId, session: SessionDep) -> dict:
     return {"removed": target_id}
 
 
-@router.post("/targets/{target_id}/test", status_code=202, responses=errors(404))
+@router.post(
+    "/targets/{target_id}/test",
+    status_code=202,
+    response_model=QueuedTest,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 def test_target(target_id: RowId, session: SessionDep) -> dict:
     """Queue a test event for this target alone; `farm notify log` shows how it went."""
     target = session.get(NotifyTarget, target_id)
@@ -85,7 +95,7 @@ def test_target(target_id: RowId, session: SessionDep) -> dict:
     return {"delivery": delivery.id, "target": target_id}
 
 
-@router.get("/log")
+@router.get("/log", response_model=list[NotifyLogEntry], response_model_exclude_unset=True)
 def delivery_log(session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
     """The latest deliveries, newest first, with each one's outcome."""
     rows = session.exec(

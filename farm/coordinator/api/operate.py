@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
 
 from farm.coordinator import dispatch, explain
 from farm.coordinator.api.access import check_owner
@@ -15,21 +14,11 @@ from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.api.views import job_view, printer_view
 from farm.coordinator.models import Job, Token
 from farm.core import tags
-from farm.core.printer_models import MATERIALS, UnknownChoice, check_color, check_material, get_model
+from farm.core.printer_models import UnknownChoice, check_color, check_material, get_model
 from farm.core.states import InvalidMove, JobState
-from farm.core.wire import Explained, JobView, PrinterView
+from farm.core.wire import Explained, JobChange, JobView, PrinterSettings, PrinterView, Removed
 
 router = APIRouter(prefix="/api", tags=["operate"], responses=AUTH)
-
-
-class PrinterSettings(BaseModel):
-    material: str | None = Field(None, description=f"one of {', '.join(MATERIALS)}")
-    color: str | None = None
-    nozzle: float | None = Field(None, gt=0.1, lt=2.0, description="the fitted nozzle's diameter, mm")
-    tags: list[str] | None = Field(None, description="replaces its tags; [] removes them")
-    location: str | None = None
-    power_group: str | None = Field(None, description="'' for none")
-    auto_eject: bool | None = None
 
 
 Submitter = Annotated[Token, Depends(require("submitter"))]
@@ -69,10 +58,6 @@ def retry_job(job_id: RowId, farm: FarmDep, session: SessionDep, token: Submitte
     dispatch_outgoing(farm, out)
     farm.work.wake()
     return job_view(job)
-
-
-class JobChange(BaseModel):
-    priority: int = Field(ge=-100, le=100, description="higher prints first (as `farm submit --priority`)")
 
 
 @router.patch(
@@ -130,7 +115,13 @@ def clear_bed(name: PrinterPath, farm: FarmDep, session: SessionDep) -> dict:
     return printer_view(printer)
 
 
-@router.delete("/printers/{name}", dependencies=[Depends(require())], responses=errors(404, 409))
+@router.delete(
+    "/printers/{name}",
+    dependencies=[Depends(require())],
+    response_model=Removed,
+    response_model_exclude_unset=True,
+    responses=errors(404, 409),
+)
 def remove_printer(name: PrinterPath, session: SessionDep) -> dict:
     """Take a printer out of the farm. Refused while it holds a job: cancel or finish that first."""
     printer = found_printer(session, name)

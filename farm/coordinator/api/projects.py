@@ -12,7 +12,6 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
-from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 
@@ -23,25 +22,13 @@ from farm.coordinator.hooks import SERVICES
 from farm.coordinator.models import HookDelivery, Project
 from farm.core.gitsource import BadGitSource, check_url
 from farm.core.manifest import NAME_RE
+from farm.core.wire import MadeProject, NewProject, ProjectShown, ProjectView, Removed
 
 router = APIRouter(
     prefix="/api/projects", tags=["projects"], dependencies=[Depends(require())], responses=AUTH
 )
 ProjectName = Annotated[str, Path(min_length=1, max_length=64)]
 SHOWN_DELIVERIES = 20
-
-
-class NewProject(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
-    git_url: str = Field(min_length=1, max_length=2000)
-    branch: str = Field("main", min_length=1, max_length=200, pattern=r"^[^\x00-\x20\x7f]+$")
-    secret: str | None = Field(
-        None, min_length=16, max_length=500, description="default: a new one, shown once"
-    )
-    git_username: str | None = Field(None, max_length=200, pattern=r"^[^\x00-\x1f\x7f:]+$")
-    git_token: str | None = Field(
-        None, min_length=1, max_length=2000, description="HTTPS password or access token"
-    )
 
 
 def hook_urls(request: Request, name: str) -> dict[str, str]:
@@ -85,7 +72,13 @@ def _find(session: SessionDep, name: str) -> Project:
     return project
 
 
-@router.post("", status_code=201, responses=errors(409, 422))
+@router.post(
+    "",
+    status_code=201,
+    response_model=MadeProject,
+    response_model_exclude_unset=True,
+    responses=errors(409, 422),
+)
 def add_project(body: NewProject, farm: FarmDep, session: SessionDep, request: Request) -> dict:
     """Register a repository. The answer holds the hook URLs, and the secret if the farm made it."""
     if not NAME_RE.match(body.name):
@@ -125,12 +118,12 @@ def add_project(body: NewProject, farm: FarmDep, session: SessionDep, request: R
     return {**view, "secret": project.hook_secret} if generated else view
 
 
-@router.get("")
+@router.get("", response_model=list[ProjectView], response_model_exclude_unset=True)
 def list_projects(session: SessionDep, request: Request) -> list[dict]:
     return [project_view(p, request) for p in session.exec(select(Project).order_by(col(Project.name)))]
 
 
-@router.get("/{name}", responses=errors(404))
+@router.get("/{name}", response_model=ProjectShown, response_model_exclude_unset=True, responses=errors(404))
 def show_project(name: ProjectName, session: SessionDep, request: Request) -> dict:
     """The project and its latest deliveries: what each push built, or why it did not."""
     project = _find(session, name)
@@ -143,7 +136,7 @@ def show_project(name: ProjectName, session: SessionDep, request: Request) -> di
     return {**project_view(project, request), "deliveries": [delivery_view(d) for d in deliveries]}
 
 
-@router.delete("/{name}", responses=errors(404))
+@router.delete("/{name}", response_model=Removed, response_model_exclude_unset=True, responses=errors(404))
 def remove_project(name: ProjectName, farm: FarmDep, session: SessionDep) -> dict:
     """Forget the project, its deliveries and its mirror; its builds stay (they name it)."""
     project = _find(session, name)

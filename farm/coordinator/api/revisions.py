@@ -20,6 +20,7 @@ from farm.coordinator.models import Build, Slice, Token, stored_id
 from farm.coordinator.revisions import build_diff, revision_view
 from farm.core.mesh import read_stl
 from farm.core.printer_models import did_you_mean
+from farm.core.wire import BuildDiff, Revision
 
 router = APIRouter(prefix="/api", tags=["revisions"], responses=AUTH)
 Reader = Annotated[Token, Depends(require("submitter", "viewer"))]
@@ -48,6 +49,8 @@ def _build(session: Session, build_id: int) -> Build:
 @router.get(
     "/projects/{name}/parts/{part}/revisions",
     dependencies=[Depends(require("submitter", "viewer"))],
+    response_model=list[Revision],
+    response_model_exclude_unset=True,
     responses={**paged("the part's builds, newest first"), **errors(404)},
 )
 def revisions(
@@ -93,7 +96,12 @@ def _no_revisions(session: Session, name: str, part: str) -> None:
     raise HTTPException(404, f"no builds of project '{name}'{hint}")
 
 
-@router.get("/builds/{build_id}/diff/{other_id}", responses=errors(404))
+@router.get(
+    "/builds/{build_id}/diff/{other_id}",
+    response_model=BuildDiff,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 def diff(build_id: RowId, other_id: RowId, session: SessionDep, _token: Reader) -> dict:
     """What changed from build `build_id` to build `other_id`: parameters, volume, bounding box
     size, the slicer's estimates per printer model both were sliced for, commit and tag."""

@@ -19,12 +19,15 @@ from farm.coordinator.api.websession import (
     take_ticket,
 )
 from farm.coordinator.models import Token
+from farm.core.wire import SigninLink
 
 SIGNIN_ROLES = ("admin", "submitter", "viewer")  # people; workers and agents have no pages
 router = APIRouter(tags=["dashboard"], responses=AUTH)
 
 
-@router.post("/api/signin-links", status_code=201)
+@router.post(
+    "/api/signin-links", status_code=201, response_model=SigninLink, response_model_exclude_unset=True
+)
 def create_link(farm: FarmDep, token: Annotated[Token, Depends(require(*SIGNIN_ROLES[1:]))]) -> dict:
     """A one-time link (a path on this coordinator) that signs a browser in as this token, valid for
     a few minutes. `farm open` asks for it and opens it."""

@@ -30,6 +30,7 @@ from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.models import Artifact, Job, JobSnapshot, Printer, Token, utcnow
 from farm.coordinator.store import TooLarge
 from farm.core.names import safe_name
+from farm.core.wire import PrinterSnapshots, SnapshotAsked, SnapshotView
 
 router = APIRouter(prefix="/api", tags=["snapshots"], responses=AUTH)
 Moment = Literal["start", "end", "failure", "request"]
@@ -93,6 +94,8 @@ async def _store(
 @router.post(
     "/agents/jobs/{job_id}/snapshots",
     status_code=201,
+    response_model=SnapshotView,
+    response_model_exclude_unset=True,
     responses=errors(403, 404, 413, 415),
     openapi_extra=IMAGE_BODY,
 )
@@ -133,6 +136,8 @@ def _agents_printer(session: Session, token: Token, name: str) -> Printer:
 @router.post(
     "/agents/printers/{name}/snapshots",
     status_code=201,
+    response_model=SnapshotView,
+    response_model_exclude_unset=True,
     responses=errors(403, 404, 413, 415),
     openapi_extra=IMAGE_BODY,
 )
@@ -166,6 +171,8 @@ def no_snapshot(name: PrinterPath, body: NoSnapshot, session: SessionDep, token:
     "/printers/{name}/snapshot",
     status_code=202,
     dependencies=[Depends(require("submitter"))],
+    response_model=SnapshotAsked,
+    response_model_exclude_unset=True,
     responses=errors(404),
 )
 def request_snapshot(name: PrinterPath, farm: FarmDep, session: SessionDep) -> dict:
@@ -186,7 +193,13 @@ def request_snapshot(name: PrinterPath, farm: FarmDep, session: SessionDep) -> d
 Reader = Depends(require("submitter", "viewer"))
 
 
-@router.get("/jobs/{job_id}/snapshots", dependencies=[Reader], responses=errors(404))
+@router.get(
+    "/jobs/{job_id}/snapshots",
+    dependencies=[Reader],
+    response_model=list[SnapshotView],
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 def list_snapshots(job_id: RowId, session: SessionDep) -> list[dict]:
     """The stills of a job, oldest first."""
     found(session, Job, job_id, "job")
@@ -231,7 +244,13 @@ def _serve(snap: JobSnapshot, farm: FarmDep, stem: str) -> FileResponse:
     )
 
 
-@router.get("/printers/{name}/snapshots", dependencies=[Reader], responses=errors(404))
+@router.get(
+    "/printers/{name}/snapshots",
+    dependencies=[Reader],
+    response_model=PrinterSnapshots,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 def printer_snapshots(
     name: PrinterPath,
     session: SessionDep,

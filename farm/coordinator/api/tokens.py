@@ -13,15 +13,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
-from pydantic import AwareDatetime, BaseModel, Field, NaiveDatetime
 from sqlmodel import Session, col, select
 
 from farm.coordinator.api.deps import (
-    MAX_NAME,
-    NAME_PATTERN,
     FarmDep,
     SessionDep,
     as_utc,
@@ -33,26 +30,11 @@ from farm.coordinator.api.deps import (
 from farm.coordinator.api.errors import AUTH, errors
 from farm.coordinator.api.paging import MAX_LIMIT, Cursor, Limit, after_id, page, paged
 from farm.coordinator.models import Token, stored_id
+from farm.core.wire import MadeToken, NewToken, RevokedTokens, TokenView
 
 router = APIRouter(prefix="/api/tokens", tags=["tokens"], dependencies=[Depends(require())], responses=AUTH)
 
-Role = Literal["admin", "submitter", "viewer", "worker", "agent"]
 TokenName = Annotated[str, Path(min_length=1, max_length=100)]
-
-
-class NewToken(BaseModel):
-    # No '/': `DELETE /api/tokens/{name}` must be able to name it.
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[^/]+$")
-    role: Role
-    printer: str | None = Field(
-        None,
-        max_length=MAX_NAME,
-        pattern=NAME_PATTERN,
-        description="an agent token acts only for this printer",
-    )
-    expires_at: AwareDatetime | NaiveDatetime | None = Field(
-        None, description="refused from then on (no zone: UTC); none: it lasts until revoked"
-    )
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -74,7 +56,13 @@ def _live(session: Session, name: str) -> list[Token]:
     return list(session.exec(select(Token).where(Token.name == name, col(Token.revoked_at).is_(None))).all())
 
 
-@router.post("", status_code=201, responses=errors(409, 422))
+@router.post(
+    "",
+    status_code=201,
+    response_model=MadeToken,
+    response_model_exclude_unset=True,
+    responses=errors(409, 422),
+)
 def create_token(body: NewToken, session: SessionDep) -> dict:
     if body.role == "agent" and not body.printer:
         raise HTTPException(422, "an agent token is bound to one printer: give --printer NAME")
@@ -99,7 +87,12 @@ def create_token(body: NewToken, session: SessionDep) -> dict:
     return {**_view(token), "token": secret}  # the only time the secret is shown
 
 
-@router.get("", responses=paged("tokens, oldest first"))
+@router.get(
+    "",
+    response_model=list[TokenView],
+    response_model_exclude_unset=True,
+    responses=paged("tokens, oldest first"),
+)
 def list_tokens(
     session: SessionDep, request: Request, response: Response, limit: Limit = MAX_LIMIT, cursor: Cursor = None
 ) -> list[dict]:
@@ -109,7 +102,9 @@ def list_tokens(
     return [_view(t) for t in page(session.exec(query).all(), limit, stored_id, request, response)]
 
 
-@router.delete("/{name}", responses=errors(404))
+@router.delete(
+    "/{name}", response_model=RevokedTokens, response_model_exclude_unset=True, responses=errors(404)
+)
 def revoke_token(name: TokenName, session: SessionDep, farm: FarmDep) -> dict:
     """Revoke the token(s) of this name for good. This coordinator process refuses them at once;
     other processes of it (`farm server --workers N`) within deps.TOKEN_RELOAD_S seconds.
