@@ -70,10 +70,12 @@ def test_the_agent_stays_light() -> None:
     """The agent's process imports neither pydantic-settings nor asyncio (4.6 MB of RSS on a Pi,
     bench/agent.py's idle figure): the settings load only when no token is configured. Nor httpx's
     command-line client, which httpx imports whenever click, rich and pygments are installed (typer
-    installs them): 5.7 MB more (farm/core/__init__.py)."""
+    installs them): 5.7 MB more (farm/core/__init__.py). Nor the wire models of the workers, the
+    CLI and the admins (farm/core/wire.py loads them on first use)."""
     probe = (
         "import sys, printers.agent, printers.config, printers.drivers.prusalink; "
-        "heavy = ('pydantic_settings', 'asyncio', 'click', 'rich', 'pygments', 'httpx._main'); "
+        "heavy = ('pydantic_settings', 'asyncio', 'click', 'rich', 'pygments', 'httpx._main', "
+        "'farm.core.wire_workers_cli', 'farm.core.wire_admin'); "
         "print(sorted(m for m in heavy if sys.modules.get(m) is not None))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO)

@@ -13,8 +13,9 @@ the same optional fields (a key absent stays absent: the routes answer with
 `response_model_exclude_unset`, the client sends with `exclude_unset`, the CLI prints with it).
 
 In the core, so that the agent's install (pydantic, no FastAPI) has them too. The agents' models
-are here; the workers' and the CLI's are in wire_workers_cli.py, which this module loads on first
-use of one of them (`wire.BuildView` works everywhere): the agent never loads them.
+are here; the workers' and the CLI's reads are in wire_workers_cli.py, the admins' and operators'
+in wire_admin.py, which this module loads on first use of one of them (`wire.BuildView` works
+everywhere): the agent never loads them.
 """
 
 from __future__ import annotations
@@ -155,13 +156,11 @@ class NextGcode(Wire):
     gcode: str
 
 
-# The workers' and the CLI's models (farm/core/wire_workers_cli.py), loaded when first asked for.
+# The workers', the CLI's and the admins' models (farm/core/wire_workers_cli.py, wire_admin.py),
+# loaded when first asked for.
 if TYPE_CHECKING:  # `X as X`: named here for type checkers, as if defined here
-    from farm.core.wire_workers_cli import (
+    from farm.core.wire_admin import (
         BuildDiff as BuildDiff,
-        BuildView as BuildView,
-        CadResult as CadResult,
-        CadStart as CadStart,
         Change as Change,
         Changed as Changed,
         CodeBody as CodeBody,
@@ -172,21 +171,11 @@ if TYPE_CHECKING:  # `X as X`: named here for type checkers, as if defined here
         EnrolmentCode as EnrolmentCode,
         Estimate as Estimate,
         EstimateDiff as EstimateDiff,
-        Explained as Explained,
-        FarmStatus as FarmStatus,
-        GitSource as GitSource,
-        Held as Held,
-        Hello as Hello,
-        History as History,
-        HistoryJob as HistoryJob,
-        HistoryTotals as HistoryTotals,
         HookDeliveryView as HookDeliveryView,
         JobChange as JobChange,
-        Lease as Lease,
         MadeProject as MadeProject,
         MadeTarget as MadeTarget,
         MadeToken as MadeToken,
-        MaterialTotals as MaterialTotals,
         NewEnrolment as NewEnrolment,
         NewProject as NewProject,
         NewTarget as NewTarget,
@@ -197,8 +186,6 @@ if TYPE_CHECKING:  # `X as X`: named here for type checkers, as if defined here
         ParamsDiff as ParamsDiff,
         PrinterSettings as PrinterSettings,
         PrinterSnapshots as PrinterSnapshots,
-        PrinterTotals as PrinterTotals,
-        PrinterView as PrinterView,
         ProjectShown as ProjectShown,
         ProjectView as ProjectView,
         QueuedTest as QueuedTest,
@@ -209,17 +196,34 @@ if TYPE_CHECKING:  # `X as X`: named here for type checkers, as if defined here
         RevokedTokens as RevokedTokens,
         Role as Role,
         SigninLink as SigninLink,
+        SnapshotAsked as SnapshotAsked,
+        SnapshotView as SnapshotView,
+        TargetView as TargetView,
+        TokenView as TokenView,
+    )
+    from farm.core.wire_workers_cli import (
+        BuildView as BuildView,
+        CadResult as CadResult,
+        CadStart as CadStart,
+        Explained as Explained,
+        FarmStatus as FarmStatus,
+        GitSource as GitSource,
+        Held as Held,
+        Hello as Hello,
+        History as History,
+        HistoryJob as HistoryJob,
+        HistoryTotals as HistoryTotals,
+        Lease as Lease,
+        MaterialTotals as MaterialTotals,
+        PrinterTotals as PrinterTotals,
+        PrinterView as PrinterView,
         SliceMeta as SliceMeta,
         SliceResult as SliceResult,
         SliceStart as SliceStart,
         SliceView as SliceView,
         SliceWork as SliceWork,
-        SnapshotAsked as SnapshotAsked,
-        SnapshotView as SnapshotView,
         StatusWorker as StatusWorker,
         SubmitOptions as SubmitOptions,
-        TargetView as TargetView,
-        TokenView as TokenView,
         Totals as Totals,
         Verdict as Verdict,
         WorkerClaim as WorkerClaim,
@@ -228,12 +232,12 @@ if TYPE_CHECKING:  # `X as X`: named here for type checkers, as if defined here
 
 
 def __getattr__(name: str) -> Any:
-    from farm.core import wire_workers_cli  # lazy: the agent never needs these models (its RSS)
+    from farm.core import wire_admin, wire_workers_cli  # lazy: the agent never needs these (its RSS)
 
-    try:
-        return getattr(wire_workers_cli, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    for models in (wire_workers_cli, wire_admin):
+        if hasattr(models, name):
+            return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def body(model: BaseModel) -> dict[str, Any]:
