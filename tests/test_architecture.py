@@ -74,6 +74,7 @@ def test_the_agent_stays_light() -> None:
     CLI and the admins (farm/core/wire.py loads them on first use)."""
     probe = (
         "import sys, printers.agent, printers.config, printers.drivers.prusalink; "
+        "from farm.core.wire import Heartbeat; "
         "heavy = ('pydantic_settings', 'asyncio', 'click', 'rich', 'pygments', 'httpx._main', "
         "'farm.core.wire_workers_cli', 'farm.core.wire_admin'); "
         "print(sorted(m for m in heavy if sys.modules.get(m) is not None))"

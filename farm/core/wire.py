@@ -232,11 +232,16 @@ if TYPE_CHECKING:  # `X as X`: named here for type checkers, as if defined here
 
 
 def __getattr__(name: str) -> Any:
-    from farm.core import wire_admin, wire_workers_cli  # lazy: the agent never needs these (its RSS)
+    if name.startswith("__"):  # `from farm.core.wire import X` asks for __path__: not a model
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from farm.core import wire_workers_cli  # lazy: the agent never needs these models (its RSS)
 
-    for models in (wire_workers_cli, wire_admin):
-        if hasattr(models, name):
-            return getattr(models, name)
+    if hasattr(wire_workers_cli, name):
+        return getattr(wire_workers_cli, name)
+    from farm.core import wire_admin  # lazy: nor these, and a worker only those above
+
+    if hasattr(wire_admin, name):
+        return getattr(wire_admin, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
