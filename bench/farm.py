@@ -224,8 +224,9 @@ def host_agents(spec: dict[str, Any]) -> None:
 
 
 def _serve_until_stopped(stop: Any) -> None:
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    from farm.core.stopping import stop_on_signals
+
+    done = stop_on_signals((signal.SIGTERM,))
     print("ready", flush=True)
     done.wait()
     stop()

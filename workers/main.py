@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 
 import dramatiq
 import httpx
@@ -15,6 +13,7 @@ from farm.core import wire
 from farm.core.client import FarmClient, FarmError
 from farm.core.queue import CAD_QUEUE, SLICE_QUEUE, get_broker
 from farm.core.settings import Settings
+from farm.core.stopping import stop_on_signals
 from workers import priority, sandbox, sandbox_probe
 from workers.actors import WorkerContext, register
 from workers.cad_cache import CadCache
@@ -94,9 +93,7 @@ def run(settings: Settings, queues: set[str]) -> None:
         ctx.slice_cache = SliceCache(settings.data_dir / "slice-cache")
     register(broker, ctx, queues)
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     worker = dramatiq.Worker(broker, queues=queues, worker_threads=settings.worker_threads)
     worker.start()
     log.info(

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from farm.commands import agent_tools, enroll
-from farm.commands.common import die, setup_logging, wait_for_stop
+from farm.commands.common import die, setup_logging
 from farm.core.client import FarmClient
+from farm.core.stopping import stop_on_signals
 from printers.agent import Agent, ConfigMistake
 from printers.config import AgentConfig
 from printers.drivers import make_driver
@@ -48,6 +49,6 @@ def agent(
         die(str(exc), 2)
     client = FarmClient(cfg.coordinator.url, token)
     try:
-        Agent(cfg, client, driver, token_source=source).run(wait_for_stop())
+        Agent(cfg, client, driver, token_source=source).run(stop_on_signals())
     except ConfigMistake as exc:
         die(str(exc), 2)

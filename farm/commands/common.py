@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import signal
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -71,13 +69,6 @@ def plain(data: Any) -> Any:
 def shown_time(when: datetime | None) -> str | None:
     """A time in a table as the coordinator wrote it (pydantic's ISO 8601), not as str() would."""
     return TIME.dump_python(when, mode="json") if when is not None else None
-
-
-def wait_for_stop() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

@@ -14,8 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from farm.commands.common import setup_logging, wait_for_stop
+from farm.commands.common import setup_logging
 from farm.core.printer_models import find_model
+from farm.core.stopping import stop_on_signals
 
 emulate_app = typer.Typer(
     help="Run a printer emulator that speaks a real printer protocol.", no_args_is_help=True
@@ -185,7 +186,7 @@ def _serve_emulator(
         emu = make(storage_dir=files)
         # Ctrl-C is ours before anyone is told the emulator is up: a SIGINT just after that line used
         # to raise KeyboardInterrupt past emu.stop(), and its server threads kept the process alive.
-        stop = wait_for_stop()
+        stop = stop_on_signals()
         emu.start()
         try:
             typer.echo(f"{kind} emulator on {emu.url}{after_url}, files in {files}", err=True)

@@ -44,6 +44,7 @@ from farm.core.client import FarmClient
 from farm.core.printer_models import check_model
 from farm.core.project import pack_file
 from farm.core.settings import Settings
+from farm.core.stopping import stop_on_signals
 from farm.core.wire import MadeToken, NewToken, Role, SubmitOptions, body as wire_body
 from printers.config import AgentConfig, CoordinatorConfig
 from printers.drivers.base import PrinterConfig
@@ -545,9 +546,7 @@ def submit_examples(settings: Settings) -> None:
 
 
 def run_farm(settings: Settings, *, sims: list[str], demo: bool, speed: float) -> int:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     farm = Farm(settings, sims=sims, speed=speed)
     try:
         farm.start()
