@@ -112,6 +112,24 @@ def stopped_at_end(proc: subprocess.Popen[bytes], parts: set[int]) -> Iterator[N
                     os.kill(pid, signal.SIGKILL)
 
 
+def _described(pid: int) -> str:
+    """What a process is and where it waits (its state and kernel wait channel), for a failure."""
+    with contextlib.suppress(OSError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode()
+        stat = _stat(pid)
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        return f"{cmdline} (state {stat[0] if stat else '?'}, waiting in {wchan or '-'})"
+    return "gone"
+
+
+def _logs(data: Path) -> str:
+    """The last lines each part logged."""
+    return "\n".join(
+        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        for log in sorted((data / "logs").glob("*.log"))
+    )
+
+
 SLOW_DESIGN = """
 import time
 from build123d import Box
@@ -162,10 +180,8 @@ def test_farm_up_takes_its_parts_with_it_and_starts_again(how: str, tmp_path: Pa
 
         with contextlib.suppress(AssertionError):
             wait_until(all_gone, 10, "farm up's parts to die with it")
-        left = {
-            p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:80] for p in parts if alive(p)
-        }
-        assert not left, f"still running after {how} of farm up: {left}"
+        left = {p: _described(p) for p in parts if alive(p)}
+        assert not left, f"still running after {how} of farm up: {left}\n{_logs(data)}"
         assert all(port_free(p) for p in ports), [p for p in ports if not port_free(p)]
 
     second = start_farm(data, port)
