@@ -263,12 +263,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     farms = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, RunningFarm)]
     if report.when != "call" or not report.failed or not farms:
         return
-    running = farms[0]
-    logs = sorted((running.data_dir / "logs").glob("*.log"))
-    for log in [running.data_dir / "farm-up.out", *logs]:
-        if log.exists():
-            tail = log.read_text(errors="replace").splitlines()[-25:]
-            report.sections.append((f"farm log {log.name} (last lines)", "\n".join(tail)))
+    for name, tail in log_tails(farms[0].data_dir):
+        report.sections.append((f"farm log {name} (last lines)", tail))
+
+
+def log_tails(data_dir: Path, lines: int = 25) -> list[tuple[str, str]]:
+    """The last lines `farm up` and each of its parts logged in `data_dir`, by file name."""
+    logs = [data_dir / "farm-up.out", *sorted((data_dir / "logs").glob("*.log"))]
+    return [
+        (log.name, "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+        for log in logs
+        if log.exists()
+    ]
 
 
 def ready_job(

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, free_port, stop_process, wait_until
+from tests.conftest import REPO, free_port, log_tails, stop_process, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; PR_SET_PDEATHSIG is Linux's")
 
@@ -122,14 +122,6 @@ def _described(pid: int) -> str:
     return "gone"
 
 
-def _logs(data: Path) -> str:
-    """The last lines each part logged."""
-    return "\n".join(
-        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        for log in sorted((data / "logs").glob("*.log"))
-    )
-
-
 SLOW_DESIGN = """
 import time
 from build123d import Box
@@ -181,7 +173,8 @@ def test_farm_up_takes_its_parts_with_it_and_starts_again(how: str, tmp_path: Pa
         with contextlib.suppress(AssertionError):
             wait_until(all_gone, 10, "farm up's parts to die with it")
         left = {p: _described(p) for p in parts if alive(p)}
-        assert not left, f"still running after {how} of farm up: {left}\n{_logs(data)}"
+        logs = "\n".join(f"--- {name}\n{tail}" for name, tail in log_tails(data))
+        assert not left, f"still running after {how} of farm up: {left}\n{logs}"
         assert all(port_free(p) for p in ports), [p for p in ports if not port_free(p)]
 
     second = start_farm(data, port)
